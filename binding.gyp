@@ -1,0 +1,54 @@
+# node-gyp build of the CPU addon: the fallback `npm install` uses when no prebuild fits.
+# The baseline is x86-64-v2; AVX2 and AVX-512 kernels are static libraries built with their own flags and only
+# called after a CPUID check. C++ exceptions are on (NAPI_CPP_EXCEPTIONS), as in CMakeLists.txt.
+{
+  "variables": {
+    "moe_common_cflags": ["-O3", "-fvisibility=hidden", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
+  },
+  "target_defaults": {
+    "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
+    "cflags_cc": ["-std=c++17", "<@(moe_common_cflags)"],
+    "include_dirs": ["native/include"],
+    "defines": ["NDEBUG"]
+  },
+  "targets": [
+    {
+      "target_name": "moe_kernels_avx512",
+      "type": "static_library",
+      "cflags_cc": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-mavx2"],
+      "sources": ["native/cpu/gemm_avx512.cc"]
+    },
+    {
+      "target_name": "moe_kernels_avx2",
+      "type": "static_library",
+      "cflags_cc": ["-mavx2", "-mfma"],
+      "sources": ["native/cpu/gemm_avx2.cc"]
+    },
+    {
+      "target_name": "dynamic_moe_router_kit",
+      "dependencies": [
+        "moe_kernels_avx512",
+        "moe_kernels_avx2",
+        "<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"
+      ],
+      "cflags_cc": ["-march=x86-64-v2"],
+      "sources": [
+        "native/runtime/cpu_features.cc",
+        "native/runtime/thread_pool.cc",
+        "native/cpu/gemm.cc",
+        "native/cpu/gating.cc",
+        "native/cpu/complexity.cc",
+        "native/cpu/router.cc",
+        "native/cpu/dispatch.cc",
+        "native/cpu/expert_gemm.cc",
+        "native/cpu/combine.cc",
+        "native/cpu/layer.cc",
+        "native/binding/addon.cc",
+        "native/binding/router_wrap.cc",
+        "native/binding/layer_wrap.cc",
+        "native/binding/complexity_wrap.cc"
+      ],
+      "ldflags": ["-pthread"]
+    }
+  ]
+}

@@ -1,0 +1,50 @@
+// Addon entry point: per-instance data, the wrapped classes and backendInfo().
+#include <napi.h>
+
+#include "addon_data.h"
+#include "complexity_wrap.h"
+#include "layer_wrap.h"
+#include "moe/cpu_features.h"
+#include "moe/gemm.h"
+#include "router_wrap.h"
+
+namespace moe_binding {
+
+namespace {
+
+Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const moe::CpuFeatures& f = moe::cpuFeatures();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("isa", moe::isaName(moe::bestIsa()));
+  o.Set("threads", addonData(env).pool->size());
+  Napi::Object features = Napi::Object::New(env);
+  features.Set("avx2", f.avx2 && f.fma);
+  features.Set("avx512f", f.avx512f);
+  features.Set("avx512bf16", f.avx512bf16);
+  o.Set("cpuFeatures", features);
+  o.Set("gemmRows", moe::gemmKernels().maxRows);
+  return o;
+}
+
+}  // namespace
+
+Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
+  auto* data = new AddonData();
+  data->pool = std::make_shared<moe::ThreadPool>(moe::ThreadPool::defaultThreads());
+  env.SetInstanceData<AddonData>(data);  // deleted by Node at environment teardown
+  Napi::Function router = RouterWrap::Init(env);
+  data->routerConstructor = Napi::Persistent(router);
+  exports.Set("NativeRouter", router);
+  Napi::Function layer = LayerWrap::Init(env);
+  data->layerConstructor = Napi::Persistent(layer);
+  exports.Set("NativeLayer", layer);
+  InitComplexity(env, exports);
+  exports.Set("backendInfo", Napi::Function::New<BackendInfo>(env, "backendInfo"));
+  return exports;
+}
+
+}  // namespace moe_binding
+
+static Napi::Object Init(Napi::Env env, Napi::Object exports) { return moe_binding::InitAddon(env, exports); }
+NODE_API_MODULE(dynamic_moe_router_kit, Init)

@@ -1,0 +1,81 @@
+// Argument guards shared by every binding entry point. lib/ validates user input first and names the user's
+// argument; these checks exist so that a direct or buggy call still gets an exception instead of a crash.
+#pragma once
+#include <napi.h>
+
+#include <cstdint>
+#include <string>
+
+namespace moe_binding {
+
+// Thrown errors carry `code`, which lib/native.ts maps to the package's error classes.
+inline Napi::Error makeError(Napi::Env env, const std::string& code, const std::string& message) {
+  Napi::Error err = Napi::Error::New(env, message);
+  err.Set("code", Napi::String::New(env, code));
+  return err;
+}
+
+[[noreturn]] inline void throwValidation(Napi::Env env, const std::string& message) {
+  throw makeError(env, "ERR_MOE_VALIDATION", message);
+}
+
+template <typename T>
+struct TypedArrayTraits;
+template <>
+struct TypedArrayTraits<float> {
+  static constexpr napi_typedarray_type type = napi_float32_array;
+  static constexpr const char* name = "Float32Array";
+};
+template <>
+struct TypedArrayTraits<int32_t> {
+  static constexpr napi_typedarray_type type = napi_int32_array;
+  static constexpr const char* name = "Int32Array";
+};
+template <>
+struct TypedArrayTraits<double> {
+  static constexpr napi_typedarray_type type = napi_float64_array;
+  static constexpr const char* name = "Float64Array";
+};
+
+// A typed array of the given element type and at least `minLength` elements; null/undefined allowed when
+// `optional`. Detached buffers are rejected (their data pointer is gone).
+template <typename T>
+T* typedArrayArg(const Napi::CallbackInfo& info, size_t index, const char* what, size_t minLength,
+                 bool optional = false) {
+  Napi::Env env = info.Env();
+  Napi::Value v = info[index];
+  if (optional && (v.IsNull() || v.IsUndefined())) return nullptr;
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != TypedArrayTraits<T>::type)
+    throwValidation(env, std::string(what) + ": expected a " + TypedArrayTraits<T>::name);
+  Napi::TypedArrayOf<T> arr = v.As<Napi::TypedArrayOf<T>>();
+  bool detached = false;
+  napi_is_detached_arraybuffer(env, arr.ArrayBuffer(), &detached);
+  if (detached) throwValidation(env, std::string(what) + ": its ArrayBuffer is detached");
+  if (arr.ElementLength() < minLength)
+    throwValidation(env, std::string(what) + ": expected at least " + std::to_string(minLength) +
+                             " elements, got " + std::to_string(arr.ElementLength()));
+  return arr.Data();
+}
+
+inline int64_t intArg(const Napi::CallbackInfo& info, size_t index, const char* what, int64_t lo, int64_t hi) {
+  Napi::Value v = info[index];
+  if (!v.IsNumber()) throwValidation(info.Env(), std::string(what) + ": expected a number");
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= double(lo) && d <= double(hi)) || d != double(int64_t(d)))
+    throwValidation(info.Env(), std::string(what) + ": expected an integer in [" + std::to_string(lo) + ", " +
+                                    std::to_string(hi) + "], got " + std::to_string(d));
+  return int64_t(d);
+}
+
+inline double numberProp(const Napi::Object& o, const char* key, double fallback) {
+  Napi::Value v = o.Get(key);
+  return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : fallback;
+}
+
+// Keeps a JS value alive for the lifetime of an async worker.
+inline Napi::ObjectReference pin(Napi::Value v) {
+  if (!v.IsObject()) return Napi::ObjectReference();
+  return Napi::Persistent(v.As<Napi::Object>());
+}
+
+}  // namespace moe_binding

@@ -1,0 +1,195 @@
+// NativeLayer binding.
+//   new NativeLayer(router, dtype (0 fp32 | 1 bf16), staticK)
+//   setExpert(e, w1 [f*d], w3 [f*d], w2 [d*f], f) / setSharedExpert(w1, w3, w2, f, gate [d] | null)
+//   forward(x, T, y, indices, weights, k, counts, routeStats(5), layerStats(7), logits?, complexity?)
+//   forwardAsync(...same) -> Promise<void>; every array stays referenced until it settles.
+//   layerStats: flopsComputed, flopsStatic, startNs, gatingEndNs, dispatchEndNs, expertEndNs, combineEndNs.
+#include "layer_wrap.h"
+
+#include <vector>
+
+#include "addon_data.h"
+#include "args.h"
+#include "router_wrap.h"
+
+namespace moe_binding {
+
+namespace {
+
+constexpr int64_t kMaxTokens = int64_t(1) << 24;
+constexpr int64_t kMaxIntermediate = int64_t(1) << 20;
+
+struct ForwardCall {
+  const float* x = nullptr;
+  int64_t T = 0;
+  float* y = nullptr;
+  moe::RoutingOutput routing;
+  double* routeStats = nullptr;
+  double* layerStats = nullptr;
+  const float* logits = nullptr;
+  const float* complexity = nullptr;
+  std::string error;
+
+  void run(moe::Layer& layer) {
+    moe::RoutingStats rs;
+    moe::LayerStats ls;
+    error = layer.forward(x, T, logits, complexity, y, routing, rs, ls);
+    const double r[5] = {rs.meanK, rs.auxLoss, rs.zLoss, rs.loadBalance, double(rs.assignments)};
+    std::copy(r, r + 5, routeStats);
+    const double l[7] = {ls.flopsComputed,       ls.flopsStatic,          double(ls.startNs),
+                         double(ls.gatingEndNs), double(ls.dispatchEndNs), double(ls.expertEndNs),
+                         double(ls.combineEndNs)};
+    std::copy(l, l + 7, layerStats);
+  }
+};
+
+ForwardCall parseForward(const Napi::CallbackInfo& info, moe::Layer& layer) {
+  const moe::RouterConfig& cfg = layer.router().config();
+  ForwardCall c;
+  c.T = intArg(info, 1, "tokens", 1, kMaxTokens);
+  const size_t T = size_t(c.T), d = size_t(cfg.hiddenSize), E = size_t(cfg.numExperts), K = size_t(cfg.maxK);
+  c.x = typedArrayArg<float>(info, 0, "x", T * d);
+  c.y = typedArrayArg<float>(info, 2, "output", T * d);
+  c.routing.indices = typedArrayArg<int32_t>(info, 3, "indices", T * K);
+  c.routing.weights = typedArrayArg<float>(info, 4, "weights", T * K);
+  c.routing.k = typedArrayArg<int32_t>(info, 5, "k", T);
+  c.routing.expertCounts = typedArrayArg<int32_t>(info, 6, "counts", E);
+  c.routeStats = typedArrayArg<double>(info, 7, "routeStats", 5);
+  c.layerStats = typedArrayArg<double>(info, 8, "layerStats", 7);
+  c.logits = typedArrayArg<float>(info, 9, "logits", T * E, true);
+  c.complexity = typedArrayArg<float>(info, 10, "complexity", T, true);
+  if (cfg.selection == moe::Selection::Dynamic && !c.complexity)
+    throwValidation(info.Env(), "complexity: the dynamic rule needs a Float32Array of per-token scores");
+  return c;
+}
+
+class ForwardWorker : public Napi::AsyncWorker {
+ public:
+  ForwardWorker(Napi::Env env, std::shared_ptr<moe::Layer> layer, ForwardCall call, const Napi::CallbackInfo& info)
+      : Napi::AsyncWorker(env, "moe.forward"),
+        layer_(std::move(layer)),
+        call_(call),
+        deferred_(Napi::Promise::Deferred::New(env)) {
+    for (size_t i = 0; i < info.Length(); ++i) pinned_.push_back(pin(info[i]));
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override {
+    try {
+      call_.run(*layer_);
+      if (!call_.error.empty()) SetError(call_.error);
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void OnError(const Napi::Error& e) override {
+    deferred_.Reject(makeError(Env(), "ERR_MOE_VALIDATION", e.Message()).Value());
+  }
+
+ private:
+  std::shared_ptr<moe::Layer> layer_;
+  ForwardCall call_;
+  Napi::Promise::Deferred deferred_;
+  std::vector<Napi::ObjectReference> pinned_;
+};
+
+}  // namespace
+
+Napi::Function LayerWrap::Init(Napi::Env env) {
+  return DefineClass(env, "NativeLayer",
+                     {InstanceMethod<&LayerWrap::SetExpert>("setExpert"),
+                      InstanceMethod<&LayerWrap::SetSharedExpert>("setSharedExpert"),
+                      InstanceMethod<&LayerWrap::Forward>("forward"),
+                      InstanceMethod<&LayerWrap::ForwardAsync>("forwardAsync"),
+                      InstanceMethod<&LayerWrap::Info>("info"), InstanceMethod<&LayerWrap::Dispose>("dispose")});
+}
+
+LayerWrap::LayerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LayerWrap>(info) {
+  Napi::Env env = info.Env();
+  RouterWrap* router = RouterWrap::FromValue(env, info[0], "router");
+  const int dtype = int(intArg(info, 1, "dtype", 0, 1));
+  const int32_t staticK = int32_t(intArg(info, 2, "staticK", 1, router->router().config().numExperts));
+  layer_ = std::make_shared<moe::Layer>(router->sharedRouter(), moe::DType(dtype), staticK);
+  routerRef_ = Napi::Persistent(info[0].As<Napi::Object>());
+  Value().TypeTag(&kLayerTag);
+}
+
+LayerWrap::~LayerWrap() {
+  if (externalBytes_) Napi::MemoryManagement::AdjustExternalMemory(Env(), -externalBytes_);
+}
+
+std::shared_ptr<moe::Layer> LayerWrap::live(Napi::Env env) {
+  if (!layer_) throw makeError(env, "ERR_MOE_DISPOSED", "layer: this MoELayer was disposed");
+  return layer_;
+}
+
+void LayerWrap::adjustMemory(Napi::Env env) {
+  const int64_t now = layer_ ? int64_t(layer_->weightBytes()) : 0;
+  Napi::MemoryManagement::AdjustExternalMemory(env, now - externalBytes_);
+  externalBytes_ = now;
+}
+
+Napi::Value LayerWrap::SetExpert(const Napi::CallbackInfo& info) {
+  auto layer = live(info.Env());
+  const moe::RouterConfig& cfg = layer->router().config();
+  const int32_t e = int32_t(intArg(info, 0, "expert", 0, cfg.numExperts - 1));
+  const int64_t f = intArg(info, 4, "intermediateSize", 1, kMaxIntermediate);
+  const size_t n = size_t(f) * size_t(cfg.hiddenSize);
+  layer->setExpert(e, typedArrayArg<float>(info, 1, "w1", n), typedArrayArg<float>(info, 2, "w3", n),
+                   typedArrayArg<float>(info, 3, "w2", n), f);
+  adjustMemory(info.Env());
+  return info.Env().Undefined();
+}
+
+Napi::Value LayerWrap::SetSharedExpert(const Napi::CallbackInfo& info) {
+  auto layer = live(info.Env());
+  const moe::RouterConfig& cfg = layer->router().config();
+  const int64_t f = intArg(info, 3, "intermediateSize", 1, kMaxIntermediate);
+  const size_t n = size_t(f) * size_t(cfg.hiddenSize);
+  layer->setSharedExpert(typedArrayArg<float>(info, 0, "w1", n), typedArrayArg<float>(info, 1, "w3", n),
+                         typedArrayArg<float>(info, 2, "w2", n), f,
+                         typedArrayArg<float>(info, 4, "sharedGate", size_t(cfg.hiddenSize), true));
+  adjustMemory(info.Env());
+  return info.Env().Undefined();
+}
+
+Napi::Value LayerWrap::Forward(const Napi::CallbackInfo& info) {
+  auto layer = live(info.Env());
+  std::string missing;
+  if (!layer->complete(missing)) throwValidation(info.Env(), "layer: weights missing for " + missing);
+  ForwardCall call = parseForward(info, *layer);
+  call.run(*layer);
+  if (!call.error.empty()) throwValidation(info.Env(), call.error);
+  return info.Env().Undefined();
+}
+
+Napi::Value LayerWrap::ForwardAsync(const Napi::CallbackInfo& info) {
+  auto layer = live(info.Env());
+  std::string missing;
+  if (!layer->complete(missing)) throwValidation(info.Env(), "layer: weights missing for " + missing);
+  ForwardCall call = parseForward(info, *layer);
+  auto* worker = new ForwardWorker(info.Env(), layer, call, info);
+  Napi::Promise promise = worker->promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value LayerWrap::Info(const Napi::CallbackInfo& info) {
+  auto layer = live(info.Env());
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("weightBytes", double(layer->weightBytes()));
+  o.Set("dtype", layer->dtype() == moe::DType::F32 ? "fp32" : "bf16");
+  o.Set("isa", moe::isaName(moe::gemmKernels().isa));
+  return o;
+}
+
+// Drops this wrapper's hold on the weights; an async forward still running keeps its own reference.
+Napi::Value LayerWrap::Dispose(const Napi::CallbackInfo& info) {
+  layer_.reset();
+  adjustMemory(info.Env());
+  return info.Env().Undefined();
+}
+
+}  // namespace moe_binding

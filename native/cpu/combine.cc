@@ -1,0 +1,31 @@
+// Combine: each token's output is the sum of its weighted expert rows, in slot order, then its shared-expert
+// row. One worker owns each token, so the sum order, and the result, never depend on the thread count.
+#include <algorithm>
+
+#include "moe/dispatch.h"
+
+namespace moe {
+
+void combineRows(int64_t T, int64_t d, int32_t maxK, const int32_t* slotRow, const float* expertOut,
+                 int64_t sharedRow0, float* y, ThreadPool& pool, int workers) {
+  constexpr int64_t kTokensPerItem = 8;
+  const int64_t items = (T + kTokensPerItem - 1) / kTokensPerItem;
+  pool.parallelFor(workers, items, [&](int64_t item, int) {
+    for (int64_t t = item * kTokensPerItem; t < std::min(T, (item + 1) * kTokensPerItem); ++t) {
+      float* out = y + t * d;
+      std::fill(out, out + d, 0.0f);
+      for (int32_t s = 0; s < maxK; ++s) {
+        const int32_t row = slotRow[t * maxK + s];
+        if (row < 0) continue;
+        const float* src = expertOut + int64_t(row) * d;
+        for (int64_t i = 0; i < d; ++i) out[i] += src[i];
+      }
+      if (sharedRow0 >= 0) {
+        const float* src = expertOut + (sharedRow0 + t) * d;
+        for (int64_t i = 0; i < d; ++i) out[i] += src[i];
+      }
+    }
+  });
+}
+
+}  // namespace moe

@@ -1,0 +1,83 @@
+// Expert GEMM passes on top of the micro-kernels. Each call handles one 32-wide weight panel for all of an
+// expert's rows: the panel is read from memory once and reused across row blocks from cache, which is what
+// makes the small-batch (1-4 token) case pure weight streaming and the large one compute-bound.
+#include "moe/expert_gemm.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace moe {
+
+namespace {
+// K is processed in slices of this many elements: 2048 fp32 = 256 KiB of panel, 4096 bf16 = 256 KiB.
+constexpr int64_t kSliceF32 = 2048;
+constexpr int64_t kSlicePairs = 2048;
+
+inline float silu(float v) { return v / (1.0f + std::exp(-v)); }
+}  // namespace
+
+void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, int64_t K, const void* panel,
+                  float* acc) {
+  std::fill(acc, acc + rows * kPanelWidth, 0.0f);
+  alignas(64) float tile[16 * kPanelWidth];
+  const bool f32 = A.dtype == DType::F32;
+  const int64_t depth = f32 ? K : packedKPairs(K);
+  const int64_t slice = f32 ? kSliceF32 : kSlicePairs;
+  for (int64_t k0 = 0; k0 < depth; k0 += slice) {
+    const int kc = int(std::min(slice, depth - k0));
+    for (int64_t r0 = 0; r0 < rows; r0 += kern.maxRows) {
+      const int mr = int(std::min<int64_t>(kern.maxRows, rows - r0));
+      if (f32) {
+        kern.f32(mr, kc, static_cast<const float*>(A.data) + r0 * A.ld + k0, A.ld,
+                 static_cast<const float*>(panel) + k0 * kPanelWidth, tile);
+      } else {
+        kern.bf16(mr, kc, static_cast<const uint32_t*>(A.data) + r0 * A.ld + k0, A.ld,
+                  static_cast<const uint32_t*>(panel) + k0 * kPanelWidth, tile);
+      }
+      float* dst = acc + r0 * kPanelWidth;
+      for (int i = 0; i < mr * kPanelWidth; ++i) dst[i] += tile[i];
+    }
+  }
+}
+
+void gateUpPanel(const GemmKernels& kern, const Activations& x, int64_t rows, int64_t d, const void* gateUpPanels,
+                 int64_t panel, void* hidden, size_t ldh, float* acc) {
+  const size_t stride = panelStride(x.dtype, d);
+  const void* p = x.dtype == DType::F32
+                      ? static_cast<const void*>(static_cast<const float*>(gateUpPanels) + panel * stride)
+                      : static_cast<const void*>(static_cast<const uint32_t*>(gateUpPanels) + panel * stride);
+  panelProduct(kern, x, rows, d, p, acc);
+  constexpr int half = kPanelWidth / 2;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* gate = acc + r * kPanelWidth;
+    const float* up = gate + half;
+    float h[half];
+    for (int i = 0; i < half; ++i) h[i] = silu(gate[i]) * up[i];
+    if (x.dtype == DType::F32) {
+      std::copy(h, h + half, static_cast<float*>(hidden) + r * ldh + panel * half);
+    } else {
+      uint32_t* dst = static_cast<uint32_t*>(hidden) + r * ldh + panel * (half / 2);
+      for (int i = 0; i < half / 2; ++i)
+        dst[i] = uint32_t(floatToBf16(h[2 * i])) | (uint32_t(floatToBf16(h[2 * i + 1])) << 16);
+    }
+  }
+}
+
+void downPanel(const GemmKernels& kern, const Activations& h, int64_t rows, int64_t f, const void* downPanels,
+               int64_t panel, int64_t d, const float* rowWeight, float* out, size_t ldo, float* acc) {
+  const size_t stride = panelStride(h.dtype, f);
+  const void* p = h.dtype == DType::F32
+                      ? static_cast<const void*>(static_cast<const float*>(downPanels) + panel * stride)
+                      : static_cast<const void*>(static_cast<const uint32_t*>(downPanels) + panel * stride);
+  panelProduct(kern, h, rows, f, p, acc);
+  const int64_t col0 = panel * kPanelWidth;
+  const int cols = int(std::min<int64_t>(kPanelWidth, d - col0));
+  for (int64_t r = 0; r < rows; ++r) {
+    const float w = rowWeight[r];
+    const float* src = acc + r * kPanelWidth;
+    float* dst = out + r * ldo + col0;
+    for (int c = 0; c < cols; ++c) dst[c] = w * src[c];
+  }
+}
+
+}  // namespace moe

@@ -1,0 +1,142 @@
+// Packing of weights into panels, the scalar micro-kernels (always present, and the reference for the SIMD
+// ones), and the run-time choice of kernel set.
+#include "moe/gemm.h"
+
+#include <cstring>
+
+#include "gemm_isa.h"
+
+namespace moe {
+
+namespace {
+
+constexpr int kScalarMaxRows = 4;
+
+void scalarF32(int rows, int K, const float* A, size_t lda, const float* B, float* C) {
+  for (int m = 0; m < rows; ++m) {
+    float acc[kPanelWidth] = {};
+    const float* b = B;
+    for (int k = 0; k < K; ++k, b += kPanelWidth) {
+      const float a = A[m * lda + k];
+      for (int n = 0; n < kPanelWidth; ++n) acc[n] += a * b[n];
+    }
+    std::memcpy(C + m * kPanelWidth, acc, sizeof(acc));
+  }
+}
+
+void scalarBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C) {
+  for (int m = 0; m < rows; ++m) {
+    float acc[kPanelWidth] = {};
+    const uint32_t* b = B;
+    for (int kp = 0; kp < Kp; ++kp, b += kPanelWidth) {
+      const uint32_t pair = A[m * lda + kp];
+      const float aEven = bf16ToFloat(uint16_t(pair & 0xffff));
+      const float aOdd = bf16ToFloat(uint16_t(pair >> 16));
+      for (int n = 0; n < kPanelWidth; ++n) {
+        acc[n] += aEven * bf16ToFloat(uint16_t(b[n] & 0xffff));
+        acc[n] += aOdd * bf16ToFloat(uint16_t(b[n] >> 16));
+      }
+    }
+    std::memcpy(C + m * kPanelWidth, acc, sizeof(acc));
+  }
+}
+
+const GemmKernels kScalar{Isa::Scalar, kScalarMaxRows, scalarF32, scalarBF16};
+const GemmKernels kAvx2{Isa::Avx2, avx2::maxRows(), avx2::kernelF32, avx2::kernelBF16};
+const GemmKernels kAvx512{Isa::Avx512, avx512::maxRows(), avx512::kernelF32, avx512::kernelBF16};
+
+inline uint32_t bf16Pair(float even, float odd) {
+  return uint32_t(floatToBf16(even)) | (uint32_t(floatToBf16(odd)) << 16);
+}
+
+// One panel column: `width` weight rows starting at `row`, the rest zero.
+template <typename Emit>
+void forEachPanelRow(int64_t rows, Emit&& emit) {
+  for (int64_t p = 0; p < panelCount(rows); ++p)
+    for (int n = 0; n < kPanelWidth; ++n) emit(p, n, p * kPanelWidth + n < rows ? p * kPanelWidth + n : -1);
+}
+
+}  // namespace
+
+const GemmKernels& gemmKernelsFor(Isa isa) {
+  switch (isa) {
+    case Isa::Avx512: return kAvx512;
+    case Isa::Avx2: return kAvx2;
+    default: return kScalar;
+  }
+}
+
+const GemmKernels& gemmKernels() { return gemmKernelsFor(bestIsa()); }
+
+uint16_t floatToBf16(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return uint16_t((bits >> 16) | 0x40);  // quiet NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return uint16_t(bits >> 16);
+}
+
+void packPanelsF32(const float* W, size_t ldw, int64_t rows, int64_t K, float* dst) {
+  forEachPanelRow(rows, [&](int64_t p, int n, int64_t row) {
+    float* panel = dst + size_t(p) * size_t(K) * kPanelWidth;
+    for (int64_t k = 0; k < K; ++k) panel[k * kPanelWidth + n] = row < 0 ? 0.0f : W[size_t(row) * ldw + k];
+  });
+}
+
+void packPanelsBF16(const float* W, size_t ldw, int64_t rows, int64_t K, uint32_t* dst) {
+  const int64_t Kp = packedKPairs(K);
+  forEachPanelRow(rows, [&](int64_t p, int n, int64_t row) {
+    uint32_t* panel = dst + size_t(p) * size_t(Kp) * kPanelWidth;
+    for (int64_t kp = 0; kp < Kp; ++kp) {
+      if (row < 0) {
+        panel[kp * kPanelWidth + n] = 0;
+        continue;
+      }
+      const float* w = W + size_t(row) * ldw;
+      const float odd = 2 * kp + 1 < K ? w[2 * kp + 1] : 0.0f;
+      panel[kp * kPanelWidth + n] = bf16Pair(w[2 * kp], odd);
+    }
+  });
+}
+
+// Gate/up panels hold 16 gate rows then the same 16 up rows, so rows/16 panels cover the intermediate size.
+void packGateUpF32(const float* gate, const float* up, int64_t rows, int64_t K, float* dst) {
+  constexpr int half = kPanelWidth / 2;
+  const int64_t panels = (rows + half - 1) / half;
+  for (int64_t p = 0; p < panels; ++p) {
+    float* panel = dst + size_t(p) * size_t(K) * kPanelWidth;
+    for (int n = 0; n < half; ++n) {
+      const int64_t row = p * half + n;
+      for (int64_t k = 0; k < K; ++k) {
+        panel[k * kPanelWidth + n] = row < rows ? gate[size_t(row) * K + k] : 0.0f;
+        panel[k * kPanelWidth + half + n] = row < rows ? up[size_t(row) * K + k] : 0.0f;
+      }
+    }
+  }
+}
+
+void packGateUpBF16(const float* gate, const float* up, int64_t rows, int64_t K, uint32_t* dst) {
+  constexpr int half = kPanelWidth / 2;
+  const int64_t panels = (rows + half - 1) / half;
+  const int64_t Kp = packedKPairs(K);
+  for (int64_t p = 0; p < panels; ++p) {
+    uint32_t* panel = dst + size_t(p) * size_t(Kp) * kPanelWidth;
+    for (int n = 0; n < half; ++n) {
+      const int64_t row = p * half + n;
+      const float* g = row < rows ? gate + size_t(row) * K : nullptr;
+      const float* u = row < rows ? up + size_t(row) * K : nullptr;
+      for (int64_t kp = 0; kp < Kp; ++kp) {
+        const bool hasOdd = 2 * kp + 1 < K;
+        panel[kp * kPanelWidth + n] = g ? bf16Pair(g[2 * kp], hasOdd ? g[2 * kp + 1] : 0.0f) : 0;
+        panel[kp * kPanelWidth + half + n] = u ? bf16Pair(u[2 * kp], hasOdd ? u[2 * kp + 1] : 0.0f) : 0;
+      }
+    }
+  }
+}
+
+void rowToBf16Pairs(const float* src, int64_t K, uint32_t* dst) {
+  const int64_t Kp = packedKPairs(K);
+  for (int64_t kp = 0; kp < Kp; ++kp) dst[kp] = bf16Pair(src[2 * kp], 2 * kp + 1 < K ? src[2 * kp + 1] : 0.0f);
+}
+
+}  // namespace moe

@@ -1,0 +1,106 @@
+// AVX-512 micro-kernels for the packed-panel GEMM (see moe/gemm.h). Compiled with AVX-512 flags in its own
+// translation unit and only called after CPUID says so. Each call computes a rows x 32 tile over the full K:
+// two vectors of weights per k, one broadcast per activation row, 2*rows accumulators in registers.
+// The bf16 kernel uses vdpbf16ps, which multiplies bf16 pairs and accumulates in fp32.
+#include <immintrin.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace moe {
+namespace avx512 {
+namespace {
+
+constexpr int kMaxRows = 12;  // 24 accumulators + 2 weight vectors + 1 broadcast of the 32 zmm registers
+constexpr int kPrefetchFloats = 32 * 8;  // 1 KiB ahead in the weight stream
+
+template <int MR>
+void tileF32(int K, const float* A, size_t lda, const float* B, float* C) {
+  __m512 acc0[MR], acc1[MR];
+#pragma GCC unroll 12
+  for (int m = 0; m < MR; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
+  for (int k = 0; k < K; ++k) {
+    _mm_prefetch(reinterpret_cast<const char*>(B + kPrefetchFloats), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(B + kPrefetchFloats + 16), _MM_HINT_T0);
+    const __m512 b0 = _mm512_loadu_ps(B);
+    const __m512 b1 = _mm512_loadu_ps(B + 16);
+#pragma GCC unroll 12
+    for (int m = 0; m < MR; ++m) {
+      const __m512 a = _mm512_set1_ps(A[m * lda + k]);
+      acc0[m] = _mm512_fmadd_ps(a, b0, acc0[m]);
+      acc1[m] = _mm512_fmadd_ps(a, b1, acc1[m]);
+    }
+    B += 32;
+  }
+#pragma GCC unroll 12
+  for (int m = 0; m < MR; ++m) {
+    _mm512_storeu_ps(C + m * 32, acc0[m]);
+    _mm512_storeu_ps(C + m * 32 + 16, acc1[m]);
+  }
+}
+
+template <int MR>
+void tileBF16(int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C) {
+  __m512 acc0[MR], acc1[MR];
+#pragma GCC unroll 12
+  for (int m = 0; m < MR; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
+  for (int kp = 0; kp < Kp; ++kp) {
+    _mm_prefetch(reinterpret_cast<const char*>(B + kPrefetchFloats), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(B + kPrefetchFloats + 16), _MM_HINT_T0);
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(B);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(B + 16);
+#pragma GCC unroll 12
+    for (int m = 0; m < MR; ++m) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(A[m * lda + kp]));
+      acc0[m] = _mm512_dpbf16_ps(acc0[m], a, b0);
+      acc1[m] = _mm512_dpbf16_ps(acc1[m], a, b1);
+    }
+    B += 32;
+  }
+#pragma GCC unroll 12
+  for (int m = 0; m < MR; ++m) {
+    _mm512_storeu_ps(C + m * 32, acc0[m]);
+    _mm512_storeu_ps(C + m * 32 + 16, acc1[m]);
+  }
+}
+
+}  // namespace
+
+int maxRows() { return kMaxRows; }
+
+void kernelF32(int rows, int K, const float* A, size_t lda, const float* B, float* C) {
+  switch (rows) {
+    case 1: return tileF32<1>(K, A, lda, B, C);
+    case 2: return tileF32<2>(K, A, lda, B, C);
+    case 3: return tileF32<3>(K, A, lda, B, C);
+    case 4: return tileF32<4>(K, A, lda, B, C);
+    case 5: return tileF32<5>(K, A, lda, B, C);
+    case 6: return tileF32<6>(K, A, lda, B, C);
+    case 7: return tileF32<7>(K, A, lda, B, C);
+    case 8: return tileF32<8>(K, A, lda, B, C);
+    case 9: return tileF32<9>(K, A, lda, B, C);
+    case 10: return tileF32<10>(K, A, lda, B, C);
+    case 11: return tileF32<11>(K, A, lda, B, C);
+    default: return tileF32<12>(K, A, lda, B, C);
+  }
+}
+
+void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C) {
+  switch (rows) {
+    case 1: return tileBF16<1>(Kp, A, lda, B, C);
+    case 2: return tileBF16<2>(Kp, A, lda, B, C);
+    case 3: return tileBF16<3>(Kp, A, lda, B, C);
+    case 4: return tileBF16<4>(Kp, A, lda, B, C);
+    case 5: return tileBF16<5>(Kp, A, lda, B, C);
+    case 6: return tileBF16<6>(Kp, A, lda, B, C);
+    case 7: return tileBF16<7>(Kp, A, lda, B, C);
+    case 8: return tileBF16<8>(Kp, A, lda, B, C);
+    case 9: return tileBF16<9>(Kp, A, lda, B, C);
+    case 10: return tileBF16<10>(Kp, A, lda, B, C);
+    case 11: return tileBF16<11>(Kp, A, lda, B, C);
+    default: return tileBF16<12>(Kp, A, lda, B, C);
+  }
+}
+
+}  // namespace avx512
+}  // namespace moe

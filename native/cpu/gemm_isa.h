@@ -1,0 +1,17 @@
+// Entry points of the ISA-specific micro-kernel translation units (gemm_avx512.cc, gemm_avx2.cc).
+// Only gemm.cc calls these, after checking CPU support.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace moe {
+#define MOE_DECLARE_GEMM_ISA(ns)                                                                        \
+  namespace ns {                                                                                        \
+  int maxRows();                                                                                        \
+  void kernelF32(int rows, int K, const float* A, size_t lda, const float* B, float* C);                \
+  void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C);        \
+  }
+MOE_DECLARE_GEMM_ISA(avx512)
+MOE_DECLARE_GEMM_ISA(avx2)
+#undef MOE_DECLARE_GEMM_ISA
+}  // namespace moe

@@ -1,0 +1,180 @@
+// The layer forward: the stages in order, the split of expert work into (expert, panel range) items for the
+// pool, and the natively measured stats. The per-call work allocates nothing once the arena has grown.
+#include "moe/layer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "moe/dispatch.h"
+#include "moe/expert_gemm.h"
+
+namespace moe {
+
+namespace {
+int64_t nowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+constexpr int kItemsPerWorker = 8;  // enough items that both cores stay busy when one expert dominates
+constexpr int kGateUpOutputs = kPanelWidth / 2;
+}  // namespace
+
+Layer::Layer(std::shared_ptr<Router> router, DType dtype, int32_t staticK)
+    : router_(std::move(router)), dtype_(dtype), staticK_(staticK), hidden_(router_->config().hiddenSize) {
+  experts_.resize(size_t(router_->config().numExperts));
+}
+
+void Layer::pack(PackedExpert& dst, const float* w1, const float* w3, const float* w2, int64_t f) {
+  const int64_t d = hidden_;
+  const int64_t gateUpPanels = (f + kGateUpOutputs - 1) / kGateUpOutputs;
+  dst.intermediate = f;
+  if (dtype_ == DType::F32) {
+    dst.gateUpF32.ensure(size_t(gateUpPanels) * panelStride(dtype_, d));
+    packGateUpF32(w1, w3, f, d, dst.gateUpF32.data());
+    dst.downF32.ensure(packedSizeF32(d, f));
+    packPanelsF32(w2, size_t(f), d, f, dst.downF32.data());
+  } else {
+    dst.gateUpBF16.ensure(size_t(gateUpPanels) * panelStride(dtype_, d));
+    packGateUpBF16(w1, w3, f, d, dst.gateUpBF16.data());
+    dst.downBF16.ensure(packedSizeBF16(d, f));
+    packPanelsBF16(w2, size_t(f), d, f, dst.downBF16.data());
+  }
+  const int64_t stride = (f + kPanelWidth - 1) / kPanelWidth * kPanelWidth;
+  hiddenStride_ = std::max(hiddenStride_, stride);
+}
+
+void Layer::setExpert(int32_t expert, const float* w1, const float* w3, const float* w2, int64_t f) {
+  pack(experts_.at(size_t(expert)), w1, w3, w2, f);
+}
+
+void Layer::setSharedExpert(const float* w1, const float* w3, const float* w2, int64_t f, const float* gate) {
+  shared_ = std::make_unique<PackedExpert>();
+  pack(*shared_, w1, w3, w2, f);
+  if (gate) sharedGate_.assign(gate, gate + hidden_);
+}
+
+bool Layer::complete(std::string& missing) const {
+  for (size_t e = 0; e < experts_.size(); ++e)
+    if (experts_[e].intermediate == 0) {
+      missing = "expert " + std::to_string(e);
+      return false;
+    }
+  return true;
+}
+
+size_t Layer::weightBytes() const {
+  size_t total = shared_ ? shared_->bytes() : 0;
+  for (const auto& e : experts_) total += e.bytes();
+  return total;
+}
+
+void Layer::dispatch(const float* x, int64_t T, const RoutingOutput& routing) {
+  const RouterConfig& cfg = router_->config();
+  const float* sharedScale = nullptr;
+  if (shared_ && !sharedGate_.empty()) {
+    arena_.sharedScale.ensure(size_t(T));
+    float* scale = arena_.sharedScale.data();
+    for (int64_t t = 0; t < T; ++t) {
+      double dot = 0;
+      for (int64_t i = 0; i < hidden_; ++i) dot += double(x[t * hidden_ + i]) * sharedGate_[size_t(i)];
+      scale[t] = float(1.0 / (1.0 + std::exp(-dot)));
+    }
+    sharedScale = scale;
+  }
+  planDispatch(routing, T, cfg.maxK, cfg.numExperts, shared_ != nullptr, sharedScale, arena_);
+  if (arena_.jobs.empty()) return;
+  const ExpertJob& last = arena_.jobs.back();
+  gatherRows(x, hidden_, last.row0 + last.rows, dtype_, arena_, router_->pool(), router_->threads());
+}
+
+void Layer::runExperts(int64_t T) {
+  (void)T;
+  if (arena_.jobs.empty()) return;
+  const int64_t d = hidden_, rows = arena_.jobs.back().row0 + arena_.jobs.back().rows;
+  const bool f32 = dtype_ == DType::F32;
+  const size_t ldh = f32 ? size_t(hiddenStride_) : size_t(hiddenStride_ / 2);
+  if (f32) arena_.hiddenF32.ensure(size_t(rows) * ldh);
+  else arena_.hiddenBF16.ensure(size_t(rows) * ldh);
+  arena_.output.ensure(size_t(rows) * d);
+  int64_t maxRows = 0;
+  for (const ExpertJob& job : arena_.jobs) maxRows = std::max(maxRows, job.rows);
+  const int workers = router_->threads();
+  arena_.accumulators.ensure(size_t(workers) * size_t(maxRows) * kPanelWidth);
+  const GemmKernels& kern = gemmKernels();
+  auto expertOf = [&](const ExpertJob& job) -> const PackedExpert& {
+    return job.expert < int32_t(experts_.size()) ? experts_[size_t(job.expert)] : *shared_;
+  };
+
+  // Splits each job's panels into ranges, about kItemsPerWorker ranges per worker over the whole pass.
+  auto planItems = [&](auto panelsOf) {
+    int64_t totalPanels = 0;
+    for (const ExpertJob& job : arena_.jobs) totalPanels += panelsOf(job);
+    const int64_t chunk = std::max<int64_t>(1, totalPanels / (int64_t(workers) * kItemsPerWorker));
+    arena_.items.clear();
+    for (size_t j = 0; j < arena_.jobs.size(); ++j)
+      for (int64_t p = 0, n = panelsOf(arena_.jobs[j]); p < n; p += chunk)
+        arena_.items.push_back({int32_t(j), int32_t(p), int32_t(std::min(n, p + chunk))});
+  };
+
+  void* hidden = f32 ? static_cast<void*>(arena_.hiddenF32.data()) : static_cast<void*>(arena_.hiddenBF16.data());
+  const void* input = f32 ? static_cast<const void*>(arena_.inputF32.data())
+                          : static_cast<const void*>(arena_.inputBF16.data());
+  const size_t ldx = f32 ? size_t(d) : size_t(packedKPairs(d));
+
+  planItems([&](const ExpertJob& job) { return (expertOf(job).intermediate + kGateUpOutputs - 1) / kGateUpOutputs; });
+  router_->pool().parallelFor(workers, int64_t(arena_.items.size()), [&](int64_t i, int worker) {
+    const LayerArena::WorkItem item = arena_.items[size_t(i)];
+    const ExpertJob& job = arena_.jobs[size_t(item.job)];
+    const PackedExpert& ex = expertOf(job);
+    const void* panels = f32 ? static_cast<const void*>(ex.gateUpF32.data()) : ex.gateUpBF16.data();
+    const size_t elem = f32 ? sizeof(float) : sizeof(uint32_t);
+    const Activations x{dtype_, static_cast<const char*>(input) + size_t(job.row0) * ldx * elem, ldx};
+    void* h = static_cast<char*>(hidden) + size_t(job.row0) * ldh * elem;
+    float* acc = arena_.accumulators.data() + size_t(worker) * size_t(maxRows) * kPanelWidth;
+    for (int32_t p = item.panelBegin; p < item.panelEnd; ++p) gateUpPanel(kern, x, job.rows, d, panels, p, h, ldh, acc);
+  });
+
+  planItems([&](const ExpertJob&) { return panelCount(d); });
+  router_->pool().parallelFor(workers, int64_t(arena_.items.size()), [&](int64_t i, int worker) {
+    const LayerArena::WorkItem item = arena_.items[size_t(i)];
+    const ExpertJob& job = arena_.jobs[size_t(item.job)];
+    const PackedExpert& ex = expertOf(job);
+    const void* panels = f32 ? static_cast<const void*>(ex.downF32.data()) : ex.downBF16.data();
+    const size_t elem = f32 ? sizeof(float) : sizeof(uint32_t);
+    const Activations h{dtype_, static_cast<const char*>(hidden) + size_t(job.row0) * ldh * elem, ldh};
+    float* out = arena_.output.data() + size_t(job.row0) * d;
+    const float* weight = arena_.rowWeight.data() + job.row0;
+    float* acc = arena_.accumulators.data() + size_t(worker) * size_t(maxRows) * kPanelWidth;
+    for (int32_t p = item.panelBegin; p < item.panelEnd; ++p)
+      downPanel(kern, h, job.rows, ex.intermediate, panels, p, d, weight, out, size_t(d), acc);
+  });
+}
+
+std::string Layer::forward(const float* x, int64_t T, const float* logits, const float* complexity, float* y,
+                           RoutingOutput& routing, RoutingStats& routingStats, LayerStats& stats) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  stats = LayerStats{};
+  stats.startNs = nowNs();
+  std::string error = logits ? router_->select(logits, T, complexity, routing, routingStats)
+                             : router_->route(x, T, complexity, routing, routingStats);
+  if (!error.empty()) return error;
+  stats.gatingEndNs = nowNs();
+  dispatch(x, T, routing);
+  stats.dispatchEndNs = nowNs();
+  runExperts(T);
+  stats.expertEndNs = nowNs();
+  const RouterConfig& cfg = router_->config();
+  const int64_t routedRows = routingStats.assignments;
+  combineRows(T, hidden_, cfg.maxK, arena_.slotRow.data(), arena_.output.data(), shared_ ? routedRows : -1, y,
+              router_->pool(), router_->threads());
+  stats.combineEndNs = nowNs();
+
+  const double perTokenExpert = 6.0 * double(hidden_) * double(experts_[0].intermediate);
+  const double sharedFlops = shared_ ? 6.0 * double(hidden_) * double(shared_->intermediate) * double(T) : 0.0;
+  stats.flopsComputed = double(routedRows) * perTokenExpert + sharedFlops;
+  stats.flopsStatic = double(T) * double(staticK_) * perTokenExpert + sharedFlops;
+  return {};
+}
+
+}  // namespace moe

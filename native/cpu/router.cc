@@ -1,0 +1,42 @@
+// Router: gate GEMM followed by selection, with the scratch they share.
+#include "moe/router.h"
+
+#include "moe/gemm.h"
+
+namespace moe {
+
+Router::Router(const RouterConfig& cfg, const float* gateWeight, const float* bias,
+               std::shared_ptr<ThreadPool> pool, int threads)
+    : cfg_(cfg), pool_(std::move(pool)), threads_(threads) {
+  packedGate_.ensure(packedSizeF32(cfg.numExperts, cfg.hiddenSize));
+  packPanelsF32(gateWeight, size_t(cfg.hiddenSize), cfg.numExperts, cfg.hiddenSize, packedGate_.data());
+  if (bias) bias_.assign(bias, bias + cfg.numExperts);
+  cfg_.hasBias = bias != nullptr;
+}
+
+void Router::gate(const float* x, int64_t T, float* logits) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  gateLogits(x, T, cfg_.hiddenSize, packedGate_.data(), cfg_.numExperts, logits, *pool_, threads_);
+}
+
+std::string Router::route(const float* x, int64_t T, const float* complexity, RoutingOutput& out,
+                          RoutingStats& stats) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  float* logits = out.logits;
+  if (!logits) {
+    logitsScratch_.ensure(size_t(T) * cfg_.numExperts);
+    logits = logitsScratch_.data();
+  }
+  gateLogits(x, T, cfg_.hiddenSize, packedGate_.data(), cfg_.numExperts, logits, *pool_, threads_);
+  return selectExperts(cfg_, logits, T, bias_.empty() ? nullptr : bias_.data(), complexity, out, stats, *pool_,
+                       threads_, scratch_);
+}
+
+std::string Router::select(const float* logits, int64_t T, const float* complexity, RoutingOutput& out,
+                           RoutingStats& stats) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return selectExperts(cfg_, logits, T, bias_.empty() ? nullptr : bias_.data(), complexity, out, stats, *pool_,
+                       threads_, scratch_);
+}
+
+}  // namespace moe

@@ -1,0 +1,36 @@
+// The two GEMM passes of an expert, one panel at a time, so that (expert, panel) pairs are the units of work
+// the thread pool shares out. Rows are the expert's dispatched tokens; `acc` is worker scratch (rows x 32).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "moe/gemm.h"
+
+namespace moe {
+
+// The activations one pass reads: fp32 rows, or bf16 pairs (uint32) rows; `ld` counts elements of that type.
+struct Activations {
+  DType dtype;
+  const void* data;
+  size_t ld;
+};
+
+// acc[rows][32] = A[rows, K] · panel^T, blocked over K so the slice of the panel in use stays in L2.
+void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, int64_t K, const void* panel,
+                  float* acc);
+
+// Gate/up panel p covers intermediate columns [16p, 16p+16): h = silu(x·w1) * (x·w3), written to `hidden`
+// (fp32 rows, or bf16 pairs when the layer is bf16) with row stride `ldh` elements.
+void gateUpPanel(const GemmKernels& kern, const Activations& x, int64_t rows, int64_t d, const void* gateUpPanels,
+                 int64_t panel, void* hidden, size_t ldh, float* acc);
+
+// Down panel p covers output columns [32p, 32p+32) of d: out[r] = weight[r] * (h[r] · w2^T).
+void downPanel(const GemmKernels& kern, const Activations& h, int64_t rows, int64_t f, const void* downPanels,
+               int64_t panel, int64_t d, const float* rowWeight, float* out, size_t ldo, float* acc);
+
+// Bytes of one packed panel over K for the dtype.
+inline size_t panelStride(DType dtype, int64_t K) {
+  return dtype == DType::F32 ? size_t(K) * kPanelWidth : size_t(packedKPairs(K)) * kPanelWidth;
+}
+
+}  // namespace moe

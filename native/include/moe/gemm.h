@@ -1,0 +1,64 @@
+// Packed-panel GEMM used by both the router's gate and the experts.
+//
+// C[M, N] = A[M, K] · B[N, K]^T, where B is a weight matrix in Hugging Face layout ([out, in]) packed once into
+// panels of kPanelWidth output rows. A panel stores, for each k, the kPanelWidth weights of that k side by side,
+// so the micro-kernel loads two 512-bit vectors per k and broadcasts one activation per row.
+//   fp32 panel: [K][32] floats.
+//   bf16 panel: [K/2][32] uint32, each holding the bf16 pair (W[n][2kp], W[n][2kp+1]) — the vdpbf16ps layout.
+// A is row-major activations with a row stride; for bf16 it holds bf16 pairs as uint32 (K even).
+// The kernel writes the raw MR x 32 accumulator tile; callers apply their own epilogue.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "moe/cpu_features.h"
+
+namespace moe {
+
+constexpr int kPanelWidth = 32;
+
+enum class DType : int32_t { F32 = 0, BF16 = 1 };
+
+using KernelF32 = void (*)(int rows, int K, const float* A, size_t lda, const float* panel, float* tile);
+using KernelBF16 = void (*)(int rows, int Kpairs, const uint32_t* A, size_t lda, const uint32_t* panel,
+                            float* tile);
+
+struct GemmKernels {
+  Isa isa;
+  int maxRows;  // largest `rows` one call accepts (the register-blocked M of the micro-kernel)
+  KernelF32 f32;
+  KernelBF16 bf16;
+};
+
+const GemmKernels& gemmKernels();  // chosen once from bestIsa()
+const GemmKernels& gemmKernelsFor(Isa isa);
+
+// Number of panels for N outputs, and the element counts of a packed matrix.
+inline int64_t panelCount(int64_t n) { return (n + kPanelWidth - 1) / kPanelWidth; }
+inline int64_t packedKPairs(int64_t k) { return (k + 1) / 2; }
+inline size_t packedSizeF32(int64_t n, int64_t k) { return size_t(panelCount(n)) * size_t(k) * kPanelWidth; }
+inline size_t packedSizeBF16(int64_t n, int64_t k) {
+  return size_t(panelCount(n)) * size_t(packedKPairs(k)) * kPanelWidth;
+}
+
+uint16_t floatToBf16(float v);  // round to nearest even
+inline float bf16ToFloat(uint16_t h) {
+  uint32_t bits = uint32_t(h) << 16;
+  float f;
+  __builtin_memcpy(&f, &bits, 4);
+  return f;
+}
+
+// Packs rows [rowBegin, rowBegin+rows) of W (row stride ldw floats, K columns) into `panels` consecutive
+// panels starting at `dst`. Rows beyond `rows` inside the last panel are zero.
+void packPanelsF32(const float* W, size_t ldw, int64_t rows, int64_t K, float* dst);
+void packPanelsBF16(const float* W, size_t ldw, int64_t rows, int64_t K, uint32_t* dst);
+// Interleaves two matrices (gate and up, each [rows, K]) into panels of 16 gate rows then 16 up rows, so one
+// micro-kernel pass yields both halves of SwiGLU for the same 16 outputs.
+void packGateUpF32(const float* gate, const float* up, int64_t rows, int64_t K, float* dst);
+void packGateUpBF16(const float* gate, const float* up, int64_t rows, int64_t K, uint32_t* dst);
+
+// Converts n floats (K even or padded) to bf16 pairs: dst[K/2] (padding with a zero when K is odd).
+void rowToBf16Pairs(const float* src, int64_t K, uint32_t* dst);
+
+}  // namespace moe

@@ -1,0 +1,91 @@
+// An MoE layer on the CPU: router, prepacked expert weights, optional shared expert, and the per-layer arena.
+//   forward: route -> dispatch (counting sort into expert-contiguous rows, gather) -> gate/up GEMM with fused
+//   SwiGLU -> down GEMM scaled by the routing weight -> combine (sum of a token's rows in slot order).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "moe/aligned.h"
+#include "moe/gemm.h"
+#include "moe/router.h"
+#include "moe/types.h"
+
+namespace moe {
+
+// One expert's SwiGLU FFN, packed: gate and up interleaved (packGateUp*), down as plain panels.
+struct PackedExpert {
+  int64_t intermediate = 0;  // f
+  AlignedBuffer<float> gateUpF32, downF32;
+  AlignedBuffer<uint32_t> gateUpBF16, downBF16;
+  size_t bytes() const { return gateUpF32.bytes() + downF32.bytes() + gateUpBF16.bytes() + downBF16.bytes(); }
+};
+
+// Stage timings are steady-clock nanoseconds (CLOCK_MONOTONIC, the clock of process.hrtime).
+struct LayerStats {
+  double flopsComputed = 0;  // expert FLOPs actually run (routed + shared)
+  double flopsStatic = 0;    // the same tokens under the model's static top-k
+  int64_t startNs = 0, gatingEndNs = 0, dispatchEndNs = 0, expertEndNs = 0, combineEndNs = 0;
+};
+
+// A unit of expert work: the rows [row0, row0 + rows) of the dispatched buffers that go to one expert.
+struct ExpertJob {
+  int32_t expert;  // numExperts means the shared expert
+  int64_t row0, rows;
+};
+
+// Reused buffers; they grow to the largest batch seen and are never shrunk.
+struct LayerArena {
+  AlignedBuffer<float> inputF32, hiddenF32, output;  // gathered x, SwiGLU activations, weighted expert outputs
+  AlignedBuffer<uint32_t> inputBF16, hiddenBF16;
+  AlignedBuffer<int32_t> rowToken, slotRow;
+  AlignedBuffer<float> rowWeight, sharedScale;
+  AlignedBuffer<float> accumulators;  // per worker: rows x 32
+  std::vector<int64_t> cursor;
+  std::vector<ExpertJob> jobs;
+  struct WorkItem {
+    int32_t job;
+    int32_t panelBegin, panelEnd;
+  };
+  std::vector<WorkItem> items;
+};
+
+class Layer {
+ public:
+  Layer(std::shared_ptr<Router> router, DType dtype, int32_t staticK);
+
+  // w1 (gate_proj) and w3 (up_proj) are [f, d], w2 (down_proj) is [d, f], all fp32 row-major.
+  void setExpert(int32_t expert, const float* w1, const float* w3, const float* w2, int64_t f);
+  // The always-on expert; `gate` ([d], may be null) scales it by sigmoid(x . gate) per token (Qwen2-MoE).
+  void setSharedExpert(const float* w1, const float* w3, const float* w2, int64_t f, const float* gate);
+  bool complete(std::string& missing) const;
+
+  // x [T, d] -> y [T, d]. `logits` (optional, [T, E]) replaces the gate GEMM; `complexity` feeds dynamic k.
+  std::string forward(const float* x, int64_t T, const float* logits, const float* complexity, float* y,
+                      RoutingOutput& routing, RoutingStats& routingStats, LayerStats& stats);
+
+  Router& router() { return *router_; }
+  DType dtype() const { return dtype_; }
+  size_t weightBytes() const;
+
+ private:
+  void pack(PackedExpert& dst, const float* w1, const float* w3, const float* w2, int64_t f);
+  void dispatch(const float* x, int64_t T, const RoutingOutput& routing);
+  void runExperts(int64_t T);
+  void combine(int64_t T, int32_t maxK, const int32_t* k, float* y);
+
+  std::shared_ptr<Router> router_;
+  DType dtype_;
+  int32_t staticK_;
+  int64_t hidden_;
+  std::vector<PackedExpert> experts_;
+  std::unique_ptr<PackedExpert> shared_;
+  std::vector<float> sharedGate_;
+  int64_t hiddenStride_ = 0;  // row stride of the SwiGLU buffer: the widest f, padded to 32
+  std::mutex mutex_;
+  LayerArena arena_;
+};
+
+}  // namespace moe

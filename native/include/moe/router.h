@@ -1,0 +1,48 @@
+// A router owns its packed gate weight, its bias, its scratch and a handle on the compute pool. It is the
+// object the binding wraps; one call routes a whole batch.
+#pragma once
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "moe/aligned.h"
+#include "moe/gating.h"
+#include "moe/thread_pool.h"
+#include "moe/types.h"
+
+namespace moe {
+
+class Router {
+ public:
+  // gateWeight is [E, d] row-major (Hugging Face layout); bias is [E] or null. Both are copied.
+  Router(const RouterConfig& cfg, const float* gateWeight, const float* bias, std::shared_ptr<ThreadPool> pool,
+         int threads);
+
+  const RouterConfig& config() const { return cfg_; }
+  ThreadPool& pool() { return *pool_; }
+  std::shared_ptr<ThreadPool> sharedPool() { return pool_; }
+  int threads() const { return threads_; }
+  size_t weightBytes() const { return packedGate_.bytes() + bias_.size() * sizeof(float); }
+
+  // x [T, d] -> routing. When out.logits is null the logits go to internal scratch.
+  // Returns an empty string on success, else a message (non-finite logits).
+  std::string route(const float* x, int64_t T, const float* complexity, RoutingOutput& out, RoutingStats& stats);
+  // Selection only, from caller logits [T, E].
+  std::string select(const float* logits, int64_t T, const float* complexity, RoutingOutput& out,
+                     RoutingStats& stats);
+  // Logits only.
+  void gate(const float* x, int64_t T, float* logits);
+
+ private:
+  RouterConfig cfg_;
+  AlignedBuffer<float> packedGate_;
+  std::vector<float> bias_;
+  std::shared_ptr<ThreadPool> pool_;
+  int threads_;
+  std::mutex mutex_;  // one call at a time owns the scratch below
+  GatingScratch scratch_;
+  AlignedBuffer<float> logitsScratch_;
+};
+
+}  // namespace moe

@@ -1,0 +1,100 @@
+// Fork/join pool. A job bumps `generation_`; workers that see the new generation run their share and
+// decrement `pending_`. Workers spin for a short while after a job (back-to-back kernels in one forward are
+// common), then sleep on the condition variable so an idle process costs nothing.
+#include "moe/thread_pool.h"
+
+#include <chrono>
+#include <cstdlib>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define MOE_CPU_RELAX() _mm_pause()
+#else
+#define MOE_CPU_RELAX() ((void)0)
+#endif
+
+namespace moe {
+
+namespace {
+constexpr int kSpinIterations = 20000;  // ~100 us of pause before a worker sleeps
+}
+
+ThreadPool::ThreadPool(int threads) {
+  if (threads < 1) threads = 1;
+  workers_.reserve(threads - 1);
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { workerLoop(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_.store(true, std::memory_order_release);
+    generation_.fetch_add(1, std::memory_order_acq_rel);
+  }
+  wake_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+int ThreadPool::defaultThreads() {
+  if (const char* env = std::getenv("MOE_THREADS")) {
+    int n = std::atoi(env);
+    if (n > 0 && n <= 1024) return n;
+  }
+  unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : static_cast<int>(n);
+}
+
+void ThreadPool::run_impl(int workers, Trampoline fn, void* ctx) {
+  if (workers > size()) workers = size();
+  if (workers <= 1) {
+    fn(ctx, 0, 1);
+    return;
+  }
+  // Calls from different JS threads (worker_threads, or route beside forwardAsync) take turns.
+  std::lock_guard<std::mutex> job(jobMutex_);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    fn_ = fn;
+    ctx_ = ctx;
+    active_ = workers;
+    pending_.store(workers - 1, std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_release);
+  }
+  wake_.notify_all();
+  fn(ctx, 0, workers);
+  while (pending_.load(std::memory_order_acquire) != 0) MOE_CPU_RELAX();
+}
+
+void ThreadPool::workerLoop(int index) {
+  uint64_t seen = 0;
+  for (;;) {
+    uint64_t gen = generation_.load(std::memory_order_acquire);
+    for (int spin = 0; gen == seen && spin < kSpinIterations; ++spin) {
+      MOE_CPU_RELAX();
+      gen = generation_.load(std::memory_order_acquire);
+    }
+    if (gen == seen) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+      gen = generation_.load(std::memory_order_acquire);
+    }
+    Trampoline fn;
+    void* ctx;
+    int active;
+    {
+      // Read the job and its generation together: an idle worker may wake late, after a newer job began.
+      std::lock_guard<std::mutex> lock(mutex_);
+      seen = generation_.load(std::memory_order_acquire);
+      fn = fn_;
+      ctx = ctx_;
+      active = active_;
+    }
+    if (stop_.load(std::memory_order_acquire)) return;
+    if (index < active) {
+      fn(ctx, index, active);
+      pending_.fetch_sub(1, std::memory_order_acq_rel);
+    }
+  }
+}
+
+}  // namespace moe
