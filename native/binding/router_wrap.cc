@@ -132,7 +132,7 @@ Napi::Function RouterWrap::Init(Napi::Env env) {
                       InstanceMethod<&RouterWrap::Gate>("gate"), InstanceMethod<&RouterWrap::Info>("info")});
 }
 
-// new NativeRouter(config, gateWeight [E*d], bias [E] | null, threads)
+// new NativeRouter(config, gateWeight [E*d], bias [E] | null, threads, logitBias [E] | null)
 RouterWrap::RouterWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<RouterWrap>(info) {
   Napi::Env env = info.Env();
   if (!info[0].IsObject()) throwValidation(env, "router config: expected an object");
@@ -142,7 +142,8 @@ RouterWrap::RouterWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Router
   const float* gate = typedArrayArg<float>(info, 1, "gateWeight", E * d);
   const float* bias = typedArrayArg<float>(info, 2, "bias", E, true);
   const int threads = int(intArg(info, 3, "threads", 1, 1024));
-  router_ = std::make_shared<moe::Router>(cfg, gate, bias, addonData(env).poolFor(threads), threads);
+  const float* logitBias = typedArrayArg<float>(info, 4, "logitBias", E, true);
+  router_ = std::make_shared<moe::Router>(cfg, gate, bias, logitBias, addonData(env).poolFor(threads), threads);
   externalBytes_ = int64_t(router_->weightBytes());
   Napi::MemoryManagement::AdjustExternalMemory(env, externalBytes_);
   Value().TypeTag(&kRouterTag);

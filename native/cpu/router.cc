@@ -5,18 +5,26 @@
 
 namespace moe {
 
-Router::Router(const RouterConfig& cfg, const float* gateWeight, const float* bias,
+Router::Router(const RouterConfig& cfg, const float* gateWeight, const float* bias, const float* logitBias,
                std::shared_ptr<ThreadPool> pool, int threads)
     : cfg_(cfg), pool_(std::move(pool)), threads_(threads) {
   packedGate_.ensure(packedSizeF32(cfg.numExperts, cfg.hiddenSize));
   packPanelsF32(gateWeight, size_t(cfg.hiddenSize), cfg.numExperts, cfg.hiddenSize, packedGate_.data());
   if (bias) bias_.assign(bias, bias + cfg.numExperts);
+  if (logitBias) logitBias_.assign(logitBias, logitBias + cfg.numExperts);
   cfg_.hasBias = bias != nullptr;
+}
+
+void Router::computeLogits(const float* x, int64_t T, float* logits) {
+  gateLogits(x, T, cfg_.hiddenSize, packedGate_.data(), cfg_.numExperts, logits, *pool_, threads_);
+  if (logitBias_.empty()) return;
+  for (int64_t t = 0; t < T; ++t)
+    for (int32_t e = 0; e < cfg_.numExperts; ++e) logits[t * cfg_.numExperts + e] += logitBias_[size_t(e)];
 }
 
 void Router::gate(const float* x, int64_t T, float* logits) {
   std::lock_guard<std::mutex> lock(mutex_);
-  gateLogits(x, T, cfg_.hiddenSize, packedGate_.data(), cfg_.numExperts, logits, *pool_, threads_);
+  computeLogits(x, T, logits);
 }
 
 std::string Router::route(const float* x, int64_t T, const float* complexity, RoutingOutput& out,
@@ -27,7 +35,7 @@ std::string Router::route(const float* x, int64_t T, const float* complexity, Ro
     logitsScratch_.ensure(size_t(T) * cfg_.numExperts);
     logits = logitsScratch_.data();
   }
-  gateLogits(x, T, cfg_.hiddenSize, packedGate_.data(), cfg_.numExperts, logits, *pool_, threads_);
+  computeLogits(x, T, logits);
   return selectExperts(cfg_, logits, T, bias_.empty() ? nullptr : bias_.data(), complexity, out, stats, *pool_,
                        threads_, scratch_);
 }

@@ -15,9 +15,10 @@ namespace moe {
 
 class Router {
  public:
-  // gateWeight is [E, d] row-major (Hugging Face layout); bias is [E] or null. Both are copied.
-  Router(const RouterConfig& cfg, const float* gateWeight, const float* bias, std::shared_ptr<ThreadPool> pool,
-         int threads);
+  // gateWeight is [E, d] row-major (Hugging Face layout); bias is [E] or null and only steers the choice;
+  // logitBias is [E] or null and is added to the logits (a gate with a bias term, as in gpt-oss). All copied.
+  Router(const RouterConfig& cfg, const float* gateWeight, const float* bias, const float* logitBias,
+         std::shared_ptr<ThreadPool> pool, int threads);
 
   const RouterConfig& config() const { return cfg_; }
   ThreadPool& pool() { return *pool_; }
@@ -37,7 +38,10 @@ class Router {
  private:
   RouterConfig cfg_;
   AlignedBuffer<float> packedGate_;
+  void computeLogits(const float* x, int64_t T, float* logits);
+
   std::vector<float> bias_;
+  std::vector<float> logitBias_;
   std::shared_ptr<ThreadPool> pool_;
   int threads_;
   std::mutex mutex_;  // one call at a time owns the scratch below

@@ -1,0 +1,32 @@
+/**
+ * dynamic-moe-router-kit: Mixture-of-Experts routing and layers with native CPU kernels.
+ * The public API is re-exported here; see README.md for examples.
+ */
+export { Router } from './router';
+export type { RouterOptions } from './router-options';
+export type { FromConfigOverrides } from './models/router-config';
+export type { Selection, Scoring, GroupLimit, RoutingResult, RoutingStats, RouteOptions } from './types';
+export {
+  ComplexityEstimator,
+  Calibrator,
+  RouterEntropyEstimator,
+  GradientNormEstimator,
+  AttentionEntropyEstimator,
+  PerplexityProxyEstimator,
+  ThresholdScheduleEstimator,
+  CustomEstimator,
+  createEstimator,
+  type ComplexityContext,
+  type EstimatorSpec,
+  type EstimatorName,
+  type CalibrationMode,
+} from './estimators';
+export {
+  DynamicMoEError,
+  RouterConfigurationError,
+  ValidationError,
+  ExpertDispatchError,
+  ModelLoadError,
+  BackendError,
+} from './errors';
+export { backendInfo, type BackendInfo } from './backend-info';

@@ -1,0 +1,406 @@
+/**
+ * Adapters from Hugging Face MoE model families (Mixtral, OLMoE, Qwen2-MoE, Qwen3-MoE, DeepSeek-V2/V3) to one
+ * layer description: sizes, which layers are sparse, and the tensor names of the router, experts and shared
+ * experts. Each family names and sizes these differently in `config.json` and in the weights; this file is the only
+ * place that knows those differences. Experts are read lazily because a whole layer can be several GB in float32.
+ */
+import { ModelLoadError, ValidationError } from '../errors';
+import type { Checkpoint } from './checkpoint';
+
+/** Tensor names of one SwiGLU expert: w1 = gate_proj [f, d], w3 = up_proj [f, d], w2 = down_proj [d, f]. */
+export interface ExpertTensorNames {
+  w1: string;
+  w3: string;
+  w2: string;
+}
+
+/**
+ * How the original model turns router logits into weights, from `config.json` with the Hugging Face defaults.
+ * Informational: the router may use it to reproduce the reference behaviour.
+ */
+export interface HfRoutingHints {
+  /** 'softmax' for all families except DeepSeek-V3 ('sigmoid'), unless config.scoring_func says otherwise. */
+  scoringFunc: string;
+  /** Whether the top-k weights are renormalised to sum to 1 (always true for Mixtral). */
+  normTopKProb: boolean;
+  /** Multiplier applied to the routed weights (DeepSeek `routed_scaling_factor`; 1 elsewhere). */
+  routedScalingFactor: number;
+  /** 'greedy' (plain top-k), or DeepSeek's 'group_limited_greedy' / 'noaux_tc'. */
+  topkMethod: string;
+  /** DeepSeek expert groups and how many groups a token may use (group-limited methods only). */
+  nGroup?: number;
+  topkGroup?: number;
+}
+
+/** One sparse layer of a supported Hugging Face model: sizes and tensor names. */
+export interface MoELayerSpec {
+  /** Model class, e.g. 'MixtralForCausalLM'. */
+  architecture: string;
+  /** `config.model_type`, e.g. 'mixtral'. */
+  modelType: string;
+  layer: number;
+  hiddenSize: number;
+  /** Width f of each routed expert. */
+  intermediateSize: number;
+  numExperts: number;
+  topK: number;
+  names: {
+    /** Router weight [numExperts, hiddenSize]. */
+    gate: string;
+    /** Router score-correction bias [numExperts] (DeepSeek; required for noaux_tc routing, else loaded if present). */
+    bias?: string;
+    expert(e: number): ExpertTensorNames;
+    /** Shared expert(s), always applied; `gate` is Qwen2-MoE's sigmoid gate weight [1, hiddenSize]. */
+    shared?: ExpertTensorNames & { gate?: string };
+  };
+  /** Width of the shared expert (DeepSeek: n_shared_experts x moe_intermediate_size). */
+  sharedIntermediateSize?: number;
+  routing?: HfRoutingHints;
+}
+
+/** Float32 expert weights, row-major: w1 and w3 [f, d], w2 [d, f]. */
+export interface ExpertWeights {
+  w1: Float32Array;
+  w3: Float32Array;
+  w2: Float32Array;
+}
+
+/** Router and shared weights of one layer, read eagerly; routed experts read on demand by `expert(e)`. */
+export interface LoadedMoELayer {
+  spec: MoELayerSpec;
+  /** [numExperts, hiddenSize]. */
+  gateWeight: Float32Array;
+  /** [numExperts]. */
+  bias?: Float32Array;
+  /**
+   * Reads expert `e` from the checkpoint (a fresh copy each call), so callers can pack and drop one expert before
+   * reading the next. @throws ValidationError when `e` is not an integer in [0, numExperts).
+   */
+  expert(e: number): ExpertWeights;
+  shared?: ExpertWeights & { intermediateSize: number; /** [hiddenSize] */ gate?: Float32Array };
+}
+
+type Family = 'mixtral' | 'olmoe' | 'qwen2_moe' | 'qwen3_moe' | 'deepseek_v2' | 'deepseek_v3';
+
+const ARCHITECTURE_OF: Readonly<Record<Family, string>> = {
+  mixtral: 'MixtralForCausalLM',
+  olmoe: 'OlmoeForCausalLM',
+  qwen2_moe: 'Qwen2MoeForCausalLM',
+  qwen3_moe: 'Qwen3MoeForCausalLM',
+  deepseek_v2: 'DeepseekV2ForCausalLM',
+  deepseek_v3: 'DeepseekV3ForCausalLM',
+};
+
+const SUPPORTED = Object.entries(ARCHITECTURE_OF)
+  .map(([type, arch]) => `${arch} (${type})`)
+  .join(', ');
+
+function brief(value: unknown): string {
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+}
+
+function familyOf(config: Record<string, unknown>): { family: Family; architecture: string } {
+  const architectures = config.architectures;
+  const named = Array.isArray(architectures) && typeof architectures[0] === 'string' ? architectures[0] : undefined;
+  const modelType = typeof config.model_type === 'string' ? config.model_type : undefined;
+  const byName = (Object.keys(ARCHITECTURE_OF) as Family[]).find((f) => ARCHITECTURE_OF[f] === named);
+  const byType = modelType !== undefined && modelType in ARCHITECTURE_OF ? (modelType as Family) : undefined;
+  if (byName && byType && byName !== byType) {
+    throw new ModelLoadError(
+      `config: architectures[0] is ${brief(named)} but model_type is ${brief(modelType)}; expected matching values`,
+    );
+  }
+  const family = byName ?? byType;
+  if (!family) {
+    throw new ModelLoadError(
+      `config: unsupported model (architectures[0] ${brief(named)}, model_type ${brief(modelType)}); ` +
+        `supported: ${SUPPORTED}`,
+    );
+  }
+  return { family, architecture: named ?? ARCHITECTURE_OF[family] };
+}
+
+/** Reads config fields for one architecture, with errors that name the field, value and expectation. */
+class ConfigReader {
+  constructor(
+    private readonly config: Record<string, unknown>,
+    private readonly architecture: string,
+  ) {}
+
+  int(key: string, min: number, fallback?: number): number {
+    const value = this.config[key] ?? fallback;
+    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
+      throw this.error(key, value, `an integer >= ${min}`);
+    }
+    return value;
+  }
+
+  number(key: string, fallback: number): number {
+    const value = this.config[key] ?? fallback;
+    if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {
+      throw this.error(key, value, 'a positive number');
+    }
+    return value;
+  }
+
+  bool(key: string, fallback: boolean): boolean {
+    const value = this.config[key] ?? fallback;
+    if (typeof value !== 'boolean') throw this.error(key, value, 'true or false');
+    return value;
+  }
+
+  string(key: string, fallback: string, allowed: readonly string[]): string {
+    const value = this.config[key] ?? fallback;
+    if (typeof value !== 'string' || !allowed.includes(value)) throw this.error(key, value, allowed.join(' | '));
+    return value;
+  }
+
+  intList(key: string): number[] {
+    const value = this.config[key] ?? [];
+    if (!Array.isArray(value) || !value.every((v) => Number.isSafeInteger(v))) {
+      throw this.error(key, value, 'a list of integers');
+    }
+    return value as number[];
+  }
+
+  error(key: string, value: unknown, expected: string): ModelLoadError {
+    return new ModelLoadError(`config (${this.architecture}): "${key}" is ${brief(value)}, expected ${expected}`);
+  }
+}
+
+function denseLayerError(architecture: string, layer: number, reason: string): ModelLoadError {
+  return new ModelLoadError(`${architecture} layer ${layer} is a dense MLP layer, not an MoE layer: ${reason}`);
+}
+
+function expertNames(prefix: string, style: 'mixtral' | 'hf'): (e: number) => ExpertTensorNames {
+  if (style === 'mixtral') {
+    return (e) => ({
+      w1: `${prefix}.experts.${e}.w1.weight`,
+      w3: `${prefix}.experts.${e}.w3.weight`,
+      w2: `${prefix}.experts.${e}.w2.weight`,
+    });
+  }
+  return (e) => projNames(`${prefix}.experts.${e}`);
+}
+
+function projNames(prefix: string): ExpertTensorNames {
+  return { w1: `${prefix}.gate_proj.weight`, w3: `${prefix}.up_proj.weight`, w2: `${prefix}.down_proj.weight` };
+}
+
+/** Qwen2/3-MoE: sparse iff not in mlp_only_layers and (layer + 1) % decoder_sparse_step == 0. */
+function checkQwenSparse(read: ConfigReader, architecture: string, layer: number): void {
+  const mlpOnly = read.intList('mlp_only_layers');
+  const step = read.int('decoder_sparse_step', 1, 1);
+  if (mlpOnly.includes(layer)) throw denseLayerError(architecture, layer, `it is listed in mlp_only_layers`);
+  if ((layer + 1) % step !== 0) {
+    throw denseLayerError(architecture, layer, `(layer + 1) % decoder_sparse_step (${step}) != 0`);
+  }
+}
+
+/** DeepSeek: sparse iff layer >= first_k_dense_replace and layer % moe_layer_freq == 0. */
+function checkDeepseekSparse(read: ConfigReader, architecture: string, layer: number): void {
+  const firstDense = read.int('first_k_dense_replace', 0, 0);
+  const freq = read.int('moe_layer_freq', 1, 1);
+  if (layer < firstDense) {
+    throw denseLayerError(architecture, layer, `layers below first_k_dense_replace (${firstDense}) are dense`);
+  }
+  if (layer % freq !== 0) throw denseLayerError(architecture, layer, `layer % moe_layer_freq (${freq}) != 0`);
+}
+
+function deepseekRouting(read: ConfigReader, family: Family, numExperts: number): HfRoutingHints {
+  const v3 = family === 'deepseek_v3';
+  const topkMethod = read.string('topk_method', v3 ? 'noaux_tc' : 'greedy', [
+    'greedy',
+    'group_limited_greedy',
+    'noaux_tc',
+  ]);
+  const hints: HfRoutingHints = {
+    scoringFunc: read.string('scoring_func', v3 ? 'sigmoid' : 'softmax', ['softmax', 'sigmoid']),
+    normTopKProb: read.bool('norm_topk_prob', v3),
+    routedScalingFactor: read.number('routed_scaling_factor', v3 ? 2.5 : 1),
+    topkMethod,
+  };
+  if (topkMethod !== 'greedy') {
+    const nGroup = read.int('n_group', 1, v3 ? 8 : 1);
+    const topkGroup = read.int('topk_group', 1, v3 ? 4 : 1);
+    if (numExperts % nGroup !== 0) throw read.error('n_group', nGroup, `a divisor of ${numExperts} (experts)`);
+    if (topkGroup > nGroup) throw read.error('topk_group', topkGroup, `at most n_group (${nGroup})`);
+    hints.nGroup = nGroup;
+    hints.topkGroup = topkGroup;
+  }
+  return hints;
+}
+
+/**
+ * Describes MoE layer `layer` of a Hugging Face model from its `config.json`. The model is recognised by
+ * `architectures[0]` or `model_type`.
+ * @throws ValidationError when `layer` is not an integer in [0, num_hidden_layers).
+ * @throws ModelLoadError for an unsupported model (the message lists supported ones), a missing or invalid config
+ *   field, or a dense (non-MoE) layer, naming the layer and the config rule that makes it dense.
+ */
+export function resolveMoELayer(config: Record<string, unknown>, layer: number): MoELayerSpec {
+  const { family, architecture } = familyOf(config);
+  const read = new ConfigReader(config, architecture);
+  const numLayers = read.int('num_hidden_layers', 1);
+  if (!Number.isSafeInteger(layer) || layer < 0 || layer >= numLayers) {
+    throw new ValidationError(
+      `${architecture}: layer is ${brief(layer)}, expected an integer in [0, ${numLayers - 1}] (num_hidden_layers ${numLayers})`,
+    );
+  }
+  const hiddenSize = read.int('hidden_size', 1);
+  const base = `model.layers.${layer}`;
+  let spec: MoELayerSpec;
+  switch (family) {
+    case 'mixtral': {
+      const prefix = `${base}.block_sparse_moe`;
+      spec = {
+        architecture,
+        modelType: family,
+        layer,
+        hiddenSize,
+        intermediateSize: read.int('intermediate_size', 1),
+        numExperts: read.int('num_local_experts', 1),
+        topK: read.int('num_experts_per_tok', 1),
+        names: { gate: `${prefix}.gate.weight`, expert: expertNames(prefix, 'mixtral') },
+        routing: { scoringFunc: 'softmax', normTopKProb: true, routedScalingFactor: 1, topkMethod: 'greedy' },
+      };
+      break;
+    }
+    case 'olmoe':
+    case 'qwen2_moe':
+    case 'qwen3_moe': {
+      if (family !== 'olmoe') checkQwenSparse(read, architecture, layer);
+      const prefix = `${base}.mlp`;
+      spec = {
+        architecture,
+        modelType: family,
+        layer,
+        hiddenSize,
+        intermediateSize: read.int(family === 'olmoe' ? 'intermediate_size' : 'moe_intermediate_size', 1),
+        numExperts: read.int('num_experts', 1),
+        topK: read.int('num_experts_per_tok', 1),
+        names: { gate: `${prefix}.gate.weight`, expert: expertNames(prefix, 'hf') },
+        routing: {
+          scoringFunc: 'softmax',
+          normTopKProb: read.bool('norm_topk_prob', false),
+          routedScalingFactor: 1,
+          topkMethod: 'greedy',
+        },
+      };
+      if (family === 'qwen2_moe') {
+        spec.names.shared = { ...projNames(`${prefix}.shared_expert`), gate: `${prefix}.shared_expert_gate.weight` };
+        spec.sharedIntermediateSize = read.int('shared_expert_intermediate_size', 1);
+      }
+      break;
+    }
+    case 'deepseek_v2':
+    case 'deepseek_v3': {
+      checkDeepseekSparse(read, architecture, layer);
+      const prefix = `${base}.mlp`;
+      const intermediateSize = read.int('moe_intermediate_size', 1);
+      const numExperts = read.int('n_routed_experts', 1);
+      spec = {
+        architecture,
+        modelType: family,
+        layer,
+        hiddenSize,
+        intermediateSize,
+        numExperts,
+        topK: read.int('num_experts_per_tok', 1),
+        names: {
+          gate: `${prefix}.gate.weight`,
+          bias: `${prefix}.gate.e_score_correction_bias`,
+          expert: expertNames(prefix, 'hf'),
+        },
+        routing: deepseekRouting(read, family, numExperts),
+      };
+      const sharedExperts = read.int('n_shared_experts', 0, 0);
+      if (sharedExperts > 0) {
+        spec.names.shared = projNames(`${prefix}.shared_experts`);
+        spec.sharedIntermediateSize = sharedExperts * intermediateSize;
+      }
+      break;
+    }
+  }
+  if (spec.topK > spec.numExperts) {
+    throw read.error('num_experts_per_tok', spec.topK, `at most the number of experts (${spec.numExperts})`);
+  }
+  return spec;
+}
+
+/** Checks that a tensor exists with the given shape and a readable dtype, without reading its data. */
+function checkTensor(ckpt: Checkpoint, spec: MoELayerSpec, name: string, shape: number[]): void {
+  const where = `${ckpt.dir}: ${spec.architecture} layer ${spec.layer}`;
+  if (!ckpt.has(name)) throw new ModelLoadError(`${where}: tensor ${brief(name)} is missing from the checkpoint`);
+  const info = ckpt.info(name);
+  if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
+    throw new ModelLoadError(
+      `${where}: tensor ${brief(name)} has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}] from config`,
+    );
+  }
+  if (!['F32', 'BF16', 'F16'].includes(info.dtype)) {
+    throw new ModelLoadError(
+      `${where}: tensor ${brief(name)} has dtype ${info.dtype}, expected F32, BF16 or F16 ` +
+        `(convert quantised checkpoints, e.g. DeepSeek-V3 FP8, to BF16 first)`,
+    );
+  }
+}
+
+/**
+ * Loads the router weight, optional score-correction bias and shared expert of the layer `spec` describes, after
+ * checking the shape and dtype of every tensor of the layer (routed experts included) against the config.
+ * Routed experts are read later, one at a time, through `expert(e)`.
+ * @throws ModelLoadError when a tensor is missing, has the wrong shape or an unsupported dtype, or is unreadable.
+ */
+export function loadMoELayerWeights(ckpt: Checkpoint, spec: MoELayerSpec): LoadedMoELayer {
+  const { hiddenSize: d, intermediateSize: f, numExperts } = spec;
+  const gateShape = [numExperts, d];
+  checkTensor(ckpt, spec, spec.names.gate, gateShape);
+  for (let e = 0; e < numExperts; e++) {
+    const names = spec.names.expert(e);
+    checkTensor(ckpt, spec, names.w1, [f, d]);
+    checkTensor(ckpt, spec, names.w3, [f, d]);
+    checkTensor(ckpt, spec, names.w2, [d, f]);
+  }
+  const layer: LoadedMoELayer = {
+    spec,
+    gateWeight: ckpt.readFloat32(spec.names.gate, gateShape),
+    expert(e: number): ExpertWeights {
+      if (!Number.isSafeInteger(e) || e < 0 || e >= numExperts) {
+        throw new ValidationError(`expert: index is ${brief(e)}, expected an integer in [0, ${numExperts - 1}]`);
+      }
+      const names = spec.names.expert(e);
+      return {
+        w1: ckpt.readFloat32(names.w1, [f, d]),
+        w3: ckpt.readFloat32(names.w3, [f, d]),
+        w2: ckpt.readFloat32(names.w2, [d, f]),
+      };
+    },
+  };
+  const biasName = spec.names.bias;
+  // noaux_tc routing (DeepSeek-V3) cannot work without the bias; elsewhere it is loaded only when present.
+  if (biasName !== undefined && (spec.routing?.topkMethod === 'noaux_tc' || ckpt.has(biasName))) {
+    checkTensor(ckpt, spec, biasName, [numExperts]);
+    layer.bias = ckpt.readFloat32(biasName, [numExperts]);
+  }
+  const shared = spec.names.shared;
+  if (shared !== undefined) {
+    const width = spec.sharedIntermediateSize;
+    if (width === undefined) {
+      throw new ModelLoadError(`${spec.architecture} layer ${spec.layer}: spec has shared expert names but no width`);
+    }
+    checkTensor(ckpt, spec, shared.w1, [width, d]);
+    checkTensor(ckpt, spec, shared.w3, [width, d]);
+    checkTensor(ckpt, spec, shared.w2, [d, width]);
+    if (shared.gate !== undefined) checkTensor(ckpt, spec, shared.gate, [1, d]);
+    layer.shared = {
+      w1: ckpt.readFloat32(shared.w1, [width, d]),
+      w3: ckpt.readFloat32(shared.w3, [width, d]),
+      w2: ckpt.readFloat32(shared.w2, [d, width]),
+      intermediateSize: width,
+    };
+    if (shared.gate !== undefined) layer.shared.gate = ckpt.readFloat32(shared.gate, [1, d]);
+  }
+  return layer;
+}

@@ -1,0 +1,192 @@
+/**
+ * Opens a Hugging Face checkpoint folder: `config.json` plus either one `model.safetensors` or shards listed in
+ * `model.safetensors.index.json`. It hides the sharding from the architecture adapters, and checks that the index
+ * cannot point outside the folder. Shards are opened (header only) the first time one of their tensors is used.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { ModelLoadError, ValidationError } from '../errors';
+import { openSafetensors, type SafetensorsFile, type SafetensorsTensorInfo } from './safetensors';
+
+const CONFIG_FILE = 'config.json';
+const SINGLE_FILE = 'model.safetensors';
+const INDEX_FILE = 'model.safetensors.index.json';
+/** config.json and the index are small; refuse anything larger than this instead of reading it into memory. */
+const JSON_FILE_LIMIT = 64 * 1024 * 1024;
+
+/** A checkpoint folder whose tensors can be looked up by their Hugging Face names. */
+export interface Checkpoint {
+  /** The folder, as given to {@link openCheckpoint}. */
+  readonly dir: string;
+  /** The parsed `config.json`. */
+  readonly config: Record<string, unknown>;
+  /** Every tensor name of the checkpoint (from the index, or from the single file's header). */
+  tensorNames(): string[];
+  has(name: string): boolean;
+  /** @throws ModelLoadError when the tensor is missing or its shard is malformed. */
+  info(name: string): SafetensorsTensorInfo;
+  /**
+   * Reads a tensor as float32 (row-major). With `expectedShape`, the stored shape must equal it.
+   * @throws ModelLoadError naming the tensor: missing, unsupported dtype, or a shape other than `expectedShape`.
+   */
+  readFloat32(name: string, expectedShape?: number[]): Float32Array;
+  /** Closes every shard opened so far. */
+  close(): void;
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function brief(value: unknown): string {
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+}
+
+/** Reads and parses a JSON file that must hold an object. */
+function readJsonObject(file: string, role: string): Record<string, unknown> {
+  let text: string;
+  try {
+    const size = fs.statSync(file).size;
+    if (size > JSON_FILE_LIMIT) {
+      throw new ModelLoadError(`${file}: ${role} is ${size} bytes, expected at most ${JSON_FILE_LIMIT}`);
+    }
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    if (err instanceof ModelLoadError) throw err;
+    const code = (err as NodeJS.ErrnoException).code;
+    const reason = code === 'ENOENT' ? 'file not found' : (err as Error).message;
+    throw new ModelLoadError(`${file}: cannot read ${role} (${reason})`, { cause: err });
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (err) {
+    throw new ModelLoadError(`${file}: ${role} is not valid JSON (${(err as Error).message})`, { cause: err });
+  }
+  if (!isPlainObject(parsed)) {
+    throw new ModelLoadError(`${file}: ${role} must be a JSON object, got ${brief(parsed)}`);
+  }
+  return parsed;
+}
+
+/** Accepts only a plain file name that stays inside the checkpoint folder. */
+function checkShardName(indexFile: string, tensor: string, shard: unknown): string {
+  const expected = 'a plain file name inside the checkpoint folder (no "/", "\\", ".." or absolute path)';
+  const plain =
+    typeof shard === 'string' &&
+    shard.length > 0 &&
+    shard.length <= 255 &&
+    shard !== '.' &&
+    shard !== '..' &&
+    !/[/\\\0]/.test(shard) &&
+    !path.isAbsolute(shard) &&
+    !path.win32.isAbsolute(shard);
+  if (!plain) {
+    throw new ModelLoadError(
+      `${indexFile}: weight_map entry for tensor ${brief(tensor)} names shard ${brief(shard)}, expected ${expected}`,
+    );
+  }
+  return shard;
+}
+
+function readWeightMap(indexFile: string): Map<string, string> {
+  const index = readJsonObject(indexFile, 'the shard index');
+  const weightMap = index.weight_map;
+  if (!isPlainObject(weightMap)) {
+    throw new ModelLoadError(`${indexFile}: "weight_map" is ${brief(weightMap)}, expected an object tensor -> shard`);
+  }
+  const shardOf = new Map<string, string>();
+  for (const [tensor, shard] of Object.entries(weightMap)) shardOf.set(tensor, checkShardName(indexFile, tensor, shard));
+  return shardOf;
+}
+
+class HfCheckpoint implements Checkpoint {
+  private readonly openShards = new Map<string, SafetensorsFile>();
+  private closed = false;
+
+  constructor(
+    readonly dir: string,
+    readonly config: Record<string, unknown>,
+    /** Tensor name -> shard file name; null for a single-file checkpoint. */
+    private readonly shardOf: Map<string, string> | null,
+    private readonly single: SafetensorsFile | null,
+  ) {}
+
+  tensorNames(): string[] {
+    return this.shardOf ? [...this.shardOf.keys()] : this.single!.tensorNames();
+  }
+
+  has(name: string): boolean {
+    return this.shardOf ? this.shardOf.has(name) : this.single!.has(name);
+  }
+
+  info(name: string): SafetensorsTensorInfo {
+    return this.fileOf(name).info(name);
+  }
+
+  readFloat32(name: string, expectedShape?: number[]): Float32Array {
+    const file = this.fileOf(name);
+    if (expectedShape !== undefined) {
+      const { shape } = file.info(name);
+      const same = shape.length === expectedShape.length && shape.every((d, i) => d === expectedShape[i]);
+      if (!same) {
+        throw new ModelLoadError(
+          `${this.dir}: tensor ${brief(name)} has shape [${shape.join(', ')}], expected [${expectedShape.join(', ')}]`,
+        );
+      }
+    }
+    return file.readFloat32(name);
+  }
+
+  close(): void {
+    this.closed = true;
+    this.single?.close();
+    for (const shard of this.openShards.values()) shard.close();
+    this.openShards.clear();
+  }
+
+  private fileOf(name: string): SafetensorsFile {
+    if (this.closed) throw new ModelLoadError(`${this.dir}: checkpoint is closed; cannot use tensor ${brief(name)}`);
+    if (!this.has(name)) throw new ModelLoadError(`${this.dir}: checkpoint has no tensor named ${brief(name)}`);
+    if (this.single) return this.single;
+    const shardName = this.shardOf!.get(name)!;
+    let shard = this.openShards.get(shardName);
+    if (!shard) {
+      shard = openSafetensors(path.join(this.dir, shardName));
+      this.openShards.set(shardName, shard);
+    }
+    if (!shard.has(name)) {
+      throw new ModelLoadError(
+        `${this.dir}: ${INDEX_FILE} places tensor ${brief(name)} in ${shardName}, but that shard does not contain it`,
+      );
+    }
+    return shard;
+  }
+}
+
+/**
+ * Opens a Hugging Face checkpoint folder. Reads `config.json`, then `model.safetensors` if present, otherwise
+ * `model.safetensors.index.json`, whose `weight_map` (tensor name -> shard file) must name plain files inside
+ * `dir`. Shards are opened lazily; close the checkpoint to release their file descriptors.
+ * @throws ValidationError when `dir` is not a non-empty string.
+ * @throws ModelLoadError when the folder, config or weights are missing or malformed.
+ */
+export function openCheckpoint(dir: string): Checkpoint {
+  if (typeof dir !== 'string' || dir.length === 0) {
+    throw new ValidationError(`openCheckpoint: dir must be a non-empty string, got ${brief(dir)}`);
+  }
+  let isDir = false;
+  try {
+    isDir = fs.statSync(dir).isDirectory();
+  } catch (err) {
+    throw new ModelLoadError(`${dir}: checkpoint folder not found (${(err as Error).message})`, { cause: err });
+  }
+  if (!isDir) throw new ModelLoadError(`${dir}: checkpoint path is not a folder`);
+  const config = readJsonObject(path.join(dir, CONFIG_FILE), CONFIG_FILE);
+  const singlePath = path.join(dir, SINGLE_FILE);
+  if (fs.existsSync(singlePath)) return new HfCheckpoint(dir, config, null, openSafetensors(singlePath));
+  const indexPath = path.join(dir, INDEX_FILE);
+  if (fs.existsSync(indexPath)) return new HfCheckpoint(dir, config, readWeightMap(indexPath), null);
+  throw new ModelLoadError(`${dir}: no weights found; expected ${SINGLE_FILE} or ${INDEX_FILE}`);
+}

@@ -1,0 +1,133 @@
+/**
+ * Maps a Hugging Face `config.json` to the router rule that model was trained with. This is the single place
+ * that knows each `model_type`'s routing; `Router.fromConfig` and `MoELayer.fromPretrained` both use it.
+ */
+import { describe, RouterConfigurationError } from '../errors';
+import type { RouterOptions } from '../router-options';
+import type { GroupLimit, Scoring, Selection } from '../types';
+
+/** What `Router.fromConfig` accepts to override the model's own rule. */
+export interface FromConfigOverrides {
+  bias?: Float32Array;
+  logitBias?: Float32Array;
+  selection?: Selection;
+  normalize?: boolean;
+  scale?: number;
+  scoring?: Scoring;
+  groups?: GroupLimit | null;
+  threads?: number;
+}
+
+export const SUPPORTED_MODEL_TYPES = ['mixtral', 'olmoe', 'qwen2_moe', 'qwen3_moe', 'deepseek_v2', 'deepseek_v3', 'gpt_oss'] as const;
+
+function num(cfg: Record<string, unknown>, key: string, fallback?: number): number {
+  const v = cfg[key] ?? fallback;
+  if (typeof v !== 'number' || !Number.isFinite(v)) {
+    throw new RouterConfigurationError(`config.${key}: expected a number, got ${describe(cfg[key])}`);
+  }
+  return v;
+}
+
+function bool(cfg: Record<string, unknown>, key: string, fallback: boolean): boolean {
+  const v = cfg[key];
+  if (v === undefined || v === null) return fallback;
+  if (typeof v !== 'boolean') throw new RouterConfigurationError(`config.${key}: expected a boolean, got ${describe(v)}`);
+  return v;
+}
+
+/** The model's expert count and static top-k, as its config names them. */
+export function expertShape(cfg: Record<string, unknown>): { numExperts: number; topK: number; hiddenSize: number } {
+  const type = cfg.model_type;
+  const hiddenSize = num(cfg, 'hidden_size');
+  switch (type) {
+    case 'mixtral':
+      return { numExperts: num(cfg, 'num_local_experts'), topK: num(cfg, 'num_experts_per_tok'), hiddenSize };
+    case 'olmoe':
+    case 'qwen2_moe':
+    case 'qwen3_moe':
+      return { numExperts: num(cfg, 'num_experts'), topK: num(cfg, 'num_experts_per_tok'), hiddenSize };
+    case 'deepseek_v2':
+    case 'deepseek_v3':
+      return { numExperts: num(cfg, 'n_routed_experts'), topK: num(cfg, 'num_experts_per_tok'), hiddenSize };
+    case 'gpt_oss':
+      return {
+        numExperts: num(cfg, 'num_local_experts'),
+        topK: num(cfg, 'experts_per_token', cfg.num_experts_per_tok as number | undefined),
+        hiddenSize,
+      };
+    default:
+      throw new RouterConfigurationError(
+        `config.model_type: unknown ${describe(type)}; supported: ${SUPPORTED_MODEL_TYPES.join(', ')}`,
+      );
+  }
+}
+
+/** Router options reproducing the model's own routing, with `overrides` applied on top. */
+export function routerOptionsFromConfig(
+  hfConfig: unknown,
+  gateWeight: Float32Array,
+  overrides: FromConfigOverrides = {},
+): RouterOptions {
+  if (typeof hfConfig !== 'object' || hfConfig === null || Array.isArray(hfConfig)) {
+    throw new RouterConfigurationError(`hfConfig: expected the parsed config.json object, got ${describe(hfConfig)}`);
+  }
+  const cfg = hfConfig as Record<string, unknown>;
+  const { numExperts, topK, hiddenSize } = expertShape(cfg);
+  const base: RouterOptions = {
+    numExperts,
+    hiddenSize,
+    gateWeight,
+    scoring: 'softmax',
+    selection: { kind: 'topk', k: topK },
+    normalize: false,
+    scale: 1,
+  };
+  switch (cfg.model_type) {
+    case 'mixtral':
+      base.normalize = true;
+      break;
+    case 'olmoe':
+    case 'qwen2_moe':
+    case 'qwen3_moe':
+      base.normalize = bool(cfg, 'norm_topk_prob', false);
+      break;
+    case 'deepseek_v2':
+    case 'deepseek_v3': {
+      const v3 = cfg.model_type === 'deepseek_v3';
+      const scoring = (cfg.scoring_func ?? (v3 ? 'sigmoid' : 'softmax')) as string;
+      if (scoring !== 'softmax' && scoring !== 'sigmoid') {
+        throw new RouterConfigurationError(`config.scoring_func: expected 'softmax' or 'sigmoid', got ${describe(scoring)}`);
+      }
+      base.scoring = scoring;
+      const method = (cfg.topk_method ?? (v3 ? 'noaux_tc' : 'greedy')) as string;
+      if (method === 'group_limited_greedy' || method === 'noaux_tc') {
+        base.groups = {
+          nGroup: num(cfg, 'n_group'),
+          topkGroup: num(cfg, 'topk_group'),
+          score: method === 'noaux_tc' ? 'top2sum' : 'max',
+        };
+      } else if (method !== 'greedy') {
+        throw new RouterConfigurationError(`config.topk_method: unsupported ${describe(method)}; supported: greedy, group_limited_greedy, noaux_tc`);
+      }
+      const normalize = bool(cfg, 'norm_topk_prob', v3);
+      const factor = num(cfg, 'routed_scaling_factor', 1);
+      base.normalize = normalize && topK > 1;
+      // DeepSeek-V2 scales only when it does not renormalise; V3 always scales.
+      base.scale = v3 || !base.normalize ? factor : 1;
+      break;
+    }
+    case 'gpt_oss':
+      base.selection = { kind: 'gptOss', k: topK };
+      break;
+  }
+  const out: RouterOptions = { ...base };
+  if (overrides.bias !== undefined) out.bias = overrides.bias;
+  if (overrides.logitBias !== undefined) out.logitBias = overrides.logitBias;
+  if (overrides.selection !== undefined) out.selection = overrides.selection;
+  if (overrides.normalize !== undefined) out.normalize = overrides.normalize;
+  if (overrides.scale !== undefined) out.scale = overrides.scale;
+  if (overrides.scoring !== undefined) out.scoring = overrides.scoring;
+  if (overrides.groups !== undefined) out.groups = overrides.groups ?? undefined;
+  if (overrides.threads !== undefined) out.threads = overrides.threads;
+  return out;
+}

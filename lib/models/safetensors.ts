@@ -1,0 +1,507 @@
+/**
+ * Reader and writer for the safetensors format (8-byte little-endian header length, a JSON header, then raw
+ * tensor bytes). Checkpoints come from the internet, so the reader treats every file as untrusted: it reads only
+ * the header when opening, checks every field before use, and reads one tensor's bytes at a time on request.
+ * The writer exists mostly to create test fixtures; it converts float32 data to F32, BF16 or F16.
+ */
+import * as fs from 'fs';
+import * as os from 'os';
+import { ModelLoadError, ValidationError } from '../errors';
+
+/** Dtypes that {@link SafetensorsFile.readFloat32} converts to float32. */
+export type SupportedDtype = 'F32' | 'BF16' | 'F16';
+
+/** Element sizes of every dtype the safetensors format defines with whole-byte elements. */
+const DTYPE_BYTES: Readonly<Record<string, number>> = {
+  BOOL: 1,
+  U8: 1,
+  I8: 1,
+  F8_E4M3: 1,
+  F8_E5M2: 1,
+  F8_E8M0: 1,
+  U16: 2,
+  I16: 2,
+  F16: 2,
+  BF16: 2,
+  U32: 4,
+  I32: 4,
+  F32: 4,
+  U64: 8,
+  I64: 8,
+  F64: 8,
+  C64: 8,
+};
+
+const SUPPORTED_DTYPES: readonly SupportedDtype[] = ['F32', 'BF16', 'F16'];
+const HEADER_LENGTH_LIMIT = 100 * 1024 * 1024;
+const MAX_RANK = 8;
+const MAX_ELEMENTS = 2 ** 40;
+const MAX_NAME_LENGTH = 1024;
+/** fs.readSync reads at most 2^31 - 1 bytes per call; larger tensors are read in chunks of this size. */
+const READ_CHUNK_BYTES = 1 << 30;
+
+/** Dtype, shape and size in bytes of one tensor as declared in a safetensors header. */
+export interface SafetensorsTensorInfo {
+  /** The dtype string from the header, e.g. 'BF16'; only F32, BF16 and F16 can be read. */
+  dtype: string;
+  shape: number[];
+  byteLength: number;
+}
+
+/** An open safetensors file whose header has been validated. */
+export interface SafetensorsFile {
+  readonly path: string;
+  /** The `__metadata__` map of the header (empty when absent). */
+  readonly metadata: Readonly<Record<string, string>>;
+  /** Tensor names in header order. */
+  tensorNames(): string[];
+  has(name: string): boolean;
+  /** @throws ModelLoadError when the tensor is not in the file. */
+  info(name: string): SafetensorsTensorInfo;
+  /**
+   * Reads one tensor and returns it as float32, row-major in its declared shape.
+   * @throws ModelLoadError when the tensor is missing, its dtype is not F32/BF16/F16, or the file is short.
+   */
+  readFloat32(name: string): Float32Array;
+  /** Closes the file descriptor; later reads throw ModelLoadError. Calling it twice is harmless. */
+  close(): void;
+}
+
+interface TensorEntry extends SafetensorsTensorInfo {
+  /** Offset of the first byte within the data section (after the header). */
+  begin: number;
+}
+
+/** Formats a value from an untrusted header briefly for an error message. */
+function show(value: unknown): string {
+  let text: string;
+  try {
+    text = typeof value === 'bigint' ? value.toString() : (JSON.stringify(value) ?? String(value));
+  } catch {
+    text = String(value);
+  }
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+}
+
+function loadError(file: string, what: string, seen: unknown, expected: string): ModelLoadError {
+  return new ModelLoadError(`${file}: ${what}: got ${show(seen)}, expected ${expected}`);
+}
+
+function requireLittleEndianHost(): void {
+  if (os.endianness() !== 'LE') {
+    throw new ModelLoadError('safetensors data is little-endian; big-endian hosts are not supported');
+  }
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function parseShape(file: string, name: string, value: unknown): number[] {
+  const expected = `an array of at most ${MAX_RANK} non-negative integers`;
+  if (!Array.isArray(value) || value.length > MAX_RANK) {
+    throw loadError(file, `tensor ${show(name)} has an invalid "shape"`, value, expected);
+  }
+  let elements = 1;
+  for (const dim of value) {
+    if (typeof dim !== 'number' || !Number.isSafeInteger(dim) || dim < 0) {
+      throw loadError(file, `tensor ${show(name)} has an invalid dimension in "shape"`, value, expected);
+    }
+    elements *= dim;
+    if (elements > MAX_ELEMENTS) {
+      throw loadError(file, `tensor ${show(name)} is too large`, value, `at most 2^40 elements`);
+    }
+  }
+  return value as number[];
+}
+
+function parseEntry(file: string, name: string, value: unknown, dataBytes: number): TensorEntry {
+  if (name.length === 0 || name.length > MAX_NAME_LENGTH) {
+    throw loadError(file, 'invalid tensor name', name, `a string of 1 to ${MAX_NAME_LENGTH} characters`);
+  }
+  if (!isPlainObject(value)) {
+    throw loadError(file, `tensor ${show(name)} entry is not an object`, value, '{dtype, shape, data_offsets}');
+  }
+  const dtype = value.dtype;
+  if (typeof dtype !== 'string' || !(dtype in DTYPE_BYTES)) {
+    throw loadError(file, `tensor ${show(name)} has an unknown "dtype"`, dtype, Object.keys(DTYPE_BYTES).join('|'));
+  }
+  const shape = parseShape(file, name, value.shape);
+  const offsets = value.data_offsets;
+  const offsetsExpected = `[begin, end] integers with 0 <= begin <= end <= ${dataBytes} (data section size)`;
+  if (
+    !Array.isArray(offsets) ||
+    offsets.length !== 2 ||
+    !offsets.every((o): o is number => typeof o === 'number' && Number.isSafeInteger(o)) ||
+    offsets[0] < 0 ||
+    offsets[0] > offsets[1] ||
+    offsets[1] > dataBytes
+  ) {
+    throw loadError(file, `tensor ${show(name)} has invalid "data_offsets"`, offsets, offsetsExpected);
+  }
+  const [begin, end] = offsets as [number, number];
+  const byteLength = shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[dtype];
+  if (end - begin !== byteLength) {
+    throw loadError(
+      file,
+      `tensor ${show(name)} (${dtype} ${show(shape)}) has a byte range of the wrong size`,
+      end - begin,
+      `${byteLength} bytes (product of shape x ${DTYPE_BYTES[dtype]} bytes)`,
+    );
+  }
+  return { dtype, shape: shape.slice(), byteLength, begin };
+}
+
+function checkNoOverlap(file: string, entries: Map<string, TensorEntry>): void {
+  const ranges = [...entries].filter(([, e]) => e.byteLength > 0).sort(([, a], [, b]) => a.begin - b.begin);
+  for (let i = 1; i < ranges.length; i++) {
+    const [prevName, prev] = ranges[i - 1];
+    const [name, entry] = ranges[i];
+    if (entry.begin < prev.begin + prev.byteLength) {
+      throw loadError(
+        file,
+        `tensors ${show(prevName)} and ${show(name)} overlap`,
+        [entry.begin, entry.begin + entry.byteLength],
+        `a range starting at or after ${prev.begin + prev.byteLength}`,
+      );
+    }
+  }
+}
+
+function parseHeader(file: string, headerBytes: Uint8Array, dataBytes: number) {
+  let json: unknown;
+  try {
+    json = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(headerBytes));
+  } catch (err) {
+    const reason = err instanceof Error ? err.message : String(err);
+    throw new ModelLoadError(`${file}: header is not valid UTF-8 JSON (${reason}); expected a JSON object`, {
+      cause: err,
+    });
+  }
+  if (!isPlainObject(json)) throw loadError(file, 'header is not a JSON object', json, 'a JSON object');
+  const metadata: Record<string, string> = Object.create(null);
+  const entries = new Map<string, TensorEntry>();
+  for (const [name, value] of Object.entries(json)) {
+    if (name === '__metadata__') {
+      if (!isPlainObject(value)) throw loadError(file, '"__metadata__" is not an object', value, 'an object');
+      for (const [key, text] of Object.entries(value)) {
+        if (typeof text !== 'string') {
+          throw loadError(file, `"__metadata__" value for ${show(key)} is not a string`, text, 'a string');
+        }
+        metadata[key] = text;
+      }
+      continue;
+    }
+    entries.set(name, parseEntry(file, name, value, dataBytes));
+  }
+  checkNoOverlap(file, entries);
+  return { metadata: Object.freeze(metadata), entries };
+}
+
+/** Reads exactly `target.length` bytes at `position`, in chunks small enough for fs.readSync. */
+function readExactly(fd: number, target: Uint8Array, position: number, file: string, what: string): void {
+  let done = 0;
+  while (done < target.length) {
+    const want = Math.min(READ_CHUNK_BYTES, target.length - done);
+    const got = fs.readSync(fd, target, done, want, position + done);
+    if (got === 0) {
+      throw loadError(file, `file ended while reading ${what}`, done, `${target.length} bytes`);
+    }
+    done += got;
+  }
+}
+
+class SafetensorsReader implements SafetensorsFile {
+  private fd: number | null;
+
+  constructor(
+    readonly path: string,
+    fd: number,
+    private readonly dataStart: number,
+    readonly metadata: Readonly<Record<string, string>>,
+    private readonly entries: Map<string, TensorEntry>,
+  ) {
+    this.fd = fd;
+  }
+
+  tensorNames(): string[] {
+    return [...this.entries.keys()];
+  }
+
+  has(name: string): boolean {
+    return this.entries.has(name);
+  }
+
+  info(name: string): SafetensorsTensorInfo {
+    const entry = this.entry(name);
+    return { dtype: entry.dtype, shape: entry.shape.slice(), byteLength: entry.byteLength };
+  }
+
+  readFloat32(name: string): Float32Array {
+    const entry = this.entry(name);
+    if (!(SUPPORTED_DTYPES as readonly string[]).includes(entry.dtype)) {
+      throw loadError(this.path, `tensor ${show(name)} has an unsupported dtype`, entry.dtype, 'F32, BF16 or F16');
+    }
+    if (this.fd === null) throw new ModelLoadError(`${this.path}: file is closed; cannot read tensor ${show(name)}`);
+    requireLittleEndianHost();
+    const elements = entry.byteLength / DTYPE_BYTES[entry.dtype];
+    let raw: ArrayBuffer;
+    let out: Float32Array;
+    try {
+      // A fresh ArrayBuffer starts at offset 0, so an F32 view over it is always aligned and needs no copy.
+      raw = new ArrayBuffer(entry.byteLength);
+      out = entry.dtype === 'F32' ? new Float32Array(raw) : new Float32Array(elements);
+    } catch (err) {
+      throw new ModelLoadError(
+        `${this.path}: tensor ${show(name)} (${entry.byteLength} bytes) does not fit in memory`,
+        { cause: err },
+      );
+    }
+    readExactly(this.fd, new Uint8Array(raw), this.dataStart + entry.begin, this.path, `tensor ${show(name)}`);
+    if (entry.dtype === 'BF16') bf16ArrayToFloat32(new Uint16Array(raw), out);
+    else if (entry.dtype === 'F16') f16ArrayToFloat32(new Uint16Array(raw), out);
+    return out;
+  }
+
+  close(): void {
+    if (this.fd !== null) {
+      const fd = this.fd;
+      this.fd = null;
+      fs.closeSync(fd);
+    }
+  }
+
+  private entry(name: string): TensorEntry {
+    const entry = this.entries.get(name);
+    if (!entry) throw new ModelLoadError(`${this.path}: no tensor named ${show(name)} in this file`);
+    return entry;
+  }
+}
+
+/**
+ * Opens a safetensors file and validates its header. Only the 8-byte length prefix and the JSON header are read;
+ * tensor data is read later by {@link SafetensorsFile.readFloat32}.
+ *
+ * Checks: file at least 8 bytes; header length in [1, 100 MiB] and within the file; header is a UTF-8 JSON object;
+ * `__metadata__` (optional) maps strings to strings; each tensor has a known `dtype`, a `shape` of at most 8
+ * non-negative integers with at most 2^40 elements, and `data_offsets` [begin, end] inside the data section whose
+ * length equals elements x dtype size; tensors do not overlap; names have 1 to 1024 characters.
+ * Tensors of dtypes other than F32/BF16/F16 are listed but fail when read.
+ *
+ * @throws ModelLoadError naming the file, the problem, the value seen and what was expected.
+ */
+export function openSafetensors(path: string): SafetensorsFile {
+  let fd: number;
+  try {
+    fd = fs.openSync(path, 'r');
+  } catch (err) {
+    throw new ModelLoadError(`${path}: cannot open safetensors file (${(err as Error).message})`, { cause: err });
+  }
+  try {
+    const stat = fs.fstatSync(fd);
+    if (!stat.isFile()) throw loadError(path, 'not a regular file', 'another kind of file', 'a regular file');
+    const fileSize = stat.size;
+    if (fileSize < 8) throw loadError(path, 'file too short for the 8-byte header length', fileSize, '>= 8 bytes');
+    const prefix = new Uint8Array(8);
+    readExactly(fd, prefix, 0, path, 'the header length');
+    const headerLength = new DataView(prefix.buffer).getBigUint64(0, true);
+    if (headerLength === 0n || headerLength > BigInt(HEADER_LENGTH_LIMIT)) {
+      throw loadError(path, 'invalid header length', headerLength, `1 to ${HEADER_LENGTH_LIMIT} bytes (100 MiB)`);
+    }
+    const headerBytes = Number(headerLength);
+    if (8 + headerBytes > fileSize) {
+      throw loadError(path, 'header length runs past the end of the file', headerBytes, `<= ${fileSize - 8} bytes`);
+    }
+    const header = new Uint8Array(headerBytes);
+    readExactly(fd, header, 8, path, 'the header');
+    const { metadata, entries } = parseHeader(path, header, fileSize - 8 - headerBytes);
+    return new SafetensorsReader(path, fd, 8 + headerBytes, metadata, entries);
+  } catch (err) {
+    fs.closeSync(fd);
+    throw err;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Scalar and bulk conversions between float32 and the 16-bit float formats.
+
+const scratchF32 = new Float32Array(1);
+const scratchU32 = new Uint32Array(scratchF32.buffer);
+
+function float32Bits(value: number): number {
+  scratchF32[0] = value;
+  return scratchU32[0];
+}
+
+function bitsToFloat32(bits: number): number {
+  scratchU32[0] = bits;
+  return scratchF32[0];
+}
+
+/**
+ * Converts a number (first rounded to float32) to bfloat16 bits, rounding to nearest, ties to even.
+ * NaN stays NaN (quiet, sign kept); values past the bf16 range become ±Infinity.
+ */
+export function float32ToBf16Bits(value: number): number {
+  const bits = float32Bits(value);
+  if ((bits & 0x7fffffff) > 0x7f800000) return ((bits >>> 16) | 0x0040) & 0xffff;
+  return ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+/** Converts bfloat16 bits (0..65535) to the float32 value they encode, exactly. */
+export function bf16BitsToFloat32(bits: number): number {
+  return bitsToFloat32((bits & 0xffff) << 16);
+}
+
+/**
+ * Converts a number (first rounded to float32) to IEEE half-precision bits, rounding to nearest, ties to even,
+ * including into and out of the subnormal range. Values of magnitude >= 65520 become ±Infinity; NaN stays a quiet
+ * NaN with its sign and top payload bits.
+ */
+export function float32ToF16Bits(value: number): number {
+  const bits = float32Bits(value);
+  const sign = (bits >>> 16) & 0x8000;
+  const exponent = (bits >>> 23) & 0xff;
+  const mantissa = bits & 0x7fffff;
+  if (exponent === 0xff) return sign | 0x7c00 | (mantissa !== 0 ? 0x200 | (mantissa >>> 13) : 0);
+  if (exponent > 142) return sign | 0x7c00; // |value| >= 2^16: overflow
+  let half: number;
+  let dropped: number;
+  let halfway: number;
+  if (exponent >= 113) {
+    // Normal half: rebias the exponent (127 -> 15) and drop 13 mantissa bits; a carry may reach infinity.
+    half = ((exponent - 112) << 10) | (mantissa >>> 13);
+    dropped = mantissa & 0x1fff;
+    halfway = 0x1000;
+  } else {
+    if (exponent < 102) return sign; // |value| <= 2^-25 (half the smallest subnormal) rounds to zero
+    // Subnormal half: units of 2^-24; shift the full 24-bit significand right by 126 - exponent (14..24).
+    const significand = mantissa | 0x800000;
+    const shift = 126 - exponent;
+    half = significand >>> shift;
+    dropped = significand & ((1 << shift) - 1);
+    halfway = 1 << (shift - 1);
+  }
+  if (dropped > halfway || (dropped === halfway && (half & 1) === 1)) half += 1;
+  return sign | half;
+}
+
+/** Converts IEEE half-precision bits (0..65535) to the float32 value they encode, exactly (subnormals, ±Inf, NaN). */
+export function f16BitsToFloat32(bits: number): number {
+  return bitsToFloat32(f16BitsToFloat32Bits(bits));
+}
+
+function f16BitsToFloat32Bits(bits: number): number {
+  const sign = (bits & 0x8000) << 16;
+  const exponent = (bits >>> 10) & 0x1f;
+  let mantissa = bits & 0x3ff;
+  if (exponent === 0x1f) return (sign | 0x7f800000 | (mantissa << 13)) >>> 0;
+  if (exponent !== 0) return (sign | ((exponent + 112) << 23) | (mantissa << 13)) >>> 0;
+  if (mantissa === 0) return sign >>> 0;
+  // Subnormal: normalise so the leading 1 reaches bit 10, lowering the float32 exponent once per shift.
+  let floatExponent = 113;
+  while ((mantissa & 0x400) === 0) {
+    mantissa <<= 1;
+    floatExponent -= 1;
+  }
+  return (sign | (floatExponent << 23) | ((mantissa & 0x3ff) << 13)) >>> 0;
+}
+
+let f16Table: Uint32Array | null = null;
+
+function bf16ArrayToFloat32(source: Uint16Array, out: Float32Array): void {
+  const outBits = new Uint32Array(out.buffer, out.byteOffset, out.length);
+  for (let i = 0; i < source.length; i++) outBits[i] = source[i] << 16;
+}
+
+function f16ArrayToFloat32(source: Uint16Array, out: Float32Array): void {
+  if (f16Table === null) {
+    f16Table = new Uint32Array(65536);
+    for (let h = 0; h < 65536; h++) f16Table[h] = f16BitsToFloat32Bits(h);
+  }
+  const table = f16Table;
+  const outBits = new Uint32Array(out.buffer, out.byteOffset, out.length);
+  for (let i = 0; i < source.length; i++) outBits[i] = table[source[i]];
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Writer.
+
+/** One tensor to write: float32 values, converted to `dtype` on the way out. */
+export interface SafetensorsTensorInput {
+  dtype: SupportedDtype;
+  shape: number[];
+  data: Float32Array;
+}
+
+function encodeTensor(name: string, tensor: SafetensorsTensorInput): Uint8Array {
+  const { dtype, shape, data } = tensor;
+  if (!(SUPPORTED_DTYPES as readonly string[]).includes(dtype)) {
+    throw new ValidationError(`writeSafetensors: tensor ${show(name)}: dtype ${show(dtype)}, expected F32|BF16|F16`);
+  }
+  const validShape =
+    Array.isArray(shape) && shape.length <= MAX_RANK && shape.every((d) => Number.isSafeInteger(d) && d >= 0);
+  if (!validShape) {
+    throw new ValidationError(`writeSafetensors: tensor ${show(name)}: shape ${show(shape)}, expected <= 8 integers >= 0`);
+  }
+  const elements = shape.reduce((a, b) => a * b, 1);
+  if (!(data instanceof Float32Array) || data.length !== elements) {
+    const seen = data instanceof Float32Array ? `${data.length} elements` : show(data);
+    throw new ValidationError(
+      `writeSafetensors: tensor ${show(name)}: data has ${seen}, expected a Float32Array of ${elements} (shape ${show(shape)})`,
+    );
+  }
+  if (dtype === 'F32') {
+    requireLittleEndianHost();
+    return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  }
+  const encoded = new Uint16Array(elements);
+  const convert = dtype === 'BF16' ? float32ToBf16Bits : float32ToF16Bits;
+  for (let i = 0; i < elements; i++) encoded[i] = convert(data[i]);
+  return new Uint8Array(encoded.buffer);
+}
+
+/**
+ * Writes tensors (in the object's key order) to a safetensors file. Float32 data is converted to each tensor's
+ * dtype: BF16 rounds to nearest-even, F16 rounds correctly including subnormals. The JSON header is padded with
+ * spaces to a multiple of 8 bytes so the data section is 8-byte aligned.
+ * @throws ValidationError when a tensor's data length does not match its shape or its dtype is not F32/BF16/F16.
+ */
+export function writeSafetensors(
+  path: string,
+  tensors: Record<string, SafetensorsTensorInput>,
+  metadata?: Record<string, string>,
+): void {
+  const header: Record<string, unknown> = {};
+  if (metadata !== undefined) header.__metadata__ = { ...metadata };
+  const payloads: Uint8Array[] = [];
+  let offset = 0;
+  for (const [name, tensor] of Object.entries(tensors)) {
+    if (name === '__metadata__' || name.length === 0 || name.length > MAX_NAME_LENGTH) {
+      throw new ValidationError(`writeSafetensors: invalid tensor name ${show(name)}`);
+    }
+    const bytes = encodeTensor(name, tensor);
+    header[name] = { dtype: tensor.dtype, shape: tensor.shape.slice(), data_offsets: [offset, offset + bytes.length] };
+    payloads.push(bytes);
+    offset += bytes.length;
+  }
+  let json = JSON.stringify(header);
+  const padding = (8 - (Buffer.byteLength(json, 'utf8') % 8)) % 8;
+  json += ' '.repeat(padding);
+  const headerBytes = Buffer.from(json, 'utf8');
+  const prefix = Buffer.alloc(8);
+  prefix.writeBigUInt64LE(BigInt(headerBytes.length), 0);
+  const fd = fs.openSync(path, 'w');
+  try {
+    for (const bytes of [prefix, headerBytes, ...payloads]) writeAll(fd, bytes);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function writeAll(fd: number, bytes: Uint8Array): void {
+  let written = 0;
+  while (written < bytes.length) {
+    written += fs.writeSync(fd, bytes, written, Math.min(READ_CHUNK_BYTES, bytes.length - written));
+  }
+}

@@ -1,0 +1,120 @@
+/**
+ * Loads the native addon once (a bundled prebuild, or the local node-gyp build) and turns its errors into the
+ * package's error classes. Everything native goes through here.
+ */
+import * as path from 'node:path';
+import { BackendError, DynamicMoEError, ExpertDispatchError, ValidationError } from './errors';
+
+/** The raw addon surface; see native/binding/*.cc for the argument order of each method. */
+export interface NativeAddon {
+  NativeRouter: new (
+    config: object,
+    gateWeight: Float32Array,
+    bias: Float32Array | null,
+    threads: number,
+    logitBias: Float32Array | null,
+  ) => NativeRouterHandle;
+  NativeLayer: new (router: NativeRouterHandle, dtype: number, staticK: number) => NativeLayerHandle;
+  rowNorms(x: Float32Array, T: number, d: number, order: number, out: Float32Array): void;
+  attentionEntropy(a: Float32Array, heads: number, T: number, S: number, reduceMax: boolean, out: Float32Array): void;
+  logitEntropy(logits: Float32Array, T: number, V: number, temperature: number, out: Float32Array): void;
+  backendInfo(): { isa: string; threads: number; cpuFeatures: Record<string, boolean>; gemmRows: number };
+}
+
+type RouteArgs = [
+  mode: number,
+  input: Float32Array,
+  T: number,
+  indices: Int32Array,
+  weights: Float32Array,
+  k: Int32Array,
+  counts: Int32Array,
+  stats: Float64Array,
+  logits: Float32Array | null,
+  probs: Float32Array | null,
+  entropy: Float32Array | null,
+  complexity: Float32Array | null,
+];
+
+export interface NativeRouterHandle {
+  route(...args: RouteArgs): void;
+  routeAsync(...args: RouteArgs): Promise<void>;
+  gate(x: Float32Array, T: number, logits: Float32Array): void;
+  info(): { threads: number; weightBytes: number };
+}
+
+type ForwardArgs = [
+  x: Float32Array,
+  T: number,
+  y: Float32Array,
+  indices: Int32Array,
+  weights: Float32Array,
+  k: Int32Array,
+  counts: Int32Array,
+  routeStats: Float64Array,
+  layerStats: Float64Array,
+  logits: Float32Array | null,
+  complexity: Float32Array | null,
+];
+
+export interface NativeLayerHandle {
+  setExpert(e: number, w1: Float32Array, w3: Float32Array, w2: Float32Array, f: number): void;
+  setSharedExpert(w1: Float32Array, w3: Float32Array, w2: Float32Array, f: number, gate: Float32Array | null): void;
+  forward(...args: ForwardArgs): void;
+  forwardAsync(...args: ForwardArgs): Promise<void>;
+  info(): { weightBytes: number; dtype: string; isa: string };
+  dispose(): void;
+}
+
+let addon: NativeAddon | undefined;
+let loadError: Error | undefined;
+
+/** The package root (dist/.. or lib/..), where node-gyp-build looks for prebuilds/ and build/. */
+export const packageRoot = path.resolve(__dirname, '..');
+
+/** The addon, loaded on first use. Throws BackendError saying what was looked for and what to do. */
+export function native(): NativeAddon {
+  if (addon) return addon;
+  if (loadError) throw loadError;
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const load = require('node-gyp-build') as (dir: string) => NativeAddon;
+    addon = load(packageRoot);
+    return addon;
+  } catch (cause) {
+    loadError = new BackendError(
+      `could not load the native addon of dynamic-moe-router-kit from ${packageRoot} ` +
+        `(looked for prebuilds/${process.platform}-${process.arch}/*.node and build/Release/*.node): ` +
+        `${(cause as Error).message}. Run "npm run build:native" to compile it (needs python3, make and a C++17 compiler).`,
+      { cause },
+    );
+    throw loadError;
+  }
+}
+
+/** Maps an error thrown by the addon (with its `code`) to the package's classes; others pass through. */
+export function translateNativeError(err: unknown, context: string): unknown {
+  if (err instanceof DynamicMoEError || !(err instanceof Error)) return err;
+  const code = (err as Error & { code?: string }).code;
+  if (code === 'ERR_MOE_VALIDATION') return new ValidationError(`${context}: ${err.message}`, { cause: err });
+  if (code === 'ERR_MOE_DISPOSED') return new ExpertDispatchError(`${context}: ${err.message}`, { cause: err });
+  return new BackendError(`${context}: native call failed: ${err.message}`, { cause: err });
+}
+
+/** Runs a synchronous native call, translating its errors. */
+export function callNative<T>(context: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw translateNativeError(err, context);
+  }
+}
+
+/** Awaits an asynchronous native call, translating its errors. */
+export async function callNativeAsync<T>(context: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw translateNativeError(err, context);
+  }
+}

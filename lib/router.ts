@@ -1,0 +1,202 @@
+/**
+ * `Router`: scores router logits and chooses experts per token, natively, for every rule of lib/types.ts.
+ * JS validates and allocates the outputs; native/binding/router_wrap.cc translates; native/cpu computes.
+ */
+import { ValidationError } from './errors';
+import type { ComplexityEstimator } from './estimators';
+import { routerOptionsFromConfig, type FromConfigOverrides } from './models/router-config';
+import { callNative, callNativeAsync, native, type NativeRouterHandle } from './native';
+import { checkRouterWeights, resolveRouting, toNativeConfig, type ResolvedRouting, type RouterOptions } from './router-options';
+import type { RouteOptions, RoutingResult, Selection } from './types';
+import { requireFloat32 } from './validate';
+
+/** What one routing call needs besides x: complexity for dynamic k, and logits when they had to come first. */
+export interface PreparedRouting {
+  tokens: number;
+  complexity: Float32Array | null;
+  /** Set when the estimator needed logits, so the native call selects from them instead of recomputing. */
+  logits: Float32Array | null;
+}
+
+/** Output buffers of one call, allocated in JS (V8 owns them). */
+export interface RoutingBuffers {
+  result: RoutingResult;
+  stats: Float64Array;
+}
+
+export class Router {
+  /** The validated configuration (defaults applied). */
+  readonly config: Readonly<ResolvedRouting>;
+  /** The complexity estimator of the dynamic rule, if any. Call `estimator.calibrate()` for reproducible k. */
+  readonly estimator: ComplexityEstimator | undefined;
+  /** @internal The native router. */
+  readonly handle: NativeRouterHandle;
+
+  /**
+   * @param opts gate weight [E, d] (copied), scoring, selection rule, weight options, bias, groups, threads.
+   * @throws RouterConfigurationError naming the first bad option.
+   */
+  constructor(opts: RouterOptions) {
+    const addon = native();
+    this.config = Object.freeze(resolveRouting(opts, addon.backendInfo().threads));
+    checkRouterWeights(opts, this.config);
+    this.estimator = this.config.estimator;
+    const cfg = toNativeConfig(this.config);
+    this.handle = callNative('Router', () => new addon.NativeRouter(cfg, opts.gateWeight, opts.bias ?? null, this.config.threads, opts.logitBias ?? null));
+  }
+
+  /**
+   * A router with the model's own rule, read from a Hugging Face config.json object (`model_type`):
+   * mixtral, olmoe, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3, gpt_oss. `overrides` can replace the rule
+   * (e.g. `{ selection: { kind: 'topp', p: 0.4 } }`) and the weight options.
+   * @throws RouterConfigurationError for an unknown model_type or a bad field.
+   */
+  static fromConfig(hfConfig: unknown, gateWeight: Float32Array, overrides: FromConfigOverrides = {}): Router {
+    return new Router(routerOptionsFromConfig(hfConfig, gateWeight, overrides));
+  }
+
+  get numExperts(): number {
+    return this.config.numExperts;
+  }
+  get hiddenSize(): number {
+    return this.config.hiddenSize;
+  }
+  /** Row width of `indices` / `weights`: the most experts any token can get. */
+  get maxK(): number {
+    return this.config.maxK;
+  }
+  /** The selection rule's kind. */
+  get selection(): Selection['kind'] {
+    return this.config.selection;
+  }
+
+  /**
+   * Routes T tokens synchronously.
+   * @param x hidden states [T, d], Float32Array row-major.
+   * @returns indices [T, maxK] (-1 padded), weights [T, maxK] (0 padded), k [T], stats, and the optional outputs.
+   * @throws ValidationError for a wrong type or length, a detached buffer, or NaN/Inf in x (found natively).
+   */
+  route(x: Float32Array, opts: RouteOptions = {}): RoutingResult {
+    const prepared = this.prepare(x, opts);
+    const buffers = this.allocate(prepared, opts);
+    callNative('route', () => this.handle.route(...this.nativeArgs(x, prepared, buffers)));
+    return finish(buffers);
+  }
+
+  /** As {@link route}, off the event loop. The arrays stay referenced until the promise settles. */
+  async routeAsync(x: Float32Array, opts: RouteOptions = {}): Promise<RoutingResult> {
+    const prepared = this.prepare(x, opts);
+    const buffers = this.allocate(prepared, opts);
+    await callNativeAsync('routeAsync', () => this.handle.routeAsync(...this.nativeArgs(x, prepared, buffers)));
+    return finish(buffers);
+  }
+
+  /** Router logits [T, E] = x · gateWeightᵀ (plus logitBias). */
+  logits(x: Float32Array): Float32Array {
+    const T = this.tokensOf(x, 'x');
+    const out = new Float32Array(T * this.numExperts);
+    callNative('logits', () => this.handle.gate(x, T, out));
+    return out;
+  }
+
+  /**
+   * Selection only, from logits [T, E] computed elsewhere (e.g. with added noise).
+   * @throws ValidationError for a wrong length or non-finite logits.
+   */
+  routeLogits(logits: Float32Array, opts: RouteOptions = {}): RoutingResult {
+    requireFloat32('logits', logits, { multipleOf: this.numExperts });
+    const T = logits.length / this.numExperts;
+    const complexity = this.complexityFor(null, T, logits, opts);
+    const prepared: PreparedRouting = { tokens: T, complexity, logits };
+    const buffers = this.allocate(prepared, opts);
+    callNative('routeLogits', () => this.handle.route(...this.nativeArgs(logits, prepared, buffers)));
+    return finish(buffers);
+  }
+
+  /** @internal T of a [T, d] input, validated. */
+  tokensOf(x: Float32Array, name: string): number {
+    requireFloat32(name, x, { multipleOf: this.hiddenSize });
+    return x.length / this.hiddenSize;
+  }
+
+  /** @internal Validates x and computes what the dynamic rule needs. */
+  prepare(x: Float32Array, opts: RouteOptions): PreparedRouting {
+    const T = this.tokensOf(x, 'x');
+    if (this.config.selection !== 'dynamic') return { tokens: T, complexity: null, logits: null };
+    let logits: Float32Array | null = null;
+    if (!opts.complexity && this.estimator?.needsLogits) logits = this.logits(x);
+    return { tokens: T, complexity: this.complexityFor(x, T, logits, opts), logits };
+  }
+
+  private complexityFor(x: Float32Array | null, T: number, logits: Float32Array | null, opts: RouteOptions): Float32Array | null {
+    if (this.config.selection !== 'dynamic') return null;
+    if (opts.complexity) {
+      const c = requireFloat32('complexity', opts.complexity, { length: T });
+      for (let i = 0; i < T; i++) {
+        if (!(c[i] >= 0 && c[i] <= 1)) throw new ValidationError(`complexity: element ${i} is ${c[i]}, expected a value in [0, 1]`);
+      }
+      return c;
+    }
+    const estimator = this.estimator!;
+    return estimator.estimate({
+      x: x ?? new Float32Array(0),
+      tokens: T,
+      hiddenSize: this.hiddenSize,
+      logits: logits ?? undefined,
+      numExperts: this.numExperts,
+      ...opts.context,
+    });
+  }
+
+  /** @internal Output arrays for one call. */
+  allocate(prepared: PreparedRouting, opts: RouteOptions): RoutingBuffers {
+    const T = prepared.tokens;
+    const E = this.numExperts;
+    const K = this.maxK;
+    const result: RoutingResult = {
+      tokens: T,
+      maxK: K,
+      indices: new Int32Array(T * K),
+      weights: new Float32Array(T * K),
+      k: new Int32Array(T),
+      stats: { expertCounts: new Int32Array(E), meanK: 0, auxLoss: 0, zLoss: 0, loadBalance: 0, assignments: 0 },
+    };
+    if (opts.returnLogits) result.logits = prepared.logits ?? new Float32Array(T * E);
+    if (opts.returnProbs) result.probs = new Float32Array(T * E);
+    if (prepared.complexity) result.complexity = prepared.complexity;
+    return { result, stats: new Float64Array(5) };
+  }
+
+  private nativeArgs(input: Float32Array, prepared: PreparedRouting, b: RoutingBuffers) {
+    const r = b.result;
+    const fromLogits = prepared.logits !== null;
+    return [
+      fromLogits ? 1 : 0,
+      fromLogits ? prepared.logits! : input,
+      prepared.tokens,
+      r.indices,
+      r.weights,
+      r.k,
+      r.stats.expertCounts,
+      b.stats,
+      fromLogits ? null : (r.logits ?? null),
+      r.probs ?? null,
+      null,
+      prepared.complexity,
+    ] as const;
+  }
+}
+
+
+
+/** @internal Copies the native stats vector into the result. */
+export function finish(b: RoutingBuffers): RoutingResult {
+  const s = b.result.stats;
+  s.meanK = b.stats[0];
+  s.auxLoss = b.stats[1];
+  s.zLoss = b.stats[2];
+  s.loadBalance = b.stats[3];
+  s.assignments = b.stats[4];
+  return b.result;
+}
+

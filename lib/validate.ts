@@ -1,0 +1,82 @@
+/**
+ * Argument checks shared by the public classes. Each failure throws with a message that names the argument,
+ * what it got and what it expects, before any native code runs.
+ */
+import { describe, RouterConfigurationError, ValidationError } from './errors';
+
+type ErrorClass = new (message: string) => Error;
+
+/** A positive (or non-negative) safe integer within [min, max]. */
+export function requireInt(
+  name: string,
+  value: unknown,
+  min: number,
+  max: number,
+  ErrorType: ErrorClass = RouterConfigurationError,
+): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > max) {
+    throw new ErrorType(`${name}: expected an integer in [${min}, ${max}], got ${describe(value)}`);
+  }
+  return value;
+}
+
+/** A finite number within [min, max] (bounds inclusive unless `exclusiveMin`). */
+export function requireNumber(
+  name: string,
+  value: unknown,
+  min: number,
+  max: number,
+  exclusiveMin = false,
+  ErrorType: ErrorClass = RouterConfigurationError,
+): number {
+  const ok = typeof value === 'number' && Number.isFinite(value) && value <= max && (exclusiveMin ? value > min : value >= min);
+  if (!ok) {
+    const lo = exclusiveMin ? `(${min}` : `[${min}`;
+    throw new ErrorType(`${name}: expected a number in ${lo}, ${max}], got ${describe(value)}`);
+  }
+  return value as number;
+}
+
+function isDetached(arr: ArrayBufferView): boolean {
+  const buffer = arr.buffer as ArrayBuffer & { detached?: boolean };
+  if (typeof buffer.detached === 'boolean') return buffer.detached;
+  return arr.byteLength === 0 && buffer.byteLength === 0;
+}
+
+/**
+ * A Float32Array, not detached, whose length is `length` (or a positive multiple of `multipleOf`).
+ * @throws ValidationError naming `name`.
+ */
+export function requireFloat32(
+  name: string,
+  value: unknown,
+  shape: { length?: number; multipleOf?: number },
+  ErrorType: ErrorClass = ValidationError,
+): Float32Array {
+  if (!(value instanceof Float32Array)) throw new ErrorType(`${name}: expected a Float32Array, got ${describe(value)}`);
+  if (isDetached(value)) throw new ErrorType(`${name}: its ArrayBuffer is detached (was it transferred to a worker?)`);
+  if (shape.length !== undefined && value.length !== shape.length) {
+    throw new ErrorType(`${name}: expected ${shape.length} elements, got ${value.length}`);
+  }
+  if (shape.multipleOf !== undefined && (value.length === 0 || value.length % shape.multipleOf !== 0)) {
+    throw new ErrorType(
+      `${name}: expected a non-empty [T, ${shape.multipleOf}] row-major array (length a multiple of ${shape.multipleOf}), got length ${value.length}`,
+    );
+  }
+  return value;
+}
+
+/** Throws unless every element is finite. Linear in the length: used on weights and small inputs only. */
+export function requireFinite(name: string, arr: Float32Array, ErrorType: ErrorClass = ValidationError): void {
+  for (let i = 0; i < arr.length; i++) {
+    if (!Number.isFinite(arr[i])) throw new ErrorType(`${name}: element ${i} is ${arr[i]}, expected finite values`);
+  }
+}
+
+/** One of the allowed strings. */
+export function requireOneOf<T extends string>(name: string, value: unknown, allowed: readonly T[]): T {
+  if (typeof value !== 'string' || !(allowed as readonly string[]).includes(value)) {
+    throw new RouterConfigurationError(`${name}: expected one of ${allowed.map((a) => `'${a}'`).join(', ')}, got ${describe(value)}`);
+  }
+  return value as T;
+}

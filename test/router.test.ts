@@ -1,0 +1,179 @@
+/**
+ * Router against the float64 reference on fresh random inputs, over the grid of the spec:
+ * T in {1, 3, 33, 257, 4096}, E in {4, 8, 31, 60, 64, 128, 256, 384}, k in {1, 2, 4, 6, 8}, and DeepSeek-V3
+ * groups (256 experts / 8 groups / keep 4 / top-8). Indices must match exactly, weights to 1e-5 relative.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { Router, type Selection } from '../lib';
+import { referenceRoute, referenceRouteLogits } from '../lib/reference/routing';
+import { compareRouting, relativeError } from './helpers/compare';
+import { freshSeed, randn, randu, rng } from './helpers/random';
+
+const SEED = freshSeed();
+console.log(`router.test seed ${SEED}`);
+
+const TOKENS = [1, 3, 33, 257, 4096];
+const EXPERTS = [4, 8, 31, 60, 64, 128, 256, 384];
+const KS = [1, 2, 4, 6, 8];
+
+/** Logits with distinct values (gaps >= 0.01), so ordering never depends on rounding. */
+function separatedLogits(T: number, E: number, seed: number): Float32Array {
+  const next = rng(seed);
+  const out = new Float32Array(T * E);
+  for (let t = 0; t < T; t++) {
+    const perm = [...Array(E).keys()];
+    for (let i = E - 1; i > 0; i--) {
+      const j = Math.floor(next() * (i + 1));
+      [perm[i], perm[j]] = [perm[j], perm[i]];
+    }
+    const spread = 4 + 8 * next();
+    for (let i = 0; i < E; i++) out[t * E + i] = (perm[i] / E) * spread - spread / 2 + 0.004 * next();
+  }
+  return out;
+}
+
+function selectionsFor(E: number, k: number, seed: number): { sel: Selection; scoring: 'softmax' | 'sigmoid'; normalize: boolean }[] {
+  const next = rng(seed);
+  const maxK = Math.min(E, k + 2);
+  return [
+    { sel: { kind: 'topk', k }, scoring: 'softmax', normalize: next() < 0.5 },
+    { sel: { kind: 'topk', k }, scoring: 'sigmoid', normalize: true },
+    { sel: { kind: 'topp', p: 0.2 + 0.75 * next(), minK: 1, maxK }, scoring: 'softmax', normalize: next() < 0.5 },
+    { sel: { kind: 'threshold', tau: (0.5 + next()) / E, minK: 1, maxK }, scoring: 'softmax', normalize: true },
+    { sel: { kind: 'dynamic', minK: 1, maxK }, scoring: 'softmax', normalize: false },
+    { sel: { kind: 'gptOss', k }, scoring: 'softmax', normalize: false },
+  ];
+}
+
+function cfgOf(r: Router) {
+  return { ...r.config };
+}
+
+test('every rule matches the reference from logits over the T x E x k grid', () => {
+  let seed = SEED;
+  let checked = 0;
+  let ambiguous = 0;
+  for (const E of EXPERTS) {
+    for (const T of TOKENS) {
+      if (T === 4096 && ![8, 64, 384].includes(E)) continue;
+      const k = KS[(E + T) % KS.length] > E ? 1 : KS[(E + T) % KS.length];
+      for (const { sel, scoring, normalize } of selectionsFor(E, k, ++seed)) {
+        const d = 8;
+        const router = new Router({ numExperts: E, hiddenSize: d, gateWeight: randn(E * d, ++seed), scoring, selection: sel, normalize, scale: 1.5 });
+        const logits = separatedLogits(T, E, ++seed);
+        const complexity = sel.kind === 'dynamic' ? randu(T, ++seed) : undefined;
+        const got = router.routeLogits(logits, { complexity });
+        const ref = referenceRouteLogits(cfgOf(router), logits, T, undefined, complexity);
+        const rep = compareRouting(got, ref, `E=${E} T=${T} ${JSON.stringify(sel)} ${scoring} seed=${SEED}`);
+        checked += rep.checked;
+        ambiguous += rep.ambiguous;
+        assert.ok(Math.abs(got.stats.meanK - ref.meanK) < 1e-12, 'meanK');
+        assert.equal(Array.from(got.stats.expertCounts), Array.from(ref.expertCounts), 'expert counts');
+        assert.ok(Math.abs(got.stats.auxLoss - ref.auxLoss) <= 1e-5 * ref.auxLoss, `aux ${got.stats.auxLoss} vs ${ref.auxLoss}`);
+        assert.ok(Math.abs(got.stats.zLoss - ref.zLoss) <= 1e-5 * ref.zLoss + 1e-9, `z ${got.stats.zLoss} vs ${ref.zLoss}`);
+        assert.ok(Math.abs(got.stats.loadBalance - ref.loadBalance) < 1e-9, 'load balance');
+      }
+    }
+  }
+  assert.ok(ambiguous <= checked * 0.01, `too many near-boundary tokens: ${ambiguous} of ${checked + ambiguous}`);
+});
+
+test('end to end from hidden states: logits to 1e-5 and the same experts', () => {
+  let seed = SEED + 1000;
+  for (const [T, E, d] of [
+    [1, 8, 2048],
+    [33, 60, 256],
+    [257, 64, 128],
+    [512, 384, 64],
+  ] as const) {
+    const x = randn(T * d, ++seed);
+    const gate = randn(E * d, ++seed, 0.05);
+    const router = new Router({ numExperts: E, hiddenSize: d, gateWeight: gate, selection: { kind: 'topk', k: Math.min(8, E) }, normalize: true });
+    const got = router.route(x, { returnLogits: true, returnProbs: true });
+    const ref = referenceRoute(cfgOf(router), x, gate);
+    assert.ok(relativeError(got.logits!, ref.logits) < 1e-5, `logits error ${relativeError(got.logits!, ref.logits)}`);
+    assert.ok(relativeError(got.probs!, ref.probs) < 1e-5, 'probs');
+    const rep = compareRouting(got, ref, `x-route T=${T} E=${E} d=${d} seed=${SEED}`, { margin: 1e-5 });
+    assert.ok(rep.ambiguous <= Math.max(2, T * 0.02), `ambiguous ${rep.ambiguous} of ${T}`);
+  }
+});
+
+test('DeepSeek-V3 groups: 256 experts / 8 groups / keep 4 / top-8, sigmoid, bias for choosing only', () => {
+  let seed = SEED + 2000;
+  for (const T of TOKENS) {
+    const E = 256;
+    const d = 8;
+    const bias = randn(E, ++seed, 0.1);
+    for (const score of ['top2sum', 'max'] as const) {
+      const router = new Router({
+        numExperts: E,
+        hiddenSize: d,
+        gateWeight: randn(E * d, ++seed),
+        scoring: 'sigmoid',
+        selection: { kind: 'topk', k: 8 },
+        groups: { nGroup: 8, topkGroup: 4, score },
+        bias,
+        normalize: true,
+        scale: 2.5,
+      });
+      const logits = separatedLogits(T, E, ++seed);
+      const got = router.routeLogits(logits);
+      const ref = referenceRouteLogits(cfgOf(router), logits, T, bias);
+      compareRouting(got, ref, `groups ${score} T=${T} seed=${SEED}`);
+      for (let t = 0; t < T; t++) {
+        const groups = new Set(Array.from(got.indices.slice(t * 8, t * 8 + 8)).map((i) => Math.floor(i / 32)));
+        assert.ok(groups.size <= 4, `token ${t} uses ${groups.size} groups`);
+      }
+    }
+  }
+});
+
+test('ties go to the lower expert index', () => {
+  const E = 16;
+  const d = 4;
+  const router = new Router({ numExperts: E, hiddenSize: d, gateWeight: randn(E * d, SEED + 3), selection: { kind: 'topk', k: 4 } });
+  const logits = new Float32Array(2 * E).fill(0.5);
+  logits[E + 9] = 2;
+  logits[E + 3] = 2;
+  const got = router.routeLogits(logits);
+  assert.equal(Array.from(got.indices.slice(0, 4)), [0, 1, 2, 3]);
+  assert.equal(Array.from(got.indices.slice(4, 8)), [3, 9, 0, 1]);
+});
+
+test('topp keeps the smallest prefix reaching p', () => {
+  const E = 4;
+  const router = new Router({ numExperts: E, hiddenSize: 2, gateWeight: randn(8, SEED + 4), selection: { kind: 'topp', p: 0.7 } });
+  const probs = [0.5, 0.25, 0.15, 0.1];
+  const logits = Float32Array.from(probs.map(Math.log));
+  const got = router.routeLogits(logits);
+  assert.is(got.k[0], 2);
+  assert.equal(Array.from(got.indices.slice(0, 2)), [0, 1]);
+  assert.ok(Math.abs(got.weights[0] - 0.5) < 1e-6 && Math.abs(got.weights[1] - 0.25) < 1e-6);
+});
+
+test('dynamic k follows clamp(minK + floor((maxK - minK) c + 0.5))', () => {
+  const router = new Router({ numExperts: 8, hiddenSize: 4, gateWeight: randn(32, SEED + 5), selection: { kind: 'dynamic', minK: 1, maxK: 5 } });
+  const complexity = Float32Array.from([0, 0.1, 0.125, 0.126, 0.5, 0.874, 1]);
+  const got = router.route(randn(7 * 4, SEED + 6), { complexity });
+  assert.equal(Array.from(got.k), [1, 1, 2, 2, 3, 4, 5]);
+});
+
+test('route and routeAsync agree, and results do not depend on the thread count', async () => {
+  const E = 64;
+  const d = 96;
+  const gate = randn(E * d, SEED + 7);
+  const x = randn(300 * d, SEED + 8);
+  const one = new Router({ numExperts: E, hiddenSize: d, gateWeight: gate, selection: { kind: 'topk', k: 8 }, threads: 1 });
+  const two = new Router({ numExperts: E, hiddenSize: d, gateWeight: gate, selection: { kind: 'topk', k: 8 }, threads: 2 });
+  const a = one.route(x);
+  const [b, c] = await Promise.all([two.routeAsync(x), two.routeAsync(x)]);
+  for (const r of [b, c]) {
+    assert.equal(Array.from(r.indices), Array.from(a.indices));
+    assert.equal(Array.from(r.weights), Array.from(a.weights));
+    assert.is(r.stats.auxLoss, a.stats.auxLoss);
+    assert.is(r.stats.zLoss, a.stats.zLoss);
+  }
+});
+
+test.run();
