@@ -30,3 +30,4 @@ export {
   BackendError,
 } from './errors';
 export { backendInfo, type BackendInfo } from './backend-info';
+export { MoELayer, type MoELayerOptions, type ExpertWeights, type StackedExpertWeights, type SharedExpertOptions, type LayerStats, type ForwardResult } from './layer';

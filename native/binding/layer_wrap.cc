@@ -1,5 +1,5 @@
 // NativeLayer binding.
-//   new NativeLayer(router, dtype (0 fp32 | 1 bf16), staticK)
+//   new NativeLayer(router, dtype (0 fp32 | 1 bf16), staticK, threads)
 //   setExpert(e, w1 [f*d], w3 [f*d], w2 [d*f], f) / setSharedExpert(w1, w3, w2, f, gate [d] | null)
 //   forward(x, T, y, indices, weights, k, counts, routeStats(5), layerStats(7), logits?, complexity?)
 //   forwardAsync(...same) -> Promise<void>; every array stays referenced until it settles.
@@ -111,7 +111,8 @@ LayerWrap::LayerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LayerWra
   RouterWrap* router = RouterWrap::FromValue(env, info[0], "router");
   const int dtype = int(intArg(info, 1, "dtype", 0, 1));
   const int32_t staticK = int32_t(intArg(info, 2, "staticK", 1, router->router().config().numExperts));
-  layer_ = std::make_shared<moe::Layer>(router->sharedRouter(), moe::DType(dtype), staticK);
+  const int threads = int(intArg(info, 3, "threads", 1, 1024));
+  layer_ = std::make_shared<moe::Layer>(router->sharedRouter(), moe::DType(dtype), staticK, threads);
   routerRef_ = Napi::Persistent(info[0].As<Napi::Object>());
   Value().TypeTag(&kLayerTag);
 }

@@ -20,8 +20,12 @@ constexpr int kItemsPerWorker = 8;  // enough items that both cores stay busy wh
 constexpr int kGateUpOutputs = kPanelWidth / 2;
 }  // namespace
 
-Layer::Layer(std::shared_ptr<Router> router, DType dtype, int32_t staticK)
-    : router_(std::move(router)), dtype_(dtype), staticK_(staticK), hidden_(router_->config().hiddenSize) {
+Layer::Layer(std::shared_ptr<Router> router, DType dtype, int32_t staticK, int threads)
+    : router_(std::move(router)),
+      dtype_(dtype),
+      staticK_(staticK),
+      threads_(std::max(1, std::min(threads, router_->pool().size()))),
+      hidden_(router_->config().hiddenSize) {
   experts_.resize(size_t(router_->config().numExperts));
 }
 
@@ -85,7 +89,7 @@ void Layer::dispatch(const float* x, int64_t T, const RoutingOutput& routing) {
   planDispatch(routing, T, cfg.maxK, cfg.numExperts, shared_ != nullptr, sharedScale, arena_);
   if (arena_.jobs.empty()) return;
   const ExpertJob& last = arena_.jobs.back();
-  gatherRows(x, hidden_, last.row0 + last.rows, dtype_, arena_, router_->pool(), router_->threads());
+  gatherRows(x, hidden_, last.row0 + last.rows, dtype_, arena_, router_->pool(), threads_);
 }
 
 void Layer::runExperts(int64_t T) {
@@ -99,7 +103,7 @@ void Layer::runExperts(int64_t T) {
   arena_.output.ensure(size_t(rows) * d);
   int64_t maxRows = 0;
   for (const ExpertJob& job : arena_.jobs) maxRows = std::max(maxRows, job.rows);
-  const int workers = router_->threads();
+  const int workers = threads_;
   arena_.accumulators.ensure(size_t(workers) * size_t(maxRows) * kPanelWidth);
   const GemmKernels& kern = gemmKernels();
   auto expertOf = [&](const ExpertJob& job) -> const PackedExpert& {
@@ -156,6 +160,10 @@ std::string Layer::forward(const float* x, int64_t T, const float* logits, const
   std::lock_guard<std::mutex> lock(mutex_);
   stats = LayerStats{};
   stats.startNs = nowNs();
+  if (logits) {  // routing will not read x, so check it here
+    for (int64_t i = 0; i < T * hidden_; ++i)
+      if (!std::isfinite(x[i])) return "x: element " + std::to_string(i) + " is not finite (NaN or Inf)";
+  }
   std::string error = logits ? router_->select(logits, T, complexity, routing, routingStats)
                              : router_->route(x, T, complexity, routing, routingStats);
   if (!error.empty()) return error;
@@ -167,7 +175,7 @@ std::string Layer::forward(const float* x, int64_t T, const float* logits, const
   const RouterConfig& cfg = router_->config();
   const int64_t routedRows = routingStats.assignments;
   combineRows(T, hidden_, cfg.maxK, arena_.slotRow.data(), arena_.output.data(), shared_ ? routedRows : -1, y,
-              router_->pool(), router_->threads());
+              router_->pool(), threads_);
   stats.combineEndNs = nowNs();
 
   const double perTokenExpert = 6.0 * double(hidden_) * double(experts_[0].intermediate);

@@ -54,7 +54,8 @@ struct LayerArena {
 
 class Layer {
  public:
-  Layer(std::shared_ptr<Router> router, DType dtype, int32_t staticK);
+  // `threads` caps the workers of the expert stages (the router's pool size caps it again).
+  Layer(std::shared_ptr<Router> router, DType dtype, int32_t staticK, int threads);
 
   // w1 (gate_proj) and w3 (up_proj) are [f, d], w2 (down_proj) is [d, f], all fp32 row-major.
   void setExpert(int32_t expert, const float* w1, const float* w3, const float* w2, int64_t f);
@@ -79,6 +80,7 @@ class Layer {
   std::shared_ptr<Router> router_;
   DType dtype_;
   int32_t staticK_;
+  int threads_;
   int64_t hidden_;
   std::vector<PackedExpert> experts_;
   std::unique_ptr<PackedExpert> shared_;

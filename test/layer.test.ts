@@ -1,0 +1,147 @@
+/**
+ * MoELayer against the float64 layer reference: fp32 weights to 1e-5 relative (‖y − ref‖/‖ref‖), bf16 to 1e-2,
+ * for T in {1, 2, 7, 64, 513}, with shared experts, experts that get no tokens, one expert that gets every
+ * token, and forward beside forwardAsync.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { MoELayer, Router, ValidationError, type ExpertWeights, type Selection } from '../lib';
+import { referenceLayer } from '../lib/reference/layer';
+import { relativeError } from './helpers/compare';
+import { freshSeed, randn } from './helpers/random';
+
+const SEED = freshSeed();
+console.log(`layer.test seed ${SEED}`);
+
+interface Built {
+  layer: MoELayer;
+  experts: ExpertWeights[];
+  shared?: ExpertWeights & { gate?: Float32Array; f: number };
+  d: number;
+  f: number;
+}
+
+function build(opts: {
+  E: number;
+  d: number;
+  f: number;
+  selection: Selection;
+  dtype?: 'fp32' | 'bf16';
+  shared?: { f: number; gated: boolean };
+  bias?: Float32Array;
+  threads?: number;
+  seed: number;
+}): Built {
+  let seed = opts.seed;
+  const { E, d, f } = opts;
+  const experts = Array.from({ length: E }, () => ({
+    w1: randn(f * d, ++seed, 1 / Math.sqrt(d)),
+    w3: randn(f * d, ++seed, 1 / Math.sqrt(d)),
+    w2: randn(d * f, ++seed, 1 / Math.sqrt(f)),
+  }));
+  const router = new Router({ numExperts: E, hiddenSize: d, gateWeight: randn(E * d, ++seed, 0.3), selection: opts.selection, normalize: true, bias: opts.bias, threads: opts.threads });
+  let shared: Built['shared'];
+  if (opts.shared) {
+    const sf = opts.shared.f;
+    shared = {
+      w1: randn(sf * d, ++seed, 1 / Math.sqrt(d)),
+      w3: randn(sf * d, ++seed, 1 / Math.sqrt(d)),
+      w2: randn(d * sf, ++seed, 1 / Math.sqrt(sf)),
+      gate: opts.shared.gated ? randn(d, ++seed, 0.2) : undefined,
+      f: sf,
+    };
+  }
+  const layer = new MoELayer({ router, experts, dtype: opts.dtype, sharedExperts: shared && { ...shared, intermediateSize: shared.f }, threads: opts.threads });
+  return { layer, experts, shared, d, f };
+}
+
+function reference(b: Built, x: Float32Array, routing: { indices: Int32Array; weights: Float32Array; k: Int32Array; maxK: number }) {
+  const T = x.length / b.d;
+  return referenceLayer(x, T, b.d, (e) => ({ ...b.experts[e], f: b.f }), routing, b.shared);
+}
+
+for (const dtype of ['fp32', 'bf16'] as const) {
+  const tol = dtype === 'fp32' ? 1e-5 : 1e-2;
+  test(`${dtype}: matches the reference for T in {1, 2, 7, 64, 513} (tolerance ${tol})`, () => {
+    const b = build({ E: 8, d: 64, f: 40, selection: { kind: 'topk', k: 2 }, dtype, seed: SEED });
+    for (const T of [1, 2, 7, 64, 513]) {
+      const x = randn(T * b.d, SEED + T);
+      const { output, routing, stats } = b.layer.forward(x);
+      const err = relativeError(output, reference(b, x, routing));
+      assert.ok(err < tol, `${dtype} T=${T}: relative error ${err} (seed ${SEED})`);
+      assert.is(stats.flopsComputed, T * 2 * 6 * b.d * b.f);
+      assert.is(stats.flopsSaved, 0);
+    }
+  });
+
+  test(`${dtype}: shared experts (Qwen2 sigmoid-gated, DeepSeek merged) and odd sizes`, () => {
+    for (const [gated, d, f] of [
+      [true, 48, 24],
+      [false, 33, 17],
+    ] as const) {
+      const b = build({ E: 6, d, f, selection: { kind: 'topp', p: 0.6, maxK: 3 }, dtype, shared: { f: 2 * f, gated }, seed: SEED + 50 });
+      const x = randn(19 * d, SEED + 51);
+      const { output, routing } = b.layer.forward(x);
+      const err = relativeError(output, reference(b, x, routing));
+      assert.ok(err < tol, `${dtype} shared gated=${gated} d=${d}: relative error ${err}`);
+    }
+  });
+
+  test(`${dtype}: experts with no tokens, and one expert that gets every token`, () => {
+    const E = 16;
+    const bias = new Float32Array(E);
+    bias[11] = 100; // expert 11 always wins the first slot
+    const b = build({ E, d: 32, f: 32, selection: { kind: 'topk', k: 2 }, dtype, bias, seed: SEED + 100 });
+    const x = randn(7 * 32, SEED + 101);
+    const { output, routing } = b.layer.forward(x);
+    assert.is(routing.stats.expertCounts[11], 7);
+    assert.ok(Array.from(routing.stats.expertCounts).filter((c) => c === 0).length >= 8);
+    assert.ok(relativeError(output, reference(b, x, routing)) < tol);
+  });
+}
+
+test('forward and forwardAsync in parallel give identical results, for any thread count', async () => {
+  const one = build({ E: 8, d: 64, f: 48, selection: { kind: 'topk', k: 2 }, threads: 1, seed: SEED + 200 });
+  const two = build({ E: 8, d: 64, f: 48, selection: { kind: 'topk', k: 2 }, threads: 2, seed: SEED + 200 });
+  const x = randn(65 * 64, SEED + 201);
+  const pending = [two.layer.forwardAsync(x), two.layer.forwardAsync(x)];
+  const sync = two.layer.forward(x);
+  const single = one.layer.forward(x);
+  for (const r of [...(await Promise.all(pending)), single]) {
+    assert.equal(Array.from(r.output), Array.from(sync.output));
+    assert.equal(Array.from(r.routing.indices), Array.from(sync.routing.indices));
+  }
+});
+
+test('dynamic routing reports the FLOPs it saved against the static top-k', () => {
+  const b = build({ E: 8, d: 32, f: 16, selection: { kind: 'dynamic', minK: 1, maxK: 4, estimator: 'gradient_norm' }, seed: SEED + 300 });
+  const T = 40;
+  const x = randn(T * 32, SEED + 301);
+  const { output, routing, stats } = b.layer.forward(x);
+  const perPair = 6 * 32 * 16;
+  assert.is(stats.flopsComputed, routing.stats.assignments * perPair);
+  assert.is(stats.flopsStatic, T * 4 * perPair);
+  assert.is(stats.flopsSaved, stats.flopsStatic - stats.flopsComputed);
+  assert.ok(stats.stageSeconds.total > 0 && stats.stageSeconds.expertGemm >= 0);
+  assert.ok(relativeError(output, reference(b, x, routing)) < 1e-5);
+});
+
+test('bad input gets a clear error', () => {
+  const b = build({ E: 4, d: 8, f: 8, selection: { kind: 'topk', k: 1 }, seed: SEED + 400 });
+  assert.throws(() => b.layer.forward(new Float32Array(7)), (e: Error) => e instanceof ValidationError && /multiple of 8/.test(e.message));
+  assert.throws(() => b.layer.forward([1, 2] as unknown as Float32Array), (e: Error) => e instanceof ValidationError && /Float32Array/.test(e.message));
+  const x = randn(16, 1);
+  x[5] = NaN;
+  assert.throws(() => b.layer.forward(x), (e: Error) => e instanceof ValidationError && /not finite/.test(e.message));
+  const detached = randn(16, 2);
+  structuredClone(detached.buffer, { transfer: [detached.buffer] });
+  assert.throws(() => b.layer.forward(detached), (e: Error) => e instanceof ValidationError && /detached/.test(e.message));
+  assert.throws(
+    () => new MoELayer({ router: b.layer.router, experts: [{ w1: new Float32Array(3), w3: new Float32Array(64), w2: new Float32Array(64) }] }),
+    (e: Error) => e instanceof ValidationError,
+  );
+  b.layer.dispose();
+  assert.throws(() => b.layer.forward(randn(8, 3)), /disposed/);
+});
+
+test.run();
