@@ -14,24 +14,6 @@ export interface ExpertTensorNames {
   w2: string;
 }
 
-/**
- * How the original model turns router logits into weights, from `config.json` with the Hugging Face defaults.
- * Informational: the router may use it to reproduce the reference behaviour.
- */
-export interface HfRoutingHints {
-  /** 'softmax' for all families except DeepSeek-V3 ('sigmoid'), unless config.scoring_func says otherwise. */
-  scoringFunc: string;
-  /** Whether the top-k weights are renormalised to sum to 1 (always true for Mixtral). */
-  normTopKProb: boolean;
-  /** Multiplier applied to the routed weights (DeepSeek `routed_scaling_factor`; 1 elsewhere). */
-  routedScalingFactor: number;
-  /** 'greedy' (plain top-k), or DeepSeek's 'group_limited_greedy' / 'noaux_tc'. */
-  topkMethod: string;
-  /** DeepSeek expert groups and how many groups a token may use (group-limited methods only). */
-  nGroup?: number;
-  topkGroup?: number;
-}
-
 /** One sparse layer of a supported Hugging Face model: sizes and tensor names. */
 export interface MoELayerSpec {
   /** Model class, e.g. 'MixtralForCausalLM'. */
@@ -47,7 +29,7 @@ export interface MoELayerSpec {
   names: {
     /** Router weight [numExperts, hiddenSize]. */
     gate: string;
-    /** Router score-correction bias [numExperts] (DeepSeek; required for noaux_tc routing, else loaded if present). */
+    /** Router score-correction bias [numExperts] (DeepSeek; see `requiresBias`). */
     bias?: string;
     expert(e: number): ExpertTensorNames;
     /** Shared expert(s), always applied; `gate` is Qwen2-MoE's sigmoid gate weight [1, hiddenSize]. */
@@ -55,7 +37,12 @@ export interface MoELayerSpec {
   };
   /** Width of the shared expert (DeepSeek: n_shared_experts x moe_intermediate_size). */
   sharedIntermediateSize?: number;
-  routing?: HfRoutingHints;
+  /**
+   * True when the model's routing cannot work without `names.bias` (DeepSeek `topk_method: noaux_tc`, the V3
+   * default); otherwise the bias is loaded only if the checkpoint has it. Router rules themselves come from
+   * router-config.ts.
+   */
+  requiresBias?: boolean;
 }
 
 /** Float32 expert weights, row-major: w1 and w3 [f, d], w2 [d, f]. */
@@ -105,7 +92,7 @@ function familyOf(config: Record<string, unknown>): { family: Family; architectu
   const named = Array.isArray(architectures) && typeof architectures[0] === 'string' ? architectures[0] : undefined;
   const modelType = typeof config.model_type === 'string' ? config.model_type : undefined;
   const byName = (Object.keys(ARCHITECTURE_OF) as Family[]).find((f) => ARCHITECTURE_OF[f] === named);
-  const byType = modelType !== undefined && modelType in ARCHITECTURE_OF ? (modelType as Family) : undefined;
+  const byType = modelType !== undefined && Object.hasOwn(ARCHITECTURE_OF, modelType) ? (modelType as Family) : undefined;
   if (byName && byType && byName !== byType) {
     throw new ModelLoadError(
       `config: architectures[0] is ${brief(named)} but model_type is ${brief(modelType)}; expected matching values`,
@@ -133,20 +120,6 @@ class ConfigReader {
     if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
       throw this.error(key, value, `an integer >= ${min}`);
     }
-    return value;
-  }
-
-  number(key: string, fallback: number): number {
-    const value = this.config[key] ?? fallback;
-    if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {
-      throw this.error(key, value, 'a positive number');
-    }
-    return value;
-  }
-
-  bool(key: string, fallback: boolean): boolean {
-    const value = this.config[key] ?? fallback;
-    if (typeof value !== 'boolean') throw this.error(key, value, 'true or false');
     return value;
   }
 
@@ -208,30 +181,6 @@ function checkDeepseekSparse(read: ConfigReader, architecture: string, layer: nu
   if (layer % freq !== 0) throw denseLayerError(architecture, layer, `layer % moe_layer_freq (${freq}) != 0`);
 }
 
-function deepseekRouting(read: ConfigReader, family: Family, numExperts: number): HfRoutingHints {
-  const v3 = family === 'deepseek_v3';
-  const topkMethod = read.string('topk_method', v3 ? 'noaux_tc' : 'greedy', [
-    'greedy',
-    'group_limited_greedy',
-    'noaux_tc',
-  ]);
-  const hints: HfRoutingHints = {
-    scoringFunc: read.string('scoring_func', v3 ? 'sigmoid' : 'softmax', ['softmax', 'sigmoid']),
-    normTopKProb: read.bool('norm_topk_prob', v3),
-    routedScalingFactor: read.number('routed_scaling_factor', v3 ? 2.5 : 1),
-    topkMethod,
-  };
-  if (topkMethod !== 'greedy') {
-    const nGroup = read.int('n_group', 1, v3 ? 8 : 1);
-    const topkGroup = read.int('topk_group', 1, v3 ? 4 : 1);
-    if (numExperts % nGroup !== 0) throw read.error('n_group', nGroup, `a divisor of ${numExperts} (experts)`);
-    if (topkGroup > nGroup) throw read.error('topk_group', topkGroup, `at most n_group (${nGroup})`);
-    hints.nGroup = nGroup;
-    hints.topkGroup = topkGroup;
-  }
-  return hints;
-}
-
 /**
  * Describes MoE layer `layer` of a Hugging Face model from its `config.json`. The model is recognised by
  * `architectures[0]` or `model_type`.
@@ -263,7 +212,6 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
         numExperts: read.int('num_local_experts', 1),
         topK: read.int('num_experts_per_tok', 1),
         names: { gate: `${prefix}.gate.weight`, expert: expertNames(prefix, 'mixtral') },
-        routing: { scoringFunc: 'softmax', normTopKProb: true, routedScalingFactor: 1, topkMethod: 'greedy' },
       };
       break;
     }
@@ -281,12 +229,6 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
         numExperts: read.int('num_experts', 1),
         topK: read.int('num_experts_per_tok', 1),
         names: { gate: `${prefix}.gate.weight`, expert: expertNames(prefix, 'hf') },
-        routing: {
-          scoringFunc: 'softmax',
-          normTopKProb: read.bool('norm_topk_prob', false),
-          routedScalingFactor: 1,
-          topkMethod: 'greedy',
-        },
       };
       if (family === 'qwen2_moe') {
         spec.names.shared = { ...projNames(`${prefix}.shared_expert`), gate: `${prefix}.shared_expert_gate.weight` };
@@ -300,6 +242,11 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
       const prefix = `${base}.mlp`;
       const intermediateSize = read.int('moe_intermediate_size', 1);
       const numExperts = read.int('n_routed_experts', 1);
+      const topkMethod = read.string('topk_method', family === 'deepseek_v3' ? 'noaux_tc' : 'greedy', [
+        'greedy',
+        'group_limited_greedy',
+        'noaux_tc',
+      ]);
       spec = {
         architecture,
         modelType: family,
@@ -313,7 +260,7 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
           bias: `${prefix}.gate.e_score_correction_bias`,
           expert: expertNames(prefix, 'hf'),
         },
-        routing: deepseekRouting(read, family, numExperts),
+        requiresBias: topkMethod === 'noaux_tc',
       };
       const sharedExperts = read.int('n_shared_experts', 0, 0);
       if (sharedExperts > 0) {
@@ -379,8 +326,7 @@ export function loadMoELayerWeights(ckpt: Checkpoint, spec: MoELayerSpec): Loade
     },
   };
   const biasName = spec.names.bias;
-  // noaux_tc routing (DeepSeek-V3) cannot work without the bias; elsewhere it is loaded only when present.
-  if (biasName !== undefined && (spec.routing?.topkMethod === 'noaux_tc' || ckpt.has(biasName))) {
+  if (biasName !== undefined && (spec.requiresBias === true || ckpt.has(biasName))) {
     checkTensor(ckpt, spec, biasName, [numExperts]);
     layer.bias = ckpt.readFloat32(biasName, [numExperts]);
   }

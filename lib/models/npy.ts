@@ -126,7 +126,7 @@ function parseHeader(file: string, text: string): { dtype: NpyArray['dtype']; sh
   }
   if (typeof header !== 'object' || Array.isArray(header)) throw npyError(file, 'header is not a dict');
   const { descr, fortran_order: fortranOrder, shape } = header as Record<string, PyValue | undefined>;
-  const dtype = typeof descr === 'string' ? DESCR_TO_DTYPE[descr] : undefined;
+  const dtype = typeof descr === 'string' && Object.hasOwn(DESCR_TO_DTYPE, descr) ? DESCR_TO_DTYPE[descr] : undefined;
   if (dtype === undefined) {
     throw npyError(file, `unsupported dtype descr ${JSON.stringify(descr)}, expected '<f4' or '<i4'`);
   }

@@ -1,0 +1,224 @@
+/**
+ * Writes tiny Hugging Face-style MoE checkpoints (config.json + safetensors) for tests: real field and tensor names
+ * of each supported family, seeded random weights, optionally sharded with an index file. Returns the values as
+ * stored (after rounding to the dtype) so tests can compare what the loader reads back exactly.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import {
+  bf16BitsToFloat32,
+  f16BitsToFloat32,
+  float32ToBf16Bits,
+  float32ToF16Bits,
+  writeSafetensors,
+  type SafetensorsTensorInput,
+} from '../../lib/models/safetensors';
+import { randn } from './random';
+
+export type TinyArch = 'mixtral' | 'olmoe' | 'qwen2_moe' | 'qwen3_moe' | 'deepseek_v2' | 'deepseek_v3';
+
+export interface TinyCheckpointOptions {
+  hiddenSize: number;
+  /** Routed expert width (intermediate_size for Mixtral/OLMoE, moe_intermediate_size otherwise). */
+  intermediateSize: number;
+  numExperts: number;
+  topK: number;
+  /** num_hidden_layers; default 2. */
+  numLayers?: number;
+  /** Storage dtype of every tensor; default 'F32'. */
+  dtype?: 'F32' | 'BF16' | 'F16';
+  /** Split the tensors over two shards with model.safetensors.index.json. */
+  sharded?: boolean;
+  /** Default 1. */
+  seed?: number;
+  /** DeepSeek n_shared_experts; default 1 (0 = none). */
+  sharedExperts?: number;
+  /** Qwen2-MoE shared_expert_intermediate_size; default 2 x intermediateSize. */
+  sharedIntermediateSize?: number;
+  /** DeepSeek first_k_dense_replace; default 0. */
+  firstKDense?: number;
+  /** Extra or overriding config.json fields, applied last (e.g. mlp_only_layers, moe_layer_freq). */
+  extraConfig?: Record<string, unknown>;
+}
+
+export interface StoredTensor {
+  shape: number[];
+  /** Values as stored, i.e. already rounded to the checkpoint dtype. */
+  data: Float32Array;
+}
+
+export interface TinyCheckpoint {
+  dir: string;
+  config: Record<string, unknown>;
+  /** Layers that got MoE tensors (dense layers get none). */
+  moeLayers: number[];
+  tensors: Record<string, StoredTensor>;
+}
+
+const ARCHITECTURES: Record<TinyArch, string> = {
+  mixtral: 'MixtralForCausalLM',
+  olmoe: 'OlmoeForCausalLM',
+  qwen2_moe: 'Qwen2MoeForCausalLM',
+  qwen3_moe: 'Qwen3MoeForCausalLM',
+  deepseek_v2: 'DeepseekV2ForCausalLM',
+  deepseek_v3: 'DeepseekV3ForCausalLM',
+};
+
+const TORCH_DTYPE = { F32: 'float32', BF16: 'bfloat16', F16: 'float16' } as const;
+
+function buildConfig(arch: TinyArch, opts: TinyCheckpointOptions): Record<string, unknown> {
+  const { hiddenSize, intermediateSize, numExperts, topK } = opts;
+  const config: Record<string, unknown> = {
+    architectures: [ARCHITECTURES[arch]],
+    model_type: arch,
+    hidden_size: hiddenSize,
+    num_hidden_layers: opts.numLayers ?? 2,
+    num_attention_heads: 2,
+    vocab_size: 64,
+    rms_norm_eps: 1e-6,
+    torch_dtype: TORCH_DTYPE[opts.dtype ?? 'F32'],
+    num_experts_per_tok: topK,
+  };
+  switch (arch) {
+    case 'mixtral':
+      Object.assign(config, { intermediate_size: intermediateSize, num_local_experts: numExperts });
+      break;
+    case 'olmoe':
+      Object.assign(config, { intermediate_size: intermediateSize, num_experts: numExperts, norm_topk_prob: false });
+      break;
+    case 'qwen2_moe':
+    case 'qwen3_moe':
+      Object.assign(config, {
+        intermediate_size: intermediateSize * 4,
+        moe_intermediate_size: intermediateSize,
+        num_experts: numExperts,
+        decoder_sparse_step: 1,
+        mlp_only_layers: [],
+        norm_topk_prob: arch === 'qwen3_moe',
+      });
+      if (arch === 'qwen2_moe') config.shared_expert_intermediate_size = opts.sharedIntermediateSize ?? 2 * intermediateSize;
+      break;
+    case 'deepseek_v2':
+    case 'deepseek_v3': {
+      const v3 = arch === 'deepseek_v3';
+      const nGroup = numExperts % 4 === 0 && numExperts >= 8 ? 4 : numExperts % 2 === 0 ? 2 : 1;
+      Object.assign(config, {
+        intermediate_size: intermediateSize * 4,
+        moe_intermediate_size: intermediateSize,
+        n_routed_experts: numExperts,
+        n_shared_experts: opts.sharedExperts ?? 1,
+        first_k_dense_replace: opts.firstKDense ?? 0,
+        moe_layer_freq: 1,
+        norm_topk_prob: v3,
+        routed_scaling_factor: v3 ? 2.5 : 1.0,
+        scoring_func: v3 ? 'sigmoid' : 'softmax',
+        topk_method: v3 ? 'noaux_tc' : 'greedy',
+        n_group: v3 ? nGroup : null,
+        topk_group: v3 ? Math.max(1, nGroup / 2) : null,
+      });
+      break;
+    }
+  }
+  return { ...config, ...opts.extraConfig };
+}
+
+/** The Hugging Face rule for which layers are sparse, evaluated on the final config. */
+function isMoELayer(arch: TinyArch, config: Record<string, unknown>, layer: number): boolean {
+  if (arch === 'qwen2_moe' || arch === 'qwen3_moe') {
+    const mlpOnly = (config.mlp_only_layers as number[] | undefined) ?? [];
+    const step = (config.decoder_sparse_step as number | undefined) ?? 1;
+    return !mlpOnly.includes(layer) && (layer + 1) % step === 0;
+  }
+  if (arch === 'deepseek_v2' || arch === 'deepseek_v3') {
+    const firstDense = (config.first_k_dense_replace as number | undefined) ?? 0;
+    const freq = (config.moe_layer_freq as number | undefined) ?? 1;
+    return layer >= firstDense && layer % freq === 0;
+  }
+  return true;
+}
+
+/** Shapes of every MoE tensor of one layer, in the order they are written. */
+function layerTensorShapes(arch: TinyArch, config: Record<string, unknown>, layer: number): [string, number[]][] {
+  const d = config.hidden_size as number;
+  const f = (config.moe_intermediate_size ?? config.intermediate_size) as number;
+  const numExperts = (config.num_local_experts ?? config.num_experts ?? config.n_routed_experts) as number;
+  const mixtral = arch === 'mixtral';
+  const prefix = `model.layers.${layer}.${mixtral ? 'block_sparse_moe' : 'mlp'}`;
+  const shapes: [string, number[]][] = [[`${prefix}.gate.weight`, [numExperts, d]]];
+  if (arch === 'deepseek_v3') shapes.push([`${prefix}.gate.e_score_correction_bias`, [numExperts]]);
+  for (let e = 0; e < numExperts; e++) {
+    const [w1, w3, w2] = mixtral ? ['w1', 'w3', 'w2'] : ['gate_proj', 'up_proj', 'down_proj'];
+    shapes.push([`${prefix}.experts.${e}.${w1}.weight`, [f, d]]);
+    shapes.push([`${prefix}.experts.${e}.${w3}.weight`, [f, d]]);
+    shapes.push([`${prefix}.experts.${e}.${w2}.weight`, [d, f]]);
+  }
+  let shared: { name: string; width: number } | null = null;
+  if (arch === 'qwen2_moe') shared = { name: 'shared_expert', width: config.shared_expert_intermediate_size as number };
+  const nShared = (config.n_shared_experts as number | null | undefined) ?? 0;
+  if ((arch === 'deepseek_v2' || arch === 'deepseek_v3') && nShared > 0) {
+    shared = { name: 'shared_experts', width: nShared * f };
+  }
+  if (shared) {
+    shapes.push([`${prefix}.${shared.name}.gate_proj.weight`, [shared.width, d]]);
+    shapes.push([`${prefix}.${shared.name}.up_proj.weight`, [shared.width, d]]);
+    shapes.push([`${prefix}.${shared.name}.down_proj.weight`, [d, shared.width]]);
+  }
+  if (arch === 'qwen2_moe') shapes.push([`${prefix}.shared_expert_gate.weight`, [1, d]]);
+  return shapes;
+}
+
+/** Rounds float32 values to what `dtype` stores, using the library's own conversions. */
+export function roundToDtype(values: Float32Array, dtype: 'F32' | 'BF16' | 'F16'): Float32Array {
+  if (dtype === 'F32') return values.slice();
+  const out = new Float32Array(values.length);
+  for (let i = 0; i < values.length; i++) {
+    out[i] =
+      dtype === 'BF16' ? bf16BitsToFloat32(float32ToBf16Bits(values[i])) : f16BitsToFloat32(float32ToF16Bits(values[i]));
+  }
+  return out;
+}
+
+/**
+ * Writes config.json and the MoE tensors of every MoE layer into `dir` (which must exist), with normal weights of
+ * standard deviation 0.05 seeded per tensor. With `sharded`, the tensors are split over two shards listed in
+ * model.safetensors.index.json.
+ */
+export function writeTinyCheckpoint(dir: string, arch: TinyArch, opts: TinyCheckpointOptions): TinyCheckpoint {
+  const config = buildConfig(arch, opts);
+  const dtype = opts.dtype ?? 'F32';
+  const seed = opts.seed ?? 1;
+  const numLayers = config.num_hidden_layers as number;
+  const moeLayers: number[] = [];
+  const inputs: [string, SafetensorsTensorInput][] = [];
+  const tensors: Record<string, StoredTensor> = {};
+  for (let layer = 0; layer < numLayers; layer++) {
+    if (!isMoELayer(arch, config, layer)) continue;
+    moeLayers.push(layer);
+    for (const [name, shape] of layerTensorShapes(arch, config, layer)) {
+      const count = shape.reduce((a, b) => a * b, 1);
+      const values = randn(count, seed * 100003 + inputs.length, 0.05);
+      inputs.push([name, { dtype, shape, data: values }]);
+      tensors[name] = { shape, data: roundToDtype(values, dtype) };
+    }
+  }
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config, null, 2));
+  if (!opts.sharded) {
+    writeSafetensors(path.join(dir, 'model.safetensors'), Object.fromEntries(inputs), { format: 'pt' });
+  } else {
+    const half = Math.ceil(inputs.length / 2);
+    const shards = [inputs.slice(0, half), inputs.slice(half)];
+    const weightMap: Record<string, string> = {};
+    let totalSize = 0;
+    shards.forEach((shard, i) => {
+      const file = `model-0000${i + 1}-of-00002.safetensors`;
+      writeSafetensors(path.join(dir, file), Object.fromEntries(shard), { format: 'pt' });
+      for (const [name, input] of shard) {
+        weightMap[name] = file;
+        totalSize += input.data.length * (dtype === 'F32' ? 4 : 2);
+      }
+    });
+    const index = { metadata: { total_size: totalSize }, weight_map: weightMap };
+    fs.writeFileSync(path.join(dir, 'model.safetensors.index.json'), JSON.stringify(index, null, 2));
+  }
+  return { dir, config, moeLayers, tensors };
+}

@@ -1,0 +1,291 @@
+/**
+ * Tests of Hugging Face checkpoint loading: checkpoint folders (single file, sharded, malformed index), the MoE
+ * layer adapters of all six supported families, dense-layer rules and shape checks against config.json.
+ */
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { ModelLoadError, ValidationError } from '../lib/errors';
+import { loadMoELayerWeights, resolveMoELayer } from '../lib/models/architectures';
+import { openCheckpoint } from '../lib/models/checkpoint';
+import { writeSafetensors } from '../lib/models/safetensors';
+import { writeTinyCheckpoint, type TinyArch, type TinyCheckpointOptions } from './helpers/checkpoint';
+
+const tmpDirs: string[] = [];
+function tmpDir(): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-hf-'));
+  tmpDirs.push(dir);
+  return dir;
+}
+test.after(() => {
+  for (const dir of tmpDirs) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+function throwsWith(fn: () => unknown, ErrorType: Function, pattern: RegExp, mustMention: string[] = []): void {
+  try {
+    fn();
+  } catch (err) {
+    assert.instance(err, ErrorType, `expected ${ErrorType.name}, got ${String(err)}`);
+    const message = (err as Error).message;
+    assert.match(message, pattern);
+    for (const word of mustMention) assert.ok(message.includes(word), `message should name ${word}: ${message}`);
+    return;
+  }
+  assert.unreachable(`expected ${ErrorType.name} matching ${pattern}`);
+}
+
+const SMALL: TinyCheckpointOptions = { hiddenSize: 8, intermediateSize: 6, numExperts: 4, topK: 2 };
+
+// ------------------------------------------------------------------------------------------------ checkpoint
+
+test('checkpoint: single file and sharded give the same tensors', () => {
+  const single = writeTinyCheckpoint(tmpDir(), 'olmoe', { ...SMALL, seed: 3 });
+  const sharded = writeTinyCheckpoint(tmpDir(), 'olmoe', { ...SMALL, seed: 3, sharded: true });
+  assert.ok(fs.existsSync(path.join(sharded.dir, 'model-00002-of-00002.safetensors')));
+  for (const tiny of [single, sharded]) {
+    const ckpt = openCheckpoint(tiny.dir);
+    try {
+      assert.is(ckpt.config.model_type, 'olmoe');
+      assert.equal(ckpt.tensorNames().sort(), Object.keys(tiny.tensors).sort());
+      for (const [name, stored] of Object.entries(tiny.tensors)) {
+        assert.ok(ckpt.has(name));
+        assert.equal(ckpt.info(name).shape, stored.shape);
+        assert.equal(Array.from(ckpt.readFloat32(name, stored.shape)), Array.from(stored.data), name);
+      }
+      assert.not.ok(ckpt.has('model.layers.0.mlp.nothing'));
+    } finally {
+      ckpt.close();
+    }
+  }
+});
+
+test('checkpoint: missing tensor and wrong expected shape name the tensor, dir and shapes', () => {
+  const tiny = writeTinyCheckpoint(tmpDir(), 'mixtral', SMALL);
+  const ckpt = openCheckpoint(tiny.dir);
+  const gate = 'model.layers.0.block_sparse_moe.gate.weight';
+  throwsWith(() => ckpt.readFloat32('model.layers.9.x'), ModelLoadError, /no tensor named/, [
+    'model.layers.9.x',
+    tiny.dir,
+  ]);
+  throwsWith(() => ckpt.readFloat32(gate, [8, 4]), ModelLoadError, /has shape \[4, 8\], expected \[8, 4\]/, [gate]);
+  ckpt.close();
+  throwsWith(() => ckpt.readFloat32(gate), ModelLoadError, /closed/);
+});
+
+test('checkpoint: missing or invalid config and weights', () => {
+  const empty = tmpDir();
+  throwsWith(() => openCheckpoint(empty), ModelLoadError, /cannot read config\.json \(file not found\)/, [empty]);
+  fs.writeFileSync(path.join(empty, 'config.json'), '{"model_type": ');
+  throwsWith(() => openCheckpoint(empty), ModelLoadError, /config\.json is not valid JSON/);
+  fs.writeFileSync(path.join(empty, 'config.json'), '[1, 2]');
+  throwsWith(() => openCheckpoint(empty), ModelLoadError, /must be a JSON object, got \[1,2\]/);
+  fs.writeFileSync(path.join(empty, 'config.json'), '{}');
+  throwsWith(() => openCheckpoint(empty), ModelLoadError, /no weights found.*model\.safetensors\.index\.json/);
+  throwsWith(() => openCheckpoint(path.join(empty, 'nope')), ModelLoadError, /checkpoint folder not found/);
+  throwsWith(() => openCheckpoint(path.join(empty, 'config.json')), ModelLoadError, /not a folder/);
+  throwsWith(() => openCheckpoint(''), ValidationError, /non-empty string/);
+});
+
+test('checkpoint: index shard names cannot leave the folder', () => {
+  const parent = tmpDir();
+  const dir = path.join(parent, 'ckpt');
+  fs.mkdirSync(dir);
+  fs.writeFileSync(path.join(dir, 'config.json'), '{}');
+  writeSafetensors(path.join(parent, 'outside.safetensors'), { w: { dtype: 'F32', shape: [1], data: new Float32Array(1) } });
+  const index = path.join(dir, 'model.safetensors.index.json');
+  const bad = ['../outside.safetensors', path.join(parent, 'outside.safetensors'), 'sub/x.safetensors', 'a\\b', '..', '', 7];
+  for (const shard of bad) {
+    fs.writeFileSync(index, JSON.stringify({ weight_map: { w: shard } }));
+    throwsWith(() => openCheckpoint(dir), ModelLoadError, /names shard .* expected a plain file name/, ['"w"']);
+  }
+  fs.writeFileSync(index, JSON.stringify({ metadata: {} }));
+  throwsWith(() => openCheckpoint(dir), ModelLoadError, /"weight_map" is undefined, expected an object/);
+  writeSafetensors(path.join(dir, 'a.safetensors'), { w: { dtype: 'F32', shape: [1], data: new Float32Array(1) } });
+  fs.writeFileSync(index, JSON.stringify({ weight_map: { w: 'a.safetensors', v: 'a.safetensors', u: 'b.safetensors' } }));
+  const ckpt = openCheckpoint(dir);
+  assert.is(ckpt.readFloat32('w').length, 1);
+  throwsWith(() => ckpt.readFloat32('v'), ModelLoadError, /places tensor "v" in a\.safetensors, but that shard does not/);
+  throwsWith(() => ckpt.readFloat32('u'), ModelLoadError, /cannot open safetensors file/, ['b.safetensors']);
+  ckpt.close();
+});
+
+// ------------------------------------------------------------------------------------------------ architectures
+
+const EXPECTED: Record<TinyArch, { architecture: string; gate: string; w1: string; shared?: string; bias?: boolean }> = {
+  mixtral: {
+    architecture: 'MixtralForCausalLM',
+    gate: 'model.layers.1.block_sparse_moe.gate.weight',
+    w1: 'model.layers.1.block_sparse_moe.experts.3.w1.weight',
+  },
+  olmoe: { architecture: 'OlmoeForCausalLM', gate: 'model.layers.1.mlp.gate.weight', w1: 'model.layers.1.mlp.experts.3.gate_proj.weight' },
+  qwen2_moe: {
+    architecture: 'Qwen2MoeForCausalLM',
+    gate: 'model.layers.1.mlp.gate.weight',
+    w1: 'model.layers.1.mlp.experts.3.gate_proj.weight',
+    shared: 'model.layers.1.mlp.shared_expert.gate_proj.weight',
+  },
+  qwen3_moe: {
+    architecture: 'Qwen3MoeForCausalLM',
+    gate: 'model.layers.1.mlp.gate.weight',
+    w1: 'model.layers.1.mlp.experts.3.gate_proj.weight',
+  },
+  deepseek_v2: {
+    architecture: 'DeepseekV2ForCausalLM',
+    gate: 'model.layers.1.mlp.gate.weight',
+    w1: 'model.layers.1.mlp.experts.3.gate_proj.weight',
+    shared: 'model.layers.1.mlp.shared_experts.gate_proj.weight',
+  },
+  deepseek_v3: {
+    architecture: 'DeepseekV3ForCausalLM',
+    gate: 'model.layers.1.mlp.gate.weight',
+    w1: 'model.layers.1.mlp.experts.3.gate_proj.weight',
+    shared: 'model.layers.1.mlp.shared_experts.gate_proj.weight',
+    bias: true,
+  },
+};
+
+const DTYPES = ['F32', 'BF16', 'F16'] as const;
+
+(Object.keys(EXPECTED) as TinyArch[]).forEach((arch, i) => {
+  const dtype = DTYPES[i % 3];
+  const sharded = i % 2 === 1;
+  test(`${arch}: resolve and load layer 1 (${dtype}${sharded ? ', sharded' : ''})`, () => {
+    const opts = { ...SMALL, numExperts: 8, dtype, sharded, seed: i + 1, sharedExperts: 2, sharedIntermediateSize: 10 };
+    const tiny = writeTinyCheckpoint(tmpDir(), arch, opts);
+    const expected = EXPECTED[arch];
+    const ckpt = openCheckpoint(tiny.dir);
+    try {
+      const spec = resolveMoELayer(ckpt.config, 1);
+      assert.is(spec.architecture, expected.architecture);
+      assert.is(spec.modelType, arch);
+      assert.equal([spec.hiddenSize, spec.intermediateSize, spec.numExperts, spec.topK], [8, 6, 8, 2]);
+      assert.is(spec.names.gate, expected.gate);
+      assert.is(spec.names.expert(3).w1, expected.w1);
+      assert.is(spec.names.shared?.w1, expected.shared);
+      const layer = loadMoELayerWeights(ckpt, spec);
+      const stored = tiny.tensors;
+      assert.equal(Array.from(layer.gateWeight), Array.from(stored[spec.names.gate].data));
+      for (let e = 0; e < spec.numExperts; e++) {
+        const names = spec.names.expert(e);
+        const weights = layer.expert(e);
+        assert.equal(Array.from(weights.w1), Array.from(stored[names.w1].data), names.w1);
+        assert.equal(Array.from(weights.w3), Array.from(stored[names.w3].data), names.w3);
+        assert.equal(Array.from(weights.w2), Array.from(stored[names.w2].data), names.w2);
+      }
+      assert.is(layer.bias !== undefined, expected.bias === true, 'score-correction bias');
+      if (layer.bias) assert.equal(Array.from(layer.bias), Array.from(stored[spec.names.bias!].data));
+      if (expected.shared) {
+        const width = arch === 'qwen2_moe' ? 10 : 2 * 6;
+        assert.is(spec.sharedIntermediateSize, width);
+        assert.is(layer.shared?.intermediateSize, width);
+        assert.equal(Array.from(layer.shared!.w2), Array.from(stored[spec.names.shared!.w2].data));
+        assert.is(layer.shared!.gate?.length, arch === 'qwen2_moe' ? 8 : undefined);
+      } else {
+        assert.is(layer.shared, undefined);
+      }
+      throwsWith(() => layer.expert(8), ValidationError, /expected an integer in \[0, 7\]/);
+    } finally {
+      ckpt.close();
+    }
+  });
+});
+
+test('model_type alone identifies the model; DeepSeek bias requirement follows topk_method', () => {
+  const mixtral = resolveMoELayer(
+    { model_type: 'mixtral', num_hidden_layers: 1, hidden_size: 4, intermediate_size: 2, num_local_experts: 2, num_experts_per_tok: 1 },
+    0,
+  );
+  assert.is(mixtral.architecture, 'MixtralForCausalLM');
+  assert.is(mixtral.requiresBias, undefined);
+  const v3 = writeTinyCheckpoint(tmpDir(), 'deepseek_v3', SMALL).config;
+  assert.is(resolveMoELayer(v3, 0).requiresBias, true);
+  assert.is(resolveMoELayer({ ...v3, topk_method: undefined }, 0).requiresBias, true, 'noaux_tc is the V3 default');
+  assert.is(resolveMoELayer({ ...v3, topk_method: 'greedy' }, 0).requiresBias, false);
+  const v2 = writeTinyCheckpoint(tmpDir(), 'deepseek_v2', SMALL).config;
+  assert.is(resolveMoELayer(v2, 0).requiresBias, false);
+  throwsWith(() => resolveMoELayer({ ...v2, topk_method: 'random' }, 0), ModelLoadError, /"topk_method" is "random", expected greedy \| group_limited_greedy \| noaux_tc/);
+});
+
+test('dense layers are rejected with the layer and the reason', () => {
+  const deepseek = writeTinyCheckpoint(tmpDir(), 'deepseek_v3', { ...SMALL, numLayers: 4, firstKDense: 1, extraConfig: { moe_layer_freq: 2 } });
+  assert.equal(deepseek.moeLayers, [2]);
+  throwsWith(() => resolveMoELayer(deepseek.config, 0), ModelLoadError, /layer 0 is a dense MLP layer.*first_k_dense_replace \(1\)/);
+  throwsWith(() => resolveMoELayer(deepseek.config, 3), ModelLoadError, /layer 3 is a dense.*moe_layer_freq \(2\)/);
+  assert.is(resolveMoELayer(deepseek.config, 2).layer, 2);
+  const qwen2 = writeTinyCheckpoint(tmpDir(), 'qwen2_moe', { ...SMALL, numLayers: 3, extraConfig: { mlp_only_layers: [1] } });
+  assert.equal(qwen2.moeLayers, [0, 2]);
+  throwsWith(() => resolveMoELayer(qwen2.config, 1), ModelLoadError, /Qwen2MoeForCausalLM layer 1 .*mlp_only_layers/);
+  const qwen3 = writeTinyCheckpoint(tmpDir(), 'qwen3_moe', { ...SMALL, numLayers: 4, extraConfig: { decoder_sparse_step: 2 } });
+  assert.equal(qwen3.moeLayers, [1, 3]);
+  throwsWith(() => resolveMoELayer(qwen3.config, 2), ModelLoadError, /layer 2 .*decoder_sparse_step \(2\)/);
+  const ckpt = openCheckpoint(qwen3.dir);
+  assert.is(loadMoELayerWeights(ckpt, resolveMoELayer(qwen3.config, 3)).gateWeight.length, 4 * 8);
+  ckpt.close();
+});
+
+test('layer index, unknown architectures and bad config fields', () => {
+  const { config } = writeTinyCheckpoint(tmpDir(), 'mixtral', SMALL);
+  for (const layer of [-1, 2, 1.5, NaN]) {
+    throwsWith(() => resolveMoELayer(config, layer), ValidationError, /expected an integer in \[0, 1\] \(num_hidden_layers 2\)/);
+  }
+  throwsWith(() => resolveMoELayer({ ...config, architectures: ['LlamaForCausalLM'], model_type: 'llama' }, 0), ModelLoadError, /unsupported model.*"LlamaForCausalLM"/, [
+    'MixtralForCausalLM',
+    'OlmoeForCausalLM',
+    'Qwen2MoeForCausalLM',
+    'Qwen3MoeForCausalLM',
+    'DeepseekV2ForCausalLM',
+    'DeepseekV3ForCausalLM',
+  ]);
+  throwsWith(() => resolveMoELayer({ model_type: 'constructor' }, 0), ModelLoadError, /unsupported model/);
+  throwsWith(() => resolveMoELayer({ ...config, model_type: 'olmoe' }, 0), ModelLoadError, /architectures\[0\] is "MixtralForCausalLM" but model_type is "olmoe"/);
+  throwsWith(() => resolveMoELayer({ ...config, num_local_experts: undefined }, 0), ModelLoadError, /"num_local_experts" is undefined, expected an integer >= 1/);
+  throwsWith(() => resolveMoELayer({ ...config, hidden_size: '8' }, 0), ModelLoadError, /"hidden_size" is "8"/);
+  throwsWith(() => resolveMoELayer({ ...config, num_experts_per_tok: 5 }, 0), ModelLoadError, /"num_experts_per_tok" is 5, expected at most the number of experts \(4\)/);
+  throwsWith(() => resolveMoELayer({ ...config, num_hidden_layers: 0 }, 0), ModelLoadError, /"num_hidden_layers" is 0/);
+});
+
+test('tensor shapes are checked against the config before reading', () => {
+  const tiny = writeTinyCheckpoint(tmpDir(), 'qwen2_moe', SMALL);
+  const ckpt = openCheckpoint(tiny.dir);
+  const wrongWidth = resolveMoELayer({ ...tiny.config, moe_intermediate_size: 7 }, 0);
+  throwsWith(() => loadMoELayerWeights(ckpt, wrongWidth), ModelLoadError, /tensor "model\.layers\.0\.mlp\.experts\.0\.gate_proj\.weight" has shape \[6, 8\], expected \[7, 8\] from config/, [tiny.dir, 'layer 0']);
+  const wrongShared = resolveMoELayer({ ...tiny.config, shared_expert_intermediate_size: 5 }, 0);
+  throwsWith(() => loadMoELayerWeights(ckpt, wrongShared), ModelLoadError, /shared_expert\.gate_proj\.weight" has shape \[12, 8\], expected \[5, 8\]/);
+  const moreExperts = resolveMoELayer({ ...tiny.config, num_experts: 5 }, 0);
+  throwsWith(() => loadMoELayerWeights(ckpt, moreExperts), ModelLoadError, /has shape \[4, 8\], expected \[5, 8\]/);
+  ckpt.close();
+});
+
+test('DeepSeek-V3 requires the score-correction bias; unsupported dtypes are reported up front', () => {
+  const dir = tmpDir();
+  const tiny = writeTinyCheckpoint(dir, 'deepseek_v3', SMALL);
+  const bias = 'model.layers.0.mlp.gate.e_score_correction_bias';
+  const withoutBias = Object.fromEntries(
+    Object.entries(tiny.tensors)
+      .filter(([name]) => name !== bias)
+      .map(([name, t]) => [name, { dtype: 'F32' as const, shape: t.shape, data: t.data }]),
+  );
+  writeSafetensors(path.join(dir, 'model.safetensors'), withoutBias);
+  let ckpt = openCheckpoint(dir);
+  throwsWith(() => loadMoELayerWeights(ckpt, resolveMoELayer(tiny.config, 0)), ModelLoadError, /e_score_correction_bias" is missing/);
+  ckpt.close();
+  // The same layer under greedy routing does not need the bias.
+  ckpt = openCheckpoint(dir);
+  assert.is(loadMoELayerWeights(ckpt, resolveMoELayer({ ...tiny.config, topk_method: 'greedy' }, 0)).bias, undefined);
+  ckpt.close();
+  const gate = 'model.layers.0.mlp.gate.weight';
+  const headerText = Buffer.from(JSON.stringify({ [gate]: { dtype: 'F8_E4M3', shape: [4, 8], data_offsets: [0, 32] } }));
+  const prefix = Buffer.alloc(8);
+  prefix.writeBigUInt64LE(BigInt(headerText.length));
+  const quantised = tmpDir();
+  fs.writeFileSync(path.join(quantised, 'config.json'), JSON.stringify(tiny.config));
+  fs.writeFileSync(path.join(quantised, 'model.safetensors'), Buffer.concat([prefix, headerText, Buffer.alloc(32)]));
+  ckpt = openCheckpoint(quantised);
+  assert.is(ckpt.info(gate).dtype, 'F8_E4M3');
+  throwsWith(() => loadMoELayerWeights(ckpt, resolveMoELayer(tiny.config, 0)), ModelLoadError, /gate\.weight" has dtype F8_E4M3, expected F32, BF16 or F16/);
+  ckpt.close();
+});
+
+test.run();
