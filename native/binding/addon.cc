@@ -2,6 +2,7 @@
 #include <napi.h>
 
 #include "addon_data.h"
+#include "bench_wrap.h"
 #include "complexity_wrap.h"
 #include "layer_wrap.h"
 #include "moe/cpu_features.h"
@@ -40,6 +41,7 @@ Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
   data->layerConstructor = Napi::Persistent(layer);
   exports.Set("NativeLayer", layer);
   InitComplexity(env, exports);
+  InitBench(env, exports);
   exports.Set("backendInfo", Napi::Function::New<BackendInfo>(env, "backendInfo"));
   return exports;
 }

@@ -13,7 +13,6 @@ namespace {
 constexpr int64_t kSliceF32 = 2048;
 constexpr int64_t kSlicePairs = 2048;
 
-inline float silu(float v) { return v / (1.0f + std::exp(-v)); }
 }  // namespace
 
 void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, int64_t K, const void* panel,
@@ -25,8 +24,11 @@ void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, i
   const int64_t slice = f32 ? kSliceF32 : kSlicePairs;
   for (int64_t k0 = 0; k0 < depth; k0 += slice) {
     const int kc = int(std::min(slice, depth - k0));
-    for (int64_t r0 = 0; r0 < rows; r0 += kern.maxRows) {
-      const int mr = int(std::min<int64_t>(kern.maxRows, rows - r0));
+    // Equal blocks (64 rows -> 6 x 11, not 5 x 12 + 4): a short last block would run at low FMA density.
+    const int64_t blocks = (rows + kern.maxRows - 1) / kern.maxRows;
+    const int64_t blockRows = (rows + blocks - 1) / blocks;
+    for (int64_t r0 = 0; r0 < rows; r0 += blockRows) {
+      const int mr = int(std::min<int64_t>(blockRows, rows - r0));
       if (f32) {
         kern.f32(mr, kc, static_cast<const float*>(A.data) + r0 * A.ld + k0, A.ld,
                  static_cast<const float*>(panel) + k0 * kPanelWidth, tile);
@@ -48,18 +50,11 @@ void gateUpPanel(const GemmKernels& kern, const Activations& x, int64_t rows, in
                       : static_cast<const void*>(static_cast<const uint32_t*>(gateUpPanels) + panel * stride);
   panelProduct(kern, x, rows, d, p, acc);
   constexpr int half = kPanelWidth / 2;
+  const bool bf16 = x.dtype == DType::BF16;
   for (int64_t r = 0; r < rows; ++r) {
-    const float* gate = acc + r * kPanelWidth;
-    const float* up = gate + half;
-    float h[half];
-    for (int i = 0; i < half; ++i) h[i] = silu(gate[i]) * up[i];
-    if (x.dtype == DType::F32) {
-      std::copy(h, h + half, static_cast<float*>(hidden) + r * ldh + panel * half);
-    } else {
-      uint32_t* dst = static_cast<uint32_t*>(hidden) + r * ldh + panel * (half / 2);
-      for (int i = 0; i < half / 2; ++i)
-        dst[i] = uint32_t(floatToBf16(h[2 * i])) | (uint32_t(floatToBf16(h[2 * i + 1])) << 16);
-    }
+    void* out = bf16 ? static_cast<void*>(static_cast<uint32_t*>(hidden) + r * ldh + panel * (half / 2))
+                     : static_cast<void*>(static_cast<float*>(hidden) + r * ldh + panel * half);
+    kern.swiglu(acc + r * kPanelWidth, out, bf16);
   }
 }
 

@@ -2,6 +2,7 @@
 // ones), and the run-time choice of kernel set.
 #include "moe/gemm.h"
 
+#include <cmath>
 #include <cstring>
 
 #include "gemm_isa.h"
@@ -41,13 +42,15 @@ void scalarBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t*
   }
 }
 
-const GemmKernels kScalar{Isa::Scalar, kScalarMaxRows, scalarF32, scalarBF16};
-const GemmKernels kAvx2{Isa::Avx2, avx2::maxRows(), avx2::kernelF32, avx2::kernelBF16};
-const GemmKernels kAvx512{Isa::Avx512, avx512::maxRows(), avx512::kernelF32, avx512::kernelBF16};
-
 inline uint32_t bf16Pair(float even, float odd) {
   return uint32_t(floatToBf16(even)) | (uint32_t(floatToBf16(odd)) << 16);
 }
+
+const GemmKernels kScalar{Isa::Scalar, kScalarMaxRows, scalarF32, scalarBF16, scalar::swigluRow, scalar::toBf16};
+const GemmKernels kAvx2{Isa::Avx2, avx2::maxRows(), avx2::kernelF32, avx2::kernelBF16, scalar::swigluRow,
+                        scalar::toBf16};
+const GemmKernels kAvx512{Isa::Avx512,         avx512::maxRows(),  avx512::kernelF32,
+                          avx512::kernelBF16,  avx512::swigluRow,  avx512::toBf16};
 
 // One panel column: `width` weight rows starting at `row`, the rest zero.
 template <typename Emit>
@@ -134,9 +137,28 @@ void packGateUpBF16(const float* gate, const float* up, int64_t rows, int64_t K,
   }
 }
 
-void rowToBf16Pairs(const float* src, int64_t K, uint32_t* dst) {
-  const int64_t Kp = packedKPairs(K);
-  for (int64_t kp = 0; kp < Kp; ++kp) dst[kp] = bf16Pair(src[2 * kp], 2 * kp + 1 < K ? src[2 * kp + 1] : 0.0f);
+void rowToBf16Pairs(const float* src, int64_t K, uint32_t* dst) { gemmKernels().toBf16(src, K, dst); }
+
+namespace scalar {
+
+void toBf16(const float* src, int64_t n, uint32_t* dst) {
+  const int64_t pairs = packedKPairs(n);
+  for (int64_t kp = 0; kp < pairs; ++kp) dst[kp] = bf16Pair(src[2 * kp], 2 * kp + 1 < n ? src[2 * kp + 1] : 0.0f);
 }
+
+void swigluRow(const float* tileRow, void* out, bool bf16) {
+  constexpr int half = kPanelWidth / 2;
+  float h[half];
+  for (int i = 0; i < half; ++i) {
+    const float g = tileRow[i];
+    h[i] = g / (1.0f + std::exp(-g)) * tileRow[half + i];
+  }
+  if (bf16) toBf16(h, half, static_cast<uint32_t*>(out));
+  else std::memcpy(out, h, sizeof(h));
+}
+
+int maxRows() { return kScalarMaxRows; }
+
+}  // namespace scalar
 
 }  // namespace moe

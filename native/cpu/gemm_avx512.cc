@@ -12,7 +12,7 @@ namespace avx512 {
 namespace {
 
 constexpr int kMaxRows = 12;  // 24 accumulators + 2 weight vectors + 1 broadcast of the 32 zmm registers
-constexpr int kPrefetchFloats = 32 * 8;  // 1 KiB ahead in the weight stream
+constexpr int kPrefetchFloats = 32 * 64;  // 8 KiB ahead in the weight stream
 
 template <int MR>
 void tileF32(int K, const float* A, size_t lda, const float* B, float* C) {
@@ -64,9 +64,59 @@ void tileBF16(int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C
   }
 }
 
+// e^x for x <= 0 (silu only needs exp(-|g|) style arguments after clamping): Cody–Waite range reduction
+// x = n ln2 + r, a degree-6 polynomial for e^r on [-ln2/2, ln2/2] (relative error ~2e-7), then scalef by 2^n.
+inline __m512 expNonPositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
 }  // namespace
 
 int maxRows() { return kMaxRows; }
+
+// silu(g) = g * sigmoid(g); sigmoid via e = exp(-|g|): g >= 0 -> 1/(1+e), g < 0 -> e/(1+e). No overflow.
+void swigluRow(const float* tileRow, void* out, bool bf16) {
+  const __m512 g = _mm512_loadu_ps(tileRow);
+  const __m512 u = _mm512_loadu_ps(tileRow + 16);
+  const __m512 absG = _mm512_abs_ps(g);
+  const __m512 e = expNonPositive(_mm512_sub_ps(_mm512_setzero_ps(), absG));
+  const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+  const __mmask16 negative = _mm512_cmp_ps_mask(g, _mm512_setzero_ps(), _CMP_LT_OQ);
+  const __m512 sigmoid = _mm512_mask_mul_ps(inv, negative, inv, e);
+  const __m512 h = _mm512_mul_ps(_mm512_mul_ps(g, sigmoid), u);
+  if (bf16) {
+    _mm256_storeu_si256(static_cast<__m256i*>(out), (__m256i)_mm512_cvtneps_pbh(h));
+  } else {
+    _mm512_storeu_ps(static_cast<float*>(out), h);
+  }
+}
+
+void toBf16(const float* src, int64_t n, uint32_t* dst) {
+  int64_t i = 0;
+  uint16_t* out = reinterpret_cast<uint16_t*>(dst);
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+  if (i < n) {
+    const __mmask16 m = __mmask16((1u << (n - i)) - 1);
+    const __m256i v = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i));
+    alignas(32) uint16_t tail[16];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(tail), v);
+    for (int64_t j = i; j < n; ++j) out[j] = tail[j - i];
+  }
+  if (n & 1) out[n] = 0;
+}
 
 void kernelF32(int rows, int K, const float* A, size_t lda, const float* B, float* C) {
   switch (rows) {

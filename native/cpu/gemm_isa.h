@@ -10,8 +10,11 @@ namespace moe {
   int maxRows();                                                                                        \
   void kernelF32(int rows, int K, const float* A, size_t lda, const float* B, float* C);                \
   void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C);        \
+  void swigluRow(const float* tileRow, void* out, bool bf16);                                            \
+  void toBf16(const float* src, int64_t n, uint32_t* dst);                                               \
   }
 MOE_DECLARE_GEMM_ISA(avx512)
 MOE_DECLARE_GEMM_ISA(avx2)
+MOE_DECLARE_GEMM_ISA(scalar)
 #undef MOE_DECLARE_GEMM_ISA
 }  // namespace moe

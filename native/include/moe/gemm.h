@@ -23,11 +23,19 @@ using KernelF32 = void (*)(int rows, int K, const float* A, size_t lda, const fl
 using KernelBF16 = void (*)(int rows, int Kpairs, const uint32_t* A, size_t lda, const uint32_t* panel,
                             float* tile);
 
+// h[i] = silu(gate[i]) * up[i] for one tile row: gate = tile[0..16), up = tile[16..32). Writes 16 floats,
+// or 16 bf16 (8 pairs) when `bf16` is set.
+using SwigluRow = void (*)(const float* tileRow, void* out, bool bf16);
+// n floats to n bf16 (n/2 pairs; a zero pads an odd n).
+using ToBf16 = void (*)(const float* src, int64_t n, uint32_t* dst);
+
 struct GemmKernels {
   Isa isa;
   int maxRows;  // largest `rows` one call accepts (the register-blocked M of the micro-kernel)
   KernelF32 f32;
   KernelBF16 bf16;
+  SwigluRow swiglu;
+  ToBf16 toBf16;
 };
 
 const GemmKernels& gemmKernels();  // chosen once from bestIsa()

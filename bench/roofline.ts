@@ -1,0 +1,47 @@
+/**
+ * Roofline anchors measured in the bench's own run: streaming-read bandwidth (GB/s) and the dense GEMM rate
+ * (GFLOP/s, fp32 and bf16) of the package's own best kernel on a square problem. Layer timings are reported
+ * against `max(bytes / bandwidth, flops / gemmRate)`.
+ */
+import { native } from '../lib/native';
+
+export interface Roofline {
+  streamGBs: number;
+  gemmGflops: { fp32: number; bf16: number };
+  gemmSize: number;
+  threads: number;
+}
+
+function median(values: number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+export function measureStreamGBs(threads: number, bytes = 1 << 30, reps = 7): number {
+  const data = new Float32Array(bytes / 4);
+  native().bench.fillNormal(data, 7, 1);
+  const rates: number[] = [];
+  for (let i = 0; i < reps + 1; i++) {
+    const start = process.hrtime.bigint();
+    native().bench.streamRead(data, threads);
+    const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+    if (i > 0) rates.push(bytes / seconds / 1e9);
+  }
+  return median(rates);
+}
+
+export function measureGemmGflops(dtype: 'fp32' | 'bf16', n: number, threads: number, reps = 3): number {
+  const seconds = native().bench.denseGemmSeconds(n, n, n, dtype === 'fp32' ? 0 : 1, reps, threads);
+  return (2 * n ** 3) / seconds / 1e9;
+}
+
+export function measureRoofline(threads: number, gemmSize = 4096): Roofline {
+  return {
+    streamGBs: measureStreamGBs(threads),
+    gemmGflops: { fp32: measureGemmGflops('fp32', gemmSize, threads), bf16: measureGemmGflops('bf16', gemmSize, threads) },
+    gemmSize,
+    threads,
+  };
+}
+
+export { median };
