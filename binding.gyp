@@ -8,7 +8,7 @@
   "target_defaults": {
     "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
     "cflags_cc": ["-std=c++17", "<@(moe_common_cflags)"],
-    "include_dirs": ["native/include"],
+    "include_dirs": ["native/include", "native"],
     "defines": ["NDEBUG"]
   },
   "targets": [
@@ -35,6 +35,7 @@
       "sources": [
         "native/runtime/cpu_features.cc",
         "native/runtime/thread_pool.cc",
+        "native/telemetry/telemetry.cc",
         "native/cpu/gemm.cc",
         "native/cpu/gating.cc",
         "native/cpu/complexity.cc",
@@ -43,10 +44,13 @@
         "native/cpu/expert_gemm.cc",
         "native/cpu/combine.cc",
         "native/cpu/layer.cc",
+        "native/cpu/roofline.cc",
         "native/binding/addon.cc",
         "native/binding/router_wrap.cc",
         "native/binding/layer_wrap.cc",
-        "native/binding/complexity_wrap.cc"
+        "native/binding/complexity_wrap.cc",
+        "native/binding/bench_wrap.cc",
+        "native/binding/telemetry_wrap.cc"
       ],
       "ldflags": ["-pthread"]
     }

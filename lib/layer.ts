@@ -6,6 +6,7 @@ import { describe, ExpertDispatchError, ValidationError } from './errors';
 import { callNative, callNativeAsync, native, type NativeLayerHandle } from './native';
 import { finish, Router, type PreparedRouting, type RoutingBuffers } from './router';
 import type { RouteOptions, RoutingResult } from './types';
+import type { TelemetryDelta } from './observability/telemetry-types';
 import { requireFinite, requireFloat32, requireInt, requireOneOf } from './validate';
 
 /** One expert's SwiGLU FFN in Hugging Face layout: w1 (gate_proj) [f, d], w3 (up_proj) [f, d], w2 (down_proj) [d, f]. */
@@ -160,8 +161,14 @@ export class MoELayer {
     return this.handle;
   }
 
+  /** Native counters of this layer's forwards since the previous drain; see {@link Router.drainTelemetry}. */
+  drainTelemetry(): TelemetryDelta {
+    return this.live().drainTelemetry();
+  }
+
   private prepare(x: Float32Array, opts: RouteOptions) {
-    const prepared: PreparedRouting = this.router.prepare(x, opts);
+    const handle = this.live();
+    const prepared: PreparedRouting = this.router.countValidationErrors(() => this.router.prepare(x, opts), handle);
     const buffers: RoutingBuffers = this.router.allocate(prepared, { ...opts, returnLogits: false });
     const T = prepared.tokens;
     const output = new Float32Array(T * this.hiddenSize);
@@ -179,6 +186,7 @@ export class MoELayer {
       layerStats,
       prepared.logits,
       prepared.complexity,
+      prepared.complexityNs,
     ] as const;
     return {
       args,

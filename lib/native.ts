@@ -3,6 +3,7 @@
  * package's error classes. Everything native goes through here.
  */
 import * as path from 'node:path';
+import type { TelemetryDelta } from './observability/telemetry-types';
 import { BackendError, DynamicMoEError, ExpertDispatchError, ValidationError } from './errors';
 
 /** The raw addon surface; see native/binding/*.cc for the argument order of each method. */
@@ -18,6 +19,11 @@ export interface NativeAddon {
   rowNorms(x: Float32Array, T: number, d: number, order: number, out: Float32Array): void;
   attentionEntropy(a: Float32Array, heads: number, T: number, S: number, reduceMax: boolean, out: Float32Array): void;
   logitEntropy(logits: Float32Array, T: number, V: number, temperature: number, out: Float32Array): void;
+  bench: {
+    streamRead(data: Float32Array, threads: number): number;
+    denseGemmSeconds(M: number, N: number, K: number, dtype: number, reps: number, threads: number): number;
+    fillNormal(out: Float32Array, seed: number, std: number): void;
+  };
   backendInfo(): { isa: string; threads: number; cpuFeatures: Record<string, boolean>; gemmRows: number };
 }
 
@@ -34,9 +40,15 @@ type RouteArgs = [
   probs: Float32Array | null,
   entropy: Float32Array | null,
   complexity: Float32Array | null,
+  complexityNs: number,
 ];
 
+/** Error kinds counted natively: 0 validation, 1 non_finite, 2 internal. */
+export type NativeErrorKind = 0 | 1 | 2;
+
 export interface NativeRouterHandle {
+  drainTelemetry(): TelemetryDelta;
+  recordError(kind: NativeErrorKind): void;
   route(...args: RouteArgs): void;
   routeAsync(...args: RouteArgs): Promise<void>;
   gate(x: Float32Array, T: number, logits: Float32Array): void;
@@ -55,9 +67,12 @@ type ForwardArgs = [
   layerStats: Float64Array,
   logits: Float32Array | null,
   complexity: Float32Array | null,
+  complexityNs: number,
 ];
 
 export interface NativeLayerHandle {
+  drainTelemetry(): TelemetryDelta;
+  recordError(kind: NativeErrorKind): void;
   setExpert(e: number, w1: Float32Array, w3: Float32Array, w2: Float32Array, f: number): void;
   setSharedExpert(w1: Float32Array, w3: Float32Array, w2: Float32Array, f: number, gate: Float32Array | null): void;
   forward(...args: ForwardArgs): void;

@@ -9,6 +9,7 @@ import { callNative, callNativeAsync, native, type NativeRouterHandle } from './
 import { checkRouterWeights, resolveRouting, toNativeConfig, type ResolvedRouting, type RouterOptions } from './router-options';
 import type { RouteOptions, RoutingResult, Selection } from './types';
 import { requireFloat32 } from './validate';
+import type { TelemetryDelta } from './observability/telemetry-types';
 
 /** What one routing call needs besides x: complexity for dynamic k, and logits when they had to come first. */
 export interface PreparedRouting {
@@ -16,6 +17,8 @@ export interface PreparedRouting {
   complexity: Float32Array | null;
   /** Set when the estimator needed logits, so the native call selects from them instead of recomputing. */
   logits: Float32Array | null;
+  /** Time spent estimating complexity (ns), reported as the `complexity` stage. */
+  complexityNs: number;
 }
 
 /** Output buffers of one call, allocated in JS (V8 owns them). */
@@ -77,7 +80,7 @@ export class Router {
    * @throws ValidationError for a wrong type or length, a detached buffer, or NaN/Inf in x (found natively).
    */
   route(x: Float32Array, opts: RouteOptions = {}): RoutingResult {
-    const prepared = this.prepare(x, opts);
+    const prepared = this.countValidationErrors(() => this.prepare(x, opts));
     const buffers = this.allocate(prepared, opts);
     callNative('route', () => this.handle.route(...this.nativeArgs(x, prepared, buffers)));
     return finish(buffers);
@@ -85,7 +88,7 @@ export class Router {
 
   /** As {@link route}, off the event loop. The arrays stay referenced until the promise settles. */
   async routeAsync(x: Float32Array, opts: RouteOptions = {}): Promise<RoutingResult> {
-    const prepared = this.prepare(x, opts);
+    const prepared = this.countValidationErrors(() => this.prepare(x, opts));
     const buffers = this.allocate(prepared, opts);
     await callNativeAsync('routeAsync', () => this.handle.routeAsync(...this.nativeArgs(x, prepared, buffers)));
     return finish(buffers);
@@ -104,10 +107,13 @@ export class Router {
    * @throws ValidationError for a wrong length or non-finite logits.
    */
   routeLogits(logits: Float32Array, opts: RouteOptions = {}): RoutingResult {
-    requireFloat32('logits', logits, { multipleOf: this.numExperts });
-    const T = logits.length / this.numExperts;
-    const complexity = this.complexityFor(null, T, logits, opts);
-    const prepared: PreparedRouting = { tokens: T, complexity, logits };
+    const prepared = this.countValidationErrors((): PreparedRouting => {
+      requireFloat32('logits', logits, { multipleOf: this.numExperts });
+      const T = logits.length / this.numExperts;
+      const start = process.hrtime.bigint();
+      const complexity = this.complexityFor(null, T, logits, opts);
+      return { tokens: T, complexity, logits, complexityNs: complexity ? Number(process.hrtime.bigint() - start) : 0 };
+    });
     const buffers = this.allocate(prepared, opts);
     callNative('routeLogits', () => this.handle.route(...this.nativeArgs(logits, prepared, buffers)));
     return finish(buffers);
@@ -119,13 +125,33 @@ export class Router {
     return x.length / this.hiddenSize;
   }
 
+  /**
+   * Native counters of this router since the previous drain (calls, tokens, errors, k and stage histograms,
+   * tokens per expert, span records). One N-API call; never waits for compute. See lib/observability.
+   */
+  drainTelemetry(): TelemetryDelta {
+    return this.handle.drainTelemetry();
+  }
+
+  /** @internal Runs input validation, counting a failure in the native `validation` error counter. */
+  countValidationErrors<T>(fn: () => T, sink: { recordError(kind: 0): void } = this.handle): T {
+    try {
+      return fn();
+    } catch (err) {
+      if (err instanceof ValidationError) sink.recordError(0);
+      throw err;
+    }
+  }
+
   /** @internal Validates x and computes what the dynamic rule needs. */
   prepare(x: Float32Array, opts: RouteOptions): PreparedRouting {
     const T = this.tokensOf(x, 'x');
-    if (this.config.selection !== 'dynamic') return { tokens: T, complexity: null, logits: null };
+    if (this.config.selection !== 'dynamic') return { tokens: T, complexity: null, logits: null, complexityNs: 0 };
+    const start = process.hrtime.bigint();
     let logits: Float32Array | null = null;
     if (!opts.complexity && this.estimator?.needsLogits) logits = this.logits(x);
-    return { tokens: T, complexity: this.complexityFor(x, T, logits, opts), logits };
+    const complexity = this.complexityFor(x, T, logits, opts);
+    return { tokens: T, complexity, logits, complexityNs: Number(process.hrtime.bigint() - start) };
   }
 
   private complexityFor(x: Float32Array | null, T: number, logits: Float32Array | null, opts: RouteOptions): Float32Array | null {
@@ -183,6 +209,7 @@ export class Router {
       r.probs ?? null,
       null,
       prepared.complexity,
+      prepared.complexityNs,
     ] as const;
   }
 }

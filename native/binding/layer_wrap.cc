@@ -1,7 +1,7 @@
 // NativeLayer binding.
 //   new NativeLayer(router, dtype (0 fp32 | 1 bf16), staticK, threads)
 //   setExpert(e, w1 [f*d], w3 [f*d], w2 [d*f], f) / setSharedExpert(w1, w3, w2, f, gate [d] | null)
-//   forward(x, T, y, indices, weights, k, counts, routeStats(5), layerStats(7), logits?, complexity?)
+//   forward(x, T, y, indices, weights, k, counts, routeStats(5), layerStats(7), logits?, complexity?, complexityNs?)
 //   forwardAsync(...same) -> Promise<void>; every array stays referenced until it settles.
 //   layerStats: flopsComputed, flopsStatic, startNs, gatingEndNs, dispatchEndNs, expertEndNs, combineEndNs.
 #include "layer_wrap.h"
@@ -11,6 +11,7 @@
 #include "addon_data.h"
 #include "args.h"
 #include "router_wrap.h"
+#include "telemetry_wrap.h"
 
 namespace moe_binding {
 
@@ -28,12 +29,13 @@ struct ForwardCall {
   double* layerStats = nullptr;
   const float* logits = nullptr;
   const float* complexity = nullptr;
+  int64_t complexityNs = 0;
   std::string error;
 
   void run(moe::Layer& layer) {
     moe::RoutingStats rs;
     moe::LayerStats ls;
-    error = layer.forward(x, T, logits, complexity, y, routing, rs, ls);
+    error = layer.forward(x, T, logits, complexity, y, routing, rs, ls, complexityNs);
     const double r[5] = {rs.meanK, rs.auxLoss, rs.zLoss, rs.loadBalance, double(rs.assignments)};
     std::copy(r, r + 5, routeStats);
     const double l[7] = {ls.flopsComputed,       ls.flopsStatic,          double(ls.startNs),
@@ -58,6 +60,7 @@ ForwardCall parseForward(const Napi::CallbackInfo& info, moe::Layer& layer) {
   c.layerStats = typedArrayArg<double>(info, 8, "layerStats", 7);
   c.logits = typedArrayArg<float>(info, 9, "logits", T * E, true);
   c.complexity = typedArrayArg<float>(info, 10, "complexity", T, true);
+  if (info.Length() > 11 && info[11].IsNumber()) c.complexityNs = int64_t(info[11].As<Napi::Number>().DoubleValue());
   if (cfg.selection == moe::Selection::Dynamic && !c.complexity)
     throwValidation(info.Env(), "complexity: the dynamic rule needs a Float32Array of per-token scores");
   return c;
@@ -80,6 +83,7 @@ class ForwardWorker : public Napi::AsyncWorker {
       call_.run(*layer_);
       if (!call_.error.empty()) SetError(call_.error);
     } catch (const std::exception& e) {
+      layer_->telemetry().recordError(moe::telemetry::ErrorKind::Internal);
       SetError(e.what());
     }
   }
@@ -103,7 +107,9 @@ Napi::Function LayerWrap::Init(Napi::Env env) {
                       InstanceMethod<&LayerWrap::SetSharedExpert>("setSharedExpert"),
                       InstanceMethod<&LayerWrap::Forward>("forward"),
                       InstanceMethod<&LayerWrap::ForwardAsync>("forwardAsync"),
-                      InstanceMethod<&LayerWrap::Info>("info"), InstanceMethod<&LayerWrap::Dispose>("dispose")});
+                      InstanceMethod<&LayerWrap::Info>("info"), InstanceMethod<&LayerWrap::Dispose>("dispose"),
+                      InstanceMethod<&LayerWrap::DrainTelemetry>("drainTelemetry"),
+                      InstanceMethod<&LayerWrap::RecordError>("recordError")});
 }
 
 LayerWrap::LayerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LayerWrap>(info) {
@@ -184,6 +190,18 @@ Napi::Value LayerWrap::Info(const Napi::CallbackInfo& info) {
   o.Set("dtype", layer->dtype() == moe::DType::F32 ? "fp32" : "bf16");
   o.Set("isa", moe::isaName(moe::gemmKernels().isa));
   return o;
+}
+
+Napi::Value LayerWrap::DrainTelemetry(const Napi::CallbackInfo& info) {
+  auto layer = live(info.Env());
+  moe::telemetry::Delta d = layer->telemetry().drain();
+  const double bytes = double(layer->weightBytes() + layer->arenaBytes() + layer->router().weightBytes());
+  return telemetryToJs(info.Env(), d, "layer", layer->router().config().numExperts, bytes);
+}
+
+Napi::Value LayerWrap::RecordError(const Napi::CallbackInfo& info) {
+  recordErrorArg(info, live(info.Env())->telemetry());
+  return info.Env().Undefined();
 }
 
 // Drops this wrapper's hold on the weights; an async forward still running keeps its own reference.

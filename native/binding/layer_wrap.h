@@ -21,6 +21,8 @@ class LayerWrap : public Napi::ObjectWrap<LayerWrap> {
   Napi::Value ForwardAsync(const Napi::CallbackInfo& info);
   Napi::Value Info(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
+  Napi::Value DrainTelemetry(const Napi::CallbackInfo& info);
+  Napi::Value RecordError(const Napi::CallbackInfo& info);
   void adjustMemory(Napi::Env env);
   std::shared_ptr<moe::Layer> live(Napi::Env env);
 

@@ -1,6 +1,6 @@
 // NativeRouter binding: translates typed arrays into moe::Router calls, synchronously or on the libuv pool.
 //
-// route(mode, input, T, indices, weights, k, counts, stats, logits?, probs?, entropy?, complexity?)
+// route(mode, input, T, indices, weights, k, counts, stats, logits?, probs?, entropy?, complexity?, complexityNs?)
 //   mode 0: input is x [T, d]; mode 1: input is logits [T, E] (selection only).
 //   stats (Float64Array(5)) receives meanK, auxLoss, zLoss, loadBalance, assignments.
 #include "router_wrap.h"
@@ -9,6 +9,7 @@
 
 #include "addon_data.h"
 #include "args.h"
+#include "telemetry_wrap.h"
 
 namespace moe_binding {
 
@@ -22,13 +23,14 @@ struct RouteCall {
   int64_t T = 0;
   moe::RoutingOutput out;
   const float* complexity = nullptr;
+  int64_t complexityNs = 0;
   double* statsOut = nullptr;
   std::string error;
 
   void run(moe::Router& router) {
     moe::RoutingStats stats;
-    error = fromLogits ? router.select(input, T, complexity, out, stats)
-                       : router.route(input, T, complexity, out, stats);
+    error = fromLogits ? router.select(input, T, complexity, out, stats, complexityNs)
+                       : router.route(input, T, complexity, out, stats, complexityNs);
     statsOut[0] = stats.meanK;
     statsOut[1] = stats.auxLoss;
     statsOut[2] = stats.zLoss;
@@ -52,6 +54,7 @@ RouteCall parseRouteCall(const Napi::CallbackInfo& info, const moe::RouterConfig
   c.out.probs = typedArrayArg<float>(info, 9, "probs", T * E, true);
   c.out.entropy = typedArrayArg<float>(info, 10, "entropy", T, true);
   c.complexity = typedArrayArg<float>(info, 11, "complexity", T, true);
+  if (info.Length() > 12 && info[12].IsNumber()) c.complexityNs = int64_t(info[12].As<Napi::Number>().DoubleValue());
   if (cfg.selection == moe::Selection::Dynamic && !c.complexity)
     throwValidation(info.Env(), "complexity: the dynamic rule needs a Float32Array of per-token scores");
   return c;
@@ -75,6 +78,7 @@ class RouteWorker : public Napi::AsyncWorker {
       call_.run(*router_);
       if (!call_.error.empty()) SetError(call_.error);
     } catch (const std::exception& e) {
+      router_->telemetry().recordError(moe::telemetry::ErrorKind::Internal);
       SetError(e.what());
     }
   }
@@ -129,7 +133,9 @@ Napi::Function RouterWrap::Init(Napi::Env env) {
   return DefineClass(env, "NativeRouter",
                      {InstanceMethod<&RouterWrap::Route>("route"),
                       InstanceMethod<&RouterWrap::RouteAsync>("routeAsync"),
-                      InstanceMethod<&RouterWrap::Gate>("gate"), InstanceMethod<&RouterWrap::Info>("info")});
+                      InstanceMethod<&RouterWrap::Gate>("gate"), InstanceMethod<&RouterWrap::Info>("info"),
+                      InstanceMethod<&RouterWrap::DrainTelemetry>("drainTelemetry"),
+                      InstanceMethod<&RouterWrap::RecordError>("recordError")});
 }
 
 // new NativeRouter(config, gateWeight [E*d], bias [E] | null, threads, logitBias [E] | null)
@@ -181,6 +187,16 @@ Napi::Value RouterWrap::Gate(const Napi::CallbackInfo& info) {
   const float* x = typedArrayArg<float>(info, 0, "x", size_t(T) * cfg.hiddenSize);
   float* logits = typedArrayArg<float>(info, 2, "logits", size_t(T) * cfg.numExperts);
   router_->gate(x, T, logits);
+  return info.Env().Undefined();
+}
+
+Napi::Value RouterWrap::DrainTelemetry(const Napi::CallbackInfo& info) {
+  moe::telemetry::Delta d = router_->telemetry().drain();
+  return telemetryToJs(info.Env(), d, "router", router_->config().numExperts, double(router_->weightBytes()));
+}
+
+Napi::Value RouterWrap::RecordError(const Napi::CallbackInfo& info) {
+  recordErrorArg(info, router_->telemetry());
   return info.Env().Undefined();
 }
 

@@ -24,6 +24,8 @@ class RouterWrap : public Napi::ObjectWrap<RouterWrap> {
   Napi::Value RouteAsync(const Napi::CallbackInfo& info);
   Napi::Value Gate(const Napi::CallbackInfo& info);
   Napi::Value Info(const Napi::CallbackInfo& info);
+  Napi::Value DrainTelemetry(const Napi::CallbackInfo& info);
+  Napi::Value RecordError(const Napi::CallbackInfo& info);
 
   std::shared_ptr<moe::Router> router_;
   int64_t externalBytes_ = 0;

@@ -16,5 +16,8 @@ namespace moe {
 MOE_DECLARE_GEMM_ISA(avx512)
 MOE_DECLARE_GEMM_ISA(avx2)
 MOE_DECLARE_GEMM_ISA(scalar)
+namespace avx512 {
+uint64_t streamXor(const float* data, size_t n);
+}
 #undef MOE_DECLARE_GEMM_ISA
 }  // namespace moe

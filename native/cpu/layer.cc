@@ -12,10 +12,7 @@
 namespace moe {
 
 namespace {
-int64_t nowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
+using telemetry::nowNs;
 constexpr int kItemsPerWorker = 8;  // enough items that both cores stay busy when one expert dominates
 constexpr int kGateUpOutputs = kPanelWidth / 2;
 }  // namespace
@@ -25,7 +22,8 @@ Layer::Layer(std::shared_ptr<Router> router, DType dtype, int32_t staticK, int t
       dtype_(dtype),
       staticK_(staticK),
       threads_(std::max(1, std::min(threads, router_->pool().size()))),
-      hidden_(router_->config().hiddenSize) {
+      hidden_(router_->config().hiddenSize),
+      telemetry_(router_->config().numExperts, router_->config().maxK) {
   experts_.resize(size_t(router_->config().numExperts));
 }
 
@@ -155,18 +153,32 @@ void Layer::runExperts(int64_t T) {
   });
 }
 
+size_t Layer::arenaBytes() const {
+  const LayerArena& a = arena_;
+  return a.inputF32.bytes() + a.hiddenF32.bytes() + a.output.bytes() + a.inputBF16.bytes() + a.hiddenBF16.bytes() +
+         a.rowToken.bytes() + a.slotRow.bytes() + a.rowWeight.bytes() + a.sharedScale.bytes() +
+         a.accumulators.bytes();
+}
+
 std::string Layer::forward(const float* x, int64_t T, const float* logits, const float* complexity, float* y,
-                           RoutingOutput& routing, RoutingStats& routingStats, LayerStats& stats) {
+                           RoutingOutput& routing, RoutingStats& routingStats, LayerStats& stats,
+                           int64_t complexityNs) {
   std::lock_guard<std::mutex> lock(mutex_);
   stats = LayerStats{};
   stats.startNs = nowNs();
   if (logits) {  // routing will not read x, so check it here
     for (int64_t i = 0; i < T * hidden_; ++i)
-      if (!std::isfinite(x[i])) return "x: element " + std::to_string(i) + " is not finite (NaN or Inf)";
+      if (!std::isfinite(x[i])) {
+        telemetry_.recordError(telemetry::ErrorKind::NonFinite);
+        return "x: element " + std::to_string(i) + " is not finite (NaN or Inf)";
+      }
   }
-  std::string error = logits ? router_->select(logits, T, complexity, routing, routingStats)
-                             : router_->route(x, T, complexity, routing, routingStats);
-  if (!error.empty()) return error;
+  std::string error = logits ? router_->select(logits, T, complexity, routing, routingStats, 0, false)
+                             : router_->route(x, T, complexity, routing, routingStats, 0, false);
+  if (!error.empty()) {
+    telemetry_.recordError(telemetry::ErrorKind::NonFinite);
+    return error;
+  }
   stats.gatingEndNs = nowNs();
   dispatch(x, T, routing);
   stats.dispatchEndNs = nowNs();
@@ -182,6 +194,19 @@ std::string Layer::forward(const float* x, int64_t T, const float* logits, const
   const double sharedFlops = shared_ ? 6.0 * double(hidden_) * double(shared_->intermediate) * double(T) : 0.0;
   stats.flopsComputed = double(routedRows) * perTokenExpert + sharedFlops;
   stats.flopsStatic = double(T) * double(staticK_) * perTokenExpert + sharedFlops;
+
+  telemetry::CallRecord call;
+  call.tokens = T;
+  call.assignments = routingStats.assignments;
+  call.k = routing.k;
+  call.complexity = complexity;
+  call.expertCounts = routing.expertCounts;
+  call.flopsComputed = stats.flopsComputed;
+  call.flopsStatic = stats.flopsStatic;
+  call.loadBalance = routingStats.loadBalance;
+  call.complexityNs = complexityNs;
+  call.span = {stats.startNs, stats.gatingEndNs, stats.dispatchEndNs, stats.expertEndNs, stats.combineEndNs};
+  telemetry_.record(call);
   return {};
 }
 

@@ -10,23 +10,30 @@
 
 #include "moe/aligned.h"
 #include "moe/expert_gemm.h"
+#include "gemm_isa.h"
 
 namespace moe {
 
 uint64_t streamRead(const float* data, size_t n, ThreadPool& pool, int workers) {
-  const size_t words = n / 2;
-  const uint64_t* w = reinterpret_cast<const uint64_t*>(data);
-  constexpr size_t kChunk = size_t(1) << 20;  // 8 MiB per work item
-  const int64_t items = int64_t((words + kChunk - 1) / kChunk);
-  std::vector<uint64_t> partial(size_t(std::max(1, workers)) * 8, 0);
+  constexpr size_t kChunk = size_t(1) << 21;  // 8 MiB of floats per work item
+  const int64_t items = int64_t((n + kChunk - 1) / kChunk);
+  const bool avx512 = bestIsa() == Isa::Avx512;
+  std::vector<uint64_t> partial(size_t(std::max(1, workers)), 0);
   pool.parallelFor(workers, items, [&](int64_t item, int worker) {
-    const size_t begin = size_t(item) * kChunk, end = std::min(words, begin + kChunk);
-    uint64_t acc[8] = {};
-    size_t i = begin;
-    for (; i + 8 <= end; i += 8)
-      for (int j = 0; j < 8; ++j) acc[j] ^= w[i + j];
-    for (; i < end; ++i) acc[0] ^= w[i];
-    for (int j = 0; j < 8; ++j) partial[size_t(worker) * 8 + j] ^= acc[j];
+    const size_t begin = size_t(item) * kChunk, end = std::min(n, begin + kChunk);
+    uint64_t acc = 0;
+    if (avx512) {
+      acc = avx512::streamXor(data + begin, end - begin);
+    } else {
+      const uint32_t* w = reinterpret_cast<const uint32_t*>(data);
+      uint32_t lanes[8] = {};
+      size_t i = begin;
+      for (; i + 8 <= end; i += 8)
+        for (int j = 0; j < 8; ++j) lanes[j] ^= w[i + j];
+      for (; i < end; ++i) lanes[0] ^= w[i];
+      for (uint32_t v : lanes) acc ^= v;
+    }
+    partial[size_t(worker)] ^= acc;
   });
   uint64_t sum = 0;
   for (uint64_t v : partial) sum ^= v;

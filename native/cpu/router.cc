@@ -7,7 +7,7 @@ namespace moe {
 
 Router::Router(const RouterConfig& cfg, const float* gateWeight, const float* bias, const float* logitBias,
                std::shared_ptr<ThreadPool> pool, int threads)
-    : cfg_(cfg), pool_(std::move(pool)), threads_(threads) {
+    : cfg_(cfg), pool_(std::move(pool)), threads_(threads), telemetry_(cfg.numExperts, cfg.maxK) {
   packedGate_.ensure(packedSizeF32(cfg.numExperts, cfg.hiddenSize));
   packPanelsF32(gateWeight, size_t(cfg.hiddenSize), cfg.numExperts, cfg.hiddenSize, packedGate_.data());
   if (bias) bias_.assign(bias, bias + cfg.numExperts);
@@ -27,8 +27,32 @@ void Router::gate(const float* x, int64_t T, float* logits) {
   computeLogits(x, T, logits);
 }
 
+std::string Router::finishCall(std::string error, int64_t startNs, int64_t T, const float* complexity,
+                               const RoutingOutput& out, const RoutingStats& stats, int64_t complexityNs,
+                               bool record) {
+  if (!record) return error;
+  if (!error.empty()) {
+    telemetry_.recordError(telemetry::ErrorKind::NonFinite);
+    return error;
+  }
+  telemetry::CallRecord call;
+  call.tokens = T;
+  call.assignments = stats.assignments;
+  call.k = out.k;
+  call.complexity = complexity;
+  call.expertCounts = out.expertCounts;
+  call.loadBalance = stats.loadBalance;
+  call.complexityNs = complexityNs;
+  call.span.startNs = startNs;
+  call.span.gatingEndNs = call.span.dispatchEndNs = call.span.expertEndNs = call.span.combineEndNs =
+      telemetry::nowNs();
+  telemetry_.record(call);
+  return error;
+}
+
 std::string Router::route(const float* x, int64_t T, const float* complexity, RoutingOutput& out,
-                          RoutingStats& stats) {
+                          RoutingStats& stats, int64_t complexityNs, bool record) {
+  const int64_t start = telemetry::nowNs();
   std::lock_guard<std::mutex> lock(mutex_);
   float* logits = out.logits;
   if (!logits) {
@@ -36,15 +60,18 @@ std::string Router::route(const float* x, int64_t T, const float* complexity, Ro
     logits = logitsScratch_.data();
   }
   computeLogits(x, T, logits);
-  return selectExperts(cfg_, logits, T, bias_.empty() ? nullptr : bias_.data(), complexity, out, stats, *pool_,
-                       threads_, scratch_);
+  std::string error = selectExperts(cfg_, logits, T, bias_.empty() ? nullptr : bias_.data(), complexity, out, stats,
+                                    *pool_, threads_, scratch_);
+  return finishCall(std::move(error), start, T, complexity, out, stats, complexityNs, record);
 }
 
 std::string Router::select(const float* logits, int64_t T, const float* complexity, RoutingOutput& out,
-                           RoutingStats& stats) {
+                           RoutingStats& stats, int64_t complexityNs, bool record) {
+  const int64_t start = telemetry::nowNs();
   std::lock_guard<std::mutex> lock(mutex_);
-  return selectExperts(cfg_, logits, T, bias_.empty() ? nullptr : bias_.data(), complexity, out, stats, *pool_,
-                       threads_, scratch_);
+  std::string error = selectExperts(cfg_, logits, T, bias_.empty() ? nullptr : bias_.data(), complexity, out, stats,
+                                    *pool_, threads_, scratch_);
+  return finishCall(std::move(error), start, T, complexity, out, stats, complexityNs, record);
 }
 
 }  // namespace moe

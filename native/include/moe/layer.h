@@ -65,7 +65,10 @@ class Layer {
 
   // x [T, d] -> y [T, d]. `logits` (optional, [T, E]) replaces the gate GEMM; `complexity` feeds dynamic k.
   std::string forward(const float* x, int64_t T, const float* logits, const float* complexity, float* y,
-                      RoutingOutput& routing, RoutingStats& routingStats, LayerStats& stats);
+                      RoutingOutput& routing, RoutingStats& routingStats, LayerStats& stats,
+                      int64_t complexityNs = 0);
+  telemetry::Telemetry& telemetry() { return telemetry_; }
+  size_t arenaBytes() const;
 
   Router& router() { return *router_; }
   DType dtype() const { return dtype_; }
@@ -88,6 +91,7 @@ class Layer {
   int64_t hiddenStride_ = 0;  // row stride of the SwiGLU buffer: the widest f, padded to 32
   std::mutex mutex_;
   LayerArena arena_;
+  telemetry::Telemetry telemetry_;
 };
 
 }  // namespace moe

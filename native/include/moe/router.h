@@ -10,6 +10,7 @@
 #include "moe/gating.h"
 #include "moe/thread_pool.h"
 #include "moe/types.h"
+#include "telemetry/telemetry.h"
 
 namespace moe {
 
@@ -28,10 +29,14 @@ class Router {
 
   // x [T, d] -> routing. When out.logits is null the logits go to internal scratch.
   // Returns an empty string on success, else a message (non-finite logits).
-  std::string route(const float* x, int64_t T, const float* complexity, RoutingOutput& out, RoutingStats& stats);
+  // `complexityNs` is the time the caller spent estimating complexity; `record` false skips telemetry (a
+  // layer records the whole forward itself).
+  std::string route(const float* x, int64_t T, const float* complexity, RoutingOutput& out, RoutingStats& stats,
+                    int64_t complexityNs = 0, bool record = true);
   // Selection only, from caller logits [T, E].
   std::string select(const float* logits, int64_t T, const float* complexity, RoutingOutput& out,
-                     RoutingStats& stats);
+                     RoutingStats& stats, int64_t complexityNs = 0, bool record = true);
+  telemetry::Telemetry& telemetry() { return telemetry_; }
   // Logits only.
   void gate(const float* x, int64_t T, float* logits);
 
@@ -39,6 +44,8 @@ class Router {
   RouterConfig cfg_;
   AlignedBuffer<float> packedGate_;
   void computeLogits(const float* x, int64_t T, float* logits);
+  std::string finishCall(std::string error, int64_t startNs, int64_t T, const float* complexity,
+                         const RoutingOutput& out, const RoutingStats& stats, int64_t complexityNs, bool record);
 
   std::vector<float> bias_;
   std::vector<float> logitBias_;
@@ -47,6 +54,7 @@ class Router {
   std::mutex mutex_;  // one call at a time owns the scratch below
   GatingScratch scratch_;
   AlignedBuffer<float> logitsScratch_;
+  telemetry::Telemetry telemetry_;
 };
 
 }  // namespace moe

@@ -1,0 +1,176 @@
+// Sharded relaxed counters and their drain. Layout of one shard's block (all uint64):
+//   scalars (kScalars), k buckets (maxK + 2), complexity buckets, stage buckets, duration buckets, experts.
+#include "telemetry.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <thread>
+
+namespace moe::telemetry {
+
+namespace {
+enum Scalar : size_t {
+  kCalls,
+  kTokens,
+  kAssignments,
+  kErrors,  // kErrorKinds entries
+  kFlopsComputed = kErrors + kErrorKinds,
+  kFlopsStatic,
+  kKCount,
+  kKSum,
+  kComplexityCount,
+  kComplexitySumNano,
+  kDurationCount,
+  kDurationSumNs,
+  kStageCount,                       // kStages entries
+  kStageSumNs = kStageCount + kStages,  // kStages entries
+  kScalars = kStageSumNs + kStages,
+};
+constexpr double kNano = 1e9;
+
+int durationBucket(double seconds) {
+  int b = 0;
+  while (b < kDurationBuckets - 1 && seconds > kDurationBounds[b]) ++b;
+  return b;
+}
+}  // namespace
+
+int64_t nowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+Telemetry::Telemetry(int numExperts, int maxK) : numExperts_(numExperts), maxK_(maxK) {
+  const size_t used = kScalars + size_t(maxK + 2) + kComplexityBuckets + size_t(kStages) * kDurationBuckets +
+                      kDurationBuckets + size_t(numExperts);
+  counters_ = (used + 7) / 8 * 8;  // whole cache lines, so shards never share one
+  values_.reset(new std::atomic<uint64_t>[kShards * counters_]);
+  for (size_t i = 0; i < kShards * counters_; ++i) values_[i].store(0, std::memory_order_relaxed);
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  uint64_t bits;
+  std::memcpy(&bits, &nan, 8);
+  loadBalanceBits_.store(bits, std::memory_order_relaxed);
+  previous_.assign(counters_, 0);
+}
+
+std::atomic<uint64_t>* Telemetry::shard() {
+  static thread_local const size_t mine = std::hash<std::thread::id>()(std::this_thread::get_id()) % kShards;
+  return values_.get() + mine * counters_;
+}
+
+void Telemetry::record(const CallRecord& c) {
+  std::atomic<uint64_t>* v = shard();
+  auto add = [v](size_t i, uint64_t n) { v[i].fetch_add(n, std::memory_order_relaxed); };
+  add(kCalls, 1);
+  add(kTokens, uint64_t(c.tokens));
+  add(kAssignments, uint64_t(c.assignments));
+  add(kFlopsComputed, uint64_t(c.flopsComputed));
+  add(kFlopsStatic, uint64_t(c.flopsStatic));
+  const size_t kBase = kScalars, complexityBase = kBase + size_t(maxK_ + 2);
+  const size_t stageBase = complexityBase + kComplexityBuckets;
+  const size_t durationBase = stageBase + size_t(kStages) * kDurationBuckets;
+  const size_t expertBase = durationBase + kDurationBuckets;
+  // Per-token histograms: counted locally first, so a call costs O(maxK) atomics, not O(T).
+  uint64_t kLocal[64] = {};
+  uint64_t complexityLocal[kComplexityBuckets] = {};
+  double complexitySum = 0;
+  for (int64_t t = 0; t < c.tokens; ++t) {
+    const int k = c.k[t];
+    if (k < 63) ++kLocal[k];
+    else add(kBase + size_t(k <= maxK_ ? k : maxK_ + 1), 1);
+    if (c.complexity) {
+      const float x = c.complexity[t];
+      int b = int(std::ceil(double(x) * 10.0)) - 1;
+      b = b < 0 ? 0 : (b > kComplexityBuckets - 1 ? kComplexityBuckets - 1 : b);
+      ++complexityLocal[b];
+      complexitySum += x;
+    }
+  }
+  for (int k = 0; k < 63; ++k)
+    if (kLocal[k]) add(kBase + size_t(k <= maxK_ ? k : maxK_ + 1), kLocal[k]);
+  add(kKCount, uint64_t(c.tokens));
+  add(kKSum, uint64_t(c.assignments));
+  if (c.complexity) {
+    for (int b = 0; b < kComplexityBuckets; ++b)
+      if (complexityLocal[b]) add(complexityBase + size_t(b), complexityLocal[b]);
+    add(kComplexityCount, uint64_t(c.tokens));
+    add(kComplexitySumNano, uint64_t(complexitySum * kNano));
+  }
+  const SpanRecord& s = c.span;
+  const int64_t stageNs[kStages] = {c.complexityNs, s.gatingEndNs - s.startNs, s.dispatchEndNs - s.gatingEndNs,
+                                    s.expertEndNs - s.dispatchEndNs, s.combineEndNs - s.expertEndNs};
+  for (int st = 0; st < kStages; ++st) {
+    if (st == 0 && c.complexityNs <= 0) continue;
+    if (st >= 2 && s.combineEndNs == s.gatingEndNs) break;  // a bare router has no later stages
+    add(stageBase + size_t(st) * kDurationBuckets + size_t(durationBucket(stageNs[st] / kNano)), 1);
+    add(kStageCount + size_t(st), 1);
+    add(kStageSumNs + size_t(st), uint64_t(stageNs[st]));
+  }
+  const int64_t totalNs = s.combineEndNs - s.startNs + c.complexityNs;
+  add(durationBase + size_t(durationBucket(totalNs / kNano)), 1);
+  add(kDurationCount, 1);
+  add(kDurationSumNs, uint64_t(totalNs));
+  for (int e = 0; e < numExperts_; ++e)
+    if (c.expertCounts[e]) add(expertBase + size_t(e), uint64_t(c.expertCounts[e]));
+  uint64_t bits;
+  std::memcpy(&bits, &c.loadBalance, 8);
+  loadBalanceBits_.store(bits, std::memory_order_relaxed);
+  SpanRecord span = s;
+  span.tokens = c.tokens;
+  span.meanK = c.tokens ? double(c.assignments) / double(c.tokens) : 0;
+  span.flopsComputed = c.flopsComputed;
+  span.flopsStatic = c.flopsStatic;
+  spans_.push(span);
+}
+
+void Telemetry::recordError(ErrorKind kind) { shard()[kErrors + size_t(kind)].fetch_add(1, std::memory_order_relaxed); }
+
+uint64_t Telemetry::total(size_t index) const {
+  uint64_t sum = 0;
+  for (int s = 0; s < kShards; ++s) sum += values_[size_t(s) * counters_ + index].load(std::memory_order_relaxed);
+  return sum;
+}
+
+Delta Telemetry::drain() {
+  std::lock_guard<std::mutex> lock(drainMutex_);
+  std::vector<uint64_t> now(counters_);
+  for (size_t i = 0; i < counters_; ++i) {
+    now[i] = total(i) - previous_[i];
+    previous_[i] += now[i];
+  }
+  Delta d;
+  d.calls = now[kCalls];
+  d.tokens = now[kTokens];
+  d.assignments = now[kAssignments];
+  for (int e = 0; e < kErrorKinds; ++e) d.errors[e] = now[kErrors + size_t(e)];
+  d.flopsComputed = double(now[kFlopsComputed]);
+  d.flopsStatic = double(now[kFlopsStatic]);
+  const size_t kBase = kScalars, complexityBase = kBase + size_t(maxK_ + 2);
+  const size_t stageBase = complexityBase + kComplexityBuckets;
+  const size_t durationBase = stageBase + size_t(kStages) * kDurationBuckets;
+  const size_t expertBase = durationBase + kDurationBuckets;
+  d.kBuckets.assign(now.begin() + long(kBase), now.begin() + long(complexityBase));
+  d.kCount = now[kKCount];
+  d.kSum = double(now[kKSum]);
+  for (int b = 0; b < kComplexityBuckets; ++b) d.complexityBuckets[b] = now[complexityBase + size_t(b)];
+  d.complexityCount = now[kComplexityCount];
+  d.complexitySum = double(now[kComplexitySumNano]) / kNano;
+  for (int st = 0; st < kStages; ++st) {
+    for (int b = 0; b < kDurationBuckets; ++b) d.stageBuckets[st][b] = now[stageBase + size_t(st) * kDurationBuckets + size_t(b)];
+    d.stageCount[st] = now[kStageCount + size_t(st)];
+    d.stageSum[st] = double(now[kStageSumNs + size_t(st)]) / kNano;
+  }
+  for (int b = 0; b < kDurationBuckets; ++b) d.durationBuckets[b] = now[durationBase + size_t(b)];
+  d.durationCount = now[kDurationCount];
+  d.durationSum = double(now[kDurationSumNs]) / kNano;
+  d.expertTokens.assign(now.begin() + long(expertBase), now.begin() + long(expertBase) + numExperts_);
+  const uint64_t bits = loadBalanceBits_.load(std::memory_order_relaxed);
+  std::memcpy(&d.loadBalance, &bits, 8);
+  d.spansDropped = spans_.drain(d.spans);
+  return d;
+}
+
+}  // namespace moe::telemetry
