@@ -31,3 +31,5 @@ export {
 } from './errors';
 export { backendInfo, type BackendInfo } from './backend-info';
 export { MoELayer, type MoELayerOptions, type ExpertWeights, type StackedExpertWeights, type SharedExpertOptions, type LayerStats, type ForwardResult } from './layer';
+export type { FromPretrainedOptions } from './models/pretrained';
+export { readNpy, writeNpy } from './models/npy';

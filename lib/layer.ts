@@ -6,6 +6,7 @@ import { describe, ExpertDispatchError, ValidationError } from './errors';
 import { callNative, callNativeAsync, native, type NativeLayerHandle } from './native';
 import { finish, Router, type PreparedRouting, type RoutingBuffers } from './router';
 import type { RouteOptions, RoutingResult } from './types';
+import { loadPretrainedLayer, type FromPretrainedOptions } from './models/pretrained';
 import type { TelemetryDelta } from './observability/telemetry-types';
 import { requireFinite, requireFloat32, requireInt, requireOneOf } from './validate';
 
@@ -114,6 +115,15 @@ export class MoELayer {
       callNative('sharedExperts', () => handle.setSharedExpert(s.w1, s.w3, s.w2, sf, s.gate ?? null));
     }
     this.handle = handle;
+  }
+
+  /**
+   * One sparse layer of a local Hugging Face checkpoint folder (Mixtral, OLMoE, Qwen2-MoE, Qwen3-MoE,
+   * DeepSeek-V2/V3), with the model's routing rule unless `opts.selection` overrides it.
+   * @throws ModelLoadError for missing or malformed files, dense layers and shape mismatches.
+   */
+  static fromPretrained(dir: string, opts: FromPretrainedOptions): MoELayer {
+    return loadPretrainedLayer(dir, opts);
   }
 
   get hiddenSize(): number {

@@ -1,0 +1,59 @@
+/**
+ * `MoELayer.fromPretrained`: one sparse layer of a local Hugging Face checkpoint folder, with the model's own
+ * routing rule (or an override), experts packed one at a time so peak memory stays near one expert in fp32.
+ */
+import { ModelLoadError } from '../errors';
+import { MoELayer } from '../layer';
+import { Router } from '../router';
+import type { GroupLimit, Selection } from '../types';
+import { resolveMoELayer, loadMoELayerWeights } from './architectures';
+import { openCheckpoint } from './checkpoint';
+
+export interface FromPretrainedOptions {
+  /** Decoder layer index; it must be a sparse (MoE) layer. */
+  layer: number;
+  /** Weight storage: 'fp32' (default) or 'bf16'. */
+  dtype?: 'fp32' | 'bf16';
+  /** Replaces the model's rule, e.g. `{ kind: 'topp', p: 0.5, maxK: 4 }` on a top-2 model. */
+  selection?: Selection;
+  normalize?: boolean;
+  scale?: number;
+  groups?: GroupLimit | null;
+  threads?: number;
+}
+
+/**
+ * Loads layer `opts.layer` of the checkpoint in `dir` (config.json plus model.safetensors or shards).
+ * @throws ModelLoadError for a missing/malformed file, an unsupported architecture, a dense layer or a tensor
+ *   whose shape disagrees with the config; ValidationError for a bad layer index.
+ */
+export function loadPretrainedLayer(dir: string, opts: FromPretrainedOptions): MoELayer {
+  const checkpoint = openCheckpoint(dir);
+  try {
+    const spec = resolveMoELayer(checkpoint.config, opts.layer);
+    const weights = loadMoELayerWeights(checkpoint, spec);
+    if (spec.requiresBias && !weights.bias) {
+      throw new ModelLoadError(`${dir}: layer ${opts.layer} routes with e_score_correction_bias, which the checkpoint lacks`);
+    }
+    const router = Router.fromConfig(checkpoint.config, weights.gateWeight, {
+      bias: weights.bias,
+      selection: opts.selection,
+      normalize: opts.normalize,
+      scale: opts.scale,
+      groups: opts.groups,
+      threads: opts.threads,
+    });
+    const shared = weights.shared;
+    return new MoELayer({
+      router,
+      dtype: opts.dtype,
+      intermediateSize: spec.intermediateSize,
+      experts: (e) => weights.expert(e),
+      sharedExperts: shared && { w1: shared.w1, w3: shared.w3, w2: shared.w2, intermediateSize: shared.intermediateSize, gate: shared.gate },
+      staticK: spec.topK,
+      threads: opts.threads,
+    });
+  } finally {
+    checkpoint.close();
+  }
+}

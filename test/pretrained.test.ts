@@ -1,0 +1,116 @@
+/**
+ * MoELayer.fromPretrained on tiny checkpoints the test writes itself in each family's HF layout and naming:
+ * the layer's output must match the float64 reference built from the stored tensors and the family's own
+ * routing rule (written out here independently of lib/models/router-config.ts).
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { ModelLoadError, MoELayer, ValidationError } from '../lib';
+import { referenceLayer } from '../lib/reference/layer';
+import { referenceRoute, type ReferenceRouterConfig } from '../lib/reference/routing';
+import { writeTinyCheckpoint, type TinyArch, type TinyCheckpoint } from './helpers/checkpoint';
+import { compareRouting, relativeError } from './helpers/compare';
+import { freshSeed, randn } from './helpers/random';
+
+const SEED = freshSeed();
+console.log(`pretrained.test seed ${SEED}`);
+const root = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-pretrained-'));
+test.after(() => fs.rmSync(root, { recursive: true, force: true }));
+const dirFor = (name: string) => fs.mkdtempSync(path.join(root, `${name}-`));
+
+/** Each family's HF routing, from its config fields. */
+function expectedRule(arch: TinyArch, cfg: Record<string, unknown>, E: number, k: number, d: number): ReferenceRouterConfig {
+  const base: ReferenceRouterConfig = {
+    numExperts: E, hiddenSize: d, scoring: 'softmax', selection: 'topk', k, p: 1, tau: 0, minK: k, maxK: k,
+    nGroup: 0, topkGroup: 0, groupScore: 'top2sum', normalize: false, scale: 1,
+  };
+  if (arch === 'mixtral') return { ...base, normalize: true };
+  if (arch === 'deepseek_v3') {
+    return { ...base, scoring: 'sigmoid', nGroup: cfg.n_group as number, topkGroup: cfg.topk_group as number, normalize: true, scale: cfg.routed_scaling_factor as number };
+  }
+  if (arch === 'deepseek_v2') {
+    const normalize = cfg.norm_topk_prob === true && k > 1;
+    return { ...base, normalize, scale: normalize ? 1 : (cfg.routed_scaling_factor as number) };
+  }
+  return { ...base, normalize: cfg.norm_topk_prob === true };
+}
+
+function stored(ck: TinyCheckpoint, name: string): Float32Array {
+  const t = ck.tensors[name];
+  assert.ok(t, `fixture lacks ${name}`);
+  return t.data;
+}
+
+const CASES: { arch: TinyArch; dtype: 'F32' | 'BF16' | 'F16'; sharded: boolean; layerDtype: 'fp32' | 'bf16' }[] = [
+  { arch: 'mixtral', dtype: 'F32', sharded: false, layerDtype: 'fp32' },
+  { arch: 'olmoe', dtype: 'BF16', sharded: true, layerDtype: 'fp32' },
+  { arch: 'qwen2_moe', dtype: 'F16', sharded: false, layerDtype: 'fp32' },
+  { arch: 'qwen3_moe', dtype: 'F32', sharded: true, layerDtype: 'bf16' },
+  { arch: 'deepseek_v2', dtype: 'BF16', sharded: false, layerDtype: 'fp32' },
+  { arch: 'deepseek_v3', dtype: 'F32', sharded: true, layerDtype: 'fp32' },
+];
+
+for (const c of CASES) {
+  test(`${c.arch} (${c.dtype}${c.sharded ? ', sharded' : ''}) loads as ${c.layerDtype} and matches the reference`, () => {
+    const d = 32;
+    const f = 16;
+    const E = 8;
+    const k = 2;
+    const ck = writeTinyCheckpoint(dirFor(`${c.arch}-${c.dtype}`), c.arch, {
+      hiddenSize: d, intermediateSize: f, numExperts: E, topK: k, dtype: c.dtype, sharded: c.sharded, seed: SEED % 100000,
+    });
+    const layerIndex = ck.moeLayers[ck.moeLayers.length - 1];
+    const layer = MoELayer.fromPretrained(ck.dir, { layer: layerIndex, dtype: c.layerDtype, threads: 2 });
+    const T = 9;
+    const x = randn(T * d, SEED + 1);
+    const got = layer.forward(x);
+
+    const prefix = `model.layers.${layerIndex}.${c.arch === 'mixtral' ? 'block_sparse_moe' : 'mlp'}`;
+    const gate = stored(ck, `${prefix}.gate.weight`);
+    const bias = c.arch === 'deepseek_v3' ? stored(ck, `${prefix}.gate.e_score_correction_bias`) : undefined;
+    const rule = expectedRule(c.arch, ck.config, E, k, d);
+    const refRouting = referenceRoute(rule, x, gate, { bias });
+    compareRouting(got.routing, refRouting, `${c.arch} routing`);
+    const names = c.arch === 'mixtral' ? ['w1', 'w3', 'w2'] : ['gate_proj', 'up_proj', 'down_proj'];
+    const expert = (e: number) => ({
+      w1: stored(ck, `${prefix}.experts.${e}.${names[0]}.weight`),
+      w3: stored(ck, `${prefix}.experts.${e}.${names[1]}.weight`),
+      w2: stored(ck, `${prefix}.experts.${e}.${names[2]}.weight`),
+      f,
+    });
+    let shared: Parameters<typeof referenceLayer>[5];
+    const sharedPrefix = c.arch === 'qwen2_moe' ? `${prefix}.shared_expert` : c.arch.startsWith('deepseek') ? `${prefix}.shared_experts` : '';
+    if (sharedPrefix) {
+      const w1 = stored(ck, `${sharedPrefix}.gate_proj.weight`);
+      shared = {
+        w1, w3: stored(ck, `${sharedPrefix}.up_proj.weight`), w2: stored(ck, `${sharedPrefix}.down_proj.weight`), f: w1.length / d,
+        gate: c.arch === 'qwen2_moe' ? stored(ck, `${prefix}.shared_expert_gate.weight`) : undefined,
+      };
+    }
+    const ref = referenceLayer(x, T, d, expert, { ...refRouting, maxK: rule.maxK }, shared);
+    const err = relativeError(got.output, ref);
+    assert.ok(err < (c.layerDtype === 'fp32' ? 1e-5 : 1e-2), `${c.arch}: relative error ${err}`);
+    layer.dispose();
+  });
+}
+
+test('selection overrides the model rule (top-p on a top-2 model)', () => {
+  const ck = writeTinyCheckpoint(dirFor('override'), 'mixtral', { hiddenSize: 16, intermediateSize: 8, numExperts: 8, topK: 2, seed: 3 });
+  const layer = MoELayer.fromPretrained(ck.dir, { layer: 0, selection: { kind: 'topp', p: 0.9, maxK: 8 } });
+  const { routing, stats } = layer.forward(randn(40 * 16, SEED + 2));
+  assert.is(layer.router.selection, 'topp');
+  assert.ok(routing.stats.meanK > 2, `top-p 0.9 over 8 experts should use more than 2, got ${routing.stats.meanK}`);
+  assert.ok(stats.flopsSaved < 0);
+});
+
+test('dense layers, bad indices and missing files get clear errors', () => {
+  const ck = writeTinyCheckpoint(dirFor('dense'), 'deepseek_v3', { hiddenSize: 16, intermediateSize: 8, numExperts: 8, topK: 2, numLayers: 3, firstKDense: 1, seed: 4 });
+  assert.throws(() => MoELayer.fromPretrained(ck.dir, { layer: 0 }), (e: Error) => e instanceof ModelLoadError && /dense|first_k_dense_replace/.test(e.message));
+  assert.throws(() => MoELayer.fromPretrained(ck.dir, { layer: 7 }), (e: Error) => e instanceof ValidationError || e instanceof ModelLoadError);
+  assert.throws(() => MoELayer.fromPretrained(path.join(root, 'nowhere'), { layer: 0 }), (e: Error) => e instanceof ModelLoadError && /not found/.test(e.message));
+});
+
+test.run();
