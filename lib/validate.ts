@@ -40,7 +40,13 @@ export function requireNumber(
 function isDetached(arr: ArrayBufferView): boolean {
   const buffer = arr.buffer as ArrayBuffer & { detached?: boolean };
   if (typeof buffer.detached === 'boolean') return buffer.detached;
-  return arr.byteLength === 0 && buffer.byteLength === 0;
+  if (arr.byteLength !== 0 || buffer.byteLength !== 0) return false;
+  try {
+    new Uint8Array(buffer); // throws TypeError on a detached buffer, not on an empty one
+    return false;
+  } catch {
+    return true;
+  }
 }
 
 /**
