@@ -1,0 +1,112 @@
+/**
+ * Complexity estimators: native raw signals against the float64 reference, calibration that spreads scores over
+ * [0,1] instead of saturating, the position schedule, custom scores, and the DynamicRouter port.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import {
+  AttentionEntropyEstimator,
+  Calibrator,
+  createEstimator,
+  DynamicRouter,
+  GradientNormEstimator,
+  PerplexityProxyEstimator,
+  RouterEntropyEstimator,
+  ThresholdScheduleEstimator,
+  ValidationError,
+} from '../lib';
+import { referenceAttentionEntropy, referenceLogitEntropy, referenceRowNorms } from '../lib/reference/routing';
+import { freshSeed, randn, randu } from './helpers/random';
+
+const SEED = freshSeed();
+console.log(`estimators.test seed ${SEED}`);
+
+function close(a: ArrayLike<number>, b: ArrayLike<number>, tol: number, what: string) {
+  assert.is(a.length, b.length);
+  for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i] - b[i]) <= tol * Math.max(1, Math.abs(b[i])), `${what}[${i}]: ${a[i]} vs ${b[i]}`);
+}
+
+test('raw signals match the reference: norms, router entropy, attention entropy, perplexity proxy', () => {
+  const T = 37;
+  const d = 96;
+  const x = randn(T * d, SEED);
+  for (const norm of ['l2', 'l1'] as const) {
+    close(new GradientNormEstimator(norm).raw({ x, tokens: T, hiddenSize: d }), referenceRowNorms(x, T, d, norm === 'l1' ? 1 : 2), 1e-5, norm);
+  }
+  const E = 60;
+  const logits = randn(T * E, SEED + 1, 2);
+  close(new RouterEntropyEstimator('none').raw({ x, tokens: T, hiddenSize: d, logits, numExperts: E }), referenceLogitEntropy(logits, T, E), 1e-5, 'router entropy');
+  const V = 1000;
+  const lm = randn(T * V, SEED + 2, 3);
+  close(new PerplexityProxyEstimator(0.7).raw({ x, tokens: T, hiddenSize: d, lmLogits: lm }), referenceLogitEntropy(lm, T, V, 0.7), 1e-5, 'perplexity');
+  const H = 4;
+  const S = 50;
+  const attention = randu(H * T * S, SEED + 3, 0.01, 1);
+  for (const reduce of ['mean', 'max'] as const) {
+    close(
+      new AttentionEntropyEstimator(reduce).raw({ x, tokens: T, hiddenSize: d, attention, heads: H }),
+      referenceAttentionEntropy(attention, H, T, S, reduce),
+      1e-5,
+      `attention ${reduce}`,
+    );
+  }
+});
+
+test('zscore calibration spreads entropies over [0,1] (no saturation), quantile follows the samples', () => {
+  const T = 2000;
+  const E = 64;
+  const logits = randn(T * E, SEED + 4, 0.3);
+  const est = new RouterEntropyEstimator('zscore');
+  const ctx = { x: new Float32Array(0), tokens: T, hiddenSize: 1, logits, numExperts: E };
+  const raw = est.raw(ctx);
+  const rawMin = Math.min(...raw);
+  assert.ok(rawMin > 0.9, `near-uniform routers have entropies near 1 (min ${rawMin}): a fixed map would pin k`);
+  const c = est.calibrate(raw).estimate(ctx);
+  const below = c.filter((v) => v < 0.25).length / T;
+  const above = c.filter((v) => v > 0.75).length / T;
+  assert.ok(below > 0.1 && above > 0.1, `calibrated scores should spread: ${below} below 0.25, ${above} above 0.75`);
+  const q = new Calibrator('quantile');
+  q.fit(raw);
+  const qc = q.apply(raw);
+  const median = [...qc].sort((a, b) => a - b)[T >> 1];
+  assert.ok(Math.abs(median - 0.5) < 0.01, `quantile median ${median}`);
+});
+
+test('running statistics are used before calibrate(), then frozen', () => {
+  const est = new GradientNormEstimator('l2');
+  const x1 = randn(64 * 8, SEED + 5);
+  const ctx = { x: x1, tokens: 64, hiddenSize: 8 };
+  const first = est.estimate(ctx);
+  assert.ok(Math.min(...first) < 0.2 && Math.max(...first) > 0.8);
+  est.calibrate(ctx);
+  assert.ok(est.calibrator.calibrated);
+  assert.equal(Array.from(est.estimate(ctx)), Array.from(est.estimate(ctx)), 'frozen calibration is reproducible');
+});
+
+test('threshold schedule and custom scores', () => {
+  const sched = new ThresholdScheduleEstimator([4, 2]);
+  const out = sched.estimate({ x: new Float32Array(6), tokens: 6, hiddenSize: 1 });
+  assert.equal(Array.from(out), [0, 0, 0.5, 0.5, 1, 1]);
+  const custom = createEstimator({ name: 'custom', fn: (ctx) => new Float32Array(ctx.tokens).fill(0.25) });
+  assert.equal(Array.from(custom.estimate({ x: new Float32Array(3), tokens: 3, hiddenSize: 1 })), [0.25, 0.25, 0.25]);
+  assert.throws(() => createEstimator({ name: 'custom', scores: new Float32Array(2) }).estimate({ x: new Float32Array(3), tokens: 3, hiddenSize: 1 }), (e: Error) => e instanceof ValidationError);
+  assert.throws(() => new AttentionEntropyEstimator().raw({ x: new Float32Array(2), tokens: 2, hiddenSize: 1 }), /context\.attention/);
+});
+
+test('DynamicRouter routes between minExperts and maxExperts and reports usage', () => {
+  const router = new DynamicRouter({ inputDim: 32, numExperts: 8, minExperts: 1, maxExperts: 4, seed: 7 });
+  const x = randn(200 * 32, SEED + 6);
+  const r = router.route(x);
+  assert.ok(r.numExpertsPerToken.every((k) => k >= 1 && k <= 4));
+  assert.ok(new Set(r.numExpertsPerToken).size > 1, 'k varies with complexity');
+  assert.is(r.routingInfo.totalExpertCalls, r.numExpertsPerToken.reduce((a, b) => a + b, 0));
+  assert.ok(Math.abs(r.routingInfo.flopReduction - (1 - r.routingInfo.avgExpertsPerToken / 4)) < 1e-12);
+  const stats = router.getExpertUsageStats();
+  assert.is(stats.totalTokens, 200);
+  assert.ok(stats.loadBalanceScore > 0 && stats.loadBalanceScore <= 1);
+  const noisy = new DynamicRouter({ inputDim: 32, numExperts: 8, maxExperts: 2, routingStrategy: 'threshold', noiseFactor: 0.5, seed: 7 });
+  const n = noisy.route(x);
+  assert.ok(n.numExpertsPerToken.every((k) => k >= 1 && k <= 2));
+});
+
+test.run();
