@@ -33,7 +33,12 @@ export interface SharedExpertOptions extends ExpertWeights {
 export interface MoELayerOptions {
   router: Router;
   /** Stacked weights, one object per expert, or a loader called once per expert (so each can be dropped after packing). */
-  experts: StackedExpertWeights | ExpertWeights[] | ((expert: number) => ExpertWeights);
+  experts?: StackedExpertWeights | ExpertWeights[] | ((expert: number) => ExpertWeights);
+  /**
+   * Instead of `experts`: reuse the packed weights (and dtype, shared experts) of this layer, without copying.
+   * The router must have the same numExperts and hiddenSize. See {@link MoELayer.withRouter}.
+   */
+  shareWeightsOf?: MoELayer;
   /** Routed experts' intermediate size f. Default: from the weight lengths. */
   intermediateSize?: number;
   sharedExperts?: SharedExpertOptions;
@@ -92,11 +97,26 @@ export class MoELayer {
     const defaultStaticK = cfg.selection === 'topk' || cfg.selection === 'gptOss' ? cfg.k : cfg.maxK;
     this.staticK = requireInt('staticK', opts.staticK ?? defaultStaticK, 1, E, ValidationError);
     const threads = requireInt('threads', opts.threads ?? cfg.threads, 1, 1024, ValidationError);
+    const addon = native();
+    if (opts.shareWeightsOf !== undefined) {
+      const other = opts.shareWeightsOf;
+      if (!(other instanceof MoELayer)) throw new ValidationError(`shareWeightsOf: expected an MoELayer, got ${describe(other)}`);
+      if (other.numExperts !== E || other.hiddenSize !== d) {
+        throw new ValidationError(
+          `router: expected numExperts=${other.numExperts} and hiddenSize=${other.hiddenSize} to share weights, got ${E} and ${d}`,
+        );
+      }
+      this.dtype = other.dtype;
+      this.intermediateSize = other.intermediateSize;
+      this.hasSharedExpert = other.hasSharedExpert;
+      const source = other.live();
+      this.handle = callNative('MoELayer', () => new addon.NativeLayer(this.router.handle, 0, this.staticK, threads, source));
+      return;
+    }
     const expertAt = expertSource(opts.experts, E);
     const first = expertAt(0);
     const f = opts.intermediateSize ?? first.w1?.length / d;
     this.intermediateSize = requireInt('intermediateSize', f, 1, 1 << 20, ValidationError);
-    const addon = native();
     const handle = callNative('MoELayer', () => new addon.NativeLayer(this.router.handle, this.dtype === 'fp32' ? 0 : 1, this.staticK, threads));
     for (let e = 0; e < E; e++) {
       const w = e === 0 ? first : expertAt(e);
@@ -124,6 +144,14 @@ export class MoELayer {
    */
   static fromPretrained(dir: string, opts: FromPretrainedOptions): MoELayer {
     return loadPretrainedLayer(dir, opts);
+  }
+
+  /**
+   * A layer that routes with `router` over this layer's packed weights (shared, not copied): switch a loaded
+   * model between static and dynamic routing without reloading. `staticK` stays this layer's unless given.
+   */
+  withRouter(router: Router, opts: { staticK?: number; threads?: number } = {}): MoELayer {
+    return new MoELayer({ router, shareWeightsOf: this, staticK: opts.staticK ?? this.staticK, threads: opts.threads });
   }
 
   get hiddenSize(): number {

@@ -15,7 +15,13 @@ export interface NativeAddon {
     threads: number,
     logitBias: Float32Array | null,
   ) => NativeRouterHandle;
-  NativeLayer: new (router: NativeRouterHandle, dtype: number, staticK: number, threads: number) => NativeLayerHandle;
+  NativeLayer: new (
+    router: NativeRouterHandle,
+    dtype: number,
+    staticK: number,
+    threads: number,
+    shareWeightsOf?: NativeLayerHandle,
+  ) => NativeLayerHandle;
   rowNorms(x: Float32Array, T: number, d: number, order: number, out: Float32Array): void;
   attentionEntropy(a: Float32Array, heads: number, T: number, S: number, reduceMax: boolean, out: Float32Array): void;
   logitEntropy(logits: Float32Array, T: number, V: number, temperature: number, out: Float32Array): void;

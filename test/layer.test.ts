@@ -126,6 +126,20 @@ test('dynamic routing reports the FLOPs it saved against the static top-k', () =
   assert.ok(relativeError(output, reference(b, x, routing)) < 1e-5);
 });
 
+test('withRouter shares the packed weights: same output, and it outlives the original', () => {
+  const a = build({ E: 8, d: 32, f: 16, selection: { kind: 'topk', k: 2 }, seed: SEED + 350 });
+  const gate = randn(8 * 32, SEED + 351);
+  const router = () => new Router({ numExperts: 8, hiddenSize: 32, gateWeight: gate, selection: { kind: 'topk', k: 2 }, normalize: true });
+  const first = a.layer.withRouter(router());
+  const second = a.layer.withRouter(router());
+  const x = randn(12 * 32, SEED + 352);
+  const y = first.forward(x);
+  a.layer.dispose();
+  assert.equal(Array.from(second.forward(x).output), Array.from(y.output));
+  assert.ok(relativeError(y.output, reference(a, x, y.routing)) < 1e-5);
+  assert.throws(() => a.layer.withRouter(new Router({ numExperts: 4, hiddenSize: 32, gateWeight: randn(128, 1) })), /disposed|numExperts/);
+});
+
 test('bad input gets a clear error', () => {
   const b = build({ E: 4, d: 8, f: 8, selection: { kind: 'topk', k: 1 }, seed: SEED + 400 });
   assert.throws(() => b.layer.forward(new Float32Array(7)), (e: Error) => e instanceof ValidationError && /multiple of 8/.test(e.message));

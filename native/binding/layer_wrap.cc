@@ -1,5 +1,5 @@
 // NativeLayer binding.
-//   new NativeLayer(router, dtype (0 fp32 | 1 bf16), staticK, threads)
+//   new NativeLayer(router, dtype (0 fp32 | 1 bf16), staticK, threads, shareWeightsOf?: NativeLayer)
 //   setExpert(e, w1 [f*d], w3 [f*d], w2 [d*f], f) / setSharedExpert(w1, w3, w2, f, gate [d] | null)
 //   forward(x, T, y, indices, weights, k, counts, routeStats(5), layerStats(7), logits?, complexity?, complexityNs?)
 //   forwardAsync(...same) -> Promise<void>; every array stays referenced until it settles.
@@ -118,7 +118,18 @@ LayerWrap::LayerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LayerWra
   const int dtype = int(intArg(info, 1, "dtype", 0, 1));
   const int32_t staticK = int32_t(intArg(info, 2, "staticK", 1, router->router().config().numExperts));
   const int threads = int(intArg(info, 3, "threads", 1, 1024));
-  layer_ = std::make_shared<moe::Layer>(router->sharedRouter(), moe::DType(dtype), staticK, threads);
+  if (info.Length() > 4 && info[4].IsObject()) {
+    Napi::Object other = info[4].As<Napi::Object>();
+    if (!other.CheckTypeTag(&kLayerTag)) throwValidation(env, "shareWeightsOf: expected a NativeLayer");
+    const moe::RouterConfig& mine = router->router().config();
+    auto source = Napi::ObjectWrap<LayerWrap>::Unwrap(other)->live(env);
+    const moe::RouterConfig& theirs = source->router().config();
+    if (mine.numExperts != theirs.numExperts || mine.hiddenSize != theirs.hiddenSize)
+      throwValidation(env, "router: numExperts and hiddenSize must match the layer whose weights are shared");
+    layer_ = std::make_shared<moe::Layer>(*source, router->sharedRouter(), staticK, threads);
+  } else {
+    layer_ = std::make_shared<moe::Layer>(router->sharedRouter(), moe::DType(dtype), staticK, threads);
+  }
   routerRef_ = Napi::Persistent(info[0].As<Napi::Object>());
   Value().TypeTag(&kLayerTag);
 }

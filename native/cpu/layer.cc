@@ -23,8 +23,14 @@ Layer::Layer(std::shared_ptr<Router> router, DType dtype, int32_t staticK, int t
       staticK_(staticK),
       threads_(std::max(1, std::min(threads, router_->pool().size()))),
       hidden_(router_->config().hiddenSize),
+      weights_(std::make_shared<LayerWeights>()),
       telemetry_(router_->config().numExperts, router_->config().maxK) {
-  experts_.resize(size_t(router_->config().numExperts));
+  weights_->experts.resize(size_t(router_->config().numExperts));
+}
+
+Layer::Layer(const Layer& other, std::shared_ptr<Router> router, int32_t staticK, int threads)
+    : Layer(std::move(router), other.dtype_, staticK, threads) {
+  weights_ = other.weights_;
 }
 
 void Layer::pack(PackedExpert& dst, const float* w1, const float* w3, const float* w2, int64_t f) {
@@ -43,22 +49,22 @@ void Layer::pack(PackedExpert& dst, const float* w1, const float* w3, const floa
     packPanelsBF16(w2, size_t(f), d, f, dst.downBF16.data());
   }
   const int64_t stride = (f + kPanelWidth - 1) / kPanelWidth * kPanelWidth;
-  hiddenStride_ = std::max(hiddenStride_, stride);
+  weights_->hiddenStride = std::max(weights_->hiddenStride, stride);
 }
 
 void Layer::setExpert(int32_t expert, const float* w1, const float* w3, const float* w2, int64_t f) {
-  pack(experts_.at(size_t(expert)), w1, w3, w2, f);
+  pack(weights_->experts.at(size_t(expert)), w1, w3, w2, f);
 }
 
 void Layer::setSharedExpert(const float* w1, const float* w3, const float* w2, int64_t f, const float* gate) {
-  shared_ = std::make_unique<PackedExpert>();
-  pack(*shared_, w1, w3, w2, f);
-  if (gate) sharedGate_.assign(gate, gate + hidden_);
+  weights_->shared = std::make_unique<PackedExpert>();
+  pack(*weights_->shared, w1, w3, w2, f);
+  if (gate) weights_->sharedGate.assign(gate, gate + hidden_);
 }
 
 bool Layer::complete(std::string& missing) const {
-  for (size_t e = 0; e < experts_.size(); ++e)
-    if (experts_[e].intermediate == 0) {
+  for (size_t e = 0; e < weights_->experts.size(); ++e)
+    if (weights_->experts[e].intermediate == 0) {
       missing = "expert " + std::to_string(e);
       return false;
     }
@@ -66,25 +72,25 @@ bool Layer::complete(std::string& missing) const {
 }
 
 size_t Layer::weightBytes() const {
-  size_t total = shared_ ? shared_->bytes() : 0;
-  for (const auto& e : experts_) total += e.bytes();
+  size_t total = weights_->shared ? weights_->shared->bytes() : 0;
+  for (const auto& e : weights_->experts) total += e.bytes();
   return total;
 }
 
 void Layer::dispatch(const float* x, int64_t T, const RoutingOutput& routing) {
   const RouterConfig& cfg = router_->config();
   const float* sharedScale = nullptr;
-  if (shared_ && !sharedGate_.empty()) {
+  if (weights_->shared && !weights_->sharedGate.empty()) {
     arena_.sharedScale.ensure(size_t(T));
     float* scale = arena_.sharedScale.data();
     for (int64_t t = 0; t < T; ++t) {
       double dot = 0;
-      for (int64_t i = 0; i < hidden_; ++i) dot += double(x[t * hidden_ + i]) * sharedGate_[size_t(i)];
+      for (int64_t i = 0; i < hidden_; ++i) dot += double(x[t * hidden_ + i]) * weights_->sharedGate[size_t(i)];
       scale[t] = float(1.0 / (1.0 + std::exp(-dot)));
     }
     sharedScale = scale;
   }
-  planDispatch(routing, T, cfg.maxK, cfg.numExperts, shared_ != nullptr, sharedScale, arena_);
+  planDispatch(routing, T, cfg.maxK, cfg.numExperts, weights_->shared != nullptr, sharedScale, arena_);
   if (arena_.jobs.empty()) return;
   const ExpertJob& last = arena_.jobs.back();
   gatherRows(x, hidden_, last.row0 + last.rows, dtype_, arena_, router_->pool(), threads_);
@@ -95,7 +101,7 @@ void Layer::runExperts(int64_t T) {
   if (arena_.jobs.empty()) return;
   const int64_t d = hidden_, rows = arena_.jobs.back().row0 + arena_.jobs.back().rows;
   const bool f32 = dtype_ == DType::F32;
-  const size_t ldh = f32 ? size_t(hiddenStride_) : size_t(hiddenStride_ / 2);
+  const size_t ldh = f32 ? size_t(weights_->hiddenStride) : size_t(weights_->hiddenStride / 2);
   if (f32) arena_.hiddenF32.ensure(size_t(rows) * ldh);
   else arena_.hiddenBF16.ensure(size_t(rows) * ldh);
   arena_.output.ensure(size_t(rows) * d);
@@ -105,7 +111,7 @@ void Layer::runExperts(int64_t T) {
   arena_.accumulators.ensure(size_t(workers) * size_t(maxRows) * kPanelWidth);
   const GemmKernels& kern = gemmKernels();
   auto expertOf = [&](const ExpertJob& job) -> const PackedExpert& {
-    return job.expert < int32_t(experts_.size()) ? experts_[size_t(job.expert)] : *shared_;
+    return job.expert < int32_t(weights_->experts.size()) ? weights_->experts[size_t(job.expert)] : *weights_->shared;
   };
 
   // Splits each job's panels into ranges, about kItemsPerWorker ranges per worker over the whole pass.
@@ -186,12 +192,12 @@ std::string Layer::forward(const float* x, int64_t T, const float* logits, const
   stats.expertEndNs = nowNs();
   const RouterConfig& cfg = router_->config();
   const int64_t routedRows = routingStats.assignments;
-  combineRows(T, hidden_, cfg.maxK, arena_.slotRow.data(), arena_.output.data(), shared_ ? routedRows : -1, y,
+  combineRows(T, hidden_, cfg.maxK, arena_.slotRow.data(), arena_.output.data(), weights_->shared ? routedRows : -1, y,
               router_->pool(), threads_);
   stats.combineEndNs = nowNs();
 
-  const double perTokenExpert = 6.0 * double(hidden_) * double(experts_[0].intermediate);
-  const double sharedFlops = shared_ ? 6.0 * double(hidden_) * double(shared_->intermediate) * double(T) : 0.0;
+  const double perTokenExpert = 6.0 * double(hidden_) * double(weights_->experts[0].intermediate);
+  const double sharedFlops = weights_->shared ? 6.0 * double(hidden_) * double(weights_->shared->intermediate) * double(T) : 0.0;
   stats.flopsComputed = double(routedRows) * perTokenExpert + sharedFlops;
   stats.flopsStatic = double(T) * double(staticK_) * perTokenExpert + sharedFlops;
 

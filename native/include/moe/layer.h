@@ -23,6 +23,14 @@ struct PackedExpert {
   size_t bytes() const { return gateUpF32.bytes() + downF32.bytes() + gateUpBF16.bytes() + downBF16.bytes(); }
 };
 
+// Everything a layer packs at load. Layers made by `Layer(const Layer&, ...)` share one of these.
+struct LayerWeights {
+  std::vector<PackedExpert> experts;
+  std::unique_ptr<PackedExpert> shared;
+  std::vector<float> sharedGate;
+  int64_t hiddenStride = 0;  // row stride of the SwiGLU buffer: the widest f, padded to 32
+};
+
 // Stage timings are steady-clock nanoseconds (CLOCK_MONOTONIC, the clock of process.hrtime).
 struct LayerStats {
   double flopsComputed = 0;  // expert FLOPs actually run (routed + shared)
@@ -56,6 +64,8 @@ class Layer {
  public:
   // `threads` caps the workers of the expert stages (the router's pool size caps it again).
   Layer(std::shared_ptr<Router> router, DType dtype, int32_t staticK, int threads);
+  // A layer over the packed weights of `other` (shared, not copied) with another router of the same E and d.
+  Layer(const Layer& other, std::shared_ptr<Router> router, int32_t staticK, int threads);
 
   // w1 (gate_proj) and w3 (up_proj) are [f, d], w2 (down_proj) is [d, f], all fp32 row-major.
   void setExpert(int32_t expert, const float* w1, const float* w3, const float* w2, int64_t f);
@@ -85,10 +95,7 @@ class Layer {
   int32_t staticK_;
   int threads_;
   int64_t hidden_;
-  std::vector<PackedExpert> experts_;
-  std::unique_ptr<PackedExpert> shared_;
-  std::vector<float> sharedGate_;
-  int64_t hiddenStride_ = 0;  // row stride of the SwiGLU buffer: the widest f, padded to 32
+  std::shared_ptr<LayerWeights> weights_;
   std::mutex mutex_;
   LayerArena arena_;
   telemetry::Telemetry telemetry_;

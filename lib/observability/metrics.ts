@@ -1,0 +1,311 @@
+/**
+ * `MetricsCollector`: the guide's Prometheus metrics, fed from the native counters at scrape time.
+ *
+ * Routers and layers count natively and never call into JS per call. At scrape time the first family's
+ * `collect()` drains every attached source once (one N-API call each) and adds the deltas to all families — the
+ * pattern of prom-client's own process CPU counters. The other families' `collect()` hooks ask for the same drain,
+ * which is skipped when it already ran in this turn of the event loop, so reading a single family is correct too.
+ * The guide's manual `record*` methods write into the same families.
+ */
+import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
+import { BucketedHistogram } from './bucketed-histogram';
+import {
+  COMPLEXITY_BUCKETS,
+  DURATION_BUCKETS_SECONDS,
+  EXPERTS_PER_TOKEN_BUCKETS,
+  METRIC_LABELS,
+  MetricName,
+  NATIVE_ERROR_TYPES,
+  STAGES,
+} from './metric-names';
+import type { TelemetryDelta, TelemetrySource } from './telemetry-types';
+
+export interface MetricsCollectorOptions {
+  /** Where the families are registered. Default: a new Registry of this collector's own (never the global one). */
+  registry?: Registry;
+  /** Also register prom-client's default process and Node.js metrics (unprefixed) on the registry. Default true. */
+  defaultMetrics?: boolean;
+}
+
+export interface ObserveOptions {
+  /** The `layer_id` label of this source's load balance and per-expert token counts. */
+  layerId: string | number;
+  /** The `backend` label of its requests and durations. Default 'cpu'. */
+  backend?: string;
+  /** The `estimator_type` label of its complexity scores. Default: the router's estimator name, else 'none'. */
+  estimatorType?: string;
+  /** The `layer_type` label of its FLOPs. Default 'moe'. */
+  layerType?: string;
+}
+
+/** What a drain listener learns about the source a delta came from. */
+export interface ObservedSourceInfo {
+  readonly source: TelemetrySource;
+  readonly layerId: string;
+  readonly backend: string;
+  readonly estimatorType: string;
+  readonly layerType: string;
+}
+
+/** Receives every delta the collector drains (spans included), right after it was added to the metrics. */
+export type DrainListener = (delta: TelemetryDelta, source: ObservedSourceInfo) => void;
+
+interface Attached extends ObservedSourceInfo {
+  memoryBytes: number;
+  kind: TelemetryDelta['kind'] | undefined;
+}
+
+type Labels<N extends keyof typeof METRIC_LABELS> = (typeof METRIC_LABELS)[N][number];
+
+/** The guide's metrics on a prom-client registry, with native sources drained at scrape time. */
+export class MetricsCollector {
+  /** The `model_name` label of every family. */
+  readonly modelName: string;
+  /** The registry holding the families (pass it to your own /metrics handler, or use {@link metrics}). */
+  readonly registry: Registry;
+
+  private readonly requests: Counter<Labels<typeof MetricName.ROUTING_REQUESTS>>;
+  private readonly duration: BucketedHistogram<Labels<typeof MetricName.ROUTING_DURATION>>;
+  private readonly expertsPerToken: BucketedHistogram<Labels<typeof MetricName.EXPERTS_USED_PER_TOKEN>>;
+  private readonly loadBalance: Gauge<Labels<typeof MetricName.LOAD_BALANCE_SCORE>>;
+  private readonly flopsComputed: Counter<Labels<typeof MetricName.FLOPS_COMPUTED>>;
+  private readonly flopsSaved: Counter<Labels<typeof MetricName.FLOPS_SAVED>>;
+  private readonly memory: Gauge<Labels<typeof MetricName.MEMORY_USAGE>>;
+  private readonly errors: Counter<Labels<typeof MetricName.ROUTING_ERRORS>>;
+  private readonly expertFailures: Counter<Labels<typeof MetricName.EXPERT_FAILURES>>;
+  private readonly complexity: BucketedHistogram<Labels<typeof MetricName.COMPLEXITY_SCORE>>;
+  private readonly expertTokens: Counter<Labels<typeof MetricName.EXPERT_TOKENS>>;
+  private readonly stageDuration: BucketedHistogram<Labels<typeof MetricName.STAGE_DURATION>>;
+
+  private attached: Attached[] = [];
+  private readonly listeners = new Set<DrainListener>();
+  private readonly latestLoadBalance = new Map<string, number>();
+  private drainedThisTurn = false;
+  /** Memory components whose value comes from attached sources. */
+  private sourceComponents = new Set<string>();
+
+  /**
+   * @param modelName the `model_name` label value of every family.
+   * @throws Error from prom-client when the registry already holds a family of the same name.
+   */
+  constructor(modelName: string, opts: MetricsCollectorOptions = {}) {
+    if (typeof modelName !== 'string' || modelName.length === 0) throw new TypeError(`modelName: expected a non-empty string, got ${String(modelName)}`);
+    this.modelName = modelName;
+    this.registry = opts.registry ?? new Registry();
+    const registers = [this.registry];
+    const refresh = () => this.refresh();
+    const counter = <N extends keyof typeof METRIC_LABELS>(name: N, help: string) =>
+      new Counter<Labels<N>>({ name, help, labelNames: METRIC_LABELS[name], registers, collect: refresh });
+    const gauge = <N extends keyof typeof METRIC_LABELS>(name: N, help: string) =>
+      new Gauge<Labels<N>>({ name, help, labelNames: METRIC_LABELS[name], registers, collect: refresh });
+    const histogram = <N extends keyof typeof METRIC_LABELS>(name: N, help: string, buckets: readonly number[]) =>
+      new BucketedHistogram<Labels<N>>({ name, help, labelNames: METRIC_LABELS[name], buckets, registers, collect: refresh });
+
+    // Registered first, so its collect() drains the sources before any sibling is serialised.
+    this.requests = counter(MetricName.ROUTING_REQUESTS, 'Routing calls, by backend and status (success or error).');
+    this.duration = histogram(MetricName.ROUTING_DURATION, 'Duration of one routing or layer call in seconds.', DURATION_BUCKETS_SECONDS);
+    this.expertsPerToken = histogram(MetricName.EXPERTS_USED_PER_TOKEN, 'Experts chosen per token.', EXPERTS_PER_TOKEN_BUCKETS);
+    this.loadBalance = gauge(MetricName.LOAD_BALANCE_SCORE, 'Load balance of the latest call: normalised entropy of tokens per expert, 1 = even.');
+    this.flopsComputed = counter(MetricName.FLOPS_COMPUTED, 'Expert FLOPs computed.');
+    this.flopsSaved = counter(MetricName.FLOPS_SAVED, 'Expert FLOPs saved against the static top-k baseline.');
+    this.memory = gauge(MetricName.MEMORY_USAGE, 'Memory held, by component, in bytes.');
+    this.errors = counter(MetricName.ROUTING_ERRORS, 'Routing errors, by type.');
+    this.expertFailures = counter(MetricName.EXPERT_FAILURES, 'Expert failures, by expert and failure type.');
+    this.complexity = histogram(MetricName.COMPLEXITY_SCORE, 'Per-token complexity scores of dynamic routing, in [0, 1].', COMPLEXITY_BUCKETS);
+    this.expertTokens = counter(MetricName.EXPERT_TOKENS, 'Tokens routed to each expert.');
+    this.stageDuration = histogram(MetricName.STAGE_DURATION, 'Duration of one stage of a call in seconds.', DURATION_BUCKETS_SECONDS);
+
+    if (opts.defaultMetrics ?? true) {
+      // Tolerate a registry that already carries the defaults (e.g. shared by two collectors).
+      if (!this.registry.getSingleMetric('process_cpu_user_seconds_total')) collectDefaultMetrics({ register: this.registry });
+    }
+  }
+
+  /**
+   * Attaches a router or layer: from now on its native counters are drained at every scrape. Attach a layer or
+   * its router, not both (the layer's calls are counted once, by the layer). Returns a function that detaches it.
+   */
+  observe(source: TelemetrySource, opts: ObserveOptions): () => void {
+    if (!source || typeof source.drainTelemetry !== 'function') throw new TypeError('observe: expected a Router or MoELayer (an object with drainTelemetry())');
+    if (opts?.layerId === undefined || opts.layerId === '') throw new TypeError('observe: opts.layerId is required');
+    if (this.attached.some((a) => a.source === source)) throw new Error('observe: this source is already attached');
+    const entry: Attached = {
+      source,
+      layerId: String(opts.layerId),
+      backend: opts.backend ?? 'cpu',
+      estimatorType: opts.estimatorType ?? estimatorNameOf(source) ?? 'none',
+      layerType: opts.layerType ?? 'moe',
+      memoryBytes: 0,
+      kind: undefined,
+    };
+    this.attached.push(entry);
+    // Series that exist from the start, so rate() and absence alerts work before the first error.
+    const m = this.modelName;
+    this.requests.inc({ model_name: m, backend: entry.backend, status: 'success' }, 0);
+    this.requests.inc({ model_name: m, backend: entry.backend, status: 'error' }, 0);
+    for (const type of NATIVE_ERROR_TYPES) this.errors.inc({ model_name: m, error_type: type }, 0);
+    return () => this.unobserve(source);
+  }
+
+  /** Detaches a source after one last drain, so nothing it counted is lost. */
+  unobserve(source: TelemetrySource): void {
+    const entry = this.attached.find((a) => a.source === source);
+    if (!entry) return;
+    this.drainOne(entry);
+    this.attached = this.attached.filter((a) => a !== entry);
+    this.updateMemoryGauge();
+  }
+
+  /** Calls `listener` with every drained delta (for spans and summaries). Returns a function that removes it. */
+  onDrain(listener: DrainListener): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /** Drains every attached source now and adds the deltas to the metrics (a scrape does this itself). */
+  drainNow(): void {
+    for (const entry of [...this.attached]) this.drainOne(entry);
+    this.updateMemoryGauge();
+  }
+
+  /** The Prometheus text exposition of the registry (drains the sources first). */
+  metrics(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  /** The content type of {@link metrics}' text. */
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  /** The latest load balance seen for a layer (or the lowest over all layers when omitted); NaN before any. */
+  latestLoadBalanceScore(layerId?: string | number): number {
+    if (layerId !== undefined) return this.latestLoadBalance.get(String(layerId)) ?? NaN;
+    let lowest = NaN;
+    for (const v of this.latestLoadBalance.values()) if (!(v >= lowest)) lowest = v;
+    return lowest;
+  }
+
+  /** Counts one routing request by hand. */
+  recordRoutingRequest(backend: string, status = 'success'): void {
+    this.requests.inc({ model_name: this.modelName, backend, status });
+  }
+
+  /** Observes one routing duration by hand. */
+  recordRoutingDuration(durationSeconds: number, backend: string): void {
+    this.duration.observe({ model_name: this.modelName, backend }, durationSeconds);
+  }
+
+  /** Observes an experts-per-token value (a token's k, or a batch mean). */
+  recordExpertsUsed(expertsPerToken: number): void {
+    this.expertsPerToken.observe({ model_name: this.modelName }, expertsPerToken);
+  }
+
+  /** Sets a layer's load balance score (1 = even). */
+  recordLoadBalance(score: number, layerId: string | number): void {
+    this.loadBalance.set({ model_name: this.modelName, layer_id: String(layerId) }, score);
+    this.latestLoadBalance.set(String(layerId), score);
+  }
+
+  /** Adds FLOPs computed and saved. A negative saving (more experts than the static top-k) adds nothing. */
+  recordFlops(computed: number, saved: number, layerType = 'moe'): void {
+    this.flopsComputed.inc({ model_name: this.modelName, layer_type: layerType }, computed);
+    if (saved > 0) this.flopsSaved.inc({ model_name: this.modelName }, saved);
+  }
+
+  /** Sets the memory held by a component, in bytes. */
+  updateMemoryUsage(bytes: number, component: string): void {
+    this.memory.set({ model_name: this.modelName, component }, bytes);
+  }
+
+  /** Counts one error of a type (e.g. 'complexity_estimation_failed'). */
+  recordError(errorType: string): void {
+    this.errors.inc({ model_name: this.modelName, error_type: errorType });
+  }
+
+  /** Counts one failure of an expert. */
+  recordExpertFailure(expertId: number | string, failureType: string): void {
+    this.expertFailures.inc({ model_name: this.modelName, expert_id: String(expertId), failure_type: failureType });
+  }
+
+  /** Observes one complexity score in [0, 1]. */
+  recordComplexity(score: number, estimatorType: string): void {
+    this.complexity.observe({ model_name: this.modelName, estimator_type: estimatorType }, score);
+  }
+
+  /** The scrape-time hook of every family: drains once per turn of the event loop. */
+  private refresh(): void {
+    if (this.drainedThisTurn) return;
+    this.drainedThisTurn = true;
+    queueMicrotask(() => {
+      this.drainedThisTurn = false;
+    });
+    this.drainNow();
+  }
+
+  private drainOne(entry: Attached): void {
+    let delta: TelemetryDelta;
+    try {
+      delta = entry.source.drainTelemetry();
+    } catch (error) {
+      // A disposed layer cannot be drained any more: stop asking, and count it once.
+      this.attached = this.attached.filter((a) => a !== entry);
+      this.recordError('telemetry_drain_failed');
+      process.emitWarning(`dynamic-moe-router-kit: detached layer ${entry.layerId} from metrics: ${(error as Error)?.message ?? error}`);
+      return;
+    }
+    this.apply(entry, delta);
+    for (const listener of this.listeners) {
+      try {
+        listener(delta, entry);
+      } catch (error) {
+        process.emitWarning(`dynamic-moe-router-kit: a drain listener threw: ${(error as Error)?.message ?? error}`);
+      }
+    }
+  }
+
+  private apply(entry: Attached, d: TelemetryDelta): void {
+    const model_name = this.modelName;
+    const { backend, layerId } = entry;
+    entry.kind = d.kind;
+    entry.memoryBytes = d.memoryBytes;
+    if (d.calls > 0) this.requests.inc({ model_name, backend, status: 'success' }, d.calls);
+    const errorCount = d.errors.validation + d.errors.non_finite + d.errors.internal;
+    if (errorCount > 0) {
+      this.requests.inc({ model_name, backend, status: 'error' }, errorCount);
+      for (const type of NATIVE_ERROR_TYPES) if (d.errors[type] > 0) this.errors.inc({ model_name, error_type: type }, d.errors[type]);
+    }
+    this.duration.addDelta({ model_name, backend }, d.durationSeconds);
+    this.expertsPerToken.addDelta({ model_name }, d.expertsPerToken);
+    this.complexity.addDelta({ model_name, estimator_type: entry.estimatorType }, d.complexity);
+    for (const stage of STAGES) this.stageDuration.addDelta({ model_name, stage }, d.stageSeconds[stage]);
+    if (d.flopsComputed > 0) this.flopsComputed.inc({ model_name, layer_type: entry.layerType }, d.flopsComputed);
+    if (d.flopsStatic > d.flopsComputed) this.flopsSaved.inc({ model_name }, d.flopsStatic - d.flopsComputed);
+    for (let e = 0; e < d.expertTokens.length; e++) {
+      if (d.expertTokens[e] > 0) this.expertTokens.inc({ model_name, layer_id: layerId, expert_id: String(e) }, d.expertTokens[e]);
+    }
+    if (Number.isFinite(d.loadBalance)) this.recordLoadBalance(d.loadBalance, layerId);
+  }
+
+  /** Native weight memory, summed per component over the attached sources. */
+  private updateMemoryGauge(): void {
+    const byComponent = new Map<string, number>();
+    for (const a of this.attached) {
+      if (!a.kind) continue;
+      const component = a.kind === 'layer' ? 'expert_weights' : 'router_weights';
+      byComponent.set(component, (byComponent.get(component) ?? 0) + a.memoryBytes);
+    }
+    for (const [component, bytes] of byComponent) this.updateMemoryUsage(bytes, component);
+    for (const component of this.sourceComponents) {
+      if (!byComponent.has(component)) this.memory.remove({ model_name: this.modelName, component });
+    }
+    this.sourceComponents = new Set(byComponent.keys());
+  }
+}
+
+/** The complexity estimator's name of a Router (`estimator.name`) or an MoELayer (`router.estimator.name`). */
+function estimatorNameOf(source: TelemetrySource): string | undefined {
+  type WithEstimator = { estimator?: { name?: unknown } };
+  const own = (source as WithEstimator).estimator?.name ?? (source as { router?: WithEstimator }).router?.estimator?.name;
+  return typeof own === 'string' ? own : undefined;
+}

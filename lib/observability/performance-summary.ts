@@ -1,0 +1,176 @@
+/**
+ * One `performance.measurement` log record per interval instead of one record per call: logging on the hot path
+ * would cost more than the routing itself at small T. The summary is built from drained native telemetry (through
+ * a MetricsCollector's drain listener, or by draining a source directly when no collector is used).
+ */
+import { LogEvent } from './log-events';
+import { getLogger, type EventLogger } from './logging';
+import type { MetricsCollector } from './metrics';
+import type { HistogramDelta, TelemetryDelta, TelemetrySource } from './telemetry-types';
+
+export interface PerformanceSummaryOptions {
+  /** Take the deltas this collector drains (preferred when metrics are on: a source has one drainer). */
+  collector?: MetricsCollector;
+  /** Or drain this source directly (only when no collector drains it). */
+  source?: TelemetrySource;
+  /** Where to log. Default: getLogger('performance'). */
+  logger?: EventLogger;
+  /** Interval between summaries in milliseconds. Default 60 000. */
+  intervalMs?: number;
+  /** Log a summary even when nothing ran in the interval. Default false. */
+  logWhenIdle?: boolean;
+  /** The `model.name` written in `data`. Default: the collector's model name. */
+  modelName?: string;
+}
+
+/** The `data.performance` object of a summary record. */
+export interface PerformanceSummary {
+  interval_seconds: number;
+  calls: number;
+  errors: number;
+  tokens_processed: number;
+  tokens_per_second: number;
+  /** Mean experts per token over the interval. */
+  experts_used: number;
+  duration_seconds_mean: number;
+  /** Upper bound of the bucket holding the 95th percentile call (NaN when it is the +Inf bucket or no call). */
+  duration_seconds_p95: number;
+  flops_computed: number;
+  flops_static: number;
+  /** 1 − computed / static (0 for routers, which compute no expert FLOPs). */
+  flop_reduction: number;
+  /** Lowest latest load balance over the sources (NaN before any call). */
+  load_balance: number;
+  spans_dropped: number;
+}
+
+/** Accumulates drained deltas and logs a summary of them every interval. */
+export class PerformanceSummaryLogger {
+  private readonly logger: EventLogger;
+  private readonly intervalMs: number;
+  private readonly modelName: string | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private unsubscribe: (() => void) | undefined;
+  private window = emptyWindow();
+  private windowStartMs = performance.now();
+  private readonly latestLoadBalance = new Map<unknown, number>();
+
+  constructor(private readonly opts: PerformanceSummaryOptions) {
+    if (!opts.collector === !opts.source) throw new TypeError('PerformanceSummaryLogger: pass exactly one of collector or source');
+    this.intervalMs = opts.intervalMs ?? 60_000;
+    if (!(this.intervalMs > 0)) throw new RangeError(`intervalMs: expected a positive number, got ${opts.intervalMs}`);
+    this.logger = opts.logger ?? getLogger('performance');
+    this.modelName = opts.modelName ?? opts.collector?.modelName;
+  }
+
+  /** Starts the periodic summaries. The timer does not keep the process alive. */
+  start(): this {
+    if (this.timer) return this;
+    if (this.opts.collector) this.unsubscribe = this.opts.collector.onDrain((delta, info) => this.add(delta, info.source));
+    this.windowStartMs = performance.now();
+    this.timer = setInterval(() => this.logNow(), this.intervalMs);
+    this.timer.unref();
+    return this;
+  }
+
+  /** Stops the timer; with `flush` (default) logs what accumulated since the last summary. */
+  stop(flush = true): void {
+    if (!this.timer) return;
+    clearInterval(this.timer);
+    this.timer = undefined;
+    if (flush) this.logNow();
+    this.unsubscribe?.();
+    this.unsubscribe = undefined;
+  }
+
+  /** Drains, then logs and returns the summary of the interval so far (undefined when idle and not logged). */
+  logNow(): PerformanceSummary | undefined {
+    if (this.opts.collector) this.opts.collector.drainNow();
+    else this.add(this.opts.source!.drainTelemetry(), this.opts.source);
+    const now = performance.now();
+    const summary = summarise(this.window, (now - this.windowStartMs) / 1000, this.lowestLoadBalance());
+    this.window = emptyWindow();
+    this.windowStartMs = now;
+    if (summary.calls === 0 && summary.errors === 0 && !this.opts.logWhenIdle) return undefined;
+    this.logger.info(LogEvent.PERFORMANCE_MEASUREMENT, `${summary.calls} calls, ${summary.tokens_processed} tokens in ${summary.interval_seconds.toFixed(1)} s`, {
+      data: { performance: summary, model: { name: this.modelName ?? null } },
+    });
+    return summary;
+  }
+
+  private add(d: TelemetryDelta, source: unknown): void {
+    const w = this.window;
+    w.calls += d.calls;
+    w.errors += d.errors.validation + d.errors.non_finite + d.errors.internal;
+    w.tokens += d.tokens;
+    w.assignments += d.assignments;
+    w.flopsComputed += d.flopsComputed;
+    w.flopsStatic += d.flopsStatic;
+    w.spansDropped += d.spansDropped;
+    addHistogram(w.duration, d.durationSeconds);
+    if (Number.isFinite(d.loadBalance)) this.latestLoadBalance.set(source, d.loadBalance);
+  }
+
+  private lowestLoadBalance(): number {
+    let lowest = NaN;
+    for (const v of this.latestLoadBalance.values()) if (!(v >= lowest)) lowest = v;
+    return lowest;
+  }
+}
+
+interface Window {
+  calls: number;
+  errors: number;
+  tokens: number;
+  assignments: number;
+  flopsComputed: number;
+  flopsStatic: number;
+  spansDropped: number;
+  duration: { bounds: number[]; counts: number[]; sum: number; count: number };
+}
+
+function emptyWindow(): Window {
+  return { calls: 0, errors: 0, tokens: 0, assignments: 0, flopsComputed: 0, flopsStatic: 0, spansDropped: 0, duration: { bounds: [], counts: [], sum: 0, count: 0 } };
+}
+
+/** Adds a delta into an accumulator (all sources share the native duration bounds). */
+function addHistogram(into: Window['duration'], d: HistogramDelta): void {
+  if (d.count === 0) return;
+  if (into.counts.length === 0) {
+    into.bounds = [...d.bounds];
+    into.counts = new Array<number>(d.counts.length).fill(0);
+  }
+  if (into.counts.length === d.counts.length) for (let i = 0; i < d.counts.length; i++) into.counts[i] += d.counts[i];
+  into.sum += d.sum;
+  into.count += d.count;
+}
+
+function summarise(w: Window, intervalSeconds: number, loadBalance: number): PerformanceSummary {
+  return {
+    interval_seconds: intervalSeconds,
+    calls: w.calls,
+    errors: w.errors,
+    tokens_processed: w.tokens,
+    tokens_per_second: intervalSeconds > 0 ? w.tokens / intervalSeconds : 0,
+    experts_used: w.tokens > 0 ? w.assignments / w.tokens : 0,
+    duration_seconds_mean: w.duration.count > 0 ? w.duration.sum / w.duration.count : 0,
+    duration_seconds_p95: quantileUpperBound(w.duration, 0.95),
+    flops_computed: w.flopsComputed,
+    flops_static: w.flopsStatic,
+    flop_reduction: w.flopsStatic > 0 ? 1 - w.flopsComputed / w.flopsStatic : 0,
+    load_balance: loadBalance,
+    spans_dropped: w.spansDropped,
+  };
+}
+
+/** The upper bound of the bucket where the q-quantile falls. */
+function quantileUpperBound(h: Window['duration'], q: number): number {
+  if (h.count === 0) return NaN;
+  const rank = q * h.count;
+  let cumulative = 0;
+  for (let i = 0; i < h.counts.length; i++) {
+    cumulative += h.counts[i];
+    if (cumulative >= rank) return i < h.bounds.length ? h.bounds[i] : NaN;
+  }
+  return NaN;
+}
