@@ -13,7 +13,7 @@ namespace moe {
 
 namespace {
 using telemetry::nowNs;
-constexpr int kItemsPerWorker = 48;  // fine enough that the last item leaves the other core idle only briefly
+constexpr int kItemsPerWorker = 16;  // equal-cost items per worker (see planItems)
 constexpr int kGateUpOutputs = kPanelWidth / 2;
 }  // namespace
 
@@ -114,15 +114,19 @@ void Layer::runExperts(int64_t T) {
     return job.expert < int32_t(weights_->experts.size()) ? weights_->experts[size_t(job.expert)] : *weights_->shared;
   };
 
-  // Splits each job's panels into ranges, about kItemsPerWorker ranges per worker over the whole pass.
+  // Splits each job's panels into ranges of about equal cost (rows x panels), kItemsPerWorker per worker over
+  // the whole pass: items of equal size keep both cores busy to the end even when experts differ in load.
   auto planItems = [&](auto panelsOf) {
-    int64_t totalPanels = 0;
-    for (const ExpertJob& job : arena_.jobs) totalPanels += panelsOf(job);
-    const int64_t chunk = std::max<int64_t>(1, totalPanels / (int64_t(workers) * kItemsPerWorker));
+    double totalCost = 0;
+    for (const ExpertJob& job : arena_.jobs) totalCost += double(job.rows) * double(panelsOf(job));
+    const double target = totalCost / (double(workers) * kItemsPerWorker);
     arena_.items.clear();
-    for (size_t j = 0; j < arena_.jobs.size(); ++j)
-      for (int64_t p = 0, n = panelsOf(arena_.jobs[j]); p < n; p += chunk)
+    for (size_t j = 0; j < arena_.jobs.size(); ++j) {
+      const int64_t n = panelsOf(arena_.jobs[j]);
+      const int64_t chunk = std::clamp<int64_t>(int64_t(target / double(arena_.jobs[j].rows) + 0.5), 1, n);
+      for (int64_t p = 0; p < n; p += chunk)
         arena_.items.push_back({int32_t(j), int32_t(p), int32_t(std::min(n, p + chunk))});
+    }
   };
 
   void* hidden = f32 ? static_cast<void*>(arena_.hiddenF32.data()) : static_cast<void*>(arena_.hiddenBF16.data());
