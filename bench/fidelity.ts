@@ -46,7 +46,10 @@ export function runFidelity(shape: LayerShape, T: number, threads: number): Fide
   const x = new Float32Array(T * shape.d);
   native().bench.fillNormal(x, 78, 1);
   const layerFor = (selection: Selection) =>
-    base.withRouter(new Router({ numExperts: shape.E, hiddenSize: shape.d, gateWeight: gate, selection, normalize: true, threads }), { staticK: shape.k });
+    base.withRouter(
+      new Router({ numExperts: shape.E, hiddenSize: shape.d, gateWeight: gate, selection, normalize: true, threads }),
+      { staticK: shape.k },
+    );
   const time = (layer: MoELayer) => {
     const times: number[] = [];
     for (let i = 0; i < 5; i++) {
@@ -62,8 +65,14 @@ export function runFidelity(shape: LayerShape, T: number, threads: number): Fide
   const uniform = 1 / shape.E;
   const rules: [string, Selection][] = [
     [`top-${shape.k} (static)`, { kind: 'topk', k: shape.k }],
-    ...[0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95].map((p): [string, Selection] => [`top-p ${p}`, { kind: 'topp', p, maxK: shape.E }]),
-    ...[0.5, 1, 2, 4].map((m): [string, Selection] => [`threshold ${(m * uniform).toPrecision(3)}`, { kind: 'threshold', tau: m * uniform, maxK: shape.E }]),
+    ...[0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95].map((p): [string, Selection] => [
+      `top-p ${p}`,
+      { kind: 'topp', p, maxK: shape.E },
+    ]),
+    ...[0.5, 1, 2, 4].map((m): [string, Selection] => [
+      `threshold ${(m * uniform).toPrecision(3)}`,
+      { kind: 'threshold', tau: m * uniform, maxK: shape.E },
+    ]),
   ];
   for (const [rule, selection] of rules) {
     const layer = layerFor(selection);
@@ -91,7 +100,9 @@ export function fidelityTable(shape: LayerShape, T: number, rows: FidelityRow[])
     '|---|---|---|---|---|',
   ];
   for (const r of rows) {
-    lines.push(`| ${r.rule} | ${r.meanK.toFixed(2)} | ${r.flopsSavedPercent.toFixed(1)}% | ${r.relativeError.toExponential(2)} | ${r.ms.toFixed(2)} |`);
+    lines.push(
+      `| ${r.rule} | ${r.meanK.toFixed(2)} | ${r.flopsSavedPercent.toFixed(1)}% | ${r.relativeError.toExponential(2)} | ${r.ms.toFixed(2)} |`,
+    );
   }
   return lines.join('\n');
 }
@@ -124,8 +135,12 @@ export function fidelitySvg(title: string, rows: FidelityRow[]): string {
   }
   for (const r of rows) {
     const color = r.rule.startsWith('top-p') ? '#1f77b4' : r.rule.startsWith('threshold') ? '#d62728' : '#2ca02c';
-    parts.push(`<circle cx="${px(r.flopsSavedPercent).toFixed(1)}" cy="${py(r.relativeError).toFixed(1)}" r="4" fill="${color}"/>`);
-    parts.push(`<text x="${(px(r.flopsSavedPercent) + 6).toFixed(1)}" y="${(py(r.relativeError) - 6).toFixed(1)}">${r.rule}</text>`);
+    parts.push(
+      `<circle cx="${px(r.flopsSavedPercent).toFixed(1)}" cy="${py(r.relativeError).toFixed(1)}" r="4" fill="${color}"/>`,
+    );
+    parts.push(
+      `<text x="${(px(r.flopsSavedPercent) + 6).toFixed(1)}" y="${(py(r.relativeError) - 6).toFixed(1)}">${r.rule}</text>`,
+    );
   }
   parts.push('</svg>');
   return parts.join('\n');
@@ -143,8 +158,14 @@ function main(): void {
   const out = arg('out', path.join(__dirname, 'out'));
   fs.mkdirSync(out, { recursive: true });
   fs.writeFileSync(path.join(out, `fidelity-${name}.md`), table + '\n');
-  fs.writeFileSync(path.join(out, `fidelity-${name}.svg`), fidelitySvg(`${shape.name}: dynamic routing against static top-${shape.k}`, rows));
-  fs.writeFileSync(path.join(out, `fidelity-${name}.json`), JSON.stringify({ date: new Date().toISOString(), shape, tokens: T, rows }, null, 2));
+  fs.writeFileSync(
+    path.join(out, `fidelity-${name}.svg`),
+    fidelitySvg(`${shape.name}: dynamic routing against static top-${shape.k}`, rows),
+  );
+  fs.writeFileSync(
+    path.join(out, `fidelity-${name}.json`),
+    JSON.stringify({ date: new Date().toISOString(), shape, tokens: T, rows }, null, 2),
+  );
 }
 
 if (require.main === module) main();

@@ -49,7 +49,14 @@ export function buildLayer(shape: LayerShape, dtype: 'fp32' | 'bf16', threads: n
   const fill = native().bench.fillNormal;
   const gate = new Float32Array(E * d);
   fill(gate, seed, 0.02);
-  const router = new Router({ numExperts: E, hiddenSize: d, gateWeight: gate, selection: { kind: 'topk', k }, normalize: true, threads });
+  const router = new Router({
+    numExperts: E,
+    hiddenSize: d,
+    gateWeight: gate,
+    selection: { kind: 'topk', k },
+    normalize: true,
+    threads,
+  });
   return new MoELayer({
     router,
     dtype,
@@ -107,7 +114,9 @@ export function benchShape(shape: LayerShape, dtype: 'fp32' | 'bf16', roof: Roof
       bound: memMs >= computeMs ? 'memory' : 'compute',
       expertsHit,
     });
-    console.error(`  ${shape.name} ${dtype} T=${T}: ${ms.toFixed(2)} ms, floor ${floorMs.toFixed(2)} ms, ratio ${(ms / floorMs).toFixed(3)}`);
+    console.error(
+      `  ${shape.name} ${dtype} T=${T}: ${ms.toFixed(2)} ms, floor ${floorMs.toFixed(2)} ms, ratio ${(ms / floorMs).toFixed(3)}`,
+    );
   }
   layer.dispose();
   return rows;
@@ -144,7 +153,14 @@ function main(): void {
   const out = arg('json', '');
   if (out) {
     fs.mkdirSync(path.dirname(out), { recursive: true });
-    fs.writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), backend: native().backendInfo(), roofline: roof, rows }, null, 2));
+    fs.writeFileSync(
+      out,
+      JSON.stringify(
+        { date: new Date().toISOString(), backend: native().backendInfo(), roofline: roof, rows },
+        null,
+        2,
+      ),
+    );
   }
 }
 

@@ -38,7 +38,10 @@ export function measureGemmGflops(dtype: 'fp32' | 'bf16', n: number, threads: nu
 export function measureRoofline(threads: number, gemmSize = 4096): Roofline {
   return {
     streamGBs: measureStreamGBs(threads),
-    gemmGflops: { fp32: measureGemmGflops('fp32', gemmSize, threads), bf16: measureGemmGflops('bf16', gemmSize, threads) },
+    gemmGflops: {
+      fp32: measureGemmGflops('fp32', gemmSize, threads),
+      bf16: measureGemmGflops('bf16', gemmSize, threads),
+    },
     gemmSize,
     threads,
   };

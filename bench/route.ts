@@ -38,18 +38,35 @@ export function benchRoute(d = 2048): { rows: RouteRow[]; overheadMicros: number
   for (const E of [8, 64, 256]) {
     const gate = new Float32Array(E * d);
     native().bench.fillNormal(gate, E, 0.02);
-    const router = new Router({ numExperts: E, hiddenSize: d, gateWeight: gate, selection: { kind: 'topk', k: E === 8 ? 2 : 8 }, normalize: true });
+    const router = new Router({
+      numExperts: E,
+      hiddenSize: d,
+      gateWeight: gate,
+      selection: { kind: 'topk', k: E === 8 ? 2 : 8 },
+      normalize: true,
+    });
     for (const T of [1, 32, 512, 4096]) {
       const x = new Float32Array(T * d);
       native().bench.fillNormal(x, T, 1);
       const micros = timeMicros(() => router.route(x), 1000, 20);
       // The reference is O(T·E·d) in plain JS: one timed run is enough at the large sizes.
       const refMicros = timeMicros(() => referenceRoute({ ...router.config }, x, gate), 500, 1, T * E > 20000 ? 1 : 50);
-      rows.push({ tokens: T, experts: E, microseconds: micros, referenceMicroseconds: refMicros, speedup: refMicros / micros });
+      rows.push({
+        tokens: T,
+        experts: E,
+        microseconds: micros,
+        referenceMicroseconds: refMicros,
+        speedup: refMicros / micros,
+      });
       console.error(`  E=${E} T=${T}: ${micros.toFixed(1)} µs (reference ${(refMicros / 1e3).toFixed(1)} ms)`);
     }
   }
-  const tiny = new Router({ numExperts: 4, hiddenSize: 16, gateWeight: new Float32Array(64).fill(0.01), selection: { kind: 'topk', k: 1 } });
+  const tiny = new Router({
+    numExperts: 4,
+    hiddenSize: 16,
+    gateWeight: new Float32Array(64).fill(0.01),
+    selection: { kind: 'topk', k: 1 },
+  });
   const x = new Float32Array(16).fill(0.5);
   const overheadMicros = timeMicros(() => tiny.route(x), 1000, 1000);
   return { rows, overheadMicros };
@@ -58,9 +75,14 @@ export function benchRoute(d = 2048): { rows: RouteRow[]; overheadMicros: number
 export function routeTable(r: { rows: RouteRow[]; overheadMicros: number }): string {
   const lines = ['| E | T | route() µs (median) | TS reference µs | speedup |', '|---|---|---|---|---|'];
   for (const row of r.rows) {
-    lines.push(`| ${row.experts} | ${row.tokens} | ${row.microseconds.toFixed(1)} | ${row.referenceMicroseconds.toFixed(0)} | ${row.speedup.toFixed(0)}× |`);
+    lines.push(
+      `| ${row.experts} | ${row.tokens} | ${row.microseconds.toFixed(1)} | ${row.referenceMicroseconds.toFixed(0)} | ${row.speedup.toFixed(0)}× |`,
+    );
   }
-  lines.push('', `Per-call fixed cost (T=1, E=4, d=16, validation + N-API + outputs): ${r.overheadMicros.toFixed(2)} µs`);
+  lines.push(
+    '',
+    `Per-call fixed cost (T=1, E=4, d=16, validation + N-API + outputs): ${r.overheadMicros.toFixed(2)} µs`,
+  );
   return lines.join('\n');
 }
 
@@ -70,7 +92,10 @@ function main(): void {
   const i = process.argv.indexOf('--json');
   if (i >= 0 && process.argv[i + 1]) {
     fs.mkdirSync(path.dirname(process.argv[i + 1]), { recursive: true });
-    fs.writeFileSync(process.argv[i + 1], JSON.stringify({ date: new Date().toISOString(), backend: native().backendInfo(), ...result }, null, 2));
+    fs.writeFileSync(
+      process.argv[i + 1],
+      JSON.stringify({ date: new Date().toISOString(), backend: native().backendInfo(), ...result }, null, 2),
+    );
   }
 }
 

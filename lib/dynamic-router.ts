@@ -90,7 +90,9 @@ export class DynamicRouter {
     this.noiseFactor = requireNumber('noiseFactor', opts.noiseFactor ?? 0, 0, 1e6);
     this.routingStrategy = opts.routingStrategy ?? 'top_k';
     if (this.routingStrategy !== 'top_k' && this.routingStrategy !== 'threshold') {
-      throw new ValidationError(`routingStrategy: expected 'top_k' or 'threshold', got ${JSON.stringify(this.routingStrategy)}`);
+      throw new ValidationError(
+        `routingStrategy: expected 'top_k' or 'threshold', got ${JSON.stringify(this.routingStrategy)}`,
+      );
     }
     const seed = opts.seed ?? 0;
     this.estimator = createEstimator(opts.complexityEstimator ?? 'gradient_norm');
@@ -113,8 +115,15 @@ export class DynamicRouter {
     const T = this.router.tokensOf(x, 'x');
     const needsLogits = this.noiseFactor > 0 || this.estimator.needsLogits;
     const logits = needsLogits ? this.router.logits(x) : undefined;
-    if (logits && this.noiseFactor > 0) for (let i = 0; i < logits.length; i++) logits[i] += this.noiseFactor * this.noise();
-    const complexity = this.estimator.estimate({ x, tokens: T, hiddenSize: this.router.hiddenSize, logits, numExperts: this.router.numExperts });
+    if (logits && this.noiseFactor > 0)
+      for (let i = 0; i < logits.length; i++) logits[i] += this.noiseFactor * this.noise();
+    const complexity = this.estimator.estimate({
+      x,
+      tokens: T,
+      hiddenSize: this.router.hiddenSize,
+      logits,
+      numExperts: this.router.numExperts,
+    });
     const result = logits ? this.router.routeLogits(logits, { complexity }) : this.router.route(x, { complexity });
     const counts = result.stats.expertCounts;
     for (let e = 0; e < counts.length; e++) this.usage[e] += counts[e];

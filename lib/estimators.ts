@@ -36,12 +36,7 @@ export interface ComplexityContext {
 }
 
 export type EstimatorName =
-  | 'router_entropy'
-  | 'gradient_norm'
-  | 'attention_entropy'
-  | 'perplexity_proxy'
-  | 'threshold'
-  | 'custom';
+  'router_entropy' | 'gradient_norm' | 'attention_entropy' | 'perplexity_proxy' | 'threshold' | 'custom';
 
 export type CalibrationMode = 'zscore' | 'quantile' | 'none';
 
@@ -53,14 +48,23 @@ export type EstimatorSpec =
   | { name: 'attention_entropy'; reduce?: 'mean' | 'max'; calibration?: CalibrationMode }
   | { name: 'perplexity_proxy'; temperature?: number; calibration?: CalibrationMode }
   | { name: 'threshold'; boundaries: number[] }
-  | { name: 'custom'; scores?: Float32Array; fn?: (ctx: ComplexityContext) => Float32Array; calibration?: CalibrationMode };
+  | {
+      name: 'custom';
+      scores?: Float32Array;
+      fn?: (ctx: ComplexityContext) => Float32Array;
+      calibration?: CalibrationMode;
+    };
 
 /** Abramowitz–Stegun 7.1.26 (|error| < 1.5e-7). */
 function erf(x: number): number {
   const sign = x < 0 ? -1 : 1;
   const ax = Math.abs(x);
   const t = 1 / (1 + 0.3275911 * ax);
-  const y = 1 - ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * Math.exp(-ax * ax);
+  const y =
+    1 -
+    ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) *
+      t *
+      Math.exp(-ax * ax);
   return sign * y;
 }
 
@@ -86,8 +90,11 @@ export class Calibrator {
 
   /** Freezes the mapping on these samples (at least 2 finite values). */
   fit(samples: ArrayLike<number>): void {
-    const values = Array.from(samples).filter(Number.isFinite).sort((a, b) => a - b);
-    if (values.length < 2) throw new ValidationError(`calibrate: expected at least 2 finite samples, got ${values.length}`);
+    const values = Array.from(samples)
+      .filter(Number.isFinite)
+      .sort((a, b) => a - b);
+    if (values.length < 2)
+      throw new ValidationError(`calibrate: expected at least 2 finite samples, got ${values.length}`);
     this.count = 0;
     this.mean = 0;
     this.m2 = 0;
@@ -162,7 +169,12 @@ export abstract class ComplexityEstimator {
   /** Freezes the calibration on raw samples, or on the raw signals of sample contexts. */
   calibrate(samples: ArrayLike<number> | ComplexityContext | ComplexityContext[]): this {
     const contexts = Array.isArray(samples) ? samples : [samples];
-    if (contexts.length > 0 && typeof contexts[0] === 'object' && contexts[0] !== null && 'x' in (contexts[0] as object)) {
+    if (
+      contexts.length > 0 &&
+      typeof contexts[0] === 'object' &&
+      contexts[0] !== null &&
+      'x' in (contexts[0] as object)
+    ) {
       const values: number[] = [];
       for (const ctx of contexts as ComplexityContext[]) values.push(...this.raw(ctx));
       this.calibrator.fit(values);
@@ -194,13 +206,18 @@ export class RouterEntropyEstimator extends ComplexityEstimator {
 /** L2 (or L1) norm of each row of `context.tensor` (hidden states by default). */
 export class GradientNormEstimator extends ComplexityEstimator {
   readonly name = 'gradient_norm';
-  constructor(readonly norm: 'l2' | 'l1' = 'l2', calibration: CalibrationMode = 'zscore') {
+  constructor(
+    readonly norm: 'l2' | 'l1' = 'l2',
+    calibration: CalibrationMode = 'zscore',
+  ) {
     super(calibration);
   }
   raw(ctx: ComplexityContext): Float32Array {
     const tensor = ctx.tensor ?? ctx.x;
     if (tensor.length % ctx.tokens !== 0) {
-      throw new ValidationError(`gradient_norm: context.tensor length ${tensor.length} is not a multiple of T=${ctx.tokens}`);
+      throw new ValidationError(
+        `gradient_norm: context.tensor length ${tensor.length} is not a multiple of T=${ctx.tokens}`,
+      );
     }
     const out = new Float32Array(ctx.tokens);
     const width = tensor.length / ctx.tokens;
@@ -212,7 +229,10 @@ export class GradientNormEstimator extends ComplexityEstimator {
 /** Entropy of the token's attention row over the span, normalised by log S; mean or max over heads. */
 export class AttentionEntropyEstimator extends ComplexityEstimator {
   readonly name = 'attention_entropy';
-  constructor(readonly reduce: 'mean' | 'max' = 'mean', calibration: CalibrationMode = 'zscore') {
+  constructor(
+    readonly reduce: 'mean' | 'max' = 'mean',
+    calibration: CalibrationMode = 'zscore',
+  ) {
     super(calibration);
   }
   raw(ctx: ComplexityContext): Float32Array {
@@ -225,7 +245,9 @@ export class AttentionEntropyEstimator extends ComplexityEstimator {
       );
     }
     const out = new Float32Array(ctx.tokens);
-    callNative(this.name, () => native().attentionEntropy(attention, heads, ctx.tokens, span, this.reduce === 'max', out));
+    callNative(this.name, () =>
+      native().attentionEntropy(attention, heads, ctx.tokens, span, this.reduce === 'max', out),
+    );
     return out;
   }
 }
@@ -233,17 +255,24 @@ export class AttentionEntropyEstimator extends ComplexityEstimator {
 /** Entropy of softmax(LM logits / temperature), normalised by log V. */
 export class PerplexityProxyEstimator extends ComplexityEstimator {
   readonly name = 'perplexity_proxy';
-  constructor(readonly temperature = 1, calibration: CalibrationMode = 'zscore') {
+  constructor(
+    readonly temperature = 1,
+    calibration: CalibrationMode = 'zscore',
+  ) {
     super(calibration);
     if (!(temperature > 0) || !Number.isFinite(temperature)) {
-      throw new RouterConfigurationError(`perplexity_proxy.temperature: expected a finite number > 0, got ${describe(temperature)}`);
+      throw new RouterConfigurationError(
+        `perplexity_proxy.temperature: expected a finite number > 0, got ${describe(temperature)}`,
+      );
     }
   }
   raw(ctx: ComplexityContext): Float32Array {
     const lm = need(ctx.lmLogits, 'lmLogits', this.name);
     const V = ctx.vocabSize ?? lm.length / ctx.tokens;
     if (!Number.isInteger(V) || V * ctx.tokens !== lm.length) {
-      throw new ValidationError(`perplexity_proxy: context.lmLogits has ${lm.length} elements, expected [T=${ctx.tokens}, V]`);
+      throw new ValidationError(
+        `perplexity_proxy: context.lmLogits has ${lm.length} elements, expected [T=${ctx.tokens}, V]`,
+      );
     }
     const out = new Float32Array(ctx.tokens);
     callNative(this.name, () => native().logitEntropy(lm, ctx.tokens, V, this.temperature, out));
@@ -261,7 +290,9 @@ export class ThresholdScheduleEstimator extends ComplexityEstimator {
   constructor(boundaries: number[]) {
     super('none');
     if (!Array.isArray(boundaries) || boundaries.length === 0 || boundaries.some((b) => !Number.isFinite(b))) {
-      throw new RouterConfigurationError(`threshold.boundaries: expected a non-empty array of finite numbers, got ${describe(boundaries)}`);
+      throw new RouterConfigurationError(
+        `threshold.boundaries: expected a non-empty array of finite numbers, got ${describe(boundaries)}`,
+      );
     }
     this.boundaries = [...boundaries].sort((a, b) => a - b);
   }
@@ -289,7 +320,9 @@ export class CustomEstimator extends ComplexityEstimator {
   raw(ctx: ComplexityContext): Float32Array {
     const scores = typeof this.source === 'function' ? this.source(ctx) : this.source;
     if (!(scores instanceof Float32Array) || scores.length !== ctx.tokens) {
-      throw new ValidationError(`custom estimator: expected a Float32Array of T=${ctx.tokens} scores, got ${describe(scores)}`);
+      throw new ValidationError(
+        `custom estimator: expected a Float32Array of T=${ctx.tokens} scores, got ${describe(scores)}`,
+      );
     }
     for (let i = 0; i < scores.length; i++) {
       if (!Number.isFinite(scores[i])) throw new ValidationError(`custom estimator: score ${i} is ${scores[i]}`);
@@ -316,7 +349,8 @@ export function createEstimator(spec: EstimatorSpec | ComplexityEstimator = 'rou
       return new ThresholdScheduleEstimator(s.boundaries);
     case 'custom': {
       const source = s.fn ?? s.scores;
-      if (!source) throw new RouterConfigurationError('custom estimator: give `scores` (Float32Array) or `fn` (callback)');
+      if (!source)
+        throw new RouterConfigurationError('custom estimator: give `scores` (Float32Array) or `fn` (callback)');
       return new CustomEstimator(source, calibration ?? 'none');
     }
     default:

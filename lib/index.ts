@@ -30,7 +30,21 @@ export {
   BackendError,
 } from './errors';
 export { backendInfo, type BackendInfo } from './backend-info';
-export { MoELayer, type MoELayerOptions, type ExpertWeights, type StackedExpertWeights, type SharedExpertOptions, type LayerStats, type ForwardResult } from './layer';
+export {
+  MoELayer,
+  type MoELayerOptions,
+  type ExpertWeights,
+  type StackedExpertWeights,
+  type SharedExpertOptions,
+  type LayerStats,
+  type ForwardResult,
+} from './layer';
 export type { FromPretrainedOptions } from './models/pretrained';
 export { readNpy, writeNpy } from './models/npy';
-export { DynamicRouter, type DynamicRouterOptions, type DynamicRoutingResult, type DynamicRoutingInfo, type ExpertUsageStats } from './dynamic-router';
+export {
+  DynamicRouter,
+  type DynamicRouterOptions,
+  type DynamicRoutingResult,
+  type DynamicRoutingInfo,
+  type ExpertUsageStats,
+} from './dynamic-router';

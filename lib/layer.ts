@@ -89,7 +89,8 @@ export class MoELayer {
    * @throws ValidationError for wrong weight lengths or non-finite weights.
    */
   constructor(opts: MoELayerOptions) {
-    if (!(opts?.router instanceof Router)) throw new ValidationError(`router: expected a Router, got ${describe(opts?.router)}`);
+    if (!(opts?.router instanceof Router))
+      throw new ValidationError(`router: expected a Router, got ${describe(opts?.router)}`);
     this.router = opts.router;
     const { numExperts: E, hiddenSize: d } = this.router.config;
     this.dtype = requireOneOf('dtype', opts.dtype ?? 'fp32', ['fp32', 'bf16'] as const);
@@ -100,7 +101,8 @@ export class MoELayer {
     const addon = native();
     if (opts.shareWeightsOf !== undefined) {
       const other = opts.shareWeightsOf;
-      if (!(other instanceof MoELayer)) throw new ValidationError(`shareWeightsOf: expected an MoELayer, got ${describe(other)}`);
+      if (!(other instanceof MoELayer))
+        throw new ValidationError(`shareWeightsOf: expected an MoELayer, got ${describe(other)}`);
       if (other.numExperts !== E || other.hiddenSize !== d) {
         throw new ValidationError(
           `router: expected numExperts=${other.numExperts} and hiddenSize=${other.hiddenSize} to share weights, got ${E} and ${d}`,
@@ -110,14 +112,20 @@ export class MoELayer {
       this.intermediateSize = other.intermediateSize;
       this.hasSharedExpert = other.hasSharedExpert;
       const source = other.live();
-      this.handle = callNative('MoELayer', () => new addon.NativeLayer(this.router.handle, 0, this.staticK, threads, source));
+      this.handle = callNative(
+        'MoELayer',
+        () => new addon.NativeLayer(this.router.handle, 0, this.staticK, threads, source),
+      );
       return;
     }
     const expertAt = expertSource(opts.experts, E);
     const first = expertAt(0);
     const f = opts.intermediateSize ?? first.w1?.length / d;
     this.intermediateSize = requireInt('intermediateSize', f, 1, 1 << 20, ValidationError);
-    const handle = callNative('MoELayer', () => new addon.NativeLayer(this.router.handle, this.dtype === 'fp32' ? 0 : 1, this.staticK, threads));
+    const handle = callNative(
+      'MoELayer',
+      () => new addon.NativeLayer(this.router.handle, this.dtype === 'fp32' ? 0 : 1, this.staticK, threads),
+    );
     for (let e = 0; e < E; e++) {
       const w = e === 0 ? first : expertAt(e);
       checkExpert(`experts[${e}]`, w, this.intermediateSize, d);
@@ -126,7 +134,13 @@ export class MoELayer {
     this.hasSharedExpert = opts.sharedExperts !== undefined;
     if (opts.sharedExperts) {
       const s = opts.sharedExperts;
-      const sf = requireInt('sharedExperts.intermediateSize', s.intermediateSize ?? s.w1?.length / d, 1, 1 << 22, ValidationError);
+      const sf = requireInt(
+        'sharedExperts.intermediateSize',
+        s.intermediateSize ?? s.w1?.length / d,
+        1,
+        1 << 22,
+        ValidationError,
+      );
       checkExpert('sharedExperts', s, sf, d);
       if (s.gate !== undefined) {
         requireFloat32('sharedExperts.gate', s.gate, { length: d });
@@ -269,9 +283,15 @@ function expertSource(experts: MoELayerOptions['experts'], E: number): (e: numbe
     }
     const per = s.w1.length / E;
     if (s.w3.length !== s.w1.length || s.w2.length !== s.w1.length) {
-      throw new ValidationError(`experts: w1, w3 and w2 must have equal lengths (E·f·d), got ${s.w1.length}, ${s.w3.length}, ${s.w2.length}`);
+      throw new ValidationError(
+        `experts: w1, w3 and w2 must have equal lengths (E·f·d), got ${s.w1.length}, ${s.w3.length}, ${s.w2.length}`,
+      );
     }
-    return (e) => ({ w1: s.w1.subarray(e * per, (e + 1) * per), w3: s.w3.subarray(e * per, (e + 1) * per), w2: s.w2.subarray(e * per, (e + 1) * per) });
+    return (e) => ({
+      w1: s.w1.subarray(e * per, (e + 1) * per),
+      w3: s.w3.subarray(e * per, (e + 1) * per),
+      w2: s.w2.subarray(e * per, (e + 1) * per),
+    });
   }
   throw new ValidationError(
     `experts: expected { w1, w3, w2, stacked: true }, an array of { w1, w3, w2 }, or a function (e) => { w1, w3, w2 }; got ${describe(experts)}`,
@@ -283,7 +303,8 @@ function checkExpert(name: string, w: ExpertWeights, f: number, d: number): void
   for (const key of ['w1', 'w3', 'w2'] as const) {
     const shape = key === 'w2' ? `[d=${d}, f=${f}]` : `[f=${f}, d=${d}]`;
     const arr = requireFloat32(`${name}.${key}`, w[key], {});
-    if (arr.length !== f * d) throw new ValidationError(`${name}.${key}: expected ${shape} = ${f * d} elements, got ${arr.length}`);
+    if (arr.length !== f * d)
+      throw new ValidationError(`${name}.${key}: expected ${shape} = ${f * d} elements, got ${arr.length}`);
     requireFinite(`${name}.${key}`, arr);
   }
 }

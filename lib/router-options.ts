@@ -54,12 +54,16 @@ export const MAX_HIDDEN = 1 << 20;
 
 /** Validates options; throws RouterConfigurationError naming the option. */
 export function resolveRouting(opts: RouterOptions, defaultThreads: number): ResolvedRouting {
-  if (typeof opts !== 'object' || opts === null) throw new RouterConfigurationError(`Router options: expected an object, got ${describe(opts)}`);
+  if (typeof opts !== 'object' || opts === null)
+    throw new RouterConfigurationError(`Router options: expected an object, got ${describe(opts)}`);
   const E = requireInt('numExperts', opts.numExperts, 1, MAX_EXPERTS);
   const d = requireInt('hiddenSize', opts.hiddenSize, 1, MAX_HIDDEN);
   const scoring = requireOneOf('scoring', opts.scoring ?? 'softmax', ['softmax', 'sigmoid'] as const);
   const sel = opts.selection ?? { kind: 'topk', k: Math.min(2, E) };
-  if (typeof sel !== 'object' || sel === null) throw new RouterConfigurationError(`selection: expected an object such as { kind: 'topk', k: 2 }, got ${describe(sel)}`);
+  if (typeof sel !== 'object' || sel === null)
+    throw new RouterConfigurationError(
+      `selection: expected an object such as { kind: 'topk', k: 2 }, got ${describe(sel)}`,
+    );
   requireOneOf('selection.kind', sel.kind, SELECTIONS);
 
   let nGroup = 0;
@@ -67,7 +71,8 @@ export function resolveRouting(opts: RouterOptions, defaultThreads: number): Res
   let groupScore: 'top2sum' | 'max' = 'top2sum';
   if (opts.groups !== undefined) {
     nGroup = requireInt('groups.nGroup', opts.groups.nGroup, 1, Math.min(E, 1024));
-    if (E % nGroup !== 0) throw new RouterConfigurationError(`groups.nGroup: ${nGroup} does not divide numExperts=${E}`);
+    if (E % nGroup !== 0)
+      throw new RouterConfigurationError(`groups.nGroup: ${nGroup} does not divide numExperts=${E}`);
     topkGroup = requireInt('groups.topkGroup', opts.groups.topkGroup, 1, nGroup);
     groupScore = requireOneOf('groups.score', opts.groups.score ?? 'top2sum', ['top2sum', 'max'] as const);
   }
@@ -126,7 +131,12 @@ export function resolveRouting(opts: RouterOptions, defaultThreads: number): Res
 
 /** Checks the weight arrays of the options against the resolved shape. */
 export function checkRouterWeights(opts: RouterOptions, r: ResolvedRouting): void {
-  const gate = requireFloat32('gateWeight', opts.gateWeight, { length: r.numExperts * r.hiddenSize }, RouterConfigurationError);
+  const gate = requireFloat32(
+    'gateWeight',
+    opts.gateWeight,
+    { length: r.numExperts * r.hiddenSize },
+    RouterConfigurationError,
+  );
   requireFinite('gateWeight', gate, RouterConfigurationError);
   for (const name of ['bias', 'logitBias'] as const) {
     const v = opts[name];

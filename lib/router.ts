@@ -6,7 +6,13 @@ import { ValidationError } from './errors';
 import type { ComplexityEstimator } from './estimators';
 import { routerOptionsFromConfig, type FromConfigOverrides } from './models/router-config';
 import { callNative, callNativeAsync, native, type NativeRouterHandle } from './native';
-import { checkRouterWeights, resolveRouting, toNativeConfig, type ResolvedRouting, type RouterOptions } from './router-options';
+import {
+  checkRouterWeights,
+  resolveRouting,
+  toNativeConfig,
+  type ResolvedRouting,
+  type RouterOptions,
+} from './router-options';
 import type { RouteOptions, RoutingResult, Selection } from './types';
 import { requireFloat32 } from './validate';
 import type { TelemetryDelta } from './observability/telemetry-types';
@@ -45,7 +51,11 @@ export class Router {
     checkRouterWeights(opts, this.config);
     this.estimator = this.config.estimator;
     const cfg = toNativeConfig(this.config);
-    this.handle = callNative('Router', () => new addon.NativeRouter(cfg, opts.gateWeight, opts.bias ?? null, this.config.threads, opts.logitBias ?? null));
+    this.handle = callNative(
+      'Router',
+      () =>
+        new addon.NativeRouter(cfg, opts.gateWeight, opts.bias ?? null, this.config.threads, opts.logitBias ?? null),
+    );
   }
 
   /**
@@ -154,12 +164,18 @@ export class Router {
     return { tokens: T, complexity, logits, complexityNs: Number(process.hrtime.bigint() - start) };
   }
 
-  private complexityFor(x: Float32Array | null, T: number, logits: Float32Array | null, opts: RouteOptions): Float32Array | null {
+  private complexityFor(
+    x: Float32Array | null,
+    T: number,
+    logits: Float32Array | null,
+    opts: RouteOptions,
+  ): Float32Array | null {
     if (this.config.selection !== 'dynamic') return null;
     if (opts.complexity) {
       const c = requireFloat32('complexity', opts.complexity, { length: T });
       for (let i = 0; i < T; i++) {
-        if (!(c[i] >= 0 && c[i] <= 1)) throw new ValidationError(`complexity: element ${i} is ${c[i]}, expected a value in [0, 1]`);
+        if (!(c[i] >= 0 && c[i] <= 1))
+          throw new ValidationError(`complexity: element ${i} is ${c[i]}, expected a value in [0, 1]`);
       }
       return c;
     }
@@ -214,8 +230,6 @@ export class Router {
   }
 }
 
-
-
 /** @internal Copies the native stats vector into the result. */
 export function finish(b: RoutingBuffers): RoutingResult {
   const s = b.result.stats;
@@ -226,4 +240,3 @@ export function finish(b: RoutingBuffers): RoutingResult {
   s.assignments = b.stats[4];
   return b.result;
 }
-

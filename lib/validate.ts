@@ -29,7 +29,8 @@ export function requireNumber(
   exclusiveMin = false,
   ErrorType: ErrorClass = RouterConfigurationError,
 ): number {
-  const ok = typeof value === 'number' && Number.isFinite(value) && value <= max && (exclusiveMin ? value > min : value >= min);
+  const ok =
+    typeof value === 'number' && Number.isFinite(value) && value <= max && (exclusiveMin ? value > min : value >= min);
   if (!ok) {
     const lo = exclusiveMin ? `(${min}` : `[${min}`;
     throw new ErrorType(`${name}: expected a number in ${lo}, ${max}], got ${describe(value)}`);
@@ -82,7 +83,9 @@ export function requireFinite(name: string, arr: Float32Array, ErrorType: ErrorC
 /** One of the allowed strings. */
 export function requireOneOf<T extends string>(name: string, value: unknown, allowed: readonly T[]): T {
   if (typeof value !== 'string' || !(allowed as readonly string[]).includes(value)) {
-    throw new RouterConfigurationError(`${name}: expected one of ${allowed.map((a) => `'${a}'`).join(', ')}, got ${describe(value)}`);
+    throw new RouterConfigurationError(
+      `${name}: expected one of ${allowed.map((a) => `'${a}'`).join(', ')}, got ${describe(value)}`,
+    );
   }
   return value as T;
 }

@@ -23,13 +23,35 @@ function cli(...args: string[]) {
 }
 
 test('run writes y.npy and the routing, equal to the in-process layer', () => {
-  const ck = writeTinyCheckpoint(fs.mkdtempSync(path.join(root, 'ck-')), 'olmoe', { hiddenSize: 32, intermediateSize: 16, numExperts: 8, topK: 2, seed: 5 });
+  const ck = writeTinyCheckpoint(fs.mkdtempSync(path.join(root, 'ck-')), 'olmoe', {
+    hiddenSize: 32,
+    intermediateSize: 16,
+    numExperts: 8,
+    topK: 2,
+    seed: 5,
+  });
   const x = randn(11 * 32, SEED);
   const input = path.join(root, 'x.npy');
   writeNpy(input, x, [11, 32]);
   const output = path.join(root, 'y.npy');
   const prefix = path.join(root, 'r');
-  const r = cli('run', '--model', ck.dir, '--layer', '1', '--input', input, '--output', output, '--selection', 'topp:0.7', '--save-routing', prefix, '--threads', '2');
+  const r = cli(
+    'run',
+    '--model',
+    ck.dir,
+    '--layer',
+    '1',
+    '--input',
+    input,
+    '--output',
+    output,
+    '--selection',
+    'topp:0.7',
+    '--save-routing',
+    prefix,
+    '--threads',
+    '2',
+  );
   assert.is(r.status, 0, r.stderr);
   const expected = MoELayer.fromPretrained(ck.dir, { layer: 1, selection: { kind: 'topp', p: 0.7 } }).forward(x);
   const y = readNpy(output);
@@ -45,7 +67,10 @@ test('bad arguments print one clear line and exit non-zero', () => {
   for (const [args, pattern] of [
     [['run', '--layer', '0'], /--model is required/],
     [['run', '--model', root, '--layer', 'x', '--input', 'a', '--output', 'b'], /--layer/],
-    [['run', '--model', path.join(root, 'missing'), '--layer', '0', '--input', 'a.npy', '--output', 'b.npy'], /not found|ENOENT|a\.npy/],
+    [
+      ['run', '--model', path.join(root, 'missing'), '--layer', '0', '--input', 'a.npy', '--output', 'b.npy'],
+      /not found|ENOENT|a\.npy/,
+    ],
     [['frobnicate'], /unknown command/],
     [['run', '--bogus'], /bogus/],
   ] as const) {
@@ -60,9 +85,20 @@ test('--selection grammar', () => {
   assert.equal(parseSelection('topk:4'), { kind: 'topk', k: 4 });
   assert.equal(parseSelection('topp:0.5'), { kind: 'topp', p: 0.5 });
   assert.equal(parseSelection('threshold:0.1'), { kind: 'threshold', tau: 0.1 });
-  assert.equal(parseSelection('dynamic:1-4:gradient_norm'), { kind: 'dynamic', minK: 1, maxK: 4, estimator: 'gradient_norm' });
-  assert.throws(() => parseSelection('dynamic:4'), (e: Error) => e instanceof UsageError);
-  assert.throws(() => parseSelection('top:2'), (e: Error) => e instanceof UsageError);
+  assert.equal(parseSelection('dynamic:1-4:gradient_norm'), {
+    kind: 'dynamic',
+    minK: 1,
+    maxK: 4,
+    estimator: 'gradient_norm',
+  });
+  assert.throws(
+    () => parseSelection('dynamic:4'),
+    (e: Error) => e instanceof UsageError,
+  );
+  assert.throws(
+    () => parseSelection('top:2'),
+    (e: Error) => e instanceof UsageError,
+  );
 });
 
 test.run();

@@ -23,7 +23,8 @@ console.log(`estimators.test seed ${SEED}`);
 
 function close(a: ArrayLike<number>, b: ArrayLike<number>, tol: number, what: string) {
   assert.is(a.length, b.length);
-  for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i] - b[i]) <= tol * Math.max(1, Math.abs(b[i])), `${what}[${i}]: ${a[i]} vs ${b[i]}`);
+  for (let i = 0; i < a.length; i++)
+    assert.ok(Math.abs(a[i] - b[i]) <= tol * Math.max(1, Math.abs(b[i])), `${what}[${i}]: ${a[i]} vs ${b[i]}`);
 }
 
 test('raw signals match the reference: norms, router entropy, attention entropy, perplexity proxy', () => {
@@ -31,14 +32,29 @@ test('raw signals match the reference: norms, router entropy, attention entropy,
   const d = 96;
   const x = randn(T * d, SEED);
   for (const norm of ['l2', 'l1'] as const) {
-    close(new GradientNormEstimator(norm).raw({ x, tokens: T, hiddenSize: d }), referenceRowNorms(x, T, d, norm === 'l1' ? 1 : 2), 1e-5, norm);
+    close(
+      new GradientNormEstimator(norm).raw({ x, tokens: T, hiddenSize: d }),
+      referenceRowNorms(x, T, d, norm === 'l1' ? 1 : 2),
+      1e-5,
+      norm,
+    );
   }
   const E = 60;
   const logits = randn(T * E, SEED + 1, 2);
-  close(new RouterEntropyEstimator('none').raw({ x, tokens: T, hiddenSize: d, logits, numExperts: E }), referenceLogitEntropy(logits, T, E), 1e-5, 'router entropy');
+  close(
+    new RouterEntropyEstimator('none').raw({ x, tokens: T, hiddenSize: d, logits, numExperts: E }),
+    referenceLogitEntropy(logits, T, E),
+    1e-5,
+    'router entropy',
+  );
   const V = 1000;
   const lm = randn(T * V, SEED + 2, 3);
-  close(new PerplexityProxyEstimator(0.7).raw({ x, tokens: T, hiddenSize: d, lmLogits: lm }), referenceLogitEntropy(lm, T, V, 0.7), 1e-5, 'perplexity');
+  close(
+    new PerplexityProxyEstimator(0.7).raw({ x, tokens: T, hiddenSize: d, lmLogits: lm }),
+    referenceLogitEntropy(lm, T, V, 0.7),
+    1e-5,
+    'perplexity',
+  );
   const H = 4;
   const S = 50;
   const attention = randu(H * T * S, SEED + 3, 0.01, 1);
@@ -89,8 +105,19 @@ test('threshold schedule and custom scores', () => {
   assert.equal(Array.from(out), [0, 0, 0.5, 0.5, 1, 1]);
   const custom = createEstimator({ name: 'custom', fn: (ctx) => new Float32Array(ctx.tokens).fill(0.25) });
   assert.equal(Array.from(custom.estimate({ x: new Float32Array(3), tokens: 3, hiddenSize: 1 })), [0.25, 0.25, 0.25]);
-  assert.throws(() => createEstimator({ name: 'custom', scores: new Float32Array(2) }).estimate({ x: new Float32Array(3), tokens: 3, hiddenSize: 1 }), (e: Error) => e instanceof ValidationError);
-  assert.throws(() => new AttentionEntropyEstimator().raw({ x: new Float32Array(2), tokens: 2, hiddenSize: 1 }), /context\.attention/);
+  assert.throws(
+    () =>
+      createEstimator({ name: 'custom', scores: new Float32Array(2) }).estimate({
+        x: new Float32Array(3),
+        tokens: 3,
+        hiddenSize: 1,
+      }),
+    (e: Error) => e instanceof ValidationError,
+  );
+  assert.throws(
+    () => new AttentionEntropyEstimator().raw({ x: new Float32Array(2), tokens: 2, hiddenSize: 1 }),
+    /context\.attention/,
+  );
 });
 
 test('DynamicRouter routes between minExperts and maxExperts and reports usage', () => {
@@ -99,12 +126,22 @@ test('DynamicRouter routes between minExperts and maxExperts and reports usage',
   const r = router.route(x);
   assert.ok(r.numExpertsPerToken.every((k) => k >= 1 && k <= 4));
   assert.ok(new Set(r.numExpertsPerToken).size > 1, 'k varies with complexity');
-  assert.is(r.routingInfo.totalExpertCalls, r.numExpertsPerToken.reduce((a, b) => a + b, 0));
+  assert.is(
+    r.routingInfo.totalExpertCalls,
+    r.numExpertsPerToken.reduce((a, b) => a + b, 0),
+  );
   assert.ok(Math.abs(r.routingInfo.flopReduction - (1 - r.routingInfo.avgExpertsPerToken / 4)) < 1e-12);
   const stats = router.getExpertUsageStats();
   assert.is(stats.totalTokens, 200);
   assert.ok(stats.loadBalanceScore > 0 && stats.loadBalanceScore <= 1);
-  const noisy = new DynamicRouter({ inputDim: 32, numExperts: 8, maxExperts: 2, routingStrategy: 'threshold', noiseFactor: 0.5, seed: 7 });
+  const noisy = new DynamicRouter({
+    inputDim: 32,
+    numExperts: 8,
+    maxExperts: 2,
+    routingStrategy: 'threshold',
+    noiseFactor: 0.5,
+    seed: 7,
+  });
   const n = noisy.route(x);
   assert.ok(n.numExpertsPerToken.every((k) => k >= 1 && k <= 2));
 });

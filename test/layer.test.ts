@@ -39,7 +39,15 @@ function build(opts: {
     w3: randn(f * d, ++seed, 1 / Math.sqrt(d)),
     w2: randn(d * f, ++seed, 1 / Math.sqrt(f)),
   }));
-  const router = new Router({ numExperts: E, hiddenSize: d, gateWeight: randn(E * d, ++seed, 0.3), selection: opts.selection, normalize: true, bias: opts.bias, threads: opts.threads });
+  const router = new Router({
+    numExperts: E,
+    hiddenSize: d,
+    gateWeight: randn(E * d, ++seed, 0.3),
+    selection: opts.selection,
+    normalize: true,
+    bias: opts.bias,
+    threads: opts.threads,
+  });
   let shared: Built['shared'];
   if (opts.shared) {
     const sf = opts.shared.f;
@@ -51,11 +59,21 @@ function build(opts: {
       f: sf,
     };
   }
-  const layer = new MoELayer({ router, experts, dtype: opts.dtype, sharedExperts: shared && { ...shared, intermediateSize: shared.f }, threads: opts.threads });
+  const layer = new MoELayer({
+    router,
+    experts,
+    dtype: opts.dtype,
+    sharedExperts: shared && { ...shared, intermediateSize: shared.f },
+    threads: opts.threads,
+  });
   return { layer, experts, shared, d, f };
 }
 
-function reference(b: Built, x: Float32Array, routing: { indices: Int32Array; weights: Float32Array; k: Int32Array; maxK: number }) {
+function reference(
+  b: Built,
+  x: Float32Array,
+  routing: { indices: Int32Array; weights: Float32Array; k: Int32Array; maxK: number },
+) {
   const T = x.length / b.d;
   return referenceLayer(x, T, b.d, (e) => ({ ...b.experts[e], f: b.f }), routing, b.shared);
 }
@@ -79,7 +97,15 @@ for (const dtype of ['fp32', 'bf16'] as const) {
       [true, 48, 24],
       [false, 33, 17],
     ] as const) {
-      const b = build({ E: 6, d, f, selection: { kind: 'topp', p: 0.6, maxK: 3 }, dtype, shared: { f: 2 * f, gated }, seed: SEED + 50 });
+      const b = build({
+        E: 6,
+        d,
+        f,
+        selection: { kind: 'topp', p: 0.6, maxK: 3 },
+        dtype,
+        shared: { f: 2 * f, gated },
+        seed: SEED + 50,
+      });
       const x = randn(19 * d, SEED + 51);
       const { output, routing } = b.layer.forward(x);
       const err = relativeError(output, reference(b, x, routing));
@@ -114,7 +140,13 @@ test('forward and forwardAsync in parallel give identical results, for any threa
 });
 
 test('dynamic routing reports the FLOPs it saved against the static top-k', () => {
-  const b = build({ E: 8, d: 32, f: 16, selection: { kind: 'dynamic', minK: 1, maxK: 4, estimator: 'gradient_norm' }, seed: SEED + 300 });
+  const b = build({
+    E: 8,
+    d: 32,
+    f: 16,
+    selection: { kind: 'dynamic', minK: 1, maxK: 4, estimator: 'gradient_norm' },
+    seed: SEED + 300,
+  });
   const T = 40;
   const x = randn(T * 32, SEED + 301);
   const { output, routing, stats } = b.layer.forward(x);
@@ -129,7 +161,8 @@ test('dynamic routing reports the FLOPs it saved against the static top-k', () =
 test('withRouter shares the packed weights: same output, and it outlives the original', () => {
   const a = build({ E: 8, d: 32, f: 16, selection: { kind: 'topk', k: 2 }, seed: SEED + 350 });
   const gate = randn(8 * 32, SEED + 351);
-  const router = () => new Router({ numExperts: 8, hiddenSize: 32, gateWeight: gate, selection: { kind: 'topk', k: 2 }, normalize: true });
+  const router = () =>
+    new Router({ numExperts: 8, hiddenSize: 32, gateWeight: gate, selection: { kind: 'topk', k: 2 }, normalize: true });
   const first = a.layer.withRouter(router());
   const second = a.layer.withRouter(router());
   const x = randn(12 * 32, SEED + 352);
@@ -137,21 +170,40 @@ test('withRouter shares the packed weights: same output, and it outlives the ori
   a.layer.dispose();
   assert.equal(Array.from(second.forward(x).output), Array.from(y.output));
   assert.ok(relativeError(y.output, reference(a, x, y.routing)) < 1e-5);
-  assert.throws(() => a.layer.withRouter(new Router({ numExperts: 4, hiddenSize: 32, gateWeight: randn(128, 1) })), /disposed|numExperts/);
+  assert.throws(
+    () => a.layer.withRouter(new Router({ numExperts: 4, hiddenSize: 32, gateWeight: randn(128, 1) })),
+    /disposed|numExperts/,
+  );
 });
 
 test('bad input gets a clear error', () => {
   const b = build({ E: 4, d: 8, f: 8, selection: { kind: 'topk', k: 1 }, seed: SEED + 400 });
-  assert.throws(() => b.layer.forward(new Float32Array(7)), (e: Error) => e instanceof ValidationError && /multiple of 8/.test(e.message));
-  assert.throws(() => b.layer.forward([1, 2] as unknown as Float32Array), (e: Error) => e instanceof ValidationError && /Float32Array/.test(e.message));
+  assert.throws(
+    () => b.layer.forward(new Float32Array(7)),
+    (e: Error) => e instanceof ValidationError && /multiple of 8/.test(e.message),
+  );
+  assert.throws(
+    () => b.layer.forward([1, 2] as unknown as Float32Array),
+    (e: Error) => e instanceof ValidationError && /Float32Array/.test(e.message),
+  );
   const x = randn(16, 1);
   x[5] = NaN;
-  assert.throws(() => b.layer.forward(x), (e: Error) => e instanceof ValidationError && /not finite/.test(e.message));
+  assert.throws(
+    () => b.layer.forward(x),
+    (e: Error) => e instanceof ValidationError && /not finite/.test(e.message),
+  );
   const detached = randn(16, 2);
   structuredClone(detached.buffer, { transfer: [detached.buffer] });
-  assert.throws(() => b.layer.forward(detached), (e: Error) => e instanceof ValidationError && /detached/.test(e.message));
   assert.throws(
-    () => new MoELayer({ router: b.layer.router, experts: [{ w1: new Float32Array(3), w3: new Float32Array(64), w2: new Float32Array(64) }] }),
+    () => b.layer.forward(detached),
+    (e: Error) => e instanceof ValidationError && /detached/.test(e.message),
+  );
+  assert.throws(
+    () =>
+      new MoELayer({
+        router: b.layer.router,
+        experts: [{ w1: new Float32Array(3), w3: new Float32Array(64), w2: new Float32Array(64) }],
+      }),
     (e: Error) => e instanceof ValidationError,
   );
   b.layer.dispose();

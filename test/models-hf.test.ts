@@ -93,9 +93,19 @@ test('checkpoint: index shard names cannot leave the folder', () => {
   const dir = path.join(parent, 'ckpt');
   fs.mkdirSync(dir);
   fs.writeFileSync(path.join(dir, 'config.json'), '{}');
-  writeSafetensors(path.join(parent, 'outside.safetensors'), { w: { dtype: 'F32', shape: [1], data: new Float32Array(1) } });
+  writeSafetensors(path.join(parent, 'outside.safetensors'), {
+    w: { dtype: 'F32', shape: [1], data: new Float32Array(1) },
+  });
   const index = path.join(dir, 'model.safetensors.index.json');
-  const bad = ['../outside.safetensors', path.join(parent, 'outside.safetensors'), 'sub/x.safetensors', 'a\\b', '..', '', 7];
+  const bad = [
+    '../outside.safetensors',
+    path.join(parent, 'outside.safetensors'),
+    'sub/x.safetensors',
+    'a\\b',
+    '..',
+    '',
+    7,
+  ];
   for (const shard of bad) {
     fs.writeFileSync(index, JSON.stringify({ weight_map: { w: shard } }));
     throwsWith(() => openCheckpoint(dir), ModelLoadError, /names shard .* expected a plain file name/, ['"w"']);
@@ -103,48 +113,60 @@ test('checkpoint: index shard names cannot leave the folder', () => {
   fs.writeFileSync(index, JSON.stringify({ metadata: {} }));
   throwsWith(() => openCheckpoint(dir), ModelLoadError, /"weight_map" is undefined, expected an object/);
   writeSafetensors(path.join(dir, 'a.safetensors'), { w: { dtype: 'F32', shape: [1], data: new Float32Array(1) } });
-  fs.writeFileSync(index, JSON.stringify({ weight_map: { w: 'a.safetensors', v: 'a.safetensors', u: 'b.safetensors' } }));
+  fs.writeFileSync(
+    index,
+    JSON.stringify({ weight_map: { w: 'a.safetensors', v: 'a.safetensors', u: 'b.safetensors' } }),
+  );
   const ckpt = openCheckpoint(dir);
   assert.is(ckpt.readFloat32('w').length, 1);
-  throwsWith(() => ckpt.readFloat32('v'), ModelLoadError, /places tensor "v" in a\.safetensors, but that shard does not/);
+  throwsWith(
+    () => ckpt.readFloat32('v'),
+    ModelLoadError,
+    /places tensor "v" in a\.safetensors, but that shard does not/,
+  );
   throwsWith(() => ckpt.readFloat32('u'), ModelLoadError, /cannot open safetensors file/, ['b.safetensors']);
   ckpt.close();
 });
 
 // ------------------------------------------------------------------------------------------------ architectures
 
-const EXPECTED: Record<TinyArch, { architecture: string; gate: string; w1: string; shared?: string; bias?: boolean }> = {
-  mixtral: {
-    architecture: 'MixtralForCausalLM',
-    gate: 'model.layers.1.block_sparse_moe.gate.weight',
-    w1: 'model.layers.1.block_sparse_moe.experts.3.w1.weight',
-  },
-  olmoe: { architecture: 'OlmoeForCausalLM', gate: 'model.layers.1.mlp.gate.weight', w1: 'model.layers.1.mlp.experts.3.gate_proj.weight' },
-  qwen2_moe: {
-    architecture: 'Qwen2MoeForCausalLM',
-    gate: 'model.layers.1.mlp.gate.weight',
-    w1: 'model.layers.1.mlp.experts.3.gate_proj.weight',
-    shared: 'model.layers.1.mlp.shared_expert.gate_proj.weight',
-  },
-  qwen3_moe: {
-    architecture: 'Qwen3MoeForCausalLM',
-    gate: 'model.layers.1.mlp.gate.weight',
-    w1: 'model.layers.1.mlp.experts.3.gate_proj.weight',
-  },
-  deepseek_v2: {
-    architecture: 'DeepseekV2ForCausalLM',
-    gate: 'model.layers.1.mlp.gate.weight',
-    w1: 'model.layers.1.mlp.experts.3.gate_proj.weight',
-    shared: 'model.layers.1.mlp.shared_experts.gate_proj.weight',
-  },
-  deepseek_v3: {
-    architecture: 'DeepseekV3ForCausalLM',
-    gate: 'model.layers.1.mlp.gate.weight',
-    w1: 'model.layers.1.mlp.experts.3.gate_proj.weight',
-    shared: 'model.layers.1.mlp.shared_experts.gate_proj.weight',
-    bias: true,
-  },
-};
+const EXPECTED: Record<TinyArch, { architecture: string; gate: string; w1: string; shared?: string; bias?: boolean }> =
+  {
+    mixtral: {
+      architecture: 'MixtralForCausalLM',
+      gate: 'model.layers.1.block_sparse_moe.gate.weight',
+      w1: 'model.layers.1.block_sparse_moe.experts.3.w1.weight',
+    },
+    olmoe: {
+      architecture: 'OlmoeForCausalLM',
+      gate: 'model.layers.1.mlp.gate.weight',
+      w1: 'model.layers.1.mlp.experts.3.gate_proj.weight',
+    },
+    qwen2_moe: {
+      architecture: 'Qwen2MoeForCausalLM',
+      gate: 'model.layers.1.mlp.gate.weight',
+      w1: 'model.layers.1.mlp.experts.3.gate_proj.weight',
+      shared: 'model.layers.1.mlp.shared_expert.gate_proj.weight',
+    },
+    qwen3_moe: {
+      architecture: 'Qwen3MoeForCausalLM',
+      gate: 'model.layers.1.mlp.gate.weight',
+      w1: 'model.layers.1.mlp.experts.3.gate_proj.weight',
+    },
+    deepseek_v2: {
+      architecture: 'DeepseekV2ForCausalLM',
+      gate: 'model.layers.1.mlp.gate.weight',
+      w1: 'model.layers.1.mlp.experts.3.gate_proj.weight',
+      shared: 'model.layers.1.mlp.shared_experts.gate_proj.weight',
+    },
+    deepseek_v3: {
+      architecture: 'DeepseekV3ForCausalLM',
+      gate: 'model.layers.1.mlp.gate.weight',
+      w1: 'model.layers.1.mlp.experts.3.gate_proj.weight',
+      shared: 'model.layers.1.mlp.shared_experts.gate_proj.weight',
+      bias: true,
+    },
+  };
 
 const DTYPES = ['F32', 'BF16', 'F16'] as const;
 
@@ -194,7 +216,14 @@ const DTYPES = ['F32', 'BF16', 'F16'] as const;
 
 test('model_type alone identifies the model; DeepSeek bias requirement follows topk_method', () => {
   const mixtral = resolveMoELayer(
-    { model_type: 'mixtral', num_hidden_layers: 1, hidden_size: 4, intermediate_size: 2, num_local_experts: 2, num_experts_per_tok: 1 },
+    {
+      model_type: 'mixtral',
+      num_hidden_layers: 1,
+      hidden_size: 4,
+      intermediate_size: 2,
+      num_local_experts: 2,
+      num_experts_per_tok: 1,
+    },
     0,
   );
   assert.is(mixtral.architecture, 'MixtralForCausalLM');
@@ -205,19 +234,40 @@ test('model_type alone identifies the model; DeepSeek bias requirement follows t
   assert.is(resolveMoELayer({ ...v3, topk_method: 'greedy' }, 0).requiresBias, false);
   const v2 = writeTinyCheckpoint(tmpDir(), 'deepseek_v2', SMALL).config;
   assert.is(resolveMoELayer(v2, 0).requiresBias, false);
-  throwsWith(() => resolveMoELayer({ ...v2, topk_method: 'random' }, 0), ModelLoadError, /"topk_method" is "random", expected greedy \| group_limited_greedy \| noaux_tc/);
+  throwsWith(
+    () => resolveMoELayer({ ...v2, topk_method: 'random' }, 0),
+    ModelLoadError,
+    /"topk_method" is "random", expected greedy \| group_limited_greedy \| noaux_tc/,
+  );
 });
 
 test('dense layers are rejected with the layer and the reason', () => {
-  const deepseek = writeTinyCheckpoint(tmpDir(), 'deepseek_v3', { ...SMALL, numLayers: 4, firstKDense: 1, extraConfig: { moe_layer_freq: 2 } });
+  const deepseek = writeTinyCheckpoint(tmpDir(), 'deepseek_v3', {
+    ...SMALL,
+    numLayers: 4,
+    firstKDense: 1,
+    extraConfig: { moe_layer_freq: 2 },
+  });
   assert.equal(deepseek.moeLayers, [2]);
-  throwsWith(() => resolveMoELayer(deepseek.config, 0), ModelLoadError, /layer 0 is a dense MLP layer.*first_k_dense_replace \(1\)/);
+  throwsWith(
+    () => resolveMoELayer(deepseek.config, 0),
+    ModelLoadError,
+    /layer 0 is a dense MLP layer.*first_k_dense_replace \(1\)/,
+  );
   throwsWith(() => resolveMoELayer(deepseek.config, 3), ModelLoadError, /layer 3 is a dense.*moe_layer_freq \(2\)/);
   assert.is(resolveMoELayer(deepseek.config, 2).layer, 2);
-  const qwen2 = writeTinyCheckpoint(tmpDir(), 'qwen2_moe', { ...SMALL, numLayers: 3, extraConfig: { mlp_only_layers: [1] } });
+  const qwen2 = writeTinyCheckpoint(tmpDir(), 'qwen2_moe', {
+    ...SMALL,
+    numLayers: 3,
+    extraConfig: { mlp_only_layers: [1] },
+  });
   assert.equal(qwen2.moeLayers, [0, 2]);
   throwsWith(() => resolveMoELayer(qwen2.config, 1), ModelLoadError, /Qwen2MoeForCausalLM layer 1 .*mlp_only_layers/);
-  const qwen3 = writeTinyCheckpoint(tmpDir(), 'qwen3_moe', { ...SMALL, numLayers: 4, extraConfig: { decoder_sparse_step: 2 } });
+  const qwen3 = writeTinyCheckpoint(tmpDir(), 'qwen3_moe', {
+    ...SMALL,
+    numLayers: 4,
+    extraConfig: { decoder_sparse_step: 2 },
+  });
   assert.equal(qwen3.moeLayers, [1, 3]);
   throwsWith(() => resolveMoELayer(qwen3.config, 2), ModelLoadError, /layer 2 .*decoder_sparse_step \(2\)/);
   const ckpt = openCheckpoint(qwen3.dir);
@@ -228,21 +278,42 @@ test('dense layers are rejected with the layer and the reason', () => {
 test('layer index, unknown architectures and bad config fields', () => {
   const { config } = writeTinyCheckpoint(tmpDir(), 'mixtral', SMALL);
   for (const layer of [-1, 2, 1.5, NaN]) {
-    throwsWith(() => resolveMoELayer(config, layer), ValidationError, /expected an integer in \[0, 1\] \(num_hidden_layers 2\)/);
+    throwsWith(
+      () => resolveMoELayer(config, layer),
+      ValidationError,
+      /expected an integer in \[0, 1\] \(num_hidden_layers 2\)/,
+    );
   }
-  throwsWith(() => resolveMoELayer({ ...config, architectures: ['LlamaForCausalLM'], model_type: 'llama' }, 0), ModelLoadError, /unsupported model.*"LlamaForCausalLM"/, [
-    'MixtralForCausalLM',
-    'OlmoeForCausalLM',
-    'Qwen2MoeForCausalLM',
-    'Qwen3MoeForCausalLM',
-    'DeepseekV2ForCausalLM',
-    'DeepseekV3ForCausalLM',
-  ]);
+  throwsWith(
+    () => resolveMoELayer({ ...config, architectures: ['LlamaForCausalLM'], model_type: 'llama' }, 0),
+    ModelLoadError,
+    /unsupported model.*"LlamaForCausalLM"/,
+    [
+      'MixtralForCausalLM',
+      'OlmoeForCausalLM',
+      'Qwen2MoeForCausalLM',
+      'Qwen3MoeForCausalLM',
+      'DeepseekV2ForCausalLM',
+      'DeepseekV3ForCausalLM',
+    ],
+  );
   throwsWith(() => resolveMoELayer({ model_type: 'constructor' }, 0), ModelLoadError, /unsupported model/);
-  throwsWith(() => resolveMoELayer({ ...config, model_type: 'olmoe' }, 0), ModelLoadError, /architectures\[0\] is "MixtralForCausalLM" but model_type is "olmoe"/);
-  throwsWith(() => resolveMoELayer({ ...config, num_local_experts: undefined }, 0), ModelLoadError, /"num_local_experts" is undefined, expected an integer >= 1/);
+  throwsWith(
+    () => resolveMoELayer({ ...config, model_type: 'olmoe' }, 0),
+    ModelLoadError,
+    /architectures\[0\] is "MixtralForCausalLM" but model_type is "olmoe"/,
+  );
+  throwsWith(
+    () => resolveMoELayer({ ...config, num_local_experts: undefined }, 0),
+    ModelLoadError,
+    /"num_local_experts" is undefined, expected an integer >= 1/,
+  );
   throwsWith(() => resolveMoELayer({ ...config, hidden_size: '8' }, 0), ModelLoadError, /"hidden_size" is "8"/);
-  throwsWith(() => resolveMoELayer({ ...config, num_experts_per_tok: 5 }, 0), ModelLoadError, /"num_experts_per_tok" is 5, expected at most the number of experts \(4\)/);
+  throwsWith(
+    () => resolveMoELayer({ ...config, num_experts_per_tok: 5 }, 0),
+    ModelLoadError,
+    /"num_experts_per_tok" is 5, expected at most the number of experts \(4\)/,
+  );
   throwsWith(() => resolveMoELayer({ ...config, num_hidden_layers: 0 }, 0), ModelLoadError, /"num_hidden_layers" is 0/);
 });
 
@@ -250,9 +321,18 @@ test('tensor shapes are checked against the config before reading', () => {
   const tiny = writeTinyCheckpoint(tmpDir(), 'qwen2_moe', SMALL);
   const ckpt = openCheckpoint(tiny.dir);
   const wrongWidth = resolveMoELayer({ ...tiny.config, moe_intermediate_size: 7 }, 0);
-  throwsWith(() => loadMoELayerWeights(ckpt, wrongWidth), ModelLoadError, /tensor "model\.layers\.0\.mlp\.experts\.0\.gate_proj\.weight" has shape \[6, 8\], expected \[7, 8\] from config/, [tiny.dir, 'layer 0']);
+  throwsWith(
+    () => loadMoELayerWeights(ckpt, wrongWidth),
+    ModelLoadError,
+    /tensor "model\.layers\.0\.mlp\.experts\.0\.gate_proj\.weight" has shape \[6, 8\], expected \[7, 8\] from config/,
+    [tiny.dir, 'layer 0'],
+  );
   const wrongShared = resolveMoELayer({ ...tiny.config, shared_expert_intermediate_size: 5 }, 0);
-  throwsWith(() => loadMoELayerWeights(ckpt, wrongShared), ModelLoadError, /shared_expert\.gate_proj\.weight" has shape \[12, 8\], expected \[5, 8\]/);
+  throwsWith(
+    () => loadMoELayerWeights(ckpt, wrongShared),
+    ModelLoadError,
+    /shared_expert\.gate_proj\.weight" has shape \[12, 8\], expected \[5, 8\]/,
+  );
   const moreExperts = resolveMoELayer({ ...tiny.config, num_experts: 5 }, 0);
   throwsWith(() => loadMoELayerWeights(ckpt, moreExperts), ModelLoadError, /has shape \[4, 8\], expected \[5, 8\]/);
   ckpt.close();
@@ -269,14 +349,20 @@ test('DeepSeek-V3 requires the score-correction bias; unsupported dtypes are rep
   );
   writeSafetensors(path.join(dir, 'model.safetensors'), withoutBias);
   let ckpt = openCheckpoint(dir);
-  throwsWith(() => loadMoELayerWeights(ckpt, resolveMoELayer(tiny.config, 0)), ModelLoadError, /e_score_correction_bias" is missing/);
+  throwsWith(
+    () => loadMoELayerWeights(ckpt, resolveMoELayer(tiny.config, 0)),
+    ModelLoadError,
+    /e_score_correction_bias" is missing/,
+  );
   ckpt.close();
   // The same layer under greedy routing does not need the bias.
   ckpt = openCheckpoint(dir);
   assert.is(loadMoELayerWeights(ckpt, resolveMoELayer({ ...tiny.config, topk_method: 'greedy' }, 0)).bias, undefined);
   ckpt.close();
   const gate = 'model.layers.0.mlp.gate.weight';
-  const headerText = Buffer.from(JSON.stringify({ [gate]: { dtype: 'F8_E4M3', shape: [4, 8], data_offsets: [0, 32] } }));
+  const headerText = Buffer.from(
+    JSON.stringify({ [gate]: { dtype: 'F8_E4M3', shape: [4, 8], data_offsets: [0, 32] } }),
+  );
   const prefix = Buffer.alloc(8);
   prefix.writeBigUInt64LE(BigInt(headerText.length));
   const quantised = tmpDir();
@@ -284,7 +370,11 @@ test('DeepSeek-V3 requires the score-correction bias; unsupported dtypes are rep
   fs.writeFileSync(path.join(quantised, 'model.safetensors'), Buffer.concat([prefix, headerText, Buffer.alloc(32)]));
   ckpt = openCheckpoint(quantised);
   assert.is(ckpt.info(gate).dtype, 'F8_E4M3');
-  throwsWith(() => loadMoELayerWeights(ckpt, resolveMoELayer(tiny.config, 0)), ModelLoadError, /gate\.weight" has dtype F8_E4M3, expected F32, BF16 or F16/);
+  throwsWith(
+    () => loadMoELayerWeights(ckpt, resolveMoELayer(tiny.config, 0)),
+    ModelLoadError,
+    /gate\.weight" has dtype F8_E4M3, expected F32, BF16 or F16/,
+  );
   ckpt.close();
 });
 

@@ -41,7 +41,8 @@ function throwsWith(fn: () => unknown, ErrorType: Function, pattern: RegExp, mus
     assert.instance(err, ErrorType, `expected ${ErrorType.name}, got ${String(err)}`);
     const message = (err as Error).message;
     assert.match(message, pattern);
-    if (mustMention !== undefined) assert.ok(message.includes(mustMention), `message should name ${mustMention}: ${message}`);
+    if (mustMention !== undefined)
+      assert.ok(message.includes(mustMention), `message should name ${mustMention}: ${message}`);
     return;
   }
   assert.unreachable(`expected ${ErrorType.name} matching ${pattern}`);
@@ -228,18 +229,38 @@ test('safetensors: malformed files give ModelLoadError naming the file and the p
     ['metadata not strings', () => rawSafetensors({ __metadata__: { a: 1 } }), /"__metadata__" value for "a".*got 1/],
     ['metadata not object', () => rawSafetensors({ __metadata__: 'x' }), /"__metadata__" is not an object/],
     ['entry not object', () => rawSafetensors({ w: 5 }), /tensor "w" entry is not an object/],
-    ['unknown dtype', () => rawSafetensors({ w: { dtype: 'Q4', shape: [1], data_offsets: [0, 1] } }, 1), /unknown "dtype": got "Q4"/],
-    ['prototype key as dtype', () => rawSafetensors({ w: { dtype: 'constructor', shape: [1], data_offsets: [0, 1] } }, 1), /unknown "dtype": got "constructor"/],
+    [
+      'unknown dtype',
+      () => rawSafetensors({ w: { dtype: 'Q4', shape: [1], data_offsets: [0, 1] } }, 1),
+      /unknown "dtype": got "Q4"/,
+    ],
+    [
+      'prototype key as dtype',
+      () => rawSafetensors({ w: { dtype: 'constructor', shape: [1], data_offsets: [0, 1] } }, 1),
+      /unknown "dtype": got "constructor"/,
+    ],
     ['negative dim', () => rawSafetensors({ w: f32([-1], [0, 0]) }), /invalid dimension.*got \[-1\]/],
     ['fractional dim', () => rawSafetensors({ w: f32([1.5], [0, 0]) }), /invalid dimension/],
     ['rank 9', () => rawSafetensors({ w: f32([1, 1, 1, 1, 1, 1, 1, 1, 1], [0, 4]) }, 4), /invalid "shape"/],
     ['too many elements', () => rawSafetensors({ w: f32([2 ** 21, 2 ** 21], [0, 4]) }, 4), /too large.*at most 2\^40/],
-    ['offsets outside the file', () => rawSafetensors({ w: f32([4], [0, 16]) }, 8), /invalid "data_offsets": got \[0,16\], expected .* <= 8/],
+    [
+      'offsets outside the file',
+      () => rawSafetensors({ w: f32([4], [0, 16]) }, 8),
+      /invalid "data_offsets": got \[0,16\], expected .* <= 8/,
+    ],
     ['begin after end', () => rawSafetensors({ w: f32([0], [8, 4]) }, 8), /invalid "data_offsets": got \[8,4\]/],
     ['negative begin', () => rawSafetensors({ w: f32([1], [-4, 0]) }, 8), /invalid "data_offsets"/],
     ['offsets not numbers', () => rawSafetensors({ w: f32([1], ['0', '4']) }, 8), /invalid "data_offsets"/],
-    ['size/shape mismatch', () => rawSafetensors({ w: f32([2, 2], [0, 12]) }, 16), /wrong size: got 12, expected 16 bytes/],
-    ['overlapping tensors', () => rawSafetensors({ a: f32([4], [0, 16]), b: f32([4], [8, 24]) }, 24), /tensors "a" and "b" overlap/],
+    [
+      'size/shape mismatch',
+      () => rawSafetensors({ w: f32([2, 2], [0, 12]) }, 16),
+      /wrong size: got 12, expected 16 bytes/,
+    ],
+    [
+      'overlapping tensors',
+      () => rawSafetensors({ a: f32([4], [0, 16]), b: f32([4], [8, 24]) }, 24),
+      /tensors "a" and "b" overlap/,
+    ],
     ['name too long', () => rawSafetensors({ ['n'.repeat(1025)]: f32([0], [0, 0]) }), /invalid tensor name/],
   ];
   for (const [label, make, pattern] of cases) {

@@ -22,14 +22,39 @@ test.after(() => fs.rmSync(root, { recursive: true, force: true }));
 const dirFor = (name: string) => fs.mkdtempSync(path.join(root, `${name}-`));
 
 /** Each family's HF routing, from its config fields. */
-function expectedRule(arch: TinyArch, cfg: Record<string, unknown>, E: number, k: number, d: number): ReferenceRouterConfig {
+function expectedRule(
+  arch: TinyArch,
+  cfg: Record<string, unknown>,
+  E: number,
+  k: number,
+  d: number,
+): ReferenceRouterConfig {
   const base: ReferenceRouterConfig = {
-    numExperts: E, hiddenSize: d, scoring: 'softmax', selection: 'topk', k, p: 1, tau: 0, minK: k, maxK: k,
-    nGroup: 0, topkGroup: 0, groupScore: 'top2sum', normalize: false, scale: 1,
+    numExperts: E,
+    hiddenSize: d,
+    scoring: 'softmax',
+    selection: 'topk',
+    k,
+    p: 1,
+    tau: 0,
+    minK: k,
+    maxK: k,
+    nGroup: 0,
+    topkGroup: 0,
+    groupScore: 'top2sum',
+    normalize: false,
+    scale: 1,
   };
   if (arch === 'mixtral') return { ...base, normalize: true };
   if (arch === 'deepseek_v3') {
-    return { ...base, scoring: 'sigmoid', nGroup: cfg.n_group as number, topkGroup: cfg.topk_group as number, normalize: true, scale: cfg.routed_scaling_factor as number };
+    return {
+      ...base,
+      scoring: 'sigmoid',
+      nGroup: cfg.n_group as number,
+      topkGroup: cfg.topk_group as number,
+      normalize: true,
+      scale: cfg.routed_scaling_factor as number,
+    };
   }
   if (arch === 'deepseek_v2') {
     const normalize = cfg.norm_topk_prob === true && k > 1;
@@ -60,7 +85,13 @@ for (const c of CASES) {
     const E = 8;
     const k = 2;
     const ck = writeTinyCheckpoint(dirFor(`${c.arch}-${c.dtype}`), c.arch, {
-      hiddenSize: d, intermediateSize: f, numExperts: E, topK: k, dtype: c.dtype, sharded: c.sharded, seed: SEED % 100000,
+      hiddenSize: d,
+      intermediateSize: f,
+      numExperts: E,
+      topK: k,
+      dtype: c.dtype,
+      sharded: c.sharded,
+      seed: SEED % 100000,
     });
     const layerIndex = ck.moeLayers[ck.moeLayers.length - 1];
     const layer = MoELayer.fromPretrained(ck.dir, { layer: layerIndex, dtype: c.layerDtype, threads: 2 });
@@ -82,11 +113,19 @@ for (const c of CASES) {
       f,
     });
     let shared: Parameters<typeof referenceLayer>[5];
-    const sharedPrefix = c.arch === 'qwen2_moe' ? `${prefix}.shared_expert` : c.arch.startsWith('deepseek') ? `${prefix}.shared_experts` : '';
+    const sharedPrefix =
+      c.arch === 'qwen2_moe'
+        ? `${prefix}.shared_expert`
+        : c.arch.startsWith('deepseek')
+          ? `${prefix}.shared_experts`
+          : '';
     if (sharedPrefix) {
       const w1 = stored(ck, `${sharedPrefix}.gate_proj.weight`);
       shared = {
-        w1, w3: stored(ck, `${sharedPrefix}.up_proj.weight`), w2: stored(ck, `${sharedPrefix}.down_proj.weight`), f: w1.length / d,
+        w1,
+        w3: stored(ck, `${sharedPrefix}.up_proj.weight`),
+        w2: stored(ck, `${sharedPrefix}.down_proj.weight`),
+        f: w1.length / d,
         gate: c.arch === 'qwen2_moe' ? stored(ck, `${prefix}.shared_expert_gate.weight`) : undefined,
       };
     }
@@ -98,7 +137,13 @@ for (const c of CASES) {
 }
 
 test('selection overrides the model rule (top-p on a top-2 model)', () => {
-  const ck = writeTinyCheckpoint(dirFor('override'), 'mixtral', { hiddenSize: 16, intermediateSize: 8, numExperts: 8, topK: 2, seed: 3 });
+  const ck = writeTinyCheckpoint(dirFor('override'), 'mixtral', {
+    hiddenSize: 16,
+    intermediateSize: 8,
+    numExperts: 8,
+    topK: 2,
+    seed: 3,
+  });
   const layer = MoELayer.fromPretrained(ck.dir, { layer: 0, selection: { kind: 'topp', p: 0.9, maxK: 8 } });
   const { routing, stats } = layer.forward(randn(40 * 16, SEED + 2));
   assert.is(layer.router.selection, 'topp');
@@ -107,10 +152,27 @@ test('selection overrides the model rule (top-p on a top-2 model)', () => {
 });
 
 test('dense layers, bad indices and missing files get clear errors', () => {
-  const ck = writeTinyCheckpoint(dirFor('dense'), 'deepseek_v3', { hiddenSize: 16, intermediateSize: 8, numExperts: 8, topK: 2, numLayers: 3, firstKDense: 1, seed: 4 });
-  assert.throws(() => MoELayer.fromPretrained(ck.dir, { layer: 0 }), (e: Error) => e instanceof ModelLoadError && /dense|first_k_dense_replace/.test(e.message));
-  assert.throws(() => MoELayer.fromPretrained(ck.dir, { layer: 7 }), (e: Error) => e instanceof ValidationError || e instanceof ModelLoadError);
-  assert.throws(() => MoELayer.fromPretrained(path.join(root, 'nowhere'), { layer: 0 }), (e: Error) => e instanceof ModelLoadError && /not found/.test(e.message));
+  const ck = writeTinyCheckpoint(dirFor('dense'), 'deepseek_v3', {
+    hiddenSize: 16,
+    intermediateSize: 8,
+    numExperts: 8,
+    topK: 2,
+    numLayers: 3,
+    firstKDense: 1,
+    seed: 4,
+  });
+  assert.throws(
+    () => MoELayer.fromPretrained(ck.dir, { layer: 0 }),
+    (e: Error) => e instanceof ModelLoadError && /dense|first_k_dense_replace/.test(e.message),
+  );
+  assert.throws(
+    () => MoELayer.fromPretrained(ck.dir, { layer: 7 }),
+    (e: Error) => e instanceof ValidationError || e instanceof ModelLoadError,
+  );
+  assert.throws(
+    () => MoELayer.fromPretrained(path.join(root, 'nowhere'), { layer: 0 }),
+    (e: Error) => e instanceof ModelLoadError && /not found/.test(e.message),
+  );
 });
 
 test.run();

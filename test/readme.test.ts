@@ -27,10 +27,18 @@ test('the README has runnable examples', () => {
 });
 
 blocks.forEach((code, i) => {
-  test(`README example ${i + 1} runs: ${code.split('\n').find((l) => l.trim() && !l.startsWith('const {'))?.slice(0, 60)}`, () => {
+  test(`README example ${i + 1} runs: ${code
+    .split('\n')
+    .find((l) => l.trim() && !l.startsWith('const {'))
+    ?.slice(0, 60)}`, () => {
     const file = path.join(scratch, `example-${i + 1}.js`);
     fs.writeFileSync(file, code);
-    const r = spawnSync(process.execPath, [file], { cwd: repo, encoding: 'utf8', timeout: 60_000, env: { ...process.env, MODEL_DIR: modelDir } });
+    const r = spawnSync(process.execPath, [file], {
+      cwd: repo,
+      encoding: 'utf8',
+      timeout: 60_000,
+      env: { ...process.env, MODEL_DIR: modelDir },
+    });
     assert.is(r.status, 0, `example ${i + 1} failed:\n${code}\n--- stderr ---\n${r.stderr}`);
     assert.ok(r.stdout.length > 0, 'prints something');
   });

@@ -22,25 +22,77 @@ function throwsWith(fn: () => unknown, cls: new (...a: never[]) => Error, patter
 }
 
 test('configuration errors name the option, the value and the expectation', () => {
-  throwsWith(() => make({ selection: { kind: 'topk', k: 9 } }), RouterConfigurationError, /selection\.k: expected an integer in \[1, 8\], got 9/);
-  throwsWith(() => make({ selection: { kind: 'topp', p: 0 } }), RouterConfigurationError, /selection\.p: expected a number in \(0, 1\], got 0/);
+  throwsWith(
+    () => make({ selection: { kind: 'topk', k: 9 } }),
+    RouterConfigurationError,
+    /selection\.k: expected an integer in \[1, 8\], got 9/,
+  );
+  throwsWith(
+    () => make({ selection: { kind: 'topp', p: 0 } }),
+    RouterConfigurationError,
+    /selection\.p: expected a number in \(0, 1\], got 0/,
+  );
   throwsWith(() => make({ selection: { kind: 'topp', p: 1.5 } }), RouterConfigurationError, /selection\.p/);
   throwsWith(() => make({ selection: { kind: 'threshold', tau: -1 } }), RouterConfigurationError, /selection\.tau/);
-  throwsWith(() => make({ selection: { kind: 'dynamic', minK: 3, maxK: 2 } }), RouterConfigurationError, /selection\.minK/);
-  throwsWith(() => make({ selection: { kind: 'nearest' } }), RouterConfigurationError, /selection\.kind: expected one of/);
-  throwsWith(() => make({ groups: { nGroup: 3, topkGroup: 1 } }), RouterConfigurationError, /nGroup: 3 does not divide numExperts=8/);
-  throwsWith(() => make({ groups: { nGroup: 4, topkGroup: 1 }, selection: { kind: 'topk', k: 3 } }), RouterConfigurationError, /selection\.k: expected an integer in \[1, 2\]/);
-  throwsWith(() => make({ scoring: 'relu' }), RouterConfigurationError, /scoring: expected one of 'softmax', 'sigmoid', got "relu"/);
+  throwsWith(
+    () => make({ selection: { kind: 'dynamic', minK: 3, maxK: 2 } }),
+    RouterConfigurationError,
+    /selection\.minK/,
+  );
+  throwsWith(
+    () => make({ selection: { kind: 'nearest' } }),
+    RouterConfigurationError,
+    /selection\.kind: expected one of/,
+  );
+  throwsWith(
+    () => make({ groups: { nGroup: 3, topkGroup: 1 } }),
+    RouterConfigurationError,
+    /nGroup: 3 does not divide numExperts=8/,
+  );
+  throwsWith(
+    () => make({ groups: { nGroup: 4, topkGroup: 1 }, selection: { kind: 'topk', k: 3 } }),
+    RouterConfigurationError,
+    /selection\.k: expected an integer in \[1, 2\]/,
+  );
+  throwsWith(
+    () => make({ scoring: 'relu' }),
+    RouterConfigurationError,
+    /scoring: expected one of 'softmax', 'sigmoid', got "relu"/,
+  );
   throwsWith(() => make({ scale: 0 }), RouterConfigurationError, /scale/);
-  throwsWith(() => new Router({ numExperts: 1e9, hiddenSize: d, gateWeight }), RouterConfigurationError, /numExperts: expected an integer in \[1, 65536\], got 1000000000/);
-  throwsWith(() => new Router({ numExperts: E, hiddenSize: 2 ** 40, gateWeight }), RouterConfigurationError, /hiddenSize/);
-  throwsWith(() => new Router({ numExperts: E, hiddenSize: d, gateWeight: new Float32Array(5) }), RouterConfigurationError, /gateWeight: expected 128 elements, got 5/);
-  throwsWith(() => new Router({ numExperts: E, hiddenSize: d, gateWeight: new Float64Array(E * d) as unknown as Float32Array }), RouterConfigurationError, /gateWeight: expected a Float32Array, got Float64Array/);
+  throwsWith(
+    () => new Router({ numExperts: 1e9, hiddenSize: d, gateWeight }),
+    RouterConfigurationError,
+    /numExperts: expected an integer in \[1, 65536\], got 1000000000/,
+  );
+  throwsWith(
+    () => new Router({ numExperts: E, hiddenSize: 2 ** 40, gateWeight }),
+    RouterConfigurationError,
+    /hiddenSize/,
+  );
+  throwsWith(
+    () => new Router({ numExperts: E, hiddenSize: d, gateWeight: new Float32Array(5) }),
+    RouterConfigurationError,
+    /gateWeight: expected 128 elements, got 5/,
+  );
+  throwsWith(
+    () => new Router({ numExperts: E, hiddenSize: d, gateWeight: new Float64Array(E * d) as unknown as Float32Array }),
+    RouterConfigurationError,
+    /gateWeight: expected a Float32Array, got Float64Array/,
+  );
   const nanGate = randn(E * d, 2);
   nanGate[7] = NaN;
-  throwsWith(() => new Router({ numExperts: E, hiddenSize: d, gateWeight: nanGate }), RouterConfigurationError, /gateWeight: element 7 is NaN/);
+  throwsWith(
+    () => new Router({ numExperts: E, hiddenSize: d, gateWeight: nanGate }),
+    RouterConfigurationError,
+    /gateWeight: element 7 is NaN/,
+  );
   throwsWith(() => make({ bias: new Float32Array(3) }), RouterConfigurationError, /bias: expected 8 elements/);
-  throwsWith(() => Router.fromConfig({ model_type: 'llama', hidden_size: d }, gateWeight), RouterConfigurationError, /unknown "llama"/);
+  throwsWith(
+    () => Router.fromConfig({ model_type: 'llama', hidden_size: d }, gateWeight),
+    RouterConfigurationError,
+    /unknown "llama"/,
+  );
   throwsWith(() => Router.fromConfig('mixtral', gateWeight), RouterConfigurationError, /hfConfig/);
 });
 
@@ -48,7 +100,11 @@ test('input errors: types, lengths, detached buffers, NaN and Inf', () => {
   const router = make({ selection: { kind: 'topk', k: 2 } });
   throwsWith(() => router.route(new Float32Array(15)), ValidationError, /x: expected a non-empty \[T, 16\]/);
   throwsWith(() => router.route(new Float32Array(0)), ValidationError, /x: expected a non-empty/);
-  throwsWith(() => router.route(Array.from(randn(16, 3)) as unknown as Float32Array), ValidationError, /x: expected a Float32Array, got array\(16\)/);
+  throwsWith(
+    () => router.route(Array.from(randn(16, 3)) as unknown as Float32Array),
+    ValidationError,
+    /x: expected a Float32Array, got array\(16\)/,
+  );
   const detached = randn(32, 4);
   structuredClone(detached.buffer, { transfer: [detached.buffer] });
   throwsWith(() => router.route(detached), ValidationError, /detached/);
@@ -61,8 +117,16 @@ test('input errors: types, lengths, detached buffers, NaN and Inf', () => {
   logits[3] = NaN;
   throwsWith(() => router.routeLogits(logits), ValidationError, /token 0 are not finite/);
   const dynamic = make({ selection: { kind: 'dynamic', minK: 1, maxK: 3 } });
-  throwsWith(() => dynamic.route(randn(2 * d, 7), { complexity: Float32Array.from([0.5, 1.5]) }), ValidationError, /complexity: element 1 is 1\.5/);
-  throwsWith(() => dynamic.route(randn(2 * d, 7), { complexity: new Float32Array(3) }), ValidationError, /complexity: expected 2 elements/);
+  throwsWith(
+    () => dynamic.route(randn(2 * d, 7), { complexity: Float32Array.from([0.5, 1.5]) }),
+    ValidationError,
+    /complexity: element 1 is 1\.5/,
+  );
+  throwsWith(
+    () => dynamic.route(randn(2 * d, 7), { complexity: new Float32Array(3) }),
+    ValidationError,
+    /complexity: expected 2 elements/,
+  );
   const t = router.drainTelemetry();
   assert.is(t.errors.validation, 4);
   assert.is(t.errors.non_finite, 4);

@@ -33,7 +33,11 @@ function separatedLogits(T: number, E: number, seed: number): Float32Array {
   return out;
 }
 
-function selectionsFor(E: number, k: number, seed: number): { sel: Selection; scoring: 'softmax' | 'sigmoid'; normalize: boolean }[] {
+function selectionsFor(
+  E: number,
+  k: number,
+  seed: number,
+): { sel: Selection; scoring: 'softmax' | 'sigmoid'; normalize: boolean }[] {
   const next = rng(seed);
   const maxK = Math.min(E, k + 2);
   return [
@@ -60,7 +64,15 @@ test('every rule matches the reference from logits over the T x E x k grid', () 
       const k = KS[(E + T) % KS.length] > E ? 1 : KS[(E + T) % KS.length];
       for (const { sel, scoring, normalize } of selectionsFor(E, k, ++seed)) {
         const d = 8;
-        const router = new Router({ numExperts: E, hiddenSize: d, gateWeight: randn(E * d, ++seed), scoring, selection: sel, normalize, scale: 1.5 });
+        const router = new Router({
+          numExperts: E,
+          hiddenSize: d,
+          gateWeight: randn(E * d, ++seed),
+          scoring,
+          selection: sel,
+          normalize,
+          scale: 1.5,
+        });
         const logits = separatedLogits(T, E, ++seed);
         const complexity = sel.kind === 'dynamic' ? randu(T, ++seed) : undefined;
         const got = router.routeLogits(logits, { complexity });
@@ -70,8 +82,14 @@ test('every rule matches the reference from logits over the T x E x k grid', () 
         ambiguous += rep.ambiguous;
         assert.ok(Math.abs(got.stats.meanK - ref.meanK) < 1e-12, 'meanK');
         assert.equal(Array.from(got.stats.expertCounts), Array.from(ref.expertCounts), 'expert counts');
-        assert.ok(Math.abs(got.stats.auxLoss - ref.auxLoss) <= 1e-5 * ref.auxLoss, `aux ${got.stats.auxLoss} vs ${ref.auxLoss}`);
-        assert.ok(Math.abs(got.stats.zLoss - ref.zLoss) <= 1e-5 * ref.zLoss + 1e-9, `z ${got.stats.zLoss} vs ${ref.zLoss}`);
+        assert.ok(
+          Math.abs(got.stats.auxLoss - ref.auxLoss) <= 1e-5 * ref.auxLoss,
+          `aux ${got.stats.auxLoss} vs ${ref.auxLoss}`,
+        );
+        assert.ok(
+          Math.abs(got.stats.zLoss - ref.zLoss) <= 1e-5 * ref.zLoss + 1e-9,
+          `z ${got.stats.zLoss} vs ${ref.zLoss}`,
+        );
         assert.ok(Math.abs(got.stats.loadBalance - ref.loadBalance) < 1e-9, 'load balance');
       }
     }
@@ -89,7 +107,13 @@ test('end to end from hidden states: logits to 1e-5 and the same experts', () =>
   ] as const) {
     const x = randn(T * d, ++seed);
     const gate = randn(E * d, ++seed, 0.05);
-    const router = new Router({ numExperts: E, hiddenSize: d, gateWeight: gate, selection: { kind: 'topk', k: Math.min(8, E) }, normalize: true });
+    const router = new Router({
+      numExperts: E,
+      hiddenSize: d,
+      gateWeight: gate,
+      selection: { kind: 'topk', k: Math.min(8, E) },
+      normalize: true,
+    });
     const got = router.route(x, { returnLogits: true, returnProbs: true });
     const ref = referenceRoute(cfgOf(router), x, gate);
     assert.ok(relativeError(got.logits!, ref.logits) < 1e-5, `logits error ${relativeError(got.logits!, ref.logits)}`);
@@ -132,7 +156,12 @@ test('DeepSeek-V3 groups: 256 experts / 8 groups / keep 4 / top-8, sigmoid, bias
 test('ties go to the lower expert index', () => {
   const E = 16;
   const d = 4;
-  const router = new Router({ numExperts: E, hiddenSize: d, gateWeight: randn(E * d, SEED + 3), selection: { kind: 'topk', k: 4 } });
+  const router = new Router({
+    numExperts: E,
+    hiddenSize: d,
+    gateWeight: randn(E * d, SEED + 3),
+    selection: { kind: 'topk', k: 4 },
+  });
   const logits = new Float32Array(2 * E).fill(0.5);
   logits[E + 9] = 2;
   logits[E + 3] = 2;
@@ -143,7 +172,12 @@ test('ties go to the lower expert index', () => {
 
 test('topp keeps the smallest prefix reaching p', () => {
   const E = 4;
-  const router = new Router({ numExperts: E, hiddenSize: 2, gateWeight: randn(8, SEED + 4), selection: { kind: 'topp', p: 0.7 } });
+  const router = new Router({
+    numExperts: E,
+    hiddenSize: 2,
+    gateWeight: randn(8, SEED + 4),
+    selection: { kind: 'topp', p: 0.7 },
+  });
   const probs = [0.5, 0.25, 0.15, 0.1];
   const logits = Float32Array.from(probs.map(Math.log));
   const got = router.routeLogits(logits);
@@ -153,7 +187,12 @@ test('topp keeps the smallest prefix reaching p', () => {
 });
 
 test('dynamic k follows clamp(minK + floor((maxK - minK) c + 0.5))', () => {
-  const router = new Router({ numExperts: 8, hiddenSize: 4, gateWeight: randn(32, SEED + 5), selection: { kind: 'dynamic', minK: 1, maxK: 5 } });
+  const router = new Router({
+    numExperts: 8,
+    hiddenSize: 4,
+    gateWeight: randn(32, SEED + 5),
+    selection: { kind: 'dynamic', minK: 1, maxK: 5 },
+  });
   const complexity = Float32Array.from([0, 0.1, 0.125, 0.126, 0.5, 0.874, 1]);
   const got = router.route(randn(7 * 4, SEED + 6), { complexity });
   assert.equal(Array.from(got.k), [1, 1, 2, 2, 3, 4, 5]);
@@ -164,8 +203,20 @@ test('route and routeAsync agree, and results do not depend on the thread count'
   const d = 96;
   const gate = randn(E * d, SEED + 7);
   const x = randn(300 * d, SEED + 8);
-  const one = new Router({ numExperts: E, hiddenSize: d, gateWeight: gate, selection: { kind: 'topk', k: 8 }, threads: 1 });
-  const two = new Router({ numExperts: E, hiddenSize: d, gateWeight: gate, selection: { kind: 'topk', k: 8 }, threads: 2 });
+  const one = new Router({
+    numExperts: E,
+    hiddenSize: d,
+    gateWeight: gate,
+    selection: { kind: 'topk', k: 8 },
+    threads: 1,
+  });
+  const two = new Router({
+    numExperts: E,
+    hiddenSize: d,
+    gateWeight: gate,
+    selection: { kind: 'topk', k: 8 },
+    threads: 2,
+  });
   const a = one.route(x);
   const [b, c] = await Promise.all([two.routeAsync(x), two.routeAsync(x)]);
   for (const r of [b, c]) {

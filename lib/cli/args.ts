@@ -15,7 +15,12 @@ export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
 /** Parses argv for one subcommand; unknown options and stray positionals are usage errors. */
 export function parseOptions(argv: string[], options: OptionSpec): Record<string, string | boolean | undefined> {
   try {
-    const { values } = parseArgs({ args: argv, options: { ...options, help: { type: 'boolean', short: 'h' } }, strict: true, allowPositionals: false });
+    const { values } = parseArgs({
+      args: argv,
+      options: { ...options, help: { type: 'boolean', short: 'h' } },
+      strict: true,
+      allowPositionals: false,
+    });
     return values as Record<string, string | boolean | undefined>;
   } catch (err) {
     throw new UsageError((err as Error).message);
@@ -28,22 +33,36 @@ export function requireOption(values: Record<string, unknown>, name: string): st
   return v;
 }
 
-export function intOption(values: Record<string, unknown>, name: string, fallback?: number, min = 0): number | undefined {
+export function intOption(
+  values: Record<string, unknown>,
+  name: string,
+  fallback?: number,
+  min = 0,
+): number | undefined {
   const v = values[name];
   if (v === undefined) return fallback;
   const n = Number(v);
-  if (typeof v !== 'string' || !Number.isInteger(n) || n < min) throw new UsageError(`--${name}: expected an integer >= ${min}, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'string' || !Number.isInteger(n) || n < min)
+    throw new UsageError(`--${name}: expected an integer >= ${min}, got ${JSON.stringify(v)}`);
   return n;
 }
 
-const ESTIMATORS: EstimatorName[] = ['router_entropy', 'gradient_norm', 'attention_entropy', 'perplexity_proxy', 'threshold', 'custom'];
+const ESTIMATORS: EstimatorName[] = [
+  'router_entropy',
+  'gradient_norm',
+  'attention_entropy',
+  'perplexity_proxy',
+  'threshold',
+  'custom',
+];
 
 /** topk:K | topp:P | threshold:TAU | dynamic:MIN-MAX[:ESTIMATOR] */
 export function parseSelection(text: string): Selection {
   const [kind, value, extra] = text.split(':');
   const number = (s: string | undefined, what: string) => {
     const n = Number(s);
-    if (s === undefined || s === '' || !Number.isFinite(n)) throw new UsageError(`--selection ${text}: ${what} is not a number`);
+    if (s === undefined || s === '' || !Number.isFinite(n))
+      throw new UsageError(`--selection ${text}: ${what} is not a number`);
     return n;
   };
   switch (kind) {
@@ -55,15 +74,22 @@ export function parseSelection(text: string): Selection {
       return { kind: 'threshold', tau: number(value, 'TAU') };
     case 'dynamic': {
       const m = /^(\d+)-(\d+)$/.exec(value ?? '');
-      if (!m) throw new UsageError(`--selection ${text}: expected dynamic:MIN-MAX[:ESTIMATOR], e.g. dynamic:1-4:router_entropy`);
+      if (!m)
+        throw new UsageError(
+          `--selection ${text}: expected dynamic:MIN-MAX[:ESTIMATOR], e.g. dynamic:1-4:router_entropy`,
+        );
       const estimator = (extra ?? 'router_entropy') as EstimatorName;
       if (!ESTIMATORS.includes(estimator) || estimator === 'custom' || estimator === 'threshold') {
-        throw new UsageError(`--selection ${text}: estimator must be one of router_entropy, gradient_norm, attention_entropy, perplexity_proxy`);
+        throw new UsageError(
+          `--selection ${text}: estimator must be one of router_entropy, gradient_norm, attention_entropy, perplexity_proxy`,
+        );
       }
       return { kind: 'dynamic', minK: Number(m[1]), maxK: Number(m[2]), estimator };
     }
     default:
-      throw new UsageError(`--selection ${text}: expected topk:K, topp:P, threshold:TAU or dynamic:MIN-MAX[:ESTIMATOR]`);
+      throw new UsageError(
+        `--selection ${text}: expected topk:K, topp:P, threshold:TAU or dynamic:MIN-MAX[:ESTIMATOR]`,
+      );
   }
 }
 

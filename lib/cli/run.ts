@@ -35,18 +35,23 @@ export async function runCommand(argv: string[]): Promise<void> {
   const input = requireOption(v, 'input');
   const output = requireOption(v, 'output');
   const dtype = (v.dtype as string | undefined) ?? 'fp32';
-  if (dtype !== 'fp32' && dtype !== 'bf16') throw new UsageError(`--dtype: expected fp32 or bf16, got ${JSON.stringify(dtype)}`);
+  if (dtype !== 'fp32' && dtype !== 'bf16')
+    throw new UsageError(`--dtype: expected fp32 or bf16, got ${JSON.stringify(dtype)}`);
   const selection = typeof v.selection === 'string' ? parseSelection(v.selection) : undefined;
   const threads = intOption(v, 'threads', undefined, 1);
 
   const x = readNpy(input);
   if (x.dtype !== 'float32' || x.shape.length !== 2) {
-    throw new ValidationError(`${input}: expected a float32 [T, d] array, got ${x.dtype} with shape [${x.shape.join(', ')}]`);
+    throw new ValidationError(
+      `${input}: expected a float32 [T, d] array, got ${x.dtype} with shape [${x.shape.join(', ')}]`,
+    );
   }
   const layer = MoELayer.fromPretrained(dir, { layer: layerIndex, dtype, selection, threads });
   try {
     if (x.shape[1] !== layer.hiddenSize) {
-      throw new ValidationError(`${input}: expected [T, ${layer.hiddenSize}] for this model, got [${x.shape.join(', ')}]`);
+      throw new ValidationError(
+        `${input}: expected [T, ${layer.hiddenSize}] for this model, got [${x.shape.join(', ')}]`,
+      );
     }
     const { output: y, routing, stats } = await layer.forwardAsync(x.data as Float32Array);
     writeNpy(output, y, x.shape);

@@ -92,7 +92,8 @@ function familyOf(config: Record<string, unknown>): { family: Family; architectu
   const named = Array.isArray(architectures) && typeof architectures[0] === 'string' ? architectures[0] : undefined;
   const modelType = typeof config.model_type === 'string' ? config.model_type : undefined;
   const byName = (Object.keys(ARCHITECTURE_OF) as Family[]).find((f) => ARCHITECTURE_OF[f] === named);
-  const byType = modelType !== undefined && Object.hasOwn(ARCHITECTURE_OF, modelType) ? (modelType as Family) : undefined;
+  const byType =
+    modelType !== undefined && Object.hasOwn(ARCHITECTURE_OF, modelType) ? (modelType as Family) : undefined;
   if (byName && byType && byName !== byType) {
     throw new ModelLoadError(
       `config: architectures[0] is ${brief(named)} but model_type is ${brief(modelType)}; expected matching values`,

@@ -97,7 +97,8 @@ function readWeightMap(indexFile: string): Map<string, string> {
     throw new ModelLoadError(`${indexFile}: "weight_map" is ${brief(weightMap)}, expected an object tensor -> shard`);
   }
   const shardOf = new Map<string, string>();
-  for (const [tensor, shard] of Object.entries(weightMap)) shardOf.set(tensor, checkShardName(indexFile, tensor, shard));
+  for (const [tensor, shard] of Object.entries(weightMap))
+    shardOf.set(tensor, checkShardName(indexFile, tensor, shard));
   return shardOf;
 }
 

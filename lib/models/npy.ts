@@ -122,7 +122,10 @@ function parseHeader(file: string, text: string): { dtype: NpyArray['dtype']; sh
   try {
     header = new PyLiteralParser(text).parseAll();
   } catch (err) {
-    throw npyError(file, `header is not a Python dict literal (${(err as Error).message}): ${text.trim().slice(0, 80)}`);
+    throw npyError(
+      file,
+      `header is not a Python dict literal (${(err as Error).message}): ${text.trim().slice(0, 80)}`,
+    );
   }
   if (typeof header !== 'object' || Array.isArray(header)) throw npyError(file, 'header is not a dict');
   const { descr, fortran_order: fortranOrder, shape } = header as Record<string, PyValue | undefined>;

@@ -33,7 +33,9 @@ export function loadPretrainedLayer(dir: string, opts: FromPretrainedOptions): M
     const spec = resolveMoELayer(checkpoint.config, opts.layer);
     const weights = loadMoELayerWeights(checkpoint, spec);
     if (spec.requiresBias && !weights.bias) {
-      throw new ModelLoadError(`${dir}: layer ${opts.layer} routes with e_score_correction_bias, which the checkpoint lacks`);
+      throw new ModelLoadError(
+        `${dir}: layer ${opts.layer} routes with e_score_correction_bias, which the checkpoint lacks`,
+      );
     }
     const router = Router.fromConfig(checkpoint.config, weights.gateWeight, {
       bias: weights.bias,
@@ -49,7 +51,13 @@ export function loadPretrainedLayer(dir: string, opts: FromPretrainedOptions): M
       dtype: opts.dtype,
       intermediateSize: spec.intermediateSize,
       experts: (e) => weights.expert(e),
-      sharedExperts: shared && { w1: shared.w1, w3: shared.w3, w2: shared.w2, intermediateSize: shared.intermediateSize, gate: shared.gate },
+      sharedExperts: shared && {
+        w1: shared.w1,
+        w3: shared.w3,
+        w2: shared.w2,
+        intermediateSize: shared.intermediateSize,
+        gate: shared.gate,
+      },
       staticK: spec.topK,
       threads: opts.threads,
     });

@@ -18,7 +18,15 @@ export interface FromConfigOverrides {
   threads?: number;
 }
 
-export const SUPPORTED_MODEL_TYPES = ['mixtral', 'olmoe', 'qwen2_moe', 'qwen3_moe', 'deepseek_v2', 'deepseek_v3', 'gpt_oss'] as const;
+export const SUPPORTED_MODEL_TYPES = [
+  'mixtral',
+  'olmoe',
+  'qwen2_moe',
+  'qwen3_moe',
+  'deepseek_v2',
+  'deepseek_v3',
+  'gpt_oss',
+] as const;
 
 function num(cfg: Record<string, unknown>, key: string, fallback?: number): number {
   const v = cfg[key] ?? fallback;
@@ -31,7 +39,8 @@ function num(cfg: Record<string, unknown>, key: string, fallback?: number): numb
 function bool(cfg: Record<string, unknown>, key: string, fallback: boolean): boolean {
   const v = cfg[key];
   if (v === undefined || v === null) return fallback;
-  if (typeof v !== 'boolean') throw new RouterConfigurationError(`config.${key}: expected a boolean, got ${describe(v)}`);
+  if (typeof v !== 'boolean')
+    throw new RouterConfigurationError(`config.${key}: expected a boolean, got ${describe(v)}`);
   return v;
 }
 
@@ -96,7 +105,9 @@ export function routerOptionsFromConfig(
       const v3 = cfg.model_type === 'deepseek_v3';
       const scoring = (cfg.scoring_func ?? (v3 ? 'sigmoid' : 'softmax')) as string;
       if (scoring !== 'softmax' && scoring !== 'sigmoid') {
-        throw new RouterConfigurationError(`config.scoring_func: expected 'softmax' or 'sigmoid', got ${describe(scoring)}`);
+        throw new RouterConfigurationError(
+          `config.scoring_func: expected 'softmax' or 'sigmoid', got ${describe(scoring)}`,
+        );
       }
       base.scoring = scoring;
       const method = (cfg.topk_method ?? (v3 ? 'noaux_tc' : 'greedy')) as string;
@@ -107,7 +118,9 @@ export function routerOptionsFromConfig(
           score: method === 'noaux_tc' ? 'top2sum' : 'max',
         };
       } else if (method !== 'greedy') {
-        throw new RouterConfigurationError(`config.topk_method: unsupported ${describe(method)}; supported: greedy, group_limited_greedy, noaux_tc`);
+        throw new RouterConfigurationError(
+          `config.topk_method: unsupported ${describe(method)}; supported: greedy, group_limited_greedy, noaux_tc`,
+        );
       }
       const normalize = bool(cfg, 'norm_topk_prob', v3);
       const factor = num(cfg, 'routed_scaling_factor', 1);

@@ -340,7 +340,9 @@ function encodeTensor(name: string, tensor: SafetensorsTensorInput): Uint8Array 
   const validShape =
     Array.isArray(shape) && shape.length <= MAX_RANK && shape.every((d) => Number.isSafeInteger(d) && d >= 0);
   if (!validShape) {
-    throw new ValidationError(`writeSafetensors: tensor ${show(name)}: shape ${show(shape)}, expected <= 8 integers >= 0`);
+    throw new ValidationError(
+      `writeSafetensors: tensor ${show(name)}: shape ${show(shape)}, expected <= 8 integers >= 0`,
+    );
   }
   const elements = shape.reduce((a, b) => a * b, 1);
   if (!(data instanceof Float32Array) || data.length !== elements) {

@@ -13,7 +13,15 @@ export interface ReferenceExpert {
 }
 
 /** The SwiGLU FFN of one token row into `out` (added, times `scale`). */
-export function referenceFfnAdd(x: ArrayLike<number>, xOff: number, d: number, e: ReferenceExpert, scale: number, out: Float64Array, outOff: number): void {
+export function referenceFfnAdd(
+  x: ArrayLike<number>,
+  xOff: number,
+  d: number,
+  e: ReferenceExpert,
+  scale: number,
+  out: Float64Array,
+  outOff: number,
+): void {
   const h = new Float64Array(e.f);
   for (let j = 0; j < e.f; j++) {
     let g = 0;

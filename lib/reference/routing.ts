@@ -49,7 +49,14 @@ export interface ReferenceRouting {
 }
 
 /** logits [T, E] = x [T, d] · W [E, d]ᵀ in float64. */
-export function referenceLogits(x: ArrayLike<number>, gate: ArrayLike<number>, T: number, d: number, E: number, logitBias?: ArrayLike<number>): Float64Array {
+export function referenceLogits(
+  x: ArrayLike<number>,
+  gate: ArrayLike<number>,
+  T: number,
+  d: number,
+  E: number,
+  logitBias?: ArrayLike<number>,
+): Float64Array {
   const out = new Float64Array(T * E);
   for (let t = 0; t < T; t++) {
     for (let e = 0; e < E; e++) {
@@ -61,7 +68,11 @@ export function referenceLogits(x: ArrayLike<number>, gate: ArrayLike<number>, T
   return out;
 }
 
-function scoresOf(cfg: ReferenceRouterConfig, logits: ArrayLike<number>, off: number): { probs: number[]; lse: number } {
+function scoresOf(
+  cfg: ReferenceRouterConfig,
+  logits: ArrayLike<number>,
+  off: number,
+): { probs: number[]; lse: number } {
   const E = cfg.numExperts;
   let max = -Infinity;
   for (let i = 0; i < E; i++) max = Math.max(max, logits[off + i]);
@@ -127,7 +138,10 @@ export function referenceRouteLogits(
         groupScores.push(cfg.groupScore === 'max' || size < 2 ? top[0] : top[0] + top[1]);
       }
       const groupOrder = rank(groupScores, [...Array(cfg.nGroup).keys()]);
-      margin = Math.min(margin, gap(groupScores[groupOrder[cfg.topkGroup - 1]], groupScores[groupOrder[cfg.topkGroup]] ?? -Infinity));
+      margin = Math.min(
+        margin,
+        gap(groupScores[groupOrder[cfg.topkGroup - 1]], groupScores[groupOrder[cfg.topkGroup]] ?? -Infinity),
+      );
       const kept = new Set(groupOrder.slice(0, cfg.topkGroup));
       for (let i = 0; i < E; i++) if (!kept.has(Math.floor(i / size))) select[i] = -Infinity;
     }
@@ -156,7 +170,8 @@ export function referenceRouteLogits(
     }
     k = Math.min(k, order.length);
     // Ordering decisions: each of the first k places against the next candidate.
-    for (let j = 0; j < Math.min(k, order.length - 1); j++) margin = Math.min(margin, gap(select[order[j]], select[order[j + 1]]));
+    for (let j = 0; j < Math.min(k, order.length - 1); j++)
+      margin = Math.min(margin, gap(select[order[j]], select[order[j + 1]]));
     const chosen = order.slice(0, k);
     let weights: number[];
     if (cfg.selection === 'gptOss') {
@@ -236,7 +251,13 @@ export function referenceRowNorms(x: ArrayLike<number>, T: number, n: number, or
 }
 
 /** Attention entropy per token over [H, T, S], normalised by log S; mean or max over heads. */
-export function referenceAttentionEntropy(a: ArrayLike<number>, H: number, T: number, S: number, reduce: 'mean' | 'max'): Float64Array {
+export function referenceAttentionEntropy(
+  a: ArrayLike<number>,
+  H: number,
+  T: number,
+  S: number,
+  reduce: 'mean' | 'max',
+): Float64Array {
   const out = new Float64Array(T);
   for (let t = 0; t < T; t++) {
     let acc = 0;

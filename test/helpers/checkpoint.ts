@@ -96,7 +96,8 @@ function buildConfig(arch: TinyArch, opts: TinyCheckpointOptions): Record<string
         mlp_only_layers: [],
         norm_topk_prob: arch === 'qwen3_moe',
       });
-      if (arch === 'qwen2_moe') config.shared_expert_intermediate_size = opts.sharedIntermediateSize ?? 2 * intermediateSize;
+      if (arch === 'qwen2_moe')
+        config.shared_expert_intermediate_size = opts.sharedIntermediateSize ?? 2 * intermediateSize;
       break;
     case 'deepseek_v2':
     case 'deepseek_v3': {
@@ -173,7 +174,9 @@ export function roundToDtype(values: Float32Array, dtype: 'F32' | 'BF16' | 'F16'
   const out = new Float32Array(values.length);
   for (let i = 0; i < values.length; i++) {
     out[i] =
-      dtype === 'BF16' ? bf16BitsToFloat32(float32ToBf16Bits(values[i])) : f16BitsToFloat32(float32ToF16Bits(values[i]));
+      dtype === 'BF16'
+        ? bf16BitsToFloat32(float32ToBf16Bits(values[i]))
+        : f16BitsToFloat32(float32ToF16Bits(values[i]));
   }
   return out;
 }
