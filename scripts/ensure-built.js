@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// `npm test` runs this first: it compiles the TypeScript and builds the native addon when no loadable binary
-// is present (a fresh clone where `npm install` skipped scripts, or sources changed since the last build).
+// `npm test` runs this first. It (re)builds what is missing or older than its sources: the native addon and
+// the bundled prebuild (prebuildify, which also refreshes build/Release), then the TypeScript in dist/.
 'use strict';
 const { execSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -9,17 +9,19 @@ const path = require('node:path');
 const root = path.join(__dirname, '..');
 const run = (cmd) => execSync(cmd, { cwd: root, stdio: 'inherit' });
 
-function newestSource(dir) {
-  let newest = 0;
-  for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
-    const p = path.join(dir, entry.name);
-    newest = Math.max(newest, entry.isDirectory() ? newestSource(p) : fs.statSync(p).mtimeMs);
-  }
-  return newest;
+function newest(p) {
+  const stat = fs.statSync(p);
+  if (!stat.isDirectory()) return stat.mtimeMs;
+  return Math.max(0, ...fs.readdirSync(p).map((name) => newest(path.join(p, name))));
 }
 
+function oldest(files) {
+  return files.length ? Math.min(...files.map((f) => fs.statSync(f).mtimeMs)) : 0;
+}
+
+const sources = Math.max(newest(path.join(root, 'native')), newest(path.join(root, 'binding.gyp')));
 const built = path.join(root, 'build', 'Release', 'dynamic_moe_router_kit.node');
-const stale = !fs.existsSync(built) || fs.statSync(built).mtimeMs < Math.max(newestSource(path.join(root, 'native')), fs.statSync(path.join(root, 'binding.gyp')).mtimeMs);
-if (stale && !fs.existsSync(path.join(root, 'prebuilds'))) run('npx node-gyp rebuild -j max');
-else if (stale) run('npx node-gyp rebuild -j max');
+const prebuildDir = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`);
+const prebuilds = fs.existsSync(prebuildDir) ? fs.readdirSync(prebuildDir).map((f) => path.join(prebuildDir, f)) : [];
+if (oldest(prebuilds) < sources || !fs.existsSync(built) || fs.statSync(built).mtimeMs < sources) run('npm run prebuild');
 run('npm run build:ts --silent');

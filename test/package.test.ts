@@ -1,0 +1,90 @@
+/**
+ * The "installed as a prebuilt npm binary" promise: `npm pack`, install the tarball into a fresh project with no
+ * compiler reachable (CXX=false, CC=false, no build-from-source), then `require` and `import` both work there
+ * and a route and a forward give the reference's result. Also checks what the tarball holds.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { referenceLayer } from '../lib/reference/layer';
+import { referenceRoute } from '../lib/reference/routing';
+import { relativeError } from './helpers/compare';
+
+const repo = path.join(__dirname, '..');
+const work = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-pack-'));
+test.after(() => fs.rmSync(work, { recursive: true, force: true }));
+
+const noCompilerEnv = (() => {
+  const env: NodeJS.ProcessEnv = { ...process.env, CXX: 'false', CC: 'false', npm_config_build_from_source: '' };
+  delete env.npm_config_build_from_source;
+  return env;
+})();
+
+let tarball = '';
+
+test('npm pack holds the prebuild, dist, native sources and monitoring, not tests or build trees', () => {
+  const out = execFileSync('npm', ['pack', '--json', '--pack-destination', work], { cwd: repo, encoding: 'utf8', timeout: 120_000 });
+  const info = JSON.parse(out)[0] as { filename: string; files: { path: string }[] };
+  tarball = path.join(work, info.filename);
+  const files = info.files.map((f) => f.path);
+  assert.ok(files.some((f) => /^prebuilds\/linux-x64\/.+\.node$/.test(f)), 'prebuild');
+  for (const needed of ['dist/index.js', 'dist/index.mjs', 'dist/index.d.ts', 'binding.gyp', 'native/cpu/gating.cc', 'native/binding/addon.cc']) {
+    assert.ok(files.includes(needed), needed);
+  }
+  for (const f of files) assert.not.match(f, /^(test|bench|build|build-cmake|node_modules)\//, `tarball must not hold ${f}`);
+});
+
+test('the tarball installs without a compiler, and require and import both work', () => {
+  const app = path.join(work, 'app');
+  fs.mkdirSync(app);
+  fs.writeFileSync(path.join(app, 'package.json'), JSON.stringify({ name: 'app', version: '1.0.0', private: true }));
+  const install = spawnSync('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', tarball], {
+    cwd: app,
+    env: noCompilerEnv,
+    encoding: 'utf8',
+    timeout: 300_000,
+  });
+  assert.is(install.status, 0, `npm install failed:\n${install.stderr}`);
+  const pkgDir = path.join(app, 'node_modules', 'dynamic-moe-router-kit');
+  assert.not.ok(fs.existsSync(path.join(pkgDir, 'build', 'Release')), 'nothing was compiled');
+
+  const E = 8;
+  const d = 24;
+  const f = 8;
+  const T = 5;
+  const wave = (n: number, s: number) => Array.from({ length: n }, (_, i) => Math.sin(i * s + 0.3) * 0.3);
+  const gate = wave(E * d, 0.7);
+  const x = wave(T * d, 0.13);
+  const experts = Array.from({ length: E }, (_, e) => ({ w1: wave(f * d, 0.21 + e), w3: wave(f * d, 0.37 + e), w2: wave(d * f, 0.53 + e) }));
+  const cjs = `
+    const { Router, MoELayer, backendInfo } = require('dynamic-moe-router-kit');
+    const data = ${JSON.stringify({ gate, x, experts })};
+    const router = new Router({ numExperts: ${E}, hiddenSize: ${d}, gateWeight: Float32Array.from(data.gate), selection: { kind: 'topk', k: 2 }, normalize: true });
+    const layer = new MoELayer({ router, experts: data.experts.map((e) => ({ w1: Float32Array.from(e.w1), w3: Float32Array.from(e.w3), w2: Float32Array.from(e.w2) })) });
+    const r = layer.forward(Float32Array.from(data.x));
+    console.log(JSON.stringify({ backend: backendInfo().backend, indices: Array.from(r.routing.indices), weights: Array.from(r.routing.weights), k: Array.from(r.routing.k), output: Array.from(r.output) }));
+  `;
+  fs.writeFileSync(path.join(app, 'check.cjs'), cjs);
+  const run = spawnSync(process.execPath, ['check.cjs'], { cwd: app, env: noCompilerEnv, encoding: 'utf8', timeout: 60_000 });
+  assert.is(run.status, 0, run.stderr);
+  const got = JSON.parse(run.stdout);
+  assert.is(got.backend, 'cpu');
+  const cfg = {
+    numExperts: E, hiddenSize: d, scoring: 'softmax' as const, selection: 'topk' as const, k: 2, p: 1, tau: 0, minK: 2, maxK: 2,
+    nGroup: 0, topkGroup: 0, groupScore: 'top2sum' as const, normalize: true, scale: 1,
+  };
+  const routing = referenceRoute(cfg, x, gate);
+  assert.equal(got.indices, Array.from(routing.indices));
+  const ref = referenceLayer(x, T, d, (e) => ({ ...experts[e], f }), { ...routing, maxK: 2 });
+  assert.ok(relativeError(got.output, ref) < 1e-5, `output error ${relativeError(got.output, ref)}`);
+
+  fs.writeFileSync(path.join(app, 'check.mjs'), `import { Router } from 'dynamic-moe-router-kit';\nimport kit from 'dynamic-moe-router-kit';\nconsole.log(typeof Router, typeof kit.MoELayer);\n`);
+  const esm = spawnSync(process.execPath, ['check.mjs'], { cwd: app, env: noCompilerEnv, encoding: 'utf8', timeout: 60_000 });
+  assert.is(esm.status, 0, esm.stderr);
+  assert.is(esm.stdout.trim(), 'function function');
+});
+
+test.run();
