@@ -3,7 +3,7 @@
  * (GFLOP/s, fp32 and bf16) of the package's own best kernel on a square problem. Layer timings are reported
  * against `max(bytes / bandwidth, flops / gemmRate)`.
  */
-import { native } from '../lib/native';
+import { native } from '../native';
 
 export interface Roofline {
   streamGBs: number;
