@@ -3,17 +3,27 @@
  * The `moe-router` command: dispatches to one subcommand per file in lib/cli/.
  */
 import { runCommand as guard } from './args';
-import { RUN_USAGE, runCommand as run } from './run';
+import { benchCommand } from './bench';
+import { profileCommand } from './profile';
+import { runCommand as run } from './run';
+import { validateCommand } from './validate';
 
 const USAGE = `moe-router <command> [options]
 
 Commands:
   run       run one MoE layer of a Hugging Face checkpoint on an .npy input
-            ${RUN_USAGE.split('\n')[0].replace('moe-router run ', '')}
+  validate  check a checkpoint folder (config, tensors, routing rule); --forward runs one forward
+  profile   FLOP profile of a checkpoint or synthetic layer under a routing rule
+  bench     run the benches (routing, layer vs roofline, fidelity) and write JSON + Markdown
 
 Run "moe-router <command> --help" for a command's options.`;
 
-const COMMANDS: Record<string, (argv: string[]) => Promise<void> | void> = { run };
+const COMMANDS: Record<string, (argv: string[]) => Promise<void> | void> = {
+  run,
+  validate: validateCommand,
+  profile: profileCommand,
+  bench: benchCommand,
+};
 
 async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;

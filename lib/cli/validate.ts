@@ -1,0 +1,98 @@
+/**
+ * `moe-router validate`: checks a Hugging Face checkpoint folder before anyone serves it — config, which layers
+ * are sparse, every MoE tensor's name, shape and dtype, and whether the routing rule is supported — and with
+ * --forward runs one forward of a layer.
+ */
+import { DynamicMoEError, ModelLoadError } from '../errors';
+import { MoELayer } from '../layer';
+import { loadMoELayerWeights, resolveMoELayer } from '../models/architectures';
+import { openCheckpoint } from '../models/checkpoint';
+import { routerOptionsFromConfig } from '../models/router-config';
+import { intOption, parseOptions, requireOption } from './args';
+
+export const VALIDATE_USAGE = `moe-router validate --model DIR [--layer N] [--forward] [--dtype fp32|bf16]
+
+Checks config.json, the safetensors headers, every MoE layer's tensors (names, shapes, dtypes) and the routing
+rule. --layer limits the check to one layer; --forward also runs one forward of it (default: the first MoE layer).`;
+
+export async function validateCommand(argv: string[]): Promise<void> {
+  const v = parseOptions(argv, {
+    model: { type: 'string' },
+    layer: { type: 'string' },
+    forward: { type: 'boolean' },
+    dtype: { type: 'string' },
+  });
+  if (v.help) {
+    console.log(VALIDATE_USAGE);
+    return;
+  }
+  const dir = requireOption(v, 'model');
+  const only = intOption(v, 'layer', undefined, 0);
+  const checkpoint = openCheckpoint(dir);
+  const problems: string[] = [];
+  let firstMoE: number | undefined;
+  try {
+    const cfg = checkpoint.config;
+    const layers = typeof cfg.num_hidden_layers === 'number' ? cfg.num_hidden_layers : 0;
+    console.log(`checkpoint  ${dir}`);
+    console.log(
+      `model       ${String((cfg.architectures as string[] | undefined)?.[0] ?? '?')} (model_type ${String(cfg.model_type)})`,
+    );
+    console.log(`tensors     ${checkpoint.tensorNames().length}`);
+    let moe = 0;
+    let dense = 0;
+    for (let layer = 0; layer < layers; layer++) {
+      if (only !== undefined && layer !== only) continue;
+      try {
+        const spec = resolveMoELayer(cfg, layer);
+        const weights = loadMoELayerWeights(checkpoint, spec);
+        const rule = routerOptionsFromConfig(cfg, weights.gateWeight, { bias: weights.bias });
+        if (firstMoE === undefined) {
+          firstMoE = layer;
+          const sel = rule.selection!;
+          console.log(
+            `routing     ${rule.scoring} ${sel.kind}${'k' in sel ? ` k=${sel.k}` : ''}, normalize ${rule.normalize}, scale ${rule.scale}` +
+              `${rule.groups ? `, groups ${rule.groups.nGroup}/${rule.groups.topkGroup} (${rule.groups.score})` : ''}` +
+              `${weights.bias ? ', score-correction bias' : ''}`,
+          );
+          console.log(
+            `experts     ${spec.numExperts} x SwiGLU d=${spec.hiddenSize} f=${spec.intermediateSize}, top-${spec.topK}` +
+              `${weights.shared ? `, shared expert f=${weights.shared.intermediateSize}` : ''}; dtype ${checkpoint.info(spec.names.gate).dtype}`,
+          );
+        }
+        moe++;
+      } catch (err) {
+        if (err instanceof ModelLoadError && /dense/.test(err.message)) dense++;
+        else if (err instanceof DynamicMoEError) problems.push(`layer ${layer}: ${err.message}`);
+        else throw err;
+      }
+    }
+    console.log(
+      `layers      ${moe} MoE, ${dense} dense${only !== undefined ? ` (checked layer ${only} only)` : ` of ${layers}`}`,
+    );
+  } finally {
+    checkpoint.close();
+  }
+  if (problems.length) {
+    for (const p of problems) console.log(`problem     ${p}`);
+    throw new ModelLoadError(`${problems.length} problem(s) found in ${dir}; first: ${problems[0]}`);
+  }
+  if (firstMoE === undefined)
+    throw new ModelLoadError(`${dir}: no MoE layer found${only !== undefined ? ` at layer ${only}` : ''}`);
+  if (v.forward) {
+    const dtype = v.dtype === 'bf16' ? 'bf16' : 'fp32';
+    const layer = MoELayer.fromPretrained(dir, { layer: firstMoE, dtype });
+    try {
+      const x = new Float32Array(4 * layer.hiddenSize).map((_, i) => Math.sin(i * 0.37));
+      const r = layer.forward(x);
+      const finite = r.output.every(Number.isFinite);
+      console.log(
+        `forward     layer ${firstMoE}, 4 tokens, ${dtype}: ${(r.stats.stageSeconds.total * 1e3).toFixed(2)} ms, output ${finite ? 'finite' : 'NOT FINITE'}`,
+      );
+      if (!finite) throw new ModelLoadError(`${dir}: layer ${firstMoE} produced non-finite output; check the weights`);
+    } finally {
+      layer.dispose();
+    }
+  }
+  console.log('result      ok');
+}
