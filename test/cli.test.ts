@@ -81,6 +81,31 @@ test('bad arguments print one clear line and exit non-zero', () => {
   }
 });
 
+test('validate reports the checkpoint and runs a forward; a damaged file fails with one line', () => {
+  const ck = writeTinyCheckpoint(fs.mkdtempSync(path.join(root, 'val-')), 'qwen2_moe', { hiddenSize: 32, intermediateSize: 16, numExperts: 8, topK: 2, seed: 6 });
+  const ok = cli('validate', '--model', ck.dir, '--forward');
+  assert.is(ok.status, 0, ok.stderr);
+  assert.match(ok.stdout, /Qwen2MoeForCausalLM/);
+  assert.match(ok.stdout, /experts\s+8 x SwiGLU d=32 f=16, top-2, shared expert/);
+  assert.match(ok.stdout, /forward .* output finite/);
+  const file = path.join(ck.dir, 'model.safetensors');
+  fs.truncateSync(file, Math.floor(fs.statSync(file).size / 2));
+  const bad = cli('validate', '--model', ck.dir);
+  assert.ok(bad.status !== 0);
+  assert.is(bad.stderr.trim().split('\n').length, 1, bad.stderr);
+});
+
+test('profile prints static against dynamic FLOPs for a checkpoint layer', () => {
+  const ck = writeTinyCheckpoint(fs.mkdtempSync(path.join(root, 'prof-')), 'mixtral', { hiddenSize: 32, intermediateSize: 16, numExperts: 8, topK: 2, seed: 7 });
+  const r = cli('profile', '--model', ck.dir, '--layer', '0', '--selection', 'topp:0.3', '--tokens', '16', '--batches', '2');
+  assert.is(r.status, 0, r.stderr);
+  assert.match(r.stdout, /\| FLOP reduction \| -?\d+\.\d%/);
+  assert.match(r.stdout, /tokens per expert min \/ mean \/ max/);
+  const usage = cli('bench', '--benches', 'nope');
+  assert.is(usage.status, 2);
+  assert.match(usage.stderr, /unknown "nope"/);
+});
+
 test('--selection grammar', () => {
   assert.equal(parseSelection('topk:4'), { kind: 'topk', k: 4 });
   assert.equal(parseSelection('topp:0.5'), { kind: 'topp', p: 0.5 });
