@@ -2,7 +2,7 @@
  * `moe-router run` end to end in a child process: checkpoint + x.npy in, y.npy and routing out, equal to the
  * in-process layer; bad arguments give one line and a non-zero exit.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -82,7 +82,13 @@ test('bad arguments print one clear line and exit non-zero', () => {
 });
 
 test('validate reports the checkpoint and runs a forward; a damaged file fails with one line', () => {
-  const ck = writeTinyCheckpoint(fs.mkdtempSync(path.join(root, 'val-')), 'qwen2_moe', { hiddenSize: 32, intermediateSize: 16, numExperts: 8, topK: 2, seed: 6 });
+  const ck = writeTinyCheckpoint(fs.mkdtempSync(path.join(root, 'val-')), 'qwen2_moe', {
+    hiddenSize: 32,
+    intermediateSize: 16,
+    numExperts: 8,
+    topK: 2,
+    seed: 6,
+  });
   const ok = cli('validate', '--model', ck.dir, '--forward');
   assert.is(ok.status, 0, ok.stderr);
   assert.match(ok.stdout, /Qwen2MoeForCausalLM/);
@@ -96,14 +102,101 @@ test('validate reports the checkpoint and runs a forward; a damaged file fails w
 });
 
 test('profile prints static against dynamic FLOPs for a checkpoint layer', () => {
-  const ck = writeTinyCheckpoint(fs.mkdtempSync(path.join(root, 'prof-')), 'mixtral', { hiddenSize: 32, intermediateSize: 16, numExperts: 8, topK: 2, seed: 7 });
-  const r = cli('profile', '--model', ck.dir, '--layer', '0', '--selection', 'topp:0.3', '--tokens', '16', '--batches', '2');
+  const ck = writeTinyCheckpoint(fs.mkdtempSync(path.join(root, 'prof-')), 'mixtral', {
+    hiddenSize: 32,
+    intermediateSize: 16,
+    numExperts: 8,
+    topK: 2,
+    seed: 7,
+  });
+  const r = cli(
+    'profile',
+    '--model',
+    ck.dir,
+    '--layer',
+    '0',
+    '--selection',
+    'topp:0.3',
+    '--tokens',
+    '16',
+    '--batches',
+    '2',
+  );
   assert.is(r.status, 0, r.stderr);
   assert.match(r.stdout, /\| FLOP reduction \| -?\d+\.\d%/);
   assert.match(r.stdout, /tokens per expert min \/ mean \/ max/);
   const usage = cli('bench', '--benches', 'nope');
   assert.is(usage.status, 2);
   assert.match(usage.stderr, /unknown "nope"/);
+});
+
+test('serve answers /metrics, /health and /ready under load and stops on SIGTERM with system.shutdown', async () => {
+  const ck = writeTinyCheckpoint(fs.mkdtempSync(path.join(root, 'serve-')), 'olmoe', {
+    hiddenSize: 32,
+    intermediateSize: 16,
+    numExperts: 8,
+    topK: 2,
+    seed: 8,
+  });
+  const child = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      main,
+      'serve',
+      '--model',
+      ck.dir,
+      '--layer',
+      '0',
+      '--metrics-port',
+      '0',
+      '--health-port',
+      '0',
+      '--load',
+      '50',
+      '--tokens',
+      '4',
+    ],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (b) => (stdout += b));
+  child.stderr.on('data', (b) => (stderr += b));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  try {
+    const deadline = Date.now() + 30_000;
+    while (!/serving (\S+), (\S+) and (\S+)/.test(stderr) && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 50));
+    const [, metricsUrl, healthUrl, readyUrl] = /serving (\S+), (\S+) and (\S+)/.exec(stderr) ?? [];
+    assert.ok(metricsUrl, `no URLs printed: ${stderr}`);
+    let ready = await fetch(readyUrl);
+    while (ready.status !== 200 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+      ready = await fetch(readyUrl);
+    }
+    assert.is(ready.status, 200);
+    await new Promise((r) => setTimeout(r, 400)); // let the synthetic traffic run
+    const metrics = await (await fetch(metricsUrl)).text();
+    const requests = /dynamic_moe_routing_requests_total\{[^}]*status="success"[^}]*\} (\d+)/.exec(metrics);
+    assert.ok(requests && Number(requests[1]) > 0, `expected traffic in:\n${metrics.slice(0, 2000)}`);
+    assert.is((await fetch(healthUrl)).status, 200);
+    assert.is((await fetch(metricsUrl.replace('/metrics', '/nope'))).status, 404);
+  } finally {
+    child.kill('SIGTERM');
+  }
+  assert.is(await exited, 0, stderr);
+  const events = stdout
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l).event.type);
+  assert.ok(
+    events.includes('system.start') && events.includes('model.load') && events.at(-1) === 'system.shutdown',
+    events.join(','),
+  );
 });
 
 test('--selection grammar', () => {

@@ -4,6 +4,8 @@
  */
 import { runCommand as guard } from './args';
 import { benchCommand } from './bench';
+import { demoCommand } from './demo';
+import { serveCommand } from './serve';
 import { profileCommand } from './profile';
 import { runCommand as run } from './run';
 import { validateCommand } from './validate';
@@ -11,18 +13,22 @@ import { validateCommand } from './validate';
 const USAGE = `moe-router <command> [options]
 
 Commands:
+  demo      the main job on an embedded OLMoE-shaped layer: static vs top-p vs dynamic k, with /metrics
   run       run one MoE layer of a Hugging Face checkpoint on an .npy input
   validate  check a checkpoint folder (config, tensors, routing rule); --forward runs one forward
   profile   FLOP profile of a checkpoint or synthetic layer under a routing rule
   bench     run the benches (routing, layer vs roofline, fidelity) and write JSON + Markdown
+  serve     serve /metrics, /health and /ready for a checkpoint or the demo layer, with optional traffic
 
 Run "moe-router <command> --help" for a command's options.`;
 
 const COMMANDS: Record<string, (argv: string[]) => Promise<void> | void> = {
+  demo: demoCommand,
   run,
   validate: validateCommand,
   profile: profileCommand,
   bench: benchCommand,
+  serve: serveCommand,
 };
 
 async function main(argv: string[]): Promise<number> {
