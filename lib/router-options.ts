@@ -4,6 +4,7 @@
  */
 import { RouterConfigurationError, describe } from './errors';
 import { ComplexityEstimator, createEstimator } from './estimators';
+import type { ReferenceRouterConfig } from './reference/routing';
 import type { GroupLimit, Scoring, Selection } from './types';
 import { requireFloat32, requireInt, requireNumber, requireOneOf, requireFinite } from './validate';
 
@@ -28,22 +29,8 @@ export interface RouterOptions {
   threads?: number;
 }
 
-/** Everything a routing call needs, validated and with defaults applied. */
-export interface ResolvedRouting {
-  numExperts: number;
-  hiddenSize: number;
-  scoring: Scoring;
-  selection: Selection['kind'];
-  k: number;
-  p: number;
-  tau: number;
-  minK: number;
-  maxK: number;
-  nGroup: number;
-  topkGroup: number;
-  groupScore: 'top2sum' | 'max';
-  normalize: boolean;
-  scale: number;
+/** Everything a routing call needs, validated and with defaults applied: the reference's config plus threads. */
+export interface ResolvedRouting extends ReferenceRouterConfig {
   threads: number;
   estimator?: ComplexityEstimator;
 }

@@ -13,7 +13,7 @@ import { Router } from '../router';
 import type { Selection } from '../types';
 import { native } from '../native';
 import { buildLayer, SHAPES, type LayerShape } from './layer';
-import { median } from './roofline';
+import { median, relativeError } from './stats';
 
 export interface FidelityRow {
   rule: string;
@@ -21,16 +21,6 @@ export interface FidelityRow {
   flopsSavedPercent: number;
   relativeError: number;
   ms: number;
-}
-
-function relativeError(a: Float32Array, b: Float32Array): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return Math.sqrt(num / den);
 }
 
 export function runFidelity(

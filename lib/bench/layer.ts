@@ -7,7 +7,8 @@
 import { MoELayer } from '../layer';
 import { Router } from '../router';
 import { native } from '../native';
-import { measureRoofline, median, type Roofline } from './roofline';
+import { measureRoofline, type Roofline } from './roofline';
+import { median } from './stats';
 
 export interface LayerShape {
   name: string;

@@ -4,17 +4,13 @@
  * against `max(bytes / bandwidth, flops / gemmRate)`.
  */
 import { native } from '../native';
+import { median } from './stats';
 
 export interface Roofline {
   streamGBs: number;
   gemmGflops: { fp32: number; bf16: number };
   gemmSize: number;
   threads: number;
-}
-
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
 }
 
 export function measureStreamGBs(threads: number, bytes = 1 << 30, reps = 7): number {
@@ -46,5 +42,3 @@ export function measureRoofline(threads: number, gemmSize = 4096): Roofline {
     threads,
   };
 }
-
-export { median };

@@ -7,7 +7,7 @@
 import { Router } from '../router';
 import { native } from '../native';
 import { referenceRoute } from '../reference/routing';
-import { median } from './roofline';
+import { median } from './stats';
 
 export interface RouteRow {
   tokens: number;

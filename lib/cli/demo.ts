@@ -8,6 +8,7 @@ import { HealthMonitor, MemoryHealthCheck, ModelHealthCheck } from '../observabi
 import { MetricsCollector } from '../observability/metrics';
 import { startObservabilityServer } from '../observability/server';
 import type { Selection } from '../types';
+import { median, relativeError } from '../bench/stats';
 import { intOption, parseOptions, UsageError } from './args';
 import { syntheticInput, syntheticLayer, syntheticShape } from './synthetic';
 
@@ -16,21 +17,6 @@ export const DEMO_USAGE = `moe-router demo [--tokens T] [--batches N] [--dtype f
 Builds an OLMoE-shaped layer with seeded weights and compares static top-8 with top-p and dynamic-k routing:
 mean experts per token, FLOPs saved, ms per forward and output deviation from static top-k. Serves /metrics and
 /health on 127.0.0.1 while it runs (port P, default: a free one).`;
-
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
-
-function relativeError(a: Float32Array, b: Float32Array): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return Math.sqrt(num / den);
-}
 
 export async function demoCommand(argv: string[]): Promise<void> {
   const v = parseOptions(argv, {

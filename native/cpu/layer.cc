@@ -205,16 +205,9 @@ std::string Layer::forward(const float* x, int64_t T, const float* logits, const
   stats.flopsComputed = double(routedRows) * perTokenExpert + sharedFlops;
   stats.flopsStatic = double(T) * double(staticK_) * perTokenExpert + sharedFlops;
 
-  telemetry::CallRecord call;
-  call.tokens = T;
-  call.assignments = routingStats.assignments;
-  call.k = routing.k;
-  call.complexity = complexity;
-  call.expertCounts = routing.expertCounts;
+  telemetry::CallRecord call = callRecordOf(T, complexity, routing, routingStats, complexityNs);
   call.flopsComputed = stats.flopsComputed;
   call.flopsStatic = stats.flopsStatic;
-  call.loadBalance = routingStats.loadBalance;
-  call.complexityNs = complexityNs;
   call.span = {stats.startNs, stats.gatingEndNs, stats.dispatchEndNs, stats.expertEndNs, stats.combineEndNs};
   telemetry_.record(call);
   return {};

@@ -27,14 +27,8 @@ void Router::gate(const float* x, int64_t T, float* logits) {
   computeLogits(x, T, logits);
 }
 
-std::string Router::finishCall(std::string error, int64_t startNs, int64_t T, const float* complexity,
-                               const RoutingOutput& out, const RoutingStats& stats, int64_t complexityNs,
-                               bool record) {
-  if (!record) return error;
-  if (!error.empty()) {
-    telemetry_.recordError(telemetry::ErrorKind::NonFinite);
-    return error;
-  }
+telemetry::CallRecord callRecordOf(int64_t T, const float* complexity, const RoutingOutput& out,
+                                   const RoutingStats& stats, int64_t complexityNs) {
   telemetry::CallRecord call;
   call.tokens = T;
   call.assignments = stats.assignments;
@@ -43,6 +37,18 @@ std::string Router::finishCall(std::string error, int64_t startNs, int64_t T, co
   call.expertCounts = out.expertCounts;
   call.loadBalance = stats.loadBalance;
   call.complexityNs = complexityNs;
+  return call;
+}
+
+std::string Router::finishCall(std::string error, int64_t startNs, int64_t T, const float* complexity,
+                               const RoutingOutput& out, const RoutingStats& stats, int64_t complexityNs,
+                               bool record) {
+  if (!record) return error;
+  if (!error.empty()) {
+    telemetry_.recordError(telemetry::ErrorKind::NonFinite);
+    return error;
+  }
+  telemetry::CallRecord call = callRecordOf(T, complexity, out, stats, complexityNs);
   call.span.startNs = startNs;
   call.span.gatingEndNs = call.span.dispatchEndNs = call.span.expertEndNs = call.span.combineEndNs =
       telemetry::nowNs();

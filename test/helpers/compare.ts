@@ -45,13 +45,4 @@ export function compareRouting(
   return { checked: got.tokens - ambiguous, ambiguous };
 }
 
-/** Relative Frobenius error ||a - b|| / ||b||. */
-export function relativeError(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] * b[i];
-  }
-  return Math.sqrt(num / Math.max(den, 1e-300));
-}
+export { relativeError } from '../../lib/bench/stats';

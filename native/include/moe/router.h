@@ -14,6 +14,10 @@
 
 namespace moe {
 
+// The telemetry record of one routing result; callers add FLOPs and stage timestamps.
+telemetry::CallRecord callRecordOf(int64_t T, const float* complexity, const RoutingOutput& out,
+                                   const RoutingStats& stats, int64_t complexityNs);
+
 class Router {
  public:
   // gateWeight is [E, d] row-major (Hugging Face layout); bias is [E] or null and only steers the choice;
