@@ -48,3 +48,4 @@ export {
   type DynamicRoutingInfo,
   type ExpertUsageStats,
 } from './dynamic-router';
+export * from './observability';

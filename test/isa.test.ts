@@ -14,7 +14,11 @@ import { freshSeed, randn } from './helpers/random';
 const SEED = freshSeed() % 100000;
 const probe = path.join(__dirname, 'helpers', 'isa-probe.ts');
 const features = backendInfo().cpuFeatures;
-const available: Record<string, boolean> = { avx512: features.avx512bf16 && features.avx512f, avx2: features.avx2, scalar: true };
+const available: Record<string, boolean> = {
+  avx512: features.avx512bf16 && features.avx512f,
+  avx2: features.avx2,
+  scalar: true,
+};
 
 for (const isa of ['avx512', 'avx2', 'scalar']) {
   test(`${isa} kernels match the reference`, () => {
@@ -43,7 +47,12 @@ for (const isa of ['avx512', 'avx2', 'scalar']) {
       ['bf16', 1e-2],
     ] as const) {
       const run = got[dtype];
-      const ref = referenceLayer(x, T, d, (e) => experts[e], { indices: run.indices, weights: run.weights, k: new Int32Array(T).fill(2), maxK: 2 });
+      const ref = referenceLayer(x, T, d, (e) => experts[e], {
+        indices: run.indices,
+        weights: run.weights,
+        k: new Int32Array(T).fill(2),
+        maxK: 2,
+      });
       const err = relativeError(run.output, ref);
       assert.ok(err < tol, `${isa} ${dtype}: relative error ${err} (seed ${SEED})`);
     }

@@ -26,15 +26,30 @@ const noCompilerEnv = (() => {
 let tarball = '';
 
 test('npm pack holds the prebuild, dist, native sources and monitoring, not tests or build trees', () => {
-  const out = execFileSync('npm', ['pack', '--json', '--pack-destination', work], { cwd: repo, encoding: 'utf8', timeout: 120_000 });
+  const out = execFileSync('npm', ['pack', '--json', '--pack-destination', work], {
+    cwd: repo,
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
   const info = JSON.parse(out)[0] as { filename: string; files: { path: string }[] };
   tarball = path.join(work, info.filename);
   const files = info.files.map((f) => f.path);
-  assert.ok(files.some((f) => /^prebuilds\/linux-x64\/.+\.node$/.test(f)), 'prebuild');
-  for (const needed of ['dist/index.js', 'dist/index.mjs', 'dist/index.d.ts', 'binding.gyp', 'native/cpu/gating.cc', 'native/binding/addon.cc']) {
+  assert.ok(
+    files.some((f) => /^prebuilds\/linux-x64\/.+\.node$/.test(f)),
+    'prebuild',
+  );
+  for (const needed of [
+    'dist/index.js',
+    'dist/index.mjs',
+    'dist/index.d.ts',
+    'binding.gyp',
+    'native/cpu/gating.cc',
+    'native/binding/addon.cc',
+  ]) {
     assert.ok(files.includes(needed), needed);
   }
-  for (const f of files) assert.not.match(f, /^(test|bench|build|build-cmake|node_modules)\//, `tarball must not hold ${f}`);
+  for (const f of files)
+    assert.not.match(f, /^(test|bench|build|build-cmake|node_modules)\//, `tarball must not hold ${f}`);
 });
 
 test('the tarball installs without a compiler, and require and import both work', () => {
@@ -58,7 +73,11 @@ test('the tarball installs without a compiler, and require and import both work'
   const wave = (n: number, s: number) => Array.from({ length: n }, (_, i) => Math.sin(i * s + 0.3) * 0.3);
   const gate = wave(E * d, 0.7);
   const x = wave(T * d, 0.13);
-  const experts = Array.from({ length: E }, (_, e) => ({ w1: wave(f * d, 0.21 + e), w3: wave(f * d, 0.37 + e), w2: wave(d * f, 0.53 + e) }));
+  const experts = Array.from({ length: E }, (_, e) => ({
+    w1: wave(f * d, 0.21 + e),
+    w3: wave(f * d, 0.37 + e),
+    w2: wave(d * f, 0.53 + e),
+  }));
   const cjs = `
     const { Router, MoELayer, backendInfo } = require('dynamic-moe-router-kit');
     const data = ${JSON.stringify({ gate, x, experts })};
@@ -68,21 +87,46 @@ test('the tarball installs without a compiler, and require and import both work'
     console.log(JSON.stringify({ backend: backendInfo().backend, indices: Array.from(r.routing.indices), weights: Array.from(r.routing.weights), k: Array.from(r.routing.k), output: Array.from(r.output) }));
   `;
   fs.writeFileSync(path.join(app, 'check.cjs'), cjs);
-  const run = spawnSync(process.execPath, ['check.cjs'], { cwd: app, env: noCompilerEnv, encoding: 'utf8', timeout: 60_000 });
+  const run = spawnSync(process.execPath, ['check.cjs'], {
+    cwd: app,
+    env: noCompilerEnv,
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
   assert.is(run.status, 0, run.stderr);
   const got = JSON.parse(run.stdout);
   assert.is(got.backend, 'cpu');
   const cfg = {
-    numExperts: E, hiddenSize: d, scoring: 'softmax' as const, selection: 'topk' as const, k: 2, p: 1, tau: 0, minK: 2, maxK: 2,
-    nGroup: 0, topkGroup: 0, groupScore: 'top2sum' as const, normalize: true, scale: 1,
+    numExperts: E,
+    hiddenSize: d,
+    scoring: 'softmax' as const,
+    selection: 'topk' as const,
+    k: 2,
+    p: 1,
+    tau: 0,
+    minK: 2,
+    maxK: 2,
+    nGroup: 0,
+    topkGroup: 0,
+    groupScore: 'top2sum' as const,
+    normalize: true,
+    scale: 1,
   };
   const routing = referenceRoute(cfg, x, gate);
   assert.equal(got.indices, Array.from(routing.indices));
   const ref = referenceLayer(x, T, d, (e) => ({ ...experts[e], f }), { ...routing, maxK: 2 });
   assert.ok(relativeError(got.output, ref) < 1e-5, `output error ${relativeError(got.output, ref)}`);
 
-  fs.writeFileSync(path.join(app, 'check.mjs'), `import { Router } from 'dynamic-moe-router-kit';\nimport kit from 'dynamic-moe-router-kit';\nconsole.log(typeof Router, typeof kit.MoELayer);\n`);
-  const esm = spawnSync(process.execPath, ['check.mjs'], { cwd: app, env: noCompilerEnv, encoding: 'utf8', timeout: 60_000 });
+  fs.writeFileSync(
+    path.join(app, 'check.mjs'),
+    `import { Router } from 'dynamic-moe-router-kit';\nimport kit from 'dynamic-moe-router-kit';\nconsole.log(typeof Router, typeof kit.MoELayer);\n`,
+  );
+  const esm = spawnSync(process.execPath, ['check.mjs'], {
+    cwd: app,
+    env: noCompilerEnv,
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
   assert.is(esm.status, 0, esm.stderr);
   assert.is(esm.stdout.trim(), 'function function');
 });

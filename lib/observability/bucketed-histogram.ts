@@ -14,8 +14,19 @@ export type LabelValues<L extends string> = Partial<Record<L, string | number>>;
 /** One exported sample, in the form prom-client's registry serialises. */
 export interface HistogramSample {
   labels: Record<string, string | number>;
+  /** Labels common to a series; the registry prints them after `labels`. */
+  sharedLabels?: Record<string, string>;
   value: number;
   metricName: string;
+}
+
+/** What `get()` returns. */
+export interface HistogramValues {
+  name: string;
+  help: string;
+  type: 'histogram';
+  values: HistogramSample[];
+  aggregator: 'sum';
 }
 
 export interface BucketedHistogramOptions<L extends string> {
@@ -54,7 +65,8 @@ export class BucketedHistogram<L extends string = string> {
 
   constructor(opts: BucketedHistogramOptions<L>) {
     for (let i = 1; i < opts.buckets.length; i++) {
-      if (!(opts.buckets[i] > opts.buckets[i - 1])) throw new RangeError(`${opts.name}: buckets must be strictly ascending`);
+      if (!(opts.buckets[i] > opts.buckets[i - 1]))
+        throw new RangeError(`${opts.name}: buckets must be strictly ascending`);
     }
     if ((opts.labelNames as readonly string[]).includes('le')) throw new RangeError(`${opts.name}: 'le' is reserved`);
     this.name = opts.name;
@@ -82,7 +94,9 @@ export class BucketedHistogram<L extends string = string> {
   addDelta(labels: LabelValues<L>, delta: HistogramDelta): void {
     if (delta.count === 0) return;
     if (delta.counts.length !== delta.bounds.length + 1) {
-      throw new RangeError(`${this.name}: a delta needs bounds.length + 1 counts, got ${delta.counts.length} for ${delta.bounds.length} bounds`);
+      throw new RangeError(
+        `${this.name}: a delta needs bounds.length + 1 counts, got ${delta.counts.length} for ${delta.bounds.length} bounds`,
+      );
     }
     const remap = this.remapFor(delta.bounds);
     const s = this.seriesFor(labels);
@@ -103,20 +117,40 @@ export class BucketedHistogram<L extends string = string> {
     this.series.delete(this.keyOf(labels));
   }
 
-  /** The exported samples, as prom-client's registry expects from `get()`. */
-  async get(): Promise<{ name: string; help: string; type: 'histogram'; values: HistogramSample[]; aggregator: 'sum' }> {
+  /** The exported samples with all labels on each (prom-client's `get()`, used by getMetricsAsJSON). */
+  async get(): Promise<HistogramValues> {
+    const data = await this.getForPromString();
+    for (const v of data.values) {
+      v.labels = { ...v.sharedLabels, ...v.labels };
+      delete v.sharedLabels;
+    }
+    return data;
+  }
+
+  /**
+   * The samples as prom-client's registry serialises them fastest: the series labels as one shared object per
+   * series (the registry caches its formatted text), and only `le` per bucket.
+   */
+  async getForPromString(): Promise<HistogramValues> {
     this.collectHook?.();
     const values: HistogramSample[] = [];
     const bucketName = `${this.name}_bucket`;
+    const sumName = `${this.name}_sum`;
+    const countName = `${this.name}_count`;
     for (const s of this.series.values()) {
       let cumulative = 0;
       for (let b = 0; b < this.upperBounds.length; b++) {
         cumulative += s.counts[b];
-        values.push({ labels: { ...s.labels, le: this.upperBounds[b] }, value: cumulative, metricName: bucketName });
+        values.push({
+          labels: { le: this.upperBounds[b] },
+          sharedLabels: s.labels,
+          value: cumulative,
+          metricName: bucketName,
+        });
       }
-      values.push({ labels: { ...s.labels, le: '+Inf' }, value: s.count, metricName: bucketName });
-      values.push({ labels: { ...s.labels }, value: s.sum, metricName: `${this.name}_sum` });
-      values.push({ labels: { ...s.labels }, value: s.count, metricName: `${this.name}_count` });
+      values.push({ labels: { le: '+Inf' }, sharedLabels: s.labels, value: s.count, metricName: bucketName });
+      values.push({ labels: {}, sharedLabels: s.labels, value: s.sum, metricName: sumName });
+      values.push({ labels: {}, sharedLabels: s.labels, value: s.count, metricName: countName });
     }
     return { name: this.name, help: this.help, type: this.type, values, aggregator: this.aggregator };
   }
@@ -144,7 +178,8 @@ export class BucketedHistogram<L extends string = string> {
         own[name] = String(value);
       }
       for (const name of Object.keys(labels)) {
-        if (!(this.labelNames as readonly string[]).includes(name)) throw new TypeError(`${this.name}: unknown label ${name}`);
+        if (!(this.labelNames as readonly string[]).includes(name))
+          throw new TypeError(`${this.name}: unknown label ${name}`);
       }
       s = { labels: own, counts: new Float64Array(this.upperBounds.length + 1), sum: 0, count: 0 };
       this.series.set(key, s);

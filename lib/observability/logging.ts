@@ -8,14 +8,19 @@
  * `EventLogger` whose pino child (`.child({ module })`) is made once. Nothing here logs per routing call: the
  * periodic summary lives in performance-summary.ts.
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import pino, { type DestinationStream, type Logger } from 'pino';
+import { packageVersion } from './package-version';
 import { clearCorrelationId, getCorrelationId, setCorrelationId } from './correlation';
 import type { LogEventType } from './log-events';
 
 export { LogEvent, type LogEventType } from './log-events';
-export { withCorrelationId, setCorrelationId, clearCorrelationId, getCorrelationId, newCorrelationId } from './correlation';
+export {
+  withCorrelationId,
+  setCorrelationId,
+  clearCorrelationId,
+  getCorrelationId,
+  newCorrelationId,
+} from './correlation';
 
 /** Level names accepted by {@link configureLogging}; the guide's Python names map onto pino's. */
 export type LogLevelName = 'trace' | 'debug' | 'info' | 'warn' | 'warning' | 'error' | 'critical' | 'fatal' | 'silent';
@@ -174,7 +179,12 @@ export class EventLogger {
     return getCorrelationId();
   }
 
-  private write(level: 'debug' | 'info' | 'warn' | 'error' | 'fatal', type: string, message: string, opts?: LogOptions): void {
+  private write(
+    level: 'debug' | 'info' | 'warn' | 'error' | 'fatal',
+    type: string,
+    message: string,
+    opts?: LogOptions,
+  ): void {
     const logger = this.pino;
     if (!logger.isLevelEnabled(level)) return;
     const record: Record<string, unknown> = {
@@ -197,23 +207,11 @@ function pinoLevel(level: string): string {
   const lower = level.toLowerCase();
   const mapped = lower === 'warning' ? 'warn' : lower === 'critical' ? 'fatal' : lower;
   if (!['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'].includes(mapped)) {
-    throw new RangeError(`level: expected one of trace, debug, info, warning, error, critical, silent; got ${JSON.stringify(level)}`);
+    throw new RangeError(
+      `level: expected one of trace, debug, info, warning, error, critical, silent; got ${JSON.stringify(level)}`,
+    );
   }
   return mapped;
-}
-
-let cachedVersion: string | undefined;
-function packageVersion(): string {
-  if (cachedVersion === undefined) {
-    try {
-      // lib/observability/ and dist/observability/ are both two levels below the package root.
-      const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version?: unknown };
-      cachedVersion = typeof pkg.version === 'string' ? pkg.version : '0.0.0';
-    } catch {
-      cachedVersion = '0.0.0';
-    }
-  }
-  return cachedVersion;
 }
 
 /** A destination that turns each JSON record into one readable line (no pino-pretty dependency). */
@@ -236,7 +234,15 @@ export function prettyLine(json: string): string {
     return json;
   }
   const event = (r.event ?? {}) as { type?: string; message?: string };
-  const parts = [String(r.timestamp ?? ''), String(r.level ?? '').toUpperCase().padEnd(5), event.type ?? '-', `[${String(r.module ?? '')}]`, event.message ?? String(r.msg ?? '')];
+  const parts = [
+    String(r.timestamp ?? ''),
+    String(r.level ?? '')
+      .toUpperCase()
+      .padEnd(5),
+    event.type ?? '-',
+    `[${String(r.module ?? '')}]`,
+    event.message ?? String(r.msg ?? ''),
+  ];
   if (r.correlation_id) parts.push(`(${String(r.correlation_id)})`);
   if (r.data && typeof r.data === 'object' && Object.keys(r.data).length > 0) parts.push(JSON.stringify(r.data));
   let text = parts.join(' ');

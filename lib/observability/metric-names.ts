@@ -1,7 +1,7 @@
 /**
  * The one place where metric family names, label sets and bucket bounds are written down. The collector, the
  * alert rules test and the dashboard test all read them from here, so a rename cannot silently miss one of them.
- * Names and labels follow docs/observability-guide.md of the earlier Python edition.
+ * Names and labels follow the observability guide of the earlier Python edition.
  */
 
 /** Metric family names, exactly as Prometheus sees them. */

@@ -89,7 +89,8 @@ export class MetricsCollector {
    * @throws Error from prom-client when the registry already holds a family of the same name.
    */
   constructor(modelName: string, opts: MetricsCollectorOptions = {}) {
-    if (typeof modelName !== 'string' || modelName.length === 0) throw new TypeError(`modelName: expected a non-empty string, got ${String(modelName)}`);
+    if (typeof modelName !== 'string' || modelName.length === 0)
+      throw new TypeError(`modelName: expected a non-empty string, got ${String(modelName)}`);
     this.modelName = modelName;
     this.registry = opts.registry ?? new Registry();
     const registers = [this.registry];
@@ -99,25 +100,52 @@ export class MetricsCollector {
     const gauge = <N extends keyof typeof METRIC_LABELS>(name: N, help: string) =>
       new Gauge<Labels<N>>({ name, help, labelNames: METRIC_LABELS[name], registers, collect: refresh });
     const histogram = <N extends keyof typeof METRIC_LABELS>(name: N, help: string, buckets: readonly number[]) =>
-      new BucketedHistogram<Labels<N>>({ name, help, labelNames: METRIC_LABELS[name], buckets, registers, collect: refresh });
+      new BucketedHistogram<Labels<N>>({
+        name,
+        help,
+        labelNames: METRIC_LABELS[name],
+        buckets,
+        registers,
+        collect: refresh,
+      });
 
     // Registered first, so its collect() drains the sources before any sibling is serialised.
     this.requests = counter(MetricName.ROUTING_REQUESTS, 'Routing calls, by backend and status (success or error).');
-    this.duration = histogram(MetricName.ROUTING_DURATION, 'Duration of one routing or layer call in seconds.', DURATION_BUCKETS_SECONDS);
-    this.expertsPerToken = histogram(MetricName.EXPERTS_USED_PER_TOKEN, 'Experts chosen per token.', EXPERTS_PER_TOKEN_BUCKETS);
-    this.loadBalance = gauge(MetricName.LOAD_BALANCE_SCORE, 'Load balance of the latest call: normalised entropy of tokens per expert, 1 = even.');
+    this.duration = histogram(
+      MetricName.ROUTING_DURATION,
+      'Duration of one routing or layer call in seconds.',
+      DURATION_BUCKETS_SECONDS,
+    );
+    this.expertsPerToken = histogram(
+      MetricName.EXPERTS_USED_PER_TOKEN,
+      'Experts chosen per token.',
+      EXPERTS_PER_TOKEN_BUCKETS,
+    );
+    this.loadBalance = gauge(
+      MetricName.LOAD_BALANCE_SCORE,
+      'Load balance of the latest call: normalised entropy of tokens per expert, 1 = even.',
+    );
     this.flopsComputed = counter(MetricName.FLOPS_COMPUTED, 'Expert FLOPs computed.');
     this.flopsSaved = counter(MetricName.FLOPS_SAVED, 'Expert FLOPs saved against the static top-k baseline.');
     this.memory = gauge(MetricName.MEMORY_USAGE, 'Memory held, by component, in bytes.');
     this.errors = counter(MetricName.ROUTING_ERRORS, 'Routing errors, by type.');
     this.expertFailures = counter(MetricName.EXPERT_FAILURES, 'Expert failures, by expert and failure type.');
-    this.complexity = histogram(MetricName.COMPLEXITY_SCORE, 'Per-token complexity scores of dynamic routing, in [0, 1].', COMPLEXITY_BUCKETS);
+    this.complexity = histogram(
+      MetricName.COMPLEXITY_SCORE,
+      'Per-token complexity scores of dynamic routing, in [0, 1].',
+      COMPLEXITY_BUCKETS,
+    );
     this.expertTokens = counter(MetricName.EXPERT_TOKENS, 'Tokens routed to each expert.');
-    this.stageDuration = histogram(MetricName.STAGE_DURATION, 'Duration of one stage of a call in seconds.', DURATION_BUCKETS_SECONDS);
+    this.stageDuration = histogram(
+      MetricName.STAGE_DURATION,
+      'Duration of one stage of a call in seconds.',
+      DURATION_BUCKETS_SECONDS,
+    );
 
     if (opts.defaultMetrics ?? true) {
       // Tolerate a registry that already carries the defaults (e.g. shared by two collectors).
-      if (!this.registry.getSingleMetric('process_cpu_user_seconds_total')) collectDefaultMetrics({ register: this.registry });
+      if (!this.registry.getSingleMetric('process_cpu_user_seconds_total'))
+        collectDefaultMetrics({ register: this.registry });
     }
   }
 
@@ -126,7 +154,8 @@ export class MetricsCollector {
    * its router, not both (the layer's calls are counted once, by the layer). Returns a function that detaches it.
    */
   observe(source: TelemetrySource, opts: ObserveOptions): () => void {
-    if (!source || typeof source.drainTelemetry !== 'function') throw new TypeError('observe: expected a Router or MoELayer (an object with drainTelemetry())');
+    if (!source || typeof source.drainTelemetry !== 'function')
+      throw new TypeError('observe: expected a Router or MoELayer (an object with drainTelemetry())');
     if (opts?.layerId === undefined || opts.layerId === '') throw new TypeError('observe: opts.layerId is required');
     if (this.attached.some((a) => a.source === source)) throw new Error('observe: this source is already attached');
     const entry: Attached = {
@@ -251,7 +280,9 @@ export class MetricsCollector {
       // A disposed layer cannot be drained any more: stop asking, and count it once.
       this.attached = this.attached.filter((a) => a !== entry);
       this.recordError('telemetry_drain_failed');
-      process.emitWarning(`dynamic-moe-router-kit: detached layer ${entry.layerId} from metrics: ${(error as Error)?.message ?? error}`);
+      process.emitWarning(
+        `dynamic-moe-router-kit: detached layer ${entry.layerId} from metrics: ${(error as Error)?.message ?? error}`,
+      );
       return;
     }
     this.apply(entry, delta);
@@ -273,7 +304,8 @@ export class MetricsCollector {
     const errorCount = d.errors.validation + d.errors.non_finite + d.errors.internal;
     if (errorCount > 0) {
       this.requests.inc({ model_name, backend, status: 'error' }, errorCount);
-      for (const type of NATIVE_ERROR_TYPES) if (d.errors[type] > 0) this.errors.inc({ model_name, error_type: type }, d.errors[type]);
+      for (const type of NATIVE_ERROR_TYPES)
+        if (d.errors[type] > 0) this.errors.inc({ model_name, error_type: type }, d.errors[type]);
     }
     this.duration.addDelta({ model_name, backend }, d.durationSeconds);
     this.expertsPerToken.addDelta({ model_name }, d.expertsPerToken);
@@ -282,7 +314,8 @@ export class MetricsCollector {
     if (d.flopsComputed > 0) this.flopsComputed.inc({ model_name, layer_type: entry.layerType }, d.flopsComputed);
     if (d.flopsStatic > d.flopsComputed) this.flopsSaved.inc({ model_name }, d.flopsStatic - d.flopsComputed);
     for (let e = 0; e < d.expertTokens.length; e++) {
-      if (d.expertTokens[e] > 0) this.expertTokens.inc({ model_name, layer_id: layerId, expert_id: String(e) }, d.expertTokens[e]);
+      if (d.expertTokens[e] > 0)
+        this.expertTokens.inc({ model_name, layer_id: layerId, expert_id: String(e) }, d.expertTokens[e]);
     }
     if (Number.isFinite(d.loadBalance)) this.recordLoadBalance(d.loadBalance, layerId);
   }
@@ -306,6 +339,7 @@ export class MetricsCollector {
 /** The complexity estimator's name of a Router (`estimator.name`) or an MoELayer (`router.estimator.name`). */
 function estimatorNameOf(source: TelemetrySource): string | undefined {
   type WithEstimator = { estimator?: { name?: unknown } };
-  const own = (source as WithEstimator).estimator?.name ?? (source as { router?: WithEstimator }).router?.estimator?.name;
+  const own =
+    (source as WithEstimator).estimator?.name ?? (source as { router?: WithEstimator }).router?.estimator?.name;
   return typeof own === 'string' ? own : undefined;
 }

@@ -56,7 +56,8 @@ export class PerformanceSummaryLogger {
   private readonly latestLoadBalance = new Map<unknown, number>();
 
   constructor(private readonly opts: PerformanceSummaryOptions) {
-    if (!opts.collector === !opts.source) throw new TypeError('PerformanceSummaryLogger: pass exactly one of collector or source');
+    if (!opts.collector === !opts.source)
+      throw new TypeError('PerformanceSummaryLogger: pass exactly one of collector or source');
     this.intervalMs = opts.intervalMs ?? 60_000;
     if (!(this.intervalMs > 0)) throw new RangeError(`intervalMs: expected a positive number, got ${opts.intervalMs}`);
     this.logger = opts.logger ?? getLogger('performance');
@@ -66,7 +67,8 @@ export class PerformanceSummaryLogger {
   /** Starts the periodic summaries. The timer does not keep the process alive. */
   start(): this {
     if (this.timer) return this;
-    if (this.opts.collector) this.unsubscribe = this.opts.collector.onDrain((delta, info) => this.add(delta, info.source));
+    if (this.opts.collector)
+      this.unsubscribe = this.opts.collector.onDrain((delta, info) => this.add(delta, info.source));
     this.windowStartMs = performance.now();
     this.timer = setInterval(() => this.logNow(), this.intervalMs);
     this.timer.unref();
@@ -92,9 +94,13 @@ export class PerformanceSummaryLogger {
     this.window = emptyWindow();
     this.windowStartMs = now;
     if (summary.calls === 0 && summary.errors === 0 && !this.opts.logWhenIdle) return undefined;
-    this.logger.info(LogEvent.PERFORMANCE_MEASUREMENT, `${summary.calls} calls, ${summary.tokens_processed} tokens in ${summary.interval_seconds.toFixed(1)} s`, {
-      data: { performance: summary, model: { name: this.modelName ?? null } },
-    });
+    this.logger.info(
+      LogEvent.PERFORMANCE_MEASUREMENT,
+      `${summary.calls} calls, ${summary.tokens_processed} tokens in ${summary.interval_seconds.toFixed(1)} s`,
+      {
+        data: { performance: summary, model: { name: this.modelName ?? null } },
+      },
+    );
     return summary;
   }
 
@@ -130,7 +136,16 @@ interface Window {
 }
 
 function emptyWindow(): Window {
-  return { calls: 0, errors: 0, tokens: 0, assignments: 0, flopsComputed: 0, flopsStatic: 0, spansDropped: 0, duration: { bounds: [], counts: [], sum: 0, count: 0 } };
+  return {
+    calls: 0,
+    errors: 0,
+    tokens: 0,
+    assignments: 0,
+    flopsComputed: 0,
+    flopsStatic: 0,
+    spansDropped: 0,
+    duration: { bounds: [], counts: [], sum: 0, count: 0 },
+  };
 }
 
 /** Adds a delta into an accumulator (all sources share the native duration bounds). */

@@ -4,11 +4,17 @@
  * application has installed it, loading it with a plain `require` so it stays an optional dependency.
  * Layer and router spans are built after a call returns, from native timestamps: see forward-spans.ts.
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
+import { packageVersion } from './package-version';
 import { context, SpanStatusCode, trace, type Attributes, type Span, type Tracer } from '@opentelemetry/api';
 
-export { recordForwardSpans, spanRecordFromForward, traceDrainedSpans, steadyNsToHrTime, type ForwardSpanAttributes, type ForwardSpanRecord } from './forward-spans';
+export {
+  recordForwardSpans,
+  spanRecordFromForward,
+  traceDrainedSpans,
+  steadyNsToHrTime,
+  type ForwardSpanAttributes,
+  type ForwardSpanRecord,
+} from './forward-spans';
 
 /** The tracer name of this package's spans. */
 export const TRACER_NAME = 'dynamic-moe-router-kit';
@@ -81,16 +87,24 @@ export class TracingSetupError extends Error {
  */
 export function initializeTracing(config: TracingConfig = {}): TracingHandle {
   const sampleRate = config.sampleRate ?? 1;
-  if (!(sampleRate >= 0 && sampleRate <= 1)) throw new RangeError(`sampleRate: expected a number in [0, 1], got ${config.sampleRate}`);
+  if (!(sampleRate >= 0 && sampleRate <= 1))
+    throw new RangeError(`sampleRate: expected a number in [0, 1], got ${config.sampleRate}`);
   const exporterType = config.exporterType ?? 'console';
   if (!['console', 'otlp', 'none'].includes(exporterType)) {
-    throw new RangeError(`exporterType: expected 'console', 'otlp' or 'none', got ${JSON.stringify(exporterType)} (Jaeger accepts OTLP: use 'otlp')`);
+    throw new RangeError(
+      `exporterType: expected 'console', 'otlp' or 'none', got ${JSON.stringify(exporterType)} (Jaeger accepts OTLP: use 'otlp')`,
+    );
   }
   const missing = (pkg: string, why: string): TracingHandle => {
     const message = `dynamic-moe-router-kit: tracing is off: ${why} needs ${pkg} (npm install ${pkg})`;
     if (config.onMissing === 'throw') throw new TracingSetupError(message);
     process.emitWarning(message);
-    return { enabled: false, tracer: trace.getTracer(TRACER_NAME, packageVersion()), forceFlush: async () => {}, shutdown: async () => {} };
+    return {
+      enabled: false,
+      tracer: trace.getTracer(TRACER_NAME, packageVersion()),
+      forceFlush: async () => {},
+      shutdown: async () => {},
+    };
   };
 
   const base = optionalRequire<SdkTraceBase>('@opentelemetry/sdk-trace-base');
@@ -98,12 +112,16 @@ export function initializeTracing(config: TracingConfig = {}): TracingHandle {
   let exporter: object | undefined = config.spanExporter;
   if (!exporter && exporterType === 'console') exporter = new base.ConsoleSpanExporter();
   if (!exporter && exporterType === 'otlp') {
-    const otlp = optionalRequire<{ OTLPTraceExporter: new (config: { url?: string }) => object }>('@opentelemetry/exporter-trace-otlp-http');
+    const otlp = optionalRequire<{ OTLPTraceExporter: new (config: { url?: string }) => object }>(
+      '@opentelemetry/exporter-trace-otlp-http',
+    );
     if (!otlp) return missing('@opentelemetry/exporter-trace-otlp-http', "exporterType 'otlp'");
     exporter = new otlp.OTLPTraceExporter(config.otlpEndpoint ? { url: config.otlpEndpoint } : {});
   }
   const batch = config.batch ?? exporterType === 'otlp';
-  const processors = exporter ? [batch ? new base.BatchSpanProcessor(exporter) : new base.SimpleSpanProcessor(exporter)] : [];
+  const processors = exporter
+    ? [batch ? new base.BatchSpanProcessor(exporter) : new base.SimpleSpanProcessor(exporter)]
+    : [];
   const sampler = new base.ParentBasedSampler({ root: new base.TraceIdRatioBasedSampler(sampleRate) });
   const resource = makeResource({
     'service.name': config.serviceName ?? 'dynamic-moe-router',
@@ -117,7 +135,11 @@ export function initializeTracing(config: TracingConfig = {}): TracingHandle {
   // SDK 1.x takes processors through addSpanProcessor, SDK 2.x through the constructor only.
   const probe = Provider.prototype as ProviderLike;
   const legacy = typeof probe.addSpanProcessor === 'function';
-  const provider = new Provider({ sampler, ...(resource ? { resource } : {}), ...(legacy ? {} : { spanProcessors: processors }) });
+  const provider = new Provider({
+    sampler,
+    ...(resource ? { resource } : {}),
+    ...(legacy ? {} : { spanProcessors: processors }),
+  });
   if (legacy) for (const p of processors) provider.addSpanProcessor!(p);
 
   const register = config.register ?? true;
@@ -198,32 +220,31 @@ function optionalRequire<T>(name: string): T | undefined {
   try {
     return require(name) as T;
   } catch (error) {
-    if ((error as NodeJS.ErrnoException)?.code === 'MODULE_NOT_FOUND' && String((error as Error).message).includes(name)) return undefined;
+    if (
+      (error as NodeJS.ErrnoException)?.code === 'MODULE_NOT_FOUND' &&
+      String((error as Error).message).includes(name)
+    )
+      return undefined;
     throw error;
   }
 }
 
 function makeResource(attributes: Attributes): object | undefined {
-  const resources = optionalRequire<{ resourceFromAttributes?: (a: Attributes) => object; Resource?: new (a: Attributes) => object }>('@opentelemetry/resources');
+  const resources = optionalRequire<{
+    resourceFromAttributes?: (a: Attributes) => object;
+    Resource?: new (a: Attributes) => object;
+  }>('@opentelemetry/resources');
   if (resources?.resourceFromAttributes) return resources.resourceFromAttributes(attributes);
   if (resources?.Resource) return new resources.Resource(attributes);
   return undefined;
 }
 
 function installContextManager(): void {
-  const hooks = optionalRequire<{ AsyncLocalStorageContextManager: new () => { enable(): unknown } }>('@opentelemetry/context-async-hooks');
-  if (hooks) context.setGlobalContextManager(new hooks.AsyncLocalStorageContextManager().enable() as Parameters<typeof context.setGlobalContextManager>[0]);
-}
-
-let cachedVersion: string | undefined;
-function packageVersion(): string {
-  if (cachedVersion === undefined) {
-    try {
-      const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version?: unknown };
-      cachedVersion = typeof pkg.version === 'string' ? pkg.version : '0.0.0';
-    } catch {
-      cachedVersion = '0.0.0';
-    }
-  }
-  return cachedVersion;
+  const hooks = optionalRequire<{ AsyncLocalStorageContextManager: new () => { enable(): unknown } }>(
+    '@opentelemetry/context-async-hooks',
+  );
+  if (hooks)
+    context.setGlobalContextManager(
+      new hooks.AsyncLocalStorageContextManager().enable() as Parameters<typeof context.setGlobalContextManager>[0],
+    );
 }

@@ -15,9 +15,19 @@ const experts = Array.from({ length: E }, (_, e) => ({
 const x = randn(T * d, seed + 99);
 const out: Record<string, unknown> = { isa: backendInfo().isa };
 for (const dtype of ['fp32', 'bf16'] as const) {
-  const router = new Router({ numExperts: E, hiddenSize: d, gateWeight: gate, selection: { kind: 'topk', k: 2 }, normalize: true });
+  const router = new Router({
+    numExperts: E,
+    hiddenSize: d,
+    gateWeight: gate,
+    selection: { kind: 'topk', k: 2 },
+    normalize: true,
+  });
   const layer = new MoELayer({ router, experts, dtype });
   const r = layer.forward(x);
-  out[dtype] = { output: Array.from(r.output), indices: Array.from(r.routing.indices), weights: Array.from(r.routing.weights) };
+  out[dtype] = {
+    output: Array.from(r.output),
+    indices: Array.from(r.routing.indices),
+    weights: Array.from(r.routing.weights),
+  };
 }
 console.log(JSON.stringify(out));

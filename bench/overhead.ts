@@ -1,0 +1,200 @@
+/**
+ * bench/overhead: what observability costs a layer forward. OLMoE shape (d=2048, f=1024, E=64, k=8), T=32, fp32,
+ * random normal weights, everything on against everything off, interleaved in one run (ABBA order per round):
+ *   on:  native counters drained by a /metrics scrape every 100 ms (prom-client text, default metrics included),
+ *        an OTel SDK tracer with an in-memory exporter recording moe.forward and its children after every call,
+ *        JSON logging to a temp file with the periodic performance.measurement summary (every second);
+ *   off: no scrape, no spans, no logging (the native counters themselves always count).
+ *
+ * Two numbers, each the median over rounds of that round's on-versus-off difference (robust to load bursts of
+ * other processes, which on a shared machine also make single forwards 5x slower now and then):
+ *   - per call: median of (forward + span recording), on against off;
+ *   - added time: mean time per call spent outside the forward (spans, scrapes, summaries, the loop yield and
+ *     the phase's own garbage collection), on minus off, as a share of the median forward.
+ * Also the measured cost of each piece. Target: at most 1 % at T=32.
+ *
+ *   node --expose-gc --import tsx bench/overhead.ts [--threads N] [--rounds 16] [--calls 10]
+ *        [--parts metrics,spans,logs] [--json FILE]
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { InMemorySpanExporter } from '@opentelemetry/sdk-trace-base';
+import { buildLayer } from '../lib/bench/layer';
+import { native } from '../lib/native';
+import {
+  configureLogging,
+  initializeTracing,
+  MetricsCollector,
+  PerformanceSummaryLogger,
+  recordForwardSpans,
+  spanRecordFromForward,
+} from '../lib/observability';
+
+function arg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1] : fallback;
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted.length ? sorted[Math.floor(sorted.length / 2)] : 0;
+}
+
+const mean = (values: number[]) => (values.length ? values.reduce((a, b) => a + b, 0) / values.length : 0);
+const collectGarbage = (globalThis as { gc?: () => void }).gc;
+const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+interface PhaseResult {
+  /** Forward alone, per call. */
+  forwardMs: number[];
+  /** Forward plus span recording, per call. */
+  callMs: number[];
+  /** Everything between the end of one forward and the start of the next, plus this phase's GC, per call. */
+  outsideMs: number[];
+}
+
+async function main(): Promise<void> {
+  const threads = Number(arg('threads', String(native().backendInfo().threads)));
+  const rounds = Number(arg('rounds', '16'));
+  const calls = Number(arg('calls', '10'));
+  // Which parts the "on" phases switch on (all by default), to see what each one costs.
+  const parts = new Set(arg('parts', 'metrics,spans,logs').split(','));
+  const T = 32;
+  if (!collectGarbage) console.error('note: run with node --expose-gc so each phase pays for its own garbage');
+  console.error(`building the OLMoE layer (fp32, ${threads} threads)...`);
+  const layer = buildLayer({ name: 'OLMoE', d: 2048, f: 1024, E: 64, k: 8, tokens: [T] }, 'fp32', threads);
+  const x = new Float32Array(T * layer.hiddenSize);
+  native().bench.fillNormal(x, 7, 1);
+  for (let i = 0; i < 5; i++) layer.forward(x);
+
+  // Everything of the "on" configuration, built once; each on phase starts and stops its timers.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-overhead-'));
+  const logFile = path.join(dir, 'router.log');
+  configureLogging({ file: logFile, format: 'json', serviceName: 'overhead-bench', environment: 'bench' });
+  const collector = new MetricsCollector('olmoe-bench');
+  collector.observe(layer, { layerId: 0 });
+  const exporter = new InMemorySpanExporter();
+  const tracing = initializeTracing({ spanExporter: exporter, register: false, serviceName: 'overhead-bench' });
+  const summary = new PerformanceSummaryLogger({ collector, intervalMs: 1000 });
+  const spanAttrs = { modelName: 'olmoe-bench', layerId: 0, numExperts: 64, backend: 'cpu' };
+  const scrapeSyncMs: number[] = [];
+  const spanMs: number[] = [];
+
+  async function phase(on: boolean): Promise<PhaseResult> {
+    let scrapeTimer: NodeJS.Timeout | undefined;
+    if (on && parts.has('metrics')) {
+      scrapeTimer = setInterval(() => {
+        const t0 = performance.now();
+        void collector.metrics(); // the drain and every collect() run synchronously here
+        scrapeSyncMs.push(performance.now() - t0);
+      }, 100);
+    }
+    if (on && parts.has('logs')) summary.start();
+    const result: PhaseResult = { forwardMs: [], callMs: [], outsideMs: [] };
+    for (let i = 0; i < calls; i++) {
+      const t0 = performance.now();
+      const output = layer.forward(x);
+      const t1 = performance.now();
+      if (on && parts.has('spans')) {
+        recordForwardSpans(tracing.tracer, spanRecordFromForward(output), spanAttrs);
+        spanMs.push(performance.now() - t1);
+      }
+      const t2 = performance.now();
+      await yieldToLoop(); // lets the scrape and summary timers run, in both configurations alike
+      result.forwardMs.push(t1 - t0);
+      result.callMs.push(t2 - t0);
+      result.outsideMs.push(performance.now() - t1);
+    }
+    clearInterval(scrapeTimer);
+    summary.stop(true);
+    exporter.reset();
+    // Each phase collects its own garbage in its own time, so an off phase never pays for the on phase before it.
+    const g0 = performance.now();
+    collectGarbage?.();
+    const gcPerCallMs = (performance.now() - g0) / calls;
+    result.outsideMs = result.outsideMs.map((ms) => ms + gcPerCallMs);
+    return result;
+  }
+
+  const all: Record<'on' | 'off', PhaseResult[]> = { on: [], off: [] };
+  const perCallRatios: number[] = [];
+  const addedRatios: number[] = [];
+  for (let r = 0; r < rounds; r++) {
+    const order = r % 2 === 0 ? [true, false] : [false, true];
+    const round: Record<'on' | 'off', PhaseResult[]> = { on: [], off: [] };
+    for (const o of [...order, ...[...order].reverse()]) round[o ? 'on' : 'off'].push(await phase(o));
+    const pick = (which: 'on' | 'off', key: keyof PhaseResult) => round[which].flatMap((p) => p[key]);
+    const forwardMedian = median(pick('off', 'forwardMs'));
+    perCallRatios.push(median(pick('on', 'callMs')) / median(pick('off', 'callMs')) - 1);
+    addedRatios.push((mean(pick('on', 'outsideMs')) - mean(pick('off', 'outsideMs'))) / forwardMedian);
+    all.on.push(...round.on);
+    all.off.push(...round.off);
+    console.error(
+      `  round ${r + 1}/${rounds}: forward ${forwardMedian.toFixed(2)} ms; per call ${(perCallRatios[r] * 100).toFixed(2)} %, ` +
+        `added ${(addedRatios[r] * 100).toFixed(2)} %`,
+    );
+  }
+
+  const over = (which: 'on' | 'off', key: keyof PhaseResult) => all[which].flatMap((p) => p[key]);
+  const forwardMs = median(over('off', 'forwardMs'));
+  const scrapeMedianMs = median(scrapeSyncMs);
+  const spanMedianMs = median(spanMs);
+  const result = {
+    date: new Date().toISOString(),
+    workload: `OLMoE T=${T} fp32`,
+    threads,
+    rounds,
+    callsPerPhase: calls,
+    parts: [...parts],
+    gcPerPhase: collectGarbage !== undefined,
+    forwardMedianMs: forwardMs,
+    perCall: {
+      onMedianMs: median(over('on', 'callMs')),
+      offMedianMs: median(over('off', 'callMs')),
+      overheadRatio: median(perCallRatios),
+    },
+    addedTime: {
+      onMeanMs: mean(over('on', 'outsideMs')),
+      offMeanMs: mean(over('off', 'outsideMs')),
+      overheadRatio: median(addedRatios),
+    },
+    pieces: {
+      scrapeSyncMedianMs: scrapeMedianMs,
+      scrapes: scrapeSyncMs.length,
+      spanRecordingMedianMs: spanMedianMs,
+      // one span set per call plus one scrape per 100 ms of compute
+      estimatedOverheadRatio: (spanMedianMs + scrapeMedianMs * (forwardMs / 100)) / forwardMs,
+    },
+    summaryRecordsLogged: fs.readFileSync(logFile, 'utf8').split('\n').filter(Boolean).length,
+  };
+  const pct = (v: number) => `${(v * 100).toFixed(2)} %`;
+  console.log(
+    [
+      `OLMoE T=${T} fp32, ${threads} threads, ${rounds} rounds x 2 x 2 phases x ${calls} calls; forward median ${forwardMs.toFixed(2)} ms`,
+      '',
+      '| overhead (median of paired rounds) | off | on | overhead |',
+      '|---|---|---|---|',
+      `| per call: forward + spans (median) | ${result.perCall.offMedianMs.toFixed(3)} ms | ${result.perCall.onMedianMs.toFixed(3)} ms | ${pct(result.perCall.overheadRatio)} |`,
+      `| added time outside the forward (mean) | ${result.addedTime.offMeanMs.toFixed(3)} ms | ${result.addedTime.onMeanMs.toFixed(3)} ms | ${pct(result.addedTime.overheadRatio)} |`,
+      '',
+      `pieces: scrape ${scrapeMedianMs.toFixed(3)} ms (${result.pieces.scrapes} scrapes), spans ${(spanMedianMs * 1000).toFixed(1)} us per call, ` +
+        `${result.summaryRecordsLogged} summary records; estimated ${pct(result.pieces.estimatedOverheadRatio)} (target <= 1 %)`,
+    ].join('\n'),
+  );
+  const out = arg('json', '');
+  if (out) {
+    fs.mkdirSync(path.dirname(out), { recursive: true });
+    fs.writeFileSync(out, JSON.stringify(result, null, 2));
+  }
+  await tracing.shutdown();
+  layer.dispose();
+  fs.rmSync(dir, { recursive: true, force: true });
+}
+
+if (require.main === module) {
+  main().catch((error: unknown) => {
+    console.error(error);
+    process.exitCode = 1;
+  });
+}

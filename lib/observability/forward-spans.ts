@@ -1,0 +1,180 @@
+/**
+ * Spans of one layer or router call, built after the call returned from the timestamps the native code wrote.
+ * No span is ever opened inside the kernels: the native side stores steady-clock nanoseconds, and this file turns
+ * them into `moe.forward` with children `router.complexity_estimation`, `router.expert_selection` and
+ * `router.expert_computation`, with explicit start and end times. Attributes are built only for recording spans.
+ */
+import {
+  context as otelContext,
+  ROOT_CONTEXT,
+  trace,
+  type Attributes,
+  type Context,
+  type HrTime,
+  type Span,
+  type Tracer,
+} from '@opentelemetry/api';
+import type { ForwardResult } from '../layer';
+import type { MetricsCollector } from './metrics';
+import type { SpanRecord } from './telemetry-types';
+
+/** A native span record, optionally with the start of the complexity estimation that ran before the native call. */
+export type ForwardSpanRecord = SpanRecord & { complexityStartNs?: number };
+
+/** Attributes shared by every span of a source. */
+export interface ForwardSpanAttributes {
+  modelName?: string;
+  layerId?: string | number;
+  numExperts?: number;
+  backend?: string;
+}
+
+let epochOffsetNs: bigint | undefined;
+
+/**
+ * Epoch nanoseconds minus steady-clock nanoseconds, measured once. `performance.timeOrigin + performance.now()` is
+ * wall time on the same monotonic clock as `process.hrtime.bigint()` (and std::chrono::steady_clock on Linux), so
+ * the difference is constant; the sample with the tightest hrtime bracket is kept.
+ */
+function offsetNs(): bigint {
+  if (epochOffsetNs === undefined) {
+    let bestGap = BigInt(Number.MAX_SAFE_INTEGER);
+    for (let i = 0; i < 8; i++) {
+      const before = process.hrtime.bigint();
+      const wallMs = performance.timeOrigin + performance.now();
+      const after = process.hrtime.bigint();
+      if (after - before < bestGap) {
+        bestGap = after - before;
+        epochOffsetNs = BigInt(Math.round(wallMs * 1e6)) - (before + after) / 2n;
+      }
+    }
+  }
+  return epochOffsetNs!;
+}
+
+/** A steady-clock nanosecond timestamp (process.hrtime.bigint()'s clock) as an OpenTelemetry epoch HrTime. */
+export function steadyNsToHrTime(steadyNs: number | bigint): HrTime {
+  const epochNs = (typeof steadyNs === 'bigint' ? steadyNs : BigInt(Math.round(steadyNs))) + offsetNs();
+  return [Number(epochNs / 1_000_000_000n), Number(epochNs % 1_000_000_000n)];
+}
+
+/**
+ * Creates the spans of each record: `moe.forward` (from the complexity start, or the gating start, to the end of
+ * combine), and as its children `router.complexity_estimation` (when `complexityStartNs` is known),
+ * `router.expert_selection` (gating) and `router.expert_computation` (dispatch, expert GEMM and combine; layers
+ * only). `moe.forward` is a child of the span active in `parent` (default: the active context).
+ * @returns how many records were recorded (0 when the tracer does not sample them).
+ */
+export function recordForwardSpans(
+  tracer: Tracer,
+  records: ForwardSpanRecord | readonly ForwardSpanRecord[],
+  attributes: ForwardSpanAttributes = {},
+  parent: Context = otelContext.active(),
+): number {
+  const list = Array.isArray(records) ? (records as readonly ForwardSpanRecord[]) : [records as ForwardSpanRecord];
+  let recorded = 0;
+  for (const r of list) {
+    const forwardStartNs = r.complexityStartNs ?? r.startNs;
+    const root = tracer.startSpan('moe.forward', { startTime: steadyNsToHrTime(forwardStartNs) }, parent);
+    if (!root.isRecording()) {
+      root.end();
+      continue;
+    }
+    root.setAttributes(forwardAttributes(r, attributes));
+    const inside = trace.setSpan(parent, root);
+    const child = (name: string, startNs: number, endNs: number, attrs: Attributes): Span => {
+      const span = tracer.startSpan(name, { startTime: steadyNsToHrTime(startNs), attributes: attrs }, inside);
+      span.end(steadyNsToHrTime(endNs));
+      return span;
+    };
+    if (r.complexityStartNs !== undefined) {
+      child('router.complexity_estimation', r.complexityStartNs, r.startNs, {
+        component: 'complexity_estimator',
+        'input.tokens': r.tokens,
+      });
+    }
+    child('router.expert_selection', r.startNs, r.gatingEndNs, {
+      component: 'expert_router',
+      'router.num_experts': attributes.numExperts ?? 0,
+      'routing.avg_experts_per_token': r.meanK,
+      'routing.tokens': r.tokens,
+    });
+    if (r.combineEndNs > r.gatingEndNs) {
+      child('router.expert_computation', r.gatingEndNs, r.combineEndNs, {
+        component: 'expert_network',
+        'moe.dispatch_seconds': (r.dispatchEndNs - r.gatingEndNs) / 1e9,
+        'moe.expert_gemm_seconds': (r.expertEndNs - r.dispatchEndNs) / 1e9,
+        'moe.combine_seconds': (r.combineEndNs - r.expertEndNs) / 1e9,
+        'moe.flops_computed': r.flopsComputed,
+      });
+    }
+    root.end(steadyNsToHrTime(Math.max(r.combineEndNs, r.gatingEndNs)));
+    recorded++;
+  }
+  return recorded;
+}
+
+function forwardAttributes(r: ForwardSpanRecord, a: ForwardSpanAttributes): Attributes {
+  const attrs: Attributes = {
+    'moe.tokens': r.tokens,
+    'moe.avg_experts_per_token': r.meanK,
+    'moe.flops_computed': r.flopsComputed,
+    'moe.flops_static': r.flopsStatic,
+    'moe.flop_reduction': r.flopsStatic > 0 ? 1 - r.flopsComputed / r.flopsStatic : 0,
+    'moe.kind': r.combineEndNs > r.gatingEndNs ? 'layer' : 'router',
+  };
+  if (a.modelName !== undefined) attrs['model.name'] = a.modelName;
+  if (a.layerId !== undefined) attrs['moe.layer_id'] = String(a.layerId);
+  if (a.numExperts !== undefined) attrs['router.num_experts'] = a.numExperts;
+  if (a.backend !== undefined) attrs['moe.backend'] = a.backend;
+  return attrs;
+}
+
+/**
+ * The span record of one MoELayer forward, from the stats it returned (no drain needed), for
+ * {@link recordForwardSpans} right after the call. Pass `complexityStartNs` (process.hrtime.bigint() taken before
+ * the call) to get a `router.complexity_estimation` span for dynamic routing.
+ */
+export function spanRecordFromForward(result: ForwardResult, complexityStartNs?: bigint): ForwardSpanRecord {
+  const s = result.stats;
+  const start = Number(s.startNs);
+  const gatingEnd = start + s.stageSeconds.gating * 1e9;
+  const dispatchEnd = gatingEnd + s.stageSeconds.dispatch * 1e9;
+  const expertEnd = dispatchEnd + s.stageSeconds.expertGemm * 1e9;
+  const combineEnd = expertEnd + s.stageSeconds.combine * 1e9;
+  const record: ForwardSpanRecord = {
+    startNs: start,
+    gatingEndNs: gatingEnd,
+    dispatchEndNs: dispatchEnd,
+    expertEndNs: expertEnd,
+    combineEndNs: combineEnd,
+    tokens: result.routing.tokens,
+    meanK: s.meanK,
+    flopsComputed: s.flopsComputed,
+    flopsStatic: s.flopsStatic,
+  };
+  if (complexityStartNs !== undefined && result.routing.complexity)
+    record.complexityStartNs = Number(complexityStartNs);
+  return record;
+}
+
+/**
+ * Turns the span records a collector drains at each scrape into spans (root spans of their own traces, as they are
+ * emitted after the fact). Returns a function that stops it.
+ */
+export function traceDrainedSpans(collector: MetricsCollector, tracer: Tracer): () => void {
+  return collector.onDrain((delta, source) => {
+    if (delta.spans.length === 0) return;
+    recordForwardSpans(
+      tracer,
+      delta.spans,
+      {
+        modelName: collector.modelName,
+        layerId: source.layerId,
+        numExperts: delta.numExperts,
+        backend: source.backend,
+      },
+      ROOT_CONTEXT,
+    );
+  });
+}

@@ -1,0 +1,361 @@
+/**
+ * Health checks and their aggregate, in the JSON shape of the observability guide:
+ *
+ *   { status, timestamp, summary: {total_checks, healthy, degraded, unhealthy},
+ *     checks: { <name>: {status, message, duration_ms, details} } }
+ *
+ * Overall status: unhealthy if any check is, else degraded if any is, else unknown if any is, else healthy.
+ * The model check is real: it runs a tiny forward (or route) on random input and times it.
+ */
+import * as fs from 'node:fs';
+import * as http from 'node:http';
+import * as https from 'node:https';
+import * as os from 'node:os';
+import { LogEvent } from './log-events';
+import type { EventLogger } from './logging';
+import type { TelemetrySource } from './telemetry-types';
+
+/** The four statuses, as the JSON spells them. */
+export const HealthStatus = {
+  HEALTHY: 'healthy',
+  DEGRADED: 'degraded',
+  UNHEALTHY: 'unhealthy',
+  UNKNOWN: 'unknown',
+} as const;
+export type HealthStatusValue = (typeof HealthStatus)[keyof typeof HealthStatus];
+
+/** What a check's `performCheck` returns. */
+export interface CheckOutcome {
+  status: HealthStatusValue;
+  message: string;
+  details?: Record<string, unknown>;
+}
+
+/** One entry of `checks`. */
+export interface HealthCheckResult {
+  status: HealthStatusValue;
+  message: string;
+  duration_ms: number;
+  details: Record<string, unknown>;
+}
+
+/** The report of {@link HealthMonitor.getOverallHealth}. */
+export interface HealthReport {
+  status: HealthStatusValue;
+  /** Seconds since the epoch, with fractions. */
+  timestamp: number;
+  summary: { total_checks: number; healthy: number; degraded: number; unhealthy: number };
+  checks: Record<string, HealthCheckResult>;
+}
+
+/** Base class of every check: subclasses implement `performCheck`; `run` times it, applies the timeout and catches. */
+export abstract class BaseHealthCheck {
+  /**
+   * @param name the key of this check in `checks`.
+   * @param timeoutMs a check still running after this long is reported unhealthy.
+   */
+  constructor(
+    readonly name: string,
+    readonly timeoutMs = 10_000,
+  ) {
+    if (typeof name !== 'string' || name.length === 0)
+      throw new TypeError(`name: expected a non-empty string, got ${String(name)}`);
+  }
+
+  protected abstract performCheck(): Promise<CheckOutcome> | CheckOutcome;
+
+  /** Runs the check once; never throws (an exception makes the result unhealthy). */
+  async run(): Promise<HealthCheckResult> {
+    const started = performance.now();
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<CheckOutcome>((resolve) => {
+      // Not unref'ed: someone awaits this result, and the timer is cleared as soon as the check settles.
+      timer = setTimeout(
+        () => resolve({ status: HealthStatus.UNHEALTHY, message: `Check timed out after ${this.timeoutMs} ms` }),
+        this.timeoutMs,
+      );
+    });
+    let outcome: CheckOutcome;
+    try {
+      outcome = await Promise.race([Promise.resolve().then(() => this.performCheck()), timeout]);
+    } catch (error) {
+      outcome = {
+        status: HealthStatus.UNHEALTHY,
+        message: `Check failed: ${error instanceof Error ? error.message : String(error)}`,
+        details: { error_type: error instanceof Error ? error.name : typeof error },
+      };
+    } finally {
+      clearTimeout(timer);
+    }
+    return {
+      status: outcome.status,
+      message: outcome.message,
+      duration_ms: performance.now() - started,
+      details: outcome.details ?? {},
+    };
+  }
+}
+
+/** The overall status of a set of statuses (healthy when empty). */
+export function overallStatus(statuses: Iterable<HealthStatusValue>): HealthStatusValue {
+  const seen = new Set(statuses);
+  for (const s of [HealthStatus.UNHEALTHY, HealthStatus.DEGRADED, HealthStatus.UNKNOWN] as const)
+    if (seen.has(s)) return s;
+  return HealthStatus.HEALTHY;
+}
+
+/** Runs a set of checks concurrently and aggregates them. */
+export class HealthMonitor {
+  private readonly checks = new Map<string, BaseHealthCheck>();
+  private lastStatus: HealthStatusValue | undefined;
+
+  /** @param opts.logger logs a `health.check` record whenever the overall status changes. */
+  constructor(private readonly opts: { logger?: EventLogger } = {}) {}
+
+  /** Adds a check. @throws Error when a check of the same name exists. */
+  addCheck(check: BaseHealthCheck): this {
+    if (this.checks.has(check.name))
+      throw new Error(`addCheck: a check named ${JSON.stringify(check.name)} already exists`);
+    this.checks.set(check.name, check);
+    return this;
+  }
+
+  removeCheck(name: string): boolean {
+    return this.checks.delete(name);
+  }
+
+  get checkNames(): string[] {
+    return [...this.checks.keys()];
+  }
+
+  /** Runs every check and returns the guide's report. */
+  async getOverallHealth(): Promise<HealthReport> {
+    const names = [...this.checks.keys()];
+    const results = await Promise.all([...this.checks.values()].map((c) => c.run()));
+    const checks: Record<string, HealthCheckResult> = {};
+    names.forEach((name, i) => (checks[name] = results[i]));
+    const count = (s: HealthStatusValue) => results.filter((r) => r.status === s).length;
+    const status = overallStatus(results.map((r) => r.status));
+    const report: HealthReport = {
+      status,
+      timestamp: Date.now() / 1000,
+      summary: {
+        total_checks: results.length,
+        healthy: count('healthy'),
+        degraded: count('degraded'),
+        unhealthy: count('unhealthy'),
+      },
+      checks,
+    };
+    if (this.opts.logger && status !== this.lastStatus) {
+      const level = status === 'healthy' ? 'info' : 'warn';
+      this.opts.logger[level](LogEvent.HEALTH_CHECK, `Health is ${status}`, {
+        data: { status, summary: report.summary },
+      });
+    }
+    this.lastStatus = status;
+    return report;
+  }
+}
+
+/** Status from a usage ratio and two thresholds. */
+function byUsage(usage: number, warning: number, critical: number): HealthStatusValue {
+  return usage >= critical ? HealthStatus.UNHEALTHY : usage >= warning ? HealthStatus.DEGRADED : HealthStatus.HEALTHY;
+}
+
+/** System memory in use (1 − available / total): degraded at `warningThreshold`, unhealthy at `criticalThreshold`. */
+export class MemoryHealthCheck extends BaseHealthCheck {
+  /** @param readMemory where the numbers come from (default: os.totalmem / os.freemem, i.e. MemAvailable on Linux). */
+  constructor(
+    readonly warningThreshold = 0.8,
+    readonly criticalThreshold = 0.95,
+    private readonly readMemory: () => { totalBytes: number; availableBytes: number } = () => ({
+      totalBytes: os.totalmem(),
+      availableBytes: os.freemem(),
+    }),
+  ) {
+    super('memory');
+  }
+
+  protected performCheck(): CheckOutcome {
+    const { totalBytes, availableBytes } = this.readMemory();
+    const usage = totalBytes > 0 ? 1 - availableBytes / totalBytes : 0;
+    const status = byUsage(usage, this.warningThreshold, this.criticalThreshold);
+    const word = status === 'healthy' ? 'normal' : status === 'degraded' ? 'high' : 'critical';
+    return {
+      status,
+      message: `Memory usage ${word}: ${(usage * 100).toFixed(1)}%`,
+      details: {
+        usage_percent: usage,
+        available_bytes: availableBytes,
+        total_bytes: totalBytes,
+        process_rss_bytes: process.memoryUsage.rss(),
+      },
+    };
+  }
+}
+
+/** Disk space in use on the file system holding `path` (fs.statfs). */
+export class DiskSpaceHealthCheck extends BaseHealthCheck {
+  constructor(
+    readonly path = '/',
+    readonly warningThreshold = 0.8,
+    readonly criticalThreshold = 0.95,
+    name = 'disk_space',
+  ) {
+    super(name);
+  }
+
+  protected async performCheck(): Promise<CheckOutcome> {
+    const s = await fs.promises.statfs(this.path);
+    const totalBytes = s.blocks * s.bsize;
+    const availableBytes = s.bavail * s.bsize;
+    const usage = totalBytes > 0 ? 1 - availableBytes / totalBytes : 0;
+    const status = byUsage(usage, this.warningThreshold, this.criticalThreshold);
+    return {
+      status,
+      message: `Disk usage of ${this.path}: ${(usage * 100).toFixed(1)}%`,
+      details: { path: this.path, usage_percent: usage, available_bytes: availableBytes, total_bytes: totalBytes },
+    };
+  }
+}
+
+/** What {@link ModelHealthCheck} needs: a Router (`route`) or an MoELayer (`forward`), sync or async. */
+export interface CheckableModel {
+  readonly hiddenSize: number;
+  forward?(x: Float32Array): { output: Float32Array };
+  forwardAsync?(x: Float32Array): Promise<{ output: Float32Array }>;
+  route?(x: Float32Array): { weights: Float32Array };
+  routeAsync?(x: Float32Array): Promise<{ weights: Float32Array }>;
+}
+
+/** Runs a real tiny forward (layer) or route (router) on random normal input and times it. */
+export class ModelHealthCheck extends BaseHealthCheck {
+  private readonly tokens: number;
+  private readonly maxLatencyMs: number;
+
+  /**
+   * @param model the layer or router to exercise.
+   * @param opts.tokens tokens per check (default 1); opts.maxLatencyMs: slower is degraded (default 1000).
+   */
+  constructor(
+    private readonly model: CheckableModel,
+    opts: { name?: string; tokens?: number; maxLatencyMs?: number; timeoutMs?: number } = {},
+  ) {
+    super(opts.name ?? 'model', opts.timeoutMs);
+    this.tokens = opts.tokens ?? 1;
+    this.maxLatencyMs = opts.maxLatencyMs ?? 1000;
+    if (!(
+      typeof model?.hiddenSize === 'number' &&
+      (model.forward || model.forwardAsync || model.route || model.routeAsync)
+    )) {
+      throw new TypeError('ModelHealthCheck: expected an MoELayer or a Router');
+    }
+  }
+
+  protected async performCheck(): Promise<CheckOutcome> {
+    const x = randomNormal(this.tokens * this.model.hiddenSize);
+    const m = this.model;
+    const started = performance.now();
+    let values: Float32Array;
+    if (m.forwardAsync) values = (await m.forwardAsync(x)).output;
+    else if (m.forward) values = m.forward(x).output;
+    else if (m.routeAsync) values = (await m.routeAsync(x)).weights;
+    else values = m.route!(x).weights;
+    const latencyMs = performance.now() - started;
+    const finite = values.every(Number.isFinite);
+    const details = { tokens: this.tokens, latency_ms: latencyMs, output_finite: finite };
+    if (!finite) return { status: HealthStatus.UNHEALTHY, message: 'Model produced non-finite output', details };
+    if (latencyMs > this.maxLatencyMs)
+      return { status: HealthStatus.DEGRADED, message: `Model inference slow: ${latencyMs.toFixed(1)} ms`, details };
+    return { status: HealthStatus.HEALTHY, message: `Model inference ok: ${latencyMs.toFixed(1)} ms`, details };
+  }
+}
+
+/** An HTTP(S) GET that must answer 2xx within the timeout. */
+export class ExternalServiceHealthCheck extends BaseHealthCheck {
+  constructor(
+    name: string,
+    readonly url: string,
+    readonly requestTimeoutMs = 5000,
+  ) {
+    super(name, requestTimeoutMs + 1000);
+    const protocol = new URL(url).protocol;
+    if (protocol !== 'http:' && protocol !== 'https:') throw new TypeError(`url: expected http(s), got ${url}`);
+  }
+
+  protected performCheck(): Promise<CheckOutcome> {
+    const client = new URL(this.url).protocol === 'https:' ? https : http;
+    return new Promise((resolve) => {
+      const request = client.get(this.url, { timeout: this.requestTimeoutMs }, (response) => {
+        response.resume();
+        const code = response.statusCode ?? 0;
+        const details = { url: this.url, status_code: code };
+        if (code >= 200 && code < 300)
+          resolve({ status: HealthStatus.HEALTHY, message: `${this.name} answered ${code}`, details });
+        else resolve({ status: HealthStatus.UNHEALTHY, message: `${this.name} answered ${code}`, details });
+      });
+      request.on('timeout', () => request.destroy(new Error(`no answer within ${this.requestTimeoutMs} ms`)));
+      request.on('error', (error) =>
+        resolve({
+          status: HealthStatus.UNHEALTHY,
+          message: `${this.name} unreachable: ${error.message}`,
+          details: { url: this.url },
+        }),
+      );
+    });
+  }
+}
+
+/** Where a load balance score comes from: a function, a MetricsCollector, or a source drained directly. */
+export type LoadBalanceSource =
+  (() => number | Promise<number>) | { latestLoadBalanceScore(): number; drainNow(): void } | TelemetrySource;
+
+/** Degraded when the expert load balance score (1 = even) falls below a threshold. */
+export class ExpertBalanceHealthCheck extends BaseHealthCheck {
+  private lastFromSource = NaN;
+
+  /**
+   * @param source a function returning the score, a MetricsCollector (its latest score over all layers), or a
+   *   Router/MoELayer (drained here: only when no collector drains it).
+   */
+  constructor(
+    private readonly source: LoadBalanceSource,
+    readonly balanceThreshold = 0.5,
+    name = 'expert_balance',
+  ) {
+    super(name);
+  }
+
+  protected async performCheck(): Promise<CheckOutcome> {
+    const score = await this.readScore();
+    const details = { balance_score: Number.isFinite(score) ? score : null, threshold: this.balanceThreshold };
+    if (!Number.isFinite(score)) return { status: HealthStatus.UNKNOWN, message: 'No routing call yet', details };
+    if (score < this.balanceThreshold)
+      return { status: HealthStatus.DEGRADED, message: `Expert load imbalance: ${score.toFixed(2)}`, details };
+    return { status: HealthStatus.HEALTHY, message: `Expert balance healthy: ${score.toFixed(2)}`, details };
+  }
+
+  private async readScore(): Promise<number> {
+    const s = this.source;
+    if (typeof s === 'function') return s();
+    if ('latestLoadBalanceScore' in s) {
+      s.drainNow();
+      return s.latestLoadBalanceScore();
+    }
+    const delta = s.drainTelemetry();
+    if (Number.isFinite(delta.loadBalance)) this.lastFromSource = delta.loadBalance;
+    return this.lastFromSource;
+  }
+}
+
+function randomNormal(n: number): Float32Array {
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i += 2) {
+    const radius = Math.sqrt(-2 * Math.log(1 - Math.random()));
+    const angle = 2 * Math.PI * Math.random();
+    out[i] = radius * Math.cos(angle);
+    if (i + 1 < n) out[i + 1] = radius * Math.sin(angle);
+  }
+  return out;
+}

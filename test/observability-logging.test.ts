@@ -1,0 +1,261 @@
+/**
+ * Structured logs: every record is one JSON line of exactly the guide's shape; the 17 event types; correlation ids
+ * that follow async work and never leak between concurrent requests; levels; the pretty format; a user's pino
+ * logger; and the periodic performance.measurement summary instead of per-call records.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import pino from 'pino';
+import {
+  clearCorrelationId,
+  configureLogging,
+  getCorrelationId,
+  getLogger,
+  LogEvent,
+  MetricsCollector,
+  PerformanceSummaryLogger,
+  setCorrelationId,
+  withCorrelationId,
+} from '../lib/observability';
+import { FakeTelemetrySource } from './helpers/fake-telemetry';
+
+/** A pino destination that keeps the lines written to it. */
+function capture() {
+  const lines: string[] = [];
+  return {
+    lines,
+    records: () => lines.map((l) => JSON.parse(l) as Record<string, unknown>),
+    destination: { write: (s: string) => void lines.push(...s.split('\n').filter(Boolean)) },
+  };
+}
+
+const REQUIRED = ['timestamp', 'level', 'service', 'event', 'process', 'correlation_id', 'data'];
+
+test('records are JSON lines of exactly the guide shape', () => {
+  const out = capture();
+  configureLogging({
+    level: 'info',
+    serviceName: 'svc',
+    serviceVersion: '9.9.9',
+    environment: 'test',
+    destination: out.destination,
+  });
+  const log = getLogger('router');
+  log.info(LogEvent.ROUTING_COMPLETE, 'Dynamic routing completed', {
+    data: { performance: { duration_seconds: 0.15, tokens_processed: 128 } },
+  });
+  log.error(LogEvent.ROUTING_ERROR, 'Routing failed', { error: new RangeError('bad k') });
+  const [ok, failed] = out.records();
+  assert.equal(Object.keys(ok).sort(), [...REQUIRED, 'module'].sort());
+  assert.equal(Object.keys(failed).sort(), [...REQUIRED, 'exception', 'module'].sort());
+  assert.equal(ok.service, { name: 'svc', version: '9.9.9', environment: 'test' });
+  assert.equal(ok.event, { type: 'routing.complete', message: 'Dynamic routing completed' });
+  assert.equal(ok.process, { pid: process.pid });
+  assert.is(ok.level, 'info');
+  assert.is(ok.module, 'router');
+  assert.is(ok.correlation_id, null);
+  assert.equal(ok.data, { performance: { duration_seconds: 0.15, tokens_processed: 128 } });
+  assert.ok(
+    !Number.isNaN(Date.parse(ok.timestamp as string)) && /Z$/.test(ok.timestamp as string),
+    'ISO 8601 UTC timestamp',
+  );
+  const exception = failed.exception as { type: string; message: string; stack: string };
+  assert.is(failed.level, 'error');
+  assert.is(exception.type, 'RangeError');
+  assert.is(exception.message, 'bad k');
+  assert.match(exception.stack, /RangeError: bad k/);
+});
+
+test('LogEvent has the 17 event types of the guide', () => {
+  assert.equal(Object.values(LogEvent).sort(), [
+    'auth.attempt',
+    'complexity.estimation',
+    'expert.computation',
+    'expert.selection',
+    'flop.computation',
+    'health.check',
+    'memory.warning',
+    'model.error',
+    'model.inference',
+    'model.load',
+    'performance.measurement',
+    'routing.complete',
+    'routing.error',
+    'routing.start',
+    'security.warning',
+    'system.shutdown',
+    'system.start',
+  ]);
+});
+
+test('correlation ids follow awaits and timers and do not leak between concurrent requests', async () => {
+  const out = capture();
+  configureLogging({ destination: out.destination });
+  const log = getLogger('requests');
+  const request = (id: string, delayMs: number) =>
+    withCorrelationId(id, async () => {
+      log.info(LogEvent.ROUTING_START, `start ${id}`);
+      await new Promise((r) => setTimeout(r, delayMs));
+      await Promise.resolve();
+      setImmediate(() => log.info(LogEvent.EXPERT_SELECTION, `immediate ${id}`));
+      await new Promise((r) => setImmediate(r));
+      log.info(LogEvent.ROUTING_COMPLETE, `end ${id}`);
+    });
+  await Promise.all([request('req-a', 15), request('req-b', 1), request('req-c', 8)]);
+  const records = out.records();
+  assert.is(records.length, 9);
+  for (const r of records) {
+    const message = (r.event as { message: string }).message;
+    assert.is(r.correlation_id, message.split(' ')[1], message);
+  }
+  log.info(LogEvent.SYSTEM_START, 'outside');
+  assert.is(out.records()[9].correlation_id, null);
+});
+
+test('setCorrelationId / clearCorrelationId, also through the logger methods of the guide', async () => {
+  const out = capture();
+  configureLogging({ destination: out.destination });
+  const log = getLogger('manual');
+  await withCorrelationId('outer', async () => {
+    log.setCorrelationId('replaced');
+    await new Promise((r) => setTimeout(r, 1));
+    assert.is(getCorrelationId(), 'replaced');
+    log.info(LogEvent.ROUTING_START, 'a');
+    log.clearCorrelationId();
+    log.info(LogEvent.ROUTING_COMPLETE, 'b');
+  });
+  await new Promise<void>((resolve) =>
+    setImmediate(() => {
+      setCorrelationId('entered');
+      setTimeout(() => {
+        log.info(LogEvent.MODEL_LOAD, 'c');
+        clearCorrelationId();
+        resolve();
+      }, 1);
+    }),
+  );
+  assert.equal(
+    out.records().map((r) => r.correlation_id),
+    ['replaced', null, 'entered'],
+  );
+});
+
+test('levels filter records; the guide names WARNING and CRITICAL work', () => {
+  const out = capture();
+  configureLogging({ level: 'WARNING', destination: out.destination });
+  const log = getLogger('levels');
+  assert.not.ok(log.isLevelEnabled('info'));
+  log.debug(LogEvent.MODEL_INFERENCE, 'hidden');
+  log.info(LogEvent.MODEL_INFERENCE, 'hidden');
+  log.warning(LogEvent.MEMORY_WARNING, 'shown');
+  log.critical(LogEvent.MODEL_ERROR, 'shown');
+  assert.equal(
+    out.records().map((r) => r.level),
+    ['warn', 'fatal'],
+  );
+  assert.throws(() => configureLogging({ level: 'loud' as 'info' }), /level/);
+});
+
+test('file output: JSON lines appended to the file, folder created', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-log-'));
+  try {
+    const file = path.join(dir, 'nested', 'router.log');
+    configureLogging({ file, serviceName: 'file-test' });
+    const log = getLogger('file');
+    log.info(LogEvent.SYSTEM_START, 'one');
+    log.info(LogEvent.SYSTEM_SHUTDOWN, 'two');
+    const lines = fs.readFileSync(file, 'utf8').trim().split('\n');
+    assert.is(lines.length, 2);
+    assert.equal(
+      lines.map((l) => (JSON.parse(l) as { event: { type: string } }).event.type),
+      ['system.start', 'system.shutdown'],
+    );
+  } finally {
+    configureLogging({ destination: { write: () => {} } });
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('pretty format writes one readable line per record', () => {
+  const lines: string[] = [];
+  configureLogging({ format: 'pretty', destination: { write: (s: string) => void lines.push(s) } });
+  withCorrelationId('cid-1', () =>
+    getLogger('pretty').info(LogEvent.HEALTH_CHECK, 'all good', { data: { checks: 3 } }),
+  );
+  assert.is(lines.length, 1);
+  assert.match(lines[0], /^\d{4}-\d\d-\d\dT.*Z INFO  health\.check \[pretty\] all good \(cid-1\) \{"checks":3\}\n$/);
+});
+
+test("a user's pino logger is used, with .child({ module }) made once per module", () => {
+  const lines: string[] = [];
+  const user = pino({ base: null, timestamp: false }, { write: (s: string) => void lines.push(s) });
+  let children = 0;
+  const originalChild = user.child.bind(user);
+  const counted = Object.assign(Object.create(user) as typeof user, {
+    child: (...args: Parameters<typeof user.child>) => {
+      children++;
+      return originalChild(...args);
+    },
+  });
+  configureLogging({ logger: counted, serviceName: 'user-app', environment: 'prod' });
+  const a = getLogger('a');
+  const rootChildren = children;
+  a.info(LogEvent.AUTH_ATTEMPT, 'x');
+  a.info(LogEvent.AUTH_ATTEMPT, 'y');
+  getLogger('a').info(LogEvent.SECURITY_WARNING, 'z');
+  const r = JSON.parse(lines[0]) as Record<string, unknown>;
+  assert.equal(r.service, { name: 'user-app', version: '0.1.0', environment: 'prod' });
+  assert.is(r.module, 'a');
+  assert.is(lines.length, 3);
+  assert.is(rootChildren, 1, 'the service bindings child');
+});
+
+test('PerformanceSummaryLogger logs one performance.measurement per interval, not per call', async () => {
+  const out = capture();
+  configureLogging({ destination: out.destination });
+  const src = new FakeTelemetrySource(8, 4);
+  const collector = new MetricsCollector('summary-model', { defaultMetrics: false });
+  collector.observe(src, { layerId: 0 });
+  const summary = new PerformanceSummaryLogger({ collector, intervalMs: 40 }).start();
+  for (let i = 0; i < 50; i++) src.call({ ks: [2, 4], durationSeconds: 0.002, flopsComputed: 600, flopsStatic: 800 });
+  for (const deadline = Date.now() + 5000; out.lines.length === 0 && Date.now() < deadline;)
+    await new Promise((r) => setTimeout(r, 5));
+  const first = out.records().filter((r) => (r.event as { type: string }).type === 'performance.measurement');
+  assert.is(first.length, 1, 'one summary for 50 calls');
+  const perf = (first[0].data as { performance: Record<string, number>; model: { name: string } }).performance;
+  assert.is(perf.calls, 50);
+  assert.is(perf.tokens_processed, 100);
+  assert.is(perf.experts_used, 3);
+  assert.is(perf.flop_reduction, 0.25);
+  assert.is(perf.duration_seconds_p95, 0.0025);
+  assert.ok(Math.abs(perf.duration_seconds_mean - 0.002) < 1e-12);
+  assert.is((first[0].data as { model: { name: string } }).model.name, 'summary-model');
+  await new Promise((r) => setTimeout(r, 100));
+  assert.is(out.records().length, 1, 'idle intervals log nothing');
+  src.call({ ks: [1] });
+  summary.stop();
+  assert.is(out.records().length, 2, 'stop() flushes the last interval');
+  const metrics = await collector.metrics();
+  assert.match(
+    metrics,
+    /dynamic_moe_routing_requests_total\{model_name="summary-model",backend="cpu",status="success"\} 51/,
+  );
+});
+
+test('PerformanceSummaryLogger can drain a source directly', () => {
+  const out = capture();
+  configureLogging({ destination: out.destination });
+  const src = new FakeTelemetrySource(8, 4, 'router');
+  const summary = new PerformanceSummaryLogger({ source: src, intervalMs: 10_000, modelName: 'direct' });
+  src.call({ ks: [1, 1, 1] });
+  const s = summary.logNow();
+  assert.is(s?.calls, 1);
+  assert.is(s?.flop_reduction, 0);
+  assert.is(out.records().length, 1);
+  assert.throws(() => new PerformanceSummaryLogger({}), /exactly one/);
+});
+
+test.run();

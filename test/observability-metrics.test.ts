@@ -1,0 +1,276 @@
+/**
+ * MetricsCollector: the guide's families and labels after traffic, scrape-time draining by delta (nothing counted
+ * twice, nothing lost), one drain per source per scrape, natively bucketed histograms, the manual methods, and —
+ * once Router/MoELayer have drainTelemetry — the same on the real classes.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { register as globalRegistry, Registry } from 'prom-client';
+import { MoELayer, Router } from '../lib';
+import { METRIC_LABELS, MetricName, MetricsCollector, type TelemetrySource } from '../lib/observability';
+import { FakeTelemetrySource } from './helpers/fake-telemetry';
+import { find, parseExposition, value } from './helpers/prom-text';
+import { freshSeed, randn } from './helpers/random';
+
+const SEED = freshSeed();
+console.log(`observability-metrics.test seed ${SEED}`);
+
+async function scrape(c: MetricsCollector) {
+  return parseExposition(await c.metrics());
+}
+
+test('every family of the guide is exposed with its exact label set after traffic', async () => {
+  const c = new MetricsCollector('test-model', { defaultMetrics: false });
+  const src = new FakeTelemetrySource(8, 4);
+  c.observe(src, { layerId: 3 });
+  src.call({ ks: [2, 3, 4], complexity: [0.15, 0.5, 0.95], flopsComputed: 900, flopsStatic: 1200 });
+  src.error('validation');
+  c.recordExpertFailure(5, 'timeout');
+  const exp = await scrape(c);
+  const types: Record<string, string> = {
+    [MetricName.ROUTING_REQUESTS]: 'counter',
+    [MetricName.ROUTING_DURATION]: 'histogram',
+    [MetricName.EXPERTS_USED_PER_TOKEN]: 'histogram',
+    [MetricName.LOAD_BALANCE_SCORE]: 'gauge',
+    [MetricName.FLOPS_COMPUTED]: 'counter',
+    [MetricName.FLOPS_SAVED]: 'counter',
+    [MetricName.MEMORY_USAGE]: 'gauge',
+    [MetricName.ROUTING_ERRORS]: 'counter',
+    [MetricName.EXPERT_FAILURES]: 'counter',
+    [MetricName.COMPLEXITY_SCORE]: 'histogram',
+    [MetricName.EXPERT_TOKENS]: 'counter',
+    [MetricName.STAGE_DURATION]: 'histogram',
+  };
+  for (const [name, type] of Object.entries(types)) {
+    assert.is(exp.types.get(name), type, `TYPE of ${name}`);
+    assert.ok(exp.help.get(name), `HELP of ${name}`);
+    const sampleName = type === 'histogram' ? `${name}_count` : name;
+    const samples = find(exp, sampleName);
+    assert.ok(samples.length > 0, `${name} has samples`);
+    const expected = [...METRIC_LABELS[name as keyof typeof METRIC_LABELS]].sort();
+    for (const s of samples) assert.equal(Object.keys(s.labels).sort(), expected, `labels of ${name}`);
+    for (const s of samples) assert.is(s.labels.model_name, 'test-model');
+  }
+  assert.is(value(exp, MetricName.ROUTING_REQUESTS, { backend: 'cpu', status: 'success' }), 1);
+  assert.is(value(exp, MetricName.ROUTING_REQUESTS, { backend: 'cpu', status: 'error' }), 1);
+  assert.is(value(exp, MetricName.ROUTING_ERRORS, { error_type: 'validation' }), 1);
+  assert.is(value(exp, MetricName.FLOPS_COMPUTED, { layer_type: 'moe' }), 900);
+  assert.is(value(exp, MetricName.FLOPS_SAVED), 300);
+  assert.is(value(exp, MetricName.LOAD_BALANCE_SCORE, { layer_id: '3' }), 0.9);
+  assert.is(value(exp, MetricName.MEMORY_USAGE, { component: 'expert_weights' }), 1 << 20);
+  assert.is(value(exp, MetricName.EXPERT_FAILURES, { expert_id: '5', failure_type: 'timeout' }), 1);
+  assert.is(value(exp, `${MetricName.COMPLEXITY_SCORE}_count`, { estimator_type: 'none' }), 3);
+});
+
+test('the collector uses its own registry, never the global one', async () => {
+  const c = new MetricsCollector('own-registry', { defaultMetrics: false });
+  assert.ok(c.registry !== globalRegistry);
+  assert.is(globalRegistry.getSingleMetric(MetricName.ROUTING_REQUESTS), undefined);
+  const shared = new Registry();
+  const d = new MetricsCollector('given', { registry: shared, defaultMetrics: true });
+  assert.is(d.registry, shared);
+  assert.ok(shared.getSingleMetric('process_cpu_user_seconds_total'), 'default process metrics on the same registry');
+  assert.ok(shared.getSingleMetric('nodejs_heap_size_used_bytes'), 'default metrics are unprefixed');
+});
+
+test('scrapes drain by delta: repeated scrapes never count a call twice', async () => {
+  const c = new MetricsCollector('delta', { defaultMetrics: false });
+  const src = new FakeTelemetrySource(4, 2);
+  c.observe(src, { layerId: 'L0' });
+  for (let i = 0; i < 3; i++) src.call({ ks: [1, 2], experts: [0, 1, 2] });
+  let exp = await scrape(c);
+  assert.is(value(exp, MetricName.ROUTING_REQUESTS, { status: 'success' }), 3);
+  assert.is(value(exp, `${MetricName.EXPERTS_USED_PER_TOKEN}_count`), 6);
+  assert.is(value(exp, `${MetricName.EXPERTS_USED_PER_TOKEN}_sum`), 9);
+  exp = await scrape(c);
+  assert.is(value(exp, MetricName.ROUTING_REQUESTS, { status: 'success' }), 3, 'second scrape adds nothing');
+  assert.is(value(exp, `${MetricName.EXPERTS_USED_PER_TOKEN}_count`), 6);
+  src.call({ ks: [2, 2] });
+  src.call({ ks: [1, 1] });
+  exp = await scrape(c);
+  assert.is(value(exp, MetricName.ROUTING_REQUESTS, { status: 'success' }), 5);
+  assert.is(value(exp, `${MetricName.ROUTING_DURATION}_count`, { backend: 'cpu' }), 5);
+  // experts 0,1,2 cycled over 3 assignments x 3 calls = 3 each, then 0..3 and 0..1 from the default cycle
+  assert.is(value(exp, MetricName.EXPERT_TOKENS, { layer_id: 'L0', expert_id: '0' }), 5);
+  assert.is(value(exp, MetricName.EXPERT_TOKENS, { layer_id: 'L0', expert_id: '3' }), 1);
+});
+
+test('one drain per source per scrape, and reading a single family alone still drains', async () => {
+  const c = new MetricsCollector('once', { defaultMetrics: false });
+  const a = new FakeTelemetrySource();
+  const b = new FakeTelemetrySource();
+  c.observe(a, { layerId: 0 });
+  c.observe(b, { layerId: 1 });
+  await c.metrics();
+  assert.is(a.drains, 1);
+  assert.is(b.drains, 1);
+  await c.metrics();
+  assert.is(a.drains, 2);
+  a.call({ ks: [3] });
+  const single = await c.registry.getSingleMetric(MetricName.FLOPS_COMPUTED)!.get();
+  assert.ok(single);
+  assert.is(a.drains, 3);
+  const exp = await scrape(c);
+  assert.is(
+    value(exp, MetricName.ROUTING_REQUESTS, { status: 'success' }),
+    1,
+    'the single-family read did not lose the call',
+  );
+});
+
+test('natively bucketed histograms keep exact bucket counts', async () => {
+  const c = new MetricsCollector('buckets', { defaultMetrics: false });
+  const src = new FakeTelemetrySource(8, 6);
+  c.observe(src, { layerId: 0 });
+  src.call({ ks: [0, 1, 1, 3, 6, 6, 6], durationSeconds: 0.003, stageSeconds: { gating: 2e-5, expert_gemm: 0.002 } });
+  src.call({ ks: [2], durationSeconds: 7, stageSeconds: { gating: 2e-5, expert_gemm: 0.002 } });
+  const exp = await scrape(c);
+  const k = (le: string) => value(exp, `${MetricName.EXPERTS_USED_PER_TOKEN}_bucket`, { le });
+  assert.is(k('0'), 1);
+  assert.is(k('1'), 3);
+  assert.is(k('2'), 4);
+  assert.is(k('5'), 5);
+  assert.is(k('6'), 8);
+  assert.is(k('+Inf'), 8);
+  const d = (le: string) => value(exp, `${MetricName.ROUTING_DURATION}_bucket`, { le });
+  assert.is(d('0.0025'), 0);
+  assert.is(d('0.005'), 1);
+  assert.is(d('5'), 1);
+  assert.is(d('+Inf'), 2);
+  assert.is(value(exp, `${MetricName.STAGE_DURATION}_bucket`, { stage: 'gating', le: '0.00001' }), 0);
+  assert.is(value(exp, `${MetricName.STAGE_DURATION}_bucket`, { stage: 'gating', le: '0.000025' }), 2);
+  assert.is(value(exp, `${MetricName.STAGE_DURATION}_bucket`, { stage: 'expert_gemm', le: '0.001' }), 0);
+  assert.is(value(exp, `${MetricName.STAGE_DURATION}_bucket`, { stage: 'expert_gemm', le: '0.0025' }), 2);
+  assert.is(
+    find(exp, `${MetricName.STAGE_DURATION}_count`, { stage: 'complexity' }).length,
+    0,
+    'no complexity stage without dynamic routing',
+  );
+});
+
+test('the manual methods of the guide write the same families', async () => {
+  const c = new MetricsCollector('manual', { defaultMetrics: false });
+  c.recordRoutingRequest('torch', 'success');
+  c.recordRoutingDuration(0.15, 'torch');
+  c.recordExpertsUsed(3.2);
+  c.recordLoadBalance(0.42, 7);
+  c.recordFlops(1_000_000, 350_000, 'moe');
+  c.updateMemoryUsage(512 * 1024 * 1024, 'model');
+  c.recordError('complexity_estimation_failed');
+  c.recordComplexity(0.33, 'router_entropy');
+  const exp = await scrape(c);
+  assert.is(value(exp, MetricName.ROUTING_REQUESTS, { backend: 'torch', status: 'success' }), 1);
+  assert.is(value(exp, `${MetricName.ROUTING_DURATION}_bucket`, { backend: 'torch', le: '0.25' }), 1);
+  assert.is(value(exp, `${MetricName.ROUTING_DURATION}_bucket`, { backend: 'torch', le: '0.1' }), 0);
+  assert.is(value(exp, `${MetricName.EXPERTS_USED_PER_TOKEN}_bucket`, { le: '4' }), 1);
+  assert.is(value(exp, `${MetricName.EXPERTS_USED_PER_TOKEN}_bucket`, { le: '3' }), 0);
+  assert.is(value(exp, MetricName.LOAD_BALANCE_SCORE, { layer_id: '7' }), 0.42);
+  assert.is(value(exp, MetricName.FLOPS_SAVED), 350_000);
+  assert.is(value(exp, MetricName.MEMORY_USAGE, { component: 'model' }), 512 * 1024 * 1024);
+  assert.is(value(exp, MetricName.ROUTING_ERRORS, { error_type: 'complexity_estimation_failed' }), 1);
+  assert.is(value(exp, `${MetricName.COMPLEXITY_SCORE}_bucket`, { estimator_type: 'router_entropy', le: '0.4' }), 1);
+  assert.is(c.latestLoadBalanceScore(7), 0.42);
+});
+
+test('a source that cannot be drained any more is detached and counted once', async () => {
+  const c = new MetricsCollector('broken', { defaultMetrics: false });
+  const src = new FakeTelemetrySource();
+  c.observe(src, { layerId: 0 });
+  src.throwOnDrain = new Error('disposed');
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => warnings.push(w.message);
+  process.on('warning', onWarning);
+  await c.metrics();
+  await c.metrics();
+  await new Promise((r) => setImmediate(r));
+  process.off('warning', onWarning);
+  const exp = await scrape(c);
+  assert.is(value(exp, MetricName.ROUTING_ERRORS, { error_type: 'telemetry_drain_failed' }), 1);
+  assert.is(src.drains, 1);
+  assert.ok(warnings.some((w) => w.includes('detached')));
+});
+
+test('unobserve drains one last time; drain listeners see every delta once', async () => {
+  const c = new MetricsCollector('listeners', { defaultMetrics: false });
+  const src = new FakeTelemetrySource();
+  const stop = c.observe(src, { layerId: 0 });
+  const seen: number[] = [];
+  c.onDrain((d) => seen.push(d.calls));
+  src.call({ ks: [1] });
+  await c.metrics();
+  src.call({ ks: [1] });
+  src.call({ ks: [1] });
+  stop();
+  await c.metrics();
+  assert.equal(seen, [1, 2]);
+  const exp = await scrape(c);
+  assert.is(value(exp, MetricName.ROUTING_REQUESTS, { status: 'success' }), 3);
+});
+
+test('observe rejects what is not a telemetry source, a missing layerId and a second attach', () => {
+  const c = new MetricsCollector('checks', { defaultMetrics: false });
+  assert.throws(() => c.observe({} as TelemetrySource, { layerId: 0 }), /drainTelemetry/);
+  const src = new FakeTelemetrySource();
+  assert.throws(() => c.observe(src, {} as { layerId: number }), /layerId/);
+  c.observe(src, { layerId: 0 });
+  assert.throws(() => c.observe(src, { layerId: 1 }), /already attached/);
+});
+
+const hasNativeTelemetry =
+  typeof (Router.prototype as unknown as { drainTelemetry?: unknown }).drainTelemetry === 'function';
+
+test('real Router and MoELayer: counts after traffic match the calls', async () => {
+  const E = 8,
+    d = 16,
+    k = 2,
+    T = 5;
+  const router = new Router({
+    numExperts: E,
+    hiddenSize: d,
+    gateWeight: randn(E * d, SEED),
+    selection: { kind: 'topk', k },
+  });
+  const c = new MetricsCollector('real', { defaultMetrics: false });
+  c.observe(router, { layerId: 'router' });
+  await c.metrics(); // start from a clean delta
+  for (let i = 0; i < 4; i++) router.route(randn(T * d, SEED + i + 1));
+  assert.throws(() => router.route(new Float32Array(T * d).fill(NaN)));
+  let exp = await scrape(c);
+  assert.is(value(exp, MetricName.ROUTING_REQUESTS, { status: 'success' }), 4);
+  assert.is(value(exp, `${MetricName.EXPERTS_USED_PER_TOKEN}_count`), 4 * T);
+  assert.is(value(exp, `${MetricName.EXPERTS_USED_PER_TOKEN}_bucket`, { le: String(k - 1) }), 0);
+  assert.is(value(exp, `${MetricName.EXPERTS_USED_PER_TOKEN}_bucket`, { le: String(k) }), 4 * T);
+  const tokensPerExpert = find(exp, MetricName.EXPERT_TOKENS).reduce((a, s) => a + s.value, 0);
+  assert.is(tokensPerExpert, 4 * T * k);
+  const lb = value(exp, MetricName.LOAD_BALANCE_SCORE, { layer_id: 'router' });
+  assert.ok(lb >= 0 && lb <= 1);
+  assert.ok(value(exp, MetricName.ROUTING_REQUESTS, { status: 'error' }) >= 1, 'the NaN input was counted as an error');
+  exp = await scrape(c);
+  assert.is(value(exp, MetricName.ROUTING_REQUESTS, { status: 'success' }), 4, 'no double counting on the real source');
+
+  const f = 8;
+  const layer = new MoELayer({
+    router,
+    experts: {
+      stacked: true,
+      w1: randn(E * f * d, SEED + 10, 0.2),
+      w3: randn(E * f * d, SEED + 11, 0.2),
+      w2: randn(E * d * f, SEED + 12, 0.2),
+    },
+  });
+  const lc = new MetricsCollector('real-layer', { defaultMetrics: false });
+  lc.observe(layer, { layerId: 0 });
+  await lc.metrics();
+  let flops = 0;
+  for (let i = 0; i < 3; i++) flops += layer.forward(randn(T * d, SEED + 20 + i)).stats.flopsComputed;
+  exp = await scrape(lc);
+  assert.is(value(exp, MetricName.ROUTING_REQUESTS, { status: 'success' }), 3);
+  assert.is(value(exp, MetricName.FLOPS_COMPUTED, { layer_type: 'moe' }), flops);
+  assert.ok(value(exp, MetricName.MEMORY_USAGE, { component: 'expert_weights' }) >= 3 * E * f * d * 4);
+  for (const stage of ['gating', 'dispatch', 'expert_gemm', 'combine']) {
+    assert.is(value(exp, `${MetricName.STAGE_DURATION}_count`, { stage }), 3, `stage ${stage}`);
+  }
+  layer.dispose();
+});
+
+test.run();

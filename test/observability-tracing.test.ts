@@ -1,0 +1,298 @@
+/**
+ * Spans through the real OpenTelemetry SDK with its in-memory exporter: moe.forward and its three children with
+ * parent/child ids and the explicit times of the native records (converted from the steady clock to epoch time),
+ * the guide's attributes, sampling, the traceSpan/traceFunction helpers, spans drained through a collector, and
+ * spans of a real MoELayer forward.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { InMemorySpanExporter, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
+import { context, SpanStatusCode, trace } from '@opentelemetry/api';
+import { MoELayer, Router } from '../lib';
+import {
+  initializeTracing,
+  MetricsCollector,
+  recordForwardSpans,
+  spanRecordFromForward,
+  steadyNsToHrTime,
+  traceDrainedSpans,
+  traceFunction,
+  traceSpan,
+  TracingSetupError,
+  type TracingHandle,
+} from '../lib/observability';
+import { FakeTelemetrySource } from './helpers/fake-telemetry';
+import { freshSeed, randn } from './helpers/random';
+
+const SEED = freshSeed();
+console.log(`observability-tracing.test seed ${SEED}`);
+
+const exporter = new InMemorySpanExporter();
+let handle: TracingHandle;
+
+const toNs = (t: [number, number]) => BigInt(t[0]) * 1_000_000_000n + BigInt(t[1]);
+const byName = (spans: ReadableSpan[], name: string) => spans.filter((s) => s.name === name);
+const parentId = (s: ReadableSpan) => s.parentSpanContext?.spanId;
+
+test.before(() => {
+  handle = initializeTracing({
+    serviceName: 'trace-test',
+    serviceVersion: '1.2.3',
+    environment: 'test',
+    spanExporter: exporter,
+    sampleRate: 1,
+  });
+});
+test.before.each(() => exporter.reset());
+test.after(async () => {
+  await handle.shutdown();
+});
+
+test('moe.forward has the three children with the native stage times', () => {
+  const src = new FakeTelemetrySource(8, 4, 'layer');
+  const record = src.call({
+    ks: [2, 3],
+    stageSeconds: { gating: 1e-4, dispatch: 2e-5, expert_gemm: 3e-3, combine: 5e-5 },
+    flopsComputed: 500,
+    flopsStatic: 1000,
+  });
+  const n = recordForwardSpans(
+    handle.tracer,
+    { ...record, complexityStartNs: record.startNs - 40_000 },
+    { modelName: 'm', layerId: 4, numExperts: 8, backend: 'cpu' },
+  );
+  assert.is(n, 1);
+  const spans = exporter.getFinishedSpans();
+  assert.equal(spans.map((s) => s.name).sort(), [
+    'moe.forward',
+    'router.complexity_estimation',
+    'router.expert_computation',
+    'router.expert_selection',
+  ]);
+  const [root] = byName(spans, 'moe.forward');
+  const [complexity] = byName(spans, 'router.complexity_estimation');
+  const [selection] = byName(spans, 'router.expert_selection');
+  const [computation] = byName(spans, 'router.expert_computation');
+  for (const child of [complexity, selection, computation]) {
+    assert.is(parentId(child), root.spanContext().spanId, `${child.name} is a child of moe.forward`);
+    assert.is(child.spanContext().traceId, root.spanContext().traceId);
+  }
+  assert.is(parentId(root), undefined, 'moe.forward is a root here');
+  // explicit times: exactly the record's steady timestamps, shifted by one constant offset
+  const offset = toNs(root.startTime) - BigInt(record.startNs - 40_000);
+  const at = (steadyNs: number) => BigInt(Math.round(steadyNs)) + offset;
+  assert.is(toNs(complexity.startTime), at(record.startNs - 40_000));
+  assert.is(toNs(complexity.endTime), at(record.startNs));
+  assert.is(toNs(selection.startTime), at(record.startNs));
+  assert.is(toNs(selection.endTime), at(record.gatingEndNs));
+  assert.is(toNs(computation.startTime), at(record.gatingEndNs));
+  assert.is(toNs(computation.endTime), at(record.combineEndNs));
+  assert.is(toNs(root.endTime), at(record.combineEndNs));
+  // ...and that offset puts them at the wall-clock time they happened
+  const wallNowNs = BigInt(Date.now()) * 1_000_000n;
+  assert.ok(
+    wallNowNs - toNs(root.startTime) < 2_000_000_000n && toNs(root.startTime) - wallNowNs < 2_000_000_000n,
+    'epoch time within 2 s of now',
+  );
+  assert.is(root.attributes['model.name'], 'm');
+  assert.is(root.attributes['moe.layer_id'], '4');
+  assert.is(root.attributes['moe.tokens'], 2);
+  assert.is(root.attributes['moe.avg_experts_per_token'], 2.5);
+  assert.is(root.attributes['moe.flop_reduction'], 0.5);
+  assert.is(selection.attributes['component'], 'expert_router');
+  assert.is(selection.attributes['router.num_experts'], 8);
+  assert.is(computation.attributes['component'], 'expert_network');
+  assert.ok(Math.abs((computation.attributes['moe.expert_gemm_seconds'] as number) - 3e-3) < 1e-9);
+  assert.is(complexity.attributes['component'], 'complexity_estimator');
+});
+
+test('a router-only record has no expert_computation; moe.forward nests under the active span', () => {
+  const src = new FakeTelemetrySource(8, 2, 'router');
+  const record = src.call({ ks: [1, 2] });
+  traceSpan('request', () => recordForwardSpans(handle.tracer, [record]));
+  const spans = exporter.getFinishedSpans();
+  assert.equal(spans.map((s) => s.name).sort(), ['moe.forward', 'request', 'router.expert_selection']);
+  const [request] = byName(spans, 'request');
+  const [root] = byName(spans, 'moe.forward');
+  assert.is(parentId(root), request.spanContext().spanId);
+  assert.is(root.attributes['moe.kind'], 'router');
+});
+
+test('steady-clock conversion is monotonic and matches Date.now()', () => {
+  const a = toNs(steadyNsToHrTime(process.hrtime.bigint()));
+  const wall = BigInt(Date.now()) * 1_000_000n;
+  const b = toNs(steadyNsToHrTime(process.hrtime.bigint()));
+  assert.ok(b >= a);
+  assert.ok(a - wall < 5_000_000n && wall - a < 5_000_000n, 'within 5 ms of Date.now()');
+});
+
+test('unsampled: sampleRate 0 records nothing and builds no children', async () => {
+  const local = new InMemorySpanExporter();
+  const off = initializeTracing({ spanExporter: local, sampleRate: 0, register: false });
+  const src = new FakeTelemetrySource();
+  const n = recordForwardSpans(off.tracer, [src.call({ ks: [1] }), src.call({ ks: [2] })]);
+  assert.is(n, 0);
+  assert.is(local.getFinishedSpans().length, 0);
+  await off.shutdown();
+  assert.throws(() => initializeTracing({ sampleRate: 2 }), /sampleRate/);
+});
+
+test('traceSpan and traceFunction: sync, async, errors recorded with status ERROR', async () => {
+  const double = traceFunction('double', { op: 'x2' })((x: number) => x * 2);
+  assert.is(double(21), 42);
+  const value = await traceSpan('async-op', async (span) => {
+    span.setAttribute('processed_items', 3);
+    await new Promise((r) => setTimeout(r, 2));
+    return traceSpan('inner', () => 'ok');
+  });
+  assert.is(value, 'ok');
+  assert.throws(
+    () =>
+      traceSpan('fails', () => {
+        throw new Error('boom');
+      }),
+    /boom/,
+  );
+  try {
+    await traceSpan('rejects', async () => {
+      throw new TypeError('nope');
+    });
+    assert.unreachable('should reject');
+  } catch (error) {
+    assert.instance(error, TypeError);
+  }
+  const spans = exporter.getFinishedSpans();
+  const [dbl] = byName(spans, 'double');
+  assert.is(dbl.attributes.op, 'x2');
+  const [outer] = byName(spans, 'async-op');
+  const [inner] = byName(spans, 'inner');
+  assert.is(parentId(inner), outer.spanContext().spanId, 'context crosses the await');
+  assert.is(outer.attributes.processed_items, 3);
+  for (const name of ['fails', 'rejects']) {
+    const [s] = byName(spans, name);
+    assert.is(s.status.code, SpanStatusCode.ERROR);
+    assert.is(s.events[0]?.name, 'exception');
+  }
+  assert.is(trace.getSpan(context.active()), undefined, 'no span leaks into the outer context');
+});
+
+test('spans drained at scrape time through a collector', async () => {
+  const collector = new MetricsCollector('drained', { defaultMetrics: false });
+  const src = new FakeTelemetrySource(8, 4, 'layer');
+  collector.observe(src, { layerId: 2 });
+  const stop = traceDrainedSpans(collector, handle.tracer);
+  src.call({ ks: [1] });
+  src.call({ ks: [2] });
+  await collector.metrics();
+  await collector.metrics();
+  stop();
+  const roots = byName(exporter.getFinishedSpans(), 'moe.forward');
+  assert.is(roots.length, 2, 'each record once');
+  assert.is(roots[0].attributes['moe.layer_id'], '2');
+  assert.is(roots[0].attributes['model.name'], 'drained');
+});
+
+test('a missing exporter package: warning or TracingSetupError, never a crash', async () => {
+  assert.throws(
+    () => initializeTracing({ exporterType: 'otlp', onMissing: 'throw', register: false }),
+    (e: unknown) => e instanceof TracingSetupError && /exporter-trace-otlp-http/.test((e as Error).message),
+  );
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => warnings.push(w.message);
+  process.on('warning', onWarning);
+  const h = initializeTracing({ exporterType: 'otlp', register: false });
+  await new Promise((r) => setImmediate(r));
+  process.off('warning', onWarning);
+  assert.is(h.enabled, false);
+  assert.ok(warnings.some((w) => w.includes('npm install @opentelemetry/exporter-trace-otlp-http')));
+  assert.throws(() => initializeTracing({ exporterType: 'jaeger' as 'otlp' }), /OTLP/);
+});
+
+test('spans of a real MoELayer forward, from its returned stats', () => {
+  const E = 8,
+    d = 16,
+    f = 8,
+    T = 4;
+  const router = new Router({
+    numExperts: E,
+    hiddenSize: d,
+    gateWeight: randn(E * d, SEED),
+    selection: { kind: 'topk', k: 2 },
+  });
+  const layer = new MoELayer({
+    router,
+    experts: {
+      stacked: true,
+      w1: randn(E * f * d, SEED + 1, 0.2),
+      w3: randn(E * f * d, SEED + 2, 0.2),
+      w2: randn(E * d * f, SEED + 3, 0.2),
+    },
+  });
+  const before = BigInt(Date.now()) * 1_000_000n;
+  const result = layer.forward(randn(T * d, SEED + 4));
+  const after = BigInt(Date.now()) * 1_000_000n;
+  recordForwardSpans(handle.tracer, spanRecordFromForward(result), { numExperts: E });
+  const spans = exporter.getFinishedSpans();
+  const [root] = byName(spans, 'moe.forward');
+  const [computation] = byName(spans, 'router.expert_computation');
+  const [selection] = byName(spans, 'router.expert_selection');
+  assert.ok(root && computation && selection);
+  const slackNs = 2_000_000n; // Date.now() has 1 ms resolution
+  assert.ok(
+    toNs(root.startTime) >= before - slackNs && toNs(root.endTime) <= after + slackNs,
+    'the spans lie within the call',
+  );
+  const rootSeconds = Number(toNs(root.endTime) - toNs(root.startTime)) / 1e9;
+  assert.ok(Math.abs(rootSeconds - result.stats.stageSeconds.total) < 1e-6, 'moe.forward lasts the native total');
+  assert.is(root.attributes['moe.tokens'], T);
+  assert.is(root.attributes['moe.avg_experts_per_token'], 2);
+  assert.is(root.attributes['moe.flops_computed'], result.stats.flopsComputed);
+  layer.dispose();
+});
+
+test('spans of real forwards drained from the native ring at scrape time', async () => {
+  const E = 8,
+    d = 16,
+    f = 8,
+    T = 3;
+  const router = new Router({
+    numExperts: E,
+    hiddenSize: d,
+    gateWeight: randn(E * d, SEED + 5),
+    selection: { kind: 'topk', k: 2 },
+  });
+  const layer = new MoELayer({
+    router,
+    experts: {
+      stacked: true,
+      w1: randn(E * f * d, SEED + 6, 0.2),
+      w3: randn(E * f * d, SEED + 7, 0.2),
+      w2: randn(E * d * f, SEED + 8, 0.2),
+    },
+  });
+  const collector = new MetricsCollector('ring', { defaultMetrics: false });
+  collector.observe(layer, { layerId: 0 });
+  await collector.metrics();
+  exporter.reset();
+  const stop = traceDrainedSpans(collector, handle.tracer);
+  const before = BigInt(Date.now()) * 1_000_000n;
+  const totals: number[] = [];
+  for (let i = 0; i < 3; i++) totals.push(layer.forward(randn(T * d, SEED + 9 + i)).stats.stageSeconds.total);
+  const after = BigInt(Date.now()) * 1_000_000n;
+  await collector.metrics();
+  stop();
+  const spans = exporter.getFinishedSpans();
+  const roots = byName(spans, 'moe.forward').sort((a, b) => Number(toNs(a.startTime) - toNs(b.startTime)));
+  assert.is(roots.length, 3);
+  assert.is(byName(spans, 'router.expert_computation').length, 3);
+  const slackNs = 2_000_000n;
+  roots.forEach((root, i) => {
+    assert.ok(toNs(root.startTime) >= before - slackNs && toNs(root.endTime) <= after + slackNs, 'within the calls');
+    const seconds = Number(toNs(root.endTime) - toNs(root.startTime)) / 1e9;
+    assert.ok(Math.abs(seconds - totals[i]) < 1e-6, `forward ${i} lasts its native total`);
+    assert.is(root.attributes['moe.tokens'], T);
+  });
+  layer.dispose();
+});
+
+test.run();
