@@ -61,8 +61,18 @@ export interface LayerStats {
   /** Tokens per routed expert [E]. */
   expertCounts: Int32Array;
   meanK: number;
-  /** Stage durations in seconds, from a monotonic clock. */
-  stageSeconds: { gating: number; dispatch: number; expertGemm: number; combine: number; total: number };
+  /**
+   * Stage durations in seconds, from a monotonic clock. `complexity` is the dynamic rule's estimation, which runs
+   * in JS just before the native call (0 for other rules); `total` is the native part, gating to combine.
+   */
+  stageSeconds: {
+    complexity: number;
+    gating: number;
+    dispatch: number;
+    expertGemm: number;
+    combine: number;
+    total: number;
+  };
   /** Start of the call on process.hrtime's clock, in nanoseconds. */
   startNs: bigint;
 }
@@ -245,13 +255,13 @@ export class MoELayer {
       finish: (): ForwardResult => {
         const routing = finish(buffers);
         if (opts.returnLogits && prepared.logits) routing.logits = prepared.logits;
-        return { output, routing, stats: layerStatsOf(layerStats, routing) };
+        return { output, routing, stats: layerStatsOf(layerStats, routing, prepared.complexityNs) };
       },
     };
   }
 }
 
-function layerStatsOf(v: Float64Array, routing: RoutingResult): LayerStats {
+function layerStatsOf(v: Float64Array, routing: RoutingResult, complexityNs: number): LayerStats {
   const seconds = (a: number, b: number) => (v[b] - v[a]) / 1e9;
   return {
     flopsComputed: v[0],
@@ -260,6 +270,7 @@ function layerStatsOf(v: Float64Array, routing: RoutingResult): LayerStats {
     expertCounts: routing.stats.expertCounts,
     meanK: routing.stats.meanK,
     stageSeconds: {
+      complexity: complexityNs / 1e9,
       gating: seconds(2, 3),
       dispatch: seconds(3, 4),
       expertGemm: seconds(4, 5),

@@ -155,6 +155,10 @@ test('dynamic routing reports the FLOPs it saved against the static top-k', () =
   assert.is(stats.flopsStatic, T * 4 * perPair);
   assert.is(stats.flopsSaved, stats.flopsStatic - stats.flopsComputed);
   assert.ok(stats.stageSeconds.total > 0 && stats.stageSeconds.expertGemm >= 0);
+  assert.ok(stats.stageSeconds.complexity > 0, 'the estimator ran and was timed');
+  const [span] = b.layer.drainTelemetry().spans;
+  assert.ok(span.complexityStartNs! < span.startNs, 'the drained span knows when complexity estimation began');
+  assert.ok(Math.abs(span.startNs - span.complexityStartNs! - stats.stageSeconds.complexity * 1e9) < 1e3);
   assert.ok(relativeError(output, reference(b, x, routing)) < 1e-5);
 });
 

@@ -19,7 +19,7 @@ import type { MetricsCollector } from './metrics';
 import type { SpanRecord } from './telemetry-types';
 
 /** A native span record, optionally with the start of the complexity estimation that ran before the native call. */
-export type ForwardSpanRecord = SpanRecord & { complexityStartNs?: number };
+export type ForwardSpanRecord = SpanRecord;
 
 /** Attributes shared by every span of a source. */
 export interface ForwardSpanAttributes {
@@ -132,8 +132,9 @@ function forwardAttributes(r: ForwardSpanRecord, a: ForwardSpanAttributes): Attr
 
 /**
  * The span record of one MoELayer forward, from the stats it returned (no drain needed), for
- * {@link recordForwardSpans} right after the call. Pass `complexityStartNs` (process.hrtime.bigint() taken before
- * the call) to get a `router.complexity_estimation` span for dynamic routing.
+ * {@link recordForwardSpans} right after the call. Dynamic routing's complexity estimation (measured by the layer)
+ * becomes a `router.complexity_estimation` span; `complexityStartNs` (process.hrtime.bigint() taken before the
+ * call) overrides its start.
  */
 export function spanRecordFromForward(result: ForwardResult, complexityStartNs?: bigint): ForwardSpanRecord {
   const s = result.stats;
@@ -155,6 +156,7 @@ export function spanRecordFromForward(result: ForwardResult, complexityStartNs?:
   };
   if (complexityStartNs !== undefined && result.routing.complexity)
     record.complexityStartNs = Number(complexityStartNs);
+  else if (s.stageSeconds.complexity > 0) record.complexityStartNs = start - s.stageSeconds.complexity * 1e9;
   return record;
 }
 

@@ -13,6 +13,8 @@ export interface HistogramDelta {
 }
 /** Stage timestamps of one call. */
 export interface SpanRecord {
+  /** Start of the complexity estimation that ran in JS before the call (dynamic rule only). */
+  complexityStartNs?: number;
   startNs: number;
   gatingEndNs: number;
   dispatchEndNs: number;

@@ -71,6 +71,7 @@ Napi::Object telemetryToJs(Napi::Env env, const moe::telemetry::Delta& d, const 
     const auto& r = d.spans[i];
     Napi::Object s = Napi::Object::New(env);
     s.Set("startNs", double(r.startNs));
+    if (r.complexityNs > 0) s.Set("complexityStartNs", double(r.startNs - r.complexityNs));
     s.Set("gatingEndNs", double(r.gatingEndNs));
     s.Set("dispatchEndNs", double(r.dispatchEndNs));
     s.Set("expertEndNs", double(r.expertEndNs));

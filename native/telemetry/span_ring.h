@@ -11,6 +11,7 @@ namespace moe::telemetry {
 struct SpanRecord {
   int64_t startNs = 0, gatingEndNs = 0, dispatchEndNs = 0, expertEndNs = 0, combineEndNs = 0;
   int64_t tokens = 0;
+  int64_t complexityNs = 0;  // complexity estimation that ended at startNs (0: none)
   double meanK = 0, flopsComputed = 0, flopsStatic = 0;
 };
 
@@ -29,6 +30,7 @@ class SpanRing {
     s.i[3].store(r.expertEndNs, std::memory_order_relaxed);
     s.i[4].store(r.combineEndNs, std::memory_order_relaxed);
     s.i[5].store(r.tokens, std::memory_order_relaxed);
+    s.i[6].store(r.complexityNs, std::memory_order_relaxed);
     s.d[0].store(r.meanK, std::memory_order_relaxed);
     s.d[1].store(r.flopsComputed, std::memory_order_relaxed);
     s.d[2].store(r.flopsStatic, std::memory_order_relaxed);
@@ -56,6 +58,7 @@ class SpanRing {
       r.expertEndNs = s.i[3].load(std::memory_order_relaxed);
       r.combineEndNs = s.i[4].load(std::memory_order_relaxed);
       r.tokens = s.i[5].load(std::memory_order_relaxed);
+      r.complexityNs = s.i[6].load(std::memory_order_relaxed);
       r.meanK = s.d[0].load(std::memory_order_relaxed);
       r.flopsComputed = s.d[1].load(std::memory_order_relaxed);
       r.flopsStatic = s.d[2].load(std::memory_order_relaxed);
@@ -72,7 +75,7 @@ class SpanRing {
  private:
   struct alignas(64) Slot {
     std::atomic<uint64_t> seq{0};
-    std::atomic<int64_t> i[6] = {};
+    std::atomic<int64_t> i[7] = {};
     std::atomic<double> d[3] = {};
   };
   std::vector<Slot> slots_;

@@ -120,6 +120,7 @@ void Telemetry::record(const CallRecord& c) {
   loadBalanceBits_.store(bits, std::memory_order_relaxed);
   SpanRecord span = s;
   span.tokens = c.tokens;
+  span.complexityNs = c.complexityNs;
   span.meanK = c.tokens ? double(c.assignments) / double(c.tokens) : 0;
   span.flopsComputed = c.flopsComputed;
   span.flopsStatic = c.flopsStatic;
