@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { native } from '../native';
 import { runFidelity, fidelitySvg, fidelityTable, type FidelityRow } from './fidelity';
-import { benchShape, layerTable, SHAPES, type LayerRow } from './layer';
+import { applyRoofline, benchShape, bestRoofline, layerTable, SHAPES, type LayerRow } from './layer';
 import { measureRoofline, type Roofline } from './roofline';
 import { benchRoute, routeTable, type RouteRow } from './route';
 
@@ -40,7 +40,7 @@ export interface SuiteResult {
 function stepCount(o: SuiteOptions, shapes: typeof SHAPES): number {
   let n = 0;
   if (o.benches.includes('route')) n += 12;
-  if (o.benches.includes('layer')) n += 1 + shapes.reduce((a, s) => a + s.tokens.length * o.dtypes.length, 0);
+  if (o.benches.includes('layer')) n += 2 + shapes.reduce((a, s) => a + s.tokens.length * o.dtypes.length, 0);
   if (o.benches.includes('fidelity')) n += 13 * shapes.length;
   return n;
 }
