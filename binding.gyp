@@ -1,6 +1,7 @@
 # node-gyp build of the CPU addon: the fallback `npm install` uses when no prebuild fits.
 # The baseline is x86-64-v2; AVX2 and AVX-512 kernels are static libraries built with their own flags and only
-# called after a CPUID check. C++ exceptions are on (NAPI_CPP_EXCEPTIONS), as in CMakeLists.txt.
+# called after a CPUID check. C++ exceptions are on, and every std::exception (bad_alloc included) becomes a JS error
+# (node_addon_api_except_all = NAPI_CPP_EXCEPTIONS + NODE_ADDON_API_CPP_EXCEPTIONS_ALL), as in CMakeLists.txt.
 {
   "variables": {
     "moe_common_cflags": ["-O3", "-fvisibility=hidden", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
@@ -29,7 +30,7 @@
       "dependencies": [
         "moe_kernels_avx512",
         "moe_kernels_avx2",
-        "<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"
+        "<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except_all"
       ],
       "cflags_cc": ["-march=x86-64-v2"],
       "sources": [

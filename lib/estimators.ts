@@ -106,6 +106,7 @@ export class Calibrator {
   }
 
   private push(v: number): void {
+    if (!Number.isFinite(v)) return; // one bad batch must not poison the running statistics for good
     this.count++;
     const delta = v - this.mean;
     this.mean += delta / this.count;

@@ -203,7 +203,7 @@ export class MoELayer {
 
   /** As {@link forward}, off the event loop; x and every output stay referenced until it settles. */
   async forwardAsync(x: Float32Array, opts: RouteOptions = {}): Promise<ForwardResult> {
-    const call = this.prepare(x, opts);
+    const call = this.prepare(x, opts, true);
     await callNativeAsync('forwardAsync', () => this.live().forwardAsync(...call.args));
     return call.finish();
   }
@@ -228,9 +228,15 @@ export class MoELayer {
     return this.live().drainTelemetry();
   }
 
-  private prepare(x: Float32Array, opts: RouteOptions) {
+  /** `copyInputs` (async calls): work on private copies of x and of caller complexity, see Router.routeAsync. */
+  private prepare(x: Float32Array, opts: RouteOptions, copyInputs = false) {
     const handle = this.live();
     const prepared: PreparedRouting = this.router.countValidationErrors(() => this.router.prepare(x, opts), handle);
+    if (copyInputs) {
+      x = x.slice();
+      if (prepared.complexity && prepared.complexity === opts.complexity)
+        prepared.complexity = prepared.complexity.slice();
+    }
     const buffers: RoutingBuffers = this.router.allocate(prepared, { ...opts, returnLogits: false });
     const T = prepared.tokens;
     const output = new Float32Array(T * this.hiddenSize);

@@ -94,7 +94,7 @@ export function resolveRouting(opts: RouterOptions, defaultThreads: number): Res
       break;
   }
 
-  const scale = requireNumber('scale', opts.scale ?? 1, 0, Number.MAX_VALUE, true);
+  const scale = requireNumber('scale', opts.scale ?? 1, 0, 3.4e38, true); // it is applied in float32
   const threads = requireInt('threads', opts.threads ?? defaultThreads, 1, 1024);
   return {
     numExperts: E,

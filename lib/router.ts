@@ -99,6 +99,11 @@ export class Router {
   /** As {@link route}, off the event loop. The arrays stay referenced until the promise settles. */
   async routeAsync(x: Float32Array, opts: RouteOptions = {}): Promise<RoutingResult> {
     const prepared = this.countValidationErrors(() => this.prepare(x, opts));
+    // Native code reads x on another thread: work on a private copy, so that the caller detaching or
+    // transferring x's buffer meanwhile cannot pull memory from under it. The outputs are ours until resolved.
+    x = x.slice();
+    if (prepared.complexity === opts.complexity && prepared.complexity)
+      prepared.complexity = prepared.complexity.slice();
     const buffers = this.allocate(prepared, opts);
     await callNativeAsync('routeAsync', () => this.handle.routeAsync(...this.nativeArgs(x, prepared, buffers)));
     return finish(buffers);
@@ -180,7 +185,7 @@ export class Router {
       return c;
     }
     const estimator = this.estimator!;
-    return estimator.estimate({
+    const c = estimator.estimate({
       x: x ?? new Float32Array(0),
       tokens: T,
       hiddenSize: this.hiddenSize,
@@ -188,6 +193,14 @@ export class Router {
       numExperts: this.numExperts,
       ...opts.context,
     });
+    for (let i = 0; i < T; i++) {
+      if (!(c[i] >= 0 && c[i] <= 1)) {
+        throw new ValidationError(
+          `${estimator.name} estimator: score ${i} is ${c[i]}, expected a value in [0, 1] (non-finite input?)`,
+        );
+      }
+    }
+    return c;
   }
 
   /** @internal Output arrays for one call. */

@@ -19,6 +19,7 @@ namespace {
 
 constexpr int64_t kMaxTokens = int64_t(1) << 24;
 constexpr int64_t kMaxIntermediate = int64_t(1) << 20;
+constexpr int64_t kMaxSharedIntermediate = int64_t(1) << 22;  // DeepSeek merges n_shared_experts into one FFN
 
 struct ForwardCall {
   const float* x = nullptr;
@@ -84,12 +85,13 @@ class ForwardWorker : public Napi::AsyncWorker {
       if (!call_.error.empty()) SetError(call_.error);
     } catch (const std::exception& e) {
       layer_->telemetry().recordError(moe::telemetry::ErrorKind::Internal);
+      internal_ = true;
       SetError(e.what());
     }
   }
   void OnOK() override { deferred_.Resolve(Env().Undefined()); }
   void OnError(const Napi::Error& e) override {
-    deferred_.Reject(makeError(Env(), "ERR_MOE_VALIDATION", e.Message()).Value());
+    deferred_.Reject(makeError(Env(), internal_ ? "ERR_MOE_INTERNAL" : "ERR_MOE_VALIDATION", e.Message()).Value());
   }
 
  private:
@@ -97,6 +99,7 @@ class ForwardWorker : public Napi::AsyncWorker {
   ForwardCall call_;
   Napi::Promise::Deferred deferred_;
   std::vector<Napi::ObjectReference> pinned_;
+  bool internal_ = false;  // a C++ exception (e.g. bad_alloc), not bad input
 };
 
 }  // namespace
@@ -164,7 +167,7 @@ Napi::Value LayerWrap::SetExpert(const Napi::CallbackInfo& info) {
 Napi::Value LayerWrap::SetSharedExpert(const Napi::CallbackInfo& info) {
   auto layer = live(info.Env());
   const moe::RouterConfig& cfg = layer->router().config();
-  const int64_t f = intArg(info, 3, "intermediateSize", 1, kMaxIntermediate);
+  const int64_t f = intArg(info, 3, "intermediateSize", 1, kMaxSharedIntermediate);
   const size_t n = size_t(f) * size_t(cfg.hiddenSize);
   layer->setSharedExpert(typedArrayArg<float>(info, 0, "w1", n), typedArrayArg<float>(info, 1, "w3", n),
                          typedArrayArg<float>(info, 2, "w2", n), f,

@@ -79,12 +79,13 @@ class RouteWorker : public Napi::AsyncWorker {
       if (!call_.error.empty()) SetError(call_.error);
     } catch (const std::exception& e) {
       router_->telemetry().recordError(moe::telemetry::ErrorKind::Internal);
+      internal_ = true;
       SetError(e.what());
     }
   }
   void OnOK() override { deferred_.Resolve(Env().Undefined()); }
   void OnError(const Napi::Error& e) override {
-    deferred_.Reject(makeError(Env(), "ERR_MOE_VALIDATION", e.Message()).Value());
+    deferred_.Reject(makeError(Env(), internal_ ? "ERR_MOE_INTERNAL" : "ERR_MOE_VALIDATION", e.Message()).Value());
   }
 
  private:
@@ -92,6 +93,7 @@ class RouteWorker : public Napi::AsyncWorker {
   RouteCall call_;
   Napi::Promise::Deferred deferred_;
   std::vector<Napi::ObjectReference> pinned_;
+  bool internal_ = false;  // a C++ exception (e.g. bad_alloc), not bad input
 };
 
 moe::RouterConfig parseConfig(const Napi::Object& o) {

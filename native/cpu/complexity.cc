@@ -71,13 +71,17 @@ void logitEntropy(const float* logits, int64_t T, int64_t V, float temperature, 
     }
     double maxScaled = row[0] * invTemp;
     for (int64_t i = 1; i < V; ++i) maxScaled = std::max(maxScaled, row[i] * invTemp);
+    if (!std::isfinite(maxScaled)) {  // every logit masked to -inf (or +inf present): no distribution to measure
+      out[t] = 0;
+      return;
+    }
     // H = log Z - sum(e_i * s_i) / Z with s_i = l_i / T - max and e_i = exp(s_i).
     double z = 0, weighted = 0;
     for (int64_t i = 0; i < V; ++i) {
       const double s = row[i] * invTemp - maxScaled;
       const double e = std::exp(s);
       z += e;
-      weighted += e * s;
+      if (e > 0) weighted += e * s;  // masked logits (-inf) have e = 0 and contribute nothing
     }
     const double h = std::log(z) - weighted / z;
     out[t] = float(std::clamp(h / std::log(double(V)), 0.0, 1.0));

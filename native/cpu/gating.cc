@@ -154,7 +154,7 @@ double normalisedEntropy(const float* probs, int E, double mass) {
 }  // namespace
 
 int32_t dynamicK(int32_t minK, int32_t maxK, float complexity) {
-  const double c = std::clamp(double(complexity), 0.0, 1.0);
+  const double c = std::isfinite(complexity) ? std::clamp(double(complexity), 0.0, 1.0) : 0.0;
   const int32_t k = minK + int32_t(std::floor(double(maxK - minK) * c + 0.5));
   return std::clamp(k, minK, maxK);
 }
@@ -191,8 +191,10 @@ std::string selectExperts(const RouterConfig& cfg, const float* logits, int64_t 
       std::fill(idx, idx + maxK, -1);
       std::fill(wts, wts + maxK, 0.0f);
       if (!finite) {
-        int64_t expected = -1;
-        firstBadToken.compare_exchange_strong(expected, t);
+        // The lowest bad token, whatever the thread count, so the message is reproducible.
+        int64_t seen = firstBadToken.load();
+        while ((seen < 0 || t < seen) && !firstBadToken.compare_exchange_weak(seen, t)) {
+        }
         out.k[t] = 0;
         continue;
       }

@@ -47,8 +47,10 @@ class SpanRing {
     }
     for (; tail_ < head; ++tail_) {
       Slot& s = slots_[tail_ % slots_.size()];
-      if (s.seq.load(std::memory_order_acquire) != 2 * tail_ + 2) {
-        ++dropped;  // overwritten by a newer call, or still being written
+      const uint64_t seq = s.seq.load(std::memory_order_acquire);
+      if (seq == 2 * tail_ + 1 || seq < 2 * tail_ + 1) break;  // still being written: the next drain takes it
+      if (seq != 2 * tail_ + 2) {
+        ++dropped;  // overwritten by a newer call
         continue;
       }
       SpanRecord r;

@@ -19,14 +19,10 @@ enum Scalar : size_t {
   kErrors,  // kErrorKinds entries
   kFlopsComputed = kErrors + kErrorKinds,
   kFlopsStatic,
-  kKCount,
   kKSum,
-  kComplexityCount,
   kComplexitySumNano,
-  kDurationCount,
   kDurationSumNs,
-  kStageCount,                       // kStages entries
-  kStageSumNs = kStageCount + kStages,  // kStages entries
+  kStageSumNs,  // kStages entries; histogram counts are the sums of their buckets
   kScalars = kStageSumNs + kStages,
 };
 constexpr double kNano = 1e9;
@@ -82,7 +78,7 @@ void Telemetry::record(const CallRecord& c) {
     if (k < 63) ++kLocal[k];
     else add(kBase + size_t(k <= maxK_ ? k : maxK_ + 1), 1);
     if (c.complexity) {
-      const float x = c.complexity[t];
+      const float x = std::isfinite(c.complexity[t]) ? c.complexity[t] : 0.0f;
       int b = int(std::ceil(double(x) * 10.0)) - 1;
       b = b < 0 ? 0 : (b > kComplexityBuckets - 1 ? kComplexityBuckets - 1 : b);
       ++complexityLocal[b];
@@ -91,12 +87,10 @@ void Telemetry::record(const CallRecord& c) {
   }
   for (int k = 0; k < 63; ++k)
     if (kLocal[k]) add(kBase + size_t(k <= maxK_ ? k : maxK_ + 1), kLocal[k]);
-  add(kKCount, uint64_t(c.tokens));
   add(kKSum, uint64_t(c.assignments));
   if (c.complexity) {
     for (int b = 0; b < kComplexityBuckets; ++b)
       if (complexityLocal[b]) add(complexityBase + size_t(b), complexityLocal[b]);
-    add(kComplexityCount, uint64_t(c.tokens));
     add(kComplexitySumNano, uint64_t(complexitySum * kNano));
   }
   const SpanRecord& s = c.span;
@@ -106,12 +100,10 @@ void Telemetry::record(const CallRecord& c) {
     if (st == 0 && c.complexityNs <= 0) continue;
     if (st >= 2 && s.combineEndNs == s.gatingEndNs) break;  // a bare router has no later stages
     add(stageBase + size_t(st) * kDurationBuckets + size_t(durationBucket(stageNs[st] / kNano)), 1);
-    add(kStageCount + size_t(st), 1);
     add(kStageSumNs + size_t(st), uint64_t(stageNs[st]));
   }
   const int64_t totalNs = s.combineEndNs - s.startNs + c.complexityNs;
   add(durationBase + size_t(durationBucket(totalNs / kNano)), 1);
-  add(kDurationCount, 1);
   add(kDurationSumNs, uint64_t(totalNs));
   for (int e = 0; e < numExperts_; ++e)
     if (c.expertCounts[e]) add(expertBase + size_t(e), uint64_t(c.expertCounts[e]));
@@ -154,18 +146,23 @@ Delta Telemetry::drain() {
   const size_t durationBase = stageBase + size_t(kStages) * kDurationBuckets;
   const size_t expertBase = durationBase + kDurationBuckets;
   d.kBuckets.assign(now.begin() + long(kBase), now.begin() + long(complexityBase));
-  d.kCount = now[kKCount];
+  // Counts are the sums of the buckets drained together, so a drain racing a record never splits them.
+  d.kCount = 0;
+  for (uint64_t v : d.kBuckets) d.kCount += v;
   d.kSum = double(now[kKSum]);
   for (int b = 0; b < kComplexityBuckets; ++b) d.complexityBuckets[b] = now[complexityBase + size_t(b)];
-  d.complexityCount = now[kComplexityCount];
+  d.complexityCount = 0;
+  for (uint64_t v : d.complexityBuckets) d.complexityCount += v;
   d.complexitySum = double(now[kComplexitySumNano]) / kNano;
   for (int st = 0; st < kStages; ++st) {
     for (int b = 0; b < kDurationBuckets; ++b) d.stageBuckets[st][b] = now[stageBase + size_t(st) * kDurationBuckets + size_t(b)];
-    d.stageCount[st] = now[kStageCount + size_t(st)];
+    d.stageCount[st] = 0;
+    for (uint64_t v : d.stageBuckets[st]) d.stageCount[st] += v;
     d.stageSum[st] = double(now[kStageSumNs + size_t(st)]) / kNano;
   }
   for (int b = 0; b < kDurationBuckets; ++b) d.durationBuckets[b] = now[durationBase + size_t(b)];
-  d.durationCount = now[kDurationCount];
+  d.durationCount = 0;
+  for (uint64_t v : d.durationBuckets) d.durationCount += v;
   d.durationSum = double(now[kDurationSumNs]) / kNano;
   d.expertTokens.assign(now.begin() + long(expertBase), now.begin() + long(expertBase) + numExperts_);
   const uint64_t bits = loadBalanceBits_.load(std::memory_order_relaxed);

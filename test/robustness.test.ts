@@ -1,0 +1,98 @@
+/**
+ * Failure paths that must not take the process down or poison later calls: an allocation that cannot succeed
+ * (run in a child process, as a crash probe), detaching an input while an async call runs, masked (-inf) LM
+ * logits, and an estimator that yields NaN.
+ */
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import {
+  BackendError,
+  GradientNormEstimator,
+  MoELayer,
+  PerplexityProxyEstimator,
+  Router,
+  ValidationError,
+  createEstimator,
+} from '../lib';
+import { referenceLogitEntropy } from '../lib/reference/routing';
+import { freshSeed, randn } from './helpers/random';
+
+const SEED = freshSeed();
+
+test('an impossible allocation is an error, not an abort (child process)', () => {
+  const script = `
+    const { Router, BackendError } = require(${JSON.stringify(path.join(__dirname, '..', 'lib'))});
+    const router = new Router({ numExperts: 65536, hiddenSize: 16, gateWeight: new Float32Array(65536 * 16).fill(0.01), selection: { kind: 'topk', k: 2 } });
+    try { router.route(new Float32Array(2 ** 26).fill(0.5)); console.log('no error'); }
+    catch (e) { console.log(e instanceof BackendError ? 'BackendError' : e.constructor.name, e.message.slice(0, 80)); }
+  `;
+  const r = spawnSync(process.execPath, ['--import', 'tsx', '-e', script], { encoding: 'utf8', timeout: 120_000 });
+  assert.is(r.status, 0, `the process died: signal ${r.signal}, stderr ${r.stderr}`);
+  assert.match(r.stdout, /^BackendError/, r.stdout);
+  void BackendError;
+});
+
+test('detaching x while forwardAsync runs neither crashes nor changes the result', async () => {
+  const E = 8;
+  const d = 64;
+  const f = 32;
+  const router = new Router({
+    numExperts: E,
+    hiddenSize: d,
+    gateWeight: randn(E * d, SEED),
+    selection: { kind: 'topk', k: 2 },
+  });
+  const experts = Array.from({ length: E }, (_, e) => ({
+    w1: randn(f * d, SEED + 3 * e + 1, 0.1),
+    w3: randn(f * d, SEED + 3 * e + 2, 0.1),
+    w2: randn(d * f, SEED + 3 * e + 3, 0.1),
+  }));
+  const layer = new MoELayer({ router, experts });
+  const x = randn(256 * d, SEED + 50);
+  const expected = layer.forward(x).output;
+  const pending = layer.forwardAsync(x);
+  const routing = router.routeAsync(x);
+  structuredClone(x.buffer, { transfer: [x.buffer] }); // x is now detached
+  assert.is(x.length, 0);
+  assert.equal(Array.from((await pending).output), Array.from(expected));
+  assert.is((await routing).k.length, 256);
+});
+
+test('masked (-inf) LM logits give a finite perplexity proxy equal to the reference', () => {
+  const T = 5;
+  const V = 300;
+  const lm = randn(T * V, SEED + 60, 2);
+  for (let i = 0; i < lm.length; i += 3) lm[i] = -Infinity;
+  const got = new PerplexityProxyEstimator(1).raw({ x: new Float32Array(T), tokens: T, hiddenSize: 1, lmLogits: lm });
+  const ref = referenceLogitEntropy(lm, T, V);
+  for (let t = 0; t < T; t++)
+    assert.ok(Number.isFinite(got[t]) && Math.abs(got[t] - ref[t]) < 1e-5, `${got[t]} vs ${ref[t]}`);
+});
+
+test('an estimator yielding NaN is a ValidationError, and its calibration stays usable', () => {
+  const nan = createEstimator({
+    name: 'custom',
+    fn: (ctx) => new Float32Array(ctx.tokens).fill(NaN),
+    calibration: 'zscore',
+  });
+  const router = new Router({
+    numExperts: 8,
+    hiddenSize: 4,
+    gateWeight: randn(32, SEED + 70),
+    selection: { kind: 'dynamic', minK: 1, maxK: 4, estimator: nan },
+  });
+  assert.throws(
+    () => router.route(randn(8, SEED + 71)),
+    (e: Error) => e instanceof ValidationError && /custom estimator/.test(e.message),
+  );
+  const norms = new GradientNormEstimator('l2');
+  const bad = randn(4 * 8, SEED + 72);
+  bad[3] = Infinity;
+  norms.estimate({ x: bad, tokens: 4, hiddenSize: 8 });
+  const c = norms.estimate({ x: randn(16 * 8, SEED + 73), tokens: 16, hiddenSize: 8 });
+  assert.ok(c.every((v) => v >= 0 && v <= 1) && new Set(c).size > 1, `running stats survived: ${Array.from(c)}`);
+});
+
+test.run();
