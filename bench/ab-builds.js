@@ -8,6 +8,7 @@
  *   (change, npm run build:native)
  *   node bench/ab-builds.js /tmp/A.node build/Release/dynamic_moe_router_kit.node
  *   DTYPE=1 TS=1,32,512 node bench/ab-builds.js ...            # bf16, other batch sizes
+ *   SHAPE=mixtral TS=32,256 node bench/ab-builds.js ...        # the Mixtral shape (several GB per build)
  */
 'use strict';
 const path = require('node:path');
@@ -17,7 +18,8 @@ if (variants.length < 2) {
   console.error('usage: node bench/ab-builds.js A.node B.node [C.node ...]');
   process.exit(2);
 }
-const [d, f, E, k] = [2048, 1024, 64, 8];
+const SHAPES = { olmoe: [2048, 1024, 64, 8], mixtral: [4096, 14336, 8, 2] };
+const [d, f, E, k] = SHAPES[process.env.SHAPE ?? 'olmoe'];
 const dtype = Number(process.env.DTYPE ?? 0);
 const tokens = (process.env.TS ?? '1,32').split(',').map(Number);
 const rounds = Number(process.env.ROUNDS ?? 40);
