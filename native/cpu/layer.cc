@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <stdexcept>
 
 #include "moe/dispatch.h"
 #include "moe/expert_gemm.h"
@@ -53,10 +54,14 @@ void Layer::pack(PackedExpert& dst, const float* w1, const float* w3, const floa
 }
 
 void Layer::setExpert(int32_t expert, const float* w1, const float* w3, const float* w2, int64_t f) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (weights_.use_count() > 1) throw std::logic_error("layer: its weights are shared with another layer; load a new one");
   pack(weights_->experts.at(size_t(expert)), w1, w3, w2, f);
 }
 
 void Layer::setSharedExpert(const float* w1, const float* w3, const float* w2, int64_t f, const float* gate) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (weights_.use_count() > 1) throw std::logic_error("layer: its weights are shared with another layer; load a new one");
   weights_->shared = std::make_unique<PackedExpert>();
   pack(*weights_->shared, w1, w3, w2, f);
   if (gate) weights_->sharedGate.assign(gate, gate + hidden_);
@@ -163,8 +168,9 @@ void Layer::runExperts(int64_t T) {
   });
 }
 
-size_t Layer::arenaBytes() const {
-  const LayerArena& a = arena_;
+size_t Layer::arenaBytes() const { return arenaBytes_.load(std::memory_order_relaxed); }
+
+static size_t arenaSize(const LayerArena& a) {
   return a.inputF32.bytes() + a.hiddenF32.bytes() + a.output.bytes() + a.inputBF16.bytes() + a.hiddenBF16.bytes() +
          a.rowToken.bytes() + a.slotRow.bytes() + a.rowWeight.bytes() + a.sharedScale.bytes() +
          a.accumulators.bytes();
@@ -194,6 +200,7 @@ std::string Layer::forward(const float* x, int64_t T, const float* logits, const
   stats.dispatchEndNs = nowNs();
   runExperts(T);
   stats.expertEndNs = nowNs();
+  arenaBytes_.store(arenaSize(arena_), std::memory_order_relaxed);
   const RouterConfig& cfg = router_->config();
   const int64_t routedRows = routingStats.assignments;
   combineRows(T, hidden_, cfg.maxK, arena_.slotRow.data(), arena_.output.data(), weights_->shared ? routedRows : -1, y,

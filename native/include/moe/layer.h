@@ -3,6 +3,7 @@
 //   SwiGLU -> down GEMM scaled by the routing weight -> combine (sum of a token's rows in slot order).
 #pragma once
 #include <cstdint>
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -99,6 +100,7 @@ class Layer {
   std::mutex mutex_;
   LayerArena arena_;
   telemetry::Telemetry telemetry_;
+  std::atomic<size_t> arenaBytes_{0};  // published after each forward, so a drain never waits for one
 };
 
 }  // namespace moe
