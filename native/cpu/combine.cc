@@ -6,6 +6,14 @@
 
 namespace moe {
 
+namespace {
+// out[i] += src[i]; restrict lets the compiler vectorise (the rows never overlap: y and the expert buffer are
+// separate allocations).
+inline void addRow(float* __restrict out, const float* __restrict src, int64_t d) {
+  for (int64_t i = 0; i < d; ++i) out[i] += src[i];
+}
+}  // namespace
+
 void combineRows(int64_t T, int64_t d, int32_t maxK, const int32_t* slotRow, const float* expertOut,
                  int64_t sharedRow0, float* y, ThreadPool& pool, int workers) {
   constexpr int64_t kTokensPerItem = 8;
@@ -17,12 +25,10 @@ void combineRows(int64_t T, int64_t d, int32_t maxK, const int32_t* slotRow, con
       for (int32_t s = 0; s < maxK; ++s) {
         const int32_t row = slotRow[t * maxK + s];
         if (row < 0) continue;
-        const float* src = expertOut + int64_t(row) * d;
-        for (int64_t i = 0; i < d; ++i) out[i] += src[i];
+        addRow(out, expertOut + int64_t(row) * d, d);
       }
       if (sharedRow0 >= 0) {
-        const float* src = expertOut + (sharedRow0 + t) * d;
-        for (int64_t i = 0; i < d; ++i) out[i] += src[i];
+        addRow(out, expertOut + (sharedRow0 + t) * d, d);
       }
     }
   });
