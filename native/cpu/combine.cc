@@ -20,6 +20,14 @@ void combineRows(int64_t T, int64_t d, int32_t maxK, const int32_t* slotRow, con
   const int64_t items = (T + kTokensPerItem - 1) / kTokensPerItem;
   pool.parallelFor(workers, items, [&](int64_t item, int) {
     for (int64_t t = item * kTokensPerItem; t < std::min(T, (item + 1) * kTokensPerItem); ++t) {
+      // The next token's rows sit at scattered places: start their first lines early, the hardware prefetcher
+      // takes over within a row.
+      if (t + 1 < T)
+        for (int32_t s = 0; s < maxK; ++s) {
+          const int32_t next = slotRow[(t + 1) * maxK + s];
+          if (next >= 0)
+            for (int line = 0; line < 8; ++line) __builtin_prefetch(expertOut + int64_t(next) * d + line * 16);
+        }
       float* out = y + t * d;
       std::fill(out, out + d, 0.0f);
       for (int32_t s = 0; s < maxK; ++s) {
