@@ -16,7 +16,7 @@ constexpr int64_t kSlicePairs = 2048;
 }  // namespace
 
 void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, int64_t K, const void* panel,
-                  float* acc) {
+                  float* acc, const void* nextPanel) {
   std::fill(acc, acc + rows * kPanelWidth, 0.0f);
   alignas(64) float tile[16 * kPanelWidth];
   const bool f32 = A.dtype == DType::F32;
@@ -27,14 +27,33 @@ void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, i
     // Equal blocks (64 rows -> 6 x 11, not 5 x 12 + 4): a short last block would run at low FMA density.
     const int64_t blocks = (rows + kern.maxRows - 1) / kern.maxRows;
     const int64_t blockRows = (rows + blocks - 1) / blocks;
-    for (int64_t r0 = 0; r0 < rows; r0 += blockRows) {
+    // While blocks 1.. run from cache, they pull the next slice (of this panel, or the next panel) into L2, so
+    // that block 0 of the next slice does not wait on memory. Each k step of a panel is 128 bytes.
+    constexpr int64_t kStepBytes = kPanelWidth * 4;
+    const char* nextSlice = nullptr;
+    int64_t nextBytes = 0;
+    if (k0 + kc < depth) {
+      nextSlice = static_cast<const char*>(panel) + (k0 + kc) * kStepBytes;
+      nextBytes = std::min(slice, depth - k0 - kc) * kStepBytes;
+    } else if (nextPanel) {
+      nextSlice = static_cast<const char*>(nextPanel);
+      nextBytes = std::min(slice, depth) * kStepBytes;
+    }
+    const int64_t linesPerBlock = blocks > 1 ? (nextBytes / 64 + blocks - 2) / (blocks - 1) : 0;
+    for (int64_t r0 = 0, block = 0; r0 < rows; r0 += blockRows, ++block) {
       const int mr = int(std::min<int64_t>(blockRows, rows - r0));
+      L2Prefetch next;
+      if (block > 0 && nextSlice) {
+        const int64_t first = (block - 1) * linesPerBlock;
+        next.data = nextSlice + first * 64;
+        next.lines = int(std::max<int64_t>(0, std::min(linesPerBlock, nextBytes / 64 - first)));
+      }
       if (f32) {
         kern.f32(mr, kc, static_cast<const float*>(A.data) + r0 * A.ld + k0, A.ld,
-                 static_cast<const float*>(panel) + k0 * kPanelWidth, tile);
+                 static_cast<const float*>(panel) + k0 * kPanelWidth, tile, next);
       } else {
         kern.bf16(mr, kc, static_cast<const uint32_t*>(A.data) + r0 * A.ld + k0, A.ld,
-                  static_cast<const uint32_t*>(panel) + k0 * kPanelWidth, tile);
+                  static_cast<const uint32_t*>(panel) + k0 * kPanelWidth, tile, next);
       }
       float* dst = acc + r0 * kPanelWidth;
       for (int i = 0; i < mr * kPanelWidth; ++i) dst[i] += tile[i];
@@ -43,12 +62,12 @@ void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, i
 }
 
 void gateUpPanel(const GemmKernels& kern, const Activations& x, int64_t rows, int64_t d, const void* gateUpPanels,
-                 int64_t panel, void* hidden, size_t ldh, float* acc) {
+                 int64_t panel, bool hasNext, void* hidden, size_t ldh, float* acc) {
   const size_t stride = panelStride(x.dtype, d);
   const void* p = x.dtype == DType::F32
                       ? static_cast<const void*>(static_cast<const float*>(gateUpPanels) + panel * stride)
                       : static_cast<const void*>(static_cast<const uint32_t*>(gateUpPanels) + panel * stride);
-  panelProduct(kern, x, rows, d, p, acc);
+  panelProduct(kern, x, rows, d, p, acc, hasNext ? static_cast<const char*>(p) + stride * 4 : nullptr);
   constexpr int half = kPanelWidth / 2;
   const bool bf16 = x.dtype == DType::BF16;
   for (int64_t r = 0; r < rows; ++r) {
@@ -59,12 +78,12 @@ void gateUpPanel(const GemmKernels& kern, const Activations& x, int64_t rows, in
 }
 
 void downPanel(const GemmKernels& kern, const Activations& h, int64_t rows, int64_t f, const void* downPanels,
-               int64_t panel, int64_t d, const float* rowWeight, float* out, size_t ldo, float* acc) {
+               int64_t panel, bool hasNext, int64_t d, const float* rowWeight, float* out, size_t ldo, float* acc) {
   const size_t stride = panelStride(h.dtype, f);
   const void* p = h.dtype == DType::F32
                       ? static_cast<const void*>(static_cast<const float*>(downPanels) + panel * stride)
                       : static_cast<const void*>(static_cast<const uint32_t*>(downPanels) + panel * stride);
-  panelProduct(kern, h, rows, f, p, acc);
+  panelProduct(kern, h, rows, f, p, acc, hasNext ? static_cast<const char*>(p) + stride * 4 : nullptr);
   const int64_t col0 = panel * kPanelWidth;
   const int cols = int(std::min<int64_t>(kPanelWidth, d - col0));
   for (int64_t r = 0; r < rows; ++r) {

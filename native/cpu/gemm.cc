@@ -13,7 +13,7 @@ namespace {
 
 constexpr int kScalarMaxRows = 4;
 
-void scalarF32(int rows, int K, const float* A, size_t lda, const float* B, float* C) {
+void scalarF32(int rows, int K, const float* A, size_t lda, const float* B, float* C, L2Prefetch) {
   for (int m = 0; m < rows; ++m) {
     float acc[kPanelWidth] = {};
     const float* b = B;
@@ -25,7 +25,7 @@ void scalarF32(int rows, int K, const float* A, size_t lda, const float* B, floa
   }
 }
 
-void scalarBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C) {
+void scalarBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, L2Prefetch) {
   for (int m = 0; m < rows; ++m) {
     float acc[kPanelWidth] = {};
     const uint32_t* b = B;

@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "moe/gemm.h"
+
 namespace moe {
 namespace avx2 {
 namespace {
@@ -65,7 +67,7 @@ void tileBF16(int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C
 
 int maxRows() { return kMaxRows; }
 
-void kernelF32(int rows, int K, const float* A, size_t lda, const float* B, float* C) {
+void kernelF32(int rows, int K, const float* A, size_t lda, const float* B, float* C, L2Prefetch) {
   switch (rows) {
     case 1: return tileF32<1>(K, A, lda, B, C);
     case 2: return tileF32<2>(K, A, lda, B, C);
@@ -73,7 +75,7 @@ void kernelF32(int rows, int K, const float* A, size_t lda, const float* B, floa
   }
 }
 
-void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C) {
+void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, L2Prefetch) {
   switch (rows) {
     case 1: return tileBF16<1>(Kp, A, lda, B, C);
     case 2: return tileBF16<2>(Kp, A, lda, B, C);

@@ -149,7 +149,8 @@ void Layer::runExperts(int64_t T) {
     const Activations x{dtype_, static_cast<const char*>(input) + size_t(job.row0) * ldx * elem, ldx};
     void* h = static_cast<char*>(hidden) + size_t(job.row0) * ldh * elem;
     float* acc = arena_.accumulators.data() + size_t(worker) * size_t(maxRows) * kPanelWidth;
-    for (int32_t p = item.panelBegin; p < item.panelEnd; ++p) gateUpPanel(kern, x, job.rows, d, panels, p, h, ldh, acc);
+    for (int32_t p = item.panelBegin; p < item.panelEnd; ++p)
+      gateUpPanel(kern, x, job.rows, d, panels, p, p + 1 < item.panelEnd, h, ldh, acc);
   });
 
   planItems([&](const ExpertJob&) { return panelCount(d); });
@@ -164,7 +165,7 @@ void Layer::runExperts(int64_t T) {
     const float* weight = arena_.rowWeight.data() + job.row0;
     float* acc = arena_.accumulators.data() + size_t(worker) * size_t(maxRows) * kPanelWidth;
     for (int32_t p = item.panelBegin; p < item.panelEnd; ++p)
-      downPanel(kern, h, job.rows, ex.intermediate, panels, p, d, weight, out, size_t(d), acc);
+      downPanel(kern, h, job.rows, ex.intermediate, panels, p, p + 1 < item.panelEnd, d, weight, out, size_t(d), acc);
   });
 }
 

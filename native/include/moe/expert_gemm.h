@@ -16,17 +16,19 @@ struct Activations {
 };
 
 // acc[rows][32] = A[rows, K] · panel^T, blocked over K so the slice of the panel in use stays in L2.
+// `nextPanel` (may be null) is the panel the caller computes next; its first slice is prefetched into L2.
 void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, int64_t K, const void* panel,
-                  float* acc);
+                  float* acc, const void* nextPanel = nullptr);
 
 // Gate/up panel p covers intermediate columns [16p, 16p+16): h = silu(x·w1) * (x·w3), written to `hidden`
 // (fp32 rows, or bf16 pairs when the layer is bf16) with row stride `ldh` elements.
+// `hasNext`: the caller computes panel + 1 next (its weights are prefetched meanwhile).
 void gateUpPanel(const GemmKernels& kern, const Activations& x, int64_t rows, int64_t d, const void* gateUpPanels,
-                 int64_t panel, void* hidden, size_t ldh, float* acc);
+                 int64_t panel, bool hasNext, void* hidden, size_t ldh, float* acc);
 
 // Down panel p covers output columns [32p, 32p+32) of d: out[r] = weight[r] * (h[r] · w2^T).
 void downPanel(const GemmKernels& kern, const Activations& h, int64_t rows, int64_t f, const void* downPanels,
-               int64_t panel, int64_t d, const float* rowWeight, float* out, size_t ldo, float* acc);
+               int64_t panel, bool hasNext, int64_t d, const float* rowWeight, float* out, size_t ldo, float* acc);
 
 // Bytes of one packed panel over K for the dtype.
 inline size_t panelStride(DType dtype, int64_t K) {

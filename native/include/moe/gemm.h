@@ -19,9 +19,18 @@ constexpr int kPanelWidth = 32;
 
 enum class DType : int32_t { F32 = 0, BF16 = 1 };
 
-using KernelF32 = void (*)(int rows, int K, const float* A, size_t lda, const float* panel, float* tile);
+// Lines to pull into L2 while a kernel runs (its own panel is prefetched separately): the next slice of
+// weights, so that the first row block over a new slice does not stall on memory. `lines` 64-byte lines from
+// `data`, one per k step; null/0 for none.
+struct L2Prefetch {
+  const char* data = nullptr;
+  int lines = 0;
+};
+
+using KernelF32 = void (*)(int rows, int K, const float* A, size_t lda, const float* panel, float* tile,
+                           L2Prefetch next);
 using KernelBF16 = void (*)(int rows, int Kpairs, const uint32_t* A, size_t lda, const uint32_t* panel,
-                            float* tile);
+                            float* tile, L2Prefetch next);
 
 // h[i] = silu(gate[i]) * up[i] for one tile row: gate = tile[0..16), up = tile[16..32). Writes 16 floats,
 // or 16 bf16 (8 pairs) when `bf16` is set.
