@@ -8,6 +8,7 @@ import { finish, Router, type PreparedRouting, type RoutingBuffers } from './rou
 import type { RouteOptions, RoutingResult } from './types';
 import { loadPretrainedLayer, type FromPretrainedOptions } from './models/pretrained';
 import type { TelemetryDelta } from './observability/telemetry-types';
+import { SerialQueue } from './serial-queue';
 import { requireFinite, requireFloat32, requireInt, requireOneOf } from './validate';
 
 /** One expert's SwiGLU FFN in Hugging Face layout: w1 (gate_proj) [f, d], w3 (up_proj) [f, d], w2 (down_proj) [d, f]. */
@@ -93,6 +94,7 @@ export class MoELayer {
   readonly staticK: number;
   readonly hasSharedExpert: boolean;
   private handle: NativeLayerHandle | undefined;
+  private readonly queue = new SerialQueue();
 
   /**
    * Packs the expert weights (fp32 or bf16) once. The arrays given are not kept.
@@ -204,7 +206,7 @@ export class MoELayer {
   /** As {@link forward}, off the event loop; x and every output stay referenced until it settles. */
   async forwardAsync(x: Float32Array, opts: RouteOptions = {}): Promise<ForwardResult> {
     const call = this.prepare(x, opts, true);
-    await callNativeAsync('forwardAsync', () => this.live().forwardAsync(...call.args));
+    await this.queue.run(() => callNativeAsync('forwardAsync', () => this.live().forwardAsync(...call.args)));
     return call.finish();
   }
 

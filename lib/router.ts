@@ -16,6 +16,7 @@ import {
 import type { RouteOptions, RoutingResult, Selection } from './types';
 import { requireFloat32 } from './validate';
 import type { TelemetryDelta } from './observability/telemetry-types';
+import { SerialQueue } from './serial-queue';
 
 /** What one routing call needs besides x: complexity for dynamic k, and logits when they had to come first. */
 export interface PreparedRouting {
@@ -40,6 +41,7 @@ export class Router {
   readonly estimator: ComplexityEstimator | undefined;
   /** @internal The native router. */
   readonly handle: NativeRouterHandle;
+  private readonly queue = new SerialQueue();
 
   /**
    * @param opts gate weight [E, d] (copied), scoring, selection rule, weight options, bias, groups, threads.
@@ -105,7 +107,8 @@ export class Router {
     if (prepared.complexity === opts.complexity && prepared.complexity)
       prepared.complexity = prepared.complexity.slice();
     const buffers = this.allocate(prepared, opts);
-    await callNativeAsync('routeAsync', () => this.handle.routeAsync(...this.nativeArgs(x, prepared, buffers)));
+    const args = this.nativeArgs(x, prepared, buffers);
+    await this.queue.run(() => callNativeAsync('routeAsync', () => this.handle.routeAsync(...args)));
     return finish(buffers);
   }
 
