@@ -1,6 +1,6 @@
 /**
  * The "installed as a prebuilt npm binary" promise: `npm pack`, install the tarball into a fresh project with no
- * compiler reachable (CXX=false, CC=false, no build-from-source), then `require` and `import` both work there
+ * compiler reachable (PATH without one, CXX=false, CC=false, no build-from-source), then `require` and `import` both work there
  * and a route and a forward give the reference's result. Also checks what the tarball holds.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -17,9 +17,19 @@ const repo = path.join(__dirname, '..');
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-pack-'));
 test.after(() => fs.rmSync(work, { recursive: true, force: true }));
 
+/**
+ * An environment in which no compiler can run: PATH is a folder holding only node, npm and sh (no gcc, g++, cc,
+ * make or python), CXX and CC are `false`, and npm is not asked to build from source.
+ */
 const noCompilerEnv = (() => {
-  const env: NodeJS.ProcessEnv = { ...process.env, CXX: 'false', CC: 'false', npm_config_build_from_source: '' };
-  delete env.npm_config_build_from_source;
+  const bin = path.join(work, 'bin');
+  fs.mkdirSync(bin);
+  const npmCli = fs.realpathSync(execFileSync('sh', ['-c', 'command -v npm'], { encoding: 'utf8' }).trim());
+  fs.symlinkSync(process.execPath, path.join(bin, 'node'));
+  fs.symlinkSync(npmCli, path.join(bin, 'npm'));
+  fs.symlinkSync('/bin/sh', path.join(bin, 'sh'));
+  const env: NodeJS.ProcessEnv = { ...process.env, PATH: bin, CXX: 'false', CC: 'false' };
+  for (const key of Object.keys(env)) if (/^npm_config_build_from_source$/i.test(key)) delete env[key];
   return env;
 })();
 
@@ -56,6 +66,10 @@ test('the tarball installs without a compiler, and require and import both work'
   const app = path.join(work, 'app');
   fs.mkdirSync(app);
   fs.writeFileSync(path.join(app, 'package.json'), JSON.stringify({ name: 'app', version: '1.0.0', private: true }));
+  for (const tool of ['g++', 'gcc', 'cc', 'make', 'python3']) {
+    const found = spawnSync('sh', ['-c', `command -v ${tool}`], { env: noCompilerEnv, encoding: 'utf8' });
+    assert.is.not(found.status, 0, `${tool} must not be reachable, found ${found.stdout}`);
+  }
   const install = spawnSync('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', tarball], {
     cwd: app,
     env: noCompilerEnv,
