@@ -88,11 +88,13 @@ void Layer::dispatch(const float* x, int64_t T, const RoutingOutput& routing) {
   if (weights_->shared && !weights_->sharedGate.empty()) {
     arena_.sharedScale.ensure(size_t(T));
     float* scale = arena_.sharedScale.data();
-    for (int64_t t = 0; t < T; ++t) {
+    const float* gate = weights_->sharedGate.data();
+    // Qwen2-MoE's sigmoid gate of the shared expert, one token per item (T·d work: split it over the pool).
+    router_->pool().parallelFor(threads_, T, [&](int64_t t, int) {
       double dot = 0;
-      for (int64_t i = 0; i < hidden_; ++i) dot += double(x[t * hidden_ + i]) * weights_->sharedGate[size_t(i)];
+      for (int64_t i = 0; i < hidden_; ++i) dot += double(x[t * hidden_ + i]) * gate[i];
       scale[t] = float(1.0 / (1.0 + std::exp(-dot)));
-    }
+    });
     sharedScale = scale;
   }
   planDispatch(routing, T, cfg.maxK, cfg.numExperts, weights_->shared != nullptr, sharedScale, arena_);
