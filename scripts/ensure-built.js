@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// `npm test` runs this first. It (re)builds what is missing or older than its sources: the native addon and
-// the bundled prebuild (prebuildify, which also refreshes build/Release), then the TypeScript in dist/.
+// `npm test` runs this first. It (re)builds what is missing or older than its sources — the bundled prebuild
+// (prebuildify, which moves its fresh build out of build/Release) and any stale build/Release — then the
+// TypeScript in dist/.
 'use strict';
 const { execSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -23,5 +24,8 @@ const sources = Math.max(newest(path.join(root, 'native')), newest(path.join(roo
 const built = path.join(root, 'build', 'Release', 'dynamic_moe_router_kit.node');
 const prebuildDir = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`);
 const prebuilds = fs.existsSync(prebuildDir) ? fs.readdirSync(prebuildDir).map((f) => path.join(prebuildDir, f)) : [];
-if (oldest(prebuilds) < sources || !fs.existsSync(built) || fs.statSync(built).mtimeMs < sources) run('npm run prebuild');
+// node-gyp-build prefers build/Release over prebuilds/, so a stale local build must not survive either.
+const prebuildStale = prebuilds.length === 0 || oldest(prebuilds) < sources;
+const localStale = fs.existsSync(built) && fs.statSync(built).mtimeMs < sources;
+if (prebuildStale || localStale) run('npm run prebuild');
 run('npm run build:ts --silent');
