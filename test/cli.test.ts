@@ -73,6 +73,7 @@ test('bad arguments print one clear line and exit non-zero', () => {
     ],
     [['frobnicate'], /unknown command/],
     [['run', '--bogus'], /bogus/],
+    [['validate', '--model', root, '--dtype', 'fp16'], /--dtype: expected fp32 or bf16, got "fp16"/],
   ] as const) {
     const r = cli(...args);
     assert.ok(r.status !== 0, `${args.join(' ')} exited 0`);

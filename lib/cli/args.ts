@@ -47,6 +47,13 @@ export function intOption(
   return n;
 }
 
+/** --dtype: fp32 (default) or bf16; anything else is a usage error. */
+export function dtypeOption(values: Record<string, unknown>): 'fp32' | 'bf16' {
+  const v = values.dtype ?? 'fp32';
+  if (v !== 'fp32' && v !== 'bf16') throw new UsageError(`--dtype: expected fp32 or bf16, got ${JSON.stringify(v)}`);
+  return v;
+}
+
 const ESTIMATORS: EstimatorName[] = [
   'router_entropy',
   'gradient_norm',

@@ -4,7 +4,7 @@
  */
 import { MoELayer } from '../layer';
 import type { Selection } from '../types';
-import { intOption, parseOptions, parseSelection, UsageError } from './args';
+import { intOption, parseOptions, parseSelection, UsageError, dtypeOption } from './args';
 import { syntheticInput, syntheticLayer, syntheticShape } from './synthetic';
 
 export const PROFILE_USAGE = `moe-router profile [--model DIR --layer N | --synthetic olmoe|mixtral] [--selection RULE]
@@ -31,9 +31,7 @@ export async function profileCommand(argv: string[]): Promise<void> {
   const tokens = intOption(v, 'tokens', 64, 1)!;
   const batches = intOption(v, 'batches', 3, 1)!;
   const threads = intOption(v, 'threads', undefined, 1);
-  const dtype = v.dtype === 'bf16' ? 'bf16' : 'fp32';
-  if (v.dtype !== undefined && v.dtype !== 'fp32' && v.dtype !== 'bf16')
-    throw new UsageError(`--dtype: expected fp32 or bf16`);
+  const dtype = dtypeOption(v);
   const selection: Selection | undefined = typeof v.selection === 'string' ? parseSelection(v.selection) : undefined;
   let layer: MoELayer;
   let label: string;

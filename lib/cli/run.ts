@@ -5,7 +5,7 @@
 import { MoELayer } from '../layer';
 import { readNpy, writeNpy } from '../models/npy';
 import { ValidationError } from '../errors';
-import { intOption, parseOptions, parseSelection, requireOption, UsageError } from './args';
+import { intOption, parseOptions, parseSelection, requireOption, UsageError, dtypeOption } from './args';
 
 export const RUN_USAGE = `moe-router run --model DIR --layer N --input x.npy --output y.npy
                [--dtype fp32|bf16] [--selection topk:K|topp:P|threshold:TAU|dynamic:MIN-MAX[:ESTIMATOR]]
@@ -34,9 +34,7 @@ export async function runCommand(argv: string[]): Promise<void> {
   if (layerIndex === undefined) throw new UsageError('--layer is required');
   const input = requireOption(v, 'input');
   const output = requireOption(v, 'output');
-  const dtype = (v.dtype as string | undefined) ?? 'fp32';
-  if (dtype !== 'fp32' && dtype !== 'bf16')
-    throw new UsageError(`--dtype: expected fp32 or bf16, got ${JSON.stringify(dtype)}`);
+  const dtype = dtypeOption(v);
   const selection = typeof v.selection === 'string' ? parseSelection(v.selection) : undefined;
   const threads = intOption(v, 'threads', undefined, 1);
 

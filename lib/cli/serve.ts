@@ -9,7 +9,7 @@ import { configureLogging } from '../observability/logging';
 import { MetricsCollector } from '../observability/metrics';
 import { PerformanceSummaryLogger } from '../observability/performance-summary';
 import { startObservabilityServer } from '../observability/server';
-import { intOption, parseOptions, parseSelection, UsageError } from './args';
+import { intOption, parseOptions, parseSelection, UsageError, dtypeOption } from './args';
 import { syntheticInput, syntheticLayer, syntheticShape } from './synthetic';
 
 export const SERVE_USAGE = `moe-router serve [--model DIR --layer N | --synthetic olmoe|mixtral] [--selection RULE]
@@ -38,9 +38,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
     console.log(SERVE_USAGE);
     return;
   }
-  const dtype = v.dtype === 'bf16' ? 'bf16' : 'fp32';
-  if (v.dtype !== undefined && v.dtype !== 'fp32' && v.dtype !== 'bf16')
-    throw new UsageError('--dtype: expected fp32 or bf16');
+  const dtype = dtypeOption(v);
   const format = v['log-format'] === 'pretty' ? 'pretty' : 'json';
   const load = intOption(v, 'load', 0, 0)!;
   const tokens = intOption(v, 'tokens', 32, 1)!;

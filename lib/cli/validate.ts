@@ -8,7 +8,7 @@ import { MoELayer } from '../layer';
 import { loadMoELayerWeights, resolveMoELayer } from '../models/architectures';
 import { openCheckpoint } from '../models/checkpoint';
 import { routerOptionsFromConfig } from '../models/router-config';
-import { intOption, parseOptions, requireOption } from './args';
+import { intOption, parseOptions, requireOption, dtypeOption } from './args';
 
 export const VALIDATE_USAGE = `moe-router validate --model DIR [--layer N] [--forward] [--dtype fp32|bf16]
 
@@ -27,6 +27,7 @@ export async function validateCommand(argv: string[]): Promise<void> {
     return;
   }
   const dir = requireOption(v, 'model');
+  const dtype = dtypeOption(v);
   const only = intOption(v, 'layer', undefined, 0);
   const checkpoint = openCheckpoint(dir);
   const problems: string[] = [];
@@ -80,7 +81,6 @@ export async function validateCommand(argv: string[]): Promise<void> {
   if (firstMoE === undefined)
     throw new ModelLoadError(`${dir}: no MoE layer found${only !== undefined ? ` at layer ${only}` : ''}`);
   if (v.forward) {
-    const dtype = v.dtype === 'bf16' ? 'bf16' : 'fp32';
     const layer = MoELayer.fromPretrained(dir, { layer: firstMoE, dtype });
     try {
       const x = new Float32Array(4 * layer.hiddenSize).map((_, i) => Math.sin(i * 0.37));
