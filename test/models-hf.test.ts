@@ -3,7 +3,6 @@
  * layer adapters of all six supported families, dense-layer rules and shape checks against config.json.
  */
 import * as fs from 'fs';
-import * as os from 'os';
 import * as path from 'path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -12,29 +11,10 @@ import { loadMoELayerWeights, resolveMoELayer } from '../lib/models/architecture
 import { openCheckpoint } from '../lib/models/checkpoint';
 import { writeSafetensors } from '../lib/models/safetensors';
 import { writeTinyCheckpoint, type TinyArch, type TinyCheckpointOptions } from './helpers/checkpoint';
+import { throwsWith } from './helpers/errors';
+import { tempDirs } from './helpers/tmp';
 
-const tmpDirs: string[] = [];
-function tmpDir(): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-hf-'));
-  tmpDirs.push(dir);
-  return dir;
-}
-test.after(() => {
-  for (const dir of tmpDirs) fs.rmSync(dir, { recursive: true, force: true });
-});
-
-function throwsWith(fn: () => unknown, ErrorType: Function, pattern: RegExp, mustMention: string[] = []): void {
-  try {
-    fn();
-  } catch (err) {
-    assert.instance(err, ErrorType, `expected ${ErrorType.name}, got ${String(err)}`);
-    const message = (err as Error).message;
-    assert.match(message, pattern);
-    for (const word of mustMention) assert.ok(message.includes(word), `message should name ${word}: ${message}`);
-    return;
-  }
-  assert.unreachable(`expected ${ErrorType.name} matching ${pattern}`);
-}
+const tmpDir = tempDirs('moe-hf-');
 
 const SMALL: TinyCheckpointOptions = { hiddenSize: 8, intermediateSize: 6, numExperts: 4, topK: 2 };
 

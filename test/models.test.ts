@@ -3,7 +3,6 @@
  * malformed, untrusted files), and .npy files. Checkpoint folders and architectures are in models-hf.test.ts.
  */
 import * as fs from 'fs';
-import * as os from 'os';
 import * as path from 'path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -19,33 +18,13 @@ import {
 } from '../lib/models/safetensors';
 import { roundToDtype } from './helpers/checkpoint';
 import { randn, rng } from './helpers/random';
+import { throwsWith } from './helpers/errors';
+import { tempDirs } from './helpers/tmp';
 
-const tmpDirs: string[] = [];
-function tmpDir(): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-models-'));
-  tmpDirs.push(dir);
-  return dir;
-}
-test.after(() => {
-  for (const dir of tmpDirs) fs.rmSync(dir, { recursive: true, force: true });
-});
+const tmpDir = tempDirs('moe-models-');
 
 function fromBits(bits: number): number {
   return new Float32Array(new Uint32Array([bits]).buffer)[0];
-}
-
-function throwsWith(fn: () => unknown, ErrorType: Function, pattern: RegExp, mustMention?: string): void {
-  try {
-    fn();
-  } catch (err) {
-    assert.instance(err, ErrorType, `expected ${ErrorType.name}, got ${String(err)}`);
-    const message = (err as Error).message;
-    assert.match(message, pattern);
-    if (mustMention !== undefined)
-      assert.ok(message.includes(mustMention), `message should name ${mustMention}: ${message}`);
-    return;
-  }
-  assert.unreachable(`expected ${ErrorType.name} matching ${pattern}`);
 }
 
 // ------------------------------------------------------------------------------------------------ conversions
