@@ -230,15 +230,11 @@ export class MoELayer {
     return this.live().drainTelemetry();
   }
 
-  /** `copyInputs` (async calls): work on private copies of x and of caller complexity, see Router.routeAsync. */
+  /** `copyInputs` (async calls): work on private copies of x and of caller complexity (Router.privateInputs). */
   private prepare(x: Float32Array, opts: RouteOptions, copyInputs = false) {
     const handle = this.live();
     const prepared: PreparedRouting = this.router.countValidationErrors(() => this.router.prepare(x, opts), handle);
-    if (copyInputs) {
-      x = x.slice();
-      if (prepared.complexity && prepared.complexity === opts.complexity)
-        prepared.complexity = prepared.complexity.slice();
-    }
+    if (copyInputs) x = this.router.privateInputs(x, prepared, opts);
     const buffers: RoutingBuffers = this.router.allocate(prepared, { ...opts, returnLogits: false });
     const T = prepared.tokens;
     const output = new Float32Array(T * this.hiddenSize);

@@ -98,14 +98,13 @@ export class Router {
     return finish(buffers);
   }
 
-  /** As {@link route}, off the event loop. The arrays stay referenced until the promise settles. */
+  /**
+   * As {@link route}, off the event loop, on a private copy of x (reuse or transfer x at once). The async calls
+   * of one router run one after another.
+   */
   async routeAsync(x: Float32Array, opts: RouteOptions = {}): Promise<RoutingResult> {
     const prepared = this.countValidationErrors(() => this.prepare(x, opts));
-    // Native code reads x on another thread: work on a private copy, so that the caller detaching or
-    // transferring x's buffer meanwhile cannot pull memory from under it. The outputs are ours until resolved.
-    x = x.slice();
-    if (prepared.complexity === opts.complexity && prepared.complexity)
-      prepared.complexity = prepared.complexity.slice();
+    x = this.privateInputs(x, prepared, opts);
     const buffers = this.allocate(prepared, opts);
     const args = this.nativeArgs(x, prepared, buffers);
     await this.queue.run(() => callNativeAsync('routeAsync', () => this.handle.routeAsync(...args)));
@@ -159,6 +158,17 @@ export class Router {
       if (err instanceof ValidationError) sink.recordError(0);
       throw err;
     }
+  }
+
+  /**
+   * @internal For calls whose native work runs on another thread: copies of x and of caller-given complexity
+   * (replaced in `prepared`), so that the caller detaching or transferring their buffers meanwhile cannot pull
+   * memory from under the native code. The outputs are allocated here and stay private until the call resolves.
+   */
+  privateInputs(x: Float32Array, prepared: PreparedRouting, opts: RouteOptions): Float32Array {
+    if (prepared.complexity && prepared.complexity === opts.complexity)
+      prepared.complexity = prepared.complexity.slice();
+    return x.slice();
   }
 
   /** @internal Validates x and computes what the dynamic rule needs. */
