@@ -203,7 +203,7 @@ export class MoELayer {
     return call.finish();
   }
 
-  /** As {@link forward}, off the event loop; x and every output stay referenced until it settles. */
+  /** As {@link forward}, off the event loop, on a private copy of x; async calls of one layer run one after another. */
   async forwardAsync(x: Float32Array, opts: RouteOptions = {}): Promise<ForwardResult> {
     const call = this.prepare(x, opts, true);
     await this.queue.run(() => callNativeAsync('forwardAsync', () => this.live().forwardAsync(...call.args)));
