@@ -44,7 +44,6 @@ type RouteArgs = [
   stats: Float64Array,
   logits: Float32Array | null,
   probs: Float32Array | null,
-  entropy: Float32Array | null,
   complexity: Float32Array | null,
   complexityNs: number,
 ];

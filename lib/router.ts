@@ -249,7 +249,6 @@ export class Router {
       b.stats,
       fromLogits ? null : (r.logits ?? null),
       r.probs ?? null,
-      null,
       prepared.complexity,
       prepared.complexityNs,
     ] as const;

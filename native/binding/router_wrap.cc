@@ -1,6 +1,6 @@
 // NativeRouter binding: translates typed arrays into moe::Router calls, synchronously or on the libuv pool.
 //
-// route(mode, input, T, indices, weights, k, counts, stats, logits?, probs?, entropy?, complexity?, complexityNs?)
+// route(mode, input, T, indices, weights, k, counts, stats, logits?, probs?, complexity?, complexityNs?)
 //   mode 0: input is x [T, d]; mode 1: input is logits [T, E] (selection only).
 //   stats (Float64Array(5)) receives meanK, auxLoss, zLoss, loadBalance, assignments.
 #include "router_wrap.h"
@@ -52,9 +52,8 @@ RouteCall parseRouteCall(const Napi::CallbackInfo& info, const moe::RouterConfig
   c.statsOut = typedArrayArg<double>(info, 7, "stats", 5);
   if (!c.fromLogits) c.out.logits = typedArrayArg<float>(info, 8, "logits", T * E, true);
   c.out.probs = typedArrayArg<float>(info, 9, "probs", T * E, true);
-  c.out.entropy = typedArrayArg<float>(info, 10, "entropy", T, true);
-  c.complexity = typedArrayArg<float>(info, 11, "complexity", T, true);
-  if (info.Length() > 12 && info[12].IsNumber()) c.complexityNs = int64_t(info[12].As<Napi::Number>().DoubleValue());
+  c.complexity = typedArrayArg<float>(info, 10, "complexity", T, true);
+  if (info.Length() > 11 && info[11].IsNumber()) c.complexityNs = int64_t(info[11].As<Napi::Number>().DoubleValue());
   if (cfg.selection == moe::Selection::Dynamic && !c.complexity)
     throwValidation(info.Env(), "complexity: the dynamic rule needs a Float32Array of per-token scores");
   return c;

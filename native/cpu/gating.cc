@@ -68,7 +68,7 @@ void limitGroups(const RouterConfig& cfg, TokenWork& w) {
 }
 
 // Scores for one token; returns logsumexp of the logits (for the z-loss) and the probability mass used by
-// top-p and the entropy (1 for softmax, the sum of sigmoids otherwise).
+// top-p (1 for softmax, the sum of sigmoids otherwise).
 double scoreToken(const RouterConfig& cfg, const float* logits, float* probs, double& mass) {
   const int E = cfg.numExperts;
   float maxLogit = logits[0];
@@ -141,16 +141,6 @@ void writeWeights(const RouterConfig& cfg, const float* logits, const TokenWork&
   for (int j = 0; j < k; ++j) weights[j] = float(w.probs[w.order[j]] * norm);
 }
 
-double normalisedEntropy(const float* probs, int E, double mass) {
-  if (E < 2) return 0;
-  double h = 0;
-  for (int i = 0; i < E; ++i) {
-    const double p = probs[i] / mass;
-    if (p > 0) h -= p * std::log(p);
-  }
-  return std::clamp(h / std::log(double(E)), 0.0, 1.0);
-}
-
 }  // namespace
 
 int32_t dynamicK(int32_t minK, int32_t maxK, float complexity) {
@@ -209,7 +199,6 @@ std::string selectExperts(const RouterConfig& cfg, const float* logits, int64_t 
       writeWeights(cfg, row, w, k, wts);
       out.k[t] = k;
       if (out.probs) std::copy(w.probs, w.probs + E, out.probs + t * E);
-      if (out.entropy) out.entropy[t] = float(normalisedEntropy(w.probs, E, mass));
       for (int i = 0; i < E; ++i) sums[i] += w.probs[i] / mass;
       sums[E] += lse * lse;
     }

@@ -39,7 +39,6 @@ struct RoutingOutput {
   int32_t* k = nullptr;          // [T]
   float* logits = nullptr;       // optional [T, E]
   float* probs = nullptr;        // optional [T, E] unbiased scores
-  float* entropy = nullptr;      // optional [T] normalised router entropy in [0,1]
   int32_t* expertCounts = nullptr;  // [E], required: tokens per expert
 };
 
