@@ -103,8 +103,7 @@ void Layer::dispatch(const float* x, int64_t T, const RoutingOutput& routing) {
   gatherRows(x, hidden_, last.row0 + last.rows, dtype_, arena_, router_->pool(), threads_);
 }
 
-void Layer::runExperts(int64_t T) {
-  (void)T;
+void Layer::runExperts() {
   if (arena_.jobs.empty()) return;
   const int64_t d = hidden_, rows = arena_.jobs.back().row0 + arena_.jobs.back().rows;
   const bool f32 = dtype_ == DType::F32;
@@ -201,7 +200,7 @@ std::string Layer::forward(const float* x, int64_t T, const float* logits, const
   stats.gatingEndNs = nowNs();
   dispatch(x, T, routing);
   stats.dispatchEndNs = nowNs();
-  runExperts(T);
+  runExperts();
   stats.expertEndNs = nowNs();
   arenaBytes_.store(arenaSize(arena_), std::memory_order_relaxed);
   const RouterConfig& cfg = router_->config();

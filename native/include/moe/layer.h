@@ -88,7 +88,7 @@ class Layer {
  private:
   void pack(PackedExpert& dst, const float* w1, const float* w3, const float* w2, int64_t f);
   void dispatch(const float* x, int64_t T, const RoutingOutput& routing);
-  void runExperts(int64_t T);
+  void runExperts();
   void combine(int64_t T, int32_t maxK, const int32_t* k, float* y);
 
   std::shared_ptr<Router> router_;
