@@ -9,7 +9,7 @@
   "target_defaults": {
     "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
     "cflags_cc": ["-std=c++17", "<@(moe_common_cflags)"],
-    "include_dirs": ["native/include", "native"],
+    "include_dirs": ["native/include", "native", "cuda/include"],
     "defines": ["NDEBUG"]
   },
   "targets": [
@@ -36,6 +36,7 @@
       "sources": [
         "native/runtime/cpu_features.cc",
         "native/runtime/thread_pool.cc",
+        "native/runtime/cuda_plugin.cc",
         "native/telemetry/telemetry.cc",
         "native/cpu/gemm.cc",
         "native/cpu/gating.cc",
@@ -51,9 +52,11 @@
         "native/binding/layer_wrap.cc",
         "native/binding/complexity_wrap.cc",
         "native/binding/bench_wrap.cc",
-        "native/binding/telemetry_wrap.cc"
+        "native/binding/telemetry_wrap.cc",
+        "native/binding/cuda_wrap.cc"
       ],
-      "ldflags": ["-pthread"]
+      "ldflags": ["-pthread"],
+      "libraries": ["-ldl"]
     }
   ]
 }

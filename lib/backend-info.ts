@@ -1,26 +1,31 @@
-/** Which backend and CPU features the loaded addon uses, and why others were not chosen. */
+/** Which backends the package can use here, and why the others cannot. */
+import { cudaStatus, type CudaStatus } from './cuda';
 import { native } from './native';
 
 export interface BackendInfo {
   /** The backend `backend: 'auto'` picks. */
-  backend: 'cpu';
+  backend: 'cpu' | 'cuda';
   /** The SIMD level of the CPU kernels: avx512, avx2 or scalar (MOE_ISA can cap it). */
   isa: string;
   /** Threads of the shared compute pool (MOE_THREADS, default: all cores). */
   threads: number;
   cpuFeatures: Record<string, boolean>;
-  /** Backends not in use, with the reason. */
+  /** The CUDA plugin: whether it loaded and found a GPU, which one, or why not. */
+  cuda: CudaStatus;
+  /** Backends not in use by 'auto', with the reason. */
   unavailable: Record<string, string>;
 }
 
-/** Reports the loaded backend. */
+/** Reports the loaded backends. Loads the CUDA plugin if one is found (never throws for its absence). */
 export function backendInfo(): BackendInfo {
   const info = native().backendInfo();
+  const cuda = cudaStatus();
   return {
-    backend: 'cpu',
+    backend: cuda.available ? 'cuda' : 'cpu',
     isa: info.isa,
     threads: info.threads,
     cpuFeatures: info.cpuFeatures,
-    unavailable: { cuda: 'the CUDA backend is not built into this package version' },
+    cuda,
+    unavailable: cuda.available ? {} : { cuda: cuda.reason ?? 'unknown' },
   };
 }

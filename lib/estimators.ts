@@ -113,6 +113,26 @@ export class Calibrator {
     this.m2 += delta * (v - this.mean);
   }
 
+  /**
+   * @internal The mapping in the form the CUDA calibrate kernel takes (cuda/gating.cu): mode 0 none, 1 running
+   * zscore, 2 frozen zscore, 3 quantile; state = (count, mean, M2). Undefined when it cannot run there (quantile
+   * before calibrate(), which the host path reports).
+   */
+  deviceState(): { calibration: number; state: Float64Array; knots: Float64Array | null } | undefined {
+    if (this.mode === 'none') return { calibration: 0, state: new Float64Array(3), knots: null };
+    if (this.mode === 'quantile')
+      return this.knots ? { calibration: 3, state: new Float64Array(3), knots: this.knots } : undefined;
+    return { calibration: this.frozen ? 2 : 1, state: Float64Array.of(this.count, this.mean, this.m2), knots: null };
+  }
+
+  /** @internal After a device call with the running zscore: the statistics with that batch merged in. */
+  absorbDeviceState(state: Float64Array): void {
+    if (this.mode !== 'zscore' || this.frozen) return;
+    this.count = state[0];
+    this.mean = state[1];
+    this.m2 = state[2];
+  }
+
   /** raw -> [0,1]. Updates the running statistics first unless calibrated. */
   apply(raw: Float32Array): Float32Array {
     const out = new Float32Array(raw.length);

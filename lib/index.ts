@@ -30,6 +30,8 @@ export {
   BackendError,
 } from './errors';
 export { backendInfo, type BackendInfo } from './backend-info';
+export { cudaStatus, type BackendName, type CudaStatus } from './cuda';
+export type { CudaDeviceInfo } from './native';
 export {
   MoELayer,
   type MoELayerOptions,
@@ -38,6 +40,7 @@ export {
   type SharedExpertOptions,
   type LayerStats,
   type ForwardResult,
+  type DeviceForwardOptions,
 } from './layer';
 export type { FromPretrainedOptions } from './models/pretrained';
 export { readNpy, writeNpy } from './models/npy';

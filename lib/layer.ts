@@ -2,9 +2,17 @@
  * `MoELayer`: one Mixture-of-Experts layer forward on the CPU — route, dispatch, grouped SwiGLU expert GEMM,
  * combine — with weights prepacked once (fp32 or bf16). JS validates and allocates; native/cpu/layer.cc runs.
  */
+import { deviceComplexityFor, resolveBackend, type BackendName } from './cuda';
 import { describe, ExpertDispatchError, ValidationError } from './errors';
-import { callNative, callNativeAsync, native, type NativeLayerHandle } from './native';
-import { finish, Router, type PreparedRouting, type RoutingBuffers } from './router';
+import {
+  callNative,
+  callNativeAsync,
+  native,
+  type CudaBenchResult,
+  type NativeCudaLayerHandle,
+  type NativeLayerHandle,
+} from './native';
+import { Router, type RoutingBuffers } from './router';
 import type { RouteOptions, RoutingResult } from './types';
 import { loadPretrainedLayer, type FromPretrainedOptions } from './models/pretrained';
 import type { TelemetryDelta } from './observability/telemetry-types';
@@ -49,6 +57,22 @@ export interface MoELayerOptions {
   staticK?: number;
   /** Threads of the expert stages; default: the router's. */
   threads?: number;
+  /**
+   * 'cpu', 'cuda' (weights uploaded once to the GPU as bf16; BackendError when the plugin or a GPU is missing) or
+   * 'auto' (the GPU when available). Default: the router's backend.
+   */
+  backend?: BackendName;
+}
+
+/** Device pointers for {@link MoELayer.forwardDevice}, as frameworks that hold GPU tensors have them. */
+export interface DeviceForwardOptions {
+  /** x [T, d] float32 on the layer's GPU, 16-byte aligned. */
+  input: bigint;
+  /** y [T, d] float32 on the layer's GPU, 16-byte aligned; written by the forward. */
+  output: bigint;
+  tokens: number;
+  /** A cudaStream_t to enqueue on (default: the layer's own stream). */
+  stream?: bigint;
 }
 
 /** Natively measured per-call stats. */
@@ -93,7 +117,10 @@ export class MoELayer {
   readonly intermediateSize: number;
   readonly staticK: number;
   readonly hasSharedExpert: boolean;
+  /** Where forward() runs: 'cpu' or 'cuda'. */
+  readonly backend: 'cpu' | 'cuda';
   private handle: NativeLayerHandle | undefined;
+  private cudaHandle: NativeCudaLayerHandle | undefined;
   private readonly queue = new SerialQueue();
 
   /**
@@ -105,7 +132,15 @@ export class MoELayer {
       throw new ValidationError(`router: expected a Router, got ${describe(opts?.router)}`);
     this.router = opts.router;
     const { numExperts: E, hiddenSize: d } = this.router.config;
-    this.dtype = requireOneOf('dtype', opts.dtype ?? 'fp32', ['fp32', 'bf16'] as const);
+    this.backend = resolveBackend(opts.backend ?? this.router.backend, 'MoELayer');
+    this.dtype = requireOneOf('dtype', opts.dtype ?? (this.backend === 'cuda' ? 'bf16' : 'fp32'), [
+      'fp32',
+      'bf16',
+    ] as const);
+    if (this.backend === 'cuda' && this.dtype !== 'bf16')
+      throw new ValidationError(
+        `dtype: the CUDA backend keeps bf16 weights (fp32 accumulation); omit dtype or pass 'bf16'`,
+      );
     const cfg = this.router.config;
     const defaultStaticK = cfg.selection === 'topk' || cfg.selection === 'gptOss' ? cfg.k : cfg.maxK;
     this.staticK = requireInt('staticK', opts.staticK ?? defaultStaticK, 1, E, ValidationError);
@@ -113,6 +148,8 @@ export class MoELayer {
     const addon = native();
     if (opts.shareWeightsOf !== undefined) {
       const other = opts.shareWeightsOf;
+      if (this.backend === 'cuda' || (other instanceof MoELayer && other.backend === 'cuda'))
+        throw new ValidationError('shareWeightsOf: sharing packed weights is not supported by the CUDA backend yet');
       if (!(other instanceof MoELayer))
         throw new ValidationError(`shareWeightsOf: expected an MoELayer, got ${describe(other)}`);
       if (other.numExperts !== E || other.hiddenSize !== d) {
@@ -123,7 +160,7 @@ export class MoELayer {
       this.dtype = other.dtype;
       this.intermediateSize = other.intermediateSize;
       this.hasSharedExpert = other.hasSharedExpert;
-      const source = other.live();
+      const source = other.cpuHandle();
       this.handle = callNative(
         'MoELayer',
         () => new addon.NativeLayer(this.router.handle, 0, this.staticK, threads, source),
@@ -134,9 +171,10 @@ export class MoELayer {
     const first = expertAt(0);
     const f = opts.intermediateSize ?? first.w1?.length / d;
     this.intermediateSize = requireInt('intermediateSize', f, 1, 1 << 20, ValidationError);
-    const handle = callNative(
-      'MoELayer',
-      () => new addon.NativeLayer(this.router.handle, this.dtype === 'fp32' ? 0 : 1, this.staticK, threads),
+    const handle: NativeLayerHandle | NativeCudaLayerHandle = callNative('MoELayer', () =>
+      this.backend === 'cuda'
+        ? new addon.NativeCudaLayer(this.router.handle, this.staticK, this.intermediateSize)
+        : new addon.NativeLayer(this.router.handle, this.dtype === 'fp32' ? 0 : 1, this.staticK, threads),
     );
     for (let e = 0; e < E; e++) {
       const w = e === 0 ? first : expertAt(e);
@@ -160,7 +198,8 @@ export class MoELayer {
       }
       callNative('sharedExperts', () => handle.setSharedExpert(s.w1, s.w3, s.w2, sf, s.gate ?? null));
     }
-    this.handle = handle;
+    if (this.backend === 'cuda') this.cudaHandle = handle as NativeCudaLayerHandle;
+    else this.handle = handle as NativeLayerHandle;
   }
 
   /**
@@ -199,30 +238,84 @@ export class MoELayer {
    */
   forward(x: Float32Array, opts: RouteOptions = {}): ForwardResult {
     const call = this.prepare(x, opts);
-    callNative('forward', () => this.live().forward(...call.args));
+    const cuda = this.cudaHandle;
+    callNative('forward', () =>
+      cuda ? cuda.forward(...call.args, call.device) : this.cpuHandle().forward(...call.args),
+    );
     return call.finish();
   }
 
   /** As {@link forward}, off the event loop, on a private copy of x; async calls of one layer run one after another. */
   async forwardAsync(x: Float32Array, opts: RouteOptions = {}): Promise<ForwardResult> {
     const call = this.prepare(x, opts, true);
-    await this.queue.run(() => callNativeAsync('forwardAsync', () => this.live().forwardAsync(...call.args)));
+    const cuda = this.cudaHandle;
+    await this.queue.run(() =>
+      callNativeAsync('forwardAsync', () =>
+        cuda ? cuda.forwardAsync(...call.args, call.device) : this.cpuHandle().forwardAsync(...call.args),
+      ),
+    );
     return call.finish();
+  }
+
+  /**
+   * CUDA backend only: y = MoE(x) on device pointers the caller owns (e.g. a framework's GPU tensors), enqueued
+   * on `stream` without waiting for it; routing stays on the GPU. A dynamic rule needs an estimator that runs
+   * there (router_entropy, or gradient_norm of x) with calibration 'none', 'quantile' or a frozen 'zscore'
+   * (estimator.calibrate(...)). Per-expert token counts reach drainTelemetry() one drain later.
+   * @throws ValidationError for a CPU layer, bad pointers or tokens; BackendError for a CUDA failure.
+   */
+  forwardDevice(opts: DeviceForwardOptions): void {
+    const cuda = this.cudaHandle;
+    if (!cuda) {
+      this.live();
+      throw new ValidationError(`forwardDevice: this layer runs on the ${this.backend} backend; use backend 'cuda'`);
+    }
+    const tokens = requireInt('tokens', opts?.tokens, 1, 1 << 24, ValidationError);
+    for (const key of ['input', 'output'] as const) {
+      if (typeof opts[key] !== 'bigint' || opts[key] <= 0n)
+        throw new ValidationError(`${key}: expected a device pointer as a positive bigint, got ${describe(opts[key])}`);
+    }
+    if (opts.stream !== undefined && typeof opts.stream !== 'bigint')
+      throw new ValidationError(`stream: expected a cudaStream_t as a bigint, got ${describe(opts.stream)}`);
+    let device = null;
+    if (this.router.config.selection === 'dynamic') {
+      device = deviceComplexityFor(this.router.estimator, tokens, {});
+      if (!device || device.calibration === 1)
+        throw new ValidationError(
+          'forwardDevice: the dynamic rule on device pointers needs a router_entropy or gradient_norm estimator ' +
+            "with calibration 'none', 'quantile', or a frozen 'zscore' (call estimator.calibrate(samples) first)",
+        );
+    }
+    callNative('forwardDevice', () => cuda.forwardDevice(opts.input, opts.output, tokens, opts.stream ?? null, device));
+  }
+
+  /** @internal CUDA benchmarks (bench/gpu): stage timings on device-resident random input. */
+  benchDevice(tokens: number, iterations: number, graph: boolean): CudaBenchResult {
+    if (!this.cudaHandle) throw new ValidationError('benchDevice: needs the CUDA backend');
+    return this.cudaHandle.bench(tokens, iterations, graph);
   }
 
   /** Releases the packed weights now (a running forwardAsync keeps them until it ends). */
   dispose(): void {
     this.handle?.dispose();
+    this.cudaHandle?.dispose();
     this.handle = undefined;
+    this.cudaHandle = undefined;
   }
 
   [Symbol.dispose](): void {
     this.dispose();
   }
 
-  private live(): NativeLayerHandle {
-    if (!this.handle) throw new ExpertDispatchError('MoELayer: this layer was disposed');
-    return this.handle;
+  private live(): NativeLayerHandle | NativeCudaLayerHandle {
+    const h = this.handle ?? this.cudaHandle;
+    if (!h) throw new ExpertDispatchError('MoELayer: this layer was disposed');
+    return h;
+  }
+
+  private cpuHandle(): NativeLayerHandle {
+    if (!this.handle) this.live();
+    return this.handle!;
   }
 
   /** Native counters of this layer's forwards since the previous drain; see {@link Router.drainTelemetry}. */
@@ -233,7 +326,11 @@ export class MoELayer {
   /** `copyInputs` (async calls): work on private copies of x and of caller complexity (Router.privateInputs). */
   private prepare(x: Float32Array, opts: RouteOptions, copyInputs = false) {
     const handle = this.live();
-    const prepared: PreparedRouting = this.router.countValidationErrors(() => this.router.prepare(x, opts), handle);
+    const onDevice = this.backend === 'cuda';
+    const { prepared, device } = this.router.countValidationErrors(
+      () => this.router.prepareFor(x, opts, onDevice),
+      handle,
+    );
     if (copyInputs) x = this.router.privateInputs(x, prepared, opts);
     const buffers: RoutingBuffers = this.router.allocate(prepared, { ...opts, returnLogits: false });
     const T = prepared.tokens;
@@ -256,8 +353,9 @@ export class MoELayer {
     ] as const;
     return {
       args,
+      device,
       finish: (): ForwardResult => {
-        const routing = finish(buffers);
+        const routing = this.router.finishDevice(buffers, device);
         if (opts.returnLogits && prepared.logits) routing.logits = prepared.logits;
         return { output, routing, stats: layerStatsOf(layerStats, routing, prepared.complexityNs) };
       },

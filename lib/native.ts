@@ -31,6 +31,65 @@ export interface NativeAddon {
     fillNormal(out: Float32Array, seed: number, std: number): void;
   };
   backendInfo(): { isa: string; threads: number; cpuFeatures: Record<string, boolean>; gemmRows: number };
+  /** Loads the CUDA plugin at `path` (once per process) and probes the GPU. */
+  cudaLoad(path: string): { loaded: boolean; error?: string; path?: string; device?: CudaDeviceInfo };
+  /** Median seconds of one device-to-device copy of `bytes` (the bandwidth anchor). */
+  cudaBenchCopy(bytes: number, iterations: number): number;
+  NativeCudaLayer: new (router: NativeRouterHandle, staticK: number, intermediateSize: number) => NativeCudaLayerHandle;
+}
+
+export interface CudaDeviceInfo {
+  name: string;
+  index: number;
+  computeCapability: string;
+  multiprocessors: number;
+  memoryBytes: number;
+  driverVersion: number;
+  runtimeVersion: number;
+}
+
+/** Complexity computed on the GPU (cuda/gating.cu), and where its results come back. */
+export interface NativeDeviceComplexity {
+  /** 2 router entropy, 3 L2 row norm of x, 4 L1 row norm. */
+  mode: number;
+  /** 0 none, 1 running zscore, 2 frozen zscore, 3 quantile. */
+  calibration: number;
+  /** count, mean, M2: read, and written back after a host-mode call. */
+  state: Float64Array;
+  knots: Float64Array | null;
+  complexityOut: Float32Array;
+}
+
+export interface CudaBenchResult {
+  forwardMs: number;
+  routeAlignMs: number;
+  routeAlignFromXMs: number;
+  expertMs: number;
+  expertFlops: number;
+  expertBytes: number;
+}
+
+/** A layer (or, with intermediateSize 0, a router) on the GPU; see native/binding/cuda_wrap.cc. */
+export interface NativeCudaLayerHandle {
+  drainTelemetry(): TelemetryDelta;
+  recordError(kind: NativeErrorKind): void;
+  setExpert(e: number, w1: Float32Array, w3: Float32Array, w2: Float32Array, f: number): void;
+  setSharedExpert(w1: Float32Array, w3: Float32Array, w2: Float32Array, f: number, gate: Float32Array | null): void;
+  forward(...args: [...ForwardArgs, device: NativeDeviceComplexity | null]): void;
+  forwardAsync(...args: [...ForwardArgs, device: NativeDeviceComplexity | null]): Promise<void>;
+  forwardDevice(
+    input: bigint,
+    output: bigint,
+    tokens: number,
+    stream: bigint | null,
+    device: NativeDeviceComplexity | null,
+  ): void;
+  route(...args: [...RouteArgs, device: NativeDeviceComplexity | null]): void;
+  routeAsync(...args: [...RouteArgs, device: NativeDeviceComplexity | null]): Promise<void>;
+  info(): { weightBytes: number; workspaceBytes: number; device: number; dtype: string; isa: string };
+  bench(tokens: number, iterations: number, graph: boolean): CudaBenchResult;
+  randomize(seed: number, std: number): void;
+  dispose(): void;
 }
 
 type RouteArgs = [
@@ -118,6 +177,7 @@ export function translateNativeError(err: unknown, context: string): unknown {
   const code = (err as Error & { code?: string }).code;
   if (code === 'ERR_MOE_VALIDATION') return new ValidationError(`${context}: ${err.message}`, { cause: err });
   if (code === 'ERR_MOE_DISPOSED') return new ExpertDispatchError(`${context}: ${err.message}`, { cause: err });
+  if (code === 'ERR_MOE_CUDA') return new BackendError(`${context}: CUDA backend: ${err.message}`, { cause: err });
   return new BackendError(`${context}: native call failed: ${err.message}`, { cause: err });
 }
 

@@ -27,6 +27,11 @@ export interface RouterOptions {
   groups?: GroupLimit;
   /** Compute threads; default: all cores. */
   threads?: number;
+  /**
+   * Where routing runs: 'cpu' (default), 'cuda' (the GPU plugin; BackendError when it cannot run), or 'auto'
+   * (the GPU when available). A layer built on this router runs on the same backend unless it says otherwise.
+   */
+  backend?: import('./cuda').BackendName;
 }
 
 /** Everything a routing call needs, validated and with defaults applied: the reference's config plus threads. */

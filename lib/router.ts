@@ -5,7 +5,15 @@
 import { ValidationError } from './errors';
 import type { ComplexityEstimator } from './estimators';
 import { routerOptionsFromConfig, type FromConfigOverrides } from './models/router-config';
-import { callNative, callNativeAsync, native, type NativeRouterHandle } from './native';
+import { absorbDeviceComplexity, deviceComplexityFor, resolveBackend } from './cuda';
+import {
+  callNative,
+  callNativeAsync,
+  native,
+  type NativeCudaLayerHandle,
+  type NativeDeviceComplexity,
+  type NativeRouterHandle,
+} from './native';
 import {
   checkRouterWeights,
   resolveRouting,
@@ -28,6 +36,12 @@ export interface PreparedRouting {
   complexityNs: number;
 }
 
+/** A prepared call for the CUDA backend: `device` set when the GPU computes the complexity itself. */
+export interface PreparedDeviceRouting {
+  prepared: PreparedRouting;
+  device: NativeDeviceComplexity | null;
+}
+
 /** Output buffers of one call, allocated in JS (V8 owns them). */
 export interface RoutingBuffers {
   result: RoutingResult;
@@ -39,8 +53,12 @@ export class Router {
   readonly config: Readonly<ResolvedRouting>;
   /** The complexity estimator of the dynamic rule, if any. Call `estimator.calibrate()` for reproducible k. */
   readonly estimator: ComplexityEstimator | undefined;
-  /** @internal The native router. */
+  /** @internal The native router (CPU; it also holds the weights a CUDA router or layer is built from). */
   readonly handle: NativeRouterHandle;
+  /** Where route() runs: 'cpu' or 'cuda' (see RouterOptions.backend). */
+  readonly backend: 'cpu' | 'cuda';
+  /** @internal The GPU router, when backend is 'cuda'. */
+  readonly cudaHandle: NativeCudaLayerHandle | undefined;
   private readonly queue = new SerialQueue();
 
   /**
@@ -58,6 +76,9 @@ export class Router {
       () =>
         new addon.NativeRouter(cfg, opts.gateWeight, opts.bias ?? null, this.config.threads, opts.logitBias ?? null),
     );
+    this.backend = resolveBackend(opts.backend ?? 'cpu', 'Router');
+    if (this.backend === 'cuda')
+      this.cudaHandle = callNative('Router', () => new addon.NativeCudaLayer(this.handle, 1, 0));
   }
 
   /**
@@ -92,10 +113,12 @@ export class Router {
    * @throws ValidationError for a wrong type or length, a detached buffer, or NaN/Inf in x (found natively).
    */
   route(x: Float32Array, opts: RouteOptions = {}): RoutingResult {
-    const prepared = this.countValidationErrors(() => this.prepare(x, opts));
+    const { prepared, device } = this.countValidationErrors(() => this.prepareFor(x, opts));
     const buffers = this.allocate(prepared, opts);
-    callNative('route', () => this.handle.route(...this.nativeArgs(x, prepared, buffers)));
-    return finish(buffers);
+    const args = this.nativeArgs(x, prepared, buffers);
+    const cuda = this.cudaHandle;
+    callNative('route', () => (cuda ? cuda.route(...args, device) : this.handle.route(...args)));
+    return this.finishDevice(buffers, device);
   }
 
   /**
@@ -103,12 +126,15 @@ export class Router {
    * of one router run one after another.
    */
   async routeAsync(x: Float32Array, opts: RouteOptions = {}): Promise<RoutingResult> {
-    const prepared = this.countValidationErrors(() => this.prepare(x, opts));
+    const { prepared, device } = this.countValidationErrors(() => this.prepareFor(x, opts));
     x = this.privateInputs(x, prepared, opts);
     const buffers = this.allocate(prepared, opts);
     const args = this.nativeArgs(x, prepared, buffers);
-    await this.queue.run(() => callNativeAsync('routeAsync', () => this.handle.routeAsync(...args)));
-    return finish(buffers);
+    const cuda = this.cudaHandle;
+    await this.queue.run(() =>
+      callNativeAsync('routeAsync', () => (cuda ? cuda.routeAsync(...args, device) : this.handle.routeAsync(...args))),
+    );
+    return this.finishDevice(buffers, device);
   }
 
   /** Router logits [T, E] = x · gateWeightᵀ (plus logitBias). */
@@ -132,7 +158,9 @@ export class Router {
       return { tokens: T, complexity, logits, complexityNs: complexity ? Number(process.hrtime.bigint() - start) : 0 };
     });
     const buffers = this.allocate(prepared, opts);
-    callNative('routeLogits', () => this.handle.route(...this.nativeArgs(logits, prepared, buffers)));
+    const args = this.nativeArgs(logits, prepared, buffers);
+    const cuda = this.cudaHandle;
+    callNative('routeLogits', () => (cuda ? cuda.route(...args, null) : this.handle.route(...args)));
     return finish(buffers);
   }
 
@@ -147,11 +175,11 @@ export class Router {
    * tokens per expert, span records). One N-API call; never waits for compute. See lib/observability.
    */
   drainTelemetry(): TelemetryDelta {
-    return this.handle.drainTelemetry();
+    return (this.cudaHandle ?? this.handle).drainTelemetry();
   }
 
   /** @internal Runs input validation, counting a failure in the native `validation` error counter. */
-  countValidationErrors<T>(fn: () => T, sink: { recordError(kind: 0): void } = this.handle): T {
+  countValidationErrors<T>(fn: () => T, sink: { recordError(kind: 0): void } = this.cudaHandle ?? this.handle): T {
     try {
       return fn();
     } catch (err) {
@@ -169,6 +197,29 @@ export class Router {
     if (prepared.complexity && prepared.complexity === opts.complexity)
       prepared.complexity = prepared.complexity.slice();
     return x.slice();
+  }
+
+  /**
+   * @internal As {@link prepare}, for the CUDA backend: when the estimator can run on the GPU (router entropy,
+   * row norms of x), nothing is computed here and `device` carries the request; else the host prepares.
+   */
+  prepareFor(x: Float32Array, opts: RouteOptions, onDevice = this.backend === 'cuda'): PreparedDeviceRouting {
+    if (onDevice && this.config.selection === 'dynamic') {
+      const T = this.tokensOf(x, 'x');
+      const device = deviceComplexityFor(this.estimator, T, opts);
+      if (device) return { prepared: { tokens: T, complexity: null, logits: null, complexityNs: 0 }, device };
+    }
+    return { prepared: this.prepare(x, opts), device: null };
+  }
+
+  /** @internal finish(), plus the complexity and calibration state a device estimator sent back. */
+  finishDevice(buffers: RoutingBuffers, device: NativeDeviceComplexity | null): RoutingResult {
+    const result = finish(buffers);
+    if (device) {
+      result.complexity = device.complexityOut;
+      absorbDeviceComplexity(this.estimator, device);
+    }
+    return result;
   }
 
   /** @internal Validates x and computes what the dynamic rule needs. */

@@ -4,6 +4,7 @@
 #include "addon_data.h"
 #include "bench_wrap.h"
 #include "complexity_wrap.h"
+#include "cuda_wrap.h"
 #include "layer_wrap.h"
 #include "moe/cpu_features.h"
 #include "moe/gemm.h"
@@ -42,6 +43,7 @@ Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeLayer", layer);
   InitComplexity(env, exports);
   InitBench(env, exports);
+  InitCuda(env, exports);
   exports.Set("backendInfo", Napi::Function::New<BackendInfo>(env, "backendInfo"));
   return exports;
 }

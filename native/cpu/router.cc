@@ -22,6 +22,16 @@ void Router::computeLogits(const float* x, int64_t T, float* logits) {
     for (int32_t e = 0; e < cfg_.numExperts; ++e) logits[t * cfg_.numExperts + e] += logitBias_[size_t(e)];
 }
 
+std::vector<float> Router::gateWeight() const {
+  const int64_t E = cfg_.numExperts, d = cfg_.hiddenSize;
+  std::vector<float> w(size_t(E * d));
+  for (int64_t e = 0; e < E; ++e) {
+    const float* panel = packedGate_.data() + size_t(e / kPanelWidth) * size_t(d) * kPanelWidth;
+    for (int64_t k = 0; k < d; ++k) w[size_t(e * d + k)] = panel[k * kPanelWidth + e % kPanelWidth];
+  }
+  return w;
+}
+
 void Router::gate(const float* x, int64_t T, float* logits) {
   std::lock_guard<std::mutex> lock(mutex_);
   computeLogits(x, T, logits);

@@ -119,6 +119,20 @@ void Telemetry::record(const CallRecord& c) {
   spans_.push(span);
 }
 
+void Telemetry::recordCounts(uint64_t calls, uint64_t tokens, uint64_t assignments, const uint64_t* expertTokens) {
+  std::atomic<uint64_t>* v = shard();
+  auto add = [v](size_t i, uint64_t n) {
+    if (n) v[i].fetch_add(n, std::memory_order_relaxed);
+  };
+  add(kCalls, calls);
+  add(kTokens, tokens);
+  add(kAssignments, assignments);
+  add(kKSum, assignments);
+  const size_t expertBase = kScalars + size_t(maxK_ + 2) + kComplexityBuckets + size_t(kStages) * kDurationBuckets +
+                            kDurationBuckets;
+  for (int e = 0; e < numExperts_; ++e) add(expertBase + size_t(e), expertTokens[e]);
+}
+
 void Telemetry::recordError(ErrorKind kind) { shard()[kErrors + size_t(kind)].fetch_add(1, std::memory_order_relaxed); }
 
 uint64_t Telemetry::total(size_t index) const {

@@ -64,6 +64,8 @@ class Telemetry {
   Telemetry(int numExperts, int maxK);
   void record(const CallRecord& call);
   void recordError(ErrorKind kind);
+  // Totals counted elsewhere (the CUDA backend's device counters): no per-token histograms, no span.
+  void recordCounts(uint64_t calls, uint64_t tokens, uint64_t assignments, const uint64_t* expertTokens);
   Delta drain();
   int numExperts() const { return numExperts_; }
   int maxK() const { return maxK_; }

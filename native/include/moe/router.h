@@ -43,6 +43,10 @@ class Router {
   telemetry::Telemetry& telemetry() { return telemetry_; }
   // Logits only.
   void gate(const float* x, int64_t T, float* logits);
+  // The gate weight [E, d] in Hugging Face layout (unpacked from the panels), and the two biases (empty: none).
+  std::vector<float> gateWeight() const;
+  const std::vector<float>& bias() const { return bias_; }
+  const std::vector<float>& logitBias() const { return logitBias_; }
 
  private:
   RouterConfig cfg_;

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The one call to make on a machine with an NVIDIA GPU (under 8 minutes): build the CUDA plugin, run the GPU
+# correctness tests (test/cuda.test.ts: against the float64 TypeScript references and the CPU backend, outputs
+# poisoned with NaN before every forward), then benchmark against anchors measured in the same call (PyTorch dense
+# bf16 matmul, copy bandwidth, a Hugging Face Mixtral block). Prints a short table last.
+#
+# Needs: node 20+ (or .gpu/node.xz from bench/gpu/bundle.sh), cmake + nvcc (unless MOE_CHECK_SKIP_BUILD=1 and
+# build-cuda/moe_cuda.so exists), python3 with torch for the anchors (skipped without it).
+# Logs and JSON go to $OUT (a temporary folder when unset). MOE_CUDA_ARCHS picks the GPU targets (default: native).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-$(mktemp -d)}
+export OUT
+start=$(date +%s)
+elapsed() { echo "$(($(date +%s) - start))s"; }
+
+NODE=${NODE:-$(command -v node || true)}
+if [ -z "$NODE" ] && [ -f .gpu/node.xz ]; then
+  xz -dc .gpu/node.xz >/tmp/moe-check-node && chmod +x /tmp/moe-check-node && NODE=/tmp/moe-check-node
+fi
+if [ -z "$NODE" ]; then
+  echo "check.sh: node was not found (install Node 20+, or run bench/gpu/bundle.sh where node is)" >&2
+  exit 1
+fi
+echo "== machine ($(elapsed))"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader || true
+"$NODE" --version
+
+echo "== build ($(elapsed))"
+if [ "${MOE_CHECK_SKIP_BUILD:-0}" = 1 ] && [ -f build-cuda/moe_cuda.so ]; then
+  echo "using the existing build-cuda/moe_cuda.so"
+else
+  cmake -S . -B build-cuda/cmake -DMOE_CUDA=ON "-DMOE_CUDA_ARCHS=${MOE_CUDA_ARCHS:-native}" -DCMAKE_BUILD_TYPE=Release \
+    >"$OUT/build.log" 2>&1 &&
+    cmake --build build-cuda/cmake --target moe_cuda -j "$(nproc)" >>"$OUT/build.log" 2>&1 ||
+    { tail -n 40 "$OUT/build.log"; echo "check.sh: the CUDA plugin did not build" >&2; exit 1; }
+fi
+if [ ! -f build/Release/dynamic_moe_router_kit.node ] && [ ! -d prebuilds ]; then
+  npm run build:native >>"$OUT/build.log" 2>&1 || { echo "check.sh: the CPU addon did not build" >&2; exit 1; }
+fi
+
+if [ -f .gpu/cuda.test.js ]; then
+  TEST=(.gpu/cuda.test.js)
+  BENCH=(.gpu/bench.js)
+else
+  TEST=(--import tsx node_modules/uvu/bin.js test "cuda\.test\.ts$")
+  BENCH=(--import tsx bench/gpu/bench.ts)
+fi
+
+echo "== correctness ($(elapsed))"
+MOE_CUDA_POISON=1 timeout 240 "$NODE" "${TEST[@]}" 2>&1 | tee "$OUT/test.log"
+test_rc=${PIPESTATUS[0]}
+
+echo "== anchors: PyTorch ($(elapsed))"
+if timeout 150 python3 bench/gpu/torch_anchors.py >"$OUT/anchors.json" 2>"$OUT/anchors.err"; then
+  cat "$OUT/anchors.json"
+  anchors="$OUT/anchors.json"
+else
+  tail -n 5 "$OUT/anchors.err"
+  echo "(no PyTorch anchors: the ratios to torch stay empty)"
+  anchors=""
+fi
+
+echo "== benchmark ($(elapsed))"
+timeout 240 "$NODE" "${BENCH[@]}" $anchors 2>&1 | tee "$OUT/bench.log" | grep -v '^{' 
+bench_rc=${PIPESTATUS[0]}
+echo "correctness: $([ "$test_rc" = 0 ] && echo PASS || echo "FAIL ($test_rc)"); benchmark exit $bench_rc; $(elapsed) in all"
+[ "$test_rc" = 0 ] && [ "$bench_rc" = 0 ]

@@ -1,0 +1,126 @@
+// The C ABI table (include/moe_cuda.h): every entry catches C++ exceptions and turns them into a status and
+// a message, so nothing but plain data crosses into the addon.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <new>
+
+#include "common.cuh"
+#include "include/moe_cuda.h"
+#include "layer.h"
+
+struct MoeCudaLayer {
+  moe_cuda::CudaLayer impl;
+  explicit MoeCudaLayer(const MoeCudaLayerDesc& d) : impl(d) {}
+};
+
+namespace moe_cuda {
+double benchCopySeconds(int64_t bytes, int iterations);
+}
+
+namespace {
+
+void writeError(char* err, size_t len, const char* msg) {
+  if (!err || len == 0) return;
+  std::snprintf(err, len, "%s", msg);
+}
+
+template <typename F>
+int guarded(char* err, size_t len, F&& body) {
+  try {
+    body();
+    return 0;
+  } catch (const std::bad_alloc&) {
+    writeError(err, len, "out of host memory");
+  } catch (const std::exception& e) {
+    writeError(err, len, e.what());
+  } catch (...) {
+    writeError(err, len, "unknown error in the CUDA plugin");
+  }
+  return 1;
+}
+
+int probe(MoeCudaProbe* out, char* err, size_t len) {
+  return guarded(err, len, [&] {
+    std::memset(out, 0, sizeof(*out));
+    int runtime = 0, driver = 0;
+    cudaRuntimeGetVersion(&runtime);
+    cudaDriverGetVersion(&driver);
+    out->runtimeVersion = runtime;
+    out->driverVersion = driver;
+    if (driver == 0) throw moe_cuda::CudaError("no NVIDIA driver found (libcuda.so.1 could not be loaded)");
+    int count = 0;
+    moe_cuda::check(cudaGetDeviceCount(&count), "cudaGetDeviceCount");
+    out->deviceCount = count;
+    if (count == 0) throw moe_cuda::CudaError("no CUDA device is visible");
+    int device = 0;
+    moe_cuda::check(cudaGetDevice(&device), "cudaGetDevice");
+    cudaDeviceProp prop;
+    moe_cuda::check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+    out->device = device;
+    out->major = prop.major;
+    out->minor = prop.minor;
+    out->multiprocessors = prop.multiProcessorCount;
+    out->totalMemory = int64_t(prop.totalGlobalMem);
+    std::snprintf(out->name, sizeof(out->name), "%.127s", prop.name);
+    out->score = prop.major >= 8 ? 10 * prop.major + prop.minor : 0;
+    if (out->score == 0)
+      throw moe_cuda::CudaError(std::string(prop.name) + " has compute capability " + std::to_string(prop.major) +
+                                "." + std::to_string(prop.minor) + "; the CUDA backend needs 8.0 (Ampere) or newer");
+  });
+}
+
+int layerCreate(const MoeCudaLayerDesc* desc, MoeCudaLayer** out, char* err, size_t len) {
+  *out = nullptr;
+  return guarded(err, len, [&] { *out = new MoeCudaLayer(*desc); });
+}
+
+int layerSetExpert(MoeCudaLayer* l, int32_t e, const float* w1, const float* w3, const float* w2, char* err,
+                   size_t len) {
+  return guarded(err, len, [&] { l->impl.setExpert(e, w1, w3, w2); });
+}
+
+int layerSetShared(MoeCudaLayer* l, const float* w1, const float* w3, const float* w2, int64_t f, const float* gate,
+                   char* err, size_t len) {
+  return guarded(err, len, [&] { l->impl.setShared(w1, w3, w2, f, gate); });
+}
+
+int layerForward(MoeCudaLayer* l, MoeCudaForward* call, char* err, size_t len) {
+  return guarded(err, len, [&] { l->impl.forward(*call); });
+}
+
+int layerRoute(MoeCudaLayer* l, MoeCudaForward* call, char* err, size_t len) {
+  return guarded(err, len, [&] { l->impl.forward(*call, true); });
+}
+
+int layerDrain(MoeCudaLayer* l, MoeCudaCounters* out, char* err, size_t len) {
+  return guarded(err, len, [&] { l->impl.drain(*out); });
+}
+
+int layerInfo(MoeCudaLayer* l, MoeCudaLayerInfo* out) {
+  return guarded(nullptr, 0, [&] { l->impl.info(*out); });
+}
+
+int layerBench(MoeCudaLayer* l, MoeCudaBench* b, char* err, size_t len) {
+  return guarded(err, len, [&] { l->impl.bench(*b); });
+}
+
+int layerRandomize(MoeCudaLayer* l, uint64_t seed, float std, char* err, size_t len) {
+  return guarded(err, len, [&] { l->impl.randomize(seed, std); });
+}
+
+void layerDestroy(MoeCudaLayer* l) { delete l; }
+
+int benchCopy(int64_t bytes, int32_t iterations, double* seconds, char* err, size_t len) {
+  return guarded(err, len, [&] { *seconds = moe_cuda::benchCopySeconds(bytes, iterations); });
+}
+
+const MoeCudaApi kApi = {MOE_CUDA_API_VERSION, probe,     layerCreate,    layerSetExpert, layerSetShared,
+                         layerForward,         layerRoute, layerDrain,     layerInfo,      layerBench,
+                         layerRandomize,       layerDestroy, benchCopy};
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) const MoeCudaApi* moe_cuda_api(uint32_t version) {
+  return version == MOE_CUDA_API_VERSION ? &kApi : nullptr;
+}

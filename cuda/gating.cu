@@ -1,0 +1,498 @@
+// Gating on the device: the fp32 gate GEMM (with the bf16 copy of x for the experts), the complexity signals and
+// their calibration, the fused selection kernel (one warp per token), and the per-call routing stats.
+// The selection mirrors native/cpu/gating.cc rule for rule, including the tie rule (lower index wins).
+#include <cfloat>
+#include <climits>
+
+#include "common.cuh"
+#include "kernels.h"
+
+namespace moe_cuda {
+
+namespace {
+
+constexpr int kLogitTokens = 8;   // tokens per block of the gate GEMM (one warp per expert)
+constexpr int kLogitExperts = 8;  // experts (warps) per block
+constexpr int kGatingWarps = 4;
+
+__global__ void gateLogitsKernel(const float* __restrict__ x, int T, int d, int dPad, const float* __restrict__ W,
+                                 const float* __restrict__ logitBias, int E, float* __restrict__ logits,
+                                 bf16* __restrict__ xb) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int t0 = blockIdx.y * kLogitTokens;
+  const int e = blockIdx.x * kLogitExperts + warp;
+  const int tokens = min(kLogitTokens, T - t0);
+  if (e < E) {
+    float acc[kLogitTokens] = {};
+    const float* w = W + size_t(e) * d;
+    const bool vec = (d % 4) == 0;
+    if (vec) {
+      for (int i = lane * 4; i < d; i += 128) {
+        const float4 wv = *reinterpret_cast<const float4*>(w + i);
+#pragma unroll
+        for (int r = 0; r < kLogitTokens; ++r) {
+          if (r < tokens) {
+            const float4 xv = *reinterpret_cast<const float4*>(x + size_t(t0 + r) * d + i);
+            acc[r] = fmaf(wv.x, xv.x, fmaf(wv.y, xv.y, fmaf(wv.z, xv.z, fmaf(wv.w, xv.w, acc[r]))));
+          }
+        }
+      }
+    } else {
+      for (int i = lane; i < d; i += 32) {
+        const float wv = w[i];
+#pragma unroll
+        for (int r = 0; r < kLogitTokens; ++r)
+          if (r < tokens) acc[r] = fmaf(wv, x[size_t(t0 + r) * d + i], acc[r]);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kLogitTokens; ++r) acc[r] = warpSum(acc[r]);
+    if (lane < tokens) {
+      float v = 0;
+#pragma unroll
+      for (int r = 0; r < kLogitTokens; ++r)
+        if (r == lane) v = acc[r];
+      logits[size_t(t0 + lane) * E + e] = v + (logitBias ? logitBias[e] : 0.0f);
+    }
+  }
+  if (blockIdx.x == 0 && xb) {  // the bf16 copy of these tokens' rows, padded with zeros to dPad
+    for (int r = 0; r < tokens; ++r)
+      for (int i = threadIdx.x; i < dPad; i += blockDim.x)
+        xb[size_t(t0 + r) * dPad + i] = __float2bfloat16_rn(i < d ? x[size_t(t0 + r) * d + i] : 0.0f);
+  }
+}
+
+__global__ void toBf16Kernel(const float* __restrict__ x, int T, int d, int dPad, bf16* __restrict__ xb) {
+  const int t = blockIdx.x;
+  for (int i = threadIdx.x; i < dPad; i += blockDim.x)
+    xb[size_t(t) * dPad + i] = __float2bfloat16_rn(i < d ? x[size_t(t) * d + i] : 0.0f);
+}
+
+// As native logitEntropy with temperature 1: entropy of softmax(row) / log E, clamped to [0,1].
+__global__ void logitEntropyKernel(const float* __restrict__ logits, int T, int E, float* __restrict__ raw) {
+  const int t = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (t >= T) return;
+  const float* row = logits + size_t(t) * E;
+  if (E < 2) {
+    if (lane == 0) raw[t] = 0;
+    return;
+  }
+  float m = -INFINITY;
+  for (int i = lane; i < E; i += 32) m = fmaxf(m, row[i]);
+  m = warpMax(m);
+  if (!isfinite(m)) {
+    if (lane == 0) raw[t] = 0;
+    return;
+  }
+  double z = 0, weighted = 0;
+  for (int i = lane; i < E; i += 32) {
+    const double s = double(row[i]) - m;
+    const double e = exp(s);
+    z += e;
+    if (e > 0) weighted += e * s;
+  }
+  z = warpSum(z);
+  weighted = warpSum(weighted);
+  if (lane == 0) raw[t] = float(fmin(fmax((log(z) - weighted / z) / log(double(E)), 0.0), 1.0));
+}
+
+__global__ void rowNormsKernel(const float* __restrict__ x, int T, int d, int order, float* __restrict__ raw) {
+  const int t = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (t >= T) return;
+  double acc = 0;
+  for (int i = lane; i < d; i += 32) {
+    const double v = x[size_t(t) * d + i];
+    acc += order == 1 ? fabs(v) : v * v;
+  }
+  acc = warpSum(acc);
+  if (lane == 0) raw[t] = float(order == 1 ? acc : sqrt(acc));
+}
+
+// Abramowitz–Stegun 7.1.26, as lib/estimators.ts, so both backends map the same raw value to the same score.
+__device__ double normalCdf(double z) {
+  const double x = z / 1.4142135623730951;
+  const double sign = x < 0 ? -1 : 1, ax = fabs(x);
+  const double t = 1 / (1 + 0.3275911 * ax);
+  const double y =
+      1 - ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t *
+              exp(-ax * ax);
+  return 0.5 * (1 + sign * y);
+}
+
+__device__ double empiricalCdf(const double* knots, int n, double v) {
+  if (v <= knots[0]) return 0;
+  if (v >= knots[n - 1]) return 1;
+  int lo = 0, hi = n - 1;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) >> 1;
+    if (knots[mid] <= v) lo = mid;
+    else hi = mid;
+  }
+  const double span = knots[hi] - knots[lo];
+  return (lo + (span > 0 ? (v - knots[lo]) / span : 0)) / (n - 1);
+}
+
+constexpr int kCalibrateThreads = 1024;
+
+// Block-wide sum in a fixed order (the same result for the same inputs, run after run).
+__device__ double blockSum(double v, double* scratch) {
+  v = warpSum(v);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < blockDim.x / 32 ? scratch[lane] : 0;
+    v = warpSum(v);
+    if (lane == 0) scratch[0] = v;
+  }
+  __syncthreads();
+  return scratch[0];
+}
+
+__global__ void calibrateKernel(const float* __restrict__ raw, int T, int mode, double* state,
+                                const double* __restrict__ knots, int knotCount, float* __restrict__ out) {
+  __shared__ double scratch[32];
+  double mean = state[1], count = state[0], m2 = state[2];
+  if (mode == MOE_CUDA_CALIBRATION_ZSCORE) {
+    // Chan's merge of this batch's (n, mean, M2) into the running statistics; non-finite values are skipped.
+    double n = 0, sum = 0;
+    for (int t = threadIdx.x; t < T; t += blockDim.x)
+      if (isfinite(raw[t])) {
+        n += 1;
+        sum += raw[t];
+      }
+    n = blockSum(n, scratch);
+    sum = blockSum(sum, scratch);
+    const double batchMean = n > 0 ? sum / n : 0;
+    double dev = 0;
+    for (int t = threadIdx.x; t < T; t += blockDim.x)
+      if (isfinite(raw[t])) dev += (raw[t] - batchMean) * (raw[t] - batchMean);
+    dev = blockSum(dev, scratch);
+    if (n > 0) {
+      const double total = count + n, delta = batchMean - mean;
+      mean += delta * n / total;
+      m2 += dev + delta * delta * count * n / total;
+      count = total;
+    }
+    if (threadIdx.x == 0) {
+      state[0] = count;
+      state[1] = mean;
+      state[2] = m2;
+    }
+  }
+  const double sd = count > 1 ? sqrt(m2 / (count - 1)) : 0;
+  for (int t = threadIdx.x; t < T; t += blockDim.x) {
+    const double v = raw[t];
+    double c;
+    if (mode == MOE_CUDA_CALIBRATION_NONE) c = fmin(1.0, fmax(0.0, v));
+    else if (mode == MOE_CUDA_CALIBRATION_QUANTILE) c = empiricalCdf(knots, knotCount, v);
+    else c = sd > 0 ? normalCdf((v - mean) / sd) : 0.5;
+    out[t] = float(c);
+  }
+}
+
+__device__ int dynamicK(int minK, int maxK, float complexity) {
+  const double c = isfinite(complexity) ? fmin(fmax(double(complexity), 0.0), 1.0) : 0.0;
+  const int k = minK + int(floor(double(maxK - minK) * c + 0.5));
+  return min(max(k, minK), maxK);
+}
+
+// Per-warp shared memory: probs [E], selection scores [E], chosen experts [maxK].
+__global__ void gatingKernel(MoeCudaRouting cfg, const float* __restrict__ logits, int T,
+                             const float* __restrict__ bias, const float* __restrict__ complexity, GatingOut out) {
+  extern __shared__ float shared[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int t = blockIdx.x * kGatingWarps + warp;
+  if (t >= T) return;
+  const int E = cfg.numExperts, maxK = cfg.maxK;
+  float* probs = shared + size_t(warp) * (2 * E + maxK);
+  float* select = probs + E;
+  int* order = reinterpret_cast<int*>(select + E);
+  const float* row = logits + size_t(t) * E;
+  int32_t* idx = out.indices + size_t(t) * maxK;
+  float* wts = out.weights + size_t(t) * maxK;
+
+  // Logits into registers' worth of shared memory, 16 bytes per load when rows are 16-byte aligned.
+  bool finite = true;
+  float m = -INFINITY;
+  if ((E % 4) == 0) {
+    for (int i = lane * 4; i < E; i += 128) {
+      const float4 v = *reinterpret_cast<const float4*>(row + i);
+      probs[i] = v.x;
+      probs[i + 1] = v.y;
+      probs[i + 2] = v.z;
+      probs[i + 3] = v.w;
+      finite &= isfinite(v.x) && isfinite(v.y) && isfinite(v.z) && isfinite(v.w);
+      m = fmaxf(m, fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)));
+    }
+  } else {
+    for (int i = lane; i < E; i += 32) {
+      const float v = row[i];
+      probs[i] = v;
+      finite &= isfinite(v);
+      m = fmaxf(m, v);
+    }
+  }
+  if (!__all_sync(kFullMask, finite)) {
+    for (int j = lane; j < maxK; j += 32) {
+      idx[j] = -1;
+      wts[j] = 0;
+    }
+    if (lane == 0) {
+      out.k[t] = 0;
+      atomicMin(out.badToken, t);
+      if (out.lse2) out.lse2[t] = 0;
+    }
+    for (int i = lane; i < E; i += 32) {
+      if (out.probsNorm) out.probsNorm[size_t(t) * E + i] = 0;
+      if (out.probs) out.probs[size_t(t) * E + i] = NAN;
+    }
+    return;
+  }
+  m = warpMax(m);
+  __syncwarp();
+
+  // Scores: softmax probabilities, or sigmoids (whose sum is the top-p mass).
+  double sumExp = 0, mass = 0;
+  for (int i = lane; i < E; i += 32) {
+    const float l = probs[i];
+    const float e = expf(l - m);
+    sumExp += e;
+    if (cfg.scoring == 0) {
+      probs[i] = e;
+    } else {
+      probs[i] = 1.0f / (1.0f + expf(-l));
+      mass += probs[i];
+    }
+    select[i] = l;  // keep the logit for gptOss
+  }
+  sumExp = warpSum(sumExp);
+  const double lse = m + log(sumExp);
+  if (cfg.scoring == 0) {
+    const float inv = float(1.0 / sumExp);
+    for (int i = lane; i < E; i += 32) probs[i] *= inv;
+    mass = 1.0;
+  } else {
+    mass = warpSum(mass);
+  }
+  for (int i = lane; i < E; i += 32)
+    select[i] = (cfg.selection == 4 ? select[i] : probs[i]) + (bias ? bias[i] : 0.0f);
+  __syncwarp();
+
+  // Group limit: keep the best topkGroup groups (score: top-1 or top-1 + top-2 of the group).
+  if (cfg.nGroup > 0) {
+    const int groupSize = E / cfg.nGroup;
+    float groupScore = -INFINITY;
+    int group = -1;
+    if (lane < cfg.nGroup) {
+      float first = -INFINITY, second = -INFINITY;
+      for (int i = 0; i < groupSize; ++i) {
+        const float s = select[lane * groupSize + i];
+        if (s > first) {
+          second = first;
+          first = s;
+        } else if (s > second) {
+          second = s;
+        }
+      }
+      groupScore = cfg.groupScore == 1 || groupSize < 2 ? first : first + second;
+      group = lane;
+    }
+    unsigned kept = 0;
+    for (int r = 0; r < cfg.topkGroup; ++r) {
+      float s = (kept >> lane) & 1u ? -INFINITY : groupScore;
+      int g = (kept >> lane) & 1u || s == -INFINITY ? -1 : group;
+      warpArgMax(s, g);
+      if (g < 0) break;
+      kept |= 1u << g;
+    }
+    __syncwarp();
+    for (int i = lane; i < E; i += 32)
+      if (!((kept >> (i / groupSize)) & 1u)) select[i] = -INFINITY;
+    __syncwarp();
+  }
+
+  // Threshold counts before the top-k pass marks the chosen experts.
+  int above = 0;
+  if (cfg.selection == 2) {
+    for (int i = lane; i < E; i += 32) above += select[i] != -INFINITY && probs[i] >= cfg.tau;
+    for (int o = 16; o > 0; o >>= 1) above += __shfl_xor_sync(kFullMask, above, o);
+  }
+
+  // The best maxK candidates in order: each round takes the highest remaining score, ties to the lower index.
+  int candidates = 0;
+  for (int r = 0; r < maxK; ++r) {
+    float best = -INFINITY;
+    int bestIndex = -1;
+    for (int i = lane; i < E; i += 32) {
+      const float s = select[i];
+      if (s != -INFINITY && (bestIndex < 0 || s > best)) {
+        best = s;
+        bestIndex = i;
+      }
+    }
+    warpArgMax(best, bestIndex);
+    if (bestIndex < 0) break;
+    if (lane == 0) {
+      order[r] = bestIndex;
+      select[bestIndex] = -INFINITY;
+    }
+    __syncwarp();
+    ++candidates;
+  }
+
+  int k = cfg.k;
+  if (cfg.selection == 1) {  // top-p over the candidates, in double as on the CPU
+    double cum = 0;
+    k = maxK;
+    for (int j = 0; j < candidates; ++j) {
+      cum += double(probs[order[j]]) / mass;
+      if (cum >= cfg.p) {
+        k = j + 1;
+        break;
+      }
+    }
+    k = min(max(k, cfg.minK), maxK);
+  } else if (cfg.selection == 2) {
+    k = min(max(above, cfg.minK), maxK);
+  } else if (cfg.selection == 3) {
+    k = dynamicK(cfg.minK, maxK, complexity ? complexity[t] : 0.5f);
+  }
+  k = min(k, candidates);
+
+  // Weights: renormalised probabilities (optional), scaled; gptOss: softmax over the chosen logits.
+  double sum = 0;
+  if (cfg.selection == 4) {
+    const float top = row[order[0]];
+    for (int j = 0; j < k; ++j) sum += exp(double(row[order[j]]) - top);
+    for (int j = lane; j < maxK; j += 32) {
+      idx[j] = j < k ? order[j] : -1;
+      wts[j] = j < k ? float(exp(double(row[order[j]]) - top) / sum * cfg.scale) : 0.0f;
+    }
+  } else {
+    for (int j = 0; j < k; ++j) sum += probs[order[j]];
+    const double norm = cfg.normalize && sum > 0 ? cfg.scale / sum : cfg.scale;
+    for (int j = lane; j < maxK; j += 32) {
+      idx[j] = j < k ? order[j] : -1;
+      wts[j] = j < k ? float(probs[order[j]] * norm) : 0.0f;
+    }
+  }
+  for (int j = lane; j < k; j += 32) atomicAdd(out.counts + order[j], 1);
+  if (lane == 0) {
+    out.k[t] = k;
+    if (out.lse2) out.lse2[t] = float(lse * lse);
+  }
+  for (int i = lane; i < E; i += 32) {
+    if (out.probsNorm) out.probsNorm[size_t(t) * E + i] = float(probs[i] / mass);
+    if (out.probs) out.probs[size_t(t) * E + i] = probs[i];
+  }
+}
+
+// Route stats in one block: expert lanes x token slices, reduced in a fixed order.
+__global__ void routeStatsKernel(int T, int E, const float* __restrict__ probsNorm, const float* __restrict__ lse2,
+                                 const int32_t* __restrict__ counts, double* stats) {
+  __shared__ double partial[32][33];
+  __shared__ double scratch[32];
+  const int lane = threadIdx.x % 32, slice = threadIdx.x / 32, slices = blockDim.x / 32;
+  double assignments = 0;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) assignments += counts[e];
+  assignments = blockSum(assignments, scratch);
+  double aux = 0, entropy = 0;
+  for (int e0 = 0; e0 < E; e0 += 32) {
+    const int e = e0 + lane;
+    double p = 0;
+    if (e < E)
+      for (int t = slice; t < T; t += slices) p += probsNorm[size_t(t) * E + e];
+    partial[slice][lane] = p;
+    __syncthreads();
+    if (slice == 0 && e < E) {
+      double probSum = 0;
+      for (int s = 0; s < slices; ++s) probSum += partial[s][lane];
+      const double share = assignments > 0 ? counts[e] / assignments : 0;
+      aux += share * (probSum / T);
+      if (share > 0) entropy -= share * log(share);
+    }
+    __syncthreads();
+  }
+  aux = blockSum(slice == 0 ? aux : 0, scratch);
+  entropy = blockSum(slice == 0 ? entropy : 0, scratch);
+  double z = 0;
+  for (int t = threadIdx.x; t < T; t += blockDim.x) z += lse2[t];
+  z = blockSum(z, scratch);
+  if (threadIdx.x == 0) {
+    stats[0] = assignments / T;
+    stats[1] = E * aux;
+    stats[2] = z / T;
+    stats[3] = E > 1 ? fmin(fmax(entropy / log(double(E)), 0.0), 1.0) : 1.0;
+    stats[4] = assignments;
+  }
+}
+
+__global__ void sharedGateKernel(const float* __restrict__ x, int T, int d, const float* __restrict__ gate,
+                                 float* __restrict__ scale) {
+  const int t = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (t >= T) return;
+  float acc = 0;
+  for (int i = lane; i < d; i += 32) acc = fmaf(x[size_t(t) * d + i], gate[i], acc);
+  acc = warpSum(acc);
+  if (lane == 0) scale[t] = 1.0f / (1.0f + expf(-acc));
+}
+
+}  // namespace
+
+void launchGateLogits(const float* x, int64_t T, int d, int dPad, const float* W, const float* logitBias, int E,
+                      float* logits, bf16* xb, cudaStream_t s) {
+  const dim3 grid(unsigned(ceilDiv(E, kLogitExperts)), unsigned(ceilDiv(T, kLogitTokens)));
+  gateLogitsKernel<<<grid, 32 * kLogitExperts, 0, s>>>(x, int(T), d, dPad, W, logitBias, E, logits, xb);
+  checkLaunch("gateLogitsKernel");
+}
+
+void launchToBf16(const float* x, int64_t T, int d, int dPad, bf16* xb, cudaStream_t s) {
+  toBf16Kernel<<<unsigned(T), 256, 0, s>>>(x, int(T), d, dPad, xb);
+  checkLaunch("toBf16Kernel");
+}
+
+void launchLogitEntropy(const float* logits, int64_t T, int E, float* raw, cudaStream_t s) {
+  logitEntropyKernel<<<unsigned(ceilDiv(T, 8)), 256, 0, s>>>(logits, int(T), E, raw);
+  checkLaunch("logitEntropyKernel");
+}
+
+void launchRowNorms(const float* x, int64_t T, int d, int order, float* raw, cudaStream_t s) {
+  rowNormsKernel<<<unsigned(ceilDiv(T, 8)), 256, 0, s>>>(x, int(T), d, order, raw);
+  checkLaunch("rowNormsKernel");
+}
+
+void launchCalibrate(const float* raw, int64_t T, int mode, double* state, const double* knots, int knotCount,
+                     float* complexity, cudaStream_t s) {
+  calibrateKernel<<<1, kCalibrateThreads, 0, s>>>(raw, int(T), mode, state, knots, knotCount, complexity);
+  checkLaunch("calibrateKernel");
+}
+
+size_t gatingSharedBytes(const MoeCudaRouting& cfg) {
+  return size_t(kGatingWarps) * (2 * size_t(cfg.numExperts) + size_t(cfg.maxK)) * sizeof(float);
+}
+
+void launchGating(const MoeCudaRouting& cfg, const float* logits, int64_t T, const float* bias,
+                  const float* complexity, const GatingOut& out, cudaStream_t s) {
+  const size_t smem = gatingSharedBytes(cfg);
+  static_assert(kGatingWarps * 32 <= 1024, "block size");
+  if (smem > 48 * 1024) check(cudaFuncSetAttribute(gatingKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   int(smem)), "gating shared memory");
+  gatingKernel<<<unsigned(ceilDiv(T, kGatingWarps)), kGatingWarps * 32, smem, s>>>(cfg, logits, int(T), bias,
+                                                                                 complexity, out);
+  checkLaunch("gatingKernel");
+}
+
+void launchRouteStats(int64_t T, int E, const float* probsNorm, const float* lse2, const int32_t* counts,
+                      double* stats, cudaStream_t s) {
+  routeStatsKernel<<<1, 1024, 0, s>>>(int(T), E, probsNorm, lse2, counts, stats);
+  checkLaunch("routeStatsKernel");
+}
+
+void launchSharedGate(const float* x, int64_t T, int d, const float* gate, float* scale, cudaStream_t s) {
+  sharedGateKernel<<<unsigned(ceilDiv(T, 8)), 256, 0, s>>>(x, int(T), d, gate, scale);
+  checkLaunch("sharedGateKernel");
+}
+
+}  // namespace moe_cuda

@@ -1,0 +1,413 @@
+// CudaLayer: upload, workspace and the forward's stage sequence (see layer.h).
+#include "layer.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "common.cuh"
+
+namespace moe_cuda {
+
+void DeviceBuffer::ensure(size_t bytes) {
+  if (bytes <= bytes_) return;
+  release();
+  check(cudaMalloc(&ptr_, bytes), ("cudaMalloc of " + std::to_string(bytes) + " bytes").c_str());
+  bytes_ = bytes;
+}
+
+void DeviceBuffer::release() {
+  if (ptr_) cudaFree(ptr_);
+  ptr_ = nullptr;
+  bytes_ = 0;
+}
+
+namespace {
+
+constexpr int kBadTokenByte = 0x7f;  // badToken starts at 0x7f7f7f7f: larger than any T
+
+size_t rowsBytes(int64_t rows, int64_t width, size_t elem) { return size_t(std::max<int64_t>(rows, 1)) * width * elem; }
+
+}  // namespace
+
+CudaLayer::CudaLayer(const MoeCudaLayerDesc& desc)
+    : cfg_(desc.routing),
+      E_(desc.routing.numExperts),
+      d_(desc.routing.hiddenSize),
+      maxK_(desc.routing.maxK),
+      staticK_(desc.staticK),
+      ws_(new Workspace) {
+  if (cfg_.nGroup > 32) throw CudaError("nGroup: the CUDA gating supports at most 32 expert groups");
+  if (gatingSharedBytes(cfg_) > 160 * 1024)
+    throw CudaError("numExperts: too many experts for the CUDA gating kernel's shared memory");
+  check(cudaGetDevice(&device_), "cudaGetDevice");
+  dPad_ = int(roundUp(d_, kGemmTileN));
+  const int64_t f = desc.intermediateSize;
+  experts_.f = int(f);
+  experts_.fPad = int(roundUp(f, kGemmTileN / 2));
+  check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  check(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming), "cudaEventCreate");
+  for (auto& ev : stage_) check(cudaEventCreate(&ev), "cudaEventCreate");
+  check(cudaEventCreateWithFlags(&snapshotReady_, cudaEventDisableTiming), "cudaEventCreate");
+  gate_.ensure(size_t(E_) * d_ * sizeof(float));
+  check(cudaMemcpy(gate_.as<float>(), desc.gateWeight, gate_.bytes(), cudaMemcpyHostToDevice), "gate upload");
+  if (desc.bias) {
+    bias_.ensure(size_t(E_) * sizeof(float));
+    check(cudaMemcpy(bias_.as<float>(), desc.bias, bias_.bytes(), cudaMemcpyHostToDevice), "bias upload");
+  }
+  if (desc.logitBias) {
+    logitBias_.ensure(size_t(E_) * sizeof(float));
+    check(cudaMemcpy(logitBias_.as<float>(), desc.logitBias, logitBias_.bytes(), cudaMemcpyHostToDevice),
+          "logit bias upload");
+  }
+  const size_t perExpertGateUp = size_t(2) * experts_.fPad * dPad_, perExpertDown = size_t(dPad_) * experts_.fPad;
+  experts_.gateUp.ensure(E_ * perExpertGateUp * sizeof(bf16));
+  experts_.down.ensure(E_ * perExpertDown * sizeof(bf16));
+  loaded_.assign(size_t(E_), false);
+  counters_.ensure(size_t(4 + E_) * sizeof(unsigned long long));
+  check(cudaMemset(counters_.as<void>(), 0, counters_.bytes()), "counters");
+  check(cudaMallocHost(&snapshot_, counters_.bytes()), "cudaMallocHost");
+  std::memset(snapshot_, 0, counters_.bytes());
+  drained_.assign(size_t(4 + E_), 0);
+  const char* poison = std::getenv("MOE_CUDA_POISON");
+  poison_ = poison && poison[0] == '1';
+}
+
+CudaLayer::~CudaLayer() {
+  if (stream_) cudaStreamSynchronize(stream_);
+  if (done_) cudaEventSynchronize(done_);
+  delete ws_;
+  if (snapshot_) cudaFreeHost(snapshot_);
+  for (auto ev : stage_)
+    if (ev) cudaEventDestroy(ev);
+  if (done_) cudaEventDestroy(done_);
+  if (snapshotReady_) cudaEventDestroy(snapshotReady_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+// Upload through a staging buffer (one matrix at a time), then pack into bf16 on the device.
+void CudaLayer::setExpert(int e, const float* w1, const float* w3, const float* w2) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (experts_.f == 0) throw CudaError("setExpert: this CUDA layer was created as a router (no experts)");
+  if (e < 0 || e >= E_) throw CudaError("expert: index out of range");
+  const size_t n = size_t(experts_.f) * d_;
+  staging_.ensure(3 * n * sizeof(float));
+  float* s = staging_.as<float>();
+  check(cudaMemcpy(s, w1, n * sizeof(float), cudaMemcpyHostToDevice), "w1 upload");
+  check(cudaMemcpy(s + n, w3, n * sizeof(float), cudaMemcpyHostToDevice), "w3 upload");
+  check(cudaMemcpy(s + 2 * n, w2, n * sizeof(float), cudaMemcpyHostToDevice), "w2 upload");
+  packExpert(e, s);
+  check(cudaStreamSynchronize(stream_), "expert packing");
+  loaded_[size_t(e)] = true;
+  if (std::all_of(loaded_.begin(), loaded_.end(), [](bool b) { return b; })) staging_.release();
+}
+
+void CudaLayer::packExpert(int e, const float* s) {
+  const size_t n = size_t(experts_.f) * d_;
+  const int fPad = experts_.fPad;
+  launchPackGateUp(s, s + n, experts_.f, d_, experts_.gateUp.as<bf16>() + size_t(e) * 2 * fPad * dPad_, fPad, dPad_,
+                   stream_);
+  launchPackBf16(s + 2 * n, d_, experts_.f, experts_.down.as<bf16>() + size_t(e) * dPad_ * fPad, dPad_, fPad,
+                 stream_);
+}
+
+void CudaLayer::poison(int64_t T, cudaStream_t s) {
+  Workspace& w = *ws_;
+  const int64_t R = T * maxK_;
+  check(cudaMemsetAsync(w.y.as<void>(), 0xff, size_t(T) * d_ * sizeof(float), s), "poison");
+  check(cudaMemsetAsync(w.out.as<void>(), 0xff, size_t(R) * dPad_ * sizeof(float), s), "poison");
+  check(cudaMemsetAsync(w.hidden.as<void>(), 0xff, size_t(R) * experts_.fPad * sizeof(bf16), s), "poison");
+  check(cudaMemsetAsync(w.indices.as<void>(), 0xff, size_t(T) * maxK_ * 4, s), "poison");
+  check(cudaMemsetAsync(w.weights.as<void>(), 0xff, size_t(T) * maxK_ * 4, s), "poison");
+  check(cudaMemsetAsync(w.k.as<void>(), 0xff, size_t(T) * 4, s), "poison");
+  check(cudaMemsetAsync(w.rowToken.as<void>(), 0xff, size_t(R) * 4, s), "poison");
+  check(cudaMemsetAsync(w.slotRow.as<void>(), 0xff, size_t(R) * 4, s), "poison");
+  if (hasShared_) check(cudaMemsetAsync(w.sharedOut.as<void>(), 0xff, size_t(T) * dPad_ * sizeof(float), s), "poison");
+}
+
+void CudaLayer::setShared(const float* w1, const float* w3, const float* w2, int64_t f, const float* gate) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  shared_.f = int(f);
+  shared_.fPad = int(roundUp(f, kGemmTileN / 2));
+  const size_t n = size_t(f) * d_;
+  staging_.ensure(3 * n * sizeof(float));
+  float* s = staging_.as<float>();
+  check(cudaMemcpy(s, w1, n * sizeof(float), cudaMemcpyHostToDevice), "shared w1 upload");
+  check(cudaMemcpy(s + n, w3, n * sizeof(float), cudaMemcpyHostToDevice), "shared w3 upload");
+  check(cudaMemcpy(s + 2 * n, w2, n * sizeof(float), cudaMemcpyHostToDevice), "shared w2 upload");
+  shared_.gateUp.ensure(size_t(2) * shared_.fPad * dPad_ * sizeof(bf16));
+  shared_.down.ensure(size_t(dPad_) * shared_.fPad * sizeof(bf16));
+  launchPackGateUp(s, s + n, shared_.f, d_, shared_.gateUp.as<bf16>(), shared_.fPad, dPad_, stream_);
+  launchPackBf16(s + 2 * n, d_, shared_.f, shared_.down.as<bf16>(), dPad_, shared_.fPad, stream_);
+  if (gate) {
+    sharedGate_.ensure(size_t(d_) * sizeof(float));
+    check(cudaMemcpyAsync(sharedGate_.as<float>(), gate, sharedGate_.bytes(), cudaMemcpyHostToDevice, stream_),
+          "shared gate upload");
+  } else {
+    sharedGate_.release();
+  }
+  check(cudaStreamSynchronize(stream_), "shared expert packing");
+  staging_.release();
+  hasShared_ = true;
+  capacity_ = 0;  // the next forward sizes the shared expert's buffers too
+}
+
+void CudaLayer::checkComplete() const {
+  for (int e = 0; e < E_; ++e)
+    if (!loaded_[size_t(e)]) throw CudaError("layer: weights missing for expert " + std::to_string(e));
+}
+
+void CudaLayer::ensureWorkspace(int64_t T) {
+  if (T <= capacity_) return;
+  check(cudaEventSynchronize(done_), "waiting for the previous forward");  // its buffers are about to move
+  Workspace& w = *ws_;
+  const int64_t R = T * maxK_;
+  w.x.ensure(rowsBytes(T, d_, sizeof(float)));
+  w.y.ensure(rowsBytes(T, d_, sizeof(float)));
+  w.xb.ensure(rowsBytes(T, dPad_, sizeof(bf16)));
+  w.logits.ensure(rowsBytes(T, E_, sizeof(float)));
+  w.raw.ensure(rowsBytes(T, 1, sizeof(float)));
+  w.complexity.ensure(rowsBytes(T, 1, sizeof(float)));
+  w.indices.ensure(rowsBytes(T, maxK_, sizeof(int32_t)));
+  w.weights.ensure(rowsBytes(T, maxK_, sizeof(float)));
+  w.k.ensure(rowsBytes(T, 1, sizeof(int32_t)));
+  w.counts.ensure(size_t(E_) * sizeof(int32_t));
+  w.badToken.ensure(sizeof(int32_t));
+  w.probsNorm.ensure(rowsBytes(T, E_, sizeof(float)));
+  w.lse2.ensure(rowsBytes(T, 1, sizeof(float)));
+  w.stats.ensure(8 * sizeof(double));
+  w.offsets.ensure(size_t(E_ + 1) * sizeof(int32_t));
+  w.tilesBefore.ensure(size_t(E_ + 1) * sizeof(int32_t));
+  w.active.ensure(size_t(E_) * sizeof(int32_t));
+  w.numActive.ensure(sizeof(int32_t));
+  w.rowToken.ensure(rowsBytes(R, 1, sizeof(int32_t)));
+  w.rowWeight.ensure(rowsBytes(R, 1, sizeof(float)));
+  w.slotRow.ensure(rowsBytes(R, 1, sizeof(int32_t)));
+  w.hidden.ensure(rowsBytes(R, experts_.fPad, sizeof(bf16)));
+  w.out.ensure(rowsBytes(R, dPad_, sizeof(float)));
+  w.calib.ensure(4 * sizeof(double));
+  w.knots.ensure(1025 * sizeof(double));
+  w.probs.ensure(rowsBytes(T, E_, sizeof(float)));
+  if (hasShared_) {
+    w.sharedScale.ensure(rowsBytes(T, 1, sizeof(float)));
+    w.sharedHidden.ensure(rowsBytes(T, shared_.fPad, sizeof(bf16)));
+    w.sharedOut.ensure(rowsBytes(T, dPad_, sizeof(float)));
+    w.sharedOffsets.ensure(2 * sizeof(int32_t));
+    w.sharedTiles.ensure(2 * sizeof(int32_t));
+    w.sharedActive.ensure(sizeof(int32_t));
+    w.sharedNumActive.ensure(sizeof(int32_t));
+  }
+  capacity_ = T;
+}
+
+void CudaLayer::enqueueRoute(const float* x, int64_t T, bool fromLogits, const MoeCudaForward& call, bool stats,
+                             cudaStream_t s, bool convert) {
+  Workspace& w = *ws_;
+  float* logits = w.logits.as<float>();
+  if (fromLogits) {
+    if (convert) launchToBf16(x, T, d_, dPad_, w.xb.as<bf16>(), s);
+  } else {
+    launchGateLogits(x, T, d_, dPad_, gate_.as<float>(), logitBias_.as<float>(), E_, logits, w.xb.as<bf16>(), s);
+  }
+  const float* complexity = nullptr;
+  if (cfg_.selection == 3) {
+    const int mode = call.complexityMode;
+    if (mode == MOE_CUDA_COMPLEXITY_HOST) {
+      complexity = w.complexity.as<float>();
+    } else if (mode != MOE_CUDA_COMPLEXITY_NONE) {
+      if (mode == MOE_CUDA_COMPLEXITY_ROUTER_ENTROPY) launchLogitEntropy(logits, T, E_, w.raw.as<float>(), s);
+      else launchRowNorms(x, T, d_, mode == MOE_CUDA_COMPLEXITY_NORM_L1 ? 1 : 2, w.raw.as<float>(), s);
+      launchCalibrate(w.raw.as<float>(), T, call.calibration, w.calib.as<double>(), w.knots.as<double>(),
+                      call.knotCount, w.complexity.as<float>(), s);
+      complexity = w.complexity.as<float>();
+    }
+  }
+  check(cudaMemsetAsync(w.counts.as<void>(), 0, w.counts.bytes(), s), "counts reset");
+  check(cudaMemsetAsync(w.badToken.as<void>(), kBadTokenByte, sizeof(int32_t), s), "badToken reset");
+  GatingOut out{w.indices.as<int32_t>(),
+                w.weights.as<float>(),
+                w.k.as<int32_t>(),
+                w.counts.as<int32_t>(),
+                stats ? w.probsNorm.as<float>() : nullptr,
+                call.probsOut ? w.probs.as<float>() : nullptr,
+                stats ? w.lse2.as<float>() : nullptr,
+                w.badToken.as<int32_t>()};
+  launchGating(cfg_, logits, T, bias_.as<float>(), complexity, out, s);
+  if (stats) launchRouteStats(T, E_, w.probsNorm.as<float>(), w.lse2.as<float>(), w.counts.as<int32_t>(),
+                              w.stats.as<double>(), s);
+}
+
+void CudaLayer::enqueueAlign(int64_t T, bool counters, cudaStream_t s) {
+  Workspace& w = *ws_;
+  AlignOut out{w.offsets.as<int32_t>(), w.tilesBefore.as<int32_t>(), w.active.as<int32_t>(),
+               w.numActive.as<int32_t>(), w.rowToken.as<int32_t>(),    w.rowWeight.as<float>(),
+               w.slotRow.as<int32_t>(),  counters ? counters_.as<unsigned long long>() : nullptr};
+  launchAlign(T, maxK_, E_, w.indices.as<int32_t>(), w.weights.as<float>(), w.k.as<int32_t>(),
+              w.counts.as<int32_t>(), w.badToken.as<int32_t>(), kGemmTileM, out, s);
+}
+
+void CudaLayer::runExperts(const ExpertWeights& ew, const int32_t* rowToken, const int32_t* offsets,
+                           const int32_t* tilesBefore, const int32_t* active, const int32_t* numActive, int E,
+                           int64_t rows, int slots, const float* scale, bf16* hidden, float* out, int64_t T,
+                           cudaStream_t s) {
+  const bf16* xb = ws_->xb.as<bf16>();
+  if (T <= kGemvMaxRows) {  // every expert has at most T rows: stream the weights
+    const GemvSchedule g{offsets, active, numActive, slots};
+    launchGateUpGemv(xb, rowToken, dPad_, ew.gateUp.as<bf16>(), ew.fPad, g, hidden, s);
+    launchDownGemv(hidden, ew.fPad, ew.down.as<bf16>(), dPad_, g, scale, out, s);
+    return;
+  }
+  const GroupedSchedule g{offsets, tilesBefore, E, int(ceilDiv(rows, kGemmTileM) + std::min<int64_t>(slots, rows))};
+  launchGateUpGemm(xb, rowToken, dPad_, ew.gateUp.as<bf16>(), ew.fPad, g, hidden, s);
+  launchDownGemm(hidden, ew.fPad, ew.down.as<bf16>(), dPad_, g, scale, out, s);
+}
+
+void CudaLayer::enqueueExperts(const float* x, int64_t T, cudaStream_t s) {
+  Workspace& w = *ws_;
+  const int64_t R = T * maxK_;
+  runExperts(experts_, w.rowToken.as<int32_t>(), w.offsets.as<int32_t>(), w.tilesBefore.as<int32_t>(),
+             w.active.as<int32_t>(), w.numActive.as<int32_t>(), E_, R, int(std::min<int64_t>(E_, R)),
+             w.rowWeight.as<float>(), w.hidden.as<bf16>(), w.out.as<float>(), T, s);
+  if (!hasShared_) return;
+  launchIdentitySchedule(T, kGemmTileM, w.sharedOffsets.as<int32_t>(), w.sharedTiles.as<int32_t>(),
+                         w.sharedActive.as<int32_t>(), w.sharedNumActive.as<int32_t>(), s);
+  const float* scale = nullptr;
+  if (sharedGate_.bytes()) {
+    launchSharedGate(x, T, d_, sharedGate_.as<float>(), w.sharedScale.as<float>(), s);
+    scale = w.sharedScale.as<float>();
+  }
+  runExperts(shared_, nullptr, w.sharedOffsets.as<int32_t>(), w.sharedTiles.as<int32_t>(),
+             w.sharedActive.as<int32_t>(), w.sharedNumActive.as<int32_t>(), 1, T, 1, scale,
+             w.sharedHidden.as<bf16>(), w.sharedOut.as<float>(), T, s);
+}
+
+void CudaLayer::enqueueCombine(int64_t T, float* y, cudaStream_t s) {
+  Workspace& w = *ws_;
+  launchCombine(T, d_, dPad_, maxK_, w.k.as<int32_t>(), w.slotRow.as<int32_t>(), w.out.as<float>(),
+                hasShared_ ? w.sharedOut.as<float>() : nullptr, y, s);
+}
+
+void CudaLayer::forward(MoeCudaForward& call, bool routeOnly) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!routeOnly) checkComplete();
+  const int64_t T = call.tokens;
+  if (T < 1) throw CudaError("tokens: expected at least 1");
+  const bool host = routeOnly || !call.onDevice;
+  if (!host && (!call.x || !call.y)) throw CudaError("forwardDevice: input and output pointers are required");
+  ensureWorkspace(T);
+  Workspace& w = *ws_;
+  cudaStream_t s = host || !call.stream ? stream_ : static_cast<cudaStream_t>(call.stream);
+  check(cudaStreamWaitEvent(s, done_, 0), "ordering after the previous forward");
+  const float* x = call.x;
+  float* y = call.y;
+  if (poison_ && !routeOnly) poison(T, s);
+  if (host) {
+    check(cudaEventRecord(stage_[0], s), "event");
+    if (call.x || !call.logits) {
+      check(cudaMemcpyAsync(w.x.as<float>(), call.x, size_t(T) * d_ * sizeof(float), cudaMemcpyHostToDevice, s),
+            "x upload");
+    }
+    x = w.x.as<float>();
+    y = w.y.as<float>();
+  }
+  if (call.logits)
+    check(cudaMemcpyAsync(w.logits.as<float>(), call.logits, size_t(T) * E_ * sizeof(float), cudaMemcpyHostToDevice,
+                          s),
+          "logits upload");
+  if (cfg_.selection == 3) {
+    if (call.complexityMode == MOE_CUDA_COMPLEXITY_HOST)
+      check(cudaMemcpyAsync(w.complexity.as<float>(), call.complexity, size_t(T) * sizeof(float),
+                            cudaMemcpyHostToDevice, s),
+            "complexity upload");
+    check(cudaMemcpyAsync(w.calib.as<double>(), call.calibState, 3 * sizeof(double), cudaMemcpyHostToDevice, s),
+          "calibration upload");
+    if (call.calibration == MOE_CUDA_CALIBRATION_QUANTILE) {
+      if (!call.knots || call.knotCount < 2 || call.knotCount > 1025)
+        throw CudaError("calibration: quantile needs 2 to 1025 knots");
+      check(cudaMemcpyAsync(w.knots.as<double>(), call.knots, size_t(call.knotCount) * sizeof(double),
+                            cudaMemcpyHostToDevice, s),
+            "knots upload");
+    }
+  }
+  enqueueRoute(x, T, call.logits != nullptr, call, host, s, !routeOnly);
+  if (host) check(cudaEventRecord(stage_[1], s), "event");
+  if (!routeOnly) {
+    enqueueAlign(T, !host, s);
+    if (host) check(cudaEventRecord(stage_[2], s), "event");
+    enqueueExperts(x, T, s);
+    if (host) check(cudaEventRecord(stage_[3], s), "event");
+    enqueueCombine(T, y, s);
+    if (host) check(cudaEventRecord(stage_[4], s), "event");
+  }
+  check(cudaEventRecord(done_, s), "event");
+  if (!host) return;
+
+  // Host mode: copy the results back and wait for them.
+  const size_t TK = size_t(T) * maxK_, TE = size_t(T) * E_;
+  auto download = [&](void* dst, const void* src, size_t bytes) {
+    if (dst) check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s), "download");
+  };
+  if (!routeOnly) download(call.y, y, size_t(T) * d_ * sizeof(float));
+  download(call.indices, w.indices.as<void>(), TK * 4);
+  download(call.weights, w.weights.as<void>(), TK * 4);
+  download(call.k, w.k.as<void>(), size_t(T) * 4);
+  download(call.counts, w.counts.as<void>(), size_t(E_) * 4);
+  download(call.logitsOut, w.logits.as<void>(), TE * 4);
+  download(call.probsOut, w.probs.as<void>(), TE * 4);
+  if (cfg_.selection == 3 && call.complexityMode != MOE_CUDA_COMPLEXITY_NONE)
+    download(call.complexityOut, w.complexity.as<void>(), size_t(T) * 4);
+  if (cfg_.selection == 3) download(call.calibState, w.calib.as<void>(), 3 * sizeof(double));
+  download(call.routeStats, w.stats.as<void>(), 5 * sizeof(double));
+  int32_t bad = 0;
+  download(&bad, w.badToken.as<void>(), sizeof(int32_t));
+  check(cudaStreamSynchronize(s), "forward");
+  call.badToken = bad < T ? bad : -1;
+  for (int i = 0; i < 4; ++i) {
+    float ms = 0;
+    if (!routeOnly || i == 0) check(cudaEventElapsedTime(&ms, stage_[i], stage_[i + 1]), "stage timing");
+    call.stageMs[i] = ms;
+  }
+}
+
+// Never waits: hands out the last completed snapshot, then queues the next copy behind the latest forward.
+void CudaLayer::drain(MoeCudaCounters& out) {
+  std::lock_guard<std::mutex> lock(drainMutex_);
+  out.calls = out.tokens = out.assignments = out.nonFinite = 0;
+  for (int e = 0; e < E_; ++e) out.expertTokens[e] = 0;
+  if (snapshotPending_) {
+    const cudaError_t state = cudaEventQuery(snapshotReady_);
+    if (state == cudaErrorNotReady) return;
+    check(state, "counter snapshot");
+    snapshotPending_ = false;
+    uint64_t* fields[4] = {&out.calls, &out.tokens, &out.assignments, &out.nonFinite};
+    for (int i = 0; i < 4 + E_; ++i) {
+      const unsigned long long delta = snapshot_[i] - drained_[size_t(i)];
+      drained_[size_t(i)] = snapshot_[i];
+      if (i < 4) *fields[i] = delta;
+      else out.expertTokens[i - 4] = delta;
+    }
+  }
+  check(cudaStreamWaitEvent(stream_, done_, 0), "counter snapshot ordering");
+  check(cudaMemcpyAsync(snapshot_, counters_.as<void>(), counters_.bytes(), cudaMemcpyDeviceToHost, stream_),
+        "counter snapshot");
+  check(cudaEventRecord(snapshotReady_, stream_), "counter snapshot");
+  snapshotPending_ = true;
+}
+
+void CudaLayer::info(MoeCudaLayerInfo& out) const {
+  out.weightBytes = int64_t(experts_.gateUp.bytes() + experts_.down.bytes() + shared_.gateUp.bytes() +
+                            shared_.down.bytes() + gate_.bytes());
+  const Workspace& w = *ws_;
+  const DeviceBuffer* all[] = {&w.x,      &w.xb,          &w.logits,  &w.raw,       &w.complexity, &w.indices,
+                               &w.weights, &w.k,          &w.counts,  &w.probsNorm, &w.lse2,       &w.rowToken,
+                               &w.rowWeight, &w.slotRow,  &w.hidden,  &w.out,       &w.y,          &w.sharedHidden,
+                               &w.sharedOut, &w.sharedScale};
+  int64_t bytes = 0;
+  for (const DeviceBuffer* b : all) bytes += int64_t(b->bytes());
+  out.workspaceBytes = bytes;
+  out.device = device_;
+  std::snprintf(out.path, sizeof(out.path), "mma.sync bf16");
+}
+
+}  // namespace moe_cuda

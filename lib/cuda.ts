@@ -1,0 +1,94 @@
+/**
+ * The CUDA backend's TypeScript side: finds the plugin (cuda/ -> moe_cuda.so, a separate shared library with a C
+ * ABI), loads it on first request, says why it is not available, and turns a dynamic router's estimator into a
+ * request for complexity computed on the GPU. Kernels: cuda/*.cu; binding: native/binding/cuda_wrap.cc.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { BackendError, ValidationError } from './errors';
+import { GradientNormEstimator, RouterEntropyEstimator, type ComplexityEstimator } from './estimators';
+import { native, packageRoot, type CudaDeviceInfo, type NativeDeviceComplexity } from './native';
+import type { RouteOptions } from './types';
+
+/** Where a router or layer runs: 'cpu', 'cuda', or 'auto' (the GPU when the plugin loads and a GPU answers). */
+export type BackendName = 'auto' | 'cpu' | 'cuda';
+
+export interface CudaStatus {
+  available: boolean;
+  /** Why not, when unavailable: what was looked for, what failed, what to do. */
+  reason?: string;
+  /** The plugin file that loaded. */
+  path?: string;
+  device?: CudaDeviceInfo;
+}
+
+/** The plugin files tried, in order: $MOE_CUDA_PLUGIN, the local build, a bundled prebuild. */
+export function cudaPluginCandidates(): string[] {
+  const out: string[] = [];
+  if (process.env.MOE_CUDA_PLUGIN) out.push(path.resolve(process.env.MOE_CUDA_PLUGIN));
+  out.push(path.join(packageRoot, 'build-cuda', 'moe_cuda.so'));
+  out.push(path.join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}-cuda`, 'moe_cuda.so'));
+  return out;
+}
+
+let status: CudaStatus | undefined;
+
+/** Loads the CUDA plugin once (later calls return the same answer) and reports whether it can run here. */
+export function cudaStatus(): CudaStatus {
+  if (status) return status;
+  if (process.platform !== 'linux') {
+    status = { available: false, reason: `the CUDA backend is built for Linux only (this is ${process.platform})` };
+    return status;
+  }
+  const candidates = cudaPluginCandidates();
+  const file = candidates.find((p) => fs.existsSync(p));
+  if (!file) {
+    status = {
+      available: false,
+      reason:
+        `no CUDA plugin found (looked for ${candidates.join(', ')}); build it with "npm run build:cuda" ` +
+        '(needs the CUDA toolkit) or point MOE_CUDA_PLUGIN at moe_cuda.so',
+    };
+    return status;
+  }
+  const r = native().cudaLoad(file);
+  status = r.loaded
+    ? { available: true, path: r.path, device: r.device }
+    : { available: false, path: file, reason: r.error ?? 'unknown error' };
+  return status;
+}
+
+/** The backend to use for `requested`; throws BackendError when 'cuda' was asked for and cannot run. */
+export function resolveBackend(requested: unknown, what: string): 'cpu' | 'cuda' {
+  if (requested !== 'auto' && requested !== 'cpu' && requested !== 'cuda')
+    throw new ValidationError(`${what}.backend: expected 'auto', 'cpu' or 'cuda', got ${String(requested)}`);
+  if (requested === 'cpu') return 'cpu';
+  const s = cudaStatus();
+  if (s.available) return 'cuda';
+  if (requested === 'auto') return 'cpu';
+  throw new BackendError(`${what}: backend 'cuda' is not available: ${s.reason}`);
+}
+
+/**
+ * The GPU's share of a dynamic routing call: complexity from router entropy or the row norms of x, with the
+ * estimator's calibration, or null when the host must compute it (caller scores, other estimators).
+ */
+export function deviceComplexityFor(
+  estimator: ComplexityEstimator | undefined,
+  tokens: number,
+  opts: RouteOptions,
+): NativeDeviceComplexity | null {
+  if (!estimator || opts.complexity) return null;
+  let mode: number;
+  if (estimator instanceof RouterEntropyEstimator) mode = 2;
+  else if (estimator instanceof GradientNormEstimator && !opts.context?.tensor) mode = estimator.norm === 'l1' ? 4 : 3;
+  else return null;
+  const calibration = estimator.calibrator.deviceState();
+  if (!calibration) return null;
+  return { mode, ...calibration, complexityOut: new Float32Array(tokens) };
+}
+
+/** After a host-mode device call: the running calibration statistics now include that batch. */
+export function absorbDeviceComplexity(estimator: ComplexityEstimator | undefined, device: NativeDeviceComplexity) {
+  estimator?.calibrator.absorbDeviceState(device.state);
+}

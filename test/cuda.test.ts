@@ -1,0 +1,298 @@
+/**
+ * The CUDA backend against the float64 references and the CPU backend. Without a usable GPU (no plugin built,
+ * no driver, no device) the GPU checks are skipped, and say so; the checks that need no GPU still run.
+ *
+ * On a GPU: MOE_CUDA_POISON=1 makes the plugin fill every output and intermediate buffer with NaN before each
+ * forward, so an element no kernel wrote shows up. Routing indices must match the reference exactly (tokens
+ * within 1e-5 of a decision boundary are counted and left out, as in router.test.ts); layer outputs are bf16
+ * GEMMs with fp32 accumulation, checked to 1e-2 relative (‖y − ref‖/‖ref‖) against the float64 layer reference
+ * given the routing the GPU chose.
+ */
+process.env.MOE_CUDA_POISON ??= '1';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import {
+  BackendError,
+  backendInfo,
+  cudaStatus,
+  MoELayer,
+  Router,
+  ValidationError,
+  type ExpertWeights,
+  type Selection,
+} from '../lib';
+import { referenceLayer } from '../lib/reference/layer';
+import { referenceRoute, referenceRouteLogits } from '../lib/reference/routing';
+import { compareRouting, relativeError } from './helpers/compare';
+import { freshSeed, randn, randu } from './helpers/random';
+
+const SEED = freshSeed();
+const status = cudaStatus();
+
+test('backend option: "cpu" never touches the GPU; "auto" and backendInfo agree with cudaStatus', () => {
+  const router = new Router({ numExperts: 4, hiddenSize: 8, gateWeight: randn(32, SEED), backend: 'cpu' });
+  assert.is(router.backend, 'cpu');
+  const auto = new Router({ numExperts: 4, hiddenSize: 8, gateWeight: randn(32, SEED), backend: 'auto' });
+  assert.is(auto.backend, status.available ? 'cuda' : 'cpu');
+  const info = backendInfo();
+  assert.is(info.backend, status.available ? 'cuda' : 'cpu');
+  assert.is(info.cuda.available, status.available);
+  assert.throws(
+    () => new Router({ numExperts: 4, hiddenSize: 8, gateWeight: randn(32, SEED), backend: 'gpu' as never }),
+    (e: unknown) => e instanceof ValidationError && /backend/.test((e as Error).message),
+  );
+});
+
+if (!status.available) {
+  console.log(`cuda.test: GPU checks SKIPPED (no usable CUDA backend here): ${status.reason}`);
+  test('without a GPU, backend "cuda" is a BackendError that says why', () => {
+    assert.ok(typeof backendInfo().unavailable.cuda === 'string');
+    assert.throws(
+      () => new Router({ numExperts: 4, hiddenSize: 8, gateWeight: randn(32, SEED), backend: 'cuda' }),
+      (e: unknown) => e instanceof BackendError && /not available/.test((e as Error).message),
+    );
+  });
+} else {
+  console.log(`cuda.test seed ${SEED} on ${status.device!.name} (sm_${status.device!.computeCapability})`);
+  gpuTests();
+}
+
+function gpuTests() {
+  const cfgOf = (r: Router) => ({ ...r.config });
+
+  test('gating on the GPU matches the reference and the CPU for every rule, E up to 512 (60 and 384 too)', () => {
+    let seed = SEED;
+    let checked = 0;
+    let ambiguous = 0;
+    for (const E of [8, 60, 64, 128, 384, 512]) {
+      for (const T of [1, 33, 257, 2048]) {
+        const k = Math.min(E, [1, 2, 4, 6, 8][(E + T) % 5]);
+        const maxK = Math.min(E, k + 2);
+        const rules: { sel: Selection; scoring: 'softmax' | 'sigmoid'; normalize: boolean }[] = [
+          { sel: { kind: 'topk', k }, scoring: 'softmax', normalize: true },
+          { sel: { kind: 'topk', k }, scoring: 'sigmoid', normalize: false },
+          { sel: { kind: 'topp', p: 0.6, minK: 1, maxK }, scoring: 'softmax', normalize: true },
+          { sel: { kind: 'threshold', tau: 1.5 / E, minK: 1, maxK }, scoring: 'softmax', normalize: true },
+          { sel: { kind: 'dynamic', minK: 1, maxK }, scoring: 'softmax', normalize: false },
+          { sel: { kind: 'gptOss', k }, scoring: 'softmax', normalize: false },
+        ];
+        for (const { sel, scoring, normalize } of rules) {
+          const common = { numExperts: E, hiddenSize: 8, gateWeight: randn(E * 8, ++seed), scoring, selection: sel };
+          const gpu = new Router({ ...common, normalize, scale: 1.5, backend: 'cuda' });
+          const cpu = new Router({ ...common, normalize, scale: 1.5, backend: 'cpu' });
+          const logits = randn(T * E, ++seed, 2);
+          const complexity = sel.kind === 'dynamic' ? randu(T, ++seed) : undefined;
+          const got = gpu.routeLogits(logits, { complexity });
+          const ref = referenceRouteLogits(cfgOf(gpu), logits, T, undefined, complexity);
+          const label = `E=${E} T=${T} ${JSON.stringify(sel)} ${scoring} seed=${SEED}`;
+          const rep = compareRouting(got, ref, label);
+          checked += rep.checked;
+          ambiguous += rep.ambiguous;
+          const onCpu = cpu.routeLogits(logits, { complexity });
+          for (let t = 0; t < T; t++) {
+            if (ref.margin[t] < 1e-5) continue;
+            for (let j = 0; j < got.maxK; j++)
+              if (got.indices[t * got.maxK + j] !== onCpu.indices[t * got.maxK + j])
+                assert.unreachable(`${label}: token ${t} CPU and CUDA disagree`);
+          }
+          if (rep.ambiguous === 0) {
+            assert.equal(Array.from(got.stats.expertCounts), Array.from(ref.expertCounts), `${label}: counts`);
+            assert.ok(Math.abs(got.stats.meanK - ref.meanK) < 1e-9, `${label}: meanK`);
+            assert.ok(Math.abs(got.stats.auxLoss - ref.auxLoss) <= 1e-4 * ref.auxLoss + 1e-9, `${label}: aux`);
+          }
+          assert.ok(Math.abs(got.stats.zLoss - ref.zLoss) <= 1e-4 * ref.zLoss + 1e-9, `${label}: z-loss`);
+        }
+      }
+    }
+    console.log(`cuda gating: ${checked} tokens checked, ${ambiguous} near a boundary`);
+    assert.ok(ambiguous <= checked * 0.01, `too many near-boundary tokens: ${ambiguous}`);
+  });
+
+  test('DeepSeek-V3 groups on the GPU: 256 experts / 8 groups / keep 4 / top-8, sigmoid, selection bias', () => {
+    let seed = SEED + 100;
+    for (const score of ['top2sum', 'max'] as const) {
+      const E = 256;
+      const bias = randn(E, ++seed, 0.1);
+      const router = new Router({
+        numExperts: E,
+        hiddenSize: 8,
+        gateWeight: randn(E * 8, ++seed),
+        scoring: 'sigmoid',
+        selection: { kind: 'topk', k: 8 },
+        groups: { nGroup: 8, topkGroup: 4, score },
+        bias,
+        normalize: true,
+        scale: 2.5,
+        backend: 'cuda',
+      });
+      const T = 300;
+      const logits = randn(T * E, ++seed, 2);
+      compareRouting(router.routeLogits(logits), referenceRouteLogits(cfgOf(router), logits, T, bias), score);
+    }
+  });
+
+  test('routing from hidden states: fp32 gate GEMM to 1e-5, same experts, device router-entropy complexity', () => {
+    let seed = SEED + 200;
+    for (const [T, E, d] of [
+      [1, 8, 4096],
+      [64, 64, 2048],
+      [1000, 60, 256],
+    ] as const) {
+      const x = randn(T * d, ++seed);
+      const gate = randn(E * d, ++seed, 0.05);
+      const router = new Router({
+        numExperts: E,
+        hiddenSize: d,
+        gateWeight: gate,
+        selection: { kind: 'topk', k: 4 },
+        normalize: true,
+        backend: 'cuda',
+      });
+      const got = router.route(x, { returnLogits: true, returnProbs: true });
+      const ref = referenceRoute(cfgOf(router), x, gate);
+      assert.ok(relativeError(got.logits!, ref.logits) < 1e-5, `logits ${relativeError(got.logits!, ref.logits)}`);
+      assert.ok(relativeError(got.probs!, ref.probs) < 1e-5, 'probs');
+      const rep = compareRouting(got, ref, `T=${T} E=${E} d=${d}`);
+      assert.ok(rep.ambiguous <= Math.max(2, T * 0.02), `ambiguous ${rep.ambiguous}`);
+    }
+    // Dynamic k from router entropy computed on the GPU, with the estimator's frozen calibration.
+    const E = 64;
+    const d = 256;
+    const T = 500;
+    const gate = randn(E * d, ++seed, 0.05);
+    const sel: Selection = { kind: 'dynamic', minK: 1, maxK: 6, estimator: 'router_entropy' };
+    const gpu = new Router({ numExperts: E, hiddenSize: d, gateWeight: gate, selection: sel, backend: 'cuda' });
+    const cpu = new Router({ numExperts: E, hiddenSize: d, gateWeight: gate, selection: sel });
+    const calib = randn(200 * d, ++seed);
+    for (const r of [gpu, cpu])
+      r.estimator!.calibrate({ x: calib, tokens: 200, hiddenSize: d, logits: r.logits(calib), numExperts: E });
+    const x = randn(T * d, ++seed);
+    const a = gpu.route(x);
+    const b = cpu.route(x);
+    assert.ok(a.complexity && b.complexity, 'complexity returned');
+    let kDiff = 0;
+    for (let t = 0; t < T; t++) {
+      assert.ok(
+        Math.abs(a.complexity![t] - b.complexity![t]) < 1e-4,
+        `token ${t} complexity ${a.complexity![t]} vs ${b.complexity![t]}`,
+      );
+      if (a.k[t] !== b.k[t]) kDiff++;
+    }
+    assert.ok(kDiff <= 2, `${kDiff} tokens got another k`);
+  });
+
+  interface Built {
+    layer: MoELayer;
+    experts: ExpertWeights[];
+    shared?: ExpertWeights & { gate?: Float32Array; f: number };
+    d: number;
+    f: number;
+  }
+  function build(
+    E: number,
+    d: number,
+    f: number,
+    selection: Selection,
+    seed: number,
+    shared?: { f: number; gated: boolean },
+  ): Built {
+    const experts = Array.from({ length: E }, () => ({
+      w1: randn(f * d, ++seed, 1 / Math.sqrt(d)),
+      w3: randn(f * d, ++seed, 1 / Math.sqrt(d)),
+      w2: randn(d * f, ++seed, 1 / Math.sqrt(f)),
+    }));
+    const router = new Router({
+      numExperts: E,
+      hiddenSize: d,
+      gateWeight: randn(E * d, ++seed, 0.3),
+      selection,
+      normalize: true,
+      backend: 'cuda',
+    });
+    let sh: Built['shared'];
+    if (shared) {
+      sh = {
+        w1: randn(shared.f * d, ++seed, 1 / Math.sqrt(d)),
+        w3: randn(shared.f * d, ++seed, 1 / Math.sqrt(d)),
+        w2: randn(d * shared.f, ++seed, 1 / Math.sqrt(shared.f)),
+        gate: shared.gated ? randn(d, ++seed, 0.2) : undefined,
+        f: shared.f,
+      };
+    }
+    const layer = new MoELayer({ router, experts, sharedExperts: sh && { ...sh, intermediateSize: sh.f } });
+    return { layer, experts, shared: sh, d, f };
+  }
+
+  test('layer forward: bf16 tensor-core GEMMs within 1e-2 of the float64 reference (decode and prefill paths)', () => {
+    let seed = SEED + 300;
+    const cases: [string, number, number, number, Selection, { f: number; gated: boolean } | undefined, number[]][] = [
+      ['mixtral-like', 8, 256, 512, { kind: 'topk', k: 2 }, undefined, [1, 2, 5, 8, 9, 64, 300]],
+      ['E=60 padded f', 60, 128, 96, { kind: 'topk', k: 4 }, { f: 160, gated: true }, [1, 7, 130, 1100]],
+      ['d not a tile multiple', 16, 200, 64, { kind: 'topk', k: 2 }, { f: 64, gated: false }, [3, 257]],
+      ['top-p', 32, 128, 128, { kind: 'topp', p: 0.5, minK: 1, maxK: 4 }, undefined, [6, 100]],
+    ];
+    for (const [name, E, d, f, sel, shared, tokens] of cases) {
+      const b = build(E, d, f, sel, (seed += 1000), shared);
+      for (const T of tokens) {
+        const x = randn(T * d, ++seed);
+        const r = b.layer.forward(x);
+        const ref = referenceLayer(x, T, d, (e) => ({ ...b.experts[e], f }), { ...r.routing }, b.shared);
+        for (let i = 0; i < r.output.length; i++)
+          if (!Number.isFinite(r.output[i])) assert.unreachable(`${name} T=${T}: output ${i} not written (NaN)`);
+        const err = relativeError(r.output, ref);
+        assert.ok(err < 1e-2, `${name} T=${T}: relative error ${err}`);
+        assert.is(
+          r.stats.expertCounts.reduce((a, c) => a + c, 0),
+          r.routing.stats.assignments,
+          'counts sum',
+        );
+        assert.ok(r.stats.stageSeconds.expertGemm > 0, 'device stage timing');
+      }
+      b.layer.dispose();
+    }
+  });
+
+  test('deterministic: forward twice and forwardAsync give identical bits; telemetry counts the calls', async () => {
+    const b = build(16, 128, 128, { kind: 'topk', k: 2 }, SEED + 400, { f: 64, gated: true });
+    const x = randn(200 * 128, SEED + 401);
+    const a = b.layer.forward(x);
+    const c = b.layer.forward(x);
+    const d = await b.layer.forwardAsync(x);
+    assert.equal(Array.from(a.output), Array.from(c.output));
+    assert.equal(Array.from(a.output), Array.from(d.output));
+    assert.equal(Array.from(a.routing.indices), Array.from(d.routing.indices));
+    const t = b.layer.drainTelemetry();
+    assert.is(t.calls, 3);
+    assert.is(t.tokens, 600);
+    b.layer.dispose();
+  });
+
+  test('bad input on the CUDA backend: clear errors, nothing crashes', () => {
+    const b = build(8, 64, 64, { kind: 'topk', k: 2 }, SEED + 500);
+    const x = randn(4 * 64, SEED + 501);
+    x[70] = NaN;
+    assert.throws(
+      () => b.layer.forward(x),
+      (e: unknown) => e instanceof ValidationError && /not finite/.test((e as Error).message),
+    );
+    assert.throws(
+      () => b.layer.forward(new Float32Array(65)),
+      (e: unknown) => e instanceof ValidationError,
+    );
+    assert.throws(
+      () => b.layer.forwardDevice({ input: 0n, output: 16n, tokens: 1 }),
+      (e: unknown) => e instanceof ValidationError && /device pointer/.test((e as Error).message),
+    );
+    assert.throws(
+      () => new MoELayer({ router: b.layer.router, experts: b.experts, dtype: 'fp32' }),
+      (e: unknown) => e instanceof ValidationError && /bf16/.test((e as Error).message),
+    );
+    b.layer.dispose();
+    assert.throws(
+      () => b.layer.forward(randn(64, 1)),
+      (e: unknown) => (e as Error).message.includes('disposed'),
+    );
+  });
+}
+
+test.run();
