@@ -35,6 +35,9 @@ else
     cmake --build build-cuda/cmake --target moe_cuda -j "$(nproc)" >>"$OUT/build.log" 2>&1 ||
     { tail -n 40 "$OUT/build.log"; echo "check.sh: the CUDA plugin did not build" >&2; exit 1; }
 fi
+if [ ! -f build/Release/dynamic_moe_router_kit.node ] && [ -f .gpu/dynamic_moe_router_kit.node ]; then
+  mkdir -p build/Release && cp .gpu/dynamic_moe_router_kit.node build/Release/
+fi
 if [ ! -f build/Release/dynamic_moe_router_kit.node ] && [ ! -d prebuilds ]; then
   npm run build:native >>"$OUT/build.log" 2>&1 || { echo "check.sh: the CPU addon did not build" >&2; exit 1; }
 fi
