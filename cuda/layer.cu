@@ -25,7 +25,6 @@ void DeviceBuffer::release() {
 
 namespace {
 
-constexpr int kBadTokenByte = 0x7f;  // badToken starts at 0x7f7f7f7f: larger than any T
 
 size_t rowsBytes(int64_t rows, int64_t width, size_t elem) { return size_t(std::max<int64_t>(rows, 1)) * width * elem; }
 
@@ -72,6 +71,11 @@ CudaLayer::CudaLayer(const MoeCudaLayerDesc& desc)
   drained_.assign(size_t(4 + E_), 0);
   const char* poison = std::getenv("MOE_CUDA_POISON");
   poison_ = poison && poison[0] == '1';
+  // Tests and benchmarks: MOE_CUDA_TILE=small|large|wide forces one GEMM tile for every pass of this layer.
+  if (const char* tile = std::getenv("MOE_CUDA_TILE")) {
+    const std::string t(tile);
+    forcedTile_ = t == "small" ? 0 : t == "large" ? 1 : t == "wide" ? 2 : -1;
+  }
 }
 
 CudaLayer::~CudaLayer() {
@@ -174,6 +178,7 @@ void CudaLayer::ensureWorkspace(int64_t T) {
   w.k.ensure(rowsBytes(T, 1, sizeof(int32_t)));
   w.counts.ensure(size_t(E_) * sizeof(int32_t));
   w.badToken.ensure(sizeof(int32_t));
+  w.sliceCounts.ensure(size_t(E_) * 8 * sizeof(int32_t));
   w.probsNorm.ensure(rowsBytes(T, E_, sizeof(float)));
   w.lse2.ensure(rowsBytes(T, 1, sizeof(float)));
   w.stats.ensure(8 * sizeof(double));
@@ -223,28 +228,42 @@ void CudaLayer::enqueueRoute(const float* x, int64_t T, bool fromLogits, const M
       complexity = w.complexity.as<float>();
     }
   }
-  check(cudaMemsetAsync(w.counts.as<void>(), 0, w.counts.bytes(), s), "counts reset");
-  check(cudaMemsetAsync(w.badToken.as<void>(), kBadTokenByte, sizeof(int32_t), s), "badToken reset");
   GatingOut out{w.indices.as<int32_t>(),
                 w.weights.as<float>(),
                 w.k.as<int32_t>(),
-                w.counts.as<int32_t>(),
                 stats ? w.probsNorm.as<float>() : nullptr,
                 call.probsOut ? w.probs.as<float>() : nullptr,
-                stats ? w.lse2.as<float>() : nullptr,
-                w.badToken.as<int32_t>()};
+                stats ? w.lse2.as<float>() : nullptr};
   launchGating(cfg_, logits, T, bias_.as<float>(), complexity, out, s);
-  if (stats) launchRouteStats(T, E_, w.probsNorm.as<float>(), w.lse2.as<float>(), w.counts.as<int32_t>(),
-                              w.stats.as<double>(), s);
+}
+
+GemmTile CudaLayer::tileFor(int64_t rows, int experts) const {
+  if (forcedTile_ >= 0) return GemmTile(forcedTile_);
+  // Up to ~48 rows per expert on average the pass streams weights: 32-row tiles waste least.
+  return rows <= int64_t(48) * experts ? GemmTile::Small : GemmTile::Large;
 }
 
 void CudaLayer::enqueueAlign(int64_t T, bool counters, cudaStream_t s) {
   Workspace& w = *ws_;
-  AlignOut out{w.offsets.as<int32_t>(), w.tilesBefore.as<int32_t>(), w.active.as<int32_t>(),
-               w.numActive.as<int32_t>(), w.rowToken.as<int32_t>(),    w.rowWeight.as<float>(),
-               w.slotRow.as<int32_t>(),  counters ? counters_.as<unsigned long long>() : nullptr};
-  launchAlign(T, maxK_, E_, w.indices.as<int32_t>(), w.weights.as<float>(), w.k.as<int32_t>(),
-              w.counts.as<int32_t>(), w.badToken.as<int32_t>(), kGemmTileM, out, s);
+  AlignOut out{w.counts.as<int32_t>(),
+               w.offsets.as<int32_t>(),
+               w.tilesBefore.as<int32_t>(),
+               w.active.as<int32_t>(),
+               w.numActive.as<int32_t>(),
+               w.rowToken.as<int32_t>(),
+               w.rowWeight.as<float>(),
+               w.slotRow.as<int32_t>(),
+               counters ? counters_.as<unsigned long long>() : nullptr,
+               w.badToken.as<int32_t>(),
+               w.sliceCounts.as<int32_t>()};
+  const int tileRows = gemmTileRows(tileFor(T * maxK_, std::min<int64_t>(E_, T * maxK_)));
+  launchAlign(T, maxK_, E_, w.indices.as<int32_t>(), w.weights.as<float>(), w.k.as<int32_t>(), tileRows, out, s);
+}
+
+void CudaLayer::enqueueStats(int64_t T, cudaStream_t s) {
+  Workspace& w = *ws_;
+  launchRouteStats(T, E_, w.probsNorm.as<float>(), w.lse2.as<float>(), w.counts.as<int32_t>(), w.stats.as<double>(),
+                   s);
 }
 
 void CudaLayer::runExperts(const ExpertWeights& ew, const int32_t* rowToken, const int32_t* offsets,
@@ -258,7 +277,9 @@ void CudaLayer::runExperts(const ExpertWeights& ew, const int32_t* rowToken, con
     launchDownGemv(hidden, ew.fPad, ew.down.as<bf16>(), dPad_, g, scale, out, s);
     return;
   }
-  const GroupedSchedule g{offsets, tilesBefore, E, int(ceilDiv(rows, kGemmTileM) + std::min<int64_t>(slots, rows))};
+  const GemmTile tile = tileFor(rows, slots);
+  const GroupedSchedule g{offsets, tilesBefore, E,
+                          int(ceilDiv(rows, gemmTileRows(tile)) + std::min<int64_t>(slots, rows)), tile};
   launchGateUpGemm(xb, rowToken, dPad_, ew.gateUp.as<bf16>(), ew.fPad, g, hidden, s);
   launchDownGemm(hidden, ew.fPad, ew.down.as<bf16>(), dPad_, g, scale, out, s);
 }
@@ -270,7 +291,7 @@ void CudaLayer::enqueueExperts(const float* x, int64_t T, cudaStream_t s) {
              w.active.as<int32_t>(), w.numActive.as<int32_t>(), E_, R, int(std::min<int64_t>(E_, R)),
              w.rowWeight.as<float>(), w.hidden.as<bf16>(), w.out.as<float>(), T, s);
   if (!hasShared_) return;
-  launchIdentitySchedule(T, kGemmTileM, w.sharedOffsets.as<int32_t>(), w.sharedTiles.as<int32_t>(),
+  launchIdentitySchedule(T, gemmTileRows(tileFor(T, 1)), w.sharedOffsets.as<int32_t>(), w.sharedTiles.as<int32_t>(),
                          w.sharedActive.as<int32_t>(), w.sharedNumActive.as<int32_t>(), s);
   const float* scale = nullptr;
   if (sharedGate_.bytes()) {
@@ -332,8 +353,9 @@ void CudaLayer::forward(MoeCudaForward& call, bool routeOnly) {
   }
   enqueueRoute(x, T, call.logits != nullptr, call, host, s, !routeOnly);
   if (host) check(cudaEventRecord(stage_[1], s), "event");
+  enqueueAlign(T, !host, s);  // counts and the first bad token, also for a bare router
+  if (host) enqueueStats(T, s);
   if (!routeOnly) {
-    enqueueAlign(T, !host, s);
     if (host) check(cudaEventRecord(stage_[2], s), "event");
     enqueueExperts(x, T, s);
     if (host) check(cudaEventRecord(stage_[3], s), "event");

@@ -39,7 +39,8 @@ struct ExpertWeights {
 
 // Per-call buffers, sized for the largest batch seen (see CudaLayer::ensureWorkspace).
 struct Workspace {
-  DeviceBuffer x, xb, logits, raw, complexity, indices, weights, k, counts, badToken, probsNorm, lse2, stats;
+  DeviceBuffer x, xb, logits, raw, complexity, indices, weights, k, counts, badToken, sliceCounts, probsNorm, lse2,
+      stats;
   DeviceBuffer offsets, tilesBefore, active, numActive, rowToken, rowWeight, slotRow, hidden, out, y;
   DeviceBuffer calib, knots, probs;
   DeviceBuffer sharedScale, sharedHidden, sharedOut, sharedOffsets, sharedTiles, sharedActive, sharedNumActive;
@@ -68,6 +69,8 @@ class CudaLayer {
   void enqueueRoute(const float* x, int64_t T, bool fromLogits, const MoeCudaForward& call, bool stats,
                     cudaStream_t s, bool convert = true);
   void enqueueAlign(int64_t T, bool counters, cudaStream_t s);
+  void enqueueStats(int64_t T, cudaStream_t s);  // after align: it reads the counts
+  GemmTile tileFor(int64_t rows, int experts) const;
   void enqueueExperts(const float* x, int64_t T, cudaStream_t s);
   void enqueueCombine(int64_t T, float* y, cudaStream_t s);
   void runExperts(const ExpertWeights& w, const int32_t* rowToken, const int32_t* offsets,
@@ -84,6 +87,7 @@ class CudaLayer {
   std::vector<bool> loaded_;
   bool hasShared_ = false;
   bool poison_ = false;
+  int forcedTile_ = -1;  // tests and benchmarks: a GemmTile for every expert pass (MOE_CUDA_TILE)
   Workspace* ws_;
   int64_t capacity_ = 0;
   std::mutex mutex_;  // one forward (and its workspace) at a time

@@ -65,6 +65,8 @@ export interface CudaBenchResult {
   routeAlignMs: number;
   routeAlignFromXMs: number;
   expertMs: number;
+  /** The expert stage with 32x128, 128x128 and 128x256 tiles forced (0: not measured, decode path). */
+  expertMsByTile: number[];
   expertFlops: number;
   expertBytes: number;
 }

@@ -252,6 +252,26 @@ function gpuTests() {
     }
   });
 
+  test('every GEMM tile (32x128, 128x128, 128x256) computes the same layer', () => {
+    let seed = SEED + 350;
+    for (const tile of ['small', 'large', 'wide']) {
+      process.env.MOE_CUDA_TILE = tile;
+      try {
+        const b = build(8, 256, 128, { kind: 'topk', k: 2 }, (seed += 100), { f: 128, gated: false });
+        for (const T of [9, 300]) {
+          const x = randn(T * 256, ++seed);
+          const r = b.layer.forward(x);
+          const ref = referenceLayer(x, T, 256, (e) => ({ ...b.experts[e], f: 128 }), { ...r.routing }, b.shared);
+          const err = relativeError(r.output, ref);
+          assert.ok(err < 1e-2, `tile ${tile} T=${T}: relative error ${err}`);
+        }
+        b.layer.dispose();
+      } finally {
+        delete process.env.MOE_CUDA_TILE;
+      }
+    }
+  });
+
   test('deterministic: forward twice and forwardAsync give identical bits; telemetry counts the calls', async () => {
     const b = build(16, 128, 128, { kind: 'topk', k: 2 }, SEED + 400, { f: 64, gated: true });
     const x = randn(200 * 128, SEED + 401);

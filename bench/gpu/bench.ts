@@ -42,6 +42,8 @@ interface Row {
   routeAlignFromXUs: number;
   expertMs: number;
   expertTflops: number;
+  /** TFLOP/s with each tile forced: 32x128, 128x128, 128x256. */
+  tileTflops: number[];
   weightGBps: number;
   vsDense?: number;
   vsCopy?: number;
@@ -68,6 +70,7 @@ for (const s of shapes) {
       routeAlignFromXUs: r.routeAlignFromXMs * 1e3,
       expertMs: r.expertMs,
       expertTflops: r.expertFlops / r.expertMs / 1e9,
+      tileTflops: r.expertMsByTile.map((ms) => (ms > 0 ? r.expertFlops / ms / 1e9 : 0)),
       weightGBps: r.expertBytes / r.expertMs / 1e6,
     };
     const dense = anchors?.dense[s.name]?.tflops;
@@ -102,6 +105,6 @@ console.log('|---|---|---|---|---|---|---|---|---|---|');
 for (const r of rows) {
   console.log(
     `| ${r.shape} | ${r.T} | ${f(r.forwardMs, 3)} | ${f(r.routeAlignUs, 1)} / ${f(r.routeAlignFromXUs, 1)} | ${f(r.expertMs, 3)} | ` +
-      `${f(r.expertTflops, 0)} | ${f(r.weightGBps, 0)} | ${f(r.vsDense)} | ${f(r.vsCopy)} | ${f(r.vsHf, 1)}${r.vsHf ? '×' : ''} |`,
+      `${f(r.expertTflops, 0)} | ${r.tileTflops.some((v) => v > 0) ? r.tileTflops.map((v) => v.toFixed(0)).join(' / ') : ''} | ${f(r.weightGBps, 0)} | ${f(r.vsDense)} | ${f(r.vsCopy)} | ${f(r.vsHf, 1)}${r.vsHf ? '×' : ''} |`,
   );
 }

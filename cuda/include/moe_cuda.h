@@ -98,7 +98,8 @@ typedef struct MoeCudaBench {
   double forwardMs;         /* median device time of one whole forward (device-resident x and y) */
   double routeAlignMs;      /* median of gating + align alone, from precomputed logits */
   double routeAlignFromXMs; /* the same with the gate GEMM from x */
-  double expertMs;          /* median of the expert stage alone (gate/up + down) */
+  double expertMs;          /* median of the expert stage alone (gate/up + down), the layer's own tile choice */
+  double expertMsByTile[3]; /* the same with 32x128, 128x128 and 128x256 tiles forced (0: not measured) */
   double expertFlops;       /* FLOPs of that stage: 6 d f per (token, expert) pair */
   double expertBytes;       /* distinct expert weight bytes that stage reads */
 } MoeCudaBench;
