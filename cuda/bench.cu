@@ -131,7 +131,7 @@ void CudaLayer::bench(MoeCudaBench& b) {
     forcedTile_ = ownTile;
     return ms;
   };
-  for (int t = 0; t < 3; ++t) b.expertMsByTile[t] = T > kGemvMaxRows ? expertMs(t) : 0.0;
+  for (int t = 0; t < kGemmTiles; ++t) b.expertMsByTile[t] = T > kGemvMaxRows ? expertMs(t) : 0.0;
   b.expertMs = expertMs(ownTile);
   int32_t active = 0;
   std::vector<int32_t> offsets(size_t(E_) + 1);

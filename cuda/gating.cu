@@ -5,6 +5,7 @@
 #include <climits>
 
 #include "common.cuh"
+#include "gating_token.cuh"
 #include "kernels.h"
 
 namespace moe_cuda {
@@ -13,7 +14,33 @@ namespace {
 
 constexpr int kLogitTokens = 8;   // tokens per block of the gate GEMM (one warp per expert)
 constexpr int kLogitExperts = 8;  // experts (warps) per block
-constexpr int kGatingWarps = 4;
+
+// Rows [t0, t0 + tokens) of x as bf16, zero padded to dPad, shared among `parts` blocks (this one is `part`):
+// four elements per thread and step, every step independent, so the loads overlap.
+__device__ void toBf16Rows(const float* __restrict__ x, int t0, int tokens, int d, int dPad, bf16* __restrict__ xb,
+                           int part, int parts) {
+  const int quads = dPad / 4, total = tokens * quads;
+  const bool vec = (d % 4) == 0;
+#pragma unroll 4
+  for (int v = part * blockDim.x + threadIdx.x; v < total; v += parts * blockDim.x) {
+    const int r = v / quads, c = (v % quads) * 4;
+    const float* row = x + size_t(t0 + r) * d;
+    float4 f;
+    if (vec && c < d) {
+      f = *reinterpret_cast<const float4*>(row + c);
+    } else {
+      f.x = c < d ? row[c] : 0.0f;
+      f.y = c + 1 < d ? row[c + 1] : 0.0f;
+      f.z = c + 2 < d ? row[c + 2] : 0.0f;
+      f.w = c + 3 < d ? row[c + 3] : 0.0f;
+    }
+    __nv_bfloat162 lo = __floats2bfloat162_rn(f.x, f.y), hi = __floats2bfloat162_rn(f.z, f.w);
+    uint2 packed;
+    packed.x = *reinterpret_cast<uint32_t*>(&lo);
+    packed.y = *reinterpret_cast<uint32_t*>(&hi);
+    *reinterpret_cast<uint2*>(xb + size_t(t0 + r) * dPad + c) = packed;
+  }
+}
 
 __global__ void gateLogitsKernel(const float* __restrict__ x, int T, int d, int dPad, const float* __restrict__ W,
                                  const float* __restrict__ logitBias, int E, float* __restrict__ logits,
@@ -55,11 +82,7 @@ __global__ void gateLogitsKernel(const float* __restrict__ x, int T, int d, int 
       logits[size_t(t0 + lane) * E + e] = v + (logitBias ? logitBias[e] : 0.0f);
     }
   }
-  if (blockIdx.x == 0 && xb) {  // the bf16 copy of these tokens' rows, padded with zeros to dPad
-    for (int r = 0; r < tokens; ++r)
-      for (int i = threadIdx.x; i < dPad; i += blockDim.x)
-        xb[size_t(t0 + r) * dPad + i] = __float2bfloat16_rn(i < d ? x[size_t(t0 + r) * d + i] : 0.0f);
-  }
+  if (xb) toBf16Rows(x, t0, tokens, d, dPad, xb, blockIdx.x, gridDim.x);  // the experts' bf16 copy of x
 }
 
 // Few tokens: one block per (expert, 8 tokens), its 8 warps splitting d, so even T = 1 spreads over E blocks.
@@ -103,17 +126,12 @@ __global__ void gateLogitsSplitKernel(const float* __restrict__ x, int T, int d,
     for (int w8 = 0; w8 < kLogitExperts; ++w8) v += partial[w8][threadIdx.x];
     logits[size_t(t0 + threadIdx.x) * E + e] = v + (logitBias ? logitBias[e] : 0.0f);
   }
-  if (blockIdx.x == 0 && xb) {
-    for (int r = 0; r < tokens; ++r)
-      for (int i = threadIdx.x; i < dPad; i += blockDim.x)
-        xb[size_t(t0 + r) * dPad + i] = __float2bfloat16_rn(i < d ? x[size_t(t0 + r) * d + i] : 0.0f);
-  }
+  if (xb) toBf16Rows(x, t0, tokens, d, dPad, xb, blockIdx.x, gridDim.x);
 }
 
 __global__ void toBf16Kernel(const float* __restrict__ x, int T, int d, int dPad, bf16* __restrict__ xb) {
-  const int t = blockIdx.x;
-  for (int i = threadIdx.x; i < dPad; i += blockDim.x)
-    xb[size_t(t) * dPad + i] = __float2bfloat16_rn(i < d ? x[size_t(t) * d + i] : 0.0f);
+  const int t0 = blockIdx.x * kLogitTokens;
+  toBf16Rows(x, t0, min(kLogitTokens, T - t0), d, dPad, xb, 0, 1);
 }
 
 // As native logitEntropy with temperature 1: entropy of softmax(row) / log E, clamped to [0,1].
@@ -240,199 +258,14 @@ __global__ void calibrateKernel(const float* __restrict__ raw, int T, int mode, 
   }
 }
 
-__device__ int dynamicK(int minK, int maxK, float complexity) {
-  const double c = isfinite(complexity) ? fmin(fmax(double(complexity), 0.0), 1.0) : 0.0;
-  const int k = minK + int(floor(double(maxK - minK) * c + 0.5));
-  return min(max(k, minK), maxK);
-}
-
-// Per-warp shared memory: probs [E], selection scores [E], chosen experts [maxK].
+// Per-warp shared memory: see gateToken.
 __global__ void gatingKernel(MoeCudaRouting cfg, const float* __restrict__ logits, int T,
                              const float* __restrict__ bias, const float* __restrict__ complexity, GatingOut out) {
   extern __shared__ float shared[];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
   const int t = blockIdx.x * kGatingWarps + warp;
   if (t >= T) return;
-  const int E = cfg.numExperts, maxK = cfg.maxK;
-  float* probs = shared + size_t(warp) * (2 * E + maxK);
-  float* select = probs + E;
-  int* order = reinterpret_cast<int*>(select + E);
-  const float* row = logits + size_t(t) * E;
-  int32_t* idx = out.indices + size_t(t) * maxK;
-  float* wts = out.weights + size_t(t) * maxK;
-
-  // Logits into registers' worth of shared memory, 16 bytes per load when rows are 16-byte aligned.
-  bool finite = true;
-  float m = -INFINITY;
-  if ((E % 4) == 0) {
-    for (int i = lane * 4; i < E; i += 128) {
-      const float4 v = *reinterpret_cast<const float4*>(row + i);
-      probs[i] = v.x;
-      probs[i + 1] = v.y;
-      probs[i + 2] = v.z;
-      probs[i + 3] = v.w;
-      finite &= isfinite(v.x) && isfinite(v.y) && isfinite(v.z) && isfinite(v.w);
-      m = fmaxf(m, fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)));
-    }
-  } else {
-    for (int i = lane; i < E; i += 32) {
-      const float v = row[i];
-      probs[i] = v;
-      finite &= isfinite(v);
-      m = fmaxf(m, v);
-    }
-  }
-  if (!__all_sync(kFullMask, finite)) {
-    for (int j = lane; j < maxK; j += 32) {
-      idx[j] = -1;
-      wts[j] = 0;
-    }
-    if (lane == 0) {
-      out.k[t] = 0;
-      if (out.lse2) out.lse2[t] = 0;
-    }
-    for (int i = lane; i < E; i += 32) {
-      if (out.probsNorm) out.probsNorm[size_t(t) * E + i] = 0;
-      if (out.probs) out.probs[size_t(t) * E + i] = NAN;
-    }
-    return;
-  }
-  m = warpMax(m);
-  __syncwarp();
-
-  // Scores: softmax probabilities, or sigmoids (whose sum is the top-p mass).
-  double sumExp = 0, mass = 0;
-  for (int i = lane; i < E; i += 32) {
-    const float l = probs[i];
-    const float e = expf(l - m);
-    sumExp += e;
-    if (cfg.scoring == 0) {
-      probs[i] = e;
-    } else {
-      probs[i] = 1.0f / (1.0f + expf(-l));
-      mass += probs[i];
-    }
-    select[i] = l;  // keep the logit for gptOss
-  }
-  sumExp = warpSum(sumExp);
-  const double lse = m + log(sumExp);
-  if (cfg.scoring == 0) {
-    const float inv = float(1.0 / sumExp);
-    for (int i = lane; i < E; i += 32) probs[i] *= inv;
-    mass = 1.0;
-  } else {
-    mass = warpSum(mass);
-  }
-  for (int i = lane; i < E; i += 32)
-    select[i] = (cfg.selection == 4 ? select[i] : probs[i]) + (bias ? bias[i] : 0.0f);
-  __syncwarp();
-
-  // Group limit: keep the best topkGroup groups (score: top-1 or top-1 + top-2 of the group).
-  if (cfg.nGroup > 0) {
-    const int groupSize = E / cfg.nGroup;
-    float groupScore = -INFINITY;
-    int group = -1;
-    if (lane < cfg.nGroup) {
-      float first = -INFINITY, second = -INFINITY;
-      for (int i = 0; i < groupSize; ++i) {
-        const float s = select[lane * groupSize + i];
-        if (s > first) {
-          second = first;
-          first = s;
-        } else if (s > second) {
-          second = s;
-        }
-      }
-      groupScore = cfg.groupScore == 1 || groupSize < 2 ? first : first + second;
-      group = lane;
-    }
-    unsigned kept = 0;
-    for (int r = 0; r < cfg.topkGroup; ++r) {
-      float s = (kept >> lane) & 1u ? -INFINITY : groupScore;
-      int g = (kept >> lane) & 1u || s == -INFINITY ? -1 : group;
-      warpArgMax(s, g);
-      if (g < 0) break;
-      kept |= 1u << g;
-    }
-    __syncwarp();
-    for (int i = lane; i < E; i += 32)
-      if (!((kept >> (i / groupSize)) & 1u)) select[i] = -INFINITY;
-    __syncwarp();
-  }
-
-  // Threshold counts before the top-k pass marks the chosen experts.
-  int above = 0;
-  if (cfg.selection == 2) {
-    for (int i = lane; i < E; i += 32) above += select[i] != -INFINITY && probs[i] >= cfg.tau;
-    for (int o = 16; o > 0; o >>= 1) above += __shfl_xor_sync(kFullMask, above, o);
-  }
-
-  // The best maxK candidates in order: each round takes the highest remaining score, ties to the lower index.
-  int candidates = 0;
-  for (int r = 0; r < maxK; ++r) {
-    float best = -INFINITY;
-    int bestIndex = -1;
-    for (int i = lane; i < E; i += 32) {
-      const float s = select[i];
-      if (s != -INFINITY && (bestIndex < 0 || s > best)) {
-        best = s;
-        bestIndex = i;
-      }
-    }
-    warpArgMax(best, bestIndex);
-    if (bestIndex < 0) break;
-    if (lane == 0) {
-      order[r] = bestIndex;
-      select[bestIndex] = -INFINITY;
-    }
-    __syncwarp();
-    ++candidates;
-  }
-
-  int k = cfg.k;
-  if (cfg.selection == 1) {  // top-p over the candidates, in double as on the CPU
-    double cum = 0;
-    k = maxK;
-    for (int j = 0; j < candidates; ++j) {
-      cum += double(probs[order[j]]) / mass;
-      if (cum >= cfg.p) {
-        k = j + 1;
-        break;
-      }
-    }
-    k = min(max(k, cfg.minK), maxK);
-  } else if (cfg.selection == 2) {
-    k = min(max(above, cfg.minK), maxK);
-  } else if (cfg.selection == 3) {
-    k = dynamicK(cfg.minK, maxK, complexity ? complexity[t] : 0.5f);
-  }
-  k = min(k, candidates);
-
-  // Weights: renormalised probabilities (optional), scaled; gptOss: softmax over the chosen logits.
-  double sum = 0;
-  if (cfg.selection == 4) {
-    const float top = row[order[0]];
-    for (int j = 0; j < k; ++j) sum += exp(double(row[order[j]]) - top);
-    for (int j = lane; j < maxK; j += 32) {
-      idx[j] = j < k ? order[j] : -1;
-      wts[j] = j < k ? float(exp(double(row[order[j]]) - top) / sum * cfg.scale) : 0.0f;
-    }
-  } else {
-    for (int j = 0; j < k; ++j) sum += probs[order[j]];
-    const double norm = cfg.normalize && sum > 0 ? cfg.scale / sum : cfg.scale;
-    for (int j = lane; j < maxK; j += 32) {
-      idx[j] = j < k ? order[j] : -1;
-      wts[j] = j < k ? float(probs[order[j]] * norm) : 0.0f;
-    }
-  }
-  if (lane == 0) {
-    out.k[t] = k;
-    if (out.lse2) out.lse2[t] = float(lse * lse);
-  }
-  for (int i = lane; i < E; i += 32) {
-    if (out.probsNorm) out.probsNorm[size_t(t) * E + i] = float(probs[i] / mass);
-    if (out.probs) out.probs[size_t(t) * E + i] = probs[i];
-  }
+  gateToken(cfg, logits, t, bias, complexity, out, shared + size_t(warp) * gatingWarpFloats(cfg));
 }
 
 // Route stats in one block: expert lanes x token slices, reduced in a fixed order.
@@ -501,7 +334,7 @@ void launchGateLogits(const float* x, int64_t T, int d, int dPad, const float* W
 }
 
 void launchToBf16(const float* x, int64_t T, int d, int dPad, bf16* xb, cudaStream_t s) {
-  toBf16Kernel<<<unsigned(T), 256, 0, s>>>(x, int(T), d, dPad, xb);
+  toBf16Kernel<<<unsigned(ceilDiv(T, kLogitTokens)), 256, 0, s>>>(x, int(T), d, dPad, xb);
   checkLaunch("toBf16Kernel");
 }
 
@@ -522,7 +355,7 @@ void launchCalibrate(const float* raw, int64_t T, int mode, double* state, const
 }
 
 size_t gatingSharedBytes(const MoeCudaRouting& cfg) {
-  return size_t(kGatingWarps) * (2 * size_t(cfg.numExperts) + size_t(cfg.maxK)) * sizeof(float);
+  return size_t(kGatingWarps) * size_t(gatingWarpFloats(cfg)) * sizeof(float);
 }
 
 void launchGating(const MoeCudaRouting& cfg, const float* logits, int64_t T, const float* bias,

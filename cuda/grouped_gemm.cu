@@ -1,9 +1,10 @@
 // Grouped expert GEMM on tensor cores: C = A · Bᵀ per expert, A = the expert's permuted rows (bf16), B = its
 // weight matrix [N, K] (bf16, K contiguous), fp32 accumulation with mma.sync m16n8k16 (sm_80 and later).
 //
-// Three block tiles, all 8 warps with a 4-stage cp.async pipeline (BK = 32) into XOR-swizzled shared memory read
-// with ldmatrix: 128 x 128 (warps 2 x 4 of 64 x 32), 128 x 256 (warps 64 x 64) and 32 x 128 for experts with few
-// rows, where the pass streams weights and a 128-row tile would do 4-16x the useful work per weight byte. The gate/up pass has gate and up rows interleaved by 8, so
+// Block tiles, all 8 warps with a cp.async pipeline into XOR-swizzled shared memory read with ldmatrix:
+// 128 x 128 x 32 (warps 2 x 4 of 64 x 32, 4 stages), the same with K steps of 64 (3 stages), 128 x 256 (warps
+// 64 x 64) and 32 x 128 for experts with few rows, where the pass streams weights and a 128-row tile would do
+// 4-16x the useful work per weight byte. The gate/up pass has gate and up rows interleaved by 8, so
 // each thread holds matching gate and up accumulators and applies SwiGLU in registers (epilogue writes bf16
 // hidden); the down pass scales each row by its routing weight (epilogue writes fp32).
 //
@@ -17,8 +18,6 @@ namespace moe_cuda {
 
 namespace {
 
-constexpr int BK = kGemmTileK;
-constexpr int kStages = 4;
 constexpr int kThreads = 256;  // 8 warps
 
 struct GemmArgs {
@@ -60,29 +59,36 @@ __device__ __forceinline__ void mma16816(float* c, const uint32_t* a, const uint
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// Byte offset of 16-byte chunk `chunk` of tile row `row` (rows of BK = 32 bf16 = 4 chunks): the chunk index is
-// XORed with (row / 2) % 4, so the 8 rows an ldmatrix phase reads hit 8 different bank groups.
+// Byte offset of 16-byte chunk `chunk` of tile row `row`. Rows of BK = 32 bf16 (4 chunks) XOR the chunk with
+// (row / 2) % 4, rows of 64 (8 chunks) with row % 8: either way the 8 rows an ldmatrix phase reads, and the
+// chunks a cp.async phase writes, hit 8 different bank groups.
+template <int BK>
 __device__ __forceinline__ uint32_t swizzled(int row, int chunk) {
-  return uint32_t(row * BK * 2 + ((chunk ^ ((row >> 1) & 3)) << 4));
+  static_assert(BK == 32 || BK == 64, "tile K");
+  const int x = BK == 32 ? (row >> 1) & 3 : row & 7;
+  return uint32_t(row * BK * 2 + ((chunk ^ x) << 4));
 }
 
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
 
-// The block tile is (WM * 16 * MI) x (WN * 8 * NI): WM x WN warps, each holding MI x NI m16n8 accumulators.
-template <int WM_, int WN_, int MI_, int NI_>
+// The block tile is (WM * 16 * MI) x (WN * 8 * NI) x BK: WM x WN warps, each holding MI x NI m16n8
+// accumulators, with a STAGES-deep cp.async pipeline.
+template <int WM_, int WN_, int MI_, int NI_, int BK_ = 32, int STAGES_ = 4>
 struct Tile {
   static_assert(WM_ * WN_ == kThreads / 32, "8 warps");
   static_assert(NI_ % 2 == 0, "B fragments are loaded in pairs, and SwiGLU pairs gate with up");
-  static constexpr int WN = WN_, MI = MI_, NI = NI_;
+  static constexpr int WN = WN_, MI = MI_, NI = NI_, BK = BK_, STAGES = STAGES_;
   static constexpr int M = WM_ * 16 * MI_, N = WN_ * 8 * NI_;
-  static constexpr int aChunks = M * BK / 8, bChunks = N * BK / 8;  // 16-byte chunks per stage
-  static constexpr size_t smemBytes = size_t(kStages) * (M + N) * BK * sizeof(bf16);
+  static constexpr int rowChunks = BK_ / 8;                                 // 16-byte chunks per tile row
+  static constexpr int aChunks = M * rowChunks, bChunks = N * rowChunks;  // per stage
+  static constexpr size_t smemBytes = size_t(STAGES_) * (M + N) * BK_ * sizeof(bf16);
   static constexpr int minBlocks = MI_ * NI_ >= 32 ? 1 : 2;
 };
 
 template <typename TL, bool kSwiGLU>
 __global__ void __launch_bounds__(kThreads, TL::minBlocks) groupedGemmKernel(GemmArgs a) {
-  constexpr int BM = TL::M, BN = TL::N, WN = TL::WN, MI = TL::MI, NI = TL::NI;
+  constexpr int BM = TL::M, BN = TL::N, WN = TL::WN, MI = TL::MI, NI = TL::NI, BK = TL::BK, kStages = TL::STAGES;
+  constexpr int RC = TL::rowChunks;
   extern __shared__ __align__(128) unsigned char smem[];
   const GroupedSchedule& s = a.sched;
   const int nTiles = a.N / BN;
@@ -105,7 +111,7 @@ __global__ void __launch_bounds__(kThreads, TL::minBlocks) groupedGemmKernel(Gem
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const uint32_t sA = smemAddress(smem), sB = sA + kStages * BM * BK * 2;
 
-  // Copy roles: chunk c of a stage is tile row c / 4, 16-byte chunk c % 4; thread tid takes c = tid + 256 i.
+  // Copy roles: chunk c of a stage is tile row c / RC, 16-byte chunk c % RC; thread tid takes c = tid + 256 i.
   constexpr int aPer = (TL::aChunks + kThreads - 1) / kThreads, bPer = TL::bChunks / kThreads;
   static_assert(TL::bChunks % kThreads == 0, "B chunks spread evenly");
   const bf16* aSrc[aPer];
@@ -113,20 +119,20 @@ __global__ void __launch_bounds__(kThreads, TL::minBlocks) groupedGemmKernel(Gem
   uint32_t aDst[aPer], bDst[bPer];
 #pragma unroll
   for (int i = 0; i < aPer; ++i) {
-    const int c = min(tid + kThreads * i, TL::aChunks - 1), r = c / 4;
+    const int c = min(tid + kThreads * i, TL::aChunks - 1), r = c / RC;
     const int row = min(row0 + r, rowEnd - 1);  // rows past the expert's end are read (valid) and never stored
     const int src = a.rowToken ? a.rowToken[row] : row;
-    aSrc[i] = a.A + size_t(src) * a.lda + (c % 4) * 8;
-    aDst[i] = swizzled(r, c % 4);
+    aSrc[i] = a.A + size_t(src) * a.lda + (c % RC) * 8;
+    aDst[i] = swizzled<BK>(r, c % RC);
   }
 #pragma unroll
   for (int i = 0; i < bPer; ++i) {
-    const int c = tid + kThreads * i, r = c / 4;
-    bSrc[i] = B + size_t(r) * a.K + (c % 4) * 8;
-    bDst[i] = swizzled(r, c % 4);
+    const int c = tid + kThreads * i, r = c / RC;
+    bSrc[i] = B + size_t(r) * a.K + (c % RC) * 8;
+    bDst[i] = swizzled<BK>(r, c % RC);
   }
   const bool aLoader = TL::aChunks % kThreads == 0 || tid < TL::aChunks;  // small tiles: fewer A chunks than threads
-  const int kTiles = a.K / BK;
+  const int kTiles = a.K / BK;  // K is a multiple of 32 (padding); Deep tiles are only launched when of 64
   auto load = [&](int stage, int kt) {
     const uint32_t aStage = sA + stage * BM * BK * 2, bStage = sB + stage * BN * BK * 2;
 #pragma unroll
@@ -161,17 +167,17 @@ __global__ void __launch_bounds__(kThreads, TL::minBlocks) groupedGemmKernel(Gem
     const int stage = kt % kStages;
     const uint32_t aStage = sA + stage * BM * BK * 2, bStage = sB + stage * BN * BK * 2;
 #pragma unroll
-    for (int kk = 0; kk < 2; ++kk) {
+    for (int kk = 0; kk < BK / 16; ++kk) {
       uint32_t af[MI][4], bfr[NI][2];
 #pragma unroll
       for (int mi = 0; mi < MI; ++mi) {
         const int row = wm + mi * 16 + matRow + (mat & 1) * 8;
-        ldmatrixX4(aStage + swizzled(row, 2 * kk + (mat >> 1)), af[mi][0], af[mi][1], af[mi][2], af[mi][3]);
+        ldmatrixX4(aStage + swizzled<BK>(row, 2 * kk + (mat >> 1)), af[mi][0], af[mi][1], af[mi][2], af[mi][3]);
       }
 #pragma unroll
       for (int nj = 0; nj < NI / 2; ++nj) {
         const int row = wn + nj * 16 + matRow + (mat >> 1) * 8;
-        ldmatrixX4(bStage + swizzled(row, 2 * kk + (mat & 1)), bfr[2 * nj][0], bfr[2 * nj][1], bfr[2 * nj + 1][0],
+        ldmatrixX4(bStage + swizzled<BK>(row, 2 * kk + (mat & 1)), bfr[2 * nj][0], bfr[2 * nj][1], bfr[2 * nj + 1][0],
                    bfr[2 * nj + 1][1]);
       }
 #pragma unroll
@@ -227,14 +233,18 @@ void launchTile(const GemmArgs& args, cudaStream_t s) {
   checkLaunch(kSwiGLU ? "groupedGemmKernel<gate/up>" : "groupedGemmKernel<down>");
 }
 
-using SmallTile = Tile<1, 8, 2, 2>;   // 32 x 128: few rows per expert (weight streaming on tensor cores)
-using LargeTile = Tile<2, 4, 4, 4>;   // 128 x 128
-using WideTile = Tile<2, 4, 4, 8>;    // 128 x 256, warp tiles 64 x 64
+using SmallTile = Tile<1, 8, 2, 2>;         // 32 x 128: few rows per expert (weight streaming on tensor cores)
+using LargeTile = Tile<2, 4, 4, 4>;         // 128 x 128
+using WideTile = Tile<2, 4, 4, 8>;          // 128 x 256, warp tiles 64 x 64
+using DeepTile = Tile<2, 4, 4, 4, 64, 3>;   // 128 x 128 with K steps of 64 (half the barriers), 3 stages
+using NarrowTile = Tile<2, 4, 1, 2>;        // 32 x 64: few rows, twice the blocks of Small for short N passes
 
 template <bool kSwiGLU>
 void launch(const GemmArgs& args, GemmTile tile, cudaStream_t s) {
   if (tile == GemmTile::Small) return launchTile<SmallTile, kSwiGLU>(args, s);
+  if (tile == GemmTile::Narrow) return launchTile<NarrowTile, kSwiGLU>(args, s);
   if (tile == GemmTile::Wide && args.N % WideTile::N == 0) return launchTile<WideTile, kSwiGLU>(args, s);
+  if (tile == GemmTile::Deep && args.K % DeepTile::BK == 0) return launchTile<DeepTile, kSwiGLU>(args, s);
   launchTile<LargeTile, kSwiGLU>(args, s);
 }
 
@@ -242,7 +252,9 @@ void launch(const GemmArgs& args, GemmTile tile, cudaStream_t s) {
 
 void launchGateUpGemm(const bf16* xb, const int32_t* rowToken, int dPad, const bf16* gateUp, int fPad,
                       const GroupedSchedule& sched, bf16* hidden, cudaStream_t s) {
-  static_assert(SmallTile::M == kGemmSmallTileM && LargeTile::M == kGemmTileM, "tile rows of the align prefix");
+  static_assert(SmallTile::M == kGemmSmallTileM && NarrowTile::M == kGemmSmallTileM && LargeTile::M == kGemmTileM &&
+                    WideTile::M == kGemmTileM && DeepTile::M == kGemmTileM,
+                "tile rows of the align prefix");
   GemmArgs a{};
   a.A = xb;
   a.rowToken = rowToken;

@@ -46,6 +46,7 @@ void launchRouteStats(int64_t T, int E, const float* probsNorm, const float* lse
 void launchSharedGate(const float* x, int64_t T, int d, const float* gate, float* scale, cudaStream_t s);
 
 // ---- align.cu
+constexpr int kSmallPairs = 4096;  // up to this many (token, slot) pairs, align runs in one block
 struct AlignOut {
   int32_t* counts;        // [E] tokens per expert
   int32_t* offsets;       // [E + 1] first permuted row of each expert
@@ -64,13 +65,23 @@ struct AlignOut {
 void launchAlign(int64_t T, int maxK, int E, const int32_t* indices, const float* weights, const int32_t* k,
                  int tileRows, const AlignOut& out, cudaStream_t s);
 
+// ---- route_align.cu: gating and align fused into one single-block launch, for up to 64 tokens.
+bool routeAlignFused(const MoeCudaRouting& cfg, int64_t T);
+void launchRouteAlign(const MoeCudaRouting& cfg, const float* logits, int64_t T, const float* bias,
+                      const float* complexity, const GatingOut& g, int tileRows, const AlignOut& out, cudaStream_t s);
+
 // ---- grouped_gemm.cu (tensor cores, mma.sync m16n8k16 bf16 -> fp32)
 constexpr int kGemmTileM = 128;       // rows of the large tiles
 constexpr int kGemmSmallTileM = 32;   // rows of the small tile
 constexpr int kGemmTileN = 128;       // padding unit of N (d, and 2f)
 constexpr int kGemmTileK = 32;
-enum class GemmTile { Small, Large, Wide };  // 32 x 128, 128 x 128, 128 x 256 (Wide needs N % 256 == 0)
-inline int gemmTileRows(GemmTile t) { return t == GemmTile::Small ? kGemmSmallTileM : kGemmTileM; }
+// 32 x 128, 128 x 128, 128 x 256 (needs N % 256 == 0), 128 x 128 with K steps of 64 (needs K % 64 == 0), 32 x 64;
+// a tile whose condition fails runs as Large, whose rows it shares.
+enum class GemmTile { Small, Large, Wide, Deep, Narrow };
+constexpr int kGemmTiles = 5;
+inline int gemmTileRows(GemmTile t) {
+  return t == GemmTile::Small || t == GemmTile::Narrow ? kGemmSmallTileM : kGemmTileM;
+}
 struct GroupedSchedule {
   const int32_t* offsets;      // [E + 1]
   const int32_t* tilesBefore;  // [E + 1], counted in tiles of gemmTileRows(tile)

@@ -71,10 +71,10 @@ CudaLayer::CudaLayer(const MoeCudaLayerDesc& desc)
   drained_.assign(size_t(4 + E_), 0);
   const char* poison = std::getenv("MOE_CUDA_POISON");
   poison_ = poison && poison[0] == '1';
-  // Tests and benchmarks: MOE_CUDA_TILE=small|large|wide forces one GEMM tile for every pass of this layer.
+  // Tests and benchmarks: MOE_CUDA_TILE=small|large|wide|deep|narrow forces one GEMM tile for every pass of this layer.
   if (const char* tile = std::getenv("MOE_CUDA_TILE")) {
     const std::string t(tile);
-    forcedTile_ = t == "small" ? 0 : t == "large" ? 1 : t == "wide" ? 2 : -1;
+    forcedTile_ = t == "small" ? 0 : t == "large" ? 1 : t == "wide" ? 2 : t == "deep" ? 3 : t == "narrow" ? 4 : -1;
   }
 }
 
@@ -228,19 +228,21 @@ void CudaLayer::enqueueRoute(const float* x, int64_t T, bool fromLogits, const M
       complexity = w.complexity.as<float>();
     }
   }
-  GatingOut out{w.indices.as<int32_t>(),
-                w.weights.as<float>(),
-                w.k.as<int32_t>(),
-                stats ? w.probsNorm.as<float>() : nullptr,
-                call.probsOut ? w.probs.as<float>() : nullptr,
-                stats ? w.lse2.as<float>() : nullptr};
-  launchGating(cfg_, logits, T, bias_.as<float>(), complexity, out, s);
+  gating_ = GatingOut{w.indices.as<int32_t>(),
+                      w.weights.as<float>(),
+                      w.k.as<int32_t>(),
+                      stats ? w.probsNorm.as<float>() : nullptr,
+                      call.probsOut ? w.probs.as<float>() : nullptr,
+                      stats ? w.lse2.as<float>() : nullptr};
+  gatingComplexity_ = complexity;
+  // Few tokens: selection runs inside the align launch (enqueueAlign), one kernel for both.
+  if (!routeAlignFused(cfg_, T)) launchGating(cfg_, logits, T, bias_.as<float>(), complexity, gating_, s);
 }
 
 GemmTile CudaLayer::tileFor(int64_t rows, int experts) const {
   if (forcedTile_ >= 0) return GemmTile(forcedTile_);
   // Up to ~48 rows per expert on average the pass streams weights: 32-row tiles waste least.
-  return rows <= int64_t(48) * experts ? GemmTile::Small : GemmTile::Large;
+  return rows <= int64_t(48) * experts ? GemmTile::Narrow : GemmTile::Large;
 }
 
 void CudaLayer::enqueueAlign(int64_t T, bool counters, cudaStream_t s) {
@@ -257,7 +259,10 @@ void CudaLayer::enqueueAlign(int64_t T, bool counters, cudaStream_t s) {
                w.badToken.as<int32_t>(),
                w.sliceCounts.as<int32_t>()};
   const int tileRows = gemmTileRows(tileFor(T * maxK_, std::min<int64_t>(E_, T * maxK_)));
-  launchAlign(T, maxK_, E_, w.indices.as<int32_t>(), w.weights.as<float>(), w.k.as<int32_t>(), tileRows, out, s);
+  if (routeAlignFused(cfg_, T))
+    launchRouteAlign(cfg_, w.logits.as<float>(), T, bias_.as<float>(), gatingComplexity_, gating_, tileRows, out, s);
+  else
+    launchAlign(T, maxK_, E_, w.indices.as<int32_t>(), w.weights.as<float>(), w.k.as<int32_t>(), tileRows, out, s);
 }
 
 void CudaLayer::enqueueStats(int64_t T, cudaStream_t s) {

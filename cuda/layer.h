@@ -87,6 +87,8 @@ class CudaLayer {
   std::vector<bool> loaded_;
   bool hasShared_ = false;
   bool poison_ = false;
+  GatingOut gating_{};                      // set by enqueueRoute for enqueueAlign (fused for few tokens)
+  const float* gatingComplexity_ = nullptr;
   int forcedTile_ = -1;  // tests and benchmarks: a GemmTile for every expert pass (MOE_CUDA_TILE)
   Workspace* ws_;
   int64_t capacity_ = 0;

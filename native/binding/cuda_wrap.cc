@@ -468,8 +468,8 @@ Napi::Value CudaLayerWrap::Bench(const Napi::CallbackInfo& info) {
   o.Set("routeAlignMs", b.routeAlignMs);
   o.Set("routeAlignFromXMs", b.routeAlignFromXMs);
   o.Set("expertMs", b.expertMs);
-  Napi::Array byTile = Napi::Array::New(info.Env(), 3);
-  for (uint32_t i = 0; i < 3; ++i) byTile.Set(i, b.expertMsByTile[i]);
+  Napi::Array byTile = Napi::Array::New(info.Env(), 5);
+  for (uint32_t i = 0; i < 5; ++i) byTile.Set(i, b.expertMsByTile[i]);
   o.Set("expertMsByTile", byTile);
   o.Set("expertFlops", b.expertFlops);
   o.Set("expertBytes", b.expertBytes);

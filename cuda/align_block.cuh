@@ -1,0 +1,119 @@
+// Device functions of align and permute, shared by align.cu and the fused small-batch route + align kernel
+// (route_align.cu). See align.cu for the algorithm.
+#pragma once
+#include "common.cuh"
+#include "kernels.h"
+
+namespace moe_cuda {
+
+constexpr int kAlignThreads = 1024;
+constexpr int kSliceWarps = 8;  // large path: warps (slices of the pairs) per expert
+constexpr int kNoBadToken = 0x7f7f7f7f;
+
+// Lowest token with k = 0 into *bad (a shared or global int holding kNoBadToken), and the count of such tokens.
+__device__ __forceinline__ int findBadTokens(int T, const int32_t* __restrict__ k, int* bad) {
+  int zero = 0;
+  for (int t = threadIdx.x; t < T; t += blockDim.x)
+    if (k[t] == 0) {
+      ++zero;
+      atomicMin(bad, t);
+    }
+  return zero;
+}
+
+// Offsets, tile prefix, active list and counters from counts[e] (shared or global). Warp 0 scans 32 at a time.
+__device__ __forceinline__ void alignOffsets(int T, int E, const int* counts, int tileRows, int zeroK, const AlignOut& out,
+                             int* offsetsCopy) {
+  const int lane = threadIdx.x % 32;
+  if (threadIdx.x >= 32) return;
+  int rowBase = 0, tileBase = 0, activeBase = 0;
+  for (int e0 = 0; e0 < E; e0 += 32) {
+    const int e = e0 + lane;
+    const int c = e < E ? counts[e] : 0;
+    const int tiles = (c + tileRows - 1) / tileRows;
+    int rows = c, tl = tiles, act = c > 0;
+    for (int o = 1; o < 32; o <<= 1) {  // inclusive scans
+      const int r = __shfl_up_sync(kFullMask, rows, o), tt = __shfl_up_sync(kFullMask, tl, o),
+                a = __shfl_up_sync(kFullMask, act, o);
+      if (lane >= o) {
+        rows += r;
+        tl += tt;
+        act += a;
+      }
+    }
+    if (e < E) {
+      out.counts[e] = c;
+      out.offsets[e] = rowBase + rows - c;
+      if (offsetsCopy) offsetsCopy[e] = rowBase + rows - c;
+      out.tilesBefore[e] = tileBase + tl - tiles;
+      if (c > 0) out.active[activeBase + act - 1] = e;
+      if (out.counters) out.counters[4 + e] += c;
+    }
+    rowBase += __shfl_sync(kFullMask, rows, 31);
+    tileBase += __shfl_sync(kFullMask, tl, 31);
+    activeBase += __shfl_sync(kFullMask, act, 31);
+  }
+  if (lane == 0) {
+    out.offsets[E] = rowBase;
+    out.tilesBefore[E] = tileBase;
+    *out.numActive = activeBase;
+    if (out.counters) {
+      out.counters[0] += 1;
+      out.counters[1] += T;
+      out.counters[2] += rowBase;
+      out.counters[3] += zeroK;
+    }
+  }
+}
+
+// Pairs of expert e within [begin, end) of `indices`: counted (write = false) or written from row `base` on.
+__device__ __forceinline__ int scatterExpert(int e, int begin, int end, int base, int maxK, const int32_t* indices,
+                             const float* __restrict__ weights, const AlignOut& out, bool write) {
+  const int lane = threadIdx.x % 32;
+  int written = 0;
+  for (int p0 = begin; p0 < end; p0 += 32) {
+    const int p = p0 + lane;
+    const bool hit = p < end && indices[p] == e;
+    const unsigned mask = __ballot_sync(kFullMask, hit);
+    if (hit && write) {
+      const int row = base + written + __popc(mask & ((1u << lane) - 1));
+      out.rowToken[row] = p / maxK;
+      out.rowWeight[row] = weights[p];
+      out.slotRow[p] = row;
+    }
+    written += __popc(mask);
+  }
+  return written;
+}
+
+// The whole align in one block; `shared` holds pairs + 2E ints (indices, counts, offsets). Callers have made
+// indices, weights and k visible to the block (a kernel boundary, or __syncthreads after writing them).
+__device__ __forceinline__ void alignSmall(int T, int maxK, int E, const int32_t* indices, const float* weights,
+                                           const int32_t* k, int tileRows, const AlignOut& out, int* shared) {
+  const int pairs = T * maxK;
+  int* sIndices = shared;
+  int* sCounts = shared + pairs;
+  int* sOffsets = sCounts + E;
+  __shared__ int bad, zeroK;
+  if (threadIdx.x == 0) {
+    bad = kNoBadToken;
+    zeroK = 0;
+  }
+  for (int p = threadIdx.x; p < pairs; p += blockDim.x) sIndices[p] = indices[p];
+  __syncthreads();
+  const int zero = findBadTokens(T, k, &bad);
+  if (zero) atomicAdd(&zeroK, zero);
+  const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  for (int e = warp; e < E; e += warps) {
+    const int c = scatterExpert(e, 0, pairs, 0, maxK, sIndices, weights, out, false);
+    if (threadIdx.x % 32 == 0) sCounts[e] = c;
+  }
+  __syncthreads();
+  alignOffsets(T, E, sCounts, tileRows, zeroK, out, sOffsets);
+  if (threadIdx.x == 0) *out.badToken = bad;
+  __syncthreads();
+  for (int e = warp; e < E; e += warps)
+    if (sCounts[e] > 0) scatterExpert(e, 0, pairs, sOffsets[e], maxK, sIndices, weights, out, true);
+}
+
+}  // namespace moe_cuda

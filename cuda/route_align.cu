@@ -1,0 +1,49 @@
+// Few tokens: gating and align in one launch of one block, so routing a decode step costs one kernel. Each warp
+// gates tokens warp, warp + 32, ...; after a barrier the block aligns the pairs it just wrote.
+#include "align_block.cuh"
+#include "common.cuh"
+#include "gating_token.cuh"
+#include "kernels.h"
+
+namespace moe_cuda {
+
+namespace {
+
+constexpr int kFusedThreads = 1024;
+constexpr int kFusedMaxTokens = 64;
+
+size_t fusedSharedBytes(const MoeCudaRouting& cfg, int64_t T) {
+  return size_t(kFusedThreads / 32) * gatingWarpFloats(cfg) * sizeof(float) +
+         (size_t(T) * cfg.maxK + 2 * size_t(cfg.numExperts)) * sizeof(int);
+}
+
+__global__ void __launch_bounds__(kFusedThreads) routeAlignKernel(MoeCudaRouting cfg, const float* __restrict__ logits,
+                                                                  int T, const float* __restrict__ bias,
+                                                                  const float* __restrict__ complexity, GatingOut g,
+                                                                  int tileRows, AlignOut out) {
+  extern __shared__ float shared[];
+  const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const int perWarp = gatingWarpFloats(cfg);
+  for (int t = warp; t < T; t += warps) gateToken(cfg, logits, t, bias, complexity, g, shared + warp * perWarp);
+  __syncthreads();  // indices, weights and k in global memory are now visible to the whole block
+  alignSmall(T, cfg.maxK, cfg.numExperts, g.indices, g.weights, g.k, tileRows, out,
+             reinterpret_cast<int*>(shared + warps * perWarp));
+}
+
+}  // namespace
+
+bool routeAlignFused(const MoeCudaRouting& cfg, int64_t T) {
+  return T <= kFusedMaxTokens && T * cfg.maxK <= kSmallPairs && fusedSharedBytes(cfg, T) <= 160 * 1024;
+}
+
+void launchRouteAlign(const MoeCudaRouting& cfg, const float* logits, int64_t T, const float* bias,
+                      const float* complexity, const GatingOut& g, int tileRows, const AlignOut& out, cudaStream_t s) {
+  const size_t smem = fusedSharedBytes(cfg, T);
+  if (smem > 48 * 1024)
+    check(cudaFuncSetAttribute(routeAlignKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+          "route+align shared memory");
+  routeAlignKernel<<<1, kFusedThreads, smem, s>>>(cfg, logits, int(T), bias, complexity, g, tileRows, out);
+  checkLaunch("routeAlignKernel");
+}
+
+}  // namespace moe_cuda
