@@ -238,11 +238,14 @@ using LargeTile = Tile<2, 4, 4, 4>;         // 128 x 128
 using WideTile = Tile<2, 4, 4, 8>;          // 128 x 256, warp tiles 64 x 64
 using DeepTile = Tile<2, 4, 4, 4, 64, 3>;   // 128 x 128 with K steps of 64 (half the barriers), 3 stages
 using NarrowTile = Tile<2, 4, 1, 2>;        // 32 x 64: few rows, twice the blocks of Small for short N passes
+using StreamTile = Tile<2, 4, 1, 2, 64, 6>;  // 32 x 64 x 64, 6 stages: ~5x the weight bytes in flight of Narrow
 
 template <bool kSwiGLU>
 void launch(const GemmArgs& args, GemmTile tile, cudaStream_t s) {
   if (tile == GemmTile::Small) return launchTile<SmallTile, kSwiGLU>(args, s);
   if (tile == GemmTile::Narrow) return launchTile<NarrowTile, kSwiGLU>(args, s);
+  if (tile == GemmTile::Stream && args.K % StreamTile::BK == 0) return launchTile<StreamTile, kSwiGLU>(args, s);
+  if (tile == GemmTile::Stream) return launchTile<NarrowTile, kSwiGLU>(args, s);
   if (tile == GemmTile::Wide && args.N % WideTile::N == 0) return launchTile<WideTile, kSwiGLU>(args, s);
   if (tile == GemmTile::Deep && args.K % DeepTile::BK == 0) return launchTile<DeepTile, kSwiGLU>(args, s);
   launchTile<LargeTile, kSwiGLU>(args, s);
@@ -252,7 +255,8 @@ void launch(const GemmArgs& args, GemmTile tile, cudaStream_t s) {
 
 void launchGateUpGemm(const bf16* xb, const int32_t* rowToken, int dPad, const bf16* gateUp, int fPad,
                       const GroupedSchedule& sched, bf16* hidden, cudaStream_t s) {
-  static_assert(SmallTile::M == kGemmSmallTileM && NarrowTile::M == kGemmSmallTileM && LargeTile::M == kGemmTileM &&
+  static_assert(SmallTile::M == kGemmSmallTileM && NarrowTile::M == kGemmSmallTileM &&
+                    StreamTile::M == kGemmSmallTileM && LargeTile::M == kGemmTileM &&
                     WideTile::M == kGemmTileM && DeepTile::M == kGemmTileM,
                 "tile rows of the align prefix");
   GemmArgs a{};

@@ -65,7 +65,7 @@ struct AlignOut {
 void launchAlign(int64_t T, int maxK, int E, const int32_t* indices, const float* weights, const int32_t* k,
                  int tileRows, const AlignOut& out, cudaStream_t s);
 
-// ---- route_align.cu: gating and align fused into one single-block launch, for up to 64 tokens.
+// ---- route_align.cu: gating and align fused into one single-block launch, for up to 16 tokens.
 bool routeAlignFused(const MoeCudaRouting& cfg, int64_t T);
 void launchRouteAlign(const MoeCudaRouting& cfg, const float* logits, int64_t T, const float* bias,
                       const float* complexity, const GatingOut& g, int tileRows, const AlignOut& out, cudaStream_t s);
@@ -75,12 +75,13 @@ constexpr int kGemmTileM = 128;       // rows of the large tiles
 constexpr int kGemmSmallTileM = 32;   // rows of the small tile
 constexpr int kGemmTileN = 128;       // padding unit of N (d, and 2f)
 constexpr int kGemmTileK = 32;
-// 32 x 128, 128 x 128, 128 x 256 (needs N % 256 == 0), 128 x 128 with K steps of 64 (needs K % 64 == 0), 32 x 64;
-// a tile whose condition fails runs as Large, whose rows it shares.
-enum class GemmTile { Small, Large, Wide, Deep, Narrow };
-constexpr int kGemmTiles = 5;
+// 32 x 128, 128 x 128, 128 x 256 (needs N % 256 == 0), 128 x 128 with K steps of 64 (needs K % 64 == 0), 32 x 64,
+// and 32 x 64 with K steps of 64 and 6 stages (needs K % 64 == 0); a tile whose condition fails runs as the one of
+// its rows without it (Large, or Narrow).
+enum class GemmTile { Small, Large, Wide, Deep, Narrow, Stream };
+constexpr int kGemmTiles = 6;
 inline int gemmTileRows(GemmTile t) {
-  return t == GemmTile::Small || t == GemmTile::Narrow ? kGemmSmallTileM : kGemmTileM;
+  return t == GemmTile::Small || t == GemmTile::Narrow || t == GemmTile::Stream ? kGemmSmallTileM : kGemmTileM;
 }
 struct GroupedSchedule {
   const int32_t* offsets;      // [E + 1]

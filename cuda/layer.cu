@@ -71,10 +71,12 @@ CudaLayer::CudaLayer(const MoeCudaLayerDesc& desc)
   drained_.assign(size_t(4 + E_), 0);
   const char* poison = std::getenv("MOE_CUDA_POISON");
   poison_ = poison && poison[0] == '1';
-  // Tests and benchmarks: MOE_CUDA_TILE=small|large|wide|deep|narrow forces one GEMM tile for every pass of this layer.
+  // Tests and benchmarks: MOE_CUDA_TILE=small|large|wide|deep|narrow|stream forces one GEMM tile for every pass of this layer.
   if (const char* tile = std::getenv("MOE_CUDA_TILE")) {
     const std::string t(tile);
-    forcedTile_ = t == "small" ? 0 : t == "large" ? 1 : t == "wide" ? 2 : t == "deep" ? 3 : t == "narrow" ? 4 : -1;
+    const char* names[] = {"small", "large", "wide", "deep", "narrow", "stream"};
+    for (int i = 0; i < kGemmTiles; ++i)
+      if (t == names[i]) forcedTile_ = i;
   }
 }
 
@@ -241,8 +243,9 @@ void CudaLayer::enqueueRoute(const float* x, int64_t T, bool fromLogits, const M
 
 GemmTile CudaLayer::tileFor(int64_t rows, int experts) const {
   if (forcedTile_ >= 0) return GemmTile(forcedTile_);
-  // Up to ~48 rows per expert on average the pass streams weights: 32-row tiles waste least.
-  return rows <= int64_t(48) * experts ? GemmTile::Narrow : GemmTile::Large;
+  // Up to ~48 rows per expert on average the pass streams weights: 32-row tiles waste least, with deep K steps
+  // for many bytes in flight. Above, 128 x 128 tiles with K steps of 64 (bench/RESULTS.md, CUDA runs 2-4).
+  return rows <= int64_t(48) * experts ? GemmTile::Stream : GemmTile::Deep;
 }
 
 void CudaLayer::enqueueAlign(int64_t T, bool counters, cudaStream_t s) {

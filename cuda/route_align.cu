@@ -10,7 +10,7 @@ namespace moe_cuda {
 namespace {
 
 constexpr int kFusedThreads = 1024;
-constexpr int kFusedMaxTokens = 64;
+constexpr int kFusedMaxTokens = 16;  // beyond, one block gating every token is slower than a grid (CUDA run 3)
 
 size_t fusedSharedBytes(const MoeCudaRouting& cfg, int64_t T) {
   return size_t(kFusedThreads / 32) * gatingWarpFloats(cfg) * sizeof(float) +

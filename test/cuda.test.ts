@@ -252,9 +252,9 @@ function gpuTests() {
     }
   });
 
-  test('every GEMM tile (32x128, 128x128, 128x256, 128x128x64, 32x64) computes the same layer', () => {
+  test('every GEMM tile (32x128, 128x128, 128x256, 128x128x64, 32x64, 32x64x64) computes the same layer', () => {
     let seed = SEED + 350;
-    for (const tile of ['small', 'large', 'wide', 'deep', 'narrow']) {
+    for (const tile of ['small', 'large', 'wide', 'deep', 'narrow', 'stream']) {
       process.env.MOE_CUDA_TILE = tile;
       try {
         const b = build(8, 256, 128, { kind: 'topk', k: 2 }, (seed += 100), { f: 128, gated: false });

@@ -42,7 +42,7 @@ interface Row {
   routeAlignFromXUs: number;
   expertMs: number;
   expertTflops: number;
-  /** TFLOP/s with each tile forced: 32x128, 128x128, 128x256, 128x128x64, 32x64. */
+  /** TFLOP/s with each tile forced: 32x128, 128x128, 128x256, 128x128x64, 32x64, 32x64x64. */
   tileTflops: number[];
   weightGBps: number;
   vsDense?: number;
@@ -99,7 +99,7 @@ if (anchors) {
   );
 }
 console.log(
-  '| shape | T | forward ms | route+align µs (logits / x) | experts ms | TFLOP/s | by tile 32/128/256/deep/32x64 | weights GB/s | vs dense | vs copy | vs HF |',
+  '| shape | T | forward ms | route+align µs (logits / x) | experts ms | TFLOP/s | by tile 32x128/128/256/128x64/32x64/32x64x64 | weights GB/s | vs dense | vs copy | vs HF |',
 );
 console.log('|---|---|---|---|---|---|---|---|---|---|---|');
 for (const r of rows) {

@@ -468,8 +468,9 @@ Napi::Value CudaLayerWrap::Bench(const Napi::CallbackInfo& info) {
   o.Set("routeAlignMs", b.routeAlignMs);
   o.Set("routeAlignFromXMs", b.routeAlignFromXMs);
   o.Set("expertMs", b.expertMs);
-  Napi::Array byTile = Napi::Array::New(info.Env(), 5);
-  for (uint32_t i = 0; i < 5; ++i) byTile.Set(i, b.expertMsByTile[i]);
+  const uint32_t tiles = sizeof(b.expertMsByTile) / sizeof(double);
+  Napi::Array byTile = Napi::Array::New(info.Env(), tiles);
+  for (uint32_t i = 0; i < tiles; ++i) byTile.Set(i, b.expertMsByTile[i]);
   o.Set("expertMsByTile", byTile);
   o.Set("expertFlops", b.expertFlops);
   o.Set("expertBytes", b.expertBytes);
