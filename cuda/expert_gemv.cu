@@ -1,7 +1,11 @@
-// Decode path: when every expert has at most kGemvMaxRows rows, the expert stage is pure weight streaming. One
-// warp per output row of the weight matrix reads it once with 16-byte loads and dots it with each of the
-// expert's (few) activation rows, which stay in L1. Blocks are laid out over (output rows, active expert slot);
-// slots past the number of experts that got tokens exit at once, so no host synchronisation is needed.
+// Decode path: when every expert has at most kGemvMaxRows rows, the expert stage is pure weight streaming. A warp
+// reads one output row of the weight matrix at a time with 16-byte loads and dots it with each of the expert's
+// (few) activation rows, which stay in L1. Blocks are laid out over (output rows, active expert slot) and loop over
+// the rows (one wave, no tail of short blocks); slots past the number of experts that got tokens exit at once, so
+// no host synchronisation is needed. The kernels are compiled per bound on the rows (1, 2, 4, 8), so T = 1 keeps
+// few registers and full occupancy.
+#include <algorithm>
+
 #include "common.cuh"
 #include "kernels.h"
 
@@ -30,95 +34,115 @@ __device__ __forceinline__ int4 streamLoad(const bf16* p) {
 struct Rows {
   int first, count;
 };
+template <int MAXR>
 __device__ __forceinline__ bool expertRows(const GemvSchedule& s, Rows& rows, int& expert) {
   if (int(blockIdx.y) >= *s.numActive) return false;
   expert = s.active[blockIdx.y];
   rows.first = s.offsets[expert];
-  rows.count = min(s.offsets[expert + 1] - rows.first, kGemvMaxRows);
+  rows.count = min(s.offsets[expert + 1] - rows.first, MAXR);
   return true;
 }
 
+template <int MAXR>
 __global__ void __launch_bounds__(kWarps * 32) gateUpGemvKernel(const bf16* __restrict__ xb,
                                                                 const int32_t* __restrict__ rowToken, int dPad,
                                                                 const bf16* __restrict__ gateUp, int fPad,
                                                                 GemvSchedule s, bf16* __restrict__ hidden) {
   Rows rows;
   int e;
-  if (!expertRows(s, rows, e)) return;
-  const int f = blockIdx.x * kWarps + threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (f >= fPad) return;
-  const int packed = (f / 8) * 16 + f % 8;  // gate row; the up row is 8 further
-  const bf16* wg = gateUp + size_t(e) * 2 * fPad * dPad + size_t(packed) * dPad;
-  const bf16* wu = wg + size_t(8) * dPad;
-  const bf16* x[kGemvMaxRows];
+  if (!expertRows<MAXR>(s, rows, e)) return;
+  const int lane = threadIdx.x % 32;
+  const bf16* x[MAXR];
 #pragma unroll
-  for (int r = 0; r < kGemvMaxRows; ++r)
-    x[r] = xb + size_t(rowToken ? rowToken[rows.first + min(r, rows.count - 1)] : rows.first + min(r, rows.count - 1)) * dPad;
-  float g[kGemvMaxRows] = {}, u[kGemvMaxRows] = {};
+  for (int r = 0; r < MAXR; ++r) {
+    const int row = rows.first + min(r, rows.count - 1);
+    x[r] = xb + size_t(rowToken ? rowToken[row] : row) * dPad;
+  }
+  for (int f = blockIdx.x * kWarps + threadIdx.x / 32; f < fPad; f += gridDim.x * kWarps) {
+    const int packed = (f / 8) * 16 + f % 8;  // gate row; the up row is 8 further
+    const bf16* wg = gateUp + size_t(e) * 2 * fPad * dPad + size_t(packed) * dPad;
+    const bf16* wu = wg + size_t(8) * dPad;
+    float g[MAXR] = {}, u[MAXR] = {};
 #pragma unroll 4
-  for (int c = lane * 8; c < dPad; c += 256) {
-    const int4 wgv = streamLoad(wg + c), wuv = streamLoad(wu + c);
+    for (int c = lane * 8; c < dPad; c += 256) {
+      const int4 wgv = streamLoad(wg + c), wuv = streamLoad(wu + c);
 #pragma unroll
-    for (int r = 0; r < kGemvMaxRows; ++r) {
-      if (r < rows.count) {
-        const int4 xv = *reinterpret_cast<const int4*>(x[r] + c);
-        g[r] += dot8(wgv, xv);
-        u[r] += dot8(wuv, xv);
+      for (int r = 0; r < MAXR; ++r) {
+        if (r < rows.count) {
+          const int4 xv = *reinterpret_cast<const int4*>(x[r] + c);
+          g[r] += dot8(wgv, xv);
+          u[r] += dot8(wuv, xv);
+        }
       }
     }
-  }
 #pragma unroll
-  for (int r = 0; r < kGemvMaxRows; ++r) {
-    if (r < rows.count) {
-      const float gs = warpSum(g[r]), us = warpSum(u[r]);
-      if (lane == 0) hidden[size_t(rows.first + r) * fPad + f] = __float2bfloat16_rn(gs / (1.0f + __expf(-gs)) * us);
+    for (int r = 0; r < MAXR; ++r) {
+      if (r < rows.count) {
+        const float gs = warpSum(g[r]), us = warpSum(u[r]);
+        if (lane == 0)
+          hidden[size_t(rows.first + r) * fPad + f] = __float2bfloat16_rn(gs / (1.0f + __expf(-gs)) * us);
+      }
     }
   }
 }
 
+template <int MAXR>
 __global__ void __launch_bounds__(kWarps * 32) downGemvKernel(const bf16* __restrict__ hidden, int fPad,
                                                               const bf16* __restrict__ down, int dPad,
                                                               GemvSchedule s, const float* __restrict__ scale,
                                                               float* __restrict__ out) {
   Rows rows;
   int e;
-  if (!expertRows(s, rows, e)) return;
-  const int n = blockIdx.x * kWarps + threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (n >= dPad) return;
-  const bf16* w = down + size_t(e) * dPad * fPad + size_t(n) * fPad;
-  float acc[kGemvMaxRows] = {};
+  if (!expertRows<MAXR>(s, rows, e)) return;
+  const int lane = threadIdx.x % 32;
+  for (int n = blockIdx.x * kWarps + threadIdx.x / 32; n < dPad; n += gridDim.x * kWarps) {
+    const bf16* w = down + size_t(e) * dPad * fPad + size_t(n) * fPad;
+    float acc[MAXR] = {};
 #pragma unroll 4
-  for (int c = lane * 8; c < fPad; c += 256) {
-    const int4 wv = streamLoad(w + c);
+    for (int c = lane * 8; c < fPad; c += 256) {
+      const int4 wv = streamLoad(w + c);
 #pragma unroll
-    for (int r = 0; r < kGemvMaxRows; ++r)
-      if (r < rows.count)
-        acc[r] += dot8(wv, *reinterpret_cast<const int4*>(hidden + size_t(rows.first + r) * fPad + c));
-  }
+      for (int r = 0; r < MAXR; ++r)
+        if (r < rows.count)
+          acc[r] += dot8(wv, *reinterpret_cast<const int4*>(hidden + size_t(rows.first + r) * fPad + c));
+    }
 #pragma unroll
-  for (int r = 0; r < kGemvMaxRows; ++r) {
-    if (r < rows.count) {
-      const float v = warpSum(acc[r]);
-      const int row = rows.first + r;
-      if (lane == 0) out[size_t(row) * dPad + n] = v * (scale ? scale[row] : 1.0f);
+    for (int r = 0; r < MAXR; ++r) {
+      if (r < rows.count) {
+        const float v = warpSum(acc[r]);
+        const int row = rows.first + r;
+        if (lane == 0) out[size_t(row) * dPad + n] = v * (scale ? scale[row] : 1.0f);
+      }
     }
   }
 }
 
-}  // namespace
-
-void launchGateUpGemv(const bf16* xb, const int32_t* rowToken, int dPad, const bf16* gateUp, int fPad,
-                      const GemvSchedule& sched, bf16* hidden, cudaStream_t s) {
-  const dim3 grid(unsigned(ceilDiv(fPad, kWarps)), unsigned(sched.slots));
-  gateUpGemvKernel<<<grid, kWarps * 32, 0, s>>>(xb, rowToken, dPad, gateUp, fPad, sched, hidden);
-  checkLaunch("gateUpGemvKernel");
+// Blocks per slot: enough for every output row, at most about one resident wave over all slots.
+unsigned gemvBlocks(int outputs, const GemvSchedule& s) {
+  const int64_t needed = ceilDiv(outputs, kWarps);
+  const int64_t wave = std::max<int64_t>(1, int64_t(s.multiprocessors) * 6 / std::max(1, s.slots));
+  return unsigned(std::min(needed, wave));
 }
 
-void launchDownGemv(const bf16* hidden, int fPad, const bf16* down, int dPad, const GemvSchedule& sched,
-                    const float* scale, float* out, cudaStream_t s) {
-  const dim3 grid(unsigned(ceilDiv(dPad, kWarps)), unsigned(sched.slots));
-  downGemvKernel<<<grid, kWarps * 32, 0, s>>>(hidden, fPad, down, dPad, sched, scale, out);
+template <int MAXR>
+void launchGemvs(const bf16* xb, const int32_t* rowToken, int dPad, const bf16* gateUp, const bf16* down, int fPad,
+                 const GemvSchedule& g, const float* scale, bf16* hidden, float* out, cudaStream_t s) {
+  gateUpGemvKernel<MAXR><<<dim3(gemvBlocks(fPad, g), unsigned(g.slots)), kWarps * 32, 0, s>>>(xb, rowToken, dPad,
+                                                                                             gateUp, fPad, g, hidden);
+  checkLaunch("gateUpGemvKernel");
+  downGemvKernel<MAXR><<<dim3(gemvBlocks(dPad, g), unsigned(g.slots)), kWarps * 32, 0, s>>>(hidden, fPad, down, dPad,
+                                                                                            g, scale, out);
   checkLaunch("downGemvKernel");
+}
+
+}  // namespace
+
+void launchExpertGemvs(const bf16* xb, const int32_t* rowToken, int dPad, const bf16* gateUp, const bf16* down,
+                       int fPad, const GemvSchedule& g, const float* scale, bf16* hidden, float* out, cudaStream_t s) {
+  if (g.maxRows <= 1) return launchGemvs<1>(xb, rowToken, dPad, gateUp, down, fPad, g, scale, hidden, out, s);
+  if (g.maxRows <= 2) return launchGemvs<2>(xb, rowToken, dPad, gateUp, down, fPad, g, scale, hidden, out, s);
+  if (g.maxRows <= 4) return launchGemvs<4>(xb, rowToken, dPad, gateUp, down, fPad, g, scale, hidden, out, s);
+  launchGemvs<kGemvMaxRows>(xb, rowToken, dPad, gateUp, down, fPad, g, scale, hidden, out, s);
 }
 
 }  // namespace moe_cuda

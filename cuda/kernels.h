@@ -105,11 +105,12 @@ struct GemvSchedule {
   const int32_t* active;     // [E] experts with rows
   const int32_t* numActive;  // [1]
   int slots;                 // grid bound: at most this many active experts
+  int maxRows;               // at most this many rows per expert (<= kGemvMaxRows)
+  int multiprocessors;       // of the device, to size the grid to about one wave
 };
-void launchGateUpGemv(const bf16* xb, const int32_t* rowToken, int dPad, const bf16* gateUp, int fPad,
-                      const GemvSchedule& sched, bf16* hidden, cudaStream_t s);
-void launchDownGemv(const bf16* hidden, int fPad, const bf16* down, int dPad, const GemvSchedule& sched,
-                    const float* scale, float* out, cudaStream_t s);
+// hidden = SwiGLU(x W1ᵀ, x W3ᵀ) then out = scale · hidden W2ᵀ for every active expert's rows (two launches).
+void launchExpertGemvs(const bf16* xb, const int32_t* rowToken, int dPad, const bf16* gateUp, const bf16* down,
+                       int fPad, const GemvSchedule& g, const float* scale, bf16* hidden, float* out, cudaStream_t s);
 
 // ---- combine.cu
 // y[t] = sum over slots j < k[t] of out[slotRow[t, j]] (in slot order) + shared[t] (if any). Tokens with k = 0

@@ -41,6 +41,7 @@ CudaLayer::CudaLayer(const MoeCudaLayerDesc& desc)
   if (gatingSharedBytes(cfg_) > 160 * 1024)
     throw CudaError("numExperts: too many experts for the CUDA gating kernel's shared memory");
   check(cudaGetDevice(&device_), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&multiprocessors_, cudaDevAttrMultiProcessorCount, device_), "multiprocessors");
   dPad_ = int(roundUp(d_, kGemmTileN));
   const int64_t f = desc.intermediateSize;
   experts_.f = int(f);
@@ -280,9 +281,9 @@ void CudaLayer::runExperts(const ExpertWeights& ew, const int32_t* rowToken, con
                            cudaStream_t s) {
   const bf16* xb = ws_->xb.as<bf16>();
   if (T <= kGemvMaxRows) {  // every expert has at most T rows: stream the weights
-    const GemvSchedule g{offsets, active, numActive, slots};
-    launchGateUpGemv(xb, rowToken, dPad_, ew.gateUp.as<bf16>(), ew.fPad, g, hidden, s);
-    launchDownGemv(hidden, ew.fPad, ew.down.as<bf16>(), dPad_, g, scale, out, s);
+    const GemvSchedule g{offsets, active, numActive, slots, int(T), multiprocessors_};
+    launchExpertGemvs(xb, rowToken, dPad_, ew.gateUp.as<bf16>(), ew.down.as<bf16>(), ew.fPad, g, scale, hidden, out,
+                      s);
     return;
   }
   const GemmTile tile = tileFor(rows, slots);

@@ -78,7 +78,7 @@ class CudaLayer {
                   int slots, const float* scale, bf16* hidden, float* out, int64_t T, cudaStream_t s);
 
   MoeCudaRouting cfg_;
-  int E_, d_, dPad_, maxK_, staticK_, device_;
+  int E_, d_, dPad_, maxK_, staticK_, device_, multiprocessors_ = 132;
   cudaStream_t stream_ = nullptr;
   cudaEvent_t done_ = nullptr;  // the last forward's end: the workspace is free after it
   cudaEvent_t stage_[5] = {};
