@@ -117,9 +117,12 @@ __global__ void __launch_bounds__(kWarps * 32) downGemvKernel(const bf16* __rest
   }
 }
 
-// Blocks per slot: enough for every output row, at most about one resident wave over all slots.
+// Blocks per slot: one warp per output row, except for one token per expert (T = 1), where every slot is an
+// active expert and about one resident wave over all of them, each warp looping over rows, avoids a tail of short
+// blocks. With more tokens some slots may be empty, so a cap would idle part of the GPU (CUDA run 5).
 unsigned gemvBlocks(int outputs, const GemvSchedule& s) {
   const int64_t needed = ceilDiv(outputs, kWarps);
+  if (s.maxRows > 1) return unsigned(needed);
   const int64_t wave = std::max<int64_t>(1, int64_t(s.multiprocessors) * 6 / std::max(1, s.slots));
   return unsigned(std::min(needed, wave));
 }
