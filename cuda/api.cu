@@ -115,9 +115,25 @@ int benchCopy(int64_t bytes, int32_t iterations, double* seconds, char* err, siz
   return guarded(err, len, [&] { *seconds = moe_cuda::benchCopySeconds(bytes, iterations); });
 }
 
+int deviceAlloc(int64_t bytes, void** ptr, char* err, size_t len) {
+  *ptr = nullptr;
+  return guarded(err, len, [&] { moe_cuda::check(cudaMalloc(ptr, size_t(bytes)), "cudaMalloc"); });
+}
+
+void deviceFree(void* ptr) { cudaFree(ptr); }
+
+int deviceCopy(void* dst, const void* src, int64_t bytes, int32_t toDevice, char* err, size_t len) {
+  return guarded(err, len, [&] {
+    // cudaMemcpy synchronises with the device, so a forwardDevice enqueued before has finished.
+    moe_cuda::check(cudaMemcpy(dst, src, size_t(bytes), toDevice ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost),
+                    "cudaMemcpy");
+  });
+}
+
 const MoeCudaApi kApi = {MOE_CUDA_API_VERSION, probe,     layerCreate,    layerSetExpert, layerSetShared,
                          layerForward,         layerRoute, layerDrain,     layerInfo,      layerBench,
-                         layerRandomize,       layerDestroy, benchCopy};
+                         layerRandomize,       layerDestroy, benchCopy,      deviceAlloc,    deviceFree,
+                         deviceCopy};
 
 }  // namespace
 

@@ -36,6 +36,11 @@ export interface NativeAddon {
   /** Median seconds of one device-to-device copy of `bytes` (the bandwidth anchor). */
   cudaBenchCopy(bytes: number, iterations: number): number;
   NativeCudaLayer: new (router: NativeRouterHandle, staticK: number, intermediateSize: number) => NativeCudaLayerHandle;
+  /** Test helpers for forwardDevice: plain device memory (cudaMalloc), freed with cudaFree. */
+  cudaAlloc(bytes: number): bigint;
+  cudaFree(ptr: bigint): void;
+  /** Copies a Float32Array to (toDevice) or from device memory; synchronises with the device. */
+  cudaCopy(ptr: bigint, host: Float32Array, toDevice: boolean): void;
 }
 
 export interface CudaDeviceInfo {

@@ -21,6 +21,7 @@ import {
   type ExpertWeights,
   type Selection,
 } from '../lib';
+import { native } from '../lib/native';
 import { referenceLayer } from '../lib/reference/layer';
 import { referenceRoute, referenceRouteLogits } from '../lib/reference/routing';
 import { compareRouting, relativeError } from './helpers/compare';
@@ -284,6 +285,36 @@ function gpuTests() {
     const t = b.layer.drainTelemetry();
     assert.is(t.calls, 3);
     assert.is(t.tokens, 600);
+    b.layer.dispose();
+  });
+
+  test('forwardDevice on device pointers: the bits of forward(), NaN-poisoned output overwritten, counters drained', () => {
+    const addon = native();
+    const b = build(16, 128, 128, { kind: 'topk', k: 2 }, SEED + 450, { f: 64, gated: true });
+    for (const T of [3, 200]) {
+      const x = randn(T * 128, SEED + 451 + T);
+      const want = b.layer.forward(x).output;
+      b.layer.drainTelemetry();
+      const input = addon.cudaAlloc(x.byteLength);
+      const output = addon.cudaAlloc(x.byteLength);
+      try {
+        addon.cudaCopy(input, x, true);
+        addon.cudaCopy(output, new Float32Array(x.length).fill(NaN), true);
+        b.layer.forwardDevice({ input, output, tokens: T });
+        const got = new Float32Array(x.length);
+        addon.cudaCopy(output, got, false);
+        assert.ok(got.every(Number.isFinite), `T=${T}: forwardDevice left unwritten (NaN) outputs`);
+        assert.equal(Array.from(got), Array.from(want), `T=${T}: forwardDevice differs from forward`);
+      } finally {
+        addon.cudaFree(input);
+        addon.cudaFree(output);
+      }
+      b.layer.drainTelemetry(); // queues the copy of the device counters (a drain never waits for it)
+      b.layer.forward(x); // synchronises the layer's stream, so the copy has landed
+      const t = b.layer.drainTelemetry();
+      assert.is(t.calls, 2, `T=${T}: the forwardDevice call and the forward`);
+      assert.is(t.tokens, 2 * T);
+    }
     b.layer.dispose();
   });
 

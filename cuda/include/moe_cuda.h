@@ -127,6 +127,10 @@ typedef struct MoeCudaApi {
   void (*layerDestroy)(MoeCudaLayer* layer);
   /* Device-to-device copy of `bytes`, median seconds over `iterations` (the bandwidth anchor). */
   int (*benchCopy)(int64_t bytes, int32_t iterations, double* seconds, char* err, size_t errLen);
+  /* Plain device memory for tests of forwardDevice: allocate, free, and copy (toDevice 1: host -> device). */
+  int (*deviceAlloc)(int64_t bytes, void** ptr, char* err, size_t errLen);
+  void (*deviceFree)(void* ptr);
+  int (*deviceCopy)(void* dst, const void* src, int64_t bytes, int32_t toDevice, char* err, size_t errLen);
 } MoeCudaApi;
 
 /* The one exported symbol. Returns null when `version` is not supported. */

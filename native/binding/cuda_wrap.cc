@@ -295,9 +295,40 @@ uint64_t bigintArg(const Napi::CallbackInfo& info, size_t index, const char* wha
   return p;
 }
 
+// Test helpers for forwardDevice: cudaAlloc(bytes) -> bigint, cudaFree(ptr), cudaCopy(ptr, Float32Array, toDevice).
+Napi::Value CudaAlloc(const Napi::CallbackInfo& info) {
+  const int64_t bytes = intArg(info, 0, "bytes", 1, int64_t(1) << 40);
+  void* ptr = nullptr;
+  char err[512] = {};
+  if (api(info.Env())->deviceAlloc(bytes, &ptr, err, sizeof(err)) != 0) throwCuda(info.Env(), "cudaAlloc", err);
+  return Napi::BigInt::New(info.Env(), uint64_t(reinterpret_cast<uintptr_t>(ptr)));
+}
+
+Napi::Value CudaFree(const Napi::CallbackInfo& info) {
+  api(info.Env())->deviceFree(reinterpret_cast<void*>(bigintArg(info, 0, "ptr", false)));
+  return info.Env().Undefined();
+}
+
+Napi::Value CudaCopy(const Napi::CallbackInfo& info) {
+  void* ptr = reinterpret_cast<void*>(bigintArg(info, 0, "ptr", false));
+  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    throwValidation(info.Env(), "host: expected a Float32Array");
+  Napi::Float32Array host = info[1].As<Napi::Float32Array>();
+  const bool toDevice = info[2].ToBoolean();
+  char err[512] = {};
+  const int64_t bytes = int64_t(host.ElementLength() * sizeof(float));
+  const int rc = toDevice ? api(info.Env())->deviceCopy(ptr, host.Data(), bytes, 1, err, sizeof(err))
+                          : api(info.Env())->deviceCopy(host.Data(), ptr, bytes, 0, err, sizeof(err));
+  if (rc != 0) throwCuda(info.Env(), "cudaCopy", err);
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void InitCuda(Napi::Env env, Napi::Object exports) {
+  exports.Set("cudaAlloc", Napi::Function::New<CudaAlloc>(env, "cudaAlloc"));
+  exports.Set("cudaFree", Napi::Function::New<CudaFree>(env, "cudaFree"));
+  exports.Set("cudaCopy", Napi::Function::New<CudaCopy>(env, "cudaCopy"));
   exports.Set("cudaLoad", Napi::Function::New<CudaLoad>(env, "cudaLoad"));
   exports.Set("cudaBenchCopy", Napi::Function::New<CudaBenchCopy>(env, "cudaBenchCopy"));
   exports.Set("NativeCudaLayer", CudaLayerWrap::Init(env));
