@@ -30,7 +30,7 @@ export interface MetricsCollectorOptions {
 export interface ObserveOptions {
   /** The `layer_id` label of this source's load balance and per-expert token counts. */
   layerId: string | number;
-  /** The `backend` label of its requests and durations. Default 'cpu'. */
+  /** The `backend` label of its requests and durations. Default: the source's backend ('cpu' or 'cuda'). */
   backend?: string;
   /** The `estimator_type` label of its complexity scores. Default: the router's estimator name, else 'none'. */
   estimatorType?: string;
@@ -161,7 +161,7 @@ export class MetricsCollector {
     const entry: Attached = {
       source,
       layerId: String(opts.layerId),
-      backend: opts.backend ?? 'cpu',
+      backend: opts.backend ?? backendOf(source) ?? 'cpu',
       estimatorType: opts.estimatorType ?? estimatorNameOf(source) ?? 'none',
       layerType: opts.layerType ?? 'moe',
       memoryBytes: 0,
@@ -337,6 +337,11 @@ export class MetricsCollector {
 }
 
 /** The complexity estimator's name of a Router (`estimator.name`) or an MoELayer (`router.estimator.name`). */
+function backendOf(source: TelemetrySource): string | undefined {
+  const backend = (source as { backend?: unknown }).backend;
+  return typeof backend === 'string' ? backend : undefined;
+}
+
 function estimatorNameOf(source: TelemetrySource): string | undefined {
   type WithEstimator = { estimator?: { name?: unknown } };
   const own =
