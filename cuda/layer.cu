@@ -2,6 +2,7 @@
 #include "layer.h"
 
 #include <algorithm>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -323,6 +324,9 @@ void CudaLayer::forward(MoeCudaForward& call, bool routeOnly) {
   if (!routeOnly) checkComplete();
   const int64_t T = call.tokens;
   if (T < 1) throw CudaError("tokens: expected at least 1");
+  // Grid and index limits of the kernels: 65535 blocks of 8 tokens, and int32 row indices.
+  if (T > int64_t(65535) * 8 || T * maxK_ > int64_t(INT32_MAX) / 2)
+    throw CudaError("tokens: " + std::to_string(T) + " is more than one CUDA call takes (524280); split the batch");
   const bool host = routeOnly || !call.onDevice;
   if (!host && (!call.x || !call.y)) throw CudaError("forwardDevice: input and output pointers are required");
   ensureWorkspace(T);
