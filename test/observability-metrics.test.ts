@@ -73,6 +73,23 @@ test('the collector uses its own registry, never the global one', async () => {
   assert.ok(shared.getSingleMetric('nodejs_heap_size_used_bytes'), 'default metrics are unprefixed');
 });
 
+test('default metrics of a collector-owned registry follow the families, refreshed at most once per interval', async () => {
+  const c = new MetricsCollector('defaults', { defaultMetricsIntervalMs: 60_000 });
+  assert.is(c.registry.getSingleMetric('process_cpu_user_seconds_total'), undefined, 'kept off the families registry');
+  const defaultsOf = (text: string) => text.slice(text.indexOf('# HELP process_cpu_user_seconds_total'));
+  const first = await c.metrics();
+  assert.ok(first.includes('# TYPE nodejs_heap_size_used_bytes gauge'), 'default metrics exposed');
+  assert.ok(first.indexOf(MetricName.ROUTING_REQUESTS) < first.indexOf('process_cpu_user_seconds_total'));
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  const second = await c.metrics();
+  assert.is(defaultsOf(second), defaultsOf(first), 'cached within the interval');
+  const fresh = new MetricsCollector('fresh', { defaultMetricsIntervalMs: 0 });
+  const a = defaultsOf(await fresh.metrics());
+  for (let i = 0; i < 2e5; i++) Math.sqrt(i); // some CPU time for process_cpu_user_seconds_total to move
+  const b = defaultsOf(await fresh.metrics());
+  assert.ok(a.includes('process_cpu_user_seconds_total') && b.includes('process_cpu_user_seconds_total'));
+});
+
 test('scrapes drain by delta: repeated scrapes never count a call twice', async () => {
   const c = new MetricsCollector('delta', { defaultMetrics: false });
   const src = new FakeTelemetrySource(4, 2);

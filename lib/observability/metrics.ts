@@ -23,8 +23,15 @@ import type { TelemetryDelta, TelemetrySource } from './telemetry-types';
 export interface MetricsCollectorOptions {
   /** Where the families are registered. Default: a new Registry of this collector's own (never the global one). */
   registry?: Registry;
-  /** Also register prom-client's default process and Node.js metrics (unprefixed) on the registry. Default true. */
+  /**
+   * Also expose prom-client's default process and Node.js metrics (unprefixed). Default true. On a registry of the
+   * collector's own they live in a private registry whose text is refreshed at most every
+   * `defaultMetricsIntervalMs` (they read /proc and walk the heap: most of a scrape's cost at 10 scrapes a second);
+   * on a registry you pass they are registered there and collected at every scrape.
+   */
   defaultMetrics?: boolean;
+  /** Default 1000 ms; 0 collects them at every scrape. */
+  defaultMetricsIntervalMs?: number;
 }
 
 export interface ObserveOptions {
@@ -81,6 +88,11 @@ export class MetricsCollector {
   private readonly listeners = new Set<DrainListener>();
   private readonly latestLoadBalance = new Map<string, number>();
   private drainedThisTurn = false;
+  /** prom-client's default metrics when the registry is the collector's own, and their cached text. */
+  private readonly defaults: Registry | undefined;
+  private readonly defaultsIntervalMs: number;
+  private defaultsText = '';
+  private defaultsAt = -Infinity;
   /** Memory components whose value comes from attached sources. */
   private sourceComponents = new Set<string>();
 
@@ -142,10 +154,14 @@ export class MetricsCollector {
       DURATION_BUCKETS_SECONDS,
     );
 
-    if (opts.defaultMetrics ?? true) {
+    this.defaultsIntervalMs = Math.max(0, opts.defaultMetricsIntervalMs ?? 1000);
+    if ((opts.defaultMetrics ?? true) && opts.registry) {
       // Tolerate a registry that already carries the defaults (e.g. shared by two collectors).
       if (!this.registry.getSingleMetric('process_cpu_user_seconds_total'))
         collectDefaultMetrics({ register: this.registry });
+    } else if (opts.defaultMetrics ?? true) {
+      this.defaults = new Registry();
+      collectDefaultMetrics({ register: this.defaults });
     }
   }
 
@@ -197,9 +213,19 @@ export class MetricsCollector {
     this.updateMemoryGauge();
   }
 
-  /** The Prometheus text exposition of the registry (drains the sources first). */
-  metrics(): Promise<string> {
-    return this.registry.metrics();
+  /**
+   * The Prometheus text exposition of the registry (drains the sources first), followed by the default metrics of
+   * a collector-owned registry (see {@link MetricsCollectorOptions.defaultMetrics}).
+   */
+  async metrics(): Promise<string> {
+    const text = await this.registry.metrics();
+    if (!this.defaults) return text;
+    const now = performance.now();
+    if (now - this.defaultsAt >= this.defaultsIntervalMs) {
+      this.defaultsText = await this.defaults.metrics();
+      this.defaultsAt = now;
+    }
+    return text.length === 0 || text.endsWith('\n') ? text + this.defaultsText : `${text}\n${this.defaultsText}`;
   }
 
   /** The content type of {@link metrics}' text. */
