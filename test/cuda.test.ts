@@ -9,6 +9,9 @@
  * given the routing the GPU chose.
  */
 process.env.MOE_CUDA_POISON ??= '1';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import {
@@ -24,6 +27,7 @@ import {
 import { native } from '../lib/native';
 import { referenceLayer } from '../lib/reference/layer';
 import { referenceRoute, referenceRouteLogits } from '../lib/reference/routing';
+import { writeTinyCheckpoint } from './helpers/checkpoint';
 import { compareRouting, relativeError } from './helpers/compare';
 import { freshSeed, randn, randu } from './helpers/random';
 
@@ -316,6 +320,46 @@ function gpuTests() {
       assert.is(t.tokens, 2 * T);
     }
     b.layer.dispose();
+  });
+
+  test('fromPretrained with backend cuda: Qwen2-MoE (gated shared expert) and DeepSeek-V3 (groups, bias) layers', () => {
+    for (const arch of ['qwen2_moe', 'deepseek_v3'] as const) {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-cuda-ck-'));
+      try {
+        const ck = writeTinyCheckpoint(dir, arch, {
+          hiddenSize: 128,
+          intermediateSize: 64,
+          numExperts: 16,
+          topK: 4,
+          seed: 3,
+        });
+        const layer = ck.moeLayers[0];
+        const gpu = MoELayer.fromPretrained(dir, { layer, backend: 'cuda' });
+        const cpu = MoELayer.fromPretrained(dir, { layer });
+        assert.is(gpu.backend, 'cuda');
+        assert.is(gpu.dtype, 'bf16');
+        const T = 40;
+        const x = randn(T * 128, SEED + 600);
+        const a = gpu.forward(x);
+        const b = cpu.forward(x);
+        // Tokens routed alike (a logit within rounding of a tie may go either way) must agree to bf16 precision.
+        const K = a.routing.maxK;
+        const same: number[] = [];
+        for (let t = 0; t < T; t++) {
+          const row = (r: typeof a) => Array.from(r.routing.indices.subarray(t * K, t * K + K)).join();
+          if (row(a) === row(b)) same.push(t);
+        }
+        assert.ok(same.length >= T * 0.9, `${arch}: only ${same.length} of ${T} tokens routed alike`);
+        const pick = (y: Float32Array) =>
+          Float32Array.from(same.flatMap((t) => Array.from(y.subarray(t * 128, t * 128 + 128))));
+        const err = relativeError(pick(a.output), pick(b.output));
+        assert.ok(err < 1e-2, `${arch}: CUDA against CPU fp32, relative error ${err}`);
+        gpu.dispose();
+        cpu.dispose();
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    }
   });
 
   test('bad input on the CUDA backend: clear errors, nothing crashes', () => {

@@ -9,9 +9,10 @@ import { intOption, parseOptions, parseSelection, requireOption, UsageError, dty
 
 export const RUN_USAGE = `moe-router run --model DIR --layer N --input x.npy --output y.npy
                [--dtype fp32|bf16] [--selection topk:K|topp:P|threshold:TAU|dynamic:MIN-MAX[:ESTIMATOR]]
-               [--save-routing PREFIX] [--threads N]
+               [--save-routing PREFIX] [--threads N] [--backend cpu|cuda|auto]
 
 Runs layer N of the Hugging Face checkpoint in DIR on x ([T, d] float32 .npy, C order) and writes y.
+--backend cuda runs it on the GPU (bf16 weights; needs "npm run build:cuda"), auto where one is available.
 --save-routing writes PREFIX.indices.npy (int32 [T, maxK], -1 padded) and PREFIX.weights.npy (float32).`;
 
 export async function runCommand(argv: string[]): Promise<void> {
@@ -24,6 +25,7 @@ export async function runCommand(argv: string[]): Promise<void> {
     selection: { type: 'string' },
     'save-routing': { type: 'string' },
     threads: { type: 'string' },
+    backend: { type: 'string' },
   });
   if (v.help) {
     console.log(RUN_USAGE);
@@ -34,7 +36,10 @@ export async function runCommand(argv: string[]): Promise<void> {
   if (layerIndex === undefined) throw new UsageError('--layer is required');
   const input = requireOption(v, 'input');
   const output = requireOption(v, 'output');
-  const dtype = dtypeOption(v);
+  const dtype = v.dtype === undefined ? undefined : dtypeOption(v);
+  const backend = v.backend ?? 'cpu';
+  if (backend !== 'cpu' && backend !== 'cuda' && backend !== 'auto')
+    throw new UsageError(`--backend: expected cpu, cuda or auto, got ${JSON.stringify(backend)}`);
   const selection = typeof v.selection === 'string' ? parseSelection(v.selection) : undefined;
   const threads = intOption(v, 'threads', undefined, 1);
 
@@ -44,7 +49,7 @@ export async function runCommand(argv: string[]): Promise<void> {
       `${input}: expected a float32 [T, d] array, got ${x.dtype} with shape [${x.shape.join(', ')}]`,
     );
   }
-  const layer = MoELayer.fromPretrained(dir, { layer: layerIndex, dtype, selection, threads });
+  const layer = MoELayer.fromPretrained(dir, { layer: layerIndex, dtype, selection, threads, backend });
   try {
     if (x.shape[1] !== layer.hiddenSize) {
       throw new ValidationError(

@@ -12,7 +12,7 @@ import { openCheckpoint } from './checkpoint';
 export interface FromPretrainedOptions {
   /** Decoder layer index; it must be a sparse (MoE) layer. */
   layer: number;
-  /** Weight storage: 'fp32' (default) or 'bf16'. */
+  /** Weight storage: 'fp32' (default on the CPU) or 'bf16' (always on the CUDA backend). */
   dtype?: 'fp32' | 'bf16';
   /** Replaces the model's rule, e.g. `{ kind: 'topp', p: 0.5, maxK: 4 }` on a top-2 model. */
   selection?: Selection;
@@ -20,6 +20,8 @@ export interface FromPretrainedOptions {
   scale?: number;
   groups?: GroupLimit | null;
   threads?: number;
+  /** 'cpu' (default), 'cuda' (weights uploaded once to the GPU as bf16) or 'auto'. */
+  backend?: import('../cuda').BackendName;
 }
 
 /**
@@ -44,6 +46,7 @@ export function loadPretrainedLayer(dir: string, opts: FromPretrainedOptions): M
       scale: opts.scale,
       groups: opts.groups,
       threads: opts.threads,
+      backend: opts.backend,
     });
     const shared = weights.shared;
     return new MoELayer({

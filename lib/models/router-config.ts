@@ -16,6 +16,8 @@ export interface FromConfigOverrides {
   scoring?: Scoring;
   groups?: GroupLimit | null;
   threads?: number;
+  /** 'cpu' (default), 'cuda' or 'auto': see RouterOptions.backend. */
+  backend?: import('../cuda').BackendName;
 }
 
 export const SUPPORTED_MODEL_TYPES = [
@@ -142,5 +144,6 @@ export function routerOptionsFromConfig(
   if (overrides.scoring !== undefined) out.scoring = overrides.scoring;
   if (overrides.groups !== undefined) out.groups = overrides.groups ?? undefined;
   if (overrides.threads !== undefined) out.threads = overrides.threads;
+  if (overrides.backend !== undefined) out.backend = overrides.backend;
   return out;
 }
