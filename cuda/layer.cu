@@ -26,7 +26,6 @@ void DeviceBuffer::release() {
 
 namespace {
 
-
 size_t rowsBytes(int64_t rows, int64_t width, size_t elem) { return size_t(std::max<int64_t>(rows, 1)) * width * elem; }
 
 }  // namespace
@@ -38,6 +37,15 @@ CudaLayer::CudaLayer(const MoeCudaLayerDesc& desc)
       maxK_(desc.routing.maxK),
       staticK_(desc.staticK),
       ws_(new Workspace) {
+  try {
+    init(desc);
+  } catch (...) {
+    releaseHandles();  // the destructor does not run for a constructor that throws
+    throw;
+  }
+}
+
+void CudaLayer::init(const MoeCudaLayerDesc& desc) {
   if (cfg_.nGroup > 32) throw CudaError("nGroup: the CUDA gating supports at most 32 expert groups");
   if (gatingSharedBytes(cfg_) > 160 * 1024)
     throw CudaError("numExperts: too many experts for the CUDA gating kernel's shared memory");
@@ -73,7 +81,7 @@ CudaLayer::CudaLayer(const MoeCudaLayerDesc& desc)
   drained_.assign(size_t(4 + E_), 0);
   const char* poison = std::getenv("MOE_CUDA_POISON");
   poison_ = poison && poison[0] == '1';
-  // Tests and benchmarks: MOE_CUDA_TILE=small|large|wide|deep|narrow|stream forces one GEMM tile for every pass of this layer.
+  // Tests and benchmarks: MOE_CUDA_TILE=small|large|wide|deep|narrow|stream forces one GEMM tile for every pass.
   if (const char* tile = std::getenv("MOE_CUDA_TILE")) {
     const std::string t(tile);
     const char* names[] = {"small", "large", "wide", "deep", "narrow", "stream"};
@@ -85,13 +93,21 @@ CudaLayer::CudaLayer(const MoeCudaLayerDesc& desc)
 CudaLayer::~CudaLayer() {
   if (stream_) cudaStreamSynchronize(stream_);
   if (done_) cudaEventSynchronize(done_);
-  delete ws_;
+  releaseHandles();
+}
+
+void CudaLayer::releaseHandles() {
   if (snapshot_) cudaFreeHost(snapshot_);
-  for (auto ev : stage_)
+  snapshot_ = nullptr;
+  for (auto& ev : stage_) {
     if (ev) cudaEventDestroy(ev);
+    ev = nullptr;
+  }
   if (done_) cudaEventDestroy(done_);
   if (snapshotReady_) cudaEventDestroy(snapshotReady_);
   if (stream_) cudaStreamDestroy(stream_);
+  done_ = snapshotReady_ = nullptr;
+  stream_ = nullptr;
 }
 
 // Upload through a staging buffer (one matrix at a time), then pack into bf16 on the device.

@@ -4,6 +4,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -61,6 +62,8 @@ class CudaLayer {
 
  private:
   void ensureWorkspace(int64_t T);
+  void init(const MoeCudaLayerDesc& desc);  // the constructor's body
+  void releaseHandles();                    // stream, events and pinned memory (the buffers free themselves)
   void checkComplete() const;
   void packExpert(int e, const float* staged);  // staged: w1, w3, w2 back to back on the device
   void poison(int64_t T, cudaStream_t s);       // MOE_CUDA_POISON=1: NaN-fill outputs before a forward
@@ -90,7 +93,7 @@ class CudaLayer {
   GatingOut gating_{};                      // set by enqueueRoute for enqueueAlign (fused for few tokens)
   const float* gatingComplexity_ = nullptr;
   int forcedTile_ = -1;  // tests and benchmarks: a GemmTile for every expert pass (MOE_CUDA_TILE)
-  Workspace* ws_;
+  std::unique_ptr<Workspace> ws_;
   int64_t capacity_ = 0;
   std::mutex mutex_;  // one forward (and its workspace) at a time
 

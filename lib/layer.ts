@@ -1,6 +1,7 @@
 /**
- * `MoELayer`: one Mixture-of-Experts layer forward on the CPU — route, dispatch, grouped SwiGLU expert GEMM,
- * combine — with weights prepacked once (fp32 or bf16). JS validates and allocates; native/cpu/layer.cc runs.
+ * `MoELayer`: one Mixture-of-Experts layer forward — route, dispatch, grouped SwiGLU expert GEMM, combine — with
+ * weights prepacked once. JS validates and allocates; native/cpu/layer.cc runs it on the CPU (fp32 or bf16
+ * weights), or the CUDA plugin (cuda/layer.cu, through native/binding/cuda_wrap.cc) on the GPU (bf16).
  */
 import { deviceComplexityFor, resolveBackend, type BackendName } from './cuda';
 import { describe, ExpertDispatchError, ValidationError } from './errors';
@@ -51,7 +52,10 @@ export interface MoELayerOptions {
   /** Routed experts' intermediate size f. Default: from the weight lengths. */
   intermediateSize?: number;
   sharedExperts?: SharedExpertOptions;
-  /** Weight storage: 'fp32' (default) or 'bf16' (converted once here; activations become bf16 in the GEMMs). */
+  /**
+   * Weight storage: 'fp32' (the CPU default) or 'bf16' (converted once here; activations become bf16 in the GEMMs).
+   * The CUDA backend always stores bf16.
+   */
   dtype?: 'fp32' | 'bf16';
   /** The model's static top-k, the baseline of `flopsSaved`. Default: the router's k (top-k rules) or maxK. */
   staticK?: number;
@@ -214,6 +218,7 @@ export class MoELayer {
   /**
    * A layer that routes with `router` over this layer's packed weights (shared, not copied): switch a loaded
    * model between static and dynamic routing without reloading. `staticK` stays this layer's unless given.
+   * CPU layers only for now (a CUDA layer throws ValidationError).
    */
   withRouter(router: Router, opts: { staticK?: number; threads?: number } = {}): MoELayer {
     return new MoELayer({ router, shareWeightsOf: this, staticK: opts.staticK ?? this.staticK, threads: opts.threads });

@@ -31,9 +31,20 @@ if (!which('cmake')) {
 }
 
 const buildDir = path.join(root, 'build-cuda', 'cmake');
-const configure = ['-S', root, '-B', buildDir, '-DMOE_CUDA=ON', '-DCMAKE_BUILD_TYPE=Release', `-DCMAKE_CUDA_COMPILER=${nvcc}`];
+const configure = [
+  '-S',
+  root,
+  '-B',
+  buildDir,
+  '-DMOE_CUDA=ON',
+  '-DCMAKE_BUILD_TYPE=Release',
+  `-DCMAKE_CUDA_COMPILER=${nvcc}`,
+];
 if (process.env.MOE_CUDA_ARCHS) configure.push(`-DMOE_CUDA_ARCHS=${process.env.MOE_CUDA_ARCHS}`);
-for (const args of [configure, ['--build', buildDir, '--target', 'moe_cuda', '-j', String(require('node:os').cpus().length)]]) {
+for (const args of [
+  configure,
+  ['--build', buildDir, '--target', 'moe_cuda', '-j', String(require('node:os').cpus().length)],
+]) {
   const r = spawnSync('cmake', args, { stdio: 'inherit' });
   if (r.status !== 0) {
     console.error(`build:cuda: cmake ${args.join(' ')} failed (exit ${r.status})`);
