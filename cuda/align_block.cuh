@@ -23,7 +23,7 @@ __device__ __forceinline__ int findBadTokens(int T, const int32_t* __restrict__ 
 
 // Offsets, tile prefix, active list and counters from counts[e] (shared or global). Warp 0 scans 32 at a time.
 __device__ __forceinline__ void alignOffsets(int T, int E, const int* counts, int tileRows, int zeroK,
-                                             const AlignOut& out,                             int* offsetsCopy) {
+                                             const AlignOut& out, int* offsetsCopy) {
   const int lane = threadIdx.x % 32;
   if (threadIdx.x >= 32) return;
   int rowBase = 0, tileBase = 0, activeBase = 0;
