@@ -186,6 +186,58 @@ function gpuTests() {
     assert.ok(kDiff <= 2, `${kDiff} tokens got another k`);
   });
 
+  test('device complexity: gradient_norm (L2, L1) and router_entropy with none, quantile and running zscore', () => {
+    let seed = SEED + 250;
+    const E = 32;
+    const d = 192;
+    const T = 300;
+    const gate = randn(E * d, ++seed, 0.08);
+    const make = (estimator: Selection extends infer S ? S : never, backend: 'cpu' | 'cuda') =>
+      new Router({ numExperts: E, hiddenSize: d, gateWeight: gate, selection: estimator, backend });
+    const calib = randn(100 * d, ++seed);
+    const cases: { sel: Selection; calibrate: boolean }[] = [
+      { sel: { kind: 'dynamic', minK: 1, maxK: 6, estimator: { name: 'gradient_norm', norm: 'l2' } }, calibrate: true },
+      { sel: { kind: 'dynamic', minK: 1, maxK: 6, estimator: { name: 'gradient_norm', norm: 'l1' } }, calibrate: true },
+      {
+        sel: { kind: 'dynamic', minK: 1, maxK: 6, estimator: { name: 'router_entropy', calibration: 'none' } },
+        calibrate: false,
+      },
+      {
+        sel: { kind: 'dynamic', minK: 1, maxK: 6, estimator: { name: 'router_entropy', calibration: 'quantile' } },
+        calibrate: true,
+      },
+      { sel: { kind: 'dynamic', minK: 1, maxK: 6, estimator: 'router_entropy' }, calibrate: false }, // running zscore
+    ];
+    for (const { sel, calibrate } of cases) {
+      const label = JSON.stringify(sel);
+      const gpu = make(sel, 'cuda');
+      const cpu = make(sel, 'cpu');
+      if (calibrate)
+        for (const r of [gpu, cpu])
+          r.estimator!.calibrate({ x: calib, tokens: 100, hiddenSize: d, logits: r.logits(calib), numExperts: E });
+      for (let call = 0; call < 2; call++) {
+        const x = randn(T * d, ++seed);
+        const a = gpu.route(x);
+        const b = cpu.route(x);
+        let kDiff = 0;
+        for (let t = 0; t < T; t++) {
+          const diff = Math.abs(a.complexity![t] - b.complexity![t]);
+          if (diff > 1e-4)
+            assert.unreachable(`${label} call ${call} token ${t}: ${a.complexity![t]} vs ${b.complexity![t]}`);
+          if (a.k[t] !== b.k[t]) kDiff++;
+        }
+        assert.ok(kDiff <= 3, `${label}: ${kDiff} tokens got another k`);
+      }
+      // The running statistics moved the same way on both (the device merges each batch, then hands them back).
+      const [ga, ca] = [gpu.estimator!.calibrator.deviceState()!, cpu.estimator!.calibrator.deviceState()!];
+      for (let i = 0; i < 3; i++)
+        assert.ok(
+          Math.abs(ga.state[i] - ca.state[i]) <= 1e-6 * Math.max(1, Math.abs(ca.state[i])),
+          `${label}: state ${i}`,
+        );
+    }
+  });
+
   interface Built {
     layer: MoELayer;
     experts: ExpertWeights[];

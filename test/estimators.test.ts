@@ -99,6 +99,45 @@ test('running statistics are used before calibrate(), then frozen', () => {
   assert.equal(Array.from(est.estimate(ctx)), Array.from(est.estimate(ctx)), 'frozen calibration is reproducible');
 });
 
+test('the calibration handed to the CUDA kernel, and the running statistics it hands back', () => {
+  const raw = randu(50, SEED + 6);
+  const none = new Calibrator('none').deviceState()!;
+  assert.is(none.calibration, 0);
+  const quantile = new Calibrator('quantile');
+  assert.is(quantile.deviceState(), undefined, 'quantile needs calibrate() first (the host path says so)');
+  quantile.fit(raw);
+  const q = quantile.deviceState()!;
+  assert.is(q.calibration, 3);
+  assert.ok(q.knots && q.knots.length === 50 && q.knots[0] <= q.knots[49]);
+  // Running zscore: the state is (count, mean, M2); absorbing a merged state continues the same statistics.
+  const running = new Calibrator('zscore');
+  running.apply(raw.subarray(0, 20));
+  const s = running.deviceState()!;
+  assert.is(s.calibration, 1);
+  assert.is(s.state[0], 20);
+  const all = new Calibrator('zscore');
+  all.apply(raw.subarray(0, 30));
+  // What the device would return after a batch of the next 10 values (Chan's merge, as cuda/gating.cu).
+  const batch = Array.from(raw.subarray(20, 30));
+  const bMean = batch.reduce((a, v) => a + v, 0) / batch.length;
+  const bM2 = batch.reduce((a, v) => a + (v - bMean) ** 2, 0);
+  const n = s.state[0] + 10;
+  const delta = bMean - s.state[1];
+  running.absorbDeviceState(
+    Float64Array.of(n, s.state[1] + (delta * 10) / n, s.state[2] + bM2 + (delta * delta * s.state[0] * 10) / n),
+  );
+  const [a, b] = [running.deviceState()!.state, all.deviceState()!.state];
+  for (let i = 0; i < 3; i++) assert.ok(Math.abs(a[i] - b[i]) <= 1e-12 * Math.max(1, Math.abs(b[i])), `state ${i}`);
+  const probe = Float32Array.of(0.1, 0.5, 0.9);
+  assert.equal(Array.from(running.apply(probe.slice())), Array.from(all.apply(probe.slice())));
+  // A frozen zscore is passed as such, and absorbing never changes it.
+  running.fit(raw);
+  const frozen = running.deviceState()!;
+  assert.is(frozen.calibration, 2);
+  running.absorbDeviceState(Float64Array.of(1, 2, 3));
+  assert.equal(Array.from(running.deviceState()!.state), Array.from(frozen.state));
+});
+
 test('threshold schedule and custom scores', () => {
   const sched = new ThresholdScheduleEstimator([4, 2]);
   const out = sched.estimate({ x: new Float32Array(6), tokens: 6, hiddenSize: 1 });
