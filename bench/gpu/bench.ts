@@ -29,10 +29,14 @@ const addon = native();
 const copyBytes = 2 ** 31;
 const copyGBps = (2 * copyBytes) / addon.cudaBenchCopy(copyBytes, 20) / 1e9;
 
+// MOE_BENCH_ONLY=shape:T (e.g. olmoe:1) runs one row with few iterations, for profilers (check.sh's ncu step).
+const only = process.env.MOE_BENCH_ONLY?.split(':');
 const shapes = [
   { name: 'mixtral', E: 8, d: 4096, f: 14336, k: 2, tokens: [1, 4, 8, 32, 64, 4096] },
   { name: 'olmoe', E: 64, d: 2048, f: 1024, k: 8, tokens: [1, 8, 32, 64, 4096] },
-];
+]
+  .filter((s) => !only || s.name === only[0])
+  .map((s) => (only ? { ...s, tokens: [Number(only[1])] } : s));
 
 interface Row {
   shape: string;
@@ -61,7 +65,7 @@ for (const s of shapes) {
   const layer = new addon.NativeCudaLayer(router.handle, s.k, s.f);
   layer.randomize(11, 0.02);
   for (const T of s.tokens) {
-    const r = layer.bench(T, T >= 1024 ? 20 : 100, true);
+    const r = layer.bench(T, only ? 3 : T >= 1024 ? 20 : 100, true);
     const row: Row = {
       shape: s.name,
       T,

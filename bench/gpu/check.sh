@@ -7,6 +7,8 @@
 # Needs: node 20+ (or .gpu/node.xz from bench/gpu/bundle.sh), cmake + nvcc (unless MOE_CHECK_SKIP_BUILD=1 and
 # build-cuda/moe_cuda.so exists), python3 with torch for the anchors (skipped without it).
 # Logs and JSON go to $OUT (a temporary folder when unset). MOE_CUDA_ARCHS picks the GPU targets (default: native).
+# Optional, after the benchmark: MOE_CHECK_SANITIZE=1 runs the GPU tests once more under compute-sanitizer
+# (memcheck; slow), MOE_CHECK_PROFILE=1 profiles a decode-sized forward with Nsight Compute (ncu, SOL section).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$(mktemp -d)}
@@ -67,5 +69,18 @@ fi
 echo "== benchmark ($(elapsed))"
 timeout 240 "$NODE" "${BENCH[@]}" $anchors 2>&1 | tee "$OUT/bench.log" | grep -v '^{' 
 bench_rc=${PIPESTATUS[0]}
+
+if [ "${MOE_CHECK_SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null 2>&1; then
+  echo "== compute-sanitizer memcheck ($(elapsed))"
+  MOE_CUDA_POISON=1 timeout 300 compute-sanitizer --tool memcheck --print-limit 20 "$NODE" "${TEST[@]}" \
+    >"$OUT/sanitize.log" 2>&1
+  grep -E "ERROR SUMMARY|Invalid|Passed|Total" "$OUT/sanitize.log" | tail -n 8
+fi
+if [ "${MOE_CHECK_PROFILE:-0}" = 1 ] && command -v ncu >/dev/null 2>&1; then
+  echo "== ncu: one OLMoE-shaped decode forward ($(elapsed))"
+  MOE_BENCH_ONLY=olmoe:1 timeout 300 ncu --section SpeedOfLight --target-processes all "$NODE" "${BENCH[@]}" \
+    >"$OUT/ncu.log" 2>&1
+  grep -E "^  [a-zA-Z_]+.*\(|Duration|Memory Throughput|Compute \(SM\)" "$OUT/ncu.log" | head -n 60
+fi
 echo "correctness: $([ "$test_rc" = 0 ] && echo PASS || echo "FAIL ($test_rc)"); benchmark exit $bench_rc; $(elapsed) in all"
 [ "$test_rc" = 0 ] && [ "$bench_rc" = 0 ]
