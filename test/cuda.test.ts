@@ -136,7 +136,7 @@ function gpuTests() {
     }
   });
 
-  test('routing from hidden states: fp32 gate GEMM to 1e-5, same experts, device router-entropy complexity', () => {
+  test('routing from hidden states: fp32 gate GEMM to 1e-5, same experts, device router-entropy complexity', async () => {
     let seed = SEED + 200;
     for (const [T, E, d] of [
       [1, 8, 4096],
@@ -159,6 +159,9 @@ function gpuTests() {
       assert.ok(relativeError(got.probs!, ref.probs) < 1e-5, 'probs');
       const rep = compareRouting(got, ref, `T=${T} E=${E} d=${d}`);
       assert.ok(rep.ambiguous <= Math.max(2, T * 0.02), `ambiguous ${rep.ambiguous}`);
+      const again = await router.routeAsync(x);
+      assert.equal(Array.from(again.indices), Array.from(got.indices), 'routeAsync gives the same experts');
+      assert.equal(Array.from(again.weights), Array.from(got.weights), 'and the same weights');
     }
     // Dynamic k from router entropy computed on the GPU, with the estimator's frozen calibration.
     const E = 64;
