@@ -28,6 +28,51 @@ namespace {
 
 size_t rowsBytes(int64_t rows, int64_t width, size_t elem) { return size_t(std::max<int64_t>(rows, 1)) * width * elem; }
 
+// cuMemGetAddressRange from the driver, found through the runtime (the plugin links no driver library).
+using AddressRange = int (*)(unsigned long long* base, size_t* size, unsigned long long ptr);
+AddressRange addressRange() {
+  static const AddressRange fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+#if CUDART_VERSION >= 12050
+    const cudaError_t rc =
+        cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &p, 12000, cudaEnableDefault, &found);
+#else
+    const cudaError_t rc = cudaGetDriverEntryPoint("cuMemGetAddressRange", &p, cudaEnableDefault, &found);
+#endif
+    if (rc != cudaSuccess || found != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      p = nullptr;
+    }
+    return reinterpret_cast<AddressRange>(p);
+  }();
+  return fn;
+}
+
+// A caller's device pointer must be device memory of the layer's GPU with `bytes` after it: a bad pointer would
+// otherwise fault inside a kernel and leave the process's CUDA context unusable.
+void checkDeviceSpan(const void* ptr, size_t bytes, int device, const char* what) {
+  cudaPointerAttributes a{};
+  if (cudaPointerGetAttributes(&a, ptr) != cudaSuccess) {
+    cudaGetLastError();
+    throw CudaError(std::string(what) + ": not a pointer CUDA knows");
+  }
+  if (a.type != cudaMemoryTypeDevice && a.type != cudaMemoryTypeManaged)
+    throw CudaError(std::string(what) + ": not device memory (forwardDevice takes cudaMalloc'ed pointers; use " +
+                    "forward() for host arrays)");
+  if (a.type == cudaMemoryTypeDevice && a.device != device)
+    throw CudaError(std::string(what) + ": memory of GPU " + std::to_string(a.device) + ", the layer is on GPU " +
+                    std::to_string(device));
+  unsigned long long base = 0;
+  size_t size = 0;
+  const AddressRange range = addressRange();
+  if (range && range(&base, &size, reinterpret_cast<uintptr_t>(ptr)) == 0 &&
+      reinterpret_cast<uintptr_t>(ptr) + bytes > base + size)
+    throw CudaError(std::string(what) + ": the allocation ends " +
+                    std::to_string(base + size - reinterpret_cast<uintptr_t>(ptr)) + " bytes after the pointer, " +
+                    std::to_string(bytes) + " are needed (T x d floats)");
+}
+
 }  // namespace
 
 CudaLayer::CudaLayer(const MoeCudaLayerDesc& desc)
@@ -345,6 +390,10 @@ void CudaLayer::forward(MoeCudaForward& call, bool routeOnly) {
     throw CudaError("tokens: " + std::to_string(T) + " is more than one CUDA call takes (524280); split the batch");
   const bool host = routeOnly || !call.onDevice;
   if (!host && (!call.x || !call.y)) throw CudaError("forwardDevice: input and output pointers are required");
+  if (!host) {
+    checkDeviceSpan(call.x, size_t(T) * d_ * sizeof(float), device_, "input");
+    checkDeviceSpan(call.y, size_t(T) * d_ * sizeof(float), device_, "output");
+  }
   ensureWorkspace(T);
   Workspace& w = *ws_;
   cudaStream_t s = host || !call.stream ? stream_ : static_cast<cudaStream_t>(call.stream);

@@ -438,6 +438,23 @@ function gpuTests() {
       () => new MoELayer({ router: b.layer.router, experts: b.experts, dtype: 'fp32' }),
       (e: unknown) => e instanceof ValidationError && /bf16/.test((e as Error).message),
     );
+    // Pointers CUDA does not know as device memory are refused before any kernel could fault on them.
+    assert.throws(
+      () => b.layer.forwardDevice({ input: 4096n, output: 4096n, tokens: 1 }),
+      (e: unknown) => e instanceof BackendError && /device memory|CUDA knows/.test((e as Error).message),
+    );
+    const addon = native();
+    const small = addon.cudaAlloc(64);
+    try {
+      assert.throws(
+        () => b.layer.forwardDevice({ input: small, output: small, tokens: 16 }),
+        (e: unknown) =>
+          e instanceof BackendError &&
+          /allocation ends \d+ bytes after the pointer, 4096 are needed/.test((e as Error).message),
+      );
+    } finally {
+      addon.cudaFree(small);
+    }
     b.layer.dispose();
     assert.throws(
       () => b.layer.forward(randn(64, 1)),
