@@ -12,6 +12,7 @@
 // that expert's tiles N-major, M-minor, so the blocks running together share one weight tile in L2 and the
 // expert's activations stay in L2 across its N sweep. Blocks past the last tile exit.
 #include "common.cuh"
+#include "grouped_gemm.cuh"
 #include "kernels.h"
 
 namespace moe_cuda {
@@ -19,45 +20,6 @@ namespace moe_cuda {
 namespace {
 
 constexpr int kThreads = 256;  // 8 warps
-
-struct GemmArgs {
-  const bf16* A;
-  const int32_t* rowToken;  // null: A row = permuted row
-  int lda;
-  const bf16* B;
-  int64_t strideB;  // elements per expert
-  int N, K;
-  GroupedSchedule sched;
-  bf16* H;  // SwiGLU epilogue: hidden [rows, ldh]
-  int ldh;
-  float* O;  // scaled epilogue: out [rows, ldo]
-  int ldo;
-  const float* scale;
-};
-
-__device__ __forceinline__ uint32_t smemAddress(const void* p) {
-  return uint32_t(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void cpAsync16(uint32_t dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
-}
-__device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-__device__ __forceinline__ void ldmatrixX4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr));
-}
-__device__ __forceinline__ void mma16816(float* c, const uint32_t* a, const uint32_t* b) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
 
 // Byte offset of 16-byte chunk `chunk` of tile row `row`. Rows of BK = 32 bf16 (4 chunks) XOR the chunk with
 // (row / 2) % 4, rows of 64 (8 chunks) with row % 8: either way the 8 rows an ldmatrix phase reads, and the
@@ -68,8 +30,6 @@ __device__ __forceinline__ uint32_t swizzled(int row, int chunk) {
   const int x = BK == 32 ? (row >> 1) & 3 : row & 7;
   return uint32_t(row * BK * 2 + ((chunk ^ x) << 4));
 }
-
-__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
 
 // The block tile is (WM * 16 * MI) x (WN * 8 * NI) x BK: WM x WN warps, each holding MI x NI m16n8
 // accumulators, with a STAGES-deep cp.async pipeline.
@@ -90,22 +50,9 @@ __global__ void __launch_bounds__(kThreads, TL::minBlocks) groupedGemmKernel(Gem
   constexpr int BM = TL::M, BN = TL::N, WN = TL::WN, MI = TL::MI, NI = TL::NI, BK = TL::BK, kStages = TL::STAGES;
   constexpr int RC = TL::rowChunks;
   extern __shared__ __align__(128) unsigned char smem[];
-  const GroupedSchedule& s = a.sched;
-  const int nTiles = a.N / BN;
-  const int totalTiles = s.tilesBefore[s.E];
-  const int b = blockIdx.x;
-  if (b >= totalTiles * nTiles) return;
-  int lo = 0, hi = s.E - 1;  // the last expert whose first block is at or before b
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) >> 1;
-    if (s.tilesBefore[mid] * nTiles <= b) lo = mid;
-    else hi = mid - 1;
-  }
-  const int e = lo;
-  const int mTiles = s.tilesBefore[e + 1] - s.tilesBefore[e];
-  const int local = b - s.tilesBefore[e] * nTiles;
-  const int nTile = local / mTiles, mTile = local % mTiles;
-  const int row0 = s.offsets[e] + mTile * BM, rowEnd = s.offsets[e + 1];
+  BlockTile tile;
+  if (!blockTile(a.sched, a.N / BN, BM, tile)) return;
+  const int e = tile.expert, nTile = tile.nTile, row0 = tile.row0, rowEnd = tile.rowEnd;
   const bf16* B = a.B + size_t(e) * a.strideB + size_t(nTile) * BN * a.K;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -247,7 +194,9 @@ void launch(const GemmArgs& args, GemmTile tile, cudaStream_t s) {
   if (tile == GemmTile::Stream && args.K % StreamTile::BK == 0) return launchTile<StreamTile, kSwiGLU>(args, s);
   if (tile == GemmTile::Stream) return launchTile<NarrowTile, kSwiGLU>(args, s);
   if (tile == GemmTile::Wide && args.N % WideTile::N == 0) return launchTile<WideTile, kSwiGLU>(args, s);
-  if (tile == GemmTile::Deep && args.K % DeepTile::BK == 0) return launchTile<DeepTile, kSwiGLU>(args, s);
+  if (tile == GemmTile::Hopper && launchHopperGemm(args, kSwiGLU, s)) return;
+  if ((tile == GemmTile::Deep || tile == GemmTile::Hopper) && args.K % DeepTile::BK == 0)
+    return launchTile<DeepTile, kSwiGLU>(args, s);
   launchTile<LargeTile, kSwiGLU>(args, s);
 }
 

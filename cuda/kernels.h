@@ -76,10 +76,10 @@ constexpr int kGemmSmallTileM = 32;   // rows of the small tile
 constexpr int kGemmTileN = 128;       // padding unit of N (d, and 2f)
 constexpr int kGemmTileK = 32;
 // 32 x 128, 128 x 128, 128 x 256 (needs N % 256 == 0), 128 x 128 with K steps of 64 (needs K % 64 == 0), 32 x 64,
-// and 32 x 64 with K steps of 64 and 6 stages (needs K % 64 == 0); a tile whose condition fails runs as the one of
-// its rows without it (Large, or Narrow).
-enum class GemmTile { Small, Large, Wide, Deep, Narrow, Stream };
-constexpr int kGemmTiles = 6;
+// 32 x 64 with K steps of 64 and 6 stages (needs K % 64 == 0), and the experimental sm_90a wgmma 128 x 128 x 64
+// (an sm_90 device); a tile whose condition fails runs as the one of its rows without it (Large or Deep, Narrow).
+enum class GemmTile { Small, Large, Wide, Deep, Narrow, Stream, Hopper };
+constexpr int kGemmTiles = 7;
 inline int gemmTileRows(GemmTile t) {
   return t == GemmTile::Small || t == GemmTile::Narrow || t == GemmTile::Stream ? kGemmSmallTileM : kGemmTileM;
 }

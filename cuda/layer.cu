@@ -126,10 +126,10 @@ void CudaLayer::init(const MoeCudaLayerDesc& desc) {
   drained_.assign(size_t(4 + E_), 0);
   const char* poison = std::getenv("MOE_CUDA_POISON");
   poison_ = poison && poison[0] == '1';
-  // Tests and benchmarks: MOE_CUDA_TILE=small|large|wide|deep|narrow|stream forces one GEMM tile for every pass.
+  // Tests and benchmarks: MOE_CUDA_TILE=small|large|wide|deep|narrow|stream|hopper forces one GEMM tile.
   if (const char* tile = std::getenv("MOE_CUDA_TILE")) {
     const std::string t(tile);
-    const char* names[] = {"small", "large", "wide", "deep", "narrow", "stream"};
+    const char* names[] = {"small", "large", "wide", "deep", "narrow", "stream", "hopper"};
     for (int i = 0; i < kGemmTiles; ++i)
       if (t == names[i]) forcedTile_ = i;
   }

@@ -70,7 +70,7 @@ export interface CudaBenchResult {
   routeAlignMs: number;
   routeAlignFromXMs: number;
   expertMs: number;
-  /** The expert stage with each GEMM tile forced: 32x128, 128x128, 128x256, 128x128x64, 32x64, 32x64x64 (0: not run). */
+  /** The expert stage with each GEMM tile forced: 32x128, 128x128, 128x256, 128x128x64, 32x64, 32x64x64, wgmma (0: not run). */
   expertMsByTile: number[];
   expertFlops: number;
   expertBytes: number;

@@ -63,9 +63,14 @@ if (!status.available) {
 }
 
 function gpuTests() {
+  // MOE_CUDA_TEST_ONLY=<part of a title> runs only the matching GPU tests (bench/gpu/check.sh's wgmma step).
+  const only = process.env.MOE_CUDA_TEST_ONLY;
+  const gpuTest = (name: string, fn: () => void | Promise<void>) => {
+    if (!only || name.includes(only)) test(name, fn);
+  };
   const cfgOf = (r: Router) => ({ ...r.config });
 
-  test('gating on the GPU matches the reference and the CPU for every rule, E up to 512 (60 and 384 too)', () => {
+  gpuTest('gating on the GPU matches the reference and the CPU for every rule, E up to 512 (60 and 384 too)', () => {
     let seed = SEED;
     let checked = 0;
     let ambiguous = 0;
@@ -113,7 +118,7 @@ function gpuTests() {
     assert.ok(ambiguous <= checked * 0.01, `too many near-boundary tokens: ${ambiguous}`);
   });
 
-  test('DeepSeek-V3 groups on the GPU: 256 experts / 8 groups / keep 4 / top-8, sigmoid, selection bias', () => {
+  gpuTest('DeepSeek-V3 groups on the GPU: 256 experts / 8 groups / keep 4 / top-8, sigmoid, selection bias', () => {
     let seed = SEED + 100;
     for (const score of ['top2sum', 'max'] as const) {
       const E = 256;
@@ -136,60 +141,63 @@ function gpuTests() {
     }
   });
 
-  test('routing from hidden states: fp32 gate GEMM to 1e-5, same experts, device router-entropy complexity', async () => {
-    let seed = SEED + 200;
-    for (const [T, E, d] of [
-      [1, 8, 4096],
-      [64, 64, 2048],
-      [1000, 60, 256],
-    ] as const) {
-      const x = randn(T * d, ++seed);
+  gpuTest(
+    'routing from hidden states: fp32 gate GEMM to 1e-5, same experts, device router-entropy complexity',
+    async () => {
+      let seed = SEED + 200;
+      for (const [T, E, d] of [
+        [1, 8, 4096],
+        [64, 64, 2048],
+        [1000, 60, 256],
+      ] as const) {
+        const x = randn(T * d, ++seed);
+        const gate = randn(E * d, ++seed, 0.05);
+        const router = new Router({
+          numExperts: E,
+          hiddenSize: d,
+          gateWeight: gate,
+          selection: { kind: 'topk', k: 4 },
+          normalize: true,
+          backend: 'cuda',
+        });
+        const got = router.route(x, { returnLogits: true, returnProbs: true });
+        const ref = referenceRoute(cfgOf(router), x, gate);
+        assert.ok(relativeError(got.logits!, ref.logits) < 1e-5, `logits ${relativeError(got.logits!, ref.logits)}`);
+        assert.ok(relativeError(got.probs!, ref.probs) < 1e-5, 'probs');
+        const rep = compareRouting(got, ref, `T=${T} E=${E} d=${d}`);
+        assert.ok(rep.ambiguous <= Math.max(2, T * 0.02), `ambiguous ${rep.ambiguous}`);
+        const again = await router.routeAsync(x);
+        assert.equal(Array.from(again.indices), Array.from(got.indices), 'routeAsync gives the same experts');
+        assert.equal(Array.from(again.weights), Array.from(got.weights), 'and the same weights');
+      }
+      // Dynamic k from router entropy computed on the GPU, with the estimator's frozen calibration.
+      const E = 64;
+      const d = 256;
+      const T = 500;
       const gate = randn(E * d, ++seed, 0.05);
-      const router = new Router({
-        numExperts: E,
-        hiddenSize: d,
-        gateWeight: gate,
-        selection: { kind: 'topk', k: 4 },
-        normalize: true,
-        backend: 'cuda',
-      });
-      const got = router.route(x, { returnLogits: true, returnProbs: true });
-      const ref = referenceRoute(cfgOf(router), x, gate);
-      assert.ok(relativeError(got.logits!, ref.logits) < 1e-5, `logits ${relativeError(got.logits!, ref.logits)}`);
-      assert.ok(relativeError(got.probs!, ref.probs) < 1e-5, 'probs');
-      const rep = compareRouting(got, ref, `T=${T} E=${E} d=${d}`);
-      assert.ok(rep.ambiguous <= Math.max(2, T * 0.02), `ambiguous ${rep.ambiguous}`);
-      const again = await router.routeAsync(x);
-      assert.equal(Array.from(again.indices), Array.from(got.indices), 'routeAsync gives the same experts');
-      assert.equal(Array.from(again.weights), Array.from(got.weights), 'and the same weights');
-    }
-    // Dynamic k from router entropy computed on the GPU, with the estimator's frozen calibration.
-    const E = 64;
-    const d = 256;
-    const T = 500;
-    const gate = randn(E * d, ++seed, 0.05);
-    const sel: Selection = { kind: 'dynamic', minK: 1, maxK: 6, estimator: 'router_entropy' };
-    const gpu = new Router({ numExperts: E, hiddenSize: d, gateWeight: gate, selection: sel, backend: 'cuda' });
-    const cpu = new Router({ numExperts: E, hiddenSize: d, gateWeight: gate, selection: sel });
-    const calib = randn(200 * d, ++seed);
-    for (const r of [gpu, cpu])
-      r.estimator!.calibrate({ x: calib, tokens: 200, hiddenSize: d, logits: r.logits(calib), numExperts: E });
-    const x = randn(T * d, ++seed);
-    const a = gpu.route(x);
-    const b = cpu.route(x);
-    assert.ok(a.complexity && b.complexity, 'complexity returned');
-    let kDiff = 0;
-    for (let t = 0; t < T; t++) {
-      assert.ok(
-        Math.abs(a.complexity![t] - b.complexity![t]) < 1e-4,
-        `token ${t} complexity ${a.complexity![t]} vs ${b.complexity![t]}`,
-      );
-      if (a.k[t] !== b.k[t]) kDiff++;
-    }
-    assert.ok(kDiff <= 2, `${kDiff} tokens got another k`);
-  });
+      const sel: Selection = { kind: 'dynamic', minK: 1, maxK: 6, estimator: 'router_entropy' };
+      const gpu = new Router({ numExperts: E, hiddenSize: d, gateWeight: gate, selection: sel, backend: 'cuda' });
+      const cpu = new Router({ numExperts: E, hiddenSize: d, gateWeight: gate, selection: sel });
+      const calib = randn(200 * d, ++seed);
+      for (const r of [gpu, cpu])
+        r.estimator!.calibrate({ x: calib, tokens: 200, hiddenSize: d, logits: r.logits(calib), numExperts: E });
+      const x = randn(T * d, ++seed);
+      const a = gpu.route(x);
+      const b = cpu.route(x);
+      assert.ok(a.complexity && b.complexity, 'complexity returned');
+      let kDiff = 0;
+      for (let t = 0; t < T; t++) {
+        assert.ok(
+          Math.abs(a.complexity![t] - b.complexity![t]) < 1e-4,
+          `token ${t} complexity ${a.complexity![t]} vs ${b.complexity![t]}`,
+        );
+        if (a.k[t] !== b.k[t]) kDiff++;
+      }
+      assert.ok(kDiff <= 2, `${kDiff} tokens got another k`);
+    },
+  );
 
-  test('device complexity: gradient_norm (L2, L1) and router_entropy with none, quantile and running zscore', () => {
+  gpuTest('device complexity: gradient_norm (L2, L1) and router_entropy with none, quantile and running zscore', () => {
     let seed = SEED + 250;
     const E = 32;
     const d = 192;
@@ -284,38 +292,45 @@ function gpuTests() {
     return { layer, experts, shared: sh, d, f };
   }
 
-  test('layer forward: bf16 tensor-core GEMMs within 1e-2 of the float64 reference (decode and prefill paths)', () => {
-    let seed = SEED + 300;
-    const cases: [string, number, number, number, Selection, { f: number; gated: boolean } | undefined, number[]][] = [
-      ['mixtral-like', 8, 256, 512, { kind: 'topk', k: 2 }, undefined, [1, 2, 5, 8, 9, 64, 300]],
-      ['E=60 padded f', 60, 128, 96, { kind: 'topk', k: 4 }, { f: 160, gated: true }, [1, 7, 130, 1100]],
-      ['d not a tile multiple', 16, 200, 64, { kind: 'topk', k: 2 }, { f: 64, gated: false }, [3, 257]],
-      ['top-p', 32, 128, 128, { kind: 'topp', p: 0.5, minK: 1, maxK: 4 }, undefined, [6, 100]],
-    ];
-    for (const [name, E, d, f, sel, shared, tokens] of cases) {
-      const b = build(E, d, f, sel, (seed += 1000), shared);
-      for (const T of tokens) {
-        const x = randn(T * d, ++seed);
-        const r = b.layer.forward(x);
-        const ref = referenceLayer(x, T, d, (e) => ({ ...b.experts[e], f }), { ...r.routing }, b.shared);
-        for (let i = 0; i < r.output.length; i++)
-          if (!Number.isFinite(r.output[i])) assert.unreachable(`${name} T=${T}: output ${i} not written (NaN)`);
-        const err = relativeError(r.output, ref);
-        assert.ok(err < 1e-2, `${name} T=${T}: relative error ${err}`);
-        assert.is(
-          r.stats.expertCounts.reduce((a, c) => a + c, 0),
-          r.routing.stats.assignments,
-          'counts sum',
-        );
-        assert.ok(r.stats.stageSeconds.expertGemm > 0, 'device stage timing');
+  gpuTest(
+    'layer forward: bf16 tensor-core GEMMs within 1e-2 of the float64 reference (decode and prefill paths)',
+    () => {
+      let seed = SEED + 300;
+      const cases: [string, number, number, number, Selection, { f: number; gated: boolean } | undefined, number[]][] =
+        [
+          ['mixtral-like', 8, 256, 512, { kind: 'topk', k: 2 }, undefined, [1, 2, 5, 8, 9, 64, 300]],
+          ['E=60 padded f', 60, 128, 96, { kind: 'topk', k: 4 }, { f: 160, gated: true }, [1, 7, 130, 1100]],
+          ['d not a tile multiple', 16, 200, 64, { kind: 'topk', k: 2 }, { f: 64, gated: false }, [3, 257]],
+          ['top-p', 32, 128, 128, { kind: 'topp', p: 0.5, minK: 1, maxK: 4 }, undefined, [6, 100]],
+        ];
+      for (const [name, E, d, f, sel, shared, tokens] of cases) {
+        const b = build(E, d, f, sel, (seed += 1000), shared);
+        for (const T of tokens) {
+          const x = randn(T * d, ++seed);
+          const r = b.layer.forward(x);
+          const ref = referenceLayer(x, T, d, (e) => ({ ...b.experts[e], f }), { ...r.routing }, b.shared);
+          for (let i = 0; i < r.output.length; i++)
+            if (!Number.isFinite(r.output[i])) assert.unreachable(`${name} T=${T}: output ${i} not written (NaN)`);
+          const err = relativeError(r.output, ref);
+          assert.ok(err < 1e-2, `${name} T=${T}: relative error ${err}`);
+          assert.is(
+            r.stats.expertCounts.reduce((a, c) => a + c, 0),
+            r.routing.stats.assignments,
+            'counts sum',
+          );
+          assert.ok(r.stats.stageSeconds.expertGemm > 0, 'device stage timing');
+        }
+        b.layer.dispose();
       }
-      b.layer.dispose();
-    }
-  });
+    },
+  );
 
-  test('every GEMM tile (32x128, 128x128, 128x256, 128x128x64, 32x64, 32x64x64) computes the same layer', () => {
+  gpuTest('every GEMM tile (32x128, 128x128, 128x256, 128x128x64, 32x64, 32x64x64) computes the same layer', () => {
     let seed = SEED + 350;
-    for (const tile of ['small', 'large', 'wide', 'deep', 'narrow', 'stream']) {
+    // The sm_90a wgmma tile is experimental: checked only when asked (MOE_CUDA_TEST_HOPPER=1, an sm_90 GPU).
+    const tiles = ['small', 'large', 'wide', 'deep', 'narrow', 'stream'];
+    if (process.env.MOE_CUDA_TEST_HOPPER === '1') tiles.push('hopper');
+    for (const tile of tiles) {
       process.env.MOE_CUDA_TILE = tile;
       try {
         const b = build(8, 256, 128, { kind: 'topk', k: 2 }, (seed += 100), { f: 128, gated: false });
@@ -333,7 +348,7 @@ function gpuTests() {
     }
   });
 
-  test('deterministic: forward twice and forwardAsync give identical bits; telemetry counts the calls', async () => {
+  gpuTest('deterministic: forward twice and forwardAsync give identical bits; telemetry counts the calls', async () => {
     const b = build(16, 128, 128, { kind: 'topk', k: 2 }, SEED + 400, { f: 64, gated: true });
     const x = randn(200 * 128, SEED + 401);
     const a = b.layer.forward(x);
@@ -348,77 +363,83 @@ function gpuTests() {
     b.layer.dispose();
   });
 
-  test('forwardDevice on device pointers: the bits of forward(), NaN-poisoned output overwritten, counters drained', () => {
-    const addon = native();
-    const b = build(16, 128, 128, { kind: 'topk', k: 2 }, SEED + 450, { f: 64, gated: true });
-    for (const T of [3, 200]) {
-      const x = randn(T * 128, SEED + 451 + T);
-      const want = b.layer.forward(x).output;
-      b.layer.drainTelemetry();
-      const input = addon.cudaAlloc(x.byteLength);
-      const output = addon.cudaAlloc(x.byteLength);
-      try {
-        addon.cudaCopy(input, x, true);
-        addon.cudaCopy(output, new Float32Array(x.length).fill(NaN), true);
-        b.layer.forwardDevice({ input, output, tokens: T });
-        const got = new Float32Array(x.length);
-        addon.cudaCopy(output, got, false);
-        assert.ok(got.every(Number.isFinite), `T=${T}: forwardDevice left unwritten (NaN) outputs`);
-        assert.equal(Array.from(got), Array.from(want), `T=${T}: forwardDevice differs from forward`);
-      } finally {
-        addon.cudaFree(input);
-        addon.cudaFree(output);
-      }
-      b.layer.drainTelemetry(); // queues the copy of the device counters (a drain never waits for it)
-      b.layer.forward(x); // synchronises the layer's stream, so the copy has landed
-      const t = b.layer.drainTelemetry();
-      assert.is(t.calls, 2, `T=${T}: the forwardDevice call and the forward`);
-      assert.is(t.tokens, 2 * T);
-    }
-    b.layer.dispose();
-  });
-
-  test('fromPretrained with backend cuda: Qwen2-MoE (gated shared expert) and DeepSeek-V3 (groups, bias) layers', () => {
-    for (const arch of ['qwen2_moe', 'deepseek_v3'] as const) {
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-cuda-ck-'));
-      try {
-        const ck = writeTinyCheckpoint(dir, arch, {
-          hiddenSize: 128,
-          intermediateSize: 64,
-          numExperts: 16,
-          topK: 4,
-          seed: 3,
-        });
-        const layer = ck.moeLayers[0];
-        const gpu = MoELayer.fromPretrained(dir, { layer, backend: 'cuda' });
-        const cpu = MoELayer.fromPretrained(dir, { layer });
-        assert.is(gpu.backend, 'cuda');
-        assert.is(gpu.dtype, 'bf16');
-        const T = 40;
-        const x = randn(T * 128, SEED + 600);
-        const a = gpu.forward(x);
-        const b = cpu.forward(x);
-        // Tokens routed alike (a logit within rounding of a tie may go either way) must agree to bf16 precision.
-        const K = a.routing.maxK;
-        const same: number[] = [];
-        for (let t = 0; t < T; t++) {
-          const row = (r: typeof a) => Array.from(r.routing.indices.subarray(t * K, t * K + K)).join();
-          if (row(a) === row(b)) same.push(t);
+  gpuTest(
+    'forwardDevice on device pointers: the bits of forward(), NaN-poisoned output overwritten, counters drained',
+    () => {
+      const addon = native();
+      const b = build(16, 128, 128, { kind: 'topk', k: 2 }, SEED + 450, { f: 64, gated: true });
+      for (const T of [3, 200]) {
+        const x = randn(T * 128, SEED + 451 + T);
+        const want = b.layer.forward(x).output;
+        b.layer.drainTelemetry();
+        const input = addon.cudaAlloc(x.byteLength);
+        const output = addon.cudaAlloc(x.byteLength);
+        try {
+          addon.cudaCopy(input, x, true);
+          addon.cudaCopy(output, new Float32Array(x.length).fill(NaN), true);
+          b.layer.forwardDevice({ input, output, tokens: T });
+          const got = new Float32Array(x.length);
+          addon.cudaCopy(output, got, false);
+          assert.ok(got.every(Number.isFinite), `T=${T}: forwardDevice left unwritten (NaN) outputs`);
+          assert.equal(Array.from(got), Array.from(want), `T=${T}: forwardDevice differs from forward`);
+        } finally {
+          addon.cudaFree(input);
+          addon.cudaFree(output);
         }
-        assert.ok(same.length >= T * 0.9, `${arch}: only ${same.length} of ${T} tokens routed alike`);
-        const pick = (y: Float32Array) =>
-          Float32Array.from(same.flatMap((t) => Array.from(y.subarray(t * 128, t * 128 + 128))));
-        const err = relativeError(pick(a.output), pick(b.output));
-        assert.ok(err < 1e-2, `${arch}: CUDA against CPU fp32, relative error ${err}`);
-        gpu.dispose();
-        cpu.dispose();
-      } finally {
-        fs.rmSync(dir, { recursive: true, force: true });
+        b.layer.drainTelemetry(); // queues the copy of the device counters (a drain never waits for it)
+        b.layer.forward(x); // synchronises the layer's stream, so the copy has landed
+        const t = b.layer.drainTelemetry();
+        assert.is(t.calls, 2, `T=${T}: the forwardDevice call and the forward`);
+        assert.is(t.tokens, 2 * T);
       }
-    }
-  });
+      b.layer.dispose();
+    },
+  );
 
-  test('bad input on the CUDA backend: clear errors, nothing crashes', () => {
+  gpuTest(
+    'fromPretrained with backend cuda: Qwen2-MoE (gated shared expert) and DeepSeek-V3 (groups, bias) layers',
+    () => {
+      for (const arch of ['qwen2_moe', 'deepseek_v3'] as const) {
+        const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-cuda-ck-'));
+        try {
+          const ck = writeTinyCheckpoint(dir, arch, {
+            hiddenSize: 128,
+            intermediateSize: 64,
+            numExperts: 16,
+            topK: 4,
+            seed: 3,
+          });
+          const layer = ck.moeLayers[0];
+          const gpu = MoELayer.fromPretrained(dir, { layer, backend: 'cuda' });
+          const cpu = MoELayer.fromPretrained(dir, { layer });
+          assert.is(gpu.backend, 'cuda');
+          assert.is(gpu.dtype, 'bf16');
+          const T = 40;
+          const x = randn(T * 128, SEED + 600);
+          const a = gpu.forward(x);
+          const b = cpu.forward(x);
+          // Tokens routed alike (a logit within rounding of a tie may go either way) must agree to bf16 precision.
+          const K = a.routing.maxK;
+          const same: number[] = [];
+          for (let t = 0; t < T; t++) {
+            const row = (r: typeof a) => Array.from(r.routing.indices.subarray(t * K, t * K + K)).join();
+            if (row(a) === row(b)) same.push(t);
+          }
+          assert.ok(same.length >= T * 0.9, `${arch}: only ${same.length} of ${T} tokens routed alike`);
+          const pick = (y: Float32Array) =>
+            Float32Array.from(same.flatMap((t) => Array.from(y.subarray(t * 128, t * 128 + 128))));
+          const err = relativeError(pick(a.output), pick(b.output));
+          assert.ok(err < 1e-2, `${arch}: CUDA against CPU fp32, relative error ${err}`);
+          gpu.dispose();
+          cpu.dispose();
+        } finally {
+          fs.rmSync(dir, { recursive: true, force: true });
+        }
+      }
+    },
+  );
+
+  gpuTest('bad input on the CUDA backend: clear errors, nothing crashes', () => {
     const b = build(8, 64, 64, { kind: 'topk', k: 2 }, SEED + 500);
     const x = randn(4 * 64, SEED + 501);
     x[70] = NaN;

@@ -66,6 +66,18 @@ else
   anchors=""
 fi
 
+# The experimental sm_90a wgmma tile, in processes of its own (a fault there cannot spoil the rest): its tile test,
+# then its TFLOP/s on the two large batches (last column of "by tile").
+if nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | grep -q '^9\.0'; then
+  echo "== experimental: the sm_90a wgmma tile ($(elapsed))"
+  MOE_CUDA_POISON=1 MOE_CUDA_TEST_HOPPER=1 MOE_CUDA_TEST_ONLY='GEMM tile' timeout 120 "$NODE" "${TEST[@]}" 2>&1 |
+    tee "$OUT/hopper-test.log" | grep -E "Passed|Failed|Error|tile" | head -n 8
+  for row in mixtral:4096 olmoe:4096; do
+    MOE_BENCH_HOPPER=1 MOE_BENCH_ONLY=$row timeout 120 "$NODE" "${BENCH[@]}" $anchors 2>&1 |
+      tee -a "$OUT/hopper-bench.log" | grep -E "^\| (mixtral|olmoe) " || echo "(wgmma bench of $row failed: see hopper-bench.log)"
+  done
+fi
+
 echo "== benchmark ($(elapsed))"
 timeout 240 "$NODE" "${BENCH[@]}" $anchors 2>&1 | tee "$OUT/bench.log" | grep -v '^{' 
 bench_rc=${PIPESTATUS[0]}

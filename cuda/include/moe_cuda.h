@@ -99,7 +99,7 @@ typedef struct MoeCudaBench {
   double routeAlignMs;      /* median of gating + align alone, from precomputed logits */
   double routeAlignFromXMs; /* the same with the gate GEMM from x */
   double expertMs;          /* median of the expert stage alone (gate/up + down), the layer's own tile choice */
-  double expertMsByTile[6]; /* the same with each GEMM tile forced (cuda/kernels.h GemmTile order; 0: not run) */
+  double expertMsByTile[7]; /* the same with each GEMM tile forced (cuda/kernels.h GemmTile order; 0: not run) */
   double expertFlops;       /* FLOPs of that stage: 6 d f per (token, expert) pair */
   double expertBytes;       /* distinct expert weight bytes that stage reads */
 } MoeCudaBench;

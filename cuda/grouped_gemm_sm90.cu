@@ -1,0 +1,164 @@
+// The sm_90a grouped GEMM: wgmma (warpgroup MMA, Hopper) reading both operands from shared memory through
+// matrix descriptors, with the same schedule, layouts and epilogues as grouped_gemm.cu. Experimental: only used
+// when MOE_CUDA_TILE=hopper forces it, until a GPU session has checked and timed it (bench/gpu/check.sh).
+//
+// Block tile 128 x 128 x 64, two warpgroups (rows 0-63 and 64-127), each issuing m64n128k16 MMAs. Tiles are
+// staged by cp.async into 128-byte-swizzled shared memory (16-byte chunk c of row r at c ^ (r % 8), the layout
+// the descriptors' SW128 mode reads; stage bases 1024-byte aligned), 4 stages deep.
+#include "common.cuh"
+#include "grouped_gemm.cuh"
+#include "kernels.h"
+
+namespace moe_cuda {
+
+namespace {
+
+constexpr int HM = 128, HN = 128, HK = 64, kHopperStages = 4, kHopperThreads = 256;
+constexpr int kStageBytes = (HM + HN) * HK * 2;  // 32 KiB: A then B
+constexpr size_t kHopperSmem = size_t(kHopperStages) * kStageBytes + 1024;  // + alignment slack
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// K-major operand, 128-byte swizzle: start address and stride (8 rows x 128 B) in 16-byte units, layout type 1.
+__device__ __forceinline__ uint64_t descriptor(uint32_t smemByteAddress) {
+  return uint64_t((smemByteAddress >> 4) & 0x3FFF) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) |
+         (uint64_t(1) << 62);
+}
+
+__device__ __forceinline__ void wgmma128(float* d, uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(a), "l"(b), "r"(1));
+}
+#endif
+
+template <bool kSwiGLU>
+__global__ void __launch_bounds__(kHopperThreads, 1) hopperGemmKernel(GemmArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ unsigned char smemRaw[];
+  BlockTile tile;
+  if (!blockTile(a.sched, a.N / HN, HM, tile)) return;
+  const int row0 = tile.row0, rowEnd = tile.rowEnd, nTile = tile.nTile;
+  const bf16* B = a.B + size_t(tile.expert) * a.strideB + size_t(nTile) * HN * a.K;
+  const uint32_t base = (smemAddress(smemRaw) + 1023) & ~1023u;
+  const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, warpInGroup = (tid % 128) / 32;
+
+  // Copy roles: 1024 chunks of A and 1024 of B per stage; thread tid takes chunks tid + 256 i (4 of each).
+  const bf16* aSrc[4];
+  const bf16* bSrc[4];
+  uint32_t dst[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int c = tid + kHopperThreads * i, r = c / 8, chunk = c % 8;
+    const int row = min(row0 + r, rowEnd - 1);  // rows past the expert's end are read (valid), never stored
+    aSrc[i] = a.A + size_t(a.rowToken ? a.rowToken[row] : row) * a.lda + chunk * 8;
+    bSrc[i] = B + size_t(r) * a.K + chunk * 8;
+    dst[i] = uint32_t(r * 128 + ((chunk ^ (r & 7)) << 4));
+  }
+  const int kTiles = a.K / HK;
+  auto load = [&](int stage, int kt) {
+    const uint32_t sA = base + stage * kStageBytes, sB = sA + HM * HK * 2;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      cpAsync16(sA + dst[i], aSrc[i] + kt * HK);
+      cpAsync16(sB + dst[i], bSrc[i] + kt * HK);
+    }
+  };
+
+  float d[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) d[i] = 0;
+#pragma unroll
+  for (int st = 0; st < kHopperStages - 1; ++st) {
+    if (st < kTiles) load(st, st);
+    cpAsyncCommit();
+  }
+  for (int kt = 0; kt < kTiles; ++kt) {
+    cpAsyncWait<kHopperStages - 2>();
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // generic-proxy writes -> wgmma reads
+    __syncthreads();
+    const int next = kt + kHopperStages - 1;
+    if (next < kTiles) load(next % kHopperStages, next);  // the stage of kt - 1, whose MMAs have completed
+    cpAsyncCommit();
+    const uint32_t sA = base + (kt % kHopperStages) * kStageBytes + wg * 64 * 128, sB = base +
+                        (kt % kHopperStages) * kStageBytes + HM * HK * 2;
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+    for (int k16 = 0; k16 < HK / 16; ++k16) wgmma128(d, descriptor(sA + k16 * 32), descriptor(sB + k16 * 32));
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  }
+  cpAsyncWait<0>();
+
+  // Accumulators: warp w of the warpgroup holds rows 16w + lane/4 (+8); column group j (8 wide) in d[4j..4j+3],
+  // as mma.sync's m16n8 fragments. Even groups are gate rows, odd ones the matching up rows.
+  const int quadCol = (lane % 4) * 2;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = row0 + wg * 64 + warpInGroup * 16 + lane / 4 + half * 8;
+    if (row >= rowEnd) continue;
+    if constexpr (kSwiGLU) {
+#pragma unroll
+      for (int p = 0; p < HN / 16; ++p) {
+        const float* g = d + (2 * p) * 4 + half * 2;
+        const float* u = d + (2 * p + 1) * 4 + half * 2;
+        const int f = (nTile * HN / 16 + p) * 8 + quadCol;
+        *reinterpret_cast<__nv_bfloat162*>(a.H + size_t(row) * a.ldh + f) =
+            __floats2bfloat162_rn(silu(g[0]) * u[0], silu(g[1]) * u[1]);
+      }
+    } else {
+      const float sc = a.scale ? a.scale[row] : 1.0f;
+#pragma unroll
+      for (int j = 0; j < HN / 8; ++j) {
+        const int n = nTile * HN + j * 8 + quadCol;
+        *reinterpret_cast<float2*>(a.O + size_t(row) * a.ldo + n) =
+            make_float2(d[4 * j + half * 2] * sc, d[4 * j + half * 2 + 1] * sc);
+      }
+    }
+  }
+#else
+  __trap();  // never launched: launchHopperGemm checks for an sm_90 device first
+#endif
+}
+
+template <bool kSwiGLU>
+void launchHopper(const GemmArgs& args, cudaStream_t s) {
+  static bool configured = false;
+  if (!configured) {
+    check(cudaFuncSetAttribute(hopperGemmKernel<kSwiGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               int(kHopperSmem)),
+          "wgmma GEMM shared memory");
+    configured = true;
+  }
+  const int64_t blocks = int64_t(args.sched.maxTiles) * (args.N / HN);
+  if (blocks <= 0) return;
+  hopperGemmKernel<kSwiGLU><<<unsigned(blocks), kHopperThreads, kHopperSmem, s>>>(args);
+  checkLaunch(kSwiGLU ? "hopperGemmKernel<gate/up>" : "hopperGemmKernel<down>");
+}
+
+}  // namespace
+
+bool launchHopperGemm(const GemmArgs& args, bool swiglu, cudaStream_t s) {
+  static const bool sm90 = [] {
+    int device = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) return false;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+    cudaGetLastError();
+    return major == 9 && minor == 0;
+  }();
+  if (!sm90 || args.K % HK != 0 || args.N % HN != 0) return false;
+  if (swiglu) launchHopper<true>(args, s);
+  else launchHopper<false>(args, s);
+  return true;
+}
+
+}  // namespace moe_cuda
