@@ -75,6 +75,7 @@ void CudaLayer::bench(MoeCudaBench& b) {
   call.complexityMode = cfg_.selection == 3 ? MOE_CUDA_COMPLEXITY_ROUTER_ENTROPY : MOE_CUDA_COMPLEXITY_NONE;
   call.calibration = MOE_CUDA_CALIBRATION_ZSCORE;
   check(cudaMemsetAsync(ws_->calib.as<void>(), 0, 3 * sizeof(double), stream_), "calibration reset");
+  uploadedCalibration_.clear();  // the device's copy changes under this bench
   auto whole = [&] {
     enqueueRoute(x.as<float>(), T, false, call, false, stream_);
     enqueueAlign(T, false, stream_);

@@ -419,14 +419,21 @@ void CudaLayer::forward(MoeCudaForward& call, bool routeOnly) {
       check(cudaMemcpyAsync(w.complexity.as<float>(), call.complexity, size_t(T) * sizeof(float),
                             cudaMemcpyHostToDevice, s),
             "complexity upload");
-    check(cudaMemcpyAsync(w.calib.as<double>(), call.calibState, 3 * sizeof(double), cudaMemcpyHostToDevice, s),
-          "calibration upload");
-    if (call.calibration == MOE_CUDA_CALIBRATION_QUANTILE) {
-      if (!call.knots || call.knotCount < 2 || call.knotCount > 1025)
-        throw CudaError("calibration: quantile needs 2 to 1025 knots");
-      check(cudaMemcpyAsync(w.knots.as<double>(), call.knots, size_t(call.knotCount) * sizeof(double),
-                            cudaMemcpyHostToDevice, s),
-            "knots upload");
+    const bool quantile = call.calibration == MOE_CUDA_CALIBRATION_QUANTILE;
+    if (quantile && (!call.knots || call.knotCount < 2 || call.knotCount > 1025))
+      throw CudaError("calibration: quantile needs 2 to 1025 knots");
+    // Uploaded only when it changed, so device-pointer forwards with a fixed calibration copy nothing from the host
+    // (a stream being captured into a CUDA graph refuses host copies). Host calls hand the device state back.
+    std::vector<double> calibration(call.calibState, call.calibState + 3);
+    if (quantile) calibration.insert(calibration.end(), call.knots, call.knots + call.knotCount);
+    if (calibration != uploadedCalibration_) {
+      check(cudaMemcpyAsync(w.calib.as<double>(), call.calibState, 3 * sizeof(double), cudaMemcpyHostToDevice, s),
+            "calibration upload");
+      if (quantile)
+        check(cudaMemcpyAsync(w.knots.as<double>(), call.knots, size_t(call.knotCount) * sizeof(double),
+                              cudaMemcpyHostToDevice, s),
+              "knots upload");
+      uploadedCalibration_ = std::move(calibration);
     }
   }
   enqueueRoute(x, T, call.logits != nullptr, call, host, s, !routeOnly);
@@ -441,7 +448,11 @@ void CudaLayer::forward(MoeCudaForward& call, bool routeOnly) {
     if (host) check(cudaEventRecord(stage_[4], s), "event");
   }
   check(cudaEventRecord(done_, s), "event");
-  if (!host) return;
+  if (!host) {
+    // A running zscore moved the device's statistics without telling the host: upload them again next time.
+    if (cfg_.selection == 3 && call.calibration == MOE_CUDA_CALIBRATION_ZSCORE) uploadedCalibration_.clear();
+    return;
+  }
 
   // Host mode: copy the results back and wait for them.
   const size_t TK = size_t(T) * maxK_, TE = size_t(T) * E_;
@@ -458,11 +469,13 @@ void CudaLayer::forward(MoeCudaForward& call, bool routeOnly) {
   if (cfg_.selection == 3 && call.complexityMode != MOE_CUDA_COMPLEXITY_NONE)
     download(call.complexityOut, w.complexity.as<void>(), size_t(T) * 4);
   if (cfg_.selection == 3) download(call.calibState, w.calib.as<void>(), 3 * sizeof(double));
+  const bool calibrationMoved = cfg_.selection == 3 && call.calibration == MOE_CUDA_CALIBRATION_ZSCORE;
   download(call.routeStats, w.stats.as<void>(), 5 * sizeof(double));
   int32_t bad = 0;
   download(&bad, w.badToken.as<void>(), sizeof(int32_t));
   check(cudaStreamSynchronize(s), "forward");
   call.badToken = bad < T ? bad : -1;
+  if (calibrationMoved) uploadedCalibration_.assign(call.calibState, call.calibState + 3);  // what the device holds
   for (int i = 0; i < 4; ++i) {
     float ms = 0;
     if (!routeOnly || i == 0) check(cudaEventElapsedTime(&ms, stage_[i], stage_[i + 1]), "stage timing");

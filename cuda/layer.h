@@ -90,6 +90,7 @@ class CudaLayer {
   std::vector<bool> loaded_;
   bool hasShared_ = false;
   bool poison_ = false;
+  std::vector<double> uploadedCalibration_;  // calibration state (+ knots) last copied to the device
   GatingOut gating_{};                      // set by enqueueRoute for enqueueAlign (fused for few tokens)
   const float* gatingComplexity_ = nullptr;
   int forcedTile_ = -1;  // tests and benchmarks: a GemmTile for every expert pass (MOE_CUDA_TILE)
