@@ -5,7 +5,7 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { register as globalRegistry, Registry } from 'prom-client';
+import { Gauge, register as globalRegistry, Registry } from 'prom-client';
 import { MoELayer, Router } from '../lib';
 import { METRIC_LABELS, MetricName, MetricsCollector, type TelemetrySource } from '../lib/observability';
 import { FakeTelemetrySource } from './helpers/fake-telemetry';
@@ -60,6 +60,36 @@ test('every family of the guide is exposed with its exact label set after traffi
   assert.is(value(exp, MetricName.MEMORY_USAGE, { component: 'expert_weights' }), 1 << 20);
   assert.is(value(exp, MetricName.EXPERT_FAILURES, { expert_id: '5', failure_type: 'timeout' }), 1);
   assert.is(value(exp, `${MetricName.COMPLEXITY_SCORE}_count`, { estimator_type: 'none' }), 3);
+});
+
+test('the one-pass exposition writes exactly what prom-client writes, awkward label values included', async () => {
+  const c = new MetricsCollector('mo"del\\ name\nline', { defaultMetrics: false });
+  const src = new FakeTelemetrySource(8, 4);
+  c.observe(src, { layerId: 'layer "7"', estimatorType: 'router_entropy' });
+  src.call({ ks: [1, 2, 4, 4], complexity: [0.05, 0.5, 0.95, 1], flopsComputed: 900, flopsStatic: 1200 });
+  src.call({ ks: [3], complexity: [0.4], flopsComputed: 10, flopsStatic: 10 });
+  src.error('non_finite');
+  c.recordExpertFailure(5, 'time\nout');
+  c.recordRoutingRequest('cu"da', 'error');
+  c.recordRoutingDuration(0.003, 'cu"da');
+  c.updateMemoryUsage(Number.POSITIVE_INFINITY, 'kv_cache');
+  c.updateMemoryUsage(Number.NaN, 'scratch');
+  // A family of the user's, with its own collect callback, is left to prom-client and still collected.
+  let collected = 0;
+  new Gauge({
+    name: 'user_gauge',
+    help: 'a user family',
+    registers: [c.registry],
+    collect() {
+      collected++;
+      this.set(collected);
+    },
+  });
+  const fast = await c.metrics();
+  const reference = await c.registry.metrics(); // prom-client's own writer; nothing new to drain in between
+  assert.is(fast, reference.replace('user_gauge 2', 'user_gauge 1'));
+  assert.ok(fast.includes('model_name="mo\\"del\\\\ name\\nline"'), 'label values escaped');
+  assert.ok(fast.includes('user_gauge 1'), "the user's collect callback ran");
 });
 
 test('the collector uses its own registry, never the global one', async () => {

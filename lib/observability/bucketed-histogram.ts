@@ -58,7 +58,8 @@ export class BucketedHistogram<L extends string = string> {
   readonly aggregator = 'sum' as const;
   readonly labelNames: readonly L[];
   readonly upperBounds: readonly number[];
-  private readonly collectHook: (() => void) | undefined;
+  /** The scrape-time hook (options.collect). */
+  readonly collectHook: (() => void) | undefined;
   private series = new Map<string, Series>();
   /** For each set of source bounds seen: source bucket index -> our bucket index. */
   private readonly remaps = new Map<string, Int32Array>();
@@ -133,6 +134,11 @@ export class BucketedHistogram<L extends string = string> {
    */
   async getForPromString(): Promise<HistogramValues> {
     this.collectHook?.();
+    return this.samples();
+  }
+
+  /** {@link getForPromString} without the collect hook, synchronously (lib/observability/exposition.ts). */
+  samples(): HistogramValues {
     const values: HistogramSample[] = [];
     const bucketName = `${this.name}_bucket`;
     const sumName = `${this.name}_sum`;

@@ -18,6 +18,7 @@ import {
   NATIVE_ERROR_TYPES,
   STAGES,
 } from './metric-names';
+import { registryText } from './exposition';
 import type { TelemetryDelta, TelemetrySource } from './telemetry-types';
 
 export interface MetricsCollectorOptions {
@@ -88,6 +89,8 @@ export class MetricsCollector {
   private readonly listeners = new Set<DrainListener>();
   private readonly latestLoadBalance = new Map<string, number>();
   private drainedThisTurn = false;
+  /** The collect callback of every family (drains the sources once per scrape). */
+  private readonly collectFamilies: () => void;
   /** prom-client's default metrics when the registry is the collector's own, and their cached text. */
   private readonly defaults: Registry | undefined;
   private readonly defaultsIntervalMs: number;
@@ -107,6 +110,7 @@ export class MetricsCollector {
     this.registry = opts.registry ?? new Registry();
     const registers = [this.registry];
     const refresh = () => this.refresh();
+    this.collectFamilies = refresh;
     const counter = <N extends keyof typeof METRIC_LABELS>(name: N, help: string) =>
       new Counter<Labels<N>>({ name, help, labelNames: METRIC_LABELS[name], registers, collect: refresh });
     const gauge = <N extends keyof typeof METRIC_LABELS>(name: N, help: string) =>
@@ -218,7 +222,8 @@ export class MetricsCollector {
    * a collector-owned registry (see {@link MetricsCollectorOptions.defaultMetrics}).
    */
   async metrics(): Promise<string> {
-    const text = await this.registry.metrics();
+    this.collectFamilies(); // what the families' collect callbacks do; the writer reads them without calling it again
+    const text = await registryText(this.registry, this.collectFamilies);
     if (!this.defaults) return text;
     const now = performance.now();
     if (now - this.defaultsAt >= this.defaultsIntervalMs) {
