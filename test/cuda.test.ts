@@ -14,21 +14,12 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import {
-  BackendError,
-  backendInfo,
-  cudaStatus,
-  MoELayer,
-  Router,
-  ValidationError,
-  type ExpertWeights,
-  type Selection,
-} from '../lib';
+import { BackendError, backendInfo, cudaStatus, MoELayer, Router, ValidationError, type Selection } from '../lib';
 import { native } from '../lib/native';
-import { referenceLayer } from '../lib/reference/layer';
 import { referenceRoute, referenceRouteLogits } from '../lib/reference/routing';
 import { writeTinyCheckpoint } from './helpers/checkpoint';
 import { compareRouting, relativeError } from './helpers/compare';
+import { buildLayer, layerReference } from './helpers/layer';
 import { freshSeed, randn, randu } from './helpers/random';
 
 const SEED = freshSeed();
@@ -250,48 +241,6 @@ function gpuTests() {
     }
   });
 
-  interface Built {
-    layer: MoELayer;
-    experts: ExpertWeights[];
-    shared?: ExpertWeights & { gate?: Float32Array; f: number };
-    d: number;
-    f: number;
-  }
-  function build(
-    E: number,
-    d: number,
-    f: number,
-    selection: Selection,
-    seed: number,
-    shared?: { f: number; gated: boolean },
-  ): Built {
-    const experts = Array.from({ length: E }, () => ({
-      w1: randn(f * d, ++seed, 1 / Math.sqrt(d)),
-      w3: randn(f * d, ++seed, 1 / Math.sqrt(d)),
-      w2: randn(d * f, ++seed, 1 / Math.sqrt(f)),
-    }));
-    const router = new Router({
-      numExperts: E,
-      hiddenSize: d,
-      gateWeight: randn(E * d, ++seed, 0.3),
-      selection,
-      normalize: true,
-      backend: 'cuda',
-    });
-    let sh: Built['shared'];
-    if (shared) {
-      sh = {
-        w1: randn(shared.f * d, ++seed, 1 / Math.sqrt(d)),
-        w3: randn(shared.f * d, ++seed, 1 / Math.sqrt(d)),
-        w2: randn(d * shared.f, ++seed, 1 / Math.sqrt(shared.f)),
-        gate: shared.gated ? randn(d, ++seed, 0.2) : undefined,
-        f: shared.f,
-      };
-    }
-    const layer = new MoELayer({ router, experts, sharedExperts: sh && { ...sh, intermediateSize: sh.f } });
-    return { layer, experts, shared: sh, d, f };
-  }
-
   gpuTest(
     'layer forward: bf16 tensor-core GEMMs within 1e-2 of the float64 reference (decode and prefill paths)',
     () => {
@@ -304,11 +253,11 @@ function gpuTests() {
           ['top-p', 32, 128, 128, { kind: 'topp', p: 0.5, minK: 1, maxK: 4 }, undefined, [6, 100]],
         ];
       for (const [name, E, d, f, sel, shared, tokens] of cases) {
-        const b = build(E, d, f, sel, (seed += 1000), shared);
+        const b = buildLayer({ E, d, f, selection: sel, seed: (seed += 1000), shared, backend: 'cuda' });
         for (const T of tokens) {
           const x = randn(T * d, ++seed);
           const r = b.layer.forward(x);
-          const ref = referenceLayer(x, T, d, (e) => ({ ...b.experts[e], f }), { ...r.routing }, b.shared);
+          const ref = layerReference(b, x, r.routing);
           for (let i = 0; i < r.output.length; i++)
             if (!Number.isFinite(r.output[i])) assert.unreachable(`${name} T=${T}: output ${i} not written (NaN)`);
           const err = relativeError(r.output, ref);
@@ -333,11 +282,19 @@ function gpuTests() {
     for (const tile of tiles) {
       process.env.MOE_CUDA_TILE = tile;
       try {
-        const b = build(8, 256, 128, { kind: 'topk', k: 2 }, (seed += 100), { f: 128, gated: false });
+        const b = buildLayer({
+          E: 8,
+          d: 256,
+          f: 128,
+          selection: { kind: 'topk', k: 2 },
+          seed: (seed += 100),
+          shared: { f: 128, gated: false },
+          backend: 'cuda',
+        });
         for (const T of [9, 300]) {
           const x = randn(T * 256, ++seed);
           const r = b.layer.forward(x);
-          const ref = referenceLayer(x, T, 256, (e) => ({ ...b.experts[e], f: 128 }), { ...r.routing }, b.shared);
+          const ref = layerReference(b, x, r.routing);
           const err = relativeError(r.output, ref);
           assert.ok(err < 1e-2, `tile ${tile} T=${T}: relative error ${err}`);
         }
@@ -349,7 +306,15 @@ function gpuTests() {
   });
 
   gpuTest('deterministic: forward twice and forwardAsync give identical bits; telemetry counts the calls', async () => {
-    const b = build(16, 128, 128, { kind: 'topk', k: 2 }, SEED + 400, { f: 64, gated: true });
+    const b = buildLayer({
+      E: 16,
+      d: 128,
+      f: 128,
+      selection: { kind: 'topk', k: 2 },
+      seed: SEED + 400,
+      shared: { f: 64, gated: true },
+      backend: 'cuda',
+    });
     const x = randn(200 * 128, SEED + 401);
     const a = b.layer.forward(x);
     const c = b.layer.forward(x);
@@ -367,7 +332,15 @@ function gpuTests() {
     'forwardDevice on device pointers: the bits of forward(), NaN-poisoned output overwritten, counters drained',
     () => {
       const addon = native();
-      const b = build(16, 128, 128, { kind: 'topk', k: 2 }, SEED + 450, { f: 64, gated: true });
+      const b = buildLayer({
+        E: 16,
+        d: 128,
+        f: 128,
+        selection: { kind: 'topk', k: 2 },
+        seed: SEED + 450,
+        shared: { f: 64, gated: true },
+        backend: 'cuda',
+      });
       for (const T of [3, 200]) {
         const x = randn(T * 128, SEED + 451 + T);
         const want = b.layer.forward(x).output;
@@ -440,7 +413,7 @@ function gpuTests() {
   );
 
   gpuTest('bad input on the CUDA backend: clear errors, nothing crashes', () => {
-    const b = build(8, 64, 64, { kind: 'topk', k: 2 }, SEED + 500);
+    const b = buildLayer({ E: 8, d: 64, f: 64, selection: { kind: 'topk', k: 2 }, seed: SEED + 500, backend: 'cuda' });
     const x = randn(4 * 64, SEED + 501);
     x[70] = NaN;
     assert.throws(

@@ -5,78 +5,13 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { MoELayer, Router, ValidationError, type ExpertWeights, type Selection } from '../lib';
-import { referenceLayer } from '../lib/reference/layer';
+import { MoELayer, Router, ValidationError } from '../lib';
 import { relativeError } from './helpers/compare';
+import { buildLayer as build, layerReference as reference } from './helpers/layer';
 import { freshSeed, randn } from './helpers/random';
 
 const SEED = freshSeed();
 console.log(`layer.test seed ${SEED}`);
-
-interface Built {
-  layer: MoELayer;
-  experts: ExpertWeights[];
-  shared?: ExpertWeights & { gate?: Float32Array; f: number };
-  d: number;
-  f: number;
-}
-
-function build(opts: {
-  E: number;
-  d: number;
-  f: number;
-  selection: Selection;
-  dtype?: 'fp32' | 'bf16';
-  shared?: { f: number; gated: boolean };
-  bias?: Float32Array;
-  threads?: number;
-  seed: number;
-}): Built {
-  let seed = opts.seed;
-  const { E, d, f } = opts;
-  const experts = Array.from({ length: E }, () => ({
-    w1: randn(f * d, ++seed, 1 / Math.sqrt(d)),
-    w3: randn(f * d, ++seed, 1 / Math.sqrt(d)),
-    w2: randn(d * f, ++seed, 1 / Math.sqrt(f)),
-  }));
-  const router = new Router({
-    numExperts: E,
-    hiddenSize: d,
-    gateWeight: randn(E * d, ++seed, 0.3),
-    selection: opts.selection,
-    normalize: true,
-    bias: opts.bias,
-    threads: opts.threads,
-  });
-  let shared: Built['shared'];
-  if (opts.shared) {
-    const sf = opts.shared.f;
-    shared = {
-      w1: randn(sf * d, ++seed, 1 / Math.sqrt(d)),
-      w3: randn(sf * d, ++seed, 1 / Math.sqrt(d)),
-      w2: randn(d * sf, ++seed, 1 / Math.sqrt(sf)),
-      gate: opts.shared.gated ? randn(d, ++seed, 0.2) : undefined,
-      f: sf,
-    };
-  }
-  const layer = new MoELayer({
-    router,
-    experts,
-    dtype: opts.dtype,
-    sharedExperts: shared && { ...shared, intermediateSize: shared.f },
-    threads: opts.threads,
-  });
-  return { layer, experts, shared, d, f };
-}
-
-function reference(
-  b: Built,
-  x: Float32Array,
-  routing: { indices: Int32Array; weights: Float32Array; k: Int32Array; maxK: number },
-) {
-  const T = x.length / b.d;
-  return referenceLayer(x, T, b.d, (e) => ({ ...b.experts[e], f: b.f }), routing, b.shared);
-}
 
 for (const dtype of ['fp32', 'bf16'] as const) {
   const tol = dtype === 'fp32' ? 1e-5 : 1e-2;

@@ -1,0 +1,75 @@
+/**
+ * A layer of random normal weights for the layer tests (CPU: test/layer.test.ts, CUDA: test/cuda.test.ts), and
+ * its float64 reference output for a given routing.
+ */
+import { MoELayer, Router, type BackendName, type ExpertWeights, type Selection } from '../../lib';
+import { referenceLayer } from '../../lib/reference/layer';
+import { randn } from './random';
+
+export interface BuiltLayer {
+  layer: MoELayer;
+  experts: ExpertWeights[];
+  shared?: ExpertWeights & { gate?: Float32Array; f: number };
+  d: number;
+  f: number;
+}
+
+export function buildLayer(opts: {
+  E: number;
+  d: number;
+  f: number;
+  selection: Selection;
+  dtype?: 'fp32' | 'bf16';
+  shared?: { f: number; gated: boolean };
+  bias?: Float32Array;
+  threads?: number;
+  backend?: BackendName;
+  seed: number;
+}): BuiltLayer {
+  let seed = opts.seed;
+  const { E, d, f } = opts;
+  const experts = Array.from({ length: E }, () => ({
+    w1: randn(f * d, ++seed, 1 / Math.sqrt(d)),
+    w3: randn(f * d, ++seed, 1 / Math.sqrt(d)),
+    w2: randn(d * f, ++seed, 1 / Math.sqrt(f)),
+  }));
+  const router = new Router({
+    numExperts: E,
+    hiddenSize: d,
+    gateWeight: randn(E * d, ++seed, 0.3),
+    selection: opts.selection,
+    normalize: true,
+    bias: opts.bias,
+    threads: opts.threads,
+    backend: opts.backend,
+  });
+  let shared: BuiltLayer['shared'];
+  if (opts.shared) {
+    const sf = opts.shared.f;
+    shared = {
+      w1: randn(sf * d, ++seed, 1 / Math.sqrt(d)),
+      w3: randn(sf * d, ++seed, 1 / Math.sqrt(d)),
+      w2: randn(d * sf, ++seed, 1 / Math.sqrt(sf)),
+      gate: opts.shared.gated ? randn(d, ++seed, 0.2) : undefined,
+      f: sf,
+    };
+  }
+  const layer = new MoELayer({
+    router,
+    experts,
+    dtype: opts.dtype,
+    sharedExperts: shared && { ...shared, intermediateSize: shared.f },
+    threads: opts.threads,
+  });
+  return { layer, experts, shared, d, f };
+}
+
+/** The float64 reference of `b` on x [T, d] under the given routing. */
+export function layerReference(
+  b: BuiltLayer,
+  x: Float32Array,
+  routing: { indices: Int32Array; weights: Float32Array; k: Int32Array; maxK: number },
+): Float64Array {
+  const T = x.length / b.d;
+  return referenceLayer(x, T, b.d, (e) => ({ ...b.experts[e], f: b.f }), routing, b.shared);
+}
