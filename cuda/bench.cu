@@ -85,22 +85,7 @@ void CudaLayer::bench(MoeCudaBench& b) {
   Timer timer(stream_);
   for (int i = 0; i < 3; ++i) whole();  // warm-up (and routing state for the stage timings below)
   check(cudaStreamSynchronize(stream_), "warm-up");
-  if (b.graph) {
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "graph capture");
-    whole();
-    check(cudaStreamEndCapture(stream_, &graph), "graph capture");
-    check(cudaGraphInstantiate(&exec, graph, 0), "graph instantiate");
-    check(cudaGraphLaunch(exec, stream_), "graph launch");
-    b.forwardMs = timer.medianMs(iterations, [&] { check(cudaGraphLaunch(exec, stream_), "graph launch"); });
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
-  } else {
-    b.forwardMs = timer.medianMs(iterations, whole);
-  }
-  // Route + align from the logits left by the last forward, then from x (gate GEMM included); each captured in
-  // a graph so launch gaps do not count (the layer forward replays these as part of its own graph).
+  // Median time of what `enqueue` enqueues, captured once in a CUDA graph and replayed (no launch gaps).
   auto graphMs = [&](auto&& enqueue) {
     cudaGraph_t graph;
     cudaGraphExec_t exec;
@@ -114,6 +99,8 @@ void CudaLayer::bench(MoeCudaBench& b) {
     cudaGraphDestroy(graph);
     return ms;
   };
+  b.forwardMs = b.graph ? graphMs(whole) : timer.medianMs(iterations, whole);
+  // Route + align from the logits left by the last forward, then from x (gate GEMM included).
   b.routeAlignFromXMs = graphMs([&] {
     enqueueRoute(x.as<float>(), T, false, call, false, stream_);
     enqueueAlign(T, false, stream_);
