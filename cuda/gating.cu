@@ -42,6 +42,31 @@ __device__ void toBf16Rows(const float* __restrict__ x, int t0, int tokens, int 
   }
 }
 
+// This thread's share of the dot products of weight row w with x rows t0 .. t0 + tokens: thread `part` of
+// `parts` takes every parts-th group of 4 elements (16-byte loads when d % 4 == 0), or of 1 element otherwise.
+__device__ __forceinline__ void dotTokens(const float* __restrict__ w, const float* __restrict__ x, int t0,
+                                          int tokens, int d, int part, int parts, float (&acc)[kLogitTokens]) {
+  if ((d % 4) == 0) {
+    for (int i = part * 4; i < d; i += parts * 4) {
+      const float4 wv = *reinterpret_cast<const float4*>(w + i);
+#pragma unroll
+      for (int r = 0; r < kLogitTokens; ++r) {
+        if (r < tokens) {
+          const float4 xv = *reinterpret_cast<const float4*>(x + size_t(t0 + r) * d + i);
+          acc[r] = fmaf(wv.x, xv.x, fmaf(wv.y, xv.y, fmaf(wv.z, xv.z, fmaf(wv.w, xv.w, acc[r]))));
+        }
+      }
+    }
+  } else {
+    for (int i = part; i < d; i += parts) {
+      const float wv = w[i];
+#pragma unroll
+      for (int r = 0; r < kLogitTokens; ++r)
+        if (r < tokens) acc[r] = fmaf(wv, x[size_t(t0 + r) * d + i], acc[r]);
+    }
+  }
+}
+
 __global__ void gateLogitsKernel(const float* __restrict__ x, int T, int d, int dPad, const float* __restrict__ W,
                                  const float* __restrict__ logitBias, int E, float* __restrict__ logits,
                                  bf16* __restrict__ xb) {
@@ -51,27 +76,7 @@ __global__ void gateLogitsKernel(const float* __restrict__ x, int T, int d, int 
   const int tokens = min(kLogitTokens, T - t0);
   if (e < E) {
     float acc[kLogitTokens] = {};
-    const float* w = W + size_t(e) * d;
-    const bool vec = (d % 4) == 0;
-    if (vec) {
-      for (int i = lane * 4; i < d; i += 128) {
-        const float4 wv = *reinterpret_cast<const float4*>(w + i);
-#pragma unroll
-        for (int r = 0; r < kLogitTokens; ++r) {
-          if (r < tokens) {
-            const float4 xv = *reinterpret_cast<const float4*>(x + size_t(t0 + r) * d + i);
-            acc[r] = fmaf(wv.x, xv.x, fmaf(wv.y, xv.y, fmaf(wv.z, xv.z, fmaf(wv.w, xv.w, acc[r]))));
-          }
-        }
-      }
-    } else {
-      for (int i = lane; i < d; i += 32) {
-        const float wv = w[i];
-#pragma unroll
-        for (int r = 0; r < kLogitTokens; ++r)
-          if (r < tokens) acc[r] = fmaf(wv, x[size_t(t0 + r) * d + i], acc[r]);
-      }
-    }
+    dotTokens(W + size_t(e) * d, x, t0, tokens, d, lane, 32, acc);
 #pragma unroll
     for (int r = 0; r < kLogitTokens; ++r) acc[r] = warpSum(acc[r]);
     if (lane < tokens) {
@@ -94,27 +99,8 @@ __global__ void gateLogitsSplitKernel(const float* __restrict__ x, int T, int d,
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int e = blockIdx.x, t0 = blockIdx.y * kLogitTokens;
   const int tokens = min(kLogitTokens, T - t0);
-  const float* w = W + size_t(e) * d;
   float acc[kLogitTokens] = {};
-  if ((d % 4) == 0) {
-    for (int i = (warp * 32 + lane) * 4; i < d; i += 32 * kLogitExperts * 4) {
-      const float4 wv = *reinterpret_cast<const float4*>(w + i);
-#pragma unroll
-      for (int r = 0; r < kLogitTokens; ++r) {
-        if (r < tokens) {
-          const float4 xv = *reinterpret_cast<const float4*>(x + size_t(t0 + r) * d + i);
-          acc[r] = fmaf(wv.x, xv.x, fmaf(wv.y, xv.y, fmaf(wv.z, xv.z, fmaf(wv.w, xv.w, acc[r]))));
-        }
-      }
-    }
-  } else {
-    for (int i = warp * 32 + lane; i < d; i += 32 * kLogitExperts) {
-      const float wv = w[i];
-#pragma unroll
-      for (int r = 0; r < kLogitTokens; ++r)
-        if (r < tokens) acc[r] = fmaf(wv, x[size_t(t0 + r) * d + i], acc[r]);
-    }
-  }
+  dotTokens(W + size_t(e) * d, x, t0, tokens, d, warp * 32 + lane, 32 * kLogitExperts, acc);
 #pragma unroll
   for (int r = 0; r < kLogitTokens; ++r) {
     const float v = warpSum(acc[r]);
