@@ -424,16 +424,18 @@ void CudaLayer::forward(MoeCudaForward& call, bool routeOnly) {
       throw CudaError("calibration: quantile needs 2 to 1025 knots");
     // Uploaded only when it changed, so device-pointer forwards with a fixed calibration copy nothing from the host
     // (a stream being captured into a CUDA graph refuses host copies). Host calls hand the device state back.
-    std::vector<double> calibration(call.calibState, call.calibState + 3);
-    if (quantile) calibration.insert(calibration.end(), call.knots, call.knots + call.knotCount);
-    if (calibration != uploadedCalibration_) {
+    const size_t knots = quantile ? size_t(call.knotCount) : 0;
+    const std::vector<double>& up = uploadedCalibration_;
+    const bool same = up.size() == 3 + knots && std::equal(call.calibState, call.calibState + 3, up.begin()) &&
+                      std::equal(call.knots, call.knots + knots, up.begin() + 3);
+    if (!same) {
       check(cudaMemcpyAsync(w.calib.as<double>(), call.calibState, 3 * sizeof(double), cudaMemcpyHostToDevice, s),
             "calibration upload");
       if (quantile)
-        check(cudaMemcpyAsync(w.knots.as<double>(), call.knots, size_t(call.knotCount) * sizeof(double),
-                              cudaMemcpyHostToDevice, s),
+        check(cudaMemcpyAsync(w.knots.as<double>(), call.knots, knots * sizeof(double), cudaMemcpyHostToDevice, s),
               "knots upload");
-      uploadedCalibration_ = std::move(calibration);
+      uploadedCalibration_.assign(call.calibState, call.calibState + 3);
+      uploadedCalibration_.insert(uploadedCalibration_.end(), call.knots, call.knots + knots);
     }
   }
   enqueueRoute(x, T, call.logits != nullptr, call, host, s, !routeOnly);
