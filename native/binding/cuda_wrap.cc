@@ -433,21 +433,25 @@ Napi::Value CudaLayerWrap::Route(const Napi::CallbackInfo& info) {
   return runSync(info, *s, parseHostCall(info, *s, true));
 }
 
-Napi::Value CudaLayerWrap::ForwardAsync(const Napi::CallbackInfo& info) {
-  auto s = live(info.Env());
-  if (s->f == 0) throwValidation(info.Env(), "forward: this CUDA layer was created as a router");
-  auto* worker = new CudaWorker(info.Env(), s, parseHostCall(info, *s, false), info, 12);
+namespace {
+// forwardAsync / routeAsync: the call on the libuv pool, its arguments referenced until it settles.
+Napi::Value queueHostCall(const Napi::CallbackInfo& info, std::shared_ptr<CudaLayerWrap::State> s, bool routeOnly) {
+  HostCall call = parseHostCall(info, *s, routeOnly);
+  auto* worker = new CudaWorker(info.Env(), std::move(s), std::move(call), info, 12);
   Napi::Promise promise = worker->promise();
   worker->Queue();
   return promise;
 }
+}  // namespace
+
+Napi::Value CudaLayerWrap::ForwardAsync(const Napi::CallbackInfo& info) {
+  auto s = live(info.Env());
+  if (s->f == 0) throwValidation(info.Env(), "forward: this CUDA layer was created as a router");
+  return queueHostCall(info, s, false);
+}
 
 Napi::Value CudaLayerWrap::RouteAsync(const Napi::CallbackInfo& info) {
-  auto s = live(info.Env());
-  auto* worker = new CudaWorker(info.Env(), s, parseHostCall(info, *s, true), info, 12);
-  Napi::Promise promise = worker->promise();
-  worker->Queue();
-  return promise;
+  return queueHostCall(info, live(info.Env()), true);
 }
 
 Napi::Value CudaLayerWrap::ForwardDevice(const Napi::CallbackInfo& info) {
