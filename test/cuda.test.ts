@@ -305,16 +305,20 @@ function gpuTests() {
     }
   });
 
-  gpuTest('deterministic: forward twice and forwardAsync give identical bits; telemetry counts the calls', async () => {
-    const b = buildLayer({
+  /** 16 experts of d = f = 128 with a gated shared expert, on the GPU. */
+  const gatedLayer = (seed: number) =>
+    buildLayer({
       E: 16,
       d: 128,
       f: 128,
       selection: { kind: 'topk', k: 2 },
-      seed: SEED + 400,
+      seed,
       shared: { f: 64, gated: true },
       backend: 'cuda',
     });
+
+  gpuTest('deterministic: forward twice and forwardAsync give identical bits; telemetry counts the calls', async () => {
+    const b = gatedLayer(SEED + 400);
     const x = randn(200 * 128, SEED + 401);
     const a = b.layer.forward(x);
     const c = b.layer.forward(x);
@@ -332,15 +336,7 @@ function gpuTests() {
     'forwardDevice on device pointers: the bits of forward(), NaN-poisoned output overwritten, counters drained',
     () => {
       const addon = native();
-      const b = buildLayer({
-        E: 16,
-        d: 128,
-        f: 128,
-        selection: { kind: 'topk', k: 2 },
-        seed: SEED + 450,
-        shared: { f: 64, gated: true },
-        backend: 'cuda',
-      });
+      const b = gatedLayer(SEED + 450);
       for (const T of [3, 200]) {
         const x = randn(T * 128, SEED + 451 + T);
         const want = b.layer.forward(x).output;
