@@ -93,6 +93,16 @@ MoeCudaRouting toCuda(const moe::RouterConfig& c) {
   return r;
 }
 
+// The calibration state of a `device` object: its Float64Array `state` of at least 3 elements, or null.
+double* calibrationState(Napi::Value device) {
+  if (!device.IsObject()) return nullptr;
+  Napi::Value state = device.As<Napi::Object>().Get("state");
+  if (!state.IsTypedArray() || state.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
+      state.As<Napi::Float64Array>().ElementLength() < 3)
+    return nullptr;
+  return state.As<Napi::Float64Array>().Data();
+}
+
 // The optional trailing `device` object: complexity computed on the GPU.
 void parseDeviceComplexity(const Napi::CallbackInfo& info, size_t index, MoeCudaForward& call) {
   if (info.Length() <= index || !info[index].IsObject()) return;
@@ -105,10 +115,7 @@ void parseDeviceComplexity(const Napi::CallbackInfo& info, size_t index, MoeCuda
     throwValidation(info.Env(), "device.calibration: out of range");
   call.complexityMode = mode;
   call.calibration = calibration;
-  Napi::Value state = o.Get("state");
-  if (state.IsTypedArray() && state.As<Napi::TypedArray>().TypedArrayType() == napi_float64_array &&
-      state.As<Napi::Float64Array>().ElementLength() >= 3)
-    std::memcpy(call.calibState, state.As<Napi::Float64Array>().Data(), 3 * sizeof(double));
+  if (const double* state = calibrationState(o)) std::memcpy(call.calibState, state, 3 * sizeof(double));
   Napi::Value knots = o.Get("knots");
   if (knots.IsTypedArray() && knots.As<Napi::TypedArray>().TypedArrayType() == napi_float64_array) {
     call.knots = knots.As<Napi::Float64Array>().Data();
@@ -123,12 +130,8 @@ void parseDeviceComplexity(const Napi::CallbackInfo& info, size_t index, MoeCuda
 }
 
 // After a host-mode call: the calibration state goes back into the JS `device.state` array.
-void writeBackState(const Napi::CallbackInfo& info, size_t index, const MoeCudaForward& call) {
-  if (info.Length() <= index || !info[index].IsObject()) return;
-  Napi::Value state = info[index].As<Napi::Object>().Get("state");
-  if (state.IsTypedArray() && state.As<Napi::TypedArray>().TypedArrayType() == napi_float64_array &&
-      state.As<Napi::Float64Array>().ElementLength() >= 3)
-    std::memcpy(state.As<Napi::Float64Array>().Data(), call.calibState, 3 * sizeof(double));
+void writeBackState(Napi::Value device, const MoeCudaForward& call) {
+  if (double* state = calibrationState(device)) std::memcpy(state, call.calibState, 3 * sizeof(double));
 }
 
 struct HostCall {
@@ -272,11 +275,8 @@ class CudaWorker : public Napi::AsyncWorker {
 
  private:
   void writeState() {
-    if (pinned_.size() <= deviceIndex_ || pinned_[deviceIndex_].IsEmpty()) return;
-    Napi::Value state = pinned_[deviceIndex_].Value().Get("state");
-    if (state.IsTypedArray() && state.As<Napi::TypedArray>().TypedArrayType() == napi_float64_array &&
-        state.As<Napi::Float64Array>().ElementLength() >= 3)
-      std::memcpy(state.As<Napi::Float64Array>().Data(), call_.call.calibState, 3 * sizeof(double));
+    if (pinned_.size() > deviceIndex_ && !pinned_[deviceIndex_].IsEmpty())
+      writeBackState(pinned_[deviceIndex_].Value(), call_.call);
   }
   std::shared_ptr<CudaLayerWrap::State> state_;
   HostCall call_;
@@ -417,7 +417,7 @@ Napi::Value runSync(const Napi::CallbackInfo& info, CudaLayerWrap::State& s, Hos
     if (h.internal) throw makeError(info.Env(), "ERR_MOE_CUDA", h.error);
     throwValidation(info.Env(), h.error);
   }
-  writeBackState(info, 12, h.call);
+  if (info.Length() > 12) writeBackState(info[12], h.call);
   return info.Env().Undefined();
 }
 }  // namespace
