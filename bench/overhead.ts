@@ -20,6 +20,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { PerformanceObserver } from 'node:perf_hooks';
 import { InMemorySpanExporter } from '@opentelemetry/sdk-trace-base';
 import { buildLayer } from '../lib/bench/layer';
 import { native } from '../lib/native';
@@ -52,6 +53,8 @@ interface PhaseResult {
   callMs: number[];
   /** Everything between the end of one forward and the start of the next, plus this phase's GC, per call. */
   outsideMs: number[];
+  /** Garbage collection during the phase (from the runtime's gc entries) plus the forced one after it, ms. */
+  gcMs: number;
 }
 
 async function main(): Promise<void> {
@@ -80,6 +83,11 @@ async function main(): Promise<void> {
   const scrapeSyncMs: number[] = [];
   let spansRecorded = 0;
   let forwardsOn = 0;
+  let gcDuringMs = 0;
+  const gcObserver = new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) gcDuringMs += entry.duration;
+  });
+  gcObserver.observe({ entryTypes: ['gc'] });
 
   async function phase(on: boolean): Promise<PhaseResult> {
     // The layer's span ring fills in every phase (native counters always count): empty it first, so an on phase
@@ -95,7 +103,9 @@ async function main(): Promise<void> {
       }, 100);
     }
     if (on && parts.has('logs')) summary.start();
-    const result: PhaseResult = { forwardMs: [], callMs: [], outsideMs: [] };
+    const result: PhaseResult = { forwardMs: [], callMs: [], outsideMs: [], gcMs: 0 };
+    await yieldToLoop();
+    const gcBefore = gcDuringMs;
     for (let i = 0; i < calls; i++) {
       const t0 = performance.now();
       layer.forward(x);
@@ -115,8 +125,11 @@ async function main(): Promise<void> {
     // Each phase collects its own garbage in its own time, so an off phase never pays for the on phase before it.
     const g0 = performance.now();
     collectGarbage?.();
-    const gcPerCallMs = (performance.now() - g0) / calls;
-    result.outsideMs = result.outsideMs.map((ms) => ms + gcPerCallMs);
+    const forcedMs = performance.now() - g0;
+    await yieldToLoop(); // the observer's entries arrive asynchronously
+    // the forced collection shows up among the gc entries too: count it once
+    result.gcMs = Math.max(gcDuringMs - gcBefore, forcedMs);
+    result.outsideMs = result.outsideMs.map((ms) => ms + forcedMs / calls);
     return result;
   }
 
@@ -162,6 +175,11 @@ async function main(): Promise<void> {
       overheadRatio: median(addedRatios),
     },
     pieces: {
+      // garbage collection per call (runtime gc entries during the phase, and the forced one after it)
+      gcPerCallMs: {
+        on: mean(all.on.map((p) => p.gcMs)) / calls,
+        off: mean(all.off.map((p) => p.gcMs)) / calls,
+      },
       scrapeSyncMedianMs: scrapeMedianMs,
       scrapes: scrapeSyncMs.length,
       // moe.forward spans exported against forwards run with tracing on (the last phase's few may still wait in
@@ -183,7 +201,8 @@ async function main(): Promise<void> {
       `| per call: forward (median) | ${result.perCall.offMedianMs.toFixed(3)} ms | ${result.perCall.onMedianMs.toFixed(3)} ms | ${pct(result.perCall.overheadRatio)} |`,
       `| added time outside the forward (mean) | ${result.addedTime.offMeanMs.toFixed(3)} ms | ${result.addedTime.onMeanMs.toFixed(3)} ms | ${pct(result.addedTime.overheadRatio)} |`,
       '',
-      `pieces: scrape ${scrapeMedianMs.toFixed(3)} ms (${result.pieces.scrapes} scrapes, spans included: ${spansRecorded} moe.forward spans for ${forwardsOn} forwards), ` +
+      `pieces: gc per call ${result.pieces.gcPerCallMs.on.toFixed(3)} ms on, ${result.pieces.gcPerCallMs.off.toFixed(3)} ms off; ` +
+        `scrape ${scrapeMedianMs.toFixed(3)} ms (${result.pieces.scrapes} scrapes, spans included: ${spansRecorded} moe.forward spans for ${forwardsOn} forwards), ` +
         `${result.summaryRecordsLogged} summary records; estimated ${pct(result.pieces.estimatedOverheadRatio)} (target <= 1 %)`,
     ].join('\n'),
   );
@@ -192,6 +211,7 @@ async function main(): Promise<void> {
     fs.mkdirSync(path.dirname(out), { recursive: true });
     fs.writeFileSync(out, JSON.stringify(result, null, 2));
   }
+  gcObserver.disconnect();
   await tracing.shutdown();
   layer.dispose();
   fs.rmSync(dir, { recursive: true, force: true });

@@ -5,9 +5,11 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Gauge, register as globalRegistry, Registry } from 'prom-client';
+import { Counter, Gauge, register as globalRegistry, Registry } from 'prom-client';
 import { MoELayer, Router } from '../lib';
 import { METRIC_LABELS, MetricName, MetricsCollector, type TelemetrySource } from '../lib/observability';
+import { registryText } from '../lib/observability/exposition';
+import { SeriesFamily } from '../lib/observability/series-family';
 import { FakeTelemetrySource } from './helpers/fake-telemetry';
 import { find, parseExposition, value } from './helpers/prom-text';
 import { freshSeed, randn } from './helpers/random';
@@ -90,6 +92,47 @@ test('the one-pass exposition writes exactly what prom-client writes, awkward la
   assert.is(fast, reference.replace('user_gauge 2', 'user_gauge 1'));
   assert.ok(fast.includes('model_name="mo\\"del\\\\ name\\nline"'), 'label values escaped');
   assert.ok(fast.includes('user_gauge 1'), "the user's collect callback ran");
+});
+
+test("SeriesFamily prints what prom-client's own Counter and Gauge print after the same operations", async () => {
+  const ours = new Registry();
+  const theirs = new Registry();
+  const labelNames = ['model_name', 'expert_id'] as const;
+  const counters = [
+    new SeriesFamily({ name: 'c_total', help: 'a\\counter\nhelp', type: 'counter', labelNames, registers: [ours] }),
+    new Counter({ name: 'c_total', help: 'a\\counter\nhelp', labelNames, registers: [theirs] }),
+  ] as const;
+  const gauges = [
+    new SeriesFamily({ name: 'g', help: 'gauge', type: 'gauge', labelNames, registers: [ours] }),
+    new Gauge({ name: 'g', help: 'gauge', labelNames, registers: [theirs] }),
+  ] as const;
+  const handle = counters[0].handle({ model_name: 'm"\\\n', expert_id: 3 });
+  counters[1].inc({ model_name: 'm"\\\n', expert_id: 3 }, 0);
+  const values = randn(20, SEED, 1e6);
+  for (let i = 0; i < 20; i++) {
+    const v = Math.abs(values[i]);
+    const labels = { model_name: 'x', expert_id: String(i % 3) };
+    counters[0].inc(labels, v);
+    counters[1].inc(labels, v);
+    counters[0].add(handle, 1);
+    counters[1].inc({ model_name: 'm"\\\n', expert_id: '3' });
+    gauges[0].set(labels, i === 5 ? NaN : i === 6 ? -Infinity : v);
+    gauges[1].set(labels, i === 5 ? NaN : i === 6 ? -Infinity : v);
+  }
+  counters[0].remove({ model_name: 'x', expert_id: '1' });
+  counters[1].remove({ model_name: 'x', expert_id: '1' });
+  const expected = await theirs.metrics();
+  assert.is(await registryText(ours), expected);
+  assert.is(await ours.metrics(), expected, "prom-client's writer prints our families the same way");
+  // A kept handle survives a reset: the next add brings its series back, as prom-client's inc does.
+  ours.resetMetrics();
+  theirs.resetMetrics();
+  counters[0].add(handle, 2);
+  counters[1].inc({ model_name: 'm"\\\n', expert_id: '3' }, 2);
+  assert.is(await registryText(ours), await theirs.metrics());
+  assert.throws(() => counters[0].add(handle, -1), /cannot decrease/);
+  assert.throws(() => counters[0].inc({ model_name: 'x', stage: 'y' } as never), /unknown label stage/);
+  assert.throws(() => counters[0].inc({ model_name: 'x' }), /missing label expert_id/);
 });
 
 test('the collector uses its own registry, never the global one', async () => {

@@ -124,6 +124,15 @@ test('steady-clock conversion is monotonic and matches Date.now()', () => {
   const b = toNs(steadyNsToHrTime(process.hrtime.bigint()));
   assert.ok(b >= a);
   assert.ok(a - wall < 5_000_000n && wall - a < 5_000_000n, 'within 5 ms of Date.now()');
+  // Numbers and bigints agree to the nanosecond, across every carry of the nanosecond field.
+  const now = process.hrtime.bigint();
+  for (const step of [0n, 1n, 999_999_999n, 1_000_000_000n, 123_456_789_123n]) {
+    const t = now + step;
+    const hr = steadyNsToHrTime(Number(t));
+    assert.equal(hr, steadyNsToHrTime(t));
+    assert.ok(hr[1] >= 0 && hr[1] < 1e9 && Number.isInteger(hr[0]) && Number.isInteger(hr[1]));
+    assert.is(toNs(hr) - toNs(steadyNsToHrTime(now)), step);
+  }
 });
 
 test('unsampled: sampleRate 0 records nothing and builds no children', async () => {

@@ -7,6 +7,7 @@
  */
 import type { Metric, Registry } from 'prom-client';
 import type { HistogramDelta } from './telemetry-types';
+import { escapeString, formatLabels, valueString } from './text-format';
 
 /** Label values by label name. */
 export type LabelValues<L extends string> = Partial<Record<L, string | number>>;
@@ -47,6 +48,8 @@ interface Series {
   counts: Float64Array;
   sum: number;
   count: number;
+  /** Line prefixes (`name_bucket{le="..",labels} ` per bucket, then _sum and _count), built on first print. */
+  linePrefixes?: string[];
 }
 
 /** A histogram family with fixed buckets whose counts can be added per bucket. */
@@ -161,10 +164,41 @@ export class BucketedHistogram<L extends string = string> {
     return { name: this.name, help: this.help, type: this.type, values, aggregator: this.aggregator };
   }
 
+  /** The family's text exposition without the collect hook, as prom-client's registry writes it. */
+  text(): string {
+    const name = escapeString(this.name);
+    let out = `# HELP ${name} ${escapeString(this.help)}\n# TYPE ${name} histogram`;
+    const buckets = this.upperBounds.length;
+    for (const s of this.series.values()) {
+      const prefixes = (s.linePrefixes ??= this.linePrefixesOf(s.labels));
+      let cumulative = 0;
+      for (let b = 0; b < buckets; b++) {
+        cumulative += s.counts[b];
+        out += `\n${prefixes[b]}${valueString(cumulative)}`;
+      }
+      out += `\n${prefixes[buckets]}${valueString(s.count)}`;
+      out += `\n${prefixes[buckets + 1]}${valueString(s.sum)}`;
+      out += `\n${prefixes[buckets + 2]}${valueString(s.count)}`;
+    }
+    return out;
+  }
+
   /** Count, sum and per-bucket counts of one series (a copy), or undefined when it has no observations. */
   snapshot(labels: LabelValues<L>): { counts: number[]; sum: number; count: number } | undefined {
     const s = this.series.get(this.keyOf(labels));
     return s && { counts: Array.from(s.counts), sum: s.sum, count: s.count };
+  }
+
+  private linePrefixesOf(labels: Record<string, string>): string[] {
+    const name = escapeString(this.name);
+    const shared = formatLabels(labels).join(',');
+    const bucket = (le: number | string) => `${name}_bucket{le="${le}"${shared ? `,${shared}` : ''}} `;
+    return [
+      ...this.upperBounds.map(bucket),
+      bucket('+Inf'),
+      `${name}_sum${shared ? `{${shared}}` : ''} `,
+      `${name}_count${shared ? `{${shared}}` : ''} `,
+    ];
   }
 
   private keyOf(labels: LabelValues<L>): string {

@@ -29,33 +29,56 @@ export interface ForwardSpanAttributes {
   backend?: string;
 }
 
-let epochOffsetNs: bigint | undefined;
+/** Epoch minus steady-clock time, as whole seconds and nanoseconds (so a conversion needs no BigInt). */
+let epochOffset: { seconds: number; nanos: number } | undefined;
 
 /**
  * Epoch nanoseconds minus steady-clock nanoseconds, measured once. `performance.timeOrigin + performance.now()` is
  * wall time on the same monotonic clock as `process.hrtime.bigint()` (and std::chrono::steady_clock on Linux), so
  * the difference is constant; the sample with the tightest hrtime bracket is kept.
  */
-function offsetNs(): bigint {
-  if (epochOffsetNs === undefined) {
+function offset(): { seconds: number; nanos: number } {
+  if (epochOffset === undefined) {
     let bestGap = BigInt(Number.MAX_SAFE_INTEGER);
+    let best = 0n;
     for (let i = 0; i < 8; i++) {
       const before = process.hrtime.bigint();
       const wallMs = performance.timeOrigin + performance.now();
       const after = process.hrtime.bigint();
       if (after - before < bestGap) {
         bestGap = after - before;
-        epochOffsetNs = BigInt(Math.round(wallMs * 1e6)) - (before + after) / 2n;
+        best = BigInt(Math.round(wallMs * 1e6)) - (before + after) / 2n;
       }
     }
+    epochOffset = { seconds: Number(best / 1_000_000_000n), nanos: Number(best % 1_000_000_000n) };
   }
-  return epochOffsetNs!;
+  return epochOffset;
 }
 
-/** A steady-clock nanosecond timestamp (process.hrtime.bigint()'s clock) as an OpenTelemetry epoch HrTime. */
+/**
+ * A steady-clock nanosecond timestamp (process.hrtime.bigint()'s clock) as an OpenTelemetry epoch HrTime. Plain
+ * number arithmetic (a span batch converts a few timestamps per call); a number above 2^53 ns (104 days of
+ * uptime) keeps a precision of a few nanoseconds.
+ */
 export function steadyNsToHrTime(steadyNs: number | bigint): HrTime {
-  const epochNs = (typeof steadyNs === 'bigint' ? steadyNs : BigInt(Math.round(steadyNs))) + offsetNs();
-  return [Number(epochNs / 1_000_000_000n), Number(epochNs % 1_000_000_000n)];
+  const { seconds, nanos } = offset();
+  let s: number;
+  let n: number;
+  if (typeof steadyNs === 'bigint') {
+    s = Number(steadyNs / 1_000_000_000n);
+    n = Number(steadyNs % 1_000_000_000n);
+  } else {
+    const whole = Math.round(steadyNs);
+    s = Math.floor(whole / 1e9);
+    n = whole - s * 1e9;
+  }
+  s += seconds;
+  n += nanos;
+  if (n >= 1e9) {
+    n -= 1e9;
+    s += 1;
+  }
+  return [s, n];
 }
 
 /**

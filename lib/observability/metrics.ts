@@ -7,7 +7,7 @@
  * which is skipped when it already ran in this turn of the event loop, so reading a single family is correct too.
  * The guide's manual `record*` methods write into the same families.
  */
-import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
+import { collectDefaultMetrics, Registry } from 'prom-client';
 import { BucketedHistogram } from './bucketed-histogram';
 import {
   COMPLEXITY_BUCKETS,
@@ -19,6 +19,7 @@ import {
   STAGES,
 } from './metric-names';
 import { registryText } from './exposition';
+import { SeriesFamily, type Series } from './series-family';
 import type { TelemetryDelta, TelemetrySource } from './telemetry-types';
 
 export interface MetricsCollectorOptions {
@@ -61,6 +62,15 @@ export type DrainListener = (delta: TelemetryDelta, source: ObservedSourceInfo) 
 interface Attached extends ObservedSourceInfo {
   memoryBytes: number;
   kind: TelemetryDelta['kind'] | undefined;
+  /** The series this source's deltas go to, looked up once (lib/observability/series-family.ts). */
+  series: {
+    success: Series;
+    error: Series;
+    errorTypes: Series[];
+    flopsComputed: Series;
+    flopsSaved: Series;
+    expertTokens: Series[];
+  };
 }
 
 type Labels<N extends keyof typeof METRIC_LABELS> = (typeof METRIC_LABELS)[N][number];
@@ -72,17 +82,17 @@ export class MetricsCollector {
   /** The registry holding the families (pass it to your own /metrics handler, or use {@link metrics}). */
   readonly registry: Registry;
 
-  private readonly requests: Counter<Labels<typeof MetricName.ROUTING_REQUESTS>>;
+  private readonly requests: SeriesFamily<Labels<typeof MetricName.ROUTING_REQUESTS>>;
   private readonly duration: BucketedHistogram<Labels<typeof MetricName.ROUTING_DURATION>>;
   private readonly expertsPerToken: BucketedHistogram<Labels<typeof MetricName.EXPERTS_USED_PER_TOKEN>>;
-  private readonly loadBalance: Gauge<Labels<typeof MetricName.LOAD_BALANCE_SCORE>>;
-  private readonly flopsComputed: Counter<Labels<typeof MetricName.FLOPS_COMPUTED>>;
-  private readonly flopsSaved: Counter<Labels<typeof MetricName.FLOPS_SAVED>>;
-  private readonly memory: Gauge<Labels<typeof MetricName.MEMORY_USAGE>>;
-  private readonly errors: Counter<Labels<typeof MetricName.ROUTING_ERRORS>>;
-  private readonly expertFailures: Counter<Labels<typeof MetricName.EXPERT_FAILURES>>;
+  private readonly loadBalance: SeriesFamily<Labels<typeof MetricName.LOAD_BALANCE_SCORE>>;
+  private readonly flopsComputed: SeriesFamily<Labels<typeof MetricName.FLOPS_COMPUTED>>;
+  private readonly flopsSaved: SeriesFamily<Labels<typeof MetricName.FLOPS_SAVED>>;
+  private readonly memory: SeriesFamily<Labels<typeof MetricName.MEMORY_USAGE>>;
+  private readonly errors: SeriesFamily<Labels<typeof MetricName.ROUTING_ERRORS>>;
+  private readonly expertFailures: SeriesFamily<Labels<typeof MetricName.EXPERT_FAILURES>>;
   private readonly complexity: BucketedHistogram<Labels<typeof MetricName.COMPLEXITY_SCORE>>;
-  private readonly expertTokens: Counter<Labels<typeof MetricName.EXPERT_TOKENS>>;
+  private readonly expertTokens: SeriesFamily<Labels<typeof MetricName.EXPERT_TOKENS>>;
   private readonly stageDuration: BucketedHistogram<Labels<typeof MetricName.STAGE_DURATION>>;
 
   private attached: Attached[] = [];
@@ -111,10 +121,12 @@ export class MetricsCollector {
     const registers = [this.registry];
     const refresh = () => this.refresh();
     this.collectFamilies = refresh;
-    const counter = <N extends keyof typeof METRIC_LABELS>(name: N, help: string) =>
-      new Counter<Labels<N>>({ name, help, labelNames: METRIC_LABELS[name], registers, collect: refresh });
-    const gauge = <N extends keyof typeof METRIC_LABELS>(name: N, help: string) =>
-      new Gauge<Labels<N>>({ name, help, labelNames: METRIC_LABELS[name], registers, collect: refresh });
+    const family =
+      (type: 'counter' | 'gauge') =>
+      <N extends keyof typeof METRIC_LABELS>(name: N, help: string) =>
+        new SeriesFamily<Labels<N>>({ name, help, type, labelNames: METRIC_LABELS[name], registers, collect: refresh });
+    const counter = family('counter');
+    const gauge = family('gauge');
     const histogram = <N extends keyof typeof METRIC_LABELS>(name: N, help: string, buckets: readonly number[]) =>
       new BucketedHistogram<Labels<N>>({
         name,
@@ -178,21 +190,29 @@ export class MetricsCollector {
       throw new TypeError('observe: expected a Router or MoELayer (an object with drainTelemetry())');
     if (opts?.layerId === undefined || opts.layerId === '') throw new TypeError('observe: opts.layerId is required');
     if (this.attached.some((a) => a.source === source)) throw new Error('observe: this source is already attached');
+    const model_name = this.modelName;
+    const backend = opts.backend ?? backendOf(source) ?? 'cpu';
+    const layerId = String(opts.layerId);
+    const layerType = opts.layerType ?? 'moe';
+    // Series that exist from the start, so rate() and absence alerts work before the first error.
     const entry: Attached = {
       source,
-      layerId: String(opts.layerId),
-      backend: opts.backend ?? backendOf(source) ?? 'cpu',
+      layerId,
+      backend,
       estimatorType: opts.estimatorType ?? estimatorNameOf(source) ?? 'none',
-      layerType: opts.layerType ?? 'moe',
+      layerType,
       memoryBytes: 0,
       kind: undefined,
+      series: {
+        success: this.requests.handle({ model_name, backend, status: 'success' }),
+        error: this.requests.handle({ model_name, backend, status: 'error' }),
+        errorTypes: NATIVE_ERROR_TYPES.map((error_type) => this.errors.handle({ model_name, error_type })),
+        flopsComputed: this.flopsComputed.handle({ model_name, layer_type: layerType }),
+        flopsSaved: this.flopsSaved.handle({ model_name }),
+        expertTokens: [],
+      },
     };
     this.attached.push(entry);
-    // Series that exist from the start, so rate() and absence alerts work before the first error.
-    const m = this.modelName;
-    this.requests.inc({ model_name: m, backend: entry.backend, status: 'success' }, 0);
-    this.requests.inc({ model_name: m, backend: entry.backend, status: 'error' }, 0);
-    for (const type of NATIVE_ERROR_TYPES) this.errors.inc({ model_name: m, error_type: type }, 0);
     return () => this.unobserve(source);
   }
 
@@ -328,25 +348,32 @@ export class MetricsCollector {
 
   private apply(entry: Attached, d: TelemetryDelta): void {
     const model_name = this.modelName;
-    const { backend, layerId } = entry;
+    const { backend, layerId, series } = entry;
     entry.kind = d.kind;
     entry.memoryBytes = d.memoryBytes;
-    if (d.calls > 0) this.requests.inc({ model_name, backend, status: 'success' }, d.calls);
+    if (d.calls > 0) this.requests.add(series.success, d.calls);
     const errorCount = d.errors.validation + d.errors.non_finite + d.errors.internal;
     if (errorCount > 0) {
-      this.requests.inc({ model_name, backend, status: 'error' }, errorCount);
-      for (const type of NATIVE_ERROR_TYPES)
-        if (d.errors[type] > 0) this.errors.inc({ model_name, error_type: type }, d.errors[type]);
+      this.requests.add(series.error, errorCount);
+      NATIVE_ERROR_TYPES.forEach((type, i) => {
+        if (d.errors[type] > 0) this.errors.add(series.errorTypes[i], d.errors[type]);
+      });
     }
     this.duration.addDelta({ model_name, backend }, d.durationSeconds);
     this.expertsPerToken.addDelta({ model_name }, d.expertsPerToken);
     this.complexity.addDelta({ model_name, estimator_type: entry.estimatorType }, d.complexity);
     for (const stage of STAGES) this.stageDuration.addDelta({ model_name, stage }, d.stageSeconds[stage]);
-    if (d.flopsComputed > 0) this.flopsComputed.inc({ model_name, layer_type: entry.layerType }, d.flopsComputed);
-    if (d.flopsStatic > d.flopsComputed) this.flopsSaved.inc({ model_name }, d.flopsStatic - d.flopsComputed);
+    if (d.flopsComputed > 0) this.flopsComputed.add(series.flopsComputed, d.flopsComputed);
+    if (d.flopsStatic > d.flopsComputed) this.flopsSaved.add(series.flopsSaved, d.flopsStatic - d.flopsComputed);
+    // An expert's series appears with its first token, as before; then its handle is kept.
     for (let e = 0; e < d.expertTokens.length; e++) {
-      if (d.expertTokens[e] > 0)
-        this.expertTokens.inc({ model_name, layer_id: layerId, expert_id: String(e) }, d.expertTokens[e]);
+      if (d.expertTokens[e] <= 0) continue;
+      const handle = (series.expertTokens[e] ??= this.expertTokens.handle({
+        model_name,
+        layer_id: layerId,
+        expert_id: String(e),
+      }));
+      this.expertTokens.add(handle, d.expertTokens[e]);
     }
     if (Number.isFinite(d.loadBalance)) this.recordLoadBalance(d.loadBalance, layerId);
   }

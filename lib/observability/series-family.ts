@@ -1,0 +1,148 @@
+/**
+ * A Prometheus counter or gauge family that keeps one small object per series and writes its own text. The
+ * collector adds drained deltas through series handles it looked up once, so a scrape neither hashes label sets
+ * nor formats label text again: each series keeps its line prefix (`name{labels} `). It registers with a
+ * prom-client `Registry` as a custom collector object (`name`, `help`, `type`, `get()`, `reset()`), which prints
+ * it as it prints its own Counter and Gauge; test/observability-metrics.test.ts checks both writers agree.
+ */
+import type { Metric, Registry } from 'prom-client';
+import { escapeString, formatLabels, valueString } from './text-format';
+
+/** Label values by label name. */
+export type SeriesLabels<L extends string> = Partial<Record<L, string | number>>;
+
+/** One series of a family: a handle the owner may keep and pass to {@link SeriesFamily.add}. */
+export interface Series {
+  readonly labels: Readonly<Record<string, string>>;
+  value: number;
+  /** `name{labels} `, built on first use. */
+  linePrefix: string | undefined;
+  /** Set when the series was removed (by remove() or reset()): a handle to it then looks its labels up again. */
+  removed: boolean;
+}
+
+export interface SeriesFamilyOptions<L extends string> {
+  name: string;
+  help: string;
+  type: 'counter' | 'gauge';
+  labelNames: readonly L[];
+  registers?: Registry[];
+  /** Called at the start of every `get()` (the scrape-time hook). */
+  collect?: () => void;
+}
+
+/** What `get()` returns, as prom-client's Counter and Gauge return it. */
+export interface SeriesFamilyValues {
+  name: string;
+  help: string;
+  type: 'counter' | 'gauge';
+  values: { labels: Record<string, string>; value: number }[];
+  aggregator: 'sum';
+}
+
+/** A counter or gauge family with labels, fast to add to and to print. */
+export class SeriesFamily<L extends string = string> {
+  readonly name: string;
+  readonly help: string;
+  readonly type: 'counter' | 'gauge';
+  readonly aggregator = 'sum' as const;
+  readonly labelNames: readonly L[];
+  /** The scrape-time hook (options.collect). */
+  readonly collectHook: (() => void) | undefined;
+  private series = new Map<string, Series>();
+
+  constructor(opts: SeriesFamilyOptions<L>) {
+    this.name = opts.name;
+    this.help = opts.help;
+    this.type = opts.type;
+    this.labelNames = opts.labelNames;
+    this.collectHook = opts.collect;
+    for (const registry of opts.registers ?? []) registry.registerMetric(this as unknown as Metric);
+  }
+
+  /** The series of a label set, created at 0 when new. Keep it to add without a lookup. */
+  handle(labels: SeriesLabels<L>): Series {
+    const key = this.keyOf(labels);
+    let s = this.series.get(key);
+    if (!s) {
+      for (const name of Object.keys(labels)) {
+        if (!(this.labelNames as readonly string[]).includes(name))
+          throw new TypeError(`${this.name}: unknown label ${name}`);
+      }
+      const own: Record<string, string> = {};
+      for (const name of this.labelNames) {
+        const value = labels[name];
+        if (value === undefined) throw new TypeError(`${this.name}: missing label ${name}`);
+        own[name] = String(value);
+      }
+      s = { labels: own, value: 0, linePrefix: undefined, removed: false };
+      this.series.set(key, s);
+    }
+    return s;
+  }
+
+  /** Adds to a series by handle (a counter only grows). A handle of a removed series finds its labels again. */
+  add(series: Series, value: number): void {
+    if (!Number.isFinite(value)) throw new TypeError(`${this.name}: value must be finite, got ${value}`);
+    if (this.type === 'counter' && value < 0) throw new RangeError(`${this.name}: a counter cannot decrease`);
+    (series.removed ? this.handle(series.labels as SeriesLabels<L>) : series).value += value;
+  }
+
+  /** Adds `value` (default 1) to the series of `labels`. */
+  inc(labels: SeriesLabels<L>, value = 1): void {
+    this.add(this.handle(labels), value);
+  }
+
+  /** Sets a gauge's series (any number, NaN and infinities included, as prom-client's Gauge). */
+  set(labels: SeriesLabels<L>, value: number): void {
+    if (this.type !== 'gauge') throw new TypeError(`${this.name}: set() is for gauges`);
+    if (typeof value !== 'number') throw new TypeError(`${this.name}: value must be a number, got ${typeof value}`);
+    this.handle(labels).value = value;
+  }
+
+  /** The value of a series, or undefined when it does not exist. */
+  valueOf(labels: SeriesLabels<L>): number | undefined {
+    return this.series.get(this.keyOf(labels))?.value;
+  }
+
+  /** Removes one series. */
+  remove(labels: SeriesLabels<L>): void {
+    const key = this.keyOf(labels);
+    const s = this.series.get(key);
+    if (s) s.removed = true;
+    this.series.delete(key);
+  }
+
+  /** Drops every series (prom-client's `registry.resetMetrics()` calls this). */
+  reset(): void {
+    for (const s of this.series.values()) s.removed = true;
+    this.series = new Map();
+  }
+
+  /** prom-client's `get()`: runs the collect hook, then returns the series. */
+  async get(): Promise<SeriesFamilyValues> {
+    this.collectHook?.();
+    const values = [...this.series.values()].map((s) => ({ labels: { ...s.labels }, value: s.value }));
+    return { name: this.name, help: this.help, type: this.type, values, aggregator: this.aggregator };
+  }
+
+  /** The family's text exposition without the collect hook, as prom-client's registry writes it. */
+  text(): string {
+    const name = escapeString(this.name);
+    let out = `# HELP ${name} ${escapeString(this.help)}\n# TYPE ${name} ${this.type}`;
+    for (const s of this.series.values()) {
+      if (s.linePrefix === undefined) {
+        const parts = formatLabels(s.labels);
+        s.linePrefix = `${name}${parts.length ? `{${parts.join(',')}}` : ''} `;
+      }
+      out += `\n${s.linePrefix}${valueString(s.value)}`;
+    }
+    return out;
+  }
+
+  private keyOf(labels: SeriesLabels<L>): string {
+    let key = '';
+    for (const name of this.labelNames) key += `${labels[name] ?? ''}\u0000`;
+    return key;
+  }
+}
