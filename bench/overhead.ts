@@ -14,7 +14,11 @@
  *     the phase's own garbage collection), on minus off, as a share of the median forward.
  * Also the measured cost of each piece. Target: at most 1 % at T=32.
  *
- *   node --expose-gc --import tsx bench/overhead.ts [--threads N] [--rounds 16] [--calls 10]
+ * And the whole phase's wall time per call (calls, timers and garbage collection): the throughput a stream of
+ * calls loses. --mode async runs forwardAsync, as a service does: the scrape then runs on the main thread while
+ * the pool computes.
+ *
+ *   node --expose-gc --import tsx bench/overhead.ts [--mode sync|async] [--threads N] [--rounds 16] [--calls 10]
  *        [--parts metrics,spans,logs] [--json FILE]
  */
 import * as fs from 'node:fs';
@@ -53,6 +57,8 @@ interface PhaseResult {
   callMs: number[];
   /** Everything between the end of one forward and the start of the next, plus this phase's GC, per call. */
   outsideMs: number[];
+  /** The whole phase (calls, timers, its garbage collection) per call, ms. */
+  wallPerCallMs: number;
   /** Garbage collection during the phase (from the runtime's gc entries) plus the forced one after it, ms. */
   gcMs: number;
 }
@@ -64,6 +70,10 @@ async function main(): Promise<void> {
   // Which parts the "on" phases switch on (all by default), to see what each one costs.
   const parts = new Set(arg('parts', 'metrics,spans,logs').split(','));
   const T = 32;
+  // sync: forward() blocks the event loop, timers run between calls; async: forwardAsync(), as a service runs it,
+  // so a scrape runs on the main thread while the pool computes.
+  const mode = arg('mode', 'sync');
+  if (mode !== 'sync' && mode !== 'async') throw new Error(`--mode: expected sync or async, got ${mode}`);
   if (!collectGarbage) console.error('note: run with node --expose-gc so each phase pays for its own garbage');
   console.error(`building the OLMoE layer (fp32, ${threads} threads)...`);
   const layer = buildLayer({ name: 'OLMoE', d: 2048, f: 1024, E: 64, k: 8, tokens: [T] }, 'fp32', threads);
@@ -103,12 +113,14 @@ async function main(): Promise<void> {
       }, 100);
     }
     if (on && parts.has('logs')) summary.start();
-    const result: PhaseResult = { forwardMs: [], callMs: [], outsideMs: [], gcMs: 0 };
+    const result: PhaseResult = { forwardMs: [], callMs: [], outsideMs: [], wallPerCallMs: 0, gcMs: 0 };
     await yieldToLoop();
     const gcBefore = gcDuringMs;
+    const phaseStart = performance.now();
     for (let i = 0; i < calls; i++) {
       const t0 = performance.now();
-      layer.forward(x);
+      if (mode === 'async') await layer.forwardAsync(x);
+      else layer.forward(x);
       const t1 = performance.now();
       if (on) forwardsOn++;
       const t2 = performance.now();
@@ -126,6 +138,7 @@ async function main(): Promise<void> {
     const g0 = performance.now();
     collectGarbage?.();
     const forcedMs = performance.now() - g0;
+    result.wallPerCallMs = (performance.now() - phaseStart) / calls;
     await yieldToLoop(); // the observer's entries arrive asynchronously
     // the forced collection shows up among the gc entries too: count it once
     result.gcMs = Math.max(gcDuringMs - gcBefore, forcedMs);
@@ -136,6 +149,7 @@ async function main(): Promise<void> {
   const all: Record<'on' | 'off', PhaseResult[]> = { on: [], off: [] };
   const perCallRatios: number[] = [];
   const addedRatios: number[] = [];
+  const wallRatios: number[] = [];
   for (let r = 0; r < rounds; r++) {
     const order = r % 2 === 0 ? [true, false] : [false, true];
     const round: Record<'on' | 'off', PhaseResult[]> = { on: [], off: [] };
@@ -144,11 +158,13 @@ async function main(): Promise<void> {
     const forwardMedian = median(pick('off', 'forwardMs'));
     perCallRatios.push(median(pick('on', 'callMs')) / median(pick('off', 'callMs')) - 1);
     addedRatios.push((mean(pick('on', 'outsideMs')) - mean(pick('off', 'outsideMs'))) / forwardMedian);
+    const wall = (which: 'on' | 'off') => mean(round[which].map((p) => p.wallPerCallMs));
+    wallRatios.push(wall('on') / wall('off') - 1);
     all.on.push(...round.on);
     all.off.push(...round.off);
     console.error(
       `  round ${r + 1}/${rounds}: forward ${forwardMedian.toFixed(2)} ms; per call ${(perCallRatios[r] * 100).toFixed(2)} %, ` +
-        `added ${(addedRatios[r] * 100).toFixed(2)} %`,
+        `added ${(addedRatios[r] * 100).toFixed(2)} %, wall ${(wallRatios[r] * 100).toFixed(2)} %`,
     );
   }
 
@@ -158,6 +174,7 @@ async function main(): Promise<void> {
   const result = {
     date: new Date().toISOString(),
     workload: `OLMoE T=${T} fp32`,
+    mode,
     threads,
     rounds,
     callsPerPhase: calls,
@@ -173,6 +190,12 @@ async function main(): Promise<void> {
       onMeanMs: mean(over('on', 'outsideMs')),
       offMeanMs: mean(over('off', 'outsideMs')),
       overheadRatio: median(addedRatios),
+    },
+    // the whole phase per call: what a stream of calls loses in throughput
+    wallPerCall: {
+      onMeanMs: mean(all.on.map((p) => p.wallPerCallMs)),
+      offMeanMs: mean(all.off.map((p) => p.wallPerCallMs)),
+      overheadRatio: median(wallRatios),
     },
     pieces: {
       // garbage collection per call (runtime gc entries during the phase, and the forced one after it)
@@ -194,12 +217,13 @@ async function main(): Promise<void> {
   const pct = (v: number) => `${(v * 100).toFixed(2)} %`;
   console.log(
     [
-      `OLMoE T=${T} fp32, ${threads} threads, ${rounds} rounds x 2 x 2 phases x ${calls} calls; forward median ${forwardMs.toFixed(2)} ms`,
+      `OLMoE T=${T} fp32, ${mode} forward, ${threads} threads, ${rounds} rounds x 2 x 2 phases x ${calls} calls; forward median ${forwardMs.toFixed(2)} ms`,
       '',
       '| overhead (median of paired rounds) | off | on | overhead |',
       '|---|---|---|---|',
       `| per call: forward (median) | ${result.perCall.offMedianMs.toFixed(3)} ms | ${result.perCall.onMedianMs.toFixed(3)} ms | ${pct(result.perCall.overheadRatio)} |`,
       `| added time outside the forward (mean) | ${result.addedTime.offMeanMs.toFixed(3)} ms | ${result.addedTime.onMeanMs.toFixed(3)} ms | ${pct(result.addedTime.overheadRatio)} |`,
+      `| wall time per call, whole phase (mean) | ${result.wallPerCall.offMeanMs.toFixed(3)} ms | ${result.wallPerCall.onMeanMs.toFixed(3)} ms | ${pct(result.wallPerCall.overheadRatio)} |`,
       '',
       `pieces: gc per call ${result.pieces.gcPerCallMs.on.toFixed(3)} ms on, ${result.pieces.gcPerCallMs.off.toFixed(3)} ms off; ` +
         `scrape ${scrapeMedianMs.toFixed(3)} ms (${result.pieces.scrapes} scrapes, spans included: ${spansRecorded} moe.forward spans for ${forwardsOn} forwards), ` +
