@@ -26,7 +26,10 @@ for (const isa of ['avx512', 'avx2', 'scalar']) {
       console.log(`  skipped: this CPU has no ${isa}`);
       return;
     }
-    const r = spawnSync(process.execPath, ['--import', 'tsx', probe, String(SEED)], {
+    // f = 4200: the down projection's K spans several slices of the panel product (2048 floats or 2048 bf16
+    // pairs), so the kernels' accumulate path is checked too.
+    const [E, d, f, T] = [8, 40, 4200, 37];
+    const r = spawnSync(process.execPath, ['--import', 'tsx', probe, ...[SEED, E, d, f, T].map(String)], {
       encoding: 'utf8',
       timeout: 60_000,
       env: { ...process.env, MOE_ISA: isa },
@@ -34,7 +37,6 @@ for (const isa of ['avx512', 'avx2', 'scalar']) {
     assert.is(r.status, 0, r.stderr);
     const got = JSON.parse(r.stdout);
     assert.is(got.isa, isa);
-    const [E, d, f, T] = [8, 40, 24, 37];
     const experts = Array.from({ length: E }, (_, e) => ({
       w1: randn(f * d, SEED + 10 + 3 * e, 0.2),
       w3: randn(f * d, SEED + 11 + 3 * e, 0.2),

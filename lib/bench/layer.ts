@@ -7,7 +7,7 @@
 import { MoELayer } from '../layer';
 import { Router } from '../router';
 import { native } from '../native';
-import { measureRoofline, type Roofline } from './roofline';
+import type { AnchorSample, AnchorSampler, Roofline } from './roofline';
 import { median } from './stats';
 
 export interface LayerShape {
@@ -35,7 +35,14 @@ export interface LayerRow {
   gflops: number;
   weightGBs: number;
   floorMs: number;
+  /** ms over the floor of the run's best anchors (a median against bests: noise only makes it larger). */
   ratio: number;
+  /**
+   * The median over rounds of (this round's median ms / the floor of the anchors measured right before the
+   * round): load swings of the host hit both sides of each ratio alike.
+   */
+  pairedRatio: number;
+  rounds: number;
   bound: 'memory' | 'compute';
   expertsHit: number;
 }
@@ -87,61 +94,86 @@ export function timeForward(layer: MoELayer, x: Float32Array, budgetSeconds: num
   return times;
 }
 
+/** `max(bytes / stream rate, flops / dense GEMM rate)` in ms, and which side bounds it. */
+export function floorOf(bytes: number, flops: number, streamGBs: number, gemmGflops: number) {
+  const memMs = (bytes / (streamGBs * 1e9)) * 1e3;
+  const computeMs = (flops / (gemmGflops * 1e9)) * 1e3;
+  return {
+    floorMs: Math.max(memMs, computeMs),
+    bound: memMs >= computeMs ? ('memory' as const) : ('compute' as const),
+  };
+}
+
+type Measured = Pick<
+  LayerRow,
+  'workload' | 'dtype' | 'tokens' | 'ms' | 'bytes' | 'flops' | 'expertsHit' | 'pairedRatio' | 'rounds'
+>;
+
+/**
+ * Times a shape's token counts in `rounds` rounds. Each round first samples the anchors (a streaming read and a
+ * dense GEMM of the dtype), then runs a short burst of every token count, so each round's layer times have a floor
+ * measured minutes — not a quarter of an hour — away. Returns the measured rows (ratios to the run's best anchors
+ * are applied by the caller, see applyRoofline) and the anchors sampled.
+ */
 export function benchShape(
   shape: LayerShape,
   dtype: 'fp32' | 'bf16',
-  roof: Roofline,
-  threads: number,
+  sampler: AnchorSampler,
   onStep: (label: string) => void = () => {},
-): LayerRow[] {
-  const layer = buildLayer(shape, dtype, threads);
+  rounds = 5,
+  burstSeconds = 0.6,
+): { measured: Measured[]; anchors: AnchorSample[] } {
+  const layer = buildLayer(shape, dtype, sampler.threads);
   const bytesPerExpert = 3 * shape.d * shape.f * (dtype === 'fp32' ? 4 : 2);
-  const rows: LayerRow[] = [];
-  const ROUNDS = 3;
   const inputs = shape.tokens.map((T, i) => {
     const x = new Float32Array(T * layer.hiddenSize);
     native().bench.fillNormal(x, 11 + i, 1);
     return x;
   });
   const first = inputs.map((x) => layer.forward(x));
+  const cost = first.map((r) => {
+    const expertsHit = Array.from(r.stats.expertCounts).filter((c) => c > 0).length;
+    return { expertsHit, bytes: expertsHit * bytesPerExpert, flops: r.stats.flopsComputed };
+  });
   const samples = inputs.map(() => [] as number[]);
-  for (let round = 0; round < ROUNDS; round++) inputs.forEach((x, i) => samples[i].push(...timeForward(layer, x, 1)));
-  for (const [i, T] of shape.tokens.entries()) {
-    const ms = median(samples[i]);
-    const expertsHit = Array.from(first[i].stats.expertCounts).filter((c) => c > 0).length;
-    const row = applyRoofline(
-      {
-        workload: `${shape.name} T=${T}`,
-        dtype,
-        tokens: T,
-        ms,
-        bytes: expertsHit * bytesPerExpert,
-        flops: first[i].stats.flopsComputed,
-        expertsHit,
-      },
-      roof,
-    );
-    rows.push(row);
-    onStep(`${shape.name} ${dtype} T=${T}: ${ms.toFixed(2)} ms, ${row.ratio.toFixed(3)}x floor`);
+  const roundRatios = inputs.map(() => [] as number[]);
+  const anchors: AnchorSample[] = [];
+  for (let round = 0; round < rounds; round++) {
+    const a = sampler.sample(dtype);
+    anchors.push(a);
+    inputs.forEach((x, i) => {
+      const times = timeForward(layer, x, burstSeconds);
+      samples[i].push(...times);
+      roundRatios[i].push(median(times) / floorOf(cost[i].bytes, cost[i].flops, a.streamGBs, a.gemmGflops).floorMs);
+    });
   }
+  const measured = shape.tokens.map((T, i): Measured => {
+    const row = {
+      workload: `${shape.name} T=${T}`,
+      dtype,
+      tokens: T,
+      ms: median(samples[i]),
+      ...cost[i],
+      pairedRatio: median(roundRatios[i]),
+      rounds,
+    };
+    onStep(`${shape.name} ${dtype} T=${T}: ${row.ms.toFixed(2)} ms, ${row.pairedRatio.toFixed(3)}x floor (paired)`);
+    return row;
+  });
   layer.dispose();
-  return rows;
+  return { measured, anchors };
 }
-
-type Measured = Pick<LayerRow, 'workload' | 'dtype' | 'tokens' | 'ms' | 'bytes' | 'flops' | 'expertsHit'>;
 
 /** The row of a measured workload against a roofline: `max(bytes / stream rate, flops / dense GEMM rate)`. */
 export function applyRoofline(m: Measured, roof: Roofline): LayerRow {
-  const memMs = (m.bytes / (roof.streamGBs * 1e9)) * 1e3;
-  const computeMs = (m.flops / (roof.gemmGflops[m.dtype] * 1e9)) * 1e3;
-  const floorMs = Math.max(memMs, computeMs);
+  const { floorMs, bound } = floorOf(m.bytes, m.flops, roof.streamGBs, roof.gemmGflops[m.dtype]);
   return {
     ...m,
     gflops: m.flops / (m.ms / 1e3) / 1e9,
     weightGBs: m.bytes / (m.ms / 1e3) / 1e9,
     floorMs,
     ratio: m.ms / floorMs,
-    bound: memMs >= computeMs ? 'memory' : 'compute',
+    bound,
   };
 }
 
@@ -160,15 +192,18 @@ export function bestRoofline(a: Roofline, b: Roofline): Roofline {
 
 export function layerTable(rows: LayerRow[], roof: Roofline): string {
   const lines = [
-    `Roofline (best of the anchors measured before and after the layers in this run, ${roof.threads} threads): stream ${roof.streamGBs.toFixed(1)} GB/s, ` +
+    `Roofline (best of the anchors measured before the layers and before each of their rounds, ${roof.threads} threads): stream ${roof.streamGBs.toFixed(1)} GB/s, ` +
       `dense ${roof.gemmSize}³ GEMM fp32 ${roof.gemmGflops.fp32.toFixed(0)} GFLOP/s, bf16 ${roof.gemmGflops.bf16.toFixed(0)} GFLOP/s`,
     '',
-    '| Workload | dtype | ms (median) | GFLOP/s | weight GB/s | floor ms | bound | ratio to floor |',
-    '|---|---|---|---|---|---|---|---|',
+    'ratio to floor: the median ms over the floor of those best anchors. paired ratio: the median over rounds of each',
+    "round's median ms over the floor of the anchors measured right before that round.",
+    '',
+    '| Workload | dtype | ms (median) | GFLOP/s | weight GB/s | floor ms | bound | ratio to floor | paired ratio |',
+    '|---|---|---|---|---|---|---|---|---|',
   ];
   for (const r of rows) {
     lines.push(
-      `| ${r.workload} | ${r.dtype} | ${r.ms.toFixed(2)} | ${r.gflops.toFixed(1)} | ${r.weightGBs.toFixed(1)} | ${r.floorMs.toFixed(2)} | ${r.bound} | ${r.ratio.toFixed(3)} |`,
+      `| ${r.workload} | ${r.dtype} | ${r.ms.toFixed(2)} | ${r.gflops.toFixed(1)} | ${r.weightGBs.toFixed(1)} | ${r.floorMs.toFixed(2)} | ${r.bound} | ${r.ratio.toFixed(3)} | ${r.pairedRatio.toFixed(3)} |`,
     );
   }
   return lines.join('\n');

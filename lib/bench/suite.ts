@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { native } from '../native';
 import { runFidelity, fidelitySvg, fidelityTable, type FidelityRow } from './fidelity';
 import { applyRoofline, benchShape, bestRoofline, layerTable, SHAPES, type LayerRow } from './layer';
-import { measureRoofline, type Roofline } from './roofline';
+import { AnchorSampler, measureRoofline, type Roofline } from './roofline';
 import { benchRoute, routeTable, type RouteRow } from './route';
 
 export type BenchName = 'route' | 'layer' | 'fidelity';
@@ -40,7 +40,7 @@ export interface SuiteResult {
 function stepCount(o: SuiteOptions, shapes: typeof SHAPES): number {
   let n = 0;
   if (o.benches.includes('route')) n += 12;
-  if (o.benches.includes('layer')) n += 2 + shapes.reduce((a, s) => a + s.tokens.length * o.dtypes.length, 0);
+  if (o.benches.includes('layer')) n += 1 + shapes.reduce((a, s) => a + s.tokens.length * o.dtypes.length, 0);
   if (o.benches.includes('fidelity')) n += 13 * shapes.length;
   return n;
 }
@@ -65,11 +65,24 @@ export function runBenchSuite(o: SuiteOptions): SuiteResult {
     sections.push('## Routing (d = 2048)', '', routeTable(result.route), '');
   }
   if (o.benches.includes('layer')) {
-    result.roofline = measureRoofline(threads);
+    let roof = measureRoofline(threads);
     step('roofline');
-    result.layer = [];
-    for (const shape of shapes)
-      for (const dtype of o.dtypes) result.layer.push(...benchShape(shape, dtype, result.roofline, threads, step));
+    const sampler = new AnchorSampler(threads, roof.gemmSize);
+    const measured = [];
+    for (const shape of shapes) {
+      for (const dtype of o.dtypes) {
+        const run = benchShape(shape, dtype, sampler, step);
+        measured.push(...run.measured);
+        for (const a of run.anchors)
+          roof = bestRoofline(roof, {
+            ...roof,
+            streamGBs: a.streamGBs,
+            gemmGflops: { ...roof.gemmGflops, [dtype]: a.gemmGflops },
+          });
+      }
+    }
+    result.roofline = roof;
+    result.layer = measured.map((m) => applyRoofline(m, roof));
     sections.push('## Layer', '', layerTable(result.layer, result.roofline), '');
   }
   if (o.benches.includes('fidelity')) {

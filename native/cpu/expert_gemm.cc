@@ -17,8 +17,6 @@ constexpr int64_t kSlicePairs = 2048;
 
 void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, int64_t K, const void* panel,
                   float* acc, const void* nextPanel) {
-  std::fill(acc, acc + rows * kPanelWidth, 0.0f);
-  alignas(64) float tile[16 * kPanelWidth];
   const bool f32 = A.dtype == DType::F32;
   const int64_t depth = f32 ? K : packedKPairs(K);
   const int64_t slice = f32 ? kSliceF32 : kSlicePairs;
@@ -48,15 +46,15 @@ void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, i
         next.data = nextSlice + first * 64;
         next.lines = int(std::max<int64_t>(0, std::min(linesPerBlock, nextBytes / 64 - first)));
       }
+      // The first slice writes the rows' accumulators, the later ones add to them inside the kernel.
+      float* tile = acc + r0 * kPanelWidth;
       if (f32) {
         kern.f32(mr, kc, static_cast<const float*>(A.data) + r0 * A.ld + k0, A.ld,
-                 static_cast<const float*>(panel) + k0 * kPanelWidth, tile, next);
+                 static_cast<const float*>(panel) + k0 * kPanelWidth, tile, k0 > 0, next);
       } else {
         kern.bf16(mr, kc, static_cast<const uint32_t*>(A.data) + r0 * A.ld + k0, A.ld,
-                  static_cast<const uint32_t*>(panel) + k0 * kPanelWidth, tile, next);
+                  static_cast<const uint32_t*>(panel) + k0 * kPanelWidth, tile, k0 > 0, next);
       }
-      float* dst = acc + r0 * kPanelWidth;
-      for (int i = 0; i < mr * kPanelWidth; ++i) dst[i] += tile[i];
     }
   }
 }

@@ -244,7 +244,7 @@ void gateLogits(const float* x, int64_t T, int64_t d, const float* packedGate, i
     const int64_t row0 = block * kern.maxRows;
     const int rows = int(std::min<int64_t>(kern.maxRows, T - row0));
     alignas(64) float tile[16 * kPanelWidth];
-    kern.f32(rows, int(d), x + row0 * d, size_t(d), packedGate + size_t(panel) * d * kPanelWidth, tile, {});
+    kern.f32(rows, int(d), x + row0 * d, size_t(d), packedGate + size_t(panel) * d * kPanelWidth, tile, false, {});
     const int64_t col0 = panel * kPanelWidth;
     const int cols = int(std::min<int64_t>(kPanelWidth, E - col0));
     for (int r = 0; r < rows; ++r)

@@ -13,9 +13,10 @@ namespace {
 
 constexpr int kScalarMaxRows = 4;
 
-void scalarF32(int rows, int K, const float* A, size_t lda, const float* B, float* C, L2Prefetch) {
+void scalarF32(int rows, int K, const float* A, size_t lda, const float* B, float* C, bool accumulate, L2Prefetch) {
   for (int m = 0; m < rows; ++m) {
     float acc[kPanelWidth] = {};
+    if (accumulate) std::memcpy(acc, C + m * kPanelWidth, sizeof(acc));
     const float* b = B;
     for (int k = 0; k < K; ++k, b += kPanelWidth) {
       const float a = A[m * lda + k];
@@ -25,9 +26,11 @@ void scalarF32(int rows, int K, const float* A, size_t lda, const float* B, floa
   }
 }
 
-void scalarBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, L2Prefetch) {
+void scalarBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, bool accumulate,
+                L2Prefetch) {
   for (int m = 0; m < rows; ++m) {
     float acc[kPanelWidth] = {};
+    if (accumulate) std::memcpy(acc, C + m * kPanelWidth, sizeof(acc));
     const uint32_t* b = B;
     for (int kp = 0; kp < Kp; ++kp, b += kPanelWidth) {
       const uint32_t pair = A[m * lda + kp];

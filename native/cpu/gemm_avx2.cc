@@ -15,10 +15,10 @@ namespace {
 constexpr int kMaxRows = 3;
 
 template <int MR>
-void tileF32(int K, const float* A, size_t lda, const float* B, float* C) {
+void tileF32(int K, const float* A, size_t lda, const float* B, float* C, bool accumulate) {
   __m256 acc[MR][4];
   for (int m = 0; m < MR; ++m)
-    for (int j = 0; j < 4; ++j) acc[m][j] = _mm256_setzero_ps();
+    for (int j = 0; j < 4; ++j) acc[m][j] = accumulate ? _mm256_loadu_ps(C + m * 32 + 8 * j) : _mm256_setzero_ps();
   for (int k = 0; k < K; ++k) {
     _mm_prefetch(reinterpret_cast<const char*>(B + 256), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(B + 256 + 16), _MM_HINT_T0);
@@ -35,11 +35,11 @@ void tileF32(int K, const float* A, size_t lda, const float* B, float* C) {
 }
 
 template <int MR>
-void tileBF16(int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C) {
+void tileBF16(int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, bool accumulate) {
   const __m256i himask = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
   __m256 acc[MR][4];
   for (int m = 0; m < MR; ++m)
-    for (int j = 0; j < 4; ++j) acc[m][j] = _mm256_setzero_ps();
+    for (int j = 0; j < 4; ++j) acc[m][j] = accumulate ? _mm256_loadu_ps(C + m * 32 + 8 * j) : _mm256_setzero_ps();
   for (int kp = 0; kp < Kp; ++kp) {
     _mm_prefetch(reinterpret_cast<const char*>(B + 256), _MM_HINT_T0);
     __m256 aEven[MR], aOdd[MR];
@@ -67,19 +67,20 @@ void tileBF16(int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C
 
 int maxRows() { return kMaxRows; }
 
-void kernelF32(int rows, int K, const float* A, size_t lda, const float* B, float* C, L2Prefetch) {
+void kernelF32(int rows, int K, const float* A, size_t lda, const float* B, float* C, bool accumulate, L2Prefetch) {
   switch (rows) {
-    case 1: return tileF32<1>(K, A, lda, B, C);
-    case 2: return tileF32<2>(K, A, lda, B, C);
-    default: return tileF32<3>(K, A, lda, B, C);
+    case 1: return tileF32<1>(K, A, lda, B, C, accumulate);
+    case 2: return tileF32<2>(K, A, lda, B, C, accumulate);
+    default: return tileF32<3>(K, A, lda, B, C, accumulate);
   }
 }
 
-void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, L2Prefetch) {
+void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, bool accumulate,
+                L2Prefetch) {
   switch (rows) {
-    case 1: return tileBF16<1>(Kp, A, lda, B, C);
-    case 2: return tileBF16<2>(Kp, A, lda, B, C);
-    default: return tileBF16<3>(Kp, A, lda, B, C);
+    case 1: return tileBF16<1>(Kp, A, lda, B, C, accumulate);
+    case 2: return tileBF16<2>(Kp, A, lda, B, C, accumulate);
+    default: return tileBF16<3>(Kp, A, lda, B, C, accumulate);
   }
 }
 

@@ -17,10 +17,18 @@ constexpr int kMaxRows = 12;  // 24 accumulators + 2 weight vectors + 1 broadcas
 constexpr int kPrefetchFloats = 32 * 64;  // 8 KiB ahead in the weight stream
 
 template <int MR>
-void tileF32(int K, const float* A, size_t lda, const float* B, float* C, L2Prefetch next) {
-  __m512 acc0[MR], acc1[MR];
+inline void loadOrZero(const float* C, bool accumulate, __m512* acc0, __m512* acc1) {
 #pragma GCC unroll 12
-  for (int m = 0; m < MR; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
+  for (int m = 0; m < MR; ++m) {
+    acc0[m] = accumulate ? _mm512_loadu_ps(C + m * 32) : _mm512_setzero_ps();
+    acc1[m] = accumulate ? _mm512_loadu_ps(C + m * 32 + 16) : _mm512_setzero_ps();
+  }
+}
+
+template <int MR>
+void tileF32(int K, const float* A, size_t lda, const float* B, float* C, bool accumulate, L2Prefetch next) {
+  __m512 acc0[MR], acc1[MR];
+  loadOrZero<MR>(C, accumulate, acc0, acc1);
   for (int k = 0; k < K; ++k) {
     if (k < next.lines) _mm_prefetch(next.data + size_t(k) * 64, _MM_HINT_T1);
     _mm_prefetch(reinterpret_cast<const char*>(B + kPrefetchFloats), _MM_HINT_T0);
@@ -43,10 +51,9 @@ void tileF32(int K, const float* A, size_t lda, const float* B, float* C, L2Pref
 }
 
 template <int MR>
-void tileBF16(int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, L2Prefetch next) {
+void tileBF16(int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, bool accumulate, L2Prefetch next) {
   __m512 acc0[MR], acc1[MR];
-#pragma GCC unroll 12
-  for (int m = 0; m < MR; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
+  loadOrZero<MR>(C, accumulate, acc0, acc1);
   for (int kp = 0; kp < Kp; ++kp) {
     if (kp < next.lines) _mm_prefetch(next.data + size_t(kp) * 64, _MM_HINT_T1);
     _mm_prefetch(reinterpret_cast<const char*>(B + kPrefetchFloats), _MM_HINT_T0);
@@ -149,37 +156,39 @@ void toBf16(const float* src, int64_t n, uint32_t* dst) {
   if (n & 1) out[n] = 0;
 }
 
-void kernelF32(int rows, int K, const float* A, size_t lda, const float* B, float* C, L2Prefetch next) {
+void kernelF32(int rows, int K, const float* A, size_t lda, const float* B, float* C, bool accumulate,
+               L2Prefetch next) {
   switch (rows) {
-    case 1: return tileF32<1>(K, A, lda, B, C, next);
-    case 2: return tileF32<2>(K, A, lda, B, C, next);
-    case 3: return tileF32<3>(K, A, lda, B, C, next);
-    case 4: return tileF32<4>(K, A, lda, B, C, next);
-    case 5: return tileF32<5>(K, A, lda, B, C, next);
-    case 6: return tileF32<6>(K, A, lda, B, C, next);
-    case 7: return tileF32<7>(K, A, lda, B, C, next);
-    case 8: return tileF32<8>(K, A, lda, B, C, next);
-    case 9: return tileF32<9>(K, A, lda, B, C, next);
-    case 10: return tileF32<10>(K, A, lda, B, C, next);
-    case 11: return tileF32<11>(K, A, lda, B, C, next);
-    default: return tileF32<12>(K, A, lda, B, C, next);
+    case 1: return tileF32<1>(K, A, lda, B, C, accumulate, next);
+    case 2: return tileF32<2>(K, A, lda, B, C, accumulate, next);
+    case 3: return tileF32<3>(K, A, lda, B, C, accumulate, next);
+    case 4: return tileF32<4>(K, A, lda, B, C, accumulate, next);
+    case 5: return tileF32<5>(K, A, lda, B, C, accumulate, next);
+    case 6: return tileF32<6>(K, A, lda, B, C, accumulate, next);
+    case 7: return tileF32<7>(K, A, lda, B, C, accumulate, next);
+    case 8: return tileF32<8>(K, A, lda, B, C, accumulate, next);
+    case 9: return tileF32<9>(K, A, lda, B, C, accumulate, next);
+    case 10: return tileF32<10>(K, A, lda, B, C, accumulate, next);
+    case 11: return tileF32<11>(K, A, lda, B, C, accumulate, next);
+    default: return tileF32<12>(K, A, lda, B, C, accumulate, next);
   }
 }
 
-void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, L2Prefetch next) {
+void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, bool accumulate,
+                L2Prefetch next) {
   switch (rows) {
-    case 1: return tileBF16<1>(Kp, A, lda, B, C, next);
-    case 2: return tileBF16<2>(Kp, A, lda, B, C, next);
-    case 3: return tileBF16<3>(Kp, A, lda, B, C, next);
-    case 4: return tileBF16<4>(Kp, A, lda, B, C, next);
-    case 5: return tileBF16<5>(Kp, A, lda, B, C, next);
-    case 6: return tileBF16<6>(Kp, A, lda, B, C, next);
-    case 7: return tileBF16<7>(Kp, A, lda, B, C, next);
-    case 8: return tileBF16<8>(Kp, A, lda, B, C, next);
-    case 9: return tileBF16<9>(Kp, A, lda, B, C, next);
-    case 10: return tileBF16<10>(Kp, A, lda, B, C, next);
-    case 11: return tileBF16<11>(Kp, A, lda, B, C, next);
-    default: return tileBF16<12>(Kp, A, lda, B, C, next);
+    case 1: return tileBF16<1>(Kp, A, lda, B, C, accumulate, next);
+    case 2: return tileBF16<2>(Kp, A, lda, B, C, accumulate, next);
+    case 3: return tileBF16<3>(Kp, A, lda, B, C, accumulate, next);
+    case 4: return tileBF16<4>(Kp, A, lda, B, C, accumulate, next);
+    case 5: return tileBF16<5>(Kp, A, lda, B, C, accumulate, next);
+    case 6: return tileBF16<6>(Kp, A, lda, B, C, accumulate, next);
+    case 7: return tileBF16<7>(Kp, A, lda, B, C, accumulate, next);
+    case 8: return tileBF16<8>(Kp, A, lda, B, C, accumulate, next);
+    case 9: return tileBF16<9>(Kp, A, lda, B, C, accumulate, next);
+    case 10: return tileBF16<10>(Kp, A, lda, B, C, accumulate, next);
+    case 11: return tileBF16<11>(Kp, A, lda, B, C, accumulate, next);
+    default: return tileBF16<12>(Kp, A, lda, B, C, accumulate, next);
   }
 }
 

@@ -10,9 +10,10 @@ namespace moe {
 #define MOE_DECLARE_GEMM_ISA(ns)                                                                        \
   namespace ns {                                                                                        \
   int maxRows();                                                                                        \
-  void kernelF32(int rows, int K, const float* A, size_t lda, const float* B, float* C, L2Prefetch next); \
+  void kernelF32(int rows, int K, const float* A, size_t lda, const float* B, float* C, bool accumulate,      \
+                 L2Prefetch next);                                                                       \
   void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C,          \
-                  L2Prefetch next);                                                                       \
+                  bool accumulate, L2Prefetch next);                                                      \
   void swigluRow(const float* tileRow, void* out, bool bf16);                                            \
   void toBf16(const float* src, int64_t n, uint32_t* dst);                                               \
   }

@@ -5,7 +5,8 @@
 import { backendInfo, MoELayer, Router } from '../../lib';
 import { randn } from './random';
 
-const [E, d, f, T, seed] = [8, 40, 24, 37, Number(process.argv[2] ?? 1)];
+// argv: seed E d f T (test/isa.test.ts passes them)
+const [seed, E, d, f, T] = process.argv.slice(2, 7).map(Number);
 const gate = randn(E * d, seed, 0.3);
 const experts = Array.from({ length: E }, (_, e) => ({
   w1: randn(f * d, seed + 10 + 3 * e, 0.2),

@@ -27,10 +27,11 @@ struct L2Prefetch {
   int lines = 0;
 };
 
+// One rows x 32 tile over K (or K pairs): tile = A·panel, or tile += A·panel when `accumulate`.
 using KernelF32 = void (*)(int rows, int K, const float* A, size_t lda, const float* panel, float* tile,
-                           L2Prefetch next);
+                           bool accumulate, L2Prefetch next);
 using KernelBF16 = void (*)(int rows, int Kpairs, const uint32_t* A, size_t lda, const uint32_t* panel,
-                            float* tile, L2Prefetch next);
+                            float* tile, bool accumulate, L2Prefetch next);
 
 // h[i] = silu(gate[i]) * up[i] for one tile row: gate = tile[0..16), up = tile[16..32). Writes 16 floats,
 // or 16 bf16 (8 pairs) when `bf16` is set.
