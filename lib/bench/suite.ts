@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { native } from '../native';
 import { runFidelity, fidelitySvg, fidelityTable, type FidelityRow } from './fidelity';
 import { applyRoofline, benchShape, bestRoofline, layerTable, SHAPES, type LayerRow } from './layer';
-import { AnchorSampler, measureRoofline, type Roofline } from './roofline';
+import { AnchorSampler, measureRoofline, type AnchorSample, type Roofline } from './roofline';
 import { benchRoute, routeTable, type RouteRow } from './route';
 
 export type BenchName = 'route' | 'layer' | 'fidelity';
@@ -29,6 +29,8 @@ export interface SuiteResult {
   date: string;
   backend: ReturnType<ReturnType<typeof native>['backendInfo']>;
   roofline?: Roofline;
+  /** Every anchor sample of the layer bench, by shape and dtype, in round order. */
+  anchorSamples?: { shape: string; dtype: 'fp32' | 'bf16'; samples: AnchorSample[] }[];
   route?: { rows: RouteRow[]; overheadMicros: number };
   layer?: LayerRow[];
   fidelity?: { model: string; tokens: number; rows: FidelityRow[] }[];
@@ -69,10 +71,12 @@ export function runBenchSuite(o: SuiteOptions): SuiteResult {
     step('roofline');
     const sampler = new AnchorSampler(threads, roof.gemmSize);
     const measured = [];
+    result.anchorSamples = [];
     for (const shape of shapes) {
       for (const dtype of o.dtypes) {
         const run = benchShape(shape, dtype, sampler, step);
         measured.push(...run.measured);
+        result.anchorSamples.push({ shape: shape.name, dtype, samples: run.anchors });
         for (const a of run.anchors)
           roof = bestRoofline(roof, {
             ...roof,
