@@ -194,7 +194,8 @@ export class MetricsCollector {
     const backend = opts.backend ?? backendOf(source) ?? 'cpu';
     const layerId = String(opts.layerId);
     const layerType = opts.layerType ?? 'moe';
-    // Series that exist from the start, so rate() and absence alerts work before the first error.
+    // Request, error and FLOP series exist from the start (at 0), so rate() and absence alerts work before the
+    // first error.
     const entry: Attached = {
       source,
       layerId,
