@@ -48,6 +48,26 @@ for (const dtype of ['fp32', 'bf16'] as const) {
     }
   });
 
+  test(`${dtype}: tokens with more rows than the chunked combine holds (k = 70 of 72, plus a shared expert)`, () => {
+    // 70 routed rows and the shared one exceed combine's 64 rows per token: the row-by-row path, same order.
+    const b = build({
+      E: 72,
+      d: 40,
+      f: 8,
+      selection: { kind: 'topk', k: 70 },
+      dtype,
+      shared: { f: 16, gated: true },
+      seed: SEED + 70,
+    });
+    const narrow = build({ E: 72, d: 40, f: 8, selection: { kind: 'topk', k: 3 }, dtype, seed: SEED + 71 });
+    for (const layer of [b, narrow]) {
+      const x = randn(9 * 40, SEED + 72);
+      const { output, routing } = layer.layer.forward(x);
+      const err = relativeError(output, reference(layer, x, routing));
+      assert.ok(err < tol, `${dtype} k=${routing.maxK}: relative error ${err} (seed ${SEED})`);
+    }
+  });
+
   test(`${dtype}: experts with no tokens, and one expert that gets every token`, () => {
     const E = 16;
     const bias = new Float32Array(E);
