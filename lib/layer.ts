@@ -16,7 +16,7 @@ import {
 import { Router, type RoutingBuffers } from './router';
 import type { RouteOptions, RoutingResult } from './types';
 import { loadPretrainedLayer, type FromPretrainedOptions } from './models/pretrained';
-import type { TelemetryDelta } from './observability/telemetry-types';
+import { decodeTelemetry, type TelemetryDelta } from './observability/telemetry-types';
 import { SerialQueue } from './serial-queue';
 import { requireFinite, requireFloat32, requireInt, requireOneOf } from './validate';
 
@@ -325,7 +325,7 @@ export class MoELayer {
 
   /** Native counters of this layer's forwards since the previous drain; see {@link Router.drainTelemetry}. */
   drainTelemetry(): TelemetryDelta {
-    return this.live().drainTelemetry();
+    return decodeTelemetry(this.live().drainTelemetry());
   }
 
   /** `copyInputs` (async calls): work on private copies of x and of caller complexity (Router.privateInputs). */

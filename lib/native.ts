@@ -3,7 +3,6 @@
  * package's error classes. Everything native goes through here.
  */
 import * as path from 'node:path';
-import type { TelemetryDelta } from './observability/telemetry-types';
 import { BackendError, DynamicMoEError, ExpertDispatchError, ValidationError } from './errors';
 
 /** The raw addon surface; see native/binding/*.cc for the argument order of each method. */
@@ -78,7 +77,8 @@ export interface CudaBenchResult {
 
 /** A layer (or, with intermediateSize 0, a router) on the GPU; see native/binding/cuda_wrap.cc. */
 export interface NativeCudaLayerHandle {
-  drainTelemetry(): TelemetryDelta;
+  /** The flat drain record; decodeTelemetry() (lib/observability/telemetry-types.ts) reads it. */
+  drainTelemetry(): Float64Array;
   recordError(kind: NativeErrorKind): void;
   setExpert(e: number, w1: Float32Array, w3: Float32Array, w2: Float32Array, f: number): void;
   setSharedExpert(w1: Float32Array, w3: Float32Array, w2: Float32Array, f: number, gate: Float32Array | null): void;
@@ -118,7 +118,8 @@ type RouteArgs = [
 export type NativeErrorKind = 0 | 1 | 2;
 
 export interface NativeRouterHandle {
-  drainTelemetry(): TelemetryDelta;
+  /** The flat drain record; decodeTelemetry() (lib/observability/telemetry-types.ts) reads it. */
+  drainTelemetry(): Float64Array;
   recordError(kind: NativeErrorKind): void;
   route(...args: RouteArgs): void;
   routeAsync(...args: RouteArgs): Promise<void>;
@@ -142,7 +143,8 @@ type ForwardArgs = [
 ];
 
 export interface NativeLayerHandle {
-  drainTelemetry(): TelemetryDelta;
+  /** The flat drain record; decodeTelemetry() (lib/observability/telemetry-types.ts) reads it. */
+  drainTelemetry(): Float64Array;
   recordError(kind: NativeErrorKind): void;
   setExpert(e: number, w1: Float32Array, w3: Float32Array, w2: Float32Array, f: number): void;
   setSharedExpert(w1: Float32Array, w3: Float32Array, w2: Float32Array, f: number, gate: Float32Array | null): void;

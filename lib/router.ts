@@ -23,7 +23,7 @@ import {
 } from './router-options';
 import type { RouteOptions, RoutingResult, Selection } from './types';
 import { requireFloat32 } from './validate';
-import type { TelemetryDelta } from './observability/telemetry-types';
+import { decodeTelemetry, type TelemetryDelta } from './observability/telemetry-types';
 import { SerialQueue } from './serial-queue';
 
 /** What one routing call needs besides x: complexity for dynamic k, and logits when they had to come first. */
@@ -172,10 +172,11 @@ export class Router {
 
   /**
    * Native counters of this router since the previous drain (calls, tokens, errors, k and stage histograms,
-   * tokens per expert, span records). One N-API call; never waits for compute. See lib/observability.
+   * tokens per expert, span records). One N-API call that returns a flat record, decoded here; never waits for
+   * compute. See lib/observability.
    */
   drainTelemetry(): TelemetryDelta {
-    return (this.cudaHandle ?? this.handle).drainTelemetry();
+    return decodeTelemetry((this.cudaHandle ?? this.handle).drainTelemetry());
   }
 
   /** @internal Runs input validation, counting a failure in the native `validation` error counter. */

@@ -8,6 +8,7 @@ import * as assert from 'uvu/assert';
 import { Counter, Gauge, register as globalRegistry, Registry } from 'prom-client';
 import { MoELayer, Router } from '../lib';
 import { METRIC_LABELS, MetricName, MetricsCollector, type TelemetrySource } from '../lib/observability';
+import { decodeTelemetry } from '../lib/observability/telemetry-types';
 import { registryText } from '../lib/observability/exposition';
 import { SeriesFamily } from '../lib/observability/series-family';
 import { FakeTelemetrySource } from './helpers/fake-telemetry';
@@ -304,6 +305,48 @@ test('observe rejects what is not a telemetry source, a missing layerId and a se
   assert.throws(() => c.observe(src, {} as { layerId: number }), /layerId/);
   c.observe(src, { layerId: 0 });
   assert.throws(() => c.observe(src, { layerId: 1 }), /already attached/);
+});
+
+test('the native drain record decodes consistently, and a stale or truncated record is refused', () => {
+  const E = 12;
+  const d = 24;
+  const router = new Router({
+    numExperts: E,
+    hiddenSize: d,
+    gateWeight: randn(E * d, SEED + 5, 0.3),
+    selection: { kind: 'topp', p: 0.7, maxK: 4 },
+  });
+  const T = [3, 17, 1];
+  for (const t of T) router.route(randn(t * d, SEED + t));
+  const flat = router.handle.drainTelemetry();
+  const delta = decodeTelemetry(flat);
+  assert.is(delta.kind, 'router');
+  assert.is(delta.numExperts, E);
+  assert.is(delta.calls, T.length);
+  assert.is(delta.tokens, 21);
+  assert.is(delta.spans.length, T.length);
+  assert.equal(
+    delta.spans.map((s) => s.tokens),
+    T,
+  );
+  assert.is(
+    delta.expertTokens.reduce((a, b) => a + b, 0),
+    delta.assignments,
+    'tokens per expert add up to the assignments',
+  );
+  const sum = (a: number[]) => a.reduce((x, y) => x + y, 0);
+  assert.is(sum(delta.expertsPerToken.counts), 21, 'one k per token');
+  assert.is(delta.expertsPerToken.count, 21);
+  assert.is(delta.expertsPerToken.sum, delta.assignments);
+  assert.is(delta.durationSeconds.count, T.length);
+  assert.is(delta.stageSeconds.gating.count, T.length);
+  for (const h of [delta.durationSeconds, delta.stageSeconds.combine, delta.complexity])
+    assert.is(h.counts.length, h.bounds.length + 1);
+  assert.ok(delta.spans.every((s) => s.complexityStartNs === undefined && s.gatingEndNs >= s.startNs));
+  const stale = flat.slice();
+  stale[0] = 99;
+  assert.throws(() => decodeTelemetry(stale), /layout version 99, expected 1/);
+  assert.throws(() => decodeTelemetry(flat.subarray(0, flat.length - 1)), /record of \d+ values/);
 });
 
 const hasNativeTelemetry =

@@ -2,6 +2,8 @@
  * The shape of what Router and MoELayer hand over from their native telemetry: one `drainTelemetry()` call
  * returns every counter, histogram and span record accumulated since the previous drain of that object.
  * This file is the one contract between the native side and the observability module; both code against it.
+ * The native drain returns a flat Float64Array (layout in native/binding/telemetry_wrap.h) that decodeTelemetry()
+ * below turns into a TelemetryDelta.
  */
 
 /** Bucket counts of one histogram since the previous drain. */
@@ -55,4 +57,95 @@ export interface TelemetryDelta {
 export interface TelemetrySource {
   drainTelemetry(): TelemetryDelta;
   readonly numExperts: number;
+}
+
+/** Layout version of the flat record the native drain returns (native/binding/telemetry_wrap.h). */
+const TELEMETRY_LAYOUT_VERSION = 1;
+const SPAN_FIELDS = 10;
+const STAGE_KEYS = ['complexity', 'gating', 'dispatch', 'expert_gemm', 'combine'] as const;
+
+/**
+ * Decodes the Float64Array a native drainTelemetry() returns into a TelemetryDelta. The native side writes one
+ * typed array (a few copies) instead of building this tree through ~350 N-API calls; here it is plain JS.
+ * @throws Error when the record's layout version or length is not what this code expects (a stale binary).
+ */
+export function decodeTelemetry(flat: Float64Array): TelemetryDelta {
+  if (flat[0] !== TELEMETRY_LAYOUT_VERSION)
+    throw new Error(
+      `telemetry: the native addon wrote layout version ${flat[0]}, expected ${TELEMETRY_LAYOUT_VERSION}`,
+    );
+  let at = 1;
+  const next = () => flat[at++];
+  const take = (n: number) => {
+    const values: number[] = new Array(n);
+    for (let i = 0; i < n; i++) values[i] = flat[at + i];
+    at += n;
+    return values;
+  };
+  const kind = next() === 1 ? 'layer' : 'router';
+  const numExperts = next();
+  const calls = next();
+  const tokens = next();
+  const errors = { validation: next(), non_finite: next(), internal: next() };
+  const assignments = next();
+  const flopsComputed = next();
+  const flopsStatic = next();
+  const loadBalance = next();
+  const memoryBytes = next();
+  const spansDropped = next();
+  const nExpertTokens = next();
+  const nSpans = next();
+  const histogram = (): HistogramDelta => {
+    const nBounds = next();
+    const bounds = take(nBounds);
+    const counts = take(nBounds + 1);
+    return { bounds, counts, sum: next(), count: next() };
+  };
+  const expertsPerToken = histogram();
+  const complexity = histogram();
+  const stages = STAGE_KEYS.map(histogram);
+  const durationSeconds = histogram();
+  const expertTokens = take(nExpertTokens);
+  const spans: SpanRecord[] = [];
+  for (let i = 0; i < nSpans; i++, at += SPAN_FIELDS) {
+    const span: SpanRecord = {
+      startNs: flat[at],
+      gatingEndNs: flat[at + 2],
+      dispatchEndNs: flat[at + 3],
+      expertEndNs: flat[at + 4],
+      combineEndNs: flat[at + 5],
+      tokens: flat[at + 6],
+      meanK: flat[at + 7],
+      flopsComputed: flat[at + 8],
+      flopsStatic: flat[at + 9],
+    };
+    if (flat[at + 1] >= 0) span.complexityStartNs = flat[at + 1];
+    spans.push(span);
+  }
+  if (at !== flat.length) throw new Error(`telemetry: record of ${flat.length} values, decoded ${at}`);
+  return {
+    kind,
+    numExperts,
+    calls,
+    tokens,
+    errors,
+    assignments,
+    flopsComputed,
+    flopsStatic,
+    expertsPerToken,
+    complexity,
+    stageSeconds: {
+      complexity: stages[0],
+      gating: stages[1],
+      dispatch: stages[2],
+      expert_gemm: stages[3],
+      combine: stages[4],
+    },
+    durationSeconds,
+    expertTokens,
+    loadBalance,
+    memoryBytes,
+    spans,
+    spansDropped,
+  };
 }

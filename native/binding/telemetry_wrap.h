@@ -1,5 +1,12 @@
-// Converts a telemetry drain (native/telemetry) into the TelemetryDelta object of
-// lib/observability/telemetry-types.ts.
+// Converts a telemetry drain (native/telemetry) into one Float64Array, which decodeTelemetry() in
+// lib/observability/telemetry-types.ts turns into a TelemetryDelta. Layout (version 1), all doubles:
+//   version, kind (0 router | 1 layer), numExperts, calls, tokens, errors[validation, non_finite, internal],
+//   assignments, flopsComputed, flopsStatic, loadBalance, memoryBytes, spansDropped, nExpertTokens, nSpans,
+//   8 histograms (expertsPerToken, complexity, stage complexity/gating/dispatch/expert_gemm/combine, duration),
+//     each: nBounds, bounds[nBounds], counts[nBounds + 1] (not cumulative, the last is +Inf), sum, count,
+//   expertTokens[nExpertTokens],
+//   nSpans x 10: startNs, complexityStartNs (-1: none), gatingEndNs, dispatchEndNs, expertEndNs, combineEndNs,
+//     tokens, meanK, flopsComputed, flopsStatic.
 #pragma once
 #include <napi.h>
 
@@ -7,8 +14,11 @@
 
 namespace moe_binding {
 
-Napi::Object telemetryToJs(Napi::Env env, const moe::telemetry::Delta& d, const char* kind, int numExperts,
-                           double memoryBytes);
+constexpr int kTelemetryLayoutVersion = 1;
+constexpr size_t kTelemetrySpanFields = 10;
+
+Napi::Float64Array telemetryToJs(Napi::Env env, const moe::telemetry::Delta& d, const char* kind, int numExperts,
+                                 double memoryBytes);
 // recordError(kind: 0 validation | 1 non_finite | 2 internal) for errors found before the native call.
 void recordErrorArg(const Napi::CallbackInfo& info, moe::telemetry::Telemetry& telemetry);
 
