@@ -2,7 +2,7 @@
  * bench/overhead: what observability costs a layer forward. OLMoE shape (d=2048, f=1024, E=64, k=8), T=32, fp32,
  * random normal weights, everything on against everything off, interleaved in one run (ABBA order per round):
  *   on:  native counters drained by a /metrics scrape every 100 ms (prom-client text, default metrics included,
- *        refreshed once a second), an OTel SDK tracer with an in-memory exporter recording moe.forward and its
+ *        refreshed at most every 10 s, the default), an OTel SDK tracer with an in-memory exporter recording moe.forward and its
  *        children for every call from the span records each scrape drains (traceDrainedSpans), JSON logging to a
  *        temp file with the periodic performance.measurement summary (every second);
  *   off: no scrape, no spans, no logging (the native counters themselves always count).

@@ -32,7 +32,11 @@ export interface MetricsCollectorOptions {
    * on a registry you pass they are registered there and collected at every scrape.
    */
   defaultMetrics?: boolean;
-  /** Default 1000 ms; 0 collects them at every scrape. */
+  /**
+   * Default 10 000 ms (a refresh costs ~4 ms on the cold caches a forward leaves: 0.4% of the time at one a
+   * second; Prometheus' usual 15 s scrape interval still gets fresh values every time); 0 collects them at every
+   * scrape.
+   */
   defaultMetricsIntervalMs?: number;
 }
 
@@ -170,7 +174,7 @@ export class MetricsCollector {
       DURATION_BUCKETS_SECONDS,
     );
 
-    this.defaultsIntervalMs = Math.max(0, opts.defaultMetricsIntervalMs ?? 1000);
+    this.defaultsIntervalMs = Math.max(0, opts.defaultMetricsIntervalMs ?? 10_000);
     if ((opts.defaultMetrics ?? true) && opts.registry) {
       // Tolerate a registry that already carries the defaults (e.g. shared by two collectors).
       if (!this.registry.getSingleMetric('process_cpu_user_seconds_total'))
