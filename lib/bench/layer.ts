@@ -112,8 +112,8 @@ type Measured = Pick<
 /**
  * Times a shape's token counts in `rounds` rounds. Each round first samples the anchors (a streaming read and a
  * dense GEMM of the dtype), then runs a short burst of every token count, so each round's layer times have a floor
- * measured minutes — not a quarter of an hour — away. Returns the measured rows (ratios to the run's best anchors
- * are applied by the caller, see applyRoofline) and the anchors sampled.
+ * measured seconds before them. Returns the measured rows (ratios to the run's best anchors are applied by the
+ * caller, see applyRoofline) and the anchors sampled.
  */
 export function benchShape(
   shape: LayerShape,

@@ -38,7 +38,8 @@ export interface AnchorSample {
 
 /**
  * Anchors measured again and again during a bench, between the bursts of the layer they are the floor of: the
- * stream buffer (1 GiB) is filled once and kept. Each sample is the best of 3 reads and the median of 3 dense GEMMs (the first pays page faults).
+ * stream buffer (1 GiB) is filled once and kept. Each sample is the best of 3 reads and the median of 3 dense
+ * GEMMs (a single GEMM would count the page faults of its fresh buffers).
  */
 export class AnchorSampler {
   private readonly data: Float32Array;

@@ -10,7 +10,7 @@ export const BENCH_USAGE = `moe-router bench [--benches route,layer,fidelity] [-
                  [--threads N] [--tokens T] [--out DIR]
 
 Runs the benches (default: route,layer,fidelity on OLMoE) and writes bench-<time>.json and .md to DIR
-(default ./bench-out). The Mixtral layer needs about 6 GB of memory in fp32.`;
+(default ./bench-out). The Mixtral layer needs about 7 GB of memory in fp32 (weights and a 1 GiB stream buffer).`;
 
 export async function benchCommand(argv: string[]): Promise<void> {
   const v = parseOptions(argv, {

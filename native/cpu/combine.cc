@@ -74,7 +74,7 @@ void combineRows(int64_t T, int64_t d, int32_t maxK, const int32_t* slotRow, con
         fits = nextFits;
         continue;
       }
-      // More rows than the chunked path holds (maxK > 63): the same order, a row at a time.
+      // More rows than the chunked path holds (over 64 with the shared row): the same order, a row at a time.
       std::fill(out, out + d, 0.0f);
       for (int32_t s = 0; s < maxK; ++s) {
         const int32_t row = slotRow[t * maxK + s];

@@ -20,6 +20,7 @@ void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, i
   const bool f32 = A.dtype == DType::F32;
   const int64_t depth = f32 ? K : packedKPairs(K);
   const int64_t slice = f32 ? kSliceF32 : kSlicePairs;
+  if (depth == 0) std::fill(acc, acc + rows * kPanelWidth, 0.0f);  // no slice writes them
   for (int64_t k0 = 0; k0 < depth; k0 += slice) {
     const int kc = int(std::min(slice, depth - k0));
     // Equal blocks (64 rows -> 6 x 11, not 5 x 12 + 4): a short last block would run at low FMA density.
