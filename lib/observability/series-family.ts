@@ -100,11 +100,6 @@ export class SeriesFamily<L extends string = string> {
     this.handle(labels).value = value;
   }
 
-  /** The value of a series, or undefined when it does not exist. */
-  valueOf(labels: SeriesLabels<L>): number | undefined {
-    return this.series.get(this.keyOf(labels))?.value;
-  }
-
   /** Removes one series. */
   remove(labels: SeriesLabels<L>): void {
     const key = this.keyOf(labels);
