@@ -136,6 +136,23 @@ test("SeriesFamily prints what prom-client's own Counter and Gauge print after t
   assert.throws(() => counters[0].inc({ model_name: 'x' }), /missing label expert_id/);
 });
 
+test("a registry with default labels is written by prom-client's own writer, labels included", async () => {
+  const registry = new Registry();
+  registry.setDefaultLabels({ region: 'eu-1' });
+  const c = new MetricsCollector('labelled', { registry, defaultMetrics: false });
+  const src = new FakeTelemetrySource(4, 2);
+  c.observe(src, { layerId: 0 });
+  src.call({ ks: [1, 2], experts: [0, 1, 3] });
+  const text = await c.metrics();
+  assert.ok(
+    text.includes(
+      `${MetricName.ROUTING_REQUESTS}{model_name="labelled",backend="cpu",status="success",region="eu-1"} 1`,
+    ),
+    text.split('\n').find((l) => l.startsWith(MetricName.ROUTING_REQUESTS)),
+  );
+  assert.is(text, await registry.metrics(), 'nothing new to drain in between');
+});
+
 test('the collector uses its own registry, never the global one', async () => {
   const c = new MetricsCollector('own-registry', { defaultMetrics: false });
   assert.ok(c.registry !== globalRegistry);
