@@ -131,8 +131,11 @@ test("SeriesFamily prints what prom-client's own Counter and Gauge print after t
   counters[0].add(handle, 2);
   counters[1].inc({ model_name: 'm"\\\n', expert_id: '3' }, 2);
   assert.is(await registryText(ours), await theirs.metrics());
+  assert.is(handle.removed, false, 'the kept handle is live again, not a stale one looked up at every add');
   assert.throws(() => counters[0].add(handle, -1), /cannot decrease/);
-  assert.throws(() => counters[0].inc({ model_name: 'x', stage: 'y' } as never), /unknown label stage/);
+  // Labels are checked on every lookup, also for a series that exists already (model_name 'x', expert_id '0').
+  assert.throws(() => counters[0].inc({ model_name: 'x', expert_id: '0', stage: 'y' } as never), /unknown label stage/);
+  assert.throws(() => counters[0].inc({ model_name: 'x', stage: 'y' } as never), /missing label expert_id/);
   assert.throws(() => counters[0].inc({ model_name: 'x' }), /missing label expert_id/);
 });
 
@@ -364,6 +367,7 @@ test('the native drain record decodes consistently, and a stale or truncated rec
   stale[0] = 99;
   assert.throws(() => decodeTelemetry(stale), /layout version 99, expected 1/);
   assert.throws(() => decodeTelemetry(flat.subarray(0, flat.length - 1)), /record of \d+ values/);
+  assert.throws(() => decodeTelemetry(flat.subarray(0, 5)), /record of 5 values ends early/);
 });
 
 const hasNativeTelemetry =

@@ -78,12 +78,14 @@ export function buildLayer(shape: LayerShape, dtype: 'fp32' | 'bf16', threads: n
 }
 
 /**
- * Times one workload: warm-up, then `rounds` short bursts of forwards. Callers interleave the bursts of several
- * workloads (see benchShape), so a minute of heavy load from another tenant of the machine spreads over all of
- * them instead of ruining one. Returns every sample.
+ * Times one burst of forwards of a workload: one untimed forward (the anchors or another workload ran just before),
+ * then at least `minReps` timed ones and as many more as fit in `budgetSeconds` (at most 100). Callers interleave
+ * the bursts of several workloads (see benchShape), so a minute of heavy load from another tenant of the machine
+ * spreads over all of them instead of ruining one. Returns every timed sample.
  */
 export function timeForward(layer: MoELayer, x: Float32Array, budgetSeconds: number, minReps = 3): number[] {
   const times: number[] = [];
+  layer.forward(x);
   const start = Date.now();
   while (times.length < minReps || (Date.now() - start) / 1000 < budgetSeconds) {
     const t0 = process.hrtime.bigint();

@@ -77,6 +77,10 @@ export function steadyNsToHrTime(steadyNs: number | bigint): HrTime {
   if (n >= 1e9) {
     n -= 1e9;
     s += 1;
+  } else if (n < 0) {
+    // a negative bigint remainder, or an offset below the steady clock (a wall clock set before boot)
+    n += 1e9;
+    s -= 1;
   }
   return [s, n];
 }

@@ -65,27 +65,31 @@ export class SeriesFamily<L extends string = string> {
     const key = this.keyOf(labels);
     let s = this.series.get(key);
     if (!s) {
-      for (const name of Object.keys(labels)) {
-        if (!(this.labelNames as readonly string[]).includes(name))
-          throw new TypeError(`${this.name}: unknown label ${name}`);
-      }
-      const own: Record<string, string> = {};
-      for (const name of this.labelNames) {
-        const value = labels[name];
-        if (value === undefined) throw new TypeError(`${this.name}: missing label ${name}`);
-        own[name] = String(value);
-      }
-      s = { labels: own, value: 0, linePrefix: undefined, removed: false };
+      s = { labels: this.ownLabels(labels), value: 0, linePrefix: undefined, removed: false };
       this.series.set(key, s);
     }
     return s;
   }
 
-  /** Adds to a series by handle (a counter only grows). A handle of a removed series finds its labels again. */
+  /**
+   * Adds to a series by handle (a counter only grows). A handle of a removed series (remove(), reset()) puts
+   * itself back, so a kept handle stays as fast as before.
+   */
   add(series: Series, value: number): void {
     if (!Number.isFinite(value)) throw new TypeError(`${this.name}: value must be finite, got ${value}`);
     if (this.type === 'counter' && value < 0) throw new RangeError(`${this.name}: a counter cannot decrease`);
-    (series.removed ? this.handle(series.labels as SeriesLabels<L>) : series).value += value;
+    if (series.removed) {
+      const key = this.keyOf(series.labels as SeriesLabels<L>);
+      const current = this.series.get(key);
+      if (current) {
+        current.value += value; // the series came back through another handle meanwhile
+        return;
+      }
+      series.removed = false;
+      series.value = 0;
+      this.series.set(key, series);
+    }
+    series.value += value;
   }
 
   /** Adds `value` (default 1) to the series of `labels`. */
@@ -135,9 +139,28 @@ export class SeriesFamily<L extends string = string> {
     return out;
   }
 
+  /** The lookup key of a label set: every label of the family, and no other, checked on each lookup. */
   private keyOf(labels: SeriesLabels<L>): string {
     let key = '';
-    for (const name of this.labelNames) key += `${labels[name] ?? ''}\u0000`;
+    let given = 0;
+    for (const name of this.labelNames) {
+      const value = labels[name];
+      if (value === undefined) throw new TypeError(`${this.name}: missing label ${name}`);
+      key += `${value}\u0000`;
+      given++;
+    }
+    if (Object.keys(labels).length !== given) {
+      for (const name of Object.keys(labels)) {
+        if (!(this.labelNames as readonly string[]).includes(name))
+          throw new TypeError(`${this.name}: unknown label ${name}`);
+      }
+    }
     return key;
+  }
+
+  private ownLabels(labels: SeriesLabels<L>): Record<string, string> {
+    const own: Record<string, string> = {};
+    for (const name of this.labelNames) own[name] = String(labels[name]);
+    return own;
   }
 }

@@ -75,8 +75,13 @@ export function decodeTelemetry(flat: Float64Array): TelemetryDelta {
       `telemetry: the native addon wrote layout version ${flat[0]}, expected ${TELEMETRY_LAYOUT_VERSION}`,
     );
   let at = 1;
-  const next = () => flat[at++];
+  const short = () => new Error(`telemetry: record of ${flat.length} values ends early (at ${at})`);
+  const next = () => {
+    if (at >= flat.length) throw short();
+    return flat[at++];
+  };
   const take = (n: number) => {
+    if (!(Number.isInteger(n) && n >= 0 && at + n <= flat.length)) throw short();
     const values: number[] = new Array(n);
     for (let i = 0; i < n; i++) values[i] = flat[at + i];
     at += n;
@@ -107,6 +112,7 @@ export function decodeTelemetry(flat: Float64Array): TelemetryDelta {
   const durationSeconds = histogram();
   const expertTokens = take(nExpertTokens);
   const spans: SpanRecord[] = [];
+  if (!(Number.isInteger(nSpans) && at + nSpans * SPAN_FIELDS <= flat.length)) throw short();
   for (let i = 0; i < nSpans; i++, at += SPAN_FIELDS) {
     const span: SpanRecord = {
       startNs: flat[at],
