@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "moe/gemm.h"
+#include "gemm_isa.h"
 
 namespace moe {
 namespace avx2 {
@@ -68,20 +68,16 @@ void tileBF16(int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C
 int maxRows() { return kMaxRows; }
 
 void kernelF32(int rows, int K, const float* A, size_t lda, const float* B, float* C, bool accumulate, L2Prefetch) {
-  switch (rows) {
-    case 1: return tileF32<1>(K, A, lda, B, C, accumulate);
-    case 2: return tileF32<2>(K, A, lda, B, C, accumulate);
-    default: return tileF32<3>(K, A, lda, B, C, accumulate);
-  }
+  withRows<kMaxRows>(rows, [&](auto mr) {
+    tileF32<decltype(mr)::value>(K, A, lda, B, C, accumulate);
+  });
 }
 
 void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, bool accumulate,
                 L2Prefetch) {
-  switch (rows) {
-    case 1: return tileBF16<1>(Kp, A, lda, B, C, accumulate);
-    case 2: return tileBF16<2>(Kp, A, lda, B, C, accumulate);
-    default: return tileBF16<3>(Kp, A, lda, B, C, accumulate);
-  }
+  withRows<kMaxRows>(rows, [&](auto mr) {
+    tileBF16<decltype(mr)::value>(Kp, A, lda, B, C, accumulate);
+  });
 }
 
 }  // namespace avx2

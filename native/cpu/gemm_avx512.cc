@@ -7,7 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "moe/gemm.h"
+#include "gemm_isa.h"
 
 namespace moe {
 namespace avx512 {
@@ -158,38 +158,16 @@ void toBf16(const float* src, int64_t n, uint32_t* dst) {
 
 void kernelF32(int rows, int K, const float* A, size_t lda, const float* B, float* C, bool accumulate,
                L2Prefetch next) {
-  switch (rows) {
-    case 1: return tileF32<1>(K, A, lda, B, C, accumulate, next);
-    case 2: return tileF32<2>(K, A, lda, B, C, accumulate, next);
-    case 3: return tileF32<3>(K, A, lda, B, C, accumulate, next);
-    case 4: return tileF32<4>(K, A, lda, B, C, accumulate, next);
-    case 5: return tileF32<5>(K, A, lda, B, C, accumulate, next);
-    case 6: return tileF32<6>(K, A, lda, B, C, accumulate, next);
-    case 7: return tileF32<7>(K, A, lda, B, C, accumulate, next);
-    case 8: return tileF32<8>(K, A, lda, B, C, accumulate, next);
-    case 9: return tileF32<9>(K, A, lda, B, C, accumulate, next);
-    case 10: return tileF32<10>(K, A, lda, B, C, accumulate, next);
-    case 11: return tileF32<11>(K, A, lda, B, C, accumulate, next);
-    default: return tileF32<12>(K, A, lda, B, C, accumulate, next);
-  }
+  withRows<kMaxRows>(rows, [&](auto mr) {
+    tileF32<decltype(mr)::value>(K, A, lda, B, C, accumulate, next);
+  });
 }
 
 void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, bool accumulate,
                 L2Prefetch next) {
-  switch (rows) {
-    case 1: return tileBF16<1>(Kp, A, lda, B, C, accumulate, next);
-    case 2: return tileBF16<2>(Kp, A, lda, B, C, accumulate, next);
-    case 3: return tileBF16<3>(Kp, A, lda, B, C, accumulate, next);
-    case 4: return tileBF16<4>(Kp, A, lda, B, C, accumulate, next);
-    case 5: return tileBF16<5>(Kp, A, lda, B, C, accumulate, next);
-    case 6: return tileBF16<6>(Kp, A, lda, B, C, accumulate, next);
-    case 7: return tileBF16<7>(Kp, A, lda, B, C, accumulate, next);
-    case 8: return tileBF16<8>(Kp, A, lda, B, C, accumulate, next);
-    case 9: return tileBF16<9>(Kp, A, lda, B, C, accumulate, next);
-    case 10: return tileBF16<10>(Kp, A, lda, B, C, accumulate, next);
-    case 11: return tileBF16<11>(Kp, A, lda, B, C, accumulate, next);
-    default: return tileBF16<12>(Kp, A, lda, B, C, accumulate, next);
-  }
+  withRows<kMaxRows>(rows, [&](auto mr) {
+    tileBF16<decltype(mr)::value>(Kp, A, lda, B, C, accumulate, next);
+  });
 }
 
 }  // namespace avx512

@@ -1,12 +1,28 @@
-// Entry points of the ISA-specific micro-kernel translation units (gemm_avx512.cc, gemm_avx2.cc).
+// Entry points of the ISA-specific micro-kernel translation units (gemm_avx512.cc, gemm_avx2.cc), and the row-count
+// dispatch they share.
 // Only gemm.cc calls these, after checking CPU support.
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 
 #include "moe/gemm.h"
 
 namespace moe {
+
+// Calls f(std::integral_constant<int, rows>) for rows in [First, Max), and with Max for anything else: the
+// micro-kernels are compiled per row count, and this turns a run-time row count into that template argument.
+template <int Max, int First = 1, typename F>
+inline void withRows(int rows, F&& f) {
+  if constexpr (First >= Max) {
+    f(std::integral_constant<int, Max>{});
+  } else {
+    if (rows == First) return f(std::integral_constant<int, First>{});
+    withRows<Max, First + 1>(rows, std::forward<F>(f));
+  }
+}
+
 #define MOE_DECLARE_GEMM_ISA(ns)                                                                        \
   namespace ns {                                                                                        \
   int maxRows();                                                                                        \
