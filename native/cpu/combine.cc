@@ -39,21 +39,23 @@ void combineRows(int64_t T, int64_t d, int32_t maxK, const int32_t* slotRow, con
                  int64_t sharedRow0, float* y, ThreadPool& pool, int workers) {
   constexpr int64_t kTokensPerItem = 8;
   const int64_t items = (T + kTokensPerItem - 1) / kTokensPerItem;
-  // A token's rows in the order they are added: routed slots, then its shared-expert row. False when there are
-  // more than kMaxRowsPerToken.
-  auto rowsOf = [&](int64_t t, const float** rows, int& n) {
-    n = 0;
+  // Calls fn(row) for each of token t's rows in the order they are added: routed slots, then its shared row.
+  auto forEachRow = [&](int64_t t, auto&& fn) {
     for (int32_t s = 0; s < maxK; ++s) {
       const int32_t row = slotRow[t * maxK + s];
-      if (row < 0) continue;
-      if (n == kMaxRowsPerToken) return false;
-      rows[n++] = expertOut + int64_t(row) * d;
+      if (row >= 0) fn(expertOut + int64_t(row) * d);
     }
-    if (sharedRow0 >= 0) {
-      if (n == kMaxRowsPerToken) return false;
-      rows[n++] = expertOut + (sharedRow0 + t) * d;
-    }
-    return true;
+    if (sharedRow0 >= 0) fn(expertOut + (sharedRow0 + t) * d);
+  };
+  // Token t's rows into rows[0..n); false when there are more than kMaxRowsPerToken.
+  auto rowsOf = [&](int64_t t, const float** rows, int& n) {
+    n = 0;
+    bool fits = true;
+    forEachRow(t, [&](const float* row) {
+      if (n < kMaxRowsPerToken) rows[n++] = row;
+      else fits = false;
+    });
+    return fits;
   };
   pool.parallelFor(workers, items, [&](int64_t item, int) {
     const float* rowsA[kMaxRowsPerToken];
@@ -69,20 +71,13 @@ void combineRows(int64_t T, int64_t d, int32_t maxK, const int32_t* slotRow, con
       float* out = y + t * d;
       if (fits) {
         sumRows(out, rows, n, next, nextFits ? nNext : 0, d);
-        std::swap(rows, next);
-        std::swap(n, nNext);
-        fits = nextFits;
-        continue;
+      } else {
+        // More rows than the chunked path holds (over 64 with the shared row): the same order, a row at a time.
+        std::fill(out, out + d, 0.0f);
+        forEachRow(t, [&](const float* row) {
+          for (int64_t i = 0; i < d; ++i) out[i] += row[i];
+        });
       }
-      // More rows than the chunked path holds (over 64 with the shared row): the same order, a row at a time.
-      std::fill(out, out + d, 0.0f);
-      for (int32_t s = 0; s < maxK; ++s) {
-        const int32_t row = slotRow[t * maxK + s];
-        if (row >= 0)
-          for (int64_t i = 0; i < d; ++i) out[i] += expertOut[int64_t(row) * d + i];
-      }
-      if (sharedRow0 >= 0)
-        for (int64_t i = 0; i < d; ++i) out[i] += expertOut[(sharedRow0 + t) * d + i];
       std::swap(rows, next);
       std::swap(n, nNext);
       fits = nextFits;

@@ -1,6 +1,6 @@
 // Entry points of the ISA-specific micro-kernel translation units (gemm_avx512.cc, gemm_avx2.cc), and the row-count
 // dispatch they share.
-// Only gemm.cc calls these, after checking CPU support.
+// Only gemm.cc calls the entry points, after checking CPU support.
 #pragma once
 #include <cstddef>
 #include <cstdint>
