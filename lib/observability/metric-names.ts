@@ -54,7 +54,7 @@ export const EXPERTS_PER_TOKEN_BUCKETS: readonly number[] = [
   0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 20, 24, 32, 48, 64, 128, 256,
 ];
 
-/** The stages of one layer call, as the `stage` label spells them. */
+/** The stages of one layer call, as the `stage` label spells them, in the order of the native drain record. */
 export const STAGES = ['complexity', 'gating', 'dispatch', 'expert_gemm', 'combine'] as const;
 export type StageName = (typeof STAGES)[number];
 

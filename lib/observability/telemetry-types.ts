@@ -6,6 +6,8 @@
  * below turns into a TelemetryDelta.
  */
 
+import { STAGES } from './metric-names';
+
 /** Bucket counts of one histogram since the previous drain. */
 export interface HistogramDelta {
   bounds: number[];
@@ -62,7 +64,6 @@ export interface TelemetrySource {
 /** Layout version of the flat record the native drain returns (native/binding/telemetry_wrap.h). */
 const TELEMETRY_LAYOUT_VERSION = 1;
 const SPAN_FIELDS = 10;
-const STAGE_KEYS = ['complexity', 'gating', 'dispatch', 'expert_gemm', 'combine'] as const;
 
 /**
  * Decodes the Float64Array a native drainTelemetry() returns into a TelemetryDelta. The native side writes one
@@ -108,7 +109,7 @@ export function decodeTelemetry(flat: Float64Array): TelemetryDelta {
   };
   const expertsPerToken = histogram();
   const complexity = histogram();
-  const stages = STAGE_KEYS.map(histogram);
+  const stages = STAGES.map(histogram);
   const durationSeconds = histogram();
   const expertTokens = take(nExpertTokens);
   const spans: SpanRecord[] = [];
