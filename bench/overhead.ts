@@ -3,7 +3,8 @@
  * random normal weights, everything on against everything off, interleaved in one run (ABBA order per round):
  *   on:  native counters drained by a /metrics scrape every 100 ms (prom-client text, default metrics included,
  *        refreshed at most every 10 s, the default), an OTel SDK tracer with an in-memory exporter recording moe.forward and its
- *        children for every call from the span records each scrape drains (traceDrainedSpans), JSON logging to a
+ *        children for every call from the span records each scrape drains (traceDrainedSpans, batched every
+ *        second by default; what waits at the end of a phase is recorded and counted in it), JSON logging to a
  *        temp file with the periodic performance.measurement summary (every second);
  *   off: no scrape, no spans, no logging (the native counters themselves always count).
  *
@@ -18,8 +19,8 @@
  * calls loses. --mode async runs forwardAsync, as a service does: the scrape then runs on the main thread while
  * the pool computes.
  *
- *   node --expose-gc --import tsx bench/overhead.ts [--mode sync|async] [--threads N] [--rounds 16] [--calls 10]
- *        [--parts metrics,spans,logs] [--json FILE]
+ *   node --expose-gc --import tsx bench/overhead.ts [--mode sync|async] [--threads N] [--rounds 16] [--calls 32]
+ *        [--parts metrics,spans,logs] [--span-flush-ms 1000] [--json FILE]
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -66,9 +67,12 @@ interface PhaseResult {
 async function main(): Promise<void> {
   const threads = Number(arg('threads', String(native().backendInfo().threads)));
   const rounds = Number(arg('rounds', '16'));
-  const calls = Number(arg('calls', '10'));
+  // ~1 s phases: the span batches and the performance summary run about once a second, as in a service
+  const calls = Number(arg('calls', '32'));
   // Which parts the "on" phases switch on (all by default), to see what each one costs.
   const parts = new Set(arg('parts', 'metrics,spans,logs').split(','));
+  // how often drained span records become spans (traceDrainedSpans' default: every second; 0: at every scrape)
+  const spanFlushMs = Number(arg('span-flush-ms', '1000'));
   const T = 32;
   // sync: forward() blocks the event loop, timers run between calls; async: forwardAsync(), as a service runs it,
   // so a scrape runs on the main thread while the pool computes.
@@ -93,6 +97,9 @@ async function main(): Promise<void> {
   const scrapeMs: number[] = [];
   let spansRecorded = 0;
   let forwardsOn = 0;
+  let forwardOnMs = 0; // forward time of the on phases
+  let flushOnMs = 0; // span batches and the summary recorded when an on phase stops
+  let spanFlushOnMs = 0; // the span batches alone
   let gcDuringMs = 0;
   const gcObserver = new PerformanceObserver((list) => {
     for (const entry of list.getEntries()) gcDuringMs += entry.duration;
@@ -104,7 +111,10 @@ async function main(): Promise<void> {
     // only turns its own forwards into spans.
     layer.drainTelemetry();
     let scrapeTimer: NodeJS.Timeout | undefined;
-    const stopSpans = on && parts.has('spans') ? traceDrainedSpans(collector, tracing.tracer) : undefined;
+    const stopSpans =
+      on && parts.has('spans')
+        ? traceDrainedSpans(collector, tracing.tracer, { flushIntervalMs: spanFlushMs })
+        : undefined;
     if (on && parts.has('metrics')) {
       scrapeTimer = setInterval(() => {
         // the whole scrape: the drain, spans and text run synchronously, a default-metrics refresh (at most every
@@ -123,7 +133,10 @@ async function main(): Promise<void> {
       if (mode === 'async') await layer.forwardAsync(x);
       else layer.forward(x);
       const t1 = performance.now();
-      if (on) forwardsOn++;
+      if (on) {
+        forwardsOn++;
+        forwardOnMs += t1 - t0;
+      }
       const t2 = performance.now();
       await yieldToLoop(); // lets the scrape and summary timers run, in both configurations alike
       result.forwardMs.push(t1 - t0);
@@ -131,8 +144,17 @@ async function main(): Promise<void> {
       result.outsideMs.push(performance.now() - t1);
     }
     clearInterval(scrapeTimer);
+    // spans wait in batches (traceDrainedSpans' flushIntervalMs): what still waits is recorded now, and counted
+    // as time outside the forward like everything else the phase does
+    const f0 = performance.now();
     stopSpans?.();
+    const f1 = performance.now();
     summary.stop(true);
+    const stopMs = performance.now() - f0;
+    if (on) {
+      flushOnMs += stopMs;
+      spanFlushOnMs += f1 - f0;
+    }
     spansRecorded += exporter.getFinishedSpans().filter((span) => span.name === 'moe.forward').length;
     exporter.reset();
     // Each phase collects its own garbage in its own time, so an off phase never pays for the on phase before it.
@@ -143,7 +165,7 @@ async function main(): Promise<void> {
     await yieldToLoop(); // the observer's entries arrive asynchronously
     // the forced collection shows up among the gc entries too: count it once
     result.gcMs = Math.max(gcDuringMs - gcBefore, forcedMs);
-    result.outsideMs = result.outsideMs.map((ms) => ms + forcedMs / calls);
+    result.outsideMs = result.outsideMs.map((ms) => ms + (forcedMs + stopMs) / calls);
     return result;
   }
 
@@ -181,6 +203,7 @@ async function main(): Promise<void> {
     rounds,
     callsPerPhase: calls,
     parts: [...parts],
+    spanFlushMs,
     gcPerPhase: collectGarbage !== undefined,
     forwardMedianMs: forwardMs,
     perCall: {
@@ -212,9 +235,12 @@ async function main(): Promise<void> {
       // the ring for the next scrape)
       spansRecorded,
       forwardsOn,
-      // one scrape (drain, spans of the calls since the last one, text) per 100 ms of compute
-      // (mean: the rare default-metrics refresh counts)
-      estimatedOverheadRatio: scrapeMeanMs / 100,
+      // span batches (and summaries) recorded when the on phases stopped
+      flushOnMs,
+      spanFlushOnMs,
+      // the scrapes (drain, text, spans when they are recorded at every scrape) and the span batches, over the
+      // on phases' forward time (the rare default-metrics refresh counts)
+      estimatedOverheadRatio: (scrapeMeanMs * scrapeMs.length + flushOnMs) / forwardOnMs,
     },
     summaryRecordsLogged: fs.readFileSync(logFile, 'utf8').split('\n').filter(Boolean).length,
   };
@@ -230,7 +256,10 @@ async function main(): Promise<void> {
       `| wall time per call, whole phase (mean) | ${result.wallPerCall.offMeanMs.toFixed(3)} ms | ${result.wallPerCall.onMeanMs.toFixed(3)} ms | ${pct(result.wallPerCall.overheadRatio)} |`,
       '',
       `pieces: gc per call ${result.pieces.gcPerCallMs.on.toFixed(3)} ms on, ${result.pieces.gcPerCallMs.off.toFixed(3)} ms off; ` +
-        `scrape median ${scrapeMedianMs.toFixed(3)} ms, mean ${scrapeMeanMs.toFixed(3)} ms (${result.pieces.scrapes} scrapes, spans included: ${spansRecorded} moe.forward spans for ${forwardsOn} forwards), ` +
+        `scrape median ${scrapeMedianMs.toFixed(3)} ms, mean ${scrapeMeanMs.toFixed(3)} ms (${result.pieces.scrapes} scrapes), ` +
+        `spans ${spanFlushMs ? `in batches every ${spanFlushMs} ms and at phase ends` : 'at every scrape'} ` +
+        `(${spansRecorded} moe.forward spans for ${forwardsOn} forwards; ${flushOnMs.toFixed(1)} ms at phase ends, ` +
+        `${spanFlushOnMs.toFixed(1)} of it spans), ` +
         `${result.summaryRecordsLogged} summary records; estimated ${pct(result.pieces.estimatedOverheadRatio)} (target <= 1 %)`,
     ].join('\n'),
   );

@@ -202,6 +202,46 @@ test('spans drained at scrape time through a collector', async () => {
   assert.is(roots[0].attributes['model.name'], 'drained');
 });
 
+test('drained spans wait for their batch: interval, size bound, flush and stop', async () => {
+  exporter.reset();
+  const collector = new MetricsCollector('batched', { defaultMetrics: false });
+  const src = new FakeTelemetrySource(8, 4, 'layer');
+  collector.observe(src, { layerId: 1 });
+  const roots = () => byName(exporter.getFinishedSpans(), 'moe.forward').length;
+  const tracing = traceDrainedSpans(collector, handle.tracer, { flushIntervalMs: 60_000, maxBuffered: 3 });
+  src.call({ ks: [1] });
+  src.call({ ks: [2] });
+  await collector.metrics();
+  assert.is(roots(), 0, 'records wait for the batch');
+  tracing.flush();
+  assert.is(roots(), 2, 'flush() records them');
+  for (let i = 0; i < 4; i++) src.call({ ks: [1] });
+  await collector.metrics();
+  assert.is(roots(), 6, 'a drain that reaches maxBuffered flushes at once');
+  src.call({ ks: [3] });
+  await collector.metrics();
+  assert.is(roots(), 6);
+  tracing.stop();
+  assert.is(roots(), 7, 'stop() records what waits');
+  src.call({ ks: [1] });
+  await collector.metrics();
+  assert.is(roots(), 7, 'nothing after stop');
+
+  const timed = traceDrainedSpans(collector, handle.tracer, { flushIntervalMs: 20 });
+  src.call({ ks: [2] });
+  await collector.metrics();
+  await new Promise((r) => setTimeout(r, 80));
+  assert.is(roots(), 8, 'the interval records them');
+  timed();
+  const immediate = traceDrainedSpans(collector, handle.tracer, { flushIntervalMs: 0 });
+  src.call({ ks: [2] });
+  await collector.metrics();
+  assert.is(roots(), 9, 'flushIntervalMs 0 records at every drain');
+  immediate();
+  assert.throws(() => traceDrainedSpans(collector, handle.tracer, { flushIntervalMs: -1 }), /flushIntervalMs/);
+  assert.throws(() => traceDrainedSpans(collector, handle.tracer, { maxBuffered: 0 }), /maxBuffered/);
+});
+
 test('a missing exporter package: warning or TracingSetupError, never a crash', async () => {
   assert.throws(
     () => initializeTracing({ exporterType: 'otlp', onMissing: 'throw', register: false }),

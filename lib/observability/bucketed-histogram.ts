@@ -66,6 +66,8 @@ export class BucketedHistogram<L extends string = string> {
   private series = new Map<string, Series>();
   /** For each set of source bounds seen: source bucket index -> our bucket index. */
   private readonly remaps = new Map<string, Int32Array>();
+  /** The bounds of the latest delta (a copy) and their remap. */
+  private lastRemap: { bounds: number[]; remap: Int32Array } | undefined;
 
   constructor(opts: BucketedHistogramOptions<L>) {
     for (let i = 1; i < opts.buckets.length; i++) {
@@ -228,6 +230,10 @@ export class BucketedHistogram<L extends string = string> {
   }
 
   private remapFor(bounds: readonly number[]): Int32Array {
+    // Every drain brings the same bounds: compare them with the last ones before building a string key (the
+    // number-to-string conversions were a visible part of a scrape).
+    const last = this.lastRemap;
+    if (last && last.bounds.length === bounds.length && bounds.every((b, i) => b === last.bounds[i])) return last.remap;
     const key = bounds.join(',');
     let remap = this.remaps.get(key);
     if (!remap) {
@@ -236,6 +242,7 @@ export class BucketedHistogram<L extends string = string> {
       remap[bounds.length] = this.upperBounds.length;
       this.remaps.set(key, remap);
     }
+    this.lastRemap = { bounds: [...bounds], remap };
     return remap;
   }
 }

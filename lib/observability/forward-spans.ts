@@ -187,23 +187,79 @@ export function spanRecordFromForward(result: ForwardResult, complexityStartNs?:
   return record;
 }
 
+/** How {@link traceDrainedSpans} batches the span records it receives. */
+export interface DrainedSpanOptions {
+  /**
+   * The records of each drain wait here and become spans in one batch every `flushIntervalMs` (default 1000; 0
+   * records them at every drain). Building spans costs most for the first record of a batch (the SDK's code and
+   * objects come back into the caches a forward evicted: ~0.4 ms, then ~30 µs a record), so fewer, larger
+   * batches are cheaper; spans are exported after the fact either way, with their native start and end times.
+   */
+  flushIntervalMs?: number;
+  /** At most this many records wait; a drain that reaches it flushes at once (default 4096). */
+  maxBuffered?: number;
+}
+
+/** What {@link traceDrainedSpans} returns: stop it (flushing what waits), or flush now. */
+export interface DrainedSpanTracing {
+  (): void;
+  /** Stops listening, clears the timer and records what is buffered. */
+  stop(): void;
+  /** Records the buffered records now. */
+  flush(): void;
+}
+
 /**
  * Turns the span records a collector drains at each scrape into spans (root spans of their own traces, as they are
- * emitted after the fact). Returns a function that stops it.
+ * emitted after the fact), batched (see {@link DrainedSpanOptions}). Returns a function that stops it; stopping
+ * records whatever still waits.
  */
-export function traceDrainedSpans(collector: MetricsCollector, tracer: Tracer): () => void {
-  return collector.onDrain((delta, source) => {
+export function traceDrainedSpans(
+  collector: MetricsCollector,
+  tracer: Tracer,
+  opts: DrainedSpanOptions = {},
+): DrainedSpanTracing {
+  const intervalMs = opts.flushIntervalMs ?? 1000;
+  const maxBuffered = opts.maxBuffered ?? 4096;
+  if (!(intervalMs >= 0) || !Number.isFinite(intervalMs))
+    throw new RangeError(`flushIntervalMs: expected a finite number >= 0, got ${intervalMs}`);
+  if (!Number.isInteger(maxBuffered) || maxBuffered < 1)
+    throw new RangeError(`maxBuffered: expected an integer >= 1, got ${maxBuffered}`);
+  // One batch per source and attribute set, in drain order.
+  let waiting: { records: ForwardSpanRecord[]; attributes: ForwardSpanAttributes }[] = [];
+  let buffered = 0;
+  const flush = () => {
+    const batches = waiting;
+    waiting = [];
+    buffered = 0;
+    for (const b of batches) recordForwardSpans(tracer, b.records, b.attributes, ROOT_CONTEXT);
+  };
+  const unsubscribe = collector.onDrain((delta, source) => {
     if (delta.spans.length === 0) return;
-    recordForwardSpans(
-      tracer,
-      delta.spans,
-      {
-        modelName: collector.modelName,
-        layerId: source.layerId,
-        numExperts: delta.numExperts,
-        backend: source.backend,
-      },
-      ROOT_CONTEXT,
-    );
+    const attributes: ForwardSpanAttributes = {
+      modelName: collector.modelName,
+      layerId: source.layerId,
+      numExperts: delta.numExperts,
+      backend: source.backend,
+    };
+    const last = waiting[waiting.length - 1];
+    if (last && sameAttributes(last.attributes, attributes)) for (const r of delta.spans) last.records.push(r);
+    else waiting.push({ records: delta.spans.slice(), attributes });
+    buffered += delta.spans.length;
+    if (intervalMs === 0 || buffered >= maxBuffered) flush();
   });
+  const timer = intervalMs > 0 ? setInterval(flush, intervalMs) : undefined;
+  timer?.unref();
+  const stop = () => {
+    unsubscribe();
+    if (timer) clearInterval(timer);
+    flush();
+  };
+  return Object.assign(stop, { stop, flush });
+}
+
+function sameAttributes(a: ForwardSpanAttributes, b: ForwardSpanAttributes): boolean {
+  return (
+    a.modelName === b.modelName && a.layerId === b.layerId && a.numExperts === b.numExperts && a.backend === b.backend
+  );
 }

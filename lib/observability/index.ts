@@ -66,6 +66,8 @@ export {
   type TracingConfig,
   type TracingHandle,
   type ForwardSpanAttributes,
+  type DrainedSpanOptions,
+  type DrainedSpanTracing,
   type ForwardSpanRecord,
 } from './tracing';
 export {

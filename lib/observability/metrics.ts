@@ -103,6 +103,9 @@ export class MetricsCollector {
   private readonly listeners = new Set<DrainListener>();
   private readonly latestLoadBalance = new Map<string, number>();
   private drainedThisTurn = false;
+  private readonly endTurn = () => {
+    this.drainedThisTurn = false;
+  };
   /** The collect callback of every family (drains the sources once per scrape). */
   private readonly collectFamilies: () => void;
   /** prom-client's default metrics when the registry is the collector's own, and their cached text. */
@@ -111,7 +114,7 @@ export class MetricsCollector {
   private defaultsText = '';
   private defaultsAt = -Infinity;
   /** Memory components whose value comes from attached sources. */
-  private sourceComponents = new Set<string>();
+  private readonly sourceComponents = new Set<string>();
 
   /**
    * @param modelName the `model_name` label value of every family.
@@ -247,7 +250,9 @@ export class MetricsCollector {
    * a collector-owned registry (see {@link MetricsCollectorOptions.defaultMetrics}).
    */
   async metrics(): Promise<string> {
-    this.collectFamilies(); // what the families' collect callbacks do; the writer reads them without calling it again
+    // what the families' collect callbacks do (without their once-per-turn bookkeeping); the writer then reads
+    // the families carrying that callback without calling it again
+    this.drainNow();
     const text = await registryText(this.registry, this.collectFamilies);
     if (!this.defaults) return text;
     const now = performance.now();
@@ -322,9 +327,8 @@ export class MetricsCollector {
   private refresh(): void {
     if (this.drainedThisTurn) return;
     this.drainedThisTurn = true;
-    queueMicrotask(() => {
-      this.drainedThisTurn = false;
-    });
+    // a resolved promise rather than queueMicrotask(), which builds an AsyncResource per call
+    void Promise.resolve().then(this.endTurn);
     this.drainNow();
   }
 
@@ -383,19 +387,33 @@ export class MetricsCollector {
     if (Number.isFinite(d.loadBalance)) this.recordLoadBalance(d.loadBalance, layerId);
   }
 
-  /** Native weight memory, summed per component over the attached sources. */
+  /** Native weight memory, summed per component over the attached sources (no allocation: two components). */
   private updateMemoryGauge(): void {
-    const byComponent = new Map<string, number>();
+    let layerBytes = 0;
+    let routerBytes = 0;
+    let layers = false;
+    let routers = false;
     for (const a of this.attached) {
-      if (!a.kind) continue;
-      const component = a.kind === 'layer' ? 'expert_weights' : 'router_weights';
-      byComponent.set(component, (byComponent.get(component) ?? 0) + a.memoryBytes);
+      if (a.kind === 'layer') {
+        layers = true;
+        layerBytes += a.memoryBytes;
+      } else if (a.kind === 'router') {
+        routers = true;
+        routerBytes += a.memoryBytes;
+      }
     }
-    for (const [component, bytes] of byComponent) this.updateMemoryUsage(bytes, component);
-    for (const component of this.sourceComponents) {
-      if (!byComponent.has(component)) this.memory.remove({ model_name: this.modelName, component });
+    this.sourceMemory('expert_weights', layers, layerBytes);
+    this.sourceMemory('router_weights', routers, routerBytes);
+  }
+
+  /** Sets a source-fed memory component, or removes it once no attached source feeds it. */
+  private sourceMemory(component: 'expert_weights' | 'router_weights', present: boolean, bytes: number): void {
+    if (present) {
+      this.updateMemoryUsage(bytes, component);
+      this.sourceComponents.add(component);
+    } else if (this.sourceComponents.delete(component)) {
+      this.memory.remove({ model_name: this.modelName, component });
     }
-    this.sourceComponents = new Set(byComponent.keys());
   }
 }
 

@@ -13,6 +13,8 @@ export {
   traceDrainedSpans,
   steadyNsToHrTime,
   type ForwardSpanAttributes,
+  type DrainedSpanOptions,
+  type DrainedSpanTracing,
   type ForwardSpanRecord,
 } from './forward-spans';
 
