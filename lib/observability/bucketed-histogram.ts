@@ -48,7 +48,7 @@ interface Series {
   counts: Float64Array;
   sum: number;
   count: number;
-  /** Line prefixes (`name_bucket{le="..",labels} ` per bucket, then _sum and _count), built on first print. */
+  /** Line prefixes (`\nname_bucket{le="..",labels} ` per bucket, then _sum and _count), built on first print. */
   linePrefixes?: string[];
 }
 
@@ -68,6 +68,7 @@ export class BucketedHistogram<L extends string = string> {
   private readonly remaps = new Map<string, Int32Array>();
   /** The bounds of the latest delta (a copy) and their remap. */
   private lastRemap: { bounds: number[]; remap: Int32Array } | undefined;
+  private header: string | undefined;
 
   constructor(opts: BucketedHistogramOptions<L>) {
     for (let i = 1; i < opts.buckets.length; i++) {
@@ -168,21 +169,29 @@ export class BucketedHistogram<L extends string = string> {
 
   /** The family's text exposition without the collect hook, as prom-client's registry writes it. */
   text(): string {
-    const name = escapeString(this.name);
-    let out = `# HELP ${name} ${escapeString(this.help)}\n# TYPE ${name} histogram`;
+    const pieces: string[] = [];
+    this.writeText(pieces);
+    return pieces.join('');
+  }
+
+  /** Appends the pieces of {@link text} to `out`, to be joined once by the caller. */
+  writeText(out: string[]): void {
+    // name and help never change: the escaped header is built once (regex replaces are slow on cold caches)
+    out.push(
+      (this.header ??= `# HELP ${escapeString(this.name)} ${escapeString(this.help)}\n# TYPE ${escapeString(this.name)} histogram`),
+    );
     const buckets = this.upperBounds.length;
     for (const s of this.series.values()) {
       const prefixes = (s.linePrefixes ??= this.linePrefixesOf(s.labels));
       let cumulative = 0;
       for (let b = 0; b < buckets; b++) {
         cumulative += s.counts[b];
-        out += `\n${prefixes[b]}${valueString(cumulative)}`;
+        out.push(prefixes[b], valueString(cumulative));
       }
-      out += `\n${prefixes[buckets]}${valueString(s.count)}`;
-      out += `\n${prefixes[buckets + 1]}${valueString(s.sum)}`;
-      out += `\n${prefixes[buckets + 2]}${valueString(s.count)}`;
+      out.push(prefixes[buckets], valueString(s.count));
+      out.push(prefixes[buckets + 1], valueString(s.sum));
+      out.push(prefixes[buckets + 2], valueString(s.count));
     }
-    return out;
   }
 
   /** Count, sum and per-bucket counts of one series (a copy), or undefined when it has no observations. */
@@ -194,12 +203,12 @@ export class BucketedHistogram<L extends string = string> {
   private linePrefixesOf(labels: Record<string, string>): string[] {
     const name = escapeString(this.name);
     const shared = formatLabels(labels).join(',');
-    const bucket = (le: number | string) => `${name}_bucket{le="${le}"${shared ? `,${shared}` : ''}} `;
+    const bucket = (le: number | string) => `\n${name}_bucket{le="${le}"${shared ? `,${shared}` : ''}} `;
     return [
       ...this.upperBounds.map(bucket),
       bucket('+Inf'),
-      `${name}_sum${shared ? `{${shared}}` : ''} `,
-      `${name}_count${shared ? `{${shared}}` : ''} `,
+      `\n${name}_sum${shared ? `{${shared}}` : ''} `,
+      `\n${name}_count${shared ? `{${shared}}` : ''} `,
     ];
   }
 

@@ -15,7 +15,7 @@ export type SeriesLabels<L extends string> = Partial<Record<L, string | number>>
 export interface Series {
   readonly labels: Readonly<Record<string, string>>;
   value: number;
-  /** `name{labels} `, built on first use. */
+  /** `\nname{labels} `, built on first use. */
   linePrefix: string | undefined;
   /** Set when the series was removed (by remove() or reset()): a handle to it then looks its labels up again. */
   removed: boolean;
@@ -50,6 +50,8 @@ export class SeriesFamily<L extends string = string> {
   /** The scrape-time hook (options.collect). */
   readonly collectHook: (() => void) | undefined;
   private series = new Map<string, Series>();
+  private escapedName: string | undefined;
+  private header: string | undefined;
 
   constructor(opts: SeriesFamilyOptions<L>) {
     this.name = opts.name;
@@ -127,16 +129,26 @@ export class SeriesFamily<L extends string = string> {
 
   /** The family's text exposition without the collect hook, as prom-client's registry writes it. */
   text(): string {
-    const name = escapeString(this.name);
-    let out = `# HELP ${name} ${escapeString(this.help)}\n# TYPE ${name} ${this.type}`;
+    const pieces: string[] = [];
+    this.writeText(pieces);
+    return pieces.join('');
+  }
+
+  /**
+   * Appends the pieces of {@link text} to `out` (joined once by the caller: one copy, where `+=` would build a
+   * tree of string fragments to flatten).
+   */
+  writeText(out: string[]): void {
+    // name and help never change: their escaped header is built once (regex replaces are slow on cold caches)
+    const name = (this.escapedName ??= escapeString(this.name));
+    out.push((this.header ??= `# HELP ${name} ${escapeString(this.help)}\n# TYPE ${name} ${this.type}`));
     for (const s of this.series.values()) {
       if (s.linePrefix === undefined) {
         const parts = formatLabels(s.labels);
-        s.linePrefix = `${name}${parts.length ? `{${parts.join(',')}}` : ''} `;
+        s.linePrefix = `\n${name}${parts.length ? `{${parts.join(',')}}` : ''} `;
       }
-      out += `\n${s.linePrefix}${valueString(s.value)}`;
+      out.push(s.linePrefix, valueString(s.value));
     }
-    return out;
   }
 
   /** The lookup key of a label set: every label of the family, and no other, checked on each lookup. */
