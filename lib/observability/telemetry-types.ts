@@ -75,45 +75,28 @@ export function decodeTelemetry(flat: Float64Array): TelemetryDelta {
     throw new Error(
       `telemetry: the native addon wrote layout version ${flat[0]}, expected ${TELEMETRY_LAYOUT_VERSION}`,
     );
-  let at = 1;
-  const short = () => new Error(`telemetry: record of ${flat.length} values ends early (at ${at})`);
-  const next = () => {
-    if (at >= flat.length) throw short();
-    return flat[at++];
-  };
-  const take = (n: number) => {
-    if (!(Number.isInteger(n) && n >= 0 && at + n <= flat.length)) throw short();
-    const values: number[] = new Array(n);
-    for (let i = 0; i < n; i++) values[i] = flat[at + i];
-    at += n;
-    return values;
-  };
-  const kind = next() === 1 ? 'layer' : 'router';
-  const numExperts = next();
-  const calls = next();
-  const tokens = next();
-  const errors = { validation: next(), non_finite: next(), internal: next() };
-  const assignments = next();
-  const flopsComputed = next();
-  const flopsStatic = next();
-  const loadBalance = next();
-  const memoryBytes = next();
-  const spansDropped = next();
-  const nExpertTokens = next();
-  const nSpans = next();
-  const histogram = (): HistogramDelta => {
-    const nBounds = next();
-    const bounds = take(nBounds);
-    const counts = take(nBounds + 1);
-    return { bounds, counts, sum: next(), count: next() };
-  };
-  const expertsPerToken = histogram();
-  const complexity = histogram();
-  const stages = STAGES.map(histogram);
-  const durationSeconds = histogram();
-  const expertTokens = take(nExpertTokens);
+  const r = new FlatReader(flat);
+  const kind = r.next() === 1 ? 'layer' : 'router';
+  const numExperts = r.next();
+  const calls = r.next();
+  const tokens = r.next();
+  const errors = { validation: r.next(), non_finite: r.next(), internal: r.next() };
+  const assignments = r.next();
+  const flopsComputed = r.next();
+  const flopsStatic = r.next();
+  const loadBalance = r.next();
+  const memoryBytes = r.next();
+  const spansDropped = r.next();
+  const nExpertTokens = r.next();
+  const nSpans = r.next();
+  const expertsPerToken = r.histogram();
+  const complexity = r.histogram();
+  const stages = STAGES.map(() => r.histogram());
+  const durationSeconds = r.histogram();
+  const expertTokens = r.take(nExpertTokens);
   const spans: SpanRecord[] = [];
-  if (!(Number.isInteger(nSpans) && at + nSpans * SPAN_FIELDS <= flat.length)) throw short();
+  let at = r.at;
+  if (!(Number.isInteger(nSpans) && at + nSpans * SPAN_FIELDS <= flat.length)) throw r.short();
   for (let i = 0; i < nSpans; i++, at += SPAN_FIELDS) {
     const span: SpanRecord = {
       startNs: flat[at],
@@ -155,4 +138,35 @@ export function decodeTelemetry(flat: Float64Array): TelemetryDelta {
     spans,
     spansDropped,
   };
+}
+
+/** Reads the flat drain record in order, checking that it does not end early. */
+class FlatReader {
+  at = 1;
+  constructor(private readonly flat: Float64Array) {}
+
+  short(): Error {
+    return new Error(`telemetry: record of ${this.flat.length} values ends early (at ${this.at})`);
+  }
+
+  next(): number {
+    if (this.at >= this.flat.length) throw this.short();
+    return this.flat[this.at++];
+  }
+
+  take(n: number): number[] {
+    const { flat, at } = this;
+    if (!(Number.isInteger(n) && n >= 0 && at + n <= flat.length)) throw this.short();
+    const values: number[] = new Array(n);
+    for (let i = 0; i < n; i++) values[i] = flat[at + i];
+    this.at = at + n;
+    return values;
+  }
+
+  histogram(): HistogramDelta {
+    const nBounds = this.next();
+    const bounds = this.take(nBounds);
+    const counts = this.take(nBounds + 1);
+    return { bounds, counts, sum: this.next(), count: this.next() };
+  }
 }
