@@ -110,7 +110,9 @@ export function recordForwardSpans(
     root.setAttributes(forwardAttributes(r, attributes));
     const inside = trace.setSpan(parent, root);
     const child = (name: string, startNs: number, endNs: number, attrs: Attributes): Span => {
-      const span = tracer.startSpan(name, { startTime: steadyNsToHrTime(startNs), attributes: attrs }, inside);
+      // attributes set after the start: the SDK validates start-time attributes three times over
+      const span = tracer.startSpan(name, { startTime: steadyNsToHrTime(startNs) }, inside);
+      span.setAttributes(attrs);
       span.end(steadyNsToHrTime(endNs));
       return span;
     };
