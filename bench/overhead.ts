@@ -24,7 +24,7 @@
  *
  *   node --expose-gc --import tsx bench/overhead.ts [--mode sync|async] [--threads N] [--rounds 16] [--calls 32]
  *        [--parts metrics,spans,logs] [--span-flush-ms 1000]
- *        [--span-processor simple|batch] [--json FILE]
+ *        [--span-processor simple|batch] [--sample-rate 1] [--json FILE]
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -100,11 +100,14 @@ async function main(): Promise<void> {
   // queue is exported at the end of every on phase, inside the phase's time (~25% less per span warm, not
   // distinguishable end to end on the development VM)
   const batchSpans = arg('span-processor', 'simple') === 'batch';
+  // the share of calls traced (TracingConfig.sampleRate; default 1: every call)
+  const sampleRate = Number(arg('sample-rate', '1'));
   const tracing = initializeTracing({
     spanExporter: exporter,
     register: false,
     serviceName: 'overhead-bench',
     batch: batchSpans,
+    sampleRate,
   });
   // The once-a-second work (the span batch, the performance summary) is driven by the bench's own 1 s timer, which
   // does what the library's timers would and is timed; their own intervals are set out of reach.
@@ -239,6 +242,7 @@ async function main(): Promise<void> {
     parts: [...parts],
     spanFlushMs,
     spanProcessor: batchSpans ? 'batch' : 'simple',
+    sampleRate,
     gcPerPhase: collectGarbage !== undefined,
     forwardMedianMs: forwardMs,
     perCall: {
@@ -288,7 +292,7 @@ async function main(): Promise<void> {
   const pct = (v: number) => `${(v * 100).toFixed(2)} %`;
   console.log(
     [
-      `OLMoE T=${T} fp32, ${mode} forward, ${threads} threads, ${rounds} rounds x 2 x 2 phases x ${calls} calls; forward median ${forwardMs.toFixed(2)} ms`,
+      `OLMoE T=${T} fp32, ${mode} forward, ${threads} threads, ${rounds} rounds x 2 x 2 phases x ${calls} calls${sampleRate < 1 ? `, traces sampled at ${sampleRate}` : ''}; forward median ${forwardMs.toFixed(2)} ms`,
       '',
       '| overhead (median of paired rounds) | off | on | overhead |',
       '|---|---|---|---|',
