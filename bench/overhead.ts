@@ -46,6 +46,13 @@ function arg(name: string, fallback: string): string {
   return i >= 0 && process.argv[i + 1] ? process.argv[i + 1] : fallback;
 }
 
+/** The quartiles of the per-round ratios: how far one round's on-versus-off difference is from the next. */
+function quartiles(values: number[]): [number, number] {
+  const sorted = [...values].sort((a, b) => a - b);
+  if (!sorted.length) return [0, 0];
+  return [sorted[Math.floor((sorted.length - 1) / 4)], sorted[Math.ceil(((sorted.length - 1) * 3) / 4)]];
+}
+
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted.length ? sorted[Math.floor(sorted.length / 2)] : 0;
@@ -249,17 +256,20 @@ async function main(): Promise<void> {
       onMedianMs: median(over('on', 'callMs')),
       offMedianMs: median(over('off', 'callMs')),
       overheadRatio: median(perCallRatios),
+      roundQuartiles: quartiles(perCallRatios),
     },
     addedTime: {
       onMeanMs: mean(over('on', 'outsideMs')),
       offMeanMs: mean(over('off', 'outsideMs')),
       overheadRatio: median(addedRatios),
+      roundQuartiles: quartiles(addedRatios),
     },
     // the whole phase per call: what a stream of calls loses in throughput
     wallPerCall: {
       onMeanMs: mean(all.on.map((p) => p.wallPerCallMs)),
       offMeanMs: mean(all.off.map((p) => p.wallPerCallMs)),
       overheadRatio: median(wallRatios),
+      roundQuartiles: quartiles(wallRatios),
     },
     pieces: {
       // garbage collection per call (runtime gc entries during the phase, and the forced one after it)
@@ -290,15 +300,16 @@ async function main(): Promise<void> {
     summaryRecordsLogged: fs.readFileSync(logFile, 'utf8').split('\n').filter(Boolean).length,
   };
   const pct = (v: number) => `${(v * 100).toFixed(2)} %`;
+  const span = ([lo, hi]: [number, number]) => `${pct(lo)} to ${pct(hi)}`;
   console.log(
     [
       `OLMoE T=${T} fp32, ${mode} forward, ${threads} threads, ${rounds} rounds x 2 x 2 phases x ${calls} calls${sampleRate < 1 ? `, traces sampled at ${sampleRate}` : ''}; forward median ${forwardMs.toFixed(2)} ms`,
       '',
-      '| overhead (median of paired rounds) | off | on | overhead |',
-      '|---|---|---|---|',
-      `| per call: forward (median) | ${result.perCall.offMedianMs.toFixed(3)} ms | ${result.perCall.onMedianMs.toFixed(3)} ms | ${pct(result.perCall.overheadRatio)} |`,
-      `| added time outside the forward (mean) | ${result.addedTime.offMeanMs.toFixed(3)} ms | ${result.addedTime.onMeanMs.toFixed(3)} ms | ${pct(result.addedTime.overheadRatio)} |`,
-      `| wall time per call, whole phase (mean) | ${result.wallPerCall.offMeanMs.toFixed(3)} ms | ${result.wallPerCall.onMeanMs.toFixed(3)} ms | ${pct(result.wallPerCall.overheadRatio)} |`,
+      '| overhead (median of paired rounds) | off | on | overhead | quartiles over rounds |',
+      '|---|---|---|---|---|',
+      `| per call: forward (median) | ${result.perCall.offMedianMs.toFixed(3)} ms | ${result.perCall.onMedianMs.toFixed(3)} ms | ${pct(result.perCall.overheadRatio)} | ${span(result.perCall.roundQuartiles)} |`,
+      `| added time outside the forward (mean) | ${result.addedTime.offMeanMs.toFixed(3)} ms | ${result.addedTime.onMeanMs.toFixed(3)} ms | ${pct(result.addedTime.overheadRatio)} | ${span(result.addedTime.roundQuartiles)} |`,
+      `| wall time per call, whole phase (mean) | ${result.wallPerCall.offMeanMs.toFixed(3)} ms | ${result.wallPerCall.onMeanMs.toFixed(3)} ms | ${pct(result.wallPerCall.overheadRatio)} | ${span(result.wallPerCall.roundQuartiles)} |`,
       '',
       `pieces: gc per call ${result.pieces.gcPerCallMs.on.toFixed(3)} ms on, ${result.pieces.gcPerCallMs.off.toFixed(3)} ms off; ` +
         `scrape median ${scrapeMedianMs.toFixed(3)} ms, mean ${scrapeMeanMs.toFixed(3)} ms (${result.pieces.scrapes} scrapes), ` +
