@@ -9,6 +9,7 @@
  *   node bench/ab-builds.js /tmp/A.node build/Release/dynamic_moe_router_kit.node
  *   DTYPE=1 TS=1,32,512 node bench/ab-builds.js ...            # bf16, other batch sizes
  *   SHAPE=mixtral TS=32,256 node bench/ab-builds.js ...        # the Mixtral shape (several GB per build)
+ * Each cell also shows the median of the dispatch stage (native timestamps).
  */
 'use strict';
 const path = require('node:path');
@@ -48,17 +49,21 @@ for (const T of tokens) {
   const out = [new Float32Array(T * d), new Int32Array(T * k), new Float32Array(T * k), new Int32Array(T)];
   const rest = [new Int32Array(E), new Float64Array(5), new Float64Array(7), null, null, 0];
   const times = variants.map(() => []);
+  const dispatchMs = variants.map(() => []); // the dispatch stage (gatherRows), from the native stage timestamps
   for (let round = 0; round < rounds; round++) {
     variants.forEach((v, i) => {
       for (let r = 0; r < 3; r++) {
         const t0 = process.hrtime.bigint();
         v.layer.forward(x, T, ...out, ...rest);
         times[i].push(Number(process.hrtime.bigint() - t0) / 1e6);
+        dispatchMs[i].push((rest[2][4] - rest[2][3]) / 1e6);
       }
     });
   }
   const cells = variants.map(
-    (v, i) => `${path.basename(v.name)} ${median(times[i]).toFixed(2)} ms (min ${Math.min(...times[i]).toFixed(2)})`,
+    (v, i) =>
+      `${path.basename(v.name)} ${median(times[i]).toFixed(2)} ms (min ${Math.min(...times[i]).toFixed(2)}; ` +
+      `dispatch ${median(dispatchMs[i]).toFixed(3)})`,
   );
   console.log(`${dtype ? 'bf16' : 'fp32'} T=${T}: ${cells.join('  ')}`);
 }
