@@ -146,7 +146,11 @@ test("a registry with default labels is written by prom-client's own writer, lab
   const src = new FakeTelemetrySource(4, 2);
   c.observe(src, { layerId: 0 });
   src.call({ ks: [1, 2], experts: [0, 1, 3] });
+  let drains = 0;
+  const unsubscribe = c.onDrain(() => drains++);
   const text = await c.metrics();
+  unsubscribe();
+  assert.is(drains, 1, "one drain per scrape, also when prom-client's writer calls every family's collect hook");
   assert.ok(
     text.includes(
       `${MetricName.ROUTING_REQUESTS}{model_name="labelled",backend="cpu",status="success",region="eu-1"} 1`,

@@ -250,9 +250,9 @@ export class MetricsCollector {
    * a collector-owned registry (see {@link MetricsCollectorOptions.defaultMetrics}).
    */
   async metrics(): Promise<string> {
-    // what the families' collect callbacks do (without their once-per-turn bookkeeping); the writer then reads
-    // the families carrying that callback without calling it again
-    this.drainNow();
+    // what the families' collect callbacks do (once per turn: prom-client's own writer, used for registries with
+    // default labels or OpenMetrics, calls them again); the writer then reads our families without calling it
+    this.collectFamilies();
     const text = await registryText(this.registry, this.collectFamilies);
     if (!this.defaults) return text;
     const now = performance.now();
