@@ -7,7 +7,7 @@
  */
 import type { Metric, Registry } from 'prom-client';
 import type { HistogramDelta } from './telemetry-types';
-import { escapeString, formatLabels, valueString } from './text-format';
+import { escapeString, familyHeader, formatLabels, piecesText, valueString } from './text-format';
 
 /** Label values by label name. */
 export type LabelValues<L extends string> = Partial<Record<L, string | number>>;
@@ -169,17 +169,13 @@ export class BucketedHistogram<L extends string = string> {
 
   /** The family's text exposition without the collect hook, as prom-client's registry writes it. */
   text(): string {
-    const pieces: string[] = [];
-    this.writeText(pieces);
-    return pieces.join('');
+    return piecesText(this);
   }
 
   /** Appends the pieces of {@link text} to `out`, to be joined once by the caller. */
   writeText(out: string[]): void {
-    // name and help never change: the escaped header is built once (regex replaces are slow on cold caches)
-    out.push(
-      (this.header ??= `# HELP ${escapeString(this.name)} ${escapeString(this.help)}\n# TYPE ${escapeString(this.name)} histogram`),
-    );
+    // name and help never change: the header is built once (regex replaces are slow on cold caches)
+    out.push((this.header ??= familyHeader(this.name, this.help, 'histogram')));
     const buckets = this.upperBounds.length;
     for (const s of this.series.values()) {
       const prefixes = (s.linePrefixes ??= this.linePrefixesOf(s.labels));

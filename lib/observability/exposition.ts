@@ -9,7 +9,7 @@
 import { Counter, Gauge, Registry } from 'prom-client';
 import { BucketedHistogram } from './bucketed-histogram';
 import { SeriesFamily } from './series-family';
-import { escapeString, formatLabels, valueString } from './text-format';
+import { escapeString, familyHeader, formatLabels, valueString } from './text-format';
 
 interface Sample {
   labels?: Record<string, string | number>;
@@ -18,7 +18,7 @@ interface Sample {
 
 function promClientFamily(name: string, help: string, type: string, values: readonly Sample[]): string {
   const escaped = escapeString(name);
-  const lines = [`# HELP ${escaped} ${escapeString(help)}`, `# TYPE ${escaped} ${type}`];
+  const lines = [familyHeader(name, help, type)];
   for (const v of values) {
     const parts = formatLabels(v.labels ?? {});
     lines.push(`${escaped}${parts.length ? `{${parts.join(',')}}` : ''} ${valueString(v.value)}`);

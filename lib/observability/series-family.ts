@@ -6,7 +6,7 @@
  * it as it prints its own Counter and Gauge; test/observability-metrics.test.ts checks both writers agree.
  */
 import type { Metric, Registry } from 'prom-client';
-import { escapeString, formatLabels, valueString } from './text-format';
+import { escapeString, familyHeader, formatLabels, piecesText, valueString } from './text-format';
 
 /** Label values by label name. */
 export type SeriesLabels<L extends string> = Partial<Record<L, string | number>>;
@@ -129,9 +129,7 @@ export class SeriesFamily<L extends string = string> {
 
   /** The family's text exposition without the collect hook, as prom-client's registry writes it. */
   text(): string {
-    const pieces: string[] = [];
-    this.writeText(pieces);
-    return pieces.join('');
+    return piecesText(this);
   }
 
   /**
@@ -139,9 +137,9 @@ export class SeriesFamily<L extends string = string> {
    * tree of string fragments to flatten).
    */
   writeText(out: string[]): void {
-    // name and help never change: their escaped header is built once (regex replaces are slow on cold caches)
+    // name and help never change: their escaped forms are built once (regex replaces are slow on cold caches)
     const name = (this.escapedName ??= escapeString(this.name));
-    out.push((this.header ??= `# HELP ${name} ${escapeString(this.help)}\n# TYPE ${name} ${this.type}`));
+    out.push((this.header ??= familyHeader(this.name, this.help, this.type)));
     for (const s of this.series.values()) {
       if (s.linePrefix === undefined) {
         const parts = formatLabels(s.labels);

@@ -17,12 +17,18 @@ export function valueString(v: number): string {
   return `${v}`;
 }
 
-/** `name="value"` pairs of a label set, in its key order, leaving out the names in `exclude`. */
-export function formatLabels(labels: Record<string, string | number>, exclude?: Record<string, unknown>): string[] {
+/** `name="value"` pairs of a label set, in its key order. */
+export function formatLabels(labels: Record<string, string | number>): string[] {
+  return Object.keys(labels).map((name) => `${name}="${escapeLabelValue(labels[name])}"`);
+}
+
+/** A family's `# HELP` and `# TYPE` lines (no newline after them). */
+export const familyHeader = (name: string, help: string, type: string): string =>
+  `# HELP ${escapeString(name)} ${escapeString(help)}\n# TYPE ${escapeString(name)} ${type}`;
+
+/** The text a family's `writeText(out)` appends, joined once. */
+export function piecesText(family: { writeText(out: string[]): void }): string {
   const out: string[] = [];
-  for (const name of Object.keys(labels)) {
-    if (!exclude || !Object.prototype.hasOwnProperty.call(exclude, name))
-      out.push(`${name}="${escapeLabelValue(labels[name])}"`);
-  }
-  return out;
+  family.writeText(out);
+  return out.join('');
 }
