@@ -120,12 +120,7 @@ void CudaLayer::bench(MoeCudaBench& b) {
     forcedTile_ = ownTile;
     return ms;
   };
-  // The experimental wgmma tile only on request (MOE_BENCH_HOPPER=1): a fault there would end the whole run.
-  const char* hopper = std::getenv("MOE_BENCH_HOPPER");
-  for (int t = 0; t < kGemmTiles; ++t) {
-    const bool run = T > kGemvMaxRows && (t != int(GemmTile::Hopper) || (hopper && hopper[0] == '1'));
-    b.expertMsByTile[t] = run ? expertMs(t) : 0.0;
-  }
+  for (int t = 0; t < kGemmTiles; ++t) b.expertMsByTile[t] = T > kGemvMaxRows ? expertMs(t) : 0.0;
   b.expertMs = expertMs(ownTile);
   int32_t active = 0;
   std::vector<int32_t> offsets(size_t(E_) + 1);

@@ -70,7 +70,8 @@ __device__ __forceinline__ bool blockTile(const GroupedSchedule& s, int nTiles, 
 
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
 
-// sm_90a: the wgmma tile (grouped_gemm_sm90.cu). False when this device or build cannot run it.
+// sm_90a: the wgmma tile (grouped_gemm_sm90.cu), for layers whose device passed hopperGemmAvailable (kernels.h).
+// False when the shape does not fit its 128 x 128 x 64 tile.
 bool launchHopperGemm(const GemmArgs& args, bool swiglu, cudaStream_t s);
 
 }  // namespace moe_cuda

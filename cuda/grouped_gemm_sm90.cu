@@ -1,21 +1,34 @@
 // The sm_90a grouped GEMM: wgmma (warpgroup MMA, Hopper) reading both operands from shared memory through
-// matrix descriptors, with the same schedule, layouts and epilogues as grouped_gemm.cu. Experimental: only used
-// when MOE_CUDA_TILE=hopper forces it, until a GPU session has checked and timed it (bench/gpu/check.sh).
+// matrix descriptors, with the same schedule, layouts and epilogues as grouped_gemm.cu. The large-batch tile on
+// sm_90 GPUs when the plugin holds sm_90a code (CudaLayer::tileFor; bench/RESULTS.md, CUDA H200 runs).
 //
 // Block tile 128 x 128 x 64, two warpgroups (rows 0-63 and 64-127), each issuing m64n128k16 MMAs. Tiles are
 // staged by cp.async into 128-byte-swizzled shared memory (16-byte chunk c of row r at c ^ (r % 8), the layout
-// the descriptors' SW128 mode reads; stage bases 1024-byte aligned), 4 stages deep.
+// the descriptors' SW128 mode reads; stage bases 1024-byte aligned). Pipeline variants (HopperPipe): how many
+// stages, how many wgmma groups stay in flight while the next K step is issued, and blocks per SM.
 #include "common.cuh"
 #include "grouped_gemm.cuh"
 #include "kernels.h"
+
+#include <cstdlib>
 
 namespace moe_cuda {
 
 namespace {
 
-constexpr int HM = 128, HN = 128, HK = 64, kHopperStages = 4, kHopperThreads = 256;
+constexpr int HM = 128, HN = 128, HK = 64, kHopperThreads = 256;
+constexpr int kHopperDefaultVariant = 2;  // launchVariant
 constexpr int kStageBytes = (HM + HN) * HK * 2;  // 32 KiB: A then B
-constexpr size_t kHopperSmem = size_t(kHopperStages) * kStageBytes + 1024;  // + alignment slack
+
+// kStages buffers; kInFlight wgmma groups left running while the next step is issued (0 or 1); loads run
+// kStages - 1 - kInFlight steps ahead; kBlocks blocks per SM (2 needs <= 3 stages: 2 x 97 KiB of shared memory).
+template <int kStagesT, int kInFlightT, int kBlocksT>
+struct HopperPipe {
+  static constexpr int kStages = kStagesT, kInFlight = kInFlightT, kBlocks = kBlocksT;
+  static constexpr int kAhead = kStages - 1 - kInFlight;
+  static constexpr size_t kSmem = size_t(kStages) * kStageBytes + 1024;  // + alignment slack
+  static_assert(kAhead >= 1 && kInFlight >= 0 && kInFlight <= 1, "pipeline shape");
+};
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // K-major operand, 128-byte swizzle: start address and stride (8 rows x 128 B) in 16-byte units, layout type 1.
@@ -40,8 +53,13 @@ __device__ __forceinline__ void wgmma128(float* d, uint64_t a, uint64_t b) {
 }
 #endif
 
-template <bool kSwiGLU>
-__global__ void __launch_bounds__(kHopperThreads, 1) hopperGemmKernel(GemmArgs a) {
+template <int N>
+__device__ __forceinline__ void wgmmaWait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+template <typename Pipe, bool kSwiGLU>
+__global__ void __launch_bounds__(kHopperThreads, Pipe::kBlocks) hopperGemmKernel(GemmArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ unsigned char smemRaw[];
   BlockTile tile;
@@ -73,29 +91,31 @@ __global__ void __launch_bounds__(kHopperThreads, 1) hopperGemmKernel(GemmArgs a
     }
   };
 
+  constexpr int S = Pipe::kStages, P = Pipe::kAhead;
   float d[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) d[i] = 0;
 #pragma unroll
-  for (int st = 0; st < kHopperStages - 1; ++st) {
+  for (int st = 0; st < P; ++st) {
     if (st < kTiles) load(st, st);
     cpAsyncCommit();
   }
   for (int kt = 0; kt < kTiles; ++kt) {
-    cpAsyncWait<kHopperStages - 2>();
+    cpAsyncWait<P - 1>();  // step kt has landed (P + kt groups committed)
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // generic-proxy writes -> wgmma reads
-    __syncthreads();
-    const int next = kt + kHopperStages - 1;
-    if (next < kTiles) load(next % kHopperStages, next);  // the stage of kt - 1, whose MMAs have completed
+    __syncthreads();  // every thread's chunks of step kt, and both warpgroups past step kt - 1 - kInFlight
+    const int next = kt + P;
+    // Its stage last held step kt - 1 - kInFlight, whose MMAs both warpgroups have waited for.
+    if (next < kTiles) load(next % S, next);
     cpAsyncCommit();
-    const uint32_t sA = base + (kt % kHopperStages) * kStageBytes + wg * 64 * 128, sB = base +
-                        (kt % kHopperStages) * kStageBytes + HM * HK * 2;
+    const uint32_t sA = base + (kt % S) * kStageBytes + wg * 64 * 128, sB = base + (kt % S) * kStageBytes + HM * HK * 2;
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
     for (int k16 = 0; k16 < HK / 16; ++k16) wgmma128(d, descriptor(sA + k16 * 32), descriptor(sB + k16 * 32));
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    wgmmaWait<Pipe::kInFlight>();
   }
+  wgmmaWait<0>();
   cpAsyncWait<0>();
 
   // Accumulators: warp w of the warpgroup holds rows 16w + lane/4 (+8); column group j (8 wide) in d[4j..4j+3],
@@ -125,39 +145,75 @@ __global__ void __launch_bounds__(kHopperThreads, 1) hopperGemmKernel(GemmArgs a
     }
   }
 #else
-  __trap();  // never launched: launchHopperGemm checks for an sm_90 device first
+  __trap();  // never launched: CudaLayer picks this tile only where hopperGemmAvailable()
 #endif
 }
 
-template <bool kSwiGLU>
-void launchHopper(const GemmArgs& args, cudaStream_t s) {
+template <typename Pipe, bool kSwiGLU>
+void launchPipe(const GemmArgs& args, cudaStream_t s) {
   static bool configured = false;
   if (!configured) {
-    check(cudaFuncSetAttribute(hopperGemmKernel<kSwiGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               int(kHopperSmem)),
+    check(cudaFuncSetAttribute(hopperGemmKernel<Pipe, kSwiGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               int(Pipe::kSmem)),
           "wgmma GEMM shared memory");
     configured = true;
   }
   const int64_t blocks = int64_t(args.sched.maxTiles) * (args.N / HN);
   if (blocks <= 0) return;
-  hopperGemmKernel<kSwiGLU><<<unsigned(blocks), kHopperThreads, kHopperSmem, s>>>(args);
+  hopperGemmKernel<Pipe, kSwiGLU><<<unsigned(blocks), kHopperThreads, Pipe::kSmem, s>>>(args);
   checkLaunch(kSwiGLU ? "hopperGemmKernel<gate/up>" : "hopperGemmKernel<down>");
+}
+
+template <bool kSwiGLU>
+void launchVariant(const GemmArgs& args, int variant, cudaStream_t s) {
+  switch (variant) {
+    case 0: return launchPipe<HopperPipe<4, 0, 1>, kSwiGLU>(args, s);  // run H200-1: 467 / 348 TFLOP/s
+    case 1: return launchPipe<HopperPipe<5, 1, 1>, kSwiGLU>(args, s);
+    case 2: return launchPipe<HopperPipe<3, 0, 2>, kSwiGLU>(args, s);
+    default: return launchPipe<HopperPipe<3, 1, 2>, kSwiGLU>(args, s);
+  }
+}
+
+// 1 when this plugin's code for the current device is sm_90a (wgmma); 0 for anything else, compute_90 PTX
+// compiled just in time included.
+__global__ void hopperProbeKernel(int* out) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  *out = 1;
+#else
+  *out = 0;
+#endif
 }
 
 }  // namespace
 
-bool launchHopperGemm(const GemmArgs& args, bool swiglu, cudaStream_t s) {
-  static const bool sm90 = [] {
-    int device = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&device) != cudaSuccess) return false;
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-    cudaGetLastError();
-    return major == 9 && minor == 0;
+bool hopperGemmAvailable() {
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  if (major != 9 || minor != 0) return (cudaGetLastError(), false);
+  int* flag = nullptr;
+  int value = 0;
+  if (cudaMalloc(&flag, sizeof(int)) != cudaSuccess) return (cudaGetLastError(), false);
+  hopperProbeKernel<<<1, 1>>>(flag);
+  const bool ok = cudaMemcpy(&value, flag, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
+  cudaFree(flag);
+  cudaGetLastError();
+  return ok && value == 1;
+}
+
+int hopperGemmVariant() {
+  static const int variant = [] {
+    const char* v = std::getenv("MOE_CUDA_HOPPER_VARIANT");  // benchmarks: 0-3, see launchVariant
+    return v && v[0] >= '0' && v[0] <= '3' && v[1] == 0 ? v[0] - '0' : kHopperDefaultVariant;
   }();
-  if (!sm90 || args.K % HK != 0 || args.N % HN != 0) return false;
-  if (swiglu) launchHopper<true>(args, s);
-  else launchHopper<false>(args, s);
+  return variant;
+}
+
+bool launchHopperGemm(const GemmArgs& args, bool swiglu, cudaStream_t s) {
+  if (args.K % HK != 0 || args.N % HN != 0) return false;
+  if (swiglu) launchVariant<true>(args, hopperGemmVariant(), s);
+  else launchVariant<false>(args, hopperGemmVariant(), s);
   return true;
 }
 

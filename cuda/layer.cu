@@ -126,7 +126,9 @@ void CudaLayer::init(const MoeCudaLayerDesc& desc) {
   drained_.assign(size_t(4 + E_), 0);
   const char* poison = std::getenv("MOE_CUDA_POISON");
   poison_ = poison && poison[0] == '1';
-  // Tests and benchmarks: MOE_CUDA_TILE=small|large|wide|deep|narrow|stream|hopper forces one GEMM tile.
+  hopper_ = hopperGemmAvailable();
+  // Tests and benchmarks: MOE_CUDA_TILE=small|large|wide|deep|narrow|stream|hopper forces one GEMM tile (hopper
+  // runs as deep where the device cannot take it).
   if (const char* tile = std::getenv("MOE_CUDA_TILE")) {
     const std::string t(tile);
     const char* names[] = {"small", "large", "wide", "deep", "narrow", "stream", "hopper"};
@@ -305,10 +307,12 @@ void CudaLayer::enqueueRoute(const float* x, int64_t T, bool fromLogits, const M
 }
 
 GemmTile CudaLayer::tileFor(int64_t rows, int experts) const {
-  if (forcedTile_ >= 0) return GemmTile(forcedTile_);
+  const GemmTile big = hopper_ ? GemmTile::Hopper : GemmTile::Deep;
+  if (forcedTile_ >= 0) return forcedTile_ == int(GemmTile::Hopper) ? big : GemmTile(forcedTile_);
   // Up to ~48 rows per expert on average the pass streams weights: 32-row tiles waste least, with deep K steps
-  // for many bytes in flight. Above, 128 x 128 tiles with K steps of 64 (bench/RESULTS.md, CUDA runs 2-4).
-  return rows <= int64_t(48) * experts ? GemmTile::Stream : GemmTile::Deep;
+  // for many bytes in flight. Above, 128 x 128 tiles with K steps of 64: wgmma on sm_90a, mma.sync elsewhere
+  // (bench/RESULTS.md, CUDA runs 2-4 and the H200 runs).
+  return rows <= int64_t(48) * experts ? GemmTile::Stream : big;
 }
 
 void CudaLayer::enqueueAlign(int64_t T, bool counters, cudaStream_t s) {

@@ -93,6 +93,7 @@ class CudaLayer {
   std::vector<double> uploadedCalibration_;  // calibration state (+ knots) last copied to the device
   GatingOut gating_{};                      // set by enqueueRoute for enqueueAlign (fused for few tokens)
   const float* gatingComplexity_ = nullptr;
+  bool hopper_ = false;  // hopperGemmAvailable() on this layer's device: the large tile is wgmma
   int forcedTile_ = -1;  // tests and benchmarks: a GemmTile for every expert pass (MOE_CUDA_TILE)
   std::unique_ptr<Workspace> ws_;
   int64_t capacity_ = 0;

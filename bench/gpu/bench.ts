@@ -103,7 +103,7 @@ if (anchors) {
   );
 }
 console.log(
-  '| shape | T | forward ms | route+align µs (logits / x) | experts ms | TFLOP/s | by tile 32x128/128/256/128x64/32x64/32x64x64 | weights GB/s | vs dense | vs copy | vs HF |',
+  '| shape | T | forward ms | route+align µs (logits / x) | experts ms | TFLOP/s | by tile 32x128/128/256/128x64/32x64/32x64x64/wgmma | weights GB/s | vs dense | vs copy | vs HF |',
 );
 console.log('|---|---|---|---|---|---|---|---|---|---|---|');
 for (const r of rows) {
