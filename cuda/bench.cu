@@ -56,6 +56,8 @@ class Timer {
   cudaEvent_t a_, b_;
 };
 
+__global__ void emptyKernel() {}
+
 }  // namespace
 
 void CudaLayer::bench(MoeCudaBench& b) {
@@ -122,6 +124,10 @@ void CudaLayer::bench(MoeCudaBench& b) {
   };
   for (int t = 0; t < kGemmTiles; ++t) b.expertMsByTile[t] = T > kGemvMaxRows ? expertMs(t) : 0.0;
   b.expertMs = expertMs(ownTile);
+  b.emptyGraphMs = graphMs([&] {
+    emptyKernel<<<1, 32, 0, stream_>>>();
+    checkLaunch("emptyKernel");
+  });
   int32_t active = 0;
   std::vector<int32_t> offsets(size_t(E_) + 1);
   check(cudaMemcpy(&active, ws_->numActive.as<void>(), sizeof(int32_t), cudaMemcpyDeviceToHost), "download");

@@ -34,16 +34,19 @@ __device__ __forceinline__ float warpMax(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
   return v;
 }
-// Best (score, index) over the warp: higher score wins, ties go to the lower index; -1 when all are empty.
-__device__ __forceinline__ void warpArgMax(float& score, int& index) {
-  for (int o = 16; o > 0; o >>= 1) {
-    const float s = __shfl_xor_sync(kFullMask, score, o);
-    const int i = __shfl_xor_sync(kFullMask, index, o);
-    if (i >= 0 && (index < 0 || s > score || (s == score && i < index))) {
-      score = s;
-      index = i;
-    }
-  }
+// An unsigned key in the order of the floats (finite or infinite, not NaN); -0 and +0 get the same key, as they
+// compare equal. 0 is no float's key.
+__device__ __forceinline__ unsigned orderedKey(float s) {
+  const unsigned b = s == 0.0f ? 0u : __float_as_uint(s);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+// Index of the best (score, index) over the warp: higher score wins, ties go to the lower index; -1 when every
+// lane's index is -1. Two warp reductions (redux.sync, sm_80+) instead of a five-step shuffle tree.
+__device__ __forceinline__ int warpArgMax(float score, int index) {
+  const unsigned key = index >= 0 ? orderedKey(score) : 0u;
+  const unsigned top = __reduce_max_sync(kFullMask, key);
+  if (top == 0) return -1;
+  return int(__reduce_min_sync(kFullMask, key == top ? unsigned(index) : 0xffffffffu));
 }
 
 __host__ __device__ inline int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }

@@ -17,17 +17,36 @@ __device__ __forceinline__ int dynamicK(int minK, int maxK, float complexity) {
   return min(max(k, minK), maxK);
 }
 
+// Where a fused kernel wants a copy of the choices in shared memory (route_align.cu): [T, maxK] indices and
+// weights, [T] k. Null pointers: no copy.
+struct GatingCopy {
+  int32_t* indices = nullptr;
+  float* weights = nullptr;
+  int32_t* k = nullptr;
+};
+
 // Token t, by one warp. `probs` is the warp's shared memory: probs [E], selection scores [E], chosen [maxK].
 __device__ __forceinline__ void gateToken(const MoeCudaRouting& cfg, const float* __restrict__ logits, int t,
                                           const float* __restrict__ bias, const float* __restrict__ complexity,
-                                          const GatingOut& out, float* probs) {
+                                          const GatingOut& out, float* probs, const GatingCopy& copy = {}) {
   const int lane = threadIdx.x % 32;
   const int E = cfg.numExperts, maxK = cfg.maxK;
   float* select = probs + E;
   int* order = reinterpret_cast<int*>(select + E);
   const float* row = logits + size_t(t) * E;
-  int32_t* idx = out.indices + size_t(t) * maxK;
-  float* wts = out.weights + size_t(t) * maxK;
+  auto choose = [&](int j, int index, float weight, int k) {  // slot j of token t; k from lane 0
+    const size_t slot = size_t(t) * maxK + j;
+    out.indices[slot] = index;
+    out.weights[slot] = weight;
+    if (copy.indices) {
+      copy.indices[slot] = index;
+      copy.weights[slot] = weight;
+    }
+    if (j == 0) {
+      out.k[t] = k;
+      if (copy.k) copy.k[t] = k;
+    }
+  };
 
   // Logits into registers' worth of shared memory, 16 bytes per load when rows are 16-byte aligned.
   bool finite = true;
@@ -51,14 +70,8 @@ __device__ __forceinline__ void gateToken(const MoeCudaRouting& cfg, const float
     }
   }
   if (!__all_sync(kFullMask, finite)) {
-    for (int j = lane; j < maxK; j += 32) {
-      idx[j] = -1;
-      wts[j] = 0;
-    }
-    if (lane == 0) {
-      out.k[t] = 0;
-      if (out.lse2) out.lse2[t] = 0;
-    }
+    for (int j = lane; j < maxK; j += 32) choose(j, -1, 0.0f, 0);
+    if (lane == 0 && out.lse2) out.lse2[t] = 0;
     for (int i = lane; i < E; i += 32) {
       if (out.probsNorm) out.probsNorm[size_t(t) * E + i] = 0;
       if (out.probs) out.probs[size_t(t) * E + i] = NAN;
@@ -83,7 +96,6 @@ __device__ __forceinline__ void gateToken(const MoeCudaRouting& cfg, const float
     select[i] = l;  // keep the logit for gptOss
   }
   sumExp = warpSum(sumExp);
-  const double lse = m + log(sumExp);
   if (cfg.scoring == 0) {
     const float inv = float(1.0 / sumExp);
     for (int i = lane; i < E; i += 32) probs[i] *= inv;
@@ -116,9 +128,8 @@ __device__ __forceinline__ void gateToken(const MoeCudaRouting& cfg, const float
     }
     unsigned kept = 0;
     for (int r = 0; r < cfg.topkGroup; ++r) {
-      float s = (kept >> lane) & 1u ? -INFINITY : groupScore;
-      int g = (kept >> lane) & 1u || s == -INFINITY ? -1 : group;
-      warpArgMax(s, g);
+      const bool skip = (kept >> lane) & 1u || groupScore == -INFINITY;
+      const int g = warpArgMax(groupScore, skip ? -1 : group);
       if (g < 0) break;
       kept |= 1u << g;
     }
@@ -136,10 +147,13 @@ __device__ __forceinline__ void gateToken(const MoeCudaRouting& cfg, const float
   }
 
   // The best maxK candidates in order: each round takes the highest remaining score, ties to the lower index.
-  int candidates = 0;
-  for (int r = 0; r < maxK; ++r) {
-    float best = -INFINITY;
-    int bestIndex = -1;
+  // Lane l reads only scores l, l + 32, ...: it keeps its best remaining one, and only the round's winner looks
+  // again.
+  float best;
+  int bestIndex;
+  auto laneBest = [&] {
+    best = -INFINITY;
+    bestIndex = -1;
     for (int i = lane; i < E; i += 32) {
       const float s = select[i];
       if (s != -INFINITY && (bestIndex < 0 || s > best)) {
@@ -147,15 +161,20 @@ __device__ __forceinline__ void gateToken(const MoeCudaRouting& cfg, const float
         bestIndex = i;
       }
     }
-    warpArgMax(best, bestIndex);
-    if (bestIndex < 0) break;
-    if (lane == 0) {
-      order[r] = bestIndex;
-      select[bestIndex] = -INFINITY;
+  };
+  laneBest();
+  int candidates = 0;
+  for (int r = 0; r < maxK; ++r) {
+    const int winner = warpArgMax(best, bestIndex);
+    if (winner < 0) break;
+    if (lane == 0) order[r] = winner;
+    if (winner % 32 == lane) {
+      select[winner] = -INFINITY;
+      laneBest();
     }
-    __syncwarp();
     ++candidates;
   }
+  __syncwarp();  // order[] for every lane
 
   int k = cfg.k;
   if (cfg.selection == 1) {  // top-p over the candidates, in double as on the CPU
@@ -181,21 +200,18 @@ __device__ __forceinline__ void gateToken(const MoeCudaRouting& cfg, const float
   if (cfg.selection == 4) {
     const float top = row[order[0]];
     for (int j = 0; j < k; ++j) sum += exp(double(row[order[j]]) - top);
-    for (int j = lane; j < maxK; j += 32) {
-      idx[j] = j < k ? order[j] : -1;
-      wts[j] = j < k ? float(exp(double(row[order[j]]) - top) / sum * cfg.scale) : 0.0f;
-    }
+    for (int j = lane; j < maxK; j += 32)
+      choose(j, j < k ? order[j] : -1, j < k ? float(exp(double(row[order[j]]) - top) / sum * cfg.scale) : 0.0f, k);
   } else {
     for (int j = 0; j < k; ++j) sum += probs[order[j]];
     const double norm = cfg.normalize && sum > 0 ? cfg.scale / sum : cfg.scale;
-    for (int j = lane; j < maxK; j += 32) {
-      idx[j] = j < k ? order[j] : -1;
-      wts[j] = j < k ? float(probs[order[j]] * norm) : 0.0f;
-    }
+    for (int j = lane; j < maxK; j += 32) choose(j, j < k ? order[j] : -1, j < k ? float(probs[order[j]] * norm) : 0.0f, k);
   }
   if (lane == 0) {
-    out.k[t] = k;
-    if (out.lse2) out.lse2[t] = float(lse * lse);
+    if (out.lse2) {
+      const double lse = m + log(sumExp);
+      out.lse2[t] = float(lse * lse);
+    }
   }
   for (int i = lane; i < E; i += 32) {
     if (out.probsNorm) out.probsNorm[size_t(t) * E + i] = float(probs[i] / mass);

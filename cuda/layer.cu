@@ -526,7 +526,7 @@ void CudaLayer::info(MoeCudaLayerInfo& out) const {
   for (const DeviceBuffer* b : all) bytes += int64_t(b->bytes());
   out.workspaceBytes = bytes;
   out.device = device_;
-  std::snprintf(out.path, sizeof(out.path), "mma.sync bf16");
+  std::snprintf(out.path, sizeof(out.path), hopper_ ? "wgmma sm90a bf16" : "mma.sync bf16");
 }
 
 }  // namespace moe_cuda

@@ -12,9 +12,10 @@ namespace {
 constexpr int kFusedThreads = 1024;
 constexpr int kFusedMaxTokens = 16;  // beyond, one block gating every token is slower than a grid (CUDA run 3)
 
+// Per warp the gating scratch; then the choices (indices, weights, k) and align's pairs + 2E ints.
 size_t fusedSharedBytes(const MoeCudaRouting& cfg, int64_t T) {
   return size_t(kFusedThreads / 32) * gatingWarpFloats(cfg) * sizeof(float) +
-         (size_t(T) * cfg.maxK + 2 * size_t(cfg.numExperts)) * sizeof(int);
+         (2 * size_t(T) * cfg.maxK + size_t(T)) * 4 + (size_t(T) * cfg.maxK + 2 * size_t(cfg.numExperts)) * sizeof(int);
 }
 
 __global__ void __launch_bounds__(kFusedThreads) routeAlignKernel(MoeCudaRouting cfg, const float* __restrict__ logits,
@@ -23,11 +24,15 @@ __global__ void __launch_bounds__(kFusedThreads) routeAlignKernel(MoeCudaRouting
                                                                   int tileRows, AlignOut out) {
   extern __shared__ float shared[];
   const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  const int perWarp = gatingWarpFloats(cfg);
-  for (int t = warp; t < T; t += warps) gateToken(cfg, logits, t, bias, complexity, g, shared + warp * perWarp);
-  __syncthreads();  // indices, weights and k in global memory are now visible to the whole block
-  alignSmall(T, cfg.maxK, cfg.numExperts, g.indices, g.weights, g.k, tileRows, out,
-             reinterpret_cast<int*>(shared + warps * perWarp));
+  const int perWarp = gatingWarpFloats(cfg), pairs = T * cfg.maxK;
+  // Align reads the choices from a copy in shared memory, not back from global memory.
+  GatingCopy copy;
+  copy.indices = reinterpret_cast<int32_t*>(shared + warps * perWarp);
+  copy.weights = reinterpret_cast<float*>(copy.indices + pairs);
+  copy.k = reinterpret_cast<int32_t*>(copy.weights + pairs);
+  for (int t = warp; t < T; t += warps) gateToken(cfg, logits, t, bias, complexity, g, shared + warp * perWarp, copy);
+  __syncthreads();  // the copy is complete
+  alignSmall(T, cfg.maxK, cfg.numExperts, copy.indices, copy.weights, copy.k, tileRows, out, copy.k + T);
 }
 
 }  // namespace

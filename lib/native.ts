@@ -73,6 +73,8 @@ export interface CudaBenchResult {
   expertMsByTile: number[];
   expertFlops: number;
   expertBytes: number;
+  /** A graph of one empty kernel timed the same way: the floor of the graph-timed figures. */
+  emptyGraphMs: number;
 }
 
 /** A layer (or, with intermediateSize 0, a router) on the GPU; see native/binding/cuda_wrap.cc. */

@@ -29,8 +29,10 @@ const addon = native();
 const copyBytes = 2 ** 31;
 const copyGBps = (2 * copyBytes) / addon.cudaBenchCopy(copyBytes, 20) / 1e9;
 
-// MOE_BENCH_ONLY=shape:T (e.g. olmoe:1) runs one row with few iterations, for profilers (check.sh's ncu step).
+// MOE_BENCH_ONLY=shape:T (e.g. olmoe:1) runs one row with few iterations, for profilers (check.sh's ncu step);
+// MOE_BENCH_ITERATIONS sets the iterations of every row (default: 20 for T >= 1024, else 100; 3 with ONLY).
 const only = process.env.MOE_BENCH_ONLY?.split(':');
+const iterationsEnv = Number(process.env.MOE_BENCH_ITERATIONS ?? 0);
 const shapes = [
   { name: 'mixtral', E: 8, d: 4096, f: 14336, k: 2, tokens: [1, 4, 8, 32, 64, 4096] },
   { name: 'olmoe', E: 64, d: 2048, f: 1024, k: 8, tokens: [1, 8, 32, 64, 4096] },
@@ -44,6 +46,8 @@ interface Row {
   forwardMs: number;
   routeAlignUs: number;
   routeAlignFromXUs: number;
+  /** A graph of one empty kernel, timed like route + align: their floor on this machine. */
+  emptyGraphUs: number;
   expertMs: number;
   expertTflops: number;
   /** TFLOP/s with each tile forced: 32x128, 128x128, 128x256, 128x128x64, 32x64, 32x64x64. */
@@ -65,13 +69,14 @@ for (const s of shapes) {
   const layer = new addon.NativeCudaLayer(router.handle, s.k, s.f);
   layer.randomize(11, 0.02);
   for (const T of s.tokens) {
-    const r = layer.bench(T, only ? 3 : T >= 1024 ? 20 : 100, true);
+    const r = layer.bench(T, iterationsEnv > 0 ? iterationsEnv : only ? 3 : T >= 1024 ? 20 : 100, true);
     const row: Row = {
       shape: s.name,
       T,
       forwardMs: r.forwardMs,
       routeAlignUs: r.routeAlignMs * 1e3,
       routeAlignFromXUs: r.routeAlignFromXMs * 1e3,
+      emptyGraphUs: r.emptyGraphMs * 1e3,
       expertMs: r.expertMs,
       expertTflops: r.expertFlops / r.expertMs / 1e9,
       tileTflops: r.expertMsByTile.map((ms) => (ms > 0 ? r.expertFlops / ms / 1e9 : 0)),
@@ -103,12 +108,12 @@ if (anchors) {
   );
 }
 console.log(
-  '| shape | T | forward ms | route+align µs (logits / x) | experts ms | TFLOP/s | by tile 32x128/128/256/128x64/32x64/32x64x64/wgmma | weights GB/s | vs dense | vs copy | vs HF |',
+  '| shape | T | forward ms | route+align µs (logits / x / empty graph) | experts ms | TFLOP/s | by tile 32x128/128/256/128x64/32x64/32x64x64/wgmma | weights GB/s | vs dense | vs copy | vs HF |',
 );
 console.log('|---|---|---|---|---|---|---|---|---|---|---|');
 for (const r of rows) {
   console.log(
-    `| ${r.shape} | ${r.T} | ${f(r.forwardMs, 3)} | ${f(r.routeAlignUs, 1)} / ${f(r.routeAlignFromXUs, 1)} | ${f(r.expertMs, 3)} | ` +
+    `| ${r.shape} | ${r.T} | ${f(r.forwardMs, 3)} | ${f(r.routeAlignUs, 1)} / ${f(r.routeAlignFromXUs, 1)} / ${f(r.emptyGraphUs, 1)} | ${f(r.expertMs, 3)} | ` +
       `${f(r.expertTflops, 0)} | ${r.tileTflops.some((v) => v > 0) ? r.tileTflops.map((v) => v.toFixed(0)).join(' / ') : ''} | ${f(r.weightGBps, 0)} | ${f(r.vsDense)} | ${f(r.vsCopy)} | ${f(r.vsHf, 1)}${r.vsHf ? '×' : ''} |`,
   );
 }

@@ -7,7 +7,7 @@
 # Needs: node 20+ (or .gpu/node.xz from bench/gpu/bundle.sh), cmake + nvcc (unless MOE_CHECK_SKIP_BUILD=1 and
 # build-cuda/moe_cuda.so exists), python3 with torch for the anchors (skipped without it).
 # Logs and JSON go to $OUT (a temporary folder when unset). MOE_CUDA_ARCHS picks the GPU targets (default: native).
-# Optional: MOE_CHECK_HOPPER_VARIANTS=1 times each wgmma pipeline variant (sm_90), and after the benchmark
+# Optional: MOE_CHECK_HOPPER_VARIANTS="0 1 2 3" times those wgmma pipeline variants (sm_90), and after the benchmark
 # MOE_CHECK_SANITIZE=1 runs the GPU tests once more under compute-sanitizer
 # (memcheck; slow), MOE_CHECK_PROFILE=1 profiles a decode-sized forward with Nsight Compute (ncu, SOL section).
 set -uo pipefail
@@ -67,16 +67,16 @@ else
   anchors=""
 fi
 
-# Optional (MOE_CHECK_HOPPER_VARIANTS=1, an sm_90 GPU): each pipeline variant of the sm_90a wgmma tile
-# (cuda/grouped_gemm_sm90.cu, launchVariant) in processes of its own: the GEMM tile test, then the TFLOP/s of the
-# two large batches (last column of "by tile").
-if [ "${MOE_CHECK_HOPPER_VARIANTS:-0}" = 1 ] && nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | grep -q '^9\.0'; then
-  for v in 0 1 2 3; do
+# Optional (MOE_CHECK_HOPPER_VARIANTS="0 1 2 3", an sm_90 GPU): each listed pipeline variant of the sm_90a wgmma
+# tile (cuda/grouped_gemm_sm90.cu, launchVariant) in processes of its own: the GEMM tile test, then the TFLOP/s of
+# the two large batches (last column of "by tile"), 20 iterations each as in the full benchmark.
+if [ -n "${MOE_CHECK_HOPPER_VARIANTS:-}" ] && nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | grep -q '^9\.0'; then
+  for v in $MOE_CHECK_HOPPER_VARIANTS; do
     echo "== wgmma pipeline variant $v ($(elapsed))"
     MOE_CUDA_HOPPER_VARIANT=$v MOE_CUDA_POISON=1 MOE_CUDA_TEST_ONLY='GEMM tile' timeout 120 "$NODE" "${TEST[@]}" 2>&1 |
       tee -a "$OUT/hopper-test.log" | grep -E "Passed|Failed|Error" | head -n 4
     for row in mixtral:4096 olmoe:4096; do
-      MOE_CUDA_HOPPER_VARIANT=$v MOE_BENCH_ONLY=$row timeout 120 "$NODE" "${BENCH[@]}" $anchors 2>&1 |
+      MOE_CUDA_HOPPER_VARIANT=$v MOE_BENCH_ONLY=$row MOE_BENCH_ITERATIONS=20 timeout 120 "$NODE" "${BENCH[@]}" $anchors 2>&1 |
         tee -a "$OUT/hopper-bench.log" | grep -E "^\| (mixtral|olmoe) " || echo "(variant $v, $row failed: see hopper-bench.log)"
     done
   done

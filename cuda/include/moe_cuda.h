@@ -102,6 +102,7 @@ typedef struct MoeCudaBench {
   double expertMsByTile[7]; /* the same with each GEMM tile forced (cuda/kernels.h GemmTile order; 0: not run) */
   double expertFlops;       /* FLOPs of that stage: 6 d f per (token, expert) pair */
   double expertBytes;       /* distinct expert weight bytes that stage reads */
+  double emptyGraphMs;      /* median of a graph of one empty kernel: the floor of the graph-timed figures above */
 } MoeCudaBench;
 
 typedef struct MoeCudaLayer MoeCudaLayer;

@@ -509,6 +509,7 @@ Napi::Value CudaLayerWrap::Bench(const Napi::CallbackInfo& info) {
   o.Set("expertMsByTile", byTile);
   o.Set("expertFlops", b.expertFlops);
   o.Set("expertBytes", b.expertBytes);
+  o.Set("emptyGraphMs", b.emptyGraphMs);
   return o;
 }
 
