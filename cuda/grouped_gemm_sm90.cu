@@ -2,7 +2,8 @@
 // matrix descriptors, with the same schedule, layouts and epilogues as grouped_gemm.cu. The large-batch tile on
 // sm_90 GPUs when the plugin holds sm_90a code (CudaLayer::tileFor; bench/RESULTS.md, CUDA H200 runs).
 //
-// Block tile 128 x 128 x 64, two warpgroups (rows 0-63 and 64-127), each issuing m64n128k16 MMAs. Tiles are
+// Block tile 128 x 256 x 64 (128 x 128 where N % 256 != 0), two warpgroups (rows 0-63 and 64-127), each issuing
+// m64n256k16 (m64n128k16) MMAs. Tiles are
 // staged by cp.async into 128-byte-swizzled shared memory (16-byte chunk c of row r at c ^ (r % 8), the layout
 // the descriptors' SW128 mode reads; stage bases 1024-byte aligned). Pipeline variants (HopperPipe): how many
 // stages, how many wgmma groups stay in flight while the next K step is issued, and blocks per SM.
@@ -17,17 +18,19 @@ namespace moe_cuda {
 namespace {
 
 constexpr int HM = 128, HN = 128, HK = 64, kHopperThreads = 256;
-constexpr int kHopperDefaultVariant = 2;  // launchVariant
-constexpr int kStageBytes = (HM + HN) * HK * 2;  // 32 KiB: A then B
+constexpr int kHopperDefaultVariant = 4;  // launchVariant
 
 // kStages buffers; kInFlight wgmma groups left running while the next step is issued (0 or 1); loads run
-// kStages - 1 - kInFlight steps ahead; kBlocks blocks per SM (2 needs <= 3 stages: 2 x 97 KiB of shared memory).
-template <int kStagesT, int kInFlightT, int kBlocksT>
+// kStages - 1 - kInFlight steps ahead; kBlocks blocks per SM (2 needs <= 3 stages: 2 x 97 KiB of shared memory);
+// kN columns per block (128, or 256: each warpgroup issues m64n256k16, and a stage holds 48 KiB).
+template <int kStagesT, int kInFlightT, int kBlocksT, int kNT = HN>
 struct HopperPipe {
-  static constexpr int kStages = kStagesT, kInFlight = kInFlightT, kBlocks = kBlocksT;
+  static constexpr int kStages = kStagesT, kInFlight = kInFlightT, kBlocks = kBlocksT, kN = kNT;
   static constexpr int kAhead = kStages - 1 - kInFlight;
+  static constexpr int kStageBytes = (HM + kN) * HK * 2;  // A then B
   static constexpr size_t kSmem = size_t(kStages) * kStageBytes + 1024;  // + alignment slack
   static_assert(kAhead >= 1 && kInFlight >= 0 && kInFlight <= 1, "pipeline shape");
+  static_assert(kN == 128 || kN == 256, "wgmma N");
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -51,6 +54,34 @@ __device__ __forceinline__ void wgmma128(float* d, uint64_t a, uint64_t b) {
         "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "l"(a), "l"(b), "r"(1));
 }
+__device__ __forceinline__ void wgmma256(float* d, uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(a), "l"(b), "r"(1));
+}
+
+template <int kN>
+__device__ __forceinline__ void wgmma(float* d, uint64_t a, uint64_t b) {
+  if constexpr (kN == 256) wgmma256(d, a, b);
+  else wgmma128(d, a, b);
+}
 #endif
 
 template <int N>
@@ -62,39 +93,44 @@ template <typename Pipe, bool kSwiGLU>
 __global__ void __launch_bounds__(kHopperThreads, Pipe::kBlocks) hopperGemmKernel(GemmArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ unsigned char smemRaw[];
+  constexpr int kN = Pipe::kN, kBChunks = kN * 8 / kHopperThreads, kStageBytes = Pipe::kStageBytes;
   BlockTile tile;
-  if (!blockTile(a.sched, a.N / HN, HM, tile)) return;
+  if (!blockTile(a.sched, a.N / kN, HM, tile)) return;
   const int row0 = tile.row0, rowEnd = tile.rowEnd, nTile = tile.nTile;
-  const bf16* B = a.B + size_t(tile.expert) * a.strideB + size_t(nTile) * HN * a.K;
+  const bf16* B = a.B + size_t(tile.expert) * a.strideB + size_t(nTile) * kN * a.K;
   const uint32_t base = (smemAddress(smemRaw) + 1023) & ~1023u;
   const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, warpInGroup = (tid % 128) / 32;
 
-  // Copy roles: 1024 chunks of A and 1024 of B per stage; thread tid takes chunks tid + 256 i (4 of each).
+  // Copy roles: 1024 16-byte chunks of A and kN * 8 of B per stage; thread tid takes chunks tid + 256 i (4 of A,
+  // 4 or 8 of B). Chunk c is row c / 8, column chunk c % 8; chunk c + 1024 lands 128 rows (16 KiB) after chunk c.
   const bf16* aSrc[4];
-  const bf16* bSrc[4];
+  const bf16* bSrc[kBChunks];
   uint32_t dst[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int c = tid + kHopperThreads * i, r = c / 8, chunk = c % 8;
     const int row = min(row0 + r, rowEnd - 1);  // rows past the expert's end are read (valid), never stored
     aSrc[i] = a.A + size_t(a.rowToken ? a.rowToken[row] : row) * a.lda + chunk * 8;
-    bSrc[i] = B + size_t(r) * a.K + chunk * 8;
     dst[i] = uint32_t(r * 128 + ((chunk ^ (r & 7)) << 4));
+  }
+#pragma unroll
+  for (int i = 0; i < kBChunks; ++i) {
+    const int c = tid + kHopperThreads * i;
+    bSrc[i] = B + size_t(c / 8) * a.K + (c % 8) * 8;
   }
   const int kTiles = a.K / HK;
   auto load = [&](int stage, int kt) {
     const uint32_t sA = base + stage * kStageBytes, sB = sA + HM * HK * 2;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      cpAsync16(sA + dst[i], aSrc[i] + kt * HK);
-      cpAsync16(sB + dst[i], bSrc[i] + kt * HK);
-    }
+    for (int i = 0; i < 4; ++i) cpAsync16(sA + dst[i], aSrc[i] + kt * HK);
+#pragma unroll
+    for (int i = 0; i < kBChunks; ++i) cpAsync16(sB + dst[i % 4] + (i / 4) * 16384, bSrc[i] + kt * HK);
   };
 
   constexpr int S = Pipe::kStages, P = Pipe::kAhead;
-  float d[64];
+  float d[kN / 2];
 #pragma unroll
-  for (int i = 0; i < 64; ++i) d[i] = 0;
+  for (int i = 0; i < kN / 2; ++i) d[i] = 0;
 #pragma unroll
   for (int st = 0; st < P; ++st) {
     if (st < kTiles) load(st, st);
@@ -111,7 +147,7 @@ __global__ void __launch_bounds__(kHopperThreads, Pipe::kBlocks) hopperGemmKerne
     const uint32_t sA = base + (kt % S) * kStageBytes + wg * 64 * 128, sB = base + (kt % S) * kStageBytes + HM * HK * 2;
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-    for (int k16 = 0; k16 < HK / 16; ++k16) wgmma128(d, descriptor(sA + k16 * 32), descriptor(sB + k16 * 32));
+    for (int k16 = 0; k16 < HK / 16; ++k16) wgmma<kN>(d, descriptor(sA + k16 * 32), descriptor(sB + k16 * 32));
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     wgmmaWait<Pipe::kInFlight>();
   }
@@ -127,18 +163,18 @@ __global__ void __launch_bounds__(kHopperThreads, Pipe::kBlocks) hopperGemmKerne
     if (row >= rowEnd) continue;
     if constexpr (kSwiGLU) {
 #pragma unroll
-      for (int p = 0; p < HN / 16; ++p) {
+      for (int p = 0; p < kN / 16; ++p) {
         const float* g = d + (2 * p) * 4 + half * 2;
         const float* u = d + (2 * p + 1) * 4 + half * 2;
-        const int f = (nTile * HN / 16 + p) * 8 + quadCol;
+        const int f = (nTile * kN / 16 + p) * 8 + quadCol;
         *reinterpret_cast<__nv_bfloat162*>(a.H + size_t(row) * a.ldh + f) =
             __floats2bfloat162_rn(silu(g[0]) * u[0], silu(g[1]) * u[1]);
       }
     } else {
       const float sc = a.scale ? a.scale[row] : 1.0f;
 #pragma unroll
-      for (int j = 0; j < HN / 8; ++j) {
-        const int n = nTile * HN + j * 8 + quadCol;
+      for (int j = 0; j < kN / 8; ++j) {
+        const int n = nTile * kN + j * 8 + quadCol;
         *reinterpret_cast<float2*>(a.O + size_t(row) * a.ldo + n) =
             make_float2(d[4 * j + half * 2] * sc, d[4 * j + half * 2 + 1] * sc);
       }
@@ -158,7 +194,7 @@ void launchPipe(const GemmArgs& args, cudaStream_t s) {
           "wgmma GEMM shared memory");
     configured = true;
   }
-  const int64_t blocks = int64_t(args.sched.maxTiles) * (args.N / HN);
+  const int64_t blocks = int64_t(args.sched.maxTiles) * (args.N / Pipe::kN);
   if (blocks <= 0) return;
   hopperGemmKernel<Pipe, kSwiGLU><<<unsigned(blocks), kHopperThreads, Pipe::kSmem, s>>>(args);
   checkLaunch(kSwiGLU ? "hopperGemmKernel<gate/up>" : "hopperGemmKernel<down>");
@@ -166,11 +202,16 @@ void launchPipe(const GemmArgs& args, cudaStream_t s) {
 
 template <bool kSwiGLU>
 void launchVariant(const GemmArgs& args, int variant, cudaStream_t s) {
+  // TFLOP/s on H200, Mixtral / OLMoE shapes at T = 4096, 20 iterations (bench/RESULTS.md, CUDA H200 runs): 4 gave
+  // 521 / 475, 2 gave 463-465 / 403-408, 1 458 / 370, 5 450 / 413; 0 and 3 lost at 3 iterations already.
+  if (variant >= 4 && args.N % 256 != 0) variant = 2;  // the 128 x 256 blocks need N % 256 == 0
   switch (variant) {
-    case 0: return launchPipe<HopperPipe<4, 0, 1>, kSwiGLU>(args, s);  // run H200-1: 467 / 348 TFLOP/s
+    case 0: return launchPipe<HopperPipe<4, 0, 1>, kSwiGLU>(args, s);
     case 1: return launchPipe<HopperPipe<5, 1, 1>, kSwiGLU>(args, s);
     case 2: return launchPipe<HopperPipe<3, 0, 2>, kSwiGLU>(args, s);
-    default: return launchPipe<HopperPipe<3, 1, 2>, kSwiGLU>(args, s);
+    case 3: return launchPipe<HopperPipe<3, 1, 2>, kSwiGLU>(args, s);
+    case 4: return launchPipe<HopperPipe<4, 1, 1, 256>, kSwiGLU>(args, s);
+    default: return launchPipe<HopperPipe<3, 0, 1, 256>, kSwiGLU>(args, s);
   }
 }
 
@@ -204,8 +245,8 @@ bool hopperGemmAvailable() {
 
 int hopperGemmVariant() {
   static const int variant = [] {
-    const char* v = std::getenv("MOE_CUDA_HOPPER_VARIANT");  // benchmarks: 0-3, see launchVariant
-    return v && v[0] >= '0' && v[0] <= '3' && v[1] == 0 ? v[0] - '0' : kHopperDefaultVariant;
+    const char* v = std::getenv("MOE_CUDA_HOPPER_VARIANT");  // benchmarks: 0-5, see launchVariant
+    return v && v[0] >= '0' && v[0] <= '5' && v[1] == 0 ? v[0] - '0' : kHopperDefaultVariant;
   }();
   return variant;
 }
