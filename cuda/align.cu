@@ -68,7 +68,7 @@ void launchAlign(int64_t T, int maxK, int E, const int32_t* indices, const float
                  int tileRows, const AlignOut& out, cudaStream_t s) {
   const int64_t pairs = T * maxK;
   if (pairs <= kSmallPairs) {
-    const size_t smem = (size_t(pairs) + 2 * size_t(E)) * sizeof(int);
+    const size_t smem = alignSmallSharedBytes(pairs, E);
     if (smem > 48 * 1024)
       check(cudaFuncSetAttribute(alignSmallKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
             "align shared memory");

@@ -86,8 +86,20 @@ __device__ __forceinline__ int scatterExpert(int e, int begin, int end, int base
   return written;
 }
 
-// The whole align in one block; `shared` holds pairs + 2E ints (indices, counts, offsets). Callers have made
-// indices, weights and k visible to the block (a kernel boundary, or __syncthreads after writing them).
+// The one-block align ranks pairs by chunks of 32 when a [chunks, E] table of counts fits this many ints; beyond,
+// each warp scans every pair for each of its experts.
+constexpr int kChunkTableInts = 16384;
+__host__ __device__ inline bool alignByChunks(int64_t pairs, int E) {
+  return ceilDiv(pairs, 32) * E <= kChunkTableInts;
+}
+// Shared memory of alignSmall: indices, counts, offsets, and for the chunked path the table and the ranks.
+__host__ __device__ inline size_t alignSmallSharedBytes(int64_t pairs, int E) {
+  const int64_t table = alignByChunks(pairs, E) ? ceilDiv(pairs, 32) * E + pairs : 0;
+  return size_t(pairs + 2 * int64_t(E) + table) * sizeof(int);
+}
+
+// The whole align in one block; `shared` holds alignSmallSharedBytes. Callers have made indices, weights and k
+// visible to the block (a kernel boundary, or __syncthreads after writing them).
 __device__ __forceinline__ void alignSmall(int T, int maxK, int E, const int32_t* indices, const float* weights,
                                            const int32_t* k, int tileRows, const AlignOut& out, int* shared) {
   const int pairs = T * maxK;
@@ -99,11 +111,58 @@ __device__ __forceinline__ void alignSmall(int T, int maxK, int E, const int32_t
     bad = kNoBadToken;
     zeroK = 0;
   }
+  const int warp = threadIdx.x / 32, warps = blockDim.x / 32, lane = threadIdx.x % 32;
+  if (alignByChunks(pairs, E)) {
+    // Pair p = 32 c + lane: its rank among the pairs of its chunk with the same expert (match_any), and per chunk
+    // and expert the count, turned into the expert's rows before the chunk. Row = offset + before + rank: (token,
+    // slot) order within each expert, as the scan below gives. O(pairs) work instead of O(E pairs / 32).
+    const int chunks = (pairs + 31) / 32;
+    int* table = sOffsets + E;
+    int* rank = table + chunks * E;
+    for (int i = threadIdx.x; i < chunks * E; i += blockDim.x) table[i] = 0;
+    __syncthreads();
+    const int zero = findBadTokens(T, k, &bad);
+    if (zero) atomicAdd(&zeroK, zero);
+    for (int c = warp; c < chunks; c += warps) {
+      const int p = c * 32 + lane;
+      int e = p < pairs ? indices[p] : -1;
+      if (e >= E) e = -1;
+      const unsigned peers = __match_any_sync(kFullMask, e);
+      const int r = __popc(peers & ((1u << lane) - 1));
+      if (p < pairs) {
+        sIndices[p] = e;
+        rank[p] = r;
+      }
+      if (e >= 0 && r == 0) table[c * E + e] = __popc(peers);
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+      int before = 0;
+      for (int c = 0; c < chunks; ++c) {
+        const int n = table[c * E + e];
+        table[c * E + e] = before;
+        before += n;
+      }
+      sCounts[e] = before;
+    }
+    __syncthreads();
+    alignOffsets(T, E, sCounts, tileRows, zeroK, out, sOffsets);
+    if (threadIdx.x == 0) *out.badToken = bad;
+    __syncthreads();
+    for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+      const int e = sIndices[p];
+      if (e < 0) continue;
+      const int row = sOffsets[e] + table[(p / 32) * E + e] + rank[p];
+      out.rowToken[row] = p / maxK;
+      out.rowWeight[row] = weights[p];
+      out.slotRow[p] = row;
+    }
+    return;
+  }
   for (int p = threadIdx.x; p < pairs; p += blockDim.x) sIndices[p] = indices[p];
   __syncthreads();
   const int zero = findBadTokens(T, k, &bad);
   if (zero) atomicAdd(&zeroK, zero);
-  const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
   for (int e = warp; e < E; e += warps) {
     const int c = scatterExpert(e, 0, pairs, 0, maxK, sIndices, weights, out, false);
     if (threadIdx.x % 32 == 0) sCounts[e] = c;

@@ -310,8 +310,8 @@ GemmTile CudaLayer::tileFor(int64_t rows, int experts) const {
   const GemmTile big = hopper_ ? GemmTile::Hopper : GemmTile::Deep;
   if (forcedTile_ >= 0) return forcedTile_ == int(GemmTile::Hopper) ? big : GemmTile(forcedTile_);
   // Up to ~48 rows per expert on average the pass streams weights: 32-row tiles waste least, with deep K steps
-  // for many bytes in flight. Above, 128 x 128 tiles with K steps of 64: wgmma on sm_90a, mma.sync elsewhere
-  // (bench/RESULTS.md, CUDA runs 2-4 and the H200 runs).
+  // for many bytes in flight. Above, tiles with K steps of 64: 128 x 256 wgmma blocks on sm_90a, 128 x 128
+  // mma.sync elsewhere (bench/RESULTS.md, CUDA runs 2-4 and H200 runs 1-5).
   return rows <= int64_t(48) * experts ? GemmTile::Stream : big;
 }
 

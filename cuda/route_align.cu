@@ -12,10 +12,10 @@ namespace {
 constexpr int kFusedThreads = 1024;
 constexpr int kFusedMaxTokens = 16;  // beyond, one block gating every token is slower than a grid (CUDA run 3)
 
-// Per warp the gating scratch; then the choices (indices, weights, k) and align's pairs + 2E ints.
+// Per warp the gating scratch; then the choices (indices, weights, k) and align's scratch.
 size_t fusedSharedBytes(const MoeCudaRouting& cfg, int64_t T) {
   return size_t(kFusedThreads / 32) * gatingWarpFloats(cfg) * sizeof(float) +
-         (2 * size_t(T) * cfg.maxK + size_t(T)) * 4 + (size_t(T) * cfg.maxK + 2 * size_t(cfg.numExperts)) * sizeof(int);
+         (2 * size_t(T) * cfg.maxK + size_t(T)) * 4 + alignSmallSharedBytes(T * cfg.maxK, cfg.numExperts);
 }
 
 __global__ void __launch_bounds__(kFusedThreads) routeAlignKernel(MoeCudaRouting cfg, const float* __restrict__ logits,

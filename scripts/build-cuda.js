@@ -40,7 +40,8 @@ const configure = [
   '-DCMAKE_BUILD_TYPE=Release',
   `-DCMAKE_CUDA_COMPILER=${nvcc}`,
 ];
-if (process.env.MOE_CUDA_ARCHS) configure.push(`-DMOE_CUDA_ARCHS=${process.env.MOE_CUDA_ARCHS}`);
+// Unset: back to CMakeLists' default targets, even where an earlier override sits in the build folder's cache.
+configure.push(process.env.MOE_CUDA_ARCHS ? `-DMOE_CUDA_ARCHS=${process.env.MOE_CUDA_ARCHS}` : '-UMOE_CUDA_ARCHS');
 for (const args of [
   configure,
   ['--build', buildDir, '--target', 'moe_cuda', '-j', String(require('node:os').cpus().length)],
