@@ -205,7 +205,8 @@ __device__ __forceinline__ void gateToken(const MoeCudaRouting& cfg, const float
   } else {
     for (int j = 0; j < k; ++j) sum += probs[order[j]];
     const double norm = cfg.normalize && sum > 0 ? cfg.scale / sum : cfg.scale;
-    for (int j = lane; j < maxK; j += 32) choose(j, j < k ? order[j] : -1, j < k ? float(probs[order[j]] * norm) : 0.0f, k);
+    for (int j = lane; j < maxK; j += 32)
+      choose(j, j < k ? order[j] : -1, j < k ? float(probs[order[j]] * norm) : 0.0f, k);
   }
   if (lane == 0) {
     if (out.lse2) {

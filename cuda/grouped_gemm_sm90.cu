@@ -11,6 +11,7 @@
 #include "grouped_gemm.cuh"
 #include "kernels.h"
 
+#include <atomic>
 #include <cstdlib>
 
 namespace moe_cuda {
@@ -225,11 +226,8 @@ __global__ void hopperProbeKernel(int* out) {
 #endif
 }
 
-}  // namespace
-
-bool hopperGemmAvailable() {
-  int device = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return false;
+bool probeHopper(int device) {
+  int major = 0, minor = 0;
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
   if (major != 9 || minor != 0) return (cudaGetLastError(), false);
@@ -237,7 +235,8 @@ bool hopperGemmAvailable() {
   int value = 0;
   if (cudaMalloc(&flag, sizeof(int)) != cudaSuccess) return (cudaGetLastError(), false);
   hopperProbeKernel<<<1, 1>>>(flag);
-  const bool ok = cudaMemcpy(&value, flag, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
+  const bool ok = cudaGetLastError() == cudaSuccess &&  // e.g. no code at all for this device in the build
+                  cudaMemcpy(&value, flag, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
   cudaFree(flag);
   cudaGetLastError();
   return ok && value == 1;
@@ -249,6 +248,21 @@ int hopperGemmVariant() {
     return v && v[0] >= '0' && v[0] <= '5' && v[1] == 0 ? v[0] - '0' : kHopperDefaultVariant;
   }();
   return variant;
+}
+
+}  // namespace
+
+bool hopperGemmAvailable() {
+  static std::atomic<int> known[64];  // per device: 0 not probed yet, 1 no, 2 yes
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return (cudaGetLastError(), false);
+  if (device < 0 || device >= 64) return probeHopper(device);
+  int v = known[device].load(std::memory_order_acquire);
+  if (v == 0) {
+    v = probeHopper(device) ? 2 : 1;
+    known[device].store(v, std::memory_order_release);
+  }
+  return v == 2;
 }
 
 bool launchHopperGemm(const GemmArgs& args, bool swiglu, cudaStream_t s) {
