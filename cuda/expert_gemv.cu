@@ -5,6 +5,7 @@
 // no host synchronisation is needed. The kernels are compiled per bound on the rows (1, 2, 4, 8), so T = 1 keeps
 // few registers and full occupancy.
 #include <algorithm>
+#include <cstdlib>
 
 #include "common.cuh"
 #include "kernels.h"
@@ -117,6 +118,18 @@ __global__ void __launch_bounds__(kWarps * 32) downGemvKernel(const bf16* __rest
   }
 }
 
+// Experimental, off by default (MOE_CUDA_GEMV_BALANCE=1; bench/gpu/check.sh MOE_CHECK_AB_ENV times it against the
+// default): for T = 1, shrink the capped grid until every warp loops over the same number of rows. With OLMoE's
+// 1024 gate/up rows and a 99-block cap per slot (132 SMs, 8 experts), 232 of 792 warps take a second row while
+// the rest idle; 64 blocks give every warp exactly two.
+bool balancedGemvGrid() {
+  static const bool on = [] {
+    const char* v = std::getenv("MOE_CUDA_GEMV_BALANCE");
+    return v && v[0] == '1' && v[1] == 0;
+  }();
+  return on;
+}
+
 // Blocks per slot: one warp per output row, except for one token per expert (T = 1), where every slot is an
 // active expert and about one resident wave over all of them, each warp looping over rows, avoids a tail of short
 // blocks. With more tokens some slots may be empty, so a cap would idle part of the GPU (CUDA run 5).
@@ -124,7 +137,9 @@ unsigned gemvBlocks(int outputs, const GemvSchedule& s) {
   const int64_t needed = ceilDiv(outputs, kWarps);
   if (s.maxRows > 1) return unsigned(needed);
   const int64_t wave = std::max<int64_t>(1, int64_t(s.multiprocessors) * 6 / std::max(1, s.slots));
-  return unsigned(std::min(needed, wave));
+  if (!balancedGemvGrid() || needed <= wave) return unsigned(std::min(needed, wave));
+  const int64_t rowsPerWarp = ceilDiv(outputs, kWarps * wave);
+  return unsigned(ceilDiv(outputs, kWarps * rowsPerWarp));
 }
 
 template <int MAXR>

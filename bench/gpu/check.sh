@@ -7,8 +7,9 @@
 # Needs: node 20+ (or .gpu/node.xz from bench/gpu/bundle.sh), cmake + nvcc (unless MOE_CHECK_SKIP_BUILD=1 and
 # build-cuda/moe_cuda.so exists), python3 with torch for the anchors (skipped without it).
 # Logs and JSON go to $OUT (a temporary folder when unset). MOE_CUDA_ARCHS picks the GPU targets (default: native).
-# Optional: MOE_CHECK_HOPPER_VARIANTS="0 1 2 3" times those wgmma pipeline variants (sm_90), and after the benchmark
-# MOE_CHECK_SANITIZE=1 runs the GPU tests once more under compute-sanitizer
+# Optional: MOE_CHECK_HOPPER_VARIANTS="0 1 2 3" times those wgmma pipeline variants (sm_90); after the benchmark
+# MOE_CHECK_AB_ENV="NAME=value" repeats tests and benchmark with those variables (an opt-in variant against the
+# default), MOE_CHECK_SANITIZE=1 runs the GPU tests once more under compute-sanitizer
 # (memcheck; slow), MOE_CHECK_PROFILE=1 profiles a decode-sized forward with Nsight Compute (ncu, SOL section).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -86,6 +87,14 @@ echo "== benchmark ($(elapsed))"
 timeout 240 "$NODE" "${BENCH[@]}" $anchors 2>&1 | tee "$OUT/bench.log" | grep -v '^{' 
 bench_rc=${PIPESTATUS[0]}
 
+# Optional (MOE_CHECK_AB_ENV="NAME=value ...", e.g. MOE_CUDA_GEMV_BALANCE=1): the GPU tests and the benchmark once
+# more with those variables set, to compare an opt-in variant with the rows above in the same call.
+if [ -n "${MOE_CHECK_AB_ENV:-}" ]; then
+  echo "== again with $MOE_CHECK_AB_ENV ($(elapsed))"
+  env $MOE_CHECK_AB_ENV MOE_CUDA_POISON=1 timeout 240 "$NODE" "${TEST[@]}" 2>&1 | tee "$OUT/ab-test.log" |
+    grep -E "Passed|Failed|Error" | head -n 4
+  env $MOE_CHECK_AB_ENV timeout 240 "$NODE" "${BENCH[@]}" $anchors 2>&1 | tee "$OUT/ab-bench.log" | grep -E "^\| (mixtral|olmoe) "
+fi
 if [ "${MOE_CHECK_SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null 2>&1; then
   echo "== compute-sanitizer memcheck ($(elapsed))"
   MOE_CUDA_POISON=1 timeout 300 compute-sanitizer --tool memcheck --print-limit 20 "$NODE" "${TEST[@]}" \
