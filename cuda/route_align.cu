@@ -1,27 +1,40 @@
 // Few tokens: gating and align in one launch of one block, so routing a decode step costs one kernel. Each warp
-// gates tokens warp, warp + 32, ...; after a barrier the block aligns the pairs it just wrote.
+// gates tokens warp, warp + warps, ...; after a barrier the block aligns the pairs it just wrote.
 #include "align_block.cuh"
 #include "common.cuh"
 #include "gating_token.cuh"
 #include "kernels.h"
 
+#include <cstdlib>
+
 namespace moe_cuda {
 
 namespace {
 
-constexpr int kFusedThreads = 1024;
 constexpr int kFusedMaxTokens = 16;  // beyond, one block gating every token is slower than a grid (CUDA run 3)
+
+// Threads of the block: 1024; experimental, MOE_CUDA_FUSED_THREADS=128|256|512 (fewer warps to synchronise, no
+// 64-register cap; bench/gpu/check.sh MOE_CHECK_AB_ENV times it against the default).
+int fusedThreads() {
+  static const int threads = [] {
+    const char* v = std::getenv("MOE_CUDA_FUSED_THREADS");
+    const int n = v ? std::atoi(v) : 0;
+    return n == 128 || n == 256 || n == 512 ? n : 1024;
+  }();
+  return threads;
+}
 
 // Per warp the gating scratch; then the choices (indices, weights, k) and align's scratch.
 size_t fusedSharedBytes(const MoeCudaRouting& cfg, int64_t T) {
-  return size_t(kFusedThreads / 32) * gatingWarpFloats(cfg) * sizeof(float) +
+  return size_t(fusedThreads() / 32) * gatingWarpFloats(cfg) * sizeof(float) +
          (2 * size_t(T) * cfg.maxK + size_t(T)) * 4 + alignSmallSharedBytes(T * cfg.maxK, cfg.numExperts);
 }
 
-__global__ void __launch_bounds__(kFusedThreads) routeAlignKernel(MoeCudaRouting cfg, const float* __restrict__ logits,
-                                                                  int T, const float* __restrict__ bias,
-                                                                  const float* __restrict__ complexity, GatingOut g,
-                                                                  int tileRows, AlignOut out) {
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads) routeAlignKernel(MoeCudaRouting cfg, const float* __restrict__ logits,
+                                                             int T, const float* __restrict__ bias,
+                                                             const float* __restrict__ complexity, GatingOut g,
+                                                             int tileRows, AlignOut out) {
   extern __shared__ float shared[];
   const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const int perWarp = gatingWarpFloats(cfg), pairs = T * cfg.maxK;
@@ -35,6 +48,17 @@ __global__ void __launch_bounds__(kFusedThreads) routeAlignKernel(MoeCudaRouting
   alignSmall(T, cfg.maxK, cfg.numExperts, copy.indices, copy.weights, copy.k, tileRows, out, copy.k + T);
 }
 
+template <int kThreads>
+void launchFused(const MoeCudaRouting& cfg, const float* logits, int64_t T, const float* bias,
+                 const float* complexity, const GatingOut& g, int tileRows, const AlignOut& out, cudaStream_t s) {
+  const size_t smem = fusedSharedBytes(cfg, T);
+  if (smem > 48 * 1024)
+    check(cudaFuncSetAttribute(routeAlignKernel<kThreads>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+          "route+align shared memory");
+  routeAlignKernel<kThreads><<<1, kThreads, smem, s>>>(cfg, logits, int(T), bias, complexity, g, tileRows, out);
+  checkLaunch("routeAlignKernel");
+}
+
 }  // namespace
 
 bool routeAlignFused(const MoeCudaRouting& cfg, int64_t T) {
@@ -43,12 +67,12 @@ bool routeAlignFused(const MoeCudaRouting& cfg, int64_t T) {
 
 void launchRouteAlign(const MoeCudaRouting& cfg, const float* logits, int64_t T, const float* bias,
                       const float* complexity, const GatingOut& g, int tileRows, const AlignOut& out, cudaStream_t s) {
-  const size_t smem = fusedSharedBytes(cfg, T);
-  if (smem > 48 * 1024)
-    check(cudaFuncSetAttribute(routeAlignKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-          "route+align shared memory");
-  routeAlignKernel<<<1, kFusedThreads, smem, s>>>(cfg, logits, int(T), bias, complexity, g, tileRows, out);
-  checkLaunch("routeAlignKernel");
+  switch (fusedThreads()) {
+    case 128: return launchFused<128>(cfg, logits, T, bias, complexity, g, tileRows, out, s);
+    case 256: return launchFused<256>(cfg, logits, T, bias, complexity, g, tileRows, out, s);
+    case 512: return launchFused<512>(cfg, logits, T, bias, complexity, g, tileRows, out, s);
+    default: return launchFused<1024>(cfg, logits, T, bias, complexity, g, tileRows, out, s);
+  }
 }
 
 }  // namespace moe_cuda
