@@ -35,15 +35,83 @@ __device__ __forceinline__ int4 streamLoad(const bf16* p) {
 struct Rows {
   int first, count;
 };
+// The expert of active slot `slot` and its rows (at most MAXR); false past the number of active experts.
 template <int MAXR>
-__device__ __forceinline__ bool expertRows(const GemvSchedule& s, Rows& rows, int& expert) {
-  if (int(blockIdx.y) >= *s.numActive) return false;
-  expert = s.active[blockIdx.y];
+__device__ __forceinline__ bool expertRows(const GemvSchedule& s, int slot, Rows& rows, int& expert) {
+  if (slot >= *s.numActive) return false;
+  expert = s.active[slot];
   rows.first = s.offsets[expert];
   rows.count = min(s.offsets[expert + 1] - rows.first, MAXR);
   return true;
 }
+// The activation rows of an expert's rows (the last one repeated up to MAXR).
+template <int MAXR>
+__device__ __forceinline__ void activationRows(const bf16* xb, const int32_t* rowToken, int dPad, const Rows& rows,
+                                               const bf16* (&x)[MAXR]) {
+#pragma unroll
+  for (int r = 0; r < MAXR; ++r) {
+    const int row = rows.first + min(r, rows.count - 1);
+    x[r] = xb + size_t(rowToken ? rowToken[row] : row) * dPad;
+  }
+}
 
+// Hidden unit f of expert e for its rows, by one warp: the gate and up rows dotted with each activation row.
+template <int MAXR>
+__device__ __forceinline__ void gateUpRow(int f, int e, const Rows& rows, const bf16* const (&x)[MAXR], int dPad,
+                                          const bf16* __restrict__ gateUp, int fPad, bf16* __restrict__ hidden) {
+  const int lane = threadIdx.x % 32;
+  const int packed = (f / 8) * 16 + f % 8;  // gate row; the up row is 8 further
+  const bf16* wg = gateUp + size_t(e) * 2 * fPad * dPad + size_t(packed) * dPad;
+  const bf16* wu = wg + size_t(8) * dPad;
+  float g[MAXR] = {}, u[MAXR] = {};
+#pragma unroll 4
+  for (int c = lane * 8; c < dPad; c += 256) {
+    const int4 wgv = streamLoad(wg + c), wuv = streamLoad(wu + c);
+#pragma unroll
+    for (int r = 0; r < MAXR; ++r) {
+      if (r < rows.count) {
+        const int4 xv = *reinterpret_cast<const int4*>(x[r] + c);
+        g[r] += dot8(wgv, xv);
+        u[r] += dot8(wuv, xv);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < MAXR; ++r) {
+    if (r < rows.count) {
+      const float gs = warpSum(g[r]), us = warpSum(u[r]);
+      if (lane == 0) hidden[size_t(rows.first + r) * fPad + f] = __float2bfloat16_rn(gs / (1.0f + __expf(-gs)) * us);
+    }
+  }
+}
+
+// Output n of expert e for its rows, by one warp, scaled by each row's routing weight.
+template <int MAXR>
+__device__ __forceinline__ void downRow(int n, int e, const Rows& rows, const bf16* __restrict__ hidden, int fPad,
+                                        const bf16* __restrict__ down, int dPad, const float* __restrict__ scale,
+                                        float* __restrict__ out) {
+  const int lane = threadIdx.x % 32;
+  const bf16* w = down + size_t(e) * dPad * fPad + size_t(n) * fPad;
+  float acc[MAXR] = {};
+#pragma unroll 4
+  for (int c = lane * 8; c < fPad; c += 256) {
+    const int4 wv = streamLoad(w + c);
+#pragma unroll
+    for (int r = 0; r < MAXR; ++r)
+      if (r < rows.count)
+        acc[r] += dot8(wv, *reinterpret_cast<const int4*>(hidden + size_t(rows.first + r) * fPad + c));
+  }
+#pragma unroll
+  for (int r = 0; r < MAXR; ++r) {
+    if (r < rows.count) {
+      const float v = warpSum(acc[r]);
+      const int row = rows.first + r;
+      if (lane == 0) out[size_t(row) * dPad + n] = v * (scale ? scale[row] : 1.0f);
+    }
+  }
+}
+
+// Grid (blocks per slot, slots): block (x, y) takes active slot y; its warps loop over the slot's outputs.
 template <int MAXR>
 __global__ void __launch_bounds__(kWarps * 32) gateUpGemvKernel(const bf16* __restrict__ xb,
                                                                 const int32_t* __restrict__ rowToken, int dPad,
@@ -51,40 +119,11 @@ __global__ void __launch_bounds__(kWarps * 32) gateUpGemvKernel(const bf16* __re
                                                                 GemvSchedule s, bf16* __restrict__ hidden) {
   Rows rows;
   int e;
-  if (!expertRows<MAXR>(s, rows, e)) return;
-  const int lane = threadIdx.x % 32;
+  if (!expertRows<MAXR>(s, blockIdx.y, rows, e)) return;
   const bf16* x[MAXR];
-#pragma unroll
-  for (int r = 0; r < MAXR; ++r) {
-    const int row = rows.first + min(r, rows.count - 1);
-    x[r] = xb + size_t(rowToken ? rowToken[row] : row) * dPad;
-  }
-  for (int f = blockIdx.x * kWarps + threadIdx.x / 32; f < fPad; f += gridDim.x * kWarps) {
-    const int packed = (f / 8) * 16 + f % 8;  // gate row; the up row is 8 further
-    const bf16* wg = gateUp + size_t(e) * 2 * fPad * dPad + size_t(packed) * dPad;
-    const bf16* wu = wg + size_t(8) * dPad;
-    float g[MAXR] = {}, u[MAXR] = {};
-#pragma unroll 4
-    for (int c = lane * 8; c < dPad; c += 256) {
-      const int4 wgv = streamLoad(wg + c), wuv = streamLoad(wu + c);
-#pragma unroll
-      for (int r = 0; r < MAXR; ++r) {
-        if (r < rows.count) {
-          const int4 xv = *reinterpret_cast<const int4*>(x[r] + c);
-          g[r] += dot8(wgv, xv);
-          u[r] += dot8(wuv, xv);
-        }
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < MAXR; ++r) {
-      if (r < rows.count) {
-        const float gs = warpSum(g[r]), us = warpSum(u[r]);
-        if (lane == 0)
-          hidden[size_t(rows.first + r) * fPad + f] = __float2bfloat16_rn(gs / (1.0f + __expf(-gs)) * us);
-      }
-    }
-  }
+  activationRows<MAXR>(xb, rowToken, dPad, rows, x);
+  for (int f = blockIdx.x * kWarps + threadIdx.x / 32; f < fPad; f += gridDim.x * kWarps)
+    gateUpRow<MAXR>(f, e, rows, x, dPad, gateUp, fPad, hidden);
 }
 
 template <int MAXR>
@@ -94,26 +133,72 @@ __global__ void __launch_bounds__(kWarps * 32) downGemvKernel(const bf16* __rest
                                                               float* __restrict__ out) {
   Rows rows;
   int e;
-  if (!expertRows<MAXR>(s, rows, e)) return;
-  const int lane = threadIdx.x % 32;
-  for (int n = blockIdx.x * kWarps + threadIdx.x / 32; n < dPad; n += gridDim.x * kWarps) {
-    const bf16* w = down + size_t(e) * dPad * fPad + size_t(n) * fPad;
-    float acc[MAXR] = {};
-#pragma unroll 4
-    for (int c = lane * 8; c < fPad; c += 256) {
-      const int4 wv = streamLoad(w + c);
-#pragma unroll
-      for (int r = 0; r < MAXR; ++r)
-        if (r < rows.count)
-          acc[r] += dot8(wv, *reinterpret_cast<const int4*>(hidden + size_t(rows.first + r) * fPad + c));
+  if (!expertRows<MAXR>(s, blockIdx.y, rows, e)) return;
+  for (int n = blockIdx.x * kWarps + threadIdx.x / 32; n < dPad; n += gridDim.x * kWarps)
+    downRow<MAXR>(n, e, rows, hidden, fPad, down, dPad, scale, out);
+}
+
+// Experimental, off by default (MOE_CUDA_GEMV_FLAT=1; bench/gpu/check.sh MOE_CHECK_AB_ENV times it): one resident
+// wave of blocks over the (active expert, output) items, counted on the device, each warp taking a contiguous
+// share. Every block starts once (the per-slot grid above starts ~5 short blocks per SM per wave at T = 8, each
+// paying the schedule's dependent loads before it streams) and no warp idles while another has two more rows.
+bool flatGemvGrid() {
+  static const bool on = [] {
+    const char* v = std::getenv("MOE_CUDA_GEMV_FLAT");
+    return v && v[0] == '1' && v[1] == 0;
+  }();
+  return on;
+}
+
+// Warp w's items [begin, end) of `items` over all warps of the grid (gridDim.y == 1).
+__device__ __forceinline__ void warpShare(int64_t items, int64_t& begin, int64_t& end) {
+  const int64_t warps = int64_t(gridDim.x) * kWarps;
+  const int64_t per = (items + warps - 1) / warps;
+  begin = (int64_t(blockIdx.x) * kWarps + threadIdx.x / 32) * per;
+  end = min(items, begin + per);
+}
+
+template <int MAXR>
+__global__ void __launch_bounds__(kWarps * 32) gateUpGemvFlatKernel(const bf16* __restrict__ xb,
+                                                                    const int32_t* __restrict__ rowToken, int dPad,
+                                                                    const bf16* __restrict__ gateUp, int fPad,
+                                                                    GemvSchedule s, bf16* __restrict__ hidden) {
+  int64_t i, end;
+  warpShare(int64_t(*s.numActive) * fPad, i, end);
+  if (i >= end) return;
+  int slot = int(i / fPad), f = int(i % fPad), e;
+  Rows rows;
+  const bf16* x[MAXR];
+  expertRows<MAXR>(s, slot, rows, e);
+  activationRows<MAXR>(xb, rowToken, dPad, rows, x);
+  for (;;) {
+    gateUpRow<MAXR>(f, e, rows, x, dPad, gateUp, fPad, hidden);
+    if (++i >= end) break;
+    if (++f == fPad) {  // the next active expert
+      f = 0;
+      expertRows<MAXR>(s, ++slot, rows, e);
+      activationRows<MAXR>(xb, rowToken, dPad, rows, x);
     }
-#pragma unroll
-    for (int r = 0; r < MAXR; ++r) {
-      if (r < rows.count) {
-        const float v = warpSum(acc[r]);
-        const int row = rows.first + r;
-        if (lane == 0) out[size_t(row) * dPad + n] = v * (scale ? scale[row] : 1.0f);
-      }
+  }
+}
+
+template <int MAXR>
+__global__ void __launch_bounds__(kWarps * 32) downGemvFlatKernel(const bf16* __restrict__ hidden, int fPad,
+                                                                  const bf16* __restrict__ down, int dPad,
+                                                                  GemvSchedule s, const float* __restrict__ scale,
+                                                                  float* __restrict__ out) {
+  int64_t i, end;
+  warpShare(int64_t(*s.numActive) * dPad, i, end);
+  if (i >= end) return;
+  int slot = int(i / dPad), n = int(i % dPad), e;
+  Rows rows;
+  expertRows<MAXR>(s, slot, rows, e);
+  for (;;) {
+    downRow<MAXR>(n, e, rows, hidden, fPad, down, dPad, scale, out);
+    if (++i >= end) break;
+    if (++n == dPad) {
+      n = 0;
+      expertRows<MAXR>(s, ++slot, rows, e);
     }
   }
 }
@@ -145,6 +230,14 @@ unsigned gemvBlocks(int outputs, const GemvSchedule& s) {
 template <int MAXR>
 void launchGemvs(const bf16* xb, const int32_t* rowToken, int dPad, const bf16* gateUp, const bf16* down, int fPad,
                  const GemvSchedule& g, const float* scale, bf16* hidden, float* out, cudaStream_t s) {
+  if (flatGemvGrid()) {
+    const unsigned wave = unsigned(std::max(1, g.multiprocessors * 6));
+    gateUpGemvFlatKernel<MAXR><<<wave, kWarps * 32, 0, s>>>(xb, rowToken, dPad, gateUp, fPad, g, hidden);
+    checkLaunch("gateUpGemvFlatKernel");
+    downGemvFlatKernel<MAXR><<<wave, kWarps * 32, 0, s>>>(hidden, fPad, down, dPad, g, scale, out);
+    checkLaunch("downGemvFlatKernel");
+    return;
+  }
   gateUpGemvKernel<MAXR><<<dim3(gemvBlocks(fPad, g), unsigned(g.slots)), kWarps * 32, 0, s>>>(xb, rowToken, dPad,
                                                                                              gateUp, fPad, g, hidden);
   checkLaunch("gateUpGemvKernel");
