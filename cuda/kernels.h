@@ -76,9 +76,9 @@ constexpr int kGemmSmallTileM = 32;   // rows of the small tile
 constexpr int kGemmTileN = 128;       // padding unit of N (d, and 2f)
 constexpr int kGemmTileK = 32;
 // 32 x 128, 128 x 128, 128 x 256 (needs N % 256 == 0), 128 x 128 with K steps of 64 (needs K % 64 == 0), 32 x 64,
-// 32 x 64 with K steps of 64 and 6 stages (needs K % 64 == 0), and the sm_90a wgmma 128 x 128 x 64 (needs
-// hopperGemmAvailable()); a tile whose condition fails runs as the one of its rows without it (Large or Deep,
-// Narrow).
+// 32 x 64 with K steps of 64 and 6 stages (needs K % 64 == 0), and the sm_90a wgmma 128 x 256 x 64 (128 x 128
+// where N % 256 != 0; needs hopperGemmAvailable()); a tile whose condition fails runs as the one of its rows
+// without it (Large or Deep, Narrow).
 enum class GemmTile { Small, Large, Wide, Deep, Narrow, Stream, Hopper };
 constexpr int kGemmTiles = 7;
 // True when the current device is sm_90 and this plugin holds sm_90a code for it (a tiny probe kernel: a build

@@ -50,7 +50,7 @@ interface Row {
   emptyGraphUs: number;
   expertMs: number;
   expertTflops: number;
-  /** TFLOP/s with each tile forced: 32x128, 128x128, 128x256, 128x128x64, 32x64, 32x64x64. */
+  /** TFLOP/s with each tile forced: 32x128, 128x128, 128x256, 128x128x64, 32x64, 32x64x64, wgmma. */
   tileTflops: number[];
   weightGBps: number;
   vsDense?: number;

@@ -11,7 +11,7 @@
 extern "C" {
 #endif
 
-#define MOE_CUDA_API_VERSION 1u
+#define MOE_CUDA_API_VERSION 2u /* 2: MoeCudaBench.emptyGraphMs */
 
 /* Mirrors moe::RouterConfig (native/include/moe/types.h); enums by value. */
 typedef struct MoeCudaRouting {
