@@ -141,7 +141,8 @@ __global__ void __launch_bounds__(kWarps * 32) downGemvKernel(const bf16* __rest
 // Experimental, off by default (MOE_CUDA_GEMV_FLAT=1; bench/gpu/check.sh MOE_CHECK_AB_ENV times it): one resident
 // wave of blocks over the (active expert, output) items, counted on the device, each warp taking a contiguous
 // share. Every block starts once (the per-slot grid above starts ~5 short blocks per SM per wave at T = 8, each
-// paying the schedule's dependent loads before it streams) and no warp idles while another has two more rows.
+// paying the schedule's dependent loads before it streams), and at T = 1 no warp idles while another takes one
+// more row (OLMoE gate/up under the per-slot cap: 232 of 792 warps take a second row).
 bool flatGemvGrid() {
   static const bool on = [] {
     const char* v = std::getenv("MOE_CUDA_GEMV_FLAT");
@@ -203,18 +204,6 @@ __global__ void __launch_bounds__(kWarps * 32) downGemvFlatKernel(const bf16* __
   }
 }
 
-// Experimental, off by default (MOE_CUDA_GEMV_BALANCE=1; bench/gpu/check.sh MOE_CHECK_AB_ENV times it against the
-// default): for T = 1, shrink the capped grid until every warp loops over the same number of rows. With OLMoE's
-// 1024 gate/up rows and a 99-block cap per slot (132 SMs, 8 experts), 232 of 792 warps take a second row while
-// the rest idle; 64 blocks give every warp exactly two.
-bool balancedGemvGrid() {
-  static const bool on = [] {
-    const char* v = std::getenv("MOE_CUDA_GEMV_BALANCE");
-    return v && v[0] == '1' && v[1] == 0;
-  }();
-  return on;
-}
-
 // Blocks per slot: one warp per output row, except for one token per expert (T = 1), where every slot is an
 // active expert and about one resident wave over all of them, each warp looping over rows, avoids a tail of short
 // blocks. With more tokens some slots may be empty, so a cap would idle part of the GPU (CUDA run 5).
@@ -222,9 +211,7 @@ unsigned gemvBlocks(int outputs, const GemvSchedule& s) {
   const int64_t needed = ceilDiv(outputs, kWarps);
   if (s.maxRows > 1) return unsigned(needed);
   const int64_t wave = std::max<int64_t>(1, int64_t(s.multiprocessors) * 6 / std::max(1, s.slots));
-  if (!balancedGemvGrid() || needed <= wave) return unsigned(std::min(needed, wave));
-  const int64_t rowsPerWarp = ceilDiv(outputs, kWarps * wave);
-  return unsigned(ceilDiv(outputs, kWarps * rowsPerWarp));
+  return unsigned(std::min(needed, wave));
 }
 
 template <int MAXR>

@@ -87,7 +87,7 @@ echo "== benchmark ($(elapsed))"
 timeout 240 "$NODE" "${BENCH[@]}" $anchors 2>&1 | tee "$OUT/bench.log" | grep -v '^{' 
 bench_rc=${PIPESTATUS[0]}
 
-# Optional (MOE_CHECK_AB_ENV="NAME=value ...", e.g. MOE_CUDA_GEMV_BALANCE=1): the GPU tests and the benchmark once
+# Optional (MOE_CHECK_AB_ENV="NAME=value ...", e.g. MOE_CUDA_GEMV_FLAT=1): the GPU tests and the benchmark once
 # more with those variables set, to compare an opt-in variant with the rows above in the same call.
 if [ -n "${MOE_CHECK_AB_ENV:-}" ]; then
   echo "== again with $MOE_CHECK_AB_ENV ($(elapsed))"
