@@ -38,6 +38,7 @@
         "native/runtime/thread_pool.cc",
         "native/runtime/cuda_plugin.cc",
         "native/telemetry/telemetry.cc",
+        "native/telemetry/exposition_text.cc",
         "native/cpu/gemm.cc",
         "native/cpu/gating.cc",
         "native/cpu/complexity.cc",
@@ -53,6 +54,7 @@
         "native/binding/complexity_wrap.cc",
         "native/binding/bench_wrap.cc",
         "native/binding/telemetry_wrap.cc",
+        "native/binding/exposition_wrap.cc",
         "native/binding/cuda_wrap.cc"
       ],
       "ldflags": ["-pthread"],

@@ -29,6 +29,13 @@ export interface NativeAddon {
     denseGemmSeconds(M: number, N: number, K: number, dtype: number, reps: number, threads: number): number;
     fillNormal(out: Float32Array, seed: number, std: number): void;
   };
+  /** The metrics text of lib/observability/text-plan.ts (native/telemetry/exposition_text.h). */
+  exposition: {
+    renderText(blob: Uint8Array, ops: Uint32Array, values: Float64Array): string;
+    /** Bytes written into `out`, or minus the bytes it needs (nothing written) when it may be too small. */
+    renderInto(blob: Uint8Array, ops: Uint32Array, values: Float64Array, out: Uint8Array): number;
+    formatNumber(x: number): string;
+  };
   backendInfo(): { isa: string; threads: number; cpuFeatures: Record<string, boolean>; gemmRows: number };
   /** Loads the CUDA plugin at `path` (once per process) and probes the GPU. */
   cudaLoad(path: string): { loaded: boolean; error?: string; path?: string; device?: CudaDeviceInfo };

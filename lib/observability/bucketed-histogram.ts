@@ -1,13 +1,17 @@
 /**
  * A Prometheus histogram family that can take whole bucket deltas at once. The native side counts its histograms
  * itself (per bucket, not cumulative); replaying each count through prom-client's `Histogram.observe` would cost
- * one call per token. This family keeps the same per-bucket state, adds a drained delta in O(buckets), and exposes
- * itself to a prom-client `Registry` as a custom collector object (what prom-client's registry calls: `name`,
- * `help`, `type`, `get()`, `reset()`), so it serialises exactly like a built-in histogram.
+ * one call per token. This family adds a drained delta in O(buckets) into a block of a {@link SeriesStore} per
+ * series (cumulative bucket counts, then sum and count: the values its text prints, rendered natively with the
+ * collector's other families), and exposes itself to a prom-client `Registry` as a custom collector object (what
+ * prom-client's registry calls: `name`, `help`, `type`, `get()`, `reset()`), so it serialises exactly like a
+ * built-in histogram.
  */
 import type { Metric, Registry } from 'prom-client';
+import { SeriesStore } from './series-store';
 import type { HistogramDelta } from './telemetry-types';
-import { escapeString, familyHeader, formatLabels, piecesText, valueString } from './text-format';
+import { escapeString, familyHeader, formatLabels } from './text-format';
+import { TextPlan, type TextSink } from './text-plan';
 
 /** Label values by label name. */
 export type LabelValues<L extends string> = Partial<Record<L, string | number>>;
@@ -40,14 +44,18 @@ export interface BucketedHistogramOptions<L extends string> {
   registers?: Registry[];
   /** Called at the start of every `get()`, before the values are read (the scrape-time hook). */
   collect?: () => void;
+  /** Where the values live (shared by a collector's families, so one native call renders them all). */
+  store?: SeriesStore;
 }
 
-interface Series {
-  labels: Record<string, string>;
-  /** Per-bucket counts, not cumulative: [bounds.length + 1], the last one is +Inf. */
-  counts: Float64Array;
-  sum: number;
-  count: number;
+/** One series: a handle the owner may keep and pass to {@link BucketedHistogram.addFlatDelta}. */
+export interface HistogramSeries {
+  readonly labels: Record<string, string>;
+  /**
+   * First slot of its block in the store: the cumulative count of each finite bucket, then the sum, then the
+   * count (which is also the +Inf bucket's). -1 once removed.
+   */
+  slot: number;
   /** Line prefixes (`\nname_bucket{le="..",labels} ` per bucket, then _sum and _count), built on first print. */
   linePrefixes?: string[];
 }
@@ -63,7 +71,11 @@ export class BucketedHistogram<L extends string = string> {
   readonly upperBounds: readonly number[];
   /** The scrape-time hook (options.collect). */
   readonly collectHook: (() => void) | undefined;
-  private series = new Map<string, Series>();
+  /** Where the values live. */
+  readonly store: SeriesStore;
+  private series = new Map<string, HistogramSeries>();
+  /** Per-bucket counts of the delta being added (bounds.length + 1), reused. */
+  private readonly scratch: Float64Array;
   /** For each set of source bounds seen: source bucket index -> our bucket index. */
   private readonly remaps = new Map<string, Int32Array>();
   /** The bounds of the latest delta (a copy) and their remap. */
@@ -81,6 +93,8 @@ export class BucketedHistogram<L extends string = string> {
     this.labelNames = opts.labelNames;
     this.upperBounds = Object.freeze([...opts.buckets]);
     this.collectHook = opts.collect;
+    this.store = opts.store ?? new SeriesStore();
+    this.scratch = new Float64Array(this.upperBounds.length + 1);
     // prom-client's Registry duck-types its metrics; this object has every member the registry uses.
     for (const registry of opts.registers ?? []) registry.registerMetric(this as unknown as Metric);
   }
@@ -88,10 +102,12 @@ export class BucketedHistogram<L extends string = string> {
   /** Adds one observation. */
   observe(labels: LabelValues<L>, value: number): void {
     if (!Number.isFinite(value)) throw new TypeError(`${this.name}: observed value must be finite, got ${value}`);
-    const s = this.seriesFor(labels);
-    s.counts[bucketIndex(this.upperBounds, value)] += 1;
-    s.sum += value;
-    s.count += 1;
+    const { slot } = this.handle(labels);
+    const values = this.store.values;
+    const buckets = this.upperBounds.length;
+    for (let b = bucketIndex(this.upperBounds, value); b < buckets; b++) values[slot + b] += 1;
+    values[slot + buckets] += value;
+    values[slot + buckets + 1] += 1;
   }
 
   /**
@@ -106,22 +122,53 @@ export class BucketedHistogram<L extends string = string> {
       );
     }
     const remap = this.remapFor(delta.bounds);
-    const s = this.seriesFor(labels);
-    for (let i = 0; i < delta.counts.length; i++) {
-      if (delta.counts[i] !== 0) s.counts[remap[i]] += delta.counts[i];
+    const scratch = this.scratch.fill(0);
+    for (let i = 0; i < delta.counts.length; i++) scratch[remap[i]] += delta.counts[i];
+    this.addCounts(this.handle(labels), delta.sum, delta.count);
+  }
+
+  /**
+   * {@link addDelta} from a flat drain record (telemetry-types.ts) without decoding it: the histogram at `at`
+   * (nBounds, bounds, counts, sum, count). Returns the offset after it. A series that was removed comes back.
+   */
+  addFlatDelta(series: HistogramSeries, flat: Float64Array, at: number): number {
+    const nBounds = flat[at];
+    const countsAt = at + 1 + nBounds;
+    const end = countsAt + nBounds + 1 + 2;
+    if (!(Number.isInteger(nBounds) && nBounds >= 0 && end <= flat.length))
+      throw new RangeError(`${this.name}: a flat histogram record ends early`);
+    const count = flat[end - 1];
+    if (count === 0) return end;
+    const remap = this.remapForFlat(flat, at + 1, nBounds);
+    const scratch = this.scratch.fill(0);
+    for (let i = 0; i <= nBounds; i++) scratch[remap[i]] += flat[countsAt + i];
+    this.addCounts(this.revive(series), flat[end - 2], count);
+    return end;
+  }
+
+  /** The series of a label set, created empty when new. Keep it for {@link addFlatDelta}. */
+  handle(labels: LabelValues<L>): HistogramSeries {
+    const key = this.keyOf(labels);
+    let s = this.series.get(key);
+    if (!s) {
+      s = { labels: this.ownLabels(labels), slot: this.store.allocate(this.upperBounds.length + 2) };
+      this.series.set(key, s);
     }
-    s.sum += delta.sum;
-    s.count += delta.count;
+    return s;
   }
 
   /** Drops every series. */
   reset(): void {
+    for (const s of this.series.values()) this.release(s);
     this.series = new Map();
   }
 
   /** Removes one series. */
   remove(labels: LabelValues<L>): void {
-    this.series.delete(this.keyOf(labels));
+    const key = this.keyOf(labels);
+    const s = this.series.get(key);
+    if (s) this.release(s);
+    this.series.delete(key);
   }
 
   /** The exported samples with all labels on each (prom-client's `get()`, used by getMetricsAsJSON). */
@@ -149,51 +196,82 @@ export class BucketedHistogram<L extends string = string> {
     const bucketName = `${this.name}_bucket`;
     const sumName = `${this.name}_sum`;
     const countName = `${this.name}_count`;
+    const stored = this.store.values;
+    const buckets = this.upperBounds.length;
     for (const s of this.series.values()) {
-      let cumulative = 0;
-      for (let b = 0; b < this.upperBounds.length; b++) {
-        cumulative += s.counts[b];
+      for (let b = 0; b < buckets; b++) {
         values.push({
           labels: { le: this.upperBounds[b] },
           sharedLabels: s.labels,
-          value: cumulative,
+          value: stored[s.slot + b],
           metricName: bucketName,
         });
       }
-      values.push({ labels: { le: '+Inf' }, sharedLabels: s.labels, value: s.count, metricName: bucketName });
-      values.push({ labels: {}, sharedLabels: s.labels, value: s.sum, metricName: sumName });
-      values.push({ labels: {}, sharedLabels: s.labels, value: s.count, metricName: countName });
+      const sum = stored[s.slot + buckets];
+      const count = stored[s.slot + buckets + 1];
+      values.push({ labels: { le: '+Inf' }, sharedLabels: s.labels, value: count, metricName: bucketName });
+      values.push({ labels: {}, sharedLabels: s.labels, value: sum, metricName: sumName });
+      values.push({ labels: {}, sharedLabels: s.labels, value: count, metricName: countName });
     }
     return { name: this.name, help: this.help, type: this.type, values, aggregator: this.aggregator };
   }
 
   /** The family's text exposition without the collect hook, as prom-client's registry writes it. */
   text(): string {
-    return piecesText(this);
+    return TextPlan.build((sink) => this.writeText(sink)).render(this.store.values);
   }
 
-  /** Appends the pieces of {@link text} to `out`, to be joined once by the caller. */
-  writeText(out: string[]): void {
-    // name and help never change: the header is built once (regex replaces are slow on cold caches)
-    out.push((this.header ??= familyHeader(this.name, this.help, 'histogram')));
+  /** Writes the family's text into a plan: the header, then each series' lines with their value slots. */
+  writeText(sink: TextSink): void {
+    // name and help never change: the header is built once
+    sink.text((this.header ??= familyHeader(this.name, this.help, 'histogram')));
     const buckets = this.upperBounds.length;
     for (const s of this.series.values()) {
       const prefixes = (s.linePrefixes ??= this.linePrefixesOf(s.labels));
-      let cumulative = 0;
-      for (let b = 0; b < buckets; b++) {
-        cumulative += s.counts[b];
-        out.push(prefixes[b], valueString(cumulative));
-      }
-      out.push(prefixes[buckets], valueString(s.count));
-      out.push(prefixes[buckets + 1], valueString(s.sum));
-      out.push(prefixes[buckets + 2], valueString(s.count));
+      for (let b = 0; b < buckets; b++) sink.value(prefixes[b], s.slot + b);
+      sink.value(prefixes[buckets], s.slot + buckets + 1); // +Inf: the count
+      sink.value(prefixes[buckets + 1], s.slot + buckets);
+      sink.value(prefixes[buckets + 2], s.slot + buckets + 1);
     }
   }
 
   /** Count, sum and per-bucket counts of one series (a copy), or undefined when it has no observations. */
   snapshot(labels: LabelValues<L>): { counts: number[]; sum: number; count: number } | undefined {
     const s = this.series.get(this.keyOf(labels));
-    return s && { counts: Array.from(s.counts), sum: s.sum, count: s.count };
+    if (!s) return undefined;
+    const stored = this.store.values;
+    const buckets = this.upperBounds.length;
+    const count = stored[s.slot + buckets + 1];
+    const counts: number[] = [];
+    for (let b = 0, below = 0; b <= buckets; b++) {
+      const cumulative = b < buckets ? stored[s.slot + b] : count;
+      counts.push(cumulative - below);
+      below = cumulative;
+    }
+    return { counts, sum: stored[s.slot + buckets], count };
+  }
+
+  /** Adds the per-bucket counts in `scratch` (made cumulative here), a sum and a count to a series. */
+  private addCounts(s: HistogramSeries, sum: number, count: number): void {
+    const values = this.store.values;
+    const buckets = this.upperBounds.length;
+    let cumulative = 0;
+    for (let b = 0; b < buckets; b++) {
+      cumulative += this.scratch[b];
+      values[s.slot + b] += cumulative;
+    }
+    values[s.slot + buckets] += sum;
+    values[s.slot + buckets + 1] += count;
+  }
+
+  /** A kept handle of a removed series puts it back (or returns the series that replaced it). */
+  private revive(s: HistogramSeries): HistogramSeries {
+    return s.slot >= 0 ? s : this.handle(s.labels as LabelValues<L>);
+  }
+
+  private release(s: HistogramSeries): void {
+    this.store.release(s.slot, this.upperBounds.length + 2);
+    s.slot = -1;
   }
 
   private linePrefixesOf(labels: Record<string, string>): string[] {
@@ -214,24 +292,18 @@ export class BucketedHistogram<L extends string = string> {
     return key;
   }
 
-  private seriesFor(labels: LabelValues<L>): Series {
-    const key = this.keyOf(labels);
-    let s = this.series.get(key);
-    if (!s) {
-      const own: Record<string, string> = {};
-      for (const name of this.labelNames) {
-        const value = labels[name];
-        if (value === undefined) throw new TypeError(`${this.name}: missing label ${name}`);
-        own[name] = String(value);
-      }
-      for (const name of Object.keys(labels)) {
-        if (!(this.labelNames as readonly string[]).includes(name))
-          throw new TypeError(`${this.name}: unknown label ${name}`);
-      }
-      s = { labels: own, counts: new Float64Array(this.upperBounds.length + 1), sum: 0, count: 0 };
-      this.series.set(key, s);
+  private ownLabels(labels: LabelValues<L>): Record<string, string> {
+    const own: Record<string, string> = {};
+    for (const name of this.labelNames) {
+      const value = labels[name];
+      if (value === undefined) throw new TypeError(`${this.name}: missing label ${name}`);
+      own[name] = String(value);
     }
-    return s;
+    for (const name of Object.keys(labels)) {
+      if (!(this.labelNames as readonly string[]).includes(name))
+        throw new TypeError(`${this.name}: unknown label ${name}`);
+    }
+    return own;
   }
 
   private remapFor(bounds: readonly number[]): Int32Array {
@@ -249,6 +321,17 @@ export class BucketedHistogram<L extends string = string> {
     }
     this.lastRemap = { bounds: [...bounds], remap };
     return remap;
+  }
+
+  /** {@link remapFor} of the `n` bounds at `flat[at]`, compared in place with the last ones. */
+  private remapForFlat(flat: Float64Array, at: number, n: number): Int32Array {
+    const last = this.lastRemap;
+    if (last && last.bounds.length === n) {
+      let same = true;
+      for (let i = 0; i < n && same; i++) same = flat[at + i] === last.bounds[i];
+      if (same) return last.remap;
+    }
+    return this.remapFor(Array.from(flat.subarray(at, at + n)));
   }
 }
 

@@ -18,7 +18,8 @@ import {
   NATIVE_ERROR_TYPES,
   STAGES,
 } from './metric-names';
-import { registryText } from './exposition';
+import { registryText, registryTextInto } from './exposition';
+import { SeriesStore } from './series-store';
 import { SeriesFamily, type Series } from './series-family';
 import type { TelemetryDelta, TelemetrySource } from './telemetry-types';
 
@@ -99,6 +100,10 @@ export class MetricsCollector {
   private readonly expertTokens: SeriesFamily<Labels<typeof MetricName.EXPERT_TOKENS>>;
   private readonly stageDuration: BucketedHistogram<Labels<typeof MetricName.STAGE_DURATION>>;
 
+  /** Every series value of the families, rendered natively at a scrape. */
+  private readonly store = new SeriesStore();
+  /** The bytes of the latest {@link metricsBuffer}. */
+  private body = Buffer.allocUnsafe(1 << 16);
   private attached: Attached[] = [];
   private readonly listeners = new Set<DrainListener>();
   private readonly latestLoadBalance = new Map<string, number>();
@@ -111,7 +116,7 @@ export class MetricsCollector {
   /** prom-client's default metrics when the registry is the collector's own, and their cached text. */
   private readonly defaults: Registry | undefined;
   private readonly defaultsIntervalMs: number;
-  private defaultsText = '';
+  private defaultsCache = '';
   private defaultsAt = -Infinity;
   /** Memory components whose value comes from attached sources. */
   private readonly sourceComponents = new Set<string>();
@@ -131,7 +136,15 @@ export class MetricsCollector {
     const family =
       (type: 'counter' | 'gauge') =>
       <N extends keyof typeof METRIC_LABELS>(name: N, help: string) =>
-        new SeriesFamily<Labels<N>>({ name, help, type, labelNames: METRIC_LABELS[name], registers, collect: refresh });
+        new SeriesFamily<Labels<N>>({
+          name,
+          help,
+          type,
+          labelNames: METRIC_LABELS[name],
+          registers,
+          collect: refresh,
+          store: this.store,
+        });
     const counter = family('counter');
     const gauge = family('gauge');
     const histogram = <N extends keyof typeof METRIC_LABELS>(name: N, help: string, buckets: readonly number[]) =>
@@ -142,6 +155,7 @@ export class MetricsCollector {
         buckets,
         registers,
         collect: refresh,
+        store: this.store,
       });
 
     // Registered first, so its collect() drains the sources before any sibling is serialised.
@@ -252,15 +266,38 @@ export class MetricsCollector {
   async metrics(): Promise<string> {
     // what the families' collect callbacks do (once per turn: prom-client's own writer, used for registries with
     // default labels or OpenMetrics, calls them again); the writer then reads our families without calling it
+    const suffix = await this.defaultsText();
     this.collectFamilies();
-    const text = await registryText(this.registry, this.collectFamilies);
-    if (!this.defaults) return text;
+    return registryText(this.registry, this.collectFamilies, suffix);
+  }
+
+  /**
+   * {@link metrics} as UTF-8 bytes, written natively into a buffer this collector reuses: no string is built, which
+   * on cold caches is most of what a scrape costs. The buffer is valid until the next call: send or copy it first
+   * (the /metrics endpoint of startObservabilityServer does this). A registry that also holds metrics of other
+   * kinds gets a fresh buffer of its text instead.
+   */
+  async metricsBuffer(): Promise<Buffer> {
+    const suffix = await this.defaultsText();
+    this.collectFamilies();
+    let n = registryTextInto(this.registry, this.body, this.collectFamilies, suffix);
+    if (n === undefined) return Buffer.from(await registryText(this.registry, this.collectFamilies, suffix));
+    if (n < 0) {
+      this.body = Buffer.allocUnsafe(Math.max(-n, 2 * this.body.length));
+      n = registryTextInto(this.registry, this.body, this.collectFamilies, suffix) as number;
+    }
+    return this.body.subarray(0, n);
+  }
+
+  /** The cached text of the default metrics of a collector-owned registry ('' without them). */
+  private async defaultsText(): Promise<string> {
+    if (!this.defaults) return '';
     const now = performance.now();
     if (now - this.defaultsAt >= this.defaultsIntervalMs) {
-      this.defaultsText = await this.defaults.metrics();
+      this.defaultsCache = await this.defaults.metrics();
       this.defaultsAt = now;
     }
-    return text.length === 0 || text.endsWith('\n') ? text + this.defaultsText : `${text}\n${this.defaultsText}`;
+    return this.defaultsCache;
   }
 
   /** The content type of {@link metrics}' text. */

@@ -1,12 +1,15 @@
 /**
- * A Prometheus counter or gauge family that keeps one small object per series and writes its own text. The
- * collector adds drained deltas through series handles it looked up once, so a scrape neither hashes label sets
- * nor formats label text again: each series keeps its line prefix (`name{labels} `). It registers with a
- * prom-client `Registry` as a custom collector object (`name`, `help`, `type`, `get()`, `reset()`), which prints
- * it as it prints its own Counter and Gauge; test/observability-metrics.test.ts checks both writers agree.
+ * A Prometheus counter or gauge family whose values live in a {@link SeriesStore} (one slot per series) and whose
+ * text is rendered natively from them (text-plan.ts). The collector adds drained deltas through series handles it
+ * looked up once, so a scrape neither hashes label sets nor formats text: each series keeps its line prefix
+ * (`name{labels} `) for the plan. It registers with a prom-client `Registry` as a custom collector object (`name`,
+ * `help`, `type`, `get()`, `reset()`), which prints it as it prints its own Counter and Gauge;
+ * test/observability-metrics.test.ts checks both writers agree.
  */
 import type { Metric, Registry } from 'prom-client';
-import { escapeString, familyHeader, formatLabels, piecesText, valueString } from './text-format';
+import { SeriesStore } from './series-store';
+import { escapeString, familyHeader, formatLabels } from './text-format';
+import { TextPlan, type TextSink } from './text-plan';
 
 /** Label values by label name. */
 export type SeriesLabels<L extends string> = Partial<Record<L, string | number>>;
@@ -14,7 +17,8 @@ export type SeriesLabels<L extends string> = Partial<Record<L, string | number>>
 /** One series of a family: a handle the owner may keep and pass to {@link SeriesFamily.add}. */
 export interface Series {
   readonly labels: Readonly<Record<string, string>>;
-  value: number;
+  /** Its value's slot in the family's store (released, and -1, once removed). */
+  slot: number;
   /** `\nname{labels} `, built on first use. */
   linePrefix: string | undefined;
   /** Set when the series was removed (by remove() or reset()): a handle to it then looks its labels up again. */
@@ -29,6 +33,8 @@ export interface SeriesFamilyOptions<L extends string> {
   registers?: Registry[];
   /** Called at the start of every `get()` (the scrape-time hook). */
   collect?: () => void;
+  /** Where the values live (shared by a collector's families, so one native call renders them all). */
+  store?: SeriesStore;
 }
 
 /** What `get()` returns, as prom-client's Counter and Gauge return it. */
@@ -49,6 +55,8 @@ export class SeriesFamily<L extends string = string> {
   readonly labelNames: readonly L[];
   /** The scrape-time hook (options.collect). */
   readonly collectHook: (() => void) | undefined;
+  /** Where the values live. */
+  readonly store: SeriesStore;
   private series = new Map<string, Series>();
   private escapedName: string | undefined;
   private header: string | undefined;
@@ -59,6 +67,7 @@ export class SeriesFamily<L extends string = string> {
     this.type = opts.type;
     this.labelNames = opts.labelNames;
     this.collectHook = opts.collect;
+    this.store = opts.store ?? new SeriesStore();
     for (const registry of opts.registers ?? []) registry.registerMetric(this as unknown as Metric);
   }
 
@@ -67,7 +76,7 @@ export class SeriesFamily<L extends string = string> {
     const key = this.keyOf(labels);
     let s = this.series.get(key);
     if (!s) {
-      s = { labels: this.ownLabels(labels), value: 0, linePrefix: undefined, removed: false };
+      s = { labels: this.ownLabels(labels), slot: this.store.allocate(1), linePrefix: undefined, removed: false };
       this.series.set(key, s);
     }
     return s;
@@ -84,14 +93,14 @@ export class SeriesFamily<L extends string = string> {
       const key = this.keyOf(series.labels as SeriesLabels<L>);
       const current = this.series.get(key);
       if (current) {
-        current.value += value; // the series came back through another handle meanwhile
+        this.store.values[current.slot] += value; // the series came back through another handle meanwhile
         return;
       }
       series.removed = false;
-      series.value = 0;
+      series.slot = this.store.allocate(1);
       this.series.set(key, series);
     }
-    series.value += value;
+    this.store.values[series.slot] += value;
   }
 
   /** Adds `value` (default 1) to the series of `labels`. */
@@ -103,50 +112,54 @@ export class SeriesFamily<L extends string = string> {
   set(labels: SeriesLabels<L>, value: number): void {
     if (this.type !== 'gauge') throw new TypeError(`${this.name}: set() is for gauges`);
     if (typeof value !== 'number') throw new TypeError(`${this.name}: value must be a number, got ${typeof value}`);
-    this.handle(labels).value = value;
+    this.store.values[this.handle(labels).slot] = value;
   }
 
   /** Removes one series. */
   remove(labels: SeriesLabels<L>): void {
     const key = this.keyOf(labels);
     const s = this.series.get(key);
-    if (s) s.removed = true;
+    if (s) this.release(s);
     this.series.delete(key);
   }
 
   /** Drops every series (prom-client's `registry.resetMetrics()` calls this). */
   reset(): void {
-    for (const s of this.series.values()) s.removed = true;
+    for (const s of this.series.values()) this.release(s);
     this.series = new Map();
   }
 
   /** prom-client's `get()`: runs the collect hook, then returns the series. */
   async get(): Promise<SeriesFamilyValues> {
     this.collectHook?.();
-    const values = [...this.series.values()].map((s) => ({ labels: { ...s.labels }, value: s.value }));
+    const stored = this.store.values;
+    const values = [...this.series.values()].map((s) => ({ labels: { ...s.labels }, value: stored[s.slot] }));
     return { name: this.name, help: this.help, type: this.type, values, aggregator: this.aggregator };
   }
 
   /** The family's text exposition without the collect hook, as prom-client's registry writes it. */
   text(): string {
-    return piecesText(this);
+    return TextPlan.build((sink) => this.writeText(sink)).render(this.store.values);
   }
 
-  /**
-   * Appends the pieces of {@link text} to `out` (joined once by the caller: one copy, where `+=` would build a
-   * tree of string fragments to flatten).
-   */
-  writeText(out: string[]): void {
-    // name and help never change: their escaped forms are built once (regex replaces are slow on cold caches)
+  /** Writes the family's text into a plan: the header, then a line prefix and value slot per series. */
+  writeText(sink: TextSink): void {
+    // name and help never change: their escaped forms are built once
     const name = (this.escapedName ??= escapeString(this.name));
-    out.push((this.header ??= familyHeader(this.name, this.help, this.type)));
+    sink.text((this.header ??= familyHeader(this.name, this.help, this.type)));
     for (const s of this.series.values()) {
       if (s.linePrefix === undefined) {
         const parts = formatLabels(s.labels);
         s.linePrefix = `\n${name}${parts.length ? `{${parts.join(',')}}` : ''} `;
       }
-      out.push(s.linePrefix, valueString(s.value));
+      sink.value(s.linePrefix, s.slot);
     }
+  }
+
+  private release(s: Series): void {
+    s.removed = true;
+    this.store.release(s.slot, 1);
+    s.slot = -1;
   }
 
   /** The lookup key of a label set: every label of the family, and no other, checked on each lookup. */

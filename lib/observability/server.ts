@@ -55,11 +55,23 @@ export async function startObservabilityServer(opts: ObservabilityServerOptions 
   const monitor = opts.healthMonitor ?? new HealthMonitor();
   const ready = opts.ready ?? (() => true);
 
+  // The collector's reused text buffer serves one response at a time: a scrape that arrives while the previous
+  // response is still being written gets a string of its own.
+  let bufferInUse = false;
   const metricsRoutes: Record<string, Route> = {
     '/metrics': async (res) => {
-      if (!opts.collector) return send(res, 404, 'text/plain; charset=utf-8', 'no metrics collector configured\n');
-      const body = await opts.collector.metrics();
-      send(res, 200, opts.collector.contentType, body);
+      const collector = opts.collector;
+      if (!collector) return send(res, 404, 'text/plain; charset=utf-8', 'no metrics collector configured\n');
+      if (bufferInUse) return send(res, 200, collector.contentType, await collector.metrics());
+      bufferInUse = true;
+      let body: Buffer;
+      try {
+        body = await collector.metricsBuffer();
+      } catch (error) {
+        bufferInUse = false;
+        throw error;
+      }
+      send(res, 200, collector.contentType, body, () => (bufferInUse = false));
     },
   };
   let pendingHealth: Promise<HealthReport> | undefined;
@@ -174,10 +186,28 @@ async function handle(
   await route(res);
 }
 
-function send(res: http.ServerResponse, status: number, contentType: string, body: string): void {
+/** Answers with `body`; `done` runs once the response is written or has failed (its body may be reused then). */
+function send(
+  res: http.ServerResponse,
+  status: number,
+  contentType: string,
+  body: string | Buffer,
+  done?: () => void,
+): void {
+  if (done) {
+    let called = false;
+    const once = () => {
+      if (!called) {
+        called = true;
+        done();
+      }
+    };
+    res.once('finish', once);
+    res.once('close', once);
+  }
   res.writeHead(status, {
     'Content-Type': contentType,
-    'Content-Length': Buffer.byteLength(body),
+    'Content-Length': typeof body === 'string' ? Buffer.byteLength(body) : body.length,
     'Cache-Control': 'no-store',
   });
   res.end(body);

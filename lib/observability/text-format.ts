@@ -25,10 +25,3 @@ export function formatLabels(labels: Record<string, string | number>): string[] 
 /** A family's `# HELP` and `# TYPE` lines (no newline after them). */
 export const familyHeader = (name: string, help: string, type: string): string =>
   `# HELP ${escapeString(name)} ${escapeString(help)}\n# TYPE ${escapeString(name)} ${type}`;
-
-/** The text a family's `writeText(out)` appends, joined once. */
-export function piecesText(family: { writeText(out: string[]): void }): string {
-  const out: string[] = [];
-  family.writeText(out);
-  return out.join('');
-}

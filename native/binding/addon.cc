@@ -5,6 +5,7 @@
 #include "bench_wrap.h"
 #include "complexity_wrap.h"
 #include "cuda_wrap.h"
+#include "exposition_wrap.h"
 #include "layer_wrap.h"
 #include "moe/cpu_features.h"
 #include "moe/gemm.h"
@@ -44,6 +45,7 @@ Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
   InitComplexity(env, exports);
   InitBench(env, exports);
   InitCuda(env, exports);
+  InitExposition(env, exports);
   exports.Set("backendInfo", Napi::Function::New<BackendInfo>(env, "backendInfo"));
   return exports;
 }

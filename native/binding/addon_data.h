@@ -4,6 +4,7 @@
 #include <napi.h>
 
 #include <memory>
+#include <string>
 
 #include "moe/thread_pool.h"
 
@@ -13,6 +14,8 @@ struct AddonData {
   std::shared_ptr<moe::ThreadPool> pool;
   Napi::FunctionReference routerConstructor;
   Napi::FunctionReference layerConstructor;
+  // The metrics text of the latest scrape (exposition_wrap.cc): its capacity is kept, so a scrape allocates none.
+  std::string expositionText;
 
   // The shared pool when it is big enough for `threads`, else a pool of that size for one owner.
   std::shared_ptr<moe::ThreadPool> poolFor(int threads) {
