@@ -1,8 +1,9 @@
 /**
  * bench/overhead: what observability costs a layer forward. OLMoE shape (d=2048, f=1024, E=64, k=8), T=32, fp32,
  * random normal weights, everything on against everything off, interleaved in one run (ABBA order per round):
- *   on:  native counters drained by a /metrics scrape every 100 ms (prom-client text, default metrics included,
- *        refreshed at most every 10 s, the default), an OTel SDK tracer (SimpleSpanProcessor, or --span-processor
+ *   on:  native counters drained by a /metrics scrape every 100 ms (what the endpoint of startObservabilityServer
+ *        does: collector.metricsBuffer(), the text written natively into a reused buffer; default metrics
+ *        included, refreshed at most every 10 s, the default; --scrape text: collector.metrics(), a string), an OTel SDK tracer (SimpleSpanProcessor, or --span-processor
  *        batch) with an in-memory exporter recording moe.forward and its children for every call from the span
  *        records each scrape drains (traceDrainedSpans, batched every second by default; what waits at the end of
  *        a phase is recorded, exported and counted in it), JSON logging to a temp file with the periodic
@@ -24,7 +25,7 @@
  *
  *   node --expose-gc --import tsx bench/overhead.ts [--mode sync|async] [--threads N] [--rounds 16] [--calls 32]
  *        [--parts metrics,spans,logs] [--span-flush-ms 1000]
- *        [--span-processor simple|batch] [--sample-rate 1] [--json FILE]
+ *        [--span-processor simple|batch] [--sample-rate 1] [--scrape buffer|text] [--json FILE]
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -84,6 +85,10 @@ async function main(): Promise<void> {
   const parts = new Set(arg('parts', 'metrics,spans,logs').split(','));
   // how often drained span records become spans (traceDrainedSpans' default: every second; 0: at every scrape)
   const spanFlushMs = Number(arg('span-flush-ms', '1000'));
+  // buffer: what /metrics serves (collector.metricsBuffer()); text: collector.metrics(), a string
+  const scrapeKind = arg('scrape', 'buffer');
+  if (scrapeKind !== 'buffer' && scrapeKind !== 'text')
+    throw new Error(`--scrape: expected buffer or text, got ${scrapeKind}`);
   const T = 32;
   // sync: forward() blocks the event loop, timers run between calls; async: forwardAsync(), as a service runs it,
   // so a scrape runs on the main thread while the pool computes.
@@ -161,7 +166,9 @@ async function main(): Promise<void> {
         // the whole scrape: the drain, spans and text run synchronously, a default-metrics refresh (at most every
         // 10 s) finishes in the microtasks after it
         const t0 = performance.now();
-        void collector.metrics().then(() => scrapeMs.push(performance.now() - t0));
+        void (scrapeKind === 'buffer' ? collector.metricsBuffer() : collector.metrics()).then(() =>
+          scrapeMs.push(performance.now() - t0),
+        );
       }, 100);
     }
     if (on && parts.has('logs')) {
@@ -250,6 +257,7 @@ async function main(): Promise<void> {
     callsPerPhase: calls,
     parts: [...parts],
     spanFlushMs,
+    scrape: scrapeKind,
     spanProcessor: batchSpans ? 'batch' : 'simple',
     sampleRate,
     gcPerPhase: collectGarbage !== undefined,

@@ -328,6 +328,11 @@ export class MoELayer {
     return decodeTelemetry(this.live().drainTelemetry());
   }
 
+  /** @internal See {@link Router.drainTelemetryRecord}. */
+  drainTelemetryRecord(into: Float64Array): Float64Array | number {
+    return this.live().drainTelemetry(into);
+  }
+
   /** `copyInputs` (async calls): work on private copies of x and of caller complexity (Router.privateInputs). */
   private prepare(x: Float32Array, opts: RouteOptions, copyInputs = false) {
     const handle = this.live();

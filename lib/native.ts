@@ -88,6 +88,8 @@ export interface CudaBenchResult {
 export interface NativeCudaLayerHandle {
   /** The flat drain record; decodeTelemetry() (lib/observability/telemetry-types.ts) reads it. */
   drainTelemetry(): Float64Array;
+  /** The same record written into `into` when it fits (returns the number of values), else a new array. */
+  drainTelemetry(into: Float64Array): Float64Array | number;
   recordError(kind: NativeErrorKind): void;
   setExpert(e: number, w1: Float32Array, w3: Float32Array, w2: Float32Array, f: number): void;
   setSharedExpert(w1: Float32Array, w3: Float32Array, w2: Float32Array, f: number, gate: Float32Array | null): void;
@@ -129,6 +131,8 @@ export type NativeErrorKind = 0 | 1 | 2;
 export interface NativeRouterHandle {
   /** The flat drain record; decodeTelemetry() (lib/observability/telemetry-types.ts) reads it. */
   drainTelemetry(): Float64Array;
+  /** The same record written into `into` when it fits (returns the number of values), else a new array. */
+  drainTelemetry(into: Float64Array): Float64Array | number;
   recordError(kind: NativeErrorKind): void;
   route(...args: RouteArgs): void;
   routeAsync(...args: RouteArgs): Promise<void>;
@@ -154,6 +158,8 @@ type ForwardArgs = [
 export interface NativeLayerHandle {
   /** The flat drain record; decodeTelemetry() (lib/observability/telemetry-types.ts) reads it. */
   drainTelemetry(): Float64Array;
+  /** The same record written into `into` when it fits (returns the number of values), else a new array. */
+  drainTelemetry(into: Float64Array): Float64Array | number;
   recordError(kind: NativeErrorKind): void;
   setExpert(e: number, w1: Float32Array, w3: Float32Array, w2: Float32Array, f: number): void;
   setSharedExpert(w1: Float32Array, w3: Float32Array, w2: Float32Array, f: number, gate: Float32Array | null): void;

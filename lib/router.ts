@@ -179,6 +179,14 @@ export class Router {
     return decodeTelemetry((this.cudaHandle ?? this.handle).drainTelemetry());
   }
 
+  /**
+   * @internal The same drain as its flat record (telemetry-types.ts), written into `into` when it fits (returns
+   * the number of values) or as a new array: what MetricsCollector reads without decoding it.
+   */
+  drainTelemetryRecord(into: Float64Array): Float64Array | number {
+    return (this.cudaHandle ?? this.handle).drainTelemetry(into);
+  }
+
   /** @internal Runs input validation, counting a failure in the native `validation` error counter. */
   countValidationErrors<T>(fn: () => T, sink: { recordError(kind: 0): void } = this.cudaHandle ?? this.handle): T {
     try {

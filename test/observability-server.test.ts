@@ -186,6 +186,36 @@ test('malformed requests get 400 and the server keeps serving', async () => {
   }
 });
 
+test('a scrape while a large /metrics response is still being written does not touch its bytes', async () => {
+  // ~20 MB of text: more than loopback's socket buffers take at once
+  const collector = new MetricsCollector('big'.repeat(700), { defaultMetrics: false });
+  for (let e = 0; e < 10_000; e++) collector.recordExpertFailure(e, 'timeout');
+  const server = await startObservabilityServer({ metricsPort: 0, healthPort: 0, collector });
+  const socket = net.connect(Number(new URL(server.metricsUrl).port), '127.0.0.1');
+  try {
+    await new Promise<void>((resolve) => socket.once('connect', resolve));
+    socket.pause(); // a slow scraper: the server cannot hand all of it to the kernel at once
+    socket.write('GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const before = await collector.metrics();
+    collector.recordExpertFailure(9999, 'timeout'); // the next text differs at its end: a shared buffer would be overwritten
+    const during = await get(server.metricsUrl);
+    assert.is(during.status, 200);
+    assert.is(during.body, await collector.metrics());
+    const chunks: Buffer[] = [];
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    const closed = new Promise((resolve) => socket.once('close', resolve));
+    socket.resume();
+    await closed;
+    const response = Buffer.concat(chunks).toString('utf8');
+    assert.is(response.slice(response.indexOf('\r\n\r\n') + 4), before, 'the slow response is the text of its scrape');
+    assert.is((await get(server.metricsUrl)).body, await collector.metrics(), 'the buffer is used again afterwards');
+  } finally {
+    socket.destroy();
+    await server.close();
+  }
+});
+
 test('a failing scrape answers 500 and does not crash', async () => {
   const collector = new MetricsCollector('failing', { defaultMetrics: false });
   collector.onDrain(() => {

@@ -264,9 +264,15 @@ export class BucketedHistogram<L extends string = string> {
     values[s.slot + buckets + 1] += count;
   }
 
-  /** A kept handle of a removed series puts it back (or returns the series that replaced it). */
+  /** A kept handle of a removed series puts it back (or returns the series that replaced it meanwhile). */
   private revive(s: HistogramSeries): HistogramSeries {
-    return s.slot >= 0 ? s : this.handle(s.labels as LabelValues<L>);
+    if (s.slot >= 0) return s;
+    const key = this.keyOf(s.labels as LabelValues<L>);
+    const current = this.series.get(key);
+    if (current) return current;
+    s.slot = this.store.allocate(this.upperBounds.length + 2);
+    this.series.set(key, s);
+    return s;
   }
 
   private release(s: HistogramSeries): void {

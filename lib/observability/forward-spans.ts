@@ -236,18 +236,19 @@ export function traceDrainedSpans(
     buffered = 0;
     for (const b of batches) recordForwardSpans(tracer, b.records, b.attributes, ROOT_CONTEXT);
   };
-  const unsubscribe = collector.onDrain((delta, source) => {
-    if (delta.spans.length === 0) return;
+  const unsubscribe = collector.onDrainRecord((record, source) => {
+    if (record.spanCount === 0) return;
+    const spans = record.spans();
     const attributes: ForwardSpanAttributes = {
       modelName: collector.modelName,
       layerId: source.layerId,
-      numExperts: delta.numExperts,
+      numExperts: record.numExperts,
       backend: source.backend,
     };
     const last = waiting[waiting.length - 1];
-    if (last && sameAttributes(last.attributes, attributes)) for (const r of delta.spans) last.records.push(r);
-    else waiting.push({ records: delta.spans.slice(), attributes });
-    buffered += delta.spans.length;
+    if (last && sameAttributes(last.attributes, attributes)) for (const r of spans) last.records.push(r);
+    else waiting.push({ records: spans, attributes });
+    buffered += spans.length;
     if (intervalMs === 0 || buffered >= maxBuffered) flush();
   });
   // (Node fires longer timers at once: cap them at its limit, about 24.8 days)

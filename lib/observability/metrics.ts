@@ -8,7 +8,7 @@
  * The guide's manual `record*` methods write into the same families.
  */
 import { collectDefaultMetrics, Registry } from 'prom-client';
-import { BucketedHistogram } from './bucketed-histogram';
+import { BucketedHistogram, type HistogramSeries } from './bucketed-histogram';
 import {
   COMPLEXITY_BUCKETS,
   DURATION_BUCKETS_SECONDS,
@@ -21,7 +21,13 @@ import {
 import { registryText, registryTextInto } from './exposition';
 import { SeriesStore } from './series-store';
 import { SeriesFamily, type Series } from './series-family';
-import type { TelemetryDelta, TelemetrySource } from './telemetry-types';
+import {
+  encodeTelemetry,
+  RecordHistogram,
+  TelemetryRecord,
+  type TelemetryDelta,
+  type TelemetrySource,
+} from './telemetry-types';
 
 export interface MetricsCollectorOptions {
   /** Where the families are registered. Default: a new Registry of this collector's own (never the global one). */
@@ -64,6 +70,12 @@ export interface ObservedSourceInfo {
 /** Receives every delta the collector drains (spans included), right after it was added to the metrics. */
 export type DrainListener = (delta: TelemetryDelta, source: ObservedSourceInfo) => void;
 
+/**
+ * @internal {@link DrainListener} reading the drained record in place (no decoding): the record is valid during
+ * the call only. The package's own listeners (span batches, performance summaries) use it.
+ */
+export type DrainRecordListener = (record: TelemetryRecord, source: ObservedSourceInfo) => void;
+
 interface Attached extends ObservedSourceInfo {
   memoryBytes: number;
   kind: TelemetryDelta['kind'] | undefined;
@@ -75,6 +87,8 @@ interface Attached extends ObservedSourceInfo {
     flopsComputed: Series;
     flopsSaved: Series;
     expertTokens: Series[];
+    /** By RecordHistogram index; created with their first observation. */
+    histograms: (HistogramSeries | undefined)[];
   };
 }
 
@@ -106,6 +120,10 @@ export class MetricsCollector {
   private body = Buffer.allocUnsafe(1 << 16);
   private attached: Attached[] = [];
   private readonly listeners = new Set<DrainListener>();
+  private readonly recordListeners = new Set<DrainRecordListener>();
+  /** The drain records are written here (grown when one does not fit) and read in place. */
+  private drainBuffer: Float64Array = new Float64Array(2048);
+  private readonly record = new TelemetryRecord();
   private readonly latestLoadBalance = new Map<string, number>();
   private drainedThisTurn = false;
   private readonly endTurn = () => {
@@ -232,6 +250,7 @@ export class MetricsCollector {
         flopsComputed: this.flopsComputed.handle({ model_name, layer_type: layerType }),
         flopsSaved: this.flopsSaved.handle({ model_name }),
         expertTokens: [],
+        histograms: [],
       },
     };
     this.attached.push(entry);
@@ -251,6 +270,12 @@ export class MetricsCollector {
   onDrain(listener: DrainListener): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
+  }
+
+  /** @internal {@link onDrain} without decoding: see {@link DrainRecordListener}. */
+  onDrainRecord(listener: DrainRecordListener): () => void {
+    this.recordListeners.add(listener);
+    return () => this.recordListeners.delete(listener);
   }
 
   /** Drains every attached source now and adds the deltas to the metrics (a scrape does this itself). */
@@ -370,9 +395,9 @@ export class MetricsCollector {
   }
 
   private drainOne(entry: Attached): void {
-    let delta: TelemetryDelta;
+    let record: TelemetryRecord;
     try {
-      delta = entry.source.drainTelemetry();
+      record = this.drainRecord(entry.source);
     } catch (error) {
       // A disposed layer cannot be drained any more: stop asking, and count it once.
       this.attached = this.attached.filter((a) => a !== entry);
@@ -382,7 +407,16 @@ export class MetricsCollector {
       );
       return;
     }
-    this.apply(entry, delta);
+    this.apply(entry, record);
+    for (const listener of this.recordListeners) {
+      try {
+        listener(record, entry);
+      } catch (error) {
+        process.emitWarning(`dynamic-moe-router-kit: a drain listener threw: ${(error as Error)?.message ?? error}`);
+      }
+    }
+    if (this.listeners.size === 0) return;
+    const delta = record.toDelta();
     for (const listener of this.listeners) {
       try {
         listener(delta, entry);
@@ -392,36 +426,63 @@ export class MetricsCollector {
     }
   }
 
-  private apply(entry: Attached, d: TelemetryDelta): void {
+  /** One drain of a source as a record: in place for Router and MoELayer, else the encoded delta. */
+  private drainRecord(source: TelemetrySource): TelemetryRecord {
+    if (typeof source.drainTelemetryRecord !== 'function')
+      return this.record.load(encodeTelemetry(source.drainTelemetry()));
+    const written = source.drainTelemetryRecord(this.drainBuffer);
+    if (typeof written === 'number') return this.record.load(this.drainBuffer, written);
+    // it did not fit: keep the larger array for the next drains
+    if (written.length > this.drainBuffer.length) this.drainBuffer = written;
+    return this.record.load(written);
+  }
+
+  private apply(entry: Attached, r: TelemetryRecord): void {
     const model_name = this.modelName;
     const { backend, layerId, series } = entry;
-    entry.kind = d.kind;
-    entry.memoryBytes = d.memoryBytes;
-    if (d.calls > 0) this.requests.add(series.success, d.calls);
-    const errorCount = d.errors.validation + d.errors.non_finite + d.errors.internal;
+    const f = r.flat;
+    entry.kind = r.kind;
+    entry.memoryBytes = r.memoryBytes;
+    if (r.calls > 0) this.requests.add(series.success, r.calls);
+    const errorCount = r.error(0) + r.error(1) + r.error(2);
     if (errorCount > 0) {
       this.requests.add(series.error, errorCount);
-      NATIVE_ERROR_TYPES.forEach((type, i) => {
-        if (d.errors[type] > 0) this.errors.add(series.errorTypes[i], d.errors[type]);
-      });
+      for (let i = 0; i < NATIVE_ERROR_TYPES.length; i++) {
+        const n = r.error(i as 0 | 1 | 2);
+        if (n > 0) this.errors.add(series.errorTypes[i], n);
+      }
     }
-    this.duration.addDelta({ model_name, backend }, d.durationSeconds);
-    this.expertsPerToken.addDelta({ model_name }, d.expertsPerToken);
-    this.complexity.addDelta({ model_name, estimator_type: entry.estimatorType }, d.complexity);
-    for (const stage of STAGES) this.stageDuration.addDelta({ model_name, stage }, d.stageSeconds[stage]);
-    if (d.flopsComputed > 0) this.flopsComputed.add(series.flopsComputed, d.flopsComputed);
-    if (d.flopsStatic > d.flopsComputed) this.flopsSaved.add(series.flopsSaved, d.flopsStatic - d.flopsComputed);
+    // A histogram's series appears with its first observation, then its handle is kept.
+    const histogram = (family: BucketedHistogram<string>, h: number, labels: () => Record<string, string>) => {
+      if (r.histogramCount(h) === 0) return;
+      const handle = (series.histograms[h] ??= family.handle(labels()));
+      family.addFlatDelta(handle, f, r.histogramOffset(h));
+    };
+    histogram(this.duration, RecordHistogram.Duration, () => ({ model_name, backend }));
+    histogram(this.expertsPerToken, RecordHistogram.ExpertsPerToken, () => ({ model_name }));
+    histogram(this.complexity, RecordHistogram.Complexity, () => ({
+      model_name,
+      estimator_type: entry.estimatorType,
+    }));
+    STAGES.forEach((stage, i) =>
+      histogram(this.stageDuration, RecordHistogram.StageFirst + i, () => ({ model_name, stage })),
+    );
+    const flopsComputed = r.flopsComputed;
+    const flopsStatic = r.flopsStatic;
+    if (flopsComputed > 0) this.flopsComputed.add(series.flopsComputed, flopsComputed);
+    if (flopsStatic > flopsComputed) this.flopsSaved.add(series.flopsSaved, flopsStatic - flopsComputed);
     // An expert's series appears with its first token, as before; then its handle is kept.
-    for (let e = 0; e < d.expertTokens.length; e++) {
-      if (d.expertTokens[e] <= 0) continue;
+    for (let e = 0; e < r.expertCount; e++) {
+      const tokens = r.expertTokens(e);
+      if (tokens <= 0) continue;
       const handle = (series.expertTokens[e] ??= this.expertTokens.handle({
         model_name,
         layer_id: layerId,
         expert_id: String(e),
       }));
-      this.expertTokens.add(handle, d.expertTokens[e]);
+      this.expertTokens.add(handle, tokens);
     }
-    if (Number.isFinite(d.loadBalance)) this.recordLoadBalance(d.loadBalance, layerId);
+    if (Number.isFinite(r.loadBalance)) this.recordLoadBalance(r.loadBalance, layerId);
   }
 
   /** Native weight memory, summed per component over the attached sources (no allocation: two components). */

@@ -6,7 +6,13 @@
 import { LogEvent } from './log-events';
 import { getLogger, type EventLogger } from './logging';
 import type { MetricsCollector } from './metrics';
-import type { HistogramDelta, TelemetryDelta, TelemetrySource } from './telemetry-types';
+import {
+  encodeTelemetry,
+  RecordHistogram,
+  TelemetryRecord,
+  type HistogramDelta,
+  type TelemetrySource,
+} from './telemetry-types';
 
 export interface PerformanceSummaryOptions {
   /** Take the deltas this collector drains (preferred when metrics are on: a source has one drainer). */
@@ -68,7 +74,7 @@ export class PerformanceSummaryLogger {
   start(): this {
     if (this.timer) return this;
     if (this.opts.collector)
-      this.unsubscribe = this.opts.collector.onDrain((delta, info) => this.add(delta, info.source));
+      this.unsubscribe = this.opts.collector.onDrainRecord((record, info) => this.add(record, info.source));
     this.windowStartMs = performance.now();
     this.timer = setInterval(() => this.logNow(), this.intervalMs);
     this.timer.unref();
@@ -88,7 +94,7 @@ export class PerformanceSummaryLogger {
   /** Drains, then logs and returns the summary of the interval so far (undefined when idle and not logged). */
   logNow(): PerformanceSummary | undefined {
     if (this.opts.collector) this.opts.collector.drainNow();
-    else this.add(this.opts.source!.drainTelemetry(), this.opts.source);
+    else this.add(new TelemetryRecord().load(encodeTelemetry(this.opts.source!.drainTelemetry())), this.opts.source);
     const now = performance.now();
     const summary = summarise(this.window, (now - this.windowStartMs) / 1000, this.lowestLoadBalance());
     this.window = emptyWindow();
@@ -104,17 +110,17 @@ export class PerformanceSummaryLogger {
     return summary;
   }
 
-  private add(d: TelemetryDelta, source: unknown): void {
+  private add(r: TelemetryRecord, source: unknown): void {
     const w = this.window;
-    w.calls += d.calls;
-    w.errors += d.errors.validation + d.errors.non_finite + d.errors.internal;
-    w.tokens += d.tokens;
-    w.assignments += d.assignments;
-    w.flopsComputed += d.flopsComputed;
-    w.flopsStatic += d.flopsStatic;
-    w.spansDropped += d.spansDropped;
-    addHistogram(w.duration, d.durationSeconds);
-    if (Number.isFinite(d.loadBalance)) this.latestLoadBalance.set(source, d.loadBalance);
+    w.calls += r.calls;
+    w.errors += r.error(0) + r.error(1) + r.error(2);
+    w.tokens += r.tokens;
+    w.assignments += r.assignments;
+    w.flopsComputed += r.flopsComputed;
+    w.flopsStatic += r.flopsStatic;
+    w.spansDropped += r.spansDropped;
+    if (r.histogramCount(RecordHistogram.Duration) > 0) addHistogram(w.duration, r.histogram(RecordHistogram.Duration));
+    if (Number.isFinite(r.loadBalance)) this.latestLoadBalance.set(source, r.loadBalance);
   }
 
   private lowestLoadBalance(): number {

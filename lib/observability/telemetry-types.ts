@@ -59,11 +59,204 @@ export interface TelemetryDelta {
 export interface TelemetrySource {
   drainTelemetry(): TelemetryDelta;
   readonly numExperts: number;
+  /**
+   * @internal The same drain as a flat record (the layout below), written into `into` when it fits (returns the
+   * number of values) or as a new array. Router and MoELayer have it; MetricsCollector then reads the record in
+   * place instead of decoding it.
+   */
+  drainTelemetryRecord?(into: Float64Array): Float64Array | number;
 }
 
 /** Layout version of the flat record the native drain returns (native/binding/telemetry_wrap.h). */
 const TELEMETRY_LAYOUT_VERSION = 1;
 const SPAN_FIELDS = 10;
+/** Positions of the record's fixed header (telemetry_wrap.h). */
+const enum At {
+  Version = 0,
+  Kind,
+  NumExperts,
+  Calls,
+  Tokens,
+  Errors, // validation, non_finite, internal
+  Assignments = 8,
+  FlopsComputed,
+  FlopsStatic,
+  LoadBalance,
+  MemoryBytes,
+  SpansDropped,
+  NExpertTokens,
+  NSpans,
+  Histograms,
+}
+/** The record's histograms, in order (stage i of STAGES is StageFirst + i). */
+export const RecordHistogram = { ExpertsPerToken: 0, Complexity: 1, StageFirst: 2, Duration: 7 } as const;
+/** A histogram's index in the record, 0..7. */
+export type RecordHistogram = number;
+const HISTOGRAMS = 8;
+
+/**
+ * A flat drain record read in place: {@link load} checks it and finds its parts once; the accessors read numbers
+ * from it, and only {@link histogram} and {@link spans} build objects. One instance is reused from drain to drain,
+ * so what it returns is valid until the next load.
+ */
+export class TelemetryRecord {
+  flat: Float64Array = new Float64Array(0);
+  private length = 0;
+  private readonly histogramAt = new Int32Array(HISTOGRAMS);
+  private expertTokensAt = 0;
+  private spansAt = 0;
+
+  /**
+   * Reads the first `length` values of `flat`.
+   * @throws Error when the record's layout version or length is not what this code expects (a stale binary).
+   */
+  load(flat: Float64Array, length = flat.length): this {
+    if (flat[At.Version] !== TELEMETRY_LAYOUT_VERSION)
+      throw new Error(
+        `telemetry: the native addon wrote layout version ${flat[At.Version]}, expected ${TELEMETRY_LAYOUT_VERSION}`,
+      );
+    const short = (at: number) => new Error(`telemetry: record of ${length} values ends early (at ${at})`);
+    if (length > flat.length || length < At.Histograms) throw short(length);
+    let at: number = At.Histograms;
+    for (let h = 0; h < HISTOGRAMS; h++) {
+      const nBounds = at < length ? flat[at] : NaN;
+      if (!(Number.isInteger(nBounds) && nBounds >= 0)) throw short(at);
+      this.histogramAt[h] = at;
+      at += 1 + nBounds + nBounds + 1 + 2;
+      if (at > length) throw short(at);
+    }
+    const nExpertTokens = flat[At.NExpertTokens];
+    const nSpans = flat[At.NSpans];
+    if (!(Number.isInteger(nExpertTokens) && nExpertTokens >= 0 && Number.isInteger(nSpans) && nSpans >= 0))
+      throw short(at);
+    this.expertTokensAt = at;
+    this.spansAt = at + nExpertTokens;
+    const end = this.spansAt + nSpans * SPAN_FIELDS;
+    if (end > length) throw short(end);
+    if (end !== length) throw new Error(`telemetry: record of ${length} values, decoded ${end}`);
+    this.flat = flat;
+    this.length = length;
+    return this;
+  }
+
+  get kind(): 'router' | 'layer' {
+    return this.flat[At.Kind] === 1 ? 'layer' : 'router';
+  }
+  get numExperts(): number {
+    return this.flat[At.NumExperts];
+  }
+  get calls(): number {
+    return this.flat[At.Calls];
+  }
+  get tokens(): number {
+    return this.flat[At.Tokens];
+  }
+  /** Errors by type: 0 validation, 1 non_finite, 2 internal. */
+  error(type: 0 | 1 | 2): number {
+    return this.flat[At.Errors + type];
+  }
+  get assignments(): number {
+    return this.flat[At.Assignments];
+  }
+  get flopsComputed(): number {
+    return this.flat[At.FlopsComputed];
+  }
+  get flopsStatic(): number {
+    return this.flat[At.FlopsStatic];
+  }
+  get loadBalance(): number {
+    return this.flat[At.LoadBalance];
+  }
+  get memoryBytes(): number {
+    return this.flat[At.MemoryBytes];
+  }
+  get spansDropped(): number {
+    return this.flat[At.SpansDropped];
+  }
+  get expertCount(): number {
+    return this.flat[At.NExpertTokens];
+  }
+  /** Tokens routed to expert `e` since the previous drain. */
+  expertTokens(e: number): number {
+    return this.flat[this.expertTokensAt + e];
+  }
+  get spanCount(): number {
+    return this.flat[At.NSpans];
+  }
+  /** Where histogram `h` starts (nBounds, bounds, counts, sum, count): BucketedHistogram.addFlatDelta reads it. */
+  histogramOffset(h: RecordHistogram): number {
+    return this.histogramAt[h];
+  }
+  /** Observations in histogram `h`. */
+  histogramCount(h: RecordHistogram): number {
+    const at = this.histogramAt[h];
+    return this.flat[at + 2 * this.flat[at] + 3];
+  }
+
+  /** Histogram `h`, decoded. */
+  histogram(h: RecordHistogram): HistogramDelta {
+    const f = this.flat;
+    const at = this.histogramAt[h];
+    const n = f[at];
+    const bounds = Array.from(f.subarray(at + 1, at + 1 + n));
+    const counts = Array.from(f.subarray(at + 1 + n, at + 2 + 2 * n));
+    return { bounds, counts, sum: f[at + 2 + 2 * n], count: f[at + 3 + 2 * n] };
+  }
+
+  /** The span records, decoded. */
+  spans(): SpanRecord[] {
+    const f = this.flat;
+    const spans: SpanRecord[] = [];
+    for (let i = 0, at = this.spansAt; i < f[At.NSpans]; i++, at += SPAN_FIELDS) {
+      const span: SpanRecord = {
+        startNs: f[at],
+        gatingEndNs: f[at + 2],
+        dispatchEndNs: f[at + 3],
+        expertEndNs: f[at + 4],
+        combineEndNs: f[at + 5],
+        tokens: f[at + 6],
+        meanK: f[at + 7],
+        flopsComputed: f[at + 8],
+        flopsStatic: f[at + 9],
+      };
+      if (f[at + 1] >= 0) span.complexityStartNs = f[at + 1];
+      spans.push(span);
+    }
+    return spans;
+  }
+
+  /** The whole record as a TelemetryDelta. */
+  toDelta(): TelemetryDelta {
+    const stages = STAGES.map((_, i) => this.histogram(RecordHistogram.StageFirst + i));
+    const expertTokens: number[] = [];
+    for (let e = 0; e < this.expertCount; e++) expertTokens.push(this.expertTokens(e));
+    return {
+      kind: this.kind,
+      numExperts: this.numExperts,
+      calls: this.calls,
+      tokens: this.tokens,
+      errors: { validation: this.error(0), non_finite: this.error(1), internal: this.error(2) },
+      assignments: this.assignments,
+      flopsComputed: this.flopsComputed,
+      flopsStatic: this.flopsStatic,
+      expertsPerToken: this.histogram(RecordHistogram.ExpertsPerToken),
+      complexity: this.histogram(RecordHistogram.Complexity),
+      stageSeconds: {
+        complexity: stages[0],
+        gating: stages[1],
+        dispatch: stages[2],
+        expert_gemm: stages[3],
+        combine: stages[4],
+      },
+      durationSeconds: this.histogram(RecordHistogram.Duration),
+      expertTokens,
+      loadBalance: this.loadBalance,
+      memoryBytes: this.memoryBytes,
+      spans: this.spans(),
+      spansDropped: this.spansDropped,
+    };
+  }
+}
 
 /**
  * Decodes the Float64Array a native drainTelemetry() returns into a TelemetryDelta. The native side writes one
@@ -71,102 +264,42 @@ const SPAN_FIELDS = 10;
  * @throws Error when the record's layout version or length is not what this code expects (a stale binary).
  */
 export function decodeTelemetry(flat: Float64Array): TelemetryDelta {
-  if (flat[0] !== TELEMETRY_LAYOUT_VERSION)
-    throw new Error(
-      `telemetry: the native addon wrote layout version ${flat[0]}, expected ${TELEMETRY_LAYOUT_VERSION}`,
-    );
-  const r = new FlatReader(flat);
-  const kind = r.next() === 1 ? 'layer' : 'router';
-  const numExperts = r.next();
-  const calls = r.next();
-  const tokens = r.next();
-  const errors = { validation: r.next(), non_finite: r.next(), internal: r.next() };
-  const assignments = r.next();
-  const flopsComputed = r.next();
-  const flopsStatic = r.next();
-  const loadBalance = r.next();
-  const memoryBytes = r.next();
-  const spansDropped = r.next();
-  const nExpertTokens = r.next();
-  const nSpans = r.next();
-  const expertsPerToken = r.histogram();
-  const complexity = r.histogram();
-  const stages = STAGES.map(() => r.histogram());
-  const durationSeconds = r.histogram();
-  const expertTokens = r.take(nExpertTokens);
-  const spans: SpanRecord[] = [];
-  let at = r.at;
-  if (!(Number.isInteger(nSpans) && at + nSpans * SPAN_FIELDS <= flat.length)) throw r.short();
-  for (let i = 0; i < nSpans; i++, at += SPAN_FIELDS) {
-    const span: SpanRecord = {
-      startNs: flat[at],
-      gatingEndNs: flat[at + 2],
-      dispatchEndNs: flat[at + 3],
-      expertEndNs: flat[at + 4],
-      combineEndNs: flat[at + 5],
-      tokens: flat[at + 6],
-      meanK: flat[at + 7],
-      flopsComputed: flat[at + 8],
-      flopsStatic: flat[at + 9],
-    };
-    if (flat[at + 1] >= 0) span.complexityStartNs = flat[at + 1];
-    spans.push(span);
-  }
-  if (at !== flat.length) throw new Error(`telemetry: record of ${flat.length} values, decoded ${at}`);
-  return {
-    kind,
-    numExperts,
-    calls,
-    tokens,
-    errors,
-    assignments,
-    flopsComputed,
-    flopsStatic,
-    expertsPerToken,
-    complexity,
-    stageSeconds: {
-      complexity: stages[0],
-      gating: stages[1],
-      dispatch: stages[2],
-      expert_gemm: stages[3],
-      combine: stages[4],
-    },
-    durationSeconds,
-    expertTokens,
-    loadBalance,
-    memoryBytes,
-    spans,
-    spansDropped,
-  };
+  return new TelemetryRecord().load(flat).toDelta();
 }
 
-/** Reads the flat drain record in order, checking that it does not end early. */
-class FlatReader {
-  at = 1;
-  constructor(private readonly flat: Float64Array) {}
-
-  short(): Error {
-    return new Error(`telemetry: record of ${this.flat.length} values ends early (at ${this.at})`);
+/** The flat record of a TelemetryDelta (the inverse of {@link decodeTelemetry}), for sources that build deltas. */
+export function encodeTelemetry(d: TelemetryDelta): Float64Array {
+  const out: number[] = [
+    TELEMETRY_LAYOUT_VERSION,
+    d.kind === 'layer' ? 1 : 0,
+    d.numExperts,
+    d.calls,
+    d.tokens,
+    d.errors.validation,
+    d.errors.non_finite,
+    d.errors.internal,
+    d.assignments,
+    d.flopsComputed,
+    d.flopsStatic,
+    d.loadBalance,
+    d.memoryBytes,
+    d.spansDropped,
+    d.expertTokens.length,
+    d.spans.length,
+  ];
+  const histogram = (h: HistogramDelta) => {
+    if (h.counts.length !== h.bounds.length + 1)
+      throw new RangeError(`telemetry: a histogram needs bounds.length + 1 counts, got ${h.counts.length}`);
+    out.push(h.bounds.length, ...h.bounds, ...h.counts, h.sum, h.count);
+  };
+  histogram(d.expertsPerToken);
+  histogram(d.complexity);
+  for (const stage of STAGES) histogram(d.stageSeconds[stage]);
+  histogram(d.durationSeconds);
+  out.push(...d.expertTokens);
+  for (const r of d.spans) {
+    out.push(r.startNs, r.complexityStartNs ?? -1, r.gatingEndNs, r.dispatchEndNs, r.expertEndNs, r.combineEndNs);
+    out.push(r.tokens, r.meanK, r.flopsComputed, r.flopsStatic);
   }
-
-  next(): number {
-    if (this.at >= this.flat.length) throw this.short();
-    return this.flat[this.at++];
-  }
-
-  take(n: number): number[] {
-    const { flat, at } = this;
-    if (!(Number.isInteger(n) && n >= 0 && at + n <= flat.length)) throw this.short();
-    const values: number[] = new Array(n);
-    for (let i = 0; i < n; i++) values[i] = flat[at + i];
-    this.at = at + n;
-    return values;
-  }
-
-  histogram(): HistogramDelta {
-    const nBounds = this.next();
-    const bounds = this.take(nBounds);
-    const counts = this.take(nBounds + 1);
-    return { bounds, counts, sum: this.next(), count: this.next() };
-  }
+  return Float64Array.from(out);
 }

@@ -540,7 +540,7 @@ Napi::Value CudaLayerWrap::DrainTelemetry(const Napi::CallbackInfo& info) {
   MoeCudaLayerInfo li{};
   s->handle->api->layerInfo(s->handle->layer, &li);
   return telemetryToJs(info.Env(), s->telemetry->drain(), s->f ? "layer" : "router", E,
-                       double(li.weightBytes + li.workspaceBytes));
+                       double(li.weightBytes + li.workspaceBytes), info[0]);
 }
 
 Napi::Value CudaLayerWrap::RecordError(const Napi::CallbackInfo& info) {

@@ -210,7 +210,8 @@ Napi::Value LayerWrap::DrainTelemetry(const Napi::CallbackInfo& info) {
   auto layer = live(info.Env());
   moe::telemetry::Delta d = layer->telemetry().drain();
   const double bytes = double(layer->weightBytes() + layer->arenaBytes() + layer->router().weightBytes());
-  return telemetryToJs(info.Env(), d, "layer", layer->router().config().numExperts, bytes);
+  return telemetryToJs(info.Env(), d, "layer", layer->router().config().numExperts, bytes,
+                       info[0]);
 }
 
 Napi::Value LayerWrap::RecordError(const Napi::CallbackInfo& info) {

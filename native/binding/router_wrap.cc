@@ -193,7 +193,8 @@ Napi::Value RouterWrap::Gate(const Napi::CallbackInfo& info) {
 
 Napi::Value RouterWrap::DrainTelemetry(const Napi::CallbackInfo& info) {
   moe::telemetry::Delta d = router_->telemetry().drain();
-  return telemetryToJs(info.Env(), d, "router", router_->config().numExperts, double(router_->weightBytes()));
+  return telemetryToJs(info.Env(), d, "router", router_->config().numExperts, double(router_->weightBytes()),
+                       info[0]);
 }
 
 Napi::Value RouterWrap::RecordError(const Napi::CallbackInfo& info) {

@@ -41,9 +41,9 @@ class Writer {
 
 }  // namespace
 
-Napi::Float64Array telemetryToJs(Napi::Env env, const moe::telemetry::Delta& d, const char* kind, int numExperts,
-                                 double memoryBytes) {
-  std::vector<double> flat;
+Napi::Value telemetryToJs(Napi::Env env, const moe::telemetry::Delta& d, const char* kind, int numExperts,
+                          double memoryBytes, Napi::Value into) {
+  thread_local std::vector<double> flat;  // capacity kept: a drain allocates nothing here once warm
   flat.reserve(512 + d.expertTokens.size() + d.spans.size() * kTelemetrySpanFields);
   Writer w(flat);
   w.put(kTelemetryLayoutVersion);
@@ -82,6 +82,15 @@ Napi::Float64Array telemetryToJs(Napi::Env env, const moe::telemetry::Delta& d, 
     w.put(r.meanK);
     w.put(r.flopsComputed);
     w.put(r.flopsStatic);
+  }
+  if (into.IsTypedArray() && into.As<Napi::TypedArray>().TypedArrayType() == napi_float64_array) {
+    Napi::Float64Array given = into.As<Napi::Float64Array>();
+    bool detached = false;
+    napi_is_detached_arraybuffer(env, given.ArrayBuffer(), &detached);
+    if (!detached && given.ElementLength() >= flat.size()) {
+      std::copy(flat.begin(), flat.end(), given.Data());
+      return Napi::Number::New(env, double(flat.size()));
+    }
   }
   Napi::Float64Array out = Napi::Float64Array::New(env, flat.size());
   std::copy(flat.begin(), flat.end(), out.Data());

@@ -1,4 +1,4 @@
-// Converts a telemetry drain (native/telemetry) into one Float64Array, which decodeTelemetry() in
+// Converts a telemetry drain (native/telemetry) into one Float64Array (new, or the caller's), which decodeTelemetry() in
 // lib/observability/telemetry-types.ts turns into a TelemetryDelta. Layout (version 1), all doubles:
 //   version, kind (0 router | 1 layer), numExperts, calls, tokens, errors[validation, non_finite, internal],
 //   assignments, flopsComputed, flopsStatic, loadBalance, memoryBytes, spansDropped, nExpertTokens, nSpans,
@@ -17,8 +17,10 @@ namespace moe_binding {
 constexpr int kTelemetryLayoutVersion = 1;
 constexpr size_t kTelemetrySpanFields = 10;
 
-Napi::Float64Array telemetryToJs(Napi::Env env, const moe::telemetry::Delta& d, const char* kind, int numExperts,
-                                 double memoryBytes);
+// The record of `d`: written into `into` when that is a Float64Array long enough (returns the number of values
+// written: the caller reuses its array), else as a new Float64Array (returned).
+Napi::Value telemetryToJs(Napi::Env env, const moe::telemetry::Delta& d, const char* kind, int numExperts,
+                          double memoryBytes, Napi::Value into);
 // recordError(kind: 0 validation | 1 non_finite | 2 internal) for errors found before the native call.
 void recordErrorArg(const Napi::CallbackInfo& info, moe::telemetry::Telemetry& telemetry);
 
