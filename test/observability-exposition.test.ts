@@ -187,4 +187,31 @@ test('the drain record read in place agrees with the decoded delta; encode is it
   layer.dispose();
 });
 
+test('after a registry reset, drains count only what came after it, in revived series', async () => {
+  const c = new MetricsCollector('reset', { defaultMetrics: false });
+  const src = new FakeTelemetrySource(6, 3);
+  c.observe(src, { layerId: 1 });
+  src.call({ ks: [1, 2, 3], experts: [0, 1, 2, 3, 4, 5], complexity: [0.2, 0.5, 0.9] });
+  await c.metrics();
+  c.registry.resetMetrics();
+  src.call({ ks: [2], experts: [4, 5], complexity: [0.7] });
+  src.call({ ks: [1], experts: [5], complexity: [0.3] });
+  const text = await c.metrics();
+  const line = (prefix: string) => text.split('\n').find((l) => l.startsWith(prefix));
+  assert.is(
+    line('dynamic_moe_routing_requests_total{model_name="reset",backend="cpu",status="success"}'),
+    'dynamic_moe_routing_requests_total{model_name="reset",backend="cpu",status="success"} 2',
+  );
+  assert.is(line('dynamic_moe_expert_tokens_total{model_name="reset",layer_id="1",expert_id="5"}')?.split(' ')[1], '2');
+  assert.is(line('dynamic_moe_expert_tokens_total{model_name="reset",layer_id="1",expert_id="4"}')?.split(' ')[1], '1');
+  assert.is(line('dynamic_moe_expert_tokens_total{model_name="reset",layer_id="1",expert_id="0"}'), undefined);
+  assert.is(line('dynamic_moe_experts_used_per_token_count{model_name="reset"}')?.split(' ')[1], '2');
+  assert.is(line('dynamic_moe_experts_used_per_token_sum{model_name="reset"}')?.split(' ')[1], '3');
+  src.call({ ks: [3], experts: [0, 1, 2], complexity: [0.1] });
+  const after = await c.metrics();
+  assert.ok(after.includes('dynamic_moe_experts_used_per_token_count{model_name="reset"} 3'));
+  assert.ok(after.includes('dynamic_moe_expert_tokens_total{model_name="reset",layer_id="1",expert_id="0"} 1'));
+  assert.ok(after.includes('status="success"} 3'));
+});
+
 test.run();

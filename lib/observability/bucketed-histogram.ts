@@ -146,6 +146,11 @@ export class BucketedHistogram<L extends string = string> {
     return end;
   }
 
+  /** @internal Where the buckets of a source histogram with these bounds go (lib/observability/drain-plan.ts). */
+  bucketTarget(bounds: readonly number[]): { buckets: number; remap: Int32Array } {
+    return { buckets: this.upperBounds.length, remap: this.remapFor(bounds) };
+  }
+
   /** The series of a label set, created empty when new. Keep it for {@link addFlatDelta}. */
   handle(labels: LabelValues<L>): HistogramSeries {
     const key = this.keyOf(labels);

@@ -21,8 +21,10 @@ import {
 import { registryText, registryTextInto } from './exposition';
 import { SeriesStore } from './series-store';
 import { SeriesFamily, type Series } from './series-family';
+import { DrainPlan } from './drain-plan';
 import {
   encodeTelemetry,
+  RecordAt,
   RecordHistogram,
   TelemetryRecord,
   type TelemetryDelta,
@@ -89,7 +91,11 @@ interface Attached extends ObservedSourceInfo {
     expertTokens: Series[];
     /** By RecordHistogram index; created with their first observation. */
     histograms: (HistogramSeries | undefined)[];
+    /** Created with the first finite score. */
+    loadBalance?: Series;
   };
+  /** How its drain records are added (rebuilt when the collector's series change). */
+  plan?: DrainPlan;
 }
 
 type Labels<N extends keyof typeof METRIC_LABELS> = (typeof METRIC_LABELS)[N][number];
@@ -136,6 +142,8 @@ export class MetricsCollector {
   private readonly defaultsIntervalMs: number;
   private defaultsCache = '';
   private defaultsAt = -Infinity;
+  /** The memory series of the source-fed components. */
+  private readonly memoryHandles = new Map<string, Series>();
   /** Memory components whose value comes from attached sources. */
   private readonly sourceComponents = new Set<string>();
 
@@ -280,7 +288,9 @@ export class MetricsCollector {
 
   /** Drains every attached source now and adds the deltas to the metrics (a scrape does this itself). */
   drainNow(): void {
-    for (const entry of [...this.attached]) this.drainOne(entry);
+    // (drainOne may detach a source: iterate over the list as it was)
+    const attached = this.attached;
+    for (let i = 0; i < attached.length; i++) this.drainOne(attached[i]);
     this.updateMemoryGauge();
   }
 
@@ -438,51 +448,105 @@ export class MetricsCollector {
   }
 
   private apply(entry: Attached, r: TelemetryRecord): void {
-    const model_name = this.modelName;
-    const { backend, layerId, series } = entry;
-    const f = r.flat;
     entry.kind = r.kind;
     entry.memoryBytes = r.memoryBytes;
-    if (r.calls > 0) this.requests.add(series.success, r.calls);
-    const errorCount = r.error(0) + r.error(1) + r.error(2);
-    if (errorCount > 0) {
-      this.requests.add(series.error, errorCount);
-      for (let i = 0; i < NATIVE_ERROR_TYPES.length; i++) {
-        const n = r.error(i as 0 | 1 | 2);
-        if (n > 0) this.errors.add(series.errorTypes[i], n);
-      }
-    }
-    // A histogram's series appears with its first observation, then its handle is kept.
-    const histogram = (family: BucketedHistogram<string>, h: number, labels: () => Record<string, string>) => {
-      if (r.histogramCount(h) === 0) return;
-      const handle = (series.histograms[h] ??= family.handle(labels()));
-      family.addFlatDelta(handle, f, r.histogramOffset(h));
+    let plan = entry.plan;
+    if (!plan?.fits(this.store, r)) plan = entry.plan = this.planFor(entry, r);
+    plan.apply(r, this.store.values);
+    if (Number.isFinite(r.loadBalance)) this.latestLoadBalance.set(entry.layerId, r.loadBalance);
+  }
+
+  /**
+   * The ops that add a source's records into the store, from its series handles. A series that does not exist (or
+   * was removed by a reset) waits in `pending` and is created by its first non-zero delta, which changes the
+   * store's version: the next drain builds a new plan that includes it.
+   */
+  private planFor(entry: Attached, r: TelemetryRecord): DrainPlan {
+    const plan = new DrainPlan();
+    const { series, layerId, backend } = entry;
+    const model_name = this.modelName;
+    const counter = (
+      family: SeriesFamily<string>,
+      handle: Series,
+      add: () => void,
+      delta: (r: TelemetryRecord) => number,
+    ) => {
+      if (!handle.removed) add();
+      else
+        plan.pending.push((r) => {
+          const v = delta(r);
+          if (v > 0) family.add(handle, v);
+        });
     };
-    histogram(this.duration, RecordHistogram.Duration, () => ({ model_name, backend }));
-    histogram(this.expertsPerToken, RecordHistogram.ExpertsPerToken, () => ({ model_name }));
-    histogram(this.complexity, RecordHistogram.Complexity, () => ({
-      model_name,
-      estimator_type: entry.estimatorType,
-    }));
-    STAGES.forEach((stage, i) =>
-      histogram(this.stageDuration, RecordHistogram.StageFirst + i, () => ({ model_name, stage })),
+    const errors = (r: TelemetryRecord) => r.error(0) + r.error(1) + r.error(2);
+    counter(
+      this.requests,
+      series.success,
+      () => plan.add(RecordAt.Calls, series.success.slot),
+      (r) => r.calls,
     );
-    const flopsComputed = r.flopsComputed;
-    const flopsStatic = r.flopsStatic;
-    if (flopsComputed > 0) this.flopsComputed.add(series.flopsComputed, flopsComputed);
-    if (flopsStatic > flopsComputed) this.flopsSaved.add(series.flopsSaved, flopsStatic - flopsComputed);
-    // An expert's series appears with its first token, as before; then its handle is kept.
+    counter(this.requests, series.error, () => plan.addSum3(RecordAt.Errors, series.error.slot), errors);
+    series.errorTypes.forEach((handle, i) =>
+      counter(
+        this.errors,
+        handle,
+        () => plan.add(RecordAt.Errors + i, handle.slot),
+        (r) => r.error(i as 0 | 1 | 2),
+      ),
+    );
+    counter(
+      this.flopsComputed,
+      series.flopsComputed,
+      () => plan.add(RecordAt.FlopsComputed, series.flopsComputed.slot),
+      (r) => r.flopsComputed,
+    );
+    counter(
+      this.flopsSaved,
+      series.flopsSaved,
+      () => plan.addExcess(RecordAt.FlopsStatic, RecordAt.FlopsComputed, series.flopsSaved.slot),
+      (r) => r.flopsStatic - r.flopsComputed,
+    );
+    const histogram = (family: BucketedHistogram<string>, h: number, labels: Record<string, string>) => {
+      const handle = series.histograms[h];
+      if (handle && handle.slot >= 0) {
+        plan.histogram(r.histogramOffset(h), handle.slot, family.bucketTarget(r.histogram(h).bounds));
+        return;
+      }
+      plan.pending.push((r) => {
+        if (r.histogramCount(h) === 0) return;
+        const live = (series.histograms[h] = family.handle(labels));
+        family.addFlatDelta(live, r.flat, r.histogramOffset(h));
+      });
+    };
+    histogram(this.duration, RecordHistogram.Duration, { model_name, backend });
+    histogram(this.expertsPerToken, RecordHistogram.ExpertsPerToken, { model_name });
+    histogram(this.complexity, RecordHistogram.Complexity, { model_name, estimator_type: entry.estimatorType });
+    STAGES.forEach((stage, i) => histogram(this.stageDuration, RecordHistogram.StageFirst + i, { model_name, stage }));
+    // An expert's series appears with its first token; then its handle is kept.
     for (let e = 0; e < r.expertCount; e++) {
-      const tokens = r.expertTokens(e);
-      if (tokens <= 0) continue;
-      const handle = (series.expertTokens[e] ??= this.expertTokens.handle({
-        model_name,
-        layer_id: layerId,
-        expert_id: String(e),
-      }));
-      this.expertTokens.add(handle, tokens);
+      const handle = series.expertTokens[e];
+      if (handle && !handle.removed) plan.add(r.expertTokensOffset + e, handle.slot);
+      else
+        plan.pending.push((r) => {
+          const tokens = r.expertTokens(e);
+          if (tokens <= 0) return;
+          const live = (series.expertTokens[e] ??= this.expertTokens.handle({
+            model_name,
+            layer_id: layerId,
+            expert_id: String(e),
+          }));
+          this.expertTokens.add(live, tokens);
+        });
     }
-    if (Number.isFinite(r.loadBalance)) this.recordLoadBalance(r.loadBalance, layerId);
+    const balance = series.loadBalance;
+    if (balance && !balance.removed) plan.setFinite(RecordAt.LoadBalance, balance.slot);
+    else
+      plan.pending.push((r) => {
+        if (!Number.isFinite(r.loadBalance)) return;
+        this.recordLoadBalance(r.loadBalance, layerId);
+        series.loadBalance = this.loadBalance.handle({ model_name, layer_id: layerId });
+      });
+    return plan.seal(this.store, r);
   }
 
   /** Native weight memory, summed per component over the attached sources (no allocation: two components). */
@@ -507,7 +571,11 @@ export class MetricsCollector {
   /** Sets a source-fed memory component, or removes it once no attached source feeds it. */
   private sourceMemory(component: 'expert_weights' | 'router_weights', present: boolean, bytes: number): void {
     if (present) {
-      this.updateMemoryUsage(bytes, component);
+      // the handle is kept (no label lookup per drain); a removed one is looked up again
+      let handle = this.memoryHandles.get(component);
+      if (!handle || handle.removed)
+        this.memoryHandles.set(component, (handle = this.memory.handle({ model_name: this.modelName, component })));
+      this.memory.setSeries(handle, bytes);
       this.sourceComponents.add(component);
     } else if (this.sourceComponents.delete(component)) {
       this.memory.remove({ model_name: this.modelName, component });

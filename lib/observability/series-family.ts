@@ -115,6 +115,13 @@ export class SeriesFamily<L extends string = string> {
     this.store.values[this.handle(labels).slot] = value;
   }
 
+  /** Sets a gauge's series by handle (see {@link set}); a removed handle puts its series back. */
+  setSeries(series: Series, value: number): void {
+    if (this.type !== 'gauge') throw new TypeError(`${this.name}: set() is for gauges`);
+    if (series.removed) series = this.handle(series.labels as SeriesLabels<L>);
+    this.store.values[series.slot] = value;
+  }
+
   /** Removes one series. */
   remove(labels: SeriesLabels<L>): void {
     const key = this.keyOf(labels);

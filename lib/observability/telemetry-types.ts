@@ -88,6 +88,16 @@ const enum At {
   NSpans,
   Histograms,
 }
+/** Positions of header fields in a record (what a DrainPlan's ops read). */
+export const RecordAt = {
+  Calls: At.Calls,
+  /** validation, non_finite, internal */
+  Errors: At.Errors,
+  FlopsComputed: At.FlopsComputed,
+  FlopsStatic: At.FlopsStatic,
+  LoadBalance: At.LoadBalance,
+} as const;
+
 /** The record's histograms, in order (stage i of STAGES is StageFirst + i). */
 export const RecordHistogram = { ExpertsPerToken: 0, Complexity: 1, StageFirst: 2, Duration: 7 } as const;
 /** A histogram's index in the record, 0..7. */
@@ -175,6 +185,10 @@ export class TelemetryRecord {
   }
   get expertCount(): number {
     return this.flat[At.NExpertTokens];
+  }
+  /** Where the tokens per expert start. */
+  get expertTokensOffset(): number {
+    return this.expertTokensAt;
   }
   /** Tokens routed to expert `e` since the previous drain. */
   expertTokens(e: number): number {
