@@ -301,7 +301,7 @@ export class MetricsCollector {
   async metrics(): Promise<string> {
     // what the families' collect callbacks do (once per turn: prom-client's own writer, used for registries with
     // default labels or OpenMetrics, calls them again); the writer then reads our families without calling it
-    const suffix = await this.defaultsText();
+    const suffix = this.cachedDefaults() ?? (await this.refreshDefaults());
     this.collectFamilies();
     return registryText(this.registry, this.collectFamilies, suffix);
   }
@@ -313,7 +313,7 @@ export class MetricsCollector {
    * kinds gets a fresh buffer of its text instead.
    */
   async metricsBuffer(): Promise<Buffer> {
-    const suffix = await this.defaultsText();
+    const suffix = this.cachedDefaults() ?? (await this.refreshDefaults());
     this.collectFamilies();
     let n = registryTextInto(this.registry, this.body, this.collectFamilies, suffix);
     if (n === undefined) return Buffer.from(await registryText(this.registry, this.collectFamilies, suffix));
@@ -324,14 +324,18 @@ export class MetricsCollector {
     return this.body.subarray(0, n);
   }
 
-  /** The cached text of the default metrics of a collector-owned registry ('' without them). */
-  private async defaultsText(): Promise<string> {
+  /**
+   * The text of the default metrics of a collector-owned registry ('' without them) while it is fresh, else
+   * undefined (a scrape then awaits {@link refreshDefaults}; otherwise it awaits nothing before its drain).
+   */
+  private cachedDefaults(): string | undefined {
     if (!this.defaults) return '';
-    const now = performance.now();
-    if (now - this.defaultsAt >= this.defaultsIntervalMs) {
-      this.defaultsCache = await this.defaults.metrics();
-      this.defaultsAt = now;
-    }
+    return performance.now() - this.defaultsAt < this.defaultsIntervalMs ? this.defaultsCache : undefined;
+  }
+
+  private async refreshDefaults(): Promise<string> {
+    this.defaultsCache = await this.defaults!.metrics();
+    this.defaultsAt = performance.now();
     return this.defaultsCache;
   }
 
