@@ -17,7 +17,10 @@
  *     the phase's own garbage collection), on minus off, as a share of the median forward.
  * Also the measured cost of each piece — every scrape, every once-a-second span batch and summary (driven by the
  * bench's own timer, doing what the library's timers do), every phase end — and their sum over the forward time,
- * which noise outside those pieces does not move. Target: at most 1 % at T=32.
+ * which noise outside those pieces does not move; and the typical cost: each piece's median (a scrape, a span
+ * record, a summary) times how often it ran, over the calls at the median forward — medians on both sides, so the
+ * host's load bursts (which on the development VM double the mean forward) move neither. Target: at most 1 % at
+ * T=32.
  *
  * And the whole phase's wall time per call (calls, timers and garbage collection): the throughput a stream of
  * calls loses. --mode async runs forwardAsync, as a service does: the scrape then runs on the main thread while
@@ -134,6 +137,15 @@ async function main(): Promise<void> {
   let spanFlushOnMs = 0; // the span batches alone
   let periodicOnMs = 0; // the once-a-second span batches and summaries during the on phases
   const periodicPieceMs = { spans: 0, summary: 0 };
+  // each span batch's time per record it held (the forwards since the previous batch), and each summary's time:
+  // their medians give the typical cost of each piece, which the host's load bursts do not move
+  const spanPerRecordMs: number[] = [];
+  const summaryMs: number[] = [];
+  let forwardsAtLastBatch = 0;
+  const spanBatchDone = (ms: number) => {
+    if (forwardsOn > forwardsAtLastBatch) spanPerRecordMs.push(ms / (forwardsOn - forwardsAtLastBatch));
+    forwardsAtLastBatch = forwardsOn;
+  };
   let gcDuringMs = 0;
   const gcObserver = new PerformanceObserver((list) => {
     for (const entry of list.getEntries()) gcDuringMs += entry.duration;
@@ -158,6 +170,8 @@ async function main(): Promise<void> {
           const ms = performance.now() - t0;
           periodicOnMs += ms;
           periodicPieceMs[piece] += ms;
+          if (piece === 'spans') spanBatchDone(ms);
+          else summaryMs.push(ms);
         }, ms),
       );
     if (stopSpans && spanFlushMs > 0) timed(spanFlushMs, () => stopSpans.flush(), 'spans');
@@ -176,6 +190,7 @@ async function main(): Promise<void> {
       timed(1000, () => summary.logNow(), 'summary');
     }
     const result: PhaseResult = { forwardMs: [], callMs: [], outsideMs: [], wallPerCallMs: 0, gcMs: 0 };
+    forwardsAtLastBatch = forwardsOn;
     await yieldToLoop();
     const gcBefore = gcDuringMs;
     const phaseStart = performance.now();
@@ -207,6 +222,7 @@ async function main(): Promise<void> {
     if (on) {
       flushOnMs += stopMs;
       spanFlushOnMs += f1 - f0;
+      if (stopSpans) spanBatchDone(f1 - f0);
     }
     spansRecorded += exporter.getFinishedSpans().filter((span) => span.name === 'moe.forward').length;
     exporter.reset();
@@ -303,6 +319,15 @@ async function main(): Promise<void> {
       // the scrapes (drain, text, spans when they are recorded at every scrape) and the span batches, over the
       // on phases' forward time (the rare default-metrics refresh counts)
       estimatedOverheadRatio: (scrapeMeanMs * scrapeMs.length + periodicOnMs + flushOnMs) / forwardOnMs,
+      // the typical cost of each piece (its median) times how often it ran, over the on calls at the median
+      // forward: medians on both sides, so neither is moved by the host's bursts
+      spanPerRecordMedianMs: median(spanPerRecordMs),
+      summaryMedianMs: median(summaryMs),
+      estimatedTypicalRatio:
+        (scrapeMedianMs * scrapeMs.length +
+          median(spanPerRecordMs) * (parts.has('spans') ? forwardsOn : 0) +
+          median(summaryMs) * summaryMs.length) /
+        (forwardsOn * median(over('on', 'forwardMs'))),
       // the same timed work over the on calls at the median forward (the host's bursts inflate the mean)
       estimatedAtMedianRatio:
         (scrapeMeanMs * scrapeMs.length + periodicOnMs + flushOnMs) / (forwardsOn * median(over('on', 'forwardMs'))),
@@ -328,6 +353,9 @@ async function main(): Promise<void> {
         `${spanFlushOnMs.toFixed(1)} of it spans), ` +
         `${periodicOnMs.toFixed(1)} ms of once-a-second work (span batches ${periodicPieceMs.spans.toFixed(1)}, ` +
         `summaries ${periodicPieceMs.summary.toFixed(1)}), ${result.summaryRecordsLogged} summary records; ` +
+        `span records median ${result.pieces.spanPerRecordMedianMs.toFixed(3)} ms each, summaries median ` +
+        `${result.pieces.summaryMedianMs.toFixed(3)} ms; typical cost (medians of pieces and forward) ` +
+        `${pct(result.pieces.estimatedTypicalRatio)}; ` +
         `timed work over the forward time ${pct(result.pieces.estimatedOverheadRatio)}, ` +
         `over the calls at the median forward ${pct(result.pieces.estimatedAtMedianRatio)} (target <= 1 %)`,
     ].join('\n'),
