@@ -85,7 +85,7 @@ size_t renderTextTo(const uint8_t* blob, const TextOp* ops, size_t nOps, const d
   char* p = out;
   for (size_t i = 0; i < nOps; ++i) {
     const TextOp& op = ops[i];
-    std::memcpy(p, blob + op.start, op.length);
+    if (op.length != 0) std::memcpy(p, blob + op.start, op.length);  // (an empty blob may have no data pointer)
     p += op.length;
     if (op.slot != kNoValue) p += formatJsNumber(values[op.slot], p);
   }
