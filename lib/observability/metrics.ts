@@ -6,6 +6,11 @@
  * pattern of prom-client's own process CPU counters. The other families' `collect()` hooks ask for the same drain,
  * which is skipped when it already ran in this turn of the event loop, so reading a single family is correct too.
  * The guide's manual `record*` methods write into the same families.
+ *
+ * A scrape touches little, because on cold caches everything it touches costs: every series value lives in one
+ * Float64Array (series-store.ts), a drain's flat record is written into a reused array and added by one loop
+ * (drain-plan.ts), and the text is rendered natively from the values and a cached plan of the fixed text
+ * (text-plan.ts), into a reused buffer for `/metrics` ({@link MetricsCollector.metricsBuffer}).
  */
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { BucketedHistogram, type HistogramSeries } from './bucketed-histogram';
