@@ -6,13 +6,14 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Gauge } from 'prom-client';
+import { Gauge, Registry } from 'prom-client';
 import { MoELayer, Router } from '../lib';
 import { native } from '../lib/native';
 import { BucketedHistogram, MetricsCollector } from '../lib/observability';
 import { SeriesFamily } from '../lib/observability/series-family';
 import { SeriesStore } from '../lib/observability/series-store';
 import { TextPlan } from '../lib/observability/text-plan';
+import { registryText } from '../lib/observability/exposition';
 import {
   decodeTelemetry,
   encodeTelemetry,
@@ -212,6 +213,47 @@ test('after a registry reset, drains count only what came after it, in revived s
   assert.ok(after.includes('dynamic_moe_experts_used_per_token_count{model_name="reset"} 3'));
   assert.ok(after.includes('dynamic_moe_expert_tokens_total{model_name="reset",layer_id="1",expert_id="0"} 1'));
   assert.ok(after.includes('status="success"} 3'));
+});
+
+test('a gauge set on a new series while the store is full keeps its value; an empty registry prints a newline', async () => {
+  const store = new SeriesStore();
+  const counters = new SeriesFamily({ name: 'c_total', help: 'h', type: 'counter', labelNames: ['i'], store });
+  const gauge = new SeriesFamily({ name: 'g', help: 'h', type: 'gauge', labelNames: ['i'], store });
+  const capacity = store.values.length;
+  for (let i = 0; i < capacity; i++) counters.inc({ i }, i + 1);
+  gauge.set({ i: 'x' }, 5); // needs a slot: the values array is replaced
+  assert.ok(store.values.length > capacity);
+  assert.ok(gauge.text().endsWith('g{i="x"} 5'), gauge.text().slice(-40));
+  assert.ok(counters.text().endsWith(`c_total{i="${capacity - 1}"} ${capacity}`));
+  const empty = new Registry();
+  assert.is(await registryText(empty), await empty.metrics());
+});
+
+test('a listener that drains again does not change the record the other listeners read', async () => {
+  const c = new MetricsCollector('nested', { defaultMetrics: false });
+  const a = new FakeTelemetrySource(4, 2);
+  const b = new FakeTelemetrySource(4, 2);
+  c.observe(a, { layerId: 'a' });
+  c.observe(b, { layerId: 'b' });
+  for (let i = 0; i < 3; i++) a.call({ ks: [1] });
+  for (let i = 0; i < 5; i++) b.call({ ks: [2] });
+  let drainedAgain = false;
+  c.onDrainRecord((_record, source) => {
+    if (source.layerId === 'a' && !drainedAgain) {
+      drainedAgain = true;
+      b.call({ ks: [1] });
+      c.drainNow(); // drains a (nothing new) and b (6 calls) inside a's drain
+    }
+  });
+  const seen: string[] = [];
+  c.onDrainRecord((record, source) => seen.push(`${source.layerId}:${record.calls}`));
+  const decoded: string[] = [];
+  c.onDrain((delta, source) => decoded.push(`${source.layerId}:${delta.calls}`));
+  c.drainNow();
+  assert.equal(seen, ['a:0', 'b:6', 'a:3', 'b:0']);
+  assert.equal(decoded, ['a:0', 'b:6', 'a:3', 'b:0']);
+  const text = await c.metrics();
+  assert.ok(text.includes('dynamic_moe_routing_requests_total{model_name="nested",backend="cpu",status="success"} 9'));
 });
 
 test.run();

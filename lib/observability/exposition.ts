@@ -94,7 +94,7 @@ function planFor(registry: Registry, metrics: readonly unknown[], suffix: string
       metric.writeText(sink);
     });
   });
-  const ending = (metrics.length ? '\n' : '') + suffix;
+  const ending = '\n' + suffix; // (an empty registry's text is '\n', as prom-client's)
   if (run) run.writers.push((sink) => sink.text(ending));
   endRun();
   if (!(parts[parts.length - 1] && 'plan' in parts[parts.length - 1])) parts.push({ text: ending });

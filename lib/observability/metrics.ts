@@ -135,6 +135,8 @@ export class MetricsCollector {
   /** The drain records are written here (grown when one does not fit) and read in place. */
   private drainBuffer: Float64Array = new Float64Array(2048);
   private readonly record = new TelemetryRecord();
+  /** Set while a drain's record is added and its listeners run. */
+  private draining = false;
   private readonly latestLoadBalance = new Map<string, number>();
   private drainedThisTurn = false;
   private readonly endTurn = () => {
@@ -414,9 +416,12 @@ export class MetricsCollector {
   }
 
   private drainOne(entry: Attached): void {
+    // A listener may drain again (drainNow, unobserve): a nested drain gets a record and buffer of its own, so
+    // the outer listeners keep reading their source's record.
+    const nested = this.draining;
     let record: TelemetryRecord;
     try {
-      record = this.drainRecord(entry.source);
+      record = this.drainRecord(entry.source, nested);
     } catch (error) {
       // A disposed layer cannot be drained any more: stop asking, and count it once.
       this.attached = this.attached.filter((a) => a !== entry);
@@ -426,7 +431,16 @@ export class MetricsCollector {
       );
       return;
     }
-    this.apply(entry, record);
+    this.draining = true;
+    try {
+      this.apply(entry, record);
+      this.tellListeners(entry, record);
+    } finally {
+      this.draining = nested;
+    }
+  }
+
+  private tellListeners(entry: Attached, record: TelemetryRecord): void {
     for (const listener of this.recordListeners) {
       try {
         listener(record, entry);
@@ -446,7 +460,8 @@ export class MetricsCollector {
   }
 
   /** One drain of a source as a record: in place for Router and MoELayer, else the encoded delta. */
-  private drainRecord(source: TelemetrySource): TelemetryRecord {
+  private drainRecord(source: TelemetrySource, nested: boolean): TelemetryRecord {
+    if (nested) return new TelemetryRecord().load(encodeTelemetry(source.drainTelemetry()));
     if (typeof source.drainTelemetryRecord !== 'function')
       return this.record.load(encodeTelemetry(source.drainTelemetry()));
     const written = source.drainTelemetryRecord(this.drainBuffer);
@@ -460,7 +475,9 @@ export class MetricsCollector {
     entry.kind = r.kind;
     entry.memoryBytes = r.memoryBytes;
     let plan = entry.plan;
-    if (!plan?.fits(this.store, r)) plan = entry.plan = this.planFor(entry, r);
+    // (a source that builds its own deltas may change its histogram bounds: its plan is built for each record)
+    const native = typeof entry.source.drainTelemetryRecord === 'function';
+    if (!native || !plan?.fits(this.store, r)) plan = entry.plan = this.planFor(entry, r);
     plan.apply(r, this.store.values);
     if (Number.isFinite(r.loadBalance)) this.latestLoadBalance.set(entry.layerId, r.loadBalance);
   }

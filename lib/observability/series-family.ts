@@ -112,7 +112,8 @@ export class SeriesFamily<L extends string = string> {
   set(labels: SeriesLabels<L>, value: number): void {
     if (this.type !== 'gauge') throw new TypeError(`${this.name}: set() is for gauges`);
     if (typeof value !== 'number') throw new TypeError(`${this.name}: value must be a number, got ${typeof value}`);
-    this.store.values[this.handle(labels).slot] = value;
+    const { slot } = this.handle(labels); // first: a new series may replace the values array
+    this.store.values[slot] = value;
   }
 
   /** Sets a gauge's series by handle (see {@link set}); a removed handle puts its series back. */

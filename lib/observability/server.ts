@@ -5,6 +5,7 @@
  */
 import * as http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { finished } from 'node:stream';
 import { HealthMonitor, type HealthReport } from './health';
 import type { MetricsCollector } from './metrics';
 
@@ -55,23 +56,22 @@ export async function startObservabilityServer(opts: ObservabilityServerOptions 
   const monitor = opts.healthMonitor ?? new HealthMonitor();
   const ready = opts.ready ?? (() => true);
 
-  // The collector's reused text buffer serves one response at a time: a scrape that arrives while the previous
-  // response is still being written gets a string of its own.
-  let bufferInUse = false;
   const metricsRoutes: Record<string, Route> = {
     '/metrics': async (res) => {
       const collector = opts.collector;
       if (!collector) return send(res, 404, 'text/plain; charset=utf-8', 'no metrics collector configured\n');
-      if (bufferInUse) return send(res, 200, collector.contentType, await collector.metrics());
-      bufferInUse = true;
+      // The collector's reused text buffer serves one response at a time (over every server of this process): a
+      // scrape that arrives while another response still uses it gets a string of its own.
+      if (buffersInUse.has(collector)) return send(res, 200, collector.contentType, await collector.metrics());
+      buffersInUse.add(collector);
       let body: Buffer;
       try {
         body = await collector.metricsBuffer();
       } catch (error) {
-        bufferInUse = false;
+        buffersInUse.delete(collector);
         throw error;
       }
-      send(res, 200, collector.contentType, body, () => (bufferInUse = false));
+      send(res, 200, collector.contentType, body, () => buffersInUse.delete(collector));
     },
   };
   let pendingHealth: Promise<HealthReport> | undefined;
@@ -123,6 +123,9 @@ interface RunningServer {
   port: number;
   close(): Promise<void>;
 }
+
+/** Collectors whose reused metrics buffer a response is still sending. */
+const buffersInUse = new WeakSet<MetricsCollector>();
 
 function listen(routes: Record<string, Route>, port: number, host: string): Promise<RunningServer> {
   const sockets = new Set<Socket>();
@@ -194,17 +197,8 @@ function send(
   body: string | Buffer,
   done?: () => void,
 ): void {
-  if (done) {
-    let called = false;
-    const once = () => {
-      if (!called) {
-        called = true;
-        done();
-      }
-    };
-    res.once('finish', once);
-    res.once('close', once);
-  }
+  // (finished() also calls back for a response whose client has already gone)
+  if (done) finished(res, () => done());
   res.writeHead(status, {
     'Content-Type': contentType,
     'Content-Length': typeof body === 'string' ? Buffer.byteLength(body) : body.length,
