@@ -7,7 +7,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Gauge, Registry } from 'prom-client';
-import { MoELayer, Router } from '../lib';
 import { native } from '../lib/native';
 import { BucketedHistogram, MetricsCollector } from '../lib/observability';
 import { SeriesFamily } from '../lib/observability/series-family';
@@ -21,6 +20,7 @@ import {
   TelemetryRecord,
 } from '../lib/observability/telemetry-types';
 import { FakeTelemetrySource } from './helpers/fake-telemetry';
+import { buildLayer } from './helpers/layer';
 import { freshSeed, randn, rng } from './helpers/random';
 
 const SEED = freshSeed();
@@ -143,24 +143,8 @@ test('metricsBuffer() is metrics() as bytes, from a reused buffer; a registry wi
 });
 
 test('the drain record read in place agrees with the decoded delta; encode is its inverse', () => {
-  const E = 8;
   const d = 16;
-  const f = 8;
-  const router = new Router({
-    numExperts: E,
-    hiddenSize: d,
-    gateWeight: randn(E * d, SEED + 3),
-    selection: { kind: 'topp', p: 0.6, maxK: 3 },
-  });
-  const layer = new MoELayer({
-    router,
-    experts: {
-      stacked: true,
-      w1: randn(E * f * d, SEED + 4, 0.2),
-      w3: randn(E * f * d, SEED + 5, 0.2),
-      w2: randn(E * d * f, SEED + 6, 0.2),
-    },
-  });
+  const { layer } = buildLayer({ E: 8, d, f: 8, selection: { kind: 'topp', p: 0.6, maxK: 3 }, seed: SEED + 3 });
   for (const T of [1, 7, 3]) layer.forward(randn(T * d, SEED + T));
   const small = new Float64Array(8);
   const fresh = layer.drainTelemetryRecord(small);

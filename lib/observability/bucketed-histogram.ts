@@ -74,8 +74,6 @@ export class BucketedHistogram<L extends string = string> {
   /** Where the values live. */
   readonly store: SeriesStore;
   private series = new Map<string, HistogramSeries>();
-  /** Per-bucket counts of the delta being added (bounds.length + 1), reused. */
-  private readonly scratch: Float64Array;
   /** For each set of source bounds seen: source bucket index -> our bucket index. */
   private readonly remaps = new Map<string, Int32Array>();
   /** The bounds of the latest delta (a copy) and their remap. */
@@ -94,7 +92,6 @@ export class BucketedHistogram<L extends string = string> {
     this.upperBounds = Object.freeze([...opts.buckets]);
     this.collectHook = opts.collect;
     this.store = opts.store ?? new SeriesStore();
-    this.scratch = new Float64Array(this.upperBounds.length + 1);
     // prom-client's Registry duck-types its metrics; this object has every member the registry uses.
     for (const registry of opts.registers ?? []) registry.registerMetric(this as unknown as Metric);
   }
@@ -122,9 +119,11 @@ export class BucketedHistogram<L extends string = string> {
       );
     }
     const remap = this.remapFor(delta.bounds);
-    const scratch = this.scratch.fill(0);
-    for (let i = 0; i < delta.counts.length; i++) scratch[remap[i]] += delta.counts[i];
-    this.addCounts(this.handle(labels), delta.sum, delta.count);
+    const buckets = this.upperBounds.length;
+    const perBucket = bucketScratch(buckets);
+    for (let i = 0; i < delta.counts.length; i++) perBucket[remap[i]] += delta.counts[i];
+    const { slot } = this.handle(labels); // first: a new series may replace the values array
+    addBucketCounts(this.store.values, slot, buckets, perBucket, delta.sum, delta.count);
   }
 
   /**
@@ -137,12 +136,10 @@ export class BucketedHistogram<L extends string = string> {
     const end = countsAt + nBounds + 1 + 2;
     if (!(Number.isInteger(nBounds) && nBounds >= 0 && end <= flat.length))
       throw new RangeError(`${this.name}: a flat histogram record ends early`);
-    const count = flat[end - 1];
-    if (count === 0) return end;
+    if (flat[end - 1] === 0) return end;
     const remap = this.remapForFlat(flat, at + 1, nBounds);
-    const scratch = this.scratch.fill(0);
-    for (let i = 0; i <= nBounds; i++) scratch[remap[i]] += flat[countsAt + i];
-    this.addCounts(this.revive(series), flat[end - 2], count);
+    const { slot } = this.revive(series); // first: reviving may replace the values array
+    addFlatHistogram(flat, at, this.store.values, slot, this.upperBounds.length, remap, 0);
     return end;
   }
 
@@ -256,19 +253,6 @@ export class BucketedHistogram<L extends string = string> {
     return { counts, sum: stored[s.slot + buckets], count };
   }
 
-  /** Adds the per-bucket counts in `scratch` (made cumulative here), a sum and a count to a series. */
-  private addCounts(s: HistogramSeries, sum: number, count: number): void {
-    const values = this.store.values;
-    const buckets = this.upperBounds.length;
-    let cumulative = 0;
-    for (let b = 0; b < buckets; b++) {
-      cumulative += this.scratch[b];
-      values[s.slot + b] += cumulative;
-    }
-    values[s.slot + buckets] += sum;
-    values[s.slot + buckets + 1] += count;
-  }
-
   /** A kept handle of a removed series puts it back (or returns the series that replaced it meanwhile). */
   private revive(s: HistogramSeries): HistogramSeries {
     if (s.slot >= 0) return s;
@@ -344,6 +328,57 @@ export class BucketedHistogram<L extends string = string> {
     }
     return this.remapFor(Array.from(flat.subarray(at, at + n)));
   }
+}
+
+/** Per-bucket counts of the delta being added (reused; grown for a family with more buckets). */
+let scratch = new Float64Array(64);
+
+/** The reused per-bucket counts, zeroed for `buckets` finite buckets and +Inf. */
+function bucketScratch(buckets: number): Float64Array {
+  if (scratch.length < buckets + 1) scratch = new Float64Array(2 * (buckets + 1));
+  return scratch.fill(0, 0, buckets + 1);
+}
+
+/** Adds per-bucket counts (made cumulative here), a sum and a count to the store block at `values[slot]`. */
+function addBucketCounts(
+  values: Float64Array,
+  slot: number,
+  buckets: number,
+  perBucket: Float64Array,
+  sum: number,
+  count: number,
+): void {
+  let cumulative = 0;
+  for (let b = 0; b < buckets; b++) {
+    cumulative += perBucket[b];
+    values[slot + b] += cumulative;
+  }
+  values[slot + buckets] += sum;
+  values[slot + buckets + 1] += count;
+}
+
+/**
+ * Adds the flat histogram at `flat[at]` (nBounds, bounds, counts, sum, count: telemetry-types.ts) to the store
+ * block at `values[slot]` (cumulative buckets, then sum and count), source bucket i going to block bucket
+ * `remap[remapAt + i]` (`buckets` is +Inf). BucketedHistogram.addFlatDelta and a DrainPlan's histogram ops both
+ * add through it.
+ */
+export function addFlatHistogram(
+  flat: Float64Array,
+  at: number,
+  values: Float64Array,
+  slot: number,
+  buckets: number,
+  remap: Int32Array,
+  remapAt: number,
+): void {
+  const nBounds = flat[at];
+  const count = flat[at + 2 * nBounds + 3];
+  if (count === 0) return;
+  const perBucket = bucketScratch(buckets);
+  const counts = at + 1 + nBounds;
+  for (let i = 0; i <= nBounds; i++) perBucket[remap[remapAt + i]] += flat[counts + i];
+  addBucketCounts(values, slot, buckets, perBucket, flat[at + 2 * nBounds + 2], count);
 }
 
 /**

@@ -5,6 +5,7 @@
  * and the values. The collector builds a plan from its series handles at a source's first drain and again whenever
  * the store's set of series changes (a series appeared, was removed or reset).
  */
+import { addFlatHistogram } from './bucketed-histogram';
 import type { SeriesStore } from './series-store';
 import { RecordHistogram, type TelemetryRecord } from './telemetry-types';
 
@@ -17,7 +18,7 @@ const enum Op {
   AddExcess = 2,
   /** values[dst] += flat[src] + flat[src + 1] + flat[src + 2] */
   AddSum3 = 3,
-  /** the histogram at flat[src] into the block at dst (cumulative buckets, sum, count); remap at remaps[aux] */
+  /** the histogram at flat[src] into the block at dst (addFlatHistogram); remaps[aux]: its buckets, then remap */
   Histogram = 4,
 }
 
@@ -28,9 +29,6 @@ export interface HistogramTarget {
   /** Source bucket i (of bounds.length + 1, the last +Inf) -> family bucket (buckets = +Inf). */
   remap: Int32Array;
 }
-
-/** Per-bucket counts of the histogram being added (reused; no family has more than 64 buckets here). */
-let scratch = new Float64Array(64);
 
 export class DrainPlan {
   private readonly ops: number[] = [];
@@ -61,8 +59,7 @@ export class DrainPlan {
   }
   histogram(src: number, dst: number, target: HistogramTarget): this {
     this.ops.push(Op.Histogram, src, dst, this.remaps.length);
-    this.remaps.push(target.buckets, target.remap.length, ...target.remap);
-    if (target.buckets + 1 > scratch.length) scratch = new Float64Array(2 * (target.buckets + 1));
+    this.remaps.push(target.buckets, ...target.remap);
     return this;
   }
 
@@ -108,7 +105,7 @@ export class DrainPlan {
           values[dst] += f[src] + f[src + 1] + f[src + 2];
           break;
         default:
-          addHistogram(f, src, values, dst, remaps, ops[i + 3]);
+          addFlatHistogram(f, src, values, dst, remaps[ops[i + 3]], remaps, ops[i + 3] + 1);
       }
     }
     for (const check of this.pending) check(r);
@@ -119,22 +116,4 @@ export class DrainPlan {
     out[RecordHistogram.Duration + 1] = r.expertCount;
     out[RecordHistogram.Duration + 2] = r.expertTokensOffset;
   }
-}
-
-/** One histogram of the record (nBounds, bounds, counts, sum, count at `at`) into a cumulative block. */
-function addHistogram(f: Float64Array, at: number, values: Float64Array, dst: number, remaps: Int32Array, r: number) {
-  const nBounds = f[at];
-  const count = f[at + 2 * nBounds + 3];
-  if (count === 0) return;
-  const buckets = remaps[r];
-  for (let b = 0; b <= buckets; b++) scratch[b] = 0;
-  const counts = at + 1 + nBounds;
-  for (let i = 0; i <= nBounds; i++) scratch[remaps[r + 2 + i]] += f[counts + i];
-  let cumulative = 0;
-  for (let b = 0; b < buckets; b++) {
-    cumulative += scratch[b];
-    values[dst + b] += cumulative;
-  }
-  values[dst + buckets] += f[at + 2 * nBounds + 2];
-  values[dst + buckets + 1] += count;
 }

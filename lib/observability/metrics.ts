@@ -28,7 +28,7 @@ import { SeriesStore } from './series-store';
 import { SeriesFamily, type Series } from './series-family';
 import { DrainPlan } from './drain-plan';
 import {
-  encodeTelemetry,
+  drainRecordOf,
   RecordAt,
   RecordHistogram,
   TelemetryRecord,
@@ -461,9 +461,8 @@ export class MetricsCollector {
 
   /** One drain of a source as a record: in place for Router and MoELayer, else the encoded delta. */
   private drainRecord(source: TelemetrySource, nested: boolean): TelemetryRecord {
-    if (nested) return new TelemetryRecord().load(encodeTelemetry(source.drainTelemetry()));
-    if (typeof source.drainTelemetryRecord !== 'function')
-      return this.record.load(encodeTelemetry(source.drainTelemetry()));
+    if (nested) return drainRecordOf(source);
+    if (typeof source.drainTelemetryRecord !== 'function') return drainRecordOf(source, this.record);
     const written = source.drainTelemetryRecord(this.drainBuffer);
     if (typeof written === 'number') return this.record.load(this.drainBuffer, written);
     // it did not fit: keep the larger array for the next drains

@@ -7,9 +7,9 @@ import { LogEvent } from './log-events';
 import { getLogger, type EventLogger } from './logging';
 import type { MetricsCollector } from './metrics';
 import {
-  encodeTelemetry,
+  drainRecordOf,
   RecordHistogram,
-  TelemetryRecord,
+  type TelemetryRecord,
   type HistogramDelta,
   type TelemetrySource,
 } from './telemetry-types';
@@ -94,7 +94,7 @@ export class PerformanceSummaryLogger {
   /** Drains, then logs and returns the summary of the interval so far (undefined when idle and not logged). */
   logNow(): PerformanceSummary | undefined {
     if (this.opts.collector) this.opts.collector.drainNow();
-    else this.add(new TelemetryRecord().load(encodeTelemetry(this.opts.source!.drainTelemetry())), this.opts.source);
+    else this.add(drainRecordOf(this.opts.source!), this.opts.source);
     const now = performance.now();
     const summary = summarise(this.window, (now - this.windowStartMs) / 1000, this.lowestLoadBalance());
     this.window = emptyWindow();

@@ -112,15 +112,14 @@ export class SeriesFamily<L extends string = string> {
   set(labels: SeriesLabels<L>, value: number): void {
     if (this.type !== 'gauge') throw new TypeError(`${this.name}: set() is for gauges`);
     if (typeof value !== 'number') throw new TypeError(`${this.name}: value must be a number, got ${typeof value}`);
-    const { slot } = this.handle(labels); // first: a new series may replace the values array
-    this.store.values[slot] = value;
+    this.setSeries(this.handle(labels), value);
   }
 
   /** Sets a gauge's series by handle (see {@link set}); a removed handle puts its series back. */
   setSeries(series: Series, value: number): void {
     if (this.type !== 'gauge') throw new TypeError(`${this.name}: set() is for gauges`);
     if (series.removed) series = this.handle(series.labels as SeriesLabels<L>);
-    this.store.values[series.slot] = value;
+    this.store.values[series.slot] = value; // read after handle(): a new series may replace the values array
   }
 
   /** Removes one series. */

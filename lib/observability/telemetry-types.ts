@@ -281,6 +281,11 @@ export function decodeTelemetry(flat: Float64Array): TelemetryDelta {
   return new TelemetryRecord().load(flat).toDelta();
 }
 
+/** One drain of `source` (its decoded delta, encoded again) read by `into`: for sources that build deltas, and rare drains. */
+export function drainRecordOf(source: TelemetrySource, into = new TelemetryRecord()): TelemetryRecord {
+  return into.load(encodeTelemetry(source.drainTelemetry()));
+}
+
 /** The flat record of a TelemetryDelta (the inverse of {@link decodeTelemetry}), for sources that build deltas. */
 export function encodeTelemetry(d: TelemetryDelta): Float64Array {
   const out: number[] = [
