@@ -8,10 +8,8 @@ import {
   context as otelContext,
   ROOT_CONTEXT,
   trace,
-  type Attributes,
   type Context,
   type HrTime,
-  type Span,
   type Tracer,
 } from '@opentelemetry/api';
 import type { ForwardResult } from '../layer';
@@ -100,63 +98,67 @@ export function recordForwardSpans(
 ): number {
   const list = Array.isArray(records) ? (records as readonly ForwardSpanRecord[]) : [records as ForwardSpanRecord];
   let recorded = 0;
-  for (const r of list) {
-    const forwardStartNs = r.complexityStartNs ?? r.startNs;
-    const root = tracer.startSpan('moe.forward', { startTime: steadyNsToHrTime(forwardStartNs) }, parent);
-    if (!root.isRecording()) {
-      root.end();
-      continue;
-    }
-    root.setAttributes(forwardAttributes(r, attributes));
-    const inside = trace.setSpan(parent, root);
-    const child = (name: string, startNs: number, endNs: number, attrs: Attributes): Span => {
-      // attributes set after the start: the SDK validates start-time attributes three times over
-      const span = tracer.startSpan(name, { startTime: steadyNsToHrTime(startNs) }, inside);
-      span.setAttributes(attrs);
-      span.end(steadyNsToHrTime(endNs));
-      return span;
-    };
-    if (r.complexityStartNs !== undefined) {
-      child('router.complexity_estimation', r.complexityStartNs, r.startNs, {
-        component: 'complexity_estimator',
-        'input.tokens': r.tokens,
-      });
-    }
-    child('router.expert_selection', r.startNs, r.gatingEndNs, {
-      component: 'expert_router',
-      'router.num_experts': attributes.numExperts ?? 0,
-      'routing.avg_experts_per_token': r.meanK,
-      'routing.tokens': r.tokens,
-    });
-    if (r.combineEndNs > r.gatingEndNs) {
-      child('router.expert_computation', r.gatingEndNs, r.combineEndNs, {
-        component: 'expert_network',
-        'moe.dispatch_seconds': (r.dispatchEndNs - r.gatingEndNs) / 1e9,
-        'moe.expert_gemm_seconds': (r.expertEndNs - r.dispatchEndNs) / 1e9,
-        'moe.combine_seconds': (r.combineEndNs - r.expertEndNs) / 1e9,
-        'moe.flops_computed': r.flopsComputed,
-      });
-    }
-    root.end(steadyNsToHrTime(Math.max(r.combineEndNs, r.gatingEndNs)));
-    recorded++;
-  }
+  for (const r of list) if (recordOne(tracer, r, attributes, parent)) recorded++;
   return recorded;
 }
 
-function forwardAttributes(r: ForwardSpanRecord, a: ForwardSpanAttributes): Attributes {
-  const attrs: Attributes = {
-    'moe.tokens': r.tokens,
-    'moe.avg_experts_per_token': r.meanK,
-    'moe.flops_computed': r.flopsComputed,
-    'moe.flops_static': r.flopsStatic,
-    'moe.flop_reduction': r.flopsStatic > 0 ? 1 - r.flopsComputed / r.flopsStatic : 0,
-    'moe.kind': r.combineEndNs > r.gatingEndNs ? 'layer' : 'router',
-  };
-  if (a.modelName !== undefined) attrs['model.name'] = a.modelName;
-  if (a.layerId !== undefined) attrs['moe.layer_id'] = String(a.layerId);
-  if (a.numExperts !== undefined) attrs['router.num_experts'] = a.numExperts;
-  if (a.backend !== undefined) attrs['moe.backend'] = a.backend;
-  return attrs;
+/**
+ * One record's spans. A batch runs on the caches a forward has just emptied, where every object allocated costs
+ * memory latency: each stage boundary is converted once (a child's end is the next one's start), and attributes go
+ * straight to the spans (no attribute objects to build and walk). The SDK validates start-time attributes three
+ * times over, so none are passed at the start.
+ */
+function recordOne(tracer: Tracer, r: ForwardSpanRecord, a: ForwardSpanAttributes, parent: Context): boolean {
+  const gatingStart = steadyNsToHrTime(r.startNs);
+  const complexity = r.complexityStartNs !== undefined;
+  const forwardStart = complexity ? steadyNsToHrTime(r.complexityStartNs!) : gatingStart;
+  const root = tracer.startSpan('moe.forward', { startTime: forwardStart }, parent);
+  if (!root.isRecording()) {
+    root.end();
+    return false;
+  }
+  const layer = r.combineEndNs > r.gatingEndNs;
+  root
+    .setAttribute('moe.tokens', r.tokens)
+    .setAttribute('moe.avg_experts_per_token', r.meanK)
+    .setAttribute('moe.flops_computed', r.flopsComputed)
+    .setAttribute('moe.flops_static', r.flopsStatic)
+    .setAttribute('moe.flop_reduction', r.flopsStatic > 0 ? 1 - r.flopsComputed / r.flopsStatic : 0)
+    .setAttribute('moe.kind', layer ? 'layer' : 'router');
+  if (a.modelName !== undefined) root.setAttribute('model.name', a.modelName);
+  if (a.layerId !== undefined) root.setAttribute('moe.layer_id', String(a.layerId));
+  if (a.numExperts !== undefined) root.setAttribute('router.num_experts', a.numExperts);
+  if (a.backend !== undefined) root.setAttribute('moe.backend', a.backend);
+  const inside = trace.setSpan(parent, root);
+  if (complexity) {
+    tracer
+      .startSpan('router.complexity_estimation', { startTime: forwardStart }, inside)
+      .setAttribute('component', 'complexity_estimator')
+      .setAttribute('input.tokens', r.tokens)
+      .end(gatingStart);
+  }
+  const gatingEnd = steadyNsToHrTime(r.gatingEndNs);
+  tracer
+    .startSpan('router.expert_selection', { startTime: gatingStart }, inside)
+    .setAttribute('component', 'expert_router')
+    .setAttribute('router.num_experts', a.numExperts ?? 0)
+    .setAttribute('routing.avg_experts_per_token', r.meanK)
+    .setAttribute('routing.tokens', r.tokens)
+    .end(gatingEnd);
+  let end = gatingEnd;
+  if (layer) {
+    end = steadyNsToHrTime(r.combineEndNs);
+    tracer
+      .startSpan('router.expert_computation', { startTime: gatingEnd }, inside)
+      .setAttribute('component', 'expert_network')
+      .setAttribute('moe.dispatch_seconds', (r.dispatchEndNs - r.gatingEndNs) / 1e9)
+      .setAttribute('moe.expert_gemm_seconds', (r.expertEndNs - r.dispatchEndNs) / 1e9)
+      .setAttribute('moe.combine_seconds', (r.combineEndNs - r.expertEndNs) / 1e9)
+      .setAttribute('moe.flops_computed', r.flopsComputed)
+      .end(end);
+  }
+  root.end(end);
+  return true;
 }
 
 /**

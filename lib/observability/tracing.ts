@@ -76,6 +76,7 @@ interface SdkTraceBase {
   ConsoleSpanExporter: new () => object;
   ParentBasedSampler: new (config: { root: unknown }) => unknown;
   TraceIdRatioBasedSampler: new (ratio: number) => unknown;
+  AlwaysOnSampler: new () => unknown;
 }
 
 /** A clear message naming the package to install. */
@@ -124,7 +125,9 @@ export function initializeTracing(config: TracingConfig = {}): TracingHandle {
   const processors = exporter
     ? [batch ? new base.BatchSpanProcessor(exporter) : new base.SimpleSpanProcessor(exporter)]
     : [];
-  const sampler = new base.ParentBasedSampler({ root: new base.TraceIdRatioBasedSampler(sampleRate) });
+  // (every root sampled: the ratio sampler would still parse each trace id to decide)
+  const root = sampleRate === 1 ? new base.AlwaysOnSampler() : new base.TraceIdRatioBasedSampler(sampleRate);
+  const sampler = new base.ParentBasedSampler({ root });
   const resource = makeResource({
     'service.name': config.serviceName ?? 'dynamic-moe-router',
     'service.version': config.serviceVersion ?? packageVersion(),
