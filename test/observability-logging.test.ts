@@ -245,6 +245,33 @@ test('PerformanceSummaryLogger logs one performance.measurement per interval, no
   );
 });
 
+test("the periodic summary takes a scrape's recent drain instead of draining again", () => {
+  const out = capture();
+  configureLogging({ destination: out.destination });
+  const src = new FakeTelemetrySource(8, 4);
+  const collector = new MetricsCollector('fresh', { defaultMetrics: false });
+  collector.observe(src, { layerId: 0 });
+  const summary = new PerformanceSummaryLogger({ collector, intervalMs: 60_000 }).start();
+  src.call({ ks: [1, 2], durationSeconds: 0.004 });
+  collector.drainNow(); // a scrape
+  src.call({ ks: [3], durationSeconds: 0.5 });
+  const first = summary.logNow({ drain: 'ifStale' });
+  assert.is(first?.calls, 1, 'the call after the scrape waits for the next summary');
+  assert.is(first?.tokens_processed, 2);
+  assert.ok(Math.abs(first!.duration_seconds_mean - 0.004) < 1e-12);
+  // the latest drain is the one the first summary ended at: not fresh for this window, so it drains
+  const second = summary.logNow({ drain: 'ifStale' });
+  assert.is(second?.calls, 1);
+  assert.is(second?.tokens_processed, 1);
+  assert.ok(Math.abs(second!.duration_seconds_mean - 0.5) < 1e-12);
+  src.call({ ks: [1, 1, 1] });
+  collector.drainNow();
+  src.call({ ks: [1] });
+  assert.is(summary.logNow()?.calls, 2, 'logNow() drains by default');
+  assert.is(out.records().length, 3);
+  summary.stop(false);
+});
+
 test('PerformanceSummaryLogger can drain a source directly', () => {
   const out = capture();
   configureLogging({ destination: out.destination });

@@ -6,13 +6,7 @@
 import { LogEvent } from './log-events';
 import { getLogger, type EventLogger } from './logging';
 import type { MetricsCollector } from './metrics';
-import {
-  drainRecordOf,
-  RecordHistogram,
-  type TelemetryRecord,
-  type HistogramDelta,
-  type TelemetrySource,
-} from './telemetry-types';
+import { drainRecordOf, RecordHistogram, type TelemetryRecord, type TelemetrySource } from './telemetry-types';
 
 export interface PerformanceSummaryOptions {
   /** Take the deltas this collector drains (preferred when metrics are on: a source has one drainer). */
@@ -76,7 +70,7 @@ export class PerformanceSummaryLogger {
     if (this.opts.collector)
       this.unsubscribe = this.opts.collector.onDrainRecord((record, info) => this.add(record, info.source));
     this.windowStartMs = performance.now();
-    this.timer = setInterval(() => this.logNow(), this.intervalMs);
+    this.timer = setInterval(() => this.logNow({ drain: 'ifStale' }), this.intervalMs);
     this.timer.unref();
     return this;
   }
@@ -91,14 +85,27 @@ export class PerformanceSummaryLogger {
     this.unsubscribe = undefined;
   }
 
-  /** Drains, then logs and returns the summary of the interval so far (undefined when idle and not logged). */
-  logNow(): PerformanceSummary | undefined {
-    if (this.opts.collector) this.opts.collector.drainNow();
-    else this.add(drainRecordOf(this.opts.source!), this.opts.source);
-    const now = performance.now();
-    const summary = summarise(this.window, (now - this.windowStartMs) / 1000, this.lowestLoadBalance());
+  /**
+   * Logs and returns the summary of the calls drained since the previous one (undefined when idle and not logged),
+   * draining first. With `drain: 'ifStale'` (what the periodic timer does) a collector's recent drain is used
+   * instead: when one of its scrapes drained less than a tenth of the interval ago (at most 1 s), the summary covers
+   * the calls up to that drain and the rest go into the next one — a scrape has just done the work.
+   */
+  logNow(opts: { drain?: 'always' | 'ifStale' } = {}): PerformanceSummary | undefined {
+    const collector = this.opts.collector;
+    let end: number;
+    if (collector) {
+      const last = collector.lastDrainMs;
+      const fresh = last > this.windowStartMs && performance.now() - last <= Math.min(this.intervalMs / 10, 1000);
+      if (!(opts.drain === 'ifStale' && fresh)) collector.drainNow();
+      end = collector.lastDrainMs;
+    } else {
+      this.add(drainRecordOf(this.opts.source!), this.opts.source);
+      end = performance.now();
+    }
+    const summary = summarise(this.window, (end - this.windowStartMs) / 1000, this.lowestLoadBalance());
     this.window = emptyWindow();
-    this.windowStartMs = now;
+    this.windowStartMs = end;
     if (summary.calls === 0 && summary.errors === 0 && !this.opts.logWhenIdle) return undefined;
     this.logger.info(
       LogEvent.PERFORMANCE_MEASUREMENT,
@@ -119,7 +126,8 @@ export class PerformanceSummaryLogger {
     w.flopsComputed += r.flopsComputed;
     w.flopsStatic += r.flopsStatic;
     w.spansDropped += r.spansDropped;
-    if (r.histogramCount(RecordHistogram.Duration) > 0) addHistogram(w.duration, r.histogram(RecordHistogram.Duration));
+    if (r.histogramCount(RecordHistogram.Duration) > 0)
+      addFlatHistogram(w.duration, r.flat, r.histogramOffset(RecordHistogram.Duration));
     if (Number.isFinite(r.loadBalance)) this.latestLoadBalance.set(source, r.loadBalance);
   }
 
@@ -154,16 +162,19 @@ function emptyWindow(): Window {
   };
 }
 
-/** Adds a delta into an accumulator (all sources share the native duration bounds). */
-function addHistogram(into: Window['duration'], d: HistogramDelta): void {
-  if (d.count === 0) return;
+/**
+ * Adds the histogram at `flat[at]` (nBounds, bounds, counts, sum, count: the drain record's layout) into an
+ * accumulator, reading the record in place (this runs at every drain; all sources share the native duration bounds).
+ */
+function addFlatHistogram(into: Window['duration'], flat: Float64Array, at: number): void {
+  const n = flat[at];
   if (into.counts.length === 0) {
-    into.bounds = [...d.bounds];
-    into.counts = new Array<number>(d.counts.length).fill(0);
+    into.bounds = Array.from(flat.subarray(at + 1, at + 1 + n));
+    into.counts = new Array<number>(n + 1).fill(0);
   }
-  if (into.counts.length === d.counts.length) for (let i = 0; i < d.counts.length; i++) into.counts[i] += d.counts[i];
-  into.sum += d.sum;
-  into.count += d.count;
+  if (into.counts.length === n + 1) for (let i = 0; i <= n; i++) into.counts[i] += flat[at + 1 + n + i];
+  into.sum += flat[at + 2 + 2 * n];
+  into.count += flat[at + 3 + 2 * n];
 }
 
 function summarise(w: Window, intervalSeconds: number, loadBalance: number): PerformanceSummary {
