@@ -104,7 +104,7 @@ export class PerformanceSummaryLogger {
       end = performance.now();
     }
     const summary = summarise(this.window, (end - this.windowStartMs) / 1000, this.lowestLoadBalance());
-    this.window = emptyWindow();
+    resetWindow(this.window);
     this.windowStartMs = end;
     if (summary.calls === 0 && summary.errors === 0 && !this.opts.logWhenIdle) return undefined;
     this.logger.info(
@@ -146,7 +146,8 @@ interface Window {
   flopsComputed: number;
   flopsStatic: number;
   spansDropped: number;
-  duration: { bounds: number[]; counts: number[]; sum: number; count: number };
+  /** Counts per bucket (kept from window to window: the bounds are the native ones, the same for every source). */
+  duration: { bounds: number[]; counts: Float64Array; sum: number; count: number };
 }
 
 function emptyWindow(): Window {
@@ -158,8 +159,14 @@ function emptyWindow(): Window {
     flopsComputed: 0,
     flopsStatic: 0,
     spansDropped: 0,
-    duration: { bounds: [], counts: [], sum: 0, count: 0 },
+    duration: { bounds: [], counts: new Float64Array(0), sum: 0, count: 0 },
   };
+}
+
+function resetWindow(w: Window): void {
+  w.calls = w.errors = w.tokens = w.assignments = w.flopsComputed = w.flopsStatic = w.spansDropped = 0;
+  w.duration.counts.fill(0);
+  w.duration.sum = w.duration.count = 0;
 }
 
 /**
@@ -170,7 +177,7 @@ function addFlatHistogram(into: Window['duration'], flat: Float64Array, at: numb
   const n = flat[at];
   if (into.counts.length === 0) {
     into.bounds = Array.from(flat.subarray(at + 1, at + 1 + n));
-    into.counts = new Array<number>(n + 1).fill(0);
+    into.counts = new Float64Array(n + 1);
   }
   if (into.counts.length === n + 1) for (let i = 0; i <= n; i++) into.counts[i] += flat[at + 1 + n + i];
   into.sum += flat[at + 2 + 2 * n];
