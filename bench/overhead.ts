@@ -3,8 +3,9 @@
  * random normal weights, everything on against everything off, interleaved in one run (ABBA order per round):
  *   on:  native counters drained by a /metrics scrape every 100 ms (what the endpoint of startObservabilityServer
  *        does: collector.metricsBuffer(), the text written natively into a reused buffer; default metrics
- *        included, refreshed at most every 10 s, the default; --scrape text: collector.metrics(), a string), an OTel SDK tracer (SimpleSpanProcessor, or --span-processor
- *        batch) with an in-memory exporter recording moe.forward and its children for every call from the span
+ *        included, refreshed at most every 10 s, the default; --scrape text: collector.metrics(), a string), an
+ *        OTel SDK tracer (a BatchSpanProcessor, as a service exporting OTLP has; --span-processor simple) with an
+ *        in-memory exporter recording moe.forward and its children for every call from the span
  *        records each scrape drains (traceDrainedSpans, batched every second by default; what waits at the end of
  *        a phase is recorded, exported and counted in it), JSON logging to a temp file with the periodic
  *        performance.measurement summary (every second, as the logger's own timer does it: a scrape's drain of the last
@@ -113,11 +114,12 @@ async function main(): Promise<void> {
   const collector = new MetricsCollector('olmoe-bench');
   collector.observe(layer, { layerId: 0 });
   const exporter = new InMemorySpanExporter();
-  // SimpleSpanProcessor by default (as in the earlier passes); --span-processor batch: a BatchSpanProcessor, whose
-  // queue is exported at the end of every on phase, inside the phase's time (~20% less per traced call in the
-  // timed pieces: the in-memory exporter answers each export through a timer of its own, and the simple processor
-  // exports span by span; the end-to-end figures could not tell the two apart on the development VM)
-  const batchSpans = arg('span-processor', 'simple') === 'batch';
+  // A BatchSpanProcessor by default (what initializeTracing sets up for OTLP), whose queue is exported at the end of
+  // every on phase, inside the phase's time. --span-processor simple (the default of the passes before the
+  // seventh) exports span by span, and the in-memory exporter answers each export through a setTimeout of its own:
+  // those 96 timers a second run between the calls, outside the timed pieces, so with it the typical cost leaves
+  // them out (the paired added time still counts them).
+  const batchSpans = arg('span-processor', 'batch') === 'batch';
   // the share of calls traced (TracingConfig.sampleRate; default 1: every call)
   const sampleRate = Number(arg('sample-rate', '1'));
   const tracing = initializeTracing({
