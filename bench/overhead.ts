@@ -8,8 +8,8 @@
  *        in-memory exporter recording moe.forward and its children for every call from the span
  *        records each scrape drains (traceDrainedSpans, batched every second by default; what waits at the end of
  *        a phase is recorded, exported and counted in it), JSON logging to a temp file with the periodic
- *        performance.measurement summary (every second, as the logger's own timer does it: a scrape's drain of the last
- *        100 ms is used rather than draining again);
+ *        performance.measurement summary (the logger's own timer, every second: a scrape's drain of the last 100 ms
+ *        is used rather than draining again);
  *   off: no scrape, no spans, no logging (the native counters themselves always count).
  *
  * Two numbers, each the median over rounds of that round's on-versus-off difference (robust to load bursts of
@@ -17,8 +17,8 @@
  *   - per call: median of the forward (and anything done right after it), on against off;
  *   - added time: mean time per call spent outside the forward (spans, scrapes, summaries, the loop yield and
  *     the phase's own garbage collection), on minus off, as a share of the median forward.
- * Also the measured cost of each piece — every scrape, every once-a-second span batch and summary (driven by the
- * bench's own timer, doing what the library's timers do), every phase end — and their sum over the forward time,
+ * Also the measured cost of each piece — every scrape, every once-a-second span batch (driven by the bench's own
+ * timer, doing what the library's timer does) and summary (the logger's own timer), every phase end — and their sum over the forward time,
  * which noise outside those pieces does not move; and the typical cost: each piece's median (a scrape, a span
  * record, a summary) times how often it ran, over the calls at the median forward — medians on both sides, so the
  * host's load bursts (which on the development VM double the mean forward) move neither — and the same plus the
@@ -129,10 +129,13 @@ async function main(): Promise<void> {
     batch: batchSpans,
     sampleRate,
   });
-  // The once-a-second work (the span batch, the performance summary) is driven by the bench's own 1 s timer, which
-  // does what the library's timers would and is timed; their own intervals are set out of reach.
+  // The once-a-second span batch is driven by the bench's own 1 s timer, which does what traceDrainedSpans' timer
+  // would and is timed (the library's interval is set out of reach). The performance summary runs on its own 1 s
+  // timer, as in a service (which passes { drain: 'ifStale' }: a scrape's drain of the last 100 ms is used); each
+  // of those summaries is timed through a wrapper of logNow (stop(true) at a phase end calls it plainly and is
+  // timed apart).
   const never = 3_600_000;
-  const summary = new PerformanceSummaryLogger({ collector, intervalMs: never });
+  const summary = new PerformanceSummaryLogger({ collector, intervalMs: 1000 });
   const scrapeMs: number[] = [];
   let spansRecorded = 0;
   let forwardsOn = 0;
@@ -146,6 +149,17 @@ async function main(): Promise<void> {
   // their medians give the typical cost of each piece, which the host's load bursts do not move
   const spanPerRecordMs: number[] = [];
   const summaryMs: number[] = [];
+  const logNow = summary.logNow.bind(summary);
+  summary.logNow = (opts) => {
+    if (opts?.drain !== 'ifStale') return logNow(opts);
+    const t0 = performance.now();
+    const logged = logNow(opts);
+    const ms = performance.now() - t0;
+    periodicOnMs += ms;
+    periodicPieceMs.summary += ms;
+    summaryMs.push(ms);
+    return logged;
+  };
   let forwardsAtLastBatch = 0;
   const spanBatchDone = (ms: number) => {
     if (forwardsOn > forwardsAtLastBatch) spanPerRecordMs.push(ms / (forwardsOn - forwardsAtLastBatch));
@@ -167,19 +181,17 @@ async function main(): Promise<void> {
         ? traceDrainedSpans(collector, tracing.tracer, { flushIntervalMs: spanFlushMs > 0 ? never : 0 })
         : undefined;
     const periodic: NodeJS.Timeout[] = [];
-    const timed = (ms: number, work: () => void, piece: 'spans' | 'summary') =>
+    if (stopSpans && spanFlushMs > 0)
       periodic.push(
         setInterval(() => {
           const t0 = performance.now();
-          work();
+          stopSpans.flush();
           const ms = performance.now() - t0;
           periodicOnMs += ms;
-          periodicPieceMs[piece] += ms;
-          if (piece === 'spans') spanBatchDone(ms);
-          else summaryMs.push(ms);
-        }, ms),
+          periodicPieceMs.spans += ms;
+          spanBatchDone(ms);
+        }, spanFlushMs),
       );
-    if (stopSpans && spanFlushMs > 0) timed(spanFlushMs, () => stopSpans.flush(), 'spans');
     if (on && parts.has('metrics')) {
       scrapeTimer = setInterval(() => {
         // the whole scrape: the drain, spans and text run synchronously, a default-metrics refresh (at most every
@@ -190,10 +202,7 @@ async function main(): Promise<void> {
         );
       }, 100);
     }
-    if (on && parts.has('logs')) {
-      summary.start();
-      timed(1000, () => summary.logNow({ drain: 'ifStale' }), 'summary');
-    }
+    if (on && parts.has('logs')) summary.start();
     const result: PhaseResult = { forwardMs: [], callMs: [], outsideMs: [], wallPerCallMs: 0, gcMs: 0 };
     forwardsAtLastBatch = forwardsOn;
     await yieldToLoop();

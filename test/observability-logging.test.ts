@@ -259,16 +259,36 @@ test("the periodic summary takes a scrape's recent drain instead of draining aga
   assert.is(first?.calls, 1, 'the call after the scrape waits for the next summary');
   assert.is(first?.tokens_processed, 2);
   assert.ok(Math.abs(first!.duration_seconds_mean - 0.004) < 1e-12);
+  assert.is(first?.duration_seconds_p95, 0.005);
   // the latest drain is the one the first summary ended at: not fresh for this window, so it drains
   const second = summary.logNow({ drain: 'ifStale' });
   assert.is(second?.calls, 1);
   assert.is(second?.tokens_processed, 1);
   assert.ok(Math.abs(second!.duration_seconds_mean - 0.5) < 1e-12);
+  assert.is(second?.duration_seconds_p95, 0.5, "the first window's buckets were reset");
   src.call({ ks: [1, 1, 1] });
   collector.drainNow();
   src.call({ ks: [1] });
   assert.is(summary.logNow()?.calls, 2, 'logNow() drains by default');
   assert.is(out.records().length, 3);
+  summary.stop(false);
+});
+
+test('a periodic summary drains again once the latest scrape is older than a tenth of its interval', async () => {
+  const out = capture();
+  configureLogging({ destination: out.destination });
+  const src = new FakeTelemetrySource(8, 4);
+  const collector = new MetricsCollector('stale', { defaultMetrics: false });
+  collector.observe(src, { layerId: 0 });
+  // a tenth of 200 ms: a scrape older than 20 ms is stale (the timer's own first summary comes at 200 ms)
+  const summary = new PerformanceSummaryLogger({ collector, intervalMs: 200 });
+  summary.start();
+  src.call({ ks: [1] });
+  collector.drainNow();
+  src.call({ ks: [2] });
+  await new Promise((r) => setTimeout(r, 40));
+  const s = summary.logNow({ drain: 'ifStale' });
+  assert.is(s?.calls, 2, 'a stale scrape: the summary drains the second call itself');
   summary.stop(false);
 });
 

@@ -110,7 +110,7 @@ export function recordForwardSpans(
  */
 function recordOne(tracer: Tracer, r: ForwardSpanRecord, a: ForwardSpanAttributes, parent: Context): boolean {
   const gatingStart = steadyNsToHrTime(r.startNs);
-  const complexity = r.complexityStartNs !== undefined;
+  const complexity = r.complexityStartNs != null;
   const forwardStart = complexity ? steadyNsToHrTime(r.complexityStartNs!) : gatingStart;
   const root = tracer.startSpan('moe.forward', { startTime: forwardStart }, parent);
   if (!root.isRecording()) {

@@ -134,8 +134,7 @@ export class MetricsCollector {
   private readonly recordListeners = new Set<DrainRecordListener>();
   /** The drain records are written here (grown when one does not fit) and read in place. */
   private drainBuffer: Float64Array = new Float64Array(2048);
-  /** @internal performance.now() when the latest {@link drainNow} (a scrape's, or a direct one) finished. */
-  lastDrainMs = -Infinity;
+  private lastDrainAt = -Infinity;
   private readonly record = new TelemetryRecord();
   /** Set while a drain's record is added and its listeners run. */
   private draining = false;
@@ -301,7 +300,12 @@ export class MetricsCollector {
     const attached = this.attached;
     for (let i = 0; i < attached.length; i++) this.drainOne(attached[i]);
     this.updateMemoryGauge();
-    this.lastDrainMs = performance.now();
+    this.lastDrainAt = performance.now();
+  }
+
+  /** @internal performance.now() when the latest {@link drainNow} (a scrape's, or a direct one) finished. */
+  get lastDrainMs(): number {
+    return this.lastDrainAt;
   }
 
   /**

@@ -175,7 +175,8 @@ function resetWindow(w: Window): void {
  */
 function addFlatHistogram(into: Window['duration'], flat: Float64Array, at: number): void {
   const n = flat[at];
-  if (into.counts.length === 0) {
+  // (a window's first observations choose the layout: a source with other bounds would make it change)
+  if (into.counts.length !== n + 1 && into.count === 0) {
     into.bounds = Array.from(flat.subarray(at + 1, at + 1 + n));
     into.counts = new Float64Array(n + 1);
   }
