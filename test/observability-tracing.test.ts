@@ -94,16 +94,34 @@ test('moe.forward has the three children with the native stage times', () => {
     wallNowNs - toNs(root.startTime) < 2_000_000_000n && toNs(root.startTime) - wallNowNs < 2_000_000_000n,
     'epoch time within 2 s of now',
   );
-  assert.is(root.attributes['model.name'], 'm');
-  assert.is(root.attributes['moe.layer_id'], '4');
-  assert.is(root.attributes['moe.tokens'], 2);
-  assert.is(root.attributes['moe.avg_experts_per_token'], 2.5);
-  assert.is(root.attributes['moe.flop_reduction'], 0.5);
-  assert.is(selection.attributes['component'], 'expert_router');
-  assert.is(selection.attributes['router.num_experts'], 8);
-  assert.is(computation.attributes['component'], 'expert_network');
+  // every attribute, exactly (the stage seconds as the record's timestamps give them)
+  assert.equal(root.attributes, {
+    'moe.tokens': 2,
+    'moe.avg_experts_per_token': 2.5,
+    'moe.flops_computed': 500,
+    'moe.flops_static': 1000,
+    'moe.flop_reduction': 0.5,
+    'moe.kind': 'layer',
+    'model.name': 'm',
+    'moe.layer_id': '4',
+    'router.num_experts': 8,
+    'moe.backend': 'cpu',
+  });
+  assert.equal(complexity.attributes, { component: 'complexity_estimator', 'input.tokens': 2 });
+  assert.equal(selection.attributes, {
+    component: 'expert_router',
+    'router.num_experts': 8,
+    'routing.avg_experts_per_token': 2.5,
+    'routing.tokens': 2,
+  });
+  assert.equal(computation.attributes, {
+    component: 'expert_network',
+    'moe.dispatch_seconds': (record.dispatchEndNs - record.gatingEndNs) / 1e9,
+    'moe.expert_gemm_seconds': (record.expertEndNs - record.dispatchEndNs) / 1e9,
+    'moe.combine_seconds': (record.combineEndNs - record.expertEndNs) / 1e9,
+    'moe.flops_computed': 500,
+  });
   assert.ok(Math.abs((computation.attributes['moe.expert_gemm_seconds'] as number) - 3e-3) < 1e-9);
-  assert.is(complexity.attributes['component'], 'complexity_estimator');
 });
 
 test('a router-only record has no expert_computation; moe.forward nests under the active span', () => {
