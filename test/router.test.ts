@@ -118,7 +118,16 @@ test('end to end from hidden states: logits to 1e-5 and the same experts', () =>
     const ref = referenceRoute(cfgOf(router), x, gate);
     assert.ok(relativeError(got.logits!, ref.logits) < 1e-5, `logits error ${relativeError(got.logits!, ref.logits)}`);
     assert.ok(relativeError(got.probs!, ref.probs) < 1e-5, 'probs');
-    const rep = compareRouting(got, ref, `x-route T=${T} E=${E} d=${d} seed=${SEED}`, { margin: 1e-5 });
+    // Logits from fp32 dot products over d inputs move by dl: weights renormalised over the chosen experts then
+    // move by |d log w_i| <= |dl_i| + max_j |dl_j|, and a choice can flip where two scores' relative gap is below
+    // 2 max |dl|: both tolerances add twice the largest logit error.
+    let logitError = 0;
+    for (let i = 0; i < ref.logits.length; i++)
+      logitError = Math.max(logitError, Math.abs(got.logits![i] - ref.logits[i]));
+    const rep = compareRouting(got, ref, `x-route T=${T} E=${E} d=${d} seed=${SEED}`, {
+      margin: Math.max(1e-5, 2 * logitError),
+      weightRelTol: 1e-5 + 2 * logitError,
+    });
     assert.ok(rep.ambiguous <= Math.max(2, T * 0.02), `ambiguous ${rep.ambiguous} of ${T}`);
   }
 });
