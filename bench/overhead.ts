@@ -18,12 +18,13 @@
  *   - added time: mean time per call spent outside the forward (spans, scrapes, summaries, the loop yield and
  *     the phase's own garbage collection), on minus off, as a share of the median forward.
  * Also the measured cost of each piece — every scrape, every once-a-second span batch (driven by the bench's own
- * timer, doing what the library's timer does) and summary (the logger's own timer), every phase end — and their sum over the forward time,
- * which noise outside those pieces does not move; and the typical cost: each piece's median (a scrape, a span
- * record, a summary) times how often it ran, over the calls at the median forward — medians on both sides, so the
- * host's load bursts (which on the development VM double the mean forward) move neither — and the same plus the
- * on phases' extra garbage collection. The idle wait for the in-memory exporter's timer at a phase end (it answers
- * through setTimeout(0)) is reported but not counted: it is no work. Target: at most 1 % at T=32.
+ * timer, doing what the library's timer does) and summary (the logger's own timer), every phase end — and their
+ * sum over the forward time, which noise outside those pieces does not move; and the typical cost: each piece's
+ * median (a scrape, a span record, a summary) times how often it ran, over the calls at the median forward —
+ * medians on both sides, so the host's load bursts (which on the development VM double the mean forward) move
+ * neither — and the same plus the on phases' extra garbage collection. The idle wait for the in-memory exporter's
+ * timer at a phase end (it answers through setTimeout(0)) is reported but not counted: it is no work. Target: at
+ * most 1 % at T=32.
  *
  * And the whole phase's wall time per call (calls, timers and garbage collection): the throughput a stream of
  * calls loses. --mode async runs forwardAsync, as a service does: the scrape then runs on the main thread while

@@ -146,7 +146,7 @@ interface Window {
   flopsComputed: number;
   flopsStatic: number;
   spansDropped: number;
-  /** Counts per bucket (kept from window to window: the bounds are the native ones, the same for every source). */
+  /** Counts per bucket, reset in place from window to window (a window's first observations choose the layout). */
   duration: { bounds: number[]; counts: Float64Array; sum: number; count: number };
 }
 
