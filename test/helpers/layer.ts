@@ -71,5 +71,30 @@ export function layerReference(
   routing: { indices: Int32Array; weights: Float32Array; k: Int32Array; maxK: number },
 ): Float64Array {
   const T = x.length / b.d;
-  return referenceLayer(x, T, b.d, (e) => ({ ...b.experts[e], f: b.f }), routing, b.shared);
+  if (b.layer.dtype !== 'bf16')
+    return referenceLayer(x, T, b.d, (e) => ({ ...b.experts[e], f: b.f }), routing, b.shared);
+  // A bf16 layer holds its weights in bf16 and feeds its GEMMs bf16 activations: the reference takes the same
+  // rounded weights and input (in float64 from there on), so what remains is accumulation order and the rounding
+  // of the SwiGLU activations before the down projection.
+  const experts = b.experts.map((w) => ({ w1: roundBf16(w.w1), w3: roundBf16(w.w3), w2: roundBf16(w.w2), f: b.f }));
+  const shared = b.shared && {
+    ...b.shared,
+    w1: roundBf16(b.shared.w1),
+    w3: roundBf16(b.shared.w3),
+    w2: roundBf16(b.shared.w2),
+  };
+  return referenceLayer(roundBf16(x), T, b.d, (e) => experts[e], routing, shared);
+}
+
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+
+/** Each value rounded to the nearest bfloat16 (ties to even), as fp32. */
+export function roundBf16(a: Float32Array): Float32Array {
+  return a.map((v) => {
+    f32[0] = v;
+    const u = u32[0];
+    u32[0] = ((u + 0x7fff + ((u >>> 16) & 1)) >>> 0) & 0xffff0000;
+    return f32[0];
+  });
 }
