@@ -6,7 +6,7 @@
  * forward, so an element no kernel wrote shows up. Routing indices must match the reference exactly (tokens
  * within 1e-5 of a decision boundary are counted and left out, as in router.test.ts); layer outputs are bf16
  * GEMMs with fp32 accumulation, checked to 1e-2 relative (‖y − ref‖/‖ref‖) against the float64 layer reference
- * given the routing the GPU chose.
+ * (on the bf16-rounded weights and input) given the routing the GPU chose.
  */
 process.env.MOE_CUDA_POISON ??= '1';
 import * as fs from 'node:fs';

@@ -1,5 +1,6 @@
 /**
- * MoELayer against the float64 layer reference: fp32 weights to 1e-5 relative (‖y − ref‖/‖ref‖), bf16 to 1e-2,
+ * MoELayer against the float64 layer reference: fp32 weights to 1e-5 relative (‖y − ref‖/‖ref‖), bf16 to 1e-2 (the
+ * reference then takes the bf16-rounded weights and input, as the layer does; test/helpers/layer.ts),
  * for T in {1, 2, 7, 64, 513}, with shared experts, experts that get no tokens, one expert that gets every
  * token, and forward beside forwardAsync.
  */
