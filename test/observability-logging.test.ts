@@ -280,13 +280,13 @@ test('a periodic summary drains again once the latest scrape is older than a ten
   const src = new FakeTelemetrySource(8, 4);
   const collector = new MetricsCollector('stale', { defaultMetrics: false });
   collector.observe(src, { layerId: 0 });
-  // a tenth of 200 ms: a scrape older than 20 ms is stale (the timer's own first summary comes at 200 ms)
-  const summary = new PerformanceSummaryLogger({ collector, intervalMs: 200 });
+  // a tenth of 1 s: a scrape older than 100 ms is stale (the timer's own first summary comes at 1 s)
+  const summary = new PerformanceSummaryLogger({ collector, intervalMs: 1000 });
   summary.start();
   src.call({ ks: [1] });
   collector.drainNow();
   src.call({ ks: [2] });
-  await new Promise((r) => setTimeout(r, 40));
+  await new Promise((r) => setTimeout(r, 150));
   const s = summary.logNow({ drain: 'ifStale' });
   assert.is(s?.calls, 2, 'a stale scrape: the summary drains the second call itself');
   summary.stop(false);
