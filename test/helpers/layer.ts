@@ -3,6 +3,7 @@
  * its float64 reference output for a given routing.
  */
 import { MoELayer, Router, type BackendName, type ExpertWeights, type Selection } from '../../lib';
+import { bf16BitsToFloat32, float32ToBf16Bits } from '../../lib/models/float16';
 import { referenceLayer } from '../../lib/reference/layer';
 import { randn } from './random';
 
@@ -86,15 +87,7 @@ export function layerReference(
   return referenceLayer(roundBf16(x), T, b.d, (e) => experts[e], routing, shared);
 }
 
-const f32 = new Float32Array(1);
-const u32 = new Uint32Array(f32.buffer);
-
 /** Each value rounded to the nearest bfloat16 (ties to even), as fp32. */
 export function roundBf16(a: Float32Array): Float32Array {
-  return a.map((v) => {
-    f32[0] = v;
-    const u = u32[0];
-    u32[0] = ((u + 0x7fff + ((u >>> 16) & 1)) >>> 0) & 0xffff0000;
-    return f32[0];
-  });
+  return a.map((v) => bf16BitsToFloat32(float32ToBf16Bits(v)));
 }
