@@ -127,7 +127,7 @@ export class PerformanceSummaryLogger {
     w.flopsStatic += r.flopsStatic;
     w.spansDropped += r.spansDropped;
     if (r.histogramCount(RecordHistogram.Duration) > 0)
-      addFlatHistogram(w.duration, r.flat, r.histogramOffset(RecordHistogram.Duration));
+      addDurationCounts(w.duration, r.flat, r.histogramOffset(RecordHistogram.Duration));
     if (Number.isFinite(r.loadBalance)) this.latestLoadBalance.set(source, r.loadBalance);
   }
 
@@ -173,7 +173,7 @@ function resetWindow(w: Window): void {
  * Adds the histogram at `flat[at]` (nBounds, bounds, counts, sum, count: the drain record's layout) into an
  * accumulator, reading the record in place (this runs at every drain; all sources share the native duration bounds).
  */
-function addFlatHistogram(into: Window['duration'], flat: Float64Array, at: number): void {
+function addDurationCounts(into: Window['duration'], flat: Float64Array, at: number): void {
   const n = flat[at];
   // (a window's first observations choose the layout: a source with other bounds would make it change)
   if (into.counts.length !== n + 1 && into.count === 0) {
