@@ -213,12 +213,18 @@ test("a user's pino logger is used, with .child({ module }) made once per module
   assert.is(rootChildren, 1, 'the service bindings child');
 });
 
-test('PerformanceSummaryLogger logs one performance.measurement per interval, not per call', async () => {
+/** Logging captured, a fake layer source, and a collector (no default metrics) observing it as layer 0. */
+function summaryRig(modelName: string) {
   const out = capture();
   configureLogging({ destination: out.destination });
   const src = new FakeTelemetrySource(8, 4);
-  const collector = new MetricsCollector('summary-model', { defaultMetrics: false });
+  const collector = new MetricsCollector(modelName, { defaultMetrics: false });
   collector.observe(src, { layerId: 0 });
+  return { out, src, collector };
+}
+
+test('PerformanceSummaryLogger logs one performance.measurement per interval, not per call', async () => {
+  const { out, src, collector } = summaryRig('summary-model');
   const summary = new PerformanceSummaryLogger({ collector, intervalMs: 40 }).start();
   for (let i = 0; i < 50; i++) src.call({ ks: [2, 4], durationSeconds: 0.002, flopsComputed: 600, flopsStatic: 800 });
   for (const deadline = Date.now() + 5000; out.lines.length === 0 && Date.now() < deadline;)
@@ -246,11 +252,7 @@ test('PerformanceSummaryLogger logs one performance.measurement per interval, no
 });
 
 test("the periodic summary takes a scrape's recent drain instead of draining again", () => {
-  const out = capture();
-  configureLogging({ destination: out.destination });
-  const src = new FakeTelemetrySource(8, 4);
-  const collector = new MetricsCollector('fresh', { defaultMetrics: false });
-  collector.observe(src, { layerId: 0 });
+  const { out, src, collector } = summaryRig('fresh');
   const summary = new PerformanceSummaryLogger({ collector, intervalMs: 60_000 }).start();
   src.call({ ks: [1, 2], durationSeconds: 0.004 });
   collector.drainNow(); // a scrape
@@ -275,11 +277,7 @@ test("the periodic summary takes a scrape's recent drain instead of draining aga
 });
 
 test('a periodic summary drains again once the latest scrape is older than a tenth of its interval', async () => {
-  const out = capture();
-  configureLogging({ destination: out.destination });
-  const src = new FakeTelemetrySource(8, 4);
-  const collector = new MetricsCollector('stale', { defaultMetrics: false });
-  collector.observe(src, { layerId: 0 });
+  const { out, src, collector } = summaryRig('stale');
   // a tenth of 1 s: a scrape older than 100 ms is stale (the timer's own first summary comes at 1 s)
   const summary = new PerformanceSummaryLogger({ collector, intervalMs: 1000 });
   summary.start();
