@@ -8,8 +8,9 @@
  *        in-memory exporter recording moe.forward and its children for every call from the span
  *        records each scrape drains (traceDrainedSpans, batched every second by default; what waits at the end of
  *        a phase is recorded, exported and counted in it), JSON logging to a temp file with the periodic
- *        performance.measurement summary (the logger's own timer, every second: a scrape's drain of the last 100 ms
- *        is used rather than draining again);
+ *        performance.measurement summary (the logger's own timer, every 60 s by default as in the library,
+ *        --summary-ms 1000 for every second: a scrape's drain of the last 100 ms is used rather than draining
+ *        again);
  *   off: no scrape, no spans, no logging (the native counters themselves always count).
  *
  * Two numbers, each the median over rounds of that round's on-versus-off difference (robust to load bursts of
@@ -18,13 +19,17 @@
  *   - added time: mean time per call spent outside the forward (spans, scrapes, summaries, the loop yield and
  *     the phase's own garbage collection), on minus off, as a share of the median forward.
  * Also the measured cost of each piece — every scrape, every once-a-second span batch (driven by the bench's own
- * timer, doing what the library's timer does) and summary (the logger's own timer), every phase end — and their
- * sum over the forward time, which noise outside those pieces does not move; and the typical cost: each piece's
+ * timer, doing what the library's timer does) and summary (the logger's own timer), every phase end (span batches,
+ * and a summary at a summary interval of at most a second) — and their sum over the forward time, which noise outside those pieces does not move; and the typical cost: each piece's
  * median (a scrape, a span record, a summary) times how often it ran, over the calls at the median forward —
  * medians on both sides, so the host's load bursts (which on the development VM double the mean forward) move
  * neither — and the same plus the on phases' extra garbage collection. The idle wait for the in-memory exporter's
  * timer at a phase end (it answers through setTimeout(0)) is reported but not counted: it is no work. Target: at
  * most 1 % at T=32.
+ *
+ * Before the timed rounds the on configuration runs --warmup scrapes (default 500) against T=1 forwards, with a span
+ * batch and a summary every tenth, so that V8 has optimised their code, as in a service that has run for a minute
+ * (--warmup 0: the state of a service in its first minute, when that code still runs interpreted).
  *
  * And the whole phase's wall time per call (calls, timers and garbage collection): the throughput a stream of
  * calls loses. --mode async runs forwardAsync, as a service does: the scrape then runs on the main thread while
@@ -32,7 +37,8 @@
  *
  *   node --expose-gc --import tsx bench/overhead.ts [--mode sync|async] [--threads N] [--rounds 16] [--calls 32]
  *        [--parts metrics,spans,logs] [--span-flush-ms 1000]
- *        [--span-processor simple|batch] [--sample-rate 1] [--scrape buffer|text] [--json FILE]
+ *        [--span-processor simple|batch] [--sample-rate 1] [--scrape buffer|text] [--warmup 500]
+ *        [--summary-ms 60000] [--json FILE]
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -131,12 +137,17 @@ async function main(): Promise<void> {
     sampleRate,
   });
   // The once-a-second span batch is driven by the bench's own 1 s timer, which does what traceDrainedSpans' timer
-  // would and is timed (the library's interval is set out of reach). The performance summary runs on its own 1 s
-  // timer, as in a service (which passes { drain: 'ifStale' }: a scrape's drain of the last 100 ms is used); each
-  // of those summaries is timed through a wrapper of logNow (stop(true) at a phase end calls it plainly and is
-  // timed apart).
+  // would and is timed (the library's interval is set out of reach). The performance summary runs on its own timer
+  // at --summary-ms (default: the library's 60 s), as in a service (which passes { drain: 'ifStale' }: a scrape's
+  // drain of the last 100 ms is used); each of those summaries is timed through a wrapper of logNow. At an interval
+  // of at most a phase (--summary-ms 1000, the passes before the eighth) every phase end also logs one (stop(true),
+  // timed apart); at longer intervals a phase end logs none, and the summary's cost — timed after the rounds, after
+  // forwards — counts at its rate (median / interval).
   const never = 3_600_000;
-  const summary = new PerformanceSummaryLogger({ collector, intervalMs: 1000 });
+  const summaryIntervalMs = Number(arg('summary-ms', '60000'));
+  if (!(summaryIntervalMs > 0)) throw new Error(`--summary-ms: expected a positive number, got ${summaryIntervalMs}`);
+  const summaryAtPhaseEnd = summaryIntervalMs <= 1000;
+  const summary = new PerformanceSummaryLogger({ collector, intervalMs: summaryIntervalMs });
   const scrapeMs: number[] = [];
   let spansRecorded = 0;
   let forwardsOn = 0;
@@ -237,7 +248,7 @@ async function main(): Promise<void> {
     await flushed;
     const waitedMs = performance.now() - f1;
     const s0 = performance.now();
-    summary.stop(true);
+    summary.stop(summaryAtPhaseEnd);
     const summaryStopMs = performance.now() - s0;
     const stopMs = f1 - f0 + summaryStopMs;
     if (on) {
@@ -245,7 +256,7 @@ async function main(): Promise<void> {
       spanFlushOnMs += f1 - f0;
       exportWaitOnMs += waitedMs;
       if (stopSpans) spanBatchDone(f1 - f0);
-      if (parts.has('logs')) summaryMs.push(summaryStopMs);
+      if (parts.has('logs') && summaryAtPhaseEnd) summaryMs.push(summaryStopMs);
     }
     spansRecorded += exporter.getFinishedSpans().filter((span) => span.name === 'moe.forward').length;
     exporter.reset();
@@ -259,6 +270,36 @@ async function main(): Promise<void> {
     result.gcMs = Math.max(gcDuringMs - gcBefore, forcedMs);
     result.outsideMs = result.outsideMs.map((ms) => ms + (forcedMs + stopMs) / calls);
     return result;
+  }
+
+  // A long-running service's steady state: V8 optimises the scrape, span and summary code only after it has run a
+  // while (on the development VM a scrape allocates ~22 KB for its first ~100 runs, interpreted code boxing every
+  // double, then ~3.5 KB, then ~2 KB after ~400), so the on configuration runs --warmup scrapes first — against
+  // T=1 forwards, with a span batch and a summary every tenth — outside the timed rounds (0: none, the state of a
+  // service in its first minute).
+  const warmupScrapes = Number(arg('warmup', '500'));
+  let warmupLines = 0;
+  if (warmupScrapes > 0) {
+    const x1 = x.subarray(0, layer.hiddenSize);
+    layer.drainTelemetry();
+    const warmSpans = parts.has('spans')
+      ? traceDrainedSpans(collector, tracing.tracer, { flushIntervalMs: never })
+      : undefined;
+    for (let i = 1; i <= warmupScrapes; i++) {
+      layer.forward(x1);
+      if (parts.has('metrics')) await (scrapeKind === 'buffer' ? collector.metricsBuffer() : collector.metrics());
+      else collector.drainNow();
+      if (i % 10 === 0) {
+        warmSpans?.flush();
+        if (parts.has('logs')) logNow(i % 20 === 0 ? { drain: 'ifStale' } : undefined); // the untimed original
+      }
+    }
+    warmSpans?.();
+    await tracing.forceFlush();
+    exporter.reset();
+    collectGarbage?.();
+    warmupLines = fs.readFileSync(logFile, 'utf8').split('\n').filter(Boolean).length;
+    console.error(`warm-up: ${warmupScrapes} scrapes against T=1 forwards (not timed)`);
   }
 
   const all: Record<'on' | 'off', PhaseResult[]> = { on: [], off: [] };
@@ -283,6 +324,25 @@ async function main(): Promise<void> {
     );
   }
 
+  // At a summary interval longer than a phase, no summary ran in the rounds: time some now, each after 3 forwards
+  // and with a drain of its own (what the timer's summary does when no scrape drained in the last tenth of it).
+  if (!summaryAtPhaseEnd && parts.has('logs')) {
+    summary.start();
+    for (let i = 0; i < 16; i++) {
+      for (let j = 0; j < 3; j++) layer.forward(x);
+      const t0 = performance.now();
+      logNow();
+      summaryMs.push(performance.now() - t0);
+    }
+    summary.stop(false);
+  }
+  const onWallMs = all.on.reduce((sum, p) => sum + p.wallPerCallMs * calls, 0);
+  // the summaries' share: what ran in the rounds, or at a longer interval its median at its rate
+  const summaryTypicalMs = summaryAtPhaseEnd
+    ? median(summaryMs) * summaryMs.length
+    : parts.has('logs')
+      ? (median(summaryMs) * onWallMs) / summaryIntervalMs
+      : 0;
   const over = (which: 'on' | 'off', key: keyof PhaseResult) => all[which].flatMap((p) => p[key]);
   const forwardMs = median(over('off', 'forwardMs'));
   const scrapeMedianMs = median(scrapeMs);
@@ -300,6 +360,7 @@ async function main(): Promise<void> {
     spanProcessor: batchSpans ? 'batch' : 'simple',
     sampleRate,
     gcPerPhase: collectGarbage !== undefined,
+    summaryIntervalMs,
     forwardMedianMs: forwardMs,
     perCall: {
       onMedianMs: median(over('on', 'callMs')),
@@ -350,7 +411,7 @@ async function main(): Promise<void> {
       estimatedTypicalRatio:
         (scrapeMedianMs * scrapeMs.length +
           median(spanPerRecordMs) * (parts.has('spans') ? forwardsOn : 0) +
-          median(summaryMs) * summaryMs.length) /
+          summaryTypicalMs) /
         (forwardsOn * median(over('on', 'forwardMs'))),
       // the same, plus the on phases' extra garbage collection per call (mean on minus mean off)
       estimatedTypicalWithGcRatio: 0,
@@ -358,7 +419,8 @@ async function main(): Promise<void> {
       estimatedAtMedianRatio:
         (scrapeMeanMs * scrapeMs.length + periodicOnMs + flushOnMs) / (forwardsOn * median(over('on', 'forwardMs'))),
     },
-    summaryRecordsLogged: fs.readFileSync(logFile, 'utf8').split('\n').filter(Boolean).length,
+    warmupScrapes,
+    summaryRecordsLogged: fs.readFileSync(logFile, 'utf8').split('\n').filter(Boolean).length - warmupLines,
   };
   result.pieces.estimatedTypicalWithGcRatio =
     result.pieces.estimatedTypicalRatio +
@@ -383,7 +445,7 @@ async function main(): Promise<void> {
         `${periodicOnMs.toFixed(1)} ms of once-a-second work (span batches ${periodicPieceMs.spans.toFixed(1)}, ` +
         `summaries ${periodicPieceMs.summary.toFixed(1)}), ${result.summaryRecordsLogged} summary records; ` +
         `span records median ${result.pieces.spanPerRecordMedianMs.toFixed(3)} ms each, summaries median ` +
-        `${result.pieces.summaryMedianMs.toFixed(3)} ms; typical cost (medians of pieces and forward) ` +
+        `${result.pieces.summaryMedianMs.toFixed(3)} ms (every ${summaryIntervalMs / 1000} s${summaryAtPhaseEnd ? ' and at phase ends' : ', timed after the rounds'}); typical cost (medians of pieces and forward) ` +
         `${pct(result.pieces.estimatedTypicalRatio)}, with the on phases' extra garbage collection ` +
         `${pct(result.pieces.estimatedTypicalWithGcRatio)}; ` +
         `timed work over the forward time ${pct(result.pieces.estimatedOverheadRatio)}, ` +
