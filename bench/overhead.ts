@@ -20,8 +20,9 @@
  *     the phase's own garbage collection), on minus off, as a share of the median forward.
  * Also the measured cost of each piece — every scrape, every once-a-second span batch (driven by the bench's own
  * timer, doing what the library's timer does) and summary (the logger's own timer), every phase end (span batches,
- * and a summary at a summary interval of at most a second) — and their sum over the forward time, which noise outside those pieces does not move; and the typical cost: each piece's
- * median (a scrape, a span record, a summary) times how often it ran, over the calls at the median forward —
+ * and a summary at a summary interval of at most a second) — and their sum over the forward time, which noise
+ * outside those pieces does not move; and the typical cost: each piece's median (a scrape, a span record, a
+ * summary) times how often it ran, over the calls at the median forward —
  * medians on both sides, so the host's load bursts (which on the development VM double the mean forward) move
  * neither — and the same plus the on phases' extra garbage collection. The idle wait for the in-memory exporter's
  * timer at a phase end (it answers through setTimeout(0)) is reported but not counted: it is no work. Target: at
@@ -282,6 +283,7 @@ async function main(): Promise<void> {
   if (warmupScrapes > 0) {
     const x1 = x.subarray(0, layer.hiddenSize);
     layer.drainTelemetry();
+    if (parts.has('logs')) summary.start(); // (its listener fills the window the warm-up's summaries log)
     const warmSpans = parts.has('spans')
       ? traceDrainedSpans(collector, tracing.tracer, { flushIntervalMs: never })
       : undefined;
@@ -295,6 +297,7 @@ async function main(): Promise<void> {
       }
     }
     warmSpans?.();
+    summary.stop(false);
     await tracing.forceFlush();
     exporter.reset();
     collectGarbage?.();
@@ -445,7 +448,9 @@ async function main(): Promise<void> {
         `${periodicOnMs.toFixed(1)} ms of once-a-second work (span batches ${periodicPieceMs.spans.toFixed(1)}, ` +
         `summaries ${periodicPieceMs.summary.toFixed(1)}), ${result.summaryRecordsLogged} summary records; ` +
         `span records median ${result.pieces.spanPerRecordMedianMs.toFixed(3)} ms each, summaries median ` +
-        `${result.pieces.summaryMedianMs.toFixed(3)} ms (every ${summaryIntervalMs / 1000} s${summaryAtPhaseEnd ? ' and at phase ends' : ', timed after the rounds'}); typical cost (medians of pieces and forward) ` +
+        `${result.pieces.summaryMedianMs.toFixed(3)} ms (every ${summaryIntervalMs / 1000} s` +
+        `${summaryAtPhaseEnd ? ' and at phase ends' : ', timed after the rounds'}); ` +
+        `typical cost (medians of pieces and forward) ` +
         `${pct(result.pieces.estimatedTypicalRatio)}, with the on phases' extra garbage collection ` +
         `${pct(result.pieces.estimatedTypicalWithGcRatio)}; ` +
         `timed work over the forward time ${pct(result.pieces.estimatedOverheadRatio)}, ` +
