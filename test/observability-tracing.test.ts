@@ -260,6 +260,35 @@ test('drained spans wait for their batch: interval, size bound, flush and stop',
   assert.throws(() => traceDrainedSpans(collector, handle.tracer, { maxBuffered: 0 }), /maxBuffered/);
 });
 
+test('drained spans need no scrape: a batch with no drain since the previous one drains first', async () => {
+  exporter.reset();
+  const collector = new MetricsCollector('unscraped', { defaultMetrics: false });
+  const src = new FakeTelemetrySource(8, 4, 'layer');
+  collector.observe(src, { layerId: 3 });
+  const roots = () => byName(exporter.getFinishedSpans(), 'moe.forward').length;
+  const tracing = traceDrainedSpans(collector, handle.tracer, { flushIntervalMs: 60_000 });
+  src.call({ ks: [1] });
+  src.call({ ks: [2] });
+  tracing.flush();
+  assert.is(roots(), 2, 'flush() drained the collector itself');
+  src.call({ ks: [1] });
+  await collector.metrics();
+  src.call({ ks: [3] });
+  tracing.flush();
+  assert.is(roots(), 3, 'a scrape drained since the previous flush: no drain of its own (the last call waits)');
+  tracing.stop();
+  assert.is(roots(), 4, 'stop() drains when nothing did since the previous flush, and records it');
+  src.call({ ks: [2] });
+  tracing.flush();
+  tracing.stop();
+  assert.is(roots(), 4, 'nothing after stop, and a second stop is a no-op');
+
+  const timed = traceDrainedSpans(collector, handle.tracer, { flushIntervalMs: 20 });
+  await new Promise((r) => setTimeout(r, 80));
+  assert.is(roots(), 5, "the interval's batch drained the call that waited in the source");
+  timed();
+});
+
 test('a missing exporter package: warning or TracingSetupError, never a crash', async () => {
   assert.throws(
     () => initializeTracing({ exporterType: 'otlp', onMissing: 'throw', register: false }),

@@ -207,16 +207,20 @@ export interface DrainedSpanOptions {
 /** What {@link traceDrainedSpans} returns: stop it (flushing what waits), or flush now. */
 export interface DrainedSpanTracing {
   (): void;
-  /** Stops listening, clears the timer and records what is buffered. */
+  /** Stops listening, clears the timer and records what is buffered (draining first, as {@link flush} does). */
   stop(): void;
-  /** Records the buffered records now. */
+  /**
+   * Records the buffered records now. When the collector has not drained since the previous flush (no scrape, or
+   * scrapes further apart than the interval), it drains it first, so spans arrive without a /metrics scrape too.
+   */
   flush(): void;
 }
 
 /**
  * Turns the span records a collector drains at each scrape into spans (root spans of their own traces, as they are
- * emitted after the fact), batched (see {@link DrainedSpanOptions}). Returns a function that stops it; stopping
- * records whatever still waits.
+ * emitted after the fact), batched (see {@link DrainedSpanOptions}). A batch that finds no drain since the previous
+ * one drains the collector itself: without scrapes the native span ring (1024 records per source) would otherwise
+ * fill and drop the oldest. Returns a function that stops it; stopping records whatever still waits.
  */
 export function traceDrainedSpans(
   collector: MetricsCollector,
@@ -232,11 +236,20 @@ export function traceDrainedSpans(
   // One batch per source and attribute set, in drain order.
   let waiting: { records: ForwardSpanRecord[]; attributes: ForwardSpanAttributes }[] = [];
   let buffered = 0;
-  const flush = () => {
+  const recordWaiting = () => {
     const batches = waiting;
     waiting = [];
     buffered = 0;
     for (const b of batches) recordForwardSpans(tracer, b.records, b.attributes, ROOT_CONTEXT);
+  };
+  // performance.now() when the previous batch (timer, flush() or stop()) finished
+  let flushedAt = performance.now();
+  let stopped = false;
+  const flush = () => {
+    if (stopped) return;
+    if (!(collector.lastDrainMs > flushedAt)) collector.drainNow();
+    recordWaiting();
+    flushedAt = performance.now();
   };
   const unsubscribe = collector.onDrainRecord((record, source) => {
     if (record.spanCount === 0) return;
@@ -251,15 +264,17 @@ export function traceDrainedSpans(
     if (last && sameAttributes(last.attributes, attributes)) for (const r of spans) last.records.push(r);
     else waiting.push({ records: spans, attributes });
     buffered += spans.length;
-    if (intervalMs === 0 || buffered >= maxBuffered) flush();
+    if (intervalMs === 0 || buffered >= maxBuffered) recordWaiting();
   });
   // (Node fires longer timers at once: cap them at its limit, about 24.8 days)
   const timer = intervalMs > 0 ? setInterval(flush, Math.min(intervalMs, 2 ** 31 - 1)) : undefined;
   timer?.unref();
   const stop = () => {
-    unsubscribe();
+    if (stopped) return;
     if (timer) clearInterval(timer);
-    flush();
+    flush(); // (still listening: the records of its drain are recorded too)
+    stopped = true;
+    unsubscribe();
   };
   return Object.assign(stop, { stop, flush });
 }
