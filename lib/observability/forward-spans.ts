@@ -207,7 +207,7 @@ export interface DrainedSpanOptions {
 /** What {@link traceDrainedSpans} returns: stop it (flushing what waits), or flush now. */
 export interface DrainedSpanTracing {
   (): void;
-  /** Stops listening, clears the timer and records what is buffered (draining first, as {@link flush} does). */
+  /** Clears the timer, records what is buffered (draining first when {@link flush} would), stops listening. */
   stop(): void;
   /**
    * Records the buffered records now. When the collector has not drained since the previous flush (no scrape, or
