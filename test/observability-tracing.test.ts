@@ -34,6 +34,16 @@ const toNs = (t: [number, number]) => BigInt(t[0]) * 1_000_000_000n + BigInt(t[1
 const byName = (spans: ReadableSpan[], name: string) => spans.filter((s) => s.name === name);
 const parentId = (s: ReadableSpan) => s.parentSpanContext?.spanId;
 
+/** A collector observing a fake layer source, with the exporter emptied and a count of its moe.forward spans. */
+function drainedRig(modelName: string, layerId: number) {
+  exporter.reset();
+  const collector = new MetricsCollector(modelName, { defaultMetrics: false });
+  const src = new FakeTelemetrySource(8, 4, 'layer');
+  collector.observe(src, { layerId });
+  const roots = () => byName(exporter.getFinishedSpans(), 'moe.forward').length;
+  return { collector, src, roots };
+}
+
 test.before(() => {
   handle = initializeTracing({
     serviceName: 'trace-test',
@@ -205,9 +215,7 @@ test('traceSpan and traceFunction: sync, async, errors recorded with status ERRO
 });
 
 test('spans drained at scrape time through a collector', async () => {
-  const collector = new MetricsCollector('drained', { defaultMetrics: false });
-  const src = new FakeTelemetrySource(8, 4, 'layer');
-  collector.observe(src, { layerId: 2 });
+  const { collector, src } = drainedRig('drained', 2);
   const stop = traceDrainedSpans(collector, handle.tracer);
   src.call({ ks: [1] });
   src.call({ ks: [2] });
@@ -221,11 +229,7 @@ test('spans drained at scrape time through a collector', async () => {
 });
 
 test('drained spans wait for their batch: interval, size bound, flush and stop', async () => {
-  exporter.reset();
-  const collector = new MetricsCollector('batched', { defaultMetrics: false });
-  const src = new FakeTelemetrySource(8, 4, 'layer');
-  collector.observe(src, { layerId: 1 });
-  const roots = () => byName(exporter.getFinishedSpans(), 'moe.forward').length;
+  const { collector, src, roots } = drainedRig('batched', 1);
   const tracing = traceDrainedSpans(collector, handle.tracer, { flushIntervalMs: 60_000, maxBuffered: 3 });
   src.call({ ks: [1] });
   src.call({ ks: [2] });
@@ -261,11 +265,7 @@ test('drained spans wait for their batch: interval, size bound, flush and stop',
 });
 
 test('drained spans need no scrape: a batch with no drain since the previous one drains first', async () => {
-  exporter.reset();
-  const collector = new MetricsCollector('unscraped', { defaultMetrics: false });
-  const src = new FakeTelemetrySource(8, 4, 'layer');
-  collector.observe(src, { layerId: 3 });
-  const roots = () => byName(exporter.getFinishedSpans(), 'moe.forward').length;
+  const { collector, src, roots } = drainedRig('unscraped', 3);
   const tracing = traceDrainedSpans(collector, handle.tracer, { flushIntervalMs: 60_000 });
   src.call({ ks: [1] });
   src.call({ ks: [2] });
