@@ -118,6 +118,7 @@ async function main(): Promise<void> {
   // Everything of the "on" configuration, built once; each on phase starts and stops its timers.
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-overhead-'));
   const logFile = path.join(dir, 'router.log');
+  const logLines = () => fs.readFileSync(logFile, 'utf8').split('\n').filter(Boolean).length;
   configureLogging({ file: logFile, format: 'json', serviceName: 'overhead-bench', environment: 'bench' });
   const collector = new MetricsCollector('olmoe-bench');
   collector.observe(layer, { layerId: 0 });
@@ -301,7 +302,7 @@ async function main(): Promise<void> {
     await tracing.forceFlush();
     exporter.reset();
     collectGarbage?.();
-    warmupLines = fs.readFileSync(logFile, 'utf8').split('\n').filter(Boolean).length;
+    warmupLines = logLines();
     console.error(`warm-up: ${warmupScrapes} scrapes against T=1 forwards (not timed)`);
   }
 
@@ -423,7 +424,7 @@ async function main(): Promise<void> {
         (scrapeMeanMs * scrapeMs.length + periodicOnMs + flushOnMs) / (forwardsOn * median(over('on', 'forwardMs'))),
     },
     warmupScrapes,
-    summaryRecordsLogged: fs.readFileSync(logFile, 'utf8').split('\n').filter(Boolean).length - warmupLines,
+    summaryRecordsLogged: logLines() - warmupLines,
   };
   result.pieces.estimatedTypicalWithGcRatio =
     result.pieces.estimatedTypicalRatio +
