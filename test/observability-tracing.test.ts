@@ -276,16 +276,19 @@ test('drained spans need no scrape: a batch with no drain since the previous one
   src.call({ ks: [3] });
   tracing.flush();
   assert.is(roots(), 3, 'a scrape drained since the previous flush: no drain of its own (the last call waits)');
+  src.call({ ks: [1] });
+  await collector.metrics();
+  src.call({ ks: [2] });
   tracing.stop();
-  assert.is(roots(), 4, 'stop() drains when nothing did since the previous flush, and records it');
+  assert.is(roots(), 6, 'stop() always drains: the calls after the latest scrape are recorded too');
   src.call({ ks: [2] });
   tracing.flush();
   tracing.stop();
-  assert.is(roots(), 4, 'nothing after stop, and a second stop is a no-op');
+  assert.is(roots(), 6, 'nothing after stop, and a second stop is a no-op');
 
   const timed = traceDrainedSpans(collector, handle.tracer, { flushIntervalMs: 20 });
   await new Promise((r) => setTimeout(r, 80));
-  assert.is(roots(), 5, "the interval's batch drained the call that waited in the source");
+  assert.is(roots(), 7, "the interval's batch drained the call that waited in the source");
   timed();
 });
 

@@ -207,7 +207,7 @@ export interface DrainedSpanOptions {
 /** What {@link traceDrainedSpans} returns: stop it (flushing what waits), or flush now. */
 export interface DrainedSpanTracing {
   (): void;
-  /** Clears the timer, records what is buffered (draining first when {@link flush} would), stops listening. */
+  /** Clears the timer, drains the collector, records what is buffered, and stops listening. */
   stop(): void;
   /**
    * Records the buffered records now. When the collector has not drained since the previous flush (no scrape, or
@@ -245,9 +245,9 @@ export function traceDrainedSpans(
   // performance.now() when the previous batch (timer, flush() or stop()) finished
   let flushedAt = performance.now();
   let stopped = false;
-  const flush = () => {
+  const flush = (always = false) => {
     if (stopped) return;
-    if (!(collector.lastDrainMs > flushedAt)) collector.drainNow();
+    if (always || !(collector.lastDrainMs > flushedAt)) collector.drainNow();
     recordWaiting();
     flushedAt = performance.now();
   };
@@ -272,11 +272,13 @@ export function traceDrainedSpans(
   const stop = () => {
     if (stopped) return;
     if (timer) clearInterval(timer);
-    flush(); // (still listening: the records of its drain are recorded too)
+    // The last batch always drains: the calls since the latest scrape have no later drain to wait for. (Still
+    // listening: the records of that drain are recorded too.)
+    flush(true);
     stopped = true;
     unsubscribe();
   };
-  return Object.assign(stop, { stop, flush });
+  return Object.assign(stop, { stop, flush: () => flush() });
 }
 
 function sameAttributes(a: ForwardSpanAttributes, b: ForwardSpanAttributes): boolean {
