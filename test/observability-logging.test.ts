@@ -48,13 +48,18 @@ test('records are JSON lines of exactly the guide shape', () => {
     data: { performance: { duration_seconds: 0.15, tokens_processed: 128 } },
   });
   log.error(LogEvent.ROUTING_ERROR, 'Routing failed', { error: new RangeError('bad k') });
-  const [ok, failed] = out.records();
+  // the guide's option names: extra= and exception=
+  log.warning(LogEvent.ROUTING_ERROR, 'Retried', { extra: { attempt: 2 }, exception: new TypeError('flaky') });
+  const [ok, failed, guideNames] = out.records();
+  assert.equal(guideNames.data, { attempt: 2 });
+  assert.equal((guideNames.exception as { type: string }).type, 'TypeError');
+  assert.is(guideNames.level, 'WARNING');
   assert.equal(Object.keys(ok).sort(), [...REQUIRED, 'module'].sort());
   assert.equal(Object.keys(failed).sort(), [...REQUIRED, 'exception', 'module'].sort());
   assert.equal(ok.service, { name: 'svc', version: '9.9.9', environment: 'test' });
   assert.equal(ok.event, { type: 'routing.complete', message: 'Dynamic routing completed' });
   assert.equal(ok.process, { pid: process.pid });
-  assert.is(ok.level, 'info');
+  assert.is(ok.level, 'INFO', "the guide's Python level names");
   assert.is(ok.module, 'router');
   assert.is(ok.correlation_id, null);
   assert.equal(ok.data, { performance: { duration_seconds: 0.15, tokens_processed: 128 } });
@@ -63,14 +68,15 @@ test('records are JSON lines of exactly the guide shape', () => {
     'ISO 8601 UTC timestamp',
   );
   const exception = failed.exception as { type: string; message: string; stack: string };
-  assert.is(failed.level, 'error');
+  assert.is(failed.level, 'ERROR');
   assert.is(exception.type, 'RangeError');
   assert.is(exception.message, 'bad k');
   assert.match(exception.stack, /RangeError: bad k/);
 });
 
 test('LogEvent has the 17 event types of the guide', () => {
-  assert.equal(Object.values(LogEvent).sort(), [
+  assert.is(LogEvent.AUTHENTICATION, LogEvent.AUTH_ATTEMPT, "the guide's Python name is an alias");
+  assert.equal([...new Set(Object.values(LogEvent))].sort(), [
     'auth.attempt',
     'complexity.estimation',
     'expert.computation',
@@ -143,6 +149,27 @@ test('setCorrelationId / clearCorrelationId, also through the logger methods of 
   );
 });
 
+test('setCorrelationId in concurrent requests: each keeps its own id, also over one set at startup', async () => {
+  const tick = () => new Promise((r) => setImmediate(r));
+  await withCorrelationId('startup', async () => {
+    // each request sets its id at its start, after the other has set its own, then reads it back after a wait
+    const request = async (id: string, before: number, after: number) => {
+      for (let i = 0; i < before; i++) await tick();
+      setCorrelationId(id);
+      for (let i = 0; i < after; i++) await tick();
+      const seen = getCorrelationId();
+      clearCorrelationId();
+      return [seen, getCorrelationId()];
+    };
+    const results = await Promise.all([request('A', 1, 4), request('B', 2, 1)]);
+    assert.equal(results, [
+      ['A', undefined],
+      ['B', undefined],
+    ]);
+    assert.is(getCorrelationId(), 'startup', 'the requests did not change the id of the scope that started them');
+  });
+});
+
 test('levels filter records; the guide names WARNING and CRITICAL work', () => {
   const out = capture();
   configureLogging({ level: 'WARNING', destination: out.destination });
@@ -154,7 +181,7 @@ test('levels filter records; the guide names WARNING and CRITICAL work', () => {
   log.critical(LogEvent.MODEL_ERROR, 'shown');
   assert.equal(
     out.records().map((r) => r.level),
-    ['warn', 'fatal'],
+    ['WARNING', 'CRITICAL'],
   );
   assert.throws(() => configureLogging({ level: 'loud' as 'info' }), /level/);
 });
@@ -186,7 +213,7 @@ test('pretty format writes one readable line per record', () => {
     getLogger('pretty').info(LogEvent.HEALTH_CHECK, 'all good', { data: { checks: 3 } }),
   );
   assert.is(lines.length, 1);
-  assert.match(lines[0], /^\d{4}-\d\d-\d\dT.*Z INFO  health\.check \[pretty\] all good \(cid-1\) \{"checks":3\}\n$/);
+  assert.match(lines[0], /^\d{4}-\d\d-\d\dT.*Z INFO     health\.check \[pretty\] all good \(cid-1\) \{"checks":3\}\n$/);
 });
 
 test("a user's pino logger is used, with .child({ module }) made once per module", () => {

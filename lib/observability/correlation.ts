@@ -17,19 +17,18 @@ export function withCorrelationId<T>(id: string, fn: () => T): T {
 }
 
 /**
- * Sets the current correlation id. Inside {@link withCorrelationId} it replaces that scope's id; elsewhere it
- * applies to the rest of the current synchronous execution and to everything it schedules.
+ * Sets the current correlation id for the rest of the current synchronous execution and everything it schedules
+ * from now on (timers, promises, callbacks), as a request handler does at its start. It never changes the id seen
+ * by work started before the call, nor by concurrent requests that inherited the same earlier id: each call enters
+ * a context of its own (an id set at startup does not leak from one request into another).
  */
 export function setCorrelationId(id: string): void {
-  const store = storage.getStore();
-  if (store) store.id = id;
-  else storage.enterWith({ id });
+  storage.enterWith({ id });
 }
 
-/** Clears the current correlation id (records then carry `correlation_id: null`). */
+/** Clears the current correlation id, in the same scope as {@link setCorrelationId} (records carry `null`). */
 export function clearCorrelationId(): void {
-  const store = storage.getStore();
-  if (store) store.id = undefined;
+  if (storage.getStore()?.id !== undefined) storage.enterWith({ id: undefined });
 }
 
 /** The current correlation id, or undefined. */

@@ -20,6 +20,8 @@ export const LogEvent = {
   HEALTH_CHECK: 'health.check',
   SECURITY_WARNING: 'security.warning',
   AUTH_ATTEMPT: 'auth.attempt',
+  /** The guide's Python name of {@link LogEvent.AUTH_ATTEMPT} (the same string). */
+  AUTHENTICATION: 'auth.attempt',
 } as const;
 
 /** One of the {@link LogEvent} strings. */

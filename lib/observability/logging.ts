@@ -4,6 +4,9 @@
  *   { "level", "timestamp", "service": {name, version, environment}, "process": {pid}, "module",
  *     "event": {type, message}, "correlation_id", "data", "exception"?: {type, message, stack} }
  *
+ * with the level names of the guide's Python edition ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"; pino's
+ * trace is "TRACE"), so log queries written for it keep matching.
+ *
  * `configureLogging` builds one root pino logger (or wraps the user's); `getLogger(name)` returns an
  * `EventLogger` whose pino child (`.child({ module })`) is made once. Nothing here logs per routing call: the
  * periodic summary lives in performance-summary.ts.
@@ -50,9 +53,23 @@ export interface LoggingConfig {
 export interface LogOptions {
   /** Free-form structured context; becomes the record's `data`. */
   data?: Record<string, unknown>;
+  /** The guide's name for {@link data} (`extra=`); used when `data` is absent. */
+  extra?: Record<string, unknown>;
   /** An error; becomes the record's `exception`. */
   error?: unknown;
+  /** The guide's name for {@link error} (`exception=`); used when `error` is absent. */
+  exception?: unknown;
 }
+
+/** The `level` written for each pino level: the guide's Python names. */
+const LEVEL_LABELS: Readonly<Record<string, string>> = {
+  trace: 'TRACE',
+  debug: 'DEBUG',
+  info: 'INFO',
+  warn: 'WARNING',
+  error: 'ERROR',
+  fatal: 'CRITICAL',
+};
 
 /** The shape of `exception` in a record. */
 export interface LoggedException {
@@ -97,7 +114,7 @@ export function configureLogging(config: LoggingConfig = {}): EventLogger {
         level,
         base: bindings,
         timestamp: () => `,"timestamp":"${new Date().toISOString()}"`,
-        formatters: { level: (label) => ({ level: label }) },
+        formatters: { level: (label) => ({ level: LEVEL_LABELS[label] ?? label.toUpperCase() }) },
       },
       destination,
     );
@@ -190,9 +207,10 @@ export class EventLogger {
     const record: Record<string, unknown> = {
       event: { type, message },
       correlation_id: getCorrelationId() ?? null,
-      data: opts?.data ?? {},
+      data: opts?.data ?? opts?.extra ?? {},
     };
-    if (opts?.error !== undefined) record.exception = exceptionOf(opts.error);
+    const error = opts?.error !== undefined ? opts.error : opts?.exception;
+    if (error !== undefined) record.exception = exceptionOf(error);
     logger[level](record);
   }
 }
@@ -238,7 +256,7 @@ export function prettyLine(json: string): string {
     String(r.timestamp ?? ''),
     String(r.level ?? '')
       .toUpperCase()
-      .padEnd(5),
+      .padEnd(8),
     event.type ?? '-',
     `[${String(r.module ?? '')}]`,
     event.message ?? String(r.msg ?? ''),
