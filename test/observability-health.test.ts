@@ -131,10 +131,14 @@ test('ExternalServiceHealthCheck against a real HTTP server: 200, 500, timeout, 
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   try {
-    const ok = await new ExternalServiceHealthCheck('svc', `${base}/ok`).run();
+    const okCheck = new ExternalServiceHealthCheck('svc', `${base}/ok`);
+    assert.is(okCheck.name, 'external_svc', "the guide's key");
+    const ok = await okCheck.run();
     assert.is(ok.status, 'healthy');
     assert.is(ok.details.status_code, 200);
-    assert.is((await new ExternalServiceHealthCheck('svc', `${base}/fail`).run()).status, 'unhealthy');
+    const failing = await new ExternalServiceHealthCheck('svc', `${base}/fail`).run();
+    assert.is(failing.status, 'degraded', 'up but answering 500: degraded, not a reason to restart this process');
+    assert.is(failing.details.status_code, 500);
     const slow = await new ExternalServiceHealthCheck('svc', `${base}/slow`, 100).run();
     assert.is(slow.status, 'unhealthy');
     assert.match(slow.message, /within 100 ms/);
@@ -172,6 +176,8 @@ test('ModelHealthCheck runs a real route and a real layer forward', async () => 
   });
   const forward = await new ModelHealthCheck(layer).run();
   assert.is(forward.status, 'healthy', forward.message);
+  assert.is(new ModelHealthCheck(layer).name, 'model');
+  assert.is(new ModelHealthCheck(layer, { modelName: 'my-model' }).name, 'model_my-model', "the guide's key");
   assert.type(forward.details.latency_ms, 'number');
   const slow = await new ModelHealthCheck(layer, { maxLatencyMs: -1 }).run();
   assert.is(slow.status, 'degraded');
@@ -182,6 +188,38 @@ test('ModelHealthCheck runs a real route and a real layer forward', async () => 
   assert.throws(() => new ModelHealthCheck({} as Router), /MoELayer or a Router/);
 });
 
+test('ModelHealthCheck on the dynamic rule: estimators that need context pass, calibration is untouched', async () => {
+  const E = 8,
+    d = 16;
+  const dynamic = (estimator: 'perplexity_proxy' | 'router_entropy') =>
+    new Router({
+      numExperts: E,
+      hiddenSize: d,
+      gateWeight: randn(E * d, SEED + 7),
+      selection: { kind: 'dynamic', minK: 1, maxK: 3, estimator },
+    });
+  // perplexity_proxy needs LM logits a probe does not have: the probe gives a complexity instead
+  const needsContext = await new ModelHealthCheck(dynamic('perplexity_proxy'), { tokens: 2 }).run();
+  assert.is(needsContext.status, 'healthy', needsContext.message);
+  // the running z-score of router_entropy never sees the probes' random input
+  const router = dynamic('router_entropy');
+  router.route(randn(4 * d, SEED + 8));
+  const before = Array.from(router.estimator!.calibrator.deviceState()!.state);
+  for (let i = 0; i < 3; i++) assert.is((await new ModelHealthCheck(router).run()).status, 'healthy');
+  assert.equal(Array.from(router.estimator!.calibrator.deviceState()!.state), before);
+  // what the probe passes can be given
+  let asked = 0;
+  const given = await new ModelHealthCheck(router, {
+    tokens: 3,
+    routeOptions: (T) => {
+      asked = T;
+      return { complexity: new Float32Array(T).fill(1) };
+    },
+  }).run();
+  assert.is(given.status, 'healthy', given.message);
+  assert.is(asked, 3);
+});
+
 test('ExpertBalanceHealthCheck from a function, a collector, or a source', async () => {
   assert.is((await new ExpertBalanceHealthCheck(() => 0.3).run()).status, 'degraded');
   assert.is((await new ExpertBalanceHealthCheck(async () => 0.8).run()).status, 'healthy');
@@ -190,6 +228,7 @@ test('ExpertBalanceHealthCheck from a function, a collector, or a source', async
   const src = new FakeTelemetrySource();
   collector.observe(src, { layerId: 0 });
   const check = new ExpertBalanceHealthCheck(collector, 0.5);
+  assert.is(check.name, 'expert_balance_balance', "the guide's key: expert_balance_<model name>");
   assert.is((await check.run()).status, 'unknown', 'no call yet');
   src.call({ ks: [1], loadBalance: 0.2 });
   const r = await check.run();

@@ -313,6 +313,7 @@ test('unobserve drains one last time; drain listeners see every delta once', asy
   c.onDrain((d) => seen.push(d.calls));
   src.call({ ks: [1] });
   await c.metrics();
+  assert.is(c.latestLoadBalanceScore(0), 0.9);
   src.call({ ks: [1] });
   src.call({ ks: [1] });
   stop();
@@ -320,6 +321,8 @@ test('unobserve drains one last time; drain listeners see every delta once', asy
   assert.equal(seen, [1, 2]);
   const exp = await scrape(c);
   assert.is(value(exp, MetricName.ROUTING_REQUESTS, { status: 'success' }), 3);
+  assert.is(find(exp, MetricName.LOAD_BALANCE_SCORE).length, 0, "a detached layer's load balance is gone");
+  assert.ok(Number.isNaN(c.latestLoadBalanceScore()));
 });
 
 test('observe rejects what is not a telemetry source, a missing layerId and a second attach', () => {
@@ -376,6 +379,43 @@ test('the native drain record decodes consistently, and a stale or truncated rec
 
 const hasNativeTelemetry =
   typeof (Router.prototype as unknown as { drainTelemetry?: unknown }).drainTelemetry === 'function';
+
+test('the drained load balance judges the expert tokens of at least E assignments, never one decode token', () => {
+  const E = 8;
+  const d = 16;
+  const router = new Router({
+    numExperts: E,
+    hiddenSize: d,
+    gateWeight: randn(E * d, SEED + 41, 0.5),
+    selection: { kind: 'topk', k: 2 },
+  });
+  // float64 reference: entropy of the pooled counts over log(E)
+  const balanceOf = (counts: number[]) => {
+    const n = counts.reduce((a, b) => a + b, 0);
+    return -counts.reduce((h, c) => (c ? h + (c / n) * Math.log(c / n) : h), 0) / Math.log(E);
+  };
+  const pooled = new Array<number>(E).fill(0);
+  const seen: number[] = [];
+  // single-token calls (2 assignments each), one drain after each: no value until 8 assignments have pooled
+  for (let call = 1; call <= 6; call++) {
+    const r = router.route(randn(d, SEED + 100 + call));
+    for (let j = 0; j < r.k[0]; j++) pooled[r.indices[j]]++;
+    const balance = router.drainTelemetry().loadBalance;
+    if (call < 4) assert.ok(Number.isNaN(balance), `call ${call}: too few assignments to judge`);
+    else if (call === 4) {
+      assert.ok(Math.abs(balance - balanceOf(pooled)) < 1e-12, `${balance} against ${balanceOf(pooled)}`);
+      seen.push(balance);
+      pooled.fill(0);
+    } else assert.ok(Number.isNaN(balance), 'a new window starts after each value');
+  }
+  // a large call is judged alone (after what pooled before it)
+  const r = router.route(randn(64 * d, SEED + 200));
+  for (let t = 0; t < 64; t++) for (let j = 0; j < r.k[t]; j++) pooled[r.indices[t * 2 + j]]++;
+  const balance = router.drainTelemetry().loadBalance;
+  assert.ok(Math.abs(balance - balanceOf(pooled)) < 1e-12, `${balance} against ${balanceOf(pooled)}`);
+  assert.ok(balance > 0.5, `64 random tokens over 8 experts are far from one-sided (${balance})`);
+  assert.ok(seen[0] <= 1 && seen[0] > 0);
+});
 
 test('real Router and MoELayer: counts after traffic match the calls', async () => {
   const E = 8,

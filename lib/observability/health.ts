@@ -220,31 +220,62 @@ export class DiskSpaceHealthCheck extends BaseHealthCheck {
   }
 }
 
+/** The options a probe passes to the model's call (a subset of RouteOptions). */
+export interface ProbeRouteOptions {
+  complexity?: Float32Array;
+  context?: object;
+}
+
 /** What {@link ModelHealthCheck} needs: a Router (`route`) or an MoELayer (`forward`), sync or async. */
 export interface CheckableModel {
   readonly hiddenSize: number;
-  forward?(x: Float32Array): { output: Float32Array };
-  forwardAsync?(x: Float32Array): Promise<{ output: Float32Array }>;
-  route?(x: Float32Array): { weights: Float32Array };
-  routeAsync?(x: Float32Array): Promise<{ weights: Float32Array }>;
+  /** A Router's rule ('dynamic' gets a fixed complexity per probe token); an MoELayer has it on its router. */
+  readonly selection?: string;
+  readonly router?: { readonly selection?: string };
+  forward?(x: Float32Array, opts?: ProbeRouteOptions): { output: Float32Array };
+  forwardAsync?(x: Float32Array, opts?: ProbeRouteOptions): Promise<{ output: Float32Array }>;
+  route?(x: Float32Array, opts?: ProbeRouteOptions): { weights: Float32Array };
+  routeAsync?(x: Float32Array, opts?: ProbeRouteOptions): Promise<{ weights: Float32Array }>;
 }
 
-/** Runs a real tiny forward (layer) or route (router) on random normal input and times it. */
+/** Options of {@link ModelHealthCheck}. */
+export interface ModelHealthCheckOptions {
+  /** The check's key in the report. Default `model_<modelName>`, or 'model' without a modelName. */
+  name?: string;
+  /** The model's name, as the guide's `ModelHealthCheck("my-model")` gives it (its check is `model_my-model`). */
+  modelName?: string;
+  /** Tokens per probe (default 1). */
+  tokens?: number;
+  /** A slower probe is degraded (default 1000 ms). */
+  maxLatencyMs?: number;
+  timeoutMs?: number;
+  /**
+   * What each probe passes to the call. Default: nothing, except for the dynamic rule, which gets a complexity of
+   * 0.5 per token — the probe then exercises selection, dispatch, experts and combine without running the
+   * router's estimator, which would fold random input into its running calibration (and some estimators need
+   * attention or LM logits a probe does not have).
+   */
+  routeOptions?: ProbeRouteOptions | ((tokens: number) => ProbeRouteOptions);
+}
+
+/**
+ * Runs a real tiny forward (layer) or route (router) on random normal input and times it. A probe is a real call:
+ * the layer's native counters count it like any other (a probe every 10 s adds 0.1 requests a second).
+ */
 export class ModelHealthCheck extends BaseHealthCheck {
   private readonly tokens: number;
   private readonly maxLatencyMs: number;
+  private readonly routeOptions: ModelHealthCheckOptions['routeOptions'];
 
-  /**
-   * @param model the layer or router to exercise.
-   * @param opts.tokens tokens per check (default 1); opts.maxLatencyMs: slower is degraded (default 1000).
-   */
+  /** @param model the layer or router to exercise. */
   constructor(
     private readonly model: CheckableModel,
-    opts: { name?: string; tokens?: number; maxLatencyMs?: number; timeoutMs?: number } = {},
+    opts: ModelHealthCheckOptions = {},
   ) {
-    super(opts.name ?? 'model', opts.timeoutMs);
+    super(opts.name ?? (opts.modelName ? `model_${opts.modelName}` : 'model'), opts.timeoutMs);
     this.tokens = opts.tokens ?? 1;
     this.maxLatencyMs = opts.maxLatencyMs ?? 1000;
+    this.routeOptions = opts.routeOptions;
     if (!(
       typeof model?.hiddenSize === 'number' &&
       (model.forward || model.forwardAsync || model.route || model.routeAsync)
@@ -256,12 +287,13 @@ export class ModelHealthCheck extends BaseHealthCheck {
   protected async performCheck(): Promise<CheckOutcome> {
     const x = randomNormal(this.tokens * this.model.hiddenSize);
     const m = this.model;
+    const opts = this.probeOptions();
     const started = performance.now();
     let values: Float32Array;
-    if (m.forwardAsync) values = (await m.forwardAsync(x)).output;
-    else if (m.forward) values = m.forward(x).output;
-    else if (m.routeAsync) values = (await m.routeAsync(x)).weights;
-    else values = m.route!(x).weights;
+    if (m.forwardAsync) values = (await m.forwardAsync(x, opts)).output;
+    else if (m.forward) values = m.forward(x, opts).output;
+    else if (m.routeAsync) values = (await m.routeAsync(x, opts)).weights;
+    else values = m.route!(x, opts).weights;
     const latencyMs = performance.now() - started;
     const finite = values.every(Number.isFinite);
     const details = { tokens: this.tokens, latency_ms: latencyMs, output_finite: finite };
@@ -270,16 +302,27 @@ export class ModelHealthCheck extends BaseHealthCheck {
       return { status: HealthStatus.DEGRADED, message: `Model inference slow: ${latencyMs.toFixed(1)} ms`, details };
     return { status: HealthStatus.HEALTHY, message: `Model inference ok: ${latencyMs.toFixed(1)} ms`, details };
   }
+
+  private probeOptions(): ProbeRouteOptions {
+    const given = this.routeOptions;
+    if (given) return typeof given === 'function' ? given(this.tokens) : given;
+    const selection = this.model.selection ?? this.model.router?.selection;
+    return selection === 'dynamic' ? { complexity: new Float32Array(this.tokens).fill(0.5) } : {};
+  }
 }
 
-/** An HTTP(S) GET that must answer 2xx within the timeout. */
+/**
+ * An HTTP(S) GET: healthy on a 2xx answer, degraded on any other answer (the service is up but unwell: that alone
+ * must not fail this process's liveness), unhealthy when there is no answer within the timeout. Its key in the
+ * report is `external_<serviceName>`, as in the guide's Python edition.
+ */
 export class ExternalServiceHealthCheck extends BaseHealthCheck {
   constructor(
-    name: string,
+    readonly serviceName: string,
     readonly url: string,
     readonly requestTimeoutMs = 5000,
   ) {
-    super(name, requestTimeoutMs + 1000);
+    super(`external_${serviceName}`, requestTimeoutMs + 1000);
     const protocol = new URL(url).protocol;
     if (protocol !== 'http:' && protocol !== 'https:') throw new TypeError(`url: expected http(s), got ${url}`);
   }
@@ -290,17 +333,16 @@ export class ExternalServiceHealthCheck extends BaseHealthCheck {
       const request = client.get(this.url, { timeout: this.requestTimeoutMs }, (response) => {
         response.resume();
         const code = response.statusCode ?? 0;
-        const details = { url: this.url, status_code: code };
-        if (code >= 200 && code < 300)
-          resolve({ status: HealthStatus.HEALTHY, message: `${this.name} answered ${code}`, details });
-        else resolve({ status: HealthStatus.UNHEALTHY, message: `${this.name} answered ${code}`, details });
+        const details = { service_name: this.serviceName, url: this.url, status_code: code };
+        const message = `${this.serviceName} answered ${code}`;
+        resolve({ status: code >= 200 && code < 300 ? HealthStatus.HEALTHY : HealthStatus.DEGRADED, message, details });
       });
       request.on('timeout', () => request.destroy(new Error(`no answer within ${this.requestTimeoutMs} ms`)));
       request.on('error', (error) =>
         resolve({
           status: HealthStatus.UNHEALTHY,
-          message: `${this.name} unreachable: ${error.message}`,
-          details: { url: this.url },
+          message: `${this.serviceName} unreachable: ${error.message}`,
+          details: { service_name: this.serviceName, url: this.url },
         }),
       );
     });
@@ -318,13 +360,16 @@ export class ExpertBalanceHealthCheck extends BaseHealthCheck {
   /**
    * @param source a function returning the score, a MetricsCollector (its latest score over all layers), or a
    *   Router/MoELayer (drained here: only when no collector drains it).
+   * @param name the check's key; default `expert_balance_<modelName>` for a collector (the guide's name), else
+   *   'expert_balance'.
    */
   constructor(
     private readonly source: LoadBalanceSource,
     readonly balanceThreshold = 0.5,
-    name = 'expert_balance',
+    name?: string,
   ) {
-    super(name);
+    const modelName = (source as { modelName?: unknown }).modelName;
+    super(name ?? (typeof modelName === 'string' ? `expert_balance_${modelName}` : 'expert_balance'));
   }
 
   protected async performCheck(): Promise<CheckOutcome> {

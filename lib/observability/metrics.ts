@@ -206,7 +206,7 @@ export class MetricsCollector {
     );
     this.loadBalance = gauge(
       MetricName.LOAD_BALANCE_SCORE,
-      'Load balance of the latest call: normalised entropy of tokens per expert, 1 = even.',
+      'Load balance of the latest window of at least num_experts expert assignments: normalised entropy of tokens per expert, 1 = even.',
     );
     this.flopsComputed = counter(MetricName.FLOPS_COMPUTED, 'Expert FLOPs computed.');
     this.flopsSaved = counter(MetricName.FLOPS_SAVED, 'Expert FLOPs saved against the static top-k baseline.');
@@ -273,12 +273,20 @@ export class MetricsCollector {
     return () => this.unobserve(source);
   }
 
-  /** Detaches a source after one last drain, so nothing it counted is lost. */
+  /**
+   * Detaches a source after one last drain, so nothing it counted is lost. Its layer's load balance gauge goes
+   * (unless another attached source has the same layer id): a detached layer's last score must not keep an alert
+   * or a health check on it. Its counters stay.
+   */
   unobserve(source: TelemetrySource): void {
     const entry = this.attached.find((a) => a.source === source);
     if (!entry) return;
     this.drainOne(entry);
     this.attached = this.attached.filter((a) => a !== entry);
+    if (!this.attached.some((a) => a.layerId === entry.layerId)) {
+      this.loadBalance.remove({ model_name: this.modelName, layer_id: entry.layerId });
+      this.latestLoadBalance.delete(entry.layerId);
+    }
     this.updateMemoryGauge();
   }
 

@@ -50,7 +50,7 @@ export interface TelemetryDelta {
   };
   durationSeconds: HistogramDelta; // whole call
   expertTokens: number[]; // per expert delta, length numExperts
-  loadBalance: number; // of the most recent call (gauge), NaN if no call yet
+  loadBalance: number; // of the expert tokens since the previous value once they hold >= numExperts assignments, else NaN
   memoryBytes: number; // packed weights held natively (gauge)
   spans: SpanRecord[]; // bounded ring; oldest dropped when full
   spansDropped: number; // delta

@@ -45,7 +45,6 @@ telemetry::CallRecord callRecordOf(int64_t T, const float* complexity, const Rou
   call.k = out.k;
   call.complexity = complexity;
   call.expertCounts = out.expertCounts;
-  call.loadBalance = stats.loadBalance;
   call.complexityNs = complexityNs;
   return call;
 }

@@ -2,9 +2,9 @@
 //   scalars (kScalars), k buckets (maxK + 2), complexity buckets, stage buckets, duration buckets, experts.
 #include "telemetry.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstring>
 #include <functional>
 #include <limits>
 #include <thread>
@@ -45,11 +45,8 @@ Telemetry::Telemetry(int numExperts, int maxK) : numExperts_(numExperts), maxK_(
   counters_ = (used + 7) / 8 * 8;  // whole cache lines, so shards never share one
   values_.reset(new std::atomic<uint64_t>[kShards * counters_]);
   for (size_t i = 0; i < kShards * counters_; ++i) values_[i].store(0, std::memory_order_relaxed);
-  const double nan = std::numeric_limits<double>::quiet_NaN();
-  uint64_t bits;
-  std::memcpy(&bits, &nan, 8);
-  loadBalanceBits_.store(bits, std::memory_order_relaxed);
   previous_.assign(counters_, 0);
+  balanceTokens_.assign(size_t(numExperts), 0);
 }
 
 std::atomic<uint64_t>* Telemetry::shard() {
@@ -107,9 +104,6 @@ void Telemetry::record(const CallRecord& c) {
   add(kDurationSumNs, uint64_t(totalNs));
   for (int e = 0; e < numExperts_; ++e)
     if (c.expertCounts[e]) add(expertBase + size_t(e), uint64_t(c.expertCounts[e]));
-  uint64_t bits;
-  std::memcpy(&bits, &c.loadBalance, 8);
-  loadBalanceBits_.store(bits, std::memory_order_relaxed);
   SpanRecord span = s;
   span.tokens = c.tokens;
   span.complexityNs = c.complexityNs;
@@ -139,6 +133,25 @@ uint64_t Telemetry::total(size_t index) const {
   uint64_t sum = 0;
   for (int s = 0; s < kShards; ++s) sum += values_[size_t(s) * counters_ + index].load(std::memory_order_relaxed);
   return sum;
+}
+
+double Telemetry::windowLoadBalance(const std::vector<uint64_t>& expertTokens) {
+  for (int e = 0; e < numExperts_; ++e) {
+    balanceTokens_[size_t(e)] += expertTokens[size_t(e)];
+    balanceAssignments_ += expertTokens[size_t(e)];
+  }
+  if (balanceAssignments_ == 0 || balanceAssignments_ < uint64_t(numExperts_))
+    return std::numeric_limits<double>::quiet_NaN();
+  double entropy = 0;
+  for (uint64_t& n : balanceTokens_) {
+    if (n) {
+      const double share = double(n) / double(balanceAssignments_);
+      entropy -= share * std::log(share);
+    }
+    n = 0;
+  }
+  balanceAssignments_ = 0;
+  return numExperts_ > 1 ? std::clamp(entropy / std::log(double(numExperts_)), 0.0, 1.0) : 1.0;
 }
 
 Delta Telemetry::drain() {
@@ -179,8 +192,7 @@ Delta Telemetry::drain() {
   for (uint64_t v : d.durationBuckets) d.durationCount += v;
   d.durationSum = double(now[kDurationSumNs]) / kNano;
   d.expertTokens.assign(now.begin() + long(expertBase), now.begin() + long(expertBase) + numExperts_);
-  const uint64_t bits = loadBalanceBits_.load(std::memory_order_relaxed);
-  std::memcpy(&d.loadBalance, &bits, 8);
+  d.loadBalance = windowLoadBalance(d.expertTokens);
   d.spansDropped = spans_.drain(d.spans);
   return d;
 }

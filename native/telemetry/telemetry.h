@@ -31,7 +31,6 @@ struct CallRecord {
   const float* complexity = nullptr;        // [tokens] or null
   const int32_t* expertCounts = nullptr;    // [numExperts]
   double flopsComputed = 0, flopsStatic = 0;
-  double loadBalance = 0;
   int64_t complexityNs = 0;                 // measured by the caller before the native call
   SpanRecord span;                          // stage timestamps; span.tokens etc. filled by record()
 };
@@ -54,7 +53,9 @@ struct Delta {
   uint64_t durationCount = 0;
   double durationSum = 0;
   std::vector<uint64_t> expertTokens;
-  double loadBalance = 0;  // last call, NaN before any
+  // entropy / log(E) of the expert tokens since the last value, given once they hold at least E assignments
+  // (so a window of a few decode tokens is judged with later ones, never alone); NaN until then
+  double loadBalance = 0;
   std::vector<SpanRecord> spans;
   uint64_t spansDropped = 0;
 };
@@ -75,12 +76,14 @@ class Telemetry {
   size_t slot(size_t index) const;  // index within a shard's counter block
   std::atomic<uint64_t>* shard();
   uint64_t total(size_t index) const;
+  double windowLoadBalance(const std::vector<uint64_t>& expertTokens);  // see Delta::loadBalance
 
   int numExperts_, maxK_;
   size_t counters_;                 // counters per shard (padded to a cache-line multiple)
   std::unique_ptr<std::atomic<uint64_t>[]> values_;  // kShards * counters_
-  std::atomic<uint64_t> loadBalanceBits_;
   std::vector<uint64_t> previous_;  // drainer only
+  std::vector<uint64_t> balanceTokens_;  // drainer only: expert tokens not yet in a load balance value
+  uint64_t balanceAssignments_ = 0;
   std::mutex drainMutex_;           // serialises drainers, never taken by compute
   SpanRing spans_{1024};
 };
