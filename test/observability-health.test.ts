@@ -264,4 +264,22 @@ test('PerformanceProfiler: duration, memory delta and sampled peak', async () =>
   assert.equal(profiler.running, []);
 });
 
+test('PerformanceProfiler(collector), as in the guide: each ended section sets its memory gauge', async () => {
+  const collector = new MetricsCollector('profiled', { defaultMetrics: false });
+  const profiler = new PerformanceProfiler(collector, { sampleIntervalMs: 5 });
+  profiler.startProfile('inference');
+  const rssBefore = process.memoryUsage.rss();
+  const p = profiler.endProfile('inference');
+  const rssAfter = process.memoryUsage.rss();
+  const text = await collector.metrics();
+  const line = text
+    .split('\n')
+    .find((l) => l.startsWith('dynamic_moe_memory_usage_bytes{') && l.includes('component="inference"'));
+  assert.ok(line, text);
+  const bytes = Number(line!.split(' ').pop());
+  assert.ok(bytes >= Math.min(rssBefore, rssAfter) * 0.9 && bytes <= Math.max(rssBefore, rssAfter) * 1.1, `${bytes}`);
+  assert.is(p.name, 'inference');
+  assert.throws(() => new PerformanceProfiler(collector, { sampleIntervalMs: 0 }), /sampleIntervalMs/);
+});
+
 test.run();

@@ -272,7 +272,8 @@ test('the manual methods of the guide write the same families', async () => {
   c.recordFlops(1_000_000, 350_000, 'moe');
   c.updateMemoryUsage(512 * 1024 * 1024, 'model');
   c.recordError('complexity_estimation_failed');
-  c.recordComplexity(0.33, 'router_entropy');
+  c.recordComplexityScore(0.33, 'router_entropy');
+  c.recordComplexity(0.93, 'router_entropy');
   const exp = await scrape(c);
   assert.is(value(exp, MetricName.ROUTING_REQUESTS, { backend: 'torch', status: 'success' }), 1);
   assert.is(value(exp, `${MetricName.ROUTING_DURATION}_bucket`, { backend: 'torch', le: '0.25' }), 1);
@@ -284,7 +285,27 @@ test('the manual methods of the guide write the same families', async () => {
   assert.is(value(exp, MetricName.MEMORY_USAGE, { component: 'model' }), 512 * 1024 * 1024);
   assert.is(value(exp, MetricName.ROUTING_ERRORS, { error_type: 'complexity_estimation_failed' }), 1);
   assert.is(value(exp, `${MetricName.COMPLEXITY_SCORE}_bucket`, { estimator_type: 'router_entropy', le: '0.4' }), 1);
+  assert.is(value(exp, `${MetricName.COMPLEXITY_SCORE}_count`, { estimator_type: 'router_entropy' }), 2, 'alias');
   assert.is(c.latestLoadBalanceScore(7), 0.42);
+});
+
+test('enableDetailedMetrics: false keeps a scrape to the guide families', async () => {
+  const scraped = async (enableDetailedMetrics: boolean) => {
+    const c = new MetricsCollector('detail', { defaultMetrics: false, enableDetailedMetrics });
+    const src = new FakeTelemetrySource(8, 4, 'layer');
+    c.observe(src, { layerId: 0 });
+    src.call({ ks: [2, 3], stageSeconds: { gating: 1e-4, expert_gemm: 2e-3 } });
+    return scrape(c);
+  };
+  const detailed = await scraped(true);
+  const lean = await scraped(false);
+  const names = (exp: Awaited<ReturnType<typeof scrape>>) => new Set(exp.samples.map((s) => s.name));
+  assert.ok(names(detailed).has(MetricName.EXPERT_TOKENS));
+  assert.ok(names(detailed).has(`${MetricName.STAGE_DURATION}_count`));
+  for (const name of [MetricName.EXPERT_TOKENS, `${MetricName.STAGE_DURATION}_count`])
+    assert.not.ok(names(lean).has(name), name);
+  assert.is(value(lean, MetricName.ROUTING_REQUESTS, { status: 'success' }), 1);
+  assert.is(value(lean, `${MetricName.EXPERTS_USED_PER_TOKEN}_count`), 2);
 });
 
 test('a source that cannot be drained any more is detached and counted once', async () => {

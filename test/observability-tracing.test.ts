@@ -13,6 +13,7 @@ import {
   initializeTracing,
   MetricsCollector,
   recordForwardSpans,
+  RouterTracing,
   spanRecordFromForward,
   steadyNsToHrTime,
   traceDrainedSpans,
@@ -202,6 +203,8 @@ test('traceSpan and traceFunction: sync, async, errors recorded with status ERRO
   const spans = exporter.getFinishedSpans();
   const [dbl] = byName(spans, 'double');
   assert.is(dbl.attributes.op, 'x2');
+  assert.is(dbl.attributes['function.name'], 'double', "an anonymous function takes the span's name");
+  assert.type(dbl.attributes['function.duration_seconds'], 'number');
   const [outer] = byName(spans, 'async-op');
   const [inner] = byName(spans, 'inner');
   assert.is(parentId(inner), outer.spanContext().spanId, 'context crosses the await');
@@ -212,6 +215,76 @@ test('traceSpan and traceFunction: sync, async, errors recorded with status ERRO
     assert.is(s.events[0]?.name, 'exception');
   }
   assert.is(trace.getSpan(context.active()), undefined, 'no span leaks into the outer context');
+});
+
+test("RouterTracing: the guide's three stage helpers, with attributes from inputs and results", async () => {
+  const x = randn(3 * 4, SEED + 9);
+  const scores = RouterTracing.traceComplexityEstimation(
+    (input: Float32Array, scale: number) => {
+      const out = new Float32Array(input.length / 4);
+      for (let t = 0; t < out.length; t++) out[t] = Math.abs(input[t * 4]) * scale;
+      return out;
+    },
+    x,
+    0.1,
+  );
+  const rows = [
+    [0, 1],
+    [1, -1],
+    [3, 1],
+  ];
+  const selected = RouterTracing.traceExpertSelection(
+    (c: Float32Array, E: number) => [rows, c.map(() => 1 / E)] as const,
+    scores,
+    4,
+  );
+  assert.is(selected[0], rows);
+  const out = await RouterTracing.traceExpertComputation(
+    async (input: { shape: number[] }, indices: number[][]) => new Float32Array(indices.length * input.shape[1]),
+    { shape: [3, 4] },
+    rows,
+    undefined,
+  );
+  assert.is(out.length, 12);
+  assert.throws(
+    () =>
+      RouterTracing.traceComplexityEstimation(() => {
+        throw new RangeError('bad input');
+      }, x),
+    /bad input/,
+  );
+  assert.throws(() => RouterTracing.traceExpertSelection(() => [[], []] as const, scores, 0), /numExperts/);
+
+  const spans = exporter.getFinishedSpans();
+  const [estimation, failed] = byName(spans, 'router.complexity_estimation');
+  const values = Array.from(scores);
+  const mean = values.reduce((a, b) => a + b, 0) / values.length;
+  const std = Math.sqrt(values.reduce((a, v) => a + (v - mean) ** 2, 0) / values.length);
+  assert.is(estimation.attributes.component, 'complexity_estimator');
+  assert.is(estimation.attributes['input.shape'], '[12]');
+  assert.is(estimation.attributes['output.shape'], '[3]');
+  assert.ok(Math.abs((estimation.attributes['complexity.mean'] as number) - mean) < 1e-12);
+  assert.ok(Math.abs((estimation.attributes['complexity.std'] as number) - std) < 1e-12);
+  assert.is(estimation.attributes['complexity.min'], Math.min(...values));
+  assert.is(estimation.attributes['complexity.max'], Math.max(...values));
+  assert.is(failed.status.code, SpanStatusCode.ERROR);
+
+  const [selection] = byName(spans, 'router.expert_selection');
+  // shares of experts 0..3 over the 5 chosen slots (-1 is an empty slot)
+  const counts = [0, 0, 0, 0];
+  for (const e of rows.flat()) if (e >= 0) counts[e]++;
+  const shares = counts.map((c) => c / 5);
+  const cv = Math.sqrt(shares.reduce((a, v) => a + (v - 0.25) ** 2, 0) / 4) / 0.25;
+  assert.is(selection.attributes['router.num_experts'], 4);
+  assert.is(selection.attributes['complexity.shape'], '[3]');
+  assert.is(selection.attributes['routing.active_experts'], counts.filter((c) => c > 0).length);
+  assert.ok(Math.abs((selection.attributes['routing.load_balance_cv'] as number) - cv) < 1e-12);
+  assert.ok(Math.abs((selection.attributes['routing.avg_experts_per_token'] as number) - 5 / 3) < 1e-12);
+
+  const [computation] = byName(spans, 'router.expert_computation');
+  assert.is(computation.attributes['input.shape'], '[3, 4]');
+  assert.is(computation.attributes['expert_indices.shape'], '[3, 2]');
+  assert.is(computation.attributes['output.shape'], '[12]', 'set when the promise resolved');
 });
 
 test('spans drained at scrape time through a collector', async () => {

@@ -70,6 +70,7 @@ export {
   type DrainedSpanTracing,
   type ForwardSpanRecord,
 } from './tracing';
+export { RouterTracing, type SelectionResult } from './router-tracing';
 export {
   HealthMonitor,
   BaseHealthCheck,
@@ -88,4 +89,9 @@ export {
   type LoadBalanceSource,
 } from './health';
 export { startObservabilityServer, type ObservabilityServer, type ObservabilityServerOptions } from './server';
-export { PerformanceProfiler, type ProfileResult, type PerformanceProfilerOptions } from './profiler';
+export {
+  PerformanceProfiler,
+  type ProfileResult,
+  type PerformanceProfilerOptions,
+  type MemoryUsageSink,
+} from './profiler';

@@ -52,6 +52,12 @@ export interface MetricsCollectorOptions {
    * scrape.
    */
   defaultMetricsIntervalMs?: number;
+  /**
+   * The families beyond the guide's ten: tokens per expert (`dynamic_moe_expert_tokens_total`, one series per
+   * expert and layer) and per-stage durations (`dynamic_moe_stage_duration_seconds`). Default true (the guide's
+   * `enable_detailed_metrics`); false keeps a scrape to the guide's families (and the default metrics).
+   */
+  enableDetailedMetrics?: boolean;
 }
 
 export interface ObserveOptions {
@@ -122,8 +128,8 @@ export class MetricsCollector {
   private readonly errors: SeriesFamily<Labels<typeof MetricName.ROUTING_ERRORS>>;
   private readonly expertFailures: SeriesFamily<Labels<typeof MetricName.EXPERT_FAILURES>>;
   private readonly complexity: BucketedHistogram<Labels<typeof MetricName.COMPLEXITY_SCORE>>;
-  private readonly expertTokens: SeriesFamily<Labels<typeof MetricName.EXPERT_TOKENS>>;
-  private readonly stageDuration: BucketedHistogram<Labels<typeof MetricName.STAGE_DURATION>>;
+  private readonly expertTokens: SeriesFamily<Labels<typeof MetricName.EXPERT_TOKENS>> | undefined;
+  private readonly stageDuration: BucketedHistogram<Labels<typeof MetricName.STAGE_DURATION>> | undefined;
 
   /** Every series value of the families, rendered natively at a scrape. */
   private readonly store = new SeriesStore();
@@ -218,12 +224,14 @@ export class MetricsCollector {
       'Per-token complexity scores of dynamic routing, in [0, 1].',
       COMPLEXITY_BUCKETS,
     );
-    this.expertTokens = counter(MetricName.EXPERT_TOKENS, 'Tokens routed to each expert.');
-    this.stageDuration = histogram(
-      MetricName.STAGE_DURATION,
-      'Duration of one stage of a call in seconds.',
-      DURATION_BUCKETS_SECONDS,
-    );
+    if (opts.enableDetailedMetrics ?? true) {
+      this.expertTokens = counter(MetricName.EXPERT_TOKENS, 'Tokens routed to each expert.');
+      this.stageDuration = histogram(
+        MetricName.STAGE_DURATION,
+        'Duration of one stage of a call in seconds.',
+        DURATION_BUCKETS_SECONDS,
+      );
+    }
 
     this.defaultsIntervalMs = Math.max(0, opts.defaultMetricsIntervalMs ?? 10_000);
     if ((opts.defaultMetrics ?? true) && opts.registry) {
@@ -416,9 +424,14 @@ export class MetricsCollector {
     this.expertFailures.inc({ model_name: this.modelName, expert_id: String(expertId), failure_type: failureType });
   }
 
-  /** Observes one complexity score in [0, 1]. */
-  recordComplexity(score: number, estimatorType: string): void {
+  /** Observes one complexity score in [0, 1] (the guide's `record_complexity_score`). */
+  recordComplexityScore(score: number, estimatorType: string): void {
     this.complexity.observe({ model_name: this.modelName, estimator_type: estimatorType }, score);
+  }
+
+  /** Alias of {@link recordComplexityScore}. */
+  recordComplexity(score: number, estimatorType: string): void {
+    this.recordComplexityScore(score, estimatorType);
   }
 
   /** The scrape-time hook of every family: drains once per turn of the event loop. */
@@ -561,21 +574,24 @@ export class MetricsCollector {
     histogram(this.duration, RecordHistogram.Duration, { model_name, backend });
     histogram(this.expertsPerToken, RecordHistogram.ExpertsPerToken, { model_name });
     histogram(this.complexity, RecordHistogram.Complexity, { model_name, estimator_type: entry.estimatorType });
-    STAGES.forEach((stage, i) => histogram(this.stageDuration, RecordHistogram.StageFirst + i, { model_name, stage }));
+    const stageDuration = this.stageDuration;
+    if (stageDuration)
+      STAGES.forEach((stage, i) => histogram(stageDuration, RecordHistogram.StageFirst + i, { model_name, stage }));
     // An expert's series appears with its first token; then its handle is kept.
-    for (let e = 0; e < r.expertCount; e++) {
+    const expertTokens = this.expertTokens;
+    for (let e = 0; expertTokens && e < r.expertCount; e++) {
       const handle = series.expertTokens[e];
       if (handle && !handle.removed) plan.add(r.expertTokensOffset + e, handle.slot);
       else
         plan.pending.push((r) => {
           const tokens = r.expertTokens(e);
           if (tokens <= 0) return;
-          const live = (series.expertTokens[e] ??= this.expertTokens.handle({
+          const live = (series.expertTokens[e] ??= expertTokens.handle({
             model_name,
             layer_id: layerId,
             expert_id: String(e),
           }));
-          this.expertTokens.add(live, tokens);
+          expertTokens.add(live, tokens);
         });
     }
     const balance = series.loadBalance;

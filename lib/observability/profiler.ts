@@ -26,13 +26,29 @@ export interface PerformanceProfilerOptions {
   sampleIntervalMs?: number;
 }
 
-/** Times named sections; sections may overlap and nest, but one name is open at most once at a time. */
+/** Where a profiler reports each section's resident memory: a MetricsCollector (or anything alike). */
+export interface MemoryUsageSink {
+  updateMemoryUsage(bytes: number, component: string): void;
+}
+
+/**
+ * Times named sections; sections may overlap and nest, but one name is open at most once at a time. Given a
+ * collector (`new PerformanceProfiler(collector)`, as in the guide), each ended section also sets
+ * `dynamic_moe_memory_usage_bytes{component="<section name>"}` to the resident memory at its end: use a bounded
+ * set of section names.
+ */
 export class PerformanceProfiler {
   private readonly open = new Map<string, OpenProfile>();
   private readonly sampleIntervalMs: number;
   private sampler: NodeJS.Timeout | undefined;
+  private readonly metrics: MemoryUsageSink | undefined;
 
-  constructor(opts: PerformanceProfilerOptions = {}) {
+  constructor(opts?: PerformanceProfilerOptions);
+  constructor(collector: MemoryUsageSink, opts?: PerformanceProfilerOptions);
+  constructor(first: MemoryUsageSink | PerformanceProfilerOptions = {}, second: PerformanceProfilerOptions = {}) {
+    const isSink = typeof (first as MemoryUsageSink).updateMemoryUsage === 'function';
+    this.metrics = isSink ? (first as MemoryUsageSink) : undefined;
+    const opts = isSink ? second : (first as PerformanceProfilerOptions);
     this.sampleIntervalMs = opts.sampleIntervalMs ?? 10;
     if (!(this.sampleIntervalMs > 0))
       throw new RangeError(`sampleIntervalMs: expected a positive number, got ${opts.sampleIntervalMs}`);
@@ -60,6 +76,7 @@ export class PerformanceProfiler {
       clearInterval(this.sampler);
       this.sampler = undefined;
     }
+    this.metrics?.updateMemoryUsage(rss, name);
     return {
       name,
       duration: Number(endNs - p.startNs) / 1e9,

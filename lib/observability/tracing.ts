@@ -209,12 +209,47 @@ export function traceSpan<T>(name: string, fn: (span: Span) => T, attributes?: A
   });
 }
 
-/** Wraps `fn` so that every call runs in a span named `name` (see {@link traceSpan}); `this` and arguments pass through. */
+/**
+ * Wraps `fn` so that every call runs in a span named `name` (see {@link traceSpan}); `this` and arguments pass
+ * through. The span also carries `function.name` and, once the call (or its promise) ends, `function.duration_seconds`.
+ */
 export function traceFunction(name: string, attributes?: Attributes) {
-  return <A extends unknown[], R, This = unknown>(fn: (this: This, ...args: A) => R): ((this: This, ...args: A) => R) =>
-    function (this: This, ...args: A): R {
-      return traceSpan(name, () => fn.apply(this, args), attributes);
+  return <A extends unknown[], R, This = unknown>(
+    fn: (this: This, ...args: A) => R,
+  ): ((this: This, ...args: A) => R) => {
+    const spanAttributes: Attributes = { 'function.name': fn.name || name, ...attributes };
+    return function (this: This, ...args: A): R {
+      return traceSpan(
+        name,
+        (span) => {
+          const started = performance.now();
+          const done = () => span.setAttribute('function.duration_seconds', (performance.now() - started) / 1e3);
+          let result: R;
+          try {
+            result = fn.apply(this, args);
+          } catch (error) {
+            done();
+            throw error;
+          }
+          if (!isPromiseLike(result)) {
+            done();
+            return result;
+          }
+          return result.then(
+            (value) => {
+              done();
+              return value;
+            },
+            (error: unknown) => {
+              done();
+              throw error;
+            },
+          ) as R;
+        },
+        spanAttributes,
+      );
     };
+  };
 }
 
 function isPromiseLike<T>(value: T): value is T & Promise<Awaited<T>> {
