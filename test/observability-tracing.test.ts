@@ -133,6 +133,11 @@ test('moe.forward has the three children with the native stage times', () => {
     'moe.flops_computed': 500,
   });
   assert.ok(Math.abs((computation.attributes['moe.expert_gemm_seconds'] as number) - 3e-3) < 1e-9);
+  // without a known expert count no span claims one
+  exporter.reset();
+  recordForwardSpans(handle.tracer, record);
+  for (const span of exporter.getFinishedSpans())
+    assert.not.ok('router.num_experts' in span.attributes, `${span.name} has no router.num_experts`);
 });
 
 test('a router-only record has no expert_computation; moe.forward nests under the active span', () => {

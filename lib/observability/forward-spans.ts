@@ -138,13 +138,13 @@ function recordOne(tracer: Tracer, r: ForwardSpanRecord, a: ForwardSpanAttribute
       .end(gatingStart);
   }
   const gatingEnd = steadyNsToHrTime(r.gatingEndNs);
-  tracer
+  const selection = tracer
     .startSpan('router.expert_selection', { startTime: gatingStart }, inside)
     .setAttribute('component', 'expert_router')
-    .setAttribute('router.num_experts', a.numExperts ?? 0)
     .setAttribute('routing.avg_experts_per_token', r.meanK)
-    .setAttribute('routing.tokens', r.tokens)
-    .end(gatingEnd);
+    .setAttribute('routing.tokens', r.tokens);
+  if (a.numExperts !== undefined) selection.setAttribute('router.num_experts', a.numExperts);
+  selection.end(gatingEnd);
   let end = gatingEnd;
   if (layer) {
     end = steadyNsToHrTime(r.combineEndNs);
