@@ -30,15 +30,28 @@ const copyBytes = 2 ** 31;
 const copyGBps = (2 * copyBytes) / addon.cudaBenchCopy(copyBytes, 20) / 1e9;
 
 // MOE_BENCH_ONLY=shape:T (e.g. olmoe:1) runs one row with few iterations, for profilers (check.sh's ncu step);
+// MOE_BENCH_ROWS=shape:T,shape:T,... runs those rows only, with the usual iterations (check.sh's A/B step);
 // MOE_BENCH_ITERATIONS sets the iterations of every row (default: 20 for T >= 1024, else 100; 3 with ONLY).
-const only = process.env.MOE_BENCH_ONLY?.split(':');
+const only = process.env.MOE_BENCH_ONLY;
+const rowList = (only ?? process.env.MOE_BENCH_ROWS ?? '')
+  .split(',')
+  .map((r) => r.trim())
+  .filter(Boolean);
 const iterationsEnv = Number(process.env.MOE_BENCH_ITERATIONS ?? 0);
 const shapes = [
   { name: 'mixtral', E: 8, d: 4096, f: 14336, k: 2, tokens: [1, 4, 8, 32, 64, 4096] },
   { name: 'olmoe', E: 64, d: 2048, f: 1024, k: 8, tokens: [1, 8, 32, 64, 4096] },
 ]
-  .filter((s) => !only || s.name === only[0])
-  .map((s) => (only ? { ...s, tokens: [Number(only[1])] } : s));
+  .map((s) =>
+    rowList.length
+      ? { ...s, tokens: rowList.filter((r) => r.split(':')[0] === s.name).map((r) => Number(r.split(':')[1])) }
+      : s,
+  )
+  .filter((s) => s.tokens.length > 0);
+for (const s of shapes)
+  for (const T of s.tokens)
+    if (!Number.isInteger(T) || T < 1)
+      throw new Error(`MOE_BENCH_ROWS / MOE_BENCH_ONLY: bad token count in ${s.name}:${T}`);
 
 interface Row {
   shape: string;

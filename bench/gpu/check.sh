@@ -88,12 +88,17 @@ timeout 240 "$NODE" "${BENCH[@]}" $anchors 2>&1 | tee "$OUT/bench.log" | grep -v
 bench_rc=${PIPESTATUS[0]}
 
 # Optional (MOE_CHECK_AB_ENV="NAME=value ...", e.g. MOE_CUDA_GEMV_FLAT=1): the GPU tests and the benchmark once
-# more with those variables set, to compare an opt-in variant with the rows above in the same call.
+# more with those variables set, to compare an opt-in variant with the rows above in the same call. The A/B
+# benchmark runs the rows of MOE_CHECK_AB_ROWS (default: every row with T <= 64, what the opt-ins change; "all"
+# for every row).
 if [ -n "${MOE_CHECK_AB_ENV:-}" ]; then
   echo "== again with $MOE_CHECK_AB_ENV ($(elapsed))"
   env $MOE_CHECK_AB_ENV MOE_CUDA_POISON=1 timeout 240 "$NODE" "${TEST[@]}" 2>&1 | tee "$OUT/ab-test.log" |
     grep -E "Passed|Failed|Error" | head -n 4
-  env $MOE_CHECK_AB_ENV timeout 240 "$NODE" "${BENCH[@]}" $anchors 2>&1 | tee "$OUT/ab-bench.log" | grep -E "^\| (mixtral|olmoe) "
+  ab_rows=${MOE_CHECK_AB_ROWS:-mixtral:1,mixtral:4,mixtral:8,mixtral:32,mixtral:64,olmoe:1,olmoe:8,olmoe:32,olmoe:64}
+  [ "$ab_rows" = all ] && ab_rows=""
+  env $MOE_CHECK_AB_ENV MOE_BENCH_ROWS="$ab_rows" timeout 240 "$NODE" "${BENCH[@]}" $anchors 2>&1 |
+    tee "$OUT/ab-bench.log" | grep -E "^\| (mixtral|olmoe) "
 fi
 if [ "${MOE_CHECK_SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null 2>&1; then
   echo "== compute-sanitizer memcheck ($(elapsed))"
