@@ -47,7 +47,7 @@ __device__ __forceinline__ void alignOffsets(int T, int E, const int* counts, in
       if (offsetsCopy) offsetsCopy[e] = rowBase + rows - c;
       out.tilesBefore[e] = tileBase + tl - tiles;
       if (c > 0) out.active[activeBase + act - 1] = e;
-      if (out.counters) out.counters[4 + e] += c;
+      if (out.counters && c > 0) redAdd(out.counters + 4 + e, static_cast<unsigned long long>(c));
     }
     rowBase += __shfl_sync(kFullMask, rows, 31);
     tileBase += __shfl_sync(kFullMask, tl, 31);
@@ -57,11 +57,11 @@ __device__ __forceinline__ void alignOffsets(int T, int E, const int* counts, in
     out.offsets[E] = rowBase;
     out.tilesBefore[E] = tileBase;
     *out.numActive = activeBase;
-    if (out.counters) {
-      out.counters[0] += 1;
-      out.counters[1] += T;
-      out.counters[2] += rowBase;
-      out.counters[3] += zeroK;
+    if (out.counters) {  // (red: no load to wait for, unlike +=)
+      redAdd(out.counters + 0, 1ull);
+      redAdd(out.counters + 1, static_cast<unsigned long long>(T));
+      redAdd(out.counters + 2, static_cast<unsigned long long>(rowBase));
+      if (zeroK > 0) redAdd(out.counters + 3, static_cast<unsigned long long>(zeroK));
     }
   }
 }

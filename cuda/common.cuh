@@ -49,6 +49,12 @@ __device__ __forceinline__ int warpArgMax(float score, int index) {
   return int(__reduce_min_sync(kFullMask, key == top ? unsigned(index) : 0xffffffffu));
 }
 
+// *address += value on global memory without waiting for the old value (red: fire and forget, unlike +=, whose load
+// the warp waits for).
+__device__ __forceinline__ void redAdd(unsigned long long* address, unsigned long long value) {
+  asm volatile("red.add.u64 [%0], %1;" ::"l"(address), "l"(value) : "memory");
+}
+
 __host__ __device__ inline int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 __host__ __device__ inline int64_t roundUp(int64_t a, int64_t b) { return ceilDiv(a, b) * b; }
 
