@@ -342,7 +342,7 @@ export class MoELayer {
       handle,
     );
     if (copyInputs) x = this.router.privateInputs(x, prepared, opts);
-    const buffers: RoutingBuffers = this.router.allocate(prepared, { ...opts, returnLogits: false });
+    const buffers: RoutingBuffers = this.router.allocate(prepared, opts);
     const T = prepared.tokens;
     const output = new Float32Array(T * this.hiddenSize);
     const layerStats = new Float64Array(LAYER_STATS);
@@ -360,13 +360,15 @@ export class MoELayer {
       prepared.logits,
       prepared.complexity,
       prepared.complexityNs,
+      // written by the call when asked for (given logits are returned as they are)
+      prepared.logits ? null : (r.logits ?? null),
+      r.probs ?? null,
     ] as const;
     return {
       args,
       device,
       finish: (): ForwardResult => {
         const routing = this.router.finishDevice(buffers, device);
-        if (opts.returnLogits && prepared.logits) routing.logits = prepared.logits;
         return { output, routing, stats: layerStatsOf(layerStats, routing, prepared.complexityNs) };
       },
     };

@@ -153,6 +153,8 @@ type ForwardArgs = [
   logits: Float32Array | null,
   complexity: Float32Array | null,
   complexityNs: number,
+  logitsOut: Float32Array | null,
+  probsOut: Float32Array | null,
 ];
 
 export interface NativeLayerHandle {

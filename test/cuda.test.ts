@@ -330,6 +330,18 @@ function gpuTests() {
     const t = b.layer.drainTelemetry();
     assert.is(t.calls, 3);
     assert.is(t.tokens, 600);
+    // the logits and probabilities a forward routed with, as the router gives them
+    const opts = { returnLogits: true, returnProbs: true };
+    const routed = b.layer.router.route(x, opts);
+    for (const r of [b.layer.forward(x, opts), await b.layer.forwardAsync(x, opts)]) {
+      for (const key of ['logits', 'probs'] as const) {
+        const got = r.routing[key]!;
+        assert.is(got.length, 200 * 16);
+        const worst = got.reduce((m, v, i) => Math.max(m, Math.abs(v - routed[key]![i])), 0);
+        assert.ok(worst <= 1e-6, `${key}: off by ${worst}`);
+      }
+      assert.equal(Array.from(r.routing.indices), Array.from(a.routing.indices));
+    }
     b.layer.dispose();
   });
 

@@ -95,6 +95,39 @@ test('forward and forwardAsync in parallel give identical results, for any threa
   }
 });
 
+test('forward returns the logits and probabilities it routed with, as Router.route does', async () => {
+  for (const selection of [
+    { kind: 'topk', k: 2 },
+    { kind: 'dynamic', minK: 1, maxK: 3, estimator: 'router_entropy' }, // (its logits come from the estimator)
+  ] as const) {
+    const b = build({ E: 8, d: 32, f: 16, selection, seed: SEED + 250 });
+    const T = 9;
+    const x = randn(T * 32, SEED + 251);
+    const opts = { returnLogits: true, returnProbs: true, complexity: new Float32Array(T).fill(0.6) };
+    const routed = b.layer.router.route(x, opts);
+    for (const r of [b.layer.forward(x, opts), await b.layer.forwardAsync(x, opts)]) {
+      assert.equal(Array.from(r.routing.logits!), Array.from(routed.logits!), `${selection.kind} logits`);
+      assert.equal(Array.from(r.routing.probs!), Array.from(routed.probs!), `${selection.kind} probs`);
+      assert.equal(Array.from(r.routing.indices), Array.from(routed.indices));
+    }
+    // and against float64: softmax of the logits, each row
+    const { logits, probs } = b.layer.forward(x, opts).routing;
+    for (let t = 0; t < T; t++) {
+      const row = Array.from(logits!.subarray(t * 8, t * 8 + 8));
+      const max = Math.max(...row);
+      const sum = row.reduce((a, l) => a + Math.exp(l - max), 0);
+      for (let e = 0; e < 8; e++) {
+        const expected = Math.exp(row[e] - max) / sum;
+        assert.ok(
+          Math.abs(probs![t * 8 + e] - expected) <= 1e-6,
+          `token ${t} expert ${e}: ${probs![t * 8 + e]} vs ${expected}`,
+        );
+      }
+    }
+    assert.is(b.layer.forward(x).routing.probs, undefined, 'nothing allocated unless asked for');
+  }
+});
+
 test('dynamic routing reports the FLOPs it saved against the static top-k', () => {
   const b = build({
     E: 8,

@@ -3,7 +3,7 @@
 //   new NativeCudaLayer(router: NativeRouter, staticK, intermediateSize)   (intermediateSize 0: a router)
 //   setExpert(e, w1, w3, w2, f) / setSharedExpert(w1, w3, w2, f, gate | null)
 //   forward(x, T, y, indices, weights, k, counts, routeStats(5), layerStats(7), logits?, complexity?,
-//           complexityNs, device?)  and forwardAsync(...same) -> Promise
+//           complexityNs, logitsOut?, probsOut?, device?)  and forwardAsync(...same) -> Promise
 //   route(mode, input, T, indices, weights, k, counts, stats(5), logits?, probs?, complexity?, complexityNs,
 //         device?)  and routeAsync(...same)      (the NativeRouter argument order)
 //   device: { mode, calibration, state: Float64Array(3), knots: Float64Array | null,
@@ -229,6 +229,8 @@ HostCall parseHostCall(const Napi::CallbackInfo& info, const CudaLayerWrap::Stat
     h.routeStats = typedArrayArg<double>(info, 7, "routeStats", 5);
     h.layerStats = typedArrayArg<double>(info, 8, "layerStats", 7);
     c.logits = typedArrayArg<float>(info, 9, "logits", T * E, true);
+    if (!c.logits) c.logitsOut = typedArrayArg<float>(info, 12, "logitsOut", T * E, true);
+    c.probsOut = typedArrayArg<float>(info, 13, "probs", T * E, true);
   }
   const size_t T = size_t(c.tokens);
   c.indices = typedArrayArg<int32_t>(info, base, "indices", T * K);
@@ -238,7 +240,7 @@ HostCall parseHostCall(const Napi::CallbackInfo& info, const CudaLayerWrap::Stat
   c.complexity = typedArrayArg<float>(info, 10, "complexity", T, true);
   if (info.Length() > 11 && info[11].IsNumber()) h.complexityNs = int64_t(info[11].As<Napi::Number>().DoubleValue());
   if (c.complexity) c.complexityMode = MOE_CUDA_COMPLEXITY_HOST;
-  parseDeviceComplexity(info, 12, c);
+  parseDeviceComplexity(info, routeOnly ? 12 : 14, c);
   h.complexity = c.complexityMode == MOE_CUDA_COMPLEXITY_HOST ? c.complexity : c.complexityOut;
   if (cfg.selection == 3 && c.complexityMode == MOE_CUDA_COMPLEXITY_NONE)
     throwValidation(info.Env(), "complexity: the dynamic rule needs per-token scores or a device estimator");

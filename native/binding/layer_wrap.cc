@@ -1,7 +1,8 @@
 // NativeLayer binding.
 //   new NativeLayer(router, dtype (0 fp32 | 1 bf16), staticK, threads, shareWeightsOf?: NativeLayer)
 //   setExpert(e, w1 [f*d], w3 [f*d], w2 [d*f], f) / setSharedExpert(w1, w3, w2, f, gate [d] | null)
-//   forward(x, T, y, indices, weights, k, counts, routeStats(5), layerStats(7), logits?, complexity?, complexityNs?)
+//   forward(x, T, y, indices, weights, k, counts, routeStats(5), layerStats(7), logits?, complexity?, complexityNs?,
+//           logitsOut?, probsOut?)   (logitsOut is ignored when logits are given: they are the logits)
 //   forwardAsync(...same) -> Promise<void>; every array stays referenced until it settles.
 //   layerStats: flopsComputed, flopsStatic, startNs, gatingEndNs, dispatchEndNs, expertEndNs, combineEndNs.
 #include "layer_wrap.h"
@@ -62,6 +63,8 @@ ForwardCall parseForward(const Napi::CallbackInfo& info, moe::Layer& layer) {
   c.logits = typedArrayArg<float>(info, 9, "logits", T * E, true);
   c.complexity = typedArrayArg<float>(info, 10, "complexity", T, true);
   if (info.Length() > 11 && info[11].IsNumber()) c.complexityNs = int64_t(info[11].As<Napi::Number>().DoubleValue());
+  if (!c.logits) c.routing.logits = typedArrayArg<float>(info, 12, "logitsOut", T * E, true);
+  c.routing.probs = typedArrayArg<float>(info, 13, "probs", T * E, true);
   if (cfg.selection == moe::Selection::Dynamic && !c.complexity)
     throwValidation(info.Env(), "complexity: the dynamic rule needs a Float32Array of per-token scores");
   return c;
