@@ -68,6 +68,12 @@ function quartiles(values: number[]): [number, number] {
   return [sorted[Math.floor((sorted.length - 1) / 4)], sorted[Math.ceil(((sorted.length - 1) * 3) / 4)]];
 }
 
+/** The values at the given quantiles (nearest rank; 1 is the maximum). */
+function percentiles(values: number[], qs: number[]): number[] {
+  const sorted = [...values].sort((a, b) => a - b);
+  return qs.map((q) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] : 0));
+}
+
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted.length ? sorted[Math.floor(sorted.length / 2)] : 0;
@@ -393,9 +399,10 @@ async function main(): Promise<void> {
       },
       scrapeMedianMs,
       scrapeMeanMs,
+      // the tail: what moves the mean (a default-metrics refresh every 10 s, the host's bursts)
+      scrapePercentilesMs: percentiles(scrapeMs, [0.9, 0.99, 1]),
       scrapes: scrapeMs.length,
-      // moe.forward spans exported against forwards run with tracing on (the last phase's few may still wait in
-      // the ring for the next scrape)
+      // moe.forward spans exported against forwards run with tracing on (every one: stopping drains)
       spansRecorded,
       forwardsOn,
       // span batches (and summaries) recorded when the on phases stopped
@@ -442,7 +449,8 @@ async function main(): Promise<void> {
       `| wall time per call, whole phase (mean) | ${result.wallPerCall.offMeanMs.toFixed(3)} ms | ${result.wallPerCall.onMeanMs.toFixed(3)} ms | ${pct(result.wallPerCall.overheadRatio)} | ${span(result.wallPerCall.roundQuartiles)} |`,
       '',
       `pieces: gc per call ${result.pieces.gcPerCallMs.on.toFixed(3)} ms on, ${result.pieces.gcPerCallMs.off.toFixed(3)} ms off; ` +
-        `scrape median ${scrapeMedianMs.toFixed(3)} ms, mean ${scrapeMeanMs.toFixed(3)} ms (${result.pieces.scrapes} scrapes), ` +
+        `scrape median ${scrapeMedianMs.toFixed(3)} ms, mean ${scrapeMeanMs.toFixed(3)} ms, p90 / p99 / max ` +
+        `${result.pieces.scrapePercentilesMs.map((v) => v.toFixed(2)).join(' / ')} ms (${result.pieces.scrapes} scrapes), ` +
         `spans ${spanFlushMs ? `in batches every ${spanFlushMs} ms and at phase ends` : 'at every scrape'} ` +
         `(${spansRecorded} moe.forward spans for ${forwardsOn} forwards; ${flushOnMs.toFixed(1)} ms at phase ends, ` +
         `${spanFlushOnMs.toFixed(1)} of it spans; ${exportWaitOnMs.toFixed(1)} ms waiting for the exporter, not counted), ` +
