@@ -88,6 +88,18 @@ export function deviceComplexityFor(
   return { mode, ...calibration, complexityOut: new Float32Array(tokens) };
 }
 
+/**
+ * When a queued async call starts: the calibration as it is now, with the batches of the calls before it
+ * absorbed (the snapshot taken when the call was made would drop them: each call writes its state back).
+ */
+export function refreshDeviceComplexity(estimator: ComplexityEstimator | undefined, device: NativeDeviceComplexity) {
+  const now = estimator?.calibrator.deviceState();
+  if (!now) return;
+  device.calibration = now.calibration;
+  device.state.set(now.state);
+  device.knots = now.knots;
+}
+
 /** After a host-mode device call: the running calibration statistics now include that batch. */
 export function absorbDeviceComplexity(estimator: ComplexityEstimator | undefined, device: NativeDeviceComplexity) {
   estimator?.calibrator.absorbDeviceState(device.state);

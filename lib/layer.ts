@@ -3,7 +3,7 @@
  * weights prepacked once. JS validates and allocates; native/cpu/layer.cc runs it on the CPU (fp32 or bf16
  * weights), or the CUDA plugin (cuda/layer.cu, through native/binding/cuda_wrap.cc) on the GPU (bf16).
  */
-import { deviceComplexityFor, resolveBackend, type BackendName } from './cuda';
+import { deviceComplexityFor, refreshDeviceComplexity, resolveBackend, type BackendName } from './cuda';
 import { describe, ExpertDispatchError, ValidationError } from './errors';
 import {
   callNative,
@@ -126,6 +126,8 @@ export class MoELayer {
   private handle: NativeLayerHandle | undefined;
   private cudaHandle: NativeCudaLayerHandle | undefined;
   private readonly queue = new SerialQueue();
+  /** forwardAsync calls queued or running: dispose() releases the weights after them. */
+  private pendingAsync = 0;
 
   /**
    * Packs the expert weights (fp32 or bf16) once. The arrays given are not kept.
@@ -253,12 +255,21 @@ export class MoELayer {
   /** As {@link forward}, off the event loop, on a private copy of x; async calls of one layer run one after another. */
   async forwardAsync(x: Float32Array, opts: RouteOptions = {}): Promise<ForwardResult> {
     const call = this.prepare(x, opts, true);
+    // (the handle of the call's time: a dispose() while it waits in the queue releases the weights after it)
     const cuda = this.cudaHandle;
-    await this.queue.run(() =>
-      callNativeAsync('forwardAsync', () =>
-        cuda ? cuda.forwardAsync(...call.args, call.device) : this.cpuHandle().forwardAsync(...call.args),
-      ),
-    );
+    const cpu = cuda ? undefined : this.cpuHandle();
+    this.pendingAsync++;
+    try {
+      await this.queue.run(() =>
+        callNativeAsync('forwardAsync', () => {
+          if (!cuda) return cpu!.forwardAsync(...call.args);
+          if (call.device) refreshDeviceComplexity(this.router.estimator, call.device);
+          return cuda.forwardAsync(...call.args, call.device);
+        }),
+      );
+    } finally {
+      this.pendingAsync--;
+    }
     return call.finish();
   }
 
@@ -300,12 +311,17 @@ export class MoELayer {
     return this.cudaHandle.bench(tokens, iterations, graph);
   }
 
-  /** Releases the packed weights now (a running forwardAsync keeps them until it ends). */
+  /**
+   * Releases the packed weights: now, or — when forwardAsync calls are still pending — once they have run (they
+   * complete normally). Either way the layer refuses new calls from here on.
+   */
   dispose(): void {
-    this.handle?.dispose();
-    this.cudaHandle?.dispose();
+    const handle = this.handle ?? this.cudaHandle;
     this.handle = undefined;
     this.cudaHandle = undefined;
+    if (!handle) return;
+    if (this.pendingAsync === 0) handle.dispose();
+    else void this.queue.run(async () => handle.dispose()).catch(() => undefined); // (never rejects today)
   }
 
   [Symbol.dispose](): void {

@@ -5,7 +5,7 @@
 import { ValidationError } from './errors';
 import type { ComplexityEstimator } from './estimators';
 import { routerOptionsFromConfig, type FromConfigOverrides } from './models/router-config';
-import { absorbDeviceComplexity, deviceComplexityFor, resolveBackend } from './cuda';
+import { absorbDeviceComplexity, deviceComplexityFor, refreshDeviceComplexity, resolveBackend } from './cuda';
 import {
   callNative,
   callNativeAsync,
@@ -132,7 +132,11 @@ export class Router {
     const args = this.nativeArgs(x, prepared, buffers);
     const cuda = this.cudaHandle;
     await this.queue.run(() =>
-      callNativeAsync('routeAsync', () => (cuda ? cuda.routeAsync(...args, device) : this.handle.routeAsync(...args))),
+      callNativeAsync('routeAsync', () => {
+        if (!cuda) return this.handle.routeAsync(...args);
+        if (device) refreshDeviceComplexity(this.estimator, device);
+        return cuda.routeAsync(...args, device);
+      }),
     );
     return this.finishDevice(buffers, device);
   }

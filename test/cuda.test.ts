@@ -242,6 +242,27 @@ function gpuTests() {
   });
 
   gpuTest(
+    'running zscore on the GPU: concurrent async calls each fold their batch in once, as on the CPU',
+    async () => {
+      let seed = SEED + 280;
+      const E = 16;
+      const d = 64;
+      const T = 50;
+      const gate = randn(E * d, ++seed, 0.1);
+      const sel: Selection = { kind: 'dynamic', minK: 1, maxK: 4, estimator: 'router_entropy' };
+      const gpu = new Router({ numExperts: E, hiddenSize: d, gateWeight: gate, selection: sel, backend: 'cuda' });
+      const cpu = new Router({ numExperts: E, hiddenSize: d, gateWeight: gate, selection: sel, backend: 'cpu' });
+      const xs = [randn(T * d, ++seed), randn(T * d, ++seed), randn(T * d, ++seed)];
+      await Promise.all(xs.map((x) => gpu.routeAsync(x)));
+      for (const x of xs) cpu.route(x);
+      const [g, c] = [gpu.estimator!.calibrator.deviceState()!, cpu.estimator!.calibrator.deviceState()!];
+      assert.is(g.state[0], 3 * T, 'every batch counted once');
+      for (let i = 1; i < 3; i++)
+        assert.ok(Math.abs(g.state[i] - c.state[i]) <= 1e-3 * Math.max(1e-3, Math.abs(c.state[i])), `state ${i}`);
+    },
+  );
+
+  gpuTest(
     'layer forward: bf16 tensor-core GEMMs within 1e-2 of the float64 reference (decode and prefill paths)',
     () => {
       let seed = SEED + 300;

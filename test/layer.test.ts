@@ -203,4 +203,21 @@ test('bad input gets a clear error', () => {
   assert.throws(() => b.layer.forward(randn(8, 3)), /disposed/);
 });
 
+test('dispose() with forwardAsync calls pending: they complete, new calls are refused, the weights go after', async () => {
+  const b = build({ E: 4, d: 16, f: 8, selection: { kind: 'topk', k: 2 }, seed: SEED + 500 });
+  const x = randn(5 * 16, SEED + 501);
+  const want = b.layer.forward(x).output;
+  const pending = [b.layer.forwardAsync(x), b.layer.forwardAsync(x)];
+  b.layer.dispose();
+  for (const r of await Promise.all(pending)) assert.equal(Array.from(r.output), Array.from(want));
+  assert.throws(() => b.layer.forward(x), /disposed/);
+  await b.layer.forwardAsync(x).then(
+    () => assert.unreachable('a call after dispose() must be refused'),
+    (e: Error) => assert.match(e.message, /disposed/),
+  );
+  await new Promise((r) => setImmediate(r));
+  assert.throws(() => b.layer.weightBytes, /disposed/);
+  b.layer.dispose(); // a second dispose is a no-op
+});
+
 test.run();
