@@ -2,11 +2,13 @@
  * Tests of the model-file readers: float16/bfloat16 conversions, the safetensors reader and writer (including
  * malformed, untrusted files), and .npy files. Checkpoint folders and architectures are in models-hf.test.ts.
  */
+import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { ModelLoadError, ValidationError } from '../lib/errors';
+import { openCheckpoint } from '../lib/models/checkpoint';
 import { readNpy, writeNpy } from '../lib/models/npy';
 import {
   bf16BitsToFloat32,
@@ -323,6 +325,17 @@ test('npy versions 2.0 and 3.0 and NumPy header variants are read', () => {
   const reordered = readNpy(rawNpy('{"shape": [4], "fortran_order": False, "descr": "<i4"}', data));
   assert.equal(reordered.shape, [4]);
   assert.is(reordered.dtype, 'int32');
+});
+
+test('a named pipe or a folder in place of a model file is refused at once, never waited on', () => {
+  const dir = tmpDir();
+  for (const name of ['model.safetensors', 'x.npy', 'config.json']) execFileSync('mkfifo', [path.join(dir, name)]);
+  throwsWith(() => openSafetensors(path.join(dir, 'model.safetensors')), ModelLoadError, /not a regular file/);
+  throwsWith(() => readNpy(path.join(dir, 'x.npy')), ValidationError, /not a regular file/);
+  throwsWith(() => openCheckpoint(dir), ModelLoadError, /config\.json.*not a regular file/);
+  const folder = tmpDir();
+  fs.mkdirSync(path.join(folder, 'config.json'));
+  throwsWith(() => openCheckpoint(folder), ModelLoadError, /not a regular file/);
 });
 
 test('malformed npy files give ValidationError naming the file', () => {

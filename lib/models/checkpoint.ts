@@ -47,7 +47,10 @@ function brief(value: unknown): string {
 function readJsonObject(file: string, role: string): Record<string, unknown> {
   let text: string;
   try {
-    const size = fs.statSync(file).size;
+    const stat = fs.statSync(file);
+    // (a named pipe would block the read below)
+    if (!stat.isFile()) throw new ModelLoadError(`${file}: ${role} is not a regular file`);
+    const size = stat.size;
     if (size > JSON_FILE_LIMIT) {
       throw new ModelLoadError(`${file}: ${role} is ${size} bytes, expected at most ${JSON_FILE_LIMIT}`);
     }

@@ -152,12 +152,15 @@ export function readNpy(path: string): NpyArray {
   if (os.endianness() !== 'LE') throw new ValidationError('readNpy: big-endian hosts are not supported');
   let fd: number;
   try {
-    fd = fs.openSync(path, 'r');
+    // non-blocking, so a named pipe in its place is refused below instead of blocking the open
+    fd = fs.openSync(path, fs.constants.O_RDONLY | (fs.constants.O_NONBLOCK ?? 0));
   } catch (err) {
     throw new ValidationError(`${path}: cannot open .npy file (${(err as Error).message})`, { cause: err });
   }
   try {
-    const fileSize = fs.fstatSync(fd).size;
+    const stat = fs.fstatSync(fd);
+    if (!stat.isFile()) throw npyError(path, 'not a regular file');
+    const fileSize = stat.size;
     const preamble = new Uint8Array(12);
     const got = readAt(fd, preamble, 0);
     if (got < 10 || MAGIC.some((b, i) => preamble[i] !== b)) {

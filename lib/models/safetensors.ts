@@ -296,7 +296,8 @@ class SafetensorsReader implements SafetensorsFile {
 export function openSafetensors(path: string): SafetensorsFile {
   let fd: number;
   try {
-    fd = fs.openSync(path, 'r');
+    // non-blocking, so a named pipe in its place is refused below instead of blocking the open
+    fd = fs.openSync(path, fs.constants.O_RDONLY | (fs.constants.O_NONBLOCK ?? 0));
   } catch (err) {
     throw new ModelLoadError(`${path}: cannot open safetensors file (${(err as Error).message})`, { cause: err });
   }
