@@ -235,6 +235,10 @@ export class GradientNormEstimator extends ComplexityEstimator {
   }
   raw(ctx: ComplexityContext): Float32Array {
     const tensor = ctx.tensor ?? ctx.x;
+    if (tensor.length === 0)
+      throw new ValidationError(
+        'gradient_norm: needs the hidden states x or context.tensor (routeLogits has only logits: pass one of them, or complexity)',
+      );
     if (tensor.length % ctx.tokens !== 0) {
       throw new ValidationError(
         `gradient_norm: context.tensor length ${tensor.length} is not a multiple of T=${ctx.tokens}`,

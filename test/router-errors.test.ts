@@ -127,6 +127,9 @@ test('input errors: types, lengths, detached buffers, NaN and Inf', () => {
     ValidationError,
     /complexity: expected 2 elements/,
   );
+  const norms = make({ selection: { kind: 'dynamic', minK: 1, maxK: 3, estimator: 'gradient_norm' } });
+  throwsWith(() => norms.routeLogits(randn(2 * E, 8)), ValidationError, /gradient_norm: needs the hidden states x/);
+  assert.is(norms.routeLogits(randn(2 * E, 8), { complexity: Float32Array.from([0.2, 0.9]) }).tokens, 2);
   const t = router.drainTelemetry();
   assert.is(t.errors.validation, 4);
   assert.is(t.errors.non_finite, 4);
