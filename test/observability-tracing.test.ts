@@ -383,7 +383,17 @@ test('a missing exporter package: warning or TracingSetupError, never a crash', 
   process.off('warning', onWarning);
   assert.is(h.enabled, false);
   assert.ok(warnings.some((w) => w.includes('npm install @opentelemetry/exporter-trace-otlp-http')));
-  assert.throws(() => initializeTracing({ exporterType: 'jaeger' as 'otlp' }), /OTLP/);
+  // the guide's 'jaeger': OTLP/HTTP to Jaeger (the same package), never its legacy Thrift collector
+  assert.throws(
+    () => initializeTracing({ exporterType: 'jaeger', onMissing: 'throw', register: false }),
+    (e: unknown) => e instanceof TracingSetupError && /exporter-trace-otlp-http/.test((e as Error).message),
+  );
+  assert.throws(
+    () => initializeTracing({ exporterType: 'jaeger', jaegerEndpoint: 'http://jaeger:14268/api/traces' }),
+    /legacy Thrift collector.*http:\/\/jaeger:4318\/v1\/traces/,
+  );
+  assert.throws(() => initializeTracing({ exporterType: 'jaeger', jaegerEndpoint: 'not a url' }), /jaegerEndpoint/);
+  assert.throws(() => initializeTracing({ exporterType: 'zipkin' as 'otlp' }), /exporterType/);
 });
 
 test('spans of a real MoELayer forward, from its returned stats', () => {

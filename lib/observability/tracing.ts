@@ -30,17 +30,23 @@ export interface TracingConfig {
   environment?: string;
   /**
    * 'console' (ConsoleSpanExporter), 'otlp' (needs @opentelemetry/exporter-trace-otlp-http; Jaeger and Zipkin
-   * collectors accept OTLP), or 'none' (spans are sampled and processed but not exported). Ignored when
+   * collectors accept OTLP), 'jaeger' (the guide's name: OTLP/HTTP to `jaegerEndpoint`, which Jaeger 1.35 and
+   * later take natively), or 'none' (spans are sampled and processed but not exported). Ignored when
    * `spanExporter` is given. Default 'console'.
    */
-  exporterType?: 'console' | 'otlp' | 'none';
+  exporterType?: 'console' | 'otlp' | 'jaeger' | 'none';
   /** OTLP/HTTP traces endpoint. Default: the exporter's own (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or localhost:4318). */
   otlpEndpoint?: string;
+  /**
+   * With exporterType 'jaeger': Jaeger's OTLP/HTTP traces endpoint (default http://localhost:4318/v1/traces). The
+   * legacy Thrift collector path (`.../api/traces`, port 14268) is refused: no maintained JS exporter speaks it.
+   */
+  jaegerEndpoint?: string;
   /** A span exporter object of your own (e.g. the SDK's InMemorySpanExporter). */
   spanExporter?: object;
   /** Fraction of new traces sampled, in [0, 1]; children follow their parent. Default 1. */
   sampleRate?: number;
-  /** Batch spans before export (default: true for OTLP, false otherwise). */
+  /** Batch spans before export (default: true for 'otlp' and 'jaeger', false otherwise). */
   batch?: boolean;
   /** Make this the global tracer provider (and install the AsyncLocalStorage context manager). Default true. */
   register?: boolean;
@@ -93,10 +99,25 @@ export function initializeTracing(config: TracingConfig = {}): TracingHandle {
   if (!(sampleRate >= 0 && sampleRate <= 1))
     throw new RangeError(`sampleRate: expected a number in [0, 1], got ${config.sampleRate}`);
   const exporterType = config.exporterType ?? 'console';
-  if (!['console', 'otlp', 'none'].includes(exporterType)) {
+  if (!['console', 'otlp', 'jaeger', 'none'].includes(exporterType)) {
     throw new RangeError(
-      `exporterType: expected 'console', 'otlp' or 'none', got ${JSON.stringify(exporterType)} (Jaeger accepts OTLP: use 'otlp')`,
+      `exporterType: expected 'console', 'otlp', 'jaeger' or 'none', got ${JSON.stringify(exporterType)}`,
     );
+  }
+  let otlpUrl = config.otlpEndpoint;
+  if (exporterType === 'jaeger') {
+    otlpUrl = config.jaegerEndpoint ?? 'http://localhost:4318/v1/traces';
+    let url: URL;
+    try {
+      url = new URL(otlpUrl);
+    } catch {
+      throw new RangeError(`jaegerEndpoint: expected an http(s) URL, got ${JSON.stringify(otlpUrl)}`);
+    }
+    if (url.pathname.endsWith('/api/traces') || url.port === '14268')
+      throw new RangeError(
+        `jaegerEndpoint: ${otlpUrl} is Jaeger's legacy Thrift collector; give its OTLP/HTTP endpoint instead ` +
+          `(e.g. http://${url.hostname}:4318/v1/traces; Jaeger 1.35+ takes OTLP)`,
+      );
   }
   const missing = (pkg: string, why: string): TracingHandle => {
     const message = `dynamic-moe-router-kit: tracing is off: ${why} needs ${pkg} (npm install ${pkg})`;
@@ -114,14 +135,15 @@ export function initializeTracing(config: TracingConfig = {}): TracingHandle {
   if (!base) return missing('@opentelemetry/sdk-trace-base', 'the OpenTelemetry SDK');
   let exporter: object | undefined = config.spanExporter;
   if (!exporter && exporterType === 'console') exporter = new base.ConsoleSpanExporter();
-  if (!exporter && exporterType === 'otlp') {
+  const overHttp = exporterType === 'otlp' || exporterType === 'jaeger';
+  if (!exporter && overHttp) {
     const otlp = optionalRequire<{ OTLPTraceExporter: new (config: { url?: string }) => object }>(
       '@opentelemetry/exporter-trace-otlp-http',
     );
-    if (!otlp) return missing('@opentelemetry/exporter-trace-otlp-http', "exporterType 'otlp'");
-    exporter = new otlp.OTLPTraceExporter(config.otlpEndpoint ? { url: config.otlpEndpoint } : {});
+    if (!otlp) return missing('@opentelemetry/exporter-trace-otlp-http', `exporterType '${exporterType}'`);
+    exporter = new otlp.OTLPTraceExporter(otlpUrl ? { url: otlpUrl } : {});
   }
-  const batch = config.batch ?? exporterType === 'otlp';
+  const batch = config.batch ?? overHttp;
   const processors = exporter
     ? [batch ? new base.BatchSpanProcessor(exporter) : new base.SimpleSpanProcessor(exporter)]
     : [];
