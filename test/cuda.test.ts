@@ -259,6 +259,13 @@ function gpuTests() {
       assert.is(g.state[0], 3 * T, 'every batch counted once');
       for (let i = 1; i < 3; i++)
         assert.ok(Math.abs(g.state[i] - c.state[i]) <= 1e-3 * Math.max(1e-3, Math.abs(c.state[i])), `state ${i}`);
+      // a layer's forward and forwardAsync too (their device argument comes after logitsOut and probsOut)
+      const b = buildLayer({ E, d, f: 32, selection: sel, seed: ++seed, backend: 'cuda' });
+      b.layer.forward(xs[0]);
+      await Promise.all([b.layer.forwardAsync(xs[1]), b.layer.forwardAsync(xs[2])]);
+      const layerState = b.layer.router.estimator!.calibrator.deviceState()!.state;
+      assert.is(layerState[0], 3 * T, 'the layer folded every batch in');
+      b.layer.dispose();
     },
   );
 

@@ -201,6 +201,10 @@ struct HostCall {
   }
 };
 
+// Where the `device` argument is (see the file comment): after complexityNs for route, after logitsOut and
+// probsOut for forward.
+constexpr size_t deviceArgIndex(bool routeOnly) { return routeOnly ? 12 : 14; }
+
 // forward/route arguments (see the file comment) into a HostCall.
 HostCall parseHostCall(const Napi::CallbackInfo& info, const CudaLayerWrap::State& s, bool routeOnly) {
   HostCall h;
@@ -240,7 +244,7 @@ HostCall parseHostCall(const Napi::CallbackInfo& info, const CudaLayerWrap::Stat
   c.complexity = typedArrayArg<float>(info, 10, "complexity", T, true);
   if (info.Length() > 11 && info[11].IsNumber()) h.complexityNs = int64_t(info[11].As<Napi::Number>().DoubleValue());
   if (c.complexity) c.complexityMode = MOE_CUDA_COMPLEXITY_HOST;
-  parseDeviceComplexity(info, routeOnly ? 12 : 14, c);
+  parseDeviceComplexity(info, deviceArgIndex(routeOnly), c);
   h.complexity = c.complexityMode == MOE_CUDA_COMPLEXITY_HOST ? c.complexity : c.complexityOut;
   if (cfg.selection == 3 && c.complexityMode == MOE_CUDA_COMPLEXITY_NONE)
     throwValidation(info.Env(), "complexity: the dynamic rule needs per-token scores or a device estimator");
@@ -419,7 +423,8 @@ Napi::Value runSync(const Napi::CallbackInfo& info, CudaLayerWrap::State& s, Hos
     if (h.internal) throw makeError(info.Env(), "ERR_MOE_CUDA", h.error);
     throwValidation(info.Env(), h.error);
   }
-  if (info.Length() > 12) writeBackState(info[12], h.call);
+  const size_t deviceArg = deviceArgIndex(h.routeOnly);
+  if (info.Length() > deviceArg) writeBackState(info[deviceArg], h.call);
   return info.Env().Undefined();
 }
 }  // namespace
@@ -439,7 +444,7 @@ namespace {
 // forwardAsync / routeAsync: the call on the libuv pool, its arguments referenced until it settles.
 Napi::Value queueHostCall(const Napi::CallbackInfo& info, std::shared_ptr<CudaLayerWrap::State> s, bool routeOnly) {
   HostCall call = parseHostCall(info, *s, routeOnly);
-  auto* worker = new CudaWorker(info.Env(), std::move(s), std::move(call), info, 12);
+  auto* worker = new CudaWorker(info.Env(), std::move(s), std::move(call), info, deviceArgIndex(routeOnly));
   Napi::Promise promise = worker->promise();
   worker->Queue();
   return promise;
