@@ -259,9 +259,19 @@ test("RouterTracing: the guide's three stage helpers, with attributes from input
     /bad input/,
   );
   assert.throws(() => RouterTracing.traceExpertSelection(() => [[], []] as const, scores, 0), /numExperts/);
+  // results it cannot describe never turn a stage's success into a failure
+  const odd = RouterTracing.traceExpertSelection(() => undefined as unknown as [number[], number[]], scores, 4);
+  assert.is(odd, undefined);
+  const big = RouterTracing.traceComplexityEstimation(() => [new Float32Array(300_000).fill(0.5)], x);
+  assert.is(big[0].length, 300_000);
 
   const spans = exporter.getFinishedSpans();
-  const [estimation, failed] = byName(spans, 'router.complexity_estimation');
+  const [estimation, failed, bigSpan] = byName(spans, 'router.complexity_estimation');
+  assert.is(
+    bigSpan.attributes['complexity.mean'],
+    0.5,
+    'a nested row of 300k numbers is read without recursion limits',
+  );
   const values = Array.from(scores);
   const mean = values.reduce((a, b) => a + b, 0) / values.length;
   const std = Math.sqrt(values.reduce((a, v) => a + (v - mean) ** 2, 0) / values.length);

@@ -20,7 +20,9 @@ export function withCorrelationId<T>(id: string, fn: () => T): T {
  * Sets the current correlation id for the rest of the current synchronous execution and everything it schedules
  * from now on (timers, promises, callbacks), as a request handler does at its start. It never changes the id seen
  * by work started before the call, nor by concurrent requests that inherited the same earlier id: each call enters
- * a context of its own (an id set at startup does not leak from one request into another).
+ * a context of its own (an id set at startup does not leak from one request into another). So an async helper that
+ * sets an id after its own first `await` sets it for the rest of the helper only, not for the caller awaiting it:
+ * set the id at the request's start, or run the request in {@link withCorrelationId}.
  */
 export function setCorrelationId(id: string): void {
   storage.enterWith({ id });

@@ -89,7 +89,10 @@ export const RouterTracing = {
   },
 };
 
-/** Runs `fn` in a span; `describe` adds attributes from its (awaited) result. */
+/**
+ * Runs `fn` in a span; `describe` adds attributes from its (awaited) result, only when the span records, and never
+ * turns the stage's success into a failure (a result it cannot read just gets no attributes).
+ */
 function traced<R>(
   name: string,
   attributes: Attributes,
@@ -99,13 +102,21 @@ function traced<R>(
   return traceSpan(
     name,
     (span) => {
+      const annotate = (value: Awaited<R>) => {
+        if (!span.isRecording()) return;
+        try {
+          describe(span, value);
+        } catch {
+          // (an unexpected result shape: the span keeps the attributes it had)
+        }
+      };
       const result = fn();
       if (typeof (result as { then?: unknown } | null)?.then === 'function')
         return (result as Promise<Awaited<R>>).then((value) => {
-          describe(span, value);
+          annotate(value);
           return value;
         }) as R;
-      describe(span, result as Awaited<R>);
+      annotate(result as Awaited<R>);
       return result;
     },
     attributes,
@@ -147,7 +158,7 @@ function numbersOf(value: unknown): number[] | undefined {
     else {
       const inner = numbersOf(v);
       if (!inner) return undefined;
-      out.push(...inner);
+      for (const n of inner) out.push(n);
     }
   }
   return out;
