@@ -265,6 +265,7 @@ test('PerformanceSummaryLogger logs one performance.measurement per interval, no
   assert.is(perf.flop_reduction, 0.25);
   assert.is(perf.duration_seconds_p95, 0.0025);
   assert.ok(Math.abs(perf.duration_seconds_mean - 0.002) < 1e-12);
+  assert.ok(Math.abs(perf.duration_seconds - 50 * 0.002) < 1e-9, "the guide's duration_seconds: time in calls");
   assert.is((first[0].data as { model: { name: string } }).model.name, 'summary-model');
   await new Promise((r) => setTimeout(r, 100));
   assert.is(out.records().length, 1, 'idle intervals log nothing');

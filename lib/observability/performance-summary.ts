@@ -32,6 +32,8 @@ export interface PerformanceSummary {
   tokens_per_second: number;
   /** Mean experts per token over the interval. */
   experts_used: number;
+  /** Time spent in calls over the interval (the guide's `duration_seconds`, summed). */
+  duration_seconds: number;
   duration_seconds_mean: number;
   /** Upper bound of the bucket holding the 95th percentile call (NaN when it is the +Inf bucket or no call). */
   duration_seconds_p95: number;
@@ -193,6 +195,7 @@ function summarise(w: Window, intervalSeconds: number, loadBalance: number): Per
     tokens_processed: w.tokens,
     tokens_per_second: intervalSeconds > 0 ? w.tokens / intervalSeconds : 0,
     experts_used: w.tokens > 0 ? w.assignments / w.tokens : 0,
+    duration_seconds: w.duration.sum,
     duration_seconds_mean: w.duration.count > 0 ? w.duration.sum / w.duration.count : 0,
     duration_seconds_p95: quantileUpperBound(w.duration, 0.95),
     flops_computed: w.flopsComputed,
