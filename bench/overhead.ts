@@ -39,7 +39,7 @@
  *   node --expose-gc --import tsx bench/overhead.ts [--mode sync|async] [--threads N] [--rounds 16] [--calls 32]
  *        [--parts metrics,spans,logs] [--span-flush-ms 1000]
  *        [--span-processor simple|batch] [--sample-rate 1] [--scrape buffer|text] [--warmup 500]
- *        [--summary-ms 60000] [--json FILE]
+ *        [--summary-ms 60000] [--detailed-metrics 1] [--json FILE]
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -126,7 +126,9 @@ async function main(): Promise<void> {
   const logFile = path.join(dir, 'router.log');
   const logLines = () => fs.readFileSync(logFile, 'utf8').split('\n').filter(Boolean).length;
   configureLogging({ file: logFile, format: 'json', serviceName: 'overhead-bench', environment: 'bench' });
-  const collector = new MetricsCollector('olmoe-bench');
+  // 0: the collector without the per-expert token counter and the per-stage histograms (enableDetailedMetrics)
+  const detailedMetrics = arg('detailed-metrics', '1') !== '0';
+  const collector = new MetricsCollector('olmoe-bench', { enableDetailedMetrics: detailedMetrics });
   collector.observe(layer, { layerId: 0 });
   const exporter = new InMemorySpanExporter();
   // A BatchSpanProcessor by default (what initializeTracing sets up for OTLP), whose queue is exported at the end of
@@ -367,6 +369,7 @@ async function main(): Promise<void> {
     parts: [...parts],
     spanFlushMs,
     scrape: scrapeKind,
+    detailedMetrics,
     spanProcessor: batchSpans ? 'batch' : 'simple',
     sampleRate,
     gcPerPhase: collectGarbage !== undefined,
