@@ -124,9 +124,13 @@ void deviceFree(void* ptr) { cudaFree(ptr); }
 
 int deviceCopy(void* dst, const void* src, int64_t bytes, int32_t toDevice, char* err, size_t len) {
   return guarded(err, len, [&] {
-    // cudaMemcpy synchronises with the device, so a forwardDevice enqueued before has finished.
+    // The layers' streams do not synchronise with the legacy default stream (cudaStreamNonBlocking), so wait for
+    // the whole device on both sides: a forwardDevice enqueued before has finished, and the copy has landed before
+    // anything enqueued after it.
+    moe_cuda::check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
     moe_cuda::check(cudaMemcpy(dst, src, size_t(bytes), toDevice ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost),
                     "cudaMemcpy");
+    moe_cuda::check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   });
 }
 

@@ -14,7 +14,14 @@ namespace moe_cuda {
 void DeviceBuffer::ensure(size_t bytes) {
   if (bytes <= bytes_) return;
   release();
-  check(cudaMalloc(&ptr_, bytes), ("cudaMalloc of " + std::to_string(bytes) + " bytes").c_str());
+  const cudaError_t status = cudaMalloc(&ptr_, bytes);
+  if (status != cudaSuccess) {
+    ptr_ = nullptr;
+    // An allocation failure is not sticky, but it stays the thread's last error: clear it, so that the next launch
+    // check (of any layer on this thread) does not report it again.
+    (void)cudaGetLastError();
+    check(status, ("cudaMalloc of " + std::to_string(bytes) + " bytes").c_str());
+  }
   bytes_ = bytes;
 }
 
@@ -232,10 +239,14 @@ void CudaLayer::checkComplete() const {
 void CudaLayer::ensureWorkspace(int64_t T) {
   if (T <= capacity_) return;
   check(cudaEventSynchronize(done_), "waiting for the previous forward");  // its buffers are about to move
+  // Until every buffer has grown: a failed allocation below leaves some released, and the next call, even a
+  // smaller one, must allocate them again rather than write through a null pointer.
+  capacity_ = 0;
   Workspace& w = *ws_;
   const int64_t R = T * maxK_;
+  const bool layer = experts_.f > 0;  // a router needs no output rows
   w.x.ensure(rowsBytes(T, d_, sizeof(float)));
-  w.y.ensure(rowsBytes(T, d_, sizeof(float)));
+  if (layer) w.y.ensure(rowsBytes(T, d_, sizeof(float)));
   w.xb.ensure(rowsBytes(T, dPad_, sizeof(bf16)));
   w.logits.ensure(rowsBytes(T, E_, sizeof(float)));
   w.raw.ensure(rowsBytes(T, 1, sizeof(float)));
@@ -257,7 +268,7 @@ void CudaLayer::ensureWorkspace(int64_t T) {
   w.rowWeight.ensure(rowsBytes(R, 1, sizeof(float)));
   w.slotRow.ensure(rowsBytes(R, 1, sizeof(int32_t)));
   w.hidden.ensure(rowsBytes(R, experts_.fPad, sizeof(bf16)));
-  w.out.ensure(rowsBytes(R, dPad_, sizeof(float)));
+  if (layer) w.out.ensure(rowsBytes(R, dPad_, sizeof(float)));
   w.calib.ensure(4 * sizeof(double));
   w.knots.ensure(1025 * sizeof(double));
   w.probs.ensure(rowsBytes(T, E_, sizeof(float)));
