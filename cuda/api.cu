@@ -134,10 +134,14 @@ int deviceCopy(void* dst, const void* src, int64_t bytes, int32_t toDevice, char
   });
 }
 
+int layerCaptureForward(MoeCudaLayer* layer, MoeCudaForward* call, int32_t replays, char* err, size_t len) {
+  return guarded(err, len, [&] { layer->impl.captureForward(*call, replays); });
+}
+
 const MoeCudaApi kApi = {MOE_CUDA_API_VERSION, probe,     layerCreate,    layerSetExpert, layerSetShared,
                          layerForward,         layerRoute, layerDrain,     layerInfo,      layerBench,
                          layerRandomize,       layerDestroy, benchCopy,      deviceAlloc,    deviceFree,
-                         deviceCopy};
+                         deviceCopy,           layerCaptureForward};
 
 }  // namespace
 

@@ -409,10 +409,21 @@ void CudaLayer::forward(MoeCudaForward& call, bool routeOnly) {
     checkDeviceSpan(call.x, size_t(T) * d_ * sizeof(float), device_, "input");
     checkDeviceSpan(call.y, size_t(T) * d_ * sizeof(float), device_, "output");
   }
+  cudaStream_t s = host || !call.stream ? stream_ : static_cast<cudaStream_t>(call.stream);
+  // A device-pointer call may be captured into a CUDA graph. done_ orders the layer's calls (they share the
+  // workspace); inside a capture it is waited on and recorded as external event nodes, which each replay of the graph
+  // then waits on and records (a plain wait on an event recorded outside the capture would invalidate it, and a
+  // plain record would leave done_ captured, unusable to the calls after). A capture cannot grow the workspace.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (!host) check(cudaStreamIsCapturing(s, &capture), "stream capture status");
+  const bool capturing = capture != cudaStreamCaptureStatusNone;
+  if (capturing && T > capacity_)
+    throw CudaError("forwardDevice: a CUDA graph capture of " + std::to_string(T) +
+                    " tokens, more than any call before: run one uncaptured call of that size first");
   ensureWorkspace(T);
   Workspace& w = *ws_;
-  cudaStream_t s = host || !call.stream ? stream_ : static_cast<cudaStream_t>(call.stream);
-  check(cudaStreamWaitEvent(s, done_, 0), "ordering after the previous forward");
+  check(cudaStreamWaitEvent(s, done_, capturing ? cudaEventWaitExternal : cudaEventWaitDefault),
+        "ordering after the previous forward");
   const float* x = call.x;
   float* y = call.y;
   if (poison_ && !routeOnly) poison(T, s);
@@ -464,7 +475,7 @@ void CudaLayer::forward(MoeCudaForward& call, bool routeOnly) {
     enqueueCombine(T, y, s);
     if (host) check(cudaEventRecord(stage_[4], s), "event");
   }
-  check(cudaEventRecord(done_, s), "event");
+  check(capturing ? cudaEventRecordWithFlags(done_, s, cudaEventRecordExternal) : cudaEventRecord(done_, s), "event");
   if (!host) {
     // A running zscore moved the device's statistics without telling the host: upload them again next time.
     if (cfg_.selection == 3 && call.calibration == MOE_CUDA_CALIBRATION_ZSCORE) uploadedCalibration_.clear();
@@ -538,6 +549,41 @@ void CudaLayer::info(MoeCudaLayerInfo& out) const {
   out.workspaceBytes = bytes;
   out.device = device_;
   std::snprintf(out.path, sizeof(out.path), hopper_ ? "wgmma sm90a bf16" : "mma.sync bf16");
+}
+
+void CudaLayer::captureForward(MoeCudaForward call, int replays) {
+  if (!call.onDevice) throw CudaError("captureForward: device pointers only");
+  cudaStream_t s = nullptr;
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  struct Release {
+    cudaStream_t& s;
+    cudaGraph_t& graph;
+    cudaGraphExec_t& exec;
+    ~Release() {
+      if (exec) cudaGraphExecDestroy(exec);
+      if (graph) cudaGraphDestroy(graph);
+      if (s) cudaStreamDestroy(s);
+    }
+  } release{s, graph, exec};
+  check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "stream");
+  call.stream = s;
+  forward(call);  // the warm-up: sizes the workspace and uploads any calibration
+  check(cudaStreamSynchronize(s), "warm-up");
+  check(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), "graph capture");
+  try {
+    forward(call);
+  } catch (...) {
+    cudaGraph_t partial = nullptr;
+    cudaStreamEndCapture(s, &partial);
+    if (partial) cudaGraphDestroy(partial);
+    (void)cudaGetLastError();
+    throw;
+  }
+  check(cudaStreamEndCapture(s, &graph), "graph capture");
+  check(cudaGraphInstantiate(&exec, graph, 0), "graph instantiate");
+  for (int i = 0; i < replays; ++i) check(cudaGraphLaunch(exec, s), "graph launch");
+  check(cudaStreamSynchronize(s), "graph replay");
 }
 
 }  // namespace moe_cuda

@@ -59,6 +59,9 @@ class CudaLayer {
   void info(MoeCudaLayerInfo& out) const;
   void bench(MoeCudaBench& b);
   void randomize(uint64_t seed, float std);  // bench.cu
+  // Tests: a device-pointer call (after one uncaptured warm-up) captured into a CUDA graph on a stream of its own,
+  // replayed `replays` times and waited for.
+  void captureForward(MoeCudaForward call, int replays);
 
  private:
   void ensureWorkspace(int64_t T);

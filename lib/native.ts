@@ -102,6 +102,8 @@ export interface NativeCudaLayerHandle {
     stream: bigint | null,
     device: NativeDeviceComplexity | null,
   ): void;
+  /** Tests only: forwardDevice captured into a CUDA graph (after one uncaptured call) and replayed `replays` times. */
+  captureForward(input: bigint, output: bigint, tokens: number, replays: number): void;
   route(...args: [...RouteArgs, device: NativeDeviceComplexity | null]): void;
   routeAsync(...args: [...RouteArgs, device: NativeDeviceComplexity | null]): Promise<void>;
   info(): { weightBytes: number; workspaceBytes: number; device: number; dtype: string; isa: string };

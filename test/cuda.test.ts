@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { BackendError, backendInfo, cudaStatus, MoELayer, Router, ValidationError, type Selection } from '../lib';
-import { native } from '../lib/native';
+import { native, type NativeCudaLayerHandle } from '../lib/native';
 import { referenceRoute, referenceRouteLogits } from '../lib/reference/routing';
 import { writeTinyCheckpoint } from './helpers/checkpoint';
 import { compareRouting, relativeError } from './helpers/compare';
@@ -401,6 +401,38 @@ function gpuTests() {
         const t = b.layer.drainTelemetry();
         assert.is(t.calls, 2, `T=${T}: the forwardDevice call and the forward`);
         assert.is(t.tokens, 2 * T);
+      }
+      b.layer.dispose();
+    },
+  );
+
+  gpuTest(
+    'forwardDevice captured in a CUDA graph: its replays write the bits of forward(); the layer works after',
+    () => {
+      const addon = native();
+      const b = gatedLayer(SEED + 470);
+      const handle = (b.layer as unknown as { cudaHandle: NativeCudaLayerHandle }).cudaHandle;
+      for (const T of [5, 200]) {
+        const x = randn(T * 128, SEED + 471 + T);
+        const want = b.layer.forward(x).output;
+        b.layer.drainTelemetry();
+        const input = addon.cudaAlloc(x.byteLength);
+        const output = addon.cudaAlloc(x.byteLength);
+        try {
+          addon.cudaCopy(input, x, true);
+          addon.cudaCopy(output, new Float32Array(x.length).fill(NaN), true);
+          handle.captureForward(input, output, T, 3);
+          const got = new Float32Array(x.length);
+          addon.cudaCopy(output, got, false);
+          assert.equal(Array.from(got), Array.from(want), `T=${T}: the graph's output differs from forward`);
+        } finally {
+          addon.cudaFree(input);
+          addon.cudaFree(output);
+        }
+        b.layer.drainTelemetry(); // queues the copy of the device counters
+        assert.equal(Array.from(b.layer.forward(x).output), Array.from(want), `T=${T}: a forward after the replays`);
+        const t = b.layer.drainTelemetry();
+        assert.is(t.calls, 5, `T=${T}: the uncaptured warm-up, three replays and the forward`);
       }
       b.layer.dispose();
     },

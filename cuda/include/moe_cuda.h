@@ -11,7 +11,7 @@
 extern "C" {
 #endif
 
-#define MOE_CUDA_API_VERSION 2u /* 2: MoeCudaBench.emptyGraphMs */
+#define MOE_CUDA_API_VERSION 3u /* 2: MoeCudaBench.emptyGraphMs; 3: layerCaptureForward */
 
 /* Mirrors moe::RouterConfig (native/include/moe/types.h); enums by value. */
 typedef struct MoeCudaRouting {
@@ -132,6 +132,9 @@ typedef struct MoeCudaApi {
   int (*deviceAlloc)(int64_t bytes, void** ptr, char* err, size_t errLen);
   void (*deviceFree)(void* ptr);
   int (*deviceCopy)(void* dst, const void* src, int64_t bytes, int32_t toDevice, char* err, size_t errLen);
+  /* Tests only: `call` (device pointers) captured into a CUDA graph on a stream of its own after one uncaptured
+   * warm-up call, replayed `replays` times and waited for. */
+  int (*layerCaptureForward)(MoeCudaLayer* layer, MoeCudaForward* call, int32_t replays, char* err, size_t errLen);
 } MoeCudaApi;
 
 /* The one exported symbol. Returns null when `version` is not supported. */

@@ -9,6 +9,7 @@
 //   device: { mode, calibration, state: Float64Array(3), knots: Float64Array | null,
 //             complexityOut: Float32Array | null } — complexity computed on the GPU (MOE_CUDA_COMPLEXITY_*).
 //   forwardDevice(x: bigint, y: bigint, T, stream: bigint | null, device?)  — device pointers, no host sync.
+//   captureForward(x: bigint, y: bigint, T, replays)  — tests: that call captured in a CUDA graph and replayed.
 //   info(), bench(T, iterations, graph), randomize(seed, std), drainTelemetry(), recordError(kind), dispose()
 #include "cuda_wrap.h"
 
@@ -347,6 +348,7 @@ Napi::Function CudaLayerWrap::Init(Napi::Env env) {
                       InstanceMethod<&CudaLayerWrap::Forward>("forward"),
                       InstanceMethod<&CudaLayerWrap::ForwardAsync>("forwardAsync"),
                       InstanceMethod<&CudaLayerWrap::ForwardDevice>("forwardDevice"),
+                      InstanceMethod<&CudaLayerWrap::CaptureForward>("captureForward"),
                       InstanceMethod<&CudaLayerWrap::Route>("route"),
                       InstanceMethod<&CudaLayerWrap::RouteAsync>("routeAsync"),
                       InstanceMethod<&CudaLayerWrap::Info>("info"), InstanceMethod<&CudaLayerWrap::Bench>("bench"),
@@ -481,6 +483,23 @@ Napi::Value CudaLayerWrap::ForwardDevice(const Napi::CallbackInfo& info) {
     s->telemetry->recordError(moe::telemetry::ErrorKind::Internal);
     throwCuda(info.Env(), "forwardDevice", err);
   }
+  return info.Env().Undefined();
+}
+
+Napi::Value CudaLayerWrap::CaptureForward(const Napi::CallbackInfo& info) {
+  auto s = live(info.Env());
+  if (s->f == 0) throwValidation(info.Env(), "captureForward: this CUDA layer was created as a router");
+  if (s->cfg.selection == 3) throwValidation(info.Env(), "captureForward: a fixed routing rule only (a test helper)");
+  MoeCudaForward c{};
+  c.onDevice = 1;
+  c.x = reinterpret_cast<const float*>(bigintArg(info, 0, "input", false));
+  c.y = reinterpret_cast<float*>(bigintArg(info, 1, "output", false));
+  c.tokens = intArg(info, 2, "tokens", 1, kMaxTokens);
+  const int32_t replays = int32_t(intArg(info, 3, "replays", 1, 1000));
+  if (!c.x || !c.y) throwValidation(info.Env(), "input, output: expected non-null device pointers");
+  char err[1024] = {};
+  if (s->handle->api->layerCaptureForward(s->handle->layer, &c, replays, err, sizeof(err)) != 0)
+    throwCuda(info.Env(), "captureForward", err);
   return info.Env().Undefined();
 }
 

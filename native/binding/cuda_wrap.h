@@ -33,6 +33,7 @@ class CudaLayerWrap : public Napi::ObjectWrap<CudaLayerWrap> {
   Napi::Value Forward(const Napi::CallbackInfo& info);
   Napi::Value ForwardAsync(const Napi::CallbackInfo& info);
   Napi::Value ForwardDevice(const Napi::CallbackInfo& info);
+  Napi::Value CaptureForward(const Napi::CallbackInfo& info);
   Napi::Value Route(const Napi::CallbackInfo& info);
   Napi::Value RouteAsync(const Napi::CallbackInfo& info);
   Napi::Value Info(const Napi::CallbackInfo& info);
