@@ -85,7 +85,7 @@ export function deviceComplexityFor(
   else return null;
   const calibration = estimator.calibrator.deviceState();
   if (!calibration) return null;
-  return { mode, ...calibration, complexityOut: new Float32Array(tokens) };
+  return { mode, ...calibration, sent: Float64Array.from(calibration.state), complexityOut: new Float32Array(tokens) };
 }
 
 /**
@@ -97,10 +97,11 @@ export function refreshDeviceComplexity(estimator: ComplexityEstimator | undefin
   if (!now) return;
   device.calibration = now.calibration;
   device.state.set(now.state);
+  device.sent = Float64Array.from(now.state);
   device.knots = now.knots;
 }
 
 /** After a host-mode device call: the running calibration statistics now include that batch. */
 export function absorbDeviceComplexity(estimator: ComplexityEstimator | undefined, device: NativeDeviceComplexity) {
-  estimator?.calibrator.absorbDeviceState(device.state);
+  estimator?.calibrator.absorbDeviceState(device.state, device.sent);
 }

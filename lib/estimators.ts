@@ -125,12 +125,30 @@ export class Calibrator {
     return { calibration: this.frozen ? 2 : 1, state: Float64Array.of(this.count, this.mean, this.m2), knots: null };
   }
 
-  /** @internal After a device call with the running zscore: the statistics with that batch merged in. */
-  absorbDeviceState(state: Float64Array): void {
+  /**
+   * @internal After a device call with the running zscore: `state` is what the device made of `sent` (the
+   * statistics the call started from) and its batch. When nothing else was folded in meanwhile it becomes the
+   * statistics; otherwise (another call of a shared estimator finished first) the batch's own count, mean and M2
+   * are recovered from the two and merged into the current statistics (Chan's formula), so no batch is lost.
+   */
+  absorbDeviceState(state: Float64Array, sent?: Float64Array): void {
     if (this.mode !== 'zscore' || this.frozen) return;
-    this.count = state[0];
-    this.mean = state[1];
-    this.m2 = state[2];
+    if (!sent || (this.count === sent[0] && this.mean === sent[1] && this.m2 === sent[2])) {
+      this.count = state[0];
+      this.mean = state[1];
+      this.m2 = state[2];
+      return;
+    }
+    const n = state[0] - sent[0];
+    if (!(n > 0)) return;
+    const mean = (state[0] * state[1] - sent[0] * sent[1]) / n;
+    const delta = mean - sent[1];
+    const m2 = Math.max(0, state[2] - sent[2] - (delta * delta * sent[0] * n) / state[0]);
+    const total = this.count + n;
+    const shift = mean - this.mean;
+    this.mean += (shift * n) / total;
+    this.m2 += m2 + (shift * shift * this.count * n) / total;
+    this.count = total;
   }
 
   /** raw -> [0,1]. Updates the running statistics first unless calibrated. */

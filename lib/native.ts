@@ -67,6 +67,8 @@ export interface NativeDeviceComplexity {
   calibration: number;
   /** count, mean, M2: read, and written back after a host-mode call. */
   state: Float64Array;
+  /** (TypeScript only) the state as the call started from it, to merge its batch if other calls finished first. */
+  sent?: Float64Array;
   knots: Float64Array | null;
   complexityOut: Float32Array;
 }

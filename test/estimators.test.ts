@@ -128,6 +128,22 @@ test('the calibration handed to the CUDA kernel, and the running statistics it h
   );
   const [a, b] = [running.deviceState()!.state, all.deviceState()!.state];
   for (let i = 0; i < 3; i++) assert.ok(Math.abs(a[i] - b[i]) <= 1e-12 * Math.max(1, Math.abs(b[i])), `state ${i}`);
+  // Two calls of one estimator overlap: both start from `sent`; the other finishes first and folds its 15 values
+  // in; then this call's device state (sent + its own 10) arrives. Its batch is merged in, not lost.
+  const shared = new Calibrator('zscore');
+  shared.apply(raw.subarray(0, 20));
+  const sent = Float64Array.from(shared.deviceState()!.state);
+  const device = new Calibrator('zscore');
+  device.apply(raw.subarray(0, 20));
+  device.apply(raw.subarray(20, 30)); // what the device makes of sent and this call's batch
+  shared.apply(raw.subarray(30, 45)); // the other call, absorbed first
+  shared.absorbDeviceState(Float64Array.from(device.deviceState()!.state), sent);
+  const every = new Calibrator('zscore');
+  every.apply(raw.subarray(0, 45));
+  const [merged, want] = [shared.deviceState()!.state, every.deviceState()!.state];
+  assert.is(merged[0], 45, 'every value counted once');
+  for (let i = 1; i < 3; i++)
+    assert.ok(Math.abs(merged[i] - want[i]) <= 1e-12 * Math.max(1, Math.abs(want[i])), `merged state ${i}`);
   const probe = Float32Array.of(0.1, 0.5, 0.9);
   assert.equal(Array.from(running.apply(probe.slice())), Array.from(all.apply(probe.slice())));
   // A frozen zscore is passed as such, and absorbing never changes it.
