@@ -410,6 +410,18 @@ void CudaLayer::forward(MoeCudaForward& call, bool routeOnly) {
     checkDeviceSpan(call.y, size_t(T) * d_ * sizeof(float), device_, "output");
   }
   cudaStream_t s = host || !call.stream ? stream_ : static_cast<cudaStream_t>(call.stream);
+  // The dynamic rule's calibration, checked and compared with what the device holds: uploaded only when it
+  // changed, so device-pointer calls with a fixed calibration copy nothing from the host. Host calls hand the
+  // device state back.
+  const bool quantile = cfg_.selection == 3 && call.calibration == MOE_CUDA_CALIBRATION_QUANTILE;
+  if (quantile && (!call.knots || call.knotCount < 2 || call.knotCount > 1025))
+    throw CudaError("calibration: quantile needs 2 to 1025 knots");
+  const size_t knots = quantile ? size_t(call.knotCount) : 0;
+  const std::vector<double>& uploaded = uploadedCalibration_;
+  const bool calibrationChanged =
+      cfg_.selection == 3 &&
+      !(uploaded.size() == 3 + knots && std::equal(call.calibState, call.calibState + 3, uploaded.begin()) &&
+        std::equal(call.knots, call.knots + knots, uploaded.begin() + 3));
   // A device-pointer call may be captured into a CUDA graph. done_ orders the layer's calls (they share the
   // workspace); inside a capture it is waited on and recorded as external event nodes, which each replay of the graph
   // then waits on and records (a plain wait on an event recorded outside the capture would invalidate it, and a
@@ -420,6 +432,9 @@ void CudaLayer::forward(MoeCudaForward& call, bool routeOnly) {
   if (capturing && T > capacity_)
     throw CudaError("forwardDevice: a CUDA graph capture of " + std::to_string(T) +
                     " tokens, more than any call before: run one uncaptured call of that size first");
+  if (capturing && calibrationChanged)
+    throw CudaError("forwardDevice: the calibration changed since the last uncaptured call (a capture cannot copy it "
+                    "from the host): run one uncaptured call first");
   ensureWorkspace(T);
   Workspace& w = *ws_;
   check(cudaStreamWaitEvent(s, done_, capturing ? cudaEventWaitExternal : cudaEventWaitDefault),
@@ -445,16 +460,7 @@ void CudaLayer::forward(MoeCudaForward& call, bool routeOnly) {
       check(cudaMemcpyAsync(w.complexity.as<float>(), call.complexity, size_t(T) * sizeof(float),
                             cudaMemcpyHostToDevice, s),
             "complexity upload");
-    const bool quantile = call.calibration == MOE_CUDA_CALIBRATION_QUANTILE;
-    if (quantile && (!call.knots || call.knotCount < 2 || call.knotCount > 1025))
-      throw CudaError("calibration: quantile needs 2 to 1025 knots");
-    // Uploaded only when it changed, so device-pointer forwards with a fixed calibration copy nothing from the host
-    // (a stream being captured into a CUDA graph refuses host copies). Host calls hand the device state back.
-    const size_t knots = quantile ? size_t(call.knotCount) : 0;
-    const std::vector<double>& up = uploadedCalibration_;
-    const bool same = up.size() == 3 + knots && std::equal(call.calibState, call.calibState + 3, up.begin()) &&
-                      std::equal(call.knots, call.knots + knots, up.begin() + 3);
-    if (!same) {
+    if (calibrationChanged) {
       check(cudaMemcpyAsync(w.calib.as<double>(), call.calibState, 3 * sizeof(double), cudaMemcpyHostToDevice, s),
             "calibration upload");
       if (quantile)

@@ -497,6 +497,8 @@ Napi::Value CudaLayerWrap::CaptureForward(const Napi::CallbackInfo& info) {
   c.tokens = intArg(info, 2, "tokens", 1, kMaxTokens);
   const int32_t replays = int32_t(intArg(info, 3, "replays", 1, 1000));
   if (!c.x || !c.y) throwValidation(info.Env(), "input, output: expected non-null device pointers");
+  if ((reinterpret_cast<uintptr_t>(c.x) | reinterpret_cast<uintptr_t>(c.y)) % 16 != 0)
+    throwValidation(info.Env(), "input, output: device pointers must be 16-byte aligned");
   char err[1024] = {};
   if (s->handle->api->layerCaptureForward(s->handle->layer, &c, replays, err, sizeof(err)) != 0)
     throwCuda(info.Env(), "captureForward", err);
