@@ -290,12 +290,16 @@ export class MetricsCollector {
     const entry = this.attached.find((a) => a.source === source);
     if (!entry) return;
     this.drainOne(entry);
-    this.attached = this.attached.filter((a) => a !== entry);
-    if (!this.attached.some((a) => a.layerId === entry.layerId)) {
-      this.loadBalance.remove({ model_name: this.modelName, layer_id: entry.layerId });
-      this.latestLoadBalance.delete(entry.layerId);
-    }
+    this.detach(entry);
     this.updateMemoryGauge();
+  }
+
+  /** Drops a source from the drains, and its layer's load balance unless another source has that layer id. */
+  private detach(entry: Attached): void {
+    this.attached = this.attached.filter((a) => a !== entry);
+    if (this.attached.some((a) => a.layerId === entry.layerId)) return;
+    this.loadBalance.remove({ model_name: this.modelName, layer_id: entry.layerId });
+    this.latestLoadBalance.delete(entry.layerId);
   }
 
   /** Calls `listener` with every drained delta (for spans and summaries). Returns a function that removes it. */
@@ -452,7 +456,7 @@ export class MetricsCollector {
       record = this.drainRecord(entry.source, nested);
     } catch (error) {
       // A disposed layer cannot be drained any more: stop asking, and count it once.
-      this.attached = this.attached.filter((a) => a !== entry);
+      this.detach(entry);
       this.recordError('telemetry_drain_failed');
       process.emitWarning(
         `dynamic-moe-router-kit: detached layer ${entry.layerId} from metrics: ${(error as Error)?.message ?? error}`,
