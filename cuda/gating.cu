@@ -3,6 +3,8 @@
 // The selection mirrors native/cpu/gating.cc rule for rule, including the tie rule (lower index wins).
 #include <cfloat>
 #include <climits>
+#include <cstdlib>
+#include <cstring>
 
 #include "common.cuh"
 #include "gating_token.cuh"
@@ -246,12 +248,13 @@ __global__ void calibrateKernel(const float* __restrict__ raw, int T, int mode, 
 
 // Per-warp shared memory: see gateToken.
 __global__ void gatingKernel(MoeCudaRouting cfg, const float* __restrict__ logits, int T,
-                             const float* __restrict__ bias, const float* __restrict__ complexity, GatingOut out) {
+                             const float* __restrict__ bias, const float* __restrict__ complexity, GatingOut out,
+                             bool byRank) {
   extern __shared__ float shared[];
   const int warp = threadIdx.x / 32;
   const int t = blockIdx.x * kGatingWarps + warp;
   if (t >= T) return;
-  gateToken(cfg, logits, t, bias, complexity, out, shared + size_t(warp) * gatingWarpFloats(cfg));
+  gateToken(cfg, logits, t, bias, complexity, out, shared + size_t(warp) * gatingWarpFloats(cfg), {}, byRank);
 }
 
 // Route stats in one block: expert lanes x token slices, reduced in a fixed order.
@@ -340,6 +343,14 @@ void launchCalibrate(const float* raw, int64_t T, int mode, double* state, const
   checkLaunch("calibrateKernel");
 }
 
+bool rankTopK(const MoeCudaRouting& cfg) {
+  static const bool enabled = [] {
+    const char* v = std::getenv("MOE_CUDA_RANK_TOPK");
+    return v && std::strcmp(v, "1") == 0;
+  }();
+  return enabled && cfg.numExperts <= kRankTopKMaxExperts;
+}
+
 size_t gatingSharedBytes(const MoeCudaRouting& cfg) {
   return size_t(kGatingWarps) * size_t(gatingWarpFloats(cfg)) * sizeof(float);
 }
@@ -351,7 +362,7 @@ void launchGating(const MoeCudaRouting& cfg, const float* logits, int64_t T, con
   if (smem > 48 * 1024) check(cudaFuncSetAttribute(gatingKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                    int(smem)), "gating shared memory");
   gatingKernel<<<unsigned(ceilDiv(T, kGatingWarps)), kGatingWarps * 32, smem, s>>>(cfg, logits, int(T), bias,
-                                                                                 complexity, out);
+                                                                                 complexity, out, rankTopK(cfg));
   checkLaunch("gatingKernel");
 }
 

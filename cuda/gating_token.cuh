@@ -25,10 +25,17 @@ struct GatingCopy {
   int32_t* k = nullptr;
 };
 
+// Experimental (MOE_CUDA_RANK_TOPK=1, E <= kRankTopKMaxExperts; bench/gpu/check.sh MOE_CHECK_AB_ENV times it):
+// the best maxK by each candidate's rank, counted against every score at once, instead of maxK rounds of a warp
+// reduction each waiting for the last. Same order: higher score first, ties to the lower index.
+constexpr int kRankTopKMaxExperts = 64;
+bool rankTopK(const MoeCudaRouting& cfg);  // gating.cu: the variable, and E small enough
+
 // Token t, by one warp. `probs` is the warp's shared memory: probs [E], selection scores [E], chosen [maxK].
 __device__ __forceinline__ void gateToken(const MoeCudaRouting& cfg, const float* __restrict__ logits, int t,
                                           const float* __restrict__ bias, const float* __restrict__ complexity,
-                                          const GatingOut& out, float* probs, const GatingCopy& copy = {}) {
+                                          const GatingOut& out, float* probs, const GatingCopy& copy = {},
+                                          bool byRank = false) {
   const int lane = threadIdx.x % 32;
   const int E = cfg.numExperts, maxK = cfg.maxK;
   float* select = probs + E;
@@ -146,33 +153,51 @@ __device__ __forceinline__ void gateToken(const MoeCudaRouting& cfg, const float
     for (int o = 16; o > 0; o >>= 1) above += __shfl_xor_sync(kFullMask, above, o);
   }
 
-  // The best maxK candidates in order: each round takes the highest remaining score, ties to the lower index.
-  // Lane l reads only scores l, l + 32, ...: it keeps its best remaining one, and only the round's winner looks
-  // again.
-  float best;
-  int bestIndex;
-  auto laneBest = [&] {
-    best = -INFINITY;
-    bestIndex = -1;
+  // The best maxK candidates in order (select[] is not read after this).
+  int candidates = 0;
+  if (byRank) {
+    // Each candidate's rank among the scores (higher first, ties to the lower index); the first maxK take their
+    // places in order[] directly.
+    unsigned finite = 0;
     for (int i = lane; i < E; i += 32) {
       const float s = select[i];
-      if (s != -INFINITY && (bestIndex < 0 || s > best)) {
-        best = s;
-        bestIndex = i;
+      if (s == -INFINITY) continue;
+      ++finite;
+      int rank = 0;
+      for (int j = 0; j < E; ++j) {
+        const float other = select[j];
+        rank += other > s || (other == s && j < i);
       }
+      if (rank < maxK) order[rank] = i;
     }
-  };
-  laneBest();
-  int candidates = 0;
-  for (int r = 0; r < maxK; ++r) {
-    const int winner = warpArgMax(best, bestIndex);
-    if (winner < 0) break;
-    if (lane == 0) order[r] = winner;
-    if (winner % 32 == lane) {
-      select[winner] = -INFINITY;
-      laneBest();
+    candidates = min(int(__reduce_add_sync(kFullMask, finite)), maxK);
+  } else {
+    // Each round takes the highest remaining score, ties to the lower index. Lane l reads only scores l, l + 32,
+    // ...: it keeps its best remaining one, and only the round's winner looks again.
+    float best;
+    int bestIndex;
+    auto laneBest = [&] {
+      best = -INFINITY;
+      bestIndex = -1;
+      for (int i = lane; i < E; i += 32) {
+        const float s = select[i];
+        if (s != -INFINITY && (bestIndex < 0 || s > best)) {
+          best = s;
+          bestIndex = i;
+        }
+      }
+    };
+    laneBest();
+    for (int r = 0; r < maxK; ++r) {
+      const int winner = warpArgMax(best, bestIndex);
+      if (winner < 0) break;
+      if (lane == 0) order[r] = winner;
+      if (winner % 32 == lane) {
+        select[winner] = -INFINITY;
+        laneBest();
+      }
+      ++candidates;
     }
-    ++candidates;
   }
   __syncwarp();  // order[] for every lane
 

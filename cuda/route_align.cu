@@ -34,7 +34,7 @@ template <int kThreads>
 __global__ void __launch_bounds__(kThreads) routeAlignKernel(MoeCudaRouting cfg, const float* __restrict__ logits,
                                                              int T, const float* __restrict__ bias,
                                                              const float* __restrict__ complexity, GatingOut g,
-                                                             int tileRows, AlignOut out) {
+                                                             int tileRows, AlignOut out, bool byRank) {
   extern __shared__ float shared[];
   const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const int perWarp = gatingWarpFloats(cfg), pairs = T * cfg.maxK;
@@ -43,7 +43,8 @@ __global__ void __launch_bounds__(kThreads) routeAlignKernel(MoeCudaRouting cfg,
   copy.indices = reinterpret_cast<int32_t*>(shared + warps * perWarp);
   copy.weights = reinterpret_cast<float*>(copy.indices + pairs);
   copy.k = reinterpret_cast<int32_t*>(copy.weights + pairs);
-  for (int t = warp; t < T; t += warps) gateToken(cfg, logits, t, bias, complexity, g, shared + warp * perWarp, copy);
+  for (int t = warp; t < T; t += warps)
+    gateToken(cfg, logits, t, bias, complexity, g, shared + warp * perWarp, copy, byRank);
   __syncthreads();  // the copy is complete
   alignSmall(T, cfg.maxK, cfg.numExperts, copy.indices, copy.weights, copy.k, tileRows, out, copy.k + T);
 }
@@ -55,7 +56,8 @@ void launchFused(const MoeCudaRouting& cfg, const float* logits, int64_t T, cons
   if (smem > 48 * 1024)
     check(cudaFuncSetAttribute(routeAlignKernel<kThreads>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
           "route+align shared memory");
-  routeAlignKernel<kThreads><<<1, kThreads, smem, s>>>(cfg, logits, int(T), bias, complexity, g, tileRows, out);
+  routeAlignKernel<kThreads><<<1, kThreads, smem, s>>>(cfg, logits, int(T), bias, complexity, g, tileRows, out,
+                                                       rankTopK(cfg));
   checkLaunch("routeAlignKernel");
 }
 

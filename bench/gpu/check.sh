@@ -8,7 +8,7 @@
 # build-cuda/moe_cuda.so exists), python3 with torch for the anchors (skipped without it).
 # Logs and JSON go to $OUT (a temporary folder when unset). MOE_CUDA_ARCHS picks the GPU targets (default: native).
 # Optional: MOE_CHECK_HOPPER_VARIANTS="0 1 2 3" times those wgmma pipeline variants (sm_90); after the benchmark
-# MOE_CHECK_AB_ENV="NAME=value" repeats tests and benchmark with those variables (an opt-in variant against the
+# MOE_CHECK_AB_ENV="NAME=value ...[; NAME=value ...]" repeats tests and benchmark with each set of variables (opt-in variants against the
 # default), MOE_CHECK_SANITIZE=1 runs the GPU tests once more under compute-sanitizer
 # (memcheck; slow), MOE_CHECK_PROFILE=1 profiles a decode-sized forward with Nsight Compute (ncu, SOL section).
 set -uo pipefail
@@ -87,18 +87,24 @@ echo "== benchmark ($(elapsed))"
 timeout 240 "$NODE" "${BENCH[@]}" $anchors 2>&1 | tee "$OUT/bench.log" | grep -v '^{' 
 bench_rc=${PIPESTATUS[0]}
 
-# Optional (MOE_CHECK_AB_ENV="NAME=value ...", e.g. MOE_CUDA_GEMV_FLAT=1): the GPU tests and the benchmark once
-# more with those variables set, to compare an opt-in variant with the rows above in the same call. The A/B
-# benchmark runs the rows of MOE_CHECK_AB_ROWS (default: every row with T <= 64, what the opt-ins change; "all"
-# for every row).
+# Optional (MOE_CHECK_AB_ENV="NAME=value ...", e.g. MOE_CUDA_GEMV_FLAT=1; several sets separated by ';'): the GPU
+# tests and the benchmark once more with each set of variables, to compare opt-in variants with the rows above in
+# the same call. The A/B benchmark runs the rows of MOE_CHECK_AB_ROWS (default: every row with T <= 64, what the
+# opt-ins change; "all" for every row).
 if [ -n "${MOE_CHECK_AB_ENV:-}" ]; then
-  echo "== again with $MOE_CHECK_AB_ENV ($(elapsed))"
-  env $MOE_CHECK_AB_ENV MOE_CUDA_POISON=1 timeout 240 "$NODE" "${TEST[@]}" 2>&1 | tee "$OUT/ab-test.log" |
-    grep -E "Passed|Failed|Error" | head -n 4
   ab_rows=${MOE_CHECK_AB_ROWS:-mixtral:1,mixtral:4,mixtral:8,mixtral:32,mixtral:64,olmoe:1,olmoe:8,olmoe:32,olmoe:64}
   [ "$ab_rows" = all ] && ab_rows=""
-  env $MOE_CHECK_AB_ENV MOE_BENCH_ROWS="$ab_rows" timeout 240 "$NODE" "${BENCH[@]}" $anchors 2>&1 |
-    tee "$OUT/ab-bench.log" | grep -E "^\| (mixtral|olmoe) "
+  ab=0
+  IFS=';' read -r -a ab_sets <<<"$MOE_CHECK_AB_ENV"
+  for ab_env in "${ab_sets[@]}"; do
+    [ -z "${ab_env// /}" ] && continue
+    ab=$((ab + 1))
+    echo "== again with $ab_env ($(elapsed))"
+    env $ab_env MOE_CUDA_POISON=1 timeout 240 "$NODE" "${TEST[@]}" 2>&1 | tee "$OUT/ab-test-$ab.log" |
+      grep -E "Passed|Failed|Error" | head -n 4
+    env $ab_env MOE_BENCH_ROWS="$ab_rows" timeout 240 "$NODE" "${BENCH[@]}" $anchors 2>&1 |
+      tee "$OUT/ab-bench-$ab.log" | grep -E "^\| (mixtral|olmoe) "
+  done
 fi
 if [ "${MOE_CHECK_SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null 2>&1; then
   echo "== compute-sanitizer memcheck ($(elapsed))"
