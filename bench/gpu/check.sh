@@ -8,8 +8,8 @@
 # build-cuda/moe_cuda.so exists), python3 with torch for the anchors (skipped without it).
 # Logs and JSON go to $OUT (a temporary folder when unset). MOE_CUDA_ARCHS picks the GPU targets (default: native).
 # Optional: MOE_CHECK_HOPPER_VARIANTS="0 1 2 3" times those wgmma pipeline variants (sm_90); after the benchmark
-# MOE_CHECK_AB_ENV="NAME=value ...[; NAME=value ...]" repeats tests and benchmark with each set of variables (opt-in variants against the
-# default), MOE_CHECK_SANITIZE=1 runs the GPU tests once more under compute-sanitizer
+# MOE_CHECK_AB_ENV="NAME=value ...[; NAME=value ...]" repeats tests and benchmark with each set of variables
+# (opt-in variants against the default), MOE_CHECK_SANITIZE=1 runs the GPU tests once more under compute-sanitizer
 # (memcheck; slow), MOE_CHECK_PROFILE=1 profiles a decode-sized forward with Nsight Compute (ncu, SOL section).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
