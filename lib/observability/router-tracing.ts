@@ -6,7 +6,7 @@
  * Router and MoELayer need none of it: their spans come from the native stage timestamps (forward-spans.ts).
  */
 import type { Attributes, Span } from '@opentelemetry/api';
-import { traceSpan } from './tracing';
+import { isPromiseLike, traceSpan } from './tracing';
 
 /** What a selection function returns: `[indices, weights]`, or an object with them (and optionally k per token). */
 export type SelectionResult =
@@ -111,8 +111,8 @@ function traced<R>(
         }
       };
       const result = fn();
-      if (typeof (result as { then?: unknown } | null)?.then === 'function')
-        return (result as Promise<Awaited<R>>).then((value) => {
+      if (isPromiseLike(result))
+        return result.then((value) => {
           annotate(value);
           return value;
         }) as R;

@@ -257,16 +257,7 @@ export function traceFunction(name: string, attributes?: Attributes) {
             done();
             return result;
           }
-          return result.then(
-            (value) => {
-              done();
-              return value;
-            },
-            (error: unknown) => {
-              done();
-              throw error;
-            },
-          ) as R;
+          return Promise.resolve(result).finally(done) as R;
         },
         spanAttributes,
       );
@@ -274,7 +265,8 @@ export function traceFunction(name: string, attributes?: Attributes) {
   };
 }
 
-function isPromiseLike<T>(value: T): value is T & Promise<Awaited<T>> {
+/** @internal Whether a result is a promise (anything with a `then` method): the helpers end spans when it settles. */
+export function isPromiseLike<T>(value: T): value is T & Promise<Awaited<T>> {
   return typeof (value as { then?: unknown } | null)?.then === 'function';
 }
 
