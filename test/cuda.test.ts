@@ -373,29 +373,35 @@ function gpuTests() {
     b.layer.dispose();
   });
 
+  /** x in device memory, the output NaN-poisoned, `run(input, output)`, and the output read back; freed after. */
+  const onDevice = (x: Float32Array, run: (input: bigint, output: bigint) => void): Float32Array => {
+    const addon = native();
+    const input = addon.cudaAlloc(x.byteLength);
+    const output = addon.cudaAlloc(x.byteLength);
+    try {
+      addon.cudaCopy(input, x, true);
+      addon.cudaCopy(output, new Float32Array(x.length).fill(NaN), true);
+      run(input, output);
+      const got = new Float32Array(x.length);
+      addon.cudaCopy(output, got, false);
+      return got;
+    } finally {
+      addon.cudaFree(input);
+      addon.cudaFree(output);
+    }
+  };
+
   gpuTest(
     'forwardDevice on device pointers: the bits of forward(), NaN-poisoned output overwritten, counters drained',
     () => {
-      const addon = native();
       const b = gatedLayer(SEED + 450);
       for (const T of [3, 200]) {
         const x = randn(T * 128, SEED + 451 + T);
         const want = b.layer.forward(x).output;
         b.layer.drainTelemetry();
-        const input = addon.cudaAlloc(x.byteLength);
-        const output = addon.cudaAlloc(x.byteLength);
-        try {
-          addon.cudaCopy(input, x, true);
-          addon.cudaCopy(output, new Float32Array(x.length).fill(NaN), true);
-          b.layer.forwardDevice({ input, output, tokens: T });
-          const got = new Float32Array(x.length);
-          addon.cudaCopy(output, got, false);
-          assert.ok(got.every(Number.isFinite), `T=${T}: forwardDevice left unwritten (NaN) outputs`);
-          assert.equal(Array.from(got), Array.from(want), `T=${T}: forwardDevice differs from forward`);
-        } finally {
-          addon.cudaFree(input);
-          addon.cudaFree(output);
-        }
+        const got = onDevice(x, (input, output) => b.layer.forwardDevice({ input, output, tokens: T }));
+        assert.ok(got.every(Number.isFinite), `T=${T}: forwardDevice left unwritten (NaN) outputs`);
+        assert.equal(Array.from(got), Array.from(want), `T=${T}: forwardDevice differs from forward`);
         b.layer.drainTelemetry(); // queues the copy of the device counters (a drain never waits for it)
         b.layer.forward(x); // synchronises the layer's stream, so the copy has landed
         const t = b.layer.drainTelemetry();
@@ -409,26 +415,14 @@ function gpuTests() {
   gpuTest(
     'forwardDevice captured in a CUDA graph: its replays write the bits of forward(); the layer works after',
     () => {
-      const addon = native();
       const b = gatedLayer(SEED + 470);
       const handle = (b.layer as unknown as { cudaHandle: NativeCudaLayerHandle }).cudaHandle;
       for (const T of [5, 200]) {
         const x = randn(T * 128, SEED + 471 + T);
         const want = b.layer.forward(x).output;
         b.layer.drainTelemetry();
-        const input = addon.cudaAlloc(x.byteLength);
-        const output = addon.cudaAlloc(x.byteLength);
-        try {
-          addon.cudaCopy(input, x, true);
-          addon.cudaCopy(output, new Float32Array(x.length).fill(NaN), true);
-          handle.captureForward(input, output, T, 3);
-          const got = new Float32Array(x.length);
-          addon.cudaCopy(output, got, false);
-          assert.equal(Array.from(got), Array.from(want), `T=${T}: the graph's output differs from forward`);
-        } finally {
-          addon.cudaFree(input);
-          addon.cudaFree(output);
-        }
+        const got = onDevice(x, (input, output) => handle.captureForward(input, output, T, 3));
+        assert.equal(Array.from(got), Array.from(want), `T=${T}: the graph's output differs from forward`);
         b.layer.drainTelemetry(); // queues the copy of the device counters
         assert.equal(Array.from(b.layer.forward(x).output), Array.from(want), `T=${T}: a forward after the replays`);
         const t = b.layer.drainTelemetry();
