@@ -7,6 +7,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { MoELayer, Router, ValidationError } from '../lib';
+import type { NativeLayerHandle } from '../lib/native';
 import { relativeError } from './helpers/compare';
 import { buildLayer as build, layerReference as reference } from './helpers/layer';
 import { freshSeed, randn } from './helpers/random';
@@ -47,6 +48,33 @@ for (const dtype of ['fp32', 'bf16'] as const) {
       const err = relativeError(output, reference(b, x, routing));
       assert.ok(err < tol, `${dtype} shared gated=${gated} d=${d}: relative error ${err}`);
     }
+  });
+
+  test(`${dtype}: a shared expert set again without a gate drops the gate of the one it replaces`, () => {
+    const d = 24,
+      f = 8;
+    const b = build({
+      E: 4,
+      d,
+      f,
+      selection: { kind: 'topk', k: 2 },
+      dtype,
+      shared: { f, gated: true },
+      seed: SEED + 60,
+    });
+    const next = {
+      w1: randn(f * d, SEED + 61, 0.2),
+      w3: randn(f * d, SEED + 62, 0.2),
+      w2: randn(d * f, SEED + 63, 0.3),
+    };
+    // the native layer's own entry point (MoELayer sets its shared expert once)
+    const handle = (b.layer as unknown as { handle: NativeLayerHandle }).handle;
+    handle.setSharedExpert(next.w1, next.w3, next.w2, f, null);
+    const x = randn(9 * d, SEED + 64);
+    const { output, routing } = b.layer.forward(x);
+    const err = relativeError(output, reference({ ...b, shared: { ...next, f } }, x, routing));
+    assert.ok(err < tol, `${dtype}: relative error ${err} against the ungated shared expert`);
+    b.layer.dispose();
   });
 
   test(`${dtype}: tokens with more rows than the chunked combine holds (k = 70 of 72, plus a shared expert)`, () => {

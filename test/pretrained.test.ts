@@ -151,6 +151,25 @@ test('selection overrides the model rule (top-p on a top-2 model)', () => {
   assert.ok(stats.flopsSaved < 0);
 });
 
+test('a config that names its model by architectures[0] alone loads with that model rule', () => {
+  const ck = writeTinyCheckpoint(dirFor('no-model-type'), 'deepseek_v3', {
+    hiddenSize: 16,
+    intermediateSize: 8,
+    numExperts: 8,
+    topK: 2,
+    seed: 5,
+  });
+  const { model_type: modelType, ...config } = ck.config;
+  assert.is(modelType, 'deepseek_v3');
+  fs.writeFileSync(path.join(ck.dir, 'config.json'), JSON.stringify(config));
+  const layer = MoELayer.fromPretrained(ck.dir, { layer: ck.moeLayers[0] });
+  // DeepSeek-V3's rule (sigmoid scores, groups), not a default one
+  assert.is(layer.router.config.scoring, 'sigmoid');
+  assert.ok(layer.router.config.groups, 'the group limit of DeepSeek-V3');
+  assert.ok(layer.forward(randn(4 * 16, SEED + 3)).output.every(Number.isFinite));
+  layer.dispose();
+});
+
 test('dense layers, bad indices and missing files get clear errors', () => {
   const ck = writeTinyCheckpoint(dirFor('dense'), 'deepseek_v3', {
     hiddenSize: 16,

@@ -183,6 +183,14 @@ function checkDeepseekSparse(read: ConfigReader, architecture: string, layer: nu
 }
 
 /**
+ * `config` with `model_type` set to the family {@link resolveMoELayer} recognised (a config may name its model by
+ * `architectures[0]` alone), for the readers of routing fields that switch on `model_type`.
+ */
+export function withModelType(config: Record<string, unknown>, spec: MoELayerSpec): Record<string, unknown> {
+  return config.model_type === spec.modelType ? config : { ...config, model_type: spec.modelType };
+}
+
+/**
  * Describes MoE layer `layer` of a Hugging Face model from its `config.json`. The model is recognised by
  * `architectures[0]` or `model_type`.
  * @throws ValidationError when `layer` is not an integer in [0, num_hidden_layers).

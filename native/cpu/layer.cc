@@ -64,7 +64,10 @@ void Layer::setSharedExpert(const float* w1, const float* w3, const float* w2, i
   if (weights_.use_count() > 1) throw std::logic_error("layer: its weights are shared with another layer; load a new one");
   weights_->shared = std::make_unique<PackedExpert>();
   pack(*weights_->shared, w1, w3, w2, f);
-  if (gate) weights_->sharedGate.assign(gate, gate + hidden_);
+  if (gate)
+    weights_->sharedGate.assign(gate, gate + hidden_);
+  else
+    weights_->sharedGate.clear();  // a gate set before belongs to the expert this one replaces
 }
 
 bool Layer::complete(std::string& missing) const {
