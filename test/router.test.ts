@@ -47,11 +47,36 @@ function selectionsFor(
     { sel: { kind: 'threshold', tau: (0.5 + next()) / E, minK: 1, maxK }, scoring: 'softmax', normalize: true },
     { sel: { kind: 'dynamic', minK: 1, maxK }, scoring: 'softmax', normalize: false },
     { sel: { kind: 'gptOss', k }, scoring: 'softmax', normalize: false },
+    // maxK left out: every expert may be chosen (the sorted candidates are then more than a few)
+    { sel: { kind: 'topp', p: 0.5 + 0.45 * next(), minK: 1 }, scoring: 'sigmoid', normalize: true },
+    { sel: { kind: 'threshold', tau: (0.1 + next()) / E, minK: 1 }, scoring: 'softmax', normalize: false },
   ];
 }
 
 function cfgOf(r: Router) {
   return { ...r.config };
+}
+
+/** routeLogits against the reference: indices, k and weights (compareRouting), then the stats. */
+function checkRouteLogits(
+  router: Router,
+  logits: Float32Array,
+  T: number,
+  complexity: Float32Array | undefined,
+  label: string,
+): { checked: number; ambiguous: number } {
+  const got = router.routeLogits(logits, { complexity });
+  const ref = referenceRouteLogits(cfgOf(router), logits, T, undefined, complexity);
+  const rep = compareRouting(got, ref, `${label} seed=${SEED}`);
+  assert.ok(Math.abs(got.stats.meanK - ref.meanK) < 1e-12, 'meanK');
+  assert.equal(Array.from(got.stats.expertCounts), Array.from(ref.expertCounts), 'expert counts');
+  assert.ok(
+    Math.abs(got.stats.auxLoss - ref.auxLoss) <= 1e-5 * ref.auxLoss,
+    `aux ${got.stats.auxLoss} vs ${ref.auxLoss}`,
+  );
+  assert.ok(Math.abs(got.stats.zLoss - ref.zLoss) <= 1e-5 * ref.zLoss + 1e-9, `z ${got.stats.zLoss} vs ${ref.zLoss}`);
+  assert.ok(Math.abs(got.stats.loadBalance - ref.loadBalance) < 1e-9, 'load balance');
+  return rep;
 }
 
 test('every rule matches the reference from logits over the T x E x k grid', () => {
@@ -75,26 +100,37 @@ test('every rule matches the reference from logits over the T x E x k grid', () 
         });
         const logits = separatedLogits(T, E, ++seed);
         const complexity = sel.kind === 'dynamic' ? randu(T, ++seed) : undefined;
-        const got = router.routeLogits(logits, { complexity });
-        const ref = referenceRouteLogits(cfgOf(router), logits, T, undefined, complexity);
-        const rep = compareRouting(got, ref, `E=${E} T=${T} ${JSON.stringify(sel)} ${scoring} seed=${SEED}`);
+        const rep = checkRouteLogits(router, logits, T, complexity, `E=${E} T=${T} ${JSON.stringify(sel)} ${scoring}`);
         checked += rep.checked;
         ambiguous += rep.ambiguous;
-        assert.ok(Math.abs(got.stats.meanK - ref.meanK) < 1e-12, 'meanK');
-        assert.equal(Array.from(got.stats.expertCounts), Array.from(ref.expertCounts), 'expert counts');
-        assert.ok(
-          Math.abs(got.stats.auxLoss - ref.auxLoss) <= 1e-5 * ref.auxLoss,
-          `aux ${got.stats.auxLoss} vs ${ref.auxLoss}`,
-        );
-        assert.ok(
-          Math.abs(got.stats.zLoss - ref.zLoss) <= 1e-5 * ref.zLoss + 1e-9,
-          `z ${got.stats.zLoss} vs ${ref.zLoss}`,
-        );
-        assert.ok(Math.abs(got.stats.loadBalance - ref.loadBalance) < 1e-9, 'load balance');
       }
     }
   }
   assert.ok(ambiguous <= checked * 0.01, `too many near-boundary tokens: ${ambiguous} of ${checked + ambiguous}`);
+});
+
+test('top-p and threshold over 1024 experts (every expert a candidate: the sorted path) match the reference', () => {
+  const E = 1024;
+  const T = 33;
+  let checked = 0;
+  let ambiguous = 0;
+  for (const [i, sel] of [
+    { kind: 'topp', p: 0.3, minK: 1 },
+    { kind: 'threshold', tau: 0.8 / E, minK: 2 },
+  ].entries()) {
+    const router = new Router({
+      numExperts: E,
+      hiddenSize: 8,
+      gateWeight: randn(E * 8, SEED + 20 + i),
+      selection: sel as Selection,
+      normalize: true,
+    });
+    assert.is(router.maxK, E);
+    const rep = checkRouteLogits(router, separatedLogits(T, E, SEED + 30 + i), T, undefined, `E=${E} ${sel.kind}`);
+    checked += rep.checked;
+    ambiguous += rep.ambiguous;
+  }
+  assert.ok(ambiguous <= checked * 0.05, `too many near-boundary tokens: ${ambiguous} of ${checked + ambiguous}`);
 });
 
 test('end to end from hidden states: logits to 1e-5 and the same experts', () => {
@@ -177,6 +213,18 @@ test('ties go to the lower expert index', () => {
   const got = router.routeLogits(logits);
   assert.equal(Array.from(got.indices.slice(0, 4)), [0, 1, 2, 3]);
   assert.equal(Array.from(got.indices.slice(4, 8)), [3, 9, 0, 1]);
+  // the same rule when every expert is kept (a threshold every score passes; 600 experts: the sorted path)
+  const many = new Router({
+    numExperts: 600,
+    hiddenSize: d,
+    gateWeight: randn(600 * d, SEED + 5),
+    selection: { kind: 'threshold', tau: 1e-9, minK: 1 },
+  });
+  const tied = Float32Array.from({ length: 600 }, (_, i) => [0.25, 1, 0.5][(i * 7) % 3]);
+  const order = Array.from({ length: 600 }, (_, i) => i).sort((a, b) => tied[b] - tied[a] || a - b);
+  const all = many.routeLogits(tied);
+  assert.is(all.k[0], 600);
+  assert.equal(Array.from(all.indices), order);
 });
 
 test('topp keeps the smallest prefix reaching p', () => {

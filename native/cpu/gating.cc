@@ -24,8 +24,25 @@ struct TokenWork {
   int32_t* order;   // [E] best candidates, sorted
 };
 
-// Keeps the best `keep` indices of score[0..n) sorted descending, ties to the lower index.
+// Keeps the best `keep` indices of score[0..n) sorted descending, ties to the lower index (-inf: not a
+// candidate). `order` has room for n indices. Few kept (top-k routing): an insertion pass, which rejects most
+// candidates with one compare; it costs O(n * keep) when most are kept (top-p or threshold over all experts,
+// maxK = E), which a sort, O(n log n), beats from about n = keep = 512 on (measured: E = 4096, 4x).
 int partialSort(const float* score, int n, int keep, int32_t* order) {
+  if (int64_t(keep) * n > (int64_t(1) << 18)) {
+    int m = 0;
+    for (int i = 0; i < n; ++i)
+      if (score[i] != kNegInf) order[m++] = i;
+    const auto better = [score](int32_t a, int32_t b) {
+      return score[a] > score[b] || (score[a] == score[b] && a < b);
+    };
+    keep = std::min(keep, m);
+    if (2 * keep >= m)
+      std::sort(order, order + m, better);  // (a heap-based partial sort of most of them is slower)
+    else
+      std::partial_sort(order, order + keep, order + m, better);
+    return keep;
+  }
   int filled = 0;
   for (int i = 0; i < n; ++i) {
     const float s = score[i];
