@@ -202,10 +202,10 @@ __device__ __forceinline__ void gateToken(const MoeCudaRouting& cfg, const float
   __syncwarp();  // order[] for every lane
 
   int k = cfg.k;
-  if (cfg.selection == 1) {  // top-p over the candidates, in double as on the CPU
+  if (cfg.selection == 1) {  // top-p over the candidates, in double as on the CPU (mass 0: minK, as there)
     double cum = 0;
-    k = maxK;
-    for (int j = 0; j < candidates; ++j) {
+    k = mass > 0 ? maxK : cfg.minK;
+    for (int j = 0; j < candidates && mass > 0; ++j) {
       cum += double(probs[order[j]]) / mass;
       if (cum >= cfg.p) {
         k = j + 1;
@@ -240,7 +240,7 @@ __device__ __forceinline__ void gateToken(const MoeCudaRouting& cfg, const float
     }
   }
   for (int i = lane; i < E; i += 32) {
-    if (out.probsNorm) out.probsNorm[size_t(t) * E + i] = float(probs[i] / mass);
+    if (out.probsNorm) out.probsNorm[size_t(t) * E + i] = mass > 0 ? float(probs[i] / mass) : 0.0f;
     if (out.probs) out.probs[size_t(t) * E + i] = probs[i];
   }
 }

@@ -109,6 +109,31 @@ function gpuTests() {
     assert.ok(ambiguous <= checked * 0.01, `too many near-boundary tokens: ${ambiguous}`);
   });
 
+  gpuTest('sigmoid scores that all underflow: the GPU takes minK under top-p as the CPU does, stats finite', () => {
+    const E = 60;
+    const T = 5;
+    const common = {
+      numExperts: E,
+      hiddenSize: 8,
+      gateWeight: randn(E * 8, SEED + 150),
+      scoring: 'sigmoid' as const,
+      selection: { kind: 'topp', p: 0.5, minK: 2, maxK: 6 } as Selection,
+      normalize: true,
+    };
+    const logits = randn(T * E, SEED + 151, 2);
+    for (let i = 0; i < E; i++) {
+      logits[E + i] = -100 - ((i * 7) % E) / 10; // below float32's sigmoid range
+      logits[3 * E + i] = -800 - i; // below float64's too
+    }
+    const got = new Router({ ...common, backend: 'cuda' }).routeLogits(logits);
+    const onCpu = new Router({ ...common, backend: 'cpu' }).routeLogits(logits);
+    assert.equal(Array.from(got.k), Array.from(onCpu.k), 'k');
+    assert.equal(Array.from(got.indices), Array.from(onCpu.indices), 'indices');
+    assert.equal([got.k[1], got.k[3]], [2, 2]);
+    for (const v of [got.stats.auxLoss, got.stats.zLoss, ...got.weights]) assert.ok(Number.isFinite(v), `${v}`);
+    assert.ok(Math.abs(got.stats.auxLoss - onCpu.stats.auxLoss) <= 1e-4 * onCpu.stats.auxLoss, 'aux');
+  });
+
   gpuTest('DeepSeek-V3 groups on the GPU: 256 experts / 8 groups / keep 4 / top-8, sigmoid, selection bias', () => {
     let seed = SEED + 100;
     for (const score of ['top2sum', 'max'] as const) {

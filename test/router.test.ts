@@ -227,6 +227,44 @@ test('ties go to the lower expert index', () => {
   assert.equal(Array.from(all.indices), order);
 });
 
+test('sigmoid scores that all underflow: finite stats, minK under top-p, the other tokens as the reference', () => {
+  const E = 12;
+  for (const sel of [
+    { kind: 'topp', p: 0.5, minK: 2, maxK: 6 },
+    { kind: 'topk', k: 3 },
+  ] as Selection[]) {
+    const router = new Router({
+      numExperts: E,
+      hiddenSize: 4,
+      gateWeight: randn(E * 4, SEED + 6),
+      scoring: 'sigmoid',
+      selection: sel,
+      normalize: true,
+    });
+    // token 0: ordinary logits; token 1: below float32's sigmoid range (-88), not float64's; token 2: below both
+    const logits = separatedLogits(3, E, SEED + 7);
+    for (let i = 0; i < E; i++) {
+      logits[E + i] = -100 - 10 * (((i * 5) % E) / E);
+      logits[2 * E + i] = -800 - i;
+    }
+    const got = router.routeLogits(logits);
+    for (const v of [got.stats.auxLoss, got.stats.zLoss, got.stats.meanK, ...got.weights])
+      assert.ok(Number.isFinite(v), `${sel.kind}: ${v} is not finite`);
+    if (sel.kind === 'topp') assert.equal([got.k[1], got.k[2]], [2, 2]);
+    // tokens 0 and 2 as the reference (float64 underflows for token 2 too: ties, lower indices, zero weights)
+    const ref = referenceRouteLogits(cfgOf(router), logits, 3);
+    for (const t of [0, 2]) {
+      const K = router.maxK;
+      assert.is(got.k[t], ref.k[t], `${sel.kind} token ${t}: k`);
+      assert.equal(
+        Array.from(got.indices.slice(t * K, (t + 1) * K)),
+        Array.from(ref.indices.slice(t * K, (t + 1) * K)),
+      );
+      for (let j = 0; j < K; j++) assert.ok(Math.abs(got.weights[t * K + j] - ref.weights[t * K + j]) < 1e-6);
+    }
+  }
+});
+
 test('topp keeps the smallest prefix reaching p', () => {
   const E = 4;
   const router = new Router({

@@ -8,7 +8,8 @@
  *  4. sort by selection score, descending; ties go to the lower index.
  *  5. k: topk/gptOss k; topp the shortest prefix whose mass (score / sum of scores) reaches p; threshold the
  *     number of reachable experts with score >= tau; dynamic clamp(minK + floor((maxK-minK)c + 0.5)).
- *     topp/threshold are clamped to [minK, maxK].
+ *     topp/threshold are clamped to [minK, maxK]. A token whose scores sum to 0 (sigmoids that all underflow)
+ *     takes minK under topp and adds nothing to the aux loss's probability sums.
  *  6. weights: the unbiased scores of the chosen (gptOss: softmax over the chosen logits), optionally
  *     renormalised, times scale.
  */
@@ -150,8 +151,8 @@ export function referenceRouteLogits(
     let k = cfg.k;
     if (cfg.selection === 'topp') {
       let cum = 0;
-      k = K;
-      for (let j = 0; j < order.length; j++) {
+      k = mass > 0 ? K : cfg.minK; // (every sigmoid underflowed to 0: nothing to cover)
+      for (let j = 0; j < order.length && mass > 0; j++) {
         cum += probs[order[j]] / mass;
         if (j < K) margin = Math.min(margin, Math.abs(cum - cfg.p));
         if (cum >= cfg.p) {
@@ -193,7 +194,7 @@ export function referenceRouteLogits(
     res.margin[t] = margin;
     for (let i = 0; i < E; i++) {
       res.probs[t * E + i] = probs[i];
-      probSum[i] += probs[i] / mass;
+      if (mass > 0) probSum[i] += probs[i] / mass;
     }
     zSum += lse * lse;
   }

@@ -120,9 +120,10 @@ int32_t ruleK(const RouterConfig& cfg, const TokenWork& w, int candidates, doubl
       k = cfg.k;
       break;
     case Selection::TopP: {
+      // (mass 0: every sigmoid underflowed to 0 in float32, logits below about -88; nothing to cover: minK)
       double cum = 0;
-      k = cfg.maxK;
-      for (int j = 0; j < candidates; ++j) {
+      k = mass > 0 ? cfg.maxK : cfg.minK;
+      for (int j = 0; j < candidates && mass > 0; ++j) {
         cum += double(w.probs[w.order[j]]) / mass;
         if (cum >= cfg.p) {
           k = j + 1;
@@ -216,7 +217,8 @@ std::string selectExperts(const RouterConfig& cfg, const float* logits, int64_t 
       writeWeights(cfg, row, w, k, wts);
       out.k[t] = k;
       if (out.probs) std::copy(w.probs, w.probs + E, out.probs + t * E);
-      for (int i = 0; i < E; ++i) sums[i] += w.probs[i] / mass;
+      if (mass > 0)
+        for (int i = 0; i < E; ++i) sums[i] += w.probs[i] / mass;
       sums[E] += lse * lse;
     }
   });
