@@ -17,6 +17,7 @@ import {
   createEstimator,
 } from '../lib';
 import { referenceLogitEntropy } from '../lib/reference/routing';
+import type { NativeLayerHandle } from '../lib/native';
 import { freshSeed, randn } from './helpers/random';
 
 const SEED = freshSeed();
@@ -58,6 +59,69 @@ test('detaching x while forwardAsync runs neither crashes nor changes the result
   assert.is(x.length, 0);
   assert.equal(Array.from((await pending).output), Array.from(expected));
   assert.is((await routing).k.length, 256);
+});
+
+test('a layer call whose rows would overflow 32-bit row indices is refused before anything is read', () => {
+  const E = 64;
+  const d = 4;
+  const router = new Router({
+    numExperts: E,
+    hiddenSize: d,
+    gateWeight: randn(E * d, SEED + 7),
+    selection: { kind: 'topk', k: 64 },
+  });
+  const w = () => ({
+    w1: randn(8 * d, SEED + 8, 0.1),
+    w3: randn(8 * d, SEED + 9, 0.1),
+    w2: randn(d * 8, SEED + 10, 0.1),
+  });
+  const layer = new MoELayer({ router, experts: Array.from({ length: E }, w) });
+  // 2^24 tokens x (64 + 1) rows > 2^30: the binding's own entry point, with arrays far too small for that T
+  const handle = (layer as unknown as { handle: NativeLayerHandle }).handle;
+  const small = new Float32Array(4);
+  const ints = new Int32Array(64);
+  assert.throws(
+    () =>
+      handle.forward(
+        small,
+        2 ** 24,
+        small,
+        ints,
+        small,
+        ints,
+        ints,
+        new Float64Array(5),
+        new Float64Array(7),
+        null,
+        null,
+        0,
+        null,
+        null,
+      ),
+    (e: Error) => e instanceof Error && /split the batch/.test(e.message),
+  );
+  // just under the limit, the same call fails on the arrays' lengths instead
+  assert.throws(
+    () =>
+      handle.forward(
+        small,
+        2 ** 20,
+        small,
+        ints,
+        small,
+        ints,
+        ints,
+        new Float64Array(5),
+        new Float64Array(7),
+        null,
+        null,
+        0,
+        null,
+        null,
+      ),
+    (e: Error) => /x: expected at least/.test(e.message),
+  );
+  layer.dispose();
 });
 
 test('masked (-inf) LM logits give a finite perplexity proxy equal to the reference', () => {

@@ -77,6 +77,16 @@ inline int64_t intArg(const Napi::CallbackInfo& info, size_t index, const char* 
   return int64_t(d);
 }
 
+// The token count of a layer call: at most 2^24, and T x (maxK + 1) rows (the routed slots and a shared
+// expert's) under 2^30: the layers index their rows, tile padding included, with 32-bit integers.
+inline int64_t layerTokensArg(const Napi::CallbackInfo& info, size_t index, int64_t maxK) {
+  const int64_t T = intArg(info, index, "tokens", 1, int64_t(1) << 24);
+  if (T * (maxK + 1) >= (int64_t(1) << 30))
+    throwValidation(info.Env(), "tokens: " + std::to_string(T) + " tokens x (maxK " + std::to_string(maxK) +
+                                    " + 1) rows is over a layer's limit of 2^30; split the batch");
+  return T;
+}
+
 inline double numberProp(const Napi::Object& o, const char* key, double fallback) {
   Napi::Value v = o.Get(key);
   return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : fallback;

@@ -226,7 +226,7 @@ HostCall parseHostCall(const Napi::CallbackInfo& info, const CudaLayerWrap::Stat
     if (!fromLogits) c.logitsOut = typedArrayArg<float>(info, 8, "logits", T * E, true);
     c.probsOut = typedArrayArg<float>(info, 9, "probs", T * E, true);
   } else {
-    c.tokens = intArg(info, 1, "tokens", 1, kMaxTokens);
+    c.tokens = layerTokensArg(info, 1, cfg.maxK);
     const size_t T = size_t(c.tokens);
     c.x = typedArrayArg<float>(info, 0, "x", T * d);
     c.y = typedArrayArg<float>(info, 2, "output", T * d);
@@ -470,7 +470,7 @@ Napi::Value CudaLayerWrap::ForwardDevice(const Napi::CallbackInfo& info) {
   c.onDevice = 1;
   c.x = reinterpret_cast<const float*>(bigintArg(info, 0, "input", false));
   c.y = reinterpret_cast<float*>(bigintArg(info, 1, "output", false));
-  c.tokens = intArg(info, 2, "tokens", 1, kMaxTokens);
+  c.tokens = layerTokensArg(info, 2, s->cfg.maxK);
   c.stream = reinterpret_cast<void*>(bigintArg(info, 3, "stream", true));
   if (!c.x || !c.y) throwValidation(info.Env(), "input, output: expected non-null device pointers");
   if ((reinterpret_cast<uintptr_t>(c.x) | reinterpret_cast<uintptr_t>(c.y)) % 16 != 0)
@@ -494,7 +494,7 @@ Napi::Value CudaLayerWrap::CaptureForward(const Napi::CallbackInfo& info) {
   c.onDevice = 1;
   c.x = reinterpret_cast<const float*>(bigintArg(info, 0, "input", false));
   c.y = reinterpret_cast<float*>(bigintArg(info, 1, "output", false));
-  c.tokens = intArg(info, 2, "tokens", 1, kMaxTokens);
+  c.tokens = layerTokensArg(info, 2, s->cfg.maxK);
   const int32_t replays = int32_t(intArg(info, 3, "replays", 1, 1000));
   if (!c.x || !c.y) throwValidation(info.Env(), "input, output: expected non-null device pointers");
   if ((reinterpret_cast<uintptr_t>(c.x) | reinterpret_cast<uintptr_t>(c.y)) % 16 != 0)

@@ -18,7 +18,6 @@ namespace moe_binding {
 
 namespace {
 
-constexpr int64_t kMaxTokens = int64_t(1) << 24;
 constexpr int64_t kMaxIntermediate = int64_t(1) << 20;
 constexpr int64_t kMaxSharedIntermediate = int64_t(1) << 22;  // DeepSeek merges n_shared_experts into one FFN
 
@@ -50,7 +49,7 @@ struct ForwardCall {
 ForwardCall parseForward(const Napi::CallbackInfo& info, moe::Layer& layer) {
   const moe::RouterConfig& cfg = layer.router().config();
   ForwardCall c;
-  c.T = intArg(info, 1, "tokens", 1, kMaxTokens);
+  c.T = layerTokensArg(info, 1, cfg.maxK);
   const size_t T = size_t(c.T), d = size_t(cfg.hiddenSize), E = size_t(cfg.numExperts), K = size_t(cfg.maxK);
   c.x = typedArrayArg<float>(info, 0, "x", T * d);
   c.y = typedArrayArg<float>(info, 2, "output", T * d);
