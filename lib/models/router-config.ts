@@ -6,7 +6,12 @@ import { describe, RouterConfigurationError } from '../errors';
 import type { RouterOptions } from '../router-options';
 import type { GroupLimit, Scoring, Selection } from '../types';
 
-/** What `Router.fromConfig` accepts to override the model's own rule. */
+/**
+ * What `Router.fromConfig` accepts to override the model's own rule. Each override replaces that one option and
+ * nothing else: the others keep the values the model's rule gave them (e.g. `normalize: true` on DeepSeek-V2,
+ * whose rule scales by `routed_scaling_factor` only when it does not renormalise, keeps that scale; pass `scale`
+ * too).
+ */
 export interface FromConfigOverrides {
   bias?: Float32Array;
   logitBias?: Float32Array;
