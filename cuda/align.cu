@@ -69,9 +69,8 @@ void launchAlign(int64_t T, int maxK, int E, const int32_t* indices, const float
   const int64_t pairs = T * maxK;
   if (pairs <= kSmallPairs) {
     const size_t smem = alignSmallSharedBytes(pairs, E);
-    if (smem > 48 * 1024)
-      check(cudaFuncSetAttribute(alignSmallKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-            "align shared memory");
+    static SharedAllowance allowance;
+    allowance.ensure(reinterpret_cast<const void*>(alignSmallKernel), smem, "align shared memory");
     alignSmallKernel<<<1, kAlignThreads, smem, s>>>(int(T), maxK, E, indices, weights, k, tileRows, out);
     checkLaunch("alignSmallKernel");
     return;

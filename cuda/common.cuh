@@ -3,7 +3,9 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -19,6 +21,43 @@ inline void check(cudaError_t status, const char* what) {
 }
 // After a launch: a bad configuration shows up here, a fault at the next synchronisation.
 inline void checkLaunch(const char* kernel) { check(cudaGetLastError(), kernel); }
+
+// The most dynamic shared memory one block may opt in to on `device` (227 KB on sm_90, 163 KB on sm_80, 99 KB on
+// sm_86 / sm_89).
+inline size_t sharedOptinBytes(int device) {
+  int bytes = 0;
+  check(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "shared memory opt-in");
+  return size_t(bytes);
+}
+
+// One kernel's dynamic shared-memory allowance (cudaFuncAttributeMaxDynamicSharedMemorySize, per device): raised
+// when a launch needs more, never lowered — another thread may be launching the same kernel with more at that
+// moment, and a lower setting would fail its launch. One per kernel (a function-local static at its launch site).
+// Fast path: one atomic load.
+class SharedAllowance {
+ public:
+  void ensure(const void* kernel, size_t bytes, const char* what) {
+    if (bytes <= 48 * 1024) return;  // every kernel may use this much without opting in
+    int device = 0;
+    check(cudaGetDevice(&device), "cudaGetDevice");
+    if (device < 0 || device >= kDevices) throw CudaError(std::string(what) + ": device index out of range");
+    std::atomic<size_t>& allowed = allowed_[device];
+    if (bytes <= allowed.load(std::memory_order_acquire)) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (bytes <= allowed.load(std::memory_order_relaxed)) return;
+    const cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+    if (status != cudaSuccess) {
+      (void)cudaGetLastError();  // not left for the next launch check (of this or another layer) to report
+      check(status, what);
+    }
+    allowed.store(bytes, std::memory_order_release);
+  }
+
+ private:
+  static constexpr int kDevices = 64;
+  std::atomic<size_t> allowed_[kDevices] = {};
+  std::mutex mutex_;
+};
 
 constexpr unsigned kFullMask = 0xffffffffu;
 

@@ -359,8 +359,8 @@ void launchGating(const MoeCudaRouting& cfg, const float* logits, int64_t T, con
                   const float* complexity, const GatingOut& out, cudaStream_t s) {
   const size_t smem = gatingSharedBytes(cfg);
   static_assert(kGatingWarps * 32 <= 1024, "block size");
-  if (smem > 48 * 1024) check(cudaFuncSetAttribute(gatingKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                   int(smem)), "gating shared memory");
+  static SharedAllowance allowance;
+  allowance.ensure(reinterpret_cast<const void*>(gatingKernel), smem, "gating shared memory");
   gatingKernel<<<unsigned(ceilDiv(T, kGatingWarps)), kGatingWarps * 32, smem, s>>>(cfg, logits, int(T), bias,
                                                                                  complexity, out, rankTopK(cfg));
   checkLaunch("gatingKernel");

@@ -37,6 +37,9 @@ __device__ __forceinline__ void gateToken(const MoeCudaRouting& cfg, const float
                                           const GatingOut& out, float* probs, const GatingCopy& copy = {},
                                           bool byRank = false) {
   const int lane = threadIdx.x % 32;
+  // A warp that gates several tokens (the fused route+align with fewer warps than tokens) reuses this scratch:
+  // no lane may overwrite it while another still reads the previous token's.
+  __syncwarp();
   const int E = cfg.numExperts, maxK = cfg.maxK;
   float* select = probs + E;
   int* order = reinterpret_cast<int*>(select + E);

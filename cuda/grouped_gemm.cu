@@ -167,13 +167,9 @@ __global__ void __launch_bounds__(kThreads, TL::minBlocks) groupedGemmKernel(Gem
 
 template <typename TL, bool kSwiGLU>
 void launchTile(const GemmArgs& args, cudaStream_t s) {
-  static bool configured = false;  // the attribute is per function and device; setting it twice is harmless
-  if (!configured) {
-    check(cudaFuncSetAttribute(groupedGemmKernel<TL, kSwiGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               int(TL::smemBytes)),
-          "grouped GEMM shared memory");
-    configured = true;
-  }
+  static SharedAllowance allowance;
+  allowance.ensure(reinterpret_cast<const void*>(groupedGemmKernel<TL, kSwiGLU>), TL::smemBytes,
+                   "grouped GEMM shared memory");
   const int64_t blocks = int64_t(args.sched.maxTiles) * (args.N / TL::N);
   if (blocks <= 0) return;
   groupedGemmKernel<TL, kSwiGLU><<<unsigned(blocks), kThreads, TL::smemBytes, s>>>(args);

@@ -177,13 +177,9 @@ __global__ void __launch_bounds__(kHopperThreads, Pipe::kBlocks) hopperGemmKerne
 
 template <typename Pipe, bool kSwiGLU>
 void launchPipe(const GemmArgs& args, cudaStream_t s) {
-  static bool configured = false;
-  if (!configured) {
-    check(cudaFuncSetAttribute(hopperGemmKernel<Pipe, kSwiGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               int(Pipe::kSmem)),
-          "wgmma GEMM shared memory");
-    configured = true;
-  }
+  static SharedAllowance allowance;
+  allowance.ensure(reinterpret_cast<const void*>(hopperGemmKernel<Pipe, kSwiGLU>), Pipe::kSmem,
+                   "wgmma GEMM shared memory");
   const int64_t blocks = int64_t(args.sched.maxTiles) * (args.N / Pipe::kN);
   if (blocks <= 0) return;
   hopperGemmKernel<Pipe, kSwiGLU><<<unsigned(blocks), kHopperThreads, Pipe::kSmem, s>>>(args);

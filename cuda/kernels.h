@@ -66,7 +66,8 @@ void launchAlign(int64_t T, int maxK, int E, const int32_t* indices, const float
                  int tileRows, const AlignOut& out, cudaStream_t s);
 
 // ---- route_align.cu: gating and align fused into one single-block launch, for up to 16 tokens.
-bool routeAlignFused(const MoeCudaRouting& cfg, int64_t T);
+// Whether T tokens take it: few enough, and its shared memory within `sharedLimit` (sharedOptinBytes).
+bool routeAlignFused(const MoeCudaRouting& cfg, int64_t T, size_t sharedLimit);
 void launchRouteAlign(const MoeCudaRouting& cfg, const float* logits, int64_t T, const float* bias,
                       const float* complexity, const GatingOut& g, int tileRows, const AlignOut& out, cudaStream_t s);
 

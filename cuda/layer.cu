@@ -99,9 +99,12 @@ CudaLayer::CudaLayer(const MoeCudaLayerDesc& desc)
 
 void CudaLayer::init(const MoeCudaLayerDesc& desc) {
   if (cfg_.nGroup > 32) throw CudaError("nGroup: the CUDA gating supports at most 32 expert groups");
-  if (gatingSharedBytes(cfg_) > 160 * 1024)
-    throw CudaError("numExperts: too many experts for the CUDA gating kernel's shared memory");
   check(cudaGetDevice(&device_), "cudaGetDevice");
+  sharedOptin_ = sharedOptinBytes(device_);
+  if (gatingSharedBytes(cfg_) > sharedOptin_)
+    throw CudaError("numExperts: too many experts for the CUDA gating kernel's shared memory on this GPU (" +
+                    std::to_string(gatingSharedBytes(cfg_)) + " bytes, " + std::to_string(sharedOptin_) +
+                    " available)");
   check(cudaDeviceGetAttribute(&multiprocessors_, cudaDevAttrMultiProcessorCount, device_), "multiprocessors");
   dPad_ = int(roundUp(d_, kGemmTileN));
   const int64_t f = desc.intermediateSize;
@@ -314,7 +317,8 @@ void CudaLayer::enqueueRoute(const float* x, int64_t T, bool fromLogits, const M
                       stats ? w.lse2.as<float>() : nullptr};
   gatingComplexity_ = complexity;
   // Few tokens: selection runs inside the align launch (enqueueAlign), one kernel for both.
-  if (!routeAlignFused(cfg_, T)) launchGating(cfg_, logits, T, bias_.as<float>(), complexity, gating_, s);
+  if (!routeAlignFused(cfg_, T, sharedOptin_))
+    launchGating(cfg_, logits, T, bias_.as<float>(), complexity, gating_, s);
 }
 
 GemmTile CudaLayer::tileFor(int64_t rows, int experts) const {
@@ -340,7 +344,7 @@ void CudaLayer::enqueueAlign(int64_t T, bool counters, cudaStream_t s) {
                w.badToken.as<int32_t>(),
                w.sliceCounts.as<int32_t>()};
   const int tileRows = gemmTileRows(tileFor(T * maxK_, std::min<int64_t>(E_, T * maxK_)));
-  if (routeAlignFused(cfg_, T))
+  if (routeAlignFused(cfg_, T, sharedOptin_))
     launchRouteAlign(cfg_, w.logits.as<float>(), T, bias_.as<float>(), gatingComplexity_, gating_, tileRows, out, s);
   else
     launchAlign(T, maxK_, E_, w.indices.as<int32_t>(), w.weights.as<float>(), w.k.as<int32_t>(), tileRows, out, s);

@@ -53,9 +53,8 @@ template <int kThreads>
 void launchFused(const MoeCudaRouting& cfg, const float* logits, int64_t T, const float* bias,
                  const float* complexity, const GatingOut& g, int tileRows, const AlignOut& out, cudaStream_t s) {
   const size_t smem = fusedSharedBytes(cfg, T);
-  if (smem > 48 * 1024)
-    check(cudaFuncSetAttribute(routeAlignKernel<kThreads>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-          "route+align shared memory");
+  static SharedAllowance allowance;
+  allowance.ensure(reinterpret_cast<const void*>(routeAlignKernel<kThreads>), smem, "route+align shared memory");
   routeAlignKernel<kThreads><<<1, kThreads, smem, s>>>(cfg, logits, int(T), bias, complexity, g, tileRows, out,
                                                        rankTopK(cfg));
   checkLaunch("routeAlignKernel");
@@ -63,8 +62,8 @@ void launchFused(const MoeCudaRouting& cfg, const float* logits, int64_t T, cons
 
 }  // namespace
 
-bool routeAlignFused(const MoeCudaRouting& cfg, int64_t T) {
-  return T <= kFusedMaxTokens && T * cfg.maxK <= kSmallPairs && fusedSharedBytes(cfg, T) <= 160 * 1024;
+bool routeAlignFused(const MoeCudaRouting& cfg, int64_t T, size_t sharedLimit) {
+  return T <= kFusedMaxTokens && T * cfg.maxK <= kSmallPairs && fusedSharedBytes(cfg, T) <= sharedLimit;
 }
 
 void launchRouteAlign(const MoeCudaRouting& cfg, const float* logits, int64_t T, const float* bias,

@@ -134,6 +134,27 @@ function gpuTests() {
     assert.ok(Math.abs(got.stats.auxLoss - onCpu.stats.auxLoss) <= 1e-4 * onCpu.stats.auxLoss, 'aux');
   });
 
+  gpuTest('concurrent async routes of different sizes share one kernel shared-memory allowance', async () => {
+    // T=16 and T=1 need different dynamic shared memory of the same fused kernel (E=256): a call setting the
+    // kernel's allowance lower while another launches with more failed that launch.
+    const E = 256;
+    const make = (seed: number) =>
+      new Router({
+        numExperts: E,
+        hiddenSize: 8,
+        gateWeight: randn(E * 8, seed),
+        selection: { kind: 'topk', k: 8 },
+        backend: 'cuda',
+      });
+    const routers = [make(SEED + 160), make(SEED + 161), make(SEED + 162)];
+    const inputs = [16, 1, 9].map((T, i) => randn(T * 8, SEED + 170 + i));
+    const expected = routers.map((r, i) => Array.from(r.route(inputs[i]).indices));
+    for (let round = 0; round < 40; round++) {
+      const got = await Promise.all(routers.map((r, i) => r.routeAsync(inputs[i])));
+      got.forEach((g, i) => assert.equal(Array.from(g.indices), expected[i], `round ${round}, router ${i}`));
+    }
+  });
+
   gpuTest('DeepSeek-V3 groups on the GPU: 256 experts / 8 groups / keep 4 / top-8, sigmoid, selection bias', () => {
     let seed = SEED + 100;
     for (const score of ['top2sum', 'max'] as const) {
