@@ -438,6 +438,37 @@ test('the drained load balance judges the expert tokens of at least E assignment
   assert.ok(seen[0] <= 1 && seen[0] > 0);
 });
 
+test('calls counted on several threads, drained in between, add up to every call once', async () => {
+  // The native counters are sharded per thread and a drain reads the shards written so far: async calls land on
+  // the libuv pool's threads, sync ones on the main thread, errors on either.
+  const E = 8,
+    d = 16,
+    T = 3;
+  const router = new Router({ numExperts: E, hiddenSize: d, gateWeight: randn(E * d, SEED + 40), threads: 1 });
+  let calls = 0,
+    tokens = 0,
+    errors = 0;
+  const drain = () => {
+    const t = router.drainTelemetry();
+    calls += t.calls;
+    tokens += t.tokens;
+    errors += Object.values(t.errors).reduce((a, b) => a + b, 0);
+  };
+  drain();
+  for (let round = 0; round < 6; round++) {
+    const pending = Array.from({ length: 4 }, (_, i) => router.routeAsync(randn(T * d, SEED + 50 + 10 * round + i)));
+    router.route(randn(T * d, SEED + 49 - round));
+    if (round % 2 === 0) drain();
+    await Promise.all(pending);
+    await router.routeAsync(new Float32Array(T * d).fill(NaN)).catch(() => undefined);
+    if (round % 3 === 0) drain();
+  }
+  drain();
+  assert.is(calls, 6 * 5, 'successful calls');
+  assert.is(tokens, 6 * 5 * T);
+  assert.is(errors, 6, 'one error per round');
+});
+
 test('real Router and MoELayer: counts after traffic match the calls', async () => {
   const E = 8,
     d = 16,

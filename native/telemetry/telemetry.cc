@@ -51,6 +51,9 @@ Telemetry::Telemetry(int numExperts, int maxK) : numExperts_(numExperts), maxK_(
 
 std::atomic<uint64_t>* Telemetry::shard() {
   static thread_local const size_t mine = std::hash<std::thread::id>()(std::this_thread::get_id()) % kShards;
+  const uint32_t bit = uint32_t(1) << mine;
+  // (set before the counts: a drain that sees the bit late picks them up at the next drain, as any late count)
+  if (!(usedShards_.load(std::memory_order_relaxed) & bit)) usedShards_.fetch_or(bit, std::memory_order_relaxed);
   return values_.get() + mine * counters_;
 }
 
@@ -129,11 +132,6 @@ void Telemetry::recordCounts(uint64_t calls, uint64_t tokens, uint64_t assignmen
 
 void Telemetry::recordError(ErrorKind kind) { shard()[kErrors + size_t(kind)].fetch_add(1, std::memory_order_relaxed); }
 
-uint64_t Telemetry::total(size_t index) const {
-  uint64_t sum = 0;
-  for (int s = 0; s < kShards; ++s) sum += values_[size_t(s) * counters_ + index].load(std::memory_order_relaxed);
-  return sum;
-}
 
 double Telemetry::windowLoadBalance(const std::vector<uint64_t>& expertTokens) {
   for (int e = 0; e < numExperts_; ++e) {
@@ -156,9 +154,16 @@ double Telemetry::windowLoadBalance(const std::vector<uint64_t>& expertTokens) {
 
 Delta Telemetry::drain() {
   std::lock_guard<std::mutex> lock(drainMutex_);
-  std::vector<uint64_t> now(counters_);
+  std::vector<uint64_t>& now = now_;
+  now.assign(counters_, 0);
+  const uint32_t used = usedShards_.load(std::memory_order_relaxed);
+  for (int s = 0; s < kShards; ++s) {
+    if (!(used & (uint32_t(1) << s))) continue;
+    const std::atomic<uint64_t>* v = values_.get() + size_t(s) * counters_;
+    for (size_t i = 0; i < counters_; ++i) now[i] += v[i].load(std::memory_order_relaxed);
+  }
   for (size_t i = 0; i < counters_; ++i) {
-    now[i] = total(i) - previous_[i];
+    now[i] -= previous_[i];
     previous_[i] += now[i];
   }
   Delta d;

@@ -75,13 +75,16 @@ class Telemetry {
   static constexpr int kShards = 8;
   size_t slot(size_t index) const;  // index within a shard's counter block
   std::atomic<uint64_t>* shard();
-  uint64_t total(size_t index) const;
   double windowLoadBalance(const std::vector<uint64_t>& expertTokens);  // see Delta::loadBalance
 
   int numExperts_, maxK_;
   size_t counters_;                 // counters per shard (padded to a cache-line multiple)
   std::unique_ptr<std::atomic<uint64_t>[]> values_;  // kShards * counters_
+  // Bit s: shard s has been written to. A drain reads only those (a process's calls usually land in one or two
+  // shards: most of a cold drain's cost is the cache lines it reads). Bits are never cleared.
+  std::atomic<uint32_t> usedShards_{0};
   std::vector<uint64_t> previous_;  // drainer only
+  std::vector<uint64_t> now_;       // drainer only: this drain's deltas
   std::vector<uint64_t> balanceTokens_;  // drainer only: expert tokens not yet in a load balance value
   uint64_t balanceAssignments_ = 0;
   std::mutex drainMutex_;           // serialises drainers, never taken by compute
