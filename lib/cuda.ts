@@ -33,11 +33,25 @@ export function cudaPluginCandidates(): string[] {
 
 let status: CudaStatus | undefined;
 
-/** Loads the CUDA plugin once (later calls return the same answer) and reports whether it can run here. */
+/**
+ * Loads the CUDA plugin once (later calls return the same answer) and reports whether it can run here. The answer
+ * is a copy: changing it changes nothing the backend choice reads.
+ */
 export function cudaStatus(): CudaStatus {
+  const s = loadStatus();
+  return { ...s, device: s.device && { ...s.device } };
+}
+
+function loadStatus(): CudaStatus {
   if (status) return status;
   if (process.platform !== 'linux') {
     status = { available: false, reason: `the CUDA backend is built for Linux only (this is ${process.platform})` };
+    return status;
+  }
+  const explicit = process.env.MOE_CUDA_PLUGIN;
+  if (explicit && !fs.existsSync(path.resolve(explicit))) {
+    // a path the user named is not silently replaced by another plugin
+    status = { available: false, reason: `MOE_CUDA_PLUGIN is ${explicit}, which does not exist` };
     return status;
   }
   const candidates = cudaPluginCandidates();

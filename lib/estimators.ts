@@ -12,6 +12,7 @@
  */
 import { ValidationError, RouterConfigurationError, describe } from './errors';
 import { callNative, native } from './native';
+import { requireOneOf } from './validate';
 
 /** Inputs an estimator may read. `x` is always there; the rest only when the estimator needs it. */
 export interface ComplexityContext {
@@ -39,6 +40,7 @@ export type EstimatorName =
   'router_entropy' | 'gradient_norm' | 'attention_entropy' | 'perplexity_proxy' | 'threshold' | 'custom';
 
 export type CalibrationMode = 'zscore' | 'quantile' | 'none';
+const CALIBRATION_MODES = ['zscore', 'quantile', 'none'] as const;
 
 /** Declarative estimator choice, as accepted by `Selection.estimator`. */
 export type EstimatorSpec =
@@ -81,7 +83,11 @@ export class Calibrator {
   private frozen = false;
   private knots: Float64Array | undefined;
 
-  constructor(readonly mode: CalibrationMode) {}
+  readonly mode: CalibrationMode;
+
+  constructor(mode: CalibrationMode) {
+    this.mode = requireOneOf('calibration', mode, CALIBRATION_MODES);
+  }
 
   /** Whether `fit` has frozen the mapping. */
   get calibrated(): boolean {
@@ -214,8 +220,9 @@ export abstract class ComplexityEstimator {
       contexts[0] !== null &&
       'x' in (contexts[0] as object)
     ) {
+      // (appended one by one: a spread of a long context's signals overflows the call stack)
       const values: number[] = [];
-      for (const ctx of contexts as ComplexityContext[]) values.push(...this.raw(ctx));
+      for (const ctx of contexts as ComplexityContext[]) for (const v of this.raw(ctx)) values.push(v);
       this.calibrator.fit(values);
     } else {
       this.calibrator.fit(samples as ArrayLike<number>);
@@ -245,11 +252,10 @@ export class RouterEntropyEstimator extends ComplexityEstimator {
 /** L2 (or L1) norm of each row of `context.tensor` (hidden states by default). */
 export class GradientNormEstimator extends ComplexityEstimator {
   readonly name = 'gradient_norm';
-  constructor(
-    readonly norm: 'l2' | 'l1' = 'l2',
-    calibration: CalibrationMode = 'zscore',
-  ) {
+  readonly norm: 'l2' | 'l1';
+  constructor(norm: 'l2' | 'l1' = 'l2', calibration: CalibrationMode = 'zscore') {
     super(calibration);
+    this.norm = requireOneOf('gradient_norm.norm', norm, ['l2', 'l1'] as const);
   }
   raw(ctx: ComplexityContext): Float32Array {
     const tensor = ctx.tensor ?? ctx.x;
@@ -272,11 +278,10 @@ export class GradientNormEstimator extends ComplexityEstimator {
 /** Entropy of the token's attention row over the span, normalised by log S; mean or max over heads. */
 export class AttentionEntropyEstimator extends ComplexityEstimator {
   readonly name = 'attention_entropy';
-  constructor(
-    readonly reduce: 'mean' | 'max' = 'mean',
-    calibration: CalibrationMode = 'zscore',
-  ) {
+  readonly reduce: 'mean' | 'max';
+  constructor(reduce: 'mean' | 'max' = 'mean', calibration: CalibrationMode = 'zscore') {
     super(calibration);
+    this.reduce = requireOneOf('attention_entropy.reduce', reduce, ['mean', 'max'] as const);
   }
   raw(ctx: ComplexityContext): Float32Array {
     const attention = need(ctx.attention, 'attention', this.name);
@@ -329,7 +334,7 @@ export class PerplexityProxyEstimator extends ComplexityEstimator {
  */
 export class ThresholdScheduleEstimator extends ComplexityEstimator {
   readonly name = 'threshold';
-  readonly boundaries: number[];
+  readonly boundaries: readonly number[];
   constructor(boundaries: number[]) {
     super('none');
     if (!Array.isArray(boundaries) || boundaries.length === 0 || boundaries.some((b) => !Number.isFinite(b))) {
@@ -337,7 +342,7 @@ export class ThresholdScheduleEstimator extends ComplexityEstimator {
         `threshold.boundaries: expected a non-empty array of finite numbers, got ${describe(boundaries)}`,
       );
     }
-    this.boundaries = [...boundaries].sort((a, b) => a - b);
+    this.boundaries = Object.freeze([...boundaries].sort((a, b) => a - b));
   }
   raw(ctx: ComplexityContext): Float32Array {
     const out = new Float32Array(ctx.tokens);
@@ -377,6 +382,11 @@ export class CustomEstimator extends ComplexityEstimator {
 /** Builds an estimator from a spec (or returns the instance given). */
 export function createEstimator(spec: EstimatorSpec | ComplexityEstimator = 'router_entropy'): ComplexityEstimator {
   if (spec instanceof ComplexityEstimator) return spec;
+  if (typeof spec !== 'string' && (typeof spec !== 'object' || spec === null)) {
+    throw new RouterConfigurationError(
+      `estimator: expected a name, a spec such as { name: 'router_entropy' } or an estimator, got ${describe(spec)}`,
+    );
+  }
   const s = typeof spec === 'string' ? ({ name: spec } as Exclude<EstimatorSpec, string>) : spec;
   const calibration = 'calibration' in s && s.calibration ? s.calibration : undefined;
   switch (s.name) {

@@ -139,10 +139,12 @@ export class MoELayer {
     this.router = opts.router;
     const { numExperts: E, hiddenSize: d } = this.router.config;
     this.backend = resolveBackend(opts.backend ?? this.router.backend, 'MoELayer');
-    this.dtype = requireOneOf('dtype', opts.dtype ?? (this.backend === 'cuda' ? 'bf16' : 'fp32'), [
-      'fp32',
-      'bf16',
-    ] as const);
+    this.dtype = requireOneOf(
+      'dtype',
+      opts.dtype ?? (this.backend === 'cuda' ? 'bf16' : 'fp32'),
+      ['fp32', 'bf16'] as const,
+      ValidationError,
+    );
     if (this.backend === 'cuda' && this.dtype !== 'bf16')
       throw new ValidationError(
         `dtype: the CUDA backend keeps bf16 weights (fp32 accumulation); omit dtype or pass 'bf16'`,
@@ -175,6 +177,8 @@ export class MoELayer {
     }
     const expertAt = expertSource(opts.experts, E);
     const first = expertAt(0);
+    if (!first || typeof first !== 'object')
+      throw new ValidationError(`experts[0]: expected { w1, w3, w2 }, got ${describe(first)}`);
     const f = opts.intermediateSize ?? first.w1?.length / d;
     this.intermediateSize = requireInt('intermediateSize', f, 1, 1 << 20, ValidationError);
     const handle: NativeLayerHandle | NativeCudaLayerHandle = callNative('MoELayer', () =>

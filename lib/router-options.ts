@@ -62,6 +62,10 @@ export function resolveRouting(opts: RouterOptions, defaultThreads: number): Res
   let topkGroup = 0;
   let groupScore: 'top2sum' | 'max' = 'top2sum';
   if (opts.groups !== undefined) {
+    if (typeof opts.groups !== 'object' || opts.groups === null)
+      throw new RouterConfigurationError(
+        `groups: expected { nGroup, topkGroup, score? } (or no groups option), got ${describe(opts.groups)}`,
+      );
     nGroup = requireInt('groups.nGroup', opts.groups.nGroup, 1, Math.min(E, 1024));
     if (E % nGroup !== 0)
       throw new RouterConfigurationError(`groups.nGroup: ${nGroup} does not divide numExperts=${E}`);

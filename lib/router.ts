@@ -22,7 +22,7 @@ import {
   type RouterOptions,
 } from './router-options';
 import type { RouteOptions, RoutingResult, Selection } from './types';
-import { requireFloat32 } from './validate';
+import { callOptions, requireFloat32 } from './validate';
 import { decodeTelemetry, type TelemetryDelta } from './observability/telemetry-types';
 import { SerialQueue } from './serial-queue';
 
@@ -155,6 +155,7 @@ export class Router {
    */
   routeLogits(logits: Float32Array, opts: RouteOptions = {}): RoutingResult {
     const prepared = this.countValidationErrors((): PreparedRouting => {
+      opts = callOptions(opts);
       requireFloat32('logits', logits, { multipleOf: this.numExperts });
       const T = logits.length / this.numExperts;
       const start = process.hrtime.bigint();
@@ -217,6 +218,7 @@ export class Router {
    * row norms of x), nothing is computed here and `device` carries the request; else the host prepares.
    */
   prepareFor(x: Float32Array, opts: RouteOptions, onDevice = this.backend === 'cuda'): PreparedDeviceRouting {
+    opts = callOptions(opts);
     if (onDevice && this.config.selection === 'dynamic') {
       const T = this.tokensOf(x, 'x');
       const device = deviceComplexityFor(this.estimator, T, opts);
@@ -262,13 +264,14 @@ export class Router {
       return c;
     }
     const estimator = this.estimator!;
+    // (the router's own facts last: a context cannot replace them)
     const c = estimator.estimate({
+      ...opts.context,
       x: x ?? new Float32Array(0),
       tokens: T,
       hiddenSize: this.hiddenSize,
       logits: logits ?? undefined,
       numExperts: this.numExperts,
-      ...opts.context,
     });
     for (let i = 0; i < T; i++) {
       if (!(c[i] >= 0 && c[i] <= 1)) {

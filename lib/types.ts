@@ -73,5 +73,8 @@ export interface RouteOptions {
   /** Per-token complexity in [0,1] for the dynamic rule; overrides the router's estimator. */
   complexity?: Float32Array;
   /** Extra inputs for estimators that need them (attention, LM logits, token positions, a tensor to norm). */
-  context?: Partial<import('./estimators').ComplexityContext>;
+  context?: Omit<
+    Partial<import('./estimators').ComplexityContext>,
+    'x' | 'tokens' | 'hiddenSize' | 'logits' | 'numExperts'
+  >;
 }

@@ -81,11 +81,22 @@ export function requireFinite(name: string, arr: Float32Array, ErrorType: ErrorC
 }
 
 /** One of the allowed strings. */
-export function requireOneOf<T extends string>(name: string, value: unknown, allowed: readonly T[]): T {
+export function requireOneOf<T extends string>(
+  name: string,
+  value: unknown,
+  allowed: readonly T[],
+  ErrorType: ErrorClass = RouterConfigurationError,
+): T {
   if (typeof value !== 'string' || !(allowed as readonly string[]).includes(value)) {
-    throw new RouterConfigurationError(
-      `${name}: expected one of ${allowed.map((a) => `'${a}'`).join(', ')}, got ${describe(value)}`,
-    );
+    throw new ErrorType(`${name}: expected one of ${allowed.map((a) => `'${a}'`).join(', ')}, got ${describe(value)}`);
   }
   return value as T;
+}
+
+/** A call's options: undefined gives {}, anything but an object is a ValidationError. */
+export function callOptions<T extends object>(opts: T | undefined): T {
+  if (opts === undefined) return {} as T;
+  if (typeof opts !== 'object' || opts === null)
+    throw new ValidationError(`options: expected an object (or nothing), got ${describe(opts)}`);
+  return opts;
 }

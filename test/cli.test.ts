@@ -222,6 +222,18 @@ test('--selection grammar', () => {
     () => parseSelection('top:2'),
     (e: Error) => e instanceof UsageError,
   );
+  // estimators the commands cannot feed (no attention, no LM logits), and stray parts
+  for (const bad of [
+    'dynamic:1-4:attention_entropy',
+    'dynamic:1-4:perplexity_proxy',
+    'topk:2:junk',
+    'dynamic:1-4:router_entropy:x',
+  ])
+    assert.throws(
+      () => parseSelection(bad),
+      (e: Error) => e instanceof UsageError,
+      bad,
+    );
 });
 
 test.run();

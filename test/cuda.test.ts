@@ -9,6 +9,7 @@
  * (on the bf16-rounded weights and input) given the routing the GPU chose.
  */
 process.env.MOE_CUDA_POISON ??= '1';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -37,6 +38,20 @@ test('backend option: "cpu" never touches the GPU; "auto" and backendInfo agree 
     () => new Router({ numExperts: 4, hiddenSize: 8, gateWeight: randn(32, SEED), backend: 'gpu' as never }),
     (e: unknown) => e instanceof ValidationError && /backend/.test((e as Error).message),
   );
+});
+
+test('MOE_CUDA_PLUGIN naming a missing file says so, instead of loading another plugin (child process)', () => {
+  const script = `const { cudaStatus } = require(${JSON.stringify(path.join(__dirname, '..', 'lib'))});
+    console.log(JSON.stringify(cudaStatus()));`;
+  const r = spawnSync(process.execPath, ['--import', 'tsx', '-e', script], {
+    encoding: 'utf8',
+    timeout: 60_000,
+    env: { ...process.env, MOE_CUDA_PLUGIN: path.join(os.tmpdir(), 'no-such-dir', 'moe_cuda.so') },
+  });
+  assert.is(r.status, 0, r.stderr);
+  const got = JSON.parse(r.stdout.trim().split('\n').pop()!);
+  assert.is(got.available, false);
+  assert.match(got.reason, /MOE_CUDA_PLUGIN is .*no-such-dir.*, which does not exist/);
 });
 
 if (!status.available) {

@@ -4,7 +4,15 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { DynamicMoEError, Router, RouterConfigurationError, ValidationError } from '../lib';
+import {
+  cudaStatus,
+  DynamicMoEError,
+  MoELayer,
+  Router,
+  RouterConfigurationError,
+  ThresholdScheduleEstimator,
+  ValidationError,
+} from '../lib';
 import { randn } from './helpers/random';
 
 const E = 8;
@@ -144,6 +152,72 @@ test('rejections are async too, and the router keeps working afterwards', async 
   assert.instance(rejected, ValidationError);
   const ok = await router.routeAsync(randn(4 * d, 9));
   assert.is(ok.k.length, 4);
+});
+
+test('null and misspelled options are package errors, never TypeErrors or silent defaults', async () => {
+  throwsWith(() => make({ groups: null }), RouterConfigurationError, /groups: expected \{ nGroup, topkGroup/);
+  throwsWith(
+    () => make({ selection: { kind: 'dynamic', minK: 1, maxK: 4, estimator: null } }),
+    RouterConfigurationError,
+    /estimator: expected a name/,
+  );
+  for (const [estimator, pattern] of [
+    [
+      { name: 'router_entropy', calibration: 'quantle' },
+      /calibration: expected one of 'zscore', 'quantile', 'none', got "quantle"/,
+    ],
+    [{ name: 'gradient_norm', norm: 'l3' }, /gradient_norm\.norm: expected one of 'l2', 'l1'/],
+    [{ name: 'attention_entropy', reduce: 'maximum' }, /attention_entropy\.reduce: expected one of 'mean', 'max'/],
+  ] as const)
+    throwsWith(
+      () => make({ selection: { kind: 'dynamic', minK: 1, maxK: 4, estimator } }),
+      RouterConfigurationError,
+      pattern,
+    );
+  const router = make({});
+  const x = randn(2 * d, 3);
+  throwsWith(() => router.route(x, null as never), ValidationError, /options: expected an object/);
+  throwsWith(() => router.routeLogits(randn(2 * E, 4), 7 as never), ValidationError, /options: expected an object/);
+  await router.routeAsync(x, null as never).then(
+    () => assert.unreachable('resolved'),
+    (e: Error) => assert.instance(e, ValidationError),
+  );
+  throwsWith(
+    () => new MoELayer({ router, experts: () => undefined as never }),
+    ValidationError,
+    /experts\[0\]: expected \{ w1, w3, w2 \}, got undefined/,
+  );
+  const expert = { w1: randn(4 * d, 5), w3: randn(4 * d, 6), w2: randn(d * 4, 7) };
+  throwsWith(
+    () => new MoELayer({ router, experts: () => expert, dtype: 'fp16' as never }),
+    ValidationError,
+    /dtype: expected one of 'fp32', 'bf16'/,
+  );
+});
+
+test('a context cannot replace what the router knows; estimator state handed out cannot be corrupted', () => {
+  const router = make({ selection: { kind: 'dynamic', minK: 1, maxK: 4, estimator: 'gradient_norm' } });
+  router.estimator!.calibrate(Array.from({ length: 50 }, (_, i) => 2 + i / 10)); // frozen: calls do not move it
+  const x = randn(3 * d, 8);
+  const plain = router.route(x);
+  // tokens: 1 from a context once made the estimator score one token of three
+  const withContext = router.route(x, { context: { tokens: 1 } as never });
+  assert.equal(Array.from(withContext.k), Array.from(plain.k));
+  const schedule = new ThresholdScheduleEstimator([256, 64]);
+  assert.equal([...schedule.boundaries], [64, 256]);
+  assert.throws(() => (schedule.boundaries as number[]).push(1));
+  const status = cudaStatus();
+  (status as { available: boolean }).available = !status.available;
+  assert.is.not(cudaStatus().available, status.available, 'cudaStatus() hands out a copy');
+});
+
+test('calibrating on a long context (300,000 tokens) works', () => {
+  const router = make({ selection: { kind: 'dynamic', minK: 1, maxK: 4, estimator: 'gradient_norm' } });
+  const T = 300_000;
+  const x = new Float32Array(T * d);
+  for (let i = 0; i < x.length; i++) x[i] = Math.sin(i * 0.37) * (1 + (i % 7));
+  router.estimator!.calibrate({ x, tokens: T, hiddenSize: d });
+  assert.ok(router.estimator!.calibrator.calibrated);
 });
 
 test.run();

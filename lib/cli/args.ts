@@ -54,18 +54,14 @@ export function dtypeOption(values: Record<string, unknown>): 'fp32' | 'bf16' {
   return v;
 }
 
-const ESTIMATORS: EstimatorName[] = [
-  'router_entropy',
-  'gradient_norm',
-  'attention_entropy',
-  'perplexity_proxy',
-  'threshold',
-  'custom',
-];
+// The estimators the commands can feed: they pass hidden states and router logits, never attention or LM logits.
+const ESTIMATORS: EstimatorName[] = ['router_entropy', 'gradient_norm'];
 
 /** topk:K | topp:P | threshold:TAU | dynamic:MIN-MAX[:ESTIMATOR] */
 export function parseSelection(text: string): Selection {
-  const [kind, value, extra] = text.split(':');
+  const [kind, value, extra, ...rest] = text.split(':');
+  if (rest.length > 0 || (extra !== undefined && kind !== 'dynamic'))
+    throw new UsageError(`--selection ${text}: too many ':' parts`);
   const number = (s: string | undefined, what: string) => {
     const n = Number(s);
     if (s === undefined || s === '' || !Number.isFinite(n))
@@ -86,9 +82,9 @@ export function parseSelection(text: string): Selection {
           `--selection ${text}: expected dynamic:MIN-MAX[:ESTIMATOR], e.g. dynamic:1-4:router_entropy`,
         );
       const estimator = (extra ?? 'router_entropy') as EstimatorName;
-      if (!ESTIMATORS.includes(estimator) || estimator === 'custom' || estimator === 'threshold') {
+      if (!ESTIMATORS.includes(estimator)) {
         throw new UsageError(
-          `--selection ${text}: estimator must be one of router_entropy, gradient_norm, attention_entropy, perplexity_proxy`,
+          `--selection ${text}: estimator must be one of ${ESTIMATORS.join(', ')} (the commands have no attention or LM logits to feed the others)`,
         );
       }
       return { kind: 'dynamic', minK: Number(m[1]), maxK: Number(m[2]), estimator };
