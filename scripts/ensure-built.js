@@ -27,5 +27,5 @@ const prebuilds = fs.existsSync(prebuildDir) ? fs.readdirSync(prebuildDir).map((
 // node-gyp-build prefers build/Release over prebuilds/, so a stale local build must not survive either.
 const prebuildStale = prebuilds.length === 0 || oldest(prebuilds) < sources;
 const localStale = fs.existsSync(built) && fs.statSync(built).mtimeMs < sources;
-if (prebuildStale || localStale) run('npm run prebuild');
+if (prebuildStale || localStale) run('npm run build:prebuild');
 run('npm run build:ts --silent');
