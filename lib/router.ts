@@ -2,7 +2,7 @@
  * `Router`: scores router logits and chooses experts per token, natively, for every rule of lib/types.ts.
  * JS validates and allocates the outputs; native/binding/router_wrap.cc translates; native/cpu computes.
  */
-import { ValidationError } from './errors';
+import { ExpertDispatchError, ValidationError } from './errors';
 import type { ComplexityEstimator } from './estimators';
 import { routerOptionsFromConfig, type FromConfigOverrides } from './models/router-config';
 import { absorbDeviceComplexity, deviceComplexityFor, refreshDeviceComplexity, resolveBackend } from './cuda';
@@ -57,8 +57,10 @@ export class Router {
   readonly handle: NativeRouterHandle;
   /** Where route() runs: 'cpu' or 'cuda' (see RouterOptions.backend). */
   readonly backend: 'cpu' | 'cuda';
-  /** @internal The GPU router, when backend is 'cuda'. */
-  readonly cudaHandle: NativeCudaLayerHandle | undefined;
+  private gpu: NativeCudaLayerHandle | undefined;
+  private disposed = false;
+  /** routeAsync calls queued or running: dispose() frees the GPU router after them. */
+  private pendingAsync = 0;
   private readonly queue = new SerialQueue();
 
   /**
@@ -77,8 +79,34 @@ export class Router {
         new addon.NativeRouter(cfg, opts.gateWeight, opts.bias ?? null, this.config.threads, opts.logitBias ?? null),
     );
     this.backend = resolveBackend(opts.backend ?? 'cpu', 'Router');
-    if (this.backend === 'cuda')
-      this.cudaHandle = callNative('Router', () => new addon.NativeCudaLayer(this.handle, 1, 0));
+    if (this.backend === 'cuda') this.gpu = callNative('Router', () => new addon.NativeCudaLayer(this.handle, 1, 0));
+  }
+
+  /** @internal The GPU router, when backend is 'cuda' (until dispose()). */
+  get cudaHandle(): NativeCudaLayerHandle | undefined {
+    return this.gpu;
+  }
+
+  /**
+   * Frees a CUDA router's device memory: now, or — when routeAsync calls are still pending — once they have run
+   * (they complete normally). Either way the router refuses new calls from here on. Layers built on it keep
+   * working (they hold what they need). A CPU router holds host memory only, which the garbage collector frees.
+   */
+  dispose(): void {
+    this.disposed = true;
+    const gpu = this.gpu;
+    this.gpu = undefined;
+    if (!gpu) return;
+    if (this.pendingAsync === 0) gpu.dispose();
+    else void this.queue.run(async () => gpu.dispose()).catch(() => undefined); // (never rejects today)
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  private live(): void {
+    if (this.disposed) throw new ExpertDispatchError('Router: this router was disposed');
   }
 
   /**
@@ -113,6 +141,7 @@ export class Router {
    * @throws ValidationError for a wrong type or length, a detached buffer, or NaN/Inf in x (found natively).
    */
   route(x: Float32Array, opts: RouteOptions = {}): RoutingResult {
+    this.live();
     const { prepared, device } = this.countValidationErrors(() => this.prepareFor(x, opts));
     const buffers = this.allocate(prepared, opts);
     const args = this.nativeArgs(x, prepared, buffers);
@@ -126,23 +155,30 @@ export class Router {
    * of one router run one after another.
    */
   async routeAsync(x: Float32Array, opts: RouteOptions = {}): Promise<RoutingResult> {
+    this.live();
     const { prepared, device } = this.countValidationErrors(() => this.prepareFor(x, opts));
     x = this.privateInputs(x, prepared, opts);
     const buffers = this.allocate(prepared, opts);
     const args = this.nativeArgs(x, prepared, buffers);
     const cuda = this.cudaHandle;
-    await this.queue.run(() =>
-      callNativeAsync('routeAsync', () => {
-        if (!cuda) return this.handle.routeAsync(...args);
-        if (device) refreshDeviceComplexity(this.estimator, device);
-        return cuda.routeAsync(...args, device);
-      }),
-    );
+    this.pendingAsync++;
+    try {
+      await this.queue.run(() =>
+        callNativeAsync('routeAsync', () => {
+          if (!cuda) return this.handle.routeAsync(...args);
+          if (device) refreshDeviceComplexity(this.estimator, device);
+          return cuda.routeAsync(...args, device);
+        }),
+      );
+    } finally {
+      this.pendingAsync--;
+    }
     return this.finishDevice(buffers, device);
   }
 
   /** Router logits [T, E] = x · gateWeightᵀ (plus logitBias). */
   logits(x: Float32Array): Float32Array {
+    this.live();
     const T = this.tokensOf(x, 'x');
     const out = new Float32Array(T * this.numExperts);
     callNative('logits', () => this.handle.gate(x, T, out));
@@ -154,6 +190,7 @@ export class Router {
    * @throws ValidationError for a wrong length or non-finite logits.
    */
   routeLogits(logits: Float32Array, opts: RouteOptions = {}): RoutingResult {
+    this.live();
     const prepared = this.countValidationErrors((): PreparedRouting => {
       opts = callOptions(opts);
       requireFloat32('logits', logits, { multipleOf: this.numExperts });

@@ -149,6 +149,24 @@ function gpuTests() {
     assert.ok(Math.abs(got.stats.auxLoss - onCpu.stats.auxLoss) <= 1e-4 * onCpu.stats.auxLoss, 'aux');
   });
 
+  gpuTest('a CUDA router disposed with routes pending: they complete, then calls are refused', async () => {
+    const E = 64;
+    const router = new Router({
+      numExperts: E,
+      hiddenSize: 8,
+      gateWeight: randn(E * 8, SEED + 180),
+      selection: { kind: 'topk', k: 4 },
+      backend: 'cuda',
+    });
+    const x = randn(5 * 8, SEED + 181);
+    const expected = Array.from(router.route(x).indices);
+    const pending = [router.routeAsync(x), router.routeAsync(x)];
+    router.dispose();
+    for (const p of pending) assert.equal(Array.from((await p).indices), expected);
+    assert.throws(() => router.route(x), /disposed/);
+    assert.is(router.cudaHandle, undefined);
+  });
+
   gpuTest('concurrent async routes of different sizes share one kernel shared-memory allowance', async () => {
     // T=16 and T=1 need different dynamic shared memory of the same fused kernel (E=256): a call setting the
     // kernel's allowance lower while another launches with more failed that launch.

@@ -7,6 +7,7 @@ import * as assert from 'uvu/assert';
 import {
   cudaStatus,
   DynamicMoEError,
+  ExpertDispatchError,
   MoELayer,
   Router,
   RouterConfigurationError,
@@ -218,6 +219,26 @@ test('calibrating on a long context (300,000 tokens) works', () => {
   for (let i = 0; i < x.length; i++) x[i] = Math.sin(i * 0.37) * (1 + (i % 7));
   router.estimator!.calibrate({ x, tokens: T, hiddenSize: d });
   assert.ok(router.estimator!.calibrator.calibrated);
+});
+
+test('dispose(): pending async calls complete, new calls are refused, layers built on the router keep working', async () => {
+  const router = make({});
+  const x = randn(4 * d, 9);
+  const expected = Array.from(router.route(x).indices);
+  const expert = { w1: randn(4 * d, 10), w3: randn(4 * d, 11), w2: randn(d * 4, 12) };
+  const layer = new MoELayer({ router, experts: () => expert });
+  const pending = router.routeAsync(x);
+  router.dispose();
+  assert.equal(Array.from((await pending).indices), expected);
+  throwsWith(() => router.route(x), ExpertDispatchError, /disposed/);
+  throwsWith(() => router.routeLogits(randn(4 * E, 13)), ExpertDispatchError, /disposed/);
+  await router.routeAsync(x).then(
+    () => assert.unreachable('resolved'),
+    (e: Error) => assert.instance(e, ExpertDispatchError),
+  );
+  assert.equal(Array.from(layer.forward(x).routing.indices), expected);
+  router.dispose(); // twice is fine
+  layer.dispose();
 });
 
 test.run();
