@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// `npm test` runs this first. It (re)builds what is missing or older than its sources — the bundled prebuild
+// `npm test` and `npm pack` (prepack: a publish never ships a missing or stale prebuild) run this first. It (re)builds what is missing or older than its sources — the bundled prebuild
 // (prebuildify, which moves its fresh build out of build/Release) and any stale build/Release — then the
 // TypeScript in dist/.
 'use strict';
@@ -8,7 +8,8 @@ const fs = require('node:fs');
 const path = require('node:path');
 
 const root = path.join(__dirname, '..');
-const run = (cmd) => execSync(cmd, { cwd: root, stdio: 'inherit' });
+// (the builds' output goes to stderr: `npm pack --json`, whose prepack this also is, keeps a clean stdout)
+const run = (cmd) => execSync(cmd, { cwd: root, stdio: [0, 2, 2] });
 
 function newest(p) {
   const stat = fs.statSync(p);
