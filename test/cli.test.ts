@@ -133,6 +133,9 @@ test('profile prints static against dynamic FLOPs for a checkpoint layer', () =>
   const usage = cli('bench', '--benches', 'nope');
   assert.is(usage.status, 2);
   assert.match(usage.stderr, /unknown "nope"/);
+  const format = cli('serve', '--synthetic', 'olmoe', '--log-format', 'jsno');
+  assert.is(format.status, 2, format.stderr);
+  assert.match(format.stderr, /--log-format jsno: expected json or pretty/);
 });
 
 test('serve answers /metrics, /health and /ready under load and stops on SIGTERM with system.shutdown', async () => {

@@ -39,7 +39,8 @@ export async function serveCommand(argv: string[]): Promise<void> {
     return;
   }
   const dtype = dtypeOption(v);
-  const format = v['log-format'] === 'pretty' ? 'pretty' : 'json';
+  const format = v['log-format'] ?? 'json';
+  if (format !== 'json' && format !== 'pretty') throw new UsageError(`--log-format ${format}: expected json or pretty`);
   const load = intOption(v, 'load', 0, 0)!;
   const tokens = intOption(v, 'tokens', 32, 1)!;
   const duration = intOption(v, 'duration', undefined, 1);
