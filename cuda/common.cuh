@@ -23,11 +23,11 @@ inline void check(cudaError_t status, const char* what) {
 inline void checkLaunch(const char* kernel) { check(cudaGetLastError(), kernel); }
 
 // The most dynamic shared memory one block may opt in to on `device` (227 KB on sm_90, 163 KB on sm_80, 99 KB on
-// sm_86 / sm_89).
+// sm_86 / sm_89), less what the kernels' static __shared__ variables may take beside it (a few words; 1 KB kept).
 inline size_t sharedOptinBytes(int device) {
   int bytes = 0;
   check(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "shared memory opt-in");
-  return size_t(bytes);
+  return bytes > 1024 ? size_t(bytes) - 1024 : 0;
 }
 
 // One kernel's dynamic shared-memory allowance (cudaFuncAttributeMaxDynamicSharedMemorySize, per device): raised

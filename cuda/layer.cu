@@ -100,7 +100,8 @@ CudaLayer::CudaLayer(const MoeCudaLayerDesc& desc)
 void CudaLayer::init(const MoeCudaLayerDesc& desc) {
   if (cfg_.nGroup > 32) throw CudaError("nGroup: the CUDA gating supports at most 32 expert groups");
   check(cudaGetDevice(&device_), "cudaGetDevice");
-  sharedOptin_ = sharedOptinBytes(device_);
+  // (at most 160 KB, the bound every GPU run so far used on H100/H200; less on GPUs that allow less)
+  sharedOptin_ = std::min<size_t>(sharedOptinBytes(device_), 160 * 1024);
   if (gatingSharedBytes(cfg_) > sharedOptin_)
     throw CudaError("numExperts: too many experts for the CUDA gating kernel's shared memory on this GPU (" +
                     std::to_string(gatingSharedBytes(cfg_)) + " bytes, " + std::to_string(sharedOptin_) +

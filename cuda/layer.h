@@ -85,7 +85,7 @@ class CudaLayer {
 
   MoeCudaRouting cfg_;
   int E_, d_, dPad_, maxK_, staticK_, device_, multiprocessors_ = 132;
-  size_t sharedOptin_ = 0;  // the device's per-block opt-in shared memory (sharedOptinBytes)
+  size_t sharedOptin_ = 0;  // shared memory a block of this layer's gating may use (init)
   cudaStream_t stream_ = nullptr;
   cudaEvent_t done_ = nullptr;  // the last forward's end: the workspace is free after it
   cudaEvent_t stage_[5] = {};

@@ -132,7 +132,6 @@ void Telemetry::recordCounts(uint64_t calls, uint64_t tokens, uint64_t assignmen
 
 void Telemetry::recordError(ErrorKind kind) { shard()[kErrors + size_t(kind)].fetch_add(1, std::memory_order_relaxed); }
 
-
 double Telemetry::windowLoadBalance(const std::vector<uint64_t>& expertTokens) {
   for (int e = 0; e < numExperts_; ++e) {
     balanceTokens_[size_t(e)] += expertTokens[size_t(e)];
