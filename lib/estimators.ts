@@ -199,7 +199,7 @@ export abstract class ComplexityEstimator {
   readonly needsLogits: boolean = false;
   readonly calibrator: Calibrator;
 
-  constructor(calibration: CalibrationMode) {
+  constructor(calibration: CalibrationMode = 'zscore') {
     this.calibrator = new Calibrator(calibration);
   }
 
