@@ -527,6 +527,15 @@ void CudaLayer::drain(MoeCudaCounters& out) {
   std::lock_guard<std::mutex> lock(drainMutex_);
   out.calls = out.tokens = out.assignments = out.nonFinite = 0;
   for (int e = 0; e < E_; ++e) out.expertTokens[e] = 0;
+  if (out.wait) {
+    // A copy of the counters after every call enqueued so far, waited for; read below like any landed copy.
+    check(cudaStreamWaitEvent(stream_, done_, 0), "counter snapshot ordering");
+    check(cudaMemcpyAsync(snapshot_, counters_.as<void>(), counters_.bytes(), cudaMemcpyDeviceToHost, stream_),
+          "counter snapshot");
+    check(cudaEventRecord(snapshotReady_, stream_), "counter snapshot");
+    check(cudaEventSynchronize(snapshotReady_), "counter snapshot");
+    snapshotPending_ = true;
+  }
   if (snapshotPending_) {
     const cudaError_t state = cudaEventQuery(snapshotReady_);
     if (state == cudaErrorNotReady) return;

@@ -200,7 +200,7 @@ export abstract class ComplexityEstimator {
   readonly calibrator: Calibrator;
 
   constructor(calibration: CalibrationMode = 'zscore') {
-    this.calibrator = new Calibrator(calibration);
+    this.calibrator = new Calibrator(calibration ?? 'zscore'); // (null, as undefined: the default)
   }
 
   /** The raw per-token signal [T]. */
@@ -261,7 +261,7 @@ export class GradientNormEstimator extends ComplexityEstimator {
     const tensor = ctx.tensor ?? ctx.x;
     if (tensor.length === 0)
       throw new ValidationError(
-        'gradient_norm: needs the hidden states x or context.tensor (routeLogits has only logits: pass one of them, or complexity)',
+        'gradient_norm: needs the hidden states x or context.tensor (routeLogits has only logits: pass context.tensor, or complexity)',
       );
     if (tensor.length % ctx.tokens !== 0) {
       throw new ValidationError(
@@ -363,7 +363,7 @@ export class CustomEstimator extends ComplexityEstimator {
     private readonly source: Float32Array | ((ctx: ComplexityContext) => Float32Array),
     calibration: CalibrationMode = 'none',
   ) {
-    super(calibration);
+    super(calibration ?? 'none');
   }
   raw(ctx: ComplexityContext): Float32Array {
     const scores = typeof this.source === 'function' ? this.source(ctx) : this.source;

@@ -17,6 +17,7 @@ import { Router, type RoutingBuffers } from './router';
 import type { RouteOptions, RoutingResult } from './types';
 import { loadPretrainedLayer, type FromPretrainedOptions } from './models/pretrained';
 import { decodeTelemetry, type TelemetryDelta } from './observability/telemetry-types';
+import { FinalDrain } from './final-drain';
 import { SerialQueue } from './serial-queue';
 import { requireFinite, requireFloat32, requireInt, requireOneOf } from './validate';
 
@@ -128,6 +129,8 @@ export class MoELayer {
   private readonly queue = new SerialQueue();
   /** forwardAsync calls queued or running: dispose() releases the weights after them. */
   private pendingAsync = 0;
+  /** A disposed layer's last drain, taken just before its weights were freed: the next drain returns it. */
+  private readonly finalDrain = new FinalDrain();
 
   /**
    * Packs the expert weights (fp32 or bf16) once. The arrays given are not kept.
@@ -324,8 +327,18 @@ export class MoELayer {
     this.handle = undefined;
     this.cudaHandle = undefined;
     if (!handle) return;
-    if (this.pendingAsync === 0) handle.dispose();
-    else void this.queue.run(async () => handle.dispose()).catch(() => undefined); // (never rejects today)
+    // Its counters are drained once more right before it is freed (a CUDA layer waits for its device counters);
+    // the next drain returns that record, later ones fail (a MetricsCollector then detaches the layer).
+    const release = () => {
+      this.finalDrain.take(
+        this.backend === 'cuda'
+          ? (handle as NativeCudaLayerHandle).drainTelemetry(null, true)
+          : handle.drainTelemetry(),
+      );
+      handle.dispose();
+    };
+    if (this.pendingAsync === 0) release();
+    else void this.queue.run(async () => release()).catch(() => undefined); // (never rejects today)
   }
 
   [Symbol.dispose](): void {
@@ -345,12 +358,12 @@ export class MoELayer {
 
   /** Native counters of this layer's forwards since the previous drain; see {@link Router.drainTelemetry}. */
   drainTelemetry(): TelemetryDelta {
-    return decodeTelemetry(this.live().drainTelemetry());
+    return decodeTelemetry(this.finalDrain.once() ?? this.live().drainTelemetry());
   }
 
   /** @internal See {@link Router.drainTelemetryRecord}. */
   drainTelemetryRecord(into: Float64Array): Float64Array | number {
-    return this.live().drainTelemetry(into);
+    return this.finalDrain.onceInto(into) ?? this.live().drainTelemetry(into);
   }
 
   /** `copyInputs` (async calls): work on private copies of x and of caller complexity (Router.privateInputs). */

@@ -92,6 +92,8 @@ export interface NativeCudaLayerHandle {
   drainTelemetry(): Float64Array;
   /** The same record written into `into` when it fits (returns the number of values), else a new array. */
   drainTelemetry(into: Float64Array): Float64Array | number;
+  /** The last drain before a dispose: waits until the device counters of every call so far are copied. */
+  drainTelemetry(into: null, final: true): Float64Array;
   recordError(kind: NativeErrorKind): void;
   setExpert(e: number, w1: Float32Array, w3: Float32Array, w2: Float32Array, f: number): void;
   setSharedExpert(w1: Float32Array, w3: Float32Array, w2: Float32Array, f: number, gate: Float32Array | null): void;

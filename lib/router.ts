@@ -24,6 +24,7 @@ import {
 import type { RouteOptions, RoutingResult, Selection } from './types';
 import { callOptions, requireFloat32 } from './validate';
 import { decodeTelemetry, type TelemetryDelta } from './observability/telemetry-types';
+import { FinalDrain } from './final-drain';
 import { SerialQueue } from './serial-queue';
 
 /** What one routing call needs besides x: complexity for dynamic k, and logits when they had to come first. */
@@ -58,6 +59,10 @@ export class Router {
   /** Where route() runs: 'cpu' or 'cuda' (see RouterOptions.backend). */
   readonly backend: 'cpu' | 'cuda';
   private gpu: NativeCudaLayerHandle | undefined;
+  /** What drains read: the GPU router until dispose() frees it (after its pending calls), else the CPU one. */
+  private counters: NativeCudaLayerHandle | NativeRouterHandle;
+  /** A disposed GPU router's last drain, taken just before it was freed: the next drain returns it. */
+  private readonly finalDrain = new FinalDrain();
   private disposed = false;
   /** routeAsync calls queued or running: dispose() frees the GPU router after them. */
   private pendingAsync = 0;
@@ -80,6 +85,7 @@ export class Router {
     );
     this.backend = resolveBackend(opts.backend ?? 'cpu', 'Router');
     if (this.backend === 'cuda') this.gpu = callNative('Router', () => new addon.NativeCudaLayer(this.handle, 1, 0));
+    this.counters = this.gpu ?? this.handle;
   }
 
   /** @internal The GPU router, when backend is 'cuda' (until dispose()). */
@@ -97,8 +103,14 @@ export class Router {
     const gpu = this.gpu;
     this.gpu = undefined;
     if (!gpu) return;
-    if (this.pendingAsync === 0) gpu.dispose();
-    else void this.queue.run(async () => gpu.dispose()).catch(() => undefined); // (never rejects today)
+    // Its counters are drained once more just before it is freed; the next drain returns that record, later ones
+    // fail (a MetricsCollector then detaches the router, as it does a disposed layer).
+    const release = () => {
+      this.finalDrain.take(gpu.drainTelemetry(null, true));
+      gpu.dispose();
+    };
+    if (this.pendingAsync === 0) release();
+    else void this.queue.run(async () => release()).catch(() => undefined); // (never rejects today)
   }
 
   [Symbol.dispose](): void {
@@ -179,6 +191,11 @@ export class Router {
   /** Router logits [T, E] = x · gateWeightᵀ (plus logitBias). */
   logits(x: Float32Array): Float32Array {
     this.live();
+    return this.gate(x);
+  }
+
+  /** logits(), also for the layers built on a disposed router (they keep working). */
+  private gate(x: Float32Array): Float32Array {
     const T = this.tokensOf(x, 'x');
     const out = new Float32Array(T * this.numExperts);
     callNative('logits', () => this.handle.gate(x, T, out));
@@ -218,7 +235,7 @@ export class Router {
    * compute. See lib/observability.
    */
   drainTelemetry(): TelemetryDelta {
-    return decodeTelemetry((this.cudaHandle ?? this.handle).drainTelemetry());
+    return decodeTelemetry(this.finalDrain.once() ?? this.counters.drainTelemetry());
   }
 
   /**
@@ -226,7 +243,7 @@ export class Router {
    * the number of values) or as a new array: what MetricsCollector reads without decoding it.
    */
   drainTelemetryRecord(into: Float64Array): Float64Array | number {
-    return (this.cudaHandle ?? this.handle).drainTelemetry(into);
+    return this.finalDrain.onceInto(into) ?? this.counters.drainTelemetry(into);
   }
 
   /** @internal Runs input validation, counting a failure in the native `validation` error counter. */
@@ -280,7 +297,7 @@ export class Router {
     if (this.config.selection !== 'dynamic') return { tokens: T, complexity: null, logits: null, complexityNs: 0 };
     const start = process.hrtime.bigint();
     let logits: Float32Array | null = null;
-    if (!opts.complexity && this.estimator?.needsLogits) logits = this.logits(x);
+    if (!opts.complexity && this.estimator?.needsLogits) logits = this.gate(x);
     const complexity = this.complexityFor(x, T, logits, opts);
     return { tokens: T, complexity, logits, complexityNs: Number(process.hrtime.bigint() - start) };
   }

@@ -160,11 +160,15 @@ function gpuTests() {
     });
     const x = randn(5 * 8, SEED + 181);
     const expected = Array.from(router.route(x).indices);
+    router.drainTelemetry();
     const pending = [router.routeAsync(x), router.routeAsync(x)];
     router.dispose();
     for (const p of pending) assert.equal(Array.from((await p).indices), expected);
     assert.throws(() => router.route(x), /disposed/);
     assert.is(router.cudaHandle, undefined);
+    // its counters were drained once more before it was freed: the two pending calls are there, then drains fail
+    assert.is(router.drainTelemetry().calls, 2);
+    assert.throws(() => router.drainTelemetry(), /disposed/);
   });
 
   gpuTest('concurrent async routes of different sizes share one kernel shared-memory allowance', async () => {

@@ -469,6 +469,41 @@ test('calls counted on several threads, drained in between, add up to every call
   assert.is(errors, 6, 'one error per round');
 });
 
+test('a layer disposed between scrapes: its last calls reach the next scrape, then it is detached', async () => {
+  const E = 4,
+    d = 8,
+    f = 4,
+    T = 3;
+  const router = new Router({ numExperts: E, hiddenSize: d, gateWeight: randn(E * d, SEED + 60) });
+  const w = () => ({
+    w1: randn(f * d, SEED + 61, 0.2),
+    w3: randn(f * d, SEED + 62, 0.2),
+    w2: randn(d * f, SEED + 63, 0.2),
+  });
+  const layer = new MoELayer({ router, experts: Array.from({ length: E }, w) });
+  const c = new MetricsCollector('disposed', { defaultMetrics: false });
+  c.observe(layer, { layerId: 0 });
+  await c.metrics();
+  layer.forward(randn(T * d, SEED + 64));
+  const pending = layer.forwardAsync(randn(T * d, SEED + 65));
+  layer.dispose(); // the async call completes, then the weights go
+  await pending;
+  await new Promise((r) => setImmediate(r));
+  const warnings: string[] = [];
+  const onWarning = (warning: Error) => warnings.push(warning.message);
+  process.on('warning', onWarning);
+  let exp = await scrape(c);
+  assert.is(value(exp, MetricName.ROUTING_REQUESTS, { status: 'success' }), 2, 'both calls after the last scrape');
+  exp = await scrape(c);
+  await new Promise((r) => setImmediate(r));
+  process.off('warning', onWarning);
+  assert.is(value(exp, MetricName.ROUTING_REQUESTS, { status: 'success' }), 2, 'nothing counted twice');
+  assert.ok(
+    warnings.some((m) => m.includes('detached')),
+    'detached at the drain after the last record',
+  );
+});
+
 test('real Router and MoELayer: counts after traffic match the calls', async () => {
   const E = 8,
     d = 16,

@@ -8,7 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { ModelLoadError, MoELayer, ValidationError } from '../lib';
+import { ModelLoadError, MoELayer, Router, ValidationError } from '../lib';
 import { referenceLayer } from '../lib/reference/layer';
 import { referenceRoute, type ReferenceRouterConfig } from '../lib/reference/routing';
 import { writeTinyCheckpoint, type TinyArch, type TinyCheckpoint } from './helpers/checkpoint';
@@ -168,6 +168,26 @@ test('a config that names its model by architectures[0] alone loads with that mo
   assert.is(layer.router.config.nGroup, 4, 'the group limit of DeepSeek-V3');
   assert.ok(layer.forward(randn(4 * 16, SEED + 3)).output.every(Number.isFinite));
   layer.dispose();
+});
+
+test('Router.fromConfig recognises the model by architectures[0] when model_type is missing or not its own', () => {
+  const base = {
+    hidden_size: 8,
+    n_routed_experts: 8,
+    num_experts_per_tok: 2,
+    n_group: 4,
+    topk_group: 2,
+    routed_scaling_factor: 2.5,
+  };
+  const gate = randn(8 * 8, SEED + 6);
+  const byType = Router.fromConfig({ ...base, model_type: 'deepseek_v3' }, gate).config;
+  for (const config of [
+    { ...base, architectures: ['DeepseekV3ForCausalLM'] },
+    { ...base, architectures: ['DeepseekV3ForCausalLM'], model_type: 'kimi_k2' },
+  ]) {
+    const got = Router.fromConfig(config, gate).config;
+    assert.equal([got.scoring, got.nGroup, got.scale, got.normalize], [byType.scoring, byType.nGroup, 2.5, true]);
+  }
 });
 
 test('dense layers, bad indices and missing files get clear errors', () => {

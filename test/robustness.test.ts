@@ -62,13 +62,13 @@ test('detaching x while forwardAsync runs neither crashes nor changes the result
 });
 
 test('a layer call whose rows would overflow 32-bit row indices is refused before anything is read', () => {
-  const E = 64;
+  const E = 128;
   const d = 4;
   const router = new Router({
     numExperts: E,
     hiddenSize: d,
     gateWeight: randn(E * d, SEED + 7),
-    selection: { kind: 'topk', k: 64 },
+    selection: { kind: 'topk', k: 128 },
   });
   const w = () => ({
     w1: randn(8 * d, SEED + 8, 0.1),
@@ -76,10 +76,10 @@ test('a layer call whose rows would overflow 32-bit row indices is refused befor
     w2: randn(d * 8, SEED + 10, 0.1),
   });
   const layer = new MoELayer({ router, experts: Array.from({ length: E }, w) });
-  // 2^24 tokens x (64 + 1) rows > 2^30: the binding's own entry point, with arrays far too small for that T
+  // 2^24 tokens x (128 + 1) rows > 2^31 - 1: the binding's own entry point, with arrays far too small for that T
   const handle = (layer as unknown as { handle: NativeLayerHandle }).handle;
   const small = new Float32Array(4);
-  const ints = new Int32Array(64);
+  const ints = new Int32Array(128);
   assert.throws(
     () =>
       handle.forward(
@@ -100,7 +100,7 @@ test('a layer call whose rows would overflow 32-bit row indices is refused befor
       ),
     (e: Error) => e instanceof Error && /split the batch/.test(e.message),
   );
-  // just under the limit, the same call fails on the arrays' lengths instead
+  // under the limit (2^20 tokens), the same call fails on the arrays' lengths instead
   assert.throws(
     () =>
       handle.forward(

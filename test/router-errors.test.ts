@@ -239,6 +239,15 @@ test('dispose(): pending async calls complete, new calls are refused, layers bui
   assert.equal(Array.from(layer.forward(x).routing.indices), expected);
   router.dispose(); // twice is fine
   layer.dispose();
+  // a dynamic rule whose estimator reads the router logits: the layer still computes them through the router
+  const dynamic = make({ selection: { kind: 'dynamic', minK: 1, maxK: 4 } });
+  dynamic.estimator!.calibrate(Array.from({ length: 20 }, (_, i) => i / 20));
+  const dynamicLayer = new MoELayer({ router: dynamic, experts: () => expert });
+  const before = Array.from(dynamicLayer.forward(x).routing.k);
+  dynamic.dispose();
+  assert.equal(Array.from(dynamicLayer.forward(x).routing.k), before);
+  throwsWith(() => dynamic.logits(x), ExpertDispatchError, /disposed/);
+  dynamicLayer.dispose();
 });
 
 test.run();

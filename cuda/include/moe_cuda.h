@@ -11,7 +11,7 @@
 extern "C" {
 #endif
 
-#define MOE_CUDA_API_VERSION 3u /* 2: MoeCudaBench.emptyGraphMs; 3: layerCaptureForward */
+#define MOE_CUDA_API_VERSION 4u /* 2: MoeCudaBench.emptyGraphMs; 3: layerCaptureForward; 4: MoeCudaCounters.wait */
 
 /* Mirrors moe::RouterConfig (native/include/moe/types.h); enums by value. */
 typedef struct MoeCudaRouting {
@@ -83,6 +83,9 @@ typedef struct MoeCudaForward {
 typedef struct MoeCudaCounters {
   uint64_t calls, tokens, assignments, nonFinite;
   uint64_t* expertTokens;   /* caller array [E] */
+  /* in: 0 returns what the copy queued by the previous drain holds, never waiting; 1 waits for a copy of every
+     count so far (the last drain before the layer is freed) */
+  int32_t wait;
 } MoeCudaCounters;
 
 typedef struct MoeCudaLayerInfo {

@@ -5,7 +5,7 @@
  */
 import { DynamicMoEError, ModelLoadError } from '../errors';
 import { MoELayer } from '../layer';
-import { loadMoELayerWeights, resolveMoELayer, withModelType } from '../models/architectures';
+import { loadMoELayerWeights, resolveMoELayer } from '../models/architectures';
 import { openCheckpoint } from '../models/checkpoint';
 import { routerOptionsFromConfig } from '../models/router-config';
 import { intOption, parseOptions, requireOption, dtypeOption } from './args';
@@ -47,7 +47,7 @@ export async function validateCommand(argv: string[]): Promise<void> {
       try {
         const spec = resolveMoELayer(cfg, layer);
         const weights = loadMoELayerWeights(checkpoint, spec);
-        const rule = routerOptionsFromConfig(withModelType(cfg, spec), weights.gateWeight, { bias: weights.bias });
+        const rule = routerOptionsFromConfig(cfg, weights.gateWeight, { bias: weights.bias });
         if (firstMoE === undefined) {
           firstMoE = layer;
           const sel = rule.selection!;

@@ -6,6 +6,7 @@
  */
 import { ModelLoadError, ValidationError } from '../errors';
 import type { Checkpoint } from './checkpoint';
+import { ARCHITECTURE_OF_MODEL_TYPE } from './router-config';
 
 /** Tensor names of one SwiGLU expert: w1 = gate_proj [f, d], w3 = up_proj [f, d], w2 = down_proj [d, f]. */
 export interface ExpertTensorNames {
@@ -69,14 +70,10 @@ export interface LoadedMoELayer {
 
 type Family = 'mixtral' | 'olmoe' | 'qwen2_moe' | 'qwen3_moe' | 'deepseek_v2' | 'deepseek_v3';
 
-const ARCHITECTURE_OF: Readonly<Record<Family, string>> = {
-  mixtral: 'MixtralForCausalLM',
-  olmoe: 'OlmoeForCausalLM',
-  qwen2_moe: 'Qwen2MoeForCausalLM',
-  qwen3_moe: 'Qwen3MoeForCausalLM',
-  deepseek_v2: 'DeepseekV2ForCausalLM',
-  deepseek_v3: 'DeepseekV3ForCausalLM',
-};
+// (gpt-oss routing is supported by Router.fromConfig; its expert tensors are not read here)
+const ARCHITECTURE_OF: Readonly<Record<Family, string>> = (({ gpt_oss: _, ...layers }) => layers)(
+  ARCHITECTURE_OF_MODEL_TYPE,
+);
 
 const SUPPORTED = Object.entries(ARCHITECTURE_OF)
   .map(([type, arch]) => `${arch} (${type})`)
@@ -180,14 +177,6 @@ function checkDeepseekSparse(read: ConfigReader, architecture: string, layer: nu
     throw denseLayerError(architecture, layer, `layers below first_k_dense_replace (${firstDense}) are dense`);
   }
   if (layer % freq !== 0) throw denseLayerError(architecture, layer, `layer % moe_layer_freq (${freq}) != 0`);
-}
-
-/**
- * `config` with `model_type` set to the family {@link resolveMoELayer} recognised (a config may name its model by
- * `architectures[0]` alone), for the readers of routing fields that switch on `model_type`.
- */
-export function withModelType(config: Record<string, unknown>, spec: MoELayerSpec): Record<string, unknown> {
-  return config.model_type === spec.modelType ? config : { ...config, model_type: spec.modelType };
 }
 
 /**

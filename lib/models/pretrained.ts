@@ -6,7 +6,7 @@ import { ModelLoadError } from '../errors';
 import { MoELayer } from '../layer';
 import { Router } from '../router';
 import type { GroupLimit, Selection } from '../types';
-import { resolveMoELayer, loadMoELayerWeights, withModelType } from './architectures';
+import { resolveMoELayer, loadMoELayerWeights } from './architectures';
 import { openCheckpoint } from './checkpoint';
 
 export interface FromPretrainedOptions {
@@ -39,7 +39,7 @@ export function loadPretrainedLayer(dir: string, opts: FromPretrainedOptions): M
         `${dir}: layer ${opts.layer} routes with e_score_correction_bias, which the checkpoint lacks`,
       );
     }
-    const router = Router.fromConfig(withModelType(checkpoint.config, spec), weights.gateWeight, {
+    const router = Router.fromConfig(checkpoint.config, weights.gateWeight, {
       bias: weights.bias,
       selection: opts.selection,
       normalize: opts.normalize,

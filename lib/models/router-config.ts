@@ -25,15 +25,33 @@ export interface FromConfigOverrides {
   backend?: import('../cuda').BackendName;
 }
 
-export const SUPPORTED_MODEL_TYPES = [
-  'mixtral',
-  'olmoe',
-  'qwen2_moe',
-  'qwen3_moe',
-  'deepseek_v2',
-  'deepseek_v3',
-  'gpt_oss',
-] as const;
+/** The class `architectures[0]` names for each supported `model_type`. */
+export const ARCHITECTURE_OF_MODEL_TYPE = {
+  mixtral: 'MixtralForCausalLM',
+  olmoe: 'OlmoeForCausalLM',
+  qwen2_moe: 'Qwen2MoeForCausalLM',
+  qwen3_moe: 'Qwen3MoeForCausalLM',
+  deepseek_v2: 'DeepseekV2ForCausalLM',
+  deepseek_v3: 'DeepseekV3ForCausalLM',
+  gpt_oss: 'GptOssForCausalLM',
+} as const;
+
+export const SUPPORTED_MODEL_TYPES = Object.keys(
+  ARCHITECTURE_OF_MODEL_TYPE,
+) as (keyof typeof ARCHITECTURE_OF_MODEL_TYPE)[];
+
+/**
+ * `model_type` when it is a supported one, else the model type of the class in `architectures[0]` (a config may
+ * name its model only there, or under a model_type of its own, e.g. a fine-tune keeping the DeepSeek-V3 class),
+ * else `model_type` as it is (an error names it).
+ */
+function modelTypeOf(cfg: Record<string, unknown>): unknown {
+  const type = cfg.model_type;
+  if (typeof type === 'string' && Object.hasOwn(ARCHITECTURE_OF_MODEL_TYPE, type)) return type;
+  const named = Array.isArray(cfg.architectures) ? cfg.architectures[0] : undefined;
+  const byName = SUPPORTED_MODEL_TYPES.find((t) => ARCHITECTURE_OF_MODEL_TYPE[t] === named);
+  return byName ?? type;
+}
 
 function num(cfg: Record<string, unknown>, key: string, fallback?: number): number {
   const v = cfg[key] ?? fallback;
@@ -87,7 +105,8 @@ export function routerOptionsFromConfig(
   if (typeof hfConfig !== 'object' || hfConfig === null || Array.isArray(hfConfig)) {
     throw new RouterConfigurationError(`hfConfig: expected the parsed config.json object, got ${describe(hfConfig)}`);
   }
-  const cfg = hfConfig as Record<string, unknown>;
+  const cfg = { ...(hfConfig as Record<string, unknown>) };
+  cfg.model_type = modelTypeOf(cfg);
   const { numExperts, topK, hiddenSize } = expertShape(cfg);
   const base: RouterOptions = {
     numExperts,

@@ -9,7 +9,8 @@
  *  5. k: topk/gptOss k; topp the shortest prefix whose mass (score / sum of scores) reaches p; threshold the
  *     number of reachable experts with score >= tau; dynamic clamp(minK + floor((maxK-minK)c + 0.5)).
  *     topp/threshold are clamped to [minK, maxK]. A token whose scores sum to 0 (sigmoids that all underflow)
- *     takes minK under topp and adds nothing to the aux loss's probability sums.
+ *     takes minK under topp and adds nothing to the aux loss's probability sums — here in float64, for logits
+ *     below about -745; the native float32 scores underflow below about -88, so between the two they differ.
  *  6. weights: the unbiased scores of the chosen (gptOss: softmax over the chosen logits), optionally
  *     renormalised, times scale.
  */

@@ -78,12 +78,12 @@ inline int64_t intArg(const Napi::CallbackInfo& info, size_t index, const char* 
 }
 
 // The token count of a layer call: at most 2^24, and T x (maxK + 1) rows (the routed slots and a shared
-// expert's) under 2^30: the layers index their rows, tile padding included, with 32-bit integers.
+// expert's) within 32-bit row indices. (The CUDA layer also checks its own, tighter bound: T x maxK <= 2^30.)
 inline int64_t layerTokensArg(const Napi::CallbackInfo& info, size_t index, int64_t maxK) {
   const int64_t T = intArg(info, index, "tokens", 1, int64_t(1) << 24);
-  if (T * (maxK + 1) >= (int64_t(1) << 30))
+  if (T * (maxK + 1) > int64_t(INT32_MAX))
     throwValidation(info.Env(), "tokens: " + std::to_string(T) + " tokens x (maxK " + std::to_string(maxK) +
-                                    " + 1) rows is over a layer's limit of 2^30; split the batch");
+                                    " + 1) rows do not fit 32-bit row indices; split the batch");
   return T;
 }
 

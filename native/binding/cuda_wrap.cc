@@ -10,7 +10,8 @@
 //             complexityOut: Float32Array | null } — complexity computed on the GPU (MOE_CUDA_COMPLEXITY_*).
 //   forwardDevice(x: bigint, y: bigint, T, stream: bigint | null, device?)  — device pointers, no host sync.
 //   captureForward(x: bigint, y: bigint, T, replays)  — tests: that call captured in a CUDA graph and replayed.
-//   info(), bench(T, iterations, graph), randomize(seed, std), drainTelemetry(), recordError(kind), dispose()
+//   info(), bench(T, iterations, graph), randomize(seed, std), recordError(kind), dispose()
+//   drainTelemetry(into?, final?)  — final: waits for a copy of every device count so far (before a dispose)
 #include "cuda_wrap.h"
 
 #include <algorithm>
@@ -560,6 +561,7 @@ Napi::Value CudaLayerWrap::DrainTelemetry(const Napi::CallbackInfo& info) {
   std::vector<uint64_t> experts(size_t(E), 0);
   MoeCudaCounters c{};
   c.expertTokens = experts.data();
+  c.wait = info.Length() > 1 && info[1].ToBoolean() ? 1 : 0;  // drainTelemetry(into, final)
   char err[512] = {};
   if (s->handle->api->layerDrain(s->handle->layer, &c, err, sizeof(err)) == 0) {
     s->telemetry->recordCounts(c.calls, c.tokens, c.assignments, experts.data());

@@ -1,0 +1,28 @@
+/**
+ * The last drain of a native router or layer that dispose() frees: taken just before the free (a CUDA handle waits
+ * for its device counters), handed to the next drain once; later drains go to the freed handle and fail, which a
+ * MetricsCollector answers by detaching the source.
+ */
+export class FinalDrain {
+  private record: Float64Array | undefined;
+
+  /** Keeps the record of a handle's last drain (taken right before freeing it). */
+  take(record: Float64Array): void {
+    this.record = record;
+  }
+
+  /** The record taken, once; undefined when there is none (left). */
+  once(): Float64Array | undefined {
+    const record = this.record;
+    this.record = undefined;
+    return record;
+  }
+
+  /** {@link once} in the shape of a drain into `into`: the count written, or the record when it does not fit. */
+  onceInto(into: Float64Array): Float64Array | number | undefined {
+    const record = this.once();
+    if (!record || into.length < record.length) return record;
+    into.set(record);
+    return record.length;
+  }
+}
