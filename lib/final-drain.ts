@@ -6,9 +6,15 @@
 export class FinalDrain {
   private record: Float64Array | undefined;
 
-  /** Keeps the record of a handle's last drain (taken right before freeing it). */
-  take(record: Float64Array): void {
-    this.record = record;
+  /** Drains a handle one last time, then frees it (a drain that fails loses the last counts, never the free). */
+  takeThenFree(drain: () => Float64Array, free: () => void): void {
+    try {
+      this.record = drain();
+    } catch {
+      this.record = undefined;
+    } finally {
+      free();
+    }
   }
 
   /** The record taken, once; undefined when there is none (left). */

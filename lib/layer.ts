@@ -329,14 +329,14 @@ export class MoELayer {
     if (!handle) return;
     // Its counters are drained once more right before it is freed (a CUDA layer waits for its device counters);
     // the next drain returns that record, later ones fail (a MetricsCollector then detaches the layer).
-    const release = () => {
-      this.finalDrain.take(
-        this.backend === 'cuda'
-          ? (handle as NativeCudaLayerHandle).drainTelemetry(null, true)
-          : handle.drainTelemetry(),
+    const release = () =>
+      this.finalDrain.takeThenFree(
+        () =>
+          this.backend === 'cuda'
+            ? (handle as NativeCudaLayerHandle).drainTelemetry(null, true)
+            : handle.drainTelemetry(),
+        () => handle.dispose(),
       );
-      handle.dispose();
-    };
     if (this.pendingAsync === 0) release();
     else void this.queue.run(async () => release()).catch(() => undefined); // (never rejects today)
   }

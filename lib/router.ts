@@ -60,7 +60,7 @@ export class Router {
   readonly backend: 'cpu' | 'cuda';
   private gpu: NativeCudaLayerHandle | undefined;
   /** What drains read: the GPU router until dispose() frees it (after its pending calls), else the CPU one. */
-  private counters: NativeCudaLayerHandle | NativeRouterHandle;
+  private readonly counters: NativeCudaLayerHandle | NativeRouterHandle;
   /** A disposed GPU router's last drain, taken just before it was freed: the next drain returns it. */
   private readonly finalDrain = new FinalDrain();
   private disposed = false;
@@ -105,10 +105,11 @@ export class Router {
     if (!gpu) return;
     // Its counters are drained once more just before it is freed; the next drain returns that record, later ones
     // fail (a MetricsCollector then detaches the router, as it does a disposed layer).
-    const release = () => {
-      this.finalDrain.take(gpu.drainTelemetry(null, true));
-      gpu.dispose();
-    };
+    const release = () =>
+      this.finalDrain.takeThenFree(
+        () => gpu.drainTelemetry(null, true),
+        () => gpu.dispose(),
+      );
     if (this.pendingAsync === 0) release();
     else void this.queue.run(async () => release()).catch(() => undefined); // (never rejects today)
   }
