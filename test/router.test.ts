@@ -68,14 +68,17 @@ function checkRouteLogits(
   const got = router.routeLogits(logits, { complexity });
   const ref = referenceRouteLogits(cfgOf(router), logits, T, undefined, complexity);
   const rep = compareRouting(got, ref, `${label} seed=${SEED}`);
-  assert.ok(Math.abs(got.stats.meanK - ref.meanK) < 1e-12, 'meanK');
-  assert.equal(Array.from(got.stats.expertCounts), Array.from(ref.expertCounts), 'expert counts');
+  // (the z-loss does not depend on the choices; the rest does, and a token within 1e-5 of a decision boundary may
+  // legitimately choose differently: those stats are compared when no token of the call is that close)
+  assert.ok(Math.abs(got.stats.zLoss - ref.zLoss) <= 1e-5 * ref.zLoss + 1e-9, `z ${got.stats.zLoss} vs ${ref.zLoss}`);
+  if (rep.ambiguous > 0) return rep;
+  assert.ok(Math.abs(got.stats.meanK - ref.meanK) < 1e-12, `${label}: meanK ${got.stats.meanK} vs ${ref.meanK}`);
+  assert.equal(Array.from(got.stats.expertCounts), Array.from(ref.expertCounts), `${label}: expert counts`);
   assert.ok(
     Math.abs(got.stats.auxLoss - ref.auxLoss) <= 1e-5 * ref.auxLoss,
-    `aux ${got.stats.auxLoss} vs ${ref.auxLoss}`,
+    `${label}: aux ${got.stats.auxLoss} vs ${ref.auxLoss}`,
   );
-  assert.ok(Math.abs(got.stats.zLoss - ref.zLoss) <= 1e-5 * ref.zLoss + 1e-9, `z ${got.stats.zLoss} vs ${ref.zLoss}`);
-  assert.ok(Math.abs(got.stats.loadBalance - ref.loadBalance) < 1e-9, 'load balance');
+  assert.ok(Math.abs(got.stats.loadBalance - ref.loadBalance) < 1e-9, `${label}: load balance`);
   return rep;
 }
 
