@@ -429,6 +429,21 @@ function gpuTests() {
       backend: 'cuda',
     });
 
+  gpuTest('a CUDA layer disposed with forwards pending: its last drain has every call, later drains fail', async () => {
+    const b = gatedLayer(SEED + 390);
+    const x = randn(7 * 128, SEED + 391);
+    b.layer.forward(x);
+    b.layer.drainTelemetry(); // queues the copy of the device counters (one forward so far)
+    const pending = [b.layer.forwardAsync(x), b.layer.forwardAsync(x)];
+    b.layer.dispose();
+    await Promise.all(pending);
+    await new Promise((r) => setImmediate(r)); // the queued dispose ran after them
+    const t = b.layer.drainTelemetry();
+    assert.is(t.calls, 3, 'the forward before the drain (its copy had not been read) and the two pending ones');
+    assert.is(t.tokens, 3 * 7);
+    assert.throws(() => b.layer.drainTelemetry(), /disposed/);
+  });
+
   gpuTest('deterministic: forward twice and forwardAsync give identical bits; telemetry counts the calls', async () => {
     const b = gatedLayer(SEED + 400);
     const x = randn(200 * 128, SEED + 401);
