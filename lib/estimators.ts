@@ -199,8 +199,9 @@ export abstract class ComplexityEstimator {
   readonly needsLogits: boolean = false;
   readonly calibrator: Calibrator;
 
-  constructor(calibration: CalibrationMode = 'zscore') {
-    this.calibrator = new Calibrator(calibration ?? 'zscore'); // (null, as undefined: the default)
+  /** @param calibration default 'zscore' (null too) */
+  constructor(calibration?: CalibrationMode | null) {
+    this.calibrator = new Calibrator(calibration ?? 'zscore');
   }
 
   /** The raw per-token signal [T]. */

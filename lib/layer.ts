@@ -127,8 +127,6 @@ export class MoELayer {
   private handle: NativeLayerHandle | undefined;
   private cudaHandle: NativeCudaLayerHandle | undefined;
   private readonly queue = new SerialQueue();
-  /** forwardAsync calls queued or running: dispose() releases the weights after them. */
-  private pendingAsync = 0;
   /** A disposed layer's last drain, taken just before its weights were freed: the next drain returns it. */
   private readonly finalDrain = new FinalDrain();
 
@@ -265,18 +263,13 @@ export class MoELayer {
     // (the handle of the call's time: a dispose() while it waits in the queue releases the weights after it)
     const cuda = this.cudaHandle;
     const cpu = cuda ? undefined : this.cpuHandle();
-    this.pendingAsync++;
-    try {
-      await this.queue.run(() =>
-        callNativeAsync('forwardAsync', () => {
-          if (!cuda) return cpu!.forwardAsync(...call.args);
-          if (call.device) refreshDeviceComplexity(this.router.estimator, call.device);
-          return cuda.forwardAsync(...call.args, call.device);
-        }),
-      );
-    } finally {
-      this.pendingAsync--;
-    }
+    await this.queue.run(() =>
+      callNativeAsync('forwardAsync', () => {
+        if (!cuda) return cpu!.forwardAsync(...call.args);
+        if (call.device) refreshDeviceComplexity(this.router.estimator, call.device);
+        return cuda.forwardAsync(...call.args, call.device);
+      }),
+    );
     return call.finish();
   }
 
@@ -337,8 +330,7 @@ export class MoELayer {
             : handle.drainTelemetry(),
         () => handle.dispose(),
       );
-    if (this.pendingAsync === 0) release();
-    else void this.queue.run(async () => release()).catch(() => undefined); // (never rejects today)
+    this.queue.afterPending(release);
   }
 
   [Symbol.dispose](): void {

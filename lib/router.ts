@@ -64,8 +64,6 @@ export class Router {
   /** A disposed GPU router's last drain, taken just before it was freed: the next drain returns it. */
   private readonly finalDrain = new FinalDrain();
   private disposed = false;
-  /** routeAsync calls queued or running: dispose() frees the GPU router after them. */
-  private pendingAsync = 0;
   private readonly queue = new SerialQueue();
 
   /**
@@ -110,8 +108,7 @@ export class Router {
         () => gpu.drainTelemetry(null, true),
         () => gpu.dispose(),
       );
-    if (this.pendingAsync === 0) release();
-    else void this.queue.run(async () => release()).catch(() => undefined); // (never rejects today)
+    this.queue.afterPending(release);
   }
 
   [Symbol.dispose](): void {
@@ -174,18 +171,13 @@ export class Router {
     const buffers = this.allocate(prepared, opts);
     const args = this.nativeArgs(x, prepared, buffers);
     const cuda = this.cudaHandle;
-    this.pendingAsync++;
-    try {
-      await this.queue.run(() =>
-        callNativeAsync('routeAsync', () => {
-          if (!cuda) return this.handle.routeAsync(...args);
-          if (device) refreshDeviceComplexity(this.estimator, device);
-          return cuda.routeAsync(...args, device);
-        }),
-      );
-    } finally {
-      this.pendingAsync--;
-    }
+    await this.queue.run(() =>
+      callNativeAsync('routeAsync', () => {
+        if (!cuda) return this.handle.routeAsync(...args);
+        if (device) refreshDeviceComplexity(this.estimator, device);
+        return cuda.routeAsync(...args, device);
+      }),
+    );
     return this.finishDevice(buffers, device);
   }
 

@@ -5,11 +5,20 @@
  */
 export class SerialQueue {
   private tail: Promise<unknown> = Promise.resolve();
+  /** Tasks queued or running. */
+  private pending = 0;
 
   /** Starts `task` once every earlier task has settled; resolves or rejects with it. */
   run<T>(task: () => Promise<T>): Promise<T> {
-    const result = this.tail.then(task, task);
+    this.pending++;
+    const result = this.tail.then(task, task).finally(() => this.pending--);
     this.tail = result.catch(() => undefined);
     return result;
+  }
+
+  /** Runs `fn` now when no task is queued or running, else once they have all settled (a dispose after calls). */
+  afterPending(fn: () => void): void {
+    if (this.pending === 0) fn();
+    else void this.run(async () => fn()).catch(() => undefined); // (the callers' fn never throws)
   }
 }

@@ -28,4 +28,26 @@ test('runs tasks one at a time, in order, past failures', async () => {
   );
 });
 
+test('afterPending runs at once when idle, else after every queued task has settled', async () => {
+  const q = new SerialQueue();
+  const order: string[] = [];
+  q.afterPending(() => order.push('idle'));
+  assert.equal(order, ['idle'], 'ran synchronously');
+  const slow = q.run(async () => {
+    await new Promise((r) => setTimeout(r, 5));
+    order.push('task');
+  });
+  const failing = q.run(async () => {
+    throw new Error('no');
+  });
+  q.afterPending(() => order.push('after'));
+  assert.equal(order, ['idle'], 'waits for the queued tasks');
+  await slow;
+  await failing.catch(() => undefined);
+  await new Promise((r) => setImmediate(r));
+  assert.equal(order, ['idle', 'task', 'after']);
+  q.afterPending(() => order.push('idle again'));
+  assert.equal(order.at(-1), 'idle again', 'idle again once they settled');
+});
+
 test.run();
