@@ -183,20 +183,35 @@ let loadError: Error | undefined;
 /** The package root (dist/.. or lib/..), where node-gyp-build looks for prebuilds/ and build/. */
 export const packageRoot = path.resolve(__dirname, '..');
 
-/** The addon, loaded on first use. Throws BackendError saying what was looked for and what to do. */
+/**
+ * The addon, loaded on first use: the file `MOE_NATIVE_ADDON` names (an absolute path, e.g. a sanitizer build of
+ * scripts/test-sanitized.sh), else the bundled prebuild or the local build. Throws BackendError saying what was
+ * looked for and what to do.
+ */
 export function native(): NativeAddon {
   if (addon) return addon;
   if (loadError) throw loadError;
+  const override = process.env.MOE_NATIVE_ADDON;
   try {
-    // eslint-disable-next-line @typescript-eslint/no-var-requires
-    const load = require('node-gyp-build') as (dir: string) => NativeAddon;
-    addon = load(packageRoot);
+    if (override) {
+      if (!path.isAbsolute(override)) throw new Error('MOE_NATIVE_ADDON must be an absolute path');
+      // eslint-disable-next-line @typescript-eslint/no-var-requires
+      addon = require(override) as NativeAddon;
+    } else {
+      // eslint-disable-next-line @typescript-eslint/no-var-requires
+      const load = require('node-gyp-build') as (dir: string) => NativeAddon;
+      addon = load(packageRoot);
+    }
     return addon;
   } catch (cause) {
+    const where = override
+      ? `MOE_NATIVE_ADDON=${override}`
+      : `${packageRoot} (looked for prebuilds/${process.platform}-${process.arch}/*.node and build/Release/*.node)`;
     loadError = new BackendError(
-      `could not load the native addon of dynamic-moe-router-kit from ${packageRoot} ` +
-        `(looked for prebuilds/${process.platform}-${process.arch}/*.node and build/Release/*.node): ` +
-        `${(cause as Error).message}. Run "npm run build:native" to compile it (needs python3, make and a C++17 compiler).`,
+      `could not load the native addon of dynamic-moe-router-kit from ${where}: ${(cause as Error).message}. ` +
+        (override
+          ? 'Unset it to load the bundled addon.'
+          : 'Run "npm run build:native" to compile it (needs python3, make and a C++17 compiler).'),
       { cause },
     );
     throw loadError;

@@ -4,6 +4,7 @@
  * logits, and an estimator that yields NaN.
  */
 import { spawnSync } from 'node:child_process';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -17,7 +18,7 @@ import {
   createEstimator,
 } from '../lib';
 import { referenceLogitEntropy } from '../lib/reference/routing';
-import type { NativeLayerHandle } from '../lib/native';
+import { native, type NativeLayerHandle } from '../lib/native';
 import { freshSeed, randn } from './helpers/random';
 
 const SEED = freshSeed();
@@ -33,6 +34,40 @@ test('an impossible allocation is an error, not an abort (child process)', () =>
   assert.is(r.status, 0, `the process died: signal ${r.signal}, stderr ${r.stderr}`);
   assert.match(r.stdout, /^BackendError/, r.stdout);
   void BackendError;
+});
+
+test('MOE_NATIVE_ADDON: a missing or relative path is a BackendError naming it; a real one is what loads (child processes)', () => {
+  const script = `
+    const { Router, BackendError } = require(${JSON.stringify(path.join(__dirname, '..', 'lib'))});
+    try {
+      const router = new Router({ numExperts: 4, hiddenSize: 8, gateWeight: new Float32Array(32).fill(0.5), selection: { kind: 'topk', k: 1 } });
+      console.log('loaded ' + router.route(new Float32Array(8).fill(1)).indices[0]);
+    } catch (e) { console.log(e instanceof BackendError ? 'BackendError' : e.constructor.name, e.message); }
+  `;
+  const run = (addon: string) =>
+    spawnSync(process.execPath, ['--import', 'tsx', '-e', script], {
+      encoding: 'utf8',
+      timeout: 60_000,
+      env: { ...process.env, MOE_NATIVE_ADDON: addon },
+    });
+  const missing = path.join(os.tmpdir(), 'no-such-dir', 'addon.node');
+  for (const [addon, why] of [
+    [missing, /Cannot find module/],
+    ['build/addon.node', /must be an absolute path/],
+  ] as const) {
+    const r = run(addon);
+    assert.is(r.status, 0, `the process died: signal ${r.signal}, stderr ${r.stderr}`);
+    assert.match(r.stdout, /^BackendError could not load the native addon/, r.stdout);
+    assert.ok(r.stdout.includes(`MOE_NATIVE_ADDON=${addon}`), r.stdout);
+    assert.match(r.stdout, why, r.stdout);
+  }
+  // the file this process loaded (the bundled prebuild, the local build, or this variable's own file) loads there too
+  native();
+  const file = Object.keys(require.cache).find((f) => f.endsWith('.node') && path.basename(f).startsWith('dynamic'));
+  assert.ok(file, 'the addon this process loaded is in require.cache');
+  const r = run(file!);
+  assert.is(r.status, 0, `the process died: signal ${r.signal}, stderr ${r.stderr}`);
+  assert.match(r.stdout, /^loaded \d/, r.stdout);
 });
 
 test('detaching x while forwardAsync runs neither crashes nor changes the result', async () => {
