@@ -190,6 +190,27 @@ test('Router.fromConfig recognises the model by architectures[0] when model_type
   }
 });
 
+test('norm_topk_prob: absent is the model default, null is false (as transformers reads None), a string is refused', () => {
+  const v3 = {
+    model_type: 'deepseek_v3',
+    hidden_size: 8,
+    n_routed_experts: 8,
+    num_experts_per_tok: 2,
+    n_group: 4,
+    topk_group: 2,
+  };
+  const qwen = { model_type: 'qwen3_moe', hidden_size: 8, num_experts: 8, num_experts_per_tok: 2 };
+  const gate = randn(8 * 8, SEED + 7);
+  const normalize = (config: object) => Router.fromConfig(config, gate).config.normalize;
+  assert.is(normalize(v3), true);
+  assert.is(normalize({ ...v3, norm_topk_prob: null }), false);
+  assert.is(normalize({ ...v3, norm_topk_prob: false }), false);
+  assert.is(normalize(qwen), false);
+  assert.is(normalize({ ...qwen, norm_topk_prob: null }), false);
+  assert.is(normalize({ ...qwen, norm_topk_prob: true }), true);
+  assert.throws(() => normalize({ ...qwen, norm_topk_prob: 'true' }), /config\.norm_topk_prob: expected a boolean/);
+});
+
 test('dense layers, bad indices and missing files get clear errors', () => {
   const ck = writeTinyCheckpoint(dirFor('dense'), 'deepseek_v3', {
     hiddenSize: 16,

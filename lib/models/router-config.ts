@@ -61,9 +61,11 @@ function num(cfg: Record<string, unknown>, key: string, fallback?: number): numb
   return v;
 }
 
+/** A flag: absent means the model's default; null means false, as transformers reads it (None, tested by truth). */
 function bool(cfg: Record<string, unknown>, key: string, fallback: boolean): boolean {
   const v = cfg[key];
-  if (v === undefined || v === null) return fallback;
+  if (v === undefined) return fallback;
+  if (v === null) return false;
   if (typeof v !== 'boolean')
     throw new RouterConfigurationError(`config.${key}: expected a boolean, got ${describe(v)}`);
   return v;
