@@ -1,0 +1,171 @@
+/**
+ * Model files are untrusted: random mutations of a safetensors header, a .npy header, config.json fields of every
+ * supported family and a sharded checkpoint's index must each load (with consistent sizes, and a finite forward) or
+ * fail with one of the package's errors — never a raw TypeError/RangeError, a hang or a crash. Fresh seed per run
+ * (MOE_TEST_SEED repeats one); a failure prints the mutated file or config.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { DynamicMoEError, MoELayer } from '../lib';
+import { readNpy, writeNpy } from '../lib/models/npy';
+import { openSafetensors, writeSafetensors } from '../lib/models/safetensors';
+import { writeTinyCheckpoint, type TinyArch } from './helpers/checkpoint';
+import { freshSeed, randn, rng } from './helpers/random';
+import { tempDirs } from './helpers/tmp';
+
+const SEED = freshSeed();
+console.log(`fuzz-files.test seed ${SEED}`);
+const tmpDir = tempDirs('moe-fuzz-');
+
+/** Runs `load`; a package error is a clean refusal, anything else fails the test with `what` for the record. */
+function loadsOrRefuses(load: () => void, what: () => string): 'loaded' | 'refused' {
+  try {
+    load();
+    return 'loaded';
+  } catch (err) {
+    if (err instanceof DynamicMoEError) return 'refused';
+    assert.unreachable(`${(err as Error)?.constructor?.name}: ${(err as Error)?.message}\n  input: ${what()}`);
+    return 'refused';
+  }
+}
+
+/** 1–4 byte changes within the first `span` bytes (random bytes, JSON/Python punctuation and digits, bit flips). */
+function mutateBytes(original: Buffer, span: number, next: () => number): Buffer {
+  const out = Buffer.from(original);
+  const punctuation = ' {}[]()",:\'0123456789-.eE';
+  for (let i = 1 + Math.floor(next() * 4); i > 0; i--) {
+    const at = Math.floor(next() * Math.min(span, out.length));
+    const kind = next();
+    if (kind < 0.4) out[at] = Math.floor(next() * 256);
+    else if (kind < 0.8) out[at] = punctuation.charCodeAt(Math.floor(next() * punctuation.length));
+    else out[at] ^= 1 << Math.floor(next() * 8);
+  }
+  return next() < 0.1 ? out.subarray(0, Math.floor(next() * out.length)) : out;
+}
+
+function fuzzFile(file: string, headerBytes: number, read: (file: string) => void, rounds: number, seed: number) {
+  const original = fs.readFileSync(file);
+  const mutated = path.join(path.dirname(file), `mutated${path.extname(file)}`);
+  const next = rng(seed);
+  const seen = { loaded: 0, refused: 0 };
+  for (let i = 0; i < rounds; i++) {
+    const bytes = mutateBytes(original, headerBytes, next);
+    fs.writeFileSync(mutated, bytes);
+    seen[
+      loadsOrRefuses(
+        () => read(mutated),
+        () => `${mutated} (base64) ${bytes.toString('base64')}`,
+      )
+    ]++;
+  }
+  assert.ok(seen.refused > rounds / 4, `most mutations are refused: ${JSON.stringify(seen)}`);
+}
+
+test('safetensors: mutated headers load with consistent sizes or give a package error', () => {
+  const file = path.join(tmpDir(), 'model.safetensors');
+  writeSafetensors(
+    file,
+    {
+      w: { dtype: 'BF16', shape: [3, 4], data: randn(12, SEED) },
+      b: { dtype: 'F32', shape: [2], data: randn(2, SEED + 1) },
+      h: { dtype: 'F16', shape: [1, 2], data: randn(2, SEED + 2) },
+    },
+    { format: 'pt' },
+  );
+  const headerBytes = 8 + Number(fs.readFileSync(file).readBigUInt64LE(0));
+  const read = (mutated: string) => {
+    const st = openSafetensors(mutated);
+    try {
+      for (const name of st.tensorNames()) {
+        const values = st.readFloat32(name);
+        const elements = st.info(name).shape.reduce((a, b) => a * b, 1);
+        assert.is(values.length, elements, `tensor ${name} has the elements of its shape`);
+      }
+    } finally {
+      st.close();
+    }
+  };
+  fuzzFile(file, headerBytes, read, 1500, SEED + 3);
+});
+
+test('npy: mutated headers load with consistent sizes or give a package error', () => {
+  const file = path.join(tmpDir(), 'x.npy');
+  writeNpy(file, randn(6, SEED + 4), [2, 3]);
+  const read = (mutated: string) => {
+    const { shape, data } = readNpy(mutated);
+    assert.is(
+      data.length,
+      shape.reduce((a, b) => a * b, 1),
+      'the data has the elements of its shape',
+    );
+  };
+  fuzzFile(file, 128, read, 1500, SEED + 5);
+});
+
+const ODD_VALUES: unknown[] = [
+  ...[null, true, false, '', 'x', '8', 'softmax', 'sigmoid', 'greedy', 'noaux_tc', [], [1], [0, 1], {}, { a: 1 }],
+  ...[0, -1, 1, 2, 3, 7, 64, 1.5, -0.5, 1e-30, 0.001, 1e9, 2 ** 31, -(2 ** 31), 2 ** 53, 1e308],
+];
+
+test('config.json: mutated fields of every family load with a finite forward or give a package error', () => {
+  const families: TinyArch[] = ['mixtral', 'olmoe', 'qwen2_moe', 'qwen3_moe', 'deepseek_v2', 'deepseek_v3'];
+  const next = rng(SEED + 6);
+  const pick = <T>(values: readonly T[]) => values[Math.floor(next() * values.length)];
+  const x = randn(3 * 16, SEED + 7);
+  for (const arch of families) {
+    const ck = writeTinyCheckpoint(tmpDir(), arch, { hiddenSize: 16, intermediateSize: 8, numExperts: 8, topK: 2 });
+    const configFile = path.join(ck.dir, 'config.json');
+    const keys = Object.keys(ck.config);
+    const seen = { loaded: 0, refused: 0 };
+    for (let i = 0; i < 150; i++) {
+      const config: Record<string, unknown> = { ...ck.config };
+      for (let n = 1 + Math.floor(next() * 3); n > 0; n--) {
+        const key = pick(keys);
+        if (next() < 0.15) delete config[key];
+        else config[key] = pick(ODD_VALUES);
+      }
+      fs.writeFileSync(configFile, JSON.stringify(config));
+      const layer = pick([-1, 0, 1, 2]);
+      const load = () => {
+        const moe = MoELayer.fromPretrained(ck.dir, { layer, threads: 1 });
+        const y = moe.forward(x).output;
+        assert.ok(y.every(Number.isFinite), 'a layer that loads gives a finite output');
+      };
+      seen[loadsOrRefuses(load, () => `${arch} layer ${layer}, config ${JSON.stringify(config)}`)]++;
+    }
+    assert.ok(seen.loaded > 0 && seen.refused > 0, `${arch}: ${JSON.stringify(seen)}`);
+  }
+});
+
+test('model.safetensors.index.json: mutated entries load or give a package error', () => {
+  const ck = writeTinyCheckpoint(tmpDir(), 'olmoe', {
+    hiddenSize: 16,
+    intermediateSize: 8,
+    numExperts: 8,
+    topK: 2,
+    sharded: true,
+  });
+  const indexFile = path.join(ck.dir, 'model.safetensors.index.json');
+  const original = JSON.parse(fs.readFileSync(indexFile, 'utf8')) as { weight_map: Record<string, unknown> };
+  const names = Object.keys(original.weight_map);
+  const shards = [...new Set(Object.values(original.weight_map))];
+  const next = rng(SEED + 8);
+  const odd = [...ODD_VALUES, ...shards, '../config.json', '/etc/hostname', 'missing.safetensors', 'config.json'];
+  const seen = { loaded: 0, refused: 0 };
+  for (let i = 0; i < 150; i++) {
+    const index: Record<string, unknown> = { ...original, weight_map: { ...original.weight_map } };
+    const map = index.weight_map as Record<string, unknown>;
+    const kind = next();
+    if (kind < 0.6) map[names[Math.floor(next() * names.length)]] = odd[Math.floor(next() * odd.length)];
+    else if (kind < 0.8) delete map[names[Math.floor(next() * names.length)]];
+    else index.weight_map = odd[Math.floor(next() * odd.length)];
+    fs.writeFileSync(indexFile, JSON.stringify(index));
+    const load = () => void MoELayer.fromPretrained(ck.dir, { layer: 1, threads: 1 }).forward(randn(16, SEED + i));
+    seen[loadsOrRefuses(load, () => JSON.stringify(index))]++;
+  }
+  assert.ok(seen.refused > 0, JSON.stringify(seen));
+});
+
+test.run();
