@@ -365,7 +365,7 @@ test('the native drain record decodes consistently, and a stale or truncated rec
     selection: { kind: 'topp', p: 0.7, maxK: 4 },
   });
   const T = [3, 17, 1];
-  for (const t of T) router.route(randn(t * d, SEED + t));
+  const results = T.map((t) => router.route(randn(t * d, SEED + t)));
   const flat = router.handle.drainTelemetry();
   const delta = decodeTelemetry(flat);
   assert.is(delta.kind, 'router');
@@ -391,9 +391,20 @@ test('the native drain record decodes consistently, and a stale or truncated rec
   for (const h of [delta.durationSeconds, delta.stageSeconds.combine, delta.complexity])
     assert.is(h.counts.length, h.bounds.length + 1);
   assert.ok(delta.spans.every((s) => s.complexityStartNs === undefined && s.gatingEndNs >= s.startNs));
+  // each call's spread over the experts, against its own expert counts (plain float64 sums of the shares)
+  results.forEach(({ stats: { expertCounts } }, i) => {
+    const counts = Array.from(expertCounts);
+    const shares = counts.map((c) => c / sum(counts));
+    const cv = Math.sqrt(sum(shares.map((p) => (p - 1 / E) ** 2)) / E) * E;
+    assert.is(delta.spans[i].activeExperts, counts.filter((c) => c > 0).length, `call ${i}: active experts`);
+    assert.ok(
+      Math.abs(delta.spans[i].loadBalanceCv! - cv) < 1e-7,
+      `call ${i}: cv ${delta.spans[i].loadBalanceCv} vs ${cv}`,
+    );
+  });
   const stale = flat.slice();
   stale[0] = 99;
-  assert.throws(() => decodeTelemetry(stale), /layout version 99, expected 1/);
+  assert.throws(() => decodeTelemetry(stale), /layout version 99, expected 2/);
   assert.throws(() => decodeTelemetry(flat.subarray(0, flat.length - 1)), /record of \d+ values/);
   assert.throws(() => decodeTelemetry(flat.subarray(0, 5)), /record of 5 values ends early/);
 });

@@ -119,11 +119,16 @@ test('moe.forward has the three children with the native stage times', () => {
     'moe.backend': 'cpu',
   });
   assert.equal(complexity.attributes, { component: 'complexity_estimator', 'input.tokens': 2 });
+  // 5 assignments over experts 0..4 of 8: shares 0.2 x 5 and 0 x 3 around their mean 0.125
+  const cv = Math.sqrt((5 * (0.2 - 0.125) ** 2 + 3 * 0.125 ** 2) / 8) / 0.125;
+  assert.ok(Math.abs(record.loadBalanceCv! - cv) < 1e-12, `fake record cv ${record.loadBalanceCv}`);
   assert.equal(selection.attributes, {
     component: 'expert_router',
     'router.num_experts': 8,
     'routing.avg_experts_per_token': 2.5,
     'routing.tokens': 2,
+    'routing.active_experts': 5,
+    'routing.load_balance_cv': record.loadBalanceCv,
   });
   assert.equal(computation.attributes, {
     component: 'expert_network',
@@ -445,6 +450,13 @@ test('spans of a real MoELayer forward, from its returned stats', () => {
   assert.is(root.attributes['moe.tokens'], T);
   assert.is(root.attributes['moe.avg_experts_per_token'], 2);
   assert.is(root.attributes['moe.flops_computed'], result.stats.flopsComputed);
+  // the expert spread from the returned counts is what the native record of the same call holds
+  const drained = layer.drainTelemetry().spans.at(-1)!;
+  const active = Array.from(result.routing.stats.expertCounts).filter((c) => c > 0).length;
+  assert.is(selection.attributes['routing.active_experts'], active);
+  assert.is(drained.activeExperts, active);
+  const cv = selection.attributes['routing.load_balance_cv'] as number;
+  assert.ok(cv >= 0 && Math.abs(cv - drained.loadBalanceCv!) < 1e-7, `cv ${cv} vs drained ${drained.loadBalanceCv}`);
   layer.dispose();
 });
 

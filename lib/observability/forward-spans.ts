@@ -144,6 +144,8 @@ function recordOne(tracer: Tracer, r: ForwardSpanRecord, a: ForwardSpanAttribute
     .setAttribute('routing.avg_experts_per_token', r.meanK)
     .setAttribute('routing.tokens', r.tokens);
   if (a.numExperts !== undefined) selection.setAttribute('router.num_experts', a.numExperts);
+  if (r.activeExperts !== undefined) selection.setAttribute('routing.active_experts', r.activeExperts);
+  if (Number.isFinite(r.loadBalanceCv)) selection.setAttribute('routing.load_balance_cv', r.loadBalanceCv!);
   selection.end(gatingEnd);
   let end = gatingEnd;
   if (layer) {
@@ -184,11 +186,26 @@ export function spanRecordFromForward(result: ForwardResult, complexityStartNs?:
     meanK: s.meanK,
     flopsComputed: s.flopsComputed,
     flopsStatic: s.flopsStatic,
+    ...expertSpread(result.routing.stats.expertCounts),
   };
   if (complexityStartNs !== undefined && result.routing.complexity)
     record.complexityStartNs = Number(complexityStartNs);
   else if (s.stageSeconds.complexity > 0) record.complexityStartNs = start - s.stageSeconds.complexity * 1e9;
   return record;
+}
+
+/** The span record's `activeExperts` and `loadBalanceCv` from a call's expert counts (as the native drain gives them). */
+function expertSpread(counts: Int32Array): { activeExperts: number; loadBalanceCv: number } {
+  let active = 0;
+  let assigned = 0;
+  for (const c of counts) {
+    if (c > 0) active++;
+    assigned += c;
+  }
+  let variance = 0;
+  for (const c of counts) variance += (c / assigned - 1 / counts.length) ** 2;
+  const loadBalanceCv = assigned > 0 ? Math.sqrt(variance / counts.length) * counts.length : NaN;
+  return { activeExperts: active, loadBalanceCv };
 }
 
 /** How {@link traceDrainedSpans} batches the span records it receives. */

@@ -28,6 +28,10 @@ export interface SpanRecord {
   meanK: number;
   flopsComputed: number;
   flopsStatic: number;
+  /** Experts given at least one token (the `routing.active_experts` span attribute). */
+  activeExperts?: number;
+  /** Standard deviation of the experts' shares of the call's assignments over their mean 1/E; NaN without any. */
+  loadBalanceCv?: number;
 } // steady-clock ns (process.hrtime.bigint() clock); for a router-only call, dispatch/expert/combine end == gatingEndNs
 /** Everything a router or layer counted since its previous drain. */
 export interface TelemetryDelta {
@@ -68,8 +72,8 @@ export interface TelemetrySource {
 }
 
 /** Layout version of the flat record the native drain returns (native/binding/telemetry_wrap.h). */
-const TELEMETRY_LAYOUT_VERSION = 1;
-const SPAN_FIELDS = 10;
+const TELEMETRY_LAYOUT_VERSION = 2;
+const SPAN_FIELDS = 12;
 /** Positions of the record's fixed header (telemetry_wrap.h). */
 const enum At {
   Version = 0,
@@ -232,6 +236,8 @@ export class TelemetryRecord {
         meanK: f[at + 7],
         flopsComputed: f[at + 8],
         flopsStatic: f[at + 9],
+        activeExperts: f[at + 10],
+        loadBalanceCv: f[at + 11],
       };
       if (f[at + 1] >= 0) span.complexityStartNs = f[at + 1];
       spans.push(span);
@@ -318,7 +324,7 @@ export function encodeTelemetry(d: TelemetryDelta): Float64Array {
   out.push(...d.expertTokens);
   for (const r of d.spans) {
     out.push(r.startNs, r.complexityStartNs ?? -1, r.gatingEndNs, r.dispatchEndNs, r.expertEndNs, r.combineEndNs);
-    out.push(r.tokens, r.meanK, r.flopsComputed, r.flopsStatic);
+    out.push(r.tokens, r.meanK, r.flopsComputed, r.flopsStatic, r.activeExperts ?? 0, r.loadBalanceCv ?? NaN);
   }
   return Float64Array.from(out);
 }

@@ -82,6 +82,8 @@ Napi::Value telemetryToJs(Napi::Env env, const moe::telemetry::Delta& d, const c
     w.put(r.meanK);
     w.put(r.flopsComputed);
     w.put(r.flopsStatic);
+    w.put(r.activeExperts);
+    w.put(r.loadBalanceCv);
   }
   if (into.IsTypedArray() && into.As<Napi::TypedArray>().TypedArrayType() == napi_float64_array) {
     Napi::Float64Array given = into.As<Napi::Float64Array>();

@@ -14,8 +14,8 @@
 
 namespace moe_binding {
 
-constexpr int kTelemetryLayoutVersion = 1;
-constexpr size_t kTelemetrySpanFields = 10;
+constexpr int kTelemetryLayoutVersion = 2;
+constexpr size_t kTelemetrySpanFields = 12;
 
 // The record of `d`: written into `into` when that is a Float64Array long enough (returns the number of values
 // written: the caller reuses its array), else as a new Float64Array (returned).

@@ -12,7 +12,9 @@ struct SpanRecord {
   int64_t startNs = 0, gatingEndNs = 0, dispatchEndNs = 0, expertEndNs = 0, combineEndNs = 0;
   int64_t tokens = 0;
   int64_t complexityNs = 0;  // complexity estimation that ended at startNs (0: none)
+  int64_t activeExperts = 0;  // experts given at least one token
   double meanK = 0, flopsComputed = 0, flopsStatic = 0;
+  double loadBalanceCv = 0;  // coefficient of variation of the experts' shares of the assignments (NaN: none)
 };
 
 class SpanRing {
@@ -31,9 +33,11 @@ class SpanRing {
     s.i[4].store(r.combineEndNs, std::memory_order_relaxed);
     s.i[5].store(r.tokens, std::memory_order_relaxed);
     s.i[6].store(r.complexityNs, std::memory_order_relaxed);
+    s.i[7].store(r.activeExperts, std::memory_order_relaxed);
     s.d[0].store(r.meanK, std::memory_order_relaxed);
     s.d[1].store(r.flopsComputed, std::memory_order_relaxed);
     s.d[2].store(r.flopsStatic, std::memory_order_relaxed);
+    s.d[3].store(r.loadBalanceCv, std::memory_order_relaxed);
     s.seq.store(2 * index + 2, std::memory_order_release);
   }
 
@@ -61,9 +65,11 @@ class SpanRing {
       r.combineEndNs = s.i[4].load(std::memory_order_relaxed);
       r.tokens = s.i[5].load(std::memory_order_relaxed);
       r.complexityNs = s.i[6].load(std::memory_order_relaxed);
+      r.activeExperts = s.i[7].load(std::memory_order_relaxed);
       r.meanK = s.d[0].load(std::memory_order_relaxed);
       r.flopsComputed = s.d[1].load(std::memory_order_relaxed);
       r.flopsStatic = s.d[2].load(std::memory_order_relaxed);
+      r.loadBalanceCv = s.d[3].load(std::memory_order_relaxed);
       std::atomic_thread_fence(std::memory_order_acquire);
       if (s.seq.load(std::memory_order_relaxed) != 2 * tail_ + 2) {
         ++dropped;
@@ -77,8 +83,8 @@ class SpanRing {
  private:
   struct alignas(64) Slot {
     std::atomic<uint64_t> seq{0};
-    std::atomic<int64_t> i[7] = {};
-    std::atomic<double> d[3] = {};
+    std::atomic<int64_t> i[8] = {};
+    std::atomic<double> d[4] = {};
   };
   std::vector<Slot> slots_;
   std::atomic<uint64_t> head_{0};

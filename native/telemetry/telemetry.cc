@@ -105,9 +105,21 @@ void Telemetry::record(const CallRecord& c) {
   const int64_t totalNs = s.combineEndNs - s.startNs + c.complexityNs;
   add(durationBase + size_t(durationBucket(totalNs / kNano)), 1);
   add(kDurationSumNs, uint64_t(totalNs));
+  int64_t active = 0;
+  double assigned = 0, squares = 0;  // the expert counts' sum and sum of squares
   for (int e = 0; e < numExperts_; ++e)
-    if (c.expertCounts[e]) add(expertBase + size_t(e), uint64_t(c.expertCounts[e]));
+    if (c.expertCounts[e]) {
+      add(expertBase + size_t(e), uint64_t(c.expertCounts[e]));
+      ++active;
+      assigned += double(c.expertCounts[e]);
+      squares += double(c.expertCounts[e]) * double(c.expertCounts[e]);
+    }
   SpanRecord span = s;
+  span.activeExperts = active;
+  // the shares p_e = count_e / sum: their standard deviation over their mean 1/E is sqrt(E * sum(p_e^2) - 1)
+  span.loadBalanceCv = assigned > 0
+                           ? std::sqrt(std::max(0.0, double(numExperts_) * squares / (assigned * assigned) - 1.0))
+                           : std::numeric_limits<double>::quiet_NaN();
   span.tokens = c.tokens;
   span.complexityNs = c.complexityNs;
   span.meanK = c.tokens ? double(c.assignments) / double(c.tokens) : 0;

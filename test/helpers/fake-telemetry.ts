@@ -66,7 +66,11 @@ export class FakeTelemetrySource implements TelemetrySource {
     for (const k of c.ks) observe(d.expertsPerToken, k);
     for (const x of c.complexity ?? []) observe(d.complexity, x);
     const experts = c.experts ?? [...Array(this.numExperts).keys()];
-    for (let i = 0; i < assignments; i++) d.expertTokens[experts[i % experts.length]] += 1;
+    const counts = new Array<number>(this.numExperts).fill(0);
+    for (let i = 0; i < assignments; i++) counts[experts[i % experts.length]] += 1;
+    counts.forEach((n, e) => (d.expertTokens[e] += n));
+    const shares = counts.map((n) => n / assignments);
+    const E = this.numExperts;
     d.flopsComputed += c.flopsComputed ?? 0;
     d.flopsStatic += c.flopsStatic ?? 0;
     const stage = (name: (typeof STAGES)[number]) => c.stageSeconds?.[name] ?? (name === 'complexity' ? 0 : 1e-4);
@@ -94,6 +98,8 @@ export class FakeTelemetrySource implements TelemetrySource {
       meanK: tokens ? assignments / tokens : 0,
       flopsComputed: c.flopsComputed ?? 0,
       flopsStatic: c.flopsStatic ?? 0,
+      activeExperts: counts.filter((n) => n > 0).length,
+      loadBalanceCv: assignments ? Math.sqrt(shares.reduce((a, p) => a + (p - 1 / E) ** 2, 0) / E) * E : NaN,
     };
     d.spans.push(span);
     if (d.spans.length > this.ringCapacity) {
