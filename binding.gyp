@@ -1,7 +1,9 @@
 # node-gyp build of the CPU addon: the fallback `npm install` uses when no prebuild fits.
 # The baseline is x86-64-v2; AVX2 and AVX-512 kernels are static libraries built with their own flags and only
 # called after a CPUID check. C++ exceptions are on, and every std::exception (bad_alloc included) becomes a JS error
-# (node_addon_api_except_all = NAPI_CPP_EXCEPTIONS + NODE_ADDON_API_CPP_EXCEPTIONS_ALL), as in CMakeLists.txt.
+# (node_addon_api_except_all = NAPI_CPP_EXCEPTIONS + NODE_ADDON_API_CPP_EXCEPTIONS_ALL), as in CMakeLists.txt. An error
+# that cannot be thrown because the environment is going away (a worker terminated while an async call finishes) is
+# dropped instead of aborting the process (NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS).
 {
   "variables": {
     "moe_common_cflags": ["-O3", "-fvisibility=hidden", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
@@ -10,7 +12,7 @@
     "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
     "cflags_cc": ["-std=c++17", "<@(moe_common_cflags)"],
     "include_dirs": ["native/include", "native", "cuda/include"],
-    "defines": ["NDEBUG"]
+    "defines": ["NDEBUG", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"]
   },
   "targets": [
     {

@@ -13,7 +13,7 @@ case "$kind" in
   thread) sanitize=thread runtime=libtsan.so ;;
   *) echo "usage: bash scripts/test-sanitized.sh [address|thread] [uvu file pattern]" >&2; exit 2 ;;
 esac
-native_tests='^(router|router-errors|layer|robustness|estimators|models|models-hf|pretrained|fuzz-files|fuzz-api|isa|serial-queue|observability-(metrics|exposition|tracing|health))\.test\.ts$'
+native_tests='^(router|router-errors|layer|robustness|estimators|models|models-hf|pretrained|fuzz-files|fuzz-api|workers|isa|serial-queue|observability-(metrics|exposition|tracing|health))\.test\.ts$'
 pattern=${2:-$native_tests}
 
 out=build-sanitize-$kind
