@@ -59,6 +59,8 @@
         "native/binding/exposition_wrap.cc",
         "native/binding/cuda_wrap.cc"
       ],
+      # libstdc++ stays shared: with -static-libstdc++ the prebuild needed GLIBCXX no longer, but glibc 2.36 instead
+      # of 2.34 (libstdc++.a of the build machine calls arc4random), which shuts out more systems than it lets in.
       "ldflags": ["-pthread"],
       "libraries": ["-ldl"]
     }
