@@ -194,7 +194,8 @@ export function native(): NativeAddon {
   const override = process.env.MOE_NATIVE_ADDON;
   try {
     if (override) {
-      if (!path.isAbsolute(override)) throw new Error('MOE_NATIVE_ADDON must be an absolute path');
+      if (!path.isAbsolute(override) || path.extname(override) !== '.node')
+        throw new Error('MOE_NATIVE_ADDON must be the absolute path of a .node file');
       // eslint-disable-next-line @typescript-eslint/no-var-requires
       addon = require(override) as NativeAddon;
     } else {

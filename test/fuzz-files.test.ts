@@ -12,6 +12,7 @@ import { DynamicMoEError, MoELayer } from '../lib';
 import { readNpy, writeNpy } from '../lib/models/npy';
 import { openSafetensors, writeSafetensors } from '../lib/models/safetensors';
 import { writeTinyCheckpoint, type TinyArch } from './helpers/checkpoint';
+import { unexpectedNative } from './helpers/errors';
 import { freshSeed, randn, rng } from './helpers/random';
 import { tempDirs } from './helpers/tmp';
 
@@ -25,7 +26,7 @@ function loadsOrRefuses(load: () => void, what: () => string): 'loaded' | 'refus
     load();
     return 'loaded';
   } catch (err) {
-    if (err instanceof DynamicMoEError) return 'refused';
+    if (err instanceof DynamicMoEError && !unexpectedNative(err)) return 'refused';
     assert.unreachable(`${(err as Error)?.constructor?.name}: ${(err as Error)?.message}\n  input: ${what()}`);
     return 'refused';
   }
@@ -60,7 +61,8 @@ function fuzzFile(file: string, headerBytes: number, read: (file: string) => voi
       )
     ]++;
   }
-  assert.ok(seen.refused > rounds / 4, `most mutations are refused: ${JSON.stringify(seen)}`);
+  // (about 1% of the mutations still load: enough to reach the readers' paths past the header checks)
+  assert.ok(seen.refused > 0 && seen.loaded > 0, `both outcomes are reached: ${JSON.stringify(seen)}`);
 }
 
 test('safetensors: mutated headers load with consistent sizes or give a package error', () => {
@@ -158,12 +160,19 @@ test('model.safetensors.index.json: mutated entries load or give a package error
     const index: Record<string, unknown> = { ...original, weight_map: { ...original.weight_map } };
     const map = index.weight_map as Record<string, unknown>;
     const kind = next();
-    if (kind < 0.6) map[names[Math.floor(next() * names.length)]] = odd[Math.floor(next() * odd.length)];
-    else if (kind < 0.8) delete map[names[Math.floor(next() * names.length)]];
+    let outside = false;
+    if (kind < 0.6) {
+      const shard = odd[Math.floor(next() * odd.length)];
+      outside = shard === '../config.json' || shard === '/etc/hostname';
+      map[names[Math.floor(next() * names.length)]] = shard;
+    } else if (kind < 0.8) delete map[names[Math.floor(next() * names.length)]];
     else index.weight_map = odd[Math.floor(next() * odd.length)];
     fs.writeFileSync(indexFile, JSON.stringify(index));
     const load = () => void MoELayer.fromPretrained(ck.dir, { layer: 1, threads: 1 }).forward(randn(16, SEED + i));
-    seen[loadsOrRefuses(load, () => JSON.stringify(index))]++;
+    const outcome = loadsOrRefuses(load, () => JSON.stringify(index));
+    seen[outcome]++;
+    // a shard outside the checkpoint folder is refused, whichever tensor names it
+    if (outside) assert.is(outcome, 'refused', `a shard outside the folder: ${JSON.stringify(index)}`);
   }
   assert.ok(seen.refused > 0, JSON.stringify(seen));
 });

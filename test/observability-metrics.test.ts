@@ -8,7 +8,7 @@ import * as assert from 'uvu/assert';
 import { Counter, Gauge, register as globalRegistry, Registry } from 'prom-client';
 import { MoELayer, Router } from '../lib';
 import { METRIC_LABELS, MetricName, MetricsCollector, type TelemetrySource } from '../lib/observability';
-import { decodeTelemetry } from '../lib/observability/telemetry-types';
+import { decodeTelemetry, encodeTelemetry } from '../lib/observability/telemetry-types';
 import { registryText } from '../lib/observability/exposition';
 import { SeriesFamily } from '../lib/observability/series-family';
 import { FakeTelemetrySource } from './helpers/fake-telemetry';
@@ -402,6 +402,12 @@ test('the native drain record decodes consistently, and a stale or truncated rec
       `call ${i}: cv ${delta.spans[i].loadBalanceCv} vs ${cv}`,
     );
   });
+  // a source of its own whose span records lack the spread: it stays absent (not 0) through encode and decode
+  const bare = { ...delta.spans[0] };
+  delete bare.activeExperts;
+  delete bare.loadBalanceCv;
+  const [again] = decodeTelemetry(encodeTelemetry({ ...delta, spans: [bare] })).spans;
+  assert.equal(again, bare);
   const stale = flat.slice();
   stale[0] = 99;
   assert.throws(() => decodeTelemetry(stale), /layout version 99, expected 2/);

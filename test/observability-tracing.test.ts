@@ -411,6 +411,20 @@ test('a missing exporter package: warning or TracingSetupError, never a crash', 
   assert.throws(() => initializeTracing({ exporterType: 'zipkin' as 'otlp' }), /exporterType/);
 });
 
+test('a record without the expert spread (a source of its own) gets no spread attributes', () => {
+  const record = new FakeTelemetrySource(8, 4, 'router').call({ ks: [1, 2] });
+  delete record.activeExperts;
+  record.loadBalanceCv = NaN;
+  recordForwardSpans(handle.tracer, record, { numExperts: 8 });
+  const [selection] = byName(exporter.getFinishedSpans(), 'router.expert_selection');
+  assert.equal(Object.keys(selection.attributes).sort(), [
+    'component',
+    'router.num_experts',
+    'routing.avg_experts_per_token',
+    'routing.tokens',
+  ]);
+});
+
 test('spans of a real MoELayer forward, from its returned stats', () => {
   const E = 8,
     d = 16,

@@ -4,6 +4,7 @@
  * logits, and an estimator that yields NaN.
  */
 import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { test } from 'uvu';
@@ -36,12 +37,14 @@ test('an impossible allocation is an error, not an abort (child process)', () =>
   void BackendError;
 });
 
-test('MOE_NATIVE_ADDON: a missing or relative path is a BackendError naming it; a real one is what loads (child processes)', () => {
+test('MOE_NATIVE_ADDON: a missing, relative or non-.node path is a BackendError naming it; a real one is what loads (child processes)', () => {
   const script = `
     const { Router, BackendError } = require(${JSON.stringify(path.join(__dirname, '..', 'lib'))});
     try {
       const router = new Router({ numExperts: 4, hiddenSize: 8, gateWeight: new Float32Array(32).fill(0.5), selection: { kind: 'topk', k: 1 } });
-      console.log('loaded ' + router.route(new Float32Array(8).fill(1)).indices[0]);
+      const k = router.route(new Float32Array(8).fill(1)).k[0];
+      const loaded = Object.keys(require.cache).filter((f) => f.endsWith('.node'));
+      console.log('loaded k=' + k + ' ' + JSON.stringify(loaded));
     } catch (e) { console.log(e instanceof BackendError ? 'BackendError' : e.constructor.name, e.message); }
   `;
   const run = (addon: string) =>
@@ -50,24 +53,34 @@ test('MOE_NATIVE_ADDON: a missing or relative path is a BackendError naming it; 
       timeout: 60_000,
       env: { ...process.env, MOE_NATIVE_ADDON: addon },
     });
-  const missing = path.join(os.tmpdir(), 'no-such-dir', 'addon.node');
-  for (const [addon, why] of [
-    [missing, /Cannot find module/],
-    ['build/addon.node', /must be an absolute path/],
-  ] as const) {
-    const r = run(addon);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-addon-'));
+  try {
+    const jsFile = path.join(dir, 'addon.js');
+    fs.writeFileSync(jsFile, 'module.exports = {};');
+    for (const [addon, why] of [
+      [path.join(dir, 'no-such-dir', 'addon.node'), /Cannot find module/],
+      ['build/addon.node', /must be the absolute path of a \.node file/],
+      [jsFile, /must be the absolute path of a \.node file/],
+    ] as const) {
+      const r = run(addon);
+      assert.is(r.status, 0, `the process died: signal ${r.signal}, stderr ${r.stderr}`);
+      assert.match(r.stdout, /^BackendError could not load the native addon/, r.stdout);
+      assert.ok(r.stdout.includes(`MOE_NATIVE_ADDON=${addon}`), r.stdout);
+      assert.match(r.stdout, why, r.stdout);
+    }
+    // a copy of the addon this process loaded, under another name: the child loads that copy and nothing else
+    native();
+    const file = Object.keys(require.cache).find((f) => f.endsWith('.node') && path.basename(f).startsWith('dynamic'));
+    assert.ok(file, 'the addon this process loaded is in require.cache');
+    const copy = path.join(dir, 'copy-of-the-addon.node');
+    fs.copyFileSync(file!, copy);
+    const r = run(copy);
     assert.is(r.status, 0, `the process died: signal ${r.signal}, stderr ${r.stderr}`);
-    assert.match(r.stdout, /^BackendError could not load the native addon/, r.stdout);
-    assert.ok(r.stdout.includes(`MOE_NATIVE_ADDON=${addon}`), r.stdout);
-    assert.match(r.stdout, why, r.stdout);
+    assert.match(r.stdout, /^loaded k=1 /, r.stdout);
+    assert.equal(JSON.parse(r.stdout.slice(r.stdout.indexOf('['))), [copy], r.stdout);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
   }
-  // the file this process loaded (the bundled prebuild, the local build, or this variable's own file) loads there too
-  native();
-  const file = Object.keys(require.cache).find((f) => f.endsWith('.node') && path.basename(f).startsWith('dynamic'));
-  assert.ok(file, 'the addon this process loaded is in require.cache');
-  const r = run(file!);
-  assert.is(r.status, 0, `the process died: signal ${r.signal}, stderr ${r.stderr}`);
-  assert.match(r.stdout, /^loaded \d/, r.stdout);
 });
 
 test('detaching x while forwardAsync runs neither crashes nor changes the result', async () => {

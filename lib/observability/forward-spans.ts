@@ -144,7 +144,7 @@ function recordOne(tracer: Tracer, r: ForwardSpanRecord, a: ForwardSpanAttribute
     .setAttribute('routing.avg_experts_per_token', r.meanK)
     .setAttribute('routing.tokens', r.tokens);
   if (a.numExperts !== undefined) selection.setAttribute('router.num_experts', a.numExperts);
-  if (r.activeExperts !== undefined) selection.setAttribute('routing.active_experts', r.activeExperts);
+  if (Number.isFinite(r.activeExperts)) selection.setAttribute('routing.active_experts', r.activeExperts!);
   if (Number.isFinite(r.loadBalanceCv)) selection.setAttribute('routing.load_balance_cv', r.loadBalanceCv!);
   selection.end(gatingEnd);
   let end = gatingEnd;

@@ -236,9 +236,10 @@ export class TelemetryRecord {
         meanK: f[at + 7],
         flopsComputed: f[at + 8],
         flopsStatic: f[at + 9],
-        activeExperts: f[at + 10],
-        loadBalanceCv: f[at + 11],
       };
+      // (NaN: a source of its own that did not give them)
+      if (Number.isFinite(f[at + 10])) span.activeExperts = f[at + 10];
+      if (Number.isFinite(f[at + 11])) span.loadBalanceCv = f[at + 11];
       if (f[at + 1] >= 0) span.complexityStartNs = f[at + 1];
       spans.push(span);
     }
@@ -324,7 +325,7 @@ export function encodeTelemetry(d: TelemetryDelta): Float64Array {
   out.push(...d.expertTokens);
   for (const r of d.spans) {
     out.push(r.startNs, r.complexityStartNs ?? -1, r.gatingEndNs, r.dispatchEndNs, r.expertEndNs, r.combineEndNs);
-    out.push(r.tokens, r.meanK, r.flopsComputed, r.flopsStatic, r.activeExperts ?? 0, r.loadBalanceCv ?? NaN);
+    out.push(r.tokens, r.meanK, r.flopsComputed, r.flopsStatic, r.activeExperts ?? NaN, r.loadBalanceCv ?? NaN);
   }
   return Float64Array.from(out);
 }

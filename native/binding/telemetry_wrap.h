@@ -1,12 +1,12 @@
 // Converts a telemetry drain (native/telemetry) into one Float64Array (new, or the caller's), which decodeTelemetry() in
-// lib/observability/telemetry-types.ts turns into a TelemetryDelta. Layout (version 1), all doubles:
+// lib/observability/telemetry-types.ts turns into a TelemetryDelta. Layout (version 2), all doubles:
 //   version, kind (0 router | 1 layer), numExperts, calls, tokens, errors[validation, non_finite, internal],
 //   assignments, flopsComputed, flopsStatic, loadBalance, memoryBytes, spansDropped, nExpertTokens, nSpans,
 //   8 histograms (expertsPerToken, complexity, stage complexity/gating/dispatch/expert_gemm/combine, duration),
 //     each: nBounds, bounds[nBounds], counts[nBounds + 1] (not cumulative, the last is +Inf), sum, count,
 //   expertTokens[nExpertTokens],
-//   nSpans x 10: startNs, complexityStartNs (-1: none), gatingEndNs, dispatchEndNs, expertEndNs, combineEndNs,
-//     tokens, meanK, flopsComputed, flopsStatic.
+//   nSpans x 12: startNs, complexityStartNs (-1: none), gatingEndNs, dispatchEndNs, expertEndNs, combineEndNs,
+//     tokens, meanK, flopsComputed, flopsStatic, activeExperts, loadBalanceCv (NaN: no assignment).
 #pragma once
 #include <napi.h>
 
