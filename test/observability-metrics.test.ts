@@ -210,6 +210,48 @@ test('scrapes drain by delta: repeated scrapes never count a call twice', async 
   assert.is(value(exp, MetricName.EXPERT_TOKENS, { layer_id: 'L0', expert_id: '3' }), 1);
 });
 
+test('one collector serves several models: the series of each source carry its modelName', async () => {
+  const c = new MetricsCollector('olmoe', { defaultMetrics: false });
+  const a = new FakeTelemetrySource(4, 2, 'layer', 1000);
+  const b = new FakeTelemetrySource(4, 2, 'layer', 3000);
+  const seen: string[] = [];
+  c.onDrainRecord((record, source) => void (record.calls > 0 && seen.push(source.modelName)));
+  c.observe(a, { layerId: 0 });
+  c.observe(b, { layerId: 0, modelName: 'mixtral' });
+  assert.throws(() => c.observe(new FakeTelemetrySource(), { layerId: 1, modelName: '' }), /modelName/);
+  a.call({ ks: [1, 2], experts: [0], loadBalance: 0.5 });
+  b.call({ ks: [2], experts: [3], loadBalance: 0.75 });
+  b.call({ ks: [1], experts: [3], loadBalance: 0.75 });
+  let exp = await scrape(c);
+  assert.equal(seen.sort(), ['mixtral', 'olmoe']);
+  const requests = (model_name: string) => value(exp, MetricName.ROUTING_REQUESTS, { model_name, status: 'success' });
+  assert.is(requests('olmoe'), 1);
+  assert.is(requests('mixtral'), 2);
+  const tokens = (model_name: string, expert_id: string) =>
+    find(exp, MetricName.EXPERT_TOKENS, { model_name, layer_id: '0', expert_id })[0]?.value ?? 0;
+  assert.equal(
+    [tokens('olmoe', '0'), tokens('olmoe', '3'), tokens('mixtral', '0'), tokens('mixtral', '3')],
+    [3, 0, 0, 3],
+  );
+  const balance = (model_name: string) => find(exp, MetricName.LOAD_BALANCE_SCORE, { model_name, layer_id: '0' });
+  assert.is(balance('olmoe')[0].value, 0.5);
+  assert.is(balance('mixtral')[0].value, 0.75);
+  assert.is(c.latestLoadBalanceScore(0), 0.5);
+  assert.is(c.latestLoadBalanceScore(0, 'mixtral'), 0.75);
+  assert.is(c.latestLoadBalanceScore(), 0.5, 'the lowest over every layer of every model');
+  const memory = (model_name: string) =>
+    find(exp, MetricName.MEMORY_USAGE, { model_name, component: 'expert_weights' })[0]?.value;
+  assert.equal([memory('olmoe'), memory('mixtral')], [1000, 3000]);
+  // detaching one model's source takes its gauges (load balance, memory), not the other's
+  c.unobserve(b);
+  exp = await scrape(c);
+  assert.is(balance('mixtral').length, 0);
+  assert.is(balance('olmoe').length, 1);
+  assert.equal([memory('olmoe'), memory('mixtral')], [1000, undefined]);
+  assert.is(requests('mixtral'), 2, 'its counters stay');
+  assert.ok(Number.isNaN(c.latestLoadBalanceScore(0, 'mixtral')));
+});
+
 test('one drain per source per scrape, and reading a single family alone still drains', async () => {
   const c = new MetricsCollector('once', { defaultMetrics: false });
   const a = new FakeTelemetrySource();

@@ -272,7 +272,7 @@ export function traceDrainedSpans(
     if (record.spanCount === 0) return;
     const spans = record.spans();
     const attributes: ForwardSpanAttributes = {
-      modelName: collector.modelName,
+      modelName: source.modelName,
       layerId: source.layerId,
       numExperts: record.numExperts,
       backend: source.backend,

@@ -63,6 +63,11 @@ export interface MetricsCollectorOptions {
 export interface ObserveOptions {
   /** The `layer_id` label of this source's load balance and per-expert token counts. */
   layerId: string | number;
+  /**
+   * The `model_name` label of this source's series. Default: the collector's. One collector (one registry, one
+   * /metrics) can so serve the layers of several models.
+   */
+  modelName?: string;
   /** The `backend` label of its requests and durations. Default: the source's backend ('cpu' or 'cuda'). */
   backend?: string;
   /** The `estimator_type` label of its complexity scores. Default: the router's estimator name, else 'none'. */
@@ -74,6 +79,7 @@ export interface ObserveOptions {
 /** What a drain listener learns about the source a delta came from. */
 export interface ObservedSourceInfo {
   readonly source: TelemetrySource;
+  readonly modelName: string;
   readonly layerId: string;
   readonly backend: string;
   readonly estimatorType: string;
@@ -144,7 +150,8 @@ export class MetricsCollector {
   private readonly record = new TelemetryRecord();
   /** Set while a drain's record is added and its listeners run. */
   private draining = false;
-  private readonly latestLoadBalance = new Map<string, number>();
+  /** By model name, then layer id. */
+  private readonly latestLoadBalance = new Map<string, Map<string, number>>();
   private drainedThisTurn = false;
   private readonly endTurn = () => {
     this.drainedThisTurn = false;
@@ -156,10 +163,11 @@ export class MetricsCollector {
   private readonly defaultsIntervalMs: number;
   private defaultsCache = '';
   private defaultsAt = -Infinity;
-  /** The memory series of the source-fed components. */
-  private readonly memoryHandles = new Map<string, Series>();
-  /** Memory components whose value comes from attached sources. */
-  private readonly sourceComponents = new Set<string>();
+  /** The memory series fed by attached sources, by model and component (expert_weights, router_weights). */
+  private readonly sourceMemory = new Map<
+    string,
+    { labels: { model_name: string; component: string }; bytes: number; present: boolean; handle: Series | undefined }
+  >();
 
   /**
    * @param modelName the `model_name` label value of every family.
@@ -253,7 +261,9 @@ export class MetricsCollector {
       throw new TypeError('observe: expected a Router or MoELayer (an object with drainTelemetry())');
     if (opts?.layerId === undefined || opts.layerId === '') throw new TypeError('observe: opts.layerId is required');
     if (this.attached.some((a) => a.source === source)) throw new Error('observe: this source is already attached');
-    const model_name = this.modelName;
+    if (opts.modelName !== undefined && (typeof opts.modelName !== 'string' || opts.modelName === ''))
+      throw new TypeError(`observe: opts.modelName: expected a non-empty string, got ${String(opts.modelName)}`);
+    const model_name = opts.modelName ?? this.modelName;
     const backend = opts.backend ?? backendOf(source) ?? 'cpu';
     const layerId = String(opts.layerId);
     const layerType = opts.layerType ?? 'moe';
@@ -261,6 +271,7 @@ export class MetricsCollector {
     // first error.
     const entry: Attached = {
       source,
+      modelName: model_name,
       layerId,
       backend,
       estimatorType: opts.estimatorType ?? estimatorNameOf(source) ?? 'none',
@@ -294,12 +305,19 @@ export class MetricsCollector {
     this.updateMemoryGauge();
   }
 
-  /** Drops a source from the drains, and its layer's load balance unless another source has that layer id. */
+  /** Drops a source from the drains, and its layer's load balance unless another source has that model and layer. */
   private detach(entry: Attached): void {
     this.attached = this.attached.filter((a) => a !== entry);
-    if (this.attached.some((a) => a.layerId === entry.layerId)) return;
-    this.loadBalance.remove({ model_name: this.modelName, layer_id: entry.layerId });
-    this.latestLoadBalance.delete(entry.layerId);
+    if (this.attached.some((a) => a.layerId === entry.layerId && a.modelName === entry.modelName)) return;
+    this.loadBalance.remove({ model_name: entry.modelName, layer_id: entry.layerId });
+    this.balanceOf(entry.modelName).delete(entry.layerId);
+  }
+
+  /** The latest load balance per layer of one model. */
+  private balanceOf(modelName: string): Map<string, number> {
+    let layers = this.latestLoadBalance.get(modelName);
+    if (!layers) this.latestLoadBalance.set(modelName, (layers = new Map()));
+    return layers;
   }
 
   /** Calls `listener` with every drained delta (for spans and summaries). Returns a function that removes it. */
@@ -378,11 +396,15 @@ export class MetricsCollector {
     return this.registry.contentType;
   }
 
-  /** The latest load balance seen for a layer (or the lowest over all layers when omitted); NaN before any. */
-  latestLoadBalanceScore(layerId?: string | number): number {
-    if (layerId !== undefined) return this.latestLoadBalance.get(String(layerId)) ?? NaN;
+  /**
+   * The latest load balance seen for a layer of a model (default: the collector's), or the lowest over every layer
+   * of every model when `layerId` is omitted; NaN before any.
+   */
+  latestLoadBalanceScore(layerId?: string | number, modelName = this.modelName): number {
+    if (layerId !== undefined) return this.latestLoadBalance.get(modelName)?.get(String(layerId)) ?? NaN;
     let lowest = NaN;
-    for (const v of this.latestLoadBalance.values()) if (!(v >= lowest)) lowest = v;
+    for (const layers of this.latestLoadBalance.values())
+      for (const v of layers.values()) if (!(v >= lowest)) lowest = v;
     return lowest;
   }
 
@@ -404,7 +426,7 @@ export class MetricsCollector {
   /** Sets a layer's load balance score (1 = even). */
   recordLoadBalance(score: number, layerId: string | number): void {
     this.loadBalance.set({ model_name: this.modelName, layer_id: String(layerId) }, score);
-    this.latestLoadBalance.set(String(layerId), score);
+    this.balanceOf(this.modelName).set(String(layerId), score);
   }
 
   /** Adds FLOPs computed and saved. A negative saving (more experts than the static top-k) adds nothing. */
@@ -510,7 +532,7 @@ export class MetricsCollector {
     const native = typeof entry.source.drainTelemetryRecord === 'function';
     if (!native || !plan?.fits(this.store, r)) plan = entry.plan = this.planFor(entry, r);
     plan.apply(r, this.store.values);
-    if (Number.isFinite(r.loadBalance)) this.latestLoadBalance.set(entry.layerId, r.loadBalance);
+    if (Number.isFinite(r.loadBalance)) this.balanceOf(entry.modelName).set(entry.layerId, r.loadBalance);
   }
 
   /**
@@ -521,7 +543,7 @@ export class MetricsCollector {
   private planFor(entry: Attached, r: TelemetryRecord): DrainPlan {
     const plan = new DrainPlan();
     const { series, layerId, backend } = entry;
-    const model_name = this.modelName;
+    const model_name = entry.modelName;
     const counter = (
       family: SeriesFamily<string>,
       handle: Series,
@@ -603,42 +625,41 @@ export class MetricsCollector {
     else
       plan.pending.push((r) => {
         if (!Number.isFinite(r.loadBalance)) return;
-        this.recordLoadBalance(r.loadBalance, layerId);
+        this.loadBalance.set({ model_name, layer_id: layerId }, r.loadBalance);
+        this.balanceOf(model_name).set(layerId, r.loadBalance);
         series.loadBalance = this.loadBalance.handle({ model_name, layer_id: layerId });
       });
     return plan.seal(this.store, r);
   }
 
-  /** Native weight memory, summed per component over the attached sources (no allocation: two components). */
+  /** Native weight memory, summed per model and component over the attached sources. */
   private updateMemoryGauge(): void {
-    let layerBytes = 0;
-    let routerBytes = 0;
-    let layers = false;
-    let routers = false;
-    for (const a of this.attached) {
-      if (a.kind === 'layer') {
-        layers = true;
-        layerBytes += a.memoryBytes;
-      } else if (a.kind === 'router') {
-        routers = true;
-        routerBytes += a.memoryBytes;
-      }
+    for (const total of this.sourceMemory.values()) {
+      total.bytes = 0;
+      total.present = false;
     }
-    this.sourceMemory('expert_weights', layers, layerBytes);
-    this.sourceMemory('router_weights', routers, routerBytes);
-  }
-
-  /** Sets a source-fed memory component, or removes it once no attached source feeds it. */
-  private sourceMemory(component: 'expert_weights' | 'router_weights', present: boolean, bytes: number): void {
-    if (present) {
-      // the handle is kept (no label lookup per drain); a removed one is looked up again
-      let handle = this.memoryHandles.get(component);
-      if (!handle || handle.removed)
-        this.memoryHandles.set(component, (handle = this.memory.handle({ model_name: this.modelName, component })));
-      this.memory.setSeries(handle, bytes);
-      this.sourceComponents.add(component);
-    } else if (this.sourceComponents.delete(component)) {
-      this.memory.remove({ model_name: this.modelName, component });
+    for (const a of this.attached) {
+      if (a.kind === undefined) continue;
+      const component = a.kind === 'layer' ? 'expert_weights' : 'router_weights';
+      const key = `${a.modelName}\u0000${component}`;
+      let total = this.sourceMemory.get(key);
+      if (!total) {
+        total = { labels: { model_name: a.modelName, component }, bytes: 0, present: false, handle: undefined };
+        this.sourceMemory.set(key, total);
+      }
+      total.bytes += a.memoryBytes;
+      total.present = true;
+    }
+    for (const [key, total] of this.sourceMemory) {
+      if (total.present) {
+        // the handle is kept (no label lookup per drain); a removed one is looked up again
+        if (!total.handle || total.handle.removed) total.handle = this.memory.handle(total.labels);
+        this.memory.setSeries(total.handle, total.bytes);
+      } else {
+        // no attached source feeds it any more
+        this.memory.remove(total.labels);
+        this.sourceMemory.delete(key);
+      }
     }
   }
 }
