@@ -113,6 +113,16 @@ interface Attached extends ObservedSourceInfo {
   };
   /** How its drain records are added (rebuilt when the collector's series change). */
   plan?: DrainPlan;
+  /** The memory total its weights count in (looked up once its kind is known). */
+  memory?: SourceMemory;
+}
+
+/** A memory series fed by attached sources: one model's expert_weights or router_weights. */
+interface SourceMemory {
+  readonly labels: { model_name: string; component: string };
+  bytes: number;
+  present: boolean;
+  handle: Series | undefined;
 }
 
 type Labels<N extends keyof typeof METRIC_LABELS> = (typeof METRIC_LABELS)[N][number];
@@ -164,10 +174,7 @@ export class MetricsCollector {
   private defaultsCache = '';
   private defaultsAt = -Infinity;
   /** The memory series fed by attached sources, by model and component (expert_weights, router_weights). */
-  private readonly sourceMemory = new Map<
-    string,
-    { labels: { model_name: string; component: string }; bytes: number; present: boolean; handle: Series | undefined }
-  >();
+  private readonly sourceMemory = new Map<string, SourceMemory>();
 
   /**
    * @param modelName the `model_name` label value of every family.
@@ -632,7 +639,7 @@ export class MetricsCollector {
     return plan.seal(this.store, r);
   }
 
-  /** Native weight memory, summed per model and component over the attached sources. */
+  /** Native weight memory, summed per model and component over the attached sources (no allocation once known). */
   private updateMemoryGauge(): void {
     for (const total of this.sourceMemory.values()) {
       total.bytes = 0;
@@ -640,13 +647,7 @@ export class MetricsCollector {
     }
     for (const a of this.attached) {
       if (a.kind === undefined) continue;
-      const component = a.kind === 'layer' ? 'expert_weights' : 'router_weights';
-      const key = `${a.modelName}\u0000${component}`;
-      let total = this.sourceMemory.get(key);
-      if (!total) {
-        total = { labels: { model_name: a.modelName, component }, bytes: 0, present: false, handle: undefined };
-        this.sourceMemory.set(key, total);
-      }
+      const total = (a.memory ??= this.sourceMemoryOf(a.modelName, a.kind));
       total.bytes += a.memoryBytes;
       total.present = true;
     }
@@ -661,6 +662,17 @@ export class MetricsCollector {
         this.sourceMemory.delete(key);
       }
     }
+  }
+
+  private sourceMemoryOf(modelName: string, kind: TelemetryDelta['kind']): SourceMemory {
+    const component = kind === 'layer' ? 'expert_weights' : 'router_weights';
+    const key = `${modelName}\u0000${component}`;
+    let total = this.sourceMemory.get(key);
+    if (!total) {
+      total = { labels: { model_name: modelName, component }, bytes: 0, present: false, handle: undefined };
+      this.sourceMemory.set(key, total);
+    }
+    return total;
   }
 }
 
