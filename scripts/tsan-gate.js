@@ -2,8 +2,9 @@
 // Sorts the ThreadSanitizer reports of scripts/test-sanitized.sh (files in the folder given) into the addon's and
 // Node's own. Exits 1 when a report has a frame in the addon, or when it cannot be attributed: one access's stack
 // was lost ("[failed to restore the stack]") and the other access is not in Node's code either. A race whose known
-// access is inside Node (node+0x... frames: V8's platform, workers, libuv) on memory Node allocated is Node's own,
-// as only the addon is instrumented; those are counted, not failed.
+// access is inside Node (node+0x... frames: V8's platform, workers, libuv) is counted as Node's own, not failed:
+// only the addon is instrumented, so TSan cannot see Node's synchronisation. (What this cannot tell apart: an addon
+// access whose stack was lost, racing with Node's code. history_size=7 makes lost stacks rare.)
 'use strict';
 const fs = require('node:fs');
 const path = require('node:path');
