@@ -92,6 +92,72 @@ test('safetensors: mutated headers load with consistent sizes or give a package 
   fuzzFile(file, headerBytes, read, 1500, SEED + 3);
 });
 
+test('safetensors: headers with odd field values (re-encoded, so the length is right) load consistently or are refused', () => {
+  const file = path.join(tmpDir(), 'model.safetensors');
+  writeSafetensors(file, {
+    w: { dtype: 'F32', shape: [2, 3], data: randn(6, SEED + 10) },
+    b: { dtype: 'BF16', shape: [4], data: randn(4, SEED + 11) },
+  });
+  const bytes = fs.readFileSync(file);
+  const headerLength = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString('utf8')) as Record<
+    string,
+    Record<string, unknown>
+  >;
+  const data = bytes.subarray(8 + headerLength);
+  const next = rng(SEED + 12);
+  const pick = <T>(values: readonly T[]) => values[Math.floor(next() * values.length)];
+  const odd: unknown[] = [
+    ...ODD_VALUES,
+    'F16',
+    'F32',
+    'BF16',
+    'I8',
+    [2, 3],
+    [3, 2],
+    [6],
+    [0, 24],
+    [24, 32],
+    [0, 8],
+    [-8, 0],
+  ];
+  const mutated = path.join(path.dirname(file), 'fields.safetensors');
+  const seen = { loaded: 0, refused: 0 };
+  for (let i = 0; i < 600; i++) {
+    const h = JSON.parse(JSON.stringify(header)) as Record<string, Record<string, unknown>>;
+    for (let n = 1 + Math.floor(next() * 2); n > 0; n--) {
+      const entry = h[pick(['w', 'b'])];
+      const field = pick(['dtype', 'shape', 'data_offsets']);
+      const current = entry[field];
+      if (Array.isArray(current) && next() < 0.5) current[Math.floor(next() * current.length)] = pick(ODD_VALUES);
+      else entry[field] = pick(odd);
+    }
+    const json = Buffer.from(JSON.stringify(h));
+    const length = Buffer.alloc(8);
+    length.writeBigUInt64LE(BigInt(json.length));
+    fs.writeFileSync(mutated, Buffer.concat([length, json, data]));
+    const read = () => {
+      const st = openSafetensors(mutated);
+      try {
+        for (const name of st.tensorNames()) {
+          const info = st.info(name);
+          if (!['F32', 'BF16', 'F16'].includes(info.dtype)) continue;
+          const values = st.readFloat32(name);
+          assert.is(
+            values.length,
+            info.shape.reduce((a, b) => a * b, 1),
+            `tensor ${name} has the elements of its shape`,
+          );
+        }
+      } finally {
+        st.close();
+      }
+    };
+    seen[loadsOrRefuses(read, () => JSON.stringify(h))]++;
+  }
+  assert.ok(seen.loaded > 0 && seen.refused > 0, `both outcomes are reached: ${JSON.stringify(seen)}`);
+});
+
 test('npy: mutated headers load with consistent sizes or give a package error', () => {
   const file = path.join(tmpDir(), 'x.npy');
   writeNpy(file, randn(6, SEED + 4), [2, 3]);
