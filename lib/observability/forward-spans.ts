@@ -14,7 +14,7 @@ import {
 } from '@opentelemetry/api';
 import type { ForwardResult } from '../layer';
 import type { MetricsCollector } from './metrics';
-import type { SpanRecord } from './telemetry-types';
+import { expertSpread, type SpanRecord } from './telemetry-types';
 
 /** A native span record, optionally with the start of the complexity estimation that ran before the native call. */
 export type ForwardSpanRecord = SpanRecord;
@@ -192,20 +192,6 @@ export function spanRecordFromForward(result: ForwardResult, complexityStartNs?:
     record.complexityStartNs = Number(complexityStartNs);
   else if (s.stageSeconds.complexity > 0) record.complexityStartNs = start - s.stageSeconds.complexity * 1e9;
   return record;
-}
-
-/** The span record's `activeExperts` and `loadBalanceCv` from a call's expert counts (as the native drain gives them). */
-function expertSpread(counts: Int32Array): { activeExperts: number; loadBalanceCv: number } {
-  let active = 0;
-  let assigned = 0;
-  for (const c of counts) {
-    if (c > 0) active++;
-    assigned += c;
-  }
-  let variance = 0;
-  for (const c of counts) variance += (c / assigned - 1 / counts.length) ** 2;
-  const loadBalanceCv = assigned > 0 ? Math.sqrt(variance / counts.length) * counts.length : NaN;
-  return { activeExperts: active, loadBalanceCv };
 }
 
 /** How {@link traceDrainedSpans} batches the span records it receives. */

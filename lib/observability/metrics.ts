@@ -432,8 +432,13 @@ export class MetricsCollector {
 
   /** Sets a layer's load balance score (1 = even). */
   recordLoadBalance(score: number, layerId: string | number): void {
-    this.loadBalance.set({ model_name: this.modelName, layer_id: String(layerId) }, score);
-    this.balanceOf(this.modelName).set(String(layerId), score);
+    this.setLoadBalance(this.modelName, String(layerId), score);
+  }
+
+  /** The gauge of one model's layer, and the latest score kept for the health check. */
+  private setLoadBalance(modelName: string, layerId: string, score: number): void {
+    this.loadBalance.set({ model_name: modelName, layer_id: layerId }, score);
+    this.balanceOf(modelName).set(layerId, score);
   }
 
   /** Adds FLOPs computed and saved. A negative saving (more experts than the static top-k) adds nothing. */
@@ -632,8 +637,7 @@ export class MetricsCollector {
     else
       plan.pending.push((r) => {
         if (!Number.isFinite(r.loadBalance)) return;
-        this.loadBalance.set({ model_name, layer_id: layerId }, r.loadBalance);
-        this.balanceOf(model_name).set(layerId, r.loadBalance);
+        this.setLoadBalance(model_name, layerId, r.loadBalance);
         series.loadBalance = this.loadBalance.handle({ model_name, layer_id: layerId });
       });
     return plan.seal(this.store, r);

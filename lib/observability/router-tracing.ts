@@ -6,6 +6,7 @@
  * Router and MoELayer need none of it: their spans come from the native stage timestamps (forward-spans.ts).
  */
 import type { Attributes, Span } from '@opentelemetry/api';
+import { expertSpread } from './telemetry-types';
 import { isPromiseLike, traceSpan } from './tracing';
 
 /** What a selection function returns: `[indices, weights]`, or an object with them (and optionally k per token). */
@@ -197,16 +198,12 @@ function selectionAttributes(result: SelectionResult, numExperts: number): Attri
       counts[e]++;
       chosen++;
     }
+  const spread = expertSpread(counts);
   const attributes: Attributes = {
     'routing.output_shape': shapeOf(indices) ?? `[${flat.length}]`,
-    'routing.active_experts': counts.filter((c) => c > 0).length,
+    'routing.active_experts': spread.activeExperts,
   };
-  if (chosen > 0) {
-    const shares = counts.map((c) => c / chosen);
-    const mean = 1 / numExperts;
-    const variance = shares.reduce((s, v) => s + (v - mean) ** 2, 0) / numExperts;
-    attributes['routing.load_balance_cv'] = Math.sqrt(variance) / mean;
-  }
+  if (chosen > 0) attributes['routing.load_balance_cv'] = spread.loadBalanceCv;
   if (k && k.length > 0)
     attributes['routing.avg_experts_per_token'] = Array.from(k).reduce((a, b) => a + b, 0) / k.length;
   else if (rows) attributes['routing.avg_experts_per_token'] = chosen / (indices as ArrayLike<unknown>).length;

@@ -33,6 +33,24 @@ export interface SpanRecord {
   /** Standard deviation of the experts' shares of the call's assignments over their mean 1/E; NaN without any. */
   loadBalanceCv?: number;
 } // steady-clock ns (process.hrtime.bigint() clock); for a router-only call, dispatch/expert/combine end == gatingEndNs
+/**
+ * A call's spread over the experts from its tokens per expert: the experts given any (`routing.active_experts`),
+ * and the standard deviation of their shares over the mean share 1/E (`routing.load_balance_cv`; NaN without any
+ * assignment). The native span records carry the same (native/telemetry/telemetry.cc).
+ */
+export function expertSpread(counts: ArrayLike<number>): { activeExperts: number; loadBalanceCv: number } {
+  const E = counts.length;
+  let active = 0;
+  let assigned = 0;
+  for (let e = 0; e < E; e++) {
+    if (counts[e] > 0) active++;
+    assigned += counts[e];
+  }
+  let variance = 0;
+  for (let e = 0; e < E; e++) variance += (counts[e] / assigned - 1 / E) ** 2;
+  return { activeExperts: active, loadBalanceCv: assigned > 0 ? Math.sqrt(variance / E) * E : NaN };
+}
+
 /** Everything a router or layer counted since its previous drain. */
 export interface TelemetryDelta {
   kind: 'router' | 'layer';
