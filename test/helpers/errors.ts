@@ -1,6 +1,6 @@
 /** Assertions shared by the test suites: an error of a class, with a message that matches and names things. */
 import * as assert from 'uvu/assert';
-import { BackendError } from '../../lib/errors';
+import { BackendError, DynamicMoEError } from '../../lib/errors';
 
 /** `fn` must throw an `ErrorType` whose message matches `pattern` and contains every word of `mustMention`. */
 export function throwsWith(
@@ -25,9 +25,13 @@ export function throwsWith(
 }
 
 /**
- * A native error the binding did not raise on purpose (no ERR_MOE_* code: an argument the glue could not convert, a
- * std::exception from deep inside) reaches users as "native call failed": a validation gap, unless it is memory.
+ * Fuzz tests: `err` must be a clean refusal, one of the package's errors — and not a native error the binding did not
+ * raise on purpose (no ERR_MOE_* code: an argument the glue could not convert, a std::exception from deep inside),
+ * which reaches users as "native call failed": a validation gap, unless it is memory. `what()` names the input.
  */
-export function unexpectedNative(err: unknown): boolean {
-  return err instanceof BackendError && /native call failed/.test(err.message) && !/bad_alloc|alloc/i.test(err.message);
+export function assertCleanRefusal(err: unknown, what: () => string): void {
+  const unexpectedNative =
+    err instanceof BackendError && /native call failed/.test(err.message) && !/bad_alloc|alloc/i.test(err.message);
+  if (err instanceof DynamicMoEError && !unexpectedNative) return;
+  assert.unreachable(`${what()}: ${(err as Error)?.constructor?.name}: ${(err as Error)?.message}`);
 }
