@@ -6,7 +6,8 @@
 # dropped instead of aborting the process (NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS).
 {
   "variables": {
-    "moe_common_cflags": ["-O3", "-fvisibility=hidden", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
+    "moe_common_cflags": ["-O3", "-fvisibility=hidden", "-fno-math-errno", "-Wall", "-Wno-unused-function",
+                          "-include", "moe/glibc_compat.h"]
   },
   "target_defaults": {
     "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
@@ -37,6 +38,7 @@
       "cflags_cc": ["-march=x86-64-v2"],
       "sources": [
         "native/runtime/cpu_features.cc",
+        "native/runtime/glibc_compat.cc",
         "native/runtime/thread_pool.cc",
         "native/runtime/cuda_plugin.cc",
         "native/telemetry/telemetry.cc",
@@ -59,10 +61,11 @@
         "native/binding/exposition_wrap.cc",
         "native/binding/cuda_wrap.cc"
       ],
-      # libstdc++ stays shared: with -static-libstdc++ the prebuild needed GLIBCXX no longer, but glibc 2.36 instead
-      # of 2.34 (libstdc++.a of the build machine calls arc4random), which shuts out more systems than it lets in.
+      # libstdc++ stays shared (with -static-libstdc++, libstdc++.a of a new build machine asks for a new glibc).
+      # The symbols that would ask for a newer glibc or libstdc++ than the README's floor are bound to older
+      # versions (native/include/moe/glibc_compat.h); libdl.so.2 is named so that its dlopen is there on glibc < 2.34.
       "ldflags": ["-pthread"],
-      "libraries": ["-ldl"]
+      "libraries": ["-ldl", "-Wl,--push-state,--no-as-needed,-l:libdl.so.2,--pop-state"]
     }
   ]
 }

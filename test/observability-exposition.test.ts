@@ -31,7 +31,20 @@ test('numbers are written as String(number) writes them (prom-client spells NaN 
   const expected = (x: number) =>
     Number.isNaN(x) ? 'Nan' : x === Infinity ? '+Inf' : x === -Infinity ? '-Inf' : String(x);
   const special = [0, -0, 1, -1, 0.1, 0.3, 1e21, 1e-7, 1e-6, 123e-20, 2 ** 53, 2 ** 53 + 2, 2 ** 64, 1e20];
-  special.push(5e-324, -5e-324, Number.MAX_VALUE, -Number.MAX_VALUE, 0.1 + 0.2, 1 / 3, 1e300 * 10, NaN, -Infinity);
+  special.push(
+    5e-324,
+    -5e-324,
+    2.2250738585072014e-308,
+    2.225073858507201e-308,
+    1.4859217929224e-310,
+    Number.MAX_VALUE,
+    -Number.MAX_VALUE,
+    0.1 + 0.2,
+    1 / 3,
+    1e300 * 10,
+    NaN,
+    -Infinity,
+  );
   for (const x of special) assert.is(exposition.formatNumber(x), expected(x), `x = ${x}`);
   const random = rng(SEED);
   const bits = new Float64Array(1);
@@ -40,8 +53,16 @@ test('numbers are written as String(number) writes them (prom-client spells NaN 
   for (let i = 0; i < 20_000; i++) {
     words[0] = (random() * 2 ** 32) >>> 0;
     words[1] = (random() * 2 ** 32) >>> 0;
+    const any = bits[0]; // any bit pattern: NaNs, huge and tiny exponents
+    words[1] &= 0x800fffff; // a subnormal: fewer significant bits, so a wider interval that reads back
+    const subnormal = bits[0];
+    // next to a short decimal: where the digits needed jump from few to 16 or 17
+    bits[0] = Number((random() * 10 ** Math.floor(random() * 40 - 20)).toPrecision(1 + (i % 17)));
+    words[0] += (i % 3) - 1;
     const values = [
-      bits[0], // any bit pattern: subnormals, NaNs, huge and tiny exponents
+      any,
+      subnormal,
+      bits[0],
       random() * 10 ** Math.floor(random() * 44 - 22),
       Math.round(random() * 1e6) / 1000, // the sums of a duration histogram
       Math.floor(random() * 2 ** 53), // counters

@@ -62,6 +62,53 @@ test('npm pack holds the prebuild, dist, native sources and monitoring, not test
     assert.not.match(f, /^(test|bench|build|build-cmake|node_modules)\//, `tarball must not hold ${f}`);
 });
 
+/** "GLIBC_2.16" -> ['GLIBC', [2, 16]] */
+function versionOf(name: string): [string, number[]] | undefined {
+  const m = /^([A-Z]+)_(\d+(?:\.\d+)*)$/.exec(name);
+  return m ? [m[1], m[2].split('.').map(Number)] : undefined;
+}
+const newer = (a: number[], b: number[]) => {
+  for (let i = 0; i < Math.max(a.length, b.length); i++)
+    if ((a[i] ?? 0) !== (b[i] ?? 0)) return (a[i] ?? 0) > (b[i] ?? 0);
+  return false;
+};
+
+test('the prebuild asks for no newer glibc or libstdc++ than the README states', () => {
+  const readme = fs.readFileSync(path.join(repo, 'README.md'), 'utf8').replace(/\s+/g, ' ');
+  const stated =
+    /prebuild[^.]*? needs glibc (\d+\.\d+)\+ and the libstdc\+\+ of GCC \d+\+ \(GLIBCXX_([\d.]+), CXXABI_([\d.]+)\)/.exec(
+      readme,
+    );
+  assert.ok(stated, "README's requirements name the prebuild's glibc and libstdc++ floor");
+  const floor: Record<string, number[]> = {
+    GLIBC: stated[1].split('.').map(Number),
+    GLIBCXX: stated[2].split('.').map(Number),
+    CXXABI: stated[3].split('.').map(Number),
+    GCC: [4, 2], // libgcc_s: GCC 4.2's, which every one of those systems has
+  };
+  const dir = path.join(repo, 'prebuilds', 'linux-x64');
+  const prebuilds = fs.readdirSync(dir).filter((f) => f.endsWith('.node'));
+  assert.ok(prebuilds.length > 0, 'a prebuild exists');
+  for (const file of prebuilds) {
+    const dump = spawnSync('objdump', ['-p', path.join(dir, file)], { encoding: 'utf8' });
+    if (dump.error) {
+      console.log(`SKIP: objdump (binutils) is not available to read ${file}'s version needs`);
+      return;
+    }
+    assert.is(dump.status, 0, dump.stderr);
+    const needs = [...dump.stdout.matchAll(/^\s+0x[0-9a-f]+ 0x[0-9a-f]+ \d+ (\S+)$/gm)].map((m) => m[1]);
+    assert.ok(
+      needs.some((n) => n.startsWith('GLIBC_')),
+      `${file}: version needs were read (${needs.join(' ')})`,
+    );
+    for (const need of needs) {
+      const parsed = versionOf(need);
+      assert.ok(parsed && floor[parsed[0]], `${file} needs ${need}, of a library the README does not name`);
+      assert.not.ok(newer(parsed![1], floor[parsed![0]]), `${file} needs ${need}, newer than the README's floor`);
+    }
+  }
+});
+
 test('the tarball installs without a compiler, and require and import both work', () => {
   const app = path.join(work, 'app');
   fs.mkdirSync(app);

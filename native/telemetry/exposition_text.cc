@@ -1,10 +1,39 @@
 #include "telemetry/exposition_text.h"
 
 #include <charconv>
+#include <cfloat>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 namespace moe::telemetry {
+
+namespace {
+
+// The digits of x > 0 (finite) that Number::toString chooses: the fewest that read back as x, and of those the
+// closest to x; no trailing zeros. Returns their count; *exponent is the power of ten of the first. glibc's printf
+// rounds correctly, so "%.*e" writes the closest decimal of a given length, and the first length whose closest
+// decimal reads back as x is the answer. A normal double can start at 15 digits: if the shortest has 15 or fewer,
+// the closest 15-digit decimal is that one padded with zeros, as 15-digit decimals lie further apart than its
+// rounding interval is wide; a subnormal's interval is wider, so it tries every length. (Not std::to_chars: its
+// double overload needs GCC 11's libstdc++, which the prebuild does not ask for; see moe/glibc_compat.h.)
+int shortestDigits(double x, char* digits, int* exponent) {
+  char sci[40];
+  for (int precision = x < DBL_MIN ? 0 : 14;; ++precision) {
+    std::snprintf(sci, sizeof sci, "%.*e", precision, x);
+    if (precision == 16 || std::strtod(sci, nullptr) == x) break;
+  }
+  int k = 0;
+  const char* q = sci;
+  for (; *q != 'e' && *q != '\0'; ++q)  // the digits, whatever the locale's decimal point
+    if (*q >= '0' && *q <= '9') digits[k++] = *q;
+  *exponent = *q == 'e' ? int(std::strtol(q + 1, nullptr, 10)) : 0;
+  while (k > 1 && digits[k - 1] == '0') --k;
+  return k;
+}
+
+}  // namespace
 
 size_t formatJsNumber(double x, char* out) {
   if (std::isnan(x)) {
@@ -28,15 +57,9 @@ size_t formatJsNumber(double x, char* out) {
     return size_t(std::to_chars(p, out + kMaxNumberChars, uint64_t(x)).ptr - out);
   // The shortest round-trip digits d[.ddd] and exponent, then the spec's layout (ECMA-262 Number::toString:
   // k digits, the decimal point after n of them).
-  char sci[kMaxNumberChars];
-  const char* end = std::to_chars(sci, sci + sizeof sci, x, std::chars_format::scientific).ptr;
   char digits[20];
-  int k = 0;
-  const char* q = sci;
-  for (; q < end && *q != 'e'; ++q)
-    if (*q != '.') digits[k++] = *q;
   int exponent = 0;
-  std::from_chars(q + 1 + (q[1] == '+'), end, exponent);
+  const int k = shortestDigits(x, digits, &exponent);
   const int n = exponent + 1;
   if (k <= n && n <= 21) {
     std::memcpy(p, digits, size_t(k));
