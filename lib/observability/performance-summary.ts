@@ -1,7 +1,8 @@
 /**
  * One `performance.measurement` log record per interval instead of one record per call: logging on the hot path
  * would cost more than the routing itself at small T. The summary is built from drained native telemetry (through
- * a MetricsCollector's drain listener, or by draining a source directly when no collector is used).
+ * a MetricsCollector's drain listener, or by draining a source directly when no collector is used). A collector
+ * serving several models (observe(source, { modelName })) gets one record per model and interval.
  */
 import { LogEvent } from './log-events';
 import { getLogger, type EventLogger } from './logging';
@@ -19,7 +20,10 @@ export interface PerformanceSummaryOptions {
   intervalMs?: number;
   /** Log a summary even when nothing ran in the interval. Default false. */
   logWhenIdle?: boolean;
-  /** The `model.name` written in `data`. Default: the collector's model name. */
+  /**
+   * The `model.name` written in `data`, for every source together. Default: one record per model, each named as
+   * its sources were observed (the collector's model name unless observe() gave another).
+   */
   modelName?: string;
 }
 
@@ -50,12 +54,14 @@ export interface PerformanceSummary {
 export class PerformanceSummaryLogger {
   private readonly logger: EventLogger;
   private readonly intervalMs: number;
+  /** The one name for every source, when given. */
   private readonly modelName: string | undefined;
   private timer: NodeJS.Timeout | undefined;
   private unsubscribe: (() => void) | undefined;
-  private window = emptyWindow();
   private windowStartMs = performance.now();
-  private readonly latestLoadBalance = new Map<unknown, number>();
+  /** Every source's calls together (what logNow returns), and each model's (what is logged). */
+  private readonly total = emptyWindow();
+  private readonly models = new Map<string | undefined, Window>();
 
   constructor(private readonly opts: PerformanceSummaryOptions) {
     if (!opts.collector === !opts.source)
@@ -63,14 +69,16 @@ export class PerformanceSummaryLogger {
     this.intervalMs = opts.intervalMs ?? 60_000;
     if (!(this.intervalMs > 0)) throw new RangeError(`intervalMs: expected a positive number, got ${opts.intervalMs}`);
     this.logger = opts.logger ?? getLogger('performance');
-    this.modelName = opts.modelName ?? opts.collector?.modelName;
+    this.modelName = opts.modelName;
   }
 
   /** Starts the periodic summaries. The timer does not keep the process alive. */
   start(): this {
     if (this.timer) return this;
     if (this.opts.collector)
-      this.unsubscribe = this.opts.collector.onDrainRecord((record, info) => this.add(record, info.source));
+      this.unsubscribe = this.opts.collector.onDrainRecord((record, info) =>
+        this.add(record, info.source, info.modelName),
+      );
     this.windowStartMs = performance.now();
     this.timer = setInterval(() => this.logNow({ drain: 'ifStale' }), this.intervalMs);
     this.timer.unref();
@@ -88,8 +96,8 @@ export class PerformanceSummaryLogger {
   }
 
   /**
-   * Logs and returns the summary of the calls drained since the previous one (undefined when idle and not logged),
-   * draining first. With `drain: 'ifStale'` (what the periodic timer does) a collector's recent drain is used
+   * Logs the summary of the calls drained since the previous one, one record per model, and returns that of all
+   * of them together (undefined when idle and not logged), draining first. With `drain: 'ifStale'` (what the periodic timer does) a collector's recent drain is used
    * instead: when one of its scrapes drained less than a tenth of the interval ago (at most 1 s), the summary covers
    * the calls up to that drain and the rest go into the next one — a scrape has just done the work.
    */
@@ -102,41 +110,35 @@ export class PerformanceSummaryLogger {
       if (!(opts.drain === 'ifStale' && fresh)) collector.drainNow();
       end = collector.lastDrainMs;
     } else {
-      this.add(drainRecordOf(this.opts.source!), this.opts.source);
+      this.add(drainRecordOf(this.opts.source!), this.opts.source, undefined);
       end = performance.now();
     }
-    const summary = summarise(this.window, (end - this.windowStartMs) / 1000, this.lowestLoadBalance());
-    resetWindow(this.window);
+    const seconds = (end - this.windowStartMs) / 1000;
     this.windowStartMs = end;
-    if (summary.calls === 0 && summary.errors === 0 && !this.opts.logWhenIdle) return undefined;
-    this.logger.info(
-      LogEvent.PERFORMANCE_MEASUREMENT,
-      `${summary.calls} calls, ${summary.tokens_processed} tokens in ${summary.interval_seconds.toFixed(1)} s`,
-      {
-        data: { performance: summary, model: { name: this.modelName ?? null } },
-      },
-    );
-    return summary;
+    const idle = (w: Window) => w.calls === 0 && w.errors === 0 && !this.opts.logWhenIdle;
+    const summary = summarise(this.total, seconds);
+    resetWindow(this.total);
+    if (this.models.size === 0 && !idle(this.total))
+      this.models.set(this.modelName ?? this.opts.collector?.modelName, emptyWindow()); // logWhenIdle, nothing drained yet
+    for (const [model, window] of this.models) {
+      if (idle(window)) continue;
+      const own = this.models.size === 1 ? summary : summarise(window, seconds);
+      this.logger.info(
+        LogEvent.PERFORMANCE_MEASUREMENT,
+        `${own.calls} calls, ${own.tokens_processed} tokens in ${own.interval_seconds.toFixed(1)} s`,
+        { data: { performance: own, model: { name: model ?? null } } },
+      );
+    }
+    for (const window of this.models.values()) resetWindow(window);
+    return summary.calls === 0 && summary.errors === 0 && !this.opts.logWhenIdle ? undefined : summary;
   }
 
-  private add(r: TelemetryRecord, source: unknown): void {
-    const w = this.window;
-    w.calls += r.calls;
-    w.errors += r.error(0) + r.error(1) + r.error(2);
-    w.tokens += r.tokens;
-    w.assignments += r.assignments;
-    w.flopsComputed += r.flopsComputed;
-    w.flopsStatic += r.flopsStatic;
-    w.spansDropped += r.spansDropped;
-    if (r.histogramCount(RecordHistogram.Duration) > 0)
-      addDurationCounts(w.duration, r.flat, r.histogramOffset(RecordHistogram.Duration));
-    if (Number.isFinite(r.loadBalance)) this.latestLoadBalance.set(source, r.loadBalance);
-  }
-
-  private lowestLoadBalance(): number {
-    let lowest = NaN;
-    for (const v of this.latestLoadBalance.values()) if (!(v >= lowest)) lowest = v;
-    return lowest;
+  private add(r: TelemetryRecord, source: unknown, modelName: string | undefined): void {
+    const model = this.modelName ?? modelName;
+    let window = this.models.get(model);
+    if (!window) this.models.set(model, (window = emptyWindow()));
+    addRecord(this.total, r, source);
+    addRecord(window, r, source);
   }
 }
 
@@ -148,6 +150,8 @@ interface Window {
   flopsComputed: number;
   flopsStatic: number;
   spansDropped: number;
+  /** The latest load balance of each source (kept from window to window). */
+  loadBalance: Map<unknown, number>;
   /** Counts per bucket, reset in place from window to window (a window's first observations choose the layout). */
   duration: { bounds: number[]; counts: Float64Array; sum: number; count: number };
 }
@@ -161,6 +165,7 @@ function emptyWindow(): Window {
     flopsComputed: 0,
     flopsStatic: 0,
     spansDropped: 0,
+    loadBalance: new Map(),
     duration: { bounds: [], counts: new Float64Array(0), sum: 0, count: 0 },
   };
 }
@@ -169,6 +174,26 @@ function resetWindow(w: Window): void {
   w.calls = w.errors = w.tokens = w.assignments = w.flopsComputed = w.flopsStatic = w.spansDropped = 0;
   w.duration.counts.fill(0);
   w.duration.sum = w.duration.count = 0;
+}
+
+function addRecord(w: Window, r: TelemetryRecord, source: unknown): void {
+  w.calls += r.calls;
+  w.errors += r.error(0) + r.error(1) + r.error(2);
+  w.tokens += r.tokens;
+  w.assignments += r.assignments;
+  w.flopsComputed += r.flopsComputed;
+  w.flopsStatic += r.flopsStatic;
+  w.spansDropped += r.spansDropped;
+  if (r.histogramCount(RecordHistogram.Duration) > 0)
+    addDurationCounts(w.duration, r.flat, r.histogramOffset(RecordHistogram.Duration));
+  if (Number.isFinite(r.loadBalance)) w.loadBalance.set(source, r.loadBalance);
+}
+
+/** The lowest latest load balance over the sources (NaN before any call). */
+function lowestLoadBalance(w: Window): number {
+  let lowest = NaN;
+  for (const v of w.loadBalance.values()) if (!(v >= lowest)) lowest = v;
+  return lowest;
 }
 
 /**
@@ -187,7 +212,7 @@ function addDurationCounts(into: Window['duration'], flat: Float64Array, at: num
   into.count += flat[at + 3 + 2 * n];
 }
 
-function summarise(w: Window, intervalSeconds: number, loadBalance: number): PerformanceSummary {
+function summarise(w: Window, intervalSeconds: number): PerformanceSummary {
   return {
     interval_seconds: intervalSeconds,
     calls: w.calls,
@@ -201,7 +226,7 @@ function summarise(w: Window, intervalSeconds: number, loadBalance: number): Per
     flops_computed: w.flopsComputed,
     flops_static: w.flopsStatic,
     flop_reduction: w.flopsStatic > 0 ? 1 - w.flopsComputed / w.flopsStatic : 0,
-    load_balance: loadBalance,
+    load_balance: lowestLoadBalance(w),
     spans_dropped: w.spansDropped,
   };
 }
