@@ -284,11 +284,13 @@ test('a collector serving two models logs one summary per model, each under its 
   const other = new FakeTelemetrySource(8, 4);
   collector.observe(other, { layerId: 0, modelName: 'model-b' });
   const summary = new PerformanceSummaryLogger({ collector, intervalMs: 60_000 }).start();
-  for (let i = 0; i < 3; i++) src.call({ ks: [2, 2], durationSeconds: 0.001, flopsComputed: 100, flopsStatic: 400 });
-  other.call({ ks: [1, 1, 1, 1, 1], durationSeconds: 0.3, flopsComputed: 300, flopsStatic: 400 });
+  for (let i = 0; i < 3; i++)
+    src.call({ ks: [2, 2], durationSeconds: 0.001, flopsComputed: 100, flopsStatic: 400, loadBalance: 0.9 });
+  other.call({ ks: [1, 1, 1, 1, 1], durationSeconds: 0.3, flopsComputed: 300, flopsStatic: 400, loadBalance: 0.4 });
   const all = summary.logNow();
   assert.is(all?.calls, 4, 'logNow returns every model together');
   assert.is(all?.tokens_processed, 11);
+  assert.is(all?.load_balance, 0.4, 'the lowest of both');
   const records = out.records().filter((r) => (r.event as { type: string }).type === 'performance.measurement');
   const byModel = new Map(
     records.map((r) => {
@@ -301,10 +303,12 @@ test('a collector serving two models logs one summary per model, each under its 
   assert.is(byModel.get('model-a')!.tokens_processed, 6);
   assert.is(byModel.get('model-a')!.flop_reduction, 0.75);
   assert.is(byModel.get('model-a')!.duration_seconds_p95, 0.001);
+  assert.is(byModel.get('model-a')!.load_balance, 0.9, "its own layers' only");
   assert.is(byModel.get('model-b')!.calls, 1);
   assert.is(byModel.get('model-b')!.experts_used, 1);
   assert.is(byModel.get('model-b')!.flop_reduction, 0.25);
   assert.is(byModel.get('model-b')!.duration_seconds_p95, 0.5);
+  assert.is(byModel.get('model-b')!.load_balance, 0.4);
   other.call({ ks: [3] });
   summary.logNow();
   const later = out.records().slice(records.length);
@@ -313,12 +317,15 @@ test('a collector serving two models logs one summary per model, each under its 
   summary.stop(false);
   const named = new PerformanceSummaryLogger({ collector, intervalMs: 60_000, modelName: 'both' }).start();
   src.call({ ks: [1] });
-  other.call({ ks: [2] });
+  other.call({ ks: [2], loadBalance: 0.3 });
   named.logNow();
   const last = out.records().slice(records.length + 1);
   assert.is(last.length, 1, 'an explicit modelName: one record for every source');
   assert.is((last[0].data as { model: { name: string } }).model.name, 'both');
   assert.is((last[0].data as { performance: { calls: number } }).performance.calls, 2);
+  collector.unobserve(other);
+  src.call({ ks: [1] });
+  assert.is(named.logNow()?.load_balance, 0.9, "a detached layer's score no longer counts");
   named.stop(false);
 });
 

@@ -404,14 +404,17 @@ export class MetricsCollector {
   }
 
   /**
-   * The latest load balance seen for a layer of a model (default: the collector's), or the lowest over every layer
-   * of every model when `layerId` is omitted; NaN before any.
+   * The latest load balance seen for a layer of a model (default: the collector's); with no `layerId`, the lowest
+   * over the layers of `modelName`, or over every layer of every model when that is omitted too. NaN before any.
+   * A detached layer's score is gone (see {@link unobserve}).
    */
-  latestLoadBalanceScore(layerId?: string | number, modelName = this.modelName): number {
-    if (layerId !== undefined) return this.latestLoadBalance.get(modelName)?.get(String(layerId)) ?? NaN;
+  latestLoadBalanceScore(layerId?: string | number, modelName?: string): number {
+    if (layerId !== undefined)
+      return this.latestLoadBalance.get(modelName ?? this.modelName)?.get(String(layerId)) ?? NaN;
     let lowest = NaN;
-    for (const layers of this.latestLoadBalance.values())
-      for (const v of layers.values()) if (!(v >= lowest)) lowest = v;
+    for (const [model, layers] of this.latestLoadBalance)
+      if (modelName === undefined || model === modelName)
+        for (const v of layers.values()) if (!(v >= lowest)) lowest = v;
     return lowest;
   }
 

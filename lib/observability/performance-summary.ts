@@ -45,7 +45,10 @@ export interface PerformanceSummary {
   flops_static: number;
   /** 1 − computed / static (0 for routers, which compute no expert FLOPs). */
   flop_reduction: number;
-  /** Lowest latest load balance over the sources (NaN before any call). */
+  /**
+   * Lowest latest load balance over the layers of the record's model (NaN before any call); with a collector, of
+   * its attached layers: a detached one no longer counts.
+   */
   load_balance: number;
   spans_dropped: number;
 }
@@ -62,6 +65,8 @@ export class PerformanceSummaryLogger {
   /** Every source's calls together (what logNow returns), and each model's (what is logged). */
   private readonly total = emptyWindow();
   private readonly models = new Map<string | undefined, Window>();
+  /** Without a collector: the source's latest load balance (a collector keeps its layers' own). */
+  private sourceLoadBalance = NaN;
 
   constructor(private readonly opts: PerformanceSummaryOptions) {
     if (!opts.collector === !opts.source)
@@ -76,9 +81,7 @@ export class PerformanceSummaryLogger {
   start(): this {
     if (this.timer) return this;
     if (this.opts.collector)
-      this.unsubscribe = this.opts.collector.onDrainRecord((record, info) =>
-        this.add(record, info.source, info.modelName),
-      );
+      this.unsubscribe = this.opts.collector.onDrainRecord((record, info) => this.add(record, info.modelName));
     this.windowStartMs = performance.now();
     this.timer = setInterval(() => this.logNow({ drain: 'ifStale' }), this.intervalMs);
     this.timer.unref();
@@ -97,8 +100,8 @@ export class PerformanceSummaryLogger {
 
   /**
    * Logs the summary of the calls drained since the previous one, one record per model, and returns that of all
-   * of them together (undefined when idle and not logged), draining first. With `drain: 'ifStale'` (what the periodic timer does) a collector's recent drain is used
-   * instead: when one of its scrapes drained less than a tenth of the interval ago (at most 1 s), the summary covers
+   * of them together (undefined when idle and not logged), draining first. With `drain: 'ifStale'` (what the
+   * periodic timer does) a collector's recent drain is used instead: when one of its scrapes drained less than a tenth of the interval ago (at most 1 s), the summary covers
    * the calls up to that drain and the rest go into the next one — a scrape has just done the work.
    */
   logNow(opts: { drain?: 'always' | 'ifStale' } = {}): PerformanceSummary | undefined {
@@ -110,19 +113,23 @@ export class PerformanceSummaryLogger {
       if (!(opts.drain === 'ifStale' && fresh)) collector.drainNow();
       end = collector.lastDrainMs;
     } else {
-      this.add(drainRecordOf(this.opts.source!), this.opts.source, undefined);
+      const record = drainRecordOf(this.opts.source!);
+      this.add(record, undefined);
+      if (Number.isFinite(record.loadBalance)) this.sourceLoadBalance = record.loadBalance;
       end = performance.now();
     }
     const seconds = (end - this.windowStartMs) / 1000;
     this.windowStartMs = end;
     const idle = (w: Window) => w.calls === 0 && w.errors === 0 && !this.opts.logWhenIdle;
-    const summary = summarise(this.total, seconds);
+    const balance = (model?: string) =>
+      collector ? collector.latestLoadBalanceScore(undefined, model) : this.sourceLoadBalance;
+    const summary = summarise(this.total, seconds, balance());
     resetWindow(this.total);
-    if (this.models.size === 0 && !idle(this.total))
-      this.models.set(this.modelName ?? this.opts.collector?.modelName, emptyWindow()); // logWhenIdle, nothing drained yet
+    if (this.models.size === 0 && this.opts.logWhenIdle)
+      this.models.set(this.modelName ?? collector?.modelName, emptyWindow());
     for (const [model, window] of this.models) {
       if (idle(window)) continue;
-      const own = this.models.size === 1 ? summary : summarise(window, seconds);
+      const own = this.models.size === 1 ? summary : summarise(window, seconds, balance(model));
       this.logger.info(
         LogEvent.PERFORMANCE_MEASUREMENT,
         `${own.calls} calls, ${own.tokens_processed} tokens in ${own.interval_seconds.toFixed(1)} s`,
@@ -133,12 +140,12 @@ export class PerformanceSummaryLogger {
     return summary.calls === 0 && summary.errors === 0 && !this.opts.logWhenIdle ? undefined : summary;
   }
 
-  private add(r: TelemetryRecord, source: unknown, modelName: string | undefined): void {
+  private add(r: TelemetryRecord, modelName: string | undefined): void {
     const model = this.modelName ?? modelName;
     let window = this.models.get(model);
     if (!window) this.models.set(model, (window = emptyWindow()));
-    addRecord(this.total, r, source);
-    addRecord(window, r, source);
+    addRecord(this.total, r);
+    addRecord(window, r);
   }
 }
 
@@ -150,8 +157,6 @@ interface Window {
   flopsComputed: number;
   flopsStatic: number;
   spansDropped: number;
-  /** The latest load balance of each source (kept from window to window). */
-  loadBalance: Map<unknown, number>;
   /** Counts per bucket, reset in place from window to window (a window's first observations choose the layout). */
   duration: { bounds: number[]; counts: Float64Array; sum: number; count: number };
 }
@@ -165,7 +170,6 @@ function emptyWindow(): Window {
     flopsComputed: 0,
     flopsStatic: 0,
     spansDropped: 0,
-    loadBalance: new Map(),
     duration: { bounds: [], counts: new Float64Array(0), sum: 0, count: 0 },
   };
 }
@@ -176,7 +180,7 @@ function resetWindow(w: Window): void {
   w.duration.sum = w.duration.count = 0;
 }
 
-function addRecord(w: Window, r: TelemetryRecord, source: unknown): void {
+function addRecord(w: Window, r: TelemetryRecord): void {
   w.calls += r.calls;
   w.errors += r.error(0) + r.error(1) + r.error(2);
   w.tokens += r.tokens;
@@ -186,14 +190,6 @@ function addRecord(w: Window, r: TelemetryRecord, source: unknown): void {
   w.spansDropped += r.spansDropped;
   if (r.histogramCount(RecordHistogram.Duration) > 0)
     addDurationCounts(w.duration, r.flat, r.histogramOffset(RecordHistogram.Duration));
-  if (Number.isFinite(r.loadBalance)) w.loadBalance.set(source, r.loadBalance);
-}
-
-/** The lowest latest load balance over the sources (NaN before any call). */
-function lowestLoadBalance(w: Window): number {
-  let lowest = NaN;
-  for (const v of w.loadBalance.values()) if (!(v >= lowest)) lowest = v;
-  return lowest;
 }
 
 /**
@@ -212,7 +208,7 @@ function addDurationCounts(into: Window['duration'], flat: Float64Array, at: num
   into.count += flat[at + 3 + 2 * n];
 }
 
-function summarise(w: Window, intervalSeconds: number): PerformanceSummary {
+function summarise(w: Window, intervalSeconds: number, loadBalance: number): PerformanceSummary {
   return {
     interval_seconds: intervalSeconds,
     calls: w.calls,
@@ -226,7 +222,7 @@ function summarise(w: Window, intervalSeconds: number): PerformanceSummary {
     flops_computed: w.flopsComputed,
     flops_static: w.flopsStatic,
     flop_reduction: w.flopsStatic > 0 ? 1 - w.flopsComputed / w.flopsStatic : 0,
-    load_balance: lowestLoadBalance(w),
+    load_balance: loadBalance,
     spans_dropped: w.spansDropped,
   };
 }
