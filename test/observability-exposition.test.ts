@@ -45,6 +45,8 @@ test('numbers are written as String(number) writes them (prom-client spells NaN 
     NaN,
     -Infinity,
   );
+  // every power of two, whose interval of doubles reading back is narrower below than above
+  for (let e = -1074; e <= 1023; e++) special.push(2 ** e, -(2 ** e));
   for (const x of special) assert.is(exposition.formatNumber(x), expected(x), `x = ${x}`);
   const random = rng(SEED);
   const bits = new Float64Array(1);

@@ -11,26 +11,64 @@ namespace moe::telemetry {
 
 namespace {
 
-// The digits of x > 0 (finite) that Number::toString chooses: the fewest that read back as x, and of those the
-// closest to x; no trailing zeros. Returns their count; *exponent is the power of ten of the first. glibc's printf
-// rounds correctly, so "%.*e" writes the closest decimal of a given length, and the first length whose closest
-// decimal reads back as x is the answer. A normal double can start at 15 digits: if the shortest has 15 or fewer,
-// the closest 15-digit decimal is that one padded with zeros, as 15-digit decimals lie further apart than its
-// rounding interval is wide; a subnormal's interval is wider, so it tries every length. (Not std::to_chars: its
-// double overload needs GCC 11's libstdc++, which the prebuild does not ask for; see moe/glibc_compat.h.)
-int shortestDigits(double x, char* digits, int* exponent) {
+// The closest decimal of `count` significant digits to x > 0 (glibc's printf rounds correctly): its digits, and
+// the power of ten of the first.
+void closestDecimal(double x, int count, char* digits, int* exponent) {
   char sci[40];
-  for (int precision = x < DBL_MIN ? 0 : 14;; ++precision) {
-    std::snprintf(sci, sizeof sci, "%.*e", precision, x);
-    if (precision == 16 || std::strtod(sci, nullptr) == x) break;
-  }
+  std::snprintf(sci, sizeof sci, "%.*e", count - 1, x);
   int k = 0;
   const char* q = sci;
   for (; *q != 'e' && *q != '\0'; ++q)  // the digits, whatever the locale's decimal point
     if (*q >= '0' && *q <= '9') digits[k++] = *q;
   *exponent = *q == 'e' ? int(std::strtol(q + 1, nullptr, 10)) : 0;
-  while (k > 1 && digits[k - 1] == '0') --k;
-  return k;
+}
+
+// The double nearest to d1d2..dcount x 10^(exponent - count + 1): an integer mantissa, so no locale's decimal point.
+double readBack(const char* digits, int count, int exponent) {
+  char text[48];
+  std::memcpy(text, digits, size_t(count));
+  text[count] = 'e';
+  *std::to_chars(text + count + 1, text + sizeof text - 1, exponent - count + 1).ptr = '\0';
+  return std::strtod(text, nullptr);
+}
+
+// The next decimal up of the same length (9.99 -> 10.0).
+void nextUp(char* digits, int count, int* exponent) {
+  int i = count - 1;
+  while (i >= 0 && digits[i] == '9') digits[i--] = '0';
+  if (i >= 0) {
+    ++digits[i];
+  } else {
+    digits[0] = '1';
+    ++*exponent;
+  }
+}
+
+// The digits of x > 0 (finite) that Number::toString chooses: the fewest that read back as x, and of those the
+// closest to x; no trailing zeros. Returns their count; *exponent is the power of ten of the first.
+// For each length from the shortest possible, the closest decimal of that length is tried: the decimals that read
+// back as x form an interval around x, so when any of a length does, the closest one does — except at a power of
+// two, whose interval is half as wide below x as above. There the closest 16-digit decimal may lie just below and
+// outside while the next one up is inside, so that one is tried too. (Decimals of 15 digits or fewer lie further
+// apart than the whole interval is wide, and the closest of 17 digits lies nearer than its narrow side reaches.)
+// A normal double starts at 15 digits: if its shortest has fewer, the closest 15-digit decimal is that one padded
+// with zeros; a subnormal, whose interval is wider, tries every length. (Not std::to_chars: its double overload needs GCC 11's
+// libstdc++, which the prebuild does not ask for; see moe/glibc_compat.h.)
+int shortestDigits(double x, char* digits, int* exponent) {
+  int exp2 = 0;
+  const bool powerOfTwo = std::frexp(x, &exp2) == 0.5;
+  int count = x < DBL_MIN ? 1 : 15;
+  for (;; ++count) {
+    closestDecimal(x, count, digits, exponent);
+    const double back = readBack(digits, count, *exponent);
+    if (back == x || count == 17) break;
+    if (count == 16 && powerOfTwo && back < x) {
+      nextUp(digits, count, exponent);
+      if (readBack(digits, count, *exponent) == x) break;
+    }
+  }
+  while (count > 1 && digits[count - 1] == '0') --count;
+  return count;
 }
 
 }  // namespace
