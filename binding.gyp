@@ -7,7 +7,9 @@
 {
   "variables": {
     "moe_common_cflags": ["-O3", "-fvisibility=hidden", "-fno-math-errno", "-Wall", "-Wno-unused-function",
-                          "-include", "moe/glibc_compat.h"]
+                          "-include", "moe/glibc_compat.h"],
+    # 1 on glibc (the prebuild's libc), 0 elsewhere (musl: no libdl.so.2 to name)
+    "moe_glibc": "<!(node -p \"process.report.getReport().header.glibcVersionRuntime ? 1 : 0\")"
   },
   "target_defaults": {
     "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
@@ -65,7 +67,10 @@
       # The symbols that would ask for a newer glibc or libstdc++ than the README's floor are bound to older
       # versions (native/include/moe/glibc_compat.h); libdl.so.2 is named so that its dlopen is there on glibc < 2.34.
       "ldflags": ["-pthread"],
-      "libraries": ["-ldl", "-Wl,--push-state,--no-as-needed,-l:libdl.so.2,--pop-state"]
+      "libraries": ["-ldl"],
+      "conditions": [
+        ["moe_glibc==1", {"libraries": ["-Wl,--push-state,--no-as-needed,-l:libdl.so.2,--pop-state"]}]
+      ]
     }
   ]
 }

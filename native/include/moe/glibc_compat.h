@@ -11,8 +11,8 @@
 //     process has one thread: renamed to a hidden variable of the addon that always says "threaded" (the
 //     atomic path, which is always correct).
 // std::to_chars for double (GLIBCXX_3.4.29) is not used (native/telemetry/exposition_text.cc).
-// test/prebuild-compat.test.ts reads the built addon's version needs and fails when one goes past the floor the
-// README states. MOE_NO_GLIBC_COMPAT turns this off.
+// test/package.test.ts reads the prebuild's version needs and fails when one goes past the floor the README
+// states; scripts/test-old-glibc.sh runs the tests on Debian 11's glibc. MOE_NO_GLIBC_COMPAT turns this off.
 #pragma once
 
 #if defined(__linux__) && defined(__x86_64__) && !defined(MOE_NO_GLIBC_COMPAT)
