@@ -326,7 +326,34 @@ test('a collector serving two models logs one summary per model, each under its 
   collector.unobserve(other);
   src.call({ ks: [1] });
   assert.is(named.logNow()?.load_balance, 0.9, "a detached layer's score no longer counts");
+  const perf = (out.records().at(-1)!.data as { performance: { load_balance: number } }).performance;
+  assert.is(perf.load_balance, 0.9, 'the record under the explicit name: every attached layer');
   named.stop(false);
+});
+
+test('with logWhenIdle, only models with attached sources log, and a detached one stops after its last calls', () => {
+  const out = capture();
+  configureLogging({ destination: out.destination });
+  const collector = new MetricsCollector('collector-name', { defaultMetrics: false });
+  const summary = new PerformanceSummaryLogger({ collector, intervalMs: 60_000, logWhenIdle: true }).start();
+  const names = () => {
+    const records = out.records().filter((r) => (r.event as { type: string }).type === 'performance.measurement');
+    out.lines.length = 0;
+    return records.map((r) => (r.data as { model: { name: string } }).model.name);
+  };
+  summary.logNow();
+  assert.equal(names(), ['collector-name'], 'nothing observed yet: one idle record under the collector name');
+  const src = new FakeTelemetrySource(8, 4);
+  collector.observe(src, { layerId: 0, modelName: 'served' });
+  summary.logNow();
+  assert.equal(names(), ['served'], 'no record for a model nothing was observed under');
+  src.call({ ks: [1, 2] });
+  collector.unobserve(src); // drains its last call
+  assert.is(summary.logNow()?.calls, 1);
+  assert.equal(names(), ['served'], 'the last calls of a detached model');
+  summary.logNow();
+  assert.equal(names(), ['collector-name'], 'then no more records for it');
+  summary.stop(false);
 });
 
 test("the periodic summary takes a scrape's recent drain instead of draining again", () => {

@@ -124,20 +124,26 @@ export class PerformanceSummaryLogger {
     const balance = (model?: string) =>
       collector ? collector.latestLoadBalanceScore(undefined, model) : this.sourceLoadBalance;
     const summary = summarise(this.total, seconds, balance());
+    const logged = !idle(this.total);
     resetWindow(this.total);
-    if (this.models.size === 0 && this.opts.logWhenIdle)
-      this.models.set(this.modelName ?? collector?.modelName, emptyWindow());
+    // Each drain adds every attached source's record, even without calls: a model that added none in this
+    // interval has no source left, and its window goes (the interval after a detach's last drain was logged).
+    for (const [model, window] of this.models) if (!window.drained) this.models.delete(model);
+    if (this.models.size === 0 && logged) this.log(summary, this.modelName ?? collector?.modelName); // logWhenIdle
     for (const [model, window] of this.models) {
-      if (idle(window)) continue;
-      const own = this.models.size === 1 ? summary : summarise(window, seconds, balance(model));
-      this.logger.info(
-        LogEvent.PERFORMANCE_MEASUREMENT,
-        `${own.calls} calls, ${own.tokens_processed} tokens in ${own.interval_seconds.toFixed(1)} s`,
-        { data: { performance: own, model: { name: model ?? null } } },
-      );
+      if (!idle(window))
+        this.log(summarise(window, seconds, balance(this.modelName === undefined ? model : undefined)), model);
+      resetWindow(window);
     }
-    for (const window of this.models.values()) resetWindow(window);
-    return summary.calls === 0 && summary.errors === 0 && !this.opts.logWhenIdle ? undefined : summary;
+    return logged ? summary : undefined;
+  }
+
+  private log(summary: PerformanceSummary, model: string | undefined): void {
+    this.logger.info(
+      LogEvent.PERFORMANCE_MEASUREMENT,
+      `${summary.calls} calls, ${summary.tokens_processed} tokens in ${summary.interval_seconds.toFixed(1)} s`,
+      { data: { performance: summary, model: { name: model ?? null } } },
+    );
   }
 
   private add(r: TelemetryRecord, modelName: string | undefined): void {
@@ -146,6 +152,7 @@ export class PerformanceSummaryLogger {
     if (!window) this.models.set(model, (window = emptyWindow()));
     addRecord(this.total, r);
     addRecord(window, r);
+    window.drained = true;
   }
 }
 
@@ -157,6 +164,8 @@ interface Window {
   flopsComputed: number;
   flopsStatic: number;
   spansDropped: number;
+  /** Whether a drain added a record in this window. */
+  drained: boolean;
   /** Counts per bucket, reset in place from window to window (a window's first observations choose the layout). */
   duration: { bounds: number[]; counts: Float64Array; sum: number; count: number };
 }
@@ -170,12 +179,14 @@ function emptyWindow(): Window {
     flopsComputed: 0,
     flopsStatic: 0,
     spansDropped: 0,
+    drained: false,
     duration: { bounds: [], counts: new Float64Array(0), sum: 0, count: 0 },
   };
 }
 
 function resetWindow(w: Window): void {
   w.calls = w.errors = w.tokens = w.assignments = w.flopsComputed = w.flopsStatic = w.spansDropped = 0;
+  w.drained = false;
   w.duration.counts.fill(0);
   w.duration.sum = w.duration.count = 0;
 }
