@@ -105,7 +105,8 @@ test('safetensors: headers with odd field values (re-encoded, so the length is r
   >;
   const data = bytes.subarray(8 + headerLength);
   const next = rng(SEED + 12);
-  const pick = <T>(values: readonly T[]) => values[Math.floor(next() * values.length)];
+  // (a copy: an array picked into one header may have an element replaced next)
+  const pick = <T>(values: readonly T[]) => structuredClone(values[Math.floor(next() * values.length)]);
   const odd: unknown[] = [
     ...ODD_VALUES,
     'F16',
@@ -171,10 +172,13 @@ test('npy: mutated headers load with consistent sizes or give a package error', 
   fuzzFile(file, 128, read, 1500, SEED + 5);
 });
 
-const ODD_VALUES: unknown[] = [
-  ...[null, true, false, '', 'x', '8', 'softmax', 'sigmoid', 'greedy', 'noaux_tc', [], [1], [0, 1], {}, { a: 1 }],
-  ...[0, -1, 1, 2, 3, 7, 64, 1.5, -0.5, 1e-30, 0.001, 1e9, 2 ** 31, -(2 ** 31), 2 ** 53, 1e308],
-];
+// (frozen: shared by every test and round, so a mutation meant for one copy throws instead of spreading)
+const ODD_VALUES: readonly unknown[] = Object.freeze(
+  [
+    ...[null, true, false, '', 'x', '8', 'softmax', 'sigmoid', 'greedy', 'noaux_tc', [], [1], [0, 1], {}, { a: 1 }],
+    ...[0, -1, 1, 2, 3, 7, 64, 1.5, -0.5, 1e-30, 0.001, 1e9, 2 ** 31, -(2 ** 31), 2 ** 53, 1e308],
+  ].map((v) => (typeof v === 'object' && v !== null ? Object.freeze(v) : v)),
+);
 
 test('config.json: mutated fields of every family load with a finite forward or give a package error', () => {
   const families: TinyArch[] = ['mixtral', 'olmoe', 'qwen2_moe', 'qwen3_moe', 'deepseek_v2', 'deepseek_v3'];
