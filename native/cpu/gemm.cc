@@ -50,8 +50,7 @@ inline uint32_t bf16Pair(float even, float odd) {
 }
 
 const GemmKernels kScalar{Isa::Scalar, kScalarMaxRows, scalarF32, scalarBF16, scalar::swigluRow, scalar::toBf16};
-const GemmKernels kAvx2{Isa::Avx2, avx2::maxRows(), avx2::kernelF32, avx2::kernelBF16, scalar::swigluRow,
-                        scalar::toBf16};
+const GemmKernels kAvx2{Isa::Avx2, avx2::maxRows(), avx2::kernelF32, avx2::kernelBF16, avx2::swigluRow, avx2::toBf16};
 const GemmKernels kAvx512{Isa::Avx512,         avx512::maxRows(),  avx512::kernelF32,
                           avx512::kernelBF16,  avx512::swigluRow,  avx512::toBf16};
 

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "gemm_isa.h"
 
@@ -63,9 +64,50 @@ void tileBF16(int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C
     for (int j = 0; j < 4; ++j) _mm256_storeu_ps(C + m * 32 + 8 * j, acc[m][j]);
 }
 
+// e^x for x <= 0, as in gemm_avx512.cc: Cody–Waite reduction x = n ln2 + r, the same degree-6 polynomial for e^r
+// (relative error ~2e-7), and 2^n built in the exponent field (n >= -126 after the clamp: a normal float).
+inline __m256 expNonPositive(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.4426950408889634f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 720);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(biased, 23)));
+}
+
+// silu(g) * u for 8 lanes; sigmoid via e = exp(-|g|): g >= 0 -> 1/(1+e), g < 0 -> e/(1+e). No overflow.
+inline __m256 swiglu8(__m256 g, __m256 u) {
+  const __m256 absG = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), g);
+  const __m256 e = expNonPositive(_mm256_sub_ps(_mm256_setzero_ps(), absG));
+  const __m256 inv = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+  const __m256 negative = _mm256_cmp_ps(g, _mm256_setzero_ps(), _CMP_LT_OQ);
+  const __m256 sigmoid = _mm256_blendv_ps(inv, _mm256_mul_ps(inv, e), negative);
+  return _mm256_mul_ps(_mm256_mul_ps(g, sigmoid), u);
+}
+
 }  // namespace
 
 int maxRows() { return kMaxRows; }
+
+// A panel row's 16 gate then 16 up values -> 16 outputs (bf16: rounded as the scalar path rounds them).
+void swigluRow(const float* tileRow, void* out, bool bf16) {
+  static_assert(kPanelWidth == 32, "a panel row is 16 gate and 16 up values");
+  alignas(32) float h[16];
+  _mm256_store_ps(h, swiglu8(_mm256_loadu_ps(tileRow), _mm256_loadu_ps(tileRow + 16)));
+  _mm256_store_ps(h + 8, swiglu8(_mm256_loadu_ps(tileRow + 8), _mm256_loadu_ps(tileRow + 24)));
+  if (bf16) scalar::toBf16(h, 16, static_cast<uint32_t*>(out));
+  else std::memcpy(out, h, sizeof h);
+}
+
+void toBf16(const float* src, int64_t n, uint32_t* dst) { scalar::toBf16(src, n, dst); }
 
 void kernelF32(int rows, int K, const float* A, size_t lda, const float* B, float* C, bool accumulate, L2Prefetch) {
   withRows<kMaxRows>(rows, [&](auto mr) {
