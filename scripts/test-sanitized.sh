@@ -15,7 +15,7 @@ case "$kind" in
 esac
 # Every suite but those that never reach the addon in this process or would only re-test other tools under the
 # sanitizer (packing and installing, the CLI's child processes, promtool and a Prometheus server, GPU tests).
-skip='cli|cuda|package|readme|observability-(logging|promtool|server)'
+skip='cli|cuda|package|readme|tsan-gate|observability-(logging|promtool|server)'
 pattern=${2:-"^(?!($skip)\\.test\\.ts\$).*\\.test\\.ts\$"}
 
 out=build-sanitize-$kind
