@@ -2,7 +2,7 @@
 # Builds the CPU addon with sanitizers (cmake-js into build-sanitize-KIND/, CMake option MOE_SANITIZE) and runs the
 # test suites against it (MOE_NATIVE_ADDON), the sanitizer runtime preloaded into Node:
 #   address  AddressSanitizer + UndefinedBehaviorSanitizer (default): every finding aborts the test process
-#   thread   ThreadSanitizer: the run fails on any race report with a frame in the addon, or one it cannot attribute
+#   thread   ThreadSanitizer: the run fails on any race report with an access in the addon, or one it cannot attribute
 #            (scripts/tsan-gate.js); reports within Node's own (uninstrumented) internals are counted and kept
 #   bash scripts/test-sanitized.sh [address|thread] [uvu file pattern]
 set -euo pipefail
