@@ -101,8 +101,9 @@ export class PerformanceSummaryLogger {
   /**
    * Logs the summary of the calls drained since the previous one, one record per model, and returns that of all
    * of them together (undefined when idle and not logged), draining first. With `drain: 'ifStale'` (what the
-   * periodic timer does) a collector's recent drain is used instead: when one of its scrapes drained less than a tenth of the interval ago (at most 1 s), the summary covers
-   * the calls up to that drain and the rest go into the next one — a scrape has just done the work.
+   * periodic timer does) a collector's recent drain is used instead: when one of its scrapes drained less than a
+   * tenth of the interval ago (at most 1 s), the summary covers the calls up to that drain and the rest go into the
+   * next one — a scrape has just done the work.
    */
   logNow(opts: { drain?: 'always' | 'ifStale' } = {}): PerformanceSummary | undefined {
     const collector = this.opts.collector;

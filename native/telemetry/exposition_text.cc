@@ -52,8 +52,8 @@ void nextUp(char* digits, int count, int* exponent) {
 // outside while the next one up is inside, so that one is tried too. (Decimals of 15 digits or fewer lie further
 // apart than the whole interval is wide, and the closest of 17 digits lies nearer than its narrow side reaches.)
 // A normal double starts at 15 digits: if its shortest has fewer, the closest 15-digit decimal is that one padded
-// with zeros; a subnormal, whose interval is wider, tries every length. (Not std::to_chars: its double overload needs GCC 11's
-// libstdc++, which the prebuild does not ask for; see moe/glibc_compat.h.)
+// with zeros; a subnormal, whose interval is wider, tries every length. (Not std::to_chars: its double overload
+// needs GCC 11's libstdc++, which the prebuild does not ask for; see moe/glibc_compat.h.)
 int shortestDigits(double x, char* digits, int* exponent) {
   int exp2 = 0;
   const bool powerOfTwo = std::frexp(x, &exp2) == 0.5;
