@@ -37,6 +37,35 @@ test('an impossible allocation is an error, not an abort (child process)', () =>
   void BackendError;
 });
 
+test('a thread pool that cannot start all its threads is a BackendError; the threads it started are joined (child process)', () => {
+  // The constructor used to unwind past the workers it had started: the process hung (or aborted) instead.
+  if (process.env.MOE_NATIVE_ADDON) {
+    console.log('  (skipped: the address-space limit this needs does not suit a sanitizer or another addon build)');
+    return;
+  }
+  const script = `
+    const { Router, BackendError } = require(${JSON.stringify(path.join(__dirname, '..', 'dist', 'index.js'))});
+    const gateWeight = new Float32Array(8 * 16).map((_, i) => Math.sin(i + ${SEED % 1000}));
+    const opts = { numExperts: 8, hiddenSize: 16, gateWeight, selection: { kind: 'topk', k: 2 } };
+    try { new Router({ ...opts, threads: 1024 }); console.log('no error'); }
+    catch (e) { console.log(e instanceof BackendError ? 'BackendError' : e.constructor.name, e.message); }
+    console.log('then', Array.from(new Router(opts).route(new Float32Array(16).fill(0.5)).indices).join(','));
+  `;
+  // 8 MiB stacks in a 4 GB address space: about 350 threads fit, not 1024
+  const r = spawnSync(
+    'bash',
+    ['-c', 'ulimit -s 8192 && ulimit -v 4000000 && exec "$0" -e "$1"', process.execPath, script],
+    {
+      encoding: 'utf8',
+      timeout: 60_000,
+      env: { ...process.env, LD_PRELOAD: '' },
+    },
+  );
+  assert.is(r.status, 0, `the process died or hung: signal ${r.signal}, stderr ${r.stderr}`);
+  assert.match(r.stdout, /^BackendError .*could not start a pool of 1024 threads/, r.stdout);
+  assert.match(r.stdout, /\nthen \d,\d\n/, r.stdout);
+});
+
 test('MOE_NATIVE_ADDON: a missing, relative or non-.node path is a BackendError naming it; a real one is what loads (child processes)', () => {
   const script = `
     const { Router, BackendError } = require(${JSON.stringify(path.join(__dirname, '..', 'lib'))});

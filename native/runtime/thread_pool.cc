@@ -5,6 +5,8 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <stdexcept>
+#include <string>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -23,11 +25,23 @@ constexpr int kSpinIterations = 20000;
 
 ThreadPool::ThreadPool(int threads) {
   if (threads < 1) threads = 1;
-  workers_.reserve(threads - 1);
-  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { workerLoop(i); });
+  try {
+    workers_.reserve(threads - 1);
+    for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { workerLoop(i); });
+  } catch (const std::exception& e) {
+    // Out of threads (a container's pid limit, ulimit -u) or memory: the workers already started wait on members
+    // the unwinding is about to destroy, and a joinable std::thread's destructor terminates. Stop and join them,
+    // then let the caller turn the error into a JS exception.
+    const size_t started = workers_.size() + 1;
+    stopAndJoin();
+    throw std::runtime_error("could not start a pool of " + std::to_string(threads) + " threads (" +
+                             std::to_string(started) + " running): " + e.what() + "; ask for fewer threads");
+  }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { stopAndJoin(); }
+
+void ThreadPool::stopAndJoin() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stop_.store(true, std::memory_order_release);

@@ -49,6 +49,8 @@ class ThreadPool {
   }
   void run_impl(int workers, Trampoline fn, void* ctx);
   void workerLoop(int index);
+  // Wakes every worker with stop_ set and joins them (the destructor, and a constructor that failed midway).
+  void stopAndJoin();
 
   std::vector<std::thread> workers_;
   std::mutex mutex_;
