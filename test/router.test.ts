@@ -230,6 +230,51 @@ test('ties go to the lower expert index', () => {
   assert.equal(Array.from(all.indices), order);
 });
 
+test('extreme logits: gpt-oss with a choose-only bias that ranks a far smaller logit first; softmax of huge ties', () => {
+  const next = rng(SEED + 11);
+  for (let round = 0; round < 20; round++) {
+    const E = 4 + Math.floor(next() * 60);
+    const k = 2 + Math.floor(next() * 3);
+    // one expert's logit is ~800 above the rest, and the bias makes the router choose a small one first: the
+    // weights are a softmax over the chosen logits, so the large one must get nearly all of the weight
+    const logits = Float32Array.from({ length: E }, () => next() * 4 - 2);
+    const big = Math.floor(next() * E);
+    const favoured = (big + 1 + Math.floor(next() * (E - 1))) % E;
+    logits[big] = 790 + next() * 20;
+    const bias = new Float32Array(E);
+    bias[favoured] = 2000;
+    const router = new Router({
+      numExperts: E,
+      hiddenSize: 4,
+      gateWeight: randn(E * 4, SEED + 12 + round),
+      selection: { kind: 'gptOss', k },
+      bias,
+    });
+    const got = router.routeLogits(logits);
+    const ref = referenceRouteLogits(cfgOf(router), logits, 1, bias);
+    compareRouting(got, ref, `gptOss E=${E} k=${k} seed=${SEED}`);
+    assert.is(got.indices[0], favoured);
+    assert.is(got.indices[1], big);
+    assert.ok(Math.abs(got.weights[1] - 1) < 1e-6 && got.weights[0] >= 0, `weights ${Array.from(got.weights)}`);
+  }
+  // softmax of ties far beyond exp's range: equal shares (the reference computed exp(l - lse), which rounds there)
+  const E = 2 + Math.floor(next() * 30);
+  const huge = 1e17 * (1 + next());
+  const logits = new Float32Array(E).fill(-huge);
+  logits[0] = huge;
+  logits[E - 1] = huge;
+  const router = new Router({
+    numExperts: E,
+    hiddenSize: 4,
+    gateWeight: randn(E * 4, SEED + 40),
+    selection: { kind: 'topk', k: 2 },
+  });
+  const got = router.routeLogits(logits);
+  const ref = referenceRouteLogits(cfgOf(router), logits, 1);
+  compareRouting(got, ref, `huge ties E=${E} seed=${SEED}`);
+  assert.equal(Array.from(got.weights), [0.5, 0.5]);
+});
+
 test('sigmoid scores that all underflow: finite stats, minK under top-p, the other tokens as the reference', () => {
   const E = 12;
   for (const sel of [

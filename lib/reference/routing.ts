@@ -84,7 +84,8 @@ function scoresOf(
   const probs: number[] = [];
   for (let i = 0; i < E; i++) {
     const l = logits[off + i];
-    probs.push(cfg.scoring === 'softmax' ? Math.exp(l - lse) : 1 / (1 + Math.exp(-l)));
+    // (exp(l - max) / sum, not exp(l - lse): beyond |max| ~ 1e16, max + log(sum) rounds to max)
+    probs.push(cfg.scoring === 'softmax' ? Math.exp(l - max) / sum : 1 / (1 + Math.exp(-l)));
   }
   return { probs, lse };
 }
@@ -177,7 +178,7 @@ export function referenceRouteLogits(
     const chosen = order.slice(0, k);
     let weights: number[];
     if (cfg.selection === 'gptOss') {
-      const top = logits[t * E + chosen[0]];
+      const top = Math.max(...chosen.map((i) => logits[t * E + i]));
       const ex = chosen.map((i) => Math.exp(logits[t * E + i] - top));
       const s = ex.reduce((a, b) => a + b, 0);
       weights = ex.map((v) => (v / s) * cfg.scale);

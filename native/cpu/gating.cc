@@ -149,7 +149,9 @@ int32_t ruleK(const RouterConfig& cfg, const TokenWork& w, int candidates, doubl
 void writeWeights(const RouterConfig& cfg, const float* logits, const TokenWork& w, int32_t k, float* weights) {
   double sum = 0;
   if (cfg.selection == Selection::GptOss) {
-    const float top = logits[w.order[0]];
+    // the largest chosen logit (a choose-only bias can rank a smaller one first: exp would overflow)
+    float top = logits[w.order[0]];
+    for (int j = 1; j < k; ++j) top = std::max(top, logits[w.order[j]]);
     for (int j = 0; j < k; ++j) sum += std::exp(double(logits[w.order[j]]) - top);
     for (int j = 0; j < k; ++j) weights[j] = float(std::exp(double(logits[w.order[j]]) - top) / sum * cfg.scale);
     return;

@@ -37,7 +37,8 @@ export function compareRouting(
         );
       }
       const w = ref.weights[i];
-      if (Math.abs(got.weights[i] - w) > tol * Math.abs(w) + 1e-9) {
+      // (written as "not within", so that a NaN on either side fails)
+      if (!(Math.abs(got.weights[i] - w) <= tol * Math.abs(w) + 1e-9)) {
         assert.unreachable(`${label}: token ${t} slot ${j} weight ${got.weights[i]}, reference ${w}`);
       }
     }
