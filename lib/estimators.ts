@@ -207,9 +207,22 @@ export abstract class ComplexityEstimator {
   /** The raw per-token signal [T]. */
   abstract raw(ctx: ComplexityContext): Float32Array;
 
-  /** Per-token complexity [T] in [0,1]. */
+  /**
+   * Per-token complexity [T] in [0,1].
+   * @throws ValidationError when a token's raw signal is not finite (NaN or Inf in its input; negative attention
+   * weights), before the calibration's running statistics see it.
+   */
   estimate(ctx: ComplexityContext): Float32Array {
-    return this.calibrator.apply(this.raw(ctx));
+    const raw = this.raw(ctx);
+    for (let i = 0; i < raw.length; i++) {
+      if (!Number.isFinite(raw[i])) {
+        throw new ValidationError(
+          `${this.name} estimator: the signal of token ${i} is ${raw[i]} (NaN or Inf in its input` +
+            (this.name === 'attention_entropy' ? ', or a negative attention weight)' : ')'),
+        );
+      }
+    }
+    return this.calibrator.apply(raw);
   }
 
   /** Freezes the calibration on raw samples, or on the raw signals of sample contexts. */

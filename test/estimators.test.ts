@@ -68,6 +68,89 @@ test('raw signals match the reference: norms, router entropy, attention entropy,
   }
 });
 
+test('NaN, Inf and negative weights in an estimator input are a ValidationError naming the token, as the reference has no value there', () => {
+  const T = 9;
+  const d = 16;
+  const x = randn(T * d, SEED + 20);
+  const bad = (n: number, seed: number) => 1 + Math.floor(randu(1, seed)[0] * (n - 2));
+  for (const [value, where] of [
+    [NaN, 'first'],
+    [NaN, 'inside'],
+    [Infinity, 'inside'],
+    [-Infinity, 'inside'],
+  ] as const) {
+    const t = Math.floor(randu(1, SEED + 21)[0] * T);
+    const pos = (n: number) => (where === 'first' ? 0 : bad(n, SEED + 22));
+    // perplexity proxy: -Inf is a masked logit (allowed), NaN and +Inf are not
+    const V = 40;
+    const lm = randn(T * V, SEED + 23, 2);
+    lm[t * V + pos(V)] = value;
+    const lmRef = referenceLogitEntropy(lm, T, V);
+    const perplexity = new PerplexityProxyEstimator(1);
+    const ctx = { x, tokens: T, hiddenSize: d, lmLogits: lm };
+    if (value === -Infinity) {
+      assert.ok(Number.isFinite(lmRef[t]));
+      close(perplexity.raw(ctx), lmRef, 1e-5, 'masked perplexity');
+    } else {
+      assert.ok(Number.isNaN(lmRef[t]) && Number.isNaN(perplexity.raw(ctx)[t]), `${value} at ${where}`);
+      assert.throws(
+        () => perplexity.estimate(ctx),
+        (e: Error) => e instanceof ValidationError && new RegExp(`signal of token ${t} is NaN`).test(e.message),
+      );
+    }
+    // attention: any non-finite weight
+    const S = 12;
+    const H = 2;
+    const attention = randu(H * T * S, SEED + 24, 0.01, 1);
+    attention[(1 * T + t) * S + pos(S)] = value;
+    for (const reduce of ['mean', 'max'] as const) {
+      const est = new AttentionEntropyEstimator(reduce);
+      const actx = { x, tokens: T, hiddenSize: d, attention, heads: H };
+      assert.ok(Number.isNaN(referenceAttentionEntropy(attention, H, T, S, reduce)[t]));
+      assert.ok(Number.isNaN(est.raw(actx)[t]), `attention ${reduce} ${value} at ${where}`);
+      assert.throws(
+        () => est.estimate(actx),
+        (e: Error) => e instanceof ValidationError && /attention_entropy/.test(e.message),
+      );
+    }
+    // norms: NaN and Inf in the row
+    const xs = Float32Array.from(x);
+    xs[t * d + pos(d)] = value;
+    const norms = new GradientNormEstimator('l2');
+    assert.ok(
+      !Number.isFinite(referenceRowNorms(xs, T, d, 2)[t]) &&
+        !Number.isFinite(norms.raw({ x: xs, tokens: T, hiddenSize: d })[t]),
+    );
+    assert.throws(
+      () => norms.estimate({ x: xs, tokens: T, hiddenSize: d }),
+      (e: Error) => e instanceof ValidationError,
+    );
+  }
+  // a negative attention weight is no distribution either
+  const attention = randu(T * 6, SEED + 25, 0.01, 1);
+  attention[6 * 2 + 1] = -0.5;
+  assert.ok(Number.isNaN(referenceAttentionEntropy(attention, 1, T, 6, 'mean')[2]));
+  assert.throws(
+    () => new AttentionEntropyEstimator('mean').estimate({ x, tokens: T, hiddenSize: d, attention }),
+    (e: Error) => e instanceof ValidationError && /token 2 .*negative attention weight/.test(e.message),
+  );
+  // a row of zeros and a fully masked row are defined: entropy 0
+  attention.fill(0, 0, 6);
+  const lm = randn(T * 5, SEED + 26);
+  lm.fill(-Infinity, 5, 10);
+  assert.is(
+    new AttentionEntropyEstimator('mean').raw({
+      x,
+      tokens: T,
+      hiddenSize: d,
+      attention: attention.fill(0.5, 12, 18),
+    })[0],
+    0,
+  );
+  assert.is(new PerplexityProxyEstimator(1).raw({ x, tokens: T, hiddenSize: d, lmLogits: lm })[1], 0);
+  assert.is(referenceLogitEntropy(lm, T, 5)[1], 0);
+});
+
 test('zscore calibration spreads entropies over [0,1] (no saturation), quantile follows the samples', () => {
   const T = 2000;
   const E = 64;

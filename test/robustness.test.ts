@@ -210,7 +210,11 @@ test('an estimator yielding NaN is a ValidationError, and its calibration stays 
   const norms = new GradientNormEstimator('l2');
   const bad = randn(4 * 8, SEED + 72);
   bad[3] = Infinity;
-  norms.estimate({ x: bad, tokens: 4, hiddenSize: 8 });
+  assert.throws(
+    () => norms.estimate({ x: bad, tokens: 4, hiddenSize: 8 }),
+    (e: Error) =>
+      e instanceof ValidationError && /gradient_norm estimator: the signal of token 0 is Infinity/.test(e.message),
+  );
   const c = norms.estimate({ x: randn(16 * 8, SEED + 73), tokens: 16, hiddenSize: 8 });
   assert.ok(c.every((v) => v >= 0 && v <= 1) && new Set(c).size > 1, `running stats survived: ${Array.from(c)}`);
 });

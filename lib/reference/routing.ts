@@ -227,12 +227,20 @@ export function referenceRoute(
   return referenceRouteLogits(cfg, logits, T, opts.bias, opts.complexity);
 }
 
-/** Normalised entropy of softmax(row / temperature) for each row of [T, V]. */
+/**
+ * Normalised entropy of softmax(row / temperature) for each row of [T, V]. -Infinity is a masked logit (a row of
+ * them has entropy 0); a row holding NaN or +Infinity has none (NaN).
+ */
 export function referenceLogitEntropy(logits: ArrayLike<number>, T: number, V: number, temperature = 1): Float64Array {
   const out = new Float64Array(T);
   for (let t = 0; t < T; t++) {
     const row = Array.from({ length: V }, (_, i) => logits[t * V + i] / temperature);
+    if (row.some((v) => !(v < Infinity))) {
+      out[t] = NaN;
+      continue;
+    }
     const max = Math.max(...row);
+    if (max === -Infinity) continue;
     const ex = row.map((v) => Math.exp(v - max));
     const z = ex.reduce((a, b) => a + b, 0);
     let h = 0;
@@ -253,7 +261,10 @@ export function referenceRowNorms(x: ArrayLike<number>, T: number, n: number, or
   return out;
 }
 
-/** Attention entropy per token over [H, T, S], normalised by log S; mean or max over heads. */
+/**
+ * Attention entropy per token over [H, T, S], normalised by log S; mean or max over heads. A row of zeros has
+ * entropy 0; a token with a NaN, infinite or negative weight in any head has none (NaN).
+ */
 export function referenceAttentionEntropy(
   a: ArrayLike<number>,
   H: number,
@@ -267,7 +278,11 @@ export function referenceAttentionEntropy(
     for (let h = 0; h < H; h++) {
       const off = (h * T + t) * S;
       let sum = 0;
-      for (let s = 0; s < S; s++) sum += a[off + s];
+      for (let s = 0; s < S; s++) {
+        if (!(a[off + s] >= 0 && a[off + s] < Infinity)) acc = NaN;
+        sum += a[off + s];
+      }
+      if (Number.isNaN(acc)) break;
       let e = 0;
       for (let s = 0; s < S; s++) {
         const q = a[off + s] / sum;

@@ -4,18 +4,24 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace moe {
 
 namespace {
 constexpr int64_t kRowsPerItem = 16;
 
-// Entropy of p / sum(p) over n entries, divided by log n (0 when n < 2).
+// Entropy of p / sum(p) over n entries, divided by log n (0 when n < 2, or when every entry is 0). NaN when an
+// entry is NaN, infinite or negative: not a distribution (the estimator turns that into an error).
 double normalisedRowEntropy(const float* p, int64_t n) {
-  if (n < 2) return 0;
   double sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += p[i];
-  if (!(sum > 0)) return 0;
+  bool valid = true;
+  for (int64_t i = 0; i < n; ++i) {
+    valid &= p[i] >= 0 && p[i] <= std::numeric_limits<float>::max();
+    sum += p[i];
+  }
+  if (!valid) return std::numeric_limits<double>::quiet_NaN();
+  if (n < 2 || !(sum > 0)) return 0;
   double h = 0;
   for (int64_t i = 0; i < n; ++i) {
     const double q = p[i] / sum;
@@ -40,11 +46,12 @@ void rowNorms(const float* x, int64_t T, int64_t d, int order, float* out, Threa
     double acc = 0;
     if (order == 1) {
       for (int64_t i = 0; i < d; ++i) acc += std::fabs(row[i]);
-      out[t] = float(acc);
     } else {
       for (int64_t i = 0; i < d; ++i) acc += double(row[i]) * row[i];
-      out[t] = float(std::sqrt(acc));
+      acc = std::sqrt(acc);
     }
+    // (NaN and Inf in the row stay so; a finite norm past float's range is clamped to its largest value)
+    out[t] = std::isfinite(acc) ? float(std::min(acc, double(std::numeric_limits<float>::max()))) : float(acc);
   });
 }
 
@@ -52,11 +59,13 @@ void attentionEntropy(const float* attention, int64_t heads, int64_t T, int64_t 
                       ThreadPool& pool, int workers) {
   forRows(pool, workers, T, [&](int64_t t) {
     double acc = 0;
+    bool valid = true;
     for (int64_t h = 0; h < heads; ++h) {
       const double e = normalisedRowEntropy(attention + (h * T + t) * S, S);
+      valid &= !std::isnan(e);  // (std::max would drop a NaN)
       acc = reduceMax ? std::max(acc, e) : acc + e;
     }
-    out[t] = float(reduceMax ? acc : acc / double(heads));
+    out[t] = valid ? float(reduceMax ? acc : acc / double(heads)) : std::numeric_limits<float>::quiet_NaN();
   });
 }
 
@@ -65,13 +74,18 @@ void logitEntropy(const float* logits, int64_t T, int64_t V, float temperature, 
   const double invTemp = 1.0 / temperature;
   forRows(pool, workers, T, [&](int64_t t) {
     const float* row = logits + t * V;
-    if (V < 2) {
-      out[t] = 0;
+    // -inf is a masked logit; NaN and +inf give NaN (the estimator turns that into an error)
+    bool valid = true;
+    double maxScaled = -std::numeric_limits<double>::infinity();
+    for (int64_t i = 0; i < V; ++i) {
+      valid &= row[i] < std::numeric_limits<float>::infinity();
+      maxScaled = std::max(maxScaled, row[i] * invTemp);
+    }
+    if (!valid) {
+      out[t] = std::numeric_limits<float>::quiet_NaN();
       return;
     }
-    double maxScaled = row[0] * invTemp;
-    for (int64_t i = 1; i < V; ++i) maxScaled = std::max(maxScaled, row[i] * invTemp);
-    if (!std::isfinite(maxScaled)) {  // every logit masked to -inf (or +inf present): no distribution to measure
+    if (V < 2 || !std::isfinite(maxScaled)) {  // one entry, or every logit masked: no distribution to measure
       out[t] = 0;
       return;
     }
