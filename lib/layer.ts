@@ -366,7 +366,7 @@ export class MoELayer {
       () => this.router.prepareFor(x, opts, onDevice),
       handle,
     );
-    if (copyInputs) x = this.router.privateInputs(x, prepared, opts);
+    if (copyInputs) x = this.router.privateInputs(x, prepared);
     const buffers: RoutingBuffers = this.router.allocate(prepared, opts);
     const T = prepared.tokens;
     const output = new Float32Array(T * this.hiddenSize);

@@ -167,7 +167,7 @@ export class Router {
   async routeAsync(x: Float32Array, opts: RouteOptions = {}): Promise<RoutingResult> {
     this.live();
     const { prepared, device } = this.countValidationErrors(() => this.prepareFor(x, opts));
-    x = this.privateInputs(x, prepared, opts);
+    x = this.privateInputs(x, prepared);
     const buffers = this.allocate(prepared, opts);
     const args = this.nativeArgs(x, prepared, buffers);
     const cuda = this.cudaHandle;
@@ -253,11 +253,13 @@ export class Router {
    * @internal For calls whose native work runs on another thread: copies of x and of caller-given complexity
    * (replaced in `prepared`), so that the caller detaching or transferring their buffers meanwhile cannot pull
    * memory from under the native code. The outputs are allocated here and stay private until the call resolves.
+   * Copies by the Float32Array constructor: slice() would follow a subclass's Symbol.species, which can hand back
+   * a view of memory the caller still holds. Complexity is copied whatever produced it (an estimator subclass may
+   * return a buffer it keeps).
    */
-  privateInputs(x: Float32Array, prepared: PreparedRouting, opts: RouteOptions): Float32Array {
-    if (prepared.complexity && prepared.complexity === opts.complexity)
-      prepared.complexity = prepared.complexity.slice();
-    return x.slice();
+  privateInputs(x: Float32Array, prepared: PreparedRouting): Float32Array {
+    if (prepared.complexity) prepared.complexity = new Float32Array(prepared.complexity);
+    return new Float32Array(x);
   }
 
   /**

@@ -138,6 +138,35 @@ test('detaching x while forwardAsync runs neither crashes nor changes the result
   assert.is((await routing).k.length, 256);
 });
 
+test('async calls copy x with the Float32Array constructor, never through a subclass species (a view the caller keeps)', async () => {
+  let speciesCalls = 0;
+  class Spy extends Float32Array {
+    static override get [Symbol.species](): Float32ArrayConstructor {
+      speciesCalls++;
+      // what a hostile or careless subclass might hand back: a view of memory someone else writes
+      return class extends Float32Array {
+        constructor(n: number) {
+          super(new SharedArrayBuffer(4 * n));
+        }
+      } as unknown as Float32ArrayConstructor;
+    }
+  }
+  const E = 8;
+  const d = 16;
+  const T = 5;
+  const router = new Router({
+    numExperts: E,
+    hiddenSize: d,
+    gateWeight: randn(E * d, SEED + 80),
+    selection: { kind: 'topk', k: 2 },
+  });
+  const x = randn(T * d, SEED + 81);
+  const spy = new Spy(x);
+  const got = await router.routeAsync(spy);
+  assert.is(speciesCalls, 0, 'Symbol.species was consulted');
+  assert.equal(Array.from(got.indices), Array.from(router.route(x).indices));
+});
+
 test('a layer call whose rows would overflow 32-bit row indices is refused before anything is read', () => {
   const E = 128;
   const d = 4;
