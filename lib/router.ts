@@ -25,7 +25,7 @@ import type { RouteOptions, RoutingResult, Selection } from './types';
 import { callOptions, requireFloat32 } from './validate';
 import { decodeTelemetry, type TelemetryDelta } from './observability/telemetry-types';
 import { FinalDrain } from './final-drain';
-import { SerialQueue } from './serial-queue';
+import { nativeAsyncSlots, SerialQueue } from './serial-queue';
 
 /** What one routing call needs besides x: complexity for dynamic k, and logits when they had to come first. */
 export interface PreparedRouting {
@@ -172,11 +172,13 @@ export class Router {
     const args = this.nativeArgs(x, prepared, buffers);
     const cuda = this.cudaHandle;
     await this.queue.run(() =>
-      callNativeAsync('routeAsync', () => {
-        if (!cuda) return this.handle.routeAsync(...args);
-        if (device) refreshDeviceComplexity(this.estimator, device);
-        return cuda.routeAsync(...args, device);
-      }),
+      callNativeAsync('routeAsync', () =>
+        nativeAsyncSlots.run(() => {
+          if (!cuda) return this.handle.routeAsync(...args);
+          if (device) refreshDeviceComplexity(this.estimator, device);
+          return cuda.routeAsync(...args, device);
+        }),
+      ),
     );
     return this.finishDevice(buffers, device);
   }
