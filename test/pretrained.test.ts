@@ -8,7 +8,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { ModelLoadError, MoELayer, Router, ValidationError } from '../lib';
+import { ModelLoadError, MoELayer, Router, RouterConfigurationError, ValidationError } from '../lib';
+import { resolveMoELayer } from '../lib/models/architectures';
 import { referenceLayer } from '../lib/reference/layer';
 import { referenceRoute, type ReferenceRouterConfig } from '../lib/reference/routing';
 import { writeTinyCheckpoint, type TinyArch, type TinyCheckpoint } from './helpers/checkpoint';
@@ -180,12 +181,12 @@ test('Router.fromConfig recognises the model by architectures[0] when model_type
     routed_scaling_factor: 2.5,
   };
   const gate = randn(8 * 8, SEED + 6);
-  const byType = Router.fromConfig({ ...base, model_type: 'deepseek_v3' }, gate).config;
+  const byType = Router.fromConfig({ ...base, model_type: 'deepseek_v3' }, gate, { bias: null }).config;
   for (const config of [
     { ...base, architectures: ['DeepseekV3ForCausalLM'] },
     { ...base, architectures: ['DeepseekV3ForCausalLM'], model_type: 'kimi_k2' },
   ]) {
-    const got = Router.fromConfig(config, gate).config;
+    const got = Router.fromConfig(config, gate, { bias: null }).config;
     assert.equal([got.scoring, got.nGroup, got.scale, got.normalize], [byType.scoring, byType.nGroup, 2.5, true]);
   }
 });
@@ -201,7 +202,7 @@ test('norm_topk_prob: absent is the model default, null is false (as transformer
   };
   const qwen = { model_type: 'qwen3_moe', hidden_size: 8, num_experts: 8, num_experts_per_tok: 2 };
   const gate = randn(8 * 8, SEED + 7);
-  const normalize = (config: object) => Router.fromConfig(config, gate).config.normalize;
+  const normalize = (config: object) => Router.fromConfig(config, gate, { bias: null }).config.normalize;
   assert.is(normalize(v3), true);
   assert.is(normalize({ ...v3, norm_topk_prob: null }), false);
   assert.is(normalize({ ...v3, norm_topk_prob: false }), false);
@@ -209,6 +210,49 @@ test('norm_topk_prob: absent is the model default, null is false (as transformer
   assert.is(normalize({ ...qwen, norm_topk_prob: null }), false);
   assert.is(normalize({ ...qwen, norm_topk_prob: true }), true);
   assert.throws(() => normalize({ ...qwen, norm_topk_prob: 'true' }), /config\.norm_topk_prob: expected a boolean/);
+});
+
+test('Router.fromConfig: a rule that routes with a bias needs it (or null); DeepSeek-V3 keys left out take DeepseekV3Config defaults', () => {
+  const E = 16;
+  const d = 8;
+  const gate = randn(E * d, SEED + 8);
+  const bias = randn(E, SEED + 9, 0.5);
+  const v3 = { model_type: 'deepseek_v3', hidden_size: d, n_routed_experts: E, num_experts_per_tok: 4 };
+  assert.throws(
+    () => Router.fromConfig(v3, gate),
+    (e: Error) => e instanceof RouterConfigurationError && /e_score_correction_bias.*bias: null/.test(e.message),
+  );
+  assert.throws(
+    () =>
+      Router.fromConfig({ ...v3, model_type: 'deepseek_v2', topk_method: 'noaux_tc', n_group: 4, topk_group: 2 }, gate),
+    (e: Error) => e instanceof RouterConfigurationError && /bias/.test(e.message),
+  );
+  // the defaults of transformers' DeepseekV3Config: 8 groups, 4 kept, scale 2.5 (and shared experts, dense layers)
+  const r = Router.fromConfig(v3, gate, { bias });
+  assert.equal(
+    [r.config.nGroup, r.config.topkGroup, r.config.scale, r.config.normalize, r.config.scoring],
+    [8, 4, 2.5, true, 'sigmoid'],
+  );
+  const spec = resolveMoELayer({ ...v3, num_hidden_layers: 6, moe_intermediate_size: 4 }, 3);
+  assert.is(spec.sharedIntermediateSize, 4, 'n_shared_experts defaults to 1');
+  assert.throws(
+    () => resolveMoELayer({ ...v3, num_hidden_layers: 6, moe_intermediate_size: 4 }, 2),
+    /first_k_dense_replace \(3\)/,
+  );
+  // the bias changes the choice: without it (null) another expert set comes out for some token
+  const x = randn(64 * d, SEED + 10);
+  const unbiased = Router.fromConfig(v3, gate, { bias: null }).route(x);
+  assert.not.equal(Array.from(r.route(x).indices), Array.from(unbiased.indices));
+  // gpt-oss: its router is a linear layer with a bias
+  const oss = { model_type: 'gpt_oss', hidden_size: d, num_local_experts: E, experts_per_token: 4 };
+  assert.throws(
+    () => Router.fromConfig(oss, gate),
+    (e: Error) => e instanceof RouterConfigurationError && /logitBias: gpt_oss .*logitBias: null/.test(e.message),
+  );
+  assert.is(Router.fromConfig(oss, gate, { logitBias: bias }).selection, 'gptOss');
+  assert.is(Router.fromConfig(oss, gate, { logitBias: null }).selection, 'gptOss');
+  // models without one need none
+  Router.fromConfig({ model_type: 'mixtral', hidden_size: d, num_local_experts: E, num_experts_per_tok: 2 }, gate);
 });
 
 test('dense layers, bad indices and missing files get clear errors', () => {

@@ -113,6 +113,11 @@ class ConfigReader {
     private readonly architecture: string,
   ) {}
 
+  /** Whether `key` is present with exactly `value`. */
+  has(key: string, value: unknown): boolean {
+    return Object.hasOwn(this.config, key) && this.config[key] === value;
+  }
+
   int(key: string, min: number, fallback?: number): number {
     const value = this.config[key] ?? fallback;
     if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
@@ -169,9 +174,12 @@ function checkQwenSparse(read: ConfigReader, architecture: string, layer: number
   }
 }
 
-/** DeepSeek: sparse iff layer >= first_k_dense_replace and layer % moe_layer_freq == 0. */
-function checkDeepseekSparse(read: ConfigReader, architecture: string, layer: number): void {
-  const firstDense = read.int('first_k_dense_replace', 0, 0);
+/**
+ * DeepSeek: sparse iff layer >= first_k_dense_replace and layer % moe_layer_freq == 0. Keys left out take the
+ * defaults of transformers' config classes (DeepseekV3Config: first_k_dense_replace 3; V2: 0).
+ */
+function checkDeepseekSparse(read: ConfigReader, architecture: string, layer: number, v3: boolean): void {
+  const firstDense = read.int('first_k_dense_replace', 0, v3 ? 3 : 0);
   const freq = read.int('moe_layer_freq', 1, 1);
   if (layer < firstDense) {
     throw denseLayerError(architecture, layer, `layers below first_k_dense_replace (${firstDense}) are dense`);
@@ -236,7 +244,7 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
     }
     case 'deepseek_v2':
     case 'deepseek_v3': {
-      checkDeepseekSparse(read, architecture, layer);
+      checkDeepseekSparse(read, architecture, layer, family === 'deepseek_v3');
       const prefix = `${base}.mlp`;
       const intermediateSize = read.int('moe_intermediate_size', 1);
       const numExperts = read.int('n_routed_experts', 1);
@@ -260,7 +268,10 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
         },
         requiresBias: topkMethod === 'noaux_tc',
       };
-      const sharedExperts = read.int('n_shared_experts', 0, 0);
+      // (left out: DeepseekV3Config's default is 1 shared expert, V2's none; null: none)
+      const sharedExperts = read.has('n_shared_experts', null)
+        ? 0
+        : read.int('n_shared_experts', 0, family === 'deepseek_v3' ? 1 : 0);
       if (sharedExperts > 0) {
         spec.names.shared = projNames(`${prefix}.shared_experts`);
         spec.sharedIntermediateSize = sharedExperts * intermediateSize;

@@ -13,8 +13,13 @@ import type { GroupLimit, Scoring, Selection } from '../types';
  * too).
  */
 export interface FromConfigOverrides {
-  bias?: Float32Array;
-  logitBias?: Float32Array;
+  /**
+   * DeepSeek's `e_score_correction_bias` [E] (choosing only). Required when the model routes with it
+   * (`topk_method: 'noaux_tc'`, DeepSeek-V3's default); `null` routes without it, knowingly.
+   */
+  bias?: Float32Array | null;
+  /** The gate's bias term [E] (gpt-oss `router.bias`). Required for gpt_oss; `null` routes without it. */
+  logitBias?: Float32Array | null;
   selection?: Selection;
   normalize?: boolean;
   scale?: number;
@@ -119,6 +124,8 @@ export function routerOptionsFromConfig(
     normalize: false,
     scale: 1,
   };
+  // the bias the model's rule cannot do without, if any
+  let required: 'bias' | 'logitBias' | undefined;
   switch (cfg.model_type) {
     case 'mixtral':
       base.normalize = true;
@@ -140,9 +147,10 @@ export function routerOptionsFromConfig(
       base.scoring = scoring;
       const method = (cfg.topk_method ?? (v3 ? 'noaux_tc' : 'greedy')) as string;
       if (method === 'group_limited_greedy' || method === 'noaux_tc') {
+        // (a key left out takes transformers' config-class default: DeepseekV3Config has 8 groups, 4 kept)
         base.groups = {
-          nGroup: num(cfg, 'n_group'),
-          topkGroup: num(cfg, 'topk_group'),
+          nGroup: num(cfg, 'n_group', v3 ? 8 : undefined),
+          topkGroup: num(cfg, 'topk_group', v3 ? 4 : undefined),
           score: method === 'noaux_tc' ? 'top2sum' : 'max',
         };
       } else if (method !== 'greedy') {
@@ -151,7 +159,8 @@ export function routerOptionsFromConfig(
         );
       }
       const normalize = bool(cfg, 'norm_topk_prob', v3);
-      const factor = num(cfg, 'routed_scaling_factor', 1);
+      const factor = num(cfg, 'routed_scaling_factor', v3 ? 2.5 : 1);
+      if (method === 'noaux_tc') required = 'bias';
       base.normalize = normalize && topK > 1;
       // DeepSeek-V2 scales only when it does not renormalise; V3 always scales.
       base.scale = v3 || !base.normalize ? factor : 1;
@@ -159,11 +168,21 @@ export function routerOptionsFromConfig(
     }
     case 'gpt_oss':
       base.selection = { kind: 'gptOss', k: topK };
+      required = 'logitBias';
       break;
   }
+  if (required && overrides[required] === undefined) {
+    throw new RouterConfigurationError(
+      required === 'bias'
+        ? `bias: this ${String(cfg.model_type)} config routes with e_score_correction_bias (topk_method 'noaux_tc'): ` +
+            `pass the layer's mlp.gate.e_score_correction_bias as bias, or bias: null to route without it`
+        : `logitBias: gpt_oss routers have a bias term: pass the layer's mlp.router.bias as logitBias, or ` +
+            `logitBias: null to route without it`,
+    );
+  }
   const out: RouterOptions = { ...base };
-  if (overrides.bias !== undefined) out.bias = overrides.bias;
-  if (overrides.logitBias !== undefined) out.logitBias = overrides.logitBias;
+  if (overrides.bias) out.bias = overrides.bias;
+  if (overrides.logitBias) out.logitBias = overrides.logitBias;
   if (overrides.selection !== undefined) out.selection = overrides.selection;
   if (overrides.normalize !== undefined) out.normalize = overrides.normalize;
   if (overrides.scale !== undefined) out.scale = overrides.scale;
