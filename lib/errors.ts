@@ -39,3 +39,46 @@ export function describe(value: unknown): string {
   if (typeof value === 'object') return value.constructor?.name ?? 'object';
   return String(value);
 }
+
+/**
+ * A value from an untrusted file as JSON-like text of at most `limit` characters, for an error message. Walks only
+ * as far as the text it shows (a JSON.stringify of a 64 MB header, or of an array nested 100,000 deep, would cost
+ * the whole structure or overflow the stack) and never throws.
+ */
+export function brief(value: unknown, limit = 80): string {
+  let out = '';
+  const write = (v: unknown, depth: number): void => {
+    if (out.length > limit) return;
+    if (typeof v === 'object' && v !== null && depth >= 16) {
+      out += describe(v);
+    } else if (Array.isArray(v)) {
+      out += '[';
+      for (let i = 0; i < v.length && out.length <= limit; i++) {
+        if (i) out += ',';
+        write(v[i], depth + 1);
+      }
+      out += ']';
+    } else if (typeof v === 'object' && v !== null && !ArrayBuffer.isView(v)) {
+      out += '{';
+      let first = true;
+      for (const key in v) {
+        if (!Object.hasOwn(v, key)) continue;
+        if (out.length > limit) break;
+        out += `${first ? '' : ','}${JSON.stringify(key.length > limit ? key.slice(0, limit) : key)}:`;
+        first = false;
+        write((v as Record<string, unknown>)[key], depth + 1);
+      }
+      out += '}';
+    } else if (typeof v === 'string') {
+      out += JSON.stringify(v.length > limit ? v.slice(0, limit) : v);
+    } else if (typeof v === 'bigint') {
+      out += v.toString();
+    } else if (typeof v === 'object' && v !== null) {
+      out += describe(v);
+    } else {
+      out += String(v);
+    }
+  };
+  write(value, 0);
+  return out.length > limit ? `${out.slice(0, limit - 3)}...` : out;
+}

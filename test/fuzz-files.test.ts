@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { MoELayer } from '../lib';
+import { ModelLoadError, MoELayer } from '../lib';
 import { readNpy, writeNpy } from '../lib/models/npy';
 import { openSafetensors, writeSafetensors } from '../lib/models/safetensors';
 import { writeTinyCheckpoint, type TinyArch } from './helpers/checkpoint';
@@ -244,6 +244,72 @@ test('model.safetensors.index.json: mutated entries load or give a package error
     if (outside) assert.is(outcome, 'refused', `a shard outside the folder: ${JSON.stringify(index)}`);
   }
   assert.ok(seen.refused > 0, JSON.stringify(seen));
+});
+
+test('JSON nested 100,000 deep anywhere, and a config.json that stats as empty but reads on and on, are package errors', () => {
+  const deep = '['.repeat(100_000) + ']'.repeat(100_000);
+  const ck = writeTinyCheckpoint(tmpDir(), 'olmoe', {
+    hiddenSize: 16,
+    intermediateSize: 8,
+    numExperts: 8,
+    topK: 2,
+    sharded: true,
+  });
+  const configFile = path.join(ck.dir, 'config.json');
+  const indexFile = path.join(ck.dir, 'model.safetensors.index.json');
+  const config = fs.readFileSync(configFile, 'utf8');
+  const index = fs.readFileSync(indexFile, 'utf8');
+  const load = () => void MoELayer.fromPretrained(ck.dir, { layer: 1, threads: 1 });
+  // the JSON text with `key` (or, for an object, its first entry) replaced by `deep`
+  const withDeep = (text: string, key: string) => {
+    const parsed = JSON.parse(text) as Record<string, unknown>;
+    const marker = 'DEEP-VALUE-MARKER';
+    const value = parsed[key];
+    if (typeof value === 'object' && value !== null) (value as Record<string, unknown>)[Object.keys(value)[0]] = marker;
+    else parsed[key] = marker;
+    return JSON.stringify(parsed).replace(JSON.stringify(marker), deep);
+  };
+  const cases: [string, () => void][] = [
+    ['config.json is a deep array', () => fs.writeFileSync(configFile, deep)],
+    ['a config field is a deep array', () => fs.writeFileSync(configFile, withDeep(config, 'num_hidden_layers'))],
+    ['a weight_map entry is a deep array', () => fs.writeFileSync(indexFile, withDeep(index, 'weight_map'))],
+  ];
+  for (const [what, write] of cases) {
+    fs.writeFileSync(configFile, config);
+    fs.writeFileSync(indexFile, index);
+    write();
+    assert.ok(
+      fs.readFileSync(configFile, 'utf8') !== config || fs.readFileSync(indexFile, 'utf8') !== index,
+      `${what}: written`,
+    );
+    assert.is(
+      loadsOrRefuses(load, () => what),
+      'refused',
+      what,
+    );
+  }
+  // a safetensors header: a deep shape, and a header that is a deep array
+  const file = path.join(tmpDir(), 'deep.safetensors');
+  for (const header of [`{"w":{"dtype":"F32","shape":${deep},"data_offsets":[0,4]}}`, deep]) {
+    const json = Buffer.from(header);
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(json.length));
+    fs.writeFileSync(file, Buffer.concat([len, json, Buffer.alloc(4)]));
+    assert.is(
+      loadsOrRefuses(
+        () => openSafetensors(file).close(),
+        () => header.slice(0, 40),
+      ),
+      'refused',
+    );
+  }
+  // /proc/self/pagemap stats as a 0-byte regular file and reads gigabytes: the size limit must hold anyway
+  if (fs.existsSync('/proc/self/pagemap')) {
+    fs.writeFileSync(indexFile, index);
+    fs.rmSync(configFile);
+    fs.symlinkSync('/proc/self/pagemap', configFile);
+    assert.throws(load, (e: Error) => e instanceof ModelLoadError && /config\.json is over \d+ bytes/.test(e.message));
+  }
 });
 
 test.run();

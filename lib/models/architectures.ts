@@ -4,7 +4,7 @@
  * experts. Each family names and sizes these differently in `config.json` and in the weights; this file is the only
  * place that knows those differences. Experts are read lazily because a whole layer can be several GB in float32.
  */
-import { ModelLoadError, ValidationError } from '../errors';
+import { brief, ModelLoadError, ValidationError } from '../errors';
 import type { Checkpoint } from './checkpoint';
 import { ARCHITECTURE_OF_MODEL_TYPE } from './router-config';
 
@@ -78,11 +78,6 @@ const ARCHITECTURE_OF: Readonly<Record<Family, string>> = (({ gpt_oss: _, ...lay
 const SUPPORTED = Object.entries(ARCHITECTURE_OF)
   .map(([type, arch]) => `${arch} (${type})`)
   .join(', ');
-
-function brief(value: unknown): string {
-  const text = JSON.stringify(value) ?? String(value);
-  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
-}
 
 function familyOf(config: Record<string, unknown>): { family: Family; architecture: string } {
   const architectures = config.architectures;

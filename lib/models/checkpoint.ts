@@ -5,7 +5,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { ModelLoadError, ValidationError } from '../errors';
+import { brief, ModelLoadError, ValidationError } from '../errors';
 import { openSafetensors, type SafetensorsFile, type SafetensorsTensorInfo } from './safetensors';
 
 const CONFIG_FILE = 'config.json';
@@ -38,9 +38,28 @@ function isPlainObject(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
-function brief(value: unknown): string {
-  const text = JSON.stringify(value) ?? String(value);
-  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+/**
+ * The file's text, read up to `limit` bytes whatever its stat says (a file of /proc reports size 0 and may yield
+ * gigabytes): one byte more is an error.
+ */
+function readAtMost(file: string, limit: number, role: string): string {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const chunks: Buffer[] = [];
+    let total = 0;
+    for (;;) {
+      // (whole MiB reads, a little past the limit at most: some /proc files refuse reads of odd sizes)
+      const chunk = Buffer.allocUnsafe(1 << 20);
+      const n = fs.readSync(fd, chunk, 0, chunk.length, null);
+      if (n === 0) break;
+      chunks.push(n === chunk.length ? chunk : chunk.subarray(0, n));
+      total += n;
+      if (total > limit) throw new ModelLoadError(`${file}: ${role} is over ${limit} bytes, expected at most ${limit}`);
+    }
+    return Buffer.concat(chunks, total).toString('utf8');
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 /** Reads and parses a JSON file that must hold an object. */
@@ -54,7 +73,7 @@ function readJsonObject(file: string, role: string): Record<string, unknown> {
     if (size > JSON_FILE_LIMIT) {
       throw new ModelLoadError(`${file}: ${role} is ${size} bytes, expected at most ${JSON_FILE_LIMIT}`);
     }
-    text = fs.readFileSync(file, 'utf8');
+    text = readAtMost(file, JSON_FILE_LIMIT, role);
   } catch (err) {
     if (err instanceof ModelLoadError) throw err;
     const code = (err as NodeJS.ErrnoException).code;

@@ -5,7 +5,7 @@
  */
 import * as fs from 'fs';
 import * as os from 'os';
-import { ValidationError } from '../errors';
+import { brief, ValidationError } from '../errors';
 
 /** An array read from a `.npy` file. */
 export interface NpyArray {
@@ -131,13 +131,13 @@ function parseHeader(file: string, text: string): { dtype: NpyArray['dtype']; sh
   const { descr, fortran_order: fortranOrder, shape } = header as Record<string, PyValue | undefined>;
   const dtype = typeof descr === 'string' && Object.hasOwn(DESCR_TO_DTYPE, descr) ? DESCR_TO_DTYPE[descr] : undefined;
   if (dtype === undefined) {
-    throw npyError(file, `unsupported dtype descr ${JSON.stringify(descr)}, expected '<f4' or '<i4'`);
+    throw npyError(file, `unsupported dtype descr ${brief(descr)}, expected '<f4' or '<i4'`);
   }
   if (fortranOrder !== false) {
-    throw npyError(file, `fortran_order is ${JSON.stringify(fortranOrder)}, expected False (C order only)`);
+    throw npyError(file, `fortran_order is ${brief(fortranOrder)}, expected False (C order only)`);
   }
   if (!Array.isArray(shape) || !shape.every((d) => typeof d === 'number' && Number.isSafeInteger(d) && d >= 0)) {
-    throw npyError(file, `shape is ${JSON.stringify(shape)}, expected a tuple of non-negative integers`);
+    throw npyError(file, `shape is ${brief(shape)}, expected a tuple of non-negative integers`);
   }
   return { dtype, shape: shape as number[] };
 }
@@ -219,7 +219,7 @@ export function writeNpy(path: string, data: Float32Array | Int32Array, shape: n
     throw new ValidationError(`writeNpy: data must be a Float32Array or Int32Array`);
   }
   if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-    throw new ValidationError(`writeNpy: shape ${JSON.stringify(shape)} must be a list of non-negative integers`);
+    throw new ValidationError(`writeNpy: shape ${brief(shape)} must be a list of non-negative integers`);
   }
   const elements = shape.reduce((a, b) => a * b, 1);
   if (elements !== data.length) {

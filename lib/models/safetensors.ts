@@ -6,7 +6,7 @@
  */
 import * as fs from 'fs';
 import * as os from 'os';
-import { ModelLoadError, ValidationError } from '../errors';
+import { brief, ModelLoadError, ValidationError } from '../errors';
 import { bf16ArrayToFloat32, f16ArrayToFloat32, float32ToBf16Bits, float32ToF16Bits } from './float16';
 
 export { bf16BitsToFloat32, f16BitsToFloat32, float32ToBf16Bits, float32ToF16Bits } from './float16';
@@ -75,19 +75,8 @@ interface TensorEntry extends SafetensorsTensorInfo {
   begin: number;
 }
 
-/** Formats a value from an untrusted header briefly for an error message. */
-function show(value: unknown): string {
-  let text: string;
-  try {
-    text = typeof value === 'bigint' ? value.toString() : (JSON.stringify(value) ?? String(value));
-  } catch {
-    text = String(value);
-  }
-  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
-}
-
 function loadError(file: string, what: string, seen: unknown, expected: string): ModelLoadError {
-  return new ModelLoadError(`${file}: ${what}: got ${show(seen)}, expected ${expected}`);
+  return new ModelLoadError(`${file}: ${what}: got ${brief(seen)}, expected ${expected}`);
 }
 
 function requireLittleEndianHost(): void {
@@ -103,16 +92,16 @@ function isPlainObject(value: unknown): value is Record<string, unknown> {
 function parseShape(file: string, name: string, value: unknown): number[] {
   const expected = `an array of at most ${MAX_RANK} non-negative integers`;
   if (!Array.isArray(value) || value.length > MAX_RANK) {
-    throw loadError(file, `tensor ${show(name)} has an invalid "shape"`, value, expected);
+    throw loadError(file, `tensor ${brief(name)} has an invalid "shape"`, value, expected);
   }
   let elements = 1;
   for (const dim of value) {
     if (typeof dim !== 'number' || !Number.isSafeInteger(dim) || dim < 0) {
-      throw loadError(file, `tensor ${show(name)} has an invalid dimension in "shape"`, value, expected);
+      throw loadError(file, `tensor ${brief(name)} has an invalid dimension in "shape"`, value, expected);
     }
     elements *= dim;
     if (elements > MAX_ELEMENTS) {
-      throw loadError(file, `tensor ${show(name)} is too large`, value, `at most 2^40 elements`);
+      throw loadError(file, `tensor ${brief(name)} is too large`, value, `at most 2^40 elements`);
     }
   }
   return value as number[];
@@ -123,11 +112,11 @@ function parseEntry(file: string, name: string, value: unknown, dataBytes: numbe
     throw loadError(file, 'invalid tensor name', name, `a string of 1 to ${MAX_NAME_LENGTH} characters`);
   }
   if (!isPlainObject(value)) {
-    throw loadError(file, `tensor ${show(name)} entry is not an object`, value, '{dtype, shape, data_offsets}');
+    throw loadError(file, `tensor ${brief(name)} entry is not an object`, value, '{dtype, shape, data_offsets}');
   }
   const dtype = value.dtype;
   if (typeof dtype !== 'string' || !Object.hasOwn(DTYPE_BYTES, dtype)) {
-    throw loadError(file, `tensor ${show(name)} has an unknown "dtype"`, dtype, Object.keys(DTYPE_BYTES).join('|'));
+    throw loadError(file, `tensor ${brief(name)} has an unknown "dtype"`, dtype, Object.keys(DTYPE_BYTES).join('|'));
   }
   const shape = parseShape(file, name, value.shape);
   const offsets = value.data_offsets;
@@ -140,14 +129,14 @@ function parseEntry(file: string, name: string, value: unknown, dataBytes: numbe
     offsets[0] > offsets[1] ||
     offsets[1] > dataBytes
   ) {
-    throw loadError(file, `tensor ${show(name)} has invalid "data_offsets"`, offsets, offsetsExpected);
+    throw loadError(file, `tensor ${brief(name)} has invalid "data_offsets"`, offsets, offsetsExpected);
   }
   const [begin, end] = offsets as [number, number];
   const byteLength = shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[dtype];
   if (end - begin !== byteLength) {
     throw loadError(
       file,
-      `tensor ${show(name)} (${dtype} ${show(shape)}) has a byte range of the wrong size`,
+      `tensor ${brief(name)} (${dtype} ${brief(shape)}) has a byte range of the wrong size`,
       end - begin,
       `${byteLength} bytes (product of shape x ${DTYPE_BYTES[dtype]} bytes)`,
     );
@@ -163,7 +152,7 @@ function checkNoOverlap(file: string, entries: Map<string, TensorEntry>): void {
     if (entry.begin < prev.begin + prev.byteLength) {
       throw loadError(
         file,
-        `tensors ${show(prevName)} and ${show(name)} overlap`,
+        `tensors ${brief(prevName)} and ${brief(name)} overlap`,
         [entry.begin, entry.begin + entry.byteLength],
         `a range starting at or after ${prev.begin + prev.byteLength}`,
       );
@@ -189,7 +178,7 @@ function parseHeader(file: string, headerBytes: Uint8Array, dataBytes: number) {
       if (!isPlainObject(value)) throw loadError(file, '"__metadata__" is not an object', value, 'an object');
       for (const [key, text] of Object.entries(value)) {
         if (typeof text !== 'string') {
-          throw loadError(file, `"__metadata__" value for ${show(key)} is not a string`, text, 'a string');
+          throw loadError(file, `"__metadata__" value for ${brief(key)} is not a string`, text, 'a string');
         }
         metadata[key] = text;
       }
@@ -243,9 +232,9 @@ class SafetensorsReader implements SafetensorsFile {
   readFloat32(name: string): Float32Array {
     const entry = this.entry(name);
     if (!(SUPPORTED_DTYPES as readonly string[]).includes(entry.dtype)) {
-      throw loadError(this.path, `tensor ${show(name)} has an unsupported dtype`, entry.dtype, 'F32, BF16 or F16');
+      throw loadError(this.path, `tensor ${brief(name)} has an unsupported dtype`, entry.dtype, 'F32, BF16 or F16');
     }
-    if (this.fd === null) throw new ModelLoadError(`${this.path}: file is closed; cannot read tensor ${show(name)}`);
+    if (this.fd === null) throw new ModelLoadError(`${this.path}: file is closed; cannot read tensor ${brief(name)}`);
     requireLittleEndianHost();
     const elements = entry.byteLength / DTYPE_BYTES[entry.dtype];
     let raw: ArrayBuffer;
@@ -256,11 +245,11 @@ class SafetensorsReader implements SafetensorsFile {
       out = entry.dtype === 'F32' ? new Float32Array(raw) : new Float32Array(elements);
     } catch (err) {
       throw new ModelLoadError(
-        `${this.path}: tensor ${show(name)} (${entry.byteLength} bytes) does not fit in memory`,
+        `${this.path}: tensor ${brief(name)} (${entry.byteLength} bytes) does not fit in memory`,
         { cause: err },
       );
     }
-    readExactly(this.fd, new Uint8Array(raw), this.dataStart + entry.begin, this.path, `tensor ${show(name)}`);
+    readExactly(this.fd, new Uint8Array(raw), this.dataStart + entry.begin, this.path, `tensor ${brief(name)}`);
     if (entry.dtype === 'BF16') bf16ArrayToFloat32(new Uint16Array(raw), out);
     else if (entry.dtype === 'F16') f16ArrayToFloat32(new Uint16Array(raw), out);
     return out;
@@ -276,7 +265,7 @@ class SafetensorsReader implements SafetensorsFile {
 
   private entry(name: string): TensorEntry {
     const entry = this.entries.get(name);
-    if (!entry) throw new ModelLoadError(`${this.path}: no tensor named ${show(name)} in this file`);
+    if (!entry) throw new ModelLoadError(`${this.path}: no tensor named ${brief(name)} in this file`);
     return entry;
   }
 }
@@ -336,20 +325,20 @@ export interface SafetensorsTensorInput {
 function encodeTensor(name: string, tensor: SafetensorsTensorInput): Uint8Array {
   const { dtype, shape, data } = tensor;
   if (!(SUPPORTED_DTYPES as readonly string[]).includes(dtype)) {
-    throw new ValidationError(`writeSafetensors: tensor ${show(name)}: dtype ${show(dtype)}, expected F32|BF16|F16`);
+    throw new ValidationError(`writeSafetensors: tensor ${brief(name)}: dtype ${brief(dtype)}, expected F32|BF16|F16`);
   }
   const validShape =
     Array.isArray(shape) && shape.length <= MAX_RANK && shape.every((d) => Number.isSafeInteger(d) && d >= 0);
   if (!validShape) {
     throw new ValidationError(
-      `writeSafetensors: tensor ${show(name)}: shape ${show(shape)}, expected <= 8 integers >= 0`,
+      `writeSafetensors: tensor ${brief(name)}: shape ${brief(shape)}, expected <= 8 integers >= 0`,
     );
   }
   const elements = shape.reduce((a, b) => a * b, 1);
   if (!(data instanceof Float32Array) || data.length !== elements) {
-    const seen = data instanceof Float32Array ? `${data.length} elements` : show(data);
+    const seen = data instanceof Float32Array ? `${data.length} elements` : brief(data);
     throw new ValidationError(
-      `writeSafetensors: tensor ${show(name)}: data has ${seen}, expected a Float32Array of ${elements} (shape ${show(shape)})`,
+      `writeSafetensors: tensor ${brief(name)}: data has ${seen}, expected a Float32Array of ${elements} (shape ${brief(shape)})`,
     );
   }
   if (dtype === 'F32') {
@@ -379,7 +368,7 @@ export function writeSafetensors(
   let offset = 0;
   for (const [name, tensor] of Object.entries(tensors)) {
     if (name === '__metadata__' || name.length === 0 || name.length > MAX_NAME_LENGTH) {
-      throw new ValidationError(`writeSafetensors: invalid tensor name ${show(name)}`);
+      throw new ValidationError(`writeSafetensors: invalid tensor name ${brief(name)}`);
     }
     const bytes = encodeTensor(name, tensor);
     header[name] = { dtype: tensor.dtype, shape: tensor.shape.slice(), data_offsets: [offset, offset + bytes.length] };
