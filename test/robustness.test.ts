@@ -167,6 +167,44 @@ test('async calls copy x with the Float32Array constructor, never through a subc
   assert.equal(Array.from(got.indices), Array.from(router.route(x).indices));
 });
 
+test('the native router checks its config itself: NaN, fractional and huge integers, NaN p, tau and scale', () => {
+  const E = 8;
+  const d = 4;
+  const good = {
+    numExperts: E,
+    hiddenSize: d,
+    scoring: 0,
+    selection: 0,
+    k: 2,
+    p: 1,
+    tau: 0,
+    minK: 1,
+    maxK: 2,
+    nGroup: 0,
+    topkGroup: 0,
+    groupScore: 0,
+    normalize: false,
+    scale: 1,
+  };
+  const make = (cfg: object) => new (native().NativeRouter)(cfg, randn(E * d, SEED + 90), null, 1, null);
+  make(good);
+  for (const [key, value, message] of [
+    ['numExperts', NaN, /numExperts: expected a 32-bit integer/],
+    ['k', 1.5, /k: expected a 32-bit integer/],
+    ['maxK', 2 ** 40, /maxK: expected a 32-bit integer/],
+    ['selection', -Infinity, /selection: expected a 32-bit integer/],
+    ['p', NaN, /p, tau or scale/],
+    ['tau', 2, /p, tau or scale/],
+    ['scale', Infinity, /p, tau or scale/],
+  ] as const) {
+    assert.throws(
+      () => make({ ...good, [key]: value }),
+      (e: Error & { code?: string }) => e.code === 'ERR_MOE_VALIDATION' && message.test(e.message),
+      `${key} = ${value}`,
+    );
+  }
+});
+
 test('a layer call whose rows would overflow 32-bit row indices is refused before anything is read', () => {
   const E = 128;
   const d = 4;

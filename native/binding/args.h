@@ -3,6 +3,7 @@
 #pragma once
 #include <napi.h>
 
+#include <climits>
 #include <cstdint>
 #include <string>
 
@@ -90,6 +91,23 @@ inline int64_t layerTokensArg(const Napi::CallbackInfo& info, size_t index, int6
 inline double numberProp(const Napi::Object& o, const char* key, double fallback) {
   Napi::Value v = o.Get(key);
   return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : fallback;
+}
+
+// An integer property in [INT32_MIN, INT32_MAX] (a NaN, fraction or out-of-range value is a validation error, not
+// an undefined conversion); `fallback` when absent.
+inline int32_t int32Prop(const Napi::Object& o, const char* key, int32_t fallback) {
+  const double d = numberProp(o, key, fallback);
+  if (!(d >= double(INT32_MIN) && d <= double(INT32_MAX)) || d != double(int64_t(d)))
+    throwValidation(o.Env(), std::string(key) + ": expected a 32-bit integer, got " + std::to_string(d));
+  return int32_t(d);
+}
+
+// The optional steady-clock start of a complexity estimation (argument `index`): 0 when absent or not a finite
+// number in int64 range.
+inline int64_t steadyNsArg(const Napi::CallbackInfo& info, size_t index) {
+  if (info.Length() <= index || !info[index].IsNumber()) return 0;
+  const double d = info[index].As<Napi::Number>().DoubleValue();
+  return d >= 0 && d < 9.2e18 ? int64_t(d) : 0;
 }
 
 // Keeps a JS value alive for the lifetime of an async worker.

@@ -15,6 +15,7 @@
 #include "cuda_wrap.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <functional>
 #include <vector>
@@ -29,15 +30,17 @@ namespace moe_binding {
 namespace {
 
 constexpr int64_t kMaxTokens = int64_t(1) << 24;
-const MoeCudaApi* gApi = nullptr;  // set by a successful cudaLoad; the plugin is process-wide
+// set by a successful cudaLoad; the plugin is process-wide (atomic: worker_threads may load it concurrently)
+std::atomic<const MoeCudaApi*> gApi{nullptr};
 
 [[noreturn]] void throwCuda(Napi::Env env, const char* what, const char* err) {
   throw makeError(env, "ERR_MOE_CUDA", std::string(what) + ": " + err);
 }
 
 const MoeCudaApi* api(Napi::Env env) {
-  if (!gApi) throw makeError(env, "ERR_MOE_CUDA", "the CUDA plugin is not loaded (call cudaLoad first)");
-  return gApi;
+  const MoeCudaApi* loaded = gApi.load(std::memory_order_acquire);
+  if (!loaded) throw makeError(env, "ERR_MOE_CUDA", "the CUDA plugin is not loaded (call cudaLoad first)");
+  return loaded;
 }
 
 Napi::Value CudaLoad(const Napi::CallbackInfo& info) {
@@ -51,7 +54,7 @@ Napi::Value CudaLoad(const Napi::CallbackInfo& info) {
     o.Set("error", error);
     return o;
   }
-  gApi = plugin->api;
+  gApi.store(plugin->api, std::memory_order_release);
   const MoeCudaProbe& p = plugin->probe;
   Napi::Object device = Napi::Object::New(env);
   device.Set("name", p.name);
@@ -109,8 +112,8 @@ double* calibrationState(Napi::Value device) {
 void parseDeviceComplexity(const Napi::CallbackInfo& info, size_t index, MoeCudaForward& call) {
   if (info.Length() <= index || !info[index].IsObject()) return;
   Napi::Object o = info[index].As<Napi::Object>();
-  const int mode = int(numberProp(o, "mode", 0));
-  const int calibration = int(numberProp(o, "calibration", 0));
+  const int mode = int32Prop(o, "mode", 0);
+  const int calibration = int32Prop(o, "calibration", 0);
   if (mode < MOE_CUDA_COMPLEXITY_ROUTER_ENTROPY || mode > MOE_CUDA_COMPLEXITY_NORM_L1)
     throwValidation(info.Env(), "device.mode: expected a device complexity signal");
   if (calibration < 0 || calibration > MOE_CUDA_CALIBRATION_QUANTILE)
@@ -244,7 +247,7 @@ HostCall parseHostCall(const Napi::CallbackInfo& info, const CudaLayerWrap::Stat
   c.k = typedArrayArg<int32_t>(info, base + 2, "k", T);
   h.counts = c.counts = typedArrayArg<int32_t>(info, base + 3, "counts", E);
   c.complexity = typedArrayArg<float>(info, 10, "complexity", T, true);
-  if (info.Length() > 11 && info[11].IsNumber()) h.complexityNs = int64_t(info[11].As<Napi::Number>().DoubleValue());
+  h.complexityNs = steadyNsArg(info, 11);
   if (c.complexity) c.complexityMode = MOE_CUDA_COMPLEXITY_HOST;
   parseDeviceComplexity(info, deviceArgIndex(routeOnly), c);
   h.complexity = c.complexityMode == MOE_CUDA_COMPLEXITY_HOST ? c.complexity : c.complexityOut;

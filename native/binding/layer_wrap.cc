@@ -61,7 +61,7 @@ ForwardCall parseForward(const Napi::CallbackInfo& info, moe::Layer& layer) {
   c.layerStats = typedArrayArg<double>(info, 8, "layerStats", 7);
   c.logits = typedArrayArg<float>(info, 9, "logits", T * E, true);
   c.complexity = typedArrayArg<float>(info, 10, "complexity", T, true);
-  if (info.Length() > 11 && info[11].IsNumber()) c.complexityNs = int64_t(info[11].As<Napi::Number>().DoubleValue());
+  c.complexityNs = steadyNsArg(info, 11);
   if (!c.logits) c.routing.logits = typedArrayArg<float>(info, 12, "logitsOut", T * E, true);
   c.routing.probs = typedArrayArg<float>(info, 13, "probs", T * E, true);
   if (cfg.selection == moe::Selection::Dynamic && !c.complexity)

@@ -5,6 +5,7 @@
 //   stats (Float64Array(5)) receives meanK, auxLoss, zLoss, loadBalance, assignments.
 #include "router_wrap.h"
 
+#include <cmath>
 #include <vector>
 
 #include "addon_data.h"
@@ -53,7 +54,7 @@ RouteCall parseRouteCall(const Napi::CallbackInfo& info, const moe::RouterConfig
   if (!c.fromLogits) c.out.logits = typedArrayArg<float>(info, 8, "logits", T * E, true);
   c.out.probs = typedArrayArg<float>(info, 9, "probs", T * E, true);
   c.complexity = typedArrayArg<float>(info, 10, "complexity", T, true);
-  if (info.Length() > 11 && info[11].IsNumber()) c.complexityNs = int64_t(info[11].As<Napi::Number>().DoubleValue());
+  c.complexityNs = steadyNsArg(info, 11);
   if (cfg.selection == moe::Selection::Dynamic && !c.complexity)
     throwValidation(info.Env(), "complexity: the dynamic rule needs a Float32Array of per-token scores");
   return c;
@@ -97,18 +98,18 @@ class RouteWorker : public Napi::AsyncWorker {
 
 moe::RouterConfig parseConfig(const Napi::Object& o) {
   moe::RouterConfig cfg;
-  cfg.numExperts = int32_t(numberProp(o, "numExperts", 0));
-  cfg.hiddenSize = int32_t(numberProp(o, "hiddenSize", 0));
-  cfg.scoring = moe::Scoring(int32_t(numberProp(o, "scoring", 0)));
-  cfg.selection = moe::Selection(int32_t(numberProp(o, "selection", 0)));
-  cfg.k = int32_t(numberProp(o, "k", 1));
+  cfg.numExperts = int32Prop(o, "numExperts", 0);
+  cfg.hiddenSize = int32Prop(o, "hiddenSize", 0);
+  cfg.scoring = moe::Scoring(int32Prop(o, "scoring", 0));
+  cfg.selection = moe::Selection(int32Prop(o, "selection", 0));
+  cfg.k = int32Prop(o, "k", 1);
   cfg.p = float(numberProp(o, "p", 1));
   cfg.tau = float(numberProp(o, "tau", 0));
-  cfg.minK = int32_t(numberProp(o, "minK", 1));
-  cfg.maxK = int32_t(numberProp(o, "maxK", 1));
-  cfg.nGroup = int32_t(numberProp(o, "nGroup", 0));
-  cfg.topkGroup = int32_t(numberProp(o, "topkGroup", 0));
-  cfg.groupScore = moe::GroupScore(int32_t(numberProp(o, "groupScore", 0)));
+  cfg.minK = int32Prop(o, "minK", 1);
+  cfg.maxK = int32Prop(o, "maxK", 1);
+  cfg.nGroup = int32Prop(o, "nGroup", 0);
+  cfg.topkGroup = int32Prop(o, "topkGroup", 0);
+  cfg.groupScore = moe::GroupScore(int32Prop(o, "groupScore", 0));
   cfg.normalize = o.Get("normalize").ToBoolean();
   cfg.scale = float(numberProp(o, "scale", 1));
   return cfg;
@@ -126,6 +127,7 @@ void checkConfig(Napi::Env env, const moe::RouterConfig& c) {
                                                            c.topkGroup > c.nGroup)))
     fail("groups out of range");
   if (c.nGroup > 0 && c.maxK > c.topkGroup * (c.numExperts / c.nGroup)) fail("maxK exceeds the kept groups");
+  if (!(c.p >= 0 && c.p <= 1) || !(c.tau >= 0 && c.tau <= 1) || !std::isfinite(c.scale)) fail("p, tau or scale");
 }
 
 }  // namespace
