@@ -228,6 +228,18 @@ test('ties go to the lower expert index', () => {
   const all = many.routeLogits(tied);
   assert.is(all.k[0], 600);
   assert.equal(Array.from(all.indices), order);
+  // scores that underflow to 0 in float32 tie there too (the float64 reference still orders them: ambiguous)
+  const wide = new Router({
+    numExperts: 4,
+    hiddenSize: d,
+    gateWeight: randn(4 * d, SEED + 6),
+    selection: { kind: 'topk', k: 3 },
+  });
+  const under = Float32Array.from([0, -120, -110, 10]);
+  assert.equal(Array.from(wide.routeLogits(under).indices), [3, 0, 1]);
+  const ref = referenceRouteLogits(cfgOf(wide), under, 1);
+  assert.equal(Array.from(ref.indices), [3, 0, 2]);
+  assert.is(ref.margin[0], 0, 'the reference flags the float32 tie');
 });
 
 test('extreme logits: gpt-oss with a choose-only bias that ranks a far smaller logit first; softmax of huge ties', () => {

@@ -13,6 +13,9 @@
  *     below about -745; the native float32 scores underflow below about -88, so between the two they differ.
  *  6. weights: the unbiased scores of the chosen (gptOss: softmax over the chosen logits), optionally
  *     renormalised, times scale.
+ * The native code ranks float32 scores: two that are equal in float32 (both underflowed to 0, or the same
+ * subnormal) tie there and go to the lower index, while this float64 reference still tells them apart. Such a
+ * comparison counts as a gap of 0 in `margin`, so the tests treat the token as ambiguous rather than wrong.
  */
 
 export interface ReferenceRouterConfig {
@@ -92,7 +95,7 @@ function scoresOf(
 
 /** |a - b| relative to the larger magnitude: how far apart two compared values are, in rounding terms. */
 function gap(a: number, b: number): number {
-  if (a === b) return 0;
+  if (Math.fround(a) === Math.fround(b)) return 0; // (equal in float32: a tie for the native code)
   if (!Number.isFinite(a) || !Number.isFinite(b)) return Infinity;
   return Math.abs(a - b) / Math.max(Math.abs(a), Math.abs(b));
 }
