@@ -129,6 +129,8 @@ export class MoELayer {
   private readonly queue = new SerialQueue();
   /** A disposed layer's last drain, taken just before its weights were freed: the next drain returns it. */
   private readonly finalDrain = new FinalDrain();
+  /** A handle dispose() took away, until its pending calls have run and it is freed. */
+  private retiring: NativeLayerHandle | NativeCudaLayerHandle | undefined;
 
   /**
    * Packs the expert weights (fp32 or bf16) once. The arrays given are not kept.
@@ -322,9 +324,12 @@ export class MoELayer {
     this.handle = undefined;
     this.cudaHandle = undefined;
     if (!handle) return;
-    // Its counters are drained once more right before it is freed (a CUDA layer waits for its device counters);
-    // the next drain returns that record, later ones fail (a MetricsCollector then detaches the layer).
-    const release = () =>
+    // Until it is freed, drains still read it (forwards pending at dispose() keep counting); its counters are
+    // drained once more right before it is freed (a CUDA layer waits for its device counters); the next drain
+    // returns that record, later ones fail (a MetricsCollector then detaches the layer).
+    this.retiring = handle;
+    const release = () => {
+      this.retiring = undefined;
       this.finalDrain.takeThenFree(
         () =>
           this.backend === 'cuda'
@@ -332,11 +337,17 @@ export class MoELayer {
             : handle.drainTelemetry(),
         () => handle.dispose(),
       );
+    };
     this.queue.afterPending(release);
   }
 
   [Symbol.dispose](): void {
     this.dispose();
+  }
+
+  /** What drains read: the live handle, or one dispose() retired whose pending calls have not all run yet. */
+  private counters(): NativeLayerHandle | NativeCudaLayerHandle {
+    return this.handle ?? this.cudaHandle ?? this.retiring ?? this.live();
   }
 
   private live(): NativeLayerHandle | NativeCudaLayerHandle {
@@ -352,12 +363,12 @@ export class MoELayer {
 
   /** Native counters of this layer's forwards since the previous drain; see {@link Router.drainTelemetry}. */
   drainTelemetry(): TelemetryDelta {
-    return decodeTelemetry(this.finalDrain.once() ?? this.live().drainTelemetry());
+    return decodeTelemetry(this.finalDrain.once() ?? this.counters().drainTelemetry());
   }
 
   /** @internal See {@link Router.drainTelemetryRecord}. */
   drainTelemetryRecord(into: Float64Array): Float64Array | number {
-    return this.finalDrain.onceInto(into) ?? this.live().drainTelemetry(into);
+    return this.finalDrain.onceInto(into) ?? this.counters().drainTelemetry(into);
   }
 
   /** `copyInputs` (async calls): work on private copies of x and of caller complexity (Router.privateInputs). */

@@ -563,6 +563,44 @@ test('a layer disposed between scrapes: its last calls reach the next scrape, th
   );
 });
 
+test('a scrape while forwards pending at dispose() still run: they are counted, the layer stays attached', async () => {
+  const E = 4,
+    d = 32,
+    f = 64,
+    T = 64;
+  const router = new Router({ numExperts: E, hiddenSize: d, gateWeight: randn(E * d, SEED + 70) });
+  const w = () => ({
+    w1: randn(f * d, SEED + 71, 0.2),
+    w3: randn(f * d, SEED + 72, 0.2),
+    w2: randn(d * f, SEED + 73, 0.2),
+  });
+  const layer = new MoELayer({ router, experts: Array.from({ length: E }, w) });
+  const c = new MetricsCollector('retiring', { defaultMetrics: false });
+  c.observe(layer, { layerId: 0 });
+  await c.metrics();
+  const x = randn(T * d, SEED + 74);
+  const pending = [layer.forwardAsync(x), layer.forwardAsync(x), layer.forwardAsync(x)];
+  layer.dispose();
+  const warnings: string[] = [];
+  const onWarning = (warning: Error) => warnings.push(warning.message);
+  process.on('warning', onWarning);
+  try {
+    c.drainNow(); // the calls have not run yet: the retired handle is drained, not refused
+    await Promise.all(pending);
+    await new Promise((r) => setImmediate(r));
+    const exp = await scrape(c);
+    assert.is(value(exp, MetricName.ROUTING_REQUESTS, { status: 'success' }), 3, 'all three calls');
+    assert.is(warnings.filter((m) => m.includes('detached')).length, 0, 'not detached while its calls ran');
+    assert.throws(
+      () => layer.drainTelemetry(),
+      (e: Error) => /disposed/.test(e.message),
+      'freed once they ran',
+    );
+  } finally {
+    process.off('warning', onWarning);
+  }
+});
+
 test('real Router and MoELayer: counts after traffic match the calls', async () => {
   const E = 8,
     d = 16,
