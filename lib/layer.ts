@@ -159,6 +159,12 @@ export class MoELayer {
     const addon = native();
     if (opts.shareWeightsOf !== undefined) {
       const other = opts.shareWeightsOf;
+      for (const key of ['experts', 'intermediateSize', 'sharedExperts', 'dtype'] as const) {
+        if (opts[key] !== undefined)
+          throw new ValidationError(
+            `${key}: shareWeightsOf takes the weights, shared experts and dtype of that layer; omit ${key}`,
+          );
+      }
       if (this.backend === 'cuda' || (other instanceof MoELayer && other.backend === 'cuda'))
         throw new ValidationError('shareWeightsOf: sharing packed weights is not supported by the CUDA backend yet');
       if (!(other instanceof MoELayer))
@@ -178,12 +184,15 @@ export class MoELayer {
       );
       return;
     }
+    if (opts.sharedExperts !== undefined && (!opts.sharedExperts || typeof opts.sharedExperts !== 'object'))
+      throw new ValidationError(
+        `sharedExperts: expected { w1, w3, w2, gate?, intermediateSize? } or undefined, got ${describe(opts.sharedExperts)}`,
+      );
     const expertAt = expertSource(opts.experts, E);
     const first = expertAt(0);
     if (!first || typeof first !== 'object')
       throw new ValidationError(`experts[0]: expected { w1, w3, w2 }, got ${describe(first)}`);
-    const f = opts.intermediateSize ?? first.w1?.length / d;
-    this.intermediateSize = requireInt('intermediateSize', f, 1, 1 << 20, ValidationError);
+    this.intermediateSize = intermediateOf('', opts.intermediateSize, first, 'experts[0]', d, 1 << 20);
     const handle: NativeLayerHandle | NativeCudaLayerHandle = callNative('MoELayer', () =>
       this.backend === 'cuda'
         ? new addon.NativeCudaLayer(this.router.handle, this.staticK, this.intermediateSize)
@@ -197,13 +206,7 @@ export class MoELayer {
     this.hasSharedExpert = opts.sharedExperts !== undefined;
     if (opts.sharedExperts) {
       const s = opts.sharedExperts;
-      const sf = requireInt(
-        'sharedExperts.intermediateSize',
-        s.intermediateSize ?? s.w1?.length / d,
-        1,
-        1 << 22,
-        ValidationError,
-      );
+      const sf = intermediateOf('sharedExperts.', s.intermediateSize, s, 'sharedExperts', d, 1 << 22);
       checkExpert('sharedExperts', s, sf, d);
       if (s.gate !== undefined) {
         requireFloat32('sharedExperts.gate', s.gate, { length: d });
@@ -459,6 +462,29 @@ function expertSource(experts: MoELayerOptions['experts'], E: number): (e: numbe
   throw new ValidationError(
     `experts: expected { w1, w3, w2, stacked: true }, an array of { w1, w3, w2 }, or a function (e) => { w1, w3, w2 }; got ${describe(experts)}`,
   );
+}
+
+/**
+ * An intermediate size: the one given, or w1's rows (w1 is [f, d]) — checked first, so that a missing or ragged w1
+ * is named rather than reported as an intermediateSize the caller never passed.
+ */
+function intermediateOf(
+  prefix: string,
+  given: number | undefined,
+  w: ExpertWeights,
+  name: string,
+  d: number,
+  limit: number,
+): number {
+  if (given === undefined) {
+    const w1 = requireFloat32(`${name}.w1`, w?.w1, {});
+    if (w1.length === 0 || w1.length % d !== 0)
+      throw new ValidationError(
+        `${name}.w1: expected [f, d=${d}] (a non-zero multiple of ${d} elements), got ${w1.length}; or pass ${prefix}intermediateSize`,
+      );
+    given = w1.length / d;
+  }
+  return requireInt(`${prefix}intermediateSize`, given, 1, limit, ValidationError);
 }
 
 function checkExpert(name: string, w: ExpertWeights, f: number, d: number): void {

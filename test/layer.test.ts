@@ -6,7 +6,7 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { MoELayer, Router, ValidationError } from '../lib';
+import { MoELayer, Router, ValidationError, type MoELayerOptions } from '../lib';
 import type { NativeLayerHandle } from '../lib/native';
 import { relativeError } from './helpers/compare';
 import { buildLayer as build, layerReference as reference } from './helpers/layer';
@@ -233,6 +233,53 @@ test('bad input gets a clear error', () => {
   );
   b.layer.dispose();
   assert.throws(() => b.layer.forward(randn(8, 3)), /disposed/);
+});
+
+test('weight options: what is wrong is named (w1 rows, shared experts, options shareWeightsOf would ignore)', () => {
+  const E = 2,
+    d = 8,
+    f = 4;
+  const router = new Router({ numExperts: E, hiddenSize: d, gateWeight: randn(E * d, SEED + 410) });
+  const expert = (rows = f) => ({
+    w1: randn(rows * d, SEED + 411, 0.2),
+    w3: randn(f * d, SEED + 412, 0.2),
+    w2: randn(d * f, SEED + 413, 0.2),
+  });
+  const fails = (opts: Partial<MoELayerOptions>, pattern: RegExp) =>
+    assert.throws(
+      () => new MoELayer({ router, ...opts }),
+      (e: Error) => e instanceof ValidationError && pattern.test(e.message),
+      String(pattern),
+    );
+  // f is inferred from w1: a missing or ragged w1 is named, not "intermediateSize ... NaN / 3.75"
+  fails({ experts: [{ w3: expert().w3, w2: expert().w2 } as never, expert()] }, /^experts\[0\]\.w1: .*Float32Array/);
+  fails(
+    { experts: [{ ...expert(), w1: new Float32Array(30) }, expert()] },
+    /^experts\[0\]\.w1: .*multiple of 8.*got 30/,
+  );
+  const stacked = {
+    w1: new Float32Array(60),
+    w3: new Float32Array(60),
+    w2: new Float32Array(60),
+    stacked: true as const,
+  };
+  fails({ experts: stacked }, /^experts\[0\]\.w1: .*got 30/);
+  fails(
+    { experts: [expert(), expert()], sharedExperts: { ...expert(), w1: new Float32Array(12) } },
+    /^sharedExperts\.w1: .*got 12/,
+  );
+  fails({ experts: [expert(), expert()], sharedExperts: null as never }, /^sharedExperts: expected/);
+  const layer = new MoELayer({ router, experts: [expert(), expert()] });
+  assert.is(layer.hasSharedExpert, false);
+  for (const extra of [
+    { dtype: 'bf16' as const },
+    { intermediateSize: 4 },
+    { experts: [expert(), expert()] },
+    { sharedExperts: expert() },
+  ])
+    fails({ shareWeightsOf: layer, ...extra }, new RegExp(`^${Object.keys(extra)[0]}: shareWeightsOf takes`));
+  assert.is(new MoELayer({ router, shareWeightsOf: layer }).dtype, 'fp32');
+  layer.dispose();
 });
 
 test('dispose() with forwardAsync calls pending: they complete, new calls are refused, the weights go after', async () => {
