@@ -115,6 +115,8 @@ export interface ForwardResult {
 }
 
 const LAYER_STATS = 7;
+/** The most tokens one layer call takes (the binding's bound too). */
+const MAX_LAYER_TOKENS = 1 << 24;
 
 export class MoELayer {
   readonly router: Router;
@@ -293,7 +295,7 @@ export class MoELayer {
       this.live();
       throw new ValidationError(`forwardDevice: this layer runs on the ${this.backend} backend; use backend 'cuda'`);
     }
-    const tokens = requireInt('tokens', opts?.tokens, 1, 1 << 24, ValidationError);
+    const tokens = requireInt('tokens', opts?.tokens, 1, MAX_LAYER_TOKENS, ValidationError);
     for (const key of ['input', 'output'] as const) {
       if (typeof opts[key] !== 'bigint' || opts[key] <= 0n)
         throw new ValidationError(`${key}: expected a device pointer as a positive bigint, got ${describe(opts[key])}`);
@@ -378,10 +380,10 @@ export class MoELayer {
   private prepare(x: Float32Array, opts: RouteOptions, copyInputs = false) {
     const handle = this.live();
     const onDevice = this.backend === 'cuda';
-    const { prepared, device } = this.router.countValidationErrors(
-      () => this.router.prepareFor(x, opts, onDevice),
-      handle,
-    );
+    const { prepared, device } = this.router.countValidationErrors(() => {
+      checkLayerTokens(this.router.tokensOf(x, 'x'), this.router.config.maxK);
+      return this.router.prepareFor(x, opts, onDevice);
+    }, handle);
     if (copyInputs) x = this.router.privateInputs(x, prepared);
     const buffers: RoutingBuffers = this.router.allocate(prepared, opts);
     const T = prepared.tokens;
@@ -462,6 +464,19 @@ function expertSource(experts: MoELayerOptions['experts'], E: number): (e: numbe
   throw new ValidationError(
     `experts: expected { w1, w3, w2, stacked: true }, an array of { w1, w3, w2 }, or a function (e) => { w1, w3, w2 }; got ${describe(experts)}`,
   );
+}
+
+/**
+ * A layer call's token count, checked before any estimator runs or any copy is made (the binding checks it again):
+ * at most 2^24 tokens, and T × (maxK + 1) rows — the routed slots and a shared expert's — within 32-bit row indices.
+ */
+function checkLayerTokens(T: number, maxK: number): void {
+  if (T > MAX_LAYER_TOKENS)
+    throw new ValidationError(`x: ${T} tokens in one call, at most ${MAX_LAYER_TOKENS}; split the batch`);
+  if (T * (maxK + 1) > 2 ** 31 - 1)
+    throw new ValidationError(
+      `x: ${T} tokens x (maxK ${maxK} + 1) rows do not fit 32-bit row indices; split the batch`,
+    );
 }
 
 /**

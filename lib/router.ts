@@ -27,6 +27,21 @@ import { decodeTelemetry, type TelemetryDelta } from './observability/telemetry-
 import { FinalDrain } from './final-drain';
 import { nativeAsyncSlots, SerialQueue } from './serial-queue';
 
+/** The most tokens one routing call takes (the binding's bound too). */
+const MAX_ROUTER_TOKENS = 1 << 26;
+
+/**
+ * The token count of a [T, width] input, validated — its bound included, before an estimator runs or an output
+ * is allocated.
+ */
+function rowsOf(name: string, arr: Float32Array, width: number): number {
+  requireFloat32(name, arr, { multipleOf: width });
+  const T = arr.length / width;
+  if (T > MAX_ROUTER_TOKENS)
+    throw new ValidationError(`${name}: ${T} tokens in one call, at most ${MAX_ROUTER_TOKENS}; split the batch`);
+  return T;
+}
+
 /** What one routing call needs besides x: complexity for dynamic k, and logits when they had to come first. */
 export interface PreparedRouting {
   tokens: number;
@@ -205,8 +220,7 @@ export class Router {
     this.live();
     const prepared = this.countValidationErrors((): PreparedRouting => {
       opts = callOptions(opts);
-      requireFloat32('logits', logits, { multipleOf: this.numExperts });
-      const T = logits.length / this.numExperts;
+      const T = rowsOf('logits', logits, this.numExperts);
       const start = process.hrtime.bigint();
       const complexity = this.complexityFor(null, T, logits, opts);
       return { tokens: T, complexity, logits, complexityNs: complexity ? Number(process.hrtime.bigint() - start) : 0 };
@@ -220,8 +234,7 @@ export class Router {
 
   /** @internal T of a [T, d] input, validated. */
   tokensOf(x: Float32Array, name: string): number {
-    requireFloat32(name, x, { multipleOf: this.hiddenSize });
-    return x.length / this.hiddenSize;
+    return rowsOf(name, x, this.hiddenSize);
   }
 
   /**

@@ -244,6 +244,38 @@ test('a layer call whose rows would overflow 32-bit row indices is refused befor
   assert.throws(forwardOf(2 ** 24), (e: Error) => e instanceof Error && /split the batch/.test(e.message));
   // under the limit (2^20 tokens), the same call fails on the arrays' lengths instead
   assert.throws(forwardOf(2 ** 20), (e: Error) => /x: expected at least/.test(e.message));
+  // a count past 2^24 is shown as the integer it is
+  assert.throws(forwardOf(2 ** 24 + 1), (e: Error) => /got 16777217$/.test(e.message));
+  layer.dispose();
+});
+
+test('too many tokens for one call: refused by the public API before an estimator runs or x is copied', async () => {
+  const router = new Router({
+    numExperts: 2,
+    hiddenSize: 1,
+    gateWeight: new Float32Array([0.5, -0.25]),
+    selection: { kind: 'dynamic', minK: 1, maxK: 2, estimator: 'gradient_norm' },
+  });
+  const estimate = router.estimator!.estimate.bind(router.estimator);
+  let estimated = 0;
+  router.estimator!.estimate = (input) => {
+    estimated++;
+    return estimate(input);
+  };
+  const w = () => ({ w1: randn(4, SEED + 20), w3: randn(4, SEED + 21), w2: randn(4, SEED + 22) });
+  const layer = new MoELayer({ router, experts: [w(), w()] });
+  const x = new Float32Array(2 ** 24 + 1).fill(0.5);
+  const tooMany = (e: Error) =>
+    e instanceof ValidationError && /^x: 16777217 tokens in one call, at most 16777216/.test(e.message);
+  assert.throws(() => layer.forward(x), tooMany);
+  await layer.forwardAsync(x).then(
+    () => assert.unreachable('forwardAsync resolved'),
+    (e: Error) => assert.ok(tooMany(e), e.message),
+  );
+  assert.is(estimated, 0, 'no estimate for a call that cannot run');
+  const y = layer.forward(randn(3, SEED + 23));
+  assert.is(y.output.length, 3);
+  assert.is(estimated, 1);
   layer.dispose();
 });
 

@@ -5,6 +5,7 @@
 
 #include <climits>
 #include <cstdint>
+#include <cstdio>
 #include <string>
 
 namespace moe_binding {
@@ -68,13 +69,22 @@ T* typedArrayArg(const Napi::CallbackInfo& info, size_t index, const char* what,
   return arr.Data();
 }
 
+// A number as a message shows it: integers without decimals ("16777217", not "16777217.000000"), others to 17
+// significant digits, NaN and infinities by name.
+inline std::string numberText(double d) {
+  if (d == d && d > -1e18 && d < 1e18 && d == double(int64_t(d))) return std::to_string(int64_t(d));
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.17g", d);
+  return buf;
+}
+
 inline int64_t intArg(const Napi::CallbackInfo& info, size_t index, const char* what, int64_t lo, int64_t hi) {
   Napi::Value v = info[index];
   if (!v.IsNumber()) throwValidation(info.Env(), std::string(what) + ": expected a number");
   const double d = v.As<Napi::Number>().DoubleValue();
   if (!(d >= double(lo) && d <= double(hi)) || d != double(int64_t(d)))
     throwValidation(info.Env(), std::string(what) + ": expected an integer in [" + std::to_string(lo) + ", " +
-                                    std::to_string(hi) + "], got " + std::to_string(d));
+                                    std::to_string(hi) + "], got " + numberText(d));
   return int64_t(d);
 }
 
@@ -98,7 +108,7 @@ inline double numberProp(const Napi::Object& o, const char* key, double fallback
 inline int32_t int32Prop(const Napi::Object& o, const char* key, int32_t fallback) {
   const double d = numberProp(o, key, fallback);
   if (!(d >= double(INT32_MIN) && d <= double(INT32_MAX)) || d != double(int64_t(d)))
-    throwValidation(o.Env(), std::string(key) + ": expected a 32-bit integer, got " + std::to_string(d));
+    throwValidation(o.Env(), std::string(key) + ": expected a 32-bit integer, got " + numberText(d));
   return int32_t(d);
 }
 
