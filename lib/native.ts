@@ -203,6 +203,7 @@ export function native(): NativeAddon {
       const load = require('node-gyp-build') as (dir: string) => NativeAddon;
       addon = load(packageRoot);
     }
+    warnAboutEnvironment();
     return addon;
   } catch (cause) {
     const where = override
@@ -217,6 +218,25 @@ export function native(): NativeAddon {
     );
     throw loadError;
   }
+}
+
+/**
+ * The native code reads MOE_ISA and MOE_THREADS once and ignores values it cannot use (so that a typo cannot stop a
+ * service from starting); this says so, once per process, instead of letting a cap or thread count silently not
+ * apply.
+ */
+function warnAboutEnvironment(): void {
+  const isa = process.env.MOE_ISA;
+  if (isa !== undefined && !/^[ \t]*(avx512|avx2|scalar)[ \t]*$/i.test(isa))
+    process.emitWarning(`MOE_ISA=${JSON.stringify(isa)} is not avx512, avx2 or scalar; it is ignored`, {
+      code: 'MOE_ENV',
+    });
+  const threads = process.env.MOE_THREADS;
+  if (threads !== undefined && !(/^\s*\+?\d+[ \t]*$/.test(threads) && +threads >= 1 && +threads <= 1024))
+    process.emitWarning(
+      `MOE_THREADS=${JSON.stringify(threads)} is not an integer in [1, 1024]; it is ignored (all cores are used)`,
+      { code: 'MOE_ENV' },
+    );
 }
 
 /** Maps an error thrown by the addon (with its `code`) to the package's classes; others pass through. */

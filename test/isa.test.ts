@@ -62,4 +62,39 @@ for (const isa of ['avx512', 'avx2', 'scalar']) {
   });
 }
 
+test('MOE_ISA and MOE_THREADS: any case and blanks accepted; a value that cannot apply is named in a warning', () => {
+  const info = (vars: Record<string, string>) => {
+    const code =
+      "const { backendInfo } = require('./lib'); const i = backendInfo(); console.log(JSON.stringify([i.isa, i.threads]));";
+    const env = { ...process.env, ...vars };
+    for (const key of ['MOE_ISA', 'MOE_THREADS']) if (!(key in vars)) delete env[key];
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '-e', code], {
+      cwd: path.join(__dirname, '..'),
+      encoding: 'utf8',
+      timeout: 60_000,
+      env,
+    });
+    assert.is(r.status, 0, r.stderr);
+    const [isa, threads] = JSON.parse(r.stdout) as [string, number];
+    return { isa, threads, warning: /MOE_ENV/.test(r.stderr) ? r.stderr : '' };
+  };
+  const plain = info({});
+  assert.is(plain.warning, '');
+  for (const value of ['Scalar', ' scalar\t']) {
+    const got = info({ MOE_ISA: value });
+    assert.equal([got.isa, got.warning], ['scalar', ''], JSON.stringify(value));
+  }
+  if (available.avx2) assert.is(info({ MOE_ISA: 'AVX2' }).isa, 'avx2');
+  const bogus = info({ MOE_ISA: 'sse4' });
+  assert.is(bogus.isa, plain.isa, 'an unknown value caps nothing');
+  assert.match(bogus.warning, /MOE_ISA="sse4" is not avx512, avx2 or scalar/);
+  const one = info({ MOE_THREADS: ' 1 ' });
+  assert.equal([one.threads, one.warning], [1, '']);
+  for (const value of ['1abc', '0', '2000', 'two']) {
+    const got = info({ MOE_THREADS: value });
+    assert.is(got.threads, plain.threads, `MOE_THREADS=${value}`);
+    assert.match(got.warning, /MOE_THREADS=.* is not an integer in \[1, 1024\]/);
+  }
+});
+
 test.run();

@@ -2,9 +2,10 @@
 // their own translation units and are only called when this says the CPU and the OS both support them.
 #include "moe/cpu_features.h"
 
+#include <cctype>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
+#include <string>
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -59,9 +60,14 @@ Isa bestIsa() {
     if (f.avx2 && f.fma) best = Isa::Avx2;
     if (best == Isa::Avx2 && f.avx512f && f.avx512bw && f.avx512vl && f.avx512bf16) best = Isa::Avx512;
     if (const char* cap = std::getenv("MOE_ISA")) {
+      // any case, surrounding blanks ignored; an unknown value caps nothing (lib/native.ts warns about it)
+      std::string name(cap);
+      name.erase(0, name.find_first_not_of(" \t"));
+      name.erase(name.find_last_not_of(" \t") + 1);
+      for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
       Isa limit = best;
-      if (std::strcmp(cap, "scalar") == 0) limit = Isa::Scalar;
-      if (std::strcmp(cap, "avx2") == 0) limit = Isa::Avx2;
+      if (name == "scalar") limit = Isa::Scalar;
+      if (name == "avx2") limit = Isa::Avx2;
       if (static_cast<int>(limit) < static_cast<int>(best)) best = limit;
     }
     return best;

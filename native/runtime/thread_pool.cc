@@ -53,8 +53,11 @@ void ThreadPool::stopAndJoin() {
 
 int ThreadPool::defaultThreads() {
   if (const char* env = std::getenv("MOE_THREADS")) {
-    int n = std::atoi(env);
-    if (n > 0 && n <= 1024) return n;
+    // a whole integer in [1, 1024], blanks around it allowed; anything else is ignored (lib/native.ts warns)
+    char* end = nullptr;
+    const long n = std::strtol(env, &end, 10);
+    while (end && (*end == ' ' || *end == '\t')) ++end;
+    if (end != env && end && *end == '\0' && n > 0 && n <= 1024) return static_cast<int>(n);
   }
   unsigned n = std::thread::hardware_concurrency();
   return n == 0 ? 1 : static_cast<int>(n);
