@@ -131,6 +131,11 @@ export class MoELayer {
   private readonly queue = new SerialQueue();
   /** A disposed layer's last drain, taken just before its weights were freed: the next drain returns it. */
   private readonly finalDrain = new FinalDrain();
+  /**
+   * @internal The packed expert weights' identity and size: layers that share them (withRouter, shareWeightsOf)
+   * hold the same object, so that a MetricsCollector counts shared weights once.
+   */
+  readonly packedWeights: { readonly bytes: number };
   /** A handle dispose() took away, until its pending calls have run and it is freed. */
   private retiring: NativeLayerHandle | NativeCudaLayerHandle | undefined;
 
@@ -184,6 +189,7 @@ export class MoELayer {
         'MoELayer',
         () => new addon.NativeLayer(this.router.handle, 0, this.staticK, threads, source),
       );
+      this.packedWeights = other.packedWeights;
       return;
     }
     if (opts.sharedExperts !== undefined && (!opts.sharedExperts || typeof opts.sharedExperts !== 'object'))
@@ -218,6 +224,7 @@ export class MoELayer {
     }
     if (this.backend === 'cuda') this.cudaHandle = handle as NativeCudaLayerHandle;
     else this.handle = handle as NativeLayerHandle;
+    this.packedWeights = { bytes: handle.info().weightBytes };
   }
 
   /**

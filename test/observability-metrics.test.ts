@@ -601,6 +601,34 @@ test('a scrape while forwards pending at dispose() still run: they are counted, 
   }
 });
 
+test('memory gauge: packed weights shared by withRouter layers are counted once', async () => {
+  const E = 4,
+    d = 16,
+    f = 32;
+  const router = () => new Router({ numExperts: E, hiddenSize: d, gateWeight: randn(E * d, SEED + 80) });
+  const w = () => ({
+    w1: randn(f * d, SEED + 81, 0.2),
+    w3: randn(f * d, SEED + 82, 0.2),
+    w2: randn(d * f, SEED + 83, 0.2),
+  });
+  const owner = new MoELayer({ router: router(), experts: Array.from({ length: E }, w) });
+  const sharer = owner.withRouter(router());
+  const weights = owner.weightBytes;
+  assert.ok(weights >= 3 * E * f * d * 4);
+  const sharerOwn = sharer.drainTelemetry().memoryBytes - weights; // its arena and router weights
+  assert.ok(sharerOwn > 0 && sharerOwn < weights);
+  const c = new MetricsCollector('shared', { defaultMetrics: false });
+  const gauge = async () => value(await scrape(c), MetricName.MEMORY_USAGE, { component: 'expert_weights' });
+  c.observe(owner, { layerId: 0 });
+  const alone = await gauge();
+  c.observe(sharer, { layerId: 1 });
+  assert.is(await gauge(), alone + sharerOwn, 'the shared weights once');
+  c.unobserve(owner);
+  assert.is(await gauge(), weights + sharerOwn, 'the sharer counts them once the owner is gone');
+  owner.dispose();
+  sharer.dispose();
+});
+
 test('real Router and MoELayer: counts after traffic match the calls', async () => {
   const E = 8,
     d = 16,

@@ -97,6 +97,8 @@ export type DrainRecordListener = (record: TelemetryRecord, source: ObservedSour
 
 interface Attached extends ObservedSourceInfo {
   memoryBytes: number;
+  /** Bytes of its memory an earlier attached source of the same model already counts (shared packed weights). */
+  sharedBytes: number;
   kind: TelemetryDelta['kind'] | undefined;
   /** The series this source's deltas go to, looked up once (lib/observability/series-family.ts). */
   series: {
@@ -284,6 +286,7 @@ export class MetricsCollector {
       estimatorType: opts.estimatorType ?? estimatorNameOf(source) ?? 'none',
       layerType,
       memoryBytes: 0,
+      sharedBytes: 0,
       kind: undefined,
       series: {
         success: this.requests.handle({ model_name, backend, status: 'success' }),
@@ -296,6 +299,7 @@ export class MetricsCollector {
       },
     };
     this.attached.push(entry);
+    this.countSharedWeights();
     return () => this.unobserve(source);
   }
 
@@ -315,9 +319,28 @@ export class MetricsCollector {
   /** Drops a source from the drains, and its layer's load balance unless another source has that model and layer. */
   private detach(entry: Attached): void {
     this.attached = this.attached.filter((a) => a !== entry);
+    this.countSharedWeights();
     if (this.attached.some((a) => a.layerId === entry.layerId && a.modelName === entry.modelName)) return;
     this.loadBalance.remove({ model_name: entry.modelName, layer_id: entry.layerId });
     this.balanceOf(entry.modelName).delete(entry.layerId);
+  }
+
+  /**
+   * Layers built with withRouter / shareWeightsOf hold the same packed weights, and each reports them in its
+   * memory: the first attached one of a model counts them, the others' share is subtracted (set when sources come
+   * and go, not per scrape).
+   */
+  private countSharedWeights(): void {
+    const counted = new Map<object, Set<string>>();
+    for (const a of this.attached) {
+      a.sharedBytes = 0;
+      const weights = packedWeightsOf(a.source);
+      if (!weights) continue;
+      let models = counted.get(weights);
+      if (!models) counted.set(weights, (models = new Set()));
+      if (models.has(a.modelName)) a.sharedBytes = weights.bytes;
+      else models.add(a.modelName);
+    }
   }
 
   /** The latest load balance per layer of one model. */
@@ -655,7 +678,7 @@ export class MetricsCollector {
     for (const a of this.attached) {
       if (a.kind === undefined) continue;
       const total = (a.memory ??= this.sourceMemoryOf(a.modelName, a.kind));
-      total.bytes += a.memoryBytes;
+      total.bytes += Math.max(0, a.memoryBytes - a.sharedBytes);
       total.present = true;
     }
     for (const [key, total] of this.sourceMemory) {
@@ -681,6 +704,14 @@ export class MetricsCollector {
     }
     return total;
   }
+}
+
+/** The packed weights an MoELayer may share with others (see MoELayer.packedWeights); undefined for routers. */
+function packedWeightsOf(source: TelemetrySource): { bytes: number } | undefined {
+  const weights = (source as { packedWeights?: unknown }).packedWeights;
+  return weights && typeof weights === 'object' && typeof (weights as { bytes?: unknown }).bytes === 'number'
+    ? (weights as { bytes: number })
+    : undefined;
 }
 
 /** The complexity estimator's name of a Router (`estimator.name`) or an MoELayer (`router.estimator.name`). */
