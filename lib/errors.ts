@@ -82,3 +82,8 @@ export function brief(value: unknown, limit = 80): string {
   write(value, 0);
   return out.length > limit ? `${out.slice(0, limit - 3)}...` : out;
 }
+
+/** Whether an error is that of a call on a disposed layer or router (ExpertDispatchError, or the binding's code). */
+export function isDisposedError(error: unknown): boolean {
+  return error instanceof ExpertDispatchError || (error as { code?: unknown } | null)?.code === 'ERR_MOE_DISPOSED';
+}

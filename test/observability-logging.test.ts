@@ -20,6 +20,7 @@ import {
   setCorrelationId,
   withCorrelationId,
 } from '../lib/observability';
+import { ExpertDispatchError } from '../lib';
 import { FakeTelemetrySource } from './helpers/fake-telemetry';
 
 /** A pino destination that keeps the lines written to it. */
@@ -406,6 +407,42 @@ test('PerformanceSummaryLogger can drain a source directly', () => {
   assert.is(s?.flop_reduction, 0);
   assert.is(out.records().length, 1);
   assert.throws(() => new PerformanceSummaryLogger({}), /exactly one/);
+});
+
+test('a source-mode summary: a disposed source ends it, another failure is a warning, a collector loses no call', async () => {
+  const out = capture();
+  configureLogging({ destination: out.destination });
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => warnings.push(w.message);
+  process.on('warning', onWarning);
+  try {
+    const src = new FakeTelemetrySource(8, 4, 'layer');
+    const collector = new MetricsCollector('shared-drain', { defaultMetrics: false });
+    collector.observe(src, { layerId: 0 });
+    const summary = new PerformanceSummaryLogger({ source: src, intervalMs: 20, modelName: 'direct' }).start();
+    src.call({ ks: [1, 2] });
+    assert.is(summary.logNow()?.calls, 1);
+    const text = await collector.metrics();
+    assert.match(
+      text,
+      /dynamic_moe_routing_requests_total\{[^}]*status="success"[^}]*\} 1\n/,
+      'the call also in /metrics',
+    );
+    src.throwOnDrain = new Error('flaky');
+    await new Promise((r) => setTimeout(r, 70));
+    assert.ok(
+      warnings.some((w) => w.includes('performance summary failed: flaky')),
+      warnings.join('; '),
+    );
+    src.throwOnDrain = new ExpertDispatchError('MoELayer: this layer was disposed');
+    await new Promise((r) => setTimeout(r, 70));
+    const drains = src.drains;
+    await new Promise((r) => setTimeout(r, 70));
+    assert.is(src.drains, drains, 'no drain after the source was found disposed: the timer stopped');
+    summary.stop(); // nothing left to do, and no throw
+  } finally {
+    process.off('warning', onWarning);
+  }
 });
 
 test.run();

@@ -13,6 +13,7 @@ import * as https from 'node:https';
 import * as os from 'node:os';
 import { LogEvent } from './log-events';
 import type { EventLogger } from './logging';
+import { drainSharedRecord } from './metrics';
 import type { TelemetrySource } from './telemetry-types';
 
 /** The four statuses, as the JSON spells them. */
@@ -359,7 +360,8 @@ export class ExpertBalanceHealthCheck extends BaseHealthCheck {
 
   /**
    * @param source a function returning the score, a MetricsCollector (its latest score over all layers), or a
-   *   Router/MoELayer (drained here: only when no collector drains it).
+   *   Router/MoELayer (drained here; a collector observing it still counts every call, but its own scrapes then
+   *   take the drains this check would have seen: pass the collector).
    * @param name the check's key; default `expert_balance_<modelName>` for a collector (the guide's name), else
    *   'expert_balance'.
    */
@@ -388,8 +390,9 @@ export class ExpertBalanceHealthCheck extends BaseHealthCheck {
       s.drainNow();
       return s.latestLoadBalanceScore();
     }
-    const delta = s.drainTelemetry();
-    if (Number.isFinite(delta.loadBalance)) this.lastFromSource = delta.loadBalance;
+    // (a collector observing it gets the same record: no call goes missing from /metrics)
+    const record = drainSharedRecord(s);
+    if (Number.isFinite(record.loadBalance)) this.lastFromSource = record.loadBalance;
     return this.lastFromSource;
   }
 }

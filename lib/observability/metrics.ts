@@ -13,6 +13,7 @@
  * (text-plan.ts), into a reused buffer for `/metrics` ({@link MetricsCollector.metricsBuffer}).
  */
 import { collectDefaultMetrics, Registry } from 'prom-client';
+import { isDisposedError } from '../errors';
 import { BucketedHistogram, type HistogramSeries } from './bucketed-histogram';
 import {
   COMPLEXITY_BUCKETS,
@@ -270,6 +271,12 @@ export class MetricsCollector {
       throw new TypeError('observe: expected a Router or MoELayer (an object with drainTelemetry())');
     if (opts?.layerId === undefined || opts.layerId === '') throw new TypeError('observe: opts.layerId is required');
     if (this.attached.some((a) => a.source === source)) throw new Error('observe: this source is already attached');
+    const other = observers.get(source);
+    if (other)
+      throw new Error(
+        `observe: this source is attached to another MetricsCollector (model ${other.modelName}); its drains would ` +
+          'split the counts between them. One collector serves several models: observe(source, { modelName })',
+      );
     if (opts.modelName !== undefined && (typeof opts.modelName !== 'string' || opts.modelName === ''))
       throw new TypeError(`observe: opts.modelName: expected a non-empty string, got ${String(opts.modelName)}`);
     const model_name = opts.modelName ?? this.modelName;
@@ -299,6 +306,7 @@ export class MetricsCollector {
       },
     };
     this.attached.push(entry);
+    observers.set(source, this);
     this.countSharedWeights();
     return () => this.unobserve(source);
   }
@@ -319,6 +327,7 @@ export class MetricsCollector {
   /** Drops a source from the drains, and its layer's load balance unless another source has that model and layer. */
   private detach(entry: Attached): void {
     this.attached = this.attached.filter((a) => a !== entry);
+    if (observers.get(entry.source) === this) observers.delete(entry.source);
     this.countSharedWeights();
     if (this.attached.some((a) => a.layerId === entry.layerId && a.modelName === entry.modelName)) return;
     this.loadBalance.remove({ model_name: entry.modelName, layer_id: entry.layerId });
@@ -515,8 +524,10 @@ export class MetricsCollector {
     try {
       record = this.drainRecord(entry.source, nested);
     } catch (error) {
-      // A disposed layer cannot be drained any more: stop asking, and count it once.
+      // A source that cannot be drained any more: stop asking. A disposed one is a normal end (a model reloaded
+      // without unobserve(): its last calls were in the drain before); anything else is counted once, and said.
       this.detach(entry);
+      if (isDisposedError(error)) return;
       this.recordError('telemetry_drain_failed');
       process.emitWarning(
         `dynamic-moe-router-kit: detached layer ${entry.layerId} from metrics: ${(error as Error)?.message ?? error}`,
@@ -549,6 +560,21 @@ export class MetricsCollector {
         process.emitWarning(`dynamic-moe-router-kit: a drain listener threw: ${(error as Error)?.message ?? error}`);
       }
     }
+  }
+
+  /** @internal Adds a record of an attached source that was drained elsewhere (see {@link drainSharedRecord}). */
+  absorb(source: TelemetrySource, record: TelemetryRecord): void {
+    const entry = this.attached.find((a) => a.source === source);
+    if (!entry) return;
+    const nested = this.draining;
+    this.draining = true;
+    try {
+      this.apply(entry, record);
+      this.tellListeners(entry, record);
+    } finally {
+      this.draining = nested;
+    }
+    this.updateMemoryGauge();
   }
 
   /** One drain of a source as a record: in place for Router and MoELayer, else the encoded delta. */
@@ -704,6 +730,20 @@ export class MetricsCollector {
     }
     return total;
   }
+}
+
+/** The collector each observed source is attached to (at most one: two would split its counts). */
+const observers = new WeakMap<TelemetrySource, MetricsCollector>();
+
+/**
+ * @internal One drain of a source by someone other than its collector (a source-mode PerformanceSummaryLogger, an
+ * ExpertBalanceHealthCheck on a layer): the collector observing it, if any, adds the same record, so that no count
+ * is lost from /metrics.
+ */
+export function drainSharedRecord(source: TelemetrySource): TelemetryRecord {
+  const record = drainRecordOf(source);
+  observers.get(source)?.absorb(source, record);
+  return record;
 }
 
 /** The packed weights an MoELayer may share with others (see MoELayer.packedWeights); undefined for routers. */

@@ -4,15 +4,19 @@
  * a MetricsCollector's drain listener, or by draining a source directly when no collector is used). A collector
  * serving several models (observe(source, { modelName })) gets one record per model and interval.
  */
+import { isDisposedError } from '../errors';
 import { LogEvent } from './log-events';
 import { getLogger, type EventLogger } from './logging';
-import type { MetricsCollector } from './metrics';
-import { drainRecordOf, RecordHistogram, type TelemetryRecord, type TelemetrySource } from './telemetry-types';
+import { drainSharedRecord, type MetricsCollector } from './metrics';
+import { RecordHistogram, type TelemetryRecord, type TelemetrySource } from './telemetry-types';
 
 export interface PerformanceSummaryOptions {
   /** Take the deltas this collector drains (preferred when metrics are on: a source has one drainer). */
   collector?: MetricsCollector;
-  /** Or drain this source directly (only when no collector drains it). */
+  /**
+   * Or drain this source directly. A collector observing it still counts every call, but its scrapes then take
+   * calls from these summaries: pass the collector instead. When the source is disposed, the summaries stop.
+   */
   source?: TelemetrySource;
   /** Where to log. Default: getLogger('performance'). */
   logger?: EventLogger;
@@ -83,7 +87,7 @@ export class PerformanceSummaryLogger {
     if (this.opts.collector)
       this.unsubscribe = this.opts.collector.onDrainRecord((record, info) => this.add(record, info.modelName));
     this.windowStartMs = performance.now();
-    this.timer = setInterval(() => this.logNow({ drain: 'ifStale' }), this.intervalMs);
+    this.timer = setInterval(() => this.logSafely(() => this.logNow({ drain: 'ifStale' })), this.intervalMs);
     this.timer.unref();
     return this;
   }
@@ -93,9 +97,28 @@ export class PerformanceSummaryLogger {
     if (!this.timer) return;
     clearInterval(this.timer);
     this.timer = undefined;
-    if (flush) this.logNow();
+    if (flush) this.logSafely(() => this.logNow());
     this.unsubscribe?.();
     this.unsubscribe = undefined;
+  }
+
+  /**
+   * A summary from the timer or stop(), which must not throw: a source that was disposed ends the summaries (its
+   * last calls were in the drain before); any other failure is a process warning, and the next interval tries
+   * again.
+   */
+  private logSafely(log: () => void): void {
+    try {
+      log();
+    } catch (error) {
+      if (isDisposedError(error)) {
+        this.stop(false);
+        return;
+      }
+      process.emitWarning(
+        `dynamic-moe-router-kit: the performance summary failed: ${(error as Error)?.message ?? String(error)}`,
+      );
+    }
   }
 
   /**
@@ -114,7 +137,7 @@ export class PerformanceSummaryLogger {
       if (!(opts.drain === 'ifStale' && fresh)) collector.drainNow();
       end = collector.lastDrainMs;
     } else {
-      const record = drainRecordOf(this.opts.source!);
+      const record = drainSharedRecord(this.opts.source!);
       this.add(record, undefined);
       if (Number.isFinite(record.loadBalance)) this.sourceLoadBalance = record.loadBalance;
       end = performance.now();
