@@ -217,6 +217,55 @@ test('pretty format writes one readable line per record', () => {
   assert.match(lines[0], /^\d{4}-\d\d-\d\dT.*Z INFO     health\.check \[pretty\] all good \(cid-1\) \{"checks":3\}\n$/);
 });
 
+test('a failing log destination never throws into callers nor crashes the process; files are closed on reconfigure', async () => {
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => warnings.push(w.message);
+  process.on('warning', onWarning);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-log-'));
+  try {
+    // a full disk: the synchronous write fails inside pino
+    configureLogging({ file: '/dev/full' });
+    getLogger('full').info(LogEvent.SYSTEM_START, 'one');
+    getLogger('full').info(LogEvent.SYSTEM_START, 'two');
+    await new Promise((r) => setImmediate(r)); // (warnings are emitted on the next tick)
+    assert.is(warnings.filter((w) => /writing log records failed.*ENOSPC/.test(w)).length, 1, warnings.join('; '));
+    // a path that cannot be opened: an error of configureLogging in either mode (not an 'error' event later)
+    for (const sync of [true, false])
+      assert.throws(
+        () => configureLogging({ file: '/dev/null/not-a-folder/x.log', sync }),
+        /cannot open the log file \/dev\/null\/not-a-folder\/x\.log/,
+      );
+    // an asynchronous write that fails: an 'error' event nobody else listens to
+    warnings.length = 0;
+    configureLogging({ file: '/dev/full', sync: false });
+    getLogger('full-async').info(LogEvent.SYSTEM_START, 'lost');
+    await new Promise((r) => setTimeout(r, 100));
+    getLogger('full-async').info(LogEvent.SYSTEM_START, 'dropped');
+    assert.is(warnings.filter((w) => /writing log records failed.*ENOSPC/.test(w)).length, 1, warnings.join('; '));
+    // reconfiguring closes the file opened before (20 set-ups, not 20 descriptors)
+    const fds = () => fs.readdirSync('/proc/self/fd').length;
+    const file = path.join(dir, 'again.log');
+    configureLogging({ file });
+    const before = fds();
+    for (let i = 0; i < 20; i++) configureLogging({ file });
+    await new Promise((r) => setTimeout(r, 50));
+    assert.ok(fds() <= before + 1, `${fds()} descriptors after 20 set-ups, ${before} before`);
+  } finally {
+    process.off('warning', onWarning);
+    configureLogging({ destination: { write: () => {} } });
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('pretty format: a line break in a message stays on its line', () => {
+  const lines: string[] = [];
+  configureLogging({ format: 'pretty', destination: { write: (s: string) => void lines.push(s) } });
+  getLogger('pretty').warn(LogEvent.SECURITY_WARNING, 'first\nINFO forged\r\nrecord');
+  assert.is(lines.length, 1);
+  assert.is(lines[0].split('\n').length, 2, JSON.stringify(lines[0]));
+  assert.match(lines[0], /first\\nINFO forged\\r\\nrecord/);
+});
+
 test("a user's pino logger is used, with .child({ module }) made once per module", () => {
   const lines: string[] = [];
   const user = pino({ base: null, timestamp: false }, { write: (s: string) => void lines.push(s) });

@@ -11,6 +11,8 @@
  * `EventLogger` whose pino child (`.child({ module })`) is made once. Nothing here logs per routing call: the
  * periodic summary lives in performance-summary.ts.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import pino, { type DestinationStream, type Logger } from 'pino';
 import { packageVersion } from './package-version';
 import { clearCorrelationId, getCorrelationId, setCorrelationId } from './correlation';
@@ -82,7 +84,15 @@ interface LoggingState {
   root: Logger;
   generation: number;
   children: Map<string, Logger>;
+  /** A file destination opened here (closed when the set-up is replaced); never stdout or the user's own. */
+  ownFile: SonicBoom | undefined;
+  /** Whether a failed write was reported already (once per set-up). */
+  failureReported: boolean;
+  /** Set when the file or stdout opened here failed: records are dropped from then on (nothing piles up). */
+  failed: boolean;
 }
+
+type SonicBoom = ReturnType<typeof pino.destination>;
 
 let state: LoggingState | undefined;
 let generation = 0;
@@ -100,14 +110,33 @@ export function configureLogging(config: LoggingConfig = {}): EventLogger {
   };
   const bindings = { service, process: { pid: process.pid } };
   let root: Logger;
+  let ownFile: SonicBoom | undefined;
+  const gen = generation + 1;
   if (config.logger) {
     root = config.logger.child(bindings);
   } else {
-    let destination: DestinationStream =
-      config.destination ??
-      (config.file
-        ? pino.destination({ dest: config.file, mkdir: true, sync: config.sync ?? true, append: true })
-        : pino.destination({ dest: 1, sync: config.sync ?? true }));
+    const sync = config.sync ?? true;
+    // A log file is opened here, synchronously, in either mode: a bad path is an error of this call, not an
+    // 'error' event later (sonic-boom opens asynchronously otherwise, and a stream that never opened throws at exit).
+    const opened =
+      config.destination === undefined
+        ? config.file
+          ? (ownFile = pino.destination({ dest: openLogFile(config.file), sync }))
+          : pino.destination({ dest: 1, sync })
+        : undefined;
+    // A failing file or stdout (a full disk, a closed pipe) must not take the process down through an unhandled
+    // 'error' event, nor pile records up: it is dropped (destroyed, so that pino's exit flush skips it), its
+    // records too, and that is said once.
+    opened?.on('error', (error: Error) => {
+      if (state?.generation === gen) state.failed = true;
+      reportLogFailure(error, gen);
+      try {
+        opened.destroy();
+      } catch {
+        // already closed
+      }
+    });
+    let destination: DestinationStream = config.destination ?? opened!;
     if (config.format === 'pretty') destination = prettyDestination(destination);
     root = pino(
       {
@@ -119,9 +148,49 @@ export function configureLogging(config: LoggingConfig = {}): EventLogger {
       destination,
     );
   }
-  generation += 1;
-  state = { root, generation, children: new Map() };
+  const previous = state;
+  generation = gen;
+  state = { root, generation, children: new Map(), ownFile, failureReported: false, failed: false };
+  if (previous?.ownFile) closeQuietly(previous.ownFile, previous.failed);
   return new EventLogger(config.serviceName ?? 'root');
+}
+
+/** Opens (creating its folder) a log file for appending; says which file when it cannot. */
+function openLogFile(file: string): number {
+  try {
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    return fs.openSync(file, 'a');
+  } catch (error) {
+    throw new Error(`configureLogging: cannot open the log file ${file}: ${(error as Error).message}`, {
+      cause: error,
+    });
+  }
+}
+
+/**
+ * Closes a file destination this module opened (its descriptor would leak otherwise). end() writes what waits and
+ * then closes, asynchronously; a destination that failed is dropped instead (sonic-boom's flushSync would retry a
+ * failed write forever).
+ */
+function closeQuietly(file: SonicBoom, failed: boolean): void {
+  try {
+    if (failed) file.destroy();
+    else file.end();
+  } catch {
+    // already closed
+  }
+}
+
+/** Reports the first failed write of a set-up (`gen`) as a process warning; the records themselves are dropped. */
+function reportLogFailure(error: unknown, gen: number): void {
+  if (!state || state.generation !== gen || state.failureReported) return;
+  state.failureReported = true;
+  process.emitWarning(
+    `dynamic-moe-router-kit: writing log records failed, they are dropped until logging is configured again: ${
+      (error as Error)?.message ?? String(error)
+    }`,
+    { code: 'MOE_LOG' },
+  );
 }
 
 /** A logger for one module. Before {@link configureLogging} it uses the defaults (JSON, info, stdout). */
@@ -203,7 +272,7 @@ export class EventLogger {
     opts?: LogOptions,
   ): void {
     const logger = this.pino;
-    if (!logger.isLevelEnabled(level)) return;
+    if (!logger.isLevelEnabled(level) || state?.failed) return;
     const record: Record<string, unknown> = {
       event: { type, message },
       correlation_id: getCorrelationId() ?? null,
@@ -211,7 +280,13 @@ export class EventLogger {
     };
     const error = opts?.error !== undefined ? opts.error : opts?.exception;
     if (error !== undefined) record.exception = exceptionOf(error);
-    logger[level](record);
+    // Logging never throws into the caller (a request handler, a health check, a timer): a failed write is
+    // reported once and the record dropped.
+    try {
+      logger[level](record);
+    } catch (failure) {
+      reportLogFailure(failure, state?.generation ?? -1);
+    }
   }
 }
 
@@ -259,7 +334,8 @@ export function prettyLine(json: string): string {
       .padEnd(8),
     event.type ?? '-',
     `[${String(r.module ?? '')}]`,
-    event.message ?? String(r.msg ?? ''),
+    // one record, one line: line breaks inside the message are shown escaped
+    (event.message ?? String(r.msg ?? '')).replace(/\r/g, '\\r').replace(/\n/g, '\\n'),
   ];
   if (r.correlation_id) parts.push(`(${String(r.correlation_id)})`);
   if (r.data && typeof r.data === 'object' && Object.keys(r.data).length > 0) parts.push(JSON.stringify(r.data));
