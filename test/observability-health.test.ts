@@ -152,6 +152,78 @@ test('ExternalServiceHealthCheck against a real HTTP server: 200, 500, timeout, 
   assert.throws(() => new ExternalServiceHealthCheck('x', 'ftp://host/'), /http/);
 });
 
+test('ExternalServiceHealthCheck: a deadline for the whole exchange, no body downloaded, no credentials shown', async () => {
+  const open = new Set<import('node:net').Socket>();
+  let bodyBytes = 0;
+  const server = http.createServer((req, res) => {
+    if (req.url === '/endless') {
+      res.writeHead(200);
+      const pump = () => {
+        while (res.write(Buffer.alloc(64 * 1024, 1))) bodyBytes += 64 * 1024;
+      };
+      res.on('drain', pump);
+      pump();
+    } else if (req.url === '/trickle') {
+      // headers a byte at a time: an idle timeout alone is reset forever
+      const socket = res.socket!;
+      const bytes = 'HTTP/1.1 200 OK\r\nX-Slow: ' + 'a'.repeat(200);
+      let i = 0;
+      const timer = setInterval(() => (i < bytes.length ? socket.write(bytes[i++]) : clearInterval(timer)), 20);
+      socket.on('close', () => clearInterval(timer));
+    } else res.end('ok');
+  });
+  server.on('connection', (socket) => {
+    open.add(socket);
+    socket.on('close', () => open.delete(socket));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  try {
+    const endless = await new ExternalServiceHealthCheck('svc', `${base}/endless`, 1000).run();
+    assert.is(endless.status, 'healthy');
+    const trickle = await new ExternalServiceHealthCheck('svc', `${base}/trickle`, 150).run();
+    assert.is(trickle.status, 'unhealthy');
+    assert.match(trickle.message, /within 150 ms/);
+    assert.ok(trickle.duration_ms < 1000, `${trickle.duration_ms} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.is(open.size, 0, 'every connection closed');
+    assert.ok(bodyBytes < 16 << 20, `${bodyBytes} body bytes sent before the check hung up`);
+    const secret = await new ExternalServiceHealthCheck('svc', base.replace('//', '//user:hunter2@') + '/ok').run();
+    assert.is(secret.status, 'healthy');
+    assert.not.match(JSON.stringify(secret), /hunter2|user:/);
+    assert.is(secret.details.url, `${base}/ok`);
+  } finally {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  }
+  for (const bad of [0, -1, NaN, Infinity, '100' as unknown as number])
+    assert.throws(() => new ExternalServiceHealthCheck('x', base, bad), /requestTimeoutMs/, String(bad));
+});
+
+test('a check: bad timeouts refused; a result without a valid status or with unwritable details is unhealthy', async () => {
+  for (const bad of [0, -1, NaN, Infinity, 2 ** 31])
+    assert.throws(() => new FixedCheck('t', { status: 'healthy', message: '' }, bad), /timeoutMs/, String(bad));
+  const model = { hiddenSize: 4, route: () => ({ weights: new Float32Array(1) }) } as never;
+  for (const tokens of [0, -1, 1.5, 1e6])
+    assert.throws(() => new ModelHealthCheck(model, { tokens }), /tokens: expected an integer/, String(tokens));
+  const cyclic: Record<string, unknown> = {};
+  cyclic.self = cyclic;
+  const monitor = new HealthMonitor()
+    .addCheck(fixed('good', 'healthy'))
+    .addCheck(new FixedCheck('nothing', (async () => undefined) as unknown as () => Promise<CheckOutcome>))
+    .addCheck(new FixedCheck('great', { status: 'great' as HealthStatusValue, message: 'all great' }))
+    .addCheck(new FixedCheck('cyclic', { status: 'healthy', message: 'ok', details: cyclic }))
+    .addCheck(new FixedCheck('bigint', { status: 'healthy', message: 'ok', details: { n: 1n } }));
+  const report = await monitor.getOverallHealth();
+  JSON.stringify(report); // writable
+  assert.is(report.status, 'unhealthy');
+  assert.equal(report.summary, { total_checks: 5, healthy: 1, degraded: 0, unhealthy: 4 });
+  assert.match(report.checks.nothing.message, /no valid status/);
+  assert.match(report.checks.great.message, /no valid status.*great/);
+  assert.match(report.checks.cyclic.message, /cannot be written as JSON/);
+  assert.match(report.checks.bigint.message, /cannot be written as JSON/);
+});
+
 test('ModelHealthCheck runs a real route and a real layer forward', async () => {
   const E = 8,
     d = 16,

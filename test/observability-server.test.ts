@@ -81,7 +81,7 @@ test('separate random ports: /metrics, /health, /ready, 404, 405', async () => {
     healthPort: 0,
     collector,
     healthMonitor: new HealthMonitor().addCheck(check),
-    ready: () => ready,
+    ready: async () => ready, // a promise works too
   });
   try {
     assert.match(server.metricsUrl, /^http:\/\/127\.0\.0\.1:\d+\/metrics$/);
@@ -120,8 +120,17 @@ test('separate random ports: /metrics, /health, /ready, 404, 405', async () => {
     );
     const post = await get(server.metricsUrl, 'POST');
     assert.is(post.status, 405);
-    assert.is(post.allow, 'GET');
+    assert.is(post.allow, 'GET, HEAD');
     assert.is((await get(server.healthUrl, 'DELETE')).status, 405);
+    const head = await get(server.metricsUrl, 'HEAD');
+    assert.equal(
+      [head.status, head.type, head.body],
+      [200, collector.registry.contentType, ''],
+      'HEAD as GET, no body',
+    );
+    assert.is((await get(server.healthUrl + '/')).status, 503, 'one trailing slash is the same path');
+    assert.is((await get(server.readyUrl + '/?probe=1')).status, 200);
+    assert.is((await get(server.metricsUrl + '//')).status, 404);
   } finally {
     await server.close();
   }

@@ -11,6 +11,7 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as https from 'node:https';
 import * as os from 'node:os';
+import { brief } from '../errors';
 import { LogEvent } from './log-events';
 import type { EventLogger } from './logging';
 import { drainSharedRecord } from './metrics';
@@ -61,6 +62,7 @@ export abstract class BaseHealthCheck {
   ) {
     if (typeof name !== 'string' || name.length === 0)
       throw new TypeError(`name: expected a non-empty string, got ${String(name)}`);
+    checkTimeout('timeoutMs', timeoutMs);
   }
 
   protected abstract performCheck(): Promise<CheckOutcome> | CheckOutcome;
@@ -88,13 +90,46 @@ export abstract class BaseHealthCheck {
     } finally {
       clearTimeout(timer);
     }
+    return { ...checkedOutcome(outcome), duration_ms: performance.now() - started };
+  }
+}
+
+/** Node's longest timer (about 24.8 days); a longer one fires at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** A timeout in milliseconds that a timer can wait (with `margin` more on top), else a RangeError naming it. */
+function checkTimeout(name: string, ms: number, margin = 0): number {
+  if (typeof ms !== 'number' || !(ms > 0) || ms > MAX_TIMER_MS - margin)
+    throw new RangeError(`${name}: expected a number of milliseconds in (0, ${MAX_TIMER_MS - margin}], got ${ms}`);
+  return ms;
+}
+
+const STATUSES: ReadonlySet<unknown> = new Set(Object.values(HealthStatus));
+
+/**
+ * What a check returned, made safe to report: a custom check that returns nothing, an unknown status, or details
+ * that JSON cannot write (a cycle, a BigInt) becomes an unhealthy result saying so, instead of failing the whole
+ * /health report.
+ */
+function checkedOutcome(outcome: unknown): Omit<HealthCheckResult, 'duration_ms'> {
+  const o = outcome as Partial<CheckOutcome> | null | undefined;
+  if (!o || typeof o !== 'object' || !STATUSES.has(o.status))
     return {
-      status: outcome.status,
-      message: outcome.message,
-      duration_ms: performance.now() - started,
-      details: outcome.details ?? {},
+      status: HealthStatus.UNHEALTHY,
+      message: `Check returned no valid status (expected one of ${[...STATUSES].join(', ')}): ${brief(o?.status ?? o)}`,
+      details: {},
+    };
+  const details = o.details ?? {};
+  try {
+    JSON.stringify(details);
+  } catch (error) {
+    return {
+      status: HealthStatus.UNHEALTHY,
+      message: `Check returned details that cannot be written as JSON: ${(error as Error).message}`,
+      details: {},
     };
   }
+  return { status: o.status!, message: String(o.message ?? ''), details };
 }
 
 /** The overall status of a set of statuses (healthy when empty). */
@@ -275,6 +310,8 @@ export class ModelHealthCheck extends BaseHealthCheck {
   ) {
     super(opts.name ?? (opts.modelName ? `model_${opts.modelName}` : 'model'), opts.timeoutMs);
     this.tokens = opts.tokens ?? 1;
+    if (!Number.isInteger(this.tokens) || this.tokens < 1 || this.tokens > 4096)
+      throw new RangeError(`tokens: expected an integer in [1, 4096], got ${opts.tokens}`);
     this.maxLatencyMs = opts.maxLatencyMs ?? 1000;
     this.routeOptions = opts.routeOptions;
     if (!(
@@ -318,34 +355,56 @@ export class ModelHealthCheck extends BaseHealthCheck {
  * report is `external_<serviceName>`, as in the guide's Python edition.
  */
 export class ExternalServiceHealthCheck extends BaseHealthCheck {
+  /** The URL as reports show it: without credentials (/health is unauthenticated). */
+  private readonly shownUrl: string;
+
   constructor(
     readonly serviceName: string,
     readonly url: string,
     readonly requestTimeoutMs = 5000,
   ) {
-    super(`external_${serviceName}`, requestTimeoutMs + 1000);
-    const protocol = new URL(url).protocol;
-    if (protocol !== 'http:' && protocol !== 'https:') throw new TypeError(`url: expected http(s), got ${url}`);
+    super(`external_${serviceName}`, checkTimeout('requestTimeoutMs', requestTimeoutMs, 1000) + 1000);
+    const parsed = new URL(url);
+    if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:')
+      throw new TypeError(`url: expected http(s), got ${parsed.protocol}`);
+    parsed.username = '';
+    parsed.password = '';
+    this.shownUrl = parsed.href;
   }
 
+  /**
+   * One GET with a deadline for the whole exchange (a service that trickles its headers resets an idle timeout
+   * forever); the status line is all it needs, so the connection is closed as soon as it is read — a body, however
+   * long, is never downloaded.
+   */
   protected performCheck(): Promise<CheckOutcome> {
     const client = new URL(this.url).protocol === 'https:' ? https : http;
+    const details = { service_name: this.serviceName, url: this.shownUrl };
     return new Promise((resolve) => {
-      const request = client.get(this.url, { timeout: this.requestTimeoutMs }, (response) => {
-        response.resume();
+      const request = client.get(this.url, (response) => {
+        clearTimeout(deadline);
         const code = response.statusCode ?? 0;
-        const details = { service_name: this.serviceName, url: this.url, status_code: code };
+        response.destroy();
+        request.destroy();
         const message = `${this.serviceName} answered ${code}`;
-        resolve({ status: code >= 200 && code < 300 ? HealthStatus.HEALTHY : HealthStatus.DEGRADED, message, details });
+        resolve({
+          status: code >= 200 && code < 300 ? HealthStatus.HEALTHY : HealthStatus.DEGRADED,
+          message,
+          details: { ...details, status_code: code },
+        });
       });
-      request.on('timeout', () => request.destroy(new Error(`no answer within ${this.requestTimeoutMs} ms`)));
-      request.on('error', (error) =>
+      const deadline = setTimeout(
+        () => request.destroy(new Error(`no answer within ${this.requestTimeoutMs} ms`)),
+        this.requestTimeoutMs,
+      );
+      request.on('error', (error) => {
+        clearTimeout(deadline);
         resolve({
           status: HealthStatus.UNHEALTHY,
-          message: `${this.serviceName} unreachable: ${error.message}`,
-          details: { service_name: this.serviceName, url: this.url },
-        }),
-      );
+          message: `${this.serviceName} unreachable: ${error.message.replace(this.url, this.shownUrl)}`,
+          details,
+        });
+      });
     });
   }
 }

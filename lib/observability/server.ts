@@ -21,7 +21,7 @@ export interface ObservabilityServerOptions {
   /** Source of /health; without one /health reports healthy with no checks. */
   healthMonitor?: HealthMonitor;
   /** /ready answers 200 while this returns true (e.g. once the model is loaded), else 503. Default: always ready. */
-  ready?: () => boolean;
+  ready?: () => boolean | Promise<boolean>;
 }
 
 /** A running server pair. */
@@ -82,10 +82,10 @@ export async function startObservabilityServer(opts: ObservabilityServerOptions 
       const report = await pendingHealth;
       send(res, report.status === 'unhealthy' ? 503 : 200, 'application/json', JSON.stringify(report));
     },
-    '/ready': (res) => {
+    '/ready': async (res) => {
       let isReady = false;
       try {
-        isReady = ready() === true;
+        isReady = (await ready()) === true;
       } catch {
         isReady = false;
       }
@@ -179,11 +179,13 @@ async function handle(
   res.on('error', () => {});
   const rawUrl = req.url ?? '/';
   const queryAt = rawUrl.search(/[?#]/);
-  const path = queryAt >= 0 ? rawUrl.slice(0, queryAt) : rawUrl;
+  let path = queryAt >= 0 ? rawUrl.slice(0, queryAt) : rawUrl;
+  if (path.length > 1 && path.endsWith('/')) path = path.slice(0, -1); // /metrics/ is /metrics
   const route = Object.prototype.hasOwnProperty.call(routes, path) ? routes[path] : undefined;
   if (!route) return send(res, 404, 'text/plain; charset=utf-8', 'not found\n');
-  if (req.method !== 'GET') {
-    res.setHeader('Allow', 'GET');
+  // HEAD answers as GET does, without the body (node:http leaves it out)
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    res.setHeader('Allow', 'GET, HEAD');
     return send(res, 405, 'text/plain; charset=utf-8', 'method not allowed\n');
   }
   await route(res);
