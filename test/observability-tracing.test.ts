@@ -519,4 +519,27 @@ test('spans of real forwards drained from the native ring at scrape time', async
   layer.dispose();
 });
 
+test('initializeTracing again replaces the provider; shutting the old one down leaves the new one', async () => {
+  const one = new InMemorySpanExporter();
+  const two = new InMemorySpanExporter();
+  const first = initializeTracing({ spanExporter: one });
+  traceSpan('one', () => {});
+  const second = initializeTracing({ spanExporter: two });
+  traceSpan('two', () => {});
+  // (an in-memory exporter forgets its spans when its provider shuts down)
+  assert.equal(
+    one.getFinishedSpans().map((s) => s.name),
+    ['one'],
+  );
+  await first.shutdown();
+  traceSpan('three', () => {});
+  assert.equal(
+    two.getFinishedSpans().map((s) => s.name),
+    ['two', 'three'],
+  );
+  await second.shutdown();
+  for (const bad of ['0.5', NaN, -0.1])
+    assert.throws(() => initializeTracing({ sampleRate: bad as number }), /sampleRate/, String(bad));
+});
+
 test.run();

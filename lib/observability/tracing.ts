@@ -85,6 +85,9 @@ interface SdkTraceBase {
   AlwaysOnSampler: new () => unknown;
 }
 
+/** The provider the latest initializeTracing() registered globally, while it is. */
+let registeredHere: object | undefined;
+
 /** A clear message naming the package to install. */
 export class TracingSetupError extends Error {
   override readonly name = 'TracingSetupError';
@@ -96,7 +99,7 @@ export class TracingSetupError extends Error {
  */
 export function initializeTracing(config: TracingConfig = {}): TracingHandle {
   const sampleRate = config.sampleRate ?? 1;
-  if (!(sampleRate >= 0 && sampleRate <= 1))
+  if (typeof sampleRate !== 'number' || !(sampleRate >= 0 && sampleRate <= 1))
     throw new RangeError(`sampleRate: expected a number in [0, 1], got ${config.sampleRate}`);
   const exporterType = config.exporterType ?? 'console';
   if (!['console', 'otlp', 'jaeger', 'none'].includes(exporterType)) {
@@ -169,12 +172,29 @@ export function initializeTracing(config: TracingConfig = {}): TracingHandle {
   });
   if (legacy) for (const p of processors) provider.addSpanProcessor!(p);
 
-  const register = config.register ?? true;
+  let register = config.register ?? true;
   if (register) {
+    // A provider of an earlier initializeTracing() is replaced (the API would silently keep the first one); one
+    // that someone else registered is left in place, and said so.
+    if (registeredHere) {
+      trace.disable();
+      context.disable();
+      registeredHere = undefined;
+    }
     if (typeof provider.register === 'function') provider.register();
     else {
       trace.setGlobalTracerProvider(provider as unknown as Parameters<typeof trace.setGlobalTracerProvider>[0]);
       installContextManager();
+    }
+    const global = trace.getTracerProvider() as { getDelegate?: () => unknown };
+    if (global.getDelegate?.() === provider) registeredHere = provider;
+    else {
+      register = false;
+      process.emitWarning(
+        'dynamic-moe-router-kit: another OpenTelemetry tracer provider is registered globally; this one was not ' +
+          'registered (its spans come from the returned handle.tracer only)',
+        { code: 'MOE_TRACING' },
+      );
     }
   }
   return {
@@ -183,9 +203,11 @@ export function initializeTracing(config: TracingConfig = {}): TracingHandle {
     forceFlush: () => provider.forceFlush(),
     shutdown: async () => {
       await provider.shutdown();
-      if (register) {
+      // (the globals only while they are still this provider's: a later initializeTracing() has its own)
+      if (register && registeredHere === provider) {
         trace.disable();
         context.disable();
+        registeredHere = undefined;
       }
     },
   };
