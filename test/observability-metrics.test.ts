@@ -657,6 +657,17 @@ test('one collector per source: a second is refused; a balance check draining th
   other.observe(src, { layerId: 0 }); // free again once detached
 });
 
+test('label values that differ only where a separator could hide stay separate series', async () => {
+  const c = new MetricsCollector('labels', { defaultMetrics: false });
+  c.recordExpertFailure('a\u0000b', 'c');
+  c.recordExpertFailure('a', 'b\u0000c');
+  c.recordComplexityScore(0.5, 'x\u0000');
+  c.recordComplexityScore(0.5, 'x');
+  const exp = await scrape(c);
+  assert.is(find(exp, MetricName.EXPERT_FAILURES, {}).length, 2);
+  assert.is(find(exp, `${MetricName.COMPLEXITY_SCORE}_count`, {}).length, 2);
+});
+
 test('real Router and MoELayer: counts after traffic match the calls', async () => {
   const E = 8,
     d = 16,

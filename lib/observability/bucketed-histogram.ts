@@ -283,7 +283,10 @@ export class BucketedHistogram<L extends string = string> {
 
   private keyOf(labels: LabelValues<L>): string {
     let key = '';
-    for (const name of this.labelNames) key += `${labels[name] ?? ''}\u0000`;
+    for (const name of this.labelNames) {
+      const text = String(labels[name] ?? '');
+      key += `${text.length}:${text}`; // length-prefixed: no value can end early inside another
+    }
     return key;
   }
 

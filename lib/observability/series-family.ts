@@ -176,7 +176,8 @@ export class SeriesFamily<L extends string = string> {
     for (const name of this.labelNames) {
       const value = labels[name];
       if (value === undefined) throw new TypeError(`${this.name}: missing label ${name}`);
-      key += `${value}\u0000`;
+      const text = String(value);
+      key += `${text.length}:${text}`; // length-prefixed: no value can end early inside another
       given++;
     }
     if (Object.keys(labels).length !== given) {
