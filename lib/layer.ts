@@ -136,6 +136,8 @@ export class MoELayer {
    * hold the same object, so that a MetricsCollector counts shared weights once.
    */
   readonly packedWeights: { readonly bytes: number };
+  /** A call's token bound, checked by the router's validation before anything is computed (made once). */
+  private readonly checkTokens = (T: number) => checkLayerTokens(T, this.router.config.maxK);
   /** A handle dispose() took away, until its pending calls have run and it is freed. */
   private retiring: NativeLayerHandle | NativeCudaLayerHandle | undefined;
 
@@ -387,10 +389,10 @@ export class MoELayer {
   private prepare(x: Float32Array, opts: RouteOptions, copyInputs = false) {
     const handle = this.live();
     const onDevice = this.backend === 'cuda';
-    const { prepared, device } = this.router.countValidationErrors(() => {
-      checkLayerTokens(this.router.tokensOf(x, 'x'), this.router.config.maxK);
-      return this.router.prepareFor(x, opts, onDevice);
-    }, handle);
+    const { prepared, device } = this.router.countValidationErrors(
+      () => this.router.prepareFor(x, opts, onDevice, this.checkTokens),
+      handle,
+    );
     if (copyInputs) x = this.router.privateInputs(x, prepared);
     const buffers: RoutingBuffers = this.router.allocate(prepared, opts);
     const T = prepared.tokens;

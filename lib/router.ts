@@ -281,14 +281,20 @@ export class Router {
    * @internal As {@link prepare}, for the CUDA backend: when the estimator can run on the GPU (router entropy,
    * row norms of x), nothing is computed here and `device` carries the request; else the host prepares.
    */
-  prepareFor(x: Float32Array, opts: RouteOptions, onDevice = this.backend === 'cuda'): PreparedDeviceRouting {
+  prepareFor(
+    x: Float32Array,
+    opts: RouteOptions,
+    onDevice = this.backend === 'cuda',
+    checkTokens?: (tokens: number) => void,
+  ): PreparedDeviceRouting {
     opts = callOptions(opts);
     if (onDevice && this.config.selection === 'dynamic') {
       const T = this.tokensOf(x, 'x');
+      checkTokens?.(T);
       const device = deviceComplexityFor(this.estimator, T, opts);
       if (device) return { prepared: { tokens: T, complexity: null, logits: null, complexityNs: 0 }, device };
     }
-    return { prepared: this.prepare(x, opts), device: null };
+    return { prepared: this.prepare(x, opts, checkTokens), device: null };
   }
 
   /** @internal finish(), plus the complexity and calibration state a device estimator sent back. */
@@ -302,8 +308,9 @@ export class Router {
   }
 
   /** @internal Validates x and computes what the dynamic rule needs. */
-  prepare(x: Float32Array, opts: RouteOptions): PreparedRouting {
+  prepare(x: Float32Array, opts: RouteOptions, checkTokens?: (tokens: number) => void): PreparedRouting {
     const T = this.tokensOf(x, 'x');
+    checkTokens?.(T); // a caller's own bound (a layer's), before anything is computed
     if (this.config.selection !== 'dynamic') return { tokens: T, complexity: null, logits: null, complexityNs: 0 };
     const start = process.hrtime.bigint();
     let logits: Float32Array | null = null;

@@ -18,6 +18,7 @@ import { decodeTelemetry, encodeTelemetry } from '../lib/observability/telemetry
 import { registryText } from '../lib/observability/exposition';
 import { SeriesFamily } from '../lib/observability/series-family';
 import { FakeTelemetrySource } from './helpers/fake-telemetry';
+import { buildLayer } from './helpers/layer';
 import { find, parseExposition, value } from './helpers/prom-text';
 import { freshSeed, randn } from './helpers/random';
 
@@ -535,17 +536,9 @@ test('calls counted on several threads, drained in between, add up to every call
 });
 
 test('a layer disposed between scrapes: its last calls reach the next scrape, then it is detached', async () => {
-  const E = 4,
-    d = 8,
-    f = 4,
+  const d = 8,
     T = 3;
-  const router = new Router({ numExperts: E, hiddenSize: d, gateWeight: randn(E * d, SEED + 60) });
-  const w = () => ({
-    w1: randn(f * d, SEED + 61, 0.2),
-    w3: randn(f * d, SEED + 62, 0.2),
-    w2: randn(d * f, SEED + 63, 0.2),
-  });
-  const layer = new MoELayer({ router, experts: Array.from({ length: E }, w) });
+  const { layer } = buildLayer({ E: 4, d, f: 4, selection: { kind: 'topk', k: 2 }, seed: SEED + 60 });
   const c = new MetricsCollector('disposed', { defaultMetrics: false });
   c.observe(layer, { layerId: 0 });
   await c.metrics();
@@ -571,17 +564,9 @@ test('a layer disposed between scrapes: its last calls reach the next scrape, th
 });
 
 test('a scrape while forwards pending at dispose() still run: they are counted, the layer stays attached', async () => {
-  const E = 4,
-    d = 32,
-    f = 64,
+  const d = 32,
     T = 64;
-  const router = new Router({ numExperts: E, hiddenSize: d, gateWeight: randn(E * d, SEED + 70) });
-  const w = () => ({
-    w1: randn(f * d, SEED + 71, 0.2),
-    w3: randn(f * d, SEED + 72, 0.2),
-    w2: randn(d * f, SEED + 73, 0.2),
-  });
-  const layer = new MoELayer({ router, experts: Array.from({ length: E }, w) });
+  const { layer } = buildLayer({ E: 4, d, f: 64, selection: { kind: 'topk', k: 2 }, seed: SEED + 70 });
   const c = new MetricsCollector('retiring', { defaultMetrics: false });
   c.observe(layer, { layerId: 0 });
   await c.metrics();
@@ -612,14 +597,8 @@ test('memory gauge: packed weights shared by withRouter layers are counted once'
   const E = 4,
     d = 16,
     f = 32;
-  const router = () => new Router({ numExperts: E, hiddenSize: d, gateWeight: randn(E * d, SEED + 80) });
-  const w = () => ({
-    w1: randn(f * d, SEED + 81, 0.2),
-    w3: randn(f * d, SEED + 82, 0.2),
-    w2: randn(d * f, SEED + 83, 0.2),
-  });
-  const owner = new MoELayer({ router: router(), experts: Array.from({ length: E }, w) });
-  const sharer = owner.withRouter(router());
+  const { layer: owner } = buildLayer({ E, d, f, selection: { kind: 'topk', k: 2 }, seed: SEED + 80 });
+  const sharer = owner.withRouter(new Router({ numExperts: E, hiddenSize: d, gateWeight: randn(E * d, SEED + 90) }));
   const weights = owner.weightBytes;
   assert.ok(weights >= 3 * E * f * d * 4);
   const sharerOwn = sharer.drainTelemetry().memoryBytes - weights; // its arena and router weights

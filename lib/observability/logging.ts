@@ -120,10 +120,9 @@ export function configureLogging(config: LoggingConfig = {}): EventLogger {
     // 'error' event later (sonic-boom opens asynchronously otherwise, and a stream that never opened throws at exit).
     const opened =
       config.destination === undefined
-        ? config.file
-          ? (ownFile = pino.destination({ dest: openLogFile(config.file), sync }))
-          : pino.destination({ dest: 1, sync })
+        ? pino.destination({ dest: config.file ? openLogFile(config.file) : 1, sync })
         : undefined;
+    if (config.file && opened) ownFile = opened;
     // A failing file or stdout (a full disk, a closed pipe) must not take the process down through an unhandled
     // 'error' event, nor pile records up: it is dropped (destroyed, so that pino's exit flush skips it), its
     // records too, and that is said once.

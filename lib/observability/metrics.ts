@@ -517,12 +517,10 @@ export class MetricsCollector {
   }
 
   private drainOne(entry: Attached): void {
-    // A listener may drain again (drainNow, unobserve): a nested drain gets a record and buffer of its own, so
-    // the outer listeners keep reading their source's record.
-    const nested = this.draining;
+    // (inside a listener, a nested drain: a record and buffer of its own, so the outer listeners keep theirs)
     let record: TelemetryRecord;
     try {
-      record = this.drainRecord(entry.source, nested);
+      record = this.drainRecord(entry.source, this.draining);
     } catch (error) {
       // A source that cannot be drained any more: stop asking. A disposed one is a normal end (a model reloaded
       // without unobserve(): its last calls were in the drain before); anything else is counted once, and said.
@@ -534,6 +532,15 @@ export class MetricsCollector {
       );
       return;
     }
+    this.addRecord(entry, record);
+  }
+
+  /**
+   * Adds a source's record to the series and hands it to the listeners. A listener may drain again (drainNow,
+   * unobserve): that nested drain gets a record and buffer of its own.
+   */
+  private addRecord(entry: Attached, record: TelemetryRecord): void {
+    const nested = this.draining;
     this.draining = true;
     try {
       this.apply(entry, record);
@@ -566,14 +573,7 @@ export class MetricsCollector {
   absorb(source: TelemetrySource, record: TelemetryRecord): void {
     const entry = this.attached.find((a) => a.source === source);
     if (!entry) return;
-    const nested = this.draining;
-    this.draining = true;
-    try {
-      this.apply(entry, record);
-      this.tellListeners(entry, record);
-    } finally {
-      this.draining = nested;
-    }
+    this.addRecord(entry, record);
     this.updateMemoryGauge();
   }
 
