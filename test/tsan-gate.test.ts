@@ -59,6 +59,16 @@ test('a race with an access in the addon fails the run; one between Node frames 
   assert.is(verdict(), 0, 'no reports');
 });
 
+test("an access made by Node's code is Node's, even with the addon further down its stack", () => {
+  // V8 destroying a job state in a GC that an addon call triggered, racing with V8's own worker
+  const v8CalledFromAddon = `${nodeFrame}\n${addonFrame.replace('#1', '#2')}`;
+  assert.is(verdict(report(v8CalledFromAddon, nodeFrame)), 0);
+  // an access made by a library the addon called (libc, libstdc++) stays the addon's
+  const libcCalledFromAddon = `${libcFrame}\n${addonFrame.replace('#1', '#2')}`;
+  assert.is(verdict(report(libcCalledFromAddon, nodeFrame)), 1);
+  assert.is(verdict(report(v8CalledFromAddon, addonFrame)), 1, 'the other access in the addon');
+});
+
 test('a lost stack fails the run unless the other access is in Node', () => {
   assert.is(verdict(report(lostFrame, libcFrame)), 1);
   assert.is(verdict(report(lostFrame, nodeFrame)), 0);
