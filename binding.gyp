@@ -55,6 +55,7 @@
         "native/cpu/layer.cc",
         "native/cpu/roofline.cc",
         "native/binding/addon.cc",
+        "native/binding/async_gate.cc",
         "native/binding/router_wrap.cc",
         "native/binding/layer_wrap.cc",
         "native/binding/complexity_wrap.cc",

@@ -18,7 +18,7 @@ import type { RouteOptions, RoutingResult } from './types';
 import { loadPretrainedLayer, type FromPretrainedOptions } from './models/pretrained';
 import { decodeTelemetry, type TelemetryDelta } from './observability/telemetry-types';
 import { FinalDrain } from './final-drain';
-import { nativeAsyncSlots, SerialQueue } from './serial-queue';
+import { SerialQueue } from './serial-queue';
 import { requireFinite, requireFloat32, requireInt, requireOneOf } from './validate';
 
 /** One expert's SwiGLU FFN in Hugging Face layout: w1 (gate_proj) [f, d], w3 (up_proj) [f, d], w2 (down_proj) [d, f]. */
@@ -280,13 +280,11 @@ export class MoELayer {
     const cuda = this.cudaHandle;
     const cpu = cuda ? undefined : this.cpuHandle();
     await this.queue.run(() =>
-      callNativeAsync('forwardAsync', () =>
-        nativeAsyncSlots.run(() => {
-          if (!cuda) return cpu!.forwardAsync(...call.args);
-          if (call.device) refreshDeviceComplexity(this.router.estimator, call.device);
-          return cuda.forwardAsync(...call.args, call.device);
-        }),
-      ),
+      callNativeAsync('forwardAsync', () => {
+        if (!cuda) return cpu!.forwardAsync(...call.args);
+        if (call.device) refreshDeviceComplexity(this.router.estimator, call.device);
+        return cuda.forwardAsync(...call.args, call.device);
+      }),
     );
     return call.finish();
   }

@@ -37,6 +37,11 @@ export interface NativeAddon {
     formatNumber(x: number): string;
   };
   backendInfo(): { isa: string; threads: number; cpuFeatures: Record<string, boolean>; gemmRows: number };
+  /**
+   * The process-wide bound on async calls (native/binding/async_gate.h): slots, slots held, calls waiting, calls
+   * running on libuv threads now and at most since the previous call of asyncGate().
+   */
+  asyncGate(): { limit: number; running: number; waiting: number; executing: number; peakExecuting: number };
   /** Loads the CUDA plugin at `path` (once per process) and probes the GPU. */
   cudaLoad(path: string): { loaded: boolean; error?: string; path?: string; device?: CudaDeviceInfo };
   /** Median seconds of one device-to-device copy of `bytes` (the bandwidth anchor). */

@@ -25,7 +25,7 @@ import type { RouteOptions, RoutingResult, Selection } from './types';
 import { callOptions, requireFloat32 } from './validate';
 import { decodeTelemetry, type TelemetryDelta } from './observability/telemetry-types';
 import { FinalDrain } from './final-drain';
-import { nativeAsyncSlots, SerialQueue } from './serial-queue';
+import { SerialQueue } from './serial-queue';
 
 /** The most tokens one routing call takes (the binding's bound too). */
 const MAX_ROUTER_TOKENS = 1 << 26;
@@ -187,13 +187,11 @@ export class Router {
     const args = this.nativeArgs(x, prepared, buffers);
     const cuda = this.cudaHandle;
     await this.queue.run(() =>
-      callNativeAsync('routeAsync', () =>
-        nativeAsyncSlots.run(() => {
-          if (!cuda) return this.handle.routeAsync(...args);
-          if (device) refreshDeviceComplexity(this.estimator, device);
-          return cuda.routeAsync(...args, device);
-        }),
-      ),
+      callNativeAsync('routeAsync', () => {
+        if (!cuda) return this.handle.routeAsync(...args);
+        if (device) refreshDeviceComplexity(this.estimator, device);
+        return cuda.routeAsync(...args, device);
+      }),
     );
     return this.finishDevice(buffers, device);
   }

@@ -1,11 +1,15 @@
 /**
- * SerialQueue: one task at a time, in order, and a failed task does not stop the next. Slots: at most `limit` at
- * once; and every router's and layer's async native calls share one bound, half of libuv's threads.
+ * SerialQueue: one task at a time, in order, and a failed task does not stop the next; and every router's and
+ * layer's async native calls share one bound, half of libuv's threads (the native gate; across worker threads in
+ * test/workers.test.ts).
  */
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { MoELayer, Router } from '../lib';
-import { nativeAsyncSlots, SerialQueue, Slots } from '../lib/serial-queue';
+import { native } from '../lib/native';
+import { SerialQueue } from '../lib/serial-queue';
 import { freshSeed, randn } from './helpers/random';
 
 const SEED = freshSeed();
@@ -57,71 +61,28 @@ test('afterPending runs at once when idle, else after every queued task has sett
   assert.equal(order.at(-1), 'idle again', 'idle again once they settled');
 });
 
-test('Slots: at most limit tasks at once, the rest in arrival order, failures release their slot', async () => {
-  const slots = new Slots(2);
-  let running = 0;
-  let most = 0;
-  const started: number[] = [];
-  const task =
-    (i: number, ms: number, fail = false) =>
-    async () => {
-      started.push(i);
-      running++;
-      most = Math.max(most, running);
-      await new Promise((r) => setTimeout(r, ms));
-      running--;
-      if (fail) throw new Error(`task ${i}`);
-      return i;
-    };
-  const results = await Promise.allSettled([
-    slots.run(task(1, 20)),
-    slots.run(task(2, 5, true)),
-    slots.run(task(3, 5)),
-    slots.run(task(4, 5)),
-    slots.run(task(5, 5)),
-  ]);
-  assert.is(most, 2);
-  assert.equal(started, [1, 2, 3, 4, 5]);
-  assert.equal(
-    results.map((r) => r.status),
-    ['fulfilled', 'rejected', 'fulfilled', 'fulfilled', 'fulfilled'],
-  );
-  // all slots free again: two start at once
-  let both = 0;
-  await Promise.all([0, 1].map(() => slots.run(async () => void both++)));
-  assert.is(both, 2);
-  assert.throws(() => new Slots(0), /limit/);
-});
+/** Half of libuv's threads, as libuv reads UV_THREADPOOL_SIZE (atoi; 0 means 1; at most 1024; unset means 4). */
+function expectedLimit(value: string | undefined): number {
+  const n = value === undefined ? 4 : parseInt(value, 10) || 0;
+  const threads = n === 0 ? 1 : n < 0 ? 1024 : Math.min(n, 1024);
+  return Math.max(1, Math.floor(threads / 2));
+}
 
-test('async calls of many routers and layers at once occupy at most half of libuv threads', async () => {
-  const uv = Math.floor(Number(process.env.UV_THREADPOOL_SIZE)) || 4;
-  assert.is(nativeAsyncSlots.limit, Math.max(1, Math.floor(Math.min(uv, 1024) / 2)));
+test('async calls of many routers and layers at once run on at most half of libuv threads', async () => {
   const E = 8;
   const d = 32;
-  let inFlight = 0;
-  let most = 0;
-  // count the native calls in flight: each one holds a libuv thread until it settles
-  const counted = <T>(p: Promise<T>) => {
-    inFlight++;
-    most = Math.max(most, inFlight);
-    return p.finally(() => inFlight--);
-  };
+  native().asyncGate(); // (the peak restarts here)
   const routers = Array.from({ length: 5 }, (_, i) => {
-    const r = new Router({
+    return new Router({
       numExperts: E,
       hiddenSize: d,
       gateWeight: randn(E * d, SEED + i),
       selection: { kind: 'topk', k: 2 },
     });
-    const h = r.handle as unknown as { routeAsync: (...a: unknown[]) => Promise<unknown> };
-    const inner = h.routeAsync.bind(h);
-    // (the prototype's method is read-only: defined on the instance instead)
-    Object.defineProperty(h, 'routeAsync', { value: (...a: unknown[]) => counted(inner(...a)) });
-    return r;
   });
   const layers = routers.slice(0, 3).map((router, i) => {
     const f = 16;
-    const layer = new MoELayer({
+    return new MoELayer({
       router,
       experts: {
         stacked: true,
@@ -130,27 +91,47 @@ test('async calls of many routers and layers at once occupy at most half of libu
         w2: randn(E * d * f, SEED + 30 + i, 0.1),
       },
     });
-    const h = (layer as unknown as { handle: { forwardAsync: (...a: unknown[]) => Promise<unknown> } }).handle;
-    const inner = h.forwardAsync.bind(h);
-    Object.defineProperty(h, 'forwardAsync', { value: (...a: unknown[]) => counted(inner(...a)) });
-    return layer;
   });
-  const x = randn(64 * d, SEED + 30);
+  const x = randn(256 * d, SEED + 30);
   const calls: Promise<unknown>[] = [];
   for (let round = 0; round < 3; round++) {
     for (const r of routers) calls.push(r.routeAsync(x));
     for (const l of layers) calls.push(l.forwardAsync(x));
   }
+  for (let i = 0; i < 5; i++) await Promise.resolve(); // (each call reaches the native side a microtask later)
+  const during = native().asyncGate();
   const results = await Promise.all(calls);
+  const after = native().asyncGate();
   assert.is(results.length, 24);
+  assert.is(during.limit, expectedLimit(process.env.UV_THREADPOOL_SIZE));
+  assert.is(during.running, during.limit, 'every slot taken while 8 objects have calls');
+  // one call of each other object waits (their later calls wait in its own queue); calls that finished on a libuv
+  // thread have handed their slots on already, to calls that start once this thread's event loop turns
   assert.ok(
-    most >= 1 && most <= nativeAsyncSlots.limit,
-    `${most} native calls at once, limit ${nativeAsyncSlots.limit}`,
+    during.waiting <= 8 - during.limit && during.waiting >= 8 - 2 * during.limit,
+    `${during.waiting} calls waiting, limit ${during.limit}`,
   );
+  assert.ok(
+    after.peakExecuting >= 1 && after.peakExecuting <= after.limit,
+    `${after.peakExecuting} native calls ran at once, limit ${after.limit}`,
+  );
+  assert.equal([after.running, after.waiting, after.executing], [0, 0, 0]);
   // and the results are those of sync calls
   const sync = routers[1].route(x);
   const viaAsync = results[1] as { indices: Int32Array };
   assert.equal(Array.from(viaAsync.indices), Array.from(sync.indices));
+});
+
+test('the bound follows UV_THREADPOOL_SIZE as libuv reads it', () => {
+  for (const value of ['9', 'abc', '5000']) {
+    const r = spawnSync(
+      process.execPath,
+      ['--import', 'tsx', '-e', `process.stdout.write(String(require('./lib/native').native().asyncGate().limit))`],
+      { encoding: 'utf8', cwd: path.join(__dirname, '..'), env: { ...process.env, UV_THREADPOOL_SIZE: value } },
+    );
+    assert.is(r.status, 0, r.stderr);
+    assert.is(Number(r.stdout.trim()), expectedLimit(value), `UV_THREADPOOL_SIZE=${value}: ${r.stdout}`);
+  }
 });
 
 test.run();

@@ -1,7 +1,8 @@
-// Addon entry point: per-instance data, the wrapped classes and backendInfo().
+// Addon entry point: per-instance data, the wrapped classes, backendInfo() and asyncGate().
 #include <napi.h>
 
 #include "addon_data.h"
+#include "async_gate.h"
 #include "bench_wrap.h"
 #include "complexity_wrap.h"
 #include "cuda_wrap.h"
@@ -46,6 +47,7 @@ Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
   InitBench(env, exports);
   InitCuda(env, exports);
   InitExposition(env, exports);
+  InitAsyncGate(env, exports);
   exports.Set("backendInfo", Napi::Function::New<BackendInfo>(env, "backendInfo"));
   return exports;
 }

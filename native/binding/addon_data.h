@@ -1,4 +1,4 @@
-// Per-addon-instance state (safe under worker_threads: no mutable statics): the shared compute pool and the
+// Per-addon-instance state (safe under worker_threads: no mutable statics but the async gate's): the shared compute pool and the
 // constructors of the wrapped classes, so that one wrap can check another by type tag.
 #pragma once
 #include <napi.h>
@@ -10,12 +10,16 @@
 
 namespace moe_binding {
 
+struct GateQueue;  // async_gate.cc
+
 struct AddonData {
   std::shared_ptr<moe::ThreadPool> pool;
   Napi::FunctionReference routerConstructor;
   Napi::FunctionReference layerConstructor;
   // The metrics text of the latest scrape (exposition_wrap.cc): its capacity is kept, so a scrape allocates none.
   std::string expositionText;
+  // This thread's parked async calls (async_gate.cc), created at its first async call; not owned.
+  GateQueue* gateQueue = nullptr;
 
   // The shared pool when it is big enough for `threads`, else a pool of that size for one owner.
   std::shared_ptr<moe::ThreadPool> poolFor(int threads) {

@@ -22,6 +22,7 @@
 
 #include "addon_data.h"
 #include "args.h"
+#include "async_gate.h"
 #include "router_wrap.h"
 #include "telemetry_wrap.h"
 
@@ -258,11 +259,11 @@ HostCall parseHostCall(const Napi::CallbackInfo& info, const CudaLayerWrap::Stat
   return h;
 }
 
-class CudaWorker : public Napi::AsyncWorker {
+class CudaWorker : public GatedWorker {
  public:
   CudaWorker(Napi::Env env, std::shared_ptr<CudaLayerWrap::State> state, HostCall call,
              const Napi::CallbackInfo& info, size_t deviceIndex)
-      : Napi::AsyncWorker(env, "moe.cuda"),
+      : GatedWorker(env, "moe.cuda"),
         state_(std::move(state)),
         call_(std::move(call)),
         deferred_(Napi::Promise::Deferred::New(env)),
@@ -272,7 +273,7 @@ class CudaWorker : public Napi::AsyncWorker {
   Napi::Promise promise() { return deferred_.Promise(); }
 
  protected:
-  void Execute() override {
+  void Run() override {
     call_.run(*state_);
     if (!call_.error.empty()) SetError(call_.error);
   }
@@ -452,7 +453,7 @@ Napi::Value queueHostCall(const Napi::CallbackInfo& info, std::shared_ptr<CudaLa
   HostCall call = parseHostCall(info, *s, routeOnly);
   auto* worker = new CudaWorker(info.Env(), std::move(s), std::move(call), info, deviceArgIndex(routeOnly));
   Napi::Promise promise = worker->promise();
-  worker->Queue();
+  worker->Submit();
   return promise;
 }
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include "addon_data.h"
 #include "args.h"
+#include "async_gate.h"
 #include "router_wrap.h"
 #include "telemetry_wrap.h"
 
@@ -69,10 +70,10 @@ ForwardCall parseForward(const Napi::CallbackInfo& info, moe::Layer& layer) {
   return c;
 }
 
-class ForwardWorker : public Napi::AsyncWorker {
+class ForwardWorker : public GatedWorker {
  public:
   ForwardWorker(Napi::Env env, std::shared_ptr<moe::Layer> layer, ForwardCall call, const Napi::CallbackInfo& info)
-      : Napi::AsyncWorker(env, "moe.forward"),
+      : GatedWorker(env, "moe.forward"),
         layer_(std::move(layer)),
         call_(call),
         deferred_(Napi::Promise::Deferred::New(env)) {
@@ -81,7 +82,7 @@ class ForwardWorker : public Napi::AsyncWorker {
   Napi::Promise promise() { return deferred_.Promise(); }
 
  protected:
-  void Execute() override {
+  void Run() override {
     try {
       call_.run(*layer_);
       if (!call_.error.empty()) SetError(call_.error);
@@ -195,7 +196,7 @@ Napi::Value LayerWrap::ForwardAsync(const Napi::CallbackInfo& info) {
   ForwardCall call = parseForward(info, *layer);
   auto* worker = new ForwardWorker(info.Env(), layer, call, info);
   Napi::Promise promise = worker->promise();
-  worker->Queue();
+  worker->Submit();
   return promise;
 }
 

@@ -10,6 +10,7 @@
 
 #include "addon_data.h"
 #include "args.h"
+#include "async_gate.h"
 #include "telemetry_wrap.h"
 
 namespace moe_binding {
@@ -60,10 +61,10 @@ RouteCall parseRouteCall(const Napi::CallbackInfo& info, const moe::RouterConfig
   return c;
 }
 
-class RouteWorker : public Napi::AsyncWorker {
+class RouteWorker : public GatedWorker {
  public:
   RouteWorker(Napi::Env env, std::shared_ptr<moe::Router> router, RouteCall call, const Napi::CallbackInfo& info)
-      : Napi::AsyncWorker(env, "moe.route"),
+      : GatedWorker(env, "moe.route"),
         router_(std::move(router)),
         call_(std::move(call)),
         deferred_(Napi::Promise::Deferred::New(env)) {
@@ -73,7 +74,7 @@ class RouteWorker : public Napi::AsyncWorker {
   Napi::Promise promise() { return deferred_.Promise(); }
 
  protected:
-  void Execute() override {
+  void Run() override {
     try {
       call_.run(*router_);
       if (!call_.error.empty()) SetError(call_.error);
@@ -179,7 +180,7 @@ Napi::Value RouterWrap::RouteAsync(const Napi::CallbackInfo& info) {
   RouteCall call = parseRouteCall(info, router_->config());
   auto* worker = new RouteWorker(info.Env(), router_, std::move(call), info);
   Napi::Promise promise = worker->promise();
-  worker->Queue();
+  worker->Submit();
   return promise;
 }
 
