@@ -18,7 +18,7 @@ namespace moe_binding {
 // that wakes it when the gate hands it a slot. Freed by that function's finalizer.
 struct GateQueue {
   napi_threadsafe_function wake = nullptr;
-  std::list<GatedWorker*> parked;   // touched on its own JS thread only
+  std::list<GatedWorker*> parked;  // touched on its own JS thread only
   int granted = 0;                 // slots handed over, not yet taken up on its thread (under Gate::m)
   bool closed = false;             // its environment is being torn down (under Gate::m)
 };
