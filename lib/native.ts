@@ -189,36 +189,125 @@ let loadError: Error | undefined;
 export const packageRoot = path.resolve(__dirname, '..');
 
 /**
+ * Every member of the addon this package calls. A .node that lacks one is another addon, or a build older than this
+ * code (a stale build/Release/ shadows the bundled prebuild); test/robustness.test.ts keeps this list equal to
+ * what native/binding exports.
+ */
+export const addonSurface = {
+  functions: [
+    'rowNorms',
+    'attentionEntropy',
+    'logitEntropy',
+    'backendInfo',
+    'asyncGate',
+    'cudaLoad',
+    'cudaAlloc',
+    'cudaFree',
+    'cudaCopy',
+    'cudaBenchCopy',
+  ],
+  namespaces: {
+    bench: ['streamRead', 'denseGemmSeconds', 'fillNormal'],
+    exposition: ['renderText', 'renderInto', 'formatNumber'],
+  },
+  classes: {
+    NativeRouter: ['route', 'routeAsync', 'gate', 'info', 'drainTelemetry', 'recordError'],
+    NativeLayer: [
+      'setExpert',
+      'setSharedExpert',
+      'forward',
+      'forwardAsync',
+      'info',
+      'dispose',
+      'drainTelemetry',
+      'recordError',
+    ],
+    NativeCudaLayer: [
+      'setExpert',
+      'setSharedExpert',
+      'forward',
+      'forwardAsync',
+      'forwardDevice',
+      'captureForward',
+      'route',
+      'routeAsync',
+      'info',
+      'bench',
+      'randomize',
+      'drainTelemetry',
+      'recordError',
+      'dispose',
+    ],
+  },
+} as const;
+
+/** The members of {@link addonSurface} that `candidate` lacks (e.g. `NativeLayer.prototype.forwardAsync`). */
+export function missingAddonMembers(candidate: unknown): string[] {
+  const missing: string[] = [];
+  const exports = (typeof candidate === 'object' && candidate !== null ? candidate : {}) as Record<string, unknown>;
+  const isFunction = (owner: unknown, key: string) =>
+    (typeof owner === 'object' || typeof owner === 'function') &&
+    owner !== null &&
+    typeof (owner as Record<string, unknown>)[key] === 'function';
+  for (const name of addonSurface.functions) if (!isFunction(exports, name)) missing.push(name);
+  for (const [name, members] of Object.entries(addonSurface.namespaces)) {
+    const ns = exports[name];
+    for (const m of members) if (!isFunction(ns, m)) missing.push(`${name}.${m}`);
+  }
+  for (const [name, members] of Object.entries(addonSurface.classes)) {
+    const ctor = exports[name];
+    if (typeof ctor !== 'function') {
+      missing.push(name);
+      continue;
+    }
+    for (const m of members) if (!isFunction(ctor.prototype, m)) missing.push(`${name}.prototype.${m}`);
+  }
+  return missing;
+}
+
+/**
  * The addon, loaded on first use: the file `MOE_NATIVE_ADDON` names (an absolute path, e.g. a sanitizer build of
- * scripts/test-sanitized.sh), else the bundled prebuild or the local build. Throws BackendError saying what was
- * looked for and what to do.
+ * scripts/test-sanitized.sh), else the local build or the bundled prebuild (node-gyp-build's order). Throws
+ * BackendError saying which file was tried, why it failed, and what to do.
  */
 export function native(): NativeAddon {
   if (addon) return addon;
   if (loadError) throw loadError;
   const override = process.env.MOE_NATIVE_ADDON;
+  let file: string | undefined;
   try {
     if (override) {
       if (!path.isAbsolute(override) || path.extname(override) !== '.node')
         throw new Error('MOE_NATIVE_ADDON must be the absolute path of a .node file');
-      // eslint-disable-next-line @typescript-eslint/no-var-requires
-      addon = require(override) as NativeAddon;
+      file = override;
     } else {
       // eslint-disable-next-line @typescript-eslint/no-var-requires
-      const load = require('node-gyp-build') as (dir: string) => NativeAddon;
-      addon = load(packageRoot);
+      const gypBuild = require('node-gyp-build') as { resolve(dir: string): string };
+      file = gypBuild.resolve(packageRoot);
     }
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const loaded: unknown = require(file);
+    const missing = missingAddonMembers(loaded);
+    if (missing.length > 0)
+      throw new Error(
+        `it is not this version's addon (it lacks ${missing.slice(0, 4).join(', ')}` +
+          `${missing.length > 4 ? ` and ${missing.length - 4} more` : ''})`,
+      );
+    addon = loaded as NativeAddon;
     warnAboutEnvironment();
     return addon;
   } catch (cause) {
     const where = override
       ? `MOE_NATIVE_ADDON=${override}`
-      : `${packageRoot} (looked for prebuilds/${process.platform}-${process.arch}/*.node and build/Release/*.node)`;
+      : file
+        ? file
+        : `${packageRoot} (looked for build/Release/*.node and prebuilds/${process.platform}-${process.arch}/*.node)`;
     loadError = new BackendError(
       `could not load the native addon of dynamic-moe-router-kit from ${where}: ${(cause as Error).message}. ` +
         (override
           ? 'Unset it to load the bundled addon.'
-          : 'Run "npm run build:native" to compile it (needs python3, make and a C++17 compiler).'),
+          : 'Rebuild it: "npm rebuild dynamic-moe-router-kit" in your project, or "npm run build:native" in a ' +
+            'clone of this package (either needs python3, make and a C++17 compiler).'),
       { cause },
     );
     throw loadError;

@@ -19,7 +19,7 @@ import {
   createEstimator,
 } from '../lib';
 import { referenceLogitEntropy } from '../lib/reference/routing';
-import { native, type NativeLayerHandle } from '../lib/native';
+import { addonSurface, missingAddonMembers, native, type NativeLayerHandle } from '../lib/native';
 import { freshSeed, randn } from './helpers/random';
 
 const SEED = freshSeed();
@@ -109,6 +109,85 @@ test('MOE_NATIVE_ADDON: a missing, relative or non-.node path is a BackendError 
     assert.equal(JSON.parse(r.stdout.slice(r.stdout.indexOf('['))), [copy], r.stdout);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('the loader knows every member of the addon, and refuses a .node that lacks one (another addon, a stale build)', () => {
+  // the list the loader checks is exactly what native/binding exports
+  const real = native() as unknown as Record<string, unknown>;
+  const actual = {
+    functions: [] as string[],
+    namespaces: {} as Record<string, string[]>,
+    classes: {} as Record<string, string[]>,
+  };
+  for (const [name, value] of Object.entries(real)) {
+    if (typeof value === 'object' && value !== null) actual.namespaces[name] = Object.keys(value);
+    else if (typeof value === 'function' && Object.getOwnPropertyNames(value.prototype ?? {}).length > 1)
+      actual.classes[name] = Object.getOwnPropertyNames(value.prototype).filter((m) => m !== 'constructor');
+    else actual.functions.push(name);
+  }
+  const sorted = (o: { functions: readonly string[]; namespaces: object; classes: object }) =>
+    JSON.stringify({
+      functions: [...o.functions].sort(),
+      namespaces: Object.fromEntries(
+        Object.entries(o.namespaces)
+          .map(([k, v]) => [k, [...v].sort()])
+          .sort(),
+      ),
+      classes: Object.fromEntries(
+        Object.entries(o.classes)
+          .map(([k, v]) => [k, [...v].sort()])
+          .sort(),
+      ),
+    });
+  assert.is(sorted(addonSurface), sorted(actual), 'lib/native.ts addonSurface against the loaded addon');
+  assert.equal(missingAddonMembers(real), []);
+  const everything =
+    addonSurface.functions.length +
+    Object.values(addonSurface.namespaces).flat().length +
+    Object.keys(addonSurface.classes).length;
+  assert.is(missingAddonMembers({}).length, everything, 'an empty object lacks every function, member and class');
+  assert.equal(missingAddonMembers(null).slice(0, 2), ['rowNorms', 'attentionEntropy']);
+
+  // the whole load path in a child: a "stale build" (the real addon without asyncGate and with a NativeLayer class
+  // with only forward) is a BackendError naming the file and what it lacks, and nothing of it is used
+  const file = Object.keys(require.cache).find((f) => f.endsWith('.node') && path.basename(f).startsWith('dynamic'));
+  assert.ok(file, 'the addon this process loaded is in require.cache');
+  const stale = path.join(os.tmpdir(), `moe-stale-${process.pid}.node`);
+  const script = `
+    const real = require(${JSON.stringify(file)});
+    class NativeLayer { forward() {} }
+    const exports = { ...real, asyncGate: undefined, NativeLayer };
+    require.cache[${JSON.stringify(stale)}] = { id: ${JSON.stringify(stale)}, filename: ${JSON.stringify(stale)}, loaded: true, exports };
+    const { Router, BackendError } = require(${JSON.stringify(path.join(__dirname, '..', 'lib'))});
+    for (let i = 0; i < 2; i++) {
+      try {
+        new Router({ numExperts: 4, hiddenSize: 8, gateWeight: new Float32Array(32).fill(0.5), selection: { kind: 'topk', k: 1 } });
+        console.log('loaded');
+      } catch (e) { console.log(e instanceof BackendError ? 'BackendError' : e.constructor.name, e.message); }
+    }
+  `;
+  fs.writeFileSync(stale, ''); // (resolved before the cache is read; never opened)
+  const r = spawnSync(process.execPath, ['--import', 'tsx', '-e', script], {
+    encoding: 'utf8',
+    timeout: 60_000,
+    env: { ...process.env, MOE_NATIVE_ADDON: stale },
+  });
+  fs.rmSync(stale, { force: true });
+  assert.is(r.status, 0, `the process died: signal ${r.signal}, stderr ${r.stderr}`);
+  const lines = r.stdout.trim().split('\n');
+  assert.is(lines.length, 2, r.stdout);
+  for (const line of lines) {
+    assert.match(
+      line,
+      /^BackendError could not load the native addon of dynamic-moe-router-kit from MOE_NATIVE_ADDON=/,
+    );
+    assert.ok(line.includes(stale), line);
+    assert.match(
+      line,
+      /it is not this version's addon \(it lacks asyncGate, NativeLayer\.prototype\.setExpert, /,
+      line,
+    );
   }
 });
 
