@@ -41,6 +41,20 @@ export function describe(value: unknown): string {
 }
 
 /**
+ * "expected a Router, got …" for a failed instanceof check. A value whose class has the expected name but is not
+ * this module's class comes from another copy of the package (two installed side by side, e.g. as dependencies of
+ * two libraries): the message says so rather than "expected a Router, got Router".
+ */
+export function expectedInstance(article: 'a' | 'an', name: string, value: unknown): string {
+  const got = describe(value);
+  if (got !== name) return `expected ${article} ${name}, got ${got}`;
+  return (
+    `expected ${article} ${name} of this copy of dynamic-moe-router-kit, got one made by another copy ` +
+    '(two copies are installed: "npm ls dynamic-moe-router-kit" lists them; build routers and layers with one)'
+  );
+}
+
+/**
  * A value from an untrusted file as JSON-like text of at most `limit` characters, for an error message. Walks only
  * as far as the text it shows (a JSON.stringify of a 64 MB header, or of an array nested 100,000 deep, would cost
  * the whole structure or overflow the stack) and never throws.

@@ -4,7 +4,7 @@
  * weights), or the CUDA plugin (cuda/layer.cu, through native/binding/cuda_wrap.cc) on the GPU (bf16).
  */
 import { deviceComplexityFor, refreshDeviceComplexity, resolveBackend, type BackendName } from './cuda';
-import { describe, ExpertDispatchError, ValidationError } from './errors';
+import { describe, expectedInstance, ExpertDispatchError, ValidationError } from './errors';
 import {
   callNative,
   callNativeAsync,
@@ -147,7 +147,7 @@ export class MoELayer {
    */
   constructor(opts: MoELayerOptions) {
     if (!(opts?.router instanceof Router))
-      throw new ValidationError(`router: expected a Router, got ${describe(opts?.router)}`);
+      throw new ValidationError(`router: ${expectedInstance('a', 'Router', opts?.router)}`);
     this.router = opts.router;
     const { numExperts: E, hiddenSize: d } = this.router.config;
     this.backend = resolveBackend(opts.backend ?? this.router.backend, 'MoELayer');
@@ -177,7 +177,7 @@ export class MoELayer {
       if (this.backend === 'cuda' || (other instanceof MoELayer && other.backend === 'cuda'))
         throw new ValidationError('shareWeightsOf: sharing packed weights is not supported by the CUDA backend yet');
       if (!(other instanceof MoELayer))
-        throw new ValidationError(`shareWeightsOf: expected an MoELayer, got ${describe(other)}`);
+        throw new ValidationError(`shareWeightsOf: ${expectedInstance('an', 'MoELayer', other)}`);
       if (other.numExperts !== E || other.hiddenSize !== d) {
         throw new ValidationError(
           `router: expected numExperts=${other.numExperts} and hiddenSize=${other.hiddenSize} to share weights, got ${E} and ${d}`,

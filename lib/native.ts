@@ -244,18 +244,18 @@ export const addonSurface = {
 /** The members of {@link addonSurface} that `candidate` lacks (e.g. `NativeLayer.prototype.forwardAsync`). */
 export function missingAddonMembers(candidate: unknown): string[] {
   const missing: string[] = [];
-  const exports = (typeof candidate === 'object' && candidate !== null ? candidate : {}) as Record<string, unknown>;
+  const given = (typeof candidate === 'object' && candidate !== null ? candidate : {}) as Record<string, unknown>;
   const isFunction = (owner: unknown, key: string) =>
     (typeof owner === 'object' || typeof owner === 'function') &&
     owner !== null &&
     typeof (owner as Record<string, unknown>)[key] === 'function';
-  for (const name of addonSurface.functions) if (!isFunction(exports, name)) missing.push(name);
+  for (const name of addonSurface.functions) if (!isFunction(given, name)) missing.push(name);
   for (const [name, members] of Object.entries(addonSurface.namespaces)) {
-    const ns = exports[name];
+    const ns = given[name];
     for (const m of members) if (!isFunction(ns, m)) missing.push(`${name}.${m}`);
   }
   for (const [name, members] of Object.entries(addonSurface.classes)) {
-    const ctor = exports[name];
+    const ctor = given[name];
     if (typeof ctor !== 'function') {
       missing.push(name);
       continue;

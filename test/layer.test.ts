@@ -4,6 +4,8 @@
  * for T in {1, 2, 7, 64, 513}, with shared experts, experts that get no tokens, one expert that gets every
  * token, and forward beside forwardAsync.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { MoELayer, Router, ValidationError, type MoELayerOptions } from '../lib';
@@ -233,6 +235,51 @@ test('bad input gets a clear error', () => {
   );
   b.layer.dispose();
   assert.throws(() => b.layer.forward(randn(8, 3)), /disposed/);
+});
+
+test('a router or layer of another copy of the package is named as such, not "expected a Router, got Router"', () => {
+  // dist/ (built by npm test's pretest) and lib/ are two module graphs: two copies, as two installs would be
+  const dist = path.join(__dirname, '..', 'dist', 'index.js');
+  if (!fs.existsSync(dist)) {
+    console.log('  (skipped: no dist/ build; npm test makes it)');
+    return;
+  }
+  const other = require(dist) as typeof import('../lib');
+  assert.ok(other.Router !== Router, 'two copies');
+  const E = 4;
+  const d = 8;
+  const f = 8;
+  const theirs = new other.Router({
+    numExperts: E,
+    hiddenSize: d,
+    gateWeight: randn(E * d, SEED + 450),
+    selection: { kind: 'topk', k: 1 },
+  });
+  const experts = {
+    stacked: true as const,
+    w1: randn(E * f * d, SEED + 451),
+    w3: randn(E * f * d, SEED + 452),
+    w2: randn(E * d * f, SEED + 453),
+  };
+  assert.throws(
+    () => new MoELayer({ router: theirs as unknown as Router, experts }),
+    (e: Error) =>
+      e instanceof ValidationError &&
+      /^router: expected a Router of this copy of dynamic-moe-router-kit, got one made by another copy/.test(e.message),
+  );
+  const b = build({ E, d, f, selection: { kind: 'topk', k: 1 }, seed: SEED + 454 });
+  const theirLayer = new other.MoELayer({ router: theirs, experts });
+  assert.throws(
+    () => new MoELayer({ router: b.layer.router, shareWeightsOf: theirLayer as unknown as MoELayer }),
+    (e: Error) => e instanceof ValidationError && /^shareWeightsOf: expected an MoELayer of this copy/.test(e.message),
+  );
+  // a value of another class keeps the plain message
+  assert.throws(
+    () => new MoELayer({ router: {} as Router, experts }),
+    (e: Error) => e instanceof ValidationError && e.message === 'router: expected a Router, got Object',
+  );
+  theirLayer.dispose();
+  b.layer.dispose();
 });
 
 test('weight options: what is wrong is named (w1 rows, shared experts, options shareWeightsOf would ignore)', () => {
