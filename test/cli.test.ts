@@ -78,6 +78,12 @@ test('bad arguments print one clear line and exit non-zero', () => {
       ['run', '--model', root, '--layer', '0', '--input', 'a.npy', '--output', 'b.npy', '--backend', 'gpu'],
       /--backend: expected cpu, cuda or auto, got "gpu"/,
     ],
+    // checked before the demo builds its layer (seconds) or serve binds a port
+    [['demo', '--port', '70000'], /--port: expected an integer in \[0, 65535\], got "70000"/],
+    [['serve', '--health-port=-1'], /--health-port: expected an integer in \[0, 65535\]/],
+    [['serve', '--model', root, '--synthetic', 'olmoe'], /--model and --synthetic: give one of them/],
+    [['profile', '--selection', 'dynamic:4-1'], /expected 1 <= MIN <= MAX, got MIN=4 and MAX=1/],
+    [['serve', '--synthetic', 'gpt5'], /--synthetic: expected olmoe or mixtral/],
   ] as const) {
     const r = cli(...args);
     assert.ok(r.status !== 0, `${args.join(' ')} exited 0`);
@@ -205,6 +211,20 @@ test('serve answers /metrics, /health and /ready under load and stops on SIGTERM
     events.includes('system.start') && events.includes('model.load') && events.at(-1) === 'system.shutdown',
     events.join(','),
   );
+});
+
+test('serve reports a missing --layer before it binds its ports', async () => {
+  const net = await import('node:net');
+  const taken = net.createServer();
+  await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+  const port = (taken.address() as { port: number }).port;
+  try {
+    const r = cli('serve', '--model', root, '--metrics-port', String(port), '--health-port', String(port));
+    assert.is(r.status, 2, r.stderr);
+    assert.match(r.stderr, /usage: --layer is required with --model/, 'not EADDRINUSE: nothing was bound');
+  } finally {
+    await new Promise((resolve) => taken.close(resolve));
+  }
 });
 
 test('--selection grammar', () => {

@@ -38,13 +38,21 @@ export function intOption(
   name: string,
   fallback?: number,
   min = 0,
+  max = Number.MAX_SAFE_INTEGER,
 ): number | undefined {
   const v = values[name];
   if (v === undefined) return fallback;
   const n = Number(v);
-  if (typeof v !== 'string' || !Number.isInteger(n) || n < min)
-    throw new UsageError(`--${name}: expected an integer >= ${min}, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'string' || !Number.isInteger(n) || n < min || n > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `in [${min}, ${max}]`;
+    throw new UsageError(`--${name}: expected an integer ${range}, got ${JSON.stringify(v)}`);
+  }
   return n;
+}
+
+/** A TCP port (0: a free one), checked before anything slow starts. */
+export function portOption(values: Record<string, unknown>, name: string, fallback: number): number {
+  return intOption(values, name, fallback, 0, 65535)!;
 }
 
 /** --dtype: fp32 (default) or bf16; anything else is a usage error. */
@@ -87,7 +95,10 @@ export function parseSelection(text: string): Selection {
           `--selection ${text}: estimator must be one of ${ESTIMATORS.join(', ')} (the commands have no attention or LM logits to feed the others)`,
         );
       }
-      return { kind: 'dynamic', minK: Number(m[1]), maxK: Number(m[2]), estimator };
+      const [minK, maxK] = [Number(m[1]), Number(m[2])];
+      if (minK < 1 || minK > maxK)
+        throw new UsageError(`--selection ${text}: expected 1 <= MIN <= MAX, got MIN=${minK} and MAX=${maxK}`);
+      return { kind: 'dynamic', minK, maxK, estimator };
     }
     default:
       throw new UsageError(

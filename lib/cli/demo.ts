@@ -9,7 +9,7 @@ import { MetricsCollector } from '../observability/metrics';
 import { startObservabilityServer } from '../observability/server';
 import type { Selection } from '../types';
 import { median, relativeError } from '../bench/stats';
-import { dtypeOption, intOption, parseOptions } from './args';
+import { dtypeOption, intOption, parseOptions, portOption } from './args';
 import { syntheticInput, syntheticLayer, syntheticShape } from './synthetic';
 
 export const DEMO_USAGE = `moe-router demo [--tokens T] [--batches N] [--dtype fp32|bf16] [--port P] [--no-serve]
@@ -32,7 +32,7 @@ export async function demoCommand(argv: string[]): Promise<void> {
   }
   const tokens = intOption(v, 'tokens', 32, 1)!;
   const batches = intOption(v, 'batches', 8, 1)!;
-  const port = intOption(v, 'port', 0, 0)!;
+  const port = portOption(v, 'port', 0);
   const dtype = dtypeOption(v);
 
   const shape = syntheticShape('olmoe');

@@ -4,8 +4,8 @@
  */
 import { MoELayer } from '../layer';
 import type { Selection } from '../types';
-import { intOption, parseOptions, parseSelection, UsageError, dtypeOption } from './args';
-import { syntheticInput, syntheticLayer, syntheticShape } from './synthetic';
+import { intOption, parseOptions, parseSelection, dtypeOption } from './args';
+import { layerSource, syntheticInput, syntheticLayer } from './synthetic';
 
 export const PROFILE_USAGE = `moe-router profile [--model DIR --layer N | --synthetic olmoe|mixtral] [--selection RULE]
                    [--tokens T] [--batches N] [--dtype fp32|bf16] [--threads N]
@@ -33,16 +33,15 @@ export async function profileCommand(argv: string[]): Promise<void> {
   const threads = intOption(v, 'threads', undefined, 1);
   const dtype = dtypeOption(v);
   const selection: Selection | undefined = typeof v.selection === 'string' ? parseSelection(v.selection) : undefined;
+  const source = layerSource(v);
   let layer: MoELayer;
   let label: string;
   const disposables: MoELayer[] = [];
-  if (typeof v.model === 'string') {
-    const index = intOption(v, 'layer', undefined, 0);
-    if (index === undefined) throw new UsageError('--layer is required with --model');
-    layer = MoELayer.fromPretrained(v.model, { layer: index, dtype, selection, threads });
-    label = `${v.model} layer ${index}`;
+  if (source.model !== undefined) {
+    layer = MoELayer.fromPretrained(source.model, { layer: source.layer, dtype, selection, threads });
+    label = `${source.model} layer ${source.layer}`;
   } else {
-    const shape = syntheticShape(typeof v.synthetic === 'string' ? v.synthetic : 'olmoe');
+    const shape = source.shape;
     const { base, withRule } = syntheticLayer(shape, dtype, threads);
     layer = withRule(selection ?? { kind: 'topk', k: shape.k });
     disposables.push(base);
@@ -68,7 +67,8 @@ export async function profileCommand(argv: string[]): Promise<void> {
     const mean = assignments / layer.numExperts;
     const ms = (s: number) => `${(s * 1e3).toFixed(2)} ms`;
     console.log(
-      `profile of ${label}, rule ${layer.router.selection}, ${batches} batches of ${tokens} tokens, ${layer.dtype}`,
+      `profile of ${label}, rule ${layer.router.selection}, ${batches} batches of ${tokens} tokens, ${layer.dtype}` +
+        ' (times: means over the batches)',
     );
     console.log('');
     console.log('| quantity | value |');
@@ -82,7 +82,7 @@ export async function profileCommand(argv: string[]): Promise<void> {
     console.log(
       `| gating / dispatch / expert GEMM / combine | ${ms(stage.gating)} / ${ms(stage.dispatch)} / ${ms(stage.expertGemm)} / ${ms(stage.combine)} |`,
     );
-    console.log(`| forward (median stage sum) | ${ms(stage.total)} |`);
+    console.log(`| forward (stage sum) | ${ms(stage.total)} |`);
     console.log(`| experts used | ${sorted.filter((s) => s.c > 0).length} of ${layer.numExperts} |`);
     console.log(
       `| tokens per expert min / mean / max | ${sorted[sorted.length - 1].c} / ${mean.toFixed(1)} / ${sorted[0].c} |`,

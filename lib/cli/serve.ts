@@ -9,8 +9,8 @@ import { configureLogging } from '../observability/logging';
 import { MetricsCollector } from '../observability/metrics';
 import { PerformanceSummaryLogger } from '../observability/performance-summary';
 import { startObservabilityServer } from '../observability/server';
-import { intOption, parseOptions, parseSelection, UsageError, dtypeOption } from './args';
-import { syntheticInput, syntheticLayer, syntheticShape } from './synthetic';
+import { intOption, parseOptions, parseSelection, portOption, UsageError, dtypeOption } from './args';
+import { layerSource, syntheticInput, syntheticLayer } from './synthetic';
 
 export const SERVE_USAGE = `moe-router serve [--model DIR --layer N | --synthetic olmoe|mixtral] [--selection RULE]
                  [--dtype fp32|bf16] [--host 127.0.0.1] [--metrics-port 8000] [--health-port 8080]
@@ -45,6 +45,10 @@ export async function serveCommand(argv: string[]): Promise<void> {
   const tokens = intOption(v, 'tokens', 32, 1)!;
   const duration = intOption(v, 'duration', undefined, 1);
   const selection = typeof v.selection === 'string' ? parseSelection(v.selection) : undefined;
+  // (every argument is checked before a port is bound or a model is read)
+  const metricsPort = portOption(v, 'metrics-port', 8000);
+  const healthPort = portOption(v, 'health-port', 8080);
+  const source = layerSource(v);
   const log = configureLogging({ format, serviceName: 'moe-router-serve' });
 
   let loaded = false;
@@ -52,8 +56,8 @@ export async function serveCommand(argv: string[]): Promise<void> {
   const health = new HealthMonitor().addCheck(new MemoryHealthCheck());
   const server = await startObservabilityServer({
     host: typeof v.host === 'string' ? v.host : '127.0.0.1',
-    metricsPort: intOption(v, 'metrics-port', 8000, 0),
-    healthPort: intOption(v, 'health-port', 8080, 0),
+    metricsPort,
+    healthPort,
     collector,
     healthMonitor: health,
     ready: () => loaded,
@@ -67,15 +71,12 @@ export async function serveCommand(argv: string[]): Promise<void> {
   let layer: MoELayer;
   const t0 = Date.now();
   try {
-    if (typeof v.model === 'string') {
-      const index = intOption(v, 'layer', undefined, 0);
-      if (index === undefined) throw new UsageError('--layer is required with --model');
-      layer = MoELayer.fromPretrained(v.model, { layer: index, dtype, selection });
+    if (source.model !== undefined) {
+      layer = MoELayer.fromPretrained(source.model, { layer: source.layer, dtype, selection });
     } else {
-      const shape = syntheticShape(typeof v.synthetic === 'string' ? v.synthetic : 'olmoe');
-      const { base, withRule } = syntheticLayer(shape, dtype);
+      const { base, withRule } = syntheticLayer(source.shape, dtype);
       disposables.push(base);
-      layer = withRule(selection ?? { kind: 'topk', k: shape.k });
+      layer = withRule(selection ?? { kind: 'topk', k: source.shape.k });
     }
   } catch (err) {
     log.error(LogEvent.MODEL_ERROR, 'model load failed', { error: err });

@@ -3,7 +3,7 @@
  * built without downloads. Its gate (std 0.05) routes about as peakedly as a trained router.
  */
 import { buildLayer, SHAPES, type LayerShape } from '../bench/layer';
-import { UsageError } from './args';
+import { intOption, UsageError } from './args';
 import type { MoELayer } from '../layer';
 import { native } from '../native';
 import { Router } from '../router';
@@ -13,6 +13,19 @@ export function syntheticShape(name: string): LayerShape {
   const shape = SHAPES.find((s) => s.name.toLowerCase() === name.toLowerCase());
   if (!shape) throw new UsageError(`--synthetic: expected olmoe or mixtral, got ${JSON.stringify(name)}`);
   return shape;
+}
+
+/** `--model DIR --layer N`, or `--synthetic NAME` (default olmoe), checked before anything slow starts. */
+export function layerSource(
+  values: Record<string, unknown>,
+): { model: string; layer: number; shape?: undefined } | { model?: undefined; shape: LayerShape } {
+  if (typeof values.model !== 'string') {
+    return { shape: syntheticShape(typeof values.synthetic === 'string' ? values.synthetic : 'olmoe') };
+  }
+  if (values.synthetic !== undefined) throw new UsageError('--model and --synthetic: give one of them');
+  const layer = intOption(values, 'layer', undefined, 0);
+  if (layer === undefined) throw new UsageError('--layer is required with --model');
+  return { model: values.model, layer };
 }
 
 /** The shape's layer (weights packed once) and a factory for the same weights under another rule. */
