@@ -14,22 +14,14 @@
 
 namespace moe_binding {
 
-// One per JS thread (Node environment) that has made an async call: its parked workers and the thread-safe function
-// that wakes it when the gate hands it a slot. Freed by that function's finalizer.
-struct GateQueue {
-  napi_threadsafe_function wake = nullptr;
-  std::list<GatedWorker*> parked;  // touched on its own JS thread only
-  int granted = 0;                 // slots handed over, not yet taken up on its thread (under Gate::m)
-  bool closed = false;             // its environment is being torn down (under Gate::m)
-};
-
 namespace {
 
 struct Gate {
   std::mutex m;
-  int limit = 0;  // 0 until the first call reads UV_THREADPOOL_SIZE
-  int running = 0;
-  std::list<GateQueue*> waiting;  // one entry per parked worker, oldest first
+  int limit = 0;    // set by the first InitAsyncGate
+  int running = 0;  // slots held
+  int waiting = 0;  // parked calls, every thread
+  std::list<GateQueue*> queues;  // threads with parked calls
   std::atomic<int> executing{0};
   std::atomic<int> peakExecuting{0};
 };
@@ -49,75 +41,97 @@ int limitFromEnvironment() {
   return std::max(1, threads / 2);
 }
 
-// One slot has become free (g.m held): it goes to the oldest parked worker whose thread can still take it, else
-// back to the pool.
-void handOff(Gate& g) {
-  while (!g.waiting.empty()) {
-    GateQueue* q = g.waiting.front();
-    g.waiting.pop_front();
-    if (napi_call_threadsafe_function(q->wake, nullptr, napi_tsfn_nonblocking) == napi_ok) {
-      q->granted++;
-      return;
+void wakeWaitingThreads(Gate& g);
+
+}  // namespace
+
+// One per JS thread (Node environment) that has made an async call: its parked calls and the thread-safe function
+// that wakes it when a slot frees. Freed by that function's finalizer.
+struct GateQueue {
+  napi_threadsafe_function wake = nullptr;
+  std::list<GatedWorker*> parked;  // oldest first (under Gate::m)
+  bool listed = false;             // in Gate::queues (under Gate::m)
+  bool woken = false;              // a wake-up is on its way (under Gate::m)
+  bool closed = false;             // its environment is being torn down (under Gate::m)
+
+  // On its own JS thread, after a wake-up: its oldest parked calls take the free slots.
+  static void takeFreeSlots(napi_env env, napi_value, void* context, void*) {
+    if (env == nullptr) return;  // the function is being torn down; the queue may already be gone
+    auto* q = static_cast<GateQueue*>(context);
+    Gate& g = gate();
+    std::list<GatedWorker*> now;
+    bool empty = false;
+    {
+      std::lock_guard<std::mutex> lock(g.m);
+      q->woken = false;
+      if (q->closed) return;
+      while (g.running < g.limit && !q->parked.empty()) {
+        g.running++;
+        g.waiting--;
+        now.splice(now.end(), q->parked, q->parked.begin());
+      }
+      empty = q->parked.empty();
+      if (empty && q->listed) {
+        g.queues.remove(q);
+        q->listed = false;
+      }
     }
-  }
-  g.running--;
-}
-
-// On the parked workers' JS thread: queue as many of them as slots were handed over.
-void takeGrantedSlots(napi_env env, napi_value, void* context, void*) {
-  if (env == nullptr) return;  // the function is being torn down; the queue may already be gone
-  auto* q = static_cast<GateQueue*>(context);
-  int granted = 0;
-  {
-    std::lock_guard<std::mutex> lock(gate().m);
-    if (q->closed) return;
-    granted = q->granted;
-    q->granted = 0;
-  }
-  for (; granted > 0 && !q->parked.empty(); --granted) {
-    GatedWorker* w = q->parked.front();
-    q->parked.pop_front();
-    try {
-      w->QueueWithSlot();
-    } catch (...) {
-      delete w;  // the environment is closing (its slot went on in QueueWithSlot)
+    for (GatedWorker* w : now) {
+      try {
+        w->queueWithSlot();
+      } catch (...) {
+        delete w;  // the environment is closing (its slot was released in queueWithSlot)
+      }
     }
+    if (empty) napi_unref_threadsafe_function(env, q->wake);
   }
-  if (q->parked.empty()) napi_unref_threadsafe_function(env, q->wake);
-}
 
-void freeQueue(napi_env, void* data, void*) { delete static_cast<GateQueue*>(data); }
+  static void finalize(napi_env, void* data, void*) { delete static_cast<GateQueue*>(data); }
 
-// Environment teardown (runs before Node closes the wake function, whose own hook was added earlier): the thread's
-// waiting entries leave the line, slots handed to it go on to others, and its parked work is dropped.
-void closeQueue(void* arg) {
-  auto* q = static_cast<GateQueue*>(arg);
-  Gate& g = gate();
-  {
-    std::lock_guard<std::mutex> lock(g.m);
-    q->closed = true;
-    g.waiting.remove(q);
-    for (; q->granted > 0; --q->granted) handOff(g);
+  // Environment teardown (runs before Node closes the wake function, whose own hook was added earlier): the thread
+  // leaves the line and its parked calls are dropped. (Node may already have run some of them: it turns a stopping
+  // thread's event loop until its running calls end, and a wake-up can come in then.)
+  static void closeAtTeardown(void* arg) {
+    auto* q = static_cast<GateQueue*>(arg);
+    Gate& g = gate();
+    std::list<GatedWorker*> dropped;
+    {
+      std::lock_guard<std::mutex> lock(g.m);
+      q->closed = true;
+      if (q->listed) g.queues.remove(q);
+      q->listed = false;
+      g.waiting -= int(q->parked.size());
+      dropped.swap(q->parked);
+    }
+    for (GatedWorker* w : dropped) delete w;
+    napi_release_threadsafe_function(q->wake, napi_tsfn_abort);
   }
-  for (GatedWorker* w : q->parked) delete w;
-  q->parked.clear();
-  napi_release_threadsafe_function(q->wake, napi_tsfn_abort);
-}
 
-GateQueue& queueOf(Napi::Env env) {
-  AddonData& data = addonData(env);
-  if (data.gateQueue) return *data.gateQueue;
-  auto* q = new GateQueue();
-  napi_value name = Napi::String::New(env, "moe.asyncGate");
-  if (napi_create_threadsafe_function(env, nullptr, nullptr, name, 0, 1, q, freeQueue, q, takeGrantedSlots,
-                                      &q->wake) != napi_ok) {
-    delete q;
-    NAPI_THROW(Napi::Error::New(env, "async gate: cannot create its wake-up function"), *data.gateQueue);
+  static GateQueue& of(Napi::Env env) {
+    AddonData& data = addonData(env);
+    if (data.gateQueue) return *data.gateQueue;
+    auto* q = new GateQueue();
+    napi_value name = Napi::String::New(env, "moe.asyncGate");
+    if (napi_create_threadsafe_function(env, nullptr, nullptr, name, 0, 1, q, finalize, q, takeFreeSlots, &q->wake) !=
+        napi_ok) {
+      delete q;
+      throw Napi::Error::New(env, "async gate: cannot create its wake-up function");
+    }
+    napi_unref_threadsafe_function(env, q->wake);
+    napi_add_env_cleanup_hook(env, closeAtTeardown, q);  // (after the function: cleanup hooks run last-added first)
+    data.gateQueue = q;
+    return *q;
   }
-  napi_unref_threadsafe_function(env, q->wake);
-  napi_add_env_cleanup_hook(env, closeQueue, q);
-  data.gateQueue = q;
-  return *q;
+};
+
+namespace {
+
+// A slot has been freed (g.m held): every thread with parked calls is woken once; the first to run takes it.
+void wakeWaitingThreads(Gate& g) {
+  for (GateQueue* q : g.queues) {
+    if (q->woken) continue;
+    if (napi_call_threadsafe_function(q->wake, nullptr, napi_tsfn_nonblocking) == napi_ok) q->woken = true;
+  }
 }
 
 Napi::Value AsyncGateInfo(const Napi::CallbackInfo& info) {
@@ -126,10 +140,9 @@ Napi::Value AsyncGateInfo(const Napi::CallbackInfo& info) {
   int limit, running, waiting;
   {
     std::lock_guard<std::mutex> lock(g.m);
-    if (g.limit == 0) g.limit = limitFromEnvironment();
     limit = g.limit;
     running = g.running;
-    waiting = int(g.waiting.size());
+    waiting = g.waiting;
   }
   const int executing = g.executing.load();
   o.Set("limit", limit);
@@ -146,25 +159,36 @@ GatedWorker::~GatedWorker() {
   releaseSlot();  // work cancelled before it ran (environment teardown)
 }
 
-void GatedWorker::Submit() {
-  Gate& g = gate();
-  GateQueue& q = queueOf(Env());  // (created first: the decision below and parking are one step under the lock)
-  bool now = false;
-  {
-    std::lock_guard<std::mutex> lock(g.m);
-    if (g.limit == 0) g.limit = limitFromEnvironment();
-    now = g.running < g.limit && g.waiting.empty();
-    if (now)
-      g.running++;
-    else
-      g.waiting.push_back(&q);
+void GatedWorker::Submit(GatedWorker* worker) {
+  try {
+    Gate& g = gate();
+    GateQueue& q = GateQueue::of(worker->Env());
+    bool now = false;
+    bool first = false;
+    {
+      std::lock_guard<std::mutex> lock(g.m);
+      now = g.running < g.limit;
+      if (now) {
+        g.running++;
+      } else {
+        g.waiting++;
+        q.parked.push_back(worker);
+        first = !q.listed;
+        if (first) {
+          g.queues.push_back(&q);
+          q.listed = true;
+        }
+      }
+    }
+    if (now) return worker->queueWithSlot();
+    if (first) napi_ref_threadsafe_function(worker->Env(), q.wake);
+  } catch (...) {
+    delete worker;  // neither queued nor parked
+    throw;
   }
-  if (now) return QueueWithSlot();
-  q.parked.push_back(this);
-  if (q.parked.size() == 1) napi_ref_threadsafe_function(Env(), q.wake);
 }
 
-void GatedWorker::QueueWithSlot() {
+void GatedWorker::queueWithSlot() {
   holdsSlot_ = true;
   try {
     Queue();
@@ -184,7 +208,7 @@ void GatedWorker::Execute() {
     GatedWorker* w;
     ~Leave() {
       gate().executing.fetch_sub(1);
-      w->releaseSlot();  // the libuv thread is free once Execute returns: the slot goes on now, not after OnOK
+      w->releaseSlot();  // the libuv thread is free once Execute returns: the slot goes now, not after OnOK
     }
   } leave{this};
   Run();
@@ -195,10 +219,16 @@ void GatedWorker::releaseSlot() {
   holdsSlot_ = false;
   Gate& g = gate();
   std::lock_guard<std::mutex> lock(g.m);
-  handOff(g);
+  g.running--;
+  wakeWaitingThreads(g);
 }
 
 void InitAsyncGate(Napi::Env env, Napi::Object exports) {
+  {
+    Gate& g = gate();
+    std::lock_guard<std::mutex> lock(g.m);
+    if (g.limit == 0) g.limit = limitFromEnvironment();
+  }
   exports.Set("asyncGate", Napi::Function::New<AsyncGateInfo>(env, "asyncGate"));
 }
 

@@ -453,7 +453,7 @@ Napi::Value queueHostCall(const Napi::CallbackInfo& info, std::shared_ptr<CudaLa
   HostCall call = parseHostCall(info, *s, routeOnly);
   auto* worker = new CudaWorker(info.Env(), std::move(s), std::move(call), info, deviceArgIndex(routeOnly));
   Napi::Promise promise = worker->promise();
-  worker->Submit();
+  GatedWorker::Submit(worker);
   return promise;
 }
 }  // namespace

@@ -196,7 +196,7 @@ Napi::Value LayerWrap::ForwardAsync(const Napi::CallbackInfo& info) {
   ForwardCall call = parseForward(info, *layer);
   auto* worker = new ForwardWorker(info.Env(), layer, call, info);
   Napi::Promise promise = worker->promise();
-  worker->Submit();
+  GatedWorker::Submit(worker);
   return promise;
 }
 

@@ -180,7 +180,7 @@ Napi::Value RouterWrap::RouteAsync(const Napi::CallbackInfo& info) {
   RouteCall call = parseRouteCall(info, router_->config());
   auto* worker = new RouteWorker(info.Env(), router_, std::move(call), info);
   Napi::Promise promise = worker->promise();
-  worker->Submit();
+  GatedWorker::Submit(worker);
   return promise;
 }
 
