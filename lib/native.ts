@@ -39,9 +39,16 @@ export interface NativeAddon {
   backendInfo(): { isa: string; threads: number; cpuFeatures: Record<string, boolean>; gemmRows: number };
   /**
    * The process-wide bound on async calls (native/binding/async_gate.h): slots, slots held, calls waiting, calls
-   * running on libuv threads now and at most since the previous call of asyncGate().
+   * running on libuv threads now and at most since the previous call of asyncGate(), calls started since the load.
    */
-  asyncGate(): { limit: number; running: number; waiting: number; executing: number; peakExecuting: number };
+  asyncGate(): {
+    limit: number;
+    running: number;
+    waiting: number;
+    executing: number;
+    peakExecuting: number;
+    started: number;
+  };
   /** Loads the CUDA plugin at `path` (once per process) and probes the GPU. */
   cudaLoad(path: string): { loaded: boolean; error?: string; path?: string; device?: CudaDeviceInfo };
   /** Median seconds of one device-to-device copy of `bytes` (the bandwidth anchor). */

@@ -107,7 +107,7 @@ test('async calls of many routers and layers at once run on at most half of libu
   assert.is(limit, expectedLimit(process.env.UV_THREADPOOL_SIZE));
   // one call of each object reached the native side (its later calls wait in its own queue): at most `limit` of
   // them hold a slot, the others wait for one
-  assert.ok(during.running >= 1 && during.running <= limit, `${during.running} slots held, limit ${limit}`);
+  assert.ok(during.running <= limit, `${during.running} slots held, limit ${limit}`);
   assert.ok(
     during.waiting >= 1 && during.running + during.waiting <= objects,
     `${during.waiting} calls waiting, ${during.running} running, ${objects} objects`,

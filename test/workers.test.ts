@@ -111,6 +111,9 @@ test('workers: same results as the main thread; terminating them mid-call never 
 //              worker's routeAsync has run: a slot freed by the main thread's calls must reach the worker.
 //   terminate: a worker whose calls wait (the main thread holding both slots) is terminated: they are dropped and
 //              the count of waiting calls comes back to 0.
+//   stop:      a worker with two calls running and four waiting is terminated: the four never start (Node turns a
+//              stopping thread's event loop until its running calls end, and the slots they free must not start
+//              the others).
 const gateScript = (libPath: string, helpersPath: string) => `
 const { Worker, isMainThread, parentPort, workerData } = require('node:worker_threads');
 require(${JSON.stringify(require.resolve('tsx/cjs/api'))}).register();
@@ -183,6 +186,19 @@ if (isMainThread) {
       if (!same(results[3].output, y)) throw new Error('an async forward differs from the sync one');
       await w.terminate();
       console.log('before running ' + before.running + ' waiting ' + before.waiting + '; worker ' + waited);
+    } else if (mode === 'stop') {
+      const flag = new Int32Array(new SharedArrayBuffer(4));
+      const w = start({ mode, flag });
+      w.on('error', () => {});
+      await message(w); // built
+      const before = native().asyncGate();
+      w.postMessage('go');
+      Atomics.wait(flag, 0, 0, 20000); // two of its calls run, four wait
+      const during = native().asyncGate();
+      await w.terminate();
+      const after = native().asyncGate();
+      console.log('during running ' + during.running + ' waiting ' + during.waiting + '; started ' +
+        (after.started - before.started) + '; after running ' + after.running + ' waiting ' + after.waiting);
     } else {
       const flag = new Int32Array(new SharedArrayBuffer(4));
       const w = start({ mode, flag });
@@ -212,11 +228,15 @@ if (isMainThread) {
 } else {
   const { flag, mode, seed } = workerData;
   const { router } = build(seed + 500, BIG.d, 8);
-  const mine = mode === 'terminate' ? layers(seed + 600, 4, 64, 64) : [];
+  const mine = mode === 'terminate' ? layers(seed + 600, 4, 64, 64) : mode === 'stop' ? layers(seed + 600, 6, BIG.d, BIG.f) : [];
   parentPort.postMessage('built');
   parentPort.once('message', async () => {
     if (mode === 'blocked') {
       await router.routeAsync(normal(64 * BIG.d, seed + 7, 1));
+    } else if (mode === 'stop') {
+      const x = normal(8192 * BIG.d, seed + 9, 1);
+      for (const l of mine) l.forwardAsync(x).catch(() => {});
+      await new Promise((resolve) => setImmediate(resolve));
     } else {
       for (const l of mine) l.forwardAsync(normal(16 * 64, seed + 8, 1)).catch(() => {});
       await new Promise((resolve) => setImmediate(resolve)); // (each call reaches the native side a microtask later)
@@ -254,6 +274,11 @@ test('async gate: calls of every JS thread together run on at most half of libuv
 test('async gate: a thread blocked in Atomics.wait with calls waiting does not keep another thread from its slot', () => {
   const out = runGateProbe('blocked');
   assert.match(out, /^before running 2 waiting 2; worker ok/, out);
+});
+
+test('async gate: a worker terminated with calls running and waiting starts none of the waiting ones', () => {
+  const out = runGateProbe('stop');
+  assert.match(out, /^during running 2 waiting 4; started 2; after running 0 waiting 0/, out);
 });
 
 test('async gate: a worker terminated while its calls wait gives their places back', () => {

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <list>
 #include <mutex>
@@ -24,6 +25,7 @@ struct Gate {
   std::list<GateQueue*> queues;  // threads with parked calls
   std::atomic<int> executing{0};
   std::atomic<int> peakExecuting{0};
+  std::atomic<int64_t> started{0};  // calls whose work began, since the addon loaded
 };
 
 Gate& gate() {
@@ -43,6 +45,17 @@ int limitFromEnvironment() {
 
 void wakeWaitingThreads(Gate& g);
 
+// False once Node is tearing this thread's environment down (a terminated worker): a property read, which may run
+// JS, is then refused with napi_pending_exception while no exception is pending. Its waiting calls must not start.
+bool canRunJs(napi_env env) {
+  napi_value object, key, value;
+  if (napi_create_object(env, &object) != napi_ok || napi_create_string_utf8(env, "x", 1, &key) != napi_ok)
+    return false;
+  if (napi_get_property(env, object, key, &value) == napi_ok) return true;
+  bool pending = false;
+  return napi_is_exception_pending(env, &pending) == napi_ok && pending;  // (a real exception: still alive)
+}
+
 }  // namespace
 
 // One per JS thread (Node environment) that has made an async call: its parked calls and the thread-safe function
@@ -59,6 +72,11 @@ struct GateQueue {
     if (env == nullptr) return;  // the function is being torn down; the queue may already be gone
     auto* q = static_cast<GateQueue*>(context);
     Gate& g = gate();
+    if (!canRunJs(env)) {  // stopping: its calls wait for closeAtTeardown, which drops them
+      std::lock_guard<std::mutex> lock(g.m);
+      q->woken = false;
+      return;
+    }
     std::list<GatedWorker*> now;
     bool empty = false;
     {
@@ -89,8 +107,8 @@ struct GateQueue {
   static void finalize(napi_env, void* data, void*) { delete static_cast<GateQueue*>(data); }
 
   // Environment teardown (runs before Node closes the wake function, whose own hook was added earlier): the thread
-  // leaves the line and its parked calls are dropped. (Node may already have run some of them: it turns a stopping
-  // thread's event loop until its running calls end, and a wake-up can come in then.)
+  // leaves the line and its parked calls are dropped. (Before the hooks, Node turns a stopping thread's event loop
+  // until its running calls end; a wake-up that comes in then starts nothing: canRunJs.)
   static void closeAtTeardown(void* arg) {
     auto* q = static_cast<GateQueue*>(arg);
     Gate& g = gate();
@@ -150,6 +168,7 @@ Napi::Value AsyncGateInfo(const Napi::CallbackInfo& info) {
   o.Set("waiting", waiting);
   o.Set("executing", executing);
   o.Set("peakExecuting", g.peakExecuting.exchange(executing));
+  o.Set("started", double(g.started.load()));
   return o;
 }
 
@@ -167,7 +186,10 @@ void GatedWorker::Submit(GatedWorker* worker) {
     bool first = false;
     {
       std::lock_guard<std::mutex> lock(g.m);
-      now = g.running < g.limit;
+      // A free slot is taken at once only when no call waits; otherwise this call waits behind them, and when a slot
+      // is free this thread is woken to compete for it too (as a thread that turns its event loop, never one that
+      // other threads must wait for).
+      now = g.running < g.limit && g.waiting == 0;
       if (now) {
         g.running++;
       } else {
@@ -178,6 +200,9 @@ void GatedWorker::Submit(GatedWorker* worker) {
           g.queues.push_back(&q);
           q.listed = true;
         }
+        if (g.running < g.limit && !q.woken &&
+            napi_call_threadsafe_function(q.wake, nullptr, napi_tsfn_nonblocking) == napi_ok)
+          q.woken = true;
       }
     }
     if (now) return worker->queueWithSlot();
@@ -201,6 +226,7 @@ void GatedWorker::queueWithSlot() {
 void GatedWorker::Execute() {
   Gate& g = gate();
   const int now = g.executing.fetch_add(1) + 1;
+  g.started.fetch_add(1);
   int peak = g.peakExecuting.load();
   while (now > peak && !g.peakExecuting.compare_exchange_weak(peak, now)) {
   }

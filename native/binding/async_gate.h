@@ -1,8 +1,8 @@
 // The process-wide bound on this addon's async calls. libuv has one thread pool per process (UV_THREADPOOL_SIZE,
 // default 4), shared by the main thread and every worker thread, and fs, dns and crypto need it too: at most half of
-// its threads run our calls at once, whichever JS thread made them. A call that finds no free slot is parked on its
-// own JS thread; each finishing call frees its slot and wakes every thread with parked calls, and whichever of them
-// turns its event loop first takes it. (Slots are never handed to one thread: a thread blocked in synchronous work,
+// its threads run our calls at once, whichever JS thread made them. A call that finds no free slot, or calls waiting
+// already, is parked on its own JS thread; each finishing call frees its slot and wakes every thread with parked
+// calls, and whichever of them turns its event loop first takes it for its oldest. (Slots are never handed to one thread: a thread blocked in synchronous work,
 // e.g. Atomics.wait on another thread's result, would hold them idle, and the other thread could never run.)
 #pragma once
 #include <napi.h>
@@ -33,7 +33,7 @@ class GatedWorker : public Napi::AsyncWorker {
 };
 
 // Reads the bound (half of UV_THREADPOOL_SIZE, as libuv reads it) at the first load, and exports asyncGate():
-// { limit, running, waiting, executing, peakExecuting } for the process; the peak restarts at each call.
+// { limit, running, waiting, executing, peakExecuting, started } for the process; the peak restarts at each call.
 void InitAsyncGate(Napi::Env env, Napi::Object exports);
 
 }  // namespace moe_binding
