@@ -9,6 +9,8 @@
  *   node bench/ab-builds.js /tmp/A.node build/Release/dynamic_moe_router_kit.node
  *   DTYPE=1 TS=1,32,512 node bench/ab-builds.js ...            # bf16, other batch sizes
  *   SHAPE=mixtral TS=32,256 node bench/ab-builds.js ...        # the Mixtral shape (several GB per build)
+ *   GAP_MS=2 TS=1 node bench/ab-builds.js ...                   # each forward after 2 ms idle (a service between
+ *                                                               # requests: the pool's workers have gone to sleep)
  * Each cell also shows the median of the dispatch stage (native timestamps).
  */
 'use strict';
@@ -24,6 +26,8 @@ const [d, f, E, k] = SHAPES[process.env.SHAPE ?? 'olmoe'];
 const dtype = Number(process.env.DTYPE ?? 0);
 const tokens = (process.env.TS ?? '1,32').split(',').map(Number);
 const rounds = Number(process.env.ROUNDS ?? 40);
+const gapMs = Number(process.env.GAP_MS ?? 0);
+const idle = new Int32Array(new SharedArrayBuffer(4)); // (Atomics.wait on it: the thread sleeps, nothing runs)
 const fill = variants[0].addon.bench.fillNormal;
 const gate = new Float32Array(E * d);
 fill(gate, 1, 0.02);
@@ -53,6 +57,7 @@ for (const T of tokens) {
   for (let round = 0; round < rounds; round++) {
     variants.forEach((v, i) => {
       for (let r = 0; r < 3; r++) {
+        if (gapMs > 0) Atomics.wait(idle, 0, 0, gapMs);
         const t0 = process.hrtime.bigint();
         v.layer.forward(x, T, ...out, ...rest);
         times[i].push(Number(process.hrtime.bigint() - t0) / 1e6);
@@ -65,5 +70,5 @@ for (const T of tokens) {
       `${path.basename(v.name)} ${median(times[i]).toFixed(2)} ms (min ${Math.min(...times[i]).toFixed(2)}; ` +
       `dispatch ${median(dispatchMs[i]).toFixed(3)})`,
   );
-  console.log(`${dtype ? 'bf16' : 'fp32'} T=${T}: ${cells.join('  ')}`);
+  console.log(`${dtype ? 'bf16' : 'fp32'} T=${T}${gapMs > 0 ? ` (after ${gapMs} ms idle)` : ''}: ${cells.join('  ')}`);
 }

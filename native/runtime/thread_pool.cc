@@ -1,6 +1,9 @@
-// Fork/join pool. A job bumps `generation_`; workers that see the new generation run their share and
-// decrement `pending_`. Workers spin for a short while after a job (back-to-back kernels in one forward are
-// common), then sleep on the condition variable so an idle process costs nothing.
+// Fork/join pool. A job bumps `generation_`; each share of it (one per worker index) is claimed once, by its worker
+// or by the caller: the caller runs its own share, then every share no worker has claimed yet, and waits only for
+// the shares workers are running. So a job never waits for a worker to wake up — on the development VM a sleeping
+// worker takes 0.1-0.4 ms to, against ~10 us for a whole routing call of one token. Workers spin for a short while
+// after a job (back-to-back kernels in one forward are common), then sleep on the condition variable so an idle
+// process costs nothing.
 #include "moe/thread_pool.h"
 
 #include <chrono>
@@ -25,6 +28,7 @@ constexpr int kSpinIterations = 20000;
 
 ThreadPool::ThreadPool(int threads) {
   if (threads < 1) threads = 1;
+  claims_ = std::vector<std::atomic<uint64_t>>(size_t(threads));
   try {
     workers_.reserve(threads - 1);
     for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { workerLoop(i); });
@@ -71,17 +75,30 @@ void ThreadPool::run_impl(int workers, Trampoline fn, void* ctx) {
   }
   // Calls from different JS threads (worker_threads, or route beside forwardAsync) take turns.
   std::lock_guard<std::mutex> job(jobMutex_);
+  uint64_t generation;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     fn_ = fn;
     ctx_ = ctx;
     active_ = workers;
-    pending_.store(workers - 1, std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_release);
+    generation = generation_.fetch_add(1, std::memory_order_release) + 1;
   }
   wake_.notify_all();
   fn(ctx, 0, workers);
+  for (int share = 1; share < workers; ++share)
+    if (claim(share, generation)) fn(ctx, share, workers);
   while (pending_.load(std::memory_order_acquire) != 0) MOE_CPU_RELAX();
+}
+
+bool ThreadPool::claim(int share, uint64_t generation) {
+  // A share's claim only grows (the generation of the last job that ran it), so a worker that read an older job
+  // late can never claim a share of a newer one.
+  uint64_t last = claims_[size_t(share)].load(std::memory_order_acquire);
+  while (last < generation)
+    if (claims_[size_t(share)].compare_exchange_weak(last, generation, std::memory_order_acq_rel,
+                                                     std::memory_order_acquire))
+      return true;
+  return false;
 }
 
 void ThreadPool::workerLoop(int index) {
@@ -110,7 +127,9 @@ void ThreadPool::workerLoop(int index) {
     }
     if (stop_.load(std::memory_order_acquire)) return;
     if (index < active) {
-      fn(ctx, index, active);
+      // Counted before the claim: a caller that finds the share claimed then waits for it.
+      pending_.fetch_add(1, std::memory_order_acq_rel);
+      if (claim(index, seen)) fn(ctx, index, active);
       pending_.fetch_sub(1, std::memory_order_acq_rel);
     }
   }

@@ -1,5 +1,7 @@
 // A persistent pool of worker threads. The calling thread takes part as worker 0, so a pool of size 1 has no
-// threads at all. Jobs are short fork/join regions; workers spin briefly between jobs, then sleep.
+// threads at all. Jobs are short fork/join regions; workers spin briefly between jobs, then sleep. The caller also
+// runs the shares of workers that have not woken up by the time its own is done, so one thread may run several
+// shares of a job, one after another: a body must not wait for another share.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -19,8 +21,9 @@ class ThreadPool {
 
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
-  // Runs body(worker, workers) on `workers` threads (clamped to size()) and returns when all are done.
-  // Overlapping calls from different threads are serialised; a body must not call run() itself.
+  // Runs body(worker, workers) for every worker index in [0, workers) (clamped to size()), each index once, on up to
+  // that many threads, and returns when all are done. Overlapping calls from different threads are serialised; a
+  // body must not call run() itself, nor wait for another index.
   template <typename F>
   void run(int workers, F&& body) {
     run_impl(workers, &invoke<F>, static_cast<void*>(&body));
@@ -48,6 +51,8 @@ class ThreadPool {
     (*static_cast<F*>(f))(worker, workers);
   }
   void run_impl(int workers, Trampoline fn, void* ctx);
+  // Takes share `share` of job `generation` for the calling thread, unless a thread has already.
+  bool claim(int share, uint64_t generation);
   void workerLoop(int index);
   // Wakes every worker with stop_ set and joins them (the destructor, and a constructor that failed midway).
   void stopAndJoin();
@@ -57,7 +62,8 @@ class ThreadPool {
   std::mutex jobMutex_;
   std::condition_variable wake_;
   std::atomic<uint64_t> generation_{0};
-  std::atomic<int> pending_{0};
+  std::atomic<int> pending_{0};  // shares workers are running (or about to try to claim)
+  std::vector<std::atomic<uint64_t>> claims_;  // per worker index: the generation of the last job that ran it
   std::atomic<bool> stop_{false};
   Trampoline fn_ = nullptr;
   void* ctx_ = nullptr;
