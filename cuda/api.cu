@@ -25,6 +25,9 @@ void writeError(char* err, size_t len, const char* msg) {
   std::snprintf(err, len, "%s", msg);
 }
 
+// A failed call leaves its error as the runtime's "last error" (e.g. cudaErrorInvalidValue from a bad pointer), which
+// a later launch check would read as its own: every failure clears it (a sticky error, which poisons the context,
+// stays whatever is done here).
 template <typename F>
 int guarded(char* err, size_t len, F&& body) {
   try {
@@ -37,6 +40,7 @@ int guarded(char* err, size_t len, F&& body) {
   } catch (...) {
     writeError(err, len, "unknown error in the CUDA plugin");
   }
+  (void)cudaGetLastError();
   return 1;
 }
 
@@ -120,7 +124,9 @@ int deviceAlloc(int64_t bytes, void** ptr, char* err, size_t len) {
   return guarded(err, len, [&] { moe_cuda::check(cudaMalloc(ptr, size_t(bytes)), "cudaMalloc"); });
 }
 
-void deviceFree(void* ptr) { cudaFree(ptr); }
+void deviceFree(void* ptr) {
+  if (cudaFree(ptr) != cudaSuccess) (void)cudaGetLastError();  // (a bad pointer must not fail the next launch)
+}
 
 int deviceCopy(void* dst, const void* src, int64_t bytes, int32_t toDevice, char* err, size_t len) {
   return guarded(err, len, [&] {

@@ -10,6 +10,9 @@ import { GradientNormEstimator, RouterEntropyEstimator, type ComplexityEstimator
 import { native, packageRoot, type CudaDeviceInfo, type NativeDeviceComplexity } from './native';
 import type { RouteOptions } from './types';
 
+/** The most tokens one CUDA call takes: the kernels' grid of 65535 blocks of 8 tokens (cuda/layer.cu). */
+export const MAX_CUDA_TOKENS = 65535 * 8;
+
 /** Where a router or layer runs: 'cpu', 'cuda', or 'auto' (the GPU when the plugin loads and a GPU answers). */
 export type BackendName = 'auto' | 'cpu' | 'cuda';
 

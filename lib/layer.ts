@@ -3,7 +3,13 @@
  * weights prepacked once. JS validates and allocates; native/cpu/layer.cc runs it on the CPU (fp32 or bf16
  * weights), or the CUDA plugin (cuda/layer.cu, through native/binding/cuda_wrap.cc) on the GPU (bf16).
  */
-import { deviceComplexityFor, refreshDeviceComplexity, resolveBackend, type BackendName } from './cuda';
+import {
+  deviceComplexityFor,
+  MAX_CUDA_TOKENS,
+  refreshDeviceComplexity,
+  resolveBackend,
+  type BackendName,
+} from './cuda';
 import { describe, expectedInstance, ExpertDispatchError, ValidationError } from './errors';
 import {
   callNative,
@@ -76,7 +82,7 @@ export interface DeviceForwardOptions {
   /** y [T, d] float32 on the layer's GPU, 16-byte aligned; written by the forward. */
   output: bigint;
   tokens: number;
-  /** A cudaStream_t to enqueue on (default: the layer's own stream). */
+  /** A cudaStream_t to enqueue on (default: the layer's own stream; 0n: the legacy default stream). */
   stream?: bigint;
 }
 
@@ -117,6 +123,8 @@ export interface ForwardResult {
 const LAYER_STATS = 7;
 /** The most tokens one layer call takes (the binding's bound too). */
 const MAX_LAYER_TOKENS = 1 << 24;
+/** cudaStreamLegacy: the handle CUDA takes for the legacy default stream (stream 0) where 0 would mean "none". */
+const CUDA_STREAM_LEGACY = 1n;
 
 export class MoELayer {
   readonly router: Router;
@@ -137,7 +145,7 @@ export class MoELayer {
    */
   readonly packedWeights: { readonly bytes: number };
   /** A call's token bound, checked by the router's validation before anything is computed (made once). */
-  private readonly checkTokens = (T: number) => checkLayerTokens(T, this.router.config.maxK);
+  private readonly checkTokens = (T: number) => checkLayerTokens(T, this.router.config.maxK, this.backend === 'cuda');
   /** A handle dispose() took away, until its pending calls have run and it is freed. */
   private retiring: NativeLayerHandle | NativeCudaLayerHandle | undefined;
 
@@ -208,21 +216,27 @@ export class MoELayer {
         ? new addon.NativeCudaLayer(this.router.handle, this.staticK, this.intermediateSize)
         : new addon.NativeLayer(this.router.handle, this.dtype === 'fp32' ? 0 : 1, this.staticK, threads),
     );
-    for (let e = 0; e < E; e++) {
-      const w = e === 0 ? first : expertAt(e);
-      checkExpert(`experts[${e}]`, w, this.intermediateSize, d);
-      callNative(`experts[${e}]`, () => handle.setExpert(e, w.w1, w.w3, w.w2, this.intermediateSize));
-    }
-    this.hasSharedExpert = opts.sharedExperts !== undefined;
-    if (opts.sharedExperts) {
-      const s = opts.sharedExperts;
-      const sf = intermediateOf('sharedExperts.', s.intermediateSize, s, 'sharedExperts', d, 1 << 22);
-      checkExpert('sharedExperts', s, sf, d);
-      if (s.gate !== undefined) {
-        requireFloat32('sharedExperts.gate', s.gate, { length: d });
-        requireFinite('sharedExperts.gate', s.gate);
+    try {
+      for (let e = 0; e < E; e++) {
+        const w = e === 0 ? first : expertAt(e);
+        checkExpert(`experts[${e}]`, w, this.intermediateSize, d);
+        callNative(`experts[${e}]`, () => handle.setExpert(e, w.w1, w.w3, w.w2, this.intermediateSize));
       }
-      callNative('sharedExperts', () => handle.setSharedExpert(s.w1, s.w3, s.w2, sf, s.gate ?? null));
+      this.hasSharedExpert = opts.sharedExperts !== undefined;
+      if (opts.sharedExperts) {
+        const s = opts.sharedExperts;
+        const sf = intermediateOf('sharedExperts.', s.intermediateSize, s, 'sharedExperts', d, 1 << 22);
+        checkExpert('sharedExperts', s, sf, d);
+        if (s.gate !== undefined) {
+          requireFloat32('sharedExperts.gate', s.gate, { length: d });
+          requireFinite('sharedExperts.gate', s.gate);
+        }
+        callNative('sharedExperts', () => handle.setSharedExpert(s.w1, s.w3, s.w2, sf, s.gate ?? null));
+      }
+    } catch (err) {
+      // the weights packed so far (on a GPU, its memory) go now, not at some later garbage collection
+      handle.dispose();
+      throw err;
     }
     if (this.backend === 'cuda') this.cudaHandle = handle as NativeCudaLayerHandle;
     else this.handle = handle as NativeLayerHandle;
@@ -302,13 +316,16 @@ export class MoELayer {
       this.live();
       throw new ValidationError(`forwardDevice: this layer runs on the ${this.backend} backend; use backend 'cuda'`);
     }
-    const tokens = requireInt('tokens', opts?.tokens, 1, MAX_LAYER_TOKENS, ValidationError);
+    const tokens = requireInt('tokens', opts?.tokens, 1, MAX_CUDA_TOKENS, ValidationError);
     for (const key of ['input', 'output'] as const) {
       if (typeof opts[key] !== 'bigint' || opts[key] <= 0n)
         throw new ValidationError(`${key}: expected a device pointer as a positive bigint, got ${describe(opts[key])}`);
     }
-    if (opts.stream !== undefined && typeof opts.stream !== 'bigint')
+    if (opts.stream !== undefined && (typeof opts.stream !== 'bigint' || opts.stream < 0n))
       throw new ValidationError(`stream: expected a cudaStream_t as a bigint, got ${describe(opts.stream)}`);
+    // 0n is the legacy default stream (what frameworks report for their default stream): passed on as
+    // cudaStreamLegacy (handle 1), never taken for "the layer's own stream", which is not ordered with it
+    const stream = opts.stream === undefined ? null : opts.stream === 0n ? CUDA_STREAM_LEGACY : opts.stream;
     let device = null;
     if (this.router.config.selection === 'dynamic') {
       device = deviceComplexityFor(this.router.estimator, tokens, {});
@@ -318,7 +335,7 @@ export class MoELayer {
             "with calibration 'none', 'quantile', or a frozen 'zscore' (call estimator.calibrate(samples) first)",
         );
     }
-    callNative('forwardDevice', () => cuda.forwardDevice(opts.input, opts.output, tokens, opts.stream ?? null, device));
+    callNative('forwardDevice', () => cuda.forwardDevice(opts.input, opts.output, tokens, stream, device));
   }
 
   /** @internal CUDA benchmarks (bench/gpu): stage timings on device-resident random input. */
@@ -477,9 +494,11 @@ function expertSource(experts: MoELayerOptions['experts'], E: number): (e: numbe
  * A layer call's token count, checked before any estimator runs or any copy is made (the binding checks it again):
  * at most 2^24 tokens, and T × (maxK + 1) rows — the routed slots and a shared expert's — within 32-bit row indices.
  */
-function checkLayerTokens(T: number, maxK: number): void {
+function checkLayerTokens(T: number, maxK: number, cuda: boolean): void {
   if (T > MAX_LAYER_TOKENS)
     throw new ValidationError(`x: ${T} tokens in one call, at most ${MAX_LAYER_TOKENS}; split the batch`);
+  if (cuda && T > MAX_CUDA_TOKENS)
+    throw new ValidationError(`x: ${T} tokens in one CUDA call, at most ${MAX_CUDA_TOKENS}; split the batch`);
   if (T * (maxK + 1) > 2 ** 31 - 1)
     throw new ValidationError(
       `x: ${T} tokens x (maxK ${maxK} + 1) rows do not fit 32-bit row indices; split the batch`,

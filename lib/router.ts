@@ -5,7 +5,13 @@
 import { ExpertDispatchError, ValidationError } from './errors';
 import type { ComplexityEstimator } from './estimators';
 import { routerOptionsFromConfig, type FromConfigOverrides } from './models/router-config';
-import { absorbDeviceComplexity, deviceComplexityFor, refreshDeviceComplexity, resolveBackend } from './cuda';
+import {
+  absorbDeviceComplexity,
+  deviceComplexityFor,
+  MAX_CUDA_TOKENS,
+  refreshDeviceComplexity,
+  resolveBackend,
+} from './cuda';
 import {
   callNative,
   callNativeAsync,
@@ -218,7 +224,7 @@ export class Router {
     this.live();
     const prepared = this.countValidationErrors((): PreparedRouting => {
       opts = callOptions(opts);
-      const T = rowsOf('logits', logits, this.numExperts);
+      const T = this.cudaBound('logits', rowsOf('logits', logits, this.numExperts));
       const start = process.hrtime.bigint();
       const complexity = this.complexityFor(null, T, logits, opts);
       return { tokens: T, complexity, logits, complexityNs: complexity ? Number(process.hrtime.bigint() - start) : 0 };
@@ -232,7 +238,14 @@ export class Router {
 
   /** @internal T of a [T, d] input, validated. */
   tokensOf(x: Float32Array, name: string): number {
-    return rowsOf(name, x, this.hiddenSize);
+    return this.cudaBound(name, rowsOf(name, x, this.hiddenSize));
+  }
+
+  /** T, checked against what one CUDA call takes when this router runs there (a package error, not a CUDA one). */
+  private cudaBound(name: string, T: number): number {
+    if (this.backend === 'cuda' && T > MAX_CUDA_TOKENS)
+      throw new ValidationError(`${name}: ${T} tokens in one CUDA call, at most ${MAX_CUDA_TOKENS}; split the batch`);
+    return T;
   }
 
   /**

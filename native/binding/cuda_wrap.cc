@@ -274,8 +274,13 @@ class CudaWorker : public GatedWorker {
 
  protected:
   void Run() override {
-    call_.run(*state_);
-    if (!call_.error.empty()) SetError(call_.error);
+    try {
+      call_.run(*state_);
+      if (!call_.error.empty()) SetError(call_.error);
+    } catch (const std::exception& e) {
+      call_.internal = true;  // (e.g. bad_alloc on the host side: not the caller's input)
+      SetError(e.what());
+    }
   }
   void OnOK() override {
     writeState();
