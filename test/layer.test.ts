@@ -240,6 +240,10 @@ test('bad input gets a clear error', () => {
 test('a layer whose constructor fails frees the weights it had packed at once, not at the next GC', () => {
   // (V8 is told of the packed bytes, but process.memoryUsage() does not show them: the resident size does, as the
   // packed weights are one large allocation, mapped and unmapped as a whole)
+  if (process.env.MOE_NATIVE_ADDON) {
+    console.log('  (skipped: a sanitizer build keeps freed memory in quarantine, so the resident size cannot show it)');
+    return;
+  }
   const E = 8;
   const d = 512;
   const f = 1024;
