@@ -44,6 +44,34 @@ int guarded(char* err, size_t len, F&& body) {
   return 1;
 }
 
+// Every call on a layer runs on the layer's device, whichever thread makes it (libuv's threads start on device 0,
+// and a caller may have made another device current), and leaves the thread's current device as it found it.
+class OnDevice {
+ public:
+  explicit OnDevice(int device) {
+    moe_cuda::check(cudaGetDevice(&previous_), "cudaGetDevice");
+    if (previous_ == device) previous_ = -1;
+    else moe_cuda::check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~OnDevice() {
+    if (previous_ >= 0 && cudaSetDevice(previous_) != cudaSuccess) (void)cudaGetLastError();
+  }
+  OnDevice(const OnDevice&) = delete;
+  OnDevice& operator=(const OnDevice&) = delete;
+
+ private:
+  int previous_ = -1;
+};
+
+// guarded(), on the layer's device.
+template <typename F>
+int onLayer(MoeCudaLayer* l, char* err, size_t len, F&& body) {
+  return guarded(err, len, [&] {
+    OnDevice on(l->impl.device());
+    body();
+  });
+}
+
 int probe(MoeCudaProbe* out, char* err, size_t len) {
   return guarded(err, len, [&] {
     std::memset(out, 0, sizeof(*out));
@@ -81,39 +109,47 @@ int layerCreate(const MoeCudaLayerDesc* desc, MoeCudaLayer** out, char* err, siz
 
 int layerSetExpert(MoeCudaLayer* l, int32_t e, const float* w1, const float* w3, const float* w2, char* err,
                    size_t len) {
-  return guarded(err, len, [&] { l->impl.setExpert(e, w1, w3, w2); });
+  return onLayer(l, err, len, [&] { l->impl.setExpert(e, w1, w3, w2); });
 }
 
 int layerSetShared(MoeCudaLayer* l, const float* w1, const float* w3, const float* w2, int64_t f, const float* gate,
                    char* err, size_t len) {
-  return guarded(err, len, [&] { l->impl.setShared(w1, w3, w2, f, gate); });
+  return onLayer(l, err, len, [&] { l->impl.setShared(w1, w3, w2, f, gate); });
 }
 
 int layerForward(MoeCudaLayer* l, MoeCudaForward* call, char* err, size_t len) {
-  return guarded(err, len, [&] { l->impl.forward(*call); });
+  return onLayer(l, err, len, [&] { l->impl.forward(*call); });
 }
 
 int layerRoute(MoeCudaLayer* l, MoeCudaForward* call, char* err, size_t len) {
-  return guarded(err, len, [&] { l->impl.forward(*call, true); });
+  return onLayer(l, err, len, [&] { l->impl.forward(*call, true); });
 }
 
 int layerDrain(MoeCudaLayer* l, MoeCudaCounters* out, char* err, size_t len) {
-  return guarded(err, len, [&] { l->impl.drain(*out); });
+  return onLayer(l, err, len, [&] { l->impl.drain(*out); });
 }
 
 int layerInfo(MoeCudaLayer* l, MoeCudaLayerInfo* out) {
-  return guarded(nullptr, 0, [&] { l->impl.info(*out); });
+  return guarded(nullptr, 0, [&] { l->impl.info(*out); });  // (reads host-side figures only: no device needed)
 }
 
 int layerBench(MoeCudaLayer* l, MoeCudaBench* b, char* err, size_t len) {
-  return guarded(err, len, [&] { l->impl.bench(*b); });
+  return onLayer(l, err, len, [&] { l->impl.bench(*b); });
 }
 
 int layerRandomize(MoeCudaLayer* l, uint64_t seed, float std, char* err, size_t len) {
-  return guarded(err, len, [&] { l->impl.randomize(seed, std); });
+  return onLayer(l, err, len, [&] { l->impl.randomize(seed, std); });
 }
 
-void layerDestroy(MoeCudaLayer* l) { delete l; }
+void layerDestroy(MoeCudaLayer* l) {
+  // (the destructor waits for the layer's stream and frees its memory: on its device; it must not throw)
+  int previous = -1;
+  const bool switched = cudaGetDevice(&previous) == cudaSuccess && previous != l->impl.device() &&
+                        cudaSetDevice(l->impl.device()) == cudaSuccess;
+  delete l;
+  if (switched) cudaSetDevice(previous);
+  (void)cudaGetLastError();
+}
 
 int benchCopy(int64_t bytes, int32_t iterations, double* seconds, char* err, size_t len) {
   return guarded(err, len, [&] { *seconds = moe_cuda::benchCopySeconds(bytes, iterations); });
@@ -141,7 +177,7 @@ int deviceCopy(void* dst, const void* src, int64_t bytes, int32_t toDevice, char
 }
 
 int layerCaptureForward(MoeCudaLayer* layer, MoeCudaForward* call, int32_t replays, char* err, size_t len) {
-  return guarded(err, len, [&] { layer->impl.captureForward(*call, replays); });
+  return onLayer(layer, err, len, [&] { layer->impl.captureForward(*call, replays); });
 }
 
 const MoeCudaApi kApi = {MOE_CUDA_API_VERSION, probe,     layerCreate,    layerSetExpert, layerSetShared,

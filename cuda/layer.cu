@@ -146,6 +146,7 @@ void CudaLayer::init(const MoeCudaLayerDesc& desc) {
     for (int i = 0; i < kGemmTiles; ++i)
       if (t == names[i]) forcedTile_ = i;
   }
+  noteBytes();
 }
 
 CudaLayer::~CudaLayer() {
@@ -210,6 +211,16 @@ void CudaLayer::poison(int64_t T, cudaStream_t s) {
 
 void CudaLayer::setShared(const float* w1, const float* w3, const float* w2, int64_t f, const float* gate) {
   std::lock_guard<std::mutex> lock(mutex_);
+  try {
+    uploadShared(w1, w3, w2, f, gate);
+  } catch (...) {
+    noteBytes();
+    throw;
+  }
+  noteBytes();
+}
+
+void CudaLayer::uploadShared(const float* w1, const float* w3, const float* w2, int64_t f, const float* gate) {
   shared_.f = int(f);
   shared_.fPad = int(roundUp(f, kGemmTileN / 2));
   const size_t n = size_t(f) * d_;
@@ -242,6 +253,16 @@ void CudaLayer::checkComplete() const {
 
 void CudaLayer::ensureWorkspace(int64_t T) {
   if (T <= capacity_) return;
+  try {
+    growWorkspace(T);
+  } catch (...) {
+    noteBytes();
+    throw;
+  }
+  noteBytes();
+}
+
+void CudaLayer::growWorkspace(int64_t T) {
   check(cudaEventSynchronize(done_), "waiting for the previous forward");  // its buffers are about to move
   // Until every buffer has grown: a failed allocation below leaves some released, and the next call, even a
   // smaller one, must allocate them again rather than write through a null pointer.
@@ -556,9 +577,10 @@ void CudaLayer::drain(MoeCudaCounters& out) {
   snapshotPending_ = true;
 }
 
-void CudaLayer::info(MoeCudaLayerInfo& out) const {
-  out.weightBytes = int64_t(experts_.gateUp.bytes() + experts_.down.bytes() + shared_.gateUp.bytes() +
-                            shared_.down.bytes() + gate_.bytes());
+void CudaLayer::noteBytes() {
+  weightBytes_.store(int64_t(experts_.gateUp.bytes() + experts_.down.bytes() + shared_.gateUp.bytes() +
+                             shared_.down.bytes() + gate_.bytes()),
+                     std::memory_order_relaxed);
   const Workspace& w = *ws_;
   const DeviceBuffer* all[] = {&w.x,      &w.xb,          &w.logits,  &w.raw,       &w.complexity, &w.indices,
                                &w.weights, &w.k,          &w.counts,  &w.probsNorm, &w.lse2,       &w.rowToken,
@@ -566,7 +588,12 @@ void CudaLayer::info(MoeCudaLayerInfo& out) const {
                                &w.sharedOut, &w.sharedScale};
   int64_t bytes = 0;
   for (const DeviceBuffer* b : all) bytes += int64_t(b->bytes());
-  out.workspaceBytes = bytes;
+  workspaceBytes_.store(bytes, std::memory_order_relaxed);
+}
+
+void CudaLayer::info(MoeCudaLayerInfo& out) const {
+  out.weightBytes = weightBytes_.load(std::memory_order_relaxed);
+  out.workspaceBytes = workspaceBytes_.load(std::memory_order_relaxed);
   out.device = device_;
   std::snprintf(out.path, sizeof(out.path), hopper_ ? "wgmma sm90a bf16" : "mma.sync bf16");
 }

@@ -4,6 +4,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -56,7 +57,10 @@ class CudaLayer {
   // routeOnly: gating and stats only, host mode (a router, or a layer asked for its routing).
   void forward(MoeCudaForward& call, bool routeOnly = false);
   void drain(MoeCudaCounters& out);
+  // Never waits for a forward (a drain calls it while one may run): reads the byte counts the calls that grow
+  // the buffers keep.
   void info(MoeCudaLayerInfo& out) const;
+  int device() const { return device_; }  // where the layer lives: the device current when it was created
   void bench(MoeCudaBench& b);
   void randomize(uint64_t seed, float std);  // bench.cu
   // Tests: a device-pointer call (after one uncaptured warm-up) captured into a CUDA graph on a stream of its own,
@@ -65,9 +69,12 @@ class CudaLayer {
 
  private:
   void ensureWorkspace(int64_t T);
+  void growWorkspace(int64_t T);  // ensureWorkspace's body
+  void uploadShared(const float* w1, const float* w3, const float* w2, int64_t f, const float* gate);  // setShared's
   void init(const MoeCudaLayerDesc& desc);  // the constructor's body
   void releaseHandles();                    // stream, events and pinned memory (the buffers free themselves)
   void checkComplete() const;
+  void noteBytes();  // after the weights or the workspace grew (or failed to): the figures info() reads
   void packExpert(int e, const float* staged);  // staged: w1, w3, w2 back to back on the device
   void poison(int64_t T, cudaStream_t s);       // MOE_CUDA_POISON=1: NaN-fill outputs before a forward
   // The stages, enqueued on s. x is a device pointer.
@@ -101,6 +108,7 @@ class CudaLayer {
   int forcedTile_ = -1;  // tests and benchmarks: a GemmTile for every expert pass (MOE_CUDA_TILE)
   std::unique_ptr<Workspace> ws_;
   int64_t capacity_ = 0;
+  std::atomic<int64_t> weightBytes_{0}, workspaceBytes_{0};
   std::mutex mutex_;  // one forward (and its workspace) at a time
 
   // Device counters for device-mode forwards, and their asynchronous snapshot.

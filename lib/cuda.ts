@@ -87,6 +87,31 @@ export function resolveBackend(requested: unknown, what: string): 'cpu' | 'cuda'
 }
 
 /**
+ * With backend 'auto': whether `err`, thrown while a router or layer was being set up on the GPU, sends it to the
+ * CPU instead. Only failures of the CUDA side qualify (a configuration the kernels refuse, GPU memory running
+ * out: the plugin's errors); the caller's own mistakes (wrong lengths, NaN weights) are rethrown, since the CPU
+ * would refuse them too.
+ */
+export function isCudaSetupFailure(err: unknown): err is BackendError {
+  return err instanceof BackendError && (err.cause as { code?: unknown } | undefined)?.code === 'ERR_MOE_CUDA';
+}
+
+const warned = new Set<string>();
+
+/**
+ * A router or layer asked for 'auto' goes to the CPU because the GPU refused it: `reason`, which the object keeps
+ * (`cpuFallbackReason`), and one process warning (code MOE_CUDA_FALLBACK) per distinct reason, so that a model of
+ * 48 layers warns once.
+ */
+export function cpuFallback(reason: string): string {
+  if (!warned.has(reason)) {
+    warned.add(reason);
+    process.emitWarning(`backend 'auto' runs on the CPU: ${reason}`, { code: 'MOE_CUDA_FALLBACK' });
+  }
+  return reason;
+}
+
+/**
  * The GPU's share of a dynamic routing call: complexity from router entropy or the row norms of x, with the
  * estimator's calibration, or null when the host must compute it (caller scores, other estimators).
  */

@@ -4,7 +4,9 @@
  * weights), or the CUDA plugin (cuda/layer.cu, through native/binding/cuda_wrap.cc) on the GPU (bf16).
  */
 import {
+  cpuFallback,
   deviceComplexityFor,
+  isCudaSetupFailure,
   MAX_CUDA_TOKENS,
   refreshDeviceComplexity,
   resolveBackend,
@@ -70,7 +72,8 @@ export interface MoELayerOptions {
   threads?: number;
   /**
    * 'cpu', 'cuda' (weights uploaded once to the GPU as bf16; BackendError when the plugin or a GPU is missing) or
-   * 'auto' (the GPU when available). Default: the router's backend.
+   * 'auto' (the GPU when available; the CPU when the GPU cannot take this layer, see `cpuFallbackReason`).
+   * Default: the backend the router asked for.
    */
   backend?: BackendName;
 }
@@ -134,6 +137,11 @@ export class MoELayer {
   readonly hasSharedExpert: boolean;
   /** Where forward() runs: 'cpu' or 'cuda'. */
   readonly backend: 'cpu' | 'cuda';
+  /**
+   * Set when 'auto' was asked for and the GPU is available but this layer runs on the CPU: why (dtype 'fp32' or
+   * shareWeightsOf, which the CUDA backend does not take; or the GPU refused the layer, e.g. out of memory).
+   */
+  readonly cpuFallbackReason?: string;
   private handle: NativeLayerHandle | undefined;
   private cudaHandle: NativeCudaLayerHandle | undefined;
   private readonly queue = new SerialQueue();
@@ -158,7 +166,15 @@ export class MoELayer {
       throw new ValidationError(`router: ${expectedInstance('a', 'Router', opts?.router)}`);
     this.router = opts.router;
     const { numExperts: E, hiddenSize: d } = this.router.config;
-    this.backend = resolveBackend(opts.backend ?? this.router.backend, 'MoELayer');
+    const requested = opts.backend ?? this.router.requestedBackend;
+    this.backend = resolveBackend(requested, 'MoELayer');
+    if (this.backend === 'cuda' && requested === 'auto') {
+      // what the CUDA backend cannot take, asked for explicitly: the CPU, without trying the GPU
+      if (opts.dtype === 'fp32') this.cpuFallbackReason = "dtype 'fp32' (the CUDA backend keeps bf16 weights)";
+      else if (opts.shareWeightsOf !== undefined)
+        this.cpuFallbackReason = 'shareWeightsOf (sharing packed weights is not supported by the CUDA backend yet)';
+      if (this.cpuFallbackReason) this.backend = 'cpu';
+    }
     this.dtype = requireOneOf(
       'dtype',
       opts.dtype ?? (this.backend === 'cuda' ? 'bf16' : 'fp32'),
@@ -211,20 +227,46 @@ export class MoELayer {
     if (!first || typeof first !== 'object')
       throw new ValidationError(`experts[0]: expected { w1, w3, w2 }, got ${describe(first)}`);
     this.intermediateSize = intermediateOf('', opts.intermediateSize, first, 'experts[0]', d, 1 << 20);
+    this.hasSharedExpert = opts.sharedExperts !== undefined;
+    const weights = { first, expertAt, shared: opts.sharedExperts, threads };
+    let handle: NativeLayerHandle | NativeCudaLayerHandle;
+    try {
+      handle = this.pack(weights);
+    } catch (err) {
+      if (this.backend !== 'cuda' || requested !== 'auto' || !isCudaSetupFailure(err)) throw err;
+      // the GPU refused the layer (its memory, a configuration the kernels do not take): the CPU, from the start
+      this.backend = 'cpu';
+      this.dtype = opts.dtype ?? 'fp32';
+      this.cpuFallbackReason = cpuFallback(err.message);
+      handle = this.pack(weights);
+    }
+    if (this.backend === 'cuda') this.cudaHandle = handle as NativeCudaLayerHandle;
+    else this.handle = handle as NativeLayerHandle;
+    this.packedWeights = { bytes: handle.info().weightBytes };
+  }
+
+  /** A native layer on this.backend with every expert's weights packed; freed at once when one fails. */
+  private pack(w: {
+    first: ExpertWeights;
+    expertAt: (e: number) => ExpertWeights;
+    shared: SharedExpertOptions | undefined;
+    threads: number;
+  }): NativeLayerHandle | NativeCudaLayerHandle {
+    const addon = native();
+    const { numExperts: E, hiddenSize: d } = this.router.config;
     const handle: NativeLayerHandle | NativeCudaLayerHandle = callNative('MoELayer', () =>
       this.backend === 'cuda'
         ? new addon.NativeCudaLayer(this.router.handle, this.staticK, this.intermediateSize)
-        : new addon.NativeLayer(this.router.handle, this.dtype === 'fp32' ? 0 : 1, this.staticK, threads),
+        : new addon.NativeLayer(this.router.handle, this.dtype === 'fp32' ? 0 : 1, this.staticK, w.threads),
     );
     try {
       for (let e = 0; e < E; e++) {
-        const w = e === 0 ? first : expertAt(e);
-        checkExpert(`experts[${e}]`, w, this.intermediateSize, d);
-        callNative(`experts[${e}]`, () => handle.setExpert(e, w.w1, w.w3, w.w2, this.intermediateSize));
+        const x = e === 0 ? w.first : w.expertAt(e);
+        checkExpert(`experts[${e}]`, x, this.intermediateSize, d);
+        callNative(`experts[${e}]`, () => handle.setExpert(e, x.w1, x.w3, x.w2, this.intermediateSize));
       }
-      this.hasSharedExpert = opts.sharedExperts !== undefined;
-      if (opts.sharedExperts) {
-        const s = opts.sharedExperts;
+      if (w.shared) {
+        const s = w.shared;
         const sf = intermediateOf('sharedExperts.', s.intermediateSize, s, 'sharedExperts', d, 1 << 22);
         checkExpert('sharedExperts', s, sf, d);
         if (s.gate !== undefined) {
@@ -238,9 +280,7 @@ export class MoELayer {
       handle.dispose();
       throw err;
     }
-    if (this.backend === 'cuda') this.cudaHandle = handle as NativeCudaLayerHandle;
-    else this.handle = handle as NativeLayerHandle;
-    this.packedWeights = { bytes: handle.info().weightBytes };
+    return handle;
   }
 
   /**

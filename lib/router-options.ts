@@ -29,7 +29,8 @@ export interface RouterOptions {
   threads?: number;
   /**
    * Where routing runs: 'cpu' (default), 'cuda' (the GPU plugin; BackendError when it cannot run), or 'auto'
-   * (the GPU when available). A layer built on this router runs on the same backend unless it says otherwise.
+   * (the GPU when available; the CPU when the GPU cannot take this router, see `Router.cpuFallbackReason`). A
+   * layer built on this router asks for the same backend unless it says otherwise.
    */
   backend?: import('./cuda').BackendName;
 }

@@ -7,10 +7,13 @@ import type { ComplexityEstimator } from './estimators';
 import { routerOptionsFromConfig, type FromConfigOverrides } from './models/router-config';
 import {
   absorbDeviceComplexity,
+  cpuFallback,
   deviceComplexityFor,
+  isCudaSetupFailure,
   MAX_CUDA_TOKENS,
   refreshDeviceComplexity,
   resolveBackend,
+  type BackendName,
 } from './cuda';
 import {
   callNative,
@@ -79,6 +82,13 @@ export class Router {
   readonly handle: NativeRouterHandle;
   /** Where route() runs: 'cpu' or 'cuda' (see RouterOptions.backend). */
   readonly backend: 'cpu' | 'cuda';
+  /**
+   * Set when 'auto' was asked for and the GPU is available but this router runs on the CPU: why (the CUDA side
+   * refused it, e.g. a configuration its kernels do not take, or GPU memory ran out).
+   */
+  readonly cpuFallbackReason?: string;
+  /** @internal The backend asked for: what a layer built on this router asks for by default. */
+  readonly requestedBackend: BackendName;
   private gpu: NativeCudaLayerHandle | undefined;
   /** What drains read: the GPU router until dispose() frees it (after its pending calls), else the CPU one. */
   private readonly counters: NativeCudaLayerHandle | NativeRouterHandle;
@@ -102,8 +112,17 @@ export class Router {
       () =>
         new addon.NativeRouter(cfg, opts.gateWeight, opts.bias ?? null, this.config.threads, opts.logitBias ?? null),
     );
-    this.backend = resolveBackend(opts.backend ?? 'cpu', 'Router');
-    if (this.backend === 'cuda') this.gpu = callNative('Router', () => new addon.NativeCudaLayer(this.handle, 1, 0));
+    this.requestedBackend = opts.backend ?? 'cpu';
+    this.backend = resolveBackend(this.requestedBackend, 'Router');
+    if (this.backend === 'cuda') {
+      try {
+        this.gpu = callNative('Router', () => new addon.NativeCudaLayer(this.handle, 1, 0));
+      } catch (err) {
+        if (this.requestedBackend !== 'auto' || !isCudaSetupFailure(err)) throw err;
+        this.backend = 'cpu';
+        this.cpuFallbackReason = cpuFallback(err.message);
+      }
+    }
     this.counters = this.gpu ?? this.handle;
   }
 

@@ -130,9 +130,12 @@ void parseDeviceComplexity(const Napi::CallbackInfo& info, size_t index, MoeCuda
   if (calibration == MOE_CUDA_CALIBRATION_QUANTILE && call.knotCount < 2)
     throwValidation(info.Env(), "device.knots: quantile calibration needs at least 2 knots");
   Napi::Value out = o.Get("complexityOut");
-  if (out.IsTypedArray() && out.As<Napi::TypedArray>().TypedArrayType() == napi_float32_array &&
-      out.As<Napi::Float32Array>().ElementLength() >= size_t(call.tokens))
-    call.complexityOut = out.As<Napi::Float32Array>().Data();
+  if (out.IsNull() || out.IsUndefined()) return;
+  if (!out.IsTypedArray() || out.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array ||
+      out.As<Napi::Float32Array>().ElementLength() < size_t(call.tokens))
+    throwValidation(info.Env(), "device.complexityOut: expected a Float32Array of at least " +
+                                    std::to_string(call.tokens) + " elements, or null");
+  call.complexityOut = out.As<Napi::Float32Array>().Data();
 }
 
 // After a host-mode call: the calibration state goes back into the JS `device.state` array.
