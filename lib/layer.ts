@@ -51,7 +51,10 @@ export interface SharedExpertOptions extends ExpertWeights {
 
 export interface MoELayerOptions {
   router: Router;
-  /** Stacked weights, one object per expert, or a loader called once per expert (so each can be dropped after packing). */
+  /**
+   * Stacked weights, one object per expert, or a loader called once per expert (so each can be dropped after
+   * packing) — twice for experts 1..E-1 when backend 'auto' falls back to the CPU after the GPU refused an upload.
+   */
   experts?: StackedExpertWeights | ExpertWeights[] | ((expert: number) => ExpertWeights);
   /**
    * Instead of `experts`: reuse the packed weights (and dtype, shared experts) of this layer, without copying.

@@ -49,21 +49,26 @@ export function loadPretrainedLayer(dir: string, opts: FromPretrainedOptions): M
       backend: opts.backend,
     });
     const shared = weights.shared;
-    return new MoELayer({
-      router,
-      dtype: opts.dtype,
-      intermediateSize: spec.intermediateSize,
-      experts: (e) => weights.expert(e),
-      sharedExperts: shared && {
-        w1: shared.w1,
-        w3: shared.w3,
-        w2: shared.w2,
-        intermediateSize: shared.intermediateSize,
-        gate: shared.gate,
-      },
-      staticK: spec.topK,
-      threads: opts.threads,
-    });
+    try {
+      return new MoELayer({
+        router,
+        dtype: opts.dtype,
+        intermediateSize: spec.intermediateSize,
+        experts: (e) => weights.expert(e),
+        sharedExperts: shared && {
+          w1: shared.w1,
+          w3: shared.w3,
+          w2: shared.w2,
+          intermediateSize: shared.intermediateSize,
+          gate: shared.gate,
+        },
+        staticK: spec.topK,
+        threads: opts.threads,
+      });
+    } catch (err) {
+      router.dispose(); // (a CUDA router's GPU memory goes now, not at some garbage collection)
+      throw err;
+    }
   } finally {
     checkpoint.close();
   }

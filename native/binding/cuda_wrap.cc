@@ -161,7 +161,7 @@ struct HostCall {
     const int rc = routeOnly ? s.handle->api->layerRoute(s.handle->layer, &call, err, sizeof(err))
                              : s.handle->api->layerForward(s.handle->layer, &call, err, sizeof(err));
     if (rc != 0) {
-      error = err;
+      error = err[0] ? err : "the CUDA plugin reported a failure without a message";
       internal = true;
       s.telemetry->recordError(moe::telemetry::ErrorKind::Internal);
       return;
@@ -282,7 +282,7 @@ class CudaWorker : public GatedWorker {
       if (!call_.error.empty()) SetError(call_.error);
     } catch (const std::exception& e) {
       call_.internal = true;  // (e.g. bad_alloc on the host side: not the caller's input)
-      SetError(e.what());
+      SetError(e.what()[0] ? e.what() : "unknown C++ exception");
     }
   }
   void OnOK() override {

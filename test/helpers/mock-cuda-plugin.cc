@@ -1,10 +1,13 @@
 // A stand-in for the CUDA plugin (cuda/ -> moe_cuda.so) on machines without a GPU: the plugin's C ABI
 // (cuda/include/moe_cuda.h) implemented on the host, so that tests can drive the addon's CUDA binding, the
 // backend choice and the error paths where no GPU is. It does not compute an MoE layer: token t takes experts
-// (t + j) % E with equal weights, y = x, and "device memory" is host memory. test/cuda-host.test.ts builds it.
+// (t + j) % E with equal weights, y = x, and "device memory" is host memory. Unlike the real plugin, its drain
+// returns device-mode counts at once (not one drain late) and it flags non-finite x, not non-finite logits.
+// test/cuda-host.test.ts builds it.
 //
 // Environment, read at every call:
-//   MOE_MOCK_CUDA_FAIL   a failure to inject: probe | create | expert:N | shared | forward | drain
+//   MOE_MOCK_CUDA_FAIL   a failure to inject: probe | create | expert:N | shared | forward | drain | silent (a
+//                        forward that fails without a message)
 //   MOE_MOCK_CUDA_LOG    a file to which every layer's creation and destruction is appended ("create ID", ...)
 //   MOE_MOCK_CUDA_DELAY_MS  how long a host-mode forward or route sleeps (async tests)
 #include <algorithm>
@@ -29,6 +32,7 @@ struct MoeCudaLayer {
   int32_t staticK = 0;
   std::vector<bool> loaded;
   std::mutex mutex;  // one call at a time, as the real layer
+  std::mutex drainMutex;
   std::atomic<uint64_t> calls{0}, tokens{0}, assignments{0};
   std::vector<std::atomic<uint64_t>> expertTokens;
   uint64_t drainedCalls = 0, drainedTokens = 0, drainedAssignments = 0;
@@ -113,6 +117,7 @@ int layerSetShared(MoeCudaLayer* l, const float*, const float*, const float*, in
 int run(MoeCudaLayer* l, MoeCudaForward* c, bool routeOnly, char* err, size_t len) {
   std::lock_guard<std::mutex> lock(l->mutex);
   if (failing("forward")) return fail(err, len, "mock: an illegal memory access was encountered");
+  if (failing("silent")) return 1;
   if (const int ms = std::atoi(env("MOE_MOCK_CUDA_DELAY_MS").c_str()); ms > 0 && !c->onDevice)
     std::this_thread::sleep_for(std::chrono::milliseconds(ms));
   const MoeCudaRouting& r = l->routing;
@@ -162,7 +167,7 @@ int layerRoute(MoeCudaLayer* l, MoeCudaForward* c, char* err, size_t len) { retu
 
 int layerDrain(MoeCudaLayer* l, MoeCudaCounters* out, char* err, size_t len) {
   if (failing("drain")) return fail(err, len, "mock: counter snapshot failed");
-  std::lock_guard<std::mutex> lock(l->mutex);
+  std::lock_guard<std::mutex> lock(l->drainMutex);  // (as the real layer: a drain never waits for a forward)
   const uint64_t calls = l->calls, tokens = l->tokens, assignments = l->assignments;
   out->calls = calls - l->drainedCalls;
   out->tokens = tokens - l->drainedTokens;
