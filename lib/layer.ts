@@ -351,7 +351,8 @@ export class MoELayer {
    * on `stream` without waiting for it; routing stays on the GPU. A dynamic rule needs an estimator that runs
    * there (router_entropy, or gradient_norm of x) with calibration 'none', 'quantile' or a frozen 'zscore'
    * (estimator.calibrate(...)). Per-expert token counts reach drainTelemetry() one drain later.
-   * @throws ValidationError for a CPU layer, bad pointers or tokens; BackendError for a CUDA failure.
+   * @throws ValidationError for a CPU layer, null or misaligned pointers, or tokens; BackendError for a CUDA
+   * failure, including pointers the plugin refuses (not device memory of the layer's GPU, or too short).
    */
   forwardDevice(opts: DeviceForwardOptions): void {
     const cuda = this.cudaHandle;
