@@ -46,21 +46,24 @@ int guarded(char* err, size_t len, F&& body) {
 
 // Every call on a layer runs on the layer's device, whichever thread makes it (libuv's threads start on device 0,
 // and a caller may have made another device current), and leaves the thread's current device as it found it.
+// Never throws: status() says whether the switch worked.
 class OnDevice {
  public:
   explicit OnDevice(int device) {
-    moe_cuda::check(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (previous_ == device) previous_ = -1;
-    else moe_cuda::check(cudaSetDevice(device), "cudaSetDevice");
+    status_ = cudaGetDevice(&previous_);
+    if (status_ != cudaSuccess || previous_ == device) previous_ = -1;
+    else if ((status_ = cudaSetDevice(device)) != cudaSuccess) previous_ = -1;
   }
   ~OnDevice() {
     if (previous_ >= 0 && cudaSetDevice(previous_) != cudaSuccess) (void)cudaGetLastError();
   }
   OnDevice(const OnDevice&) = delete;
   OnDevice& operator=(const OnDevice&) = delete;
+  cudaError_t status() const { return status_; }
 
  private:
   int previous_ = -1;
+  cudaError_t status_ = cudaSuccess;
 };
 
 // guarded(), on the layer's device.
@@ -68,6 +71,7 @@ template <typename F>
 int onLayer(MoeCudaLayer* l, char* err, size_t len, F&& body) {
   return guarded(err, len, [&] {
     OnDevice on(l->impl.device());
+    moe_cuda::check(on.status(), "selecting the layer's device");
     body();
   });
 }
@@ -142,13 +146,11 @@ int layerRandomize(MoeCudaLayer* l, uint64_t seed, float std, char* err, size_t 
 }
 
 void layerDestroy(MoeCudaLayer* l) {
-  // (the destructor waits for the layer's stream and frees its memory: on its device; it must not throw)
-  int previous = -1;
-  const bool switched = cudaGetDevice(&previous) == cudaSuccess && previous != l->impl.device() &&
-                        cudaSetDevice(l->impl.device()) == cudaSuccess;
-  delete l;
-  if (switched) cudaSetDevice(previous);
-  (void)cudaGetLastError();
+  {
+    OnDevice on(l->impl.device());  // (the destructor waits for the layer's stream and frees its memory there)
+    delete l;
+  }
+  (void)cudaGetLastError();  // it must not throw, nor leave an error for the next launch check
 }
 
 int benchCopy(int64_t bytes, int32_t iterations, double* seconds, char* err, size_t len) {

@@ -12,6 +12,7 @@ import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { BackendError, cudaStatus, MoELayer, Router, ValidationError } from '../lib';
+import { native } from '../lib/native';
 import { relativeError } from './helpers/compare';
 import { throwsWith } from './helpers/errors';
 import { writeTinyCheckpoint } from './helpers/checkpoint';
@@ -311,7 +312,6 @@ function childChecks() {
 
   test('forwardDevice on the stand-in: device pointers reach the plugin, and its counters drain', () => {
     const b = buildLayer({ E: 6, d: 16, f: 12, selection: { kind: 'topk', k: 2 }, backend: 'cuda', seed: SEED });
-    const { native } = require('../lib/native') as typeof import('../lib/native');
     const addon = native();
     const T = 3;
     const x = randn(T * 16, SEED + 7);
