@@ -92,9 +92,11 @@ export class Router {
   private gpu: NativeCudaLayerHandle | undefined;
   /** What drains read: the GPU router until dispose() frees it (after its pending calls), else the CPU one. */
   private readonly counters: NativeCudaLayerHandle | NativeRouterHandle;
-  /** A disposed GPU router's last drain, taken just before it was freed: the next drain returns it. */
+  /** A disposed router's last drain, taken after its last call (before a GPU router is freed): the next drain returns it. */
   private readonly finalDrain = new FinalDrain();
   private disposed = false;
+  /** Set once that last drain is taken: later drains are refused. */
+  private drained = false;
   private readonly queue = new SerialQueue();
 
   /**
@@ -135,20 +137,24 @@ export class Router {
    * Frees a CUDA router's device memory: now, or — when routeAsync calls are still pending — once they have run
    * (they complete normally). Either way the router refuses new calls from here on. Layers built on it keep
    * working (they hold what they need). A CPU router holds host memory only, which the garbage collector frees.
+   * On either backend the router's counters are drained once more after its last call: the next drain returns
+   * that record, later ones throw ExpertDispatchError (a MetricsCollector then detaches the router, as it does a
+   * disposed layer).
    */
   dispose(): void {
+    if (this.disposed) return;
     this.disposed = true;
     const gpu = this.gpu;
     this.gpu = undefined;
-    if (!gpu) return;
-    // Its counters are drained once more just before it is freed; the next drain returns that record, later ones
-    // fail (a MetricsCollector then detaches the router, as it does a disposed layer).
-    const release = () =>
+    this.queue.afterPending(() =>
       this.finalDrain.takeThenFree(
-        () => gpu.drainTelemetry(null, true),
-        () => gpu.dispose(),
-      );
-    this.queue.afterPending(release);
+        () => (gpu ? gpu.drainTelemetry(null, true) : this.handle.drainTelemetry()),
+        () => {
+          this.drained = true;
+          gpu?.dispose();
+        },
+      ),
+    );
   }
 
   [Symbol.dispose](): void {
@@ -157,6 +163,12 @@ export class Router {
 
   private live(): void {
     if (this.disposed) throw new ExpertDispatchError('Router: this router was disposed');
+  }
+
+  /** What drains read, until dispose()'s last drain has been taken. */
+  private liveCounters(): NativeCudaLayerHandle | NativeRouterHandle {
+    if (this.drained) throw new ExpertDispatchError('Router: this router was disposed');
+    return this.counters;
   }
 
   /**
@@ -273,7 +285,7 @@ export class Router {
    * compute. See lib/observability.
    */
   drainTelemetry(): TelemetryDelta {
-    return decodeTelemetry(this.finalDrain.once() ?? this.counters.drainTelemetry());
+    return decodeTelemetry(this.finalDrain.once() ?? this.liveCounters().drainTelemetry());
   }
 
   /**
@@ -281,7 +293,7 @@ export class Router {
    * the number of values) or as a new array: what MetricsCollector reads without decoding it.
    */
   drainTelemetryRecord(into: Float64Array): Float64Array | number {
-    return this.finalDrain.onceInto(into) ?? this.counters.drainTelemetry(into);
+    return this.finalDrain.onceInto(into) ?? this.liveCounters().drainTelemetry(into);
   }
 
   /** @internal Runs input validation, counting a failure in the native `validation` error counter. */

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { BackendError, cudaStatus, MoELayer, Router, ValidationError } from '../lib';
+import { BackendError, cudaStatus, ExpertDispatchError, MoELayer, Router, ValidationError } from '../lib';
 import { native } from '../lib/native';
 import { relativeError } from './helpers/compare';
 import { throwsWith } from './helpers/errors';
@@ -95,6 +95,12 @@ function childChecks() {
   /** The stand-in's routing of T tokens with k experts each (its fixed pattern). */
   const standInIndices = (T: number, k: number, E: number) =>
     Int32Array.from({ length: T * k }, (_, i) => (Math.floor(i / k) + (i % k)) % E);
+  /** Tokens per expert of those choices. */
+  const standInCounts = (T: number, k: number, E: number) => {
+    const counts = new Array<number>(E).fill(0);
+    for (const e of standInIndices(T, k, E)) counts[e]++;
+    return counts;
+  };
 
   test('the stand-in is the CUDA backend: "auto" takes it, and route() goes through the plugin', () => {
     const status = cudaStatus();
@@ -323,13 +329,41 @@ function childChecks() {
       const y = new Float32Array(T * 16);
       addon.cudaCopy(dy, y, false);
       assert.equal(Array.from(y), Array.from(x));
-      const t = b.layer.drainTelemetry();
+      // device counters arrive one drain late (the copy a drain queues is read by the next)
+      assert.is(b.layer.drainTelemetry().calls, 0);
+      let t = b.layer.drainTelemetry();
       assert.is(t.calls, 1);
       assert.is(t.tokens, T);
+      assert.equal(Array.from(t.expertTokens), Array.from(standInCounts(T, 2, 6)));
+      // a drain that cannot read the device counters still returns, with the failure counted
+      b.layer.forwardDevice({ input: dx, output: dy, tokens: T });
+      t = withFailure('drain', () => b.layer.drainTelemetry());
+      assert.is(t.errors.internal, 1);
+      assert.is(t.calls, 0);
+      // the last call's counts reach the final drain of dispose(), which waits for them; later drains are refused
+      b.layer.forwardDevice({ input: dx, output: dy, tokens: T });
+      b.layer.dispose();
+      t = b.layer.drainTelemetry();
+      assert.is(t.calls, 2, 'the call whose drain failed, and the last one');
+      throwsWith(() => b.layer.drainTelemetry(), ExpertDispatchError, /disposed/);
     } finally {
       addon.cudaFree(dx);
       addon.cudaFree(dy);
     }
+  });
+
+  test('a CUDA router disposed: its final record once, then drains are refused with the package error class', () => {
+    const r = new Router({
+      numExperts: 6,
+      hiddenSize: 16,
+      gateWeight: randn(6 * 16, SEED + 8),
+      selection: { kind: 'topk', k: 2 },
+      backend: 'cuda',
+    });
+    r.route(randn(2 * 16, SEED + 9));
+    r.dispose();
+    assert.is(r.drainTelemetry().calls, 1);
+    throwsWith(() => r.drainTelemetry(), ExpertDispatchError, /Router: this router was disposed/);
   });
 }
 

@@ -6,7 +6,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Counter, Gauge, register as globalRegistry, Registry } from 'prom-client';
-import { MoELayer, Router } from '../lib';
+import { ExpertDispatchError, MoELayer, Router } from '../lib';
 import {
   ExpertBalanceHealthCheck,
   METRIC_LABELS,
@@ -561,6 +561,52 @@ test('a layer disposed between scrapes: its last calls reach the next scrape, th
   assert.is(find(exp, MetricName.ROUTING_ERRORS, { error_type: 'telemetry_drain_failed' }).length, 0);
   assert.equal(warnings, []);
   assert.is(find(exp, MetricName.MEMORY_USAGE, { component: 'expert_weights' }).length, 0, 'detached: no weights');
+});
+
+test('a router disposed between scrapes: its last calls reach the next scrape, then it is detached, as a layer is', async () => {
+  const d = 8,
+    E = 4,
+    T = 3;
+  const router = new Router({
+    numExperts: E,
+    hiddenSize: d,
+    gateWeight: randn(E * d, SEED + 70),
+    selection: { kind: 'topk', k: 2 },
+  });
+  const c = new MetricsCollector('disposed-router', { defaultMetrics: false });
+  c.observe(router, { layerId: 0 });
+  await c.metrics();
+  router.route(randn(T * d, SEED + 71));
+  const pending = router.routeAsync(randn(T * d, SEED + 72));
+  router.dispose(); // the async call completes, then its counters are drained one last time
+  await pending;
+  await new Promise((r) => setImmediate(r));
+  const warnings: string[] = [];
+  const onWarning = (warning: Error) => warnings.push(warning.message);
+  process.on('warning', onWarning);
+  let exp = await scrape(c);
+  assert.is(value(exp, MetricName.ROUTING_REQUESTS, { status: 'success' }), 2, 'both calls after the last scrape');
+  exp = await scrape(c);
+  await new Promise((r) => setImmediate(r));
+  process.off('warning', onWarning);
+  assert.is(value(exp, MetricName.ROUTING_REQUESTS, { status: 'success' }), 2, 'nothing counted twice');
+  assert.is(find(exp, MetricName.ROUTING_ERRORS, { error_type: 'telemetry_drain_failed' }).length, 0);
+  assert.equal(warnings, []);
+  assert.is(find(exp, MetricName.MEMORY_USAGE, { component: 'router_weights' }).length, 0, 'detached: no weights');
+  // directly: after the last record, drains are refused with the package's error class
+  const other = new Router({
+    numExperts: E,
+    hiddenSize: d,
+    gateWeight: randn(E * d, SEED + 73),
+    selection: { kind: 'topk', k: 1 },
+  });
+  other.route(randn(T * d, SEED + 74));
+  other.dispose();
+  assert.is(other.drainTelemetry().calls, 1, 'the final record');
+  assert.throws(
+    () => other.drainTelemetry(),
+    (e: unknown) => e instanceof ExpertDispatchError && /disposed/.test((e as Error).message),
+  );
 });
 
 test('a scrape while forwards pending at dispose() still run: they are counted, the layer stays attached', async () => {

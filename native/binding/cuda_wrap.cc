@@ -578,6 +578,10 @@ Napi::Value CudaLayerWrap::DrainTelemetry(const Napi::CallbackInfo& info) {
   if (s->handle->api->layerDrain(s->handle->layer, &c, err, sizeof(err)) == 0) {
     s->telemetry->recordCounts(c.calls, c.tokens, c.assignments, experts.data());
     for (uint64_t i = 0; i < c.nonFinite; ++i) s->telemetry->recordError(moe::telemetry::ErrorKind::NonFinite);
+  } else {
+    // The device counters could not be read (a CUDA failure; what they held since the last drain may be lost):
+    // the host-side record still goes out, with the failure counted as an internal error where a scrape shows it.
+    s->telemetry->recordError(moe::telemetry::ErrorKind::Internal);
   }
   MoeCudaLayerInfo li{};
   s->handle->api->layerInfo(s->handle->layer, &li);

@@ -1,8 +1,9 @@
 // A stand-in for the CUDA plugin (cuda/ -> moe_cuda.so) on machines without a GPU: the plugin's C ABI
 // (cuda/include/moe_cuda.h) implemented on the host, so that tests can drive the addon's CUDA binding, the
 // backend choice and the error paths where no GPU is. It does not compute an MoE layer: token t takes experts
-// (t + j) % E with equal weights, y = x, and "device memory" is host memory. Unlike the real plugin, its drain
-// returns device-mode counts at once (not one drain late) and it flags non-finite x, not non-finite logits.
+// (t + j) % E with equal weights, y = x, and "device memory" is host memory. Its drain is one drain late, as the
+// real plugin's: each drain returns the counts of a snapshot taken at the drain before (a final drain, `wait`, takes
+// one first). Unlike the real plugin, it flags non-finite x, not non-finite logits.
 // test/cuda-host.test.ts builds it.
 //
 // Environment, read at every call:
@@ -35,9 +36,9 @@ struct MoeCudaLayer {
   std::mutex drainMutex;
   std::atomic<uint64_t> calls{0}, tokens{0}, assignments{0};
   std::vector<std::atomic<uint64_t>> expertTokens;
-  uint64_t drainedCalls = 0, drainedTokens = 0, drainedAssignments = 0;
-  std::vector<uint64_t> drainedExperts;
-  explicit MoeCudaLayer(int E) : expertTokens(size_t(E)), drainedExperts(size_t(E), 0) {}
+  // counts as of the last snapshot, and as of the last drain: [calls, tokens, assignments, experts...]
+  std::vector<uint64_t> snapshot, drained;
+  explicit MoeCudaLayer(int E) : expertTokens(size_t(E)), snapshot(size_t(3 + E), 0), drained(size_t(3 + E), 0) {}
 };
 
 namespace {
@@ -168,19 +169,25 @@ int layerRoute(MoeCudaLayer* l, MoeCudaForward* c, char* err, size_t len) { retu
 int layerDrain(MoeCudaLayer* l, MoeCudaCounters* out, char* err, size_t len) {
   if (failing("drain")) return fail(err, len, "mock: counter snapshot failed");
   std::lock_guard<std::mutex> lock(l->drainMutex);  // (as the real layer: a drain never waits for a forward)
-  const uint64_t calls = l->calls, tokens = l->tokens, assignments = l->assignments;
-  out->calls = calls - l->drainedCalls;
-  out->tokens = tokens - l->drainedTokens;
-  out->assignments = assignments - l->drainedAssignments;
-  out->nonFinite = 0;
-  l->drainedCalls = calls;
-  l->drainedTokens = tokens;
-  l->drainedAssignments = assignments;
-  for (size_t e = 0; e < l->drainedExperts.size(); ++e) {
-    const uint64_t now = l->expertTokens[e];
-    out->expertTokens[e] = now - l->drainedExperts[e];
-    l->drainedExperts[e] = now;
+  auto takeSnapshot = [l] {
+    l->snapshot[0] = l->calls;
+    l->snapshot[1] = l->tokens;
+    l->snapshot[2] = l->assignments;
+    for (size_t e = 0; e < l->expertTokens.size(); ++e) l->snapshot[3 + e] = l->expertTokens[e];
+  };
+  if (out->wait) takeSnapshot();
+  uint64_t delta[3];
+  for (size_t i = 0; i < l->snapshot.size(); ++i) {
+    const uint64_t d = l->snapshot[i] - l->drained[i];
+    l->drained[i] = l->snapshot[i];
+    if (i < 3) delta[i] = d;
+    else out->expertTokens[i - 3] = d;
   }
+  out->calls = delta[0];
+  out->tokens = delta[1];
+  out->assignments = delta[2];
+  out->nonFinite = 0;
+  takeSnapshot();  // what the next drain returns
   return 0;
 }
 
