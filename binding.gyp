@@ -1,5 +1,5 @@
 # node-gyp build of the CPU addon: the fallback `npm install` uses when no prebuild fits.
-# The baseline is x86-64-v2; AVX2 and AVX-512 kernels are static libraries built with their own flags and only
+# The baseline is x86-64-v2; AVX2, AVX-512 and AMX kernels are static libraries built with their own flags and only
 # called after a CPUID check. C++ exceptions are on, and every std::exception (bad_alloc included) becomes a JS error
 # (node_addon_api_except_all = NAPI_CPP_EXCEPTIONS + NODE_ADDON_API_CPP_EXCEPTIONS_ALL), as in CMakeLists.txt. An error
 # that cannot be thrown because the environment is going away (a worker terminated while an async call finishes) is
@@ -25,6 +25,15 @@
       "sources": ["native/cpu/gemm_avx512.cc"]
     },
     {
+      # AMX tiles for bf16 (Xeon since Sapphire Rapids); the flags only when the compiler takes them (g++ 11+):
+      # built without them, the file holds no kernel and the CPUID check never picks it.
+      "target_name": "moe_kernels_amx",
+      "type": "static_library",
+      "cflags_cc": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-mavx2",
+                    "<!@(node scripts/cxx-flags-if-supported.js -mamx-tile -mamx-bf16)"],
+      "sources": ["native/cpu/gemm_amx.cc"]
+    },
+    {
       "target_name": "moe_kernels_avx2",
       "type": "static_library",
       "cflags_cc": ["-mavx2", "-mfma"],
@@ -34,6 +43,7 @@
       "target_name": "dynamic_moe_router_kit",
       "dependencies": [
         "moe_kernels_avx512",
+        "moe_kernels_amx",
         "moe_kernels_avx2",
         "<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except_all"
       ],

@@ -5,7 +5,7 @@ import { native } from './native';
 export interface BackendInfo {
   /** The backend `backend: 'auto'` picks. */
   backend: 'cpu' | 'cuda';
-  /** The SIMD level of the CPU kernels: avx512, avx2 or scalar (MOE_ISA can cap it). */
+  /** The SIMD level of the CPU kernels: amx (AVX-512 plus AMX tiles for bf16), avx512, avx2 or scalar (MOE_ISA can cap it). */
   isa: string;
   /** Threads of the shared compute pool (MOE_THREADS, default: all cores). */
   threads: number;

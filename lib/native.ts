@@ -328,8 +328,8 @@ export function native(): NativeAddon {
  */
 function warnAboutEnvironment(): void {
   const isa = process.env.MOE_ISA;
-  if (isa !== undefined && !/^[ \t]*(avx512|avx2|scalar)[ \t]*$/i.test(isa))
-    process.emitWarning(`MOE_ISA=${JSON.stringify(isa)} is not avx512, avx2 or scalar; it is ignored`, {
+  if (isa !== undefined && !/^[ \t]*(amx|avx512|avx2|scalar)[ \t]*$/i.test(isa))
+    process.emitWarning(`MOE_ISA=${JSON.stringify(isa)} is not amx, avx512, avx2 or scalar; it is ignored`, {
       code: 'MOE_ENV',
     });
   const threads = process.env.MOE_THREADS;

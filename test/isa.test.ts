@@ -1,5 +1,5 @@
 /**
- * Every SIMD path (AVX-512, AVX2, scalar — forced with MOE_ISA in a child process each) against the float64
+ * Every SIMD path (AMX, AVX-512, AVX2, scalar — forced with MOE_ISA in a child process each) against the float64
  * reference: the same experts, fp32 outputs to 1e-5 and bf16 to 1e-2. Paths the CPU lacks are skipped, and said so.
  */
 import { spawnSync } from 'node:child_process';
@@ -15,20 +15,23 @@ const SEED = freshSeed() % 100000;
 const probe = path.join(__dirname, 'helpers', 'isa-probe.ts');
 const features = backendInfo().cpuFeatures;
 const available: Record<string, boolean> = {
+  // (AMX also needs a compiler that built its kernel, g++ 11+: then this process picked it)
+  amx: features.amxBf16 && backendInfo().isa === 'amx',
   avx512: features.avx512bf16 && features.avx512f,
   avx2: features.avx2,
   scalar: true,
 };
 
-for (const isa of ['avx512', 'avx2', 'scalar']) {
+for (const isa of ['amx', 'avx512', 'avx2', 'scalar']) {
   test(`${isa} kernels match the reference`, () => {
     if (!available[isa]) {
       console.log(`  skipped: this CPU has no ${isa}`);
       return;
     }
     // f = 4200: the down projection's K spans several slices of the panel product (2048 floats or 2048 bf16
-    // pairs), so the kernels' accumulate path is checked too.
-    const [E, d, f, T] = [8, 40, 4200, 37];
+    // pairs), so the kernels' accumulate path is checked too. T = 90 (~22 rows per expert): AMX runs one and two
+    // row tiles, and d = 40 (20 pairs) leaves K pairs beyond its 16-pair steps.
+    const [E, d, f, T] = [8, 40, 4200, 90];
     const r = spawnSync(process.execPath, ['--import', 'tsx', probe, ...[SEED, E, d, f, T].map(String)], {
       encoding: 'utf8',
       timeout: 60_000,
@@ -85,9 +88,10 @@ test('MOE_ISA and MOE_THREADS: any case and blanks accepted; a value that cannot
     assert.equal([got.isa, got.warning], ['scalar', ''], JSON.stringify(value));
   }
   if (available.avx2) assert.is(info({ MOE_ISA: 'AVX2' }).isa, 'avx2');
+  if (available.amx) assert.is(info({ MOE_ISA: 'avx512' }).isa, 'avx512');
   const bogus = info({ MOE_ISA: 'sse4' });
   assert.is(bogus.isa, plain.isa, 'an unknown value caps nothing');
-  assert.match(bogus.warning, /MOE_ISA="sse4" is not avx512, avx2 or scalar/);
+  assert.match(bogus.warning, /MOE_ISA="sse4" is not amx, avx512, avx2 or scalar/);
   const one = info({ MOE_THREADS: ' 1 ' });
   assert.equal([one.threads, one.warning], [1, '']);
   for (const value of ['1abc', '0', '2000', 'two']) {

@@ -26,6 +26,7 @@ Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
   features.Set("avx2", f.avx2 && f.fma);
   features.Set("avx512f", f.avx512f);
   features.Set("avx512bf16", f.avx512bf16);
+  features.Set("amxBf16", f.amxBf16);
   o.Set("cpuFeatures", features);
   o.Set("gemmRows", moe::gemmKernels().maxRows);
   return o;

@@ -24,7 +24,8 @@ void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, i
   for (int64_t k0 = 0; k0 < depth; k0 += slice) {
     const int kc = int(std::min(slice, depth - k0));
     // Equal blocks (64 rows -> 6 x 11, not 5 x 12 + 4): a short last block would run at low FMA density.
-    const int64_t blocks = (rows + kern.maxRows - 1) / kern.maxRows;
+    const int maxRows = f32 ? kern.maxRows : kern.bf16Rows;
+    const int64_t blocks = (rows + maxRows - 1) / maxRows;
     const int64_t blockRows = (rows + blocks - 1) / blocks;
     // While blocks 1.. run from cache, they pull the next slice (of this panel, or the next panel) into L2, so
     // that block 0 of the next slice does not wait on memory. Each k step of a panel is 128 bytes.

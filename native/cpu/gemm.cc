@@ -49,10 +49,15 @@ inline uint32_t bf16Pair(float even, float odd) {
   return uint32_t(floatToBf16(even)) | (uint32_t(floatToBf16(odd)) << 16);
 }
 
-const GemmKernels kScalar{Isa::Scalar, kScalarMaxRows, scalarF32, scalarBF16, scalar::swigluRow, scalar::toBf16};
-const GemmKernels kAvx2{Isa::Avx2, avx2::maxRows(), avx2::kernelF32, avx2::kernelBF16, avx2::swigluRow, avx2::toBf16};
-const GemmKernels kAvx512{Isa::Avx512,         avx512::maxRows(),  avx512::kernelF32,
-                          avx512::kernelBF16,  avx512::swigluRow,  avx512::toBf16};
+const GemmKernels kScalar{Isa::Scalar,    kScalarMaxRows,   scalarF32,         scalarBF16,
+                          scalar::swigluRow, scalar::toBf16, kScalarMaxRows};
+const GemmKernels kAvx2{Isa::Avx2,       avx2::maxRows(), avx2::kernelF32, avx2::kernelBF16,
+                        avx2::swigluRow, avx2::toBf16,    avx2::maxRows()};
+const GemmKernels kAvx512{Isa::Avx512,         avx512::maxRows(), avx512::kernelF32, avx512::kernelBF16,
+                          avx512::swigluRow,   avx512::toBf16,    avx512::maxRows()};
+// AMX: AVX-512 for everything but the bf16 tiles.
+const GemmKernels kAmx{Isa::Amx,           avx512::maxRows(), avx512::kernelF32, amx::kernelBF16,
+                       avx512::swigluRow,  avx512::toBf16,    amx::maxRows()};
 
 // One panel column: `width` weight rows starting at `row`, the rest zero.
 template <typename Emit>
@@ -65,6 +70,7 @@ void forEachPanelRow(int64_t rows, Emit&& emit) {
 
 const GemmKernels& gemmKernelsFor(Isa isa) {
   switch (isa) {
+    case Isa::Amx: return kAmx;
     case Isa::Avx512: return kAvx512;
     case Isa::Avx2: return kAvx2;
     default: return kScalar;

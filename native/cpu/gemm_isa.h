@@ -1,5 +1,5 @@
-// Entry points of the ISA-specific micro-kernel translation units (gemm_avx512.cc, gemm_avx2.cc), and the row-count
-// dispatch they share.
+// Entry points of the ISA-specific micro-kernel translation units (gemm_avx512.cc, gemm_amx.cc, gemm_avx2.cc),
+// and the row-count dispatch they share.
 // Only gemm.cc calls the entry points, after checking CPU support.
 #pragma once
 #include <cstddef>
@@ -38,6 +38,13 @@ MOE_DECLARE_GEMM_ISA(avx2)
 MOE_DECLARE_GEMM_ISA(scalar)
 namespace avx512 {
 uint64_t streamXor(const float* data, size_t n);
+}
+// AMX tiles (gemm_amx.cc): a bf16 kernel of up to maxRows() rows; everything else is AVX-512's.
+namespace amx {
+bool built();  // whether the compiler could build the kernel (g++ 11+), else it forwards to AVX-512
+int maxRows();
+void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, bool accumulate,
+                L2Prefetch next);
 }
 #undef MOE_DECLARE_GEMM_ISA
 }  // namespace moe

@@ -17,7 +17,7 @@ namespace moe {
 uint64_t streamRead(const float* data, size_t n, ThreadPool& pool, int workers) {
   constexpr size_t kChunk = size_t(1) << 21;  // 8 MiB of floats per work item
   const int64_t items = int64_t((n + kChunk - 1) / kChunk);
-  const bool avx512 = bestIsa() == Isa::Avx512;
+  const bool avx512 = bestIsa() >= Isa::Avx512;
   std::vector<uint64_t> partial(size_t(std::max(1, workers)), 0);
   pool.parallelFor(workers, items, [&](int64_t item, int worker) {
     const size_t begin = size_t(item) * kChunk, end = std::min(n, begin + kChunk);

@@ -1,4 +1,4 @@
-// CPUID-based feature detection. The addon is compiled for baseline x86-64; AVX2 and AVX-512 kernels live in
+// CPUID-based feature detection. The addon is compiled for baseline x86-64; AVX2, AVX-512 and AMX kernels live in
 // their own translation units and are only called when this says the CPU and the OS both support them.
 #include "moe/cpu_features.h"
 
@@ -7,8 +7,12 @@
 #include <cstdlib>
 #include <string>
 
+#include "cpu/gemm_isa.h"
+
 #if defined(__x86_64__)
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 namespace moe {
@@ -34,6 +38,7 @@ CpuFeatures detect() {
   const uint64_t xcr0 = readXcr0();
   const bool osAvx = (xcr0 & 0x6) == 0x6;
   const bool osAvx512 = (xcr0 & 0xe6) == 0xe6;
+  const bool osAmx = ((xcr0 >> 17) & 3) == 3;  // XTILECFG and XTILEDATA
   if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return f;
   f.fma = fma && osAvx;
   f.avx2 = ((ebx >> 5) & 1) && osAvx;
@@ -42,8 +47,21 @@ CpuFeatures detect() {
   f.avx512vl = ((ebx >> 31) & 1) && osAvx512;
   unsigned eax1 = 0, ebx1, ecx1, edx1;
   if (__get_cpuid_count(7, 1, &eax1, &ebx1, &ecx1, &edx1)) f.avx512bf16 = ((eax1 >> 5) & 1) && osAvx512;
+  f.amxBf16 = ((edx >> 24) & 1) && ((edx >> 22) & 1) && osAmx;
 #endif
   return f;
+}
+
+// Linux gives a process the AMX tile data state only on request (since 5.16); without it the first tile
+// instruction raises SIGILL. Granted once for the whole process.
+bool requestAmxPermission() {
+#if defined(__x86_64__) && defined(__linux__)
+  constexpr long kArchReqXcompPerm = 0x1023;
+  constexpr long kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
 }
 
 }  // namespace
@@ -59,6 +77,7 @@ Isa bestIsa() {
     Isa best = Isa::Scalar;
     if (f.avx2 && f.fma) best = Isa::Avx2;
     if (best == Isa::Avx2 && f.avx512f && f.avx512bw && f.avx512vl && f.avx512bf16) best = Isa::Avx512;
+    if (best == Isa::Avx512 && f.amxBf16 && amx::built()) best = Isa::Amx;
     if (const char* cap = std::getenv("MOE_ISA")) {
       // any case, surrounding blanks ignored; an unknown value caps nothing (lib/native.ts warns about it)
       std::string name(cap);
@@ -68,8 +87,10 @@ Isa bestIsa() {
       Isa limit = best;
       if (name == "scalar") limit = Isa::Scalar;
       if (name == "avx2") limit = Isa::Avx2;
+      if (name == "avx512") limit = Isa::Avx512;
       if (static_cast<int>(limit) < static_cast<int>(best)) best = limit;
     }
+    if (best == Isa::Amx && !requestAmxPermission()) best = Isa::Avx512;
     return best;
   }();
   return isa;
@@ -77,6 +98,7 @@ Isa bestIsa() {
 
 const char* isaName(Isa isa) {
   switch (isa) {
+    case Isa::Amx: return "amx";
     case Isa::Avx512: return "avx512";
     case Isa::Avx2: return "avx2";
     default: return "scalar";

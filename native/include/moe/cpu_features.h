@@ -3,7 +3,8 @@
 
 namespace moe {
 
-enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+// Amx: AVX-512 plus the AMX tile unit for bf16 matrix products (Xeon since Sapphire Rapids).
+enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2, Amx = 3 };
 
 struct CpuFeatures {
   bool avx2 = false;
@@ -12,10 +13,12 @@ struct CpuFeatures {
   bool avx512bw = false;
   bool avx512vl = false;
   bool avx512bf16 = false;
+  bool amxBf16 = false;  // AMX-TILE and AMX-BF16, with the OS saving tile state (XCR0)
 };
 
 const CpuFeatures& cpuFeatures();
-// The widest ISA both the CPU and the OS support, capped by MOE_ISA=scalar|avx2|avx512 when set.
+// The widest ISA both the CPU and the OS support, capped by MOE_ISA=scalar|avx2|avx512|amx when set. AMX also needs
+// the kernel's per-process permission (arch_prctl), which the first call asks for when AMX could be chosen.
 Isa bestIsa();
 const char* isaName(Isa isa);
 

@@ -41,11 +41,12 @@ using ToBf16 = void (*)(const float* src, int64_t n, uint32_t* dst);
 
 struct GemmKernels {
   Isa isa;
-  int maxRows;  // largest `rows` one call accepts (the register-blocked M of the micro-kernel)
+  int maxRows;  // largest `rows` one f32 call accepts (the register-blocked M of the micro-kernel)
   KernelF32 f32;
   KernelBF16 bf16;
   SwigluRow swiglu;
   ToBf16 toBf16;
+  int bf16Rows;  // largest `rows` one bf16 call accepts (maxRows, or 32 with AMX tiles)
 };
 
 const GemmKernels& gemmKernels();  // chosen once from bestIsa()

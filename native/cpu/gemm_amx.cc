@@ -1,0 +1,144 @@
+// AMX micro-kernel for the bf16 packed-panel GEMM (see moe/gemm.h): a rows x 32 tile (rows <= 32) over K pairs,
+// on the tile matrix unit of Intel Xeons since Sapphire Rapids. Compiled with AMX flags in its own translation
+// unit and only called when CPUID, XCR0 and the kernel's permission (arch_prctl) all say yes (cpu_features.cc).
+//
+// The bf16 panel layout is already the AMX B-operand layout: a panel row is one K pair for 32 outputs, so 16
+// consecutive pair rows at a stride of 128 bytes, 64 bytes each, are one B tile (16 pairs x 16 outputs); the
+// other 64 bytes of each row are the second B tile. A tile is 16 activation rows x 16 pairs (64 bytes per row,
+// at the activations' own stride). Tiles: C 0-3 (rows 0-15 / 16-31 x outputs 0-15 / 16-31), A 4-5, B 6-7.
+// K pairs beyond the last multiple of 16 go through the AVX-512 kernel, accumulating into the same tile.
+// One to three rows are pure weight streaming, a little faster with AVX-512 (no tile set-up): below kMinRows the
+// AVX-512 kernel does the whole call (bench/RESULTS.md, step 17).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "gemm_isa.h"
+
+namespace moe {
+namespace amx {
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+namespace {
+
+constexpr int kMaxRows = 32;
+constexpr int kMinRows = 4;
+constexpr int kPairsPerStep = 16;
+constexpr int kPrefetchSteps = 4;  // B tiles read ahead into L1: 4 steps x 2 KiB
+
+// The 64-byte operand of LDTILECFG (palette 1).
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t startRow = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colBytes[16] = {};
+  uint8_t rows[16] = {};
+};
+
+void configure(int rows0, int rows1) {
+  TileConfig cfg;
+  auto set = [&cfg](int tile, int rows) {
+    cfg.rows[tile] = uint8_t(rows);
+    cfg.colBytes[tile] = rows > 0 ? 64 : 0;
+  };
+  for (int t : {0, 1, 4}) set(t, rows0);
+  for (int t : {2, 3, 5}) set(t, rows1);
+  set(6, kPairsPerStep);
+  set(7, kPairsPerStep);
+  _tile_loadconfig(&cfg);
+}
+
+// The AVX-512 kernel over any row count (it takes at most avx512::maxRows() rows a call), in equal blocks.
+void avx512Rows(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, bool accumulate,
+                L2Prefetch next) {
+  const int most = avx512::maxRows();
+  const int blocks = (rows + most - 1) / most, blockRows = (rows + blocks - 1) / blocks;
+  for (int r0 = 0; r0 < rows; r0 += blockRows)
+    avx512::kernelBF16(std::min(blockRows, rows - r0), Kp, A + size_t(r0) * lda, lda, B, C + r0 * 32, accumulate,
+                       r0 == 0 ? next : L2Prefetch{});
+}
+
+inline void prefetchStep(const uint32_t* B, int kp, int Kp, L2Prefetch next) {
+  if (kp + kPrefetchSteps * kPairsPerStep < Kp) {
+    const char* ahead = reinterpret_cast<const char*>(B + size_t(kp + kPrefetchSteps * kPairsPerStep) * 32);
+    for (int line = 0; line < 32; ++line) _mm_prefetch(ahead + line * 64, _MM_HINT_T0);
+  }
+  for (int line = kp; line < kp + kPairsPerStep && line < next.lines; ++line)
+    _mm_prefetch(next.data + size_t(line) * 64, _MM_HINT_T1);
+}
+
+// TWO: rows 16..31 exist (tiles 2, 3 and 5 are in use).
+template <bool TWO>
+void tiles(int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, bool accumulate, L2Prefetch next) {
+  const size_t aStride = lda * 4;
+  constexpr size_t kCStride = 32 * 4, kBStride = 32 * 4;
+  if (accumulate) {
+    _tile_loadd(0, C, kCStride);
+    _tile_loadd(1, C + 16, kCStride);
+    if (TWO) {
+      _tile_loadd(2, C + 16 * 32, kCStride);
+      _tile_loadd(3, C + 16 * 32 + 16, kCStride);
+    }
+  } else {
+    _tile_zero(0);
+    _tile_zero(1);
+    if (TWO) {
+      _tile_zero(2);
+      _tile_zero(3);
+    }
+  }
+  for (int kp = 0; kp < Kp; kp += kPairsPerStep) {
+    prefetchStep(B, kp, Kp, next);
+    const uint32_t* b = B + size_t(kp) * 32;
+    _tile_loadd(6, b, kBStride);
+    _tile_loadd(7, b + 16, kBStride);
+    _tile_loadd(4, A + kp, aStride);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    if (TWO) {
+      _tile_loadd(5, A + 16 * lda + kp, aStride);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  _tile_stored(0, C, kCStride);
+  _tile_stored(1, C + 16, kCStride);
+  if (TWO) {
+    _tile_stored(2, C + 16 * 32, kCStride);
+    _tile_stored(3, C + 16 * 32 + 16, kCStride);
+  }
+}
+
+}  // namespace
+
+bool built() { return true; }
+int maxRows() { return kMaxRows; }
+
+void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, bool accumulate,
+                L2Prefetch next) {
+  const int main = Kp / kPairsPerStep * kPairsPerStep;
+  if (rows < kMinRows || main == 0) return avx512Rows(rows, Kp, A, lda, B, C, accumulate, next);
+  const int rows0 = std::min(rows, 16), rows1 = rows - rows0;
+  configure(rows0, rows1);
+  if (rows1 > 0) tiles<true>(main, A, lda, B, C, accumulate, next);
+  else tiles<false>(main, A, lda, B, C, accumulate, next);
+  // The tiles' state is left at rest between calls: a thread switch or a signal then saves 8 KiB less, and no
+  // other code on this thread inherits our configuration.
+  _tile_release();
+  if (main < Kp) avx512Rows(rows, Kp - main, A + main, lda, B + size_t(main) * 32, C, true, L2Prefetch{});
+}
+
+#else
+// A compiler without AMX support (g++ < 11) built this file: there is no kernel, and bestIsa() never picks AMX.
+bool built() { return false; }
+int maxRows() { return avx512::maxRows(); }
+void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, bool accumulate,
+                L2Prefetch next) {
+  avx512::kernelBF16(rows, Kp, A, lda, B, C, accumulate, next);
+}
+#endif
+
+}  // namespace amx
+}  // namespace moe
