@@ -22,19 +22,27 @@ const available: Record<string, boolean> = {
   scalar: true,
 };
 
+interface ProbeRun {
+  output: number[];
+  indices: number[];
+  weights: number[];
+}
+
 for (const isa of ['amx', 'avx512', 'avx2', 'scalar']) {
   test(`${isa} kernels match the reference`, () => {
     if (!available[isa]) {
-      console.log(`  skipped: this CPU has no ${isa}`);
+      console.log(`  skipped: ${isa} is not available here (the CPU, the OS, the build or MOE_ISA)`);
       return;
     }
     // f = 4200: the down projection's K spans several slices of the panel product (2048 floats or 2048 bf16
-    // pairs), so the kernels' accumulate path is checked too. T = 90 (~22 rows per expert): AMX runs one and two
-    // row tiles, and d = 40 (20 pairs) leaves K pairs beyond its 16-pair steps.
-    const [E, d, f, T] = [8, 40, 4200, 90];
-    const r = spawnSync(process.execPath, ['--import', 'tsx', probe, ...[SEED, E, d, f, T].map(String)], {
+    // pairs), so the kernels' accumulate path is checked too; d = 40 (20 pairs) leaves K pairs beyond AMX's
+    // 16-pair steps. Top-2 of 90 tokens spreads rows unevenly; with k = E every expert gets exactly T rows: 3 (AMX
+    // hands them to AVX-512), 12 (one row tile), 20 (two tiles), 40 (two blocks of 20 rows).
+    const [E, d, f] = [8, 40, 4200];
+    const cases = '90:2,3:8,12:8,20:8,40:8';
+    const r = spawnSync(process.execPath, ['--import', 'tsx', probe, ...[SEED, E, d, f].map(String), cases], {
       encoding: 'utf8',
-      timeout: 60_000,
+      timeout: 120_000,
       env: { ...process.env, MOE_ISA: isa },
     });
     assert.is(r.status, 0, r.stderr);
@@ -46,22 +54,25 @@ for (const isa of ['amx', 'avx512', 'avx2', 'scalar']) {
       w2: randn(d * f, SEED + 12 + 3 * e, 0.2),
       f,
     }));
-    const x = randn(T * d, SEED + 99);
-    for (const [dtype, tol] of [
-      ['fp32', 1e-5],
-      ['bf16', 1e-2],
-    ] as const) {
-      const run = got[dtype];
-      const ref = referenceLayer(x, T, d, (e) => experts[e], {
-        indices: run.indices,
-        weights: run.weights,
-        k: new Int32Array(T).fill(2),
-        maxK: 2,
-      });
-      const err = relativeError(run.output, ref);
-      assert.ok(err < tol, `${isa} ${dtype}: relative error ${err} (seed ${SEED})`);
-    }
-    assert.equal(got.fp32.indices, got.bf16.indices, 'routing does not depend on the weight dtype');
+    assert.is(got.cases.length, 5);
+    got.cases.forEach((c: { T: number; k: number; fp32: ProbeRun; bf16: ProbeRun }, i: number) => {
+      const x = randn(c.T * d, SEED + 99 + i);
+      for (const [dtype, tol] of [
+        ['fp32', 1e-5],
+        ['bf16', 1e-2],
+      ] as const) {
+        const run = c[dtype];
+        const ref = referenceLayer(x, c.T, d, (e) => experts[e], {
+          indices: run.indices,
+          weights: run.weights,
+          k: new Int32Array(c.T).fill(c.k),
+          maxK: c.k,
+        });
+        const err = relativeError(run.output, ref);
+        assert.ok(err < tol, `${isa} ${dtype} T=${c.T} k=${c.k}: relative error ${err} (seed ${SEED})`);
+      }
+      assert.equal(c.fp32.indices, c.bf16.indices, 'routing does not depend on the weight dtype');
+    });
   });
 }
 

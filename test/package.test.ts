@@ -58,6 +58,11 @@ test('npm pack holds the prebuild, dist, native sources and monitoring, not test
   ]) {
     assert.ok(files.includes(needed), needed);
   }
+  // every file the source build runs (binding.gyp's commands: a source install without it fails at configure)
+  const gyp = fs.readFileSync(path.join(repo, 'binding.gyp'), 'utf8');
+  const gypScripts = [...gyp.matchAll(/node (scripts\/[\w.-]+\.js)/g)].map((m) => m[1]);
+  assert.ok(gypScripts.length > 0, 'binding.gyp runs a script');
+  for (const script of gypScripts) assert.ok(files.includes(script), `${script} (run by binding.gyp)`);
   for (const f of files)
     assert.not.match(f, /^(test|bench|build|build-cmake|node_modules)\//, `tarball must not hold ${f}`);
 });

@@ -36,6 +36,11 @@ struct alignas(64) TileConfig {
   uint16_t colBytes[16] = {};
   uint8_t rows[16] = {};
 };
+static_assert(sizeof(TileConfig) == 64, "LDTILECFG reads 64 bytes");
+
+// GCC's tile intrinsics are asm statements without a memory clobber: this keeps the compiler from moving C++ reads
+// or writes of the operands across them should this code ever be inlined into a caller that touches them.
+inline void memoryBarrier() { asm volatile("" ::: "memory"); }
 
 void configure(int rows0, int rows1) {
   TileConfig cfg;
@@ -47,6 +52,8 @@ void configure(int rows0, int rows1) {
   for (int t : {2, 3, 5}) set(t, rows1);
   set(6, kPairsPerStep);
   set(7, kPairsPerStep);
+  // (GCC's _tile_loadconfig names only 8 bytes of its operand: make all 64 visible as read)
+  asm volatile("" : : "r"(&cfg) : "memory");
   _tile_loadconfig(&cfg);
 }
 
@@ -121,12 +128,14 @@ void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t*
   const int main = Kp / kPairsPerStep * kPairsPerStep;
   if (rows < kMinRows || main == 0) return avx512Rows(rows, Kp, A, lda, B, C, accumulate, next);
   const int rows0 = std::min(rows, 16), rows1 = rows - rows0;
+  memoryBarrier();
   configure(rows0, rows1);
   if (rows1 > 0) tiles<true>(main, A, lda, B, C, accumulate, next);
   else tiles<false>(main, A, lda, B, C, accumulate, next);
   // The tiles' state is left at rest between calls: a thread switch or a signal then saves 8 KiB less, and no
   // other code on this thread inherits our configuration.
   _tile_release();
+  memoryBarrier();
   if (main < Kp) avx512Rows(rows, Kp - main, A + main, lda, B + size_t(main) * 32, C, true, L2Prefetch{});
 }
 
