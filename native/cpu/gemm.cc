@@ -55,8 +55,12 @@ const GemmKernels kAvx2{Isa::Avx2,       avx2::maxRows(), avx2::kernelF32, avx2:
                         avx2::swigluRow, avx2::toBf16,    avx2::maxRows()};
 const GemmKernels kAvx512{Isa::Avx512,         avx512::maxRows(), avx512::kernelF32, avx512::kernelBF16,
                           avx512::swigluRow,   avx512::toBf16,    avx512::maxRows()};
-// AMX: AVX-512 for everything but the bf16 tiles.
-const GemmKernels kAmx{Isa::Amx,           avx512::maxRows(), avx512::kernelF32, amx::kernelBF16,
+// The same on Intel, with its weight-stream prefetch (gemm_avx512.cc).
+const GemmKernels kAvx512Intel{Isa::Avx512,        avx512::maxRows(), avx512::kernelF32TwoLevel,
+                               avx512::kernelBF16TwoLevel, avx512::swigluRow, avx512::toBf16,
+                               avx512::maxRows()};
+// AMX (Intel only): AVX-512 for everything but the bf16 tiles.
+const GemmKernels kAmx{Isa::Amx,           avx512::maxRows(), avx512::kernelF32TwoLevel, amx::kernelBF16,
                        avx512::swigluRow,  avx512::toBf16,    amx::maxRows()};
 
 // One panel column: `width` weight rows starting at `row`, the rest zero.
@@ -71,7 +75,7 @@ void forEachPanelRow(int64_t rows, Emit&& emit) {
 const GemmKernels& gemmKernelsFor(Isa isa) {
   switch (isa) {
     case Isa::Amx: return kAmx;
-    case Isa::Avx512: return kAvx512;
+    case Isa::Avx512: return cpuFeatures().intel ? kAvx512Intel : kAvx512;
     case Isa::Avx2: return kAvx2;
     default: return kScalar;
   }

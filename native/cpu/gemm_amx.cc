@@ -26,7 +26,6 @@ namespace {
 constexpr int kMaxRows = 32;
 constexpr int kMinRows = 4;
 constexpr int kPairsPerStep = 16;
-constexpr int kPrefetchSteps = 4;  // B tiles read ahead into L1: 4 steps x 2 KiB
 
 // The 64-byte operand of LDTILECFG (palette 1).
 struct alignas(64) TileConfig {
@@ -57,21 +56,25 @@ void configure(int rows0, int rows1) {
   _tile_loadconfig(&cfg);
 }
 
-// The AVX-512 kernel over any row count (it takes at most avx512::maxRows() rows a call), in equal blocks.
+// The AVX-512 kernel (its Intel prefetch) over any row count (it takes at most avx512::maxRows() rows a call), in
+// equal blocks.
 void avx512Rows(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, bool accumulate,
                 L2Prefetch next) {
   const int most = avx512::maxRows();
   const int blocks = (rows + most - 1) / most, blockRows = (rows + blocks - 1) / blocks;
   for (int r0 = 0; r0 < rows; r0 += blockRows)
-    avx512::kernelBF16(std::min(blockRows, rows - r0), Kp, A + size_t(r0) * lda, lda, B, C + r0 * 32, accumulate,
-                       r0 == 0 ? next : L2Prefetch{});
+    avx512::kernelBF16TwoLevel(std::min(blockRows, rows - r0), Kp, A + size_t(r0) * lda, lda, B, C + r0 * 32,
+                               accumulate, r0 == 0 ? next : L2Prefetch{});
 }
 
+// The weight stream as the AVX-512 kernels prefetch it on Intel: 16 KiB ahead into L2, 2 KiB (one step) into L1.
 inline void prefetchStep(const uint32_t* B, int kp, int Kp, L2Prefetch next) {
-  if (kp + kPrefetchSteps * kPairsPerStep < Kp) {
-    const char* ahead = reinterpret_cast<const char*>(B + size_t(kp + kPrefetchSteps * kPairsPerStep) * 32);
-    for (int line = 0; line < 32; ++line) _mm_prefetch(ahead + line * 64, _MM_HINT_T0);
-  }
+  const char* step = reinterpret_cast<const char*>(B + size_t(kp) * 32);
+  constexpr int kStepBytes = kPairsPerStep * 128;
+  if (kp + 8 * kPairsPerStep < Kp)
+    for (int line = 0; line < kStepBytes / 64; ++line) _mm_prefetch(step + 8 * kStepBytes + line * 64, _MM_HINT_T1);
+  if (kp + kPairsPerStep < Kp)
+    for (int line = 0; line < kStepBytes / 64; ++line) _mm_prefetch(step + kStepBytes + line * 64, _MM_HINT_T0);
   for (int line = kp; line < kp + kPairsPerStep && line < next.lines; ++line)
     _mm_prefetch(next.data + size_t(line) * 64, _MM_HINT_T1);
 }

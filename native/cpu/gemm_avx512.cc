@@ -2,6 +2,7 @@
 // translation unit and only called after CPUID says so. Each call computes a rows x 32 tile over the full K:
 // two vectors of weights per k, one broadcast per activation row, 2*rows accumulators in registers.
 // The bf16 kernel uses vdpbf16ps, which multiplies bf16 pairs and accumulates in fp32.
+// Two builds of each kernel differ only in how they prefetch the weight stream (gemm.cc picks one per CPU vendor).
 #include <immintrin.h>
 
 #include <cstddef>
@@ -14,7 +15,24 @@ namespace avx512 {
 namespace {
 
 constexpr int kMaxRows = 12;  // 24 accumulators + 2 weight vectors + 1 broadcast of the 32 zmm registers
-constexpr int kPrefetchFloats = 32 * 64;  // 8 KiB ahead in the weight stream
+
+// The weight stream's software prefetch, per k step (128 bytes of panel):
+//  - near: 8 KiB ahead into L1 (tuned on AMD EPYC, Zen 4/5);
+//  - two-level: 16 KiB ahead into L2 and 2 KiB ahead into L1 (tuned on an Intel Xeon with AMX, where the near
+//    prefetch left a one-row GEMV at 1.16x a streaming read's time and this one at 1.00x: bench/RESULTS.md, step 18).
+template <bool TWO_LEVEL>
+inline void prefetchWeights(const void* panel) {
+  const char* p = static_cast<const char*>(panel);
+  if (TWO_LEVEL) {
+    _mm_prefetch(p + 16384, _MM_HINT_T1);
+    _mm_prefetch(p + 16384 + 64, _MM_HINT_T1);
+    _mm_prefetch(p + 2048, _MM_HINT_T0);
+    _mm_prefetch(p + 2048 + 64, _MM_HINT_T0);
+  } else {
+    _mm_prefetch(p + 8192, _MM_HINT_T0);
+    _mm_prefetch(p + 8192 + 64, _MM_HINT_T0);
+  }
+}
 
 template <int MR>
 inline void loadOrZero(const float* C, bool accumulate, __m512* acc0, __m512* acc1) {
@@ -25,14 +43,13 @@ inline void loadOrZero(const float* C, bool accumulate, __m512* acc0, __m512* ac
   }
 }
 
-template <int MR>
+template <int MR, bool TWO_LEVEL>
 void tileF32(int K, const float* A, size_t lda, const float* B, float* C, bool accumulate, L2Prefetch next) {
   __m512 acc0[MR], acc1[MR];
   loadOrZero<MR>(C, accumulate, acc0, acc1);
   for (int k = 0; k < K; ++k) {
     if (k < next.lines) _mm_prefetch(next.data + size_t(k) * 64, _MM_HINT_T1);
-    _mm_prefetch(reinterpret_cast<const char*>(B + kPrefetchFloats), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(B + kPrefetchFloats + 16), _MM_HINT_T0);
+    prefetchWeights<TWO_LEVEL>(B);
     const __m512 b0 = _mm512_loadu_ps(B);
     const __m512 b1 = _mm512_loadu_ps(B + 16);
 #pragma GCC unroll 12
@@ -50,14 +67,13 @@ void tileF32(int K, const float* A, size_t lda, const float* B, float* C, bool a
   }
 }
 
-template <int MR>
+template <int MR, bool TWO_LEVEL>
 void tileBF16(int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, bool accumulate, L2Prefetch next) {
   __m512 acc0[MR], acc1[MR];
   loadOrZero<MR>(C, accumulate, acc0, acc1);
   for (int kp = 0; kp < Kp; ++kp) {
     if (kp < next.lines) _mm_prefetch(next.data + size_t(kp) * 64, _MM_HINT_T1);
-    _mm_prefetch(reinterpret_cast<const char*>(B + kPrefetchFloats), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(B + kPrefetchFloats + 16), _MM_HINT_T0);
+    prefetchWeights<TWO_LEVEL>(B);
     const __m512bh b0 = (__m512bh)_mm512_loadu_si512(B);
     const __m512bh b1 = (__m512bh)_mm512_loadu_si512(B + 16);
 #pragma GCC unroll 12
@@ -159,14 +175,28 @@ void toBf16(const float* src, int64_t n, uint32_t* dst) {
 void kernelF32(int rows, int K, const float* A, size_t lda, const float* B, float* C, bool accumulate,
                L2Prefetch next) {
   withRows<kMaxRows>(rows, [&](auto mr) {
-    tileF32<decltype(mr)::value>(K, A, lda, B, C, accumulate, next);
+    tileF32<decltype(mr)::value, false>(K, A, lda, B, C, accumulate, next);
   });
 }
 
 void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, bool accumulate,
                 L2Prefetch next) {
   withRows<kMaxRows>(rows, [&](auto mr) {
-    tileBF16<decltype(mr)::value>(Kp, A, lda, B, C, accumulate, next);
+    tileBF16<decltype(mr)::value, false>(Kp, A, lda, B, C, accumulate, next);
+  });
+}
+
+void kernelF32TwoLevel(int rows, int K, const float* A, size_t lda, const float* B, float* C, bool accumulate,
+                       L2Prefetch next) {
+  withRows<kMaxRows>(rows, [&](auto mr) {
+    tileF32<decltype(mr)::value, true>(K, A, lda, B, C, accumulate, next);
+  });
+}
+
+void kernelBF16TwoLevel(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C,
+                        bool accumulate, L2Prefetch next) {
+  withRows<kMaxRows>(rows, [&](auto mr) {
+    tileBF16<decltype(mr)::value, true>(Kp, A, lda, B, C, accumulate, next);
   });
 }
 

@@ -38,6 +38,11 @@ MOE_DECLARE_GEMM_ISA(avx2)
 MOE_DECLARE_GEMM_ISA(scalar)
 namespace avx512 {
 uint64_t streamXor(const float* data, size_t n);
+// The same kernels with the weight-stream prefetch tuned on Intel (gemm_avx512.cc).
+void kernelF32TwoLevel(int rows, int K, const float* A, size_t lda, const float* B, float* C, bool accumulate,
+                       L2Prefetch next);
+void kernelBF16TwoLevel(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C,
+                        bool accumulate, L2Prefetch next);
 }
 // AMX tiles (gemm_amx.cc): a bf16 kernel of up to maxRows() rows; everything else is AVX-512's.
 namespace amx {

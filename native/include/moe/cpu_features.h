@@ -14,6 +14,7 @@ struct CpuFeatures {
   bool avx512vl = false;
   bool avx512bf16 = false;
   bool amxBf16 = false;  // AMX-TILE and AMX-BF16, with the OS saving tile state (XCR0)
+  bool intel = false;    // vendor GenuineIntel (the kernels' weight prefetch is tuned per vendor)
 };
 
 const CpuFeatures& cpuFeatures();
