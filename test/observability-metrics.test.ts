@@ -535,6 +535,26 @@ test('calls counted on several threads, drained in between, add up to every call
   assert.is(errors, 6, 'one error per round');
 });
 
+/**
+ * The two scrapes after a source observed by `c` made two calls and was disposed: both calls reach the first,
+ * nothing is counted twice, and the source is detached quietly at the drain after its last record (a dispose is
+ * no routing error: HighErrorRate would fire on a model reloaded layer by layer), its weights gone from the gauge.
+ */
+async function twoScrapesAfterDispose(c: MetricsCollector, weightsComponent: string): Promise<void> {
+  const warnings: string[] = [];
+  const onWarning = (warning: Error) => warnings.push(warning.message);
+  process.on('warning', onWarning);
+  let exp = await scrape(c);
+  assert.is(value(exp, MetricName.ROUTING_REQUESTS, { status: 'success' }), 2, 'both calls after the last scrape');
+  exp = await scrape(c);
+  await new Promise((r) => setImmediate(r));
+  process.off('warning', onWarning);
+  assert.is(value(exp, MetricName.ROUTING_REQUESTS, { status: 'success' }), 2, 'nothing counted twice');
+  assert.is(find(exp, MetricName.ROUTING_ERRORS, { error_type: 'telemetry_drain_failed' }).length, 0);
+  assert.equal(warnings, []);
+  assert.is(find(exp, MetricName.MEMORY_USAGE, { component: weightsComponent }).length, 0, 'detached: no weights');
+}
+
 test('a layer disposed between scrapes: its last calls reach the next scrape, then it is detached', async () => {
   const d = 8,
     T = 3;
@@ -547,20 +567,7 @@ test('a layer disposed between scrapes: its last calls reach the next scrape, th
   layer.dispose(); // the async call completes, then the weights go
   await pending;
   await new Promise((r) => setImmediate(r));
-  const warnings: string[] = [];
-  const onWarning = (warning: Error) => warnings.push(warning.message);
-  process.on('warning', onWarning);
-  let exp = await scrape(c);
-  assert.is(value(exp, MetricName.ROUTING_REQUESTS, { status: 'success' }), 2, 'both calls after the last scrape');
-  exp = await scrape(c);
-  await new Promise((r) => setImmediate(r));
-  process.off('warning', onWarning);
-  assert.is(value(exp, MetricName.ROUTING_REQUESTS, { status: 'success' }), 2, 'nothing counted twice');
-  // detached at the drain after the last record, quietly: a dispose is no routing error (HighErrorRate would
-  // fire on a model reloaded layer by layer)
-  assert.is(find(exp, MetricName.ROUTING_ERRORS, { error_type: 'telemetry_drain_failed' }).length, 0);
-  assert.equal(warnings, []);
-  assert.is(find(exp, MetricName.MEMORY_USAGE, { component: 'expert_weights' }).length, 0, 'detached: no weights');
+  await twoScrapesAfterDispose(c, 'expert_weights');
 });
 
 test('a router disposed between scrapes: its last calls reach the next scrape, then it is detached, as a layer is', async () => {
@@ -581,18 +588,7 @@ test('a router disposed between scrapes: its last calls reach the next scrape, t
   router.dispose(); // the async call completes, then its counters are drained one last time
   await pending;
   await new Promise((r) => setImmediate(r));
-  const warnings: string[] = [];
-  const onWarning = (warning: Error) => warnings.push(warning.message);
-  process.on('warning', onWarning);
-  let exp = await scrape(c);
-  assert.is(value(exp, MetricName.ROUTING_REQUESTS, { status: 'success' }), 2, 'both calls after the last scrape');
-  exp = await scrape(c);
-  await new Promise((r) => setImmediate(r));
-  process.off('warning', onWarning);
-  assert.is(value(exp, MetricName.ROUTING_REQUESTS, { status: 'success' }), 2, 'nothing counted twice');
-  assert.is(find(exp, MetricName.ROUTING_ERRORS, { error_type: 'telemetry_drain_failed' }).length, 0);
-  assert.equal(warnings, []);
-  assert.is(find(exp, MetricName.MEMORY_USAGE, { component: 'router_weights' }).length, 0, 'detached: no weights');
+  await twoScrapesAfterDispose(c, 'router_weights');
   // directly: after the last record, drains are refused with the package's error class
   const other = new Router({
     numExperts: E,
