@@ -11,7 +11,8 @@
  *   SHAPE=mixtral TS=32,256 node bench/ab-builds.js ...        # the Mixtral shape (several GB per build)
  *   GAP_MS=2 TS=1 node bench/ab-builds.js ...                   # each forward after 2 ms idle (a service between
  *                                                               # requests: the pool's workers have gone to sleep)
- * Each cell also shows the median of the dispatch stage (native timestamps).
+ *   STAGE=experts node bench/ab-builds.js ...                   # show the expert GEMM stage instead of the dispatch
+ * Each cell also shows the median of the dispatch stage, or of the expert stage (native timestamps).
  */
 'use strict';
 const path = require('node:path');
@@ -27,6 +28,9 @@ const dtype = Number(process.env.DTYPE ?? 0);
 const tokens = (process.env.TS ?? '1,32').split(',').map(Number);
 const rounds = Number(process.env.ROUNDS ?? 40);
 const gapMs = Number(process.env.GAP_MS ?? 0);
+// The stage shown beside each time: the dispatch (gatherRows), or with STAGE=experts the expert GEMMs.
+const stageName = process.env.STAGE === 'experts' ? 'experts' : 'dispatch';
+const stage = stageName === 'experts' ? 4 : 3;
 const idle = new Int32Array(new SharedArrayBuffer(4)); // (Atomics.wait on it: the thread sleeps, nothing runs)
 const fill = variants[0].addon.bench.fillNormal;
 const gate = new Float32Array(E * d);
@@ -53,7 +57,7 @@ for (const T of tokens) {
   const out = [new Float32Array(T * d), new Int32Array(T * k), new Float32Array(T * k), new Int32Array(T)];
   const rest = [new Int32Array(E), new Float64Array(5), new Float64Array(7), null, null, 0];
   const times = variants.map(() => []);
-  const dispatchMs = variants.map(() => []); // the dispatch stage (gatherRows), from the native stage timestamps
+  const stageMs = variants.map(() => []); // one stage's time, from the native stage timestamps
   for (let round = 0; round < rounds; round++) {
     variants.forEach((v, i) => {
       for (let r = 0; r < 3; r++) {
@@ -61,14 +65,14 @@ for (const T of tokens) {
         const t0 = process.hrtime.bigint();
         v.layer.forward(x, T, ...out, ...rest);
         times[i].push(Number(process.hrtime.bigint() - t0) / 1e6);
-        dispatchMs[i].push((rest[2][4] - rest[2][3]) / 1e6);
+        stageMs[i].push((rest[2][stage + 1] - rest[2][stage]) / 1e6);
       }
     });
   }
   const cells = variants.map(
     (v, i) =>
       `${path.basename(v.name)} ${median(times[i]).toFixed(2)} ms (min ${Math.min(...times[i]).toFixed(2)}; ` +
-      `dispatch ${median(dispatchMs[i]).toFixed(3)})`,
+      `${stageName} ${median(stageMs[i]).toFixed(3)})`,
   );
   console.log(`${dtype ? 'bf16' : 'fp32'} T=${T}${gapMs > 0 ? ` (after ${gapMs} ms idle)` : ''}: ${cells.join('  ')}`);
 }

@@ -37,9 +37,10 @@ for (const isa of ['amx', 'avx512', 'avx2', 'scalar']) {
     // f = 4200: the down projection's K spans several slices of the panel product (2048 floats or 2048 bf16
     // pairs), so the kernels' accumulate path is checked too; d = 40 (20 pairs) leaves K pairs beyond AMX's
     // 16-pair steps. Top-2 of 90 tokens spreads rows unevenly; with k = E every expert gets exactly T rows: 3 (AMX
-    // hands them to AVX-512), 12 (one row tile), 20 (two tiles), 40 (two blocks of 20 rows).
+    // hands them to AVX-512), 12 (one row tile), 20 (two tiles), 40 (AMX: blocks of 32 and 8; AVX-512: 20 and 20),
+    // 34 (AMX: a rest of 2 is too short for the tiles, so 17 and 17), 70 (AMX: 32, 32 and 6).
     const [E, d, f] = [8, 40, 4200];
-    const cases = '90:2,3:8,12:8,20:8,40:8';
+    const cases = '90:2,3:8,12:8,20:8,40:8,34:8,70:8';
     const r = spawnSync(process.execPath, ['--import', 'tsx', probe, ...[SEED, E, d, f].map(String), cases], {
       encoding: 'utf8',
       timeout: 120_000,
@@ -54,7 +55,7 @@ for (const isa of ['amx', 'avx512', 'avx2', 'scalar']) {
       w2: randn(d * f, SEED + 12 + 3 * e, 0.2),
       f,
     }));
-    assert.is(got.cases.length, 5);
+    assert.is(got.cases.length, 7);
     got.cases.forEach((c: { T: number; k: number; fp32: ProbeRun; bf16: ProbeRun }, i: number) => {
       const x = randn(c.T * d, SEED + 99 + i);
       for (const [dtype, tol] of [

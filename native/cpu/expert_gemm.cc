@@ -23,12 +23,18 @@ void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, i
   if (depth == 0) std::fill(acc, acc + rows * kPanelWidth, 0.0f);  // no slice writes them
   for (int64_t k0 = 0; k0 < depth; k0 += slice) {
     const int kc = int(std::min(slice, depth - k0));
-    // Equal blocks (64 rows -> 6 x 11, not 5 x 12 + 4): a short last block would run at low FMA density.
+    // Equal blocks (64 rows -> 6 x 11, not 5 x 12 + 4): a short last block would run at low FMA density. AMX
+    // tiles instead cost the same for 1 to 16 rows: full blocks of 32 then the rest (70 rows -> 32 + 32 + 6, 5
+    // row tiles where 3 x 24 takes 6), with a rest too short for the tiles shared with the block before it.
+    const bool amx = !f32 && kern.isa == Isa::Amx;
     const int maxRows = f32 ? kern.maxRows : kern.bf16Rows;
     const int64_t blocks = (rows + maxRows - 1) / maxRows;
-    const int64_t blockRows = (rows + blocks - 1) / blocks;
+    const int64_t blockRows = amx ? maxRows : (rows + blocks - 1) / blocks;
+    const int64_t rest = rows - (blocks - 1) * blockRows;
+    const int64_t splitFrom = amx && blocks > 1 && rest < kAmxMinRows ? (blocks - 2) * blockRows : rows;
     // While blocks 1.. run from cache, they pull the next slice (of this panel, or the next panel) into L2, so
-    // that block 0 of the next slice does not wait on memory. Each k step of a panel is 128 bytes.
+    // that block 0 of the next slice does not wait on memory. Each k step of a panel is 128 bytes. The AMX
+    // kernel prefetches nothing else: there every block, block 0 included, takes its share of the next slice.
     constexpr int64_t kStepBytes = kPanelWidth * 4;
     const char* nextSlice = nullptr;
     int64_t nextBytes = 0;
@@ -39,22 +45,26 @@ void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, i
       nextSlice = static_cast<const char*>(nextPanel);
       nextBytes = std::min(slice, depth) * kStepBytes;
     }
-    const int64_t linesPerBlock = blocks > 1 ? (nextBytes / 64 + blocks - 2) / (blocks - 1) : 0;
-    for (int64_t r0 = 0, block = 0; r0 < rows; r0 += blockRows, ++block) {
-      const int mr = int(std::min<int64_t>(blockRows, rows - r0));
+    // (spread evenly over the blocks and, within each, over its steps, the weights arrive at the pace the tiles
+    // consume them: bench/RESULTS.md, step 19; under kAmxMinRows rows the AVX-512 kernel streams on its own)
+    const bool spread = amx && rows >= kAmxMinRows;
+    const int64_t sharing = spread ? blocks : blocks - 1;
+    const int64_t linesPerBlock = sharing > 0 ? (nextBytes / 64 + sharing - 1) / sharing : 0;
+    for (int64_t r0 = 0, block = 0, mr = 0; r0 < rows; r0 += mr, ++block) {
+      mr = r0 < splitFrom ? std::min(blockRows, rows - r0) : r0 == splitFrom ? (rows - r0) / 2 : rows - r0;
       L2Prefetch next;
-      if (block > 0 && nextSlice) {
-        const int64_t first = (block - 1) * linesPerBlock;
+      if ((spread || block > 0) && nextSlice) {
+        const int64_t first = (spread ? block : block - 1) * linesPerBlock;
         next.data = nextSlice + first * 64;
         next.lines = int(std::max<int64_t>(0, std::min(linesPerBlock, nextBytes / 64 - first)));
       }
       // The first slice writes the rows' accumulators, the later ones add to them inside the kernel.
       float* tile = acc + r0 * kPanelWidth;
       if (f32) {
-        kern.f32(mr, kc, static_cast<const float*>(A.data) + r0 * A.ld + k0, A.ld,
+        kern.f32(int(mr), kc, static_cast<const float*>(A.data) + r0 * A.ld + k0, A.ld,
                  static_cast<const float*>(panel) + k0 * kPanelWidth, tile, k0 > 0, next);
       } else {
-        kern.bf16(mr, kc, static_cast<const uint32_t*>(A.data) + r0 * A.ld + k0, A.ld,
+        kern.bf16(int(mr), kc, static_cast<const uint32_t*>(A.data) + r0 * A.ld + k0, A.ld,
                   static_cast<const uint32_t*>(panel) + k0 * kPanelWidth, tile, k0 > 0, next);
       }
     }

@@ -24,7 +24,7 @@ namespace amx {
 namespace {
 
 constexpr int kMaxRows = 32;
-constexpr int kMinRows = 4;
+constexpr int kMinRows = kAmxMinRows;
 constexpr int kPairsPerStep = 16;
 
 // The 64-byte operand of LDTILECFG (palette 1).
@@ -67,17 +67,39 @@ void avx512Rows(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t*
                                accumulate, r0 == 0 ? next : L2Prefetch{});
 }
 
-// The weight stream as the AVX-512 kernels prefetch it on Intel: 16 KiB ahead into L2, 2 KiB (one step) into L1.
-inline void prefetchStep(const uint32_t* B, int kp, int Kp, L2Prefetch next) {
-  const char* step = reinterpret_cast<const char*>(B + size_t(kp) * 32);
-  constexpr int kStepBytes = kPairsPerStep * 128;
-  if (kp + 8 * kPairsPerStep < Kp)
-    for (int line = 0; line < kStepBytes / 64; ++line) _mm_prefetch(step + 8 * kStepBytes + line * 64, _MM_HINT_T1);
-  if (kp + kPairsPerStep < Kp)
-    for (int line = 0; line < kStepBytes / 64; ++line) _mm_prefetch(step + kStepBytes + line * 64, _MM_HINT_T0);
-  for (int line = kp; line < kp + kPairsPerStep && line < next.lines; ++line)
-    _mm_prefetch(next.data + size_t(line) * 64, _MM_HINT_T1);
-}
+// The weight stream's software prefetch. With a `next` range the caller has spread the stream one slice ahead
+// over its row blocks (panelProduct): its lines go into L2 evenly over this call's steps, and nothing else is
+// prefetched, the lines of this call's own slice having been prefetched the same way while the previous slice
+// ran; more prefetches of lines already on their way only take fill buffers from the tile loads (bench/RESULTS.md,
+// step 19). Without one (the last panel of a work item, or a lone call), the stream as the AVX-512 kernels
+// prefetch it on Intel: 16 KiB ahead into L2, 2 KiB (one step) into L1.
+class StreamPrefetch {
+ public:
+  StreamPrefetch(int Kp, L2Prefetch next)
+      : next_(next.lines > 0 ? next.data : nullptr),
+        end_(next_ ? next.data + size_t(next.lines) * 64 : nullptr),
+        perStep_(next_ ? (next.lines + Kp / kPairsPerStep - 1) / (Kp / kPairsPerStep) : 0) {}
+
+  // (always_inline: GCC 12 left a helper like this out of line, found it free of side effects, prefetches being
+  // hints, and deleted every call: until step 19 the kernel ran with no software prefetch at all)
+  __attribute__((always_inline)) inline void step(const uint32_t* B, int kp, int Kp) {
+    if (next_) {
+      for (int i = 0; i < perStep_ && next_ < end_; ++i, next_ += 64) _mm_prefetch(next_, _MM_HINT_T1);
+      return;
+    }
+    const char* step = reinterpret_cast<const char*>(B + size_t(kp) * 32);
+    constexpr int kStepBytes = kPairsPerStep * 128;
+    if (kp + 8 * kPairsPerStep < Kp)
+      for (int line = 0; line < kStepBytes / 64; ++line) _mm_prefetch(step + 8 * kStepBytes + line * 64, _MM_HINT_T1);
+    if (kp + kPairsPerStep < Kp)
+      for (int line = 0; line < kStepBytes / 64; ++line) _mm_prefetch(step + kStepBytes + line * 64, _MM_HINT_T0);
+  }
+
+ private:
+  const char* next_;
+  const char* end_;
+  int perStep_;
+};
 
 // TWO: rows 16..31 exist (tiles 2, 3 and 5 are in use).
 template <bool TWO>
@@ -99,8 +121,9 @@ void tiles(int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, b
       _tile_zero(3);
     }
   }
+  StreamPrefetch stream(Kp, next);
   for (int kp = 0; kp < Kp; kp += kPairsPerStep) {
-    prefetchStep(B, kp, Kp, next);
+    stream.step(B, kp, Kp);
     const uint32_t* b = B + size_t(kp) * 32;
     _tile_loadd(6, b, kBStride);
     _tile_loadd(7, b + 16, kBStride);
@@ -129,7 +152,8 @@ int maxRows() { return kMaxRows; }
 void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, bool accumulate,
                 L2Prefetch next) {
   const int main = Kp / kPairsPerStep * kPairsPerStep;
-  if (rows < kMinRows || main == 0) return avx512Rows(rows, Kp, A, lda, B, C, accumulate, next);
+  // (a `next` range is meant for the tile loop's prefetch; the AVX-512 kernel streams with its own)
+  if (rows < kMinRows || main == 0) return avx512Rows(rows, Kp, A, lda, B, C, accumulate, L2Prefetch{});
   const int rows0 = std::min(rows, 16), rows1 = rows - rows0;
   memoryBarrier();
   configure(rows0, rows1);

@@ -49,6 +49,9 @@ struct GemmKernels {
   int bf16Rows;  // largest `rows` one bf16 call accepts (maxRows, or 32 with AMX tiles)
 };
 
+// Fewest rows the AMX kernel runs on the tiles; fewer go through the AVX-512 kernel (gemm_amx.cc).
+constexpr int kAmxMinRows = 4;
+
 const GemmKernels& gemmKernels();  // chosen once from bestIsa()
 const GemmKernels& gemmKernelsFor(Isa isa);
 
