@@ -35,7 +35,7 @@ void sumRows(float* __restrict out, const float* const* rows, int n, const float
 }
 }  // namespace
 
-void combineRows(int64_t T, int64_t d, int32_t maxK, const int32_t* slotRow, const float* expertOut,
+void combineRows(int64_t T, int64_t d, int32_t maxK, const int32_t* slotRow, const float* expertOut, size_t ldo,
                  int64_t sharedRow0, float* y, ThreadPool& pool, int workers) {
   constexpr int64_t kTokensPerItem = 8;
   const int64_t items = (T + kTokensPerItem - 1) / kTokensPerItem;
@@ -43,9 +43,9 @@ void combineRows(int64_t T, int64_t d, int32_t maxK, const int32_t* slotRow, con
   auto forEachRow = [&](int64_t t, auto&& fn) {
     for (int32_t s = 0; s < maxK; ++s) {
       const int32_t row = slotRow[t * maxK + s];
-      if (row >= 0) fn(expertOut + int64_t(row) * d);
+      if (row >= 0) fn(expertOut + size_t(row) * ldo);
     }
-    if (sharedRow0 >= 0) fn(expertOut + (sharedRow0 + t) * d);
+    if (sharedRow0 >= 0) fn(expertOut + size_t(sharedRow0 + t) * ldo);
   };
   // Token t's rows into rows[0..n); false when there are more than kMaxRowsPerToken.
   auto rowsOf = [&](int64_t t, const float** rows, int& n) {

@@ -53,20 +53,20 @@ void gatherRows(const float* x, int64_t d, int64_t rows, DType dtype, LayerArena
   const int32_t* rowToken = arena.rowToken.data();
   constexpr int64_t kRowsPerItem = 16;
   const int64_t items = (rows + kRowsPerItem - 1) / kRowsPerItem;
+  const int64_t ld = inputRowStride(dtype, d);
   if (dtype == DType::F32) {
-    arena.inputF32.ensure(size_t(rows) * d);
+    arena.inputF32.ensure(size_t(rows) * ld);
     float* dst = arena.inputF32.data();
     pool.parallelFor(workers, items, [&](int64_t item, int) {
       for (int64_t r = item * kRowsPerItem; r < std::min(rows, (item + 1) * kRowsPerItem); ++r)
-        std::copy(x + int64_t(rowToken[r]) * d, x + int64_t(rowToken[r]) * d + d, dst + r * d);
+        std::copy(x + int64_t(rowToken[r]) * d, x + int64_t(rowToken[r]) * d + d, dst + r * ld);
     });
   } else {
-    const int64_t pairs = packedKPairs(d);
-    arena.inputBF16.ensure(size_t(rows) * pairs);
+    arena.inputBF16.ensure(size_t(rows) * ld);
     uint32_t* dst = arena.inputBF16.data();
     pool.parallelFor(workers, items, [&](int64_t item, int) {
       for (int64_t r = item * kRowsPerItem; r < std::min(rows, (item + 1) * kRowsPerItem); ++r)
-        rowToBf16Pairs(x + int64_t(rowToken[r]) * d, d, dst + r * pairs);
+        rowToBf16Pairs(x + int64_t(rowToken[r]) * d, d, dst + r * ld);
     });
   }
 }

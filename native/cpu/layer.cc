@@ -110,10 +110,11 @@ void Layer::runExperts() {
   if (arena_.jobs.empty()) return;
   const int64_t d = hidden_, rows = arena_.jobs.back().row0 + arena_.jobs.back().rows;
   const bool f32 = dtype_ == DType::F32;
-  const size_t ldh = f32 ? size_t(weights_->hiddenStride) : size_t(weights_->hiddenStride / 2);
+  const size_t ldh = size_t(hiddenRowStride(dtype_, weights_->hiddenStride));
+  const size_t ldo = size_t(outputRowStride(d));
   if (f32) arena_.hiddenF32.ensure(size_t(rows) * ldh);
   else arena_.hiddenBF16.ensure(size_t(rows) * ldh);
-  arena_.output.ensure(size_t(rows) * d);
+  arena_.output.ensure(size_t(rows) * ldo);
   int64_t maxRows = 0;
   for (const ExpertJob& job : arena_.jobs) maxRows = std::max(maxRows, job.rows);
   const int workers = threads_;
@@ -141,7 +142,7 @@ void Layer::runExperts() {
   void* hidden = f32 ? static_cast<void*>(arena_.hiddenF32.data()) : static_cast<void*>(arena_.hiddenBF16.data());
   const void* input = f32 ? static_cast<const void*>(arena_.inputF32.data())
                           : static_cast<const void*>(arena_.inputBF16.data());
-  const size_t ldx = f32 ? size_t(d) : size_t(packedKPairs(d));
+  const size_t ldx = size_t(inputRowStride(dtype_, d));
 
   planItems([&](const ExpertJob& job) { return (expertOf(job).intermediate + kGateUpOutputs - 1) / kGateUpOutputs; });
   router_->pool().parallelFor(workers, int64_t(arena_.items.size()), [&](int64_t i, int worker) {
@@ -165,11 +166,11 @@ void Layer::runExperts() {
     const void* panels = f32 ? static_cast<const void*>(ex.downF32.data()) : ex.downBF16.data();
     const size_t elem = f32 ? sizeof(float) : sizeof(uint32_t);
     const Activations h{dtype_, static_cast<const char*>(hidden) + size_t(job.row0) * ldh * elem, ldh};
-    float* out = arena_.output.data() + size_t(job.row0) * d;
+    float* out = arena_.output.data() + size_t(job.row0) * ldo;
     const float* weight = arena_.rowWeight.data() + job.row0;
     float* acc = arena_.accumulators.data() + size_t(worker) * size_t(maxRows) * kPanelWidth;
     for (int32_t p = item.panelBegin; p < item.panelEnd; ++p)
-      downPanel(kern, h, job.rows, ex.intermediate, panels, p, p + 1 < item.panelEnd, d, weight, out, size_t(d), acc);
+      downPanel(kern, h, job.rows, ex.intermediate, panels, p, p + 1 < item.panelEnd, d, weight, out, ldo, acc);
   });
 }
 
@@ -208,8 +209,8 @@ std::string Layer::forward(const float* x, int64_t T, const float* logits, const
   arenaBytes_.store(arenaSize(arena_), std::memory_order_relaxed);
   const RouterConfig& cfg = router_->config();
   const int64_t routedRows = routingStats.assignments;
-  combineRows(T, hidden_, cfg.maxK, arena_.slotRow.data(), arena_.output.data(), weights_->shared ? routedRows : -1, y,
-              router_->pool(), threads_);
+  combineRows(T, hidden_, cfg.maxK, arena_.slotRow.data(), arena_.output.data(), size_t(outputRowStride(hidden_)),
+              weights_->shared ? routedRows : -1, y, router_->pool(), threads_);
   stats.combineEndNs = nowNs();
 
   const double perTokenExpert = 6.0 * double(hidden_) * double(weights_->experts[0].intermediate);

@@ -21,8 +21,9 @@ void planDispatch(const RoutingOutput& routing, int64_t T, int32_t maxK, int32_t
 void gatherRows(const float* x, int64_t d, int64_t rows, DType dtype, LayerArena& arena, ThreadPool& pool,
                 int workers);
 
-// y[t] = sum over the token's slots, in slot order, of its weighted expert rows, plus its shared row.
-void combineRows(int64_t T, int64_t d, int32_t maxK, const int32_t* slotRow, const float* expertOut,
+// y[t] = sum over the token's slots, in slot order, of its weighted expert rows (`ldo` floats apart), plus its
+// shared row.
+void combineRows(int64_t T, int64_t d, int32_t maxK, const int32_t* slotRow, const float* expertOut, size_t ldo,
                  int64_t sharedRow0, float* y, ThreadPool& pool, int workers);
 
 }  // namespace moe

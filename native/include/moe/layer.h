@@ -45,6 +45,17 @@ struct ExpertJob {
   int64_t row0, rows;
 };
 
+// Row strides of the layer's per-row scratch (gathered input, SwiGLU activations, expert outputs), in elements
+// (floats, or bf16 pairs): one 64-byte line more than a row needs. Rows of a power-of-two size (2048 floats,
+// 1024 pairs) would all start in the same few L1 sets, where the 16-32 rows of a kernel's A operand and the
+// epilogues' row stores evict each other (bench/RESULTS.md, step 20).
+constexpr int64_t kRowPad = 16;
+inline int64_t inputRowStride(DType dtype, int64_t d) { return (dtype == DType::F32 ? d : packedKPairs(d)) + kRowPad; }
+inline int64_t hiddenRowStride(DType dtype, int64_t fRounded) {
+  return (dtype == DType::F32 ? fRounded : fRounded / 2) + kRowPad;
+}
+inline int64_t outputRowStride(int64_t d) { return d + kRowPad; }
+
 // Reused buffers; they grow to the largest batch seen and are never shrunk.
 struct LayerArena {
   AlignedBuffer<float> inputF32, hiddenF32, output;  // gathered x, SwiGLU activations, weighted expert outputs
