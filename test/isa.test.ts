@@ -3,6 +3,7 @@
  * reference: the same experts, fp32 outputs to 1e-5 and bf16 to 1e-2. Paths the CPU lacks are skipped, and said so.
  */
 import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -110,6 +111,35 @@ test('MOE_ISA and MOE_THREADS: any case and blanks accepted; a value that cannot
     const got = info({ MOE_THREADS: value });
     assert.is(got.threads, plain.threads, `MOE_THREADS=${value}`);
     assert.match(got.warning, /MOE_THREADS=.* is not an integer in \[1, 1024\]/);
+  }
+});
+
+// GCC 12 once deleted every prefetch of the AMX kernel without a word: the helper that issued them was not inlined,
+// and prefetches being hints, calls to it looked free of side effects (bench/RESULTS.md, step 19). The build
+// folders' kernel objects (node-gyp's and cmake-js's) must hold prefetch instructions, wherever they hold a kernel.
+test('the built kernel objects keep their software prefetches', () => {
+  const root = path.join(__dirname, '..');
+  const objects: string[] = [];
+  const walk = (dir: string) => {
+    for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+      const full = path.join(dir, entry.name);
+      if (entry.isDirectory()) walk(full);
+      else if (/^gemm_(amx|avx512|avx2)\.(cc\.)?o$/.test(entry.name)) objects.push(full);
+    }
+  };
+  for (const dir of ['build', 'build-cmake']) if (fs.existsSync(path.join(root, dir))) walk(path.join(root, dir));
+  const probe = spawnSync('objdump', ['--version'], { encoding: 'utf8' });
+  if (objects.length === 0 || probe.status !== 0) {
+    console.log('  skipped: no kernel objects in build/ or build-cmake/, or no objdump');
+    return;
+  }
+  for (const object of objects) {
+    const r = spawnSync('objdump', ['-d', object], { encoding: 'utf8', maxBuffer: 64 << 20 });
+    assert.is(r.status, 0, r.stderr);
+    // (an AMX translation unit built by g++ < 11 holds no kernel, only its AVX-512 fallback's call)
+    if (/gemm_amx/.test(object) && !/tdpbf16ps/.test(r.stdout)) continue;
+    const prefetches = (r.stdout.match(/\tprefetcht[012] /g) ?? []).length;
+    assert.ok(prefetches > 0, `${path.relative(root, object)}: no prefetch instruction`);
   }
 });
 
