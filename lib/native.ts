@@ -36,7 +36,13 @@ export interface NativeAddon {
     renderInto(blob: Uint8Array, ops: Uint32Array, values: Float64Array, out: Uint8Array): number;
     formatNumber(x: number): string;
   };
-  backendInfo(): { isa: string; threads: number; cpuFeatures: Record<string, boolean>; gemmRows: number };
+  backendInfo(): {
+    isa: string;
+    threads: number;
+    cpuFeatures: Record<string, boolean>;
+    gemmRows: number;
+    gemmRowsBf16: number;
+  };
   /**
    * The process-wide bound on async calls (native/binding/async_gate.h): slots, slots held, calls waiting, calls
    * running on libuv threads now and at most since the previous call of asyncGate(), calls started since the load.

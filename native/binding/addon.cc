@@ -28,7 +28,8 @@ Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
   features.Set("avx512bf16", f.avx512bf16);
   features.Set("amxBf16", f.amxBf16);
   o.Set("cpuFeatures", features);
-  o.Set("gemmRows", moe::gemmKernels().maxRows);
+  o.Set("gemmRows", moe::gemmKernels().maxRows);          // rows of one fp32 kernel call (its register block)
+  o.Set("gemmRowsBf16", moe::gemmKernels().bf16Rows);     // rows of one bf16 call (32 on AMX tiles)
   return o;
 }
 

@@ -57,6 +57,8 @@ void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, i
         const int64_t first = (spread ? block : block - 1) * linesPerBlock;
         next.data = nextSlice + first * 64;
         next.lines = int(std::max<int64_t>(0, std::min(linesPerBlock, nextBytes / 64 - first)));
+      } else if (spread && block > 0) {
+        next.data = static_cast<const char*>(panel);  // nothing left to stream: block 0 brought this slice in
       }
       // The first slice writes the rows' accumulators, the later ones add to them inside the kernel.
       float* tile = acc + r0 * kPanelWidth;

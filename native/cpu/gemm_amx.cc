@@ -67,23 +67,23 @@ void avx512Rows(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t*
                                accumulate, r0 == 0 ? next : L2Prefetch{});
 }
 
-// The weight stream's software prefetch. With a `next` range the caller has spread the stream one slice ahead
-// over its row blocks (panelProduct): its lines go into L2 evenly over this call's steps, and nothing else is
-// prefetched, the lines of this call's own slice having been prefetched the same way while the previous slice
-// ran; more prefetches of lines already on their way only take fill buffers from the tile loads (bench/RESULTS.md,
-// step 19). Without one (the last panel of a work item, or a lone call), the stream as the AVX-512 kernels
-// prefetch it on Intel: 16 KiB ahead into L2, 2 KiB (one step) into L1.
+// The weight stream's software prefetch. With a `next` range (data set) the caller streams the weights itself,
+// one slice ahead spread over its row blocks (panelProduct): the range's lines, if any, go into L2 evenly over this
+// call's steps, and nothing else is prefetched. More prefetches of lines already in L2 or on their way only take
+// fill buffers from the tile loads (bench/RESULTS.md, steps 19 and 21). Without one (a lone call), the stream as the
+// AVX-512 kernels prefetch it on Intel: 16 KiB ahead into L2, 2 KiB (one step) into L1.
 class StreamPrefetch {
  public:
   StreamPrefetch(int Kp, L2Prefetch next)
-      : next_(next.lines > 0 ? next.data : nullptr),
-        end_(next_ ? next.data + size_t(next.lines) * 64 : nullptr),
-        perStep_(next_ ? (next.lines + Kp / kPairsPerStep - 1) / (Kp / kPairsPerStep) : 0) {}
+      : ranged_(next.data != nullptr),
+        next_(next.data),
+        end_(ranged_ ? next.data + size_t(std::max(0, next.lines)) * 64 : nullptr),
+        perStep_(ranged_ ? (std::max(0, next.lines) + Kp / kPairsPerStep - 1) / (Kp / kPairsPerStep) : 0) {}
 
   // (always_inline: GCC 12 left a helper like this out of line, found it free of side effects, prefetches being
   // hints, and deleted every call: until step 19 the kernel ran with no software prefetch at all)
   __attribute__((always_inline)) inline void step(const uint32_t* B, int kp, int Kp) {
-    if (next_) {
+    if (ranged_) {
       for (int i = 0; i < perStep_ && next_ < end_; ++i, next_ += 64) _mm_prefetch(next_, _MM_HINT_T1);
       return;
     }
@@ -96,6 +96,7 @@ class StreamPrefetch {
   }
 
  private:
+  bool ranged_;
   const char* next_;
   const char* end_;
   int perStep_;

@@ -21,7 +21,8 @@ enum class DType : int32_t { F32 = 0, BF16 = 1 };
 
 // Lines to pull into L2 while a kernel runs (its own panel is prefetched separately): the next slice of
 // weights, so that the first row block over a new slice does not stall on memory. `lines` 64-byte lines from
-// `data`, one per k step; null/0 for none.
+// `data`, one per k step; null/0 for none. The AMX kernel reads it as the whole stream (data set, lines may be 0:
+// it prefetches nothing else) or, with data null, streams its panel itself.
 struct L2Prefetch {
   const char* data = nullptr;
   int lines = 0;
