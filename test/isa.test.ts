@@ -38,7 +38,7 @@ for (const isa of ['amx', 'avx512', 'avx2', 'scalar']) {
     // f = 4200: the down projection's K spans several slices of the panel product (2048 floats or 2048 bf16
     // pairs), so the kernels' accumulate path is checked too; d = 40 (20 pairs) leaves K pairs beyond AMX's
     // 16-pair steps. Top-2 of 90 tokens spreads rows unevenly; with k = E every expert gets exactly T rows: 3 (AMX
-    // hands them to AVX-512), 12 (one row tile), 20 (two tiles), 40 (AMX: blocks of 32 and 8; AVX-512: 20 and 20),
+    // hands them to AVX-512), 12 (one row tile), 20 (two tiles), 40 (AMX: blocks of 32 and 8; AVX-512: 4 x 10),
     // 34 (AMX: a rest of 2 is too short for the tiles, so 17 and 17), 70 (AMX: 32, 32 and 6).
     const [E, d, f] = [8, 40, 4200];
     const cases = '90:2,3:8,12:8,20:8,40:8,34:8,70:8';
@@ -137,8 +137,11 @@ test('the built kernel objects keep their software prefetches', () => {
     const r = spawnSync('objdump', ['-d', object], { encoding: 'utf8', maxBuffer: 64 << 20 });
     assert.is(r.status, 0, r.stderr);
     // (an AMX translation unit built by g++ < 11 holds no kernel, only its AVX-512 fallback's call)
-    if (/gemm_amx/.test(object) && !/tdpbf16ps/.test(r.stdout)) continue;
-    const prefetches = (r.stdout.match(/\tprefetcht[012] /g) ?? []).length;
+    if (/gemm_amx/.test(object) && !/tdpbf16ps/.test(r.stdout)) {
+      console.log(`  ${path.relative(root, object)}: no AMX kernel in it (an older compiler or objdump), not checked`);
+      continue;
+    }
+    const prefetches = (r.stdout.match(/\bprefetcht[012]\b/g) ?? []).length;
     assert.ok(prefetches > 0, `${path.relative(root, object)}: no prefetch instruction`);
   }
 });

@@ -33,8 +33,9 @@ void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, i
     const int64_t rest = rows - (blocks - 1) * blockRows;
     const int64_t splitFrom = amx && blocks > 1 && rest < kAmxMinRows ? (blocks - 2) * blockRows : rows;
     // While blocks 1.. run from cache, they pull the next slice (of this panel, or the next panel) into L2, so
-    // that block 0 of the next slice does not wait on memory. Each k step of a panel is 128 bytes. The AMX
-    // kernel prefetches nothing else: there every block, block 0 included, takes its share of the next slice.
+    // that block 0 of the next slice does not wait on memory. Each k step of a panel is 128 bytes. Where the AMX
+    // tiles run, every block, block 0 included, takes its share of the next slice, and their loop prefetches
+    // nothing else.
     constexpr int64_t kStepBytes = kPanelWidth * 4;
     const char* nextSlice = nullptr;
     int64_t nextBytes = 0;
@@ -46,8 +47,9 @@ void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, i
       nextBytes = std::min(slice, depth) * kStepBytes;
     }
     // (spread evenly over the blocks and, within each, over its steps, the weights arrive at the pace the tiles
-    // consume them: bench/RESULTS.md, step 19; under kAmxMinRows rows the AVX-512 kernel streams on its own)
-    const bool spread = amx && rows >= kAmxMinRows;
+    // consume them: bench/RESULTS.md, step 19; under kAmxMinRows rows, or a slice shorter than one tile step, the
+    // AVX-512 kernel does the work and the stream is as for it)
+    const bool spread = amx && rows >= kAmxMinRows && kc >= kAmxStepPairs;
     const int64_t sharing = spread ? blocks : blocks - 1;
     const int64_t linesPerBlock = sharing > 0 ? (nextBytes / 64 + sharing - 1) / sharing : 0;
     for (int64_t r0 = 0, block = 0, mr = 0; r0 < rows; r0 += mr, ++block) {

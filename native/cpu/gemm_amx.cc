@@ -25,7 +25,7 @@ namespace {
 
 constexpr int kMaxRows = 32;
 constexpr int kMinRows = kAmxMinRows;
-constexpr int kPairsPerStep = 16;
+constexpr int kPairsPerStep = kAmxStepPairs;
 
 // The 64-byte operand of LDTILECFG (palette 1).
 struct alignas(64) TileConfig {
@@ -153,8 +153,9 @@ int maxRows() { return kMaxRows; }
 void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, bool accumulate,
                 L2Prefetch next) {
   const int main = Kp / kPairsPerStep * kPairsPerStep;
-  // (a `next` range is meant for the tile loop's prefetch; the AVX-512 kernel streams with its own)
-  if (rows < kMinRows || main == 0) return avx512Rows(rows, Kp, A, lda, B, C, accumulate, L2Prefetch{});
+  // (panelProduct spreads the stream over the blocks only where the tiles run: a range given here is a later
+  // block's share of the next slice, which the AVX-512 kernel prefetches beside its own stream, as it always did)
+  if (rows < kMinRows || main == 0) return avx512Rows(rows, Kp, A, lda, B, C, accumulate, next);
   const int rows0 = std::min(rows, 16), rows1 = rows - rows0;
   memoryBarrier();
   configure(rows0, rows1);

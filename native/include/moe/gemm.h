@@ -21,8 +21,9 @@ enum class DType : int32_t { F32 = 0, BF16 = 1 };
 
 // Lines to pull into L2 while a kernel runs (its own panel is prefetched separately): the next slice of
 // weights, so that the first row block over a new slice does not stall on memory. `lines` 64-byte lines from
-// `data`, one per k step; null/0 for none. The AMX kernel reads it as the whole stream (data set, lines may be 0:
-// it prefetches nothing else) or, with data null, streams its panel itself.
+// `data`, one per k step; null/0 for none. The AMX kernel's tile loop reads it as the whole stream (data set, lines
+// may be 0: the loop prefetches nothing else) or, with data null, streams its panel itself; the rows and K pairs it
+// hands to the AVX-512 kernel stream as that kernel does.
 struct L2Prefetch {
   const char* data = nullptr;
   int lines = 0;
@@ -50,8 +51,10 @@ struct GemmKernels {
   int bf16Rows;  // largest `rows` one bf16 call accepts (maxRows, or 32 with AMX tiles)
 };
 
-// Fewest rows the AMX kernel runs on the tiles; fewer go through the AVX-512 kernel (gemm_amx.cc).
+// Fewest rows the AMX kernel runs on the tiles, and the K pairs of one tile step; fewer rows, and K pairs past the
+// last whole step, go through the AVX-512 kernel (gemm_amx.cc).
 constexpr int kAmxMinRows = 4;
+constexpr int kAmxStepPairs = 16;
 
 const GemmKernels& gemmKernels();  // chosen once from bestIsa()
 const GemmKernels& gemmKernelsFor(Isa isa);
