@@ -9,24 +9,27 @@
 namespace moe {
 
 namespace {
-// K is processed in slices of this many elements: 2048 fp32 = 256 KiB of panel, 4096 bf16 = 256 KiB.
+// K is processed in slices of this many elements: 2048 fp32 = 256 KiB of panel, 4096 bf16 = 256 KiB. On AMX tiles
+// 2048 bf16 = 128 KiB: with d = 4096 (Mixtral) a 32-row block's slice of A is then 128 KiB, not 256, and the gate/up
+// pass ran 14-18% faster in a replay (bench/RESULTS.md, step 23).
 constexpr int64_t kSliceF32 = 2048;
 constexpr int64_t kSlicePairs = 2048;
+constexpr int64_t kSlicePairsAmx = 1024;
 
 }  // namespace
 
 void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, int64_t K, const void* panel,
                   float* acc, const void* nextPanel) {
   const bool f32 = A.dtype == DType::F32;
+  const bool amx = !f32 && kern.isa == Isa::Amx;
   const int64_t depth = f32 ? K : packedKPairs(K);
-  const int64_t slice = f32 ? kSliceF32 : kSlicePairs;
+  const int64_t slice = f32 ? kSliceF32 : amx ? kSlicePairsAmx : kSlicePairs;
   if (depth == 0) std::fill(acc, acc + rows * kPanelWidth, 0.0f);  // no slice writes them
   for (int64_t k0 = 0; k0 < depth; k0 += slice) {
     const int kc = int(std::min(slice, depth - k0));
     // Equal blocks (64 rows -> 6 x 11, not 5 x 12 + 4): a short last block would run at low FMA density. AMX
     // tiles instead cost the same for 1 to 16 rows: full blocks of 32 then the rest (70 rows -> 32 + 32 + 6, 5
     // row tiles where 3 x 24 takes 6), with a rest too short for the tiles shared with the block before it.
-    const bool amx = !f32 && kern.isa == Isa::Amx;
     const int maxRows = f32 ? kern.maxRows : kern.bf16Rows;
     const int64_t blocks = (rows + maxRows - 1) / maxRows;
     const int64_t blockRows = amx ? maxRows : (rows + blocks - 1) / blocks;
