@@ -11,7 +11,8 @@ namespace moe {
 namespace {
 // K is processed in slices of this many elements: 2048 fp32 = 256 KiB of panel, 4096 bf16 = 256 KiB. On AMX tiles
 // 2048 bf16 = 128 KiB: with d = 4096 (Mixtral) a 32-row block's slice of A is then 128 KiB, not 256, and the gate/up
-// pass ran 14-18% faster in a replay (bench/RESULTS.md, step 23).
+// pass ran 14-18% faster in a replay; the dense anchor's 192-row chunks are 5% faster with the wide slices
+// (bench/RESULTS.md, step 23).
 constexpr int64_t kSliceF32 = 2048;
 constexpr int64_t kSlicePairs = 2048;
 constexpr int64_t kSlicePairsAmx = 1024;
@@ -19,11 +20,11 @@ constexpr int64_t kSlicePairsAmx = 1024;
 }  // namespace
 
 void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, int64_t K, const void* panel,
-                  float* acc, const void* nextPanel) {
+                  float* acc, const void* nextPanel, bool wideSlices) {
   const bool f32 = A.dtype == DType::F32;
   const bool amx = !f32 && kern.isa == Isa::Amx;
   const int64_t depth = f32 ? K : packedKPairs(K);
-  const int64_t slice = f32 ? kSliceF32 : amx ? kSlicePairsAmx : kSlicePairs;
+  const int64_t slice = f32 ? kSliceF32 : amx && !wideSlices ? kSlicePairsAmx : kSlicePairs;
   if (depth == 0) std::fill(acc, acc + rows * kPanelWidth, 0.0f);  // no slice writes them
   for (int64_t k0 = 0; k0 < depth; k0 += slice) {
     const int kc = int(std::min(slice, depth - k0));

@@ -94,7 +94,7 @@ double denseGemmSeconds(int64_t M, int64_t N, int64_t K, DType dtype, int reps, 
       const void* p = f32 ? static_cast<const void*>(packedF32.data() + size_t(panel) * stride)
                           : static_cast<const void*>(packedBF16.data() + size_t(panel) * stride);
       float* accum = acc.data() + size_t(worker) * kRowChunk * kPanelWidth;
-      panelProduct(kern, A, rows, K, p, accum);
+      panelProduct(kern, A, rows, K, p, accum, nullptr, /*wideSlices=*/true);  // the best dense rate of this code
       const int cols = int(std::min<int64_t>(kPanelWidth, N - panel * kPanelWidth));
       for (int64_t r = 0; r < rows; ++r)
         std::copy(accum + r * kPanelWidth, accum + r * kPanelWidth + cols, c.data() + (row0 + r) * N + panel * kPanelWidth);

@@ -17,8 +17,9 @@ struct Activations {
 
 // acc[rows][32] = A[rows, K] · panel^T, blocked over K so the slice of the panel in use stays in L2.
 // `nextPanel` (may be null) is the panel the caller computes next; its first slice is prefetched into L2.
+// `wideSlices`: K slices of 2048 bf16 pairs on AMX too (the dense anchor's best; the layer's is 1024).
 void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, int64_t K, const void* panel,
-                  float* acc, const void* nextPanel = nullptr);
+                  float* acc, const void* nextPanel = nullptr, bool wideSlices = false);
 
 // Gate/up panel p covers intermediate columns [16p, 16p+16): h = silu(x·w1) * (x·w3), written to `hidden`
 // (fp32 rows, or bf16 pairs when the layer is bf16) with row stride `ldh` elements.
