@@ -49,8 +49,8 @@ void Layer::pack(PackedExpert& dst, const float* w1, const float* w3, const floa
     dst.downBF16.ensure(packedSizeBF16(d, f));
     packPanelsBF16(w2, size_t(f), d, f, dst.downBF16.data());
   }
-  const int64_t stride = (f + kPanelWidth - 1) / kPanelWidth * kPanelWidth;
-  weights_->hiddenStride = std::max(weights_->hiddenStride, stride);
+  const int64_t width = (f + kPanelWidth - 1) / kPanelWidth * kPanelWidth;
+  weights_->hiddenWidth = std::max(weights_->hiddenWidth, width);
 }
 
 void Layer::setExpert(int32_t expert, const float* w1, const float* w3, const float* w2, int64_t f) {
@@ -110,7 +110,7 @@ void Layer::runExperts() {
   if (arena_.jobs.empty()) return;
   const int64_t d = hidden_, rows = arena_.jobs.back().row0 + arena_.jobs.back().rows;
   const bool f32 = dtype_ == DType::F32;
-  const size_t ldh = size_t(hiddenRowStride(dtype_, weights_->hiddenStride));
+  const size_t ldh = size_t(hiddenRowStride(dtype_, weights_->hiddenWidth));
   const size_t ldo = size_t(outputRowStride(d));
   if (f32) arena_.hiddenF32.ensure(size_t(rows) * ldh);
   else arena_.hiddenBF16.ensure(size_t(rows) * ldh);

@@ -29,7 +29,7 @@ struct LayerWeights {
   std::vector<PackedExpert> experts;
   std::unique_ptr<PackedExpert> shared;
   std::vector<float> sharedGate;
-  int64_t hiddenStride = 0;  // row stride of the SwiGLU buffer: the widest f, padded to 32
+  int64_t hiddenWidth = 0;  // SwiGLU row width: the widest f, rounded up to 32 (hiddenRowStride adds the pad)
 };
 
 // Stage timings are steady-clock nanoseconds (CLOCK_MONOTONIC, the clock of process.hrtime).
@@ -51,8 +51,8 @@ struct ExpertJob {
 // epilogues' row stores evict each other (bench/RESULTS.md, step 20).
 constexpr int64_t kRowPad = 16;
 inline int64_t inputRowStride(DType dtype, int64_t d) { return (dtype == DType::F32 ? d : packedKPairs(d)) + kRowPad; }
-inline int64_t hiddenRowStride(DType dtype, int64_t fRounded) {
-  return (dtype == DType::F32 ? fRounded : fRounded / 2) + kRowPad;
+inline int64_t hiddenRowStride(DType dtype, int64_t width) {
+  return (dtype == DType::F32 ? width : width / 2) + kRowPad;
 }
 inline int64_t outputRowStride(int64_t d) { return d + kRowPad; }
 
