@@ -99,6 +99,42 @@ for (const dtype of ['fp32', 'bf16'] as const) {
     }
   });
 
+  test(`${dtype}: passes whose outputs exceed the caches (written with non-temporal stores)`, () => {
+    // T = 1000, top-4 of 6 plus a shared expert: 5000 rows. Expert outputs 5000 x (272 + 16) floats (5.8 MB) and
+    // SwiGLU rows 5000 x (544 + 16) floats or (272 + 16) pairs (11 / 5.8 MB) pass kStreamStoreMinBytes (4 MiB), so
+    // both passes stream whole lines; d = 272 leaves a last down panel of 16 columns and f = 528 an odd number of
+    // gate/up panels (33), both written the ordinary way. Checked on a sample of tokens (the reference of all 1000
+    // would take seconds): every token's row of every panel goes through the same stores.
+    const [T, d, f] = [1000, 272, 528];
+    const b = build({
+      E: 6,
+      d,
+      f,
+      selection: { kind: 'topk', k: 4 },
+      dtype,
+      shared: { f, gated: true },
+      seed: SEED + 80,
+    });
+    const x = randn(T * d, SEED + 81);
+    const { output, routing } = b.layer.forward(x);
+    const sample = Array.from({ length: 24 }, (_, i) => Math.floor(((i + 0.5) * T) / 24));
+    sample.push(0, T - 1);
+    const pick = <A extends Float32Array | Int32Array>(a: A, width: number): A => {
+      const out = new (a.constructor as new (n: number) => A)(sample.length * width);
+      sample.forEach((t, i) => out.set(a.subarray(t * width, (t + 1) * width), i * width));
+      return out;
+    };
+    const sub = {
+      indices: pick(routing.indices, routing.maxK),
+      weights: pick(routing.weights, routing.maxK),
+      k: pick(routing.k, 1),
+      maxK: routing.maxK,
+    };
+    const err = relativeError(pick(output, d), reference(b, pick(x, d), sub));
+    assert.ok(err < tol, `${dtype}: relative error ${err} on ${sample.length} tokens (seed ${SEED})`);
+    b.layer.dispose();
+  });
+
   test(`${dtype}: experts with no tokens, and one expert that gets every token`, () => {
     const E = 16;
     const bias = new Float32Array(E);

@@ -5,6 +5,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>  // (x86-64 has SSE2 everywhere: the non-temporal stores)
+#endif
 
 namespace moe {
 
@@ -79,37 +84,108 @@ void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, i
   }
 }
 
-void gateUpPanel(const GemmKernels& kern, const Activations& x, int64_t rows, int64_t d, const void* gateUpPanels,
-                 int64_t panel, bool hasNext, void* hidden, size_t ldh, float* acc) {
-  const size_t stride = panelStride(x.dtype, d);
-  const void* p = x.dtype == DType::F32
-                      ? static_cast<const void*>(static_cast<const float*>(gateUpPanels) + panel * stride)
-                      : static_cast<const void*>(static_cast<const uint32_t*>(gateUpPanels) + panel * stride);
-  panelProduct(kern, x, rows, d, p, acc, hasNext ? static_cast<const char*>(p) + stride * 4 : nullptr);
-  constexpr int half = kPanelWidth / 2;
-  const bool bf16 = x.dtype == DType::BF16;
-  for (int64_t r = 0; r < rows; ++r) {
-    void* out = bf16 ? static_cast<void*>(static_cast<uint32_t*>(hidden) + r * ldh + panel * (half / 2))
-                     : static_cast<void*>(static_cast<float*>(hidden) + r * ldh + panel * half);
-    kern.swiglu(acc + r * kPanelWidth, out, bf16);
-  }
+namespace {
+
+const void* panelAt(DType dtype, const void* panels, size_t stride, int64_t p) {
+  return dtype == DType::F32 ? static_cast<const void*>(static_cast<const float*>(panels) + size_t(p) * stride)
+                             : static_cast<const void*>(static_cast<const uint32_t*>(panels) + size_t(p) * stride);
 }
 
-void downPanel(const GemmKernels& kern, const Activations& h, int64_t rows, int64_t f, const void* downPanels,
-               int64_t panel, bool hasNext, int64_t d, const float* rowWeight, float* out, size_t ldo, float* acc) {
-  const size_t stride = panelStride(h.dtype, f);
-  const void* p = h.dtype == DType::F32
-                      ? static_cast<const void*>(static_cast<const float*>(downPanels) + panel * stride)
-                      : static_cast<const void*>(static_cast<const uint32_t*>(downPanels) + panel * stride);
-  panelProduct(kern, h, rows, f, p, acc, hasNext ? static_cast<const char*>(p) + stride * 4 : nullptr);
-  const int64_t col0 = panel * kPanelWidth;
-  const int cols = int(std::min<int64_t>(kPanelWidth, d - col0));
-  for (int64_t r = 0; r < rows; ++r) {
-    const float w = rowWeight[r];
-    const float* src = acc + r * kPanelWidth;
-    float* dst = out + r * ldo + col0;
-    for (int c = 0; c < cols; ++c) dst[c] = w * src[c];
+bool lineAligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % 64 == 0; }
+
+// One 64-byte line from `src` (16-byte aligned) to `dst` (a line), around the caches.
+inline void streamLine(void* dst, const void* src) {
+#if defined(__SSE2__)
+  for (int i = 0; i < 4; ++i)
+    _mm_stream_si128(static_cast<__m128i*>(dst) + i, _mm_load_si128(static_cast<const __m128i*>(src) + i));
+#else
+  std::memcpy(dst, src, 64);
+#endif
+}
+
+// 16 floats w * src[0..16) (16-byte aligned) into the line `dst`, around the caches.
+inline void streamScaledLine(float* dst, const float* src, float w) {
+#if defined(__SSE2__)
+  const __m128 scale = _mm_set1_ps(w);
+  for (int i = 0; i < 16; i += 4) _mm_stream_ps(dst + i, _mm_mul_ps(scale, _mm_load_ps(src + i)));
+#else
+  for (int i = 0; i < 16; ++i) dst[i] = w * src[i];
+#endif
+}
+
+// Makes the non-temporal stores before it visible before any later store (the pool's "done" included).
+inline void streamFence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
+}  // namespace
+
+void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, int64_t d, const void* gateUpPanels,
+                  int64_t p0, int64_t p1, void* hidden, size_t ldh, float* acc, bool stream) {
+  const size_t stride = panelStride(x.dtype, d);
+  constexpr int half = kPanelWidth / 2;
+  const bool bf16 = x.dtype == DType::BF16;
+  // A panel's 16 outputs of a row: 64 bytes in fp32, 32 (half a line) in bf16, where two panels make a line.
+  const int64_t perLine = bf16 ? 2 : 1;
+  stream = stream && rows > 0 && lineAligned(hidden) && (ldh * 4) % 64 == 0;  // (4 bytes: a float or a pair)
+  float* second = acc + rows * kPanelWidth;
+  alignas(64) uint32_t line[16];
+  bool streamed = false;
+  for (int64_t p = p0; p < p1;) {
+    const void* panel = panelAt(x.dtype, gateUpPanels, stride, p);
+    const auto nextOf = [&](int64_t q) { return q + 1 < p1 ? panelAt(x.dtype, gateUpPanels, stride, q + 1) : nullptr; };
+    if (stream && p % perLine == 0 && p + perLine <= p1) {
+      panelProduct(kern, x, rows, d, panel, acc, nextOf(p));
+      if (bf16) panelProduct(kern, x, rows, d, nextOf(p), second, nextOf(p + 1));
+      for (int64_t r = 0; r < rows; ++r) {
+        kern.swiglu(acc + r * kPanelWidth, line, bf16);
+        if (bf16) kern.swiglu(second + r * kPanelWidth, line + half / 2, true);
+        char* row = static_cast<char*>(hidden) + size_t(r) * ldh * 4;
+        streamLine(row + p * (bf16 ? half * 2 : half * 4), line);
+      }
+      streamed = true;
+      p += perLine;
+      continue;
+    }
+    panelProduct(kern, x, rows, d, panel, acc, nextOf(p));
+    for (int64_t r = 0; r < rows; ++r) {
+      void* out = bf16 ? static_cast<void*>(static_cast<uint32_t*>(hidden) + r * ldh + p * (half / 2))
+                       : static_cast<void*>(static_cast<float*>(hidden) + r * ldh + p * half);
+      kern.swiglu(acc + r * kPanelWidth, out, bf16);
+    }
+    ++p;
   }
+  if (streamed) streamFence();
+}
+
+void downPanels(const GemmKernels& kern, const Activations& h, int64_t rows, int64_t f, const void* downPanels,
+                int64_t p0, int64_t p1, int64_t d, const float* rowWeight, float* out, size_t ldo, float* acc,
+                bool stream) {
+  const size_t stride = panelStride(h.dtype, f);
+  stream = stream && rows > 0 && lineAligned(out) && (ldo * 4) % 64 == 0;
+  bool streamed = false;
+  for (int64_t p = p0; p < p1; ++p) {
+    panelProduct(kern, h, rows, f, panelAt(h.dtype, downPanels, stride, p), acc,
+                 p + 1 < p1 ? panelAt(h.dtype, downPanels, stride, p + 1) : nullptr);
+    const int64_t col0 = p * kPanelWidth;
+    const int cols = int(std::min<int64_t>(kPanelWidth, d - col0));
+    const bool whole = stream && cols == kPanelWidth;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float w = rowWeight[r];
+      const float* src = acc + r * kPanelWidth;
+      float* dst = out + r * ldo + col0;
+      if (whole) {
+        streamScaledLine(dst, src, w);
+        streamScaledLine(dst + 16, src + 16, w);
+      } else {
+        for (int c = 0; c < cols; ++c) dst[c] = w * src[c];
+      }
+    }
+    streamed = streamed || whole;
+  }
+  if (streamed) streamFence();
 }
 
 }  // namespace moe

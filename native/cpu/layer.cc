@@ -118,7 +118,8 @@ void Layer::runExperts() {
   int64_t maxRows = 0;
   for (const ExpertJob& job : arena_.jobs) maxRows = std::max(maxRows, job.rows);
   const int workers = threads_;
-  arena_.accumulators.ensure(size_t(workers) * size_t(maxRows) * kPanelWidth);
+  // (two panels' worth: a bf16 gate/up pass streams its SwiGLU rows a line, two panels, at a time)
+  arena_.accumulators.ensure(size_t(workers) * size_t(maxRows) * 2 * kPanelWidth);
   const GemmKernels& kern = gemmKernels();
   auto expertOf = [&](const ExpertJob& job) -> const PackedExpert& {
     return job.expert < int32_t(weights_->experts.size()) ? weights_->experts[size_t(job.expert)] : *weights_->shared;
@@ -126,14 +127,15 @@ void Layer::runExperts() {
 
   // Splits each job's panels into ranges of about equal cost (rows x panels), kItemsPerWorker per worker over
   // the whole pass: items of equal size keep both cores busy to the end even when experts differ in load.
-  auto planItems = [&](auto panelsOf) {
+  auto planItems = [&](auto panelsOf, int64_t multiple) {
     double totalCost = 0;
     for (const ExpertJob& job : arena_.jobs) totalCost += double(job.rows) * double(panelsOf(job));
     const double target = totalCost / (double(workers) * kItemsPerWorker);
     arena_.items.clear();
     for (size_t j = 0; j < arena_.jobs.size(); ++j) {
       const int64_t n = panelsOf(arena_.jobs[j]);
-      const int64_t chunk = std::clamp<int64_t>(int64_t(target / double(arena_.jobs[j].rows) + 0.5), 1, n);
+      int64_t chunk = std::clamp<int64_t>(int64_t(target / double(arena_.jobs[j].rows) + 0.5), 1, n);
+      chunk = (chunk + multiple - 1) / multiple * multiple;
       for (int64_t p = 0; p < n; p += chunk)
         arena_.items.push_back({int32_t(j), int32_t(p), int32_t(std::min(n, p + chunk))});
     }
@@ -144,33 +146,36 @@ void Layer::runExperts() {
                           : static_cast<const void*>(arena_.inputBF16.data());
   const size_t ldx = size_t(inputRowStride(dtype_, d));
 
-  planItems([&](const ExpertJob& job) { return (expertOf(job).intermediate + kGateUpOutputs - 1) / kGateUpOutputs; });
+  // Outputs larger than the caches go around them (kStreamStoreMinBytes); a bf16 line of SwiGLU rows is two gate/up
+  // panels, so those items then start on even panels.
+  const size_t elem = f32 ? sizeof(float) : sizeof(uint32_t);
+  const bool streamHidden = size_t(rows) * ldh * elem > kStreamStoreMinBytes;
+  const bool streamOutput = size_t(rows) * ldo * sizeof(float) > kStreamStoreMinBytes;
+  planItems([&](const ExpertJob& job) { return (expertOf(job).intermediate + kGateUpOutputs - 1) / kGateUpOutputs; },
+            !f32 && streamHidden ? 2 : 1);
   router_->pool().parallelFor(workers, int64_t(arena_.items.size()), [&](int64_t i, int worker) {
     const LayerArena::WorkItem item = arena_.items[size_t(i)];
     const ExpertJob& job = arena_.jobs[size_t(item.job)];
     const PackedExpert& ex = expertOf(job);
     const void* panels = f32 ? static_cast<const void*>(ex.gateUpF32.data()) : ex.gateUpBF16.data();
-    const size_t elem = f32 ? sizeof(float) : sizeof(uint32_t);
     const Activations x{dtype_, static_cast<const char*>(input) + size_t(job.row0) * ldx * elem, ldx};
     void* h = static_cast<char*>(hidden) + size_t(job.row0) * ldh * elem;
-    float* acc = arena_.accumulators.data() + size_t(worker) * size_t(maxRows) * kPanelWidth;
-    for (int32_t p = item.panelBegin; p < item.panelEnd; ++p)
-      gateUpPanel(kern, x, job.rows, d, panels, p, p + 1 < item.panelEnd, h, ldh, acc);
+    float* acc = arena_.accumulators.data() + size_t(worker) * size_t(maxRows) * 2 * kPanelWidth;
+    gateUpPanels(kern, x, job.rows, d, panels, item.panelBegin, item.panelEnd, h, ldh, acc, streamHidden);
   });
 
-  planItems([&](const ExpertJob&) { return panelCount(d); });
+  planItems([&](const ExpertJob&) { return panelCount(d); }, 1);
   router_->pool().parallelFor(workers, int64_t(arena_.items.size()), [&](int64_t i, int worker) {
     const LayerArena::WorkItem item = arena_.items[size_t(i)];
     const ExpertJob& job = arena_.jobs[size_t(item.job)];
     const PackedExpert& ex = expertOf(job);
     const void* panels = f32 ? static_cast<const void*>(ex.downF32.data()) : ex.downBF16.data();
-    const size_t elem = f32 ? sizeof(float) : sizeof(uint32_t);
     const Activations h{dtype_, static_cast<const char*>(hidden) + size_t(job.row0) * ldh * elem, ldh};
     float* out = arena_.output.data() + size_t(job.row0) * ldo;
     const float* weight = arena_.rowWeight.data() + job.row0;
-    float* acc = arena_.accumulators.data() + size_t(worker) * size_t(maxRows) * kPanelWidth;
-    for (int32_t p = item.panelBegin; p < item.panelEnd; ++p)
-      downPanel(kern, h, job.rows, ex.intermediate, panels, p, p + 1 < item.panelEnd, d, weight, out, ldo, acc);
+    float* acc = arena_.accumulators.data() + size_t(worker) * size_t(maxRows) * 2 * kPanelWidth;
+    downPanels(kern, h, job.rows, ex.intermediate, panels, item.panelBegin, item.panelEnd, d, weight, out, ldo, acc,
+               streamOutput);
   });
 }
 

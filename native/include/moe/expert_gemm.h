@@ -21,15 +21,23 @@ struct Activations {
 void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, int64_t K, const void* panel,
                   float* acc, const void* nextPanel = nullptr, bool wideSlices = false);
 
-// Gate/up panel p covers intermediate columns [16p, 16p+16): h = silu(x·w1) * (x·w3), written to `hidden`
-// (fp32 rows, or bf16 pairs when the layer is bf16) with row stride `ldh` elements.
-// `hasNext`: the caller computes panel + 1 next (its weights are prefetched meanwhile).
-void gateUpPanel(const GemmKernels& kern, const Activations& x, int64_t rows, int64_t d, const void* gateUpPanels,
-                 int64_t panel, bool hasNext, void* hidden, size_t ldh, float* acc);
+// Above this many bytes, a pass's output (the SwiGLU rows, the expert output rows) is written with non-temporal
+// stores where whole 64-byte lines allow: it cannot stay in cache until the next stage reads it, and ordinary stores
+// of lines that are not in cache each wait for the line to be read first (bench/RESULTS.md, step 24).
+constexpr size_t kStreamStoreMinBytes = size_t(4) << 20;
 
-// Down panel p covers output columns [32p, 32p+32) of d: out[r] = weight[r] * (h[r] · w2^T).
-void downPanel(const GemmKernels& kern, const Activations& h, int64_t rows, int64_t f, const void* downPanels,
-               int64_t panel, bool hasNext, int64_t d, const float* rowWeight, float* out, size_t ldo, float* acc);
+// Gate/up panels [p0, p1) of one expert; panel p covers intermediate columns [16p, 16p+16): h = silu(x·w1) * (x·w3),
+// written to `hidden` (fp32 rows, or bf16 pairs when the layer is bf16) with row stride `ldh` elements. `acc` is
+// scratch for rows x 64 floats. `stream`: write whole lines with non-temporal stores (fp32: every panel's 16
+// outputs; bf16: two panels', from an even p), then fence. `hidden` rows must then start on 64-byte lines.
+void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, int64_t d, const void* gateUpPanels,
+                  int64_t p0, int64_t p1, void* hidden, size_t ldh, float* acc, bool stream);
+
+// Down panels [p0, p1) of one expert; panel p covers output columns [32p, 32p+32) of d:
+// out[r] = weight[r] * (h[r] · w2^T). `acc`: rows x 32 floats. `stream`: as for gateUpPanels (whole panels only).
+void downPanels(const GemmKernels& kern, const Activations& h, int64_t rows, int64_t f, const void* downPanels,
+                int64_t p0, int64_t p1, int64_t d, const float* rowWeight, float* out, size_t ldo, float* acc,
+                bool stream);
 
 // Bytes of one packed panel over K for the dtype.
 inline size_t panelStride(DType dtype, int64_t K) {
