@@ -113,14 +113,32 @@ inline void streamScaledLine(float* dst, const float* src, float w) {
 #endif
 }
 
-// Makes the non-temporal stores before it visible before any later store (the pool's "done" included).
-inline void streamFence() {
+}  // namespace
+
+void streamFence() {
 #if defined(__SSE2__)
   _mm_sfence();
 #endif
 }
 
-}  // namespace
+bool storePanelRows(const float* acc, int64_t rows, int cols, const float* rowWeight, float* out, size_t ldo,
+                    bool stream) {
+  const bool whole = stream && cols == kPanelWidth && lineAligned(out) && (ldo * 4) % 64 == 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float w = rowWeight ? rowWeight[r] : 1.0f;
+    const float* src = acc + r * kPanelWidth;
+    float* dst = out + r * ldo;
+    if (whole) {
+      streamScaledLine(dst, src, w);
+      streamScaledLine(dst + 16, src + 16, w);
+    } else if (rowWeight) {
+      for (int c = 0; c < cols; ++c) dst[c] = w * src[c];
+    } else {
+      std::copy(src, src + cols, dst);
+    }
+  }
+  return whole && rows > 0;
+}
 
 void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, int64_t d, const void* gateUpPanels,
                   int64_t p0, int64_t p1, void* hidden, size_t ldh, float* acc, bool stream) {
@@ -164,26 +182,13 @@ void downPanels(const GemmKernels& kern, const Activations& h, int64_t rows, int
                 int64_t p0, int64_t p1, int64_t d, const float* rowWeight, float* out, size_t ldo, float* acc,
                 bool stream) {
   const size_t stride = panelStride(h.dtype, f);
-  stream = stream && rows > 0 && lineAligned(out) && (ldo * 4) % 64 == 0;
   bool streamed = false;
   for (int64_t p = p0; p < p1; ++p) {
     panelProduct(kern, h, rows, f, panelAt(h.dtype, downPanels, stride, p), acc,
                  p + 1 < p1 ? panelAt(h.dtype, downPanels, stride, p + 1) : nullptr);
     const int64_t col0 = p * kPanelWidth;
     const int cols = int(std::min<int64_t>(kPanelWidth, d - col0));
-    const bool whole = stream && cols == kPanelWidth;
-    for (int64_t r = 0; r < rows; ++r) {
-      const float w = rowWeight[r];
-      const float* src = acc + r * kPanelWidth;
-      float* dst = out + r * ldo + col0;
-      if (whole) {
-        streamScaledLine(dst, src, w);
-        streamScaledLine(dst + 16, src + 16, w);
-      } else {
-        for (int c = 0; c < cols; ++c) dst[c] = w * src[c];
-      }
-    }
-    streamed = streamed || whole;
+    streamed = storePanelRows(acc, rows, cols, rowWeight, out + col0, ldo, stream) || streamed;
   }
   if (streamed) streamFence();
 }

@@ -83,6 +83,7 @@ double denseGemmSeconds(int64_t M, int64_t N, int64_t K, DType dtype, int reps, 
   const int64_t rowChunks = (M + kRowChunk - 1) / kRowChunk, panels = panelCount(N);
   const size_t stride = panelStride(dtype, K);
   AlignedBuffer<float> acc(size_t(workers) * kRowChunk * kPanelWidth);
+  const bool streamC = size_t(M) * size_t(N) * sizeof(float) > kStreamStoreMinBytes;
   std::vector<double> times;
   for (int rep = 0; rep < reps; ++rep) {
     const auto start = std::chrono::steady_clock::now();
@@ -96,8 +97,10 @@ double denseGemmSeconds(int64_t M, int64_t N, int64_t K, DType dtype, int reps, 
       float* accum = acc.data() + size_t(worker) * kRowChunk * kPanelWidth;
       panelProduct(kern, A, rows, K, p, accum, nullptr, /*wideSlices=*/true);  // the best dense rate of this code
       const int cols = int(std::min<int64_t>(kPanelWidth, N - panel * kPanelWidth));
-      for (int64_t r = 0; r < rows; ++r)
-        std::copy(accum + r * kPanelWidth, accum + r * kPanelWidth + cols, c.data() + (row0 + r) * N + panel * kPanelWidth);
+      // C goes around the caches as the layer's outputs do: ordinary stores of its 64 MiB (at 4096) cost the anchor
+      // a fifth of its bf16 rate (bench/RESULTS.md, step 25)
+      if (storePanelRows(accum, rows, cols, nullptr, c.data() + row0 * N + panel * kPanelWidth, size_t(N), streamC))
+        streamFence();
     });
     times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }

@@ -39,6 +39,15 @@ void downPanels(const GemmKernels& kern, const Activations& h, int64_t rows, int
                 int64_t p0, int64_t p1, int64_t d, const float* rowWeight, float* out, size_t ldo, float* acc,
                 bool stream);
 
+// Writes a panel's accumulators (rows x 32, row stride 32) to rows x `cols` of `out` (row stride `ldo` floats),
+// row r scaled by rowWeight[r] when rowWeight is set. `stream`: rows of a whole panel on 64-byte lines go with
+// non-temporal stores; returns whether any did, and then the caller runs streamFence() before the rows are read
+// by another thread (once per work item is enough).
+bool storePanelRows(const float* acc, int64_t rows, int cols, const float* rowWeight, float* out, size_t ldo,
+                    bool stream);
+// Makes the non-temporal stores before it visible before any later store (the thread pool's "done" included).
+void streamFence();
+
 // Bytes of one packed panel over K for the dtype.
 inline size_t panelStride(DType dtype, int64_t K) {
   return dtype == DType::F32 ? size_t(K) * kPanelWidth : size_t(packedKPairs(K)) * kPanelWidth;
