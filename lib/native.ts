@@ -42,6 +42,8 @@ export interface NativeAddon {
     cpuFeatures: Record<string, boolean>;
     gemmRows: number;
     gemmRowsBf16: number;
+    /** Output bytes above which an expert pass writes whole lines with non-temporal stores. */
+    streamStoreMinBytes: number;
   };
   /**
    * The process-wide bound on async calls (native/binding/async_gate.h): slots, slots held, calls waiting, calls

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { MoELayer, Router, ValidationError, type MoELayerOptions } from '../lib';
-import type { NativeLayerHandle } from '../lib/native';
+import { native, type NativeLayerHandle } from '../lib/native';
 import { relativeError } from './helpers/compare';
 import { buildLayer as build, layerReference as reference } from './helpers/layer';
 import { freshSeed, randn } from './helpers/random';
@@ -100,12 +100,17 @@ for (const dtype of ['fp32', 'bf16'] as const) {
   });
 
   test(`${dtype}: passes whose outputs exceed the caches (written with non-temporal stores)`, () => {
-    // T = 1000, top-4 of 6 plus a shared expert: 5000 rows. Expert outputs 5000 x (272 + 16) floats (5.8 MB) and
-    // SwiGLU rows 5000 x (544 + 16) floats or (272 + 16) pairs (11 / 5.8 MB) pass kStreamStoreMinBytes (4 MiB), so
-    // both passes stream whole lines; d = 272 leaves a last down panel of 16 columns and f = 528 an odd number of
-    // gate/up panels (33), both written the ordinary way. Checked on a sample of tokens (the reference of all 1000
-    // would take seconds): every token's row of every panel goes through the same stores.
-    const [T, d, f] = [1000, 272, 528];
+    // T = 1000, top-4 of 6 plus a shared expert: 5000 rows. Expert outputs 5000 x (272 + 16) floats and SwiGLU rows
+    // 5000 x (544 + 16) floats or (272 + 16) pairs pass the threshold, so both passes stream whole lines; d = 272
+    // leaves a last down panel of 16 columns and f = 528 an odd number of gate/up panels (33), both written the
+    // ordinary way. Checked twice: on a sample of tokens against the reference (all 1000 would take seconds), and
+    // every token bit for bit against forwards of 50 tokens (250 rows, far below the threshold: ordinary stores).
+    const [T, d, f, chunk] = [1000, 272, 528, 50];
+    const rows = T * 5;
+    const threshold = native().backendInfo().streamStoreMinBytes;
+    assert.ok(rows * (d + 16) * 4 > threshold, 'the expert outputs no longer pass the streaming threshold');
+    assert.ok(rows * (dtype === 'fp32' ? 544 + 16 : 272 + 16) * 4 > threshold, 'the SwiGLU rows no longer pass it');
+    assert.ok(chunk * 5 * (544 + 16) * 4 < threshold, 'the chunked forwards would stream too');
     const b = build({
       E: 6,
       d,
@@ -132,6 +137,12 @@ for (const dtype of ['fp32', 'bf16'] as const) {
     };
     const err = relativeError(pick(output, d), reference(b, pick(x, d), sub));
     assert.ok(err < tol, `${dtype}: relative error ${err} on ${sample.length} tokens (seed ${SEED})`);
+    for (let t0 = 0; t0 < T; t0 += chunk) {
+      const part = b.layer.forward(x.subarray(t0 * d, (t0 + chunk) * d)).output;
+      const whole = output.subarray(t0 * d, (t0 + chunk) * d);
+      const at = part.findIndex((v, i) => !Object.is(v, whole[i]));
+      assert.is(at, -1, `${dtype}: token ${t0 + Math.floor(at / d)} column ${at % d} differs from its forward alone`);
+    }
     b.layer.dispose();
   });
 

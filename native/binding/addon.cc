@@ -9,6 +9,7 @@
 #include "exposition_wrap.h"
 #include "layer_wrap.h"
 #include "moe/cpu_features.h"
+#include "moe/expert_gemm.h"
 #include "moe/gemm.h"
 #include "router_wrap.h"
 
@@ -30,6 +31,8 @@ Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
   o.Set("cpuFeatures", features);
   o.Set("gemmRows", moe::gemmKernels().maxRows);          // rows of one fp32 kernel call (its register block)
   o.Set("gemmRowsBf16", moe::gemmKernels().bf16Rows);     // rows of one bf16 call (32 on AMX tiles)
+  // a pass whose output exceeds this writes it with non-temporal stores (moe/expert_gemm.h)
+  o.Set("streamStoreMinBytes", double(moe::kStreamStoreMinBytes));
   return o;
 }
 

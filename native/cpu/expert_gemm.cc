@@ -1,13 +1,14 @@
-// Expert GEMM passes on top of the micro-kernels. Each call handles one 32-wide weight panel for all of an
+// Expert GEMM passes on top of the micro-kernels. Each panel product handles one 32-wide weight panel for all of an
 // expert's rows: the panel is read from memory once and reused across row blocks from cache, which is what
-// makes the small-batch (1-4 token) case pure weight streaming and the large one compute-bound.
+// makes the small-batch (1-4 token) case pure weight streaming and the large one compute-bound. The passes run an
+// item's range of panels and write the rows' outputs, around the caches when they are large.
 #include "moe/expert_gemm.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 
-#if defined(__SSE2__)
+#if defined(__SSE2__) || defined(_M_X64)
 #include <emmintrin.h>  // (x86-64 has SSE2 everywhere: the non-temporal stores)
 #endif
 
@@ -95,7 +96,7 @@ bool lineAligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % 64 == 
 
 // One 64-byte line from `src` (16-byte aligned) to `dst` (a line), around the caches.
 inline void streamLine(void* dst, const void* src) {
-#if defined(__SSE2__)
+#if defined(__SSE2__) || defined(_M_X64)
   for (int i = 0; i < 4; ++i)
     _mm_stream_si128(static_cast<__m128i*>(dst) + i, _mm_load_si128(static_cast<const __m128i*>(src) + i));
 #else
@@ -105,7 +106,7 @@ inline void streamLine(void* dst, const void* src) {
 
 // 16 floats w * src[0..16) (16-byte aligned) into the line `dst`, around the caches.
 inline void streamScaledLine(float* dst, const float* src, float w) {
-#if defined(__SSE2__)
+#if defined(__SSE2__) || defined(_M_X64)
   const __m128 scale = _mm_set1_ps(w);
   for (int i = 0; i < 16; i += 4) _mm_stream_ps(dst + i, _mm_mul_ps(scale, _mm_load_ps(src + i)));
 #else
@@ -116,7 +117,7 @@ inline void streamScaledLine(float* dst, const float* src, float w) {
 }  // namespace
 
 void streamFence() {
-#if defined(__SSE2__)
+#if defined(__SSE2__) || defined(_M_X64)
   _mm_sfence();
 #endif
 }

@@ -118,8 +118,13 @@ void Layer::runExperts() {
   int64_t maxRows = 0;
   for (const ExpertJob& job : arena_.jobs) maxRows = std::max(maxRows, job.rows);
   const int workers = threads_;
-  // (two panels' worth: a bf16 gate/up pass streams its SwiGLU rows a line, two panels, at a time)
-  arena_.accumulators.ensure(size_t(workers) * size_t(maxRows) * 2 * kPanelWidth);
+  // Outputs larger than the caches go around them (kStreamStoreMinBytes). A bf16 line of SwiGLU rows is two gate/up
+  // panels: those items then start on even panels, and a worker's scratch holds two panels' accumulators.
+  const size_t elem = f32 ? sizeof(float) : sizeof(uint32_t);
+  const bool streamHidden = size_t(rows) * ldh * elem > kStreamStoreMinBytes;
+  const bool streamOutput = size_t(rows) * ldo * sizeof(float) > kStreamStoreMinBytes;
+  const size_t accPerWorker = size_t(maxRows) * (!f32 && streamHidden ? 2 : 1) * kPanelWidth;
+  arena_.accumulators.ensure(size_t(workers) * accPerWorker);
   const GemmKernels& kern = gemmKernels();
   auto expertOf = [&](const ExpertJob& job) -> const PackedExpert& {
     return job.expert < int32_t(weights_->experts.size()) ? weights_->experts[size_t(job.expert)] : *weights_->shared;
@@ -146,11 +151,6 @@ void Layer::runExperts() {
                           : static_cast<const void*>(arena_.inputBF16.data());
   const size_t ldx = size_t(inputRowStride(dtype_, d));
 
-  // Outputs larger than the caches go around them (kStreamStoreMinBytes); a bf16 line of SwiGLU rows is two gate/up
-  // panels, so those items then start on even panels.
-  const size_t elem = f32 ? sizeof(float) : sizeof(uint32_t);
-  const bool streamHidden = size_t(rows) * ldh * elem > kStreamStoreMinBytes;
-  const bool streamOutput = size_t(rows) * ldo * sizeof(float) > kStreamStoreMinBytes;
   planItems([&](const ExpertJob& job) { return (expertOf(job).intermediate + kGateUpOutputs - 1) / kGateUpOutputs; },
             !f32 && streamHidden ? 2 : 1);
   router_->pool().parallelFor(workers, int64_t(arena_.items.size()), [&](int64_t i, int worker) {
@@ -160,7 +160,7 @@ void Layer::runExperts() {
     const void* panels = f32 ? static_cast<const void*>(ex.gateUpF32.data()) : ex.gateUpBF16.data();
     const Activations x{dtype_, static_cast<const char*>(input) + size_t(job.row0) * ldx * elem, ldx};
     void* h = static_cast<char*>(hidden) + size_t(job.row0) * ldh * elem;
-    float* acc = arena_.accumulators.data() + size_t(worker) * size_t(maxRows) * 2 * kPanelWidth;
+    float* acc = arena_.accumulators.data() + size_t(worker) * accPerWorker;
     gateUpPanels(kern, x, job.rows, d, panels, item.panelBegin, item.panelEnd, h, ldh, acc, streamHidden);
   });
 
@@ -173,7 +173,7 @@ void Layer::runExperts() {
     const Activations h{dtype_, static_cast<const char*>(hidden) + size_t(job.row0) * ldh * elem, ldh};
     float* out = arena_.output.data() + size_t(job.row0) * ldo;
     const float* weight = arena_.rowWeight.data() + job.row0;
-    float* acc = arena_.accumulators.data() + size_t(worker) * size_t(maxRows) * 2 * kPanelWidth;
+    float* acc = arena_.accumulators.data() + size_t(worker) * accPerWorker;
     downPanels(kern, h, job.rows, ex.intermediate, panels, item.panelBegin, item.panelEnd, d, weight, out, ldo, acc,
                streamOutput);
   });

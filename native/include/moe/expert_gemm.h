@@ -1,5 +1,5 @@
-// The two GEMM passes of an expert, one panel at a time, so that (expert, panel) pairs are the units of work
-// the thread pool shares out. Rows are the expert's dispatched tokens; `acc` is worker scratch (rows x 32).
+// The two GEMM passes of an expert over a range of its panels, so that (expert, panel range) items are the units of
+// work the thread pool shares out. Rows are the expert's dispatched tokens; `acc` is worker scratch.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -29,12 +29,13 @@ constexpr size_t kStreamStoreMinBytes = size_t(4) << 20;
 // Gate/up panels [p0, p1) of one expert; panel p covers intermediate columns [16p, 16p+16): h = silu(x·w1) * (x·w3),
 // written to `hidden` (fp32 rows, or bf16 pairs when the layer is bf16) with row stride `ldh` elements. `acc` is
 // scratch for rows x 64 floats. `stream`: write whole lines with non-temporal stores (fp32: every panel's 16
-// outputs; bf16: two panels', from an even p), then fence. `hidden` rows must then start on 64-byte lines.
+// outputs; bf16: two panels', from an even p), then fence; only where `hidden` and its rows start on 64-byte lines.
 void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, int64_t d, const void* gateUpPanels,
                   int64_t p0, int64_t p1, void* hidden, size_t ldh, float* acc, bool stream);
 
 // Down panels [p0, p1) of one expert; panel p covers output columns [32p, 32p+32) of d:
-// out[r] = weight[r] * (h[r] · w2^T). `acc`: rows x 32 floats. `stream`: as for gateUpPanels (whole panels only).
+// out[r] = weight[r] * (h[r] · w2^T). `acc`: rows x 32 floats. `stream`: as for gateUpPanels, for whole panels on
+// rows that start on 64-byte lines (d a multiple of 16).
 void downPanels(const GemmKernels& kern, const Activations& h, int64_t rows, int64_t f, const void* downPanels,
                 int64_t p0, int64_t p1, int64_t d, const float* rowWeight, float* out, size_t ldo, float* acc,
                 bool stream);

@@ -62,7 +62,7 @@ struct LayerArena {
   AlignedBuffer<uint32_t> inputBF16, hiddenBF16;
   AlignedBuffer<int32_t> rowToken, slotRow;
   AlignedBuffer<float> rowWeight, sharedScale;
-  AlignedBuffer<float> accumulators;  // per worker: rows x 32
+  AlignedBuffer<float> accumulators;  // per worker: rows x 32, or x 64 for a streamed bf16 gate/up pass
   std::vector<int64_t> cursor;
   std::vector<ExpertJob> jobs;
   struct WorkItem {
