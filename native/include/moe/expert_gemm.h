@@ -28,8 +28,9 @@ constexpr size_t kStreamStoreMinBytes = size_t(4) << 20;
 
 // Gate/up panels [p0, p1) of one expert; panel p covers intermediate columns [16p, 16p+16): h = silu(x·w1) * (x·w3),
 // written to `hidden` (fp32 rows, or bf16 pairs when the layer is bf16) with row stride `ldh` elements. `acc` is
-// scratch for rows x 64 floats. `stream`: write whole lines with non-temporal stores (fp32: every panel's 16
-// outputs; bf16: two panels', from an even p), then fence; only where `hidden` and its rows start on 64-byte lines.
+// scratch for rows x 32 floats, rows x 64 for a streamed bf16 pass. `stream`: write whole lines with non-temporal
+// stores (fp32: every panel's 16 outputs; bf16: two panels', from an even p), then fence; only where `hidden` and
+// its rows start on 64-byte lines.
 void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, int64_t d, const void* gateUpPanels,
                   int64_t p0, int64_t p1, void* hidden, size_t ldh, float* acc, bool stream);
 
