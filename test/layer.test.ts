@@ -2,7 +2,7 @@
  * MoELayer against the float64 layer reference: fp32 weights to 1e-5 relative (‖y − ref‖/‖ref‖), bf16 to 1e-2 (the
  * reference then takes the bf16-rounded weights and input, as the layer does; test/helpers/layer.ts),
  * for T in {1, 2, 7, 64, 513}, with shared experts, experts that get no tokens, one expert that gets every
- * token, and forward beside forwardAsync.
+ * token, and forward beside forwardAsync; and T = 1000, whose passes write their outputs with non-temporal stores.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -103,8 +103,9 @@ for (const dtype of ['fp32', 'bf16'] as const) {
     // T = 1000, top-4 of 6 plus a shared expert: 5000 rows. Expert outputs 5000 x (272 + 16) floats and SwiGLU rows
     // 5000 x (544 + 16) floats or (272 + 16) pairs pass the threshold, so both passes stream whole lines; d = 272
     // leaves a last down panel of 16 columns and f = 528 an odd number of gate/up panels (33), both written the
-    // ordinary way, and the shared expert's f = 400 (25 panels) leaves part of its SwiGLU rows unwritten. Checked twice: on a sample of tokens against the reference (all 1000 would take seconds), and
-    // every token bit for bit against forwards of 50 tokens (250 rows, far below the threshold: ordinary stores).
+    // ordinary way, and the shared expert's f = 400 (25 panels) leaves part of its SwiGLU rows unwritten. Checked
+    // twice: on a sample of tokens against the reference (all 1000 would take seconds), and every token bit for bit
+    // against forwards of 50 tokens (250 rows, far below the threshold: ordinary stores).
     const [T, d, f, chunk] = [1000, 272, 528, 50];
     const rows = T * 5;
     const threshold = native().backendInfo().streamStoreMinBytes;
