@@ -92,7 +92,10 @@ const void* panelAt(DType dtype, const void* panels, size_t stride, int64_t p) {
                              : static_cast<const void*>(static_cast<const uint32_t*>(panels) + size_t(p) * stride);
 }
 
-bool lineAligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % 64 == 0; }
+// Whether rows `rowBytes` apart from `base` all start on 64-byte lines (so whole lines can be streamed).
+bool rowsOnLines(const void* base, size_t rowBytes) {
+  return reinterpret_cast<uintptr_t>(base) % 64 == 0 && rowBytes % 64 == 0;
+}
 
 // One 64-byte line from `src` (16-byte aligned) to `dst` (a line), around the caches.
 inline void streamLine(void* dst, const void* src) {
@@ -124,7 +127,7 @@ void streamFence() {
 
 bool storePanelRows(const float* acc, int64_t rows, int cols, const float* rowWeight, float* out, size_t ldo,
                     bool stream) {
-  const bool whole = stream && cols == kPanelWidth && lineAligned(out) && (ldo * 4) % 64 == 0;
+  const bool whole = stream && cols == kPanelWidth && rowsOnLines(out, ldo * sizeof(float));
   for (int64_t r = 0; r < rows; ++r) {
     const float w = rowWeight ? rowWeight[r] : 1.0f;
     const float* src = acc + r * kPanelWidth;
@@ -148,7 +151,7 @@ void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, i
   const bool bf16 = x.dtype == DType::BF16;
   // A panel's 16 outputs of a row: 64 bytes in fp32, 32 (half a line) in bf16, where two panels make a line.
   const int64_t perLine = bf16 ? 2 : 1;
-  stream = stream && rows > 0 && lineAligned(hidden) && (ldh * 4) % 64 == 0;  // (4 bytes: a float or a pair)
+  stream = stream && rows > 0 && rowsOnLines(hidden, ldh * 4);  // (4 bytes: a float or a pair)
   float* second = acc + rows * kPanelWidth;
   alignas(64) uint32_t line[16];
   bool streamed = false;

@@ -121,8 +121,8 @@ void Layer::runExperts() {
   // Outputs larger than the caches go around them (kStreamStoreMinBytes). A bf16 line of SwiGLU rows is two gate/up
   // panels: those items then start on even panels, and a worker's scratch holds two panels' accumulators.
   const size_t elem = f32 ? sizeof(float) : sizeof(uint32_t);
-  const bool streamHidden = size_t(rows) * ldh * elem > kStreamStoreMinBytes;
-  const bool streamOutput = size_t(rows) * ldo * sizeof(float) > kStreamStoreMinBytes;
+  const bool streamHidden = streamsOutput(size_t(rows) * ldh * elem);
+  const bool streamOutput = streamsOutput(size_t(rows) * ldo * sizeof(float));
   const size_t accPerWorker = size_t(maxRows) * (!f32 && streamHidden ? 2 : 1) * kPanelWidth;
   arena_.accumulators.ensure(size_t(workers) * accPerWorker);
   const GemmKernels& kern = gemmKernels();

@@ -83,7 +83,7 @@ double denseGemmSeconds(int64_t M, int64_t N, int64_t K, DType dtype, int reps, 
   const int64_t rowChunks = (M + kRowChunk - 1) / kRowChunk, panels = panelCount(N);
   const size_t stride = panelStride(dtype, K);
   AlignedBuffer<float> acc(size_t(workers) * kRowChunk * kPanelWidth);
-  const bool streamC = size_t(M) * size_t(N) * sizeof(float) > kStreamStoreMinBytes;
+  const bool streamC = streamsOutput(size_t(M) * size_t(N) * sizeof(float));
   std::vector<double> times;
   for (int rep = 0; rep < reps; ++rep) {
     const auto start = std::chrono::steady_clock::now();

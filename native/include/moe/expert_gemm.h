@@ -25,6 +25,8 @@ void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, i
 // stores where whole 64-byte lines allow: it cannot stay in cache until the next stage reads it, and ordinary stores
 // of lines that are not in cache each wait for the line to be read first (bench/RESULTS.md, step 24).
 constexpr size_t kStreamStoreMinBytes = size_t(4) << 20;
+// Whether an output of this many bytes in all is written around the caches (the `stream` arguments below).
+inline bool streamsOutput(size_t bytes) { return bytes > kStreamStoreMinBytes; }
 
 // Gate/up panels [p0, p1) of one expert; panel p covers intermediate columns [16p, 16p+16): h = silu(x·w1) * (x·w3),
 // written to `hidden` (fp32 rows, or bf16 pairs when the layer is bf16) with row stride `ldh` elements. `acc` is
