@@ -28,6 +28,8 @@ export interface NativeAddon {
     streamRead(data: Float32Array, threads: number): number;
     denseGemmSeconds(M: number, N: number, K: number, dtype: number, reps: number, threads: number): number;
     fillNormal(out: Float32Array, seed: number, std: number): void;
+    /** A Float32Array in native memory laid out as the packed weights are (2 MiB aligned, huge pages). */
+    alignedFloat32Array(length: number): Float32Array;
   };
   /** The metrics text of lib/observability/text-plan.ts (native/telemetry/exposition_text.h). */
   exposition: {
@@ -222,7 +224,7 @@ export const addonSurface = {
     'cudaBenchCopy',
   ],
   namespaces: {
-    bench: ['streamRead', 'denseGemmSeconds', 'fillNormal'],
+    bench: ['streamRead', 'denseGemmSeconds', 'fillNormal', 'alignedFloat32Array'],
     exposition: ['renderText', 'renderInto', 'formatNumber'],
   },
   classes: {

@@ -1,8 +1,11 @@
 // Bench-only functions: roofline anchors and fast seeded weights (moe/roofline.h). Exposed as `bench.*`.
 #include "bench_wrap.h"
 
+#include <string>
+
 #include "addon_data.h"
 #include "args.h"
+#include "moe/aligned.h"
 #include "moe/roofline.h"
 
 namespace moe_binding {
@@ -42,6 +45,29 @@ Napi::Value FillNormal(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// alignedFloat32Array(length) -> Float32Array in memory of the package's own AlignedBuffer: 2 MiB aligned and on
+// transparent huge pages from 4 MiB on, as the packed weights are. The stream anchor reads such a buffer, so that
+// the floor's bandwidth is measured on memory like the weights' (V8's own buffers get 4 KiB pages).
+Napi::Value AlignedFloat32Array(const Napi::CallbackInfo& info) {
+  const int64_t length = intArg(info, 0, "length", 1, int64_t(1) << 34);
+  auto* buffer = new moe::AlignedBuffer<float>();
+  try {
+    buffer->ensure(size_t(length));
+  } catch (const std::bad_alloc&) {
+    delete buffer;
+    throw Napi::RangeError::New(info.Env(),
+                                "alignedFloat32Array: cannot allocate " + std::to_string(length) + " floats");
+  }
+  const size_t bytes = size_t(length) * sizeof(float);
+  Napi::MemoryManagement::AdjustExternalMemory(info.Env(), int64_t(bytes));
+  Napi::ArrayBuffer storage = Napi::ArrayBuffer::New(
+      info.Env(), buffer->data(), bytes, [](Napi::Env env, void*, moe::AlignedBuffer<float>* owned) {
+        Napi::MemoryManagement::AdjustExternalMemory(env, -int64_t(owned->bytes()));
+        delete owned;
+      }, buffer);
+  return Napi::Float32Array::New(info.Env(), size_t(length), storage, 0);
+}
+
 }  // namespace
 
 void InitBench(Napi::Env env, Napi::Object exports) {
@@ -49,6 +75,7 @@ void InitBench(Napi::Env env, Napi::Object exports) {
   bench.Set("streamRead", Napi::Function::New<StreamRead>(env, "streamRead"));
   bench.Set("denseGemmSeconds", Napi::Function::New<DenseGemm>(env, "denseGemmSeconds"));
   bench.Set("fillNormal", Napi::Function::New<FillNormal>(env, "fillNormal"));
+  bench.Set("alignedFloat32Array", Napi::Function::New<AlignedFloat32Array>(env, "alignedFloat32Array"));
   exports.Set("bench", bench);
 }
 

@@ -1,13 +1,26 @@
 // A 64-byte aligned, growable buffer of trivially copyable T. Growth is the only allocation; `ensure` with a
 // size already reached is free, which is how per-call scratch stays allocation-free after warm-up.
 // Buffers of 4 MiB and more are 2 MiB aligned and asked to use transparent huge pages: packed expert weights are
-// streamed at memory bandwidth, and with 4 KiB pages every 4 KiB of that stream would cost a TLB miss.
+// streamed at memory bandwidth, and with 4 KiB pages every 4 KiB of that stream would cost a TLB miss and restart
+// the hardware prefetcher. On Linux they are mapped on their own, so that the request comes before any page
+// exists: from the heap, glibc served the 4-32 MiB ones (an OLMoE expert's packed weights) from memory an
+// earlier allocation had already faulted in with 4 KiB pages, which madvise leaves as they are (bench/RESULTS.md,
+// step 26). Under AddressSanitizer they stay on the heap, where its redzones see overflows.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <new>
 #if defined(__linux__)
 #include <sys/mman.h>
+#endif
+
+#if defined(__SANITIZE_ADDRESS__)
+#define MOE_HEAP_ONLY 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MOE_HEAP_ONLY 1
+#endif
 #endif
 
 namespace moe {
@@ -17,36 +30,78 @@ class AlignedBuffer {
  public:
   AlignedBuffer() = default;
   explicit AlignedBuffer(size_t n) { ensure(n); }
-  ~AlignedBuffer() { std::free(data_); }
+  ~AlignedBuffer() { release(); }
   AlignedBuffer(const AlignedBuffer&) = delete;
   AlignedBuffer& operator=(const AlignedBuffer&) = delete;
-  AlignedBuffer(AlignedBuffer&& o) noexcept : data_(o.data_), size_(o.size_) { o.data_ = nullptr, o.size_ = 0; }
+  AlignedBuffer(AlignedBuffer&& o) noexcept : data_(o.data_), size_(o.size_), mapped_(o.mapped_) {
+    o.data_ = nullptr, o.size_ = 0, o.mapped_ = 0;
+  }
 
   // Grows to at least n elements (contents are not preserved on growth).
   void ensure(size_t n) {
     if (n <= size_) return;
-    std::free(data_);
-    data_ = nullptr;
-    size_ = 0;
-    const size_t align = n * sizeof(T) >= kHugeThreshold ? kHugePage : 64;
-    const size_t bytes = (n * sizeof(T) + align - 1) / align * align;
-    data_ = static_cast<T*>(std::aligned_alloc(align, bytes));
-    if (!data_) throw std::bad_alloc();
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (align == kHugePage) madvise(data_, bytes, MADV_HUGEPAGE);  // a hint: failure only costs speed
-#endif
+    release();
+    const size_t bytes = n * sizeof(T);
+    data_ = static_cast<T*>(bytes >= kHugeThreshold ? allocateHuge(bytes) : allocate(bytes, 64));
     size_ = n;
   }
   T* data() { return data_; }
   const T* data() const { return data_; }
   size_t size() const { return size_; }
   size_t bytes() const { return size_ * sizeof(T); }
+  // Whether the memory was mapped on its own (a buffer of 4 MiB or more, on Linux, without AddressSanitizer).
+  bool mapped() const { return mapped_ != 0; }
 
  private:
   static constexpr size_t kHugePage = size_t(2) << 20;
   static constexpr size_t kHugeThreshold = size_t(4) << 20;
+
+  static size_t roundUp(size_t bytes, size_t align) { return (bytes + align - 1) / align * align; }
+
+  static void* allocate(size_t bytes, size_t align) {
+    void* p = std::aligned_alloc(align, roundUp(bytes, align));
+    if (!p) throw std::bad_alloc();
+    return p;
+  }
+
+  void* allocateHuge(size_t bytes) {
+    const size_t length = roundUp(bytes, kHugePage);
+#if defined(__linux__) && defined(MADV_HUGEPAGE) && !defined(MOE_HEAP_ONLY)
+    // Map one huge page more than needed, then unmap what lies outside the 2 MiB aligned range.
+    void* raw = mmap(nullptr, length + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) throw std::bad_alloc();
+    const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
+    const uintptr_t begin = (start + kHugePage - 1) & ~uintptr_t(kHugePage - 1), end = begin + length;
+    if (begin > start) munmap(raw, begin - start);
+    if (start + length + kHugePage > end) munmap(reinterpret_cast<void*>(end), start + length + kHugePage - end);
+    void* p = reinterpret_cast<void*>(begin);
+    madvise(p, length, MADV_HUGEPAGE);  // a hint: failure only costs speed
+    mapped_ = length;
+    return p;
+#else
+    void* p = allocate(length, kHugePage);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    madvise(p, length, MADV_HUGEPAGE);
+#endif
+    return p;
+#endif
+  }
+
+  void release() {
+#if defined(__linux__)
+    if (mapped_ != 0) munmap(data_, mapped_);
+    else std::free(data_);
+#else
+    std::free(data_);
+#endif
+    data_ = nullptr;
+    size_ = 0;
+    mapped_ = 0;
+  }
+
   T* data_ = nullptr;
   size_t size_ = 0;
+  size_t mapped_ = 0;  // bytes mapped with mmap (0: the heap's)
 };
 
 }  // namespace moe
