@@ -67,9 +67,10 @@ class AlignedBuffer {
   void* allocateHuge(size_t bytes) {
     const size_t length = roundUp(bytes, kHugePage);
 #if defined(__linux__) && defined(MADV_HUGEPAGE) && !defined(MOE_HEAP_ONLY)
-    // Map one huge page more than needed, then unmap what lies outside the 2 MiB aligned range.
+    // Map one huge page more than needed, then unmap what lies outside the 2 MiB aligned range. Where mapping
+    // fails (vm.max_map_count reached by a process with tens of thousands of experts), the heap still may not.
     void* raw = mmap(nullptr, length + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (raw == MAP_FAILED) throw std::bad_alloc();
+    if (raw == MAP_FAILED) return allocate(length, kHugePage);
     const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
     const uintptr_t begin = (start + kHugePage - 1) & ~uintptr_t(kHugePage - 1), end = begin + length;
     if (begin > start) munmap(raw, begin - start);
