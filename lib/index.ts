@@ -40,6 +40,7 @@ export {
   type SharedExpertOptions,
   type LayerStats,
   type ForwardResult,
+  type ForwardOptions,
   type DeviceForwardOptions,
 } from './layer';
 export type { FromPretrainedOptions } from './models/pretrained';

@@ -251,6 +251,56 @@ test('withRouter shares the packed weights: same output, and it outlives the ori
   );
 });
 
+test('forward({ output }) writes y into the given array, every element, as a new array would hold it', async () => {
+  for (const dtype of ['fp32', 'bf16'] as const) {
+    const b = build({ E: 6, d: 40, f: 24, selection: { kind: 'topk', k: 2 }, dtype, seed: SEED + 300 });
+    for (const T of [1, 9, 130]) {
+      const x = randn(T * b.d, SEED + 310 + T);
+      const fresh = b.layer.forward(x);
+      // a larger buffer's middle, poisoned: an element the layer did not write stays NaN
+      const backing = new Float32Array(T * b.d + 16).fill(NaN);
+      const given = backing.subarray(8, 8 + T * b.d);
+      const r = b.layer.forward(x, { output: given });
+      assert.ok(r.output === given, `${dtype} T=${T}: the result's output is the given array`);
+      assert.equal(Array.from(given), Array.from(fresh.output), `${dtype} T=${T}: bit for bit as a new array`);
+      assert.ok(Number.isNaN(backing[7]) && Number.isNaN(backing[8 + T * b.d]), 'nothing outside it written');
+      assert.ok(relativeError(given, reference(b, x, r.routing)) < (dtype === 'fp32' ? 1e-5 : 1e-2));
+      assert.equal(Array.from(r.routing.indices), Array.from(fresh.routing.indices));
+    }
+    const x = randn(3 * b.d, SEED + 320);
+    const wrong: Array<[unknown, RegExp]> = [
+      [new Float32Array(3 * b.d - 1), /output: expected 120 elements, got 119/],
+      [new Float64Array(3 * b.d), /output: expected a Float32Array/],
+      [x, /output: shares memory with x/],
+      [new Float32Array(x.buffer, 4, 3 * b.d - 1), /output: expected 120 elements/],
+    ];
+    const overlapping = new Float32Array(6 * b.d);
+    overlapping.set(x);
+    wrong.push([overlapping.subarray(b.d, 4 * b.d), /output: shares memory with x/]);
+    const detached = new Float32Array(3 * b.d);
+    structuredClone(detached.buffer, { transfer: [detached.buffer] });
+    wrong.push([detached, /output: its ArrayBuffer is detached/]);
+    for (const [output, message] of wrong) {
+      const input = output === wrong[4][0] ? overlapping.subarray(0, 3 * b.d) : x;
+      assert.throws(
+        () => b.layer.forward(input, { output: output as Float32Array }),
+        (e: Error) => e instanceof ValidationError && message.test(e.message),
+        String(message),
+      );
+    }
+    // beside it, not on it: the same buffer is fine where the ranges do not meet
+    const side = new Float32Array(6 * b.d);
+    side.set(x);
+    const y = b.layer.forward(side.subarray(0, 3 * b.d), { output: side.subarray(3 * b.d) }).output;
+    assert.equal(Array.from(y), Array.from(b.layer.forward(x).output));
+    await b.layer.forwardAsync(x, { output: new Float32Array(3 * b.d) } as never).then(
+      () => assert.unreachable('forwardAsync took an output array'),
+      (e: Error) => assert.ok(e instanceof ValidationError && /only forward\(\) writes/.test(e.message), e.message),
+    );
+    b.layer.dispose();
+  }
+});
+
 test('bad input gets a clear error', () => {
   const b = build({ E: 4, d: 8, f: 8, selection: { kind: 'topk', k: 1 }, seed: SEED + 400 });
   assert.throws(
