@@ -136,12 +136,16 @@ export interface ForwardResult {
   stats: LayerStats;
 }
 
-/** forward()'s `output`: T·d elements that do not share memory with x (the layer reads x while it writes y). */
+/**
+ * forward()'s `output`: T·d elements that do not share memory with x, so that no kernel, now or later, ever reads x
+ * where it has written y. Checked here where both are views of one buffer, and in the binding by address (arrays
+ * over the same memory from separate buffers, e.g. a SharedArrayBuffer that came back from a worker).
+ */
 function requireOutput(output: unknown, length: number, x: Float32Array): void {
   const y = requireFloat32('output', output, { length });
   const overlaps =
     y.buffer === x.buffer && y.byteOffset < x.byteOffset + x.byteLength && x.byteOffset < y.byteOffset + y.byteLength;
-  if (overlaps) throw new ValidationError('output: shares memory with x; the layer reads x while it writes y');
+  if (overlaps) throw new ValidationError('output: shares memory with x; give y an array of its own');
 }
 
 const LAYER_STATS = 7;
@@ -352,10 +356,6 @@ export class MoELayer {
 
   /** As {@link forward}, off the event loop, on a private copy of x; async calls of one layer run one after another. */
   async forwardAsync(x: Float32Array, opts: RouteOptions = {}): Promise<ForwardResult> {
-    if ((opts as ForwardOptions | undefined)?.output !== undefined) {
-      // (JS runs while the worker writes: the array could be read half-written, or transferred away under it)
-      throw new ValidationError('output: only forward() writes into a given array; forwardAsync returns a new one');
-    }
     const call = this.prepare(x, opts, true);
     // (the handle of the call's time: a dispose() while it waits in the queue releases the weights after it)
     const cuda = this.cudaHandle;
@@ -475,6 +475,9 @@ export class MoELayer {
     const { prepared, device } = this.router.countValidationErrors(() => {
       const p = this.router.prepareFor(x, opts, onDevice, this.checkTokens);
       if (given !== undefined) requireOutput(given, p.prepared.tokens * this.hiddenSize, x);
+      else if (copyInputs && (opts as ForwardOptions | undefined)?.output !== undefined)
+        // (JS runs while the worker writes: the array could be read half-written, or transferred away under it)
+        throw new ValidationError('output: only forward() writes into a given array; forwardAsync returns a new one');
       return p;
     }, handle);
     if (copyInputs) x = this.router.privateInputs(x, prepared);

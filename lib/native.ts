@@ -28,7 +28,7 @@ export interface NativeAddon {
     streamRead(data: Float32Array, threads: number): number;
     denseGemmSeconds(M: number, N: number, K: number, dtype: number, reps: number, threads: number): number;
     fillNormal(out: Float32Array, seed: number, std: number): void;
-    /** A Float32Array in native memory laid out as the packed weights are (2 MiB aligned, huge pages). */
+    /** A zeroed Float32Array in native memory, laid out as packed weights are (from 4 MiB: huge pages). */
     alignedFloat32Array(length: number): Float32Array;
   };
   /** The metrics text of lib/observability/text-plan.ts (native/telemetry/exposition_text.h). */

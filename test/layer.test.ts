@@ -268,24 +268,30 @@ test('forward({ output }) writes y into the given array, every element, as a new
       assert.equal(Array.from(r.routing.indices), Array.from(fresh.routing.indices));
     }
     const x = randn(3 * b.d, SEED + 320);
-    const wrong: Array<[unknown, RegExp]> = [
-      [new Float32Array(3 * b.d - 1), /output: expected 120 elements, got 119/],
-      [new Float64Array(3 * b.d), /output: expected a Float32Array/],
-      [x, /output: shares memory with x/],
-      [new Float32Array(x.buffer, 4, 3 * b.d - 1), /output: expected 120 elements/],
+    const n = 3 * b.d;
+    // [what, x, output, the error]
+    const wrong: Array<[string, Float32Array, unknown, RegExp]> = [
+      ['short', x, new Float32Array(n - 1), /output: expected 120 elements, got 119/],
+      ['Float64Array', x, new Float64Array(n), /output: expected a Float32Array/],
+      ['x itself', x, x, /output: shares memory with x/],
+      ['a view of x', x, new Float32Array(x.buffer, 4, n - 1), /output: expected 120 elements/],
     ];
-    const overlapping = new Float32Array(6 * b.d);
-    overlapping.set(x);
-    wrong.push([overlapping.subarray(b.d, 4 * b.d), /output: shares memory with x/]);
-    const detached = new Float32Array(3 * b.d);
+    const both = new Float32Array(6 * b.d);
+    both.set(x);
+    wrong.push(['overlapping x', both.subarray(0, n), both.subarray(b.d, b.d + n), /output: shares memory with x/]);
+    // the same memory under two SharedArrayBuffer objects (as one that went to a worker and back): the binding's check
+    const shared = new SharedArrayBuffer(4 * n);
+    new Float32Array(shared).set(x);
+    const alias = new Float32Array(structuredClone(shared));
+    wrong.push(['aliased', new Float32Array(shared), alias, /output: shares memory with x/]);
+    const detached = new Float32Array(n);
     structuredClone(detached.buffer, { transfer: [detached.buffer] });
-    wrong.push([detached, /output: its ArrayBuffer is detached/]);
-    for (const [output, message] of wrong) {
-      const input = output === wrong[4][0] ? overlapping.subarray(0, 3 * b.d) : x;
+    wrong.push(['detached', x, detached, /output: its ArrayBuffer is detached/]);
+    for (const [what, input, output, message] of wrong) {
       assert.throws(
         () => b.layer.forward(input, { output: output as Float32Array }),
         (e: Error) => e instanceof ValidationError && message.test(e.message),
-        String(message),
+        what,
       );
     }
     // beside it, not on it: the same buffer is fine where the ranges do not meet

@@ -21,6 +21,13 @@ inline Napi::Error makeError(Napi::Env env, const std::string& code, const std::
   throw makeError(env, "ERR_MOE_VALIDATION", message);
 }
 
+// A layer's output y (n floats) must not share memory with its input x: lib/layer.ts sees views of one buffer, this
+// also arrays over the same memory from separate buffers (a SharedArrayBuffer that came back from a worker).
+inline void requireDisjointOutput(Napi::Env env, const float* x, const float* y, size_t n) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(x), b = reinterpret_cast<uintptr_t>(y), bytes = n * sizeof(float);
+  if (a < b + bytes && b < a + bytes) throwValidation(env, "output: shares memory with x; give y an array of its own");
+}
+
 template <typename T>
 struct TypedArrayTraits;
 template <>

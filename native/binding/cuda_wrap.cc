@@ -238,6 +238,7 @@ HostCall parseHostCall(const Napi::CallbackInfo& info, const CudaLayerWrap::Stat
     const size_t T = size_t(c.tokens);
     c.x = typedArrayArg<float>(info, 0, "x", T * d);
     c.y = typedArrayArg<float>(info, 2, "output", T * d);
+    requireDisjointOutput(info.Env(), c.x, c.y, T * d);
     base = 3;
     h.routeStats = typedArrayArg<double>(info, 7, "routeStats", 5);
     h.layerStats = typedArrayArg<double>(info, 8, "layerStats", 7);

@@ -54,6 +54,7 @@ ForwardCall parseForward(const Napi::CallbackInfo& info, moe::Layer& layer) {
   const size_t T = size_t(c.T), d = size_t(cfg.hiddenSize), E = size_t(cfg.numExperts), K = size_t(cfg.maxK);
   c.x = typedArrayArg<float>(info, 0, "x", T * d);
   c.y = typedArrayArg<float>(info, 2, "output", T * d);
+  requireDisjointOutput(info.Env(), c.x, c.y, T * d);
   c.routing.indices = typedArrayArg<int32_t>(info, 3, "indices", T * K);
   c.routing.weights = typedArrayArg<float>(info, 4, "weights", T * K);
   c.routing.k = typedArrayArg<int32_t>(info, 5, "k", T);

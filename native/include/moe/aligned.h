@@ -67,26 +67,41 @@ class AlignedBuffer {
   void* allocateHuge(size_t bytes) {
     const size_t length = roundUp(bytes, kHugePage);
 #if defined(__linux__) && defined(MADV_HUGEPAGE) && !defined(MOE_HEAP_ONLY)
-    // Map one huge page more than needed, then unmap what lies outside the 2 MiB aligned range. Where mapping
-    // fails (vm.max_map_count reached by a process with tens of thousands of experts), the heap still may not.
-    void* raw = mmap(nullptr, length + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (raw == MAP_FAILED) return allocate(length, kHugePage);
-    const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
-    const uintptr_t begin = (start + kHugePage - 1) & ~uintptr_t(kHugePage - 1), end = begin + length;
-    if (begin > start) munmap(raw, begin - start);
-    if (start + length + kHugePage > end) munmap(reinterpret_cast<void*>(end), start + length + kHugePage - end);
-    void* p = reinterpret_cast<void*>(begin);
-    madvise(p, length, MADV_HUGEPAGE);  // a hint: failure only costs speed
-    mapped_ = length;
-    return p;
-#else
+    if (void* p = mapAligned(length)) {
+      madvise(p, length, MADV_HUGEPAGE);  // a hint: failure only costs speed
+      mapped_ = length;
+      return p;
+    }
+    // (mapping fails where a process reaches vm.max_map_count, with tens of thousands of experts: the heap may not)
+#endif
     void* p = allocate(length, kHugePage);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     madvise(p, length, MADV_HUGEPAGE);
 #endif
     return p;
-#endif
   }
+
+#if defined(__linux__)
+  // `length` bytes of fresh anonymous memory at a 2 MiB boundary, or null. One huge page more is mapped, then what
+  // lies outside the aligned range is unmapped; that split can itself fail at vm.max_map_count, and then all of the
+  // mapping goes back.
+  static void* mapAligned(size_t length) {
+    const size_t total = length + kHugePage;
+    void* raw = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) return nullptr;
+    const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
+    const uintptr_t begin = (start + kHugePage - 1) & ~uintptr_t(kHugePage - 1), end = begin + length;
+    if (begin > start && munmap(raw, begin - start) != 0) {
+      munmap(raw, total);
+      return nullptr;
+    }
+    if (munmap(reinterpret_cast<void*>(end), start + total - end) != 0) {  // (never empty: begin - start < 2 MiB)
+      munmap(reinterpret_cast<void*>(begin), start + total - begin);
+      return nullptr;
+    }
+    return reinterpret_cast<void*>(begin);
+  }
+#endif
 
   void release() {
 #if defined(__linux__)
