@@ -28,8 +28,6 @@ export interface NativeAddon {
     streamRead(data: Float32Array, threads: number): number;
     denseGemmSeconds(M: number, N: number, K: number, dtype: number, reps: number, threads: number): number;
     fillNormal(out: Float32Array, seed: number, std: number): void;
-    /** A zeroed Float32Array in native memory, laid out as packed weights are (from 4 MiB: huge pages). */
-    alignedFloat32Array(length: number): Float32Array;
   };
   /** The metrics text of lib/observability/text-plan.ts (native/telemetry/exposition_text.h). */
   exposition: {
@@ -224,7 +222,7 @@ export const addonSurface = {
     'cudaBenchCopy',
   ],
   namespaces: {
-    bench: ['streamRead', 'denseGemmSeconds', 'fillNormal', 'alignedFloat32Array'],
+    bench: ['streamRead', 'denseGemmSeconds', 'fillNormal'],
     exposition: ['renderText', 'renderInto', 'formatNumber'],
   },
   classes: {

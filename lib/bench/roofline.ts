@@ -24,18 +24,9 @@ function streamReadGBs(data: Float32Array, threads: number, reps: number): numbe
   return Math.max(...rates); // the limit is what the machine reached at its best
 }
 
-/**
- * The stream anchor's buffer: native memory on huge pages, as the packed weights are (a Float32Array of V8's gets
- * 4 KiB pages, and reads 3-5% slower on the Intel dev VM: bench/RESULTS.md, step 26).
- */
-function streamBuffer(bytes: number): Float32Array {
-  const data = native().bench.alignedFloat32Array(bytes / 4);
-  native().bench.fillNormal(data, 7, 1);
-  return data;
-}
-
 export function measureStreamGBs(threads: number, bytes = 1 << 30, reps = 7): number {
-  const data = streamBuffer(bytes);
+  const data = new Float32Array(bytes / 4);
+  native().bench.fillNormal(data, 7, 1);
   return streamReadGBs(data, threads, reps);
 }
 
@@ -57,7 +48,8 @@ export class AnchorSampler {
     readonly gemmSize = 4096,
     bytes = 1 << 30,
   ) {
-    this.data = streamBuffer(bytes);
+    this.data = new Float32Array(bytes / 4);
+    native().bench.fillNormal(this.data, 7, 1);
   }
 
   sample(dtype: 'fp32' | 'bf16'): AnchorSample {

@@ -1,13 +1,8 @@
 // Bench-only functions: roofline anchors and fast seeded weights (moe/roofline.h). Exposed as `bench.*`.
 #include "bench_wrap.h"
 
-#include <cstring>
-#include <memory>
-#include <string>
-
 #include "addon_data.h"
 #include "args.h"
-#include "moe/aligned.h"
 #include "moe/roofline.h"
 
 namespace moe_binding {
@@ -47,33 +42,6 @@ Napi::Value FillNormal(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// alignedFloat32Array(length) -> Float32Array in memory of the package's own AlignedBuffer: 64-byte aligned, and
-// from 4 MiB on 2 MiB aligned on transparent huge pages, as the packed weights are; zeroed, as JS arrays are. The
-// stream anchor reads such a buffer, so that the floor's bandwidth is measured on memory like the weights' (V8's own
-// buffers get 4 KiB pages). At most 2^30 floats, Node 20's largest ArrayBuffer.
-Napi::Value AlignedFloat32Array(const Napi::CallbackInfo& info) {
-  const int64_t length = intArg(info, 0, "length", 1, int64_t(1) << 30);
-  auto owned = std::make_unique<moe::AlignedBuffer<float>>();
-  try {
-    owned->ensure(size_t(length));
-  } catch (const std::bad_alloc&) {
-    throw Napi::RangeError::New(info.Env(),
-                                "alignedFloat32Array: cannot allocate " + std::to_string(length) + " floats");
-  }
-  if (!owned->mapped()) std::memset(owned->data(), 0, owned->bytes());  // (fresh mappings are zero already)
-  const size_t bytes = owned->bytes();
-  Napi::ArrayBuffer storage = Napi::ArrayBuffer::New(
-      info.Env(), owned->data(), bytes,
-      [](Napi::Env env, void*, moe::AlignedBuffer<float>* buffer) {
-        Napi::MemoryManagement::AdjustExternalMemory(env, -int64_t(buffer->bytes()));
-        delete buffer;
-      },
-      owned.get());
-  owned.release();  // the ArrayBuffer's finalizer owns it now
-  Napi::MemoryManagement::AdjustExternalMemory(info.Env(), int64_t(bytes));
-  return Napi::Float32Array::New(info.Env(), size_t(length), storage, 0);
-}
-
 }  // namespace
 
 void InitBench(Napi::Env env, Napi::Object exports) {
@@ -81,7 +49,6 @@ void InitBench(Napi::Env env, Napi::Object exports) {
   bench.Set("streamRead", Napi::Function::New<StreamRead>(env, "streamRead"));
   bench.Set("denseGemmSeconds", Napi::Function::New<DenseGemm>(env, "denseGemmSeconds"));
   bench.Set("fillNormal", Napi::Function::New<FillNormal>(env, "fillNormal"));
-  bench.Set("alignedFloat32Array", Napi::Function::New<AlignedFloat32Array>(env, "alignedFloat32Array"));
   exports.Set("bench", bench);
 }
 
