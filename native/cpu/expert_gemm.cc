@@ -154,29 +154,28 @@ void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, i
   stream = stream && rows > 0 && rowsOnLines(hidden, ldh * 4);  // (4 bytes: a float or a pair)
   float* second = acc + rows * kPanelWidth;
   alignas(64) uint32_t line[16];
+  // Where row r's outputs of panel p start in `hidden` (rows ldh 4-byte elements apart), and the panel after q.
+  const auto hiddenAt = [&](int64_t r, int64_t p) {
+    return static_cast<char*>(hidden) + size_t(r) * ldh * 4 + size_t(p) * (bf16 ? half * 2 : half * 4);
+  };
+  const auto nextOf = [&](int64_t q) { return q + 1 < p1 ? panelAt(x.dtype, gateUpPanels, stride, q + 1) : nullptr; };
   bool streamed = false;
   for (int64_t p = p0; p < p1;) {
     const void* panel = panelAt(x.dtype, gateUpPanels, stride, p);
-    const auto nextOf = [&](int64_t q) { return q + 1 < p1 ? panelAt(x.dtype, gateUpPanels, stride, q + 1) : nullptr; };
     if (stream && p % perLine == 0 && p + perLine <= p1) {
       panelProduct(kern, x, rows, d, panel, acc, nextOf(p));
       if (bf16) panelProduct(kern, x, rows, d, nextOf(p), second, nextOf(p + 1));
       for (int64_t r = 0; r < rows; ++r) {
         kern.swiglu(acc + r * kPanelWidth, line, bf16);
         if (bf16) kern.swiglu(second + r * kPanelWidth, line + half / 2, true);
-        char* row = static_cast<char*>(hidden) + size_t(r) * ldh * 4;
-        streamLine(row + p * (bf16 ? half * 2 : half * 4), line);
+        streamLine(hiddenAt(r, p), line);
       }
       streamed = true;
       p += perLine;
       continue;
     }
     panelProduct(kern, x, rows, d, panel, acc, nextOf(p));
-    for (int64_t r = 0; r < rows; ++r) {
-      void* out = bf16 ? static_cast<void*>(static_cast<uint32_t*>(hidden) + r * ldh + p * (half / 2))
-                       : static_cast<void*>(static_cast<float*>(hidden) + r * ldh + p * half);
-      kern.swiglu(acc + r * kPanelWidth, out, bf16);
-    }
+    for (int64_t r = 0; r < rows; ++r) kern.swiglu(acc + r * kPanelWidth, hiddenAt(r, p), bf16);
     ++p;
   }
   if (streamed) streamFence();

@@ -123,7 +123,8 @@ void Layer::runExperts() {
   const size_t elem = f32 ? sizeof(float) : sizeof(uint32_t);
   const bool streamHidden = streamsOutput(size_t(rows) * ldh * elem);
   const bool streamOutput = streamsOutput(size_t(rows) * ldo * sizeof(float));
-  const size_t accPerWorker = size_t(maxRows) * (!f32 && streamHidden ? 2 : 1) * kPanelWidth;
+  const int64_t gateUpPanelsPerLine = !f32 && streamHidden ? 2 : 1;
+  const size_t accPerWorker = size_t(maxRows) * size_t(gateUpPanelsPerLine) * kPanelWidth;
   arena_.accumulators.ensure(size_t(workers) * accPerWorker);
   const GemmKernels& kern = gemmKernels();
   auto expertOf = [&](const ExpertJob& job) -> const PackedExpert& {
@@ -152,7 +153,7 @@ void Layer::runExperts() {
   const size_t ldx = size_t(inputRowStride(dtype_, d));
 
   planItems([&](const ExpertJob& job) { return (expertOf(job).intermediate + kGateUpOutputs - 1) / kGateUpOutputs; },
-            !f32 && streamHidden ? 2 : 1);
+            gateUpPanelsPerLine);
   router_->pool().parallelFor(workers, int64_t(arena_.items.size()), [&](int64_t i, int worker) {
     const LayerArena::WorkItem item = arena_.items[size_t(i)];
     const ExpertJob& job = arena_.jobs[size_t(item.job)];

@@ -49,8 +49,6 @@ class AlignedBuffer {
   const T* data() const { return data_; }
   size_t size() const { return size_; }
   size_t bytes() const { return size_ * sizeof(T); }
-  // Whether the memory was mapped on its own (a buffer of 4 MiB or more, on Linux, without AddressSanitizer).
-  bool mapped() const { return mapped_ != 0; }
 
  private:
   static constexpr size_t kHugePage = size_t(2) << 20;
