@@ -9,7 +9,7 @@ import * as assert from 'uvu/assert';
 import { ModelLoadError, ValidationError } from '../lib/errors';
 import { loadMoELayerWeights, resolveMoELayer } from '../lib/models/architectures';
 import { openCheckpoint } from '../lib/models/checkpoint';
-import { writeSafetensors } from '../lib/models/safetensors';
+import { openSafetensors, writeSafetensors, type SafetensorsTensorInput } from '../lib/models/safetensors';
 import { writeTinyCheckpoint, type TinyArch, type TinyCheckpointOptions } from './helpers/checkpoint';
 import { throwsWith } from './helpers/errors';
 import { tempDirs } from './helpers/tmp';
@@ -340,22 +340,143 @@ test('DeepSeek-V3 requires the score-correction bias; unsupported dtypes are rep
   assert.is(loadMoELayerWeights(ckpt, resolveMoELayer({ ...tiny.config, topk_method: 'greedy' }, 0)).bias, undefined);
   ckpt.close();
   const gate = 'model.layers.0.mlp.gate.weight';
-  const headerText = Buffer.from(
-    JSON.stringify({ [gate]: { dtype: 'F8_E4M3', shape: [4, 8], data_offsets: [0, 32] } }),
-  );
+  const headerText = Buffer.from(JSON.stringify({ [gate]: { dtype: 'I8', shape: [4, 8], data_offsets: [0, 32] } }));
   const prefix = Buffer.alloc(8);
   prefix.writeBigUInt64LE(BigInt(headerText.length));
   const quantised = tmpDir();
   fs.writeFileSync(path.join(quantised, 'config.json'), JSON.stringify(tiny.config));
   fs.writeFileSync(path.join(quantised, 'model.safetensors'), Buffer.concat([prefix, headerText, Buffer.alloc(32)]));
   ckpt = openCheckpoint(quantised);
-  assert.is(ckpt.info(gate).dtype, 'F8_E4M3');
+  assert.is(ckpt.info(gate).dtype, 'I8');
   throwsWith(
     () => loadMoELayerWeights(ckpt, resolveMoELayer(tiny.config, 0)),
     ModelLoadError,
-    /gate\.weight" has dtype F8_E4M3, expected F32, BF16 or F16/,
+    /layer 0: .*gate\.weight" has dtype I8, expected F32, BF16, F16, or F8_E4M3 \/ F8_E5M2 with a scale tensor/,
   );
   ckpt.close();
+});
+
+// ------------------------------------------------------------------------------------------------ FP8
+
+const FP8_CASES: { arch: TinyArch; fp8: NonNullable<TinyCheckpointOptions['fp8']>; sharded: boolean }[] = [
+  // blocks of 4 x 3 over [6, 8] and [8, 6] weights: partial blocks at the ends of both dimensions
+  { arch: 'deepseek_v3', fp8: { dtype: 'F8_E4M3', scales: 'block', block: [4, 3] }, sharded: true },
+  { arch: 'qwen3_moe', fp8: { dtype: 'F8_E4M3', scales: 'row' }, sharded: false },
+  { arch: 'mixtral', fp8: { dtype: 'F8_E5M2', scales: 'tensor' }, sharded: false },
+];
+
+for (const c of FP8_CASES) {
+  test(`FP8 ${c.arch} (${c.fp8.dtype}, ${c.fp8.scales} scales): weights read dequantised, exactly`, () => {
+    const tiny = writeTinyCheckpoint(tmpDir(), c.arch, { ...SMALL, fp8: c.fp8, sharded: c.sharded, seed: 5 });
+    const ckpt = openCheckpoint(tiny.dir);
+    try {
+      const spec = resolveMoELayer(ckpt.config, 1);
+      const layer = loadMoELayerWeights(ckpt, spec);
+      assert.equal(Array.from(layer.gateWeight), Array.from(tiny.tensors[spec.names.gate].data), 'gate stays F32');
+      assert.is(ckpt.scalingOf(spec.names.gate), null);
+      for (let e = 0; e < spec.numExperts; e++) {
+        const names = spec.names.expert(e);
+        const weights = layer.expert(e);
+        for (const key of ['w1', 'w3', 'w2'] as const) {
+          const name = names[key];
+          assert.is(ckpt.info(name).dtype, c.fp8.dtype);
+          assert.is(ckpt.scalingOf(name)?.kind, c.fp8.scales);
+          assert.equal(Array.from(weights[key]), Array.from(tiny.tensors[name].data), name);
+          // the stored numbers span the format (the group's largest is its largest value); the weights do not
+          const raw = Math.max(...Array.from(ckpt.readFloat32(name), Math.abs));
+          assert.ok(raw < 0.5, `${name}: largest dequantised weight ${raw}`);
+        }
+      }
+      if (spec.names.shared) {
+        assert.equal(Array.from(layer.shared!.w2), Array.from(tiny.tensors[spec.names.shared.w2].data));
+      }
+    } finally {
+      ckpt.close();
+    }
+  });
+}
+
+/** The tensors of a single-file checkpoint as stored (FP8 numbers unscaled), for rewriting. */
+function storedTensors(dir: string): Record<string, SafetensorsTensorInput> {
+  const st = openSafetensors(path.join(dir, 'model.safetensors'));
+  try {
+    return Object.fromEntries(
+      st.tensorNames().map((name) => {
+        const { dtype, shape } = st.info(name);
+        return [name, { dtype: dtype as SafetensorsTensorInput['dtype'], shape, data: st.readFloat32(name) }];
+      }),
+    );
+  } finally {
+    st.close();
+  }
+}
+
+test('FP8: missing, doubled, misshapen or non-float scales, non-finite values and bad block sizes are refused', () => {
+  const tiny = writeTinyCheckpoint(tmpDir(), 'deepseek_v3', {
+    ...SMALL,
+    fp8: { dtype: 'F8_E4M3', scales: 'block', block: [4, 3] },
+  });
+  const w1 = 'model.layers.0.mlp.experts.1.gate_proj.weight';
+  const w2 = 'model.layers.0.mlp.experts.1.down_proj.weight';
+  const variant = (edit: (t: Record<string, SafetensorsTensorInput>) => void, config = tiny.config) => {
+    const dir = tmpDir();
+    const tensors = storedTensors(tiny.dir);
+    edit(tensors);
+    writeSafetensors(path.join(dir, 'model.safetensors'), tensors);
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
+    return openCheckpoint(dir);
+  };
+  const upFront = (ckpt: ReturnType<typeof openCheckpoint>, message: RegExp) => {
+    throwsWith(() => loadMoELayerWeights(ckpt, resolveMoELayer(ckpt.config, 0)), ModelLoadError, message, [
+      ckpt.dir,
+      'layer 0',
+    ]);
+    ckpt.close();
+  };
+  upFront(
+    variant((t) => delete t[`${w1}_scale_inv`]),
+    /FP8 tensor ".*experts\.1\.gate_proj\.weight" \(shape \[6, 8\]\) has no scale tensor/,
+  );
+  upFront(
+    variant((t) => (t[`${w1}_scale`] = t[`${w1}_scale_inv`])),
+    /gate_proj\.weight" \(shape \[6, 8\]\) has two scale tensors/,
+  );
+  upFront(
+    variant((t) => (t[`${w1}_scale_inv`] = { dtype: 'F32', shape: [1, 3], data: new Float32Array(3).fill(1) })),
+    /scale ".*gate_proj\.weight_scale_inv" has shape \[1, 3\], expected \[2, 3\] \(blocks of 4 x 3/,
+  );
+  upFront(
+    variant((t) => (t[`${w1}_scale_inv`] = { ...t[`${w1}_scale_inv`], dtype: 'F8_E4M3' })),
+    /weight_scale_inv" has dtype F8_E4M3, expected F32, BF16 or F16/,
+  );
+  upFront(
+    variant(() => {}, { ...tiny.config, quantization_config: { quant_method: 'fp8', weight_block_size: [0, 128] } }),
+    /quantization_config\.weight_block_size is \[0,128\], expected two integers in \[1, 2\^20\]/,
+  );
+  // the default block of 128 x 128 does not fit scales written for 4 x 3: the message says what to set
+  upFront(
+    variant(() => {}, { ...tiny.config, quantization_config: { quant_method: 'fp8' } }),
+    /has shape \[2, 3\], expected \[1, 1\] \(blocks of 128 x 128; set quantization_config\.weight_block_size/,
+  );
+  // values are checked as each expert is read
+  const whenRead = (ckpt: ReturnType<typeof openCheckpoint>, message: RegExp) => {
+    const layer = loadMoELayerWeights(ckpt, resolveMoELayer(ckpt.config, 0));
+    layer.expert(0);
+    throwsWith(() => layer.expert(1), ModelLoadError, message, [ckpt.dir, w2]);
+    ckpt.close();
+  };
+  whenRead(
+    variant((t) => t[`${w2}_scale_inv`].data.fill(NaN, 1, 2)),
+    /scale ".*down_proj\.weight_scale_inv" holds NaN at element 1/,
+  );
+  whenRead(
+    variant((t) => (t[w2].data[7] = NaN)),
+    /element 7 is NaN once scaled \(a NaN or infinity code, or an overflow\); expected finite weights/,
+  );
+  whenRead(
+    variant((t) => t[`${w2}_scale_inv`].data.fill(1e38)),
+    /element \d+ is -?Infinity once scaled/,
+  );
 });
 
 test.run();

@@ -9,6 +9,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { ModelLoadError, ValidationError } from '../lib/errors';
 import { openCheckpoint } from '../lib/models/checkpoint';
+import { f8ArrayToFloat32, f8BitsToNumber, numberToF8Bits, type Float8Dtype } from '../lib/models/float8';
 import { readNpy, writeNpy } from '../lib/models/npy';
 import {
   bf16BitsToFloat32,
@@ -123,6 +124,78 @@ test('f16 rounding matches a brute-force nearest-even reference on random floats
   }
 });
 
+/** The OCP FP8 formats written out from their definitions: sign, exponent field, mantissa field. */
+const F8_SPEC: Record<Float8Dtype, { e: number; m: number; bias: number }> = {
+  F8_E4M3: { e: 4, m: 3, bias: 7 },
+  F8_E5M2: { e: 5, m: 2, bias: 15 },
+};
+
+function f8Spec(bits: number, dtype: Float8Dtype): number {
+  const { e, m, bias } = F8_SPEC[dtype];
+  const sign = bits >= 128 ? -1 : 1;
+  const expField = Math.floor((bits % 128) / 2 ** m);
+  const manField = bits % 2 ** m;
+  const allOnes = 2 ** e - 1;
+  if (dtype === 'F8_E5M2' && expField === allOnes) return manField === 0 ? sign * Infinity : NaN;
+  if (dtype === 'F8_E4M3' && expField === allOnes && manField === 2 ** m - 1) return NaN;
+  if (expField === 0) return sign * (manField / 2 ** m) * Math.pow(2, 1 - bias);
+  return sign * (1 + manField / 2 ** m) * Math.pow(2, expField - bias);
+}
+
+test('fp8: every code of E4M3 and E5M2 decodes as the format defines, and the table agrees', () => {
+  for (const dtype of ['F8_E4M3', 'F8_E5M2'] as const) {
+    const all = Uint8Array.from({ length: 256 }, (_, i) => i);
+    const table = new Float32Array(256);
+    f8ArrayToFloat32(all, dtype, table);
+    for (let bits = 0; bits < 256; bits++) {
+      const want = f8Spec(bits, dtype);
+      assert.ok(Object.is(f8BitsToNumber(bits, dtype), want), `${dtype} 0x${bits.toString(16)}: ${want}`);
+      assert.ok(Object.is(table[bits], want), `${dtype} table 0x${bits.toString(16)}`);
+    }
+  }
+  // landmarks of the OCP specification
+  assert.is(f8BitsToNumber(0x7e, 'F8_E4M3'), 448);
+  assert.is(f8BitsToNumber(0x08, 'F8_E4M3'), 2 ** -6);
+  assert.is(f8BitsToNumber(0x01, 'F8_E4M3'), 2 ** -9);
+  assert.is(f8BitsToNumber(0xb8, 'F8_E4M3'), -1);
+  assert.ok(Number.isNaN(f8BitsToNumber(0xff, 'F8_E4M3')));
+  assert.is(f8BitsToNumber(0x7b, 'F8_E5M2'), 57344);
+  assert.is(f8BitsToNumber(0xfc, 'F8_E5M2'), -Infinity);
+  assert.is(f8BitsToNumber(0x01, 'F8_E5M2'), 2 ** -16);
+  assert.is(f8BitsToNumber(0x3c, 'F8_E5M2'), 1);
+});
+
+test('fp8: narrowing round-trips every value and rounds to the nearest, ties to even', () => {
+  for (const dtype of ['F8_E4M3', 'F8_E5M2'] as const) {
+    const positives: number[] = [];
+    for (let bits = 0; bits < 128; bits++) {
+      const v = f8Spec(bits, dtype);
+      if (Number.isFinite(v)) positives.push(v);
+      if (!Number.isNaN(v)) {
+        assert.is(numberToF8Bits(v, dtype), bits, `${dtype} ${v}`);
+        assert.is(numberToF8Bits(-v, dtype), bits | 0x80, `${dtype} ${-v}`);
+      }
+    }
+    for (let i = 0; i + 1 < positives.length; i++) {
+      const [lo, hi] = [positives[i], positives[i + 1]];
+      const mid = (lo + hi) / 2;
+      const even = i % 2 === 0 ? i : i + 1; // (the code of positives[j] is j)
+      assert.is(numberToF8Bits(mid, dtype), even, `${dtype} tie between ${lo} and ${hi}`);
+      assert.is(numberToF8Bits(lo + (hi - lo) * 0.49, dtype), i, `${dtype} just below the middle of ${lo}, ${hi}`);
+      assert.is(numberToF8Bits(lo + (hi - lo) * 0.51, dtype), i + 1, `${dtype} just above the middle of ${lo}, ${hi}`);
+    }
+    const top = positives[positives.length - 1];
+    const step = top - positives[positives.length - 2];
+    const special = dtype === 'F8_E4M3' ? 0x7f : 0x7c; // E4M3 has no infinity: NaN, as PyTorch's cast
+    assert.is(numberToF8Bits(top + step * 0.49, dtype), positives.length - 1, `${dtype} just past the top`);
+    assert.is(numberToF8Bits(top + step / 2, dtype), special, `${dtype} halfway past the top`);
+    assert.is(numberToF8Bits(-1e30, dtype), 0x80 | special);
+    assert.is(numberToF8Bits(Infinity, dtype), special);
+    assert.is(numberToF8Bits(NaN, dtype), 0x7f);
+    assert.is(numberToF8Bits(positives[1] * 0.49, dtype), 0, 'under half the smallest subnormal');
+  }
+});
+
 // ------------------------------------------------------------------------------------------------ safetensors
 
 test('safetensors round trip for F32, BF16 and F16 with metadata and zero-size tensors', () => {
@@ -172,6 +245,35 @@ test('safetensors round trip for F32, BF16 and F16 with metadata and zero-size t
   st.close();
 });
 
+test('safetensors round trip for F8_E4M3 and F8_E5M2: one byte per value, read back unscaled', () => {
+  const file = path.join(tmpDir(), 'fp8.safetensors');
+  const a = randn(24, 3, 100);
+  const b = new Float32Array([0, -0, 3 * 2 ** -18, 1, -1.1, 57344, 1e6, NaN]);
+  writeSafetensors(file, {
+    a: { dtype: 'F8_E4M3', shape: [4, 6], data: a },
+    b: { dtype: 'F8_E5M2', shape: [8], data: b },
+  });
+  const st = openSafetensors(file);
+  try {
+    assert.equal(st.info('a'), { dtype: 'F8_E4M3', shape: [4, 6], byteLength: 24 });
+    const readA = st.readFloat32('a');
+    assert.equal(
+      Array.from(readA),
+      Array.from(a, (v) => f8Spec(numberToF8Bits(v, 'F8_E4M3'), 'F8_E4M3')),
+    );
+    for (let i = 0; i < a.length; i++) {
+      const ulp = 2 ** (Math.floor(Math.log2(Math.abs(a[i]))) - 3);
+      assert.ok(Math.abs(readA[i] - a[i]) <= ulp / 2 || Math.abs(a[i]) > 448, `a[${i}] = ${a[i]} read ${readA[i]}`);
+    }
+    const readB = st.readFloat32('b');
+    assert.ok(Object.is(readB[1], -0));
+    assert.equal(Array.from(readB.subarray(2, 7)), [2 ** -16, 1, -1, 57344, Infinity]);
+    assert.ok(Number.isNaN(readB[7]));
+  } finally {
+    st.close();
+  }
+});
+
 /** Writes a safetensors file from a raw header (object or text) and a data section of `dataBytes` bytes. */
 function rawSafetensors(header: unknown, dataBytes = 0, lengthOverride?: bigint): string {
   const file = path.join(tmpDir(), 'raw.safetensors');
@@ -190,7 +292,12 @@ test('safetensors: unsupported dtypes are listed but fail when read', () => {
   const st = openSafetensors(file);
   assert.equal(st.tensorNames(), ['q', 'w']);
   assert.equal(st.info('q'), { dtype: 'I8', shape: [4], byteLength: 4 });
-  throwsWith(() => st.readFloat32('q'), ModelLoadError, /unsupported dtype: got "I8", expected F32, BF16 or F16/, file);
+  throwsWith(
+    () => st.readFloat32('q'),
+    ModelLoadError,
+    /unsupported dtype: got "I8", expected F32, BF16, F16, F8_E4M3 or F8_E5M2/,
+    file,
+  );
   assert.is(st.readFloat32('w').length, 1);
   st.close();
 });

@@ -12,7 +12,12 @@ import { ModelLoadError, MoELayer, Router, RouterConfigurationError, ValidationE
 import { resolveMoELayer } from '../lib/models/architectures';
 import { referenceLayer } from '../lib/reference/layer';
 import { referenceRoute, type ReferenceRouterConfig } from '../lib/reference/routing';
-import { writeTinyCheckpoint, type TinyArch, type TinyCheckpoint } from './helpers/checkpoint';
+import {
+  writeTinyCheckpoint,
+  type TinyArch,
+  type TinyCheckpoint,
+  type TinyCheckpointOptions,
+} from './helpers/checkpoint';
 import { compareRouting, relativeError } from './helpers/compare';
 import { freshSeed, randn } from './helpers/random';
 
@@ -70,17 +75,34 @@ function stored(ck: TinyCheckpoint, name: string): Float32Array {
   return t.data;
 }
 
-const CASES: { arch: TinyArch; dtype: 'F32' | 'BF16' | 'F16'; sharded: boolean; layerDtype: 'fp32' | 'bf16' }[] = [
+const CASES: {
+  arch: TinyArch;
+  dtype: 'F32' | 'BF16' | 'F16';
+  sharded: boolean;
+  layerDtype: 'fp32' | 'bf16';
+  fp8?: TinyCheckpointOptions['fp8'];
+}[] = [
   { arch: 'mixtral', dtype: 'F32', sharded: false, layerDtype: 'fp32' },
   { arch: 'olmoe', dtype: 'BF16', sharded: true, layerDtype: 'fp32' },
   { arch: 'qwen2_moe', dtype: 'F16', sharded: false, layerDtype: 'fp32' },
   { arch: 'qwen3_moe', dtype: 'F32', sharded: true, layerDtype: 'bf16' },
   { arch: 'deepseek_v2', dtype: 'BF16', sharded: false, layerDtype: 'fp32' },
   { arch: 'deepseek_v3', dtype: 'F32', sharded: true, layerDtype: 'fp32' },
+  // FP8 checkpoints as published (the router in `dtype`, the expert projections FP8 with scale tensors)
+  {
+    arch: 'deepseek_v3',
+    dtype: 'BF16',
+    sharded: true,
+    layerDtype: 'fp32',
+    fp8: { dtype: 'F8_E4M3', scales: 'block', block: [5, 12] },
+  },
+  { arch: 'qwen3_moe', dtype: 'BF16', sharded: false, layerDtype: 'bf16', fp8: { dtype: 'F8_E4M3', scales: 'block' } },
+  { arch: 'mixtral', dtype: 'F32', sharded: false, layerDtype: 'fp32', fp8: { dtype: 'F8_E5M2', scales: 'row' } },
 ];
 
 for (const c of CASES) {
-  test(`${c.arch} (${c.dtype}${c.sharded ? ', sharded' : ''}) loads as ${c.layerDtype} and matches the reference`, () => {
+  const stores = `${c.dtype}${c.fp8 ? ` + ${c.fp8.dtype} ${c.fp8.scales}-scaled experts` : ''}${c.sharded ? ', sharded' : ''}`;
+  test(`${c.arch} (${stores}) loads as ${c.layerDtype} and matches the reference`, () => {
     const d = 32;
     const f = 16;
     const E = 8;
@@ -93,6 +115,7 @@ for (const c of CASES) {
       dtype: c.dtype,
       sharded: c.sharded,
       seed: SEED % 100000,
+      fp8: c.fp8,
     });
     const layerIndex = ck.moeLayers[ck.moeLayers.length - 1];
     const layer = MoELayer.fromPretrained(ck.dir, { layer: layerIndex, dtype: c.layerDtype, threads: 2 });

@@ -280,7 +280,7 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
   return spec;
 }
 
-/** Checks that a tensor exists with the given shape and a readable dtype, without reading its data. */
+/** Checks that a tensor exists with the given shape and a readable dtype (and scales), without reading its data. */
 function checkTensor(ckpt: Checkpoint, spec: MoELayerSpec, name: string, shape: number[]): void {
   const where = `${ckpt.dir}: ${spec.architecture} layer ${spec.layer}`;
   if (!ckpt.has(name)) throw new ModelLoadError(`${where}: tensor ${brief(name)} is missing from the checkpoint`);
@@ -290,11 +290,11 @@ function checkTensor(ckpt: Checkpoint, spec: MoELayerSpec, name: string, shape: 
       `${where}: tensor ${brief(name)} has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}] from config`,
     );
   }
-  if (!['F32', 'BF16', 'F16'].includes(info.dtype)) {
-    throw new ModelLoadError(
-      `${where}: tensor ${brief(name)} has dtype ${info.dtype}, expected F32, BF16 or F16 ` +
-        `(convert quantised checkpoints, e.g. DeepSeek-V3 FP8, to BF16 first)`,
-    );
+  try {
+    ckpt.scalingOf(name); // (a readable dtype; an FP8 tensor's scale tensor present and of the right shape)
+  } catch (err) {
+    if (!(err instanceof ModelLoadError)) throw err;
+    throw new ModelLoadError(`${spec.architecture} layer ${spec.layer}: ${err.message}`, { cause: err });
   }
 }
 

@@ -2,10 +2,14 @@
  * Opens a Hugging Face checkpoint folder: `config.json` plus either one `model.safetensors` or shards listed in
  * `model.safetensors.index.json`. It hides the sharding from the architecture adapters, and checks that the index
  * cannot point outside the folder. Shards are opened (header only) the first time one of their tensors is used.
+ * FP8 tensors are read with their scales applied (fp8-scales.ts), so adapters see float32 weights whatever the
+ * checkpoint's storage.
  */
 import * as fs from 'fs';
 import * as path from 'path';
 import { brief, ModelLoadError, ValidationError } from '../errors';
+import { isFloat8Dtype } from './float8';
+import { applyFp8Scaling, fp8BlockSize, fp8ScalingOf, type Fp8Scaling } from './fp8-scales';
 import { openSafetensors, type SafetensorsFile, type SafetensorsTensorInfo } from './safetensors';
 
 const CONFIG_FILE = 'config.json';
@@ -26,8 +30,16 @@ export interface Checkpoint {
   /** @throws ModelLoadError when the tensor is missing or its shard is malformed. */
   info(name: string): SafetensorsTensorInfo;
   /**
-   * Reads a tensor as float32 (row-major). With `expectedShape`, the stored shape must equal it.
-   * @throws ModelLoadError naming the tensor: missing, unsupported dtype, or a shape other than `expectedShape`.
+   * How {@link readFloat32} scales the tensor: null for F32, BF16 and F16, the scale tensor and its layout for FP8.
+   * Checks without reading data.
+   * @throws ModelLoadError for another dtype, or an FP8 tensor without a fitting scale tensor.
+   */
+  scalingOf(name: string): Fp8Scaling | null;
+  /**
+   * Reads a tensor as float32 (row-major), FP8 tensors with their scales applied. With `expectedShape`, the
+   * stored shape must equal it.
+   * @throws ModelLoadError naming the tensor: missing, unsupported dtype, a shape other than `expectedShape`, or
+   *   (FP8) a missing or malformed scale, or a non-finite weight.
    */
   readFloat32(name: string, expectedShape?: number[]): Float32Array;
   /** Closes every shard opened so far. */
@@ -127,6 +139,7 @@ function readWeightMap(indexFile: string): Map<string, string> {
 class HfCheckpoint implements Checkpoint {
   private readonly openShards = new Map<string, SafetensorsFile>();
   private closed = false;
+  private fp8Block: [number, number] | undefined;
 
   constructor(
     readonly dir: string,
@@ -159,7 +172,26 @@ class HfCheckpoint implements Checkpoint {
         );
       }
     }
-    return file.readFloat32(name);
+    const scaling = this.scalingOf(name);
+    const values = file.readFloat32(name);
+    if (scaling) {
+      const scales = this.fileOf(scaling.scaleName).readFloat32(scaling.scaleName);
+      applyFp8Scaling(values, file.info(name).shape, scales, scaling, `${this.dir}: tensor ${brief(name)}`);
+    }
+    return values;
+  }
+
+  scalingOf(name: string): Fp8Scaling | null {
+    const { dtype, shape } = this.info(name);
+    if (dtype === 'F32' || dtype === 'BF16' || dtype === 'F16') return null;
+    if (!isFloat8Dtype(dtype)) {
+      throw new ModelLoadError(
+        `${this.dir}: tensor ${brief(name)} has dtype ${dtype}, expected F32, BF16, F16, ` +
+          `or F8_E4M3 / F8_E5M2 with a scale tensor`,
+      );
+    }
+    this.fp8Block ??= fp8BlockSize(this.config, path.join(this.dir, CONFIG_FILE));
+    return fp8ScalingOf(this, name, shape, this.fp8Block);
   }
 
   close(): void {

@@ -2,17 +2,20 @@
  * Reader and writer for the safetensors format (8-byte little-endian header length, a JSON header, then raw
  * tensor bytes). Checkpoints come from the internet, so the reader treats every file as untrusted: it reads only
  * the header when opening, checks every field before use, and reads one tensor's bytes at a time on request.
- * The writer exists mostly to create test fixtures; it converts float32 data to F32, BF16 or F16.
+ * Float tensors (F32, BF16, F16, F8_E4M3, F8_E5M2) are read as float32; an FP8 tensor's scales are another
+ * tensor's, which checkpoint.ts applies. The writer exists mostly to create test fixtures; it converts float32 data
+ * to any of those dtypes.
  */
 import * as fs from 'fs';
 import * as os from 'os';
 import { brief, ModelLoadError, ValidationError } from '../errors';
 import { bf16ArrayToFloat32, f16ArrayToFloat32, float32ToBf16Bits, float32ToF16Bits } from './float16';
+import { f8ArrayToFloat32, isFloat8Dtype, numberToF8Bits } from './float8';
 
 export { bf16BitsToFloat32, f16BitsToFloat32, float32ToBf16Bits, float32ToF16Bits } from './float16';
 
 /** Dtypes that {@link SafetensorsFile.readFloat32} converts to float32. */
-export type SupportedDtype = 'F32' | 'BF16' | 'F16';
+export type SupportedDtype = 'F32' | 'BF16' | 'F16' | 'F8_E4M3' | 'F8_E5M2';
 
 /** Element sizes of every dtype the safetensors format defines with whole-byte elements. */
 const DTYPE_BYTES: Readonly<Record<string, number>> = {
@@ -35,7 +38,8 @@ const DTYPE_BYTES: Readonly<Record<string, number>> = {
   C64: 8,
 };
 
-const SUPPORTED_DTYPES: readonly SupportedDtype[] = ['F32', 'BF16', 'F16'];
+const SUPPORTED_DTYPES: readonly SupportedDtype[] = ['F32', 'BF16', 'F16', 'F8_E4M3', 'F8_E5M2'];
+const SUPPORTED_LIST = 'F32, BF16, F16, F8_E4M3 or F8_E5M2';
 const HEADER_LENGTH_LIMIT = 100 * 1024 * 1024;
 const MAX_RANK = 8;
 const MAX_ELEMENTS = 2 ** 40;
@@ -45,7 +49,7 @@ const READ_CHUNK_BYTES = 1 << 30;
 
 /** Dtype, shape and size in bytes of one tensor as declared in a safetensors header. */
 export interface SafetensorsTensorInfo {
-  /** The dtype string from the header, e.g. 'BF16'; only F32, BF16 and F16 can be read. */
+  /** The dtype string from the header, e.g. 'BF16'; F32, BF16, F16, F8_E4M3 and F8_E5M2 can be read. */
   dtype: string;
   shape: number[];
   byteLength: number;
@@ -62,8 +66,9 @@ export interface SafetensorsFile {
   /** @throws ModelLoadError when the tensor is not in the file. */
   info(name: string): SafetensorsTensorInfo;
   /**
-   * Reads one tensor and returns it as float32, row-major in its declared shape.
-   * @throws ModelLoadError when the tensor is missing, its dtype is not F32/BF16/F16, or the file is short.
+   * Reads one tensor and returns it as float32, row-major in its declared shape (FP8 values as stored, unscaled).
+   * @throws ModelLoadError when the tensor is missing, its dtype is not a float one listed above, or the file is
+   *   short.
    */
   readFloat32(name: string): Float32Array;
   /** Closes the file descriptor; later reads throw ModelLoadError. Calling it twice is harmless. */
@@ -232,7 +237,7 @@ class SafetensorsReader implements SafetensorsFile {
   readFloat32(name: string): Float32Array {
     const entry = this.entry(name);
     if (!(SUPPORTED_DTYPES as readonly string[]).includes(entry.dtype)) {
-      throw loadError(this.path, `tensor ${brief(name)} has an unsupported dtype`, entry.dtype, 'F32, BF16 or F16');
+      throw loadError(this.path, `tensor ${brief(name)} has an unsupported dtype`, entry.dtype, SUPPORTED_LIST);
     }
     if (this.fd === null) throw new ModelLoadError(`${this.path}: file is closed; cannot read tensor ${brief(name)}`);
     requireLittleEndianHost();
@@ -252,6 +257,7 @@ class SafetensorsReader implements SafetensorsFile {
     readExactly(this.fd, new Uint8Array(raw), this.dataStart + entry.begin, this.path, `tensor ${brief(name)}`);
     if (entry.dtype === 'BF16') bf16ArrayToFloat32(new Uint16Array(raw), out);
     else if (entry.dtype === 'F16') f16ArrayToFloat32(new Uint16Array(raw), out);
+    else if (isFloat8Dtype(entry.dtype)) f8ArrayToFloat32(new Uint8Array(raw), entry.dtype, out);
     return out;
   }
 
@@ -278,7 +284,7 @@ class SafetensorsReader implements SafetensorsFile {
  * `__metadata__` (optional) maps strings to strings; each tensor has a known `dtype`, a `shape` of at most 8
  * non-negative integers with at most 2^40 elements, and `data_offsets` [begin, end] inside the data section whose
  * length equals elements x dtype size; tensors do not overlap; names have 1 to 1024 characters.
- * Tensors of dtypes other than F32/BF16/F16 are listed but fail when read.
+ * Tensors of other dtypes (integers, F64, ...) are listed but fail when read.
  *
  * @throws ModelLoadError naming the file, the problem, the value seen and what was expected.
  */
@@ -325,7 +331,9 @@ export interface SafetensorsTensorInput {
 function encodeTensor(name: string, tensor: SafetensorsTensorInput): Uint8Array {
   const { dtype, shape, data } = tensor;
   if (!(SUPPORTED_DTYPES as readonly string[]).includes(dtype)) {
-    throw new ValidationError(`writeSafetensors: tensor ${brief(name)}: dtype ${brief(dtype)}, expected F32|BF16|F16`);
+    throw new ValidationError(
+      `writeSafetensors: tensor ${brief(name)}: dtype ${brief(dtype)}, expected ${SUPPORTED_LIST}`,
+    );
   }
   const validShape =
     Array.isArray(shape) && shape.length <= MAX_RANK && shape.every((d) => Number.isSafeInteger(d) && d >= 0);
@@ -345,6 +353,7 @@ function encodeTensor(name: string, tensor: SafetensorsTensorInput): Uint8Array 
     requireLittleEndianHost();
     return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   }
+  if (isFloat8Dtype(dtype)) return Uint8Array.from(data, (v) => numberToF8Bits(v, dtype));
   const encoded = new Uint16Array(elements);
   const convert = dtype === 'BF16' ? float32ToBf16Bits : float32ToF16Bits;
   for (let i = 0; i < elements; i++) encoded[i] = convert(data[i]);
@@ -353,9 +362,9 @@ function encodeTensor(name: string, tensor: SafetensorsTensorInput): Uint8Array 
 
 /**
  * Writes tensors (in the object's key order) to a safetensors file. Float32 data is converted to each tensor's
- * dtype: BF16 rounds to nearest-even, F16 rounds correctly including subnormals. The JSON header is padded with
- * spaces to a multiple of 8 bytes so the data section is 8-byte aligned.
- * @throws ValidationError when a tensor's data length does not match its shape or its dtype is not F32/BF16/F16.
+ * dtype, rounding to nearest-even (F16 and FP8 including subnormals; FP8 values are written as given: scale them
+ * first). The JSON header is padded with spaces to a multiple of 8 bytes so the data section is 8-byte aligned.
+ * @throws ValidationError when a tensor's data length does not match its shape or its dtype is not a float one.
  */
 export function writeSafetensors(
   path: string,

@@ -13,6 +13,7 @@ import {
   writeSafetensors,
   type SafetensorsTensorInput,
 } from '../../lib/models/safetensors';
+import { f8BitsToNumber, numberToF8Bits, type Float8Dtype } from '../../lib/models/float8';
 import { randn } from './random';
 
 export type TinyArch = 'mixtral' | 'olmoe' | 'qwen2_moe' | 'qwen3_moe' | 'deepseek_v2' | 'deepseek_v3';
@@ -39,11 +40,18 @@ export interface TinyCheckpointOptions {
   firstKDense?: number;
   /** Extra or overriding config.json fields, applied last (e.g. mlp_only_layers, moe_layer_freq). */
   extraConfig?: Record<string, unknown>;
+  /**
+   * Store every expert projection (routed and shared) in FP8 with scale tensors, as published FP8 checkpoints do
+   * (the router gate and bias keep `dtype`): `block` writes `<name>_scale_inv` per block and a `quant_method: "fp8"`
+   * config with `weight_block_size` (default [128, 128]); `tensor` and `row` write compressed-tensors'
+   * `<name>_scale`.
+   */
+  fp8?: { dtype: Float8Dtype; scales: 'block' | 'tensor' | 'row'; block?: [number, number] };
 }
 
 export interface StoredTensor {
   shape: number[];
-  /** Values as stored, i.e. already rounded to the checkpoint dtype. */
+  /** Values as stored, i.e. already rounded to the checkpoint dtype (FP8: dequantised, as the loader returns them). */
   data: Float32Array;
 }
 
@@ -120,7 +128,56 @@ function buildConfig(arch: TinyArch, opts: TinyCheckpointOptions): Record<string
       break;
     }
   }
+  if (opts.fp8) {
+    const { scales, block = [128, 128] } = opts.fp8;
+    config.quantization_config =
+      scales === 'block'
+        ? { quant_method: 'fp8', fmt: 'e4m3', activation_scheme: 'dynamic', weight_block_size: block }
+        : {
+            quant_method: 'compressed-tensors',
+            format: 'float-quantized',
+            config_groups: {
+              group_0: { weights: { num_bits: 8, type: 'float', strategy: scales === 'row' ? 'channel' : 'tensor' } },
+            },
+          };
+  }
   return { ...config, ...opts.extraConfig };
+}
+
+const FP8_MAX: Record<Float8Dtype, number> = { F8_E4M3: 448, F8_E5M2: 57344 };
+
+/**
+ * Quantises a [rows, cols] weight to FP8 the way checkpoint tools do (each group's scale = its largest magnitude /
+ * the format's largest value), returning the stored bytes as float32 (for the writer), the scale tensor and the
+ * dequantised values the loader must produce.
+ */
+function quantiseFp8(
+  values: Float32Array,
+  shape: number[],
+  fp8: NonNullable<TinyCheckpointOptions['fp8']>,
+): { stored: Float32Array; scaleShape: number[]; scales: Float32Array; dequantised: Float32Array } {
+  const [rows, cols] = shape;
+  const [b0, b1] = fp8.scales === 'block' ? (fp8.block ?? [128, 128]) : fp8.scales === 'row' ? [1, cols] : [rows, cols];
+  const groupRows = Math.ceil(rows / b0);
+  const groupCols = Math.ceil(cols / b1);
+  const groupOf = (r: number, c: number) => Math.floor(r / b0) * groupCols + Math.floor(c / b1);
+  const scales = new Float32Array(groupRows * groupCols);
+  for (let r = 0; r < rows; r++)
+    for (let c = 0; c < cols; c++)
+      scales[groupOf(r, c)] = Math.max(scales[groupOf(r, c)], Math.abs(values[r * cols + c]));
+  for (let g = 0; g < scales.length; g++) scales[g] = scales[g] > 0 ? scales[g] / FP8_MAX[fp8.dtype] : 1;
+  const stored = new Float32Array(values.length);
+  const dequantised = new Float32Array(values.length);
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) {
+      const i = r * cols + c;
+      const scale = scales[groupOf(r, c)];
+      stored[i] = f8BitsToNumber(numberToF8Bits(values[i] / scale, fp8.dtype), fp8.dtype);
+      dequantised[i] = stored[i] * scale;
+    }
+  }
+  const scaleShape = fp8.scales === 'block' ? [groupRows, groupCols] : fp8.scales === 'row' ? [rows, 1] : [];
+  return { stored, scaleShape, scales, dequantised };
 }
 
 /** The Hugging Face rule for which layers are sparse, evaluated on the final config. */
@@ -200,6 +257,16 @@ export function writeTinyCheckpoint(dir: string, arch: TinyArch, opts: TinyCheck
     for (const [name, shape] of layerTensorShapes(arch, config, layer)) {
       const count = shape.reduce((a, b) => a * b, 1);
       const values = randn(count, seed * 100003 + inputs.length, 0.05);
+      const projection = /\.(gate_proj|up_proj|down_proj|w1|w2|w3)\.weight$/.test(name);
+      if (opts.fp8 && projection) {
+        const q = quantiseFp8(values, shape, opts.fp8);
+        inputs.push([name, { dtype: opts.fp8.dtype, shape, data: q.stored }]);
+        const scaleName = `${name}${opts.fp8.scales === 'block' ? '_scale_inv' : '_scale'}`;
+        inputs.push([scaleName, { dtype: 'F32', shape: q.scaleShape, data: q.scales }]);
+        tensors[name] = { shape, data: q.dequantised };
+        tensors[scaleName] = { shape: q.scaleShape, data: q.scales };
+        continue;
+      }
       inputs.push([name, { dtype, shape, data: values }]);
       tensors[name] = { shape, data: roundToDtype(values, dtype) };
     }
@@ -217,7 +284,7 @@ export function writeTinyCheckpoint(dir: string, arch: TinyArch, opts: TinyCheck
       writeSafetensors(path.join(dir, file), Object.fromEntries(shard), { format: 'pt' });
       for (const [name, input] of shard) {
         weightMap[name] = file;
-        totalSize += input.data.length * (dtype === 'F32' ? 4 : 2);
+        totalSize += input.data.length * { F32: 4, BF16: 2, F16: 2, F8_E4M3: 1, F8_E5M2: 1 }[input.dtype];
       }
     });
     const index = { metadata: { total_size: totalSize }, weight_map: weightMap };
