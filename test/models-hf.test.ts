@@ -9,6 +9,7 @@ import * as assert from 'uvu/assert';
 import { ModelLoadError, ValidationError } from '../lib/errors';
 import { loadMoELayerWeights, resolveMoELayer } from '../lib/models/architectures';
 import { openCheckpoint } from '../lib/models/checkpoint';
+import { applyFp8Scaling, fp8BlockSize, fp8ScalingOf } from '../lib/models/fp8-scales';
 import { openSafetensors, writeSafetensors, type SafetensorsTensorInput } from '../lib/models/safetensors';
 import { writeTinyCheckpoint, type TinyArch, type TinyCheckpointOptions } from './helpers/checkpoint';
 import { throwsWith } from './helpers/errors';
@@ -395,6 +396,95 @@ for (const c of FP8_CASES) {
     }
   });
 }
+
+test('FP8 scale layouts: per tensor, per row and per block, by name and config, applied element by element', () => {
+  const lookup = (tensors: Record<string, number[]>) => ({
+    dir: '/ckpt',
+    has: (n: string) => Object.hasOwn(tensors, n),
+    info: (n: string) => ({ dtype: n.includes('_scale') ? 'BF16' : 'F8_E4M3', shape: tensors[n], byteLength: 0 }),
+  });
+  const unstated = fp8BlockSize({}, 'config.json');
+  assert.equal(unstated, { block: [128, 128], stated: false });
+  const groups = (...blocks: unknown[]) => ({
+    quantization_config: {
+      config_groups: Object.fromEntries(blocks.map((b, i) => [`group_${i}`, { weights: { block_structure: b } }])),
+    },
+  });
+  const stated = fp8BlockSize(groups(null, [2, 3], [2, 3]), 'config.json');
+  assert.equal(stated, { block: [2, 3], stated: true });
+  throwsWith(
+    () => fp8BlockSize(groups([2, 3], [4, 3]), 'config.json'),
+    ModelLoadError,
+    /group_1.* is \[4,3\] but .*group_0.* is \[2,3\]/,
+  );
+  throwsWith(
+    () => fp8BlockSize({ quantization_config: { weight_block_size: '128x128' } }, 'config.json'),
+    ModelLoadError,
+    /config\.json: quantization_config\.weight_block_size is "128x128", expected two integers/,
+  );
+  const w = 'w.weight';
+  const kindOf = (scaleName: string, scaleShape: number[], shape = [5, 7], blocks = unstated) =>
+    fp8ScalingOf(lookup({ [w]: shape, [scaleName]: scaleShape }), w, shape, blocks).kind;
+  assert.is(kindOf('w.weight_scale', []), 'tensor');
+  assert.is(kindOf('w.weight_scale', [1]), 'tensor');
+  assert.is(kindOf('w.weight_scale', [1], [2, 3, 4]), 'tensor');
+  assert.is(kindOf('w.weight_scale', [5]), 'row');
+  assert.is(kindOf('w.weight_scale', [5, 1]), 'row');
+  assert.is(kindOf('w.weight_scale', [3, 3], [5, 7], stated), 'block');
+  assert.is(kindOf('w.weight_scale_inv', [1, 1]), 'block');
+  assert.is(kindOf('w.weight_scale_inv', [3, 3], [5, 7], stated), 'block');
+  const perTensorOrRow = /expected \[\] or \[1\] \(per tensor\), \[5\] or \[5, 1\] \(per row\)$/;
+  const refused: [string, number[], number[], typeof unstated, RegExp][] = [
+    ['w.weight_scale', [3, 3], [5, 7], unstated, perTensorOrRow],
+    ['w.weight_scale_inv', [], [5, 7], unstated, /shape \[\], expected \[1, 1\] \(blocks of 128 x 128/],
+    ['w.weight_scale_inv', [5, 1], [5, 7], stated, /shape \[5, 1\], expected \[3, 3\] \(blocks of 2 x 3/],
+    ['w.weight_scale_inv', [1], [7], unstated, /shape \[1\], expected a 2-D weight \(block-wise scales\)/],
+    ['w.weight_scale', [2], [2, 3, 4], unstated, /shape \[2\], expected \[\] or \[1\] \(per tensor\)$/],
+  ];
+  for (const [scaleName, scaleShape, shape, blocks, message] of refused)
+    throwsWith(() => kindOf(scaleName, scaleShape, shape, blocks), ModelLoadError, message, ['/ckpt', '"w.weight"']);
+
+  // applied: each element times the scale of its tensor, row or block, written out with explicit indices
+  const rows = 5;
+  const cols = 7;
+  const q = Float32Array.from({ length: rows * cols }, (_, i) => ((i * 37) % 29) - 14);
+  const cases = [
+    { kind: 'tensor' as const, scales: [0.5], scaleOf: () => 0 },
+    { kind: 'row' as const, scales: [1, 2, 3, 4, 5], scaleOf: (r: number) => r },
+    {
+      kind: 'block' as const,
+      scales: [1, 2, 3, 4, 5, 6, 7, 8, 9],
+      scaleOf: (r: number, c: number) => Math.floor(r / 2) * 3 + Math.floor(c / 3),
+    },
+  ];
+  for (const c of cases) {
+    const values = q.slice();
+    const scaling = { scaleName: 's', kind: c.kind, block: [2, 3] as [number, number] };
+    applyFp8Scaling(values, [rows, cols], Float32Array.from(c.scales), scaling, 'here');
+    for (let r = 0; r < rows; r++)
+      for (let col = 0; col < cols; col++)
+        assert.is(values[r * cols + col], q[r * cols + col] * c.scales[c.scaleOf(r, col)], `${c.kind} [${r}, ${col}]`);
+  }
+  const perTensor = { scaleName: 's', kind: 'tensor' as const, block: [128, 128] as [number, number] };
+  const cube = Float32Array.from({ length: 24 }, (_, i) => i - 12);
+  applyFp8Scaling(cube, [2, 3, 4], Float32Array.of(0.25), perTensor, 'here');
+  assert.equal(
+    Array.from(cube),
+    Array.from({ length: 24 }, (_, i) => (i - 12) * 0.25),
+  );
+  throwsWith(
+    () => applyFp8Scaling(q.slice(), [rows, cols], Float32Array.of(Infinity), perTensor, 'here'),
+    ModelLoadError,
+    /here: scale "s" holds Infinity at element 0/,
+  );
+  const infCode = q.slice();
+  infCode[3] = -Infinity; // (an E5M2 infinity code)
+  throwsWith(
+    () => applyFp8Scaling(infCode, [rows, cols], Float32Array.of(1), perTensor, 'here'),
+    ModelLoadError,
+    /here: element 3 is -Infinity once scaled/,
+  );
+});
 
 /** The tensors of a single-file checkpoint as stored (FP8 numbers unscaled), for rewriting. */
 function storedTensors(dir: string): Record<string, SafetensorsTensorInput> {

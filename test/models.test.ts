@@ -187,8 +187,12 @@ test('fp8: narrowing round-trips every value and rounds to the nearest, ties to 
     const top = positives[positives.length - 1];
     const step = top - positives[positives.length - 2];
     const special = dtype === 'F8_E4M3' ? 0x7f : 0x7c; // E4M3 has no infinity: NaN, as PyTorch's cast
-    assert.is(numberToF8Bits(top + step * 0.49, dtype), positives.length - 1, `${dtype} just past the top`);
-    assert.is(numberToF8Bits(top + step / 2, dtype), special, `${dtype} halfway past the top`);
+    const topCode = positives.length - 1;
+    // halfway to the next step (480 for E4M3, whose code is NaN; 65536 for E5M2): the tie goes to the even side
+    const toEven = topCode % 2 === 0 ? topCode : special;
+    assert.is(numberToF8Bits(top + step * 0.49, dtype), topCode, `${dtype} just past the top`);
+    assert.is(numberToF8Bits(top + step / 2, dtype), toEven, `${dtype} halfway past the top`);
+    assert.is(numberToF8Bits(top + step * 0.51, dtype), special, `${dtype} more than halfway past the top`);
     assert.is(numberToF8Bits(-1e30, dtype), 0x80 | special);
     assert.is(numberToF8Bits(Infinity, dtype), special);
     assert.is(numberToF8Bits(NaN, dtype), 0x7f);

@@ -94,7 +94,7 @@ const CASES: {
     dtype: 'BF16',
     sharded: true,
     layerDtype: 'fp32',
-    fp8: { dtype: 'F8_E4M3', scales: 'block', block: [5, 12] },
+    fp8: { dtype: 'F8_E4M3', scales: 'block', block: [5, 12], scaleDtype: 'BF16' },
   },
   { arch: 'qwen3_moe', dtype: 'BF16', sharded: false, layerDtype: 'bf16', fp8: { dtype: 'F8_E4M3', scales: 'block' } },
   { arch: 'mixtral', dtype: 'F32', sharded: false, layerDtype: 'fp32', fp8: { dtype: 'F8_E5M2', scales: 'row' } },

@@ -9,7 +9,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { brief, ModelLoadError, ValidationError } from '../errors';
 import { isFloat8Dtype } from './float8';
-import { applyFp8Scaling, fp8BlockSize, fp8ScalingOf, type Fp8Scaling } from './fp8-scales';
+import { applyFp8Scaling, fp8BlockSize, fp8ScalingOf, type Fp8Blocks, type Fp8Scaling } from './fp8-scales';
 import { openSafetensors, type SafetensorsFile, type SafetensorsTensorInfo } from './safetensors';
 
 const CONFIG_FILE = 'config.json';
@@ -139,7 +139,7 @@ function readWeightMap(indexFile: string): Map<string, string> {
 class HfCheckpoint implements Checkpoint {
   private readonly openShards = new Map<string, SafetensorsFile>();
   private closed = false;
-  private fp8Block: [number, number] | undefined;
+  private fp8Blocks: Fp8Blocks | undefined;
 
   constructor(
     readonly dir: string,
@@ -190,8 +190,8 @@ class HfCheckpoint implements Checkpoint {
           `or F8_E4M3 / F8_E5M2 with a scale tensor`,
       );
     }
-    this.fp8Block ??= fp8BlockSize(this.config, path.join(this.dir, CONFIG_FILE));
-    return fp8ScalingOf(this, name, shape, this.fp8Block);
+    this.fp8Blocks ??= fp8BlockSize(this.config, path.join(this.dir, CONFIG_FILE));
+    return fp8ScalingOf(this, name, shape, this.fp8Blocks);
   }
 
   close(): void {

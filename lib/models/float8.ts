@@ -4,8 +4,9 @@
  * - E4M3: 1 sign, 4 exponent (bias 7) and 3 mantissa bits; no infinities, S.1111.111 is NaN; largest value 448.
  * - E5M2: 1 sign, 5 exponent (bias 15) and 2 mantissa bits; IEEE infinities and NaNs; largest finite 57344.
  * Both have subnormals. Widening to float32 is exact (a 256-entry table per format). Narrowing, used to write test
- * fixtures, rounds to nearest, ties to even, as PyTorch's cast does; from halfway past the largest finite value up
- * (464 for E4M3, 61440 for E5M2), E4M3 gives NaN (it has no infinity; PyTorch does the same) and E5M2 ±Infinity.
+ * fixtures, rounds to nearest, ties to even, as PyTorch's cast does; what rounds past the largest finite value
+ * (above 464 for E4M3, from 61440 for E5M2, where the tie goes to the even side) is NaN for E4M3, which has no
+ * infinity (as PyTorch's cast), and ±Infinity for E5M2.
  */
 
 export type Float8Dtype = 'F8_E4M3' | 'F8_E5M2';
@@ -49,17 +50,17 @@ function roundHalfToEven(n: number): number {
 }
 
 /**
- * Converts a number (first rounded to float32) to `dtype` bits, rounding to nearest, ties to even. NaN gives 0x7f
- * (with the sign); see the file comment for values past the largest finite one.
+ * Converts a number (first rounded to float32) to `dtype` bits, rounding to nearest, ties to even. NaN gives 0x7f;
+ * see the file comment for values past the largest finite one.
  */
 export function numberToF8Bits(value: number, dtype: Float8Dtype): number {
   const { mantissaBits, bias, ieeeSpecials, maxFinite } = FORMATS[dtype];
   const v = Math.fround(value);
   if (Number.isNaN(v)) return 0x7f;
   const sign = v < 0 || Object.is(v, -0) ? 0x80 : 0;
+  const special = sign | (ieeeSpecials ? 0x7f & ~((1 << mantissaBits) - 1) : 0x7f);
   const magnitude = Math.abs(v);
-  const overflowAt = maxFinite + 2 ** (Math.floor(Math.log2(maxFinite)) - mantissaBits - 1);
-  if (magnitude >= overflowAt) return sign | (ieeeSpecials ? 0x7f & ~((1 << mantissaBits) - 1) : 0x7f);
+  if (magnitude === Infinity) return special;
   const minNormalExponent = 1 - bias;
   let exponent = minNormalExponent;
   if (magnitude >= 2 ** minNormalExponent) {
@@ -70,6 +71,7 @@ export function numberToF8Bits(value: number, dtype: Float8Dtype): number {
   // One unit in the last place at this exponent; magnitude / quantum is exact (a float32 over a power of two).
   const quantum = 2 ** (exponent - mantissaBits);
   const rounded = roundHalfToEven(magnitude / quantum) * quantum;
+  if (rounded > maxFinite) return special;
   if (rounded < 2 ** minNormalExponent) return sign | (rounded / 2 ** (minNormalExponent - mantissaBits));
   // (rounding may have carried into the next binade)
   const e = rounded >= 2 ** (exponent + 1) ? exponent + 1 : exponent;

@@ -5,7 +5,8 @@
  *   of `quantization_config.weight_block_size` (default 128 x 128), shape [ceil(rows / b0), ceil(cols / b1)].
  *   Despite the name it multiplies, as in DeepSeek's own `weight_dequant`.
  * - `<name>_scale` (compressed-tensors FP8): one scale for the tensor ([] or [1]), one per row ([rows] or
- *   [rows, 1]), or one per block as above (block size from the config's `block_structure`).
+ *   [rows, 1]), or, where the config states a block size (its `block_structure`), one per block as above.
+ * The block size is one for the whole checkpoint, as both conventions write it.
  * Activation scales (`input_scale`) are not used: activations stay in float32 / bf16. A scale tensor must be F32,
  * BF16 or F16 and finite, and so must every scaled weight. Files are untrusted: every shape is checked before
  * anything is read, and errors name the tensor, what it has and what was expected.
@@ -35,6 +36,8 @@ function isPlainObject(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
+const same = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((v, i) => v === b[i]);
+
 function blockFrom(value: unknown, field: string, where: string): [number, number] {
   const valid =
     Array.isArray(value) &&
@@ -44,34 +47,49 @@ function blockFrom(value: unknown, field: string, where: string): [number, numbe
   return [value[0], value[1]];
 }
 
+/** The block size of block-wise scales, and whether the config states it (else the 128 x 128 convention). */
+export interface Fp8Blocks {
+  block: [number, number];
+  stated: boolean;
+}
+
 /**
  * The block size of block-wise FP8 scales from `config.quantization_config`: `weight_block_size` (the "fp8"
- * method), else the first `config_groups.*.weights.block_structure` (compressed-tensors), else 128 x 128.
- * @throws ModelLoadError (naming `where`, the config's file) when the field present is not two integers in [1, 2^20].
+ * method), else `config_groups.*.weights.block_structure` (compressed-tensors; every group that states one must
+ * state the same), else 128 x 128, not stated.
+ * @throws ModelLoadError (naming `where`, the config's file) when a field present is not two integers in
+ *   [1, 2^20], or groups disagree.
  */
-export function fp8BlockSize(config: Record<string, unknown>, where: string): [number, number] {
+export function fp8BlockSize(config: Record<string, unknown>, where: string): Fp8Blocks {
   const quant = config.quantization_config;
-  if (!isPlainObject(quant)) return DEFAULT_BLOCK;
+  if (!isPlainObject(quant)) return { block: DEFAULT_BLOCK, stated: false };
   if (quant.weight_block_size !== undefined && quant.weight_block_size !== null)
-    return blockFrom(quant.weight_block_size, 'quantization_config.weight_block_size', where);
+    return { block: blockFrom(quant.weight_block_size, 'quantization_config.weight_block_size', where), stated: true };
+  let found: { block: [number, number]; field: string } | undefined;
   if (isPlainObject(quant.config_groups)) {
     for (const [group, spec] of Object.entries(quant.config_groups)) {
       const weights = isPlainObject(spec) ? spec.weights : undefined;
       const structure = isPlainObject(weights) ? weights.block_structure : undefined;
-      if (structure !== undefined && structure !== null)
-        return blockFrom(structure, `quantization_config.config_groups.${group}.weights.block_structure`, where);
+      if (structure === undefined || structure === null) continue;
+      const field = `quantization_config.config_groups.${group}.weights.block_structure`;
+      const block = blockFrom(structure, field, where);
+      if (found && !same(found.block, block)) {
+        throw new ModelLoadError(
+          `${where}: ${field} is ${brief(block)} but ${found.field} is ${brief(found.block)}; ` +
+            `expected one block size for every group`,
+        );
+      }
+      found ??= { block, field };
     }
   }
-  return DEFAULT_BLOCK;
+  return found ? { block: found.block, stated: true } : { block: DEFAULT_BLOCK, stated: false };
 }
-
-const same = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((v, i) => v === b[i]);
 
 /**
  * Finds and checks the scale tensor of FP8 tensor `name` (shape `shape`), without reading data.
  * @throws ModelLoadError when there is no scale tensor or two, or its dtype or shape does not fit.
  */
-export function fp8ScalingOf(ckpt: TensorLookup, name: string, shape: readonly number[], block: [number, number]) {
+export function fp8ScalingOf(ckpt: TensorLookup, name: string, shape: readonly number[], blocks: Fp8Blocks) {
   const where = `${ckpt.dir}: FP8 tensor ${brief(name)} (shape [${shape.join(', ')}])`;
   const candidates = [`${name}_scale_inv`, `${name}_scale`].filter((n) => ckpt.has(n));
   if (candidates.length !== 1) {
@@ -84,17 +102,25 @@ export function fp8ScalingOf(ckpt: TensorLookup, name: string, shape: readonly n
     throw new ModelLoadError(`${where}: scale ${brief(scaleName)} has dtype ${info.dtype}, expected F32, BF16 or F16`);
   }
   const s = info.shape;
-  const blocks = shape.length === 2 ? [Math.ceil(shape[0] / block[0]), Math.ceil(shape[1] / block[1])] : null;
+  const { block } = blocks;
+  const inverse = scaleName.endsWith('_scale_inv'); // the "fp8" method: block-wise only
+  const twoD = shape.length === 2;
+  const blockShape = twoD ? [Math.ceil(shape[0] / block[0]), Math.ceil(shape[1] / block[1])] : null;
   let kind: Fp8Scaling['kind'] | null = null;
-  if (scaleName.endsWith('_scale') && (same(s, []) || same(s, [1]))) kind = 'tensor';
-  else if (scaleName.endsWith('_scale') && shape.length === 2 && (same(s, [shape[0]]) || same(s, [shape[0], 1])))
-    kind = 'row';
-  else if (blocks && same(s, blocks)) kind = 'block';
+  if (!inverse && (same(s, []) || same(s, [1]))) kind = 'tensor';
+  else if (!inverse && twoD && (same(s, [shape[0]]) || same(s, [shape[0], 1]))) kind = 'row';
+  // (compressed-tensors' per-block scales only where the config states the block, as its "block" strategy does)
+  else if (blockShape && (inverse || blocks.stated) && same(s, blockShape)) kind = 'block';
   if (kind === null) {
-    const expected = blocks
-      ? `[${blocks.join(', ')}] (blocks of ${block[0]} x ${block[1]}; set quantization_config.weight_block_size ` +
-        `for another size)${scaleName.endsWith('_scale') ? `, [], [1] or [${shape[0]}, 1]` : ''}`
-      : `[] or [1] (a block-wise scale needs a 2-D tensor)`;
+    const blockWise =
+      `[${blockShape?.join(', ')}] (blocks of ${block[0]} x ${block[1]}; set ` +
+      `quantization_config.weight_block_size for another size)`;
+    const expected = inverse
+      ? twoD
+        ? blockWise
+        : 'a 2-D weight (block-wise scales)'
+      : `[] or [1] (per tensor)${twoD ? `, [${shape[0]}] or [${shape[0]}, 1] (per row)` : ''}` +
+        (twoD && blocks.stated ? `, or ${blockWise}` : '');
     throw new ModelLoadError(`${where}: scale ${brief(scaleName)} has shape [${s.join(', ')}], expected ${expected}`);
   }
   return { scaleName, kind, block } satisfies Fp8Scaling;

@@ -44,9 +44,15 @@ export interface TinyCheckpointOptions {
    * Store every expert projection (routed and shared) in FP8 with scale tensors, as published FP8 checkpoints do
    * (the router gate and bias keep `dtype`): `block` writes `<name>_scale_inv` per block and a `quant_method: "fp8"`
    * config with `weight_block_size` (default [128, 128]); `tensor` and `row` write compressed-tensors'
-   * `<name>_scale`.
+   * `<name>_scale`. Scales are stored as `scaleDtype` (default F32); sharded, every scale goes to the second shard,
+   * away from most of its weights.
    */
-  fp8?: { dtype: Float8Dtype; scales: 'block' | 'tensor' | 'row'; block?: [number, number] };
+  fp8?: {
+    dtype: Float8Dtype;
+    scales: 'block' | 'tensor' | 'row';
+    block?: [number, number];
+    scaleDtype?: 'F32' | 'BF16';
+  };
 }
 
 export interface StoredTensor {
@@ -166,6 +172,7 @@ function quantiseFp8(
     for (let c = 0; c < cols; c++)
       scales[groupOf(r, c)] = Math.max(scales[groupOf(r, c)], Math.abs(values[r * cols + c]));
   for (let g = 0; g < scales.length; g++) scales[g] = scales[g] > 0 ? scales[g] / FP8_MAX[fp8.dtype] : 1;
+  scales.set(roundToDtype(scales, fp8.scaleDtype ?? 'F32')); // (as stored: what the loader multiplies by)
   const stored = new Float32Array(values.length);
   const dequantised = new Float32Array(values.length);
   for (let r = 0; r < rows; r++) {
@@ -250,6 +257,7 @@ export function writeTinyCheckpoint(dir: string, arch: TinyArch, opts: TinyCheck
   const numLayers = config.num_hidden_layers as number;
   const moeLayers: number[] = [];
   const inputs: [string, SafetensorsTensorInput][] = [];
+  const scaleInputs: [string, SafetensorsTensorInput][] = [];
   const tensors: Record<string, StoredTensor> = {};
   for (let layer = 0; layer < numLayers; layer++) {
     if (!isMoELayer(arch, config, layer)) continue;
@@ -262,7 +270,7 @@ export function writeTinyCheckpoint(dir: string, arch: TinyArch, opts: TinyCheck
         const q = quantiseFp8(values, shape, opts.fp8);
         inputs.push([name, { dtype: opts.fp8.dtype, shape, data: q.stored }]);
         const scaleName = `${name}${opts.fp8.scales === 'block' ? '_scale_inv' : '_scale'}`;
-        inputs.push([scaleName, { dtype: 'F32', shape: q.scaleShape, data: q.scales }]);
+        scaleInputs.push([scaleName, { dtype: opts.fp8.scaleDtype ?? 'F32', shape: q.scaleShape, data: q.scales }]);
         tensors[name] = { shape, data: q.dequantised };
         tensors[scaleName] = { shape: q.scaleShape, data: q.scales };
         continue;
@@ -271,6 +279,7 @@ export function writeTinyCheckpoint(dir: string, arch: TinyArch, opts: TinyCheck
       tensors[name] = { shape, data: roundToDtype(values, dtype) };
     }
   }
+  inputs.push(...scaleInputs);
   fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config, null, 2));
   if (!opts.sharded) {
     writeSafetensors(path.join(dir, 'model.safetensors'), Object.fromEntries(inputs), { format: 'pt' });
