@@ -145,23 +145,30 @@ export function applyFp8Scaling(
   const cols = shape.length === 2 ? shape[1] : values.length;
   const rows = cols === 0 ? 0 : values.length / cols;
   const [b0, b1] = scaling.block;
-  const blocksPerRow = Math.ceil(cols / b1);
-  let bad = -1;
+  // Each row is a run of column groups with one scale each (the whole row, or its blocks). `poison` turns NaN as
+  // soon as one scaled value is NaN or infinite (v - v is 0 for every finite v), read back from the float32 array:
+  // the rounded product may overflow where the double did not.
+  const groupWidth = scaling.kind === 'block' ? b1 : Math.max(cols, 1);
+  const groupsPerRow = Math.ceil(cols / groupWidth);
+  let poison = 0;
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
-    const scaleRow = scaling.kind === 'block' ? Math.floor(r / b0) * blocksPerRow : 0;
-    for (let c = 0; c < cols; c++) {
+    for (let g = 0; g < groupsPerRow; g++) {
       const scale =
         scaling.kind === 'tensor'
           ? scales[0]
           : scaling.kind === 'row'
             ? scales[r]
-            : scales[scaleRow + Math.floor(c / b1)];
-      values[base + c] *= scale;
-      const v = values[base + c]; // (read back: the product rounded to float32 may overflow where its double did not)
-      if (v - v !== 0 && bad < 0) bad = base + c; // NaN or ±Infinity
+            : scales[Math.floor(r / b0) * groupsPerRow + g];
+      const end = base + Math.min(cols, (g + 1) * groupWidth);
+      for (let i = base + g * groupWidth; i < end; i++) {
+        values[i] *= scale;
+        const v = values[i];
+        poison += v - v;
+      }
     }
   }
+  const bad = poison === 0 ? -1 : values.findIndex((v) => !Number.isFinite(v));
   if (bad >= 0) {
     throw new ModelLoadError(
       `${where}: element ${bad} is ${values[bad]} once scaled (a NaN or infinity code, or an overflow); ` +
