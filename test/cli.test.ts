@@ -112,6 +112,22 @@ test('validate reports the checkpoint and runs a forward; a damaged file fails w
   assert.is(bad.stderr.trim().split('\n').length, 1, bad.stderr);
 });
 
+test('validate names the expert storage of an FP8 checkpoint and its scales, and runs a forward', () => {
+  const ck = writeTinyCheckpoint(fs.mkdtempSync(path.join(root, 'val8-')), 'deepseek_v3', {
+    hiddenSize: 32,
+    intermediateSize: 16,
+    numExperts: 8,
+    topK: 2,
+    seed: 8,
+    dtype: 'BF16',
+    fp8: { dtype: 'F8_E4M3', scales: 'block', block: [16, 16] },
+  });
+  const ok = cli('validate', '--model', ck.dir, '--forward');
+  assert.is(ok.status, 0, ok.stderr);
+  assert.match(ok.stdout, /dtype BF16 \(router\), F8_E4M3 experts with block scales \(16 x 16\)/);
+  assert.match(ok.stdout, /forward .* output finite/);
+});
+
 test('profile prints static against dynamic FLOPs for a checkpoint layer', () => {
   const ck = writeTinyCheckpoint(fs.mkdtempSync(path.join(root, 'prof-')), 'mixtral', {
     hiddenSize: 32,
