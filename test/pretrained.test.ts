@@ -52,6 +52,20 @@ function expectedRule(
     scale: 1,
   };
   if (arch === 'mixtral') return { ...base, normalize: true };
+  if (arch === 'glm4_moe') {
+    // transformers' Glm4MoeTopkRouter: sigmoid, bias for choosing, groups by the sum of their top-2, renormalised
+    // (k = 1 too), times routed_scaling_factor
+    const nGroup = (cfg.n_group as number | undefined) ?? 1;
+    const topkGroup = (cfg.topk_group as number | undefined) ?? 1;
+    return {
+      ...base,
+      scoring: 'sigmoid',
+      nGroup: nGroup > 1 ? nGroup : 0,
+      topkGroup: nGroup > 1 ? topkGroup : 0,
+      normalize: cfg.norm_topk_prob !== false,
+      scale: (cfg.routed_scaling_factor as number | undefined) ?? 1,
+    };
+  }
   if (arch === 'deepseek_v3') {
     return {
       ...base,
@@ -88,6 +102,7 @@ const CASES: {
   { arch: 'qwen3_moe', dtype: 'F32', sharded: true, layerDtype: 'bf16' },
   { arch: 'deepseek_v2', dtype: 'BF16', sharded: false, layerDtype: 'fp32' },
   { arch: 'deepseek_v3', dtype: 'F32', sharded: true, layerDtype: 'fp32' },
+  { arch: 'glm4_moe', dtype: 'BF16', sharded: true, layerDtype: 'bf16' },
   // FP8 checkpoints as published (the router in `dtype`, the expert projections FP8 with scale tensors)
   {
     arch: 'deepseek_v3',
@@ -125,7 +140,8 @@ for (const c of CASES) {
 
     const prefix = `model.layers.${layerIndex}.${c.arch === 'mixtral' ? 'block_sparse_moe' : 'mlp'}`;
     const gate = stored(ck, `${prefix}.gate.weight`);
-    const bias = c.arch === 'deepseek_v3' ? stored(ck, `${prefix}.gate.e_score_correction_bias`) : undefined;
+    const biased = c.arch === 'deepseek_v3' || c.arch === 'glm4_moe';
+    const bias = biased ? stored(ck, `${prefix}.gate.e_score_correction_bias`) : undefined;
     const rule = expectedRule(c.arch, ck.config, E, k, d);
     const refRouting = referenceRoute(rule, x, gate, { bias });
     compareRouting(got.routing, refRouting, `${c.arch} routing`);
@@ -140,7 +156,7 @@ for (const c of CASES) {
     const sharedPrefix =
       c.arch === 'qwen2_moe'
         ? `${prefix}.shared_expert`
-        : c.arch.startsWith('deepseek')
+        : c.arch.startsWith('deepseek') || c.arch === 'glm4_moe'
           ? `${prefix}.shared_experts`
           : '';
     if (sharedPrefix) {
@@ -276,6 +292,50 @@ test('Router.fromConfig: a rule that routes with a bias needs it (or null); Deep
   assert.is(Router.fromConfig(oss, gate, { logitBias: null }).selection, 'gptOss');
   // models without one need none
   Router.fromConfig({ model_type: 'mixtral', hidden_size: d, num_local_experts: E, num_experts_per_tok: 2 }, gate);
+});
+
+test('GLM-4.5 (glm4_moe): transformers defaults, renormalised at k = 1, bias required, dense layers first', () => {
+  const E = 16;
+  const d = 8;
+  const gate = randn(E * d, SEED + 11);
+  const bias = randn(E, SEED + 12, 0.5);
+  const glm = { model_type: 'glm4_moe', hidden_size: d, n_routed_experts: E, num_experts_per_tok: 4 };
+  assert.throws(
+    () => Router.fromConfig(glm, gate),
+    (e: Error) => e instanceof RouterConfigurationError && /as every GLM-4\.5 router.*bias: null/.test(e.message),
+  );
+  // Glm4MoeConfig's defaults: one group (no group limit), scale 1, renormalised
+  const r = Router.fromConfig(glm, gate, { bias });
+  assert.equal(
+    [r.config.nGroup, r.config.scale, r.config.normalize, r.config.scoring, r.selection],
+    [0, 1, true, 'sigmoid', 'topk'],
+  );
+  const grouped = Router.fromConfig({ ...glm, n_group: 4, topk_group: 2, routed_scaling_factor: 2.5 }, gate, { bias });
+  assert.equal([grouped.config.nGroup, grouped.config.topkGroup, grouped.config.scale], [4, 2, 2.5]);
+  // k = 1: the one kept weight is renormalised to 1 (then scaled), where DeepSeek-V3's rule keeps the raw score
+  const x = randn(32 * d, SEED + 13);
+  const one = Router.fromConfig({ ...glm, num_experts_per_tok: 1, routed_scaling_factor: 2 }, gate, { bias }).route(x);
+  assert.ok(
+    Array.from(one.weights).every((w) => Math.abs(w - 2) < 1e-6),
+    `weights ${Array.from(one.weights.subarray(0, 4))}`,
+  );
+  const v3 = Router.fromConfig(
+    { ...glm, model_type: 'deepseek_v3', num_experts_per_tok: 1, n_group: 1, topk_group: 1 },
+    gate,
+    {
+      bias,
+    },
+  ).route(x);
+  assert.ok(Array.from(v3.weights).some((w) => Math.abs(w - 2.5) > 1e-3));
+  // the first first_k_dense_replace layers (default 1) are dense; one shared expert by default
+  const cfg = { ...glm, num_hidden_layers: 4, moe_intermediate_size: 4 };
+  assert.throws(() => resolveMoELayer(cfg, 0), /first_k_dense_replace \(1\)/);
+  const spec = resolveMoELayer(cfg, 1);
+  assert.equal(
+    [spec.sharedIntermediateSize, spec.requiresBias, spec.names.bias],
+    [4, true, 'model.layers.1.mlp.gate.e_score_correction_bias'],
+  );
+  assert.is(resolveMoELayer({ ...cfg, n_shared_experts: 0 }, 1).names.shared, undefined);
 });
 
 test('dense layers, bad indices and missing files get clear errors', () => {

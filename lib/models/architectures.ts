@@ -1,5 +1,5 @@
 /**
- * Adapters from Hugging Face MoE model families (Mixtral, OLMoE, Qwen2-MoE, Qwen3-MoE, DeepSeek-V2/V3) to one
+ * Adapters from Hugging Face MoE model families (Mixtral, OLMoE, Qwen2-MoE, Qwen3-MoE, DeepSeek-V2/V3, GLM-4.5) to one
  * layer description: sizes, which layers are sparse, and the tensor names of the router, experts and shared
  * experts. Each family names and sizes these differently in `config.json` and in the weights; this file is the only
  * place that knows those differences. Experts are read lazily because a whole layer can be several GB in float32.
@@ -68,7 +68,7 @@ export interface LoadedMoELayer {
   shared?: ExpertWeights & { intermediateSize: number; /** [hiddenSize] */ gate?: Float32Array };
 }
 
-type Family = 'mixtral' | 'olmoe' | 'qwen2_moe' | 'qwen3_moe' | 'deepseek_v2' | 'deepseek_v3';
+type Family = 'mixtral' | 'olmoe' | 'qwen2_moe' | 'qwen3_moe' | 'deepseek_v2' | 'deepseek_v3' | 'glm4_moe';
 
 // (gpt-oss routing is supported by Router.fromConfig; its expert tensors are not read here)
 const ARCHITECTURE_OF: Readonly<Record<Family, string>> = (({ gpt_oss: _, ...layers }) => layers)(
@@ -234,6 +234,37 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
       if (family === 'qwen2_moe') {
         spec.names.shared = { ...projNames(`${prefix}.shared_expert`), gate: `${prefix}.shared_expert_gate.weight` };
         spec.sharedIntermediateSize = read.int('shared_expert_intermediate_size', 1);
+      }
+      break;
+    }
+    case 'glm4_moe': {
+      // (Glm4MoeConfig's defaults: first_k_dense_replace 1, one shared expert; every layer after the dense ones is
+      // sparse, and the router always has its score-correction bias)
+      const firstDense = read.int('first_k_dense_replace', 0, 1);
+      if (layer < firstDense) {
+        throw denseLayerError(architecture, layer, `layers below first_k_dense_replace (${firstDense}) are dense`);
+      }
+      const prefix = `${base}.mlp`;
+      const intermediateSize = read.int('moe_intermediate_size', 1);
+      spec = {
+        architecture,
+        modelType: family,
+        layer,
+        hiddenSize,
+        intermediateSize,
+        numExperts: read.int('n_routed_experts', 1),
+        topK: read.int('num_experts_per_tok', 1),
+        names: {
+          gate: `${prefix}.gate.weight`,
+          bias: `${prefix}.gate.e_score_correction_bias`,
+          expert: expertNames(prefix, 'hf'),
+        },
+        requiresBias: true,
+      };
+      const sharedExperts = read.int('n_shared_experts', 0, 1);
+      if (sharedExperts > 0) {
+        spec.names.shared = projNames(`${prefix}.shared_experts`);
+        spec.sharedIntermediateSize = sharedExperts * intermediateSize;
       }
       break;
     }

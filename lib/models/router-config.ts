@@ -38,6 +38,7 @@ export const ARCHITECTURE_OF_MODEL_TYPE = {
   qwen3_moe: 'Qwen3MoeForCausalLM',
   deepseek_v2: 'DeepseekV2ForCausalLM',
   deepseek_v3: 'DeepseekV3ForCausalLM',
+  glm4_moe: 'Glm4MoeForCausalLM',
   gpt_oss: 'GptOssForCausalLM',
 } as const;
 
@@ -89,6 +90,7 @@ export function expertShape(cfg: Record<string, unknown>): { numExperts: number;
       return { numExperts: num(cfg, 'num_experts'), topK: num(cfg, 'num_experts_per_tok'), hiddenSize };
     case 'deepseek_v2':
     case 'deepseek_v3':
+    case 'glm4_moe':
       return { numExperts: num(cfg, 'n_routed_experts'), topK: num(cfg, 'num_experts_per_tok'), hiddenSize };
     case 'gpt_oss':
       return {
@@ -166,6 +168,19 @@ export function routerOptionsFromConfig(
       base.scale = v3 || !base.normalize ? factor : 1;
       break;
     }
+    case 'glm4_moe': {
+      // GLM-4.5/4.6 (transformers' Glm4MoeTopkRouter): DeepSeek-V3's noaux_tc rule with GLM's config defaults (one
+      // group, scale 1), and the kept weights renormalised whenever norm_topk_prob says so, k = 1 included
+      base.scoring = 'sigmoid';
+      const nGroup = num(cfg, 'n_group', 1);
+      const topkGroup = num(cfg, 'topk_group', 1);
+      // (one group, or every group kept, restricts nothing)
+      if (nGroup > 1 && topkGroup < nGroup) base.groups = { nGroup, topkGroup, score: 'top2sum' };
+      base.normalize = bool(cfg, 'norm_topk_prob', true);
+      base.scale = num(cfg, 'routed_scaling_factor', 1);
+      required = 'bias';
+      break;
+    }
     case 'gpt_oss':
       base.selection = { kind: 'gptOss', k: topK };
       required = 'logitBias';
@@ -174,7 +189,9 @@ export function routerOptionsFromConfig(
   if (required && overrides[required] === undefined) {
     throw new RouterConfigurationError(
       required === 'bias'
-        ? `bias: this ${String(cfg.model_type)} config routes with e_score_correction_bias (topk_method 'noaux_tc'): ` +
+        ? `bias: this ${String(cfg.model_type)} config routes with e_score_correction_bias (${
+            cfg.model_type === 'glm4_moe' ? 'as every GLM-4.5 router' : "topk_method 'noaux_tc'"
+          }): ` +
             `pass the layer's mlp.gate.e_score_correction_bias as bias, or bias: null to route without it`
         : `logitBias: gpt_oss routers have a bias term: pass the layer's mlp.router.bias as logitBias, or ` +
             `logitBias: null to route without it`,

@@ -16,7 +16,7 @@ import {
 import { f8BitsToNumber, numberToF8Bits, type Float8Dtype } from '../../lib/models/float8';
 import { randn } from './random';
 
-export type TinyArch = 'mixtral' | 'olmoe' | 'qwen2_moe' | 'qwen3_moe' | 'deepseek_v2' | 'deepseek_v3';
+export type TinyArch = 'mixtral' | 'olmoe' | 'qwen2_moe' | 'qwen3_moe' | 'deepseek_v2' | 'deepseek_v3' | 'glm4_moe';
 
 export interface TinyCheckpointOptions {
   hiddenSize: number;
@@ -36,7 +36,7 @@ export interface TinyCheckpointOptions {
   sharedExperts?: number;
   /** Qwen2-MoE shared_expert_intermediate_size; default 2 x intermediateSize. */
   sharedIntermediateSize?: number;
-  /** DeepSeek first_k_dense_replace; default 0. */
+  /** DeepSeek's and GLM's first_k_dense_replace; default 0. */
   firstKDense?: number;
   /** Extra or overriding config.json fields, applied last (e.g. mlp_only_layers, moe_layer_freq). */
   extraConfig?: Record<string, unknown>;
@@ -76,6 +76,7 @@ const ARCHITECTURES: Record<TinyArch, string> = {
   qwen3_moe: 'Qwen3MoeForCausalLM',
   deepseek_v2: 'DeepseekV2ForCausalLM',
   deepseek_v3: 'DeepseekV3ForCausalLM',
+  glm4_moe: 'Glm4MoeForCausalLM',
 };
 
 const TORCH_DTYPE = { F32: 'float32', BF16: 'bfloat16', F16: 'float16' } as const;
@@ -130,6 +131,22 @@ function buildConfig(arch: TinyArch, opts: TinyCheckpointOptions): Record<string
         topk_method: v3 ? 'noaux_tc' : 'greedy',
         n_group: v3 ? nGroup : null,
         topk_group: v3 ? Math.max(1, nGroup / 2) : null,
+      });
+      break;
+    }
+    case 'glm4_moe': {
+      // (GLM-4.5 itself: one group; two here, so that the group rule is exercised)
+      const nGroup = numExperts % 2 === 0 && numExperts >= 4 ? 2 : 1;
+      Object.assign(config, {
+        intermediate_size: intermediateSize * 4,
+        moe_intermediate_size: intermediateSize,
+        n_routed_experts: numExperts,
+        n_shared_experts: opts.sharedExperts ?? 1,
+        first_k_dense_replace: opts.firstKDense ?? 0,
+        norm_topk_prob: true,
+        routed_scaling_factor: 2.5,
+        n_group: nGroup,
+        topk_group: 1,
       });
       break;
     }
@@ -194,6 +211,7 @@ function isMoELayer(arch: TinyArch, config: Record<string, unknown>, layer: numb
     const step = (config.decoder_sparse_step as number | undefined) ?? 1;
     return !mlpOnly.includes(layer) && (layer + 1) % step === 0;
   }
+  if (arch === 'glm4_moe') return layer >= ((config.first_k_dense_replace as number | undefined) ?? 1);
   if (arch === 'deepseek_v2' || arch === 'deepseek_v3') {
     const firstDense = (config.first_k_dense_replace as number | undefined) ?? 0;
     const freq = (config.moe_layer_freq as number | undefined) ?? 1;
@@ -210,7 +228,8 @@ function layerTensorShapes(arch: TinyArch, config: Record<string, unknown>, laye
   const mixtral = arch === 'mixtral';
   const prefix = `model.layers.${layer}.${mixtral ? 'block_sparse_moe' : 'mlp'}`;
   const shapes: [string, number[]][] = [[`${prefix}.gate.weight`, [numExperts, d]]];
-  if (arch === 'deepseek_v3') shapes.push([`${prefix}.gate.e_score_correction_bias`, [numExperts]]);
+  const biased = arch === 'deepseek_v3' || arch === 'glm4_moe';
+  if (biased) shapes.push([`${prefix}.gate.e_score_correction_bias`, [numExperts]]);
   for (let e = 0; e < numExperts; e++) {
     const [w1, w3, w2] = mixtral ? ['w1', 'w3', 'w2'] : ['gate_proj', 'up_proj', 'down_proj'];
     shapes.push([`${prefix}.experts.${e}.${w1}.weight`, [f, d]]);
@@ -220,7 +239,7 @@ function layerTensorShapes(arch: TinyArch, config: Record<string, unknown>, laye
   let shared: { name: string; width: number } | null = null;
   if (arch === 'qwen2_moe') shared = { name: 'shared_expert', width: config.shared_expert_intermediate_size as number };
   const nShared = (config.n_shared_experts as number | null | undefined) ?? 0;
-  if ((arch === 'deepseek_v2' || arch === 'deepseek_v3') && nShared > 0) {
+  if ((arch === 'deepseek_v2' || arch === 'deepseek_v3' || arch === 'glm4_moe') && nShared > 0) {
     shared = { name: 'shared_experts', width: nShared * f };
   }
   if (shared) {
