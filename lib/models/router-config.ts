@@ -187,11 +187,11 @@ export function routerOptionsFromConfig(
       break;
   }
   if (required && overrides[required] === undefined) {
+    const why = cfg.model_type === 'glm4_moe' ? 'as every GLM-4.5 router' : "topk_method 'noaux_tc'";
     throw new RouterConfigurationError(
       required === 'bias'
-        ? `bias: this ${String(cfg.model_type)} config routes with e_score_correction_bias (${
-            cfg.model_type === 'glm4_moe' ? 'as every GLM-4.5 router' : "topk_method 'noaux_tc'"
-          }): ` + `pass the layer's mlp.gate.e_score_correction_bias as bias, or bias: null to route without it`
+        ? `bias: this ${String(cfg.model_type)} config routes with e_score_correction_bias (${why}): ` +
+            `pass the layer's mlp.gate.e_score_correction_bias as bias, or bias: null to route without it`
         : `logitBias: gpt_oss routers have a bias term: pass the layer's mlp.router.bias as logitBias, or ` +
             `logitBias: null to route without it`,
     );
