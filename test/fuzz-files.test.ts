@@ -181,7 +181,16 @@ const ODD_VALUES: readonly unknown[] = Object.freeze(
 );
 
 test('config.json: mutated fields of every family load with a finite forward or give a package error', () => {
-  const families: TinyArch[] = ['mixtral', 'olmoe', 'qwen2_moe', 'qwen3_moe', 'deepseek_v2', 'deepseek_v3', 'glm4_moe'];
+  const families: TinyArch[] = [
+    'mixtral',
+    'olmoe',
+    'qwen2_moe',
+    'qwen3_moe',
+    'qwen3_next',
+    'deepseek_v2',
+    'deepseek_v3',
+    'glm4_moe',
+  ];
   const next = rng(SEED + 6);
   const pick = <T>(values: readonly T[]) => values[Math.floor(next() * values.length)];
   const x = randn(3 * 16, SEED + 7);

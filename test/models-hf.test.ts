@@ -134,6 +134,12 @@ const EXPECTED: Record<TinyArch, { architecture: string; gate: string; w1: strin
       gate: 'model.layers.1.mlp.gate.weight',
       w1: 'model.layers.1.mlp.experts.3.gate_proj.weight',
     },
+    qwen3_next: {
+      architecture: 'Qwen3NextForCausalLM',
+      gate: 'model.layers.1.mlp.gate.weight',
+      w1: 'model.layers.1.mlp.experts.3.gate_proj.weight',
+      shared: 'model.layers.1.mlp.shared_expert.gate_proj.weight',
+    },
     deepseek_v2: {
       architecture: 'DeepseekV2ForCausalLM',
       gate: 'model.layers.1.mlp.gate.weight',
@@ -187,11 +193,12 @@ const DTYPES = ['F32', 'BF16', 'F16'] as const;
       assert.is(layer.bias !== undefined, expected.bias === true, 'score-correction bias');
       if (layer.bias) assert.equal(Array.from(layer.bias), Array.from(stored[spec.names.bias!].data));
       if (expected.shared) {
-        const width = arch === 'qwen2_moe' ? 10 : 2 * 6;
+        const gated = arch === 'qwen2_moe' || arch === 'qwen3_next'; // (a sigmoid-gated shared_expert)
+        const width = gated ? 10 : 2 * 6;
         assert.is(spec.sharedIntermediateSize, width);
         assert.is(layer.shared?.intermediateSize, width);
         assert.equal(Array.from(layer.shared!.w2), Array.from(stored[spec.names.shared!.w2].data));
-        assert.is(layer.shared!.gate?.length, arch === 'qwen2_moe' ? 8 : undefined);
+        assert.is(layer.shared!.gate?.length, gated ? 8 : undefined);
       } else {
         assert.is(layer.shared, undefined);
       }

@@ -52,6 +52,7 @@ function expectedRule(
     scale: 1,
   };
   if (arch === 'mixtral') return { ...base, normalize: true };
+  if (arch === 'qwen3_next') return { ...base, normalize: cfg.norm_topk_prob !== false && cfg.norm_topk_prob !== null };
   if (arch === 'glm4_moe') {
     // transformers' Glm4MoeTopkRouter: sigmoid, bias for choosing, groups by the sum of their top-2, renormalised
     // (k = 1 too), times routed_scaling_factor
@@ -99,6 +100,7 @@ const CASES: {
   { arch: 'mixtral', dtype: 'F32', sharded: false, layerDtype: 'fp32' },
   { arch: 'olmoe', dtype: 'BF16', sharded: true, layerDtype: 'fp32' },
   { arch: 'qwen2_moe', dtype: 'F16', sharded: false, layerDtype: 'fp32' },
+  { arch: 'qwen3_next', dtype: 'BF16', sharded: true, layerDtype: 'fp32' },
   { arch: 'qwen3_moe', dtype: 'F32', sharded: true, layerDtype: 'bf16' },
   { arch: 'deepseek_v2', dtype: 'BF16', sharded: false, layerDtype: 'fp32' },
   { arch: 'deepseek_v3', dtype: 'F32', sharded: true, layerDtype: 'fp32' },
@@ -154,7 +156,7 @@ for (const c of CASES) {
     });
     let shared: Parameters<typeof referenceLayer>[5];
     const sharedPrefix =
-      c.arch === 'qwen2_moe'
+      c.arch === 'qwen2_moe' || c.arch === 'qwen3_next'
         ? `${prefix}.shared_expert`
         : c.arch.startsWith('deepseek') || c.arch === 'glm4_moe'
           ? `${prefix}.shared_experts`
@@ -166,7 +168,10 @@ for (const c of CASES) {
         w3: stored(ck, `${sharedPrefix}.up_proj.weight`),
         w2: stored(ck, `${sharedPrefix}.down_proj.weight`),
         f: w1.length / d,
-        gate: c.arch === 'qwen2_moe' ? stored(ck, `${prefix}.shared_expert_gate.weight`) : undefined,
+        gate:
+          c.arch === 'qwen2_moe' || c.arch === 'qwen3_next'
+            ? stored(ck, `${prefix}.shared_expert_gate.weight`)
+            : undefined,
       };
     }
     const ref = referenceLayer(x, T, d, expert, { ...refRouting, maxK: rule.maxK }, shared);
@@ -249,6 +254,9 @@ test('norm_topk_prob: absent is the model default, null is false (as transformer
   assert.is(normalize({ ...qwen, norm_topk_prob: null }), false);
   assert.is(normalize({ ...qwen, norm_topk_prob: true }), true);
   assert.throws(() => normalize({ ...qwen, norm_topk_prob: 'true' }), /config\.norm_topk_prob: expected a boolean/);
+  const next = { ...qwen, model_type: 'qwen3_next' }; // (Qwen3NextConfig's default is true)
+  assert.is(normalize(next), true);
+  assert.is(normalize({ ...next, norm_topk_prob: false }), false);
 });
 
 test('Router.fromConfig: a rule that routes with a bias needs it (or null); DeepSeek-V3 keys left out take DeepseekV3Config defaults', () => {

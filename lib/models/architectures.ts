@@ -1,5 +1,6 @@
 /**
- * Adapters from Hugging Face MoE model families (Mixtral, OLMoE, Qwen2-MoE, Qwen3-MoE, DeepSeek-V2/V3, GLM-4.5) to one
+ * Adapters from Hugging Face MoE model families (Mixtral, OLMoE, Qwen2-MoE, Qwen3-MoE, Qwen3-Next, DeepSeek-V2/V3,
+ * GLM-4.5) to one
  * layer description: sizes, which layers are sparse, and the tensor names of the router, experts and shared
  * experts. Each family names and sizes these differently in `config.json` and in the weights; this file is the only
  * place that knows those differences. Experts are read lazily because a whole layer can be several GB in float32.
@@ -68,7 +69,8 @@ export interface LoadedMoELayer {
   shared?: ExpertWeights & { intermediateSize: number; /** [hiddenSize] */ gate?: Float32Array };
 }
 
-type Family = 'mixtral' | 'olmoe' | 'qwen2_moe' | 'qwen3_moe' | 'deepseek_v2' | 'deepseek_v3' | 'glm4_moe';
+type Family =
+  'mixtral' | 'olmoe' | 'qwen2_moe' | 'qwen3_moe' | 'qwen3_next' | 'deepseek_v2' | 'deepseek_v3' | 'glm4_moe';
 
 // (gpt-oss routing is supported by Router.fromConfig; its expert tensors are not read here)
 const ARCHITECTURE_OF: Readonly<Record<Family, string>> = (({ gpt_oss: _, ...layers }) => layers)(
@@ -159,7 +161,7 @@ function projNames(prefix: string): ExpertTensorNames {
   return { w1: `${prefix}.gate_proj.weight`, w3: `${prefix}.up_proj.weight`, w2: `${prefix}.down_proj.weight` };
 }
 
-/** Qwen2/3-MoE: sparse iff not in mlp_only_layers and (layer + 1) % decoder_sparse_step == 0. */
+/** Qwen2/3-MoE, Qwen3-Next: sparse iff not in mlp_only_layers and (layer + 1) % decoder_sparse_step == 0. */
 function checkQwenSparse(read: ConfigReader, architecture: string, layer: number): void {
   const mlpOnly = read.intList('mlp_only_layers');
   const step = read.int('decoder_sparse_step', 1, 1);
@@ -218,7 +220,8 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
     }
     case 'olmoe':
     case 'qwen2_moe':
-    case 'qwen3_moe': {
+    case 'qwen3_moe':
+    case 'qwen3_next': {
       if (family !== 'olmoe') checkQwenSparse(read, architecture, layer);
       const prefix = `${base}.mlp`;
       spec = {
@@ -231,7 +234,8 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
         topK: read.int('num_experts_per_tok', 1),
         names: { gate: `${prefix}.gate.weight`, expert: expertNames(prefix, 'hf') },
       };
-      if (family === 'qwen2_moe') {
+      // (Qwen3-Next's sparse block is Qwen2-MoE's, sigmoid-gated shared expert included)
+      if (family === 'qwen2_moe' || family === 'qwen3_next') {
         spec.names.shared = { ...projNames(`${prefix}.shared_expert`), gate: `${prefix}.shared_expert_gate.weight` };
         spec.sharedIntermediateSize = read.int('shared_expert_intermediate_size', 1);
       }

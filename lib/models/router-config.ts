@@ -36,6 +36,7 @@ export const ARCHITECTURE_OF_MODEL_TYPE = {
   olmoe: 'OlmoeForCausalLM',
   qwen2_moe: 'Qwen2MoeForCausalLM',
   qwen3_moe: 'Qwen3MoeForCausalLM',
+  qwen3_next: 'Qwen3NextForCausalLM',
   deepseek_v2: 'DeepseekV2ForCausalLM',
   deepseek_v3: 'DeepseekV3ForCausalLM',
   glm4_moe: 'Glm4MoeForCausalLM',
@@ -87,6 +88,7 @@ export function expertShape(cfg: Record<string, unknown>): { numExperts: number;
     case 'olmoe':
     case 'qwen2_moe':
     case 'qwen3_moe':
+    case 'qwen3_next':
       return { numExperts: num(cfg, 'num_experts'), topK: num(cfg, 'num_experts_per_tok'), hiddenSize };
     case 'deepseek_v2':
     case 'deepseek_v3':
@@ -136,6 +138,10 @@ export function routerOptionsFromConfig(
     case 'qwen2_moe':
     case 'qwen3_moe':
       base.normalize = bool(cfg, 'norm_topk_prob', false);
+      break;
+    case 'qwen3_next':
+      // (Qwen2-MoE's block; Qwen3NextConfig renormalises by default)
+      base.normalize = bool(cfg, 'norm_topk_prob', true);
       break;
     case 'deepseek_v2':
     case 'deepseek_v3': {

@@ -16,7 +16,8 @@ import {
 import { f8BitsToNumber, numberToF8Bits, type Float8Dtype } from '../../lib/models/float8';
 import { randn } from './random';
 
-export type TinyArch = 'mixtral' | 'olmoe' | 'qwen2_moe' | 'qwen3_moe' | 'deepseek_v2' | 'deepseek_v3' | 'glm4_moe';
+export type TinyArch =
+  'mixtral' | 'olmoe' | 'qwen2_moe' | 'qwen3_moe' | 'qwen3_next' | 'deepseek_v2' | 'deepseek_v3' | 'glm4_moe';
 
 export interface TinyCheckpointOptions {
   hiddenSize: number;
@@ -73,6 +74,7 @@ const ARCHITECTURES: Record<TinyArch, string> = {
   mixtral: 'MixtralForCausalLM',
   olmoe: 'OlmoeForCausalLM',
   qwen2_moe: 'Qwen2MoeForCausalLM',
+  qwen3_next: 'Qwen3NextForCausalLM',
   qwen3_moe: 'Qwen3MoeForCausalLM',
   deepseek_v2: 'DeepseekV2ForCausalLM',
   deepseek_v3: 'DeepseekV3ForCausalLM',
@@ -103,15 +105,17 @@ function buildConfig(arch: TinyArch, opts: TinyCheckpointOptions): Record<string
       break;
     case 'qwen2_moe':
     case 'qwen3_moe':
+    case 'qwen3_next':
       Object.assign(config, {
         intermediate_size: intermediateSize * 4,
         moe_intermediate_size: intermediateSize,
         num_experts: numExperts,
         decoder_sparse_step: 1,
         mlp_only_layers: [],
-        norm_topk_prob: arch === 'qwen3_moe',
+        // (left out for Qwen3-Next: its config class renormalises by default)
+        ...(arch === 'qwen3_next' ? {} : { norm_topk_prob: arch === 'qwen3_moe' }),
       });
-      if (arch === 'qwen2_moe')
+      if (arch !== 'qwen3_moe')
         config.shared_expert_intermediate_size = opts.sharedIntermediateSize ?? 2 * intermediateSize;
       break;
     case 'deepseek_v2':
@@ -206,7 +210,7 @@ function quantiseFp8(
 
 /** The Hugging Face rule for which layers are sparse, evaluated on the final config. */
 function isMoELayer(arch: TinyArch, config: Record<string, unknown>, layer: number): boolean {
-  if (arch === 'qwen2_moe' || arch === 'qwen3_moe') {
+  if (arch === 'qwen2_moe' || arch === 'qwen3_moe' || arch === 'qwen3_next') {
     const mlpOnly = (config.mlp_only_layers as number[] | undefined) ?? [];
     const step = (config.decoder_sparse_step as number | undefined) ?? 1;
     return !mlpOnly.includes(layer) && (layer + 1) % step === 0;
@@ -237,7 +241,8 @@ function layerTensorShapes(arch: TinyArch, config: Record<string, unknown>, laye
     shapes.push([`${prefix}.experts.${e}.${w2}.weight`, [d, f]]);
   }
   let shared: { name: string; width: number } | null = null;
-  if (arch === 'qwen2_moe') shared = { name: 'shared_expert', width: config.shared_expert_intermediate_size as number };
+  if (arch === 'qwen2_moe' || arch === 'qwen3_next')
+    shared = { name: 'shared_expert', width: config.shared_expert_intermediate_size as number };
   const nShared = (config.n_shared_experts as number | null | undefined) ?? 0;
   if ((arch === 'deepseek_v2' || arch === 'deepseek_v3' || arch === 'glm4_moe') && nShared > 0) {
     shared = { name: 'shared_experts', width: nShared * f };
@@ -247,7 +252,7 @@ function layerTensorShapes(arch: TinyArch, config: Record<string, unknown>, laye
     shapes.push([`${prefix}.${shared.name}.up_proj.weight`, [shared.width, d]]);
     shapes.push([`${prefix}.${shared.name}.down_proj.weight`, [d, shared.width]]);
   }
-  if (arch === 'qwen2_moe') shapes.push([`${prefix}.shared_expert_gate.weight`, [1, d]]);
+  if (arch === 'qwen2_moe' || arch === 'qwen3_next') shapes.push([`${prefix}.shared_expert_gate.weight`, [1, d]]);
   return shapes;
 }
 
