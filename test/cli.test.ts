@@ -112,7 +112,7 @@ test('validate reports the checkpoint and runs a forward; a damaged file fails w
   assert.is(bad.stderr.trim().split('\n').length, 1, bad.stderr);
 });
 
-test('validate names the expert storage of an FP8 checkpoint and its scales, and runs a forward', () => {
+test('validate names the expert storage of a fused FP8 checkpoint and its scales, and runs a forward', () => {
   const ck = writeTinyCheckpoint(fs.mkdtempSync(path.join(root, 'val8-')), 'deepseek_v3', {
     hiddenSize: 32,
     intermediateSize: 16,
@@ -121,10 +121,11 @@ test('validate names the expert storage of an FP8 checkpoint and its scales, and
     seed: 8,
     dtype: 'BF16',
     fp8: { dtype: 'F8_E4M3', scales: 'block', block: [16, 16] },
+    fusedExperts: true,
   });
   const ok = cli('validate', '--model', ck.dir, '--forward');
   assert.is(ok.status, 0, ok.stderr);
-  assert.match(ok.stdout, /dtype BF16 \(router\), F8_E4M3 experts with block scales \(16 x 16\)/);
+  assert.match(ok.stdout, /dtype BF16 \(router\), F8_E4M3 experts with block scales \(16 x 16\) \(fused experts\)/);
   assert.match(ok.stdout, /forward .* output finite/);
 });
 

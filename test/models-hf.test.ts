@@ -442,6 +442,17 @@ test('FP8 scale layouts: per tensor, per row and per block, by name and config, 
   assert.is(kindOf('w.weight_scale', []), 'tensor');
   assert.is(kindOf('w.weight_scale', [1]), 'tensor');
   assert.is(kindOf('w.weight_scale', [1], [2, 3, 4]), 'tensor');
+  // a fused [experts, rows, cols] tensor: scales stacked the same way
+  const stackedOf = (scaleName: string, scaleShape: number[]) => {
+    const shape = [2, 3, 4];
+    const scaling = fp8ScalingOf(lookup({ [w]: shape, [scaleName]: scaleShape }), w, shape, unstated);
+    return `${scaling.kind}${scaling.stacked ? ', stacked' : ''}`;
+  };
+  assert.is(stackedOf('w.weight_scale', [2]), 'tensor, stacked');
+  assert.is(stackedOf('w.weight_scale', [2, 3]), 'row, stacked');
+  assert.is(stackedOf('w.weight_scale', [2, 3, 1]), 'row, stacked');
+  assert.is(stackedOf('w.weight_scale_inv', [2, 1, 1]), 'block, stacked');
+  assert.is(stackedOf('w.weight_scale', []), 'tensor');
   assert.is(kindOf('w.weight_scale', [5]), 'row');
   assert.is(kindOf('w.weight_scale', [5, 1]), 'row');
   assert.is(kindOf('w.weight_scale', [3, 3], [5, 7], stated), 'block');
@@ -452,8 +463,27 @@ test('FP8 scale layouts: per tensor, per row and per block, by name and config, 
     ['w.weight_scale', [3, 3], [5, 7], unstated, perTensorOrRow],
     ['w.weight_scale_inv', [], [5, 7], unstated, /shape \[\], expected \[1, 1\] \(blocks of 128 x 128/],
     ['w.weight_scale_inv', [5, 1], [5, 7], stated, /shape \[5, 1\], expected \[3, 3\] \(blocks of 2 x 3/],
-    ['w.weight_scale_inv', [1], [7], unstated, /shape \[1\], expected a 2-D weight \(block-wise scales\)/],
-    ['w.weight_scale', [2], [2, 3, 4], unstated, /shape \[2\], expected \[\] or \[1\] \(per tensor\)$/],
+    [
+      'w.weight_scale_inv',
+      [1],
+      [7],
+      unstated,
+      /shape \[1\], expected a 2-D weight, or a 3-D one of stacked experts \(block-wise scales\)/,
+    ],
+    [
+      'w.weight_scale',
+      [3],
+      [2, 3, 4],
+      unstated,
+      /shape \[3\], expected \[\] or \[1\] \(per tensor\), \[2\] \(per expert\), \[2, 3\] or \[2, 3, 1\] \(per row\)$/,
+    ],
+    [
+      'w.weight_scale_inv',
+      [2, 2, 1],
+      [2, 3, 4],
+      unstated,
+      /shape \[2, 2, 1\], expected \[2, 1, 1\] \(blocks of 128 x 128/,
+    ],
   ];
   for (const [scaleName, scaleShape, shape, blocks, message] of refused)
     throwsWith(() => kindOf(scaleName, scaleShape, shape, blocks), ModelLoadError, message, ['/ckpt', '"w.weight"']);
@@ -498,6 +528,68 @@ test('FP8 scale layouts: per tensor, per row and per block, by name and config, 
     ModelLoadError,
     /here: element 3 is -Infinity once scaled/,
   );
+});
+
+// ------------------------------------------------------------------------------------------------ fused experts
+
+const FUSED_CASES: { arch: TinyArch; fp8?: TinyCheckpointOptions['fp8']; sharded: boolean }[] = [
+  { arch: 'mixtral', sharded: false },
+  { arch: 'qwen3_moe', sharded: true },
+  { arch: 'deepseek_v3', fp8: { dtype: 'F8_E4M3', scales: 'block', block: [4, 3] }, sharded: true },
+  { arch: 'glm4_moe', fp8: { dtype: 'F8_E5M2', scales: 'tensor' }, sharded: false },
+  { arch: 'qwen3_next', fp8: { dtype: 'F8_E4M3', scales: 'row', scaleDtype: 'BF16' }, sharded: false },
+];
+
+for (const c of FUSED_CASES) {
+  const stores = c.fp8 ? `, ${c.fp8.dtype} with ${c.fp8.scales} scales stacked per expert` : '';
+  test(`fused experts (transformers v5 layout) ${c.arch}${stores}: each expert read as its own tensors were`, () => {
+    const opts = { ...SMALL, numExperts: 5, fp8: c.fp8, sharded: c.sharded, seed: 9, fusedExperts: true };
+    const tiny = writeTinyCheckpoint(tmpDir(), c.arch, opts);
+    const ckpt = openCheckpoint(tiny.dir);
+    try {
+      const spec = resolveMoELayer(ckpt.config, 1);
+      const names = ckpt.tensorNames();
+      assert.ok(names.includes('model.layers.1.mlp.experts.gate_up_proj'), names.join(' '));
+      assert.not.ok(names.includes(spec.names.expert(0).w1));
+      const layer = loadMoELayerWeights(ckpt, spec);
+      assert.is(layer.expertLayout, 'fused');
+      assert.equal(ckpt.info(spec.names.fused.gateUp).shape, [5, 12, 8]);
+      assert.equal(Array.from(layer.gateWeight), Array.from(tiny.tensors[spec.names.gate].data));
+      for (const e of [4, 0, 2]) {
+        const expert = layer.expert(e);
+        const own = spec.names.expert(e);
+        assert.equal(Array.from(expert.w1), Array.from(tiny.tensors[own.w1].data), own.w1);
+        assert.equal(Array.from(expert.w3), Array.from(tiny.tensors[own.w3].data), own.w3);
+        assert.equal(Array.from(expert.w2), Array.from(tiny.tensors[own.w2].data), own.w2);
+      }
+      // the whole stack reads the same as its slices
+      const all = ckpt.readFloat32(spec.names.fused.down);
+      assert.equal(Array.from(all.subarray(3 * 48, 4 * 48)), Array.from(ckpt.readSlice(spec.names.fused.down, 3)));
+      throwsWith(
+        () => ckpt.readSlice(spec.names.fused.down, 5),
+        ModelLoadError,
+        /slice of tensor .*down_proj" \(shape \[5,8,6\]\): got 5, expected an integer in \[0, 4\]/,
+      );
+    } finally {
+      ckpt.close();
+    }
+  });
+}
+
+test('fused experts: a stack whose shape disagrees with the config is refused before reading', () => {
+  const tiny = writeTinyCheckpoint(tmpDir(), 'olmoe', { ...SMALL, fusedExperts: true });
+  const ckpt = openCheckpoint(tiny.dir);
+  throwsWith(
+    () => loadMoELayerWeights(ckpt, resolveMoELayer({ ...tiny.config, intermediate_size: 5 }, 0)),
+    ModelLoadError,
+    /experts\.gate_up_proj" has shape \[4, 12, 8\], expected \[4, 10, 8\] from config/,
+  );
+  throwsWith(
+    () => loadMoELayerWeights(ckpt, resolveMoELayer({ ...tiny.config, num_experts: 3 }, 0)),
+    ModelLoadError,
+    /has shape \[4, 8\], expected \[3, 8\]/,
+  );
+  ckpt.close();
 });
 
 /** The tensors of a single-file checkpoint as stored (FP8 numbers unscaled), for rewriting. */

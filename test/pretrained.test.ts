@@ -96,6 +96,7 @@ const CASES: {
   sharded: boolean;
   layerDtype: 'fp32' | 'bf16';
   fp8?: TinyCheckpointOptions['fp8'];
+  fused?: boolean;
 }[] = [
   { arch: 'mixtral', dtype: 'F32', sharded: false, layerDtype: 'fp32' },
   { arch: 'olmoe', dtype: 'BF16', sharded: true, layerDtype: 'fp32' },
@@ -115,10 +116,22 @@ const CASES: {
   },
   { arch: 'qwen3_moe', dtype: 'BF16', sharded: false, layerDtype: 'bf16', fp8: { dtype: 'F8_E4M3', scales: 'block' } },
   { arch: 'mixtral', dtype: 'F32', sharded: false, layerDtype: 'fp32', fp8: { dtype: 'F8_E5M2', scales: 'row' } },
+  // fused experts, as transformers v5 saves them
+  { arch: 'mixtral', dtype: 'BF16', sharded: true, layerDtype: 'bf16', fused: true },
+  {
+    arch: 'deepseek_v3',
+    dtype: 'BF16',
+    sharded: false,
+    layerDtype: 'fp32',
+    fp8: { dtype: 'F8_E4M3', scales: 'block', block: [8, 16] },
+    fused: true,
+  },
 ];
 
 for (const c of CASES) {
-  const stores = `${c.dtype}${c.fp8 ? ` + ${c.fp8.dtype} ${c.fp8.scales}-scaled experts` : ''}${c.sharded ? ', sharded' : ''}`;
+  const stores =
+    `${c.dtype}${c.fp8 ? ` + ${c.fp8.dtype} ${c.fp8.scales}-scaled experts` : ''}` +
+    `${c.fused ? ', fused experts' : ''}${c.sharded ? ', sharded' : ''}`;
   test(`${c.arch} (${stores}) loads as ${c.layerDtype} and matches the reference`, () => {
     const d = 32;
     const f = 16;
@@ -133,6 +146,7 @@ for (const c of CASES) {
       sharded: c.sharded,
       seed: SEED % 100000,
       fp8: c.fp8,
+      fusedExperts: c.fused,
     });
     const layerIndex = ck.moeLayers[ck.moeLayers.length - 1];
     const layer = MoELayer.fromPretrained(ck.dir, { layer: layerIndex, dtype: c.layerDtype, threads: 2 });

@@ -5,7 +5,7 @@
  */
 import { DynamicMoEError, ModelLoadError } from '../errors';
 import { MoELayer } from '../layer';
-import { loadMoELayerWeights, resolveMoELayer, type MoELayerSpec } from '../models/architectures';
+import { loadMoELayerWeights, resolveMoELayer, type LoadedMoELayer } from '../models/architectures';
 import { openCheckpoint, type Checkpoint } from '../models/checkpoint';
 import { routerOptionsFromConfig } from '../models/router-config';
 import { intOption, parseOptions, requireOption, dtypeOption } from './args';
@@ -15,17 +15,20 @@ export const VALIDATE_USAGE = `moe-router validate --model DIR [--layer N] [--fo
 Checks config.json, the safetensors headers, every MoE layer's tensors (names, shapes, dtypes) and the routing
 rule. --layer limits the check to one layer; --forward also runs one forward of it (default: the first MoE layer).`;
 
-/** The router's dtype, and the experts' where it differs (with how FP8 experts are scaled). */
-function storage(checkpoint: Checkpoint, spec: MoELayerSpec): string {
-  const router = checkpoint.info(spec.names.gate).dtype;
-  const expert = spec.names.expert(0).w1;
+/** The router's dtype, and the experts' where it differs (with how FP8 experts are scaled), and a fused layout. */
+function storage(checkpoint: Checkpoint, weights: LoadedMoELayer): string {
+  const { spec } = weights;
+  const fused = weights.expertLayout === 'fused';
+  const router = checkpoint.info(fused ? spec.names.fused.gate : spec.names.gate).dtype;
+  const expert = fused ? spec.names.fused.gateUp : spec.names.expert(0).w1;
   const experts = checkpoint.info(expert).dtype;
-  if (experts === router) return `dtype ${router}`;
+  const layout = fused ? ' (fused experts)' : '';
+  if (experts === router) return `dtype ${router}${layout}`;
   const scaling = checkpoint.scalingOf(expert);
   const scales = scaling
     ? ` with ${scaling.kind} scales${scaling.kind === 'block' ? ` (${scaling.block.join(' x ')})` : ''}`
     : '';
-  return `dtype ${router} (router), ${experts} experts${scales}`;
+  return `dtype ${router} (router), ${experts} experts${scales}${layout}`;
 }
 
 export async function validateCommand(argv: string[]): Promise<void> {
@@ -71,7 +74,7 @@ export async function validateCommand(argv: string[]): Promise<void> {
           );
           console.log(
             `experts     ${spec.numExperts} x SwiGLU d=${spec.hiddenSize} f=${spec.intermediateSize}, top-${spec.topK}` +
-              `${weights.shared ? `, shared expert f=${weights.shared.intermediateSize}` : ''}; ${storage(checkpoint, spec)}`,
+              `${weights.shared ? `, shared expert f=${weights.shared.intermediateSize}` : ''}; ${storage(checkpoint, weights)}`,
           );
         }
         moe++;

@@ -36,6 +36,13 @@ export interface MoELayerSpec {
     expert(e: number): ExpertTensorNames;
     /** Shared expert(s), always applied; `gate` is Qwen2-MoE's sigmoid gate weight [1, hiddenSize]. */
     shared?: ExpertTensorNames & { gate?: string };
+    /**
+     * The same layer saved with fused experts (transformers v5's layout, and models released since): every expert's
+     * gate and up projections in one [numExperts, 2 x f, hiddenSize] tensor (gate rows first), the down projections in
+     * [numExperts, hiddenSize, f], and the router's weight under `gate` (Mixtral's block moves from
+     * `block_sparse_moe` to `mlp`). Read when the checkpoint has these instead of expert 0's own tensors.
+     */
+    fused: { gate: string; gateUp: string; down: string };
   };
   /** Width of the shared expert (DeepSeek: n_shared_experts x moe_intermediate_size). */
   sharedIntermediateSize?: number;
@@ -67,6 +74,8 @@ export interface LoadedMoELayer {
    */
   expert(e: number): ExpertWeights;
   shared?: ExpertWeights & { intermediateSize: number; /** [hiddenSize] */ gate?: Float32Array };
+  /** The tensors the routed experts are read from: one per projection and expert, or the fused pair. */
+  expertLayout: 'per-expert' | 'fused';
 }
 
 type Family =
@@ -157,6 +166,15 @@ function expertNames(prefix: string, style: 'mixtral' | 'hf'): (e: number) => Ex
   return (e) => projNames(`${prefix}.experts.${e}`);
 }
 
+/** The fused expert tensors of the block at `prefix` (see MoELayerSpec.names.fused). */
+function fusedNames(prefix: string): MoELayerSpec['names']['fused'] {
+  return {
+    gate: `${prefix}.gate.weight`,
+    gateUp: `${prefix}.experts.gate_up_proj`,
+    down: `${prefix}.experts.down_proj`,
+  };
+}
+
 function projNames(prefix: string): ExpertTensorNames {
   return { w1: `${prefix}.gate_proj.weight`, w3: `${prefix}.up_proj.weight`, w2: `${prefix}.down_proj.weight` };
 }
@@ -214,7 +232,11 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
         intermediateSize: read.int('intermediate_size', 1),
         numExperts: read.int('num_local_experts', 1),
         topK: read.int('num_experts_per_tok', 1),
-        names: { gate: `${prefix}.gate.weight`, expert: expertNames(prefix, 'mixtral') },
+        names: {
+          gate: `${prefix}.gate.weight`,
+          expert: expertNames(prefix, 'mixtral'),
+          fused: fusedNames(`${base}.mlp`),
+        },
       };
       break;
     }
@@ -232,7 +254,7 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
         intermediateSize: read.int(family === 'olmoe' ? 'intermediate_size' : 'moe_intermediate_size', 1),
         numExperts: read.int('num_experts', 1),
         topK: read.int('num_experts_per_tok', 1),
-        names: { gate: `${prefix}.gate.weight`, expert: expertNames(prefix, 'hf') },
+        names: { gate: `${prefix}.gate.weight`, expert: expertNames(prefix, 'hf'), fused: fusedNames(prefix) },
       };
       // (Qwen3-Next's sparse block is Qwen2-MoE's, sigmoid-gated shared expert included)
       if (family === 'qwen2_moe' || family === 'qwen3_next') {
@@ -262,6 +284,7 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
           gate: `${prefix}.gate.weight`,
           bias: `${prefix}.gate.e_score_correction_bias`,
           expert: expertNames(prefix, 'hf'),
+          fused: fusedNames(prefix),
         },
         requiresBias: true,
       };
@@ -295,6 +318,7 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
           gate: `${prefix}.gate.weight`,
           bias: `${prefix}.gate.e_score_correction_bias`,
           expert: expertNames(prefix, 'hf'),
+          fused: fusedNames(prefix),
         },
         requiresBias: topkMethod === 'noaux_tc',
       };
@@ -342,8 +366,17 @@ function checkTensor(ckpt: Checkpoint, spec: MoELayerSpec, name: string, shape: 
 export function loadMoELayerWeights(ckpt: Checkpoint, spec: MoELayerSpec): LoadedMoELayer {
   const { hiddenSize: d, intermediateSize: f, numExperts } = spec;
   const gateShape = [numExperts, d];
-  checkTensor(ckpt, spec, spec.names.gate, gateShape);
-  for (let e = 0; e < numExperts; e++) {
+  // (fused only where expert 0's own tensor is absent: a checkpoint with both is read as per-expert, as before)
+  const fused = !ckpt.has(spec.names.expert(0).w1) && ckpt.has(spec.names.fused.gateUp) ? spec.names.fused : null;
+  const gateUpShape = [numExperts, 2 * f, d];
+  const downShape = [numExperts, d, f];
+  const gate = fused ? fused.gate : spec.names.gate;
+  checkTensor(ckpt, spec, gate, gateShape);
+  if (fused) {
+    checkTensor(ckpt, spec, fused.gateUp, gateUpShape);
+    checkTensor(ckpt, spec, fused.down, downShape);
+  }
+  for (let e = 0; e < (fused ? 0 : numExperts); e++) {
     const names = spec.names.expert(e);
     checkTensor(ckpt, spec, names.w1, [f, d]);
     checkTensor(ckpt, spec, names.w3, [f, d]);
@@ -351,10 +384,19 @@ export function loadMoELayerWeights(ckpt: Checkpoint, spec: MoELayerSpec): Loade
   }
   const layer: LoadedMoELayer = {
     spec,
-    gateWeight: ckpt.readFloat32(spec.names.gate, gateShape),
+    gateWeight: ckpt.readFloat32(gate, gateShape),
     expert(e: number): ExpertWeights {
       if (!Number.isSafeInteger(e) || e < 0 || e >= numExperts) {
         throw new ValidationError(`expert: index is ${brief(e)}, expected an integer in [0, ${numExperts - 1}]`);
+      }
+      if (fused) {
+        // expert e's [2f, d] slice: gate rows, then up rows (transformers chunks the product in two the same way)
+        const gateUp = ckpt.readSlice(fused.gateUp, e, gateUpShape);
+        return {
+          w1: gateUp.subarray(0, f * d),
+          w3: gateUp.subarray(f * d),
+          w2: ckpt.readSlice(fused.down, e, downShape),
+        };
       }
       const names = spec.names.expert(e);
       return {
@@ -363,6 +405,7 @@ export function loadMoELayerWeights(ckpt: Checkpoint, spec: MoELayerSpec): Loade
         w2: ckpt.readFloat32(names.w2, [d, f]),
       };
     },
+    expertLayout: fused ? 'fused' : 'per-expert',
   };
   const biasName = spec.names.bias;
   if (biasName !== undefined && (spec.requiresBias === true || ckpt.has(biasName))) {

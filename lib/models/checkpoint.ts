@@ -42,6 +42,12 @@ export interface Checkpoint {
    *   (FP8) a missing or malformed scale, or a non-finite weight.
    */
   readFloat32(name: string, expectedShape?: number[]): Float32Array;
+  /**
+   * Reads slice `index` along the first dimension of a tensor (one expert of a fused [E, ...] tensor) as float32,
+   * FP8 with its scales, reading only that slice. `expectedShape` is the whole tensor's.
+   * @throws ModelLoadError as readFloat32, or for an index outside [0, shape[0]).
+   */
+  readSlice(name: string, index: number, expectedShape?: number[]): Float32Array;
   /** Closes every shard opened so far. */
   close(): void;
 }
@@ -162,23 +168,51 @@ class HfCheckpoint implements Checkpoint {
   }
 
   readFloat32(name: string, expectedShape?: number[]): Float32Array {
-    const file = this.fileOf(name);
-    if (expectedShape !== undefined) {
-      const { shape } = file.info(name);
-      const same = shape.length === expectedShape.length && shape.every((d, i) => d === expectedShape[i]);
-      if (!same) {
-        throw new ModelLoadError(
-          `${this.dir}: tensor ${brief(name)} has shape [${shape.join(', ')}], expected [${expectedShape.join(', ')}]`,
-        );
-      }
-    }
+    const shape = this.checkShape(name, expectedShape);
     const scaling = this.scalingOf(name);
-    const values = file.readFloat32(name);
-    if (scaling) {
-      const scales = this.fileOf(scaling.scaleName).readFloat32(scaling.scaleName);
-      applyFp8Scaling(values, file.info(name).shape, scales, scaling, `${this.dir}: tensor ${brief(name)}`);
+    const values = this.fileOf(name).readFloat32(name);
+    if (!scaling) return values;
+    const scales = this.fileOf(scaling.scaleName).readFloat32(scaling.scaleName);
+    const where = `${this.dir}: tensor ${brief(name)}`;
+    if (!scaling.stacked) {
+      applyFp8Scaling(values, shape, scales, scaling, where);
+      return values;
     }
+    // (slice by slice: each expert's matrix with its own scales)
+    const matrix = shape.slice(1);
+    const n = values.length / shape[0];
+    const m = scales.length / shape[0];
+    for (let i = 0; i < shape[0]; i++)
+      applyFp8Scaling(values.subarray(i * n, (i + 1) * n), matrix, scales.subarray(i * m, (i + 1) * m), scaling, where);
     return values;
+  }
+
+  readSlice(name: string, index: number, expectedShape?: number[]): Float32Array {
+    const shape = this.checkShape(name, expectedShape);
+    const scaling = this.scalingOf(name);
+    const values = this.fileOf(name).readFloat32Slice(name, index);
+    if (!scaling) return values;
+    if (!scaling.stacked && scaling.kind !== 'tensor') {
+      // (a row or block of a 2-D tensor's scales does not line up with a slice; the adapters slice only stacks)
+      throw new ModelLoadError(`${this.dir}: tensor ${brief(name)} has ${scaling.kind} scales; read it whole`);
+    }
+    const scaleFile = this.fileOf(scaling.scaleName);
+    const scales = scaling.stacked
+      ? scaleFile.readFloat32Slice(scaling.scaleName, index)
+      : scaleFile.readFloat32(scaling.scaleName);
+    applyFp8Scaling(values, shape.slice(1), scales, scaling, `${this.dir}: slice ${index} of tensor ${brief(name)}`);
+    return values;
+  }
+
+  /** The tensor's shape, which must equal `expected` when that is given. */
+  private checkShape(name: string, expected?: number[]): number[] {
+    const { shape } = this.fileOf(name).info(name);
+    if (expected !== undefined && !(shape.length === expected.length && shape.every((d, i) => d === expected[i]))) {
+      throw new ModelLoadError(
+        `${this.dir}: tensor ${brief(name)} has shape [${shape.join(', ')}], expected [${expected.join(', ')}]`,
+      );
+    }
+    return shape;
   }
 
   scalingOf(name: string): Fp8Scaling | null {

@@ -20,6 +20,11 @@ export interface Fp8Scaling {
   /** tensor: one scale; row: one per row; block: one per [block[0], block[1]] tile of a 2-D tensor. */
   kind: 'tensor' | 'row' | 'block';
   block: [number, number];
+  /**
+   * A fused [E, rows, cols] tensor (experts stacked) whose scales are stacked the same way, [E, ...]: slice e of the
+   * scales scales slice e of the tensor, by `kind` over its [rows, cols]. False: `kind` applies to the tensor as is.
+   */
+  stacked: boolean;
 }
 
 /** What {@link fp8ScalingOf} needs of a checkpoint. */
@@ -101,29 +106,40 @@ export function fp8ScalingOf(ckpt: TensorLookup, name: string, shape: readonly n
   if (!SCALE_DTYPES.includes(info.dtype)) {
     throw new ModelLoadError(`${where}: scale ${brief(scaleName)} has dtype ${info.dtype}, expected F32, BF16 or F16`);
   }
-  const s = info.shape;
   const { block } = blocks;
   const inverse = scaleName.endsWith('_scale_inv'); // the "fp8" method: block-wise only
-  const twoD = shape.length === 2;
-  const blockShape = twoD ? [Math.ceil(shape[0] / block[0]), Math.ceil(shape[1] / block[1])] : null;
+  // A fused [E, rows, cols] tensor: one scale for all (per tensor), or a scale tensor with the same leading E whose
+  // slices follow the 2-D rules on [rows, cols].
+  const stacked = shape.length === 3 && info.shape.length >= 1 && info.shape[0] === shape[0] && !same(info.shape, [1]);
+  const matrix = stacked ? shape.slice(1) : shape;
+  const s = stacked ? info.shape.slice(1) : info.shape;
+  const twoD = matrix.length === 2;
+  const blockShape = twoD ? [Math.ceil(matrix[0] / block[0]), Math.ceil(matrix[1] / block[1])] : null;
   let kind: Fp8Scaling['kind'] | null = null;
   if (!inverse && (same(s, []) || same(s, [1]))) kind = 'tensor';
-  else if (!inverse && twoD && (same(s, [shape[0]]) || same(s, [shape[0], 1]))) kind = 'row';
+  else if (!inverse && twoD && (same(s, [matrix[0]]) || same(s, [matrix[0], 1]))) kind = 'row';
   // (compressed-tensors' per-block scales only where the config states the block, as its "block" strategy does)
   else if (blockShape && (inverse || blocks.stated) && same(s, blockShape)) kind = 'block';
   if (kind === null) {
+    // (what would fit: the rules on the weight's matrix, with a leading E for a stack of experts)
+    const fused = shape.length === 3;
+    const m = fused ? shape.slice(1) : shape;
+    const lead = fused ? `${shape[0]}, ` : '';
     const blockWise =
-      `[${blockShape?.join(', ')}] (blocks of ${block[0]} x ${block[1]}; set ` +
-      `quantization_config.weight_block_size for another size)`;
+      `[${lead}${Math.ceil(m[0] / block[0])}, ${Math.ceil(m[1] / block[1])}] (blocks of ${block[0]} x ${block[1]}; ` +
+      `set quantization_config.weight_block_size for another size)`;
+    const perTensor = `[] or [1] (per tensor)${fused ? `, [${shape[0]}] (per expert)` : ''}`;
+    const perRow = m.length === 2 ? `, [${lead}${m[0]}] or [${lead}${m[0]}, 1] (per row)` : '';
     const expected = inverse
-      ? twoD
+      ? m.length === 2
         ? blockWise
-        : 'a 2-D weight (block-wise scales)'
-      : `[] or [1] (per tensor)${twoD ? `, [${shape[0]}] or [${shape[0]}, 1] (per row)` : ''}` +
-        (twoD && blocks.stated ? `, or ${blockWise}` : '');
-    throw new ModelLoadError(`${where}: scale ${brief(scaleName)} has shape [${s.join(', ')}], expected ${expected}`);
+        : 'a 2-D weight, or a 3-D one of stacked experts (block-wise scales)'
+      : perTensor + perRow + (m.length === 2 && blocks.stated ? `, or ${blockWise}` : '');
+    throw new ModelLoadError(
+      `${where}: scale ${brief(scaleName)} has shape [${info.shape.join(', ')}], expected ${expected}`,
+    );
   }
-  return { scaleName, kind, block } satisfies Fp8Scaling;
+  return { scaleName, kind, block, stacked } satisfies Fp8Scaling;
 }
 
 /**

@@ -71,6 +71,12 @@ export interface SafetensorsFile {
    *   short.
    */
   readFloat32(name: string): Float32Array;
+  /**
+   * Reads slice `index` of a tensor along its first dimension (one expert of a fused [E, ...] tensor) as float32,
+   * reading only that slice's bytes.
+   * @throws ModelLoadError as readFloat32, or for an index outside [0, shape[0]).
+   */
+  readFloat32Slice(name: string, index: number): Float32Array;
   /** Closes the file descriptor; later reads throw ModelLoadError. Calling it twice is harmless. */
   close(): void;
 }
@@ -236,25 +242,38 @@ class SafetensorsReader implements SafetensorsFile {
 
   readFloat32(name: string): Float32Array {
     const entry = this.entry(name);
+    return this.readRange(name, entry, 0, entry.byteLength, `tensor ${brief(name)}`);
+  }
+
+  readFloat32Slice(name: string, index: number): Float32Array {
+    const entry = this.entry(name);
+    const outer = entry.shape[0];
+    if (entry.shape.length === 0 || !Number.isSafeInteger(index) || index < 0 || index >= outer) {
+      const expected = entry.shape.length === 0 ? 'a tensor of rank 1 or more' : `an integer in [0, ${outer - 1}]`;
+      throw loadError(this.path, `slice of tensor ${brief(name)} (shape ${brief(entry.shape)})`, index, expected);
+    }
+    const sliceBytes = entry.byteLength / outer;
+    return this.readRange(name, entry, index * sliceBytes, sliceBytes, `slice ${index} of tensor ${brief(name)}`);
+  }
+
+  /** `byteLength` bytes of the tensor from `byteOffset` (whole elements), as float32. */
+  private readRange(name: string, entry: TensorEntry, byteOffset: number, byteLength: number, what: string) {
     if (!(SUPPORTED_DTYPES as readonly string[]).includes(entry.dtype)) {
       throw loadError(this.path, `tensor ${brief(name)} has an unsupported dtype`, entry.dtype, SUPPORTED_LIST);
     }
-    if (this.fd === null) throw new ModelLoadError(`${this.path}: file is closed; cannot read tensor ${brief(name)}`);
+    if (this.fd === null) throw new ModelLoadError(`${this.path}: file is closed; cannot read ${what}`);
     requireLittleEndianHost();
-    const elements = entry.byteLength / DTYPE_BYTES[entry.dtype];
+    const elements = byteLength / DTYPE_BYTES[entry.dtype];
     let raw: ArrayBuffer;
     let out: Float32Array;
     try {
       // A fresh ArrayBuffer starts at offset 0, so an F32 view over it is always aligned and needs no copy.
-      raw = new ArrayBuffer(entry.byteLength);
+      raw = new ArrayBuffer(byteLength);
       out = entry.dtype === 'F32' ? new Float32Array(raw) : new Float32Array(elements);
     } catch (err) {
-      throw new ModelLoadError(
-        `${this.path}: tensor ${brief(name)} (${entry.byteLength} bytes) does not fit in memory`,
-        { cause: err },
-      );
+      throw new ModelLoadError(`${this.path}: ${what} (${byteLength} bytes) does not fit in memory`, { cause: err });
     }
-    readExactly(this.fd, new Uint8Array(raw), this.dataStart + entry.begin, this.path, `tensor ${brief(name)}`);
+    readExactly(this.fd, new Uint8Array(raw), this.dataStart + entry.begin + byteOffset, this.path, what);
     if (entry.dtype === 'BF16') bf16ArrayToFloat32(new Uint16Array(raw), out);
     else if (entry.dtype === 'F16') f16ArrayToFloat32(new Uint16Array(raw), out);
     else if (isFloat8Dtype(entry.dtype)) f8ArrayToFloat32(new Uint8Array(raw), entry.dtype, out);

@@ -54,6 +54,12 @@ export interface TinyCheckpointOptions {
     block?: [number, number];
     scaleDtype?: 'F32' | 'BF16';
   };
+  /**
+   * Write the routed experts fused, as transformers v5 saves them: `<block>.experts.gate_up_proj` [E, 2f, d] (gate
+   * rows first) and `<block>.experts.down_proj` [E, d, f], Mixtral's block under `mlp`; FP8 scales are stacked per
+   * expert ([E] for `tensor`). `tensors` still lists every expert projection under its per-expert name.
+   */
+  fusedExperts?: boolean;
 }
 
 export interface StoredTensor {
@@ -283,24 +289,73 @@ export function writeTinyCheckpoint(dir: string, arch: TinyArch, opts: TinyCheck
   const inputs: [string, SafetensorsTensorInput][] = [];
   const scaleInputs: [string, SafetensorsTensorInput][] = [];
   const tensors: Record<string, StoredTensor> = {};
+  let serial = 0; // (one seed per tensor generated, in order)
+  /** Adds a tensor to write; projections become FP8 with their scales when asked (`stack`: experts in dim 0). */
+  const emit = (name: string, shape: number[], values: Float32Array, projection: boolean, stack = 1) => {
+    if (!(opts.fp8 && projection)) {
+      inputs.push([name, { dtype, shape, data: values }]);
+      return roundToDtype(values, dtype);
+    }
+    const fp8 = opts.fp8;
+    const matrix = stack > 1 ? shape.slice(1) : shape;
+    const size = values.length / stack;
+    const parts = Array.from({ length: stack }, (_, e) =>
+      quantiseFp8(values.subarray(e * size, (e + 1) * size), matrix, fp8),
+    );
+    const concat = (key: 'stored' | 'scales' | 'dequantised') => {
+      const out = new Float32Array(parts.reduce((n, p) => n + p[key].length, 0));
+      let at = 0;
+      for (const p of parts) {
+        out.set(p[key], at);
+        at += p[key].length;
+      }
+      return out;
+    };
+    const scaleShape = stack > 1 ? [stack, ...parts[0].scaleShape] : parts[0].scaleShape;
+    const scaleName = `${name}${fp8.scales === 'block' ? '_scale_inv' : '_scale'}`;
+    inputs.push([name, { dtype: fp8.dtype, shape, data: concat('stored') }]);
+    scaleInputs.push([scaleName, { dtype: fp8.scaleDtype ?? 'F32', shape: scaleShape, data: concat('scales') }]);
+    tensors[scaleName] = { shape: scaleShape, data: concat('scales') };
+    return concat('dequantised');
+  };
+  const projectionName = /\.(gate_proj|up_proj|down_proj|w1|w2|w3)\.weight$/;
   for (let layer = 0; layer < numLayers; layer++) {
     if (!isMoELayer(arch, config, layer)) continue;
     moeLayers.push(layer);
+    const routed: [string, number[], Float32Array][] = [];
     for (const [name, shape] of layerTensorShapes(arch, config, layer)) {
-      const count = shape.reduce((a, b) => a * b, 1);
-      const values = randn(count, seed * 100003 + inputs.length, 0.05);
-      const projection = /\.(gate_proj|up_proj|down_proj|w1|w2|w3)\.weight$/.test(name);
-      if (opts.fp8 && projection) {
-        const q = quantiseFp8(values, shape, opts.fp8);
-        inputs.push([name, { dtype: opts.fp8.dtype, shape, data: q.stored }]);
-        const scaleName = `${name}${opts.fp8.scales === 'block' ? '_scale_inv' : '_scale'}`;
-        scaleInputs.push([scaleName, { dtype: opts.fp8.scaleDtype ?? 'F32', shape: q.scaleShape, data: q.scales }]);
-        tensors[name] = { shape, data: q.dequantised };
-        tensors[scaleName] = { shape: q.scaleShape, data: q.scales };
+      const values = randn(
+        shape.reduce((a, b) => a * b, 1),
+        seed * 100003 + serial++,
+        0.05,
+      );
+      if (opts.fusedExperts && /\.experts\.\d+\./.test(name)) {
+        routed.push([name, shape, values]);
         continue;
       }
-      inputs.push([name, { dtype, shape, data: values }]);
-      tensors[name] = { shape, data: roundToDtype(values, dtype) };
+      // (a fused Mixtral's block, router included, is `mlp`)
+      const onDisk = opts.fusedExperts && arch === 'mixtral' ? name.replace('.block_sparse_moe.', '.mlp.') : name;
+      tensors[name] = { shape, data: emit(onDisk, shape, values, projectionName.test(name)) };
+    }
+    if (!routed.length) continue;
+    // fused: per expert, its gate then its up rows; and its down projection
+    const E = routed.length / 3;
+    const [f, d] = routed[0][1];
+    const gateUp = new Float32Array(E * 2 * f * d);
+    const down = new Float32Array(E * d * f);
+    for (let e = 0; e < E; e++) {
+      gateUp.set(routed[3 * e][2], e * 2 * f * d);
+      gateUp.set(routed[3 * e + 1][2], (e * 2 + 1) * f * d);
+      down.set(routed[3 * e + 2][2], e * d * f);
+    }
+    const block = `model.layers.${layer}.mlp.experts`;
+    const storedGateUp = emit(`${block}.gate_up_proj`, [E, 2 * f, d], gateUp, true, E);
+    const storedDown = emit(`${block}.down_proj`, [E, d, f], down, true, E);
+    for (let e = 0; e < E; e++) {
+      const [w1, w3, w2] = routed.slice(3 * e, 3 * e + 3).map(([name]) => name);
+      tensors[w1] = { shape: [f, d], data: storedGateUp.slice(e * 2 * f * d, (e * 2 + 1) * f * d) };
+      tensors[w3] = { shape: [f, d], data: storedGateUp.slice((e * 2 + 1) * f * d, (e + 1) * 2 * f * d) };
+      tensors[w2] = { shape: [d, f], data: storedDown.slice(e * d * f, (e + 1) * d * f) };
     }
   }
   inputs.push(...scaleInputs);
