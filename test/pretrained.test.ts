@@ -360,6 +360,29 @@ test('GLM-4.5 (glm4_moe): transformers defaults, renormalised at k = 1, bias req
   assert.is(resolveMoELayer({ ...cfg, n_shared_experts: 0 }, 1).names.shared, undefined);
 });
 
+test('a config saved by transformers v5 (num_local_experts for num_experts) loads the same layer', () => {
+  const d = 16;
+  const ck = writeTinyCheckpoint(dirFor('v5-config'), 'qwen3_moe', {
+    hiddenSize: d,
+    intermediateSize: 8,
+    numExperts: 8,
+    topK: 2,
+    seed: 12,
+    fusedExperts: true,
+  });
+  const x = randn(6 * d, SEED + 14);
+  const before = MoELayer.fromPretrained(ck.dir, { layer: 0 });
+  const { num_experts: numExperts, ...rest } = ck.config;
+  fs.writeFileSync(path.join(ck.dir, 'config.json'), JSON.stringify({ ...rest, num_local_experts: numExperts }));
+  const after = MoELayer.fromPretrained(ck.dir, { layer: 0 });
+  assert.is(after.numExperts, 8);
+  assert.equal(Array.from(after.forward(x).output), Array.from(before.forward(x).output));
+  // (num_experts wins where both are present, as before)
+  assert.is(Router.fromConfig({ ...ck.config, num_local_experts: 3 }, randn(8 * d, 1)).numExperts, 8);
+  before.dispose();
+  after.dispose();
+});
+
 test('dense layers, bad indices and missing files get clear errors', () => {
   const ck = writeTinyCheckpoint(dirFor('dense'), 'deepseek_v3', {
     hiddenSize: 16,

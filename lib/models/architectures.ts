@@ -7,7 +7,7 @@
  */
 import { brief, ModelLoadError, ValidationError } from '../errors';
 import type { Checkpoint } from './checkpoint';
-import { ARCHITECTURE_OF_MODEL_TYPE } from './router-config';
+import { ARCHITECTURE_OF_MODEL_TYPE, expertCountKey } from './router-config';
 
 /** Tensor names of one SwiGLU expert: w1 = gate_proj [f, d], w3 = up_proj [f, d], w2 = down_proj [d, f]. */
 export interface ExpertTensorNames {
@@ -252,7 +252,7 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
         layer,
         hiddenSize,
         intermediateSize: read.int(family === 'olmoe' ? 'intermediate_size' : 'moe_intermediate_size', 1),
-        numExperts: read.int('num_experts', 1),
+        numExperts: read.int(expertCountKey(config), 1),
         topK: read.int('num_experts_per_tok', 1),
         names: { gate: `${prefix}.gate.weight`, expert: expertNames(prefix, 'hf'), fused: fusedNames(prefix) },
       };

@@ -78,6 +78,14 @@ function bool(cfg: Record<string, unknown>, key: string, fallback: boolean): boo
   return v;
 }
 
+/**
+ * Where a Qwen-style or OLMoE config keeps its expert count: `num_experts`, or `num_local_experts` where only that
+ * is present (transformers v5 maps Qwen3MoeConfig's num_experts to that attribute, so configs it saves name it so).
+ */
+export function expertCountKey(cfg: Record<string, unknown>): 'num_experts' | 'num_local_experts' {
+  return cfg.num_experts === undefined && cfg.num_local_experts !== undefined ? 'num_local_experts' : 'num_experts';
+}
+
 /** The model's expert count and static top-k, as its config names them. */
 export function expertShape(cfg: Record<string, unknown>): { numExperts: number; topK: number; hiddenSize: number } {
   const type = cfg.model_type;
@@ -89,7 +97,7 @@ export function expertShape(cfg: Record<string, unknown>): { numExperts: number;
     case 'qwen2_moe':
     case 'qwen3_moe':
     case 'qwen3_next':
-      return { numExperts: num(cfg, 'num_experts'), topK: num(cfg, 'num_experts_per_tok'), hiddenSize };
+      return { numExperts: num(cfg, expertCountKey(cfg)), topK: num(cfg, 'num_experts_per_tok'), hiddenSize };
     case 'deepseek_v2':
     case 'deepseek_v3':
     case 'glm4_moe':
