@@ -129,6 +129,26 @@ test('validate names the expert storage of a fused FP8 checkpoint and its scales
   assert.match(ok.stdout, /forward .* output finite/);
 });
 
+test('validate counts a layer as dense by the model rule, not by the word "dense" in a path', () => {
+  const ck = writeTinyCheckpoint(fs.mkdtempSync(path.join(root, 'dense-')), 'deepseek_v3', {
+    hiddenSize: 16,
+    intermediateSize: 8,
+    numExperts: 4,
+    topK: 2,
+    numLayers: 2,
+    firstKDense: 1,
+    seed: 9,
+  });
+  const good = cli('validate', '--model', ck.dir);
+  assert.is(good.status, 0, good.stderr);
+  assert.match(good.stdout, /layers\s+1 MoE, 1 dense of 2/);
+  // layer 1's experts now disagree with the config: a problem in a folder named dense-*, not a dense layer
+  fs.writeFileSync(path.join(ck.dir, 'config.json'), JSON.stringify({ ...ck.config, moe_intermediate_size: 7 }));
+  const bad = cli('validate', '--model', ck.dir);
+  assert.ok(bad.status !== 0, bad.stdout);
+  assert.match(bad.stdout, /problem\s+layer 1: .*expected \[7, 16\]/);
+});
+
 test('profile prints static against dynamic FLOPs for a checkpoint layer', () => {
   const ck = writeTinyCheckpoint(fs.mkdtempSync(path.join(root, 'prof-')), 'mixtral', {
     hiddenSize: 32,

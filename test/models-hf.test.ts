@@ -535,7 +535,7 @@ test('FP8 scale layouts: per tensor, per row and per block, by name and config, 
 const FUSED_CASES: { arch: TinyArch; fp8?: TinyCheckpointOptions['fp8']; sharded: boolean }[] = [
   { arch: 'mixtral', sharded: false },
   { arch: 'qwen3_moe', sharded: true },
-  { arch: 'deepseek_v3', fp8: { dtype: 'F8_E4M3', scales: 'block', block: [4, 3] }, sharded: true },
+  { arch: 'deepseek_v3', fp8: { dtype: 'F8_E4M3', scales: 'block', block: [3, 5] }, sharded: true },
   { arch: 'glm4_moe', fp8: { dtype: 'F8_E5M2', scales: 'tensor' }, sharded: false },
   { arch: 'qwen3_next', fp8: { dtype: 'F8_E4M3', scales: 'row', scaleDtype: 'BF16' }, sharded: false },
 ];
@@ -589,6 +589,57 @@ test('fused experts: a stack whose shape disagrees with the config is refused be
     ModelLoadError,
     /has shape \[4, 8\], expected \[3, 8\]/,
   );
+  ckpt.close();
+  // transposed stacks ([E, d, 2f] and [E, f, d], as gpt-oss and Llama 4 store theirs) are refused by shape
+  const transposed = (edit: (t: Record<string, SafetensorsTensorInput>) => void, arch: TinyArch = 'olmoe') => {
+    const from = writeTinyCheckpoint(tmpDir(), arch, { ...SMALL, fusedExperts: true, seed: 3 });
+    const dir = tmpDir();
+    const tensors = storedTensors(from.dir);
+    edit(tensors);
+    writeSafetensors(path.join(dir, 'model.safetensors'), tensors);
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(from.config));
+    return openCheckpoint(dir);
+  };
+  const refuse = (c: ReturnType<typeof openCheckpoint>, message: RegExp) => {
+    throwsWith(() => loadMoELayerWeights(c, resolveMoELayer(c.config, 0)), ModelLoadError, message, [c.dir]);
+    c.close();
+  };
+  const up = 'model.layers.0.mlp.experts.gate_up_proj';
+  const down = 'model.layers.0.mlp.experts.down_proj';
+  refuse(
+    transposed((t) => (t[up] = { ...t[up], shape: [4, 8, 12] })),
+    /gate_up_proj" has shape \[4, 8, 12\], expected \[4, 12, 8\]/,
+  );
+  refuse(
+    transposed((t) => (t[down] = { ...t[down], shape: [4, 6, 8] })),
+    /down_proj" has shape \[4, 6, 8\], expected \[4, 8, 6\]/,
+  );
+  // a fused Mixtral's router moved to mlp with its experts; one left under block_sparse_moe is not found
+  refuse(
+    transposed((t) => {
+      t['model.layers.0.block_sparse_moe.gate.weight'] = t['model.layers.0.mlp.gate.weight'];
+      delete t['model.layers.0.mlp.gate.weight'];
+    }, 'mixtral'),
+    /tensor "model\.layers\.0\.mlp\.gate\.weight" is missing/,
+  );
+});
+
+test('fused FP8 experts: block scales that could straddle the gate and up rows are refused; 2-D block scales are not sliced', () => {
+  const tiny = writeTinyCheckpoint(tmpDir(), 'deepseek_v3', {
+    ...SMALL,
+    fusedExperts: true,
+    fp8: { dtype: 'F8_E4M3', scales: 'block', block: [4, 3] }, // (f = 6)
+  });
+  const ckpt = openCheckpoint(tiny.dir);
+  throwsWith(
+    () => loadMoELayerWeights(ckpt, resolveMoELayer(ckpt.config, 0)),
+    ModelLoadError,
+    /block-scaled "model\.layers\.0\.mlp\.experts\.gate_up_proj" with f = 6, not a multiple of the block's 4 rows/,
+    ['layer 0'],
+  );
+  const shared = 'model.layers.0.mlp.shared_experts.gate_proj.weight';
+  assert.is(ckpt.scalingOf(shared)?.kind, 'block');
+  throwsWith(() => ckpt.readSlice(shared, 1), ModelLoadError, /has block scales; read it whole/);
   ckpt.close();
 });
 

@@ -334,7 +334,8 @@ test('GLM-4.5 (glm4_moe): transformers defaults, renormalised at k = 1, bias req
   );
   const grouped = Router.fromConfig({ ...glm, n_group: 4, topk_group: 2, routed_scaling_factor: 2.5 }, gate, { bias });
   assert.equal([grouped.config.nGroup, grouped.config.topkGroup, grouped.config.scale], [4, 2, 2.5]);
-  // k = 1: the one kept weight is renormalised to 1 (then scaled), where DeepSeek-V3's rule keeps the raw score
+  // k = 1: the one kept weight is renormalised to 1 (then scaled), where our DeepSeek-V3 rule keeps the raw score, as
+  // DeepSeek's own modeling code does (transformers' DeepseekV3TopkRouter renormalises there too)
   const x = randn(32 * d, SEED + 13);
   const one = Router.fromConfig({ ...glm, num_experts_per_tok: 1, routed_scaling_factor: 2 }, gate, { bias }).route(x);
   assert.ok(
@@ -358,6 +359,21 @@ test('GLM-4.5 (glm4_moe): transformers defaults, renormalised at k = 1, bias req
     [4, true, 'model.layers.1.mlp.gate.e_score_correction_bias'],
   );
   assert.is(resolveMoELayer({ ...cfg, n_shared_experts: 0 }, 1).names.shared, undefined);
+  assert.is(resolveMoELayer({ ...cfg, n_shared_experts: null }, 1).names.shared, undefined);
+  // more groups kept than there are: refused, as transformers' topk over the groups would
+  assert.throws(
+    () => Router.fromConfig({ ...glm, n_group: 2, topk_group: 3 }, gate, { bias }),
+    (e: Error) => e instanceof RouterConfigurationError && /topkGroup/.test(e.message),
+  );
+  // Qwen3-Next's shared expert width defaults to 512, as its config class says
+  const next = {
+    model_type: 'qwen3_next',
+    hidden_size: d,
+    num_experts: E,
+    num_experts_per_tok: 2,
+    num_hidden_layers: 2,
+  };
+  assert.is(resolveMoELayer({ ...next, moe_intermediate_size: 4 }, 0).sharedIntermediateSize, 512);
 });
 
 test('a config saved by transformers v5 (num_local_experts for num_experts) loads the same layer', () => {

@@ -5,7 +5,7 @@
  */
 import { DynamicMoEError, ModelLoadError } from '../errors';
 import { MoELayer } from '../layer';
-import { loadMoELayerWeights, resolveMoELayer, type LoadedMoELayer } from '../models/architectures';
+import { isDenseLayerError, loadMoELayerWeights, resolveMoELayer, type LoadedMoELayer } from '../models/architectures';
 import { openCheckpoint, type Checkpoint } from '../models/checkpoint';
 import { routerOptionsFromConfig } from '../models/router-config';
 import { intOption, parseOptions, requireOption, dtypeOption } from './args';
@@ -79,7 +79,7 @@ export async function validateCommand(argv: string[]): Promise<void> {
         }
         moe++;
       } catch (err) {
-        if (err instanceof ModelLoadError && /dense/.test(err.message)) dense++;
+        if (isDenseLayerError(err)) dense++;
         else if (err instanceof DynamicMoEError) problems.push(`layer ${layer}: ${err.message}`);
         else throw err;
       }

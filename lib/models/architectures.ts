@@ -31,13 +31,14 @@ export interface MoELayerSpec {
   names: {
     /** Router weight [numExperts, hiddenSize]. */
     gate: string;
-    /** Router score-correction bias [numExperts] (DeepSeek; see `requiresBias`). */
+    /** Router score-correction bias [numExperts] (DeepSeek, GLM; see `requiresBias`). */
     bias?: string;
     expert(e: number): ExpertTensorNames;
     /** Shared expert(s), always applied; `gate` is Qwen2-MoE's sigmoid gate weight [1, hiddenSize]. */
     shared?: ExpertTensorNames & { gate?: string };
     /**
-     * The same layer saved with fused experts (transformers v5's layout, and models released since): every expert's
+     * The same layer saved with fused experts (transformers v5's in-memory layout, which its save_pretrained writes
+     * with `save_original_format=False`, as some trainers and quantisers do): every expert's
      * gate and up projections in one [numExperts, 2 x f, hiddenSize] tensor (gate rows first), the down projections in
      * [numExperts, hiddenSize, f], and the router's weight under `gate` (Mixtral's block moves from
      * `block_sparse_moe` to `mlp`). Read when the checkpoint has these instead of expert 0's own tensors.
@@ -151,8 +152,18 @@ class ConfigReader {
   }
 }
 
+/** The errors {@link resolveMoELayer} throws for a dense layer (a fact of the model, not a fault of the files). */
+const denseLayerErrors = new WeakSet<Error>();
+
 function denseLayerError(architecture: string, layer: number, reason: string): ModelLoadError {
-  return new ModelLoadError(`${architecture} layer ${layer} is a dense MLP layer, not an MoE layer: ${reason}`);
+  const err = new ModelLoadError(`${architecture} layer ${layer} is a dense MLP layer, not an MoE layer: ${reason}`);
+  denseLayerErrors.add(err);
+  return err;
+}
+
+/** Whether `err` is resolveMoELayer's refusal of a dense layer (whatever words a path or tensor name adds). */
+export function isDenseLayerError(err: unknown): boolean {
+  return err instanceof Error && denseLayerErrors.has(err);
 }
 
 function expertNames(prefix: string, style: 'mixtral' | 'hf'): (e: number) => ExpertTensorNames {
@@ -259,7 +270,12 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
       // (Qwen3-Next's sparse block is Qwen2-MoE's, sigmoid-gated shared expert included)
       if (family === 'qwen2_moe' || family === 'qwen3_next') {
         spec.names.shared = { ...projNames(`${prefix}.shared_expert`), gate: `${prefix}.shared_expert_gate.weight` };
-        spec.sharedIntermediateSize = read.int('shared_expert_intermediate_size', 1);
+        // (Qwen3NextConfig's default: 512)
+        spec.sharedIntermediateSize = read.int(
+          'shared_expert_intermediate_size',
+          1,
+          family === 'qwen3_next' ? 512 : undefined,
+        );
       }
       break;
     }
@@ -288,7 +304,8 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
         },
         requiresBias: true,
       };
-      const sharedExperts = read.int('n_shared_experts', 0, 1);
+      // (null: none, as for DeepSeek)
+      const sharedExperts = read.has('n_shared_experts', null) ? 0 : read.int('n_shared_experts', 0, 1);
       if (sharedExperts > 0) {
         spec.names.shared = projNames(`${prefix}.shared_experts`);
         spec.sharedIntermediateSize = sharedExperts * intermediateSize;
@@ -375,6 +392,16 @@ export function loadMoELayerWeights(ckpt: Checkpoint, spec: MoELayerSpec): Loade
   if (fused) {
     checkTensor(ckpt, spec, fused.gateUp, gateUpShape);
     checkTensor(ckpt, spec, fused.down, downShape);
+    // Block scales over [2f, d] put the gate's last rows and the up's first in one block unless f is a multiple of
+    // the block's rows; scales made per projection and joined would then have as many rows and be read askew.
+    const scaling = ckpt.scalingOf(fused.gateUp);
+    if (scaling?.kind === 'block' && f % scaling.block[0] !== 0) {
+      throw new ModelLoadError(
+        `${ckpt.dir}: ${spec.architecture} layer ${spec.layer}: block-scaled ${brief(fused.gateUp)} with f = ${f}, ` +
+          `not a multiple of the block's ${scaling.block[0]} rows: whether a block spans the gate and up rows is ` +
+          `ambiguous; expected f a multiple of quantization_config.weight_block_size[0]`,
+      );
+    }
   }
   for (let e = 0; e < (fused ? 0 : numExperts); e++) {
     const names = spec.names.expert(e);

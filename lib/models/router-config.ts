@@ -188,8 +188,8 @@ export function routerOptionsFromConfig(
       base.scoring = 'sigmoid';
       const nGroup = num(cfg, 'n_group', 1);
       const topkGroup = num(cfg, 'topk_group', 1);
-      // (one group, or every group kept, restricts nothing)
-      if (nGroup > 1 && topkGroup < nGroup) base.groups = { nGroup, topkGroup, score: 'top2sum' };
+      // (one group restricts nothing; the router checks the rest, topk_group > n_group included)
+      if (nGroup > 1) base.groups = { nGroup, topkGroup, score: 'top2sum' };
       base.normalize = bool(cfg, 'norm_topk_prob', true);
       base.scale = num(cfg, 'routed_scaling_factor', 1);
       required = 'bias';
