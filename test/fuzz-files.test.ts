@@ -158,6 +158,60 @@ test('safetensors: headers with odd field values (re-encoded, so the length is r
   assert.ok(seen.loaded > 0 && seen.refused > 0, `both outcomes are reached: ${JSON.stringify(seen)}`);
 });
 
+test('fused FP8 experts: mutated stack and scale entries load with a finite forward or give a package error', () => {
+  const ck = writeTinyCheckpoint(tmpDir(), 'deepseek_v3', {
+    hiddenSize: 16,
+    intermediateSize: 8,
+    numExperts: 4,
+    topK: 2,
+    fusedExperts: true,
+    fp8: { dtype: 'F8_E4M3', scales: 'block', block: [4, 8] },
+  });
+  const file = path.join(ck.dir, 'model.safetensors');
+  const bytes = fs.readFileSync(file);
+  const headerLength = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString('utf8')) as Record<
+    string,
+    Record<string, unknown>
+  >;
+  const data = bytes.subarray(8 + headerLength);
+  const targets = Object.keys(header).filter((n) => n.startsWith('model.layers.0.mlp.experts.'));
+  assert.equal(targets.length, 4, targets.join(' ')); // two stacks, two stacked scale tensors
+  const next = rng(SEED + 13);
+  const pick = <T>(values: readonly T[]) => structuredClone(values[Math.floor(next() * values.length)]);
+  const odd: unknown[] = [
+    ...ODD_VALUES,
+    ...['F8_E4M3', 'F8_E5M2', 'F32', 'BF16', 'U8'],
+    ...[[4, 16, 16], [4, 16, 8], [4, 2, 2], [4, 4, 1], [2, 16, 16], [0, 16, 16], [4, 256], [16, 4, 16], [4]],
+  ];
+  const x = randn(3 * 16, SEED + 14);
+  const seen = { loaded: 0, refused: 0 };
+  for (let i = 0; i < 120; i++) {
+    const h = JSON.parse(JSON.stringify(header)) as Record<string, Record<string, unknown>>;
+    for (let n = 1 + Math.floor(next() * 2); n > 0; n--) {
+      const entry = h[pick(targets)];
+      const field = pick(['dtype', 'shape', 'data_offsets']);
+      const current = entry[field];
+      if (Array.isArray(current) && next() < 0.5) current[Math.floor(next() * current.length)] = pick(ODD_VALUES);
+      else entry[field] = pick(odd);
+    }
+    const json = Buffer.from(JSON.stringify(h));
+    const length = Buffer.alloc(8);
+    length.writeBigUInt64LE(BigInt(json.length));
+    fs.writeFileSync(file, Buffer.concat([length, json, data]));
+    const load = () => {
+      const moe = MoELayer.fromPretrained(ck.dir, { layer: 0, threads: 1 });
+      try {
+        assert.ok(moe.forward(x).output.every(Number.isFinite), 'a layer that loads gives a finite output');
+      } finally {
+        moe.dispose();
+      }
+    };
+    seen[loadsOrRefuses(load, () => JSON.stringify(h))]++;
+  }
+  assert.ok(seen.loaded > 0 && seen.refused > 0, `both outcomes are reached: ${JSON.stringify(seen)}`);
+});
+
 test('npy: mutated headers load with consistent sizes or give a package error', () => {
   const file = path.join(tmpDir(), 'x.npy');
   writeNpy(file, randn(6, SEED + 4), [2, 3]);
