@@ -173,8 +173,8 @@ export class Router {
 
   /**
    * A router with the model's own rule, read from a Hugging Face config.json object (`model_type`):
-   * mixtral, olmoe, qwen2_moe, qwen3_moe, qwen3_next, deepseek_v2, deepseek_v3, glm4_moe, gpt_oss. `overrides` can
-   * replace the rule (e.g. `{ selection: { kind: 'topp', p: 0.4 } }`) and the weight options.
+   * mixtral, olmoe, qwen2_moe, qwen3_moe, qwen3_next, deepseek_v2, deepseek_v3, glm4_moe, ernie4_5_moe, gpt_oss.
+   * `overrides` can replace the rule (e.g. `{ selection: { kind: 'topp', p: 0.4 } }`) and the weight options.
    * @throws RouterConfigurationError for an unknown model_type or a bad field.
    */
   static fromConfig(hfConfig: unknown, gateWeight: Float32Array, overrides: FromConfigOverrides = {}): Router {

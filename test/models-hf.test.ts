@@ -153,6 +153,13 @@ const EXPECTED: Record<TinyArch, { architecture: string; gate: string; w1: strin
       shared: 'model.layers.1.mlp.shared_experts.gate_proj.weight',
       bias: true,
     },
+    ernie4_5_moe: {
+      architecture: 'Ernie4_5_MoeForCausalLM',
+      gate: 'model.layers.1.mlp.gate.weight',
+      w1: 'model.layers.1.mlp.experts.3.gate_proj.weight',
+      shared: 'model.layers.1.mlp.shared_experts.gate_proj.weight',
+      bias: true,
+    },
     glm4_moe: {
       architecture: 'Glm4MoeForCausalLM',
       gate: 'model.layers.1.mlp.gate.weight',

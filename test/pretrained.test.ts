@@ -52,6 +52,7 @@ function expectedRule(
     scale: 1,
   };
   if (arch === 'mixtral') return { ...base, normalize: true };
+  if (arch === 'ernie4_5_moe') return { ...base, normalize: true }; // (softmax; its bias chooses; renormalised)
   if (arch === 'qwen3_next') return { ...base, normalize: cfg.norm_topk_prob !== false && cfg.norm_topk_prob !== null };
   if (arch === 'glm4_moe') {
     // transformers' Glm4MoeTopkRouter: sigmoid, bias for choosing, groups by the sum of their top-2, renormalised
@@ -106,6 +107,7 @@ const CASES: {
   { arch: 'deepseek_v2', dtype: 'BF16', sharded: false, layerDtype: 'fp32' },
   { arch: 'deepseek_v3', dtype: 'F32', sharded: true, layerDtype: 'fp32' },
   { arch: 'glm4_moe', dtype: 'BF16', sharded: true, layerDtype: 'bf16' },
+  { arch: 'ernie4_5_moe', dtype: 'BF16', sharded: false, layerDtype: 'fp32' },
   // FP8 checkpoints as published (the router in `dtype`, the expert projections FP8 with scale tensors)
   {
     arch: 'deepseek_v3',
@@ -156,8 +158,13 @@ for (const c of CASES) {
 
     const prefix = `model.layers.${layerIndex}.${c.arch === 'mixtral' ? 'block_sparse_moe' : 'mlp'}`;
     const gate = stored(ck, `${prefix}.gate.weight`);
-    const biased = c.arch === 'deepseek_v3' || c.arch === 'glm4_moe';
-    const bias = biased ? stored(ck, `${prefix}.gate.e_score_correction_bias`) : undefined;
+    const biasName =
+      c.arch === 'ernie4_5_moe'
+        ? `${prefix}.moe_statics.e_score_correction_bias`
+        : c.arch === 'deepseek_v3' || c.arch === 'glm4_moe'
+          ? `${prefix}.gate.e_score_correction_bias`
+          : undefined;
+    const bias = biasName ? stored(ck, biasName) : undefined;
     const rule = expectedRule(c.arch, ck.config, E, k, d);
     const refRouting = referenceRoute(rule, x, gate, { bias });
     compareRouting(got.routing, refRouting, `${c.arch} routing`);
@@ -172,7 +179,7 @@ for (const c of CASES) {
     const sharedPrefix =
       c.arch === 'qwen2_moe' || c.arch === 'qwen3_next'
         ? `${prefix}.shared_expert`
-        : c.arch.startsWith('deepseek') || c.arch === 'glm4_moe'
+        : c.arch.startsWith('deepseek') || c.arch === 'glm4_moe' || c.arch === 'ernie4_5_moe'
           ? `${prefix}.shared_experts`
           : '';
     if (sharedPrefix) {
@@ -397,6 +404,41 @@ test('a config saved by transformers v5 (num_local_experts for num_experts) load
   assert.is(Router.fromConfig({ ...ck.config, num_local_experts: 3 }, randn(8 * d, 1)).numExperts, 8);
   before.dispose();
   after.dispose();
+});
+
+test('ERNIE 4.5 (ernie4_5_moe): its key names, its [1, E] bias required, its layer range, no expert bias terms', () => {
+  const E = 8;
+  const d = 8;
+  const gate = randn(E * d, SEED + 15);
+  const bias = randn(E, SEED + 16, 0.5);
+  const ernie = { model_type: 'ernie4_5_moe', hidden_size: d, moe_num_experts: E, moe_k: 3 };
+  assert.throws(
+    () => Router.fromConfig(ernie, gate),
+    (e: Error) =>
+      e instanceof RouterConfigurationError &&
+      /ERNIE 4\.5's moe_statics.*mlp\.moe_statics\.e_score_correction_bias/.test(e.message),
+  );
+  const r = Router.fromConfig(ernie, gate, { bias });
+  assert.equal(
+    [r.numExperts, r.config.scoring, r.config.normalize, r.config.scale, r.config.nGroup],
+    [E, 'softmax', true, 1, 0],
+  );
+  assert.ok(
+    r.route(randn(4 * d, SEED + 17)).k.every((k) => k === 3),
+    'moe_k is the top-k',
+  );
+  // the bias chooses: without it another expert set comes out for some token
+  const x = randn(64 * d, SEED + 18);
+  const unbiased = Router.fromConfig(ernie, gate, { bias: null }).route(x);
+  assert.not.equal(Array.from(r.route(x).indices), Array.from(unbiased.indices));
+  // sparse layers: moe_layer_start_index (default 1) to moe_layer_end_index (-1: the last), every moe_layer_interval
+  const cfg = { ...ernie, num_hidden_layers: 6, moe_intermediate_size: 4 };
+  assert.throws(() => resolveMoELayer(cfg, 0), /outside moe_layer_start_index\.\.moe_layer_end_index \(1\.\.5\)/);
+  assert.is(resolveMoELayer(cfg, 5).sharedIntermediateSize, 8, 'two shared experts by default');
+  assert.throws(() => resolveMoELayer({ ...cfg, moe_layer_end_index: 3 }, 4), /\(1\.\.3\)/);
+  assert.throws(() => resolveMoELayer({ ...cfg, moe_layer_interval: 2 }, 2), /moe_layer_interval \(2\)/);
+  assert.equal(resolveMoELayer({ ...cfg, moe_layer_interval: 2 }, 3).biasShape, [1, E]);
+  assert.throws(() => resolveMoELayer({ ...cfg, use_bias: true }, 1), /"use_bias" is true, expected false/);
 });
 
 test('dense layers, bad indices and missing files get clear errors', () => {

@@ -1,6 +1,6 @@
 /**
  * Adapters from Hugging Face MoE model families (Mixtral, OLMoE, Qwen2-MoE, Qwen3-MoE, Qwen3-Next, DeepSeek-V2/V3,
- * GLM-4.5) to one
+ * GLM-4.5, ERNIE 4.5) to one
  * layer description: sizes, which layers are sparse, and the tensor names of the router, experts and shared
  * experts. Each family names and sizes these differently in `config.json` and in the weights; this file is the only
  * place that knows those differences. Experts are read lazily because a whole layer can be several GB in float32.
@@ -31,7 +31,7 @@ export interface MoELayerSpec {
   names: {
     /** Router weight [numExperts, hiddenSize]. */
     gate: string;
-    /** Router score-correction bias [numExperts] (DeepSeek, GLM; see `requiresBias`). */
+    /** Router score-correction bias [numExperts] (DeepSeek, GLM, ERNIE; see `requiresBias`, `biasShape`). */
     bias?: string;
     expert(e: number): ExpertTensorNames;
     /** Shared expert(s), always applied; `gate` is Qwen2-MoE's sigmoid gate weight [1, hiddenSize]. */
@@ -53,6 +53,8 @@ export interface MoELayerSpec {
    * router-config.ts.
    */
   requiresBias?: boolean;
+  /** The bias tensor's shape: [numExperts], or ERNIE 4.5's [1, numExperts] (one group). */
+  biasShape?: number[];
 }
 
 /** Float32 expert weights, row-major: w1 and w3 [f, d], w2 [d, f]. */
@@ -80,7 +82,15 @@ export interface LoadedMoELayer {
 }
 
 type Family =
-  'mixtral' | 'olmoe' | 'qwen2_moe' | 'qwen3_moe' | 'qwen3_next' | 'deepseek_v2' | 'deepseek_v3' | 'glm4_moe';
+  | 'mixtral'
+  | 'olmoe'
+  | 'qwen2_moe'
+  | 'qwen3_moe'
+  | 'qwen3_next'
+  | 'deepseek_v2'
+  | 'deepseek_v3'
+  | 'glm4_moe'
+  | 'ernie4_5_moe';
 
 // (gpt-oss routing is supported by Router.fromConfig; its expert tensors are not read here)
 const ARCHITECTURE_OF: Readonly<Record<Family, string>> = (({ gpt_oss: _, ...layers }) => layers)(
@@ -279,6 +289,53 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
       }
       break;
     }
+    case 'ernie4_5_moe': {
+      // Ernie4_5_MoeConfig: sparse iff (layer + 1) % moe_layer_interval == 0 and moe_layer_start_index <= layer <=
+      // moe_layer_end_index (-1: the last layer); experts without bias terms (use_bias false, as released)
+      const interval = read.int('moe_layer_interval', 1, 1);
+      const start = read.int('moe_layer_start_index', 0, 1);
+      const endIndex = read.int('moe_layer_end_index', -1, -1);
+      const end = endIndex === -1 ? numLayers - 1 : endIndex;
+      if (layer < start || layer > end) {
+        throw denseLayerError(
+          architecture,
+          layer,
+          `outside moe_layer_start_index..moe_layer_end_index (${start}..${end})`,
+        );
+      }
+      if ((layer + 1) % interval !== 0) {
+        throw denseLayerError(architecture, layer, `(layer + 1) % moe_layer_interval (${interval}) != 0`);
+      }
+      if (config.use_bias !== undefined && config.use_bias !== false && config.use_bias !== null) {
+        throw read.error('use_bias', config.use_bias, 'false (expert projections with bias terms are not supported)');
+      }
+      const prefix = `${base}.mlp`;
+      const intermediateSize = read.int('moe_intermediate_size', 1);
+      const numExperts = read.int(config.moe_num_experts === undefined ? 'num_experts' : 'moe_num_experts', 1);
+      spec = {
+        architecture,
+        modelType: family,
+        layer,
+        hiddenSize,
+        intermediateSize,
+        numExperts,
+        topK: read.int(config.moe_k === undefined ? 'num_experts_per_tok' : 'moe_k', 1),
+        names: {
+          gate: `${prefix}.gate.weight`,
+          bias: `${prefix}.moe_statics.e_score_correction_bias`,
+          expert: expertNames(prefix, 'hf'),
+          fused: fusedNames(prefix),
+        },
+        requiresBias: true,
+        biasShape: [1, numExperts],
+      };
+      const sharedExperts = read.int('moe_num_shared_experts', 0, 2);
+      if (sharedExperts > 0) {
+        spec.names.shared = projNames(`${prefix}.shared_experts`);
+        spec.sharedIntermediateSize = sharedExperts * intermediateSize;
+      }
+      break;
+    }
     case 'glm4_moe': {
       // (Glm4MoeConfig's defaults: first_k_dense_replace 1, one shared expert; every layer after the dense ones is
       // sparse, and the router always has its score-correction bias)
@@ -436,8 +493,9 @@ export function loadMoELayerWeights(ckpt: Checkpoint, spec: MoELayerSpec): Loade
   };
   const biasName = spec.names.bias;
   if (biasName !== undefined && (spec.requiresBias === true || ckpt.has(biasName))) {
-    checkTensor(ckpt, spec, biasName, [numExperts]);
-    layer.bias = ckpt.readFloat32(biasName, [numExperts]);
+    const biasShape = spec.biasShape ?? [numExperts];
+    checkTensor(ckpt, spec, biasName, biasShape);
+    layer.bias = ckpt.readFloat32(biasName, biasShape); // ([1, E] read as [E])
   }
   const shared = spec.names.shared;
   if (shared !== undefined) {

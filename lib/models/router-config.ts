@@ -40,6 +40,7 @@ export const ARCHITECTURE_OF_MODEL_TYPE = {
   deepseek_v2: 'DeepseekV2ForCausalLM',
   deepseek_v3: 'DeepseekV3ForCausalLM',
   glm4_moe: 'Glm4MoeForCausalLM',
+  ernie4_5_moe: 'Ernie4_5_MoeForCausalLM',
   gpt_oss: 'GptOssForCausalLM',
 } as const;
 
@@ -102,6 +103,13 @@ export function expertShape(cfg: Record<string, unknown>): { numExperts: number;
     case 'deepseek_v3':
     case 'glm4_moe':
       return { numExperts: num(cfg, 'n_routed_experts'), topK: num(cfg, 'num_experts_per_tok'), hiddenSize };
+    case 'ernie4_5_moe':
+      // (Ernie4_5_MoeConfig maps num_experts and num_experts_per_tok to these)
+      return {
+        numExperts: num(cfg, cfg.moe_num_experts === undefined ? 'num_experts' : 'moe_num_experts'),
+        topK: num(cfg, cfg.moe_k === undefined ? 'num_experts_per_tok' : 'moe_k'),
+        hiddenSize,
+      };
     case 'gpt_oss':
       return {
         numExperts: num(cfg, 'num_local_experts'),
@@ -195,17 +203,32 @@ export function routerOptionsFromConfig(
       required = 'bias';
       break;
     }
+    case 'ernie4_5_moe':
+      // transformers' Ernie4_5_MoeSparseMoeBlock: softmax, the top-k of the scores plus moe_statics'
+      // e_score_correction_bias, the unbiased scores of those renormalised (by a sum clamped at moe_norm_min)
+      base.normalize = true;
+      required = 'bias';
+      break;
     case 'gpt_oss':
       base.selection = { kind: 'gptOss', k: topK };
       required = 'logitBias';
       break;
   }
   if (required && overrides[required] === undefined) {
-    const why = cfg.model_type === 'glm4_moe' ? 'as every GLM-4.5 router' : "topk_method 'noaux_tc'";
+    const why =
+      cfg.model_type === 'glm4_moe'
+        ? 'as every GLM-4.5 router'
+        : cfg.model_type === 'ernie4_5_moe'
+          ? "ERNIE 4.5's moe_statics"
+          : "topk_method 'noaux_tc'";
+    const biasTensor =
+      cfg.model_type === 'ernie4_5_moe'
+        ? 'mlp.moe_statics.e_score_correction_bias'
+        : 'mlp.gate.e_score_correction_bias';
     throw new RouterConfigurationError(
       required === 'bias'
         ? `bias: this ${String(cfg.model_type)} config routes with e_score_correction_bias (${why}): ` +
-            `pass the layer's mlp.gate.e_score_correction_bias as bias, or bias: null to route without it`
+            `pass the layer's ${biasTensor} as bias, or bias: null to route without it`
         : `logitBias: gpt_oss routers have a bias term: pass the layer's mlp.router.bias as logitBias, or ` +
             `logitBias: null to route without it`,
     );

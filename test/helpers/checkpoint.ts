@@ -17,7 +17,15 @@ import { f8BitsToNumber, numberToF8Bits, type Float8Dtype } from '../../lib/mode
 import { randn } from './random';
 
 export type TinyArch =
-  'mixtral' | 'olmoe' | 'qwen2_moe' | 'qwen3_moe' | 'qwen3_next' | 'deepseek_v2' | 'deepseek_v3' | 'glm4_moe';
+  | 'mixtral'
+  | 'olmoe'
+  | 'qwen2_moe'
+  | 'qwen3_moe'
+  | 'qwen3_next'
+  | 'deepseek_v2'
+  | 'deepseek_v3'
+  | 'glm4_moe'
+  | 'ernie4_5_moe';
 
 export interface TinyCheckpointOptions {
   hiddenSize: number;
@@ -85,6 +93,7 @@ const ARCHITECTURES: Record<TinyArch, string> = {
   deepseek_v2: 'DeepseekV2ForCausalLM',
   deepseek_v3: 'DeepseekV3ForCausalLM',
   glm4_moe: 'Glm4MoeForCausalLM',
+  ernie4_5_moe: 'Ernie4_5_MoeForCausalLM',
 };
 
 const TORCH_DTYPE = { F32: 'float32', BF16: 'bfloat16', F16: 'float16' } as const;
@@ -141,6 +150,22 @@ function buildConfig(arch: TinyArch, opts: TinyCheckpointOptions): Record<string
         topk_method: v3 ? 'noaux_tc' : 'greedy',
         n_group: v3 ? nGroup : null,
         topk_group: v3 ? Math.max(1, nGroup / 2) : null,
+      });
+      break;
+    }
+    case 'ernie4_5_moe': {
+      // (its own key names for the expert count and k, as ERNIE 4.5's configs have them)
+      delete config.num_experts_per_tok;
+      Object.assign(config, {
+        intermediate_size: intermediateSize * 4,
+        moe_intermediate_size: intermediateSize,
+        moe_num_experts: numExperts,
+        moe_k: topK,
+        moe_num_shared_experts: opts.sharedExperts ?? 1,
+        moe_layer_start_index: opts.firstKDense ?? 0,
+        moe_layer_end_index: -1,
+        moe_layer_interval: 1,
+        use_bias: false,
       });
       break;
     }
@@ -222,6 +247,12 @@ function isMoELayer(arch: TinyArch, config: Record<string, unknown>, layer: numb
     return !mlpOnly.includes(layer) && (layer + 1) % step === 0;
   }
   if (arch === 'glm4_moe') return layer >= ((config.first_k_dense_replace as number | undefined) ?? 1);
+  if (arch === 'ernie4_5_moe') {
+    const end = config.moe_layer_end_index as number;
+    const last = end === -1 ? (config.num_hidden_layers as number) - 1 : end;
+    const start = config.moe_layer_start_index as number;
+    return layer >= start && layer <= last && (layer + 1) % (config.moe_layer_interval as number) === 0;
+  }
   if (arch === 'deepseek_v2' || arch === 'deepseek_v3') {
     const firstDense = (config.first_k_dense_replace as number | undefined) ?? 0;
     const freq = (config.moe_layer_freq as number | undefined) ?? 1;
@@ -234,12 +265,16 @@ function isMoELayer(arch: TinyArch, config: Record<string, unknown>, layer: numb
 function layerTensorShapes(arch: TinyArch, config: Record<string, unknown>, layer: number): [string, number[]][] {
   const d = config.hidden_size as number;
   const f = (config.moe_intermediate_size ?? config.intermediate_size) as number;
-  const numExperts = (config.num_local_experts ?? config.num_experts ?? config.n_routed_experts) as number;
+  const numExperts = (config.num_local_experts ??
+    config.num_experts ??
+    config.n_routed_experts ??
+    config.moe_num_experts) as number;
   const mixtral = arch === 'mixtral';
   const prefix = `model.layers.${layer}.${mixtral ? 'block_sparse_moe' : 'mlp'}`;
   const shapes: [string, number[]][] = [[`${prefix}.gate.weight`, [numExperts, d]]];
   const biased = arch === 'deepseek_v3' || arch === 'glm4_moe';
   if (biased) shapes.push([`${prefix}.gate.e_score_correction_bias`, [numExperts]]);
+  if (arch === 'ernie4_5_moe') shapes.push([`${prefix}.moe_statics.e_score_correction_bias`, [1, numExperts]]);
   for (let e = 0; e < numExperts; e++) {
     const [w1, w3, w2] = mixtral ? ['w1', 'w3', 'w2'] : ['gate_proj', 'up_proj', 'down_proj'];
     shapes.push([`${prefix}.experts.${e}.${w1}.weight`, [f, d]]);
@@ -249,8 +284,9 @@ function layerTensorShapes(arch: TinyArch, config: Record<string, unknown>, laye
   let shared: { name: string; width: number } | null = null;
   if (arch === 'qwen2_moe' || arch === 'qwen3_next')
     shared = { name: 'shared_expert', width: config.shared_expert_intermediate_size as number };
-  const nShared = (config.n_shared_experts as number | null | undefined) ?? 0;
-  if ((arch === 'deepseek_v2' || arch === 'deepseek_v3' || arch === 'glm4_moe') && nShared > 0) {
+  const nShared = (config.n_shared_experts ?? config.moe_num_shared_experts ?? 0) as number;
+  const merged = ['deepseek_v2', 'deepseek_v3', 'glm4_moe', 'ernie4_5_moe'].includes(arch); // (one wide shared expert)
+  if (merged && nShared > 0) {
     shared = { name: 'shared_experts', width: nShared * f };
   }
   if (shared) {
