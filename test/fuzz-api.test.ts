@@ -40,7 +40,7 @@ function values(n: number): unknown {
 }
 
 function detached(a: Float32Array): Float32Array {
-  structuredClone(a.buffer, { transfer: [a.buffer] });
+  structuredClone(a.buffer, { transfer: [a.buffer as ArrayBuffer] });
   return a;
 }
 

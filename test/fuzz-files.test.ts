@@ -185,16 +185,15 @@ test('fused FP8 experts: mutated stack and scale entries load with a finite forw
     ...[[4, 16, 16], [4, 16, 8], [4, 4, 2], [4, 4, 1], [2, 16, 16], [0, 16, 16], [4, 256], [16, 4, 16], [4]],
   ];
   const x = randn(3 * 16, SEED + 14);
-  const seen = { loaded: 0, refused: 0 };
+  const seen = { loaded: 0, refused: 0, unchanged: 0 };
   for (let i = 0; i < 120; i++) {
     const h = JSON.parse(JSON.stringify(header)) as Record<string, Record<string, unknown>>;
     for (let n = 1 + Math.floor(next() * 2); n > 0; n--) {
       const entry = h[pick(targets)];
       const field = pick(['dtype', 'shape', 'data_offsets']);
       const current = entry[field];
-      if (next() < 0.3)
-        entry[field] = structuredClone(current); // (a field rewritten as it was: must still load)
-      else if (Array.isArray(current) && next() < 0.5) current[Math.floor(next() * current.length)] = pick(ODD_VALUES);
+      if (next() < 0.2) continue; // (sometimes no change: such a round must load)
+      if (Array.isArray(current) && next() < 0.5) current[Math.floor(next() * current.length)] = pick(ODD_VALUES);
       else entry[field] = pick(odd);
     }
     const json = Buffer.from(JSON.stringify(h));
@@ -209,9 +208,14 @@ test('fused FP8 experts: mutated stack and scale entries load with a finite forw
         moe.dispose();
       }
     };
+    if (JSON.stringify(h) === JSON.stringify(header)) {
+      load(); // (unchanged, or changed to what it was)
+      seen.unchanged++;
+      continue;
+    }
     seen[loadsOrRefuses(load, () => JSON.stringify(h))]++;
   }
-  assert.ok(seen.loaded > 0 && seen.refused > 0, `both outcomes are reached: ${JSON.stringify(seen)}`);
+  assert.ok(seen.unchanged > 0 && seen.refused > 0, `both outcomes are reached: ${JSON.stringify(seen)}`);
 });
 
 test('npy: mutated headers load with consistent sizes or give a package error', () => {

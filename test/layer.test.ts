@@ -285,7 +285,7 @@ test('forward({ output }) writes y into the given array, every element, as a new
     const alias = new Float32Array(structuredClone(shared));
     wrong.push(['aliased', new Float32Array(shared), alias, /output: shares memory with x/]);
     const detached = new Float32Array(n);
-    structuredClone(detached.buffer, { transfer: [detached.buffer] });
+    structuredClone(detached.buffer, { transfer: [detached.buffer as ArrayBuffer] });
     wrong.push(['detached', x, detached, /output: its ArrayBuffer is detached/]);
     for (const [what, input, output, message] of wrong) {
       assert.throws(
@@ -324,7 +324,7 @@ test('bad input gets a clear error', () => {
     (e: Error) => e instanceof ValidationError && /not finite/.test(e.message),
   );
   const detached = randn(16, 2);
-  structuredClone(detached.buffer, { transfer: [detached.buffer] });
+  structuredClone(detached.buffer, { transfer: [detached.buffer as ArrayBuffer] });
   assert.throws(
     () => b.layer.forward(detached),
     (e: Error) => e instanceof ValidationError && /detached/.test(e.message),

@@ -510,13 +510,13 @@ test('FP8 scale layouts: per tensor, per row and per block, by name and config, 
   ];
   for (const c of cases) {
     const values = q.slice();
-    const scaling = { scaleName: 's', kind: c.kind, block: [2, 3] as [number, number] };
+    const scaling = { scaleName: 's', kind: c.kind, block: [2, 3] as [number, number], stacked: false };
     applyFp8Scaling(values, [rows, cols], Float32Array.from(c.scales), scaling, 'here');
     for (let r = 0; r < rows; r++)
       for (let col = 0; col < cols; col++)
         assert.is(values[r * cols + col], q[r * cols + col] * c.scales[c.scaleOf(r, col)], `${c.kind} [${r}, ${col}]`);
   }
-  const perTensor = { scaleName: 's', kind: 'tensor' as const, block: [128, 128] as [number, number] };
+  const perTensor = { scaleName: 's', kind: 'tensor' as const, block: [128, 128] as [number, number], stacked: false };
   const cube = Float32Array.from({ length: 24 }, (_, i) => i - 12);
   applyFp8Scaling(cube, [2, 3, 4], Float32Array.of(0.25), perTensor, 'here');
   assert.equal(
@@ -545,6 +545,7 @@ const FUSED_CASES: { arch: TinyArch; fp8?: TinyCheckpointOptions['fp8']; sharded
   { arch: 'deepseek_v3', fp8: { dtype: 'F8_E4M3', scales: 'block', block: [3, 5] }, sharded: true },
   { arch: 'glm4_moe', fp8: { dtype: 'F8_E5M2', scales: 'tensor' }, sharded: false },
   { arch: 'qwen3_next', fp8: { dtype: 'F8_E4M3', scales: 'row', scaleDtype: 'BF16' }, sharded: false },
+  { arch: 'ernie4_5_moe', sharded: true },
 ];
 
 for (const c of FUSED_CASES) {
@@ -562,6 +563,7 @@ for (const c of FUSED_CASES) {
       assert.is(layer.expertLayout, 'fused');
       assert.equal(ckpt.info(spec.names.fused.gateUp).shape, [5, 12, 8]);
       assert.equal(Array.from(layer.gateWeight), Array.from(tiny.tensors[spec.names.gate].data));
+      if (spec.requiresBias) assert.equal(Array.from(layer.bias!), Array.from(tiny.tensors[spec.names.bias!].data));
       for (const e of [4, 0, 2]) {
         const expert = layer.expert(e);
         const own = spec.names.expert(e);

@@ -101,7 +101,7 @@ test('a plan renders fixed text and values, into a string or a buffer; untrusted
   assert.throws(() => exposition.renderText(blob, Uint32Array.of(0xffffffff, 2, 0), values), /outside/);
   assert.throws(() => exposition.renderText(blob, new Float64Array(3) as never, values), /Uint32Array/);
   const detached = new Float64Array(4);
-  structuredClone(detached.buffer, { transfer: [detached.buffer] });
+  structuredClone(detached.buffer, { transfer: [detached.buffer as ArrayBuffer] });
   assert.throws(() => exposition.renderText(blob, Uint32Array.of(0, 1, 0), detached), /detached/);
 });
 

@@ -211,7 +211,7 @@ test('detaching x while forwardAsync runs neither crashes nor changes the result
   const expected = layer.forward(x).output;
   const pending = layer.forwardAsync(x);
   const routing = router.routeAsync(x);
-  structuredClone(x.buffer, { transfer: [x.buffer] }); // x is now detached
+  structuredClone(x.buffer, { transfer: [x.buffer as ArrayBuffer] }); // x is now detached
   assert.is(x.length, 0);
   assert.equal(Array.from((await pending).output), Array.from(expected));
   assert.is((await routing).k.length, 256);
@@ -220,12 +220,12 @@ test('detaching x while forwardAsync runs neither crashes nor changes the result
 test('async calls copy x with the Float32Array constructor, never through a subclass species (a view the caller keeps)', async () => {
   let speciesCalls = 0;
   class Spy extends Float32Array {
-    static override get [Symbol.species](): Float32ArrayConstructor {
+    static get [Symbol.species](): Float32ArrayConstructor {
       speciesCalls++;
       // what a hostile or careless subclass might hand back: a view of memory someone else writes
       return class extends Float32Array {
         constructor(n: number) {
-          super(new SharedArrayBuffer(4 * n));
+          super(new SharedArrayBuffer(4 * n) as unknown as ArrayBuffer);
         }
       } as unknown as Float32ArrayConstructor;
     }

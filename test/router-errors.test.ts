@@ -115,7 +115,7 @@ test('input errors: types, lengths, detached buffers, NaN and Inf', () => {
     /x: expected a Float32Array, got array\(16\)/,
   );
   const detached = randn(32, 4);
-  structuredClone(detached.buffer, { transfer: [detached.buffer] });
+  structuredClone(detached.buffer, { transfer: [detached.buffer as ArrayBuffer] });
   throwsWith(() => router.route(detached), ValidationError, /detached/);
   for (const bad of [NaN, Infinity, -Infinity]) {
     const x = randn(3 * d, 5);

@@ -43,7 +43,12 @@ export interface MoELayerSpec {
      * [numExperts, hiddenSize, f], and the router's weight under `gate` (Mixtral's block moves from
      * `block_sparse_moe` to `mlp`). Read when the checkpoint has these instead of expert 0's own tensors.
      */
-    fused: { gate: string; gateUp: string; down: string };
+    fused: {
+      gate: string;
+      gateUp: string;
+      down: string;
+      /** where the layout moves the bias too (ERNIE) */ bias?: string;
+    };
   };
   /** Width of the shared expert (DeepSeek: n_shared_experts x moe_intermediate_size). */
   sharedIntermediateSize?: number;
@@ -306,8 +311,15 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
       if ((layer + 1) % interval !== 0) {
         throw denseLayerError(architecture, layer, `(layer + 1) % moe_layer_interval (${interval}) != 0`);
       }
-      if (config.use_bias !== undefined && config.use_bias !== false && config.use_bias !== null) {
+      // (false as Python reads it: False, 0 or None)
+      if (![undefined, null, false, 0].includes(config.use_bias as never)) {
         throw read.error('use_bias', config.use_bias, 'false (expert projections with bias terms are not supported)');
+      }
+      // weights renormalised by their sum; transformers divides by max(sum, moe_norm_min), the same unless a
+      // configured minimum is large enough to matter
+      const normMin = config.moe_norm_min;
+      if (normMin !== undefined && !(typeof normMin === 'number' && normMin >= 0 && normMin <= 1e-6)) {
+        throw read.error('moe_norm_min', normMin, 'a number in [0, 1e-6] (the weights are renormalised by their sum)');
       }
       const prefix = `${base}.mlp`;
       const intermediateSize = read.int('moe_intermediate_size', 1);
@@ -324,12 +336,15 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
           gate: `${prefix}.gate.weight`,
           bias: `${prefix}.moe_statics.e_score_correction_bias`,
           expert: expertNames(prefix, 'hf'),
-          fused: fusedNames(prefix),
+          // (transformers v5 moves the statics under the router as it fuses the experts)
+          fused: { ...fusedNames(prefix), bias: `${prefix}.gate.moe_statics.e_score_correction_bias` },
         },
-        requiresBias: true,
+        // (moe_use_aux_free false: trained without the bias; Baidu's code has no statics then)
+        requiresBias: config.moe_use_aux_free !== false,
         biasShape: [1, numExperts],
       };
-      const sharedExperts = read.int('moe_num_shared_experts', 0, 2);
+      // (null: none, as for DeepSeek and GLM)
+      const sharedExperts = read.has('moe_num_shared_experts', null) ? 0 : read.int('moe_num_shared_experts', 0, 2);
       if (sharedExperts > 0) {
         spec.names.shared = projNames(`${prefix}.shared_experts`);
         spec.sharedIntermediateSize = sharedExperts * intermediateSize;
@@ -408,7 +423,8 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
     }
   }
   if (spec.topK > spec.numExperts) {
-    throw read.error('num_experts_per_tok', spec.topK, `at most the number of experts (${spec.numExperts})`);
+    const key = family === 'ernie4_5_moe' && config.moe_k !== undefined ? 'moe_k' : 'num_experts_per_tok';
+    throw read.error(key, spec.topK, `at most the number of experts (${spec.numExperts})`);
   }
   return spec;
 }
@@ -491,11 +507,15 @@ export function loadMoELayerWeights(ckpt: Checkpoint, spec: MoELayerSpec): Loade
     },
     expertLayout: fused ? 'fused' : 'per-expert',
   };
-  const biasName = spec.names.bias;
+  const movedBias = fused?.bias !== undefined && !ckpt.has(spec.names.bias ?? '') && ckpt.has(fused.bias);
+  const biasName = movedBias ? fused!.bias : spec.names.bias;
   if (biasName !== undefined && (spec.requiresBias === true || ckpt.has(biasName))) {
-    const biasShape = spec.biasShape ?? [numExperts];
+    // ([1, E] read as [E]; a squeezed [E] is taken too)
+    const flat = [numExperts];
+    const stored = ckpt.has(biasName) ? ckpt.info(biasName).shape : null;
+    const biasShape = stored?.length === 1 ? flat : (spec.biasShape ?? flat);
     checkTensor(ckpt, spec, biasName, biasShape);
-    layer.bias = ckpt.readFloat32(biasName, biasShape); // ([1, E] read as [E])
+    layer.bias = ckpt.readFloat32(biasName, biasShape);
   }
   const shared = spec.names.shared;
   if (shared !== undefined) {

@@ -207,7 +207,7 @@ export function routerOptionsFromConfig(
       // transformers' Ernie4_5_MoeSparseMoeBlock: softmax, the top-k of the scores plus moe_statics'
       // e_score_correction_bias, the unbiased scores of those renormalised (by a sum clamped at moe_norm_min)
       base.normalize = true;
-      required = 'bias';
+      if (cfg.moe_use_aux_free !== false) required = 'bias';
       break;
     case 'gpt_oss':
       base.selection = { kind: 'gptOss', k: topK };

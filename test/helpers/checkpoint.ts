@@ -369,8 +369,11 @@ export function writeTinyCheckpoint(dir: string, arch: TinyArch, opts: TinyCheck
         routed.push([name, shape, values]);
         continue;
       }
-      // (a fused Mixtral's block, router included, is `mlp`)
-      const onDisk = opts.fusedExperts && arch === 'mixtral' ? name.replace('.block_sparse_moe.', '.mlp.') : name;
+      // (fused, as transformers v5 writes them: Mixtral's block, router included, is `mlp`; ERNIE's statics move
+      // under the router)
+      const onDisk = !opts.fusedExperts
+        ? name
+        : name.replace('.block_sparse_moe.', '.mlp.').replace('.mlp.moe_statics.', '.mlp.gate.moe_statics.');
       tensors[name] = { shape, data: emit(onDisk, shape, values, projectionName.test(name)) };
     }
     if (!routed.length) continue;
