@@ -585,6 +585,29 @@ for (const c of FUSED_CASES) {
   });
 }
 
+test('ERNIE 4.5: a squeezed [E] bias is read as the [1, E] one', () => {
+  const tiny = writeTinyCheckpoint(tmpDir(), 'ernie4_5_moe', SMALL);
+  const name = 'model.layers.0.mlp.moe_statics.e_score_correction_bias';
+  const dir = tmpDir();
+  const tensors = storedTensors(tiny.dir);
+  tensors[name] = { ...tensors[name], shape: [4] };
+  writeSafetensors(path.join(dir, 'model.safetensors'), tensors);
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(tiny.config));
+  const ckpt = openCheckpoint(dir);
+  const layer = loadMoELayerWeights(ckpt, resolveMoELayer(ckpt.config, 0));
+  assert.equal(Array.from(layer.bias!), Array.from(tiny.tensors[name].data));
+  tensors[name] = { ...tensors[name], shape: [2, 2] };
+  writeSafetensors(path.join(dir, 'model.safetensors'), tensors);
+  const again = openCheckpoint(dir);
+  throwsWith(
+    () => loadMoELayerWeights(again, resolveMoELayer(again.config, 0)),
+    ModelLoadError,
+    /has shape \[2, 2\], expected \[1, 4\]/,
+  );
+  again.close();
+  ckpt.close();
+});
+
 test('fused experts: a stack whose shape disagrees with the config is refused before reading', () => {
   const tiny = writeTinyCheckpoint(tmpDir(), 'olmoe', { ...SMALL, fusedExperts: true });
   const ckpt = openCheckpoint(tiny.dir);

@@ -439,6 +439,15 @@ test('ERNIE 4.5 (ernie4_5_moe): its key names, its [1, E] bias required, its lay
   assert.throws(() => resolveMoELayer({ ...cfg, moe_layer_interval: 2 }, 2), /moe_layer_interval \(2\)/);
   assert.equal(resolveMoELayer({ ...cfg, moe_layer_interval: 2 }, 3).biasShape, [1, E]);
   assert.throws(() => resolveMoELayer({ ...cfg, use_bias: true }, 1), /"use_bias" is true, expected false/);
+  assert.is(resolveMoELayer({ ...cfg, use_bias: 0 }, 1).numExperts, E, 'use_bias 0 is false, as Python reads it');
+  assert.throws(
+    () => resolveMoELayer({ ...cfg, moe_norm_min: 0.5 }, 1),
+    /"moe_norm_min" is 0\.5, expected a number in \[0, 1e-6\]/,
+  );
+  assert.is(resolveMoELayer({ ...cfg, moe_num_shared_experts: null }, 1).names.shared, undefined);
+  // trained without the aux-free bias: none is required
+  assert.is(resolveMoELayer({ ...cfg, moe_use_aux_free: false }, 1).requiresBias, false);
+  assert.is(Router.fromConfig({ ...ernie, moe_use_aux_free: false }, gate).numExperts, E);
 });
 
 test('dense layers, bad indices and missing files get clear errors', () => {
