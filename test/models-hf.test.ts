@@ -11,7 +11,7 @@ import { loadMoELayerWeights, resolveMoELayer } from '../lib/models/architecture
 import { openCheckpoint } from '../lib/models/checkpoint';
 import { applyFp8Scaling, fp8BlockSize, fp8ScalingOf } from '../lib/models/fp8-scales';
 import { openSafetensors, writeSafetensors, type SafetensorsTensorInput } from '../lib/models/safetensors';
-import { writeTinyCheckpoint, type TinyArch, type TinyCheckpointOptions } from './helpers/checkpoint';
+import { layerPrefix, writeTinyCheckpoint, type TinyArch, type TinyCheckpointOptions } from './helpers/checkpoint';
 import { throwsWith } from './helpers/errors';
 import { tempDirs } from './helpers/tmp';
 
@@ -134,6 +134,17 @@ const EXPECTED: Record<TinyArch, { architecture: string; gate: string; w1: strin
       gate: 'model.layers.1.mlp.gate.weight',
       w1: 'model.layers.1.mlp.experts.3.gate_proj.weight',
     },
+    qwen3_vl_moe: {
+      architecture: 'Qwen3VLMoeForConditionalGeneration',
+      gate: 'model.language_model.layers.1.mlp.gate.weight',
+      w1: 'model.language_model.layers.1.mlp.experts.3.gate_proj.weight',
+    },
+    qwen3_5_moe: {
+      architecture: 'Qwen3_5MoeForConditionalGeneration',
+      gate: 'model.language_model.layers.1.mlp.gate.weight',
+      w1: 'model.language_model.layers.1.mlp.experts.3.gate_proj.weight',
+      shared: 'model.language_model.layers.1.mlp.shared_expert.gate_proj.weight',
+    },
     qwen3_next: {
       architecture: 'Qwen3NextForCausalLM',
       gate: 'model.layers.1.mlp.gate.weight',
@@ -200,7 +211,7 @@ const DTYPES = ['F32', 'BF16', 'F16'] as const;
       assert.is(layer.bias !== undefined, expected.bias === true, 'score-correction bias');
       if (layer.bias) assert.equal(Array.from(layer.bias), Array.from(stored[spec.names.bias!].data));
       if (expected.shared) {
-        const gated = arch === 'qwen2_moe' || arch === 'qwen3_next'; // (a sigmoid-gated shared_expert)
+        const gated = ['qwen2_moe', 'qwen3_next', 'qwen3_5_moe'].includes(arch); // (a sigmoid-gated shared_expert)
         const width = gated ? 10 : 2 * 6;
         assert.is(spec.sharedIntermediateSize, width);
         assert.is(layer.shared?.intermediateSize, width);
@@ -539,29 +550,40 @@ test('FP8 scale layouts: per tensor, per row and per block, by name and config, 
 
 // ------------------------------------------------------------------------------------------------ fused experts
 
-const FUSED_CASES: { arch: TinyArch; fp8?: TinyCheckpointOptions['fp8']; sharded: boolean }[] = [
+const FUSED_CASES: {
+  arch: TinyArch;
+  fp8?: TinyCheckpointOptions['fp8'];
+  sharded: boolean;
+  transposed?: boolean;
+}[] = [
   { arch: 'mixtral', sharded: false },
   { arch: 'qwen3_moe', sharded: true },
   { arch: 'deepseek_v3', fp8: { dtype: 'F8_E4M3', scales: 'block', block: [3, 5] }, sharded: true },
   { arch: 'glm4_moe', fp8: { dtype: 'F8_E5M2', scales: 'tensor' }, sharded: false },
   { arch: 'qwen3_next', fp8: { dtype: 'F8_E4M3', scales: 'row', scaleDtype: 'BF16' }, sharded: false },
   { arch: 'ernie4_5_moe', sharded: true },
+  // transposed stacks ([E, d, 2f] gate columns first, [E, f, d]), as Qwen3-VL-MoE stores them
+  { arch: 'qwen3_vl_moe', sharded: false, transposed: true },
+  { arch: 'mixtral', fp8: { dtype: 'F8_E4M3', scales: 'block', block: [4, 3] }, sharded: false, transposed: true },
+  { arch: 'qwen3_5_moe', fp8: { dtype: 'F8_E5M2', scales: 'row' }, sharded: true, transposed: true },
 ];
 
 for (const c of FUSED_CASES) {
   const stores = c.fp8 ? `, ${c.fp8.dtype} with ${c.fp8.scales} scales stacked per expert` : '';
-  test(`fused experts (transformers v5 layout) ${c.arch}${stores}: each expert read as its own tensors were`, () => {
-    const opts = { ...SMALL, numExperts: 5, fp8: c.fp8, sharded: c.sharded, seed: 9, fusedExperts: true };
+  const layout = c.transposed ? 'transposed stacks' : 'transformers v5 layout';
+  test(`fused experts (${layout}) ${c.arch}${stores}: each expert read as its own tensors were`, () => {
+    const fusedExperts = c.transposed ? ('transposed' as const) : true;
+    const opts = { ...SMALL, numExperts: 5, fp8: c.fp8, sharded: c.sharded, seed: 9, fusedExperts };
     const tiny = writeTinyCheckpoint(tmpDir(), c.arch, opts);
     const ckpt = openCheckpoint(tiny.dir);
     try {
-      const spec = resolveMoELayer(ckpt.config, 1);
+      const spec = resolveMoELayer(ckpt.config, 1, ckpt);
       const names = ckpt.tensorNames();
-      assert.ok(names.includes('model.layers.1.mlp.experts.gate_up_proj'), names.join(' '));
+      assert.ok(names.includes(`${layerPrefix(c.arch, 1)}.mlp.experts.gate_up_proj`), names.join(' '));
       assert.not.ok(names.includes(spec.names.expert(0).w1));
       const layer = loadMoELayerWeights(ckpt, spec);
-      assert.is(layer.expertLayout, 'fused');
-      assert.equal(ckpt.info(spec.names.fused.gateUp).shape, [5, 12, 8]);
+      assert.is(layer.expertLayout, c.transposed ? 'fused, transposed' : 'fused');
+      assert.equal(ckpt.info(spec.names.fused.gateUp).shape, c.transposed ? [5, 8, 12] : [5, 12, 8]);
       assert.equal(Array.from(layer.gateWeight), Array.from(tiny.tensors[spec.names.gate].data));
       if (spec.requiresBias) assert.equal(Array.from(layer.bias!), Array.from(tiny.tensors[spec.names.bias!].data));
       for (const e of [4, 0, 2]) {
@@ -577,7 +599,9 @@ for (const c of FUSED_CASES) {
       throwsWith(
         () => ckpt.readSlice(spec.names.fused.down, 5),
         ModelLoadError,
-        /slice of tensor .*down_proj" \(shape \[5,8,6\]\): got 5, expected an integer in \[0, 4\]/,
+        c.transposed
+          ? /slice of tensor .*down_proj" \(shape \[5,6,8\]\): got 5, expected an integer in \[0, 4\]/
+          : /slice of tensor .*down_proj" \(shape \[5,8,6\]\): got 5, expected an integer in \[0, 4\]/,
       );
     } finally {
       ckpt.close();
@@ -622,7 +646,7 @@ test('fused experts: a stack whose shape disagrees with the config is refused be
     /has shape \[4, 8\], expected \[3, 8\]/,
   );
   ckpt.close();
-  // transposed stacks ([E, d, 2f] and [E, f, d], as gpt-oss and Llama 4 store theirs) are refused by shape
+  // a pair of stacks in different orientations is refused by shape (the down stack decides which is expected)
   const transposed = (edit: (t: Record<string, SafetensorsTensorInput>) => void, arch: TinyArch = 'olmoe') => {
     const from = writeTinyCheckpoint(tmpDir(), arch, { ...SMALL, fusedExperts: true, seed: 3 });
     const dir = tmpDir();
@@ -644,7 +668,7 @@ test('fused experts: a stack whose shape disagrees with the config is refused be
   );
   refuse(
     transposed((t) => (t[down] = { ...t[down], shape: [4, 6, 8] })),
-    /down_proj" has shape \[4, 6, 8\], expected \[4, 8, 6\]/,
+    /gate_up_proj" has shape \[4, 12, 8\], expected \[4, 8, 12\]/,
   );
   // a fused Mixtral's router moved to mlp with its experts; one left under block_sparse_moe is not found
   refuse(

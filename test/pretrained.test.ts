@@ -10,9 +10,11 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { ModelLoadError, MoELayer, Router, RouterConfigurationError, ValidationError } from '../lib';
 import { resolveMoELayer } from '../lib/models/architectures';
+import { openSafetensors, writeSafetensors } from '../lib/models/safetensors';
 import { referenceLayer } from '../lib/reference/layer';
 import { referenceRoute, type ReferenceRouterConfig } from '../lib/reference/routing';
 import {
+  layerPrefix,
   writeTinyCheckpoint,
   type TinyArch,
   type TinyCheckpoint,
@@ -53,6 +55,8 @@ function expectedRule(
   };
   if (arch === 'mixtral') return { ...base, normalize: true };
   if (arch === 'ernie4_5_moe') return { ...base, normalize: true }; // (softmax; its bias chooses; renormalised)
+  // (Qwen3VLMoeTextTopKRouter renormalises always)
+  if (arch === 'qwen3_vl_moe' || arch === 'qwen3_5_moe') return { ...base, normalize: true };
   if (arch === 'qwen3_next') return { ...base, normalize: cfg.norm_topk_prob !== false && cfg.norm_topk_prob !== null };
   if (arch === 'glm4_moe') {
     // transformers' Glm4MoeTopkRouter: sigmoid, bias for choosing, groups by the sum of their top-2, renormalised
@@ -97,7 +101,7 @@ const CASES: {
   sharded: boolean;
   layerDtype: 'fp32' | 'bf16';
   fp8?: TinyCheckpointOptions['fp8'];
-  fused?: boolean;
+  fused?: boolean | 'transposed';
 }[] = [
   { arch: 'mixtral', dtype: 'F32', sharded: false, layerDtype: 'fp32' },
   { arch: 'olmoe', dtype: 'BF16', sharded: true, layerDtype: 'fp32' },
@@ -108,6 +112,16 @@ const CASES: {
   { arch: 'deepseek_v3', dtype: 'F32', sharded: true, layerDtype: 'fp32' },
   { arch: 'glm4_moe', dtype: 'BF16', sharded: true, layerDtype: 'bf16' },
   { arch: 'ernie4_5_moe', dtype: 'BF16', sharded: false, layerDtype: 'fp32' },
+  // vision-language models' language layers: Qwen3-VL-MoE's stacks transposed, Qwen3.5-MoE's as transformers v5's
+  { arch: 'qwen3_vl_moe', dtype: 'BF16', sharded: true, layerDtype: 'fp32', fused: 'transposed' },
+  {
+    arch: 'qwen3_5_moe',
+    dtype: 'BF16',
+    sharded: false,
+    layerDtype: 'bf16',
+    fp8: { dtype: 'F8_E4M3', scales: 'block', block: [8, 16] },
+    fused: true,
+  },
   // FP8 checkpoints as published (the router in `dtype`, the expert projections FP8 with scale tensors)
   {
     arch: 'deepseek_v3',
@@ -133,7 +147,7 @@ const CASES: {
 for (const c of CASES) {
   const stores =
     `${c.dtype}${c.fp8 ? ` + ${c.fp8.dtype} ${c.fp8.scales}-scaled experts` : ''}` +
-    `${c.fused ? ', fused experts' : ''}${c.sharded ? ', sharded' : ''}`;
+    `${c.fused ? `, ${c.fused === true ? 'fused' : 'fused transposed'} experts` : ''}${c.sharded ? ', sharded' : ''}`;
   test(`${c.arch} (${stores}) loads as ${c.layerDtype} and matches the reference`, () => {
     const d = 32;
     const f = 16;
@@ -156,7 +170,7 @@ for (const c of CASES) {
     const x = randn(T * d, SEED + 1);
     const got = layer.forward(x);
 
-    const prefix = `model.layers.${layerIndex}.${c.arch === 'mixtral' ? 'block_sparse_moe' : 'mlp'}`;
+    const prefix = `${layerPrefix(c.arch, layerIndex)}.${c.arch === 'mixtral' ? 'block_sparse_moe' : 'mlp'}`;
     const gate = stored(ck, `${prefix}.gate.weight`);
     const biasName =
       c.arch === 'ernie4_5_moe'
@@ -177,7 +191,7 @@ for (const c of CASES) {
     });
     let shared: Parameters<typeof referenceLayer>[5];
     const sharedPrefix =
-      c.arch === 'qwen2_moe' || c.arch === 'qwen3_next'
+      c.arch === 'qwen2_moe' || c.arch === 'qwen3_next' || c.arch === 'qwen3_5_moe'
         ? `${prefix}.shared_expert`
         : c.arch.startsWith('deepseek') || c.arch === 'glm4_moe' || c.arch === 'ernie4_5_moe'
           ? `${prefix}.shared_experts`
@@ -189,10 +203,9 @@ for (const c of CASES) {
         w3: stored(ck, `${sharedPrefix}.up_proj.weight`),
         w2: stored(ck, `${sharedPrefix}.down_proj.weight`),
         f: w1.length / d,
-        gate:
-          c.arch === 'qwen2_moe' || c.arch === 'qwen3_next'
-            ? stored(ck, `${prefix}.shared_expert_gate.weight`)
-            : undefined,
+        gate: ['qwen2_moe', 'qwen3_next', 'qwen3_5_moe'].includes(c.arch)
+          ? stored(ck, `${prefix}.shared_expert_gate.weight`)
+          : undefined,
       };
     }
     const ref = referenceLayer(x, T, d, expert, { ...refRouting, maxK: rule.maxK }, shared);
@@ -448,6 +461,51 @@ test('ERNIE 4.5 (ernie4_5_moe): its key names, its [1, E] bias required, its lay
   // trained without the aux-free bias: none is required
   assert.is(resolveMoELayer({ ...cfg, moe_use_aux_free: false }, 1).requiresBias, false);
   assert.is(Router.fromConfig({ ...ernie, moe_use_aux_free: false }, gate).numExperts, E);
+});
+
+test('Qwen3.5-MoE: the language layers under model.language_model or model.layers, nested or text-only config, load alike', () => {
+  const d = 16;
+  const ck = writeTinyCheckpoint(dirFor('qwen35'), 'qwen3_5_moe', {
+    hiddenSize: d,
+    intermediateSize: 8,
+    numExperts: 8,
+    topK: 2,
+    seed: 17,
+    fusedExperts: true,
+  });
+  const x = randn(5 * d, SEED + 19);
+  const nested = MoELayer.fromPretrained(ck.dir, { layer: 1 });
+  const expected = Array.from(nested.forward(x).output);
+  nested.dispose();
+  // the same tensors without the language_model level (a text-only extract)
+  const st = openSafetensors(path.join(ck.dir, 'model.safetensors'));
+  const renamed = Object.fromEntries(
+    st.tensorNames().map((name) => {
+      const { dtype, shape } = st.info(name);
+      const input = { dtype: dtype as 'F32', shape, data: st.readFloat32(name) };
+      return [name.replace('model.language_model.', 'model.'), input];
+    }),
+  );
+  st.close();
+  const plain = dirFor('qwen35-plain');
+  writeSafetensors(path.join(plain, 'model.safetensors'), renamed);
+  fs.writeFileSync(path.join(plain, 'config.json'), JSON.stringify(ck.config));
+  const extracted = MoELayer.fromPretrained(plain, { layer: 1 });
+  assert.equal(Array.from(extracted.forward(x).output), expected);
+  extracted.dispose();
+  // Qwen3_5MoeForCausalLM: its text config at the top
+  const text = { ...(ck.config.text_config as object), architectures: ['Qwen3_5MoeForCausalLM'] };
+  fs.writeFileSync(path.join(plain, 'config.json'), JSON.stringify({ ...text, model_type: 'qwen3_5_moe_text' }));
+  const textOnly = MoELayer.fromPretrained(plain, { layer: 1 });
+  assert.equal(Array.from(textOnly.forward(x).output), expected);
+  textOnly.dispose();
+  // a nested config without its text_config is refused clearly
+  fs.writeFileSync(path.join(plain, 'config.json'), JSON.stringify({ ...ck.config, text_config: 7 }));
+  assert.throws(
+    () => MoELayer.fromPretrained(plain, { layer: 1 }),
+    (e: Error) =>
+      e instanceof ModelLoadError && /text_config: expected the language model's fields, got 7/.test(e.message),
+  );
 });
 
 test('dense layers, bad indices and missing files get clear errors', () => {

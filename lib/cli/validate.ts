@@ -7,7 +7,7 @@ import { DynamicMoEError, ModelLoadError } from '../errors';
 import { MoELayer } from '../layer';
 import { isDenseLayerError, loadMoELayerWeights, resolveMoELayer, type LoadedMoELayer } from '../models/architectures';
 import { openCheckpoint, type Checkpoint } from '../models/checkpoint';
-import { routerOptionsFromConfig } from '../models/router-config';
+import { routerOptionsFromConfig, textConfigOf } from '../models/router-config';
 import { intOption, parseOptions, requireOption, dtypeOption } from './args';
 
 export const VALIDATE_USAGE = `moe-router validate --model DIR [--layer N] [--forward] [--dtype fp32|bf16]
@@ -18,11 +18,11 @@ rule. --layer limits the check to one layer; --forward also runs one forward of 
 /** The router's dtype, and the experts' where it differs (with how FP8 experts are scaled), and a fused layout. */
 function storage(checkpoint: Checkpoint, weights: LoadedMoELayer): string {
   const { spec } = weights;
-  const fused = weights.expertLayout === 'fused';
+  const fused = weights.expertLayout !== 'per-expert';
   const router = checkpoint.info(fused ? spec.names.fused.gate : spec.names.gate).dtype;
   const expert = fused ? spec.names.fused.gateUp : spec.names.expert(0).w1;
   const experts = checkpoint.info(expert).dtype;
-  const layout = fused ? ' (fused experts)' : '';
+  const layout = fused ? ` (${weights.expertLayout} experts)` : '';
   if (experts === router) return `dtype ${router}${layout}`;
   const scaling = checkpoint.scalingOf(expert);
   const scales = scaling
@@ -50,7 +50,9 @@ export async function validateCommand(argv: string[]): Promise<void> {
   let firstMoE: number | undefined;
   try {
     const cfg = checkpoint.config;
-    const layers = typeof cfg.num_hidden_layers === 'number' ? cfg.num_hidden_layers : 0;
+    // (a vision-language model's language layers are counted in its text_config)
+    const text = cfg.text_config !== null && typeof cfg.text_config === 'object' ? textConfigOf(cfg) : cfg;
+    const layers = typeof text.num_hidden_layers === 'number' ? text.num_hidden_layers : 0;
     console.log(`checkpoint  ${dir}`);
     console.log(
       `model       ${String((cfg.architectures as string[] | undefined)?.[0] ?? '?')} (model_type ${String(cfg.model_type)})`,
@@ -61,7 +63,7 @@ export async function validateCommand(argv: string[]): Promise<void> {
     for (let layer = 0; layer < layers; layer++) {
       if (only !== undefined && layer !== only) continue;
       try {
-        const spec = resolveMoELayer(cfg, layer);
+        const spec = resolveMoELayer(cfg, layer, checkpoint);
         const weights = loadMoELayerWeights(checkpoint, spec);
         const rule = routerOptionsFromConfig(cfg, weights.gateWeight, { bias: weights.bias });
         if (firstMoE === undefined) {

@@ -1,13 +1,13 @@
 /**
- * Adapters from Hugging Face MoE model families (Mixtral, OLMoE, Qwen2-MoE, Qwen3-MoE, Qwen3-Next, DeepSeek-V2/V3,
- * GLM-4.5, ERNIE 4.5) to one
+ * Adapters from Hugging Face MoE model families (Mixtral, OLMoE, Qwen2-MoE, Qwen3-MoE, Qwen3-Next, the language
+ * layers of Qwen3-VL-MoE and Qwen3.5-MoE, DeepSeek-V2/V3, GLM-4.5, ERNIE 4.5) to one
  * layer description: sizes, which layers are sparse, and the tensor names of the router, experts and shared
  * experts. Each family names and sizes these differently in `config.json` and in the weights; this file is the only
  * place that knows those differences. Experts are read lazily because a whole layer can be several GB in float32.
  */
 import { brief, ModelLoadError, ValidationError } from '../errors';
 import type { Checkpoint } from './checkpoint';
-import { ARCHITECTURE_OF_MODEL_TYPE, expertCountKey } from './router-config';
+import { ARCHITECTURE_OF_MODEL_TYPE, expertCountKey, textConfigOf } from './router-config';
 
 /** Tensor names of one SwiGLU expert: w1 = gate_proj [f, d], w3 = up_proj [f, d], w2 = down_proj [d, f]. */
 export interface ExpertTensorNames {
@@ -41,7 +41,8 @@ export interface MoELayerSpec {
      * with `save_original_format=False`, as some trainers and quantisers do): every expert's
      * gate and up projections in one [numExperts, 2 x f, hiddenSize] tensor (gate rows first), the down projections in
      * [numExperts, hiddenSize, f], and the router's weight under `gate` (Mixtral's block moves from
-     * `block_sparse_moe` to `mlp`). Read when the checkpoint has these instead of expert 0's own tensors.
+     * `block_sparse_moe` to `mlp`). Read when the checkpoint has these instead of expert 0's own tensors; stacks
+     * stored transposed ([numExperts, hiddenSize, 2 x f] and [numExperts, f, hiddenSize], Qwen3-VL-MoE's) too.
      */
     fused: {
       gate: string;
@@ -83,7 +84,7 @@ export interface LoadedMoELayer {
   expert(e: number): ExpertWeights;
   shared?: ExpertWeights & { intermediateSize: number; /** [hiddenSize] */ gate?: Float32Array };
   /** The tensors the routed experts are read from: one per projection and expert, or the fused pair. */
-  expertLayout: 'per-expert' | 'fused';
+  expertLayout: 'per-expert' | 'fused' | 'fused, transposed';
 }
 
 type Family =
@@ -92,6 +93,9 @@ type Family =
   | 'qwen2_moe'
   | 'qwen3_moe'
   | 'qwen3_next'
+  | 'qwen3_vl_moe'
+  | 'qwen3_5_moe'
+  | 'qwen3_5_moe_text'
   | 'deepseek_v2'
   | 'deepseek_v3'
   | 'glm4_moe'
@@ -235,8 +239,18 @@ function checkDeepseekSparse(read: ConfigReader, architecture: string, layer: nu
  * @throws ModelLoadError for an unsupported model (the message lists supported ones), a missing or invalid config
  *   field, or a dense (non-MoE) layer, naming the layer and the config rule that makes it dense.
  */
-export function resolveMoELayer(config: Record<string, unknown>, layer: number): MoELayerSpec {
-  const { family, architecture } = familyOf(config);
+export function resolveMoELayer(
+  outerConfig: Record<string, unknown>,
+  layer: number,
+  tensors?: Pick<Checkpoint, 'has'>,
+): MoELayerSpec {
+  const { family, architecture } = familyOf(outerConfig);
+  let config: Record<string, unknown>;
+  try {
+    config = textConfigOf(outerConfig);
+  } catch (err) {
+    throw new ModelLoadError(`config (${architecture}): ${(err as Error).message}`, { cause: err });
+  }
   const read = new ConfigReader(config, architecture);
   const numLayers = read.int('num_hidden_layers', 1);
   if (!Number.isSafeInteger(layer) || layer < 0 || layer >= numLayers) {
@@ -245,7 +259,15 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
     );
   }
   const hiddenSize = read.int('hidden_size', 1);
-  const base = `model.layers.${layer}`;
+  // (a vision-language model's language layers sit under model.language_model, unless a checkpoint written
+  // without it says otherwise)
+  const nested = family === 'qwen3_vl_moe' || family === 'qwen3_5_moe';
+  const plain = `model.layers.${layer}`;
+  const base =
+    nested &&
+    !(tensors?.has(`${plain}.mlp.gate.weight`) && !tensors.has(`model.language_model.layers.${layer}.mlp.gate.weight`))
+      ? `model.language_model.layers.${layer}`
+      : plain;
   let spec: MoELayerSpec;
   switch (family) {
     case 'mixtral': {
@@ -269,8 +291,13 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
     case 'olmoe':
     case 'qwen2_moe':
     case 'qwen3_moe':
-    case 'qwen3_next': {
-      if (family !== 'olmoe') checkQwenSparse(read, architecture, layer);
+    case 'qwen3_next':
+    case 'qwen3_vl_moe':
+    case 'qwen3_5_moe':
+    case 'qwen3_5_moe_text': {
+      // (Qwen3.5-MoE: every layer is sparse, its config has no mlp_only_layers nor decoder_sparse_step)
+      const everyLayer = family === 'olmoe' || family === 'qwen3_5_moe' || family === 'qwen3_5_moe_text';
+      if (!everyLayer) checkQwenSparse(read, architecture, layer);
       const prefix = `${base}.mlp`;
       spec = {
         architecture,
@@ -282,14 +309,15 @@ export function resolveMoELayer(config: Record<string, unknown>, layer: number):
         topK: read.int('num_experts_per_tok', 1),
         names: { gate: `${prefix}.gate.weight`, expert: expertNames(prefix, 'hf'), fused: fusedNames(prefix) },
       };
-      // (Qwen3-Next's sparse block is Qwen2-MoE's, sigmoid-gated shared expert included)
-      if (family === 'qwen2_moe' || family === 'qwen3_next') {
+      // (Qwen3-Next's and Qwen3.5-MoE's sparse block is Qwen2-MoE's, sigmoid-gated shared expert included)
+      const gatedShared = ['qwen2_moe', 'qwen3_next', 'qwen3_5_moe', 'qwen3_5_moe_text'].includes(family);
+      if (gatedShared) {
         spec.names.shared = { ...projNames(`${prefix}.shared_expert`), gate: `${prefix}.shared_expert_gate.weight` };
         // (Qwen3NextConfig's default: 512)
         spec.sharedIntermediateSize = read.int(
           'shared_expert_intermediate_size',
           1,
-          family === 'qwen3_next' ? 512 : undefined,
+          family === 'qwen2_moe' ? undefined : 512,
         );
       }
       break;
@@ -458,21 +486,31 @@ export function loadMoELayerWeights(ckpt: Checkpoint, spec: MoELayerSpec): Loade
   const gateShape = [numExperts, d];
   // (fused only where expert 0's own tensor is absent: a checkpoint with both is read as per-expert, as before)
   const fused = !ckpt.has(spec.names.expert(0).w1) && ckpt.has(spec.names.fused.gateUp) ? spec.names.fused : null;
-  const gateUpShape = [numExperts, 2 * f, d];
-  const downShape = [numExperts, d, f];
+  // Stacks come in two orientations: transformers v5's [E, 2f, d] and [E, d, f] (weights as nn.Linear keeps them),
+  // and the transposed [E, d, 2f] and [E, f, d] (Qwen3-VL-MoE's, multiplied from the right), gate before up in
+  // both. The down stack tells them apart (d != f), or, where d == f, the gate/up one (2f != d).
+  const shapeOf = (name: string) => (ckpt.has(name) ? ckpt.info(name).shape : []);
+  const same = (a: number[], b: number[]) => a.length === b.length && a.every((v, i) => v === b[i]);
+  const transposed =
+    fused !== null &&
+    (d !== f ? same(shapeOf(fused.down), [numExperts, f, d]) : same(shapeOf(fused.gateUp), [numExperts, d, 2 * f]));
+  const gateUpShape = transposed ? [numExperts, d, 2 * f] : [numExperts, 2 * f, d];
+  const downShape = transposed ? [numExperts, f, d] : [numExperts, d, f];
   const gate = fused ? fused.gate : spec.names.gate;
   checkTensor(ckpt, spec, gate, gateShape);
   if (fused) {
     checkTensor(ckpt, spec, fused.gateUp, gateUpShape);
     checkTensor(ckpt, spec, fused.down, downShape);
-    // Block scales over [2f, d] put the gate's last rows and the up's first in one block unless f is a multiple of
-    // the block's rows; scales made per projection and joined would then have as many rows and be read askew.
+    // Block scales over the stacked gate and up put the gate's last and the up's first rows (columns, transposed)
+    // in one block unless f is a multiple of the block's side there; scales made per projection and joined would
+    // then be as many and be read askew.
     const scaling = ckpt.scalingOf(fused.gateUp);
-    if (scaling?.kind === 'block' && f % scaling.block[0] !== 0) {
+    const side = scaling?.block[transposed ? 1 : 0] ?? 1;
+    if (scaling?.kind === 'block' && f % side !== 0) {
       throw new ModelLoadError(
         `${ckpt.dir}: ${spec.architecture} layer ${spec.layer}: block-scaled ${brief(fused.gateUp)} with f = ${f}, ` +
-          `not a multiple of the block's ${scaling.block[0]} rows: whether a block spans the gate and up rows is ` +
-          `ambiguous; expected f a multiple of quantization_config.weight_block_size[0]`,
+          `not a multiple of the block's ${side} ${transposed ? 'columns' : 'rows'}: whether a block spans the gate ` +
+          `and up ${transposed ? 'columns' : 'rows'} is ambiguous; expected f a multiple of it`,
       );
     }
   }
@@ -489,7 +527,7 @@ export function loadMoELayerWeights(ckpt: Checkpoint, spec: MoELayerSpec): Loade
       if (!Number.isSafeInteger(e) || e < 0 || e >= numExperts) {
         throw new ValidationError(`expert: index is ${brief(e)}, expected an integer in [0, ${numExperts - 1}]`);
       }
-      if (fused) {
+      if (fused && !transposed) {
         // expert e's [2f, d] slice: gate rows, then up rows (transformers chunks the product in two the same way)
         const gateUp = ckpt.readSlice(fused.gateUp, e, gateUpShape);
         return {
@@ -498,6 +536,22 @@ export function loadMoELayerWeights(ckpt: Checkpoint, spec: MoELayerSpec): Loade
           w2: ckpt.readSlice(fused.down, e, downShape),
         };
       }
+      if (fused) {
+        // expert e's [d, 2f] slice: gate columns, then up columns; [f, d] for down: each transposed to [out, in]
+        const gateUp = ckpt.readSlice(fused.gateUp, e, gateUpShape);
+        const down = ckpt.readSlice(fused.down, e, downShape);
+        const w1 = new Float32Array(f * d);
+        const w3 = new Float32Array(f * d);
+        const w2 = new Float32Array(d * f);
+        for (let k = 0; k < d; k++) {
+          for (let j = 0; j < f; j++) {
+            w1[j * d + k] = gateUp[k * 2 * f + j];
+            w3[j * d + k] = gateUp[k * 2 * f + f + j];
+            w2[k * f + j] = down[j * d + k];
+          }
+        }
+        return { w1, w3, w2 };
+      }
       const names = spec.names.expert(e);
       return {
         w1: ckpt.readFloat32(names.w1, [f, d]),
@@ -505,7 +559,7 @@ export function loadMoELayerWeights(ckpt: Checkpoint, spec: MoELayerSpec): Loade
         w2: ckpt.readFloat32(names.w2, [d, f]),
       };
     },
-    expertLayout: fused ? 'fused' : 'per-expert',
+    expertLayout: transposed ? 'fused, transposed' : fused ? 'fused' : 'per-expert',
   };
   const movedBias = fused?.bias !== undefined && !ckpt.has(spec.names.bias ?? '') && ckpt.has(fused.bias);
   const biasName = movedBias ? fused!.bias : spec.names.bias;

@@ -32,7 +32,7 @@ export interface FromPretrainedOptions {
 export function loadPretrainedLayer(dir: string, opts: FromPretrainedOptions): MoELayer {
   const checkpoint = openCheckpoint(dir);
   try {
-    const spec = resolveMoELayer(checkpoint.config, opts.layer);
+    const spec = resolveMoELayer(checkpoint.config, opts.layer, checkpoint);
     const weights = loadMoELayerWeights(checkpoint, spec);
     if (spec.requiresBias && !weights.bias) {
       throw new ModelLoadError(

@@ -37,6 +37,9 @@ export const ARCHITECTURE_OF_MODEL_TYPE = {
   qwen2_moe: 'Qwen2MoeForCausalLM',
   qwen3_moe: 'Qwen3MoeForCausalLM',
   qwen3_next: 'Qwen3NextForCausalLM',
+  qwen3_vl_moe: 'Qwen3VLMoeForConditionalGeneration',
+  qwen3_5_moe: 'Qwen3_5MoeForConditionalGeneration',
+  qwen3_5_moe_text: 'Qwen3_5MoeForCausalLM',
   deepseek_v2: 'DeepseekV2ForCausalLM',
   deepseek_v3: 'DeepseekV3ForCausalLM',
   glm4_moe: 'Glm4MoeForCausalLM',
@@ -59,6 +62,26 @@ function modelTypeOf(cfg: Record<string, unknown>): unknown {
   const named = Array.isArray(cfg.architectures) ? cfg.architectures[0] : undefined;
   const byName = SUPPORTED_MODEL_TYPES.find((t) => ARCHITECTURE_OF_MODEL_TYPE[t] === named);
   return byName ?? type;
+}
+
+/** Model types whose config.json nests the language model's fields under `text_config` (vision-language models). */
+const NESTED_TEXT_CONFIG = new Set(['qwen3_vl_moe', 'qwen3_5_moe']);
+
+/**
+ * The config a vision-language model's language layers are described by: its `text_config`, under the outer
+ * model_type, architectures and quantization_config. Other configs as they are.
+ */
+export function textConfigOf(cfg: Record<string, unknown>): Record<string, unknown> {
+  const type = modelTypeOf(cfg);
+  const text = cfg.text_config;
+  if (typeof type !== 'string' || !NESTED_TEXT_CONFIG.has(type)) return cfg;
+  if (typeof text !== 'object' || text === null || Array.isArray(text)) {
+    throw new RouterConfigurationError(
+      `config.text_config: expected the language model's fields, got ${describe(text)}`,
+    );
+  }
+  const quantization = cfg.quantization_config ?? (text as Record<string, unknown>).quantization_config;
+  return { ...text, model_type: type, architectures: cfg.architectures, quantization_config: quantization };
 }
 
 function num(cfg: Record<string, unknown>, key: string, fallback?: number): number {
@@ -98,6 +121,9 @@ export function expertShape(cfg: Record<string, unknown>): { numExperts: number;
     case 'qwen2_moe':
     case 'qwen3_moe':
     case 'qwen3_next':
+    case 'qwen3_vl_moe':
+    case 'qwen3_5_moe':
+    case 'qwen3_5_moe_text':
       return { numExperts: num(cfg, expertCountKey(cfg)), topK: num(cfg, 'num_experts_per_tok'), hiddenSize };
     case 'deepseek_v2':
     case 'deepseek_v3':
@@ -132,7 +158,7 @@ export function routerOptionsFromConfig(
   if (typeof hfConfig !== 'object' || hfConfig === null || Array.isArray(hfConfig)) {
     throw new RouterConfigurationError(`hfConfig: expected the parsed config.json object, got ${describe(hfConfig)}`);
   }
-  const cfg = { ...(hfConfig as Record<string, unknown>) };
+  const cfg = { ...textConfigOf(hfConfig as Record<string, unknown>) };
   cfg.model_type = modelTypeOf(cfg);
   const { numExperts, topK, hiddenSize } = expertShape(cfg);
   const base: RouterOptions = {
@@ -156,8 +182,12 @@ export function routerOptionsFromConfig(
       base.normalize = bool(cfg, 'norm_topk_prob', false);
       break;
     case 'qwen3_next':
-      // (Qwen2-MoE's block; Qwen3NextConfig renormalises by default)
-      base.normalize = bool(cfg, 'norm_topk_prob', true);
+    case 'qwen3_vl_moe':
+    case 'qwen3_5_moe':
+    case 'qwen3_5_moe_text':
+      // (Qwen3-Next: Qwen2-MoE's block, renormalised by default; Qwen3-VL-MoE and Qwen3.5-MoE route with
+      // Qwen3VLMoeTextTopKRouter, which renormalises always, whatever a config says)
+      base.normalize = cfg.model_type === 'qwen3_next' ? bool(cfg, 'norm_topk_prob', true) : true;
       break;
     case 'deepseek_v2':
     case 'deepseek_v3': {

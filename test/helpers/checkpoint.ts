@@ -22,6 +22,8 @@ export type TinyArch =
   | 'qwen2_moe'
   | 'qwen3_moe'
   | 'qwen3_next'
+  | 'qwen3_vl_moe'
+  | 'qwen3_5_moe'
   | 'deepseek_v2'
   | 'deepseek_v3'
   | 'glm4_moe'
@@ -66,8 +68,9 @@ export interface TinyCheckpointOptions {
    * Write the routed experts fused, as transformers v5 saves them: `<block>.experts.gate_up_proj` [E, 2f, d] (gate
    * rows first) and `<block>.experts.down_proj` [E, d, f], Mixtral's block under `mlp`; FP8 scales are stacked per
    * expert ([E] for `tensor`). `tensors` still lists every expert projection under its per-expert name.
+   * 'transposed': [E, d, 2f] (gate columns first) and [E, f, d], as Qwen3-VL-MoE stores them.
    */
-  fusedExperts?: boolean;
+  fusedExperts?: boolean | 'transposed';
 }
 
 export interface StoredTensor {
@@ -89,6 +92,8 @@ const ARCHITECTURES: Record<TinyArch, string> = {
   olmoe: 'OlmoeForCausalLM',
   qwen2_moe: 'Qwen2MoeForCausalLM',
   qwen3_next: 'Qwen3NextForCausalLM',
+  qwen3_vl_moe: 'Qwen3VLMoeForConditionalGeneration',
+  qwen3_5_moe: 'Qwen3_5MoeForConditionalGeneration',
   qwen3_moe: 'Qwen3MoeForCausalLM',
   deepseek_v2: 'DeepseekV2ForCausalLM',
   deepseek_v3: 'DeepseekV3ForCausalLM',
@@ -121,6 +126,7 @@ function buildConfig(arch: TinyArch, opts: TinyCheckpointOptions): Record<string
     case 'qwen2_moe':
     case 'qwen3_moe':
     case 'qwen3_next':
+    case 'qwen3_vl_moe':
       Object.assign(config, {
         intermediate_size: intermediateSize * 4,
         moe_intermediate_size: intermediateSize,
@@ -128,10 +134,18 @@ function buildConfig(arch: TinyArch, opts: TinyCheckpointOptions): Record<string
         decoder_sparse_step: 1,
         mlp_only_layers: [],
         // (left out for Qwen3-Next: its config class renormalises by default)
-        ...(arch === 'qwen3_next' ? {} : { norm_topk_prob: arch === 'qwen3_moe' }),
+        ...(arch === 'qwen3_next' ? {} : { norm_topk_prob: arch !== 'qwen2_moe' }),
       });
-      if (arch !== 'qwen3_moe')
+      if (arch === 'qwen2_moe' || arch === 'qwen3_next')
         config.shared_expert_intermediate_size = opts.sharedIntermediateSize ?? 2 * intermediateSize;
+      break;
+    case 'qwen3_5_moe':
+      // (every layer sparse: no mlp_only_layers, decoder_sparse_step or norm_topk_prob in its config)
+      Object.assign(config, {
+        moe_intermediate_size: intermediateSize,
+        num_experts: numExperts,
+        shared_expert_intermediate_size: opts.sharedIntermediateSize ?? 2 * intermediateSize,
+      });
       break;
     case 'deepseek_v2':
     case 'deepseek_v3': {
@@ -199,6 +213,14 @@ function buildConfig(arch: TinyArch, opts: TinyCheckpointOptions): Record<string
             },
           };
   }
+  if (arch === 'qwen3_vl_moe' || arch === 'qwen3_5_moe') {
+    // a vision-language model: the language model's fields under text_config, quantisation at the top
+    const { architectures, quantization_config: quantization, ...text } = config;
+    const nested: Record<string, unknown> = { architectures, model_type: arch };
+    nested.text_config = { ...text, model_type: `${arch}_text` };
+    if (quantization) nested.quantization_config = quantization;
+    return { ...nested, ...opts.extraConfig };
+  }
   return { ...config, ...opts.extraConfig };
 }
 
@@ -239,9 +261,22 @@ function quantiseFp8(
   return { stored, scaleShape, scales, dequantised };
 }
 
+/** Where a layer's tensors sit: a vision-language model's language layers under model.language_model. */
+export function layerPrefix(arch: TinyArch, layer: number): string {
+  return arch === 'qwen3_vl_moe' || arch === 'qwen3_5_moe'
+    ? `model.language_model.layers.${layer}`
+    : `model.layers.${layer}`;
+}
+
+/** The config a layer is described by: a vision-language model's text_config. */
+export function textConfig(config: Record<string, unknown>): Record<string, unknown> {
+  return (config.text_config as Record<string, unknown> | undefined) ?? config;
+}
+
 /** The Hugging Face rule for which layers are sparse, evaluated on the final config. */
 function isMoELayer(arch: TinyArch, config: Record<string, unknown>, layer: number): boolean {
-  if (arch === 'qwen2_moe' || arch === 'qwen3_moe' || arch === 'qwen3_next') {
+  if (arch === 'qwen3_5_moe') return true;
+  if (arch === 'qwen2_moe' || arch === 'qwen3_moe' || arch === 'qwen3_next' || arch === 'qwen3_vl_moe') {
     const mlpOnly = (config.mlp_only_layers as number[] | undefined) ?? [];
     const step = (config.decoder_sparse_step as number | undefined) ?? 1;
     return !mlpOnly.includes(layer) && (layer + 1) % step === 0;
@@ -270,7 +305,7 @@ function layerTensorShapes(arch: TinyArch, config: Record<string, unknown>, laye
     config.n_routed_experts ??
     config.moe_num_experts) as number;
   const mixtral = arch === 'mixtral';
-  const prefix = `model.layers.${layer}.${mixtral ? 'block_sparse_moe' : 'mlp'}`;
+  const prefix = `${layerPrefix(arch, layer)}.${mixtral ? 'block_sparse_moe' : 'mlp'}`;
   const shapes: [string, number[]][] = [[`${prefix}.gate.weight`, [numExperts, d]]];
   const biased = arch === 'deepseek_v3' || arch === 'glm4_moe';
   if (biased) shapes.push([`${prefix}.gate.e_score_correction_bias`, [numExperts]]);
@@ -282,7 +317,7 @@ function layerTensorShapes(arch: TinyArch, config: Record<string, unknown>, laye
     shapes.push([`${prefix}.experts.${e}.${w2}.weight`, [d, f]]);
   }
   let shared: { name: string; width: number } | null = null;
-  if (arch === 'qwen2_moe' || arch === 'qwen3_next')
+  if (arch === 'qwen2_moe' || arch === 'qwen3_next' || arch === 'qwen3_5_moe')
     shared = { name: 'shared_expert', width: config.shared_expert_intermediate_size as number };
   const nShared = (config.n_shared_experts ?? config.moe_num_shared_experts ?? 0) as number;
   const merged = ['deepseek_v2', 'deepseek_v3', 'glm4_moe', 'ernie4_5_moe'].includes(arch); // (one wide shared expert)
@@ -294,7 +329,8 @@ function layerTensorShapes(arch: TinyArch, config: Record<string, unknown>, laye
     shapes.push([`${prefix}.${shared.name}.up_proj.weight`, [shared.width, d]]);
     shapes.push([`${prefix}.${shared.name}.down_proj.weight`, [d, shared.width]]);
   }
-  if (arch === 'qwen2_moe' || arch === 'qwen3_next') shapes.push([`${prefix}.shared_expert_gate.weight`, [1, d]]);
+  if (arch === 'qwen2_moe' || arch === 'qwen3_next' || arch === 'qwen3_5_moe')
+    shapes.push([`${prefix}.shared_expert_gate.weight`, [1, d]]);
   return shapes;
 }
 
@@ -320,7 +356,8 @@ export function writeTinyCheckpoint(dir: string, arch: TinyArch, opts: TinyCheck
   const config = buildConfig(arch, opts);
   const dtype = opts.dtype ?? 'F32';
   const seed = opts.seed ?? 1;
-  const numLayers = config.num_hidden_layers as number;
+  const text = textConfig(config);
+  const numLayers = text.num_hidden_layers as number;
   const moeLayers: number[] = [];
   const inputs: [string, SafetensorsTensorInput][] = [];
   const scaleInputs: [string, SafetensorsTensorInput][] = [];
@@ -356,10 +393,10 @@ export function writeTinyCheckpoint(dir: string, arch: TinyArch, opts: TinyCheck
   };
   const projectionName = /\.(gate_proj|up_proj|down_proj|w1|w2|w3)\.weight$/;
   for (let layer = 0; layer < numLayers; layer++) {
-    if (!isMoELayer(arch, config, layer)) continue;
+    if (!isMoELayer(arch, text, layer)) continue;
     moeLayers.push(layer);
     const routed: [string, number[], Float32Array][] = [];
-    for (const [name, shape] of layerTensorShapes(arch, config, layer)) {
+    for (const [name, shape] of layerTensorShapes(arch, text, layer)) {
       const values = randn(
         shape.reduce((a, b) => a * b, 1),
         seed * 100003 + serial++,
@@ -377,24 +414,38 @@ export function writeTinyCheckpoint(dir: string, arch: TinyArch, opts: TinyCheck
       tensors[name] = { shape, data: emit(onDisk, shape, values, projectionName.test(name)) };
     }
     if (!routed.length) continue;
-    // fused: per expert, its gate then its up rows; and its down projection
+    // fused: per expert, its gate then its up rows (columns, transposed); and its down projection
     const E = routed.length / 3;
     const [f, d] = routed[0][1];
+    const t = opts.fusedExperts === 'transposed';
+    // where w1[j][k], w3[j][k] and w2[k][j] of expert e sit in the stacks (j < f, k < d)
+    const gateAt = (e: number, j: number, k: number) => e * 2 * f * d + (t ? k * 2 * f + j : j * d + k);
+    const upAt = (e: number, j: number, k: number) => e * 2 * f * d + (t ? k * 2 * f + f + j : (f + j) * d + k);
+    const downAt = (e: number, j: number, k: number) => e * d * f + (t ? j * d + k : k * f + j);
     const gateUp = new Float32Array(E * 2 * f * d);
     const down = new Float32Array(E * d * f);
-    for (let e = 0; e < E; e++) {
-      gateUp.set(routed[3 * e][2], e * 2 * f * d);
-      gateUp.set(routed[3 * e + 1][2], (e * 2 + 1) * f * d);
-      down.set(routed[3 * e + 2][2], e * d * f);
-    }
-    const block = `model.layers.${layer}.mlp.experts`;
-    const storedGateUp = emit(`${block}.gate_up_proj`, [E, 2 * f, d], gateUp, true, E);
-    const storedDown = emit(`${block}.down_proj`, [E, d, f], down, true, E);
+    const each = (visit: (e: number, j: number, k: number) => void) => {
+      for (let e = 0; e < E; e++) for (let j = 0; j < f; j++) for (let k = 0; k < d; k++) visit(e, j, k);
+    };
+    each((e, j, k) => {
+      gateUp[gateAt(e, j, k)] = routed[3 * e][2][j * d + k];
+      gateUp[upAt(e, j, k)] = routed[3 * e + 1][2][j * d + k];
+      down[downAt(e, j, k)] = routed[3 * e + 2][2][k * f + j];
+    });
+    const block = `${layerPrefix(arch, layer)}.mlp.experts`;
+    const storedGateUp = emit(`${block}.gate_up_proj`, t ? [E, d, 2 * f] : [E, 2 * f, d], gateUp, true, E);
+    const storedDown = emit(`${block}.down_proj`, t ? [E, f, d] : [E, d, f], down, true, E);
+    const [w1s, w3s, w2s] = [0, 1, 2].map(() => Array.from({ length: E }, () => new Float32Array(f * d)));
+    each((e, j, k) => {
+      w1s[e][j * d + k] = storedGateUp[gateAt(e, j, k)];
+      w3s[e][j * d + k] = storedGateUp[upAt(e, j, k)];
+      w2s[e][k * f + j] = storedDown[downAt(e, j, k)];
+    });
     for (let e = 0; e < E; e++) {
       const [w1, w3, w2] = routed.slice(3 * e, 3 * e + 3).map(([name]) => name);
-      tensors[w1] = { shape: [f, d], data: storedGateUp.slice(e * 2 * f * d, (e * 2 + 1) * f * d) };
-      tensors[w3] = { shape: [f, d], data: storedGateUp.slice((e * 2 + 1) * f * d, (e + 1) * 2 * f * d) };
-      tensors[w2] = { shape: [d, f], data: storedDown.slice(e * d * f, (e + 1) * d * f) };
+      tensors[w1] = { shape: [f, d], data: w1s[e] };
+      tensors[w3] = { shape: [f, d], data: w3s[e] };
+      tensors[w2] = { shape: [d, f], data: w2s[e] };
     }
   }
   inputs.push(...scaleInputs);
