@@ -149,6 +149,26 @@ test('validate counts a layer as dense by the model rule, not by the word "dense
   assert.match(bad.stdout, /problem\s+layer 1: .*expected \[7, 16\]/);
 });
 
+test('validate reads the text_config of a vision-language config for its layers', () => {
+  const ck = writeTinyCheckpoint(fs.mkdtempSync(path.join(root, 'vl-')), 'qwen3_5_moe', {
+    hiddenSize: 16,
+    intermediateSize: 8,
+    numExperts: 4,
+    topK: 2,
+    numLayers: 3,
+    seed: 10,
+    fusedExperts: true,
+  });
+  const ok = cli('validate', '--model', ck.dir);
+  assert.is(ok.status, 0, ok.stderr);
+  assert.match(ok.stdout, /layers\s+3 MoE, 0 dense of 3/);
+  assert.match(ok.stdout, /\(fused experts\)/);
+  fs.writeFileSync(path.join(ck.dir, 'config.json'), JSON.stringify({ ...ck.config, text_config: null }));
+  const bad = cli('validate', '--model', ck.dir);
+  assert.ok(bad.status !== 0);
+  assert.match(bad.stderr, /text_config: expected the language model's fields, got null/);
+});
+
 test('profile prints static against dynamic FLOPs for a checkpoint layer', () => {
   const ck = writeTinyCheckpoint(fs.mkdtempSync(path.join(root, 'prof-')), 'mixtral', {
     hiddenSize: 32,

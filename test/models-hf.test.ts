@@ -565,7 +565,7 @@ const FUSED_CASES: {
   // transposed stacks ([E, d, 2f] gate columns first, [E, f, d]), as Qwen3-VL-MoE stores them
   { arch: 'qwen3_vl_moe', sharded: false, transposed: true },
   { arch: 'mixtral', fp8: { dtype: 'F8_E4M3', scales: 'block', block: [4, 3] }, sharded: false, transposed: true },
-  { arch: 'qwen3_5_moe', fp8: { dtype: 'F8_E5M2', scales: 'row' }, sharded: true, transposed: true },
+  { arch: 'qwen3_5_moe', fp8: { dtype: 'F8_E5M2', scales: 'tensor' }, sharded: true, transposed: true },
 ];
 
 for (const c of FUSED_CASES) {
@@ -608,6 +608,59 @@ for (const c of FUSED_CASES) {
     }
   });
 }
+
+test('transposed stacks, written out by hand: gate columns then up columns, down [f, d], for d != f and d == f', () => {
+  for (const [d, f] of [
+    [2, 1],
+    [2, 2],
+  ]) {
+    const dir = tmpDir();
+    const config = {
+      architectures: ['Qwen3VLMoeForConditionalGeneration'],
+      model_type: 'qwen3_vl_moe',
+      text_config: {
+        hidden_size: d,
+        moe_intermediate_size: f,
+        num_experts: 1,
+        num_experts_per_tok: 1,
+        num_hidden_layers: 1,
+      },
+    };
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
+    // gate_up[0][k][j]: value 10 k + j (j < f gate, j >= f up); down[0][j][k]: 100 + 10 j + k
+    const gateUp = Float32Array.from({ length: d * 2 * f }, (_, i) => 10 * Math.floor(i / (2 * f)) + (i % (2 * f)));
+    const down = Float32Array.from({ length: f * d }, (_, i) => 100 + 10 * Math.floor(i / d) + (i % d));
+    const p = 'model.language_model.layers.0.mlp';
+    writeSafetensors(path.join(dir, 'model.safetensors'), {
+      [`${p}.gate.weight`]: { dtype: 'F32', shape: [1, d], data: new Float32Array(d).fill(1) },
+      [`${p}.experts.gate_up_proj`]: { dtype: 'F32', shape: [1, d, 2 * f], data: gateUp },
+      [`${p}.experts.down_proj`]: { dtype: 'F32', shape: [1, f, d], data: down },
+    });
+    const ckpt = openCheckpoint(dir);
+    const layer = loadMoELayerWeights(ckpt, resolveMoELayer(ckpt.config, 0, ckpt));
+    assert.is(layer.expertLayout, 'fused, transposed', `d = ${d}, f = ${f}`);
+    const { w1, w3, w2 } = layer.expert(0);
+    // w1[j][k] = gate_up[k][j], w3[j][k] = gate_up[k][f + j], w2[k][j] = down[j][k]
+    const expect = (at: (j: number, k: number) => number) =>
+      Array.from({ length: f * d }, (_, i) => at(Math.floor(i / d), i % d));
+    assert.equal(
+      Array.from(w1),
+      expect((j, k) => 10 * k + j),
+      `w1, d = ${d}, f = ${f}`,
+    );
+    assert.equal(
+      Array.from(w3),
+      expect((j, k) => 10 * k + f + j),
+      `w3, d = ${d}, f = ${f}`,
+    );
+    assert.equal(
+      Array.from(w2),
+      Array.from({ length: d * f }, (_, i) => 100 + 10 * (i % f) + Math.floor(i / f)),
+      `w2, d = ${d}, f = ${f}`,
+    );
+    ckpt.close();
+  }
+});
 
 test('ERNIE 4.5: a squeezed [E] bias is read as the [1, E] one', () => {
   const tiny = writeTinyCheckpoint(tmpDir(), 'ernie4_5_moe', SMALL);
@@ -693,6 +746,20 @@ test('fused FP8 experts: block scales that could straddle the gate and up rows a
     /block-scaled "model\.layers\.0\.mlp\.experts\.gate_up_proj" with f = 6, not a multiple of the block's 4 rows/,
     ['layer 0'],
   );
+  // transposed stacks: per-row scales would scale input rows; block scales must not straddle gate and up columns
+  for (const [scales, block, message] of [
+    ['row', undefined, /stored transposed with per-row scales; expected per-tensor or block scales/],
+    ['block', [3, 4], /with f = 6, not a multiple of the block's 4 columns/],
+  ] as const) {
+    const t = writeTinyCheckpoint(tmpDir(), 'qwen3_vl_moe', {
+      ...SMALL,
+      fusedExperts: 'transposed',
+      fp8: { dtype: 'F8_E4M3', scales, block: block && [...block] },
+    });
+    const c = openCheckpoint(t.dir);
+    throwsWith(() => loadMoELayerWeights(c, resolveMoELayer(c.config, 1, c)), ModelLoadError, message, ['layer 1']);
+    c.close();
+  }
   const shared = 'model.layers.0.mlp.shared_experts.gate_proj.weight';
   assert.is(ckpt.scalingOf(shared)?.kind, 'block');
   throwsWith(() => ckpt.readSlice(shared, 1), ModelLoadError, /has block scales; read it whole/);

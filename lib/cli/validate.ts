@@ -51,7 +51,12 @@ export async function validateCommand(argv: string[]): Promise<void> {
   try {
     const cfg = checkpoint.config;
     // (a vision-language model's language layers are counted in its text_config)
-    const text = cfg.text_config !== null && typeof cfg.text_config === 'object' ? textConfigOf(cfg) : cfg;
+    let text: Record<string, unknown>;
+    try {
+      text = textConfigOf(cfg);
+    } catch (err) {
+      throw new ModelLoadError(`${dir}: ${(err as Error).message}`, { cause: err });
+    }
     const layers = typeof text.num_hidden_layers === 'number' ? text.num_hidden_layers : 0;
     console.log(`checkpoint  ${dir}`);
     console.log(

@@ -261,13 +261,21 @@ export function resolveMoELayer(
   const hiddenSize = read.int('hidden_size', 1);
   // (a vision-language model's language layers sit under model.language_model, unless a checkpoint written
   // without it says otherwise)
-  const nested = family === 'qwen3_vl_moe' || family === 'qwen3_5_moe';
+  // (a vision-language model's language layers sit under model.language_model on the Hub, under model.layers in a
+  // text-only extract; the layer's router tells which, the config's class where neither is found)
   const plain = `model.layers.${layer}`;
-  const base =
-    nested &&
-    !(tensors?.has(`${plain}.mlp.gate.weight`) && !tensors.has(`model.language_model.layers.${layer}.mlp.gate.weight`))
-      ? `model.language_model.layers.${layer}`
-      : plain;
+  const language = `model.language_model.layers.${layer}`;
+  const vl = family === 'qwen3_vl_moe' || family === 'qwen3_5_moe' || family === 'qwen3_5_moe_text';
+  const found = (prefix: string) => tensors?.has(`${prefix}.mlp.gate.weight`) === true;
+  const base = !vl
+    ? plain
+    : found(language) !== found(plain)
+      ? found(language)
+        ? language
+        : plain
+      : family === 'qwen3_5_moe_text'
+        ? plain
+        : language;
   let spec: MoELayerSpec;
   switch (family) {
     case 'mixtral': {
@@ -501,6 +509,15 @@ export function loadMoELayerWeights(ckpt: Checkpoint, spec: MoELayerSpec): Loade
   if (fused) {
     checkTensor(ckpt, spec, fused.gateUp, gateUpShape);
     checkTensor(ckpt, spec, fused.down, downShape);
+    // (per-row scales of a transposed stack would scale its input rows, which no checkpoint means)
+    for (const name of [fused.gateUp, fused.down]) {
+      if (transposed && ckpt.scalingOf(name)?.kind === 'row') {
+        throw new ModelLoadError(
+          `${ckpt.dir}: ${spec.architecture} layer ${spec.layer}: ${brief(name)} is stored transposed with per-row ` +
+            `scales; expected per-tensor or block scales for a transposed stack`,
+        );
+      }
+    }
     // Block scales over the stacked gate and up put the gate's last and the up's first rows (columns, transposed)
     // in one block unless f is a multiple of the block's side there; scales made per projection and joined would
     // then be as many and be read askew.

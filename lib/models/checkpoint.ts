@@ -224,7 +224,13 @@ class HfCheckpoint implements Checkpoint {
           `or F8_E4M3 / F8_E5M2 with a scale tensor`,
       );
     }
-    this.fp8Blocks ??= fp8BlockSize(this.config, path.join(this.dir, CONFIG_FILE));
+    // (a vision-language model may state its quantisation in text_config only)
+    const text = this.config.text_config;
+    const quantised =
+      this.config.quantization_config === undefined && typeof text === 'object' && text !== null && !Array.isArray(text)
+        ? (text as Record<string, unknown>)
+        : this.config;
+    this.fp8Blocks ??= fp8BlockSize(quantised, path.join(this.dir, CONFIG_FILE));
     return fp8ScalingOf(this, name, shape, this.fp8Blocks);
   }
 

@@ -134,7 +134,8 @@ function buildConfig(arch: TinyArch, opts: TinyCheckpointOptions): Record<string
         decoder_sparse_step: 1,
         mlp_only_layers: [],
         // (left out for Qwen3-Next: its config class renormalises by default)
-        ...(arch === 'qwen3_next' ? {} : { norm_topk_prob: arch !== 'qwen2_moe' }),
+        // (false for Qwen3-VL-MoE, whose router renormalises whatever its config says)
+        ...(arch === 'qwen3_next' ? {} : { norm_topk_prob: arch === 'qwen3_moe' }),
       });
       if (arch === 'qwen2_moe' || arch === 'qwen3_next')
         config.shared_expert_intermediate_size = opts.sharedIntermediateSize ?? 2 * intermediateSize;
