@@ -48,7 +48,8 @@ export interface MoELayerSpec {
       gate: string;
       gateUp: string;
       down: string;
-      /** where the layout moves the bias too (ERNIE) */ bias?: string;
+      /** Where the layout moves the bias too (ERNIE). */
+      bias?: string;
     };
   };
   /** Width of the shared expert (DeepSeek: n_shared_experts x moe_intermediate_size). */
@@ -259,8 +260,6 @@ export function resolveMoELayer(
     );
   }
   const hiddenSize = read.int('hidden_size', 1);
-  // (a vision-language model's language layers sit under model.language_model, unless a checkpoint written
-  // without it says otherwise)
   // (a vision-language model's language layers sit under model.language_model on the Hub, under model.layers in a
   // text-only extract; the layer's router tells which, the config's class where neither is found)
   const plain = `model.layers.${layer}`;
