@@ -14,6 +14,7 @@ import {
   ThresholdScheduleEstimator,
   ValidationError,
 } from '../lib';
+import { requireFinite } from '../lib/validate';
 import { randn } from './helpers/random';
 
 const E = 8;
@@ -142,6 +143,22 @@ test('input errors: types, lengths, detached buffers, NaN and Inf', () => {
   const t = router.drainTelemetry();
   assert.is(t.errors.validation, 4);
   assert.is(t.errors.non_finite, 4);
+});
+
+test('weights: a NaN or infinity anywhere is named by its element, finite extremes pass', () => {
+  for (let n = 1; n <= 9; n++) {
+    for (let at = 0; at < n; at++) {
+      for (const bad of [NaN, Infinity, -Infinity]) {
+        const arr = Float32Array.from({ length: n }, (_, i) => (i % 2 ? -3.4e38 : 1e-45));
+        arr[at] = bad;
+        throwsWith(() => requireFinite('w', arr), ValidationError, new RegExp(`^w: element ${at} is ${bad}, expected`));
+      }
+    }
+    requireFinite(
+      'w',
+      Float32Array.from({ length: n }, (_, i) => [-0, 3.4e38, -3.4e38, 1e-45][i % 4]),
+    );
+  }
 });
 
 test('rejections are async too, and the router keeps working afterwards', async () => {
