@@ -88,19 +88,8 @@ export interface LoadedMoELayer {
   expertLayout: 'per-expert' | 'fused' | 'fused, transposed';
 }
 
-type Family =
-  | 'mixtral'
-  | 'olmoe'
-  | 'qwen2_moe'
-  | 'qwen3_moe'
-  | 'qwen3_next'
-  | 'qwen3_vl_moe'
-  | 'qwen3_5_moe'
-  | 'qwen3_5_moe_text'
-  | 'deepseek_v2'
-  | 'deepseek_v3'
-  | 'glm4_moe'
-  | 'ernie4_5_moe';
+/** Every model type whose layers load (gpt-oss routes only). */
+type Family = Exclude<keyof typeof ARCHITECTURE_OF_MODEL_TYPE, 'gpt_oss'>;
 
 // (gpt-oss routing is supported by Router.fromConfig; its expert tensors are not read here)
 const ARCHITECTURE_OF: Readonly<Record<Family, string>> = (({ gpt_oss: _, ...layers }) => layers)(
@@ -208,6 +197,17 @@ function fusedNames(prefix: string): MoELayerSpec['names']['fused'] {
 
 function projNames(prefix: string): ExpertTensorNames {
   return { w1: `${prefix}.gate_proj.weight`, w3: `${prefix}.up_proj.weight`, w2: `${prefix}.down_proj.weight` };
+}
+
+/**
+ * DeepSeek's, GLM's and ERNIE's shared experts: `count` (config key `key`, `fallback` when left out, none when null)
+ * experts of the routed width merged into one `shared_experts` MLP at `prefix`.
+ */
+function mergedSharedExperts(read: ConfigReader, spec: MoELayerSpec, prefix: string, key: string, fallback: number) {
+  const count = read.has(key, null) ? 0 : read.int(key, 0, fallback);
+  if (count === 0) return;
+  spec.names.shared = projNames(`${prefix}.shared_experts`);
+  spec.sharedIntermediateSize = count * spec.intermediateSize;
 }
 
 /** Qwen2/3-MoE, Qwen3-Next: sparse iff not in mlp_only_layers and (layer + 1) % decoder_sparse_step == 0. */
@@ -378,12 +378,7 @@ export function resolveMoELayer(
         requiresBias: config.moe_use_aux_free !== false,
         biasShape: [1, numExperts],
       };
-      // (null: none, as for DeepSeek and GLM)
-      const sharedExperts = read.has('moe_num_shared_experts', null) ? 0 : read.int('moe_num_shared_experts', 0, 2);
-      if (sharedExperts > 0) {
-        spec.names.shared = projNames(`${prefix}.shared_experts`);
-        spec.sharedIntermediateSize = sharedExperts * intermediateSize;
-      }
+      mergedSharedExperts(read, spec, prefix, 'moe_num_shared_experts', 2);
       break;
     }
     case 'glm4_moe': {
@@ -411,12 +406,7 @@ export function resolveMoELayer(
         },
         requiresBias: true,
       };
-      // (null: none, as for DeepSeek)
-      const sharedExperts = read.has('n_shared_experts', null) ? 0 : read.int('n_shared_experts', 0, 1);
-      if (sharedExperts > 0) {
-        spec.names.shared = projNames(`${prefix}.shared_experts`);
-        spec.sharedIntermediateSize = sharedExperts * intermediateSize;
-      }
+      mergedSharedExperts(read, spec, prefix, 'n_shared_experts', 1);
       break;
     }
     case 'deepseek_v2':
@@ -446,14 +436,8 @@ export function resolveMoELayer(
         },
         requiresBias: topkMethod === 'noaux_tc',
       };
-      // (left out: DeepseekV3Config's default is 1 shared expert, V2's none; null: none)
-      const sharedExperts = read.has('n_shared_experts', null)
-        ? 0
-        : read.int('n_shared_experts', 0, family === 'deepseek_v3' ? 1 : 0);
-      if (sharedExperts > 0) {
-        spec.names.shared = projNames(`${prefix}.shared_experts`);
-        spec.sharedIntermediateSize = sharedExperts * intermediateSize;
-      }
+      // (left out: DeepseekV3Config's default is 1 shared expert, V2's none)
+      mergedSharedExperts(read, spec, prefix, 'n_shared_experts', family === 'deepseek_v3' ? 1 : 0);
       break;
     }
   }
