@@ -31,6 +31,49 @@ function loadsOrRefuses(load: () => void, what: () => string): 'loaded' | 'refus
   }
 }
 
+/** A safetensors file's parsed header and its data section. */
+function splitSafetensors(file: string): { header: SafetensorsHeader; data: Buffer } {
+  const bytes = fs.readFileSync(file);
+  const headerLength = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString('utf8')) as SafetensorsHeader;
+  return { header, data: bytes.subarray(8 + headerLength) };
+}
+
+/** Writes `header` (as it is, unchecked) and `data` as a safetensors file. */
+function joinSafetensors(file: string, header: SafetensorsHeader, data: Buffer): void {
+  const json = Buffer.from(JSON.stringify(header));
+  const length = Buffer.alloc(8);
+  length.writeBigUInt64LE(BigInt(json.length));
+  fs.writeFileSync(file, Buffer.concat([length, json, data]));
+}
+
+type SafetensorsHeader = Record<string, Record<string, unknown>>;
+
+/**
+ * A copy of `header` with 1–2 fields (dtype, shape or data_offsets) of the entries named `targets` replaced by an
+ * odd value, or one element of an array field by one of ODD_VALUES. `skip`: the chance that a change is not made.
+ */
+function mutateEntries(
+  header: SafetensorsHeader,
+  targets: readonly string[],
+  odd: readonly unknown[],
+  next: () => number,
+  skip = 0,
+): SafetensorsHeader {
+  // (copies: an array picked into one header may have an element replaced next)
+  const pick = <T>(values: readonly T[]) => structuredClone(values[Math.floor(next() * values.length)]);
+  const h = structuredClone(header);
+  for (let n = 1 + Math.floor(next() * 2); n > 0; n--) {
+    const entry = h[pick(targets)];
+    const field = pick(['dtype', 'shape', 'data_offsets']);
+    const current = entry[field];
+    if (skip > 0 && next() < skip) continue;
+    if (Array.isArray(current) && next() < 0.5) current[Math.floor(next() * current.length)] = pick(ODD_VALUES);
+    else entry[field] = pick(odd);
+  }
+  return h;
+}
+
 /** 1–4 byte changes within the first `span` bytes (random bytes, JSON/Python punctuation and digits, bit flips). */
 function mutateBytes(original: Buffer, span: number, next: () => number): Buffer {
   const out = Buffer.from(original);
@@ -97,16 +140,8 @@ test('safetensors: headers with odd field values (re-encoded, so the length is r
     w: { dtype: 'F32', shape: [2, 3], data: randn(6, SEED + 10) },
     b: { dtype: 'BF16', shape: [4], data: randn(4, SEED + 11) },
   });
-  const bytes = fs.readFileSync(file);
-  const headerLength = Number(bytes.readBigUInt64LE(0));
-  const header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString('utf8')) as Record<
-    string,
-    Record<string, unknown>
-  >;
-  const data = bytes.subarray(8 + headerLength);
+  const { header, data } = splitSafetensors(file);
   const next = rng(SEED + 12);
-  // (a copy: an array picked into one header may have an element replaced next)
-  const pick = <T>(values: readonly T[]) => structuredClone(values[Math.floor(next() * values.length)]);
   const odd: unknown[] = [
     ...ODD_VALUES,
     'F16',
@@ -124,18 +159,8 @@ test('safetensors: headers with odd field values (re-encoded, so the length is r
   const mutated = path.join(path.dirname(file), 'fields.safetensors');
   const seen = { loaded: 0, refused: 0 };
   for (let i = 0; i < 600; i++) {
-    const h = JSON.parse(JSON.stringify(header)) as Record<string, Record<string, unknown>>;
-    for (let n = 1 + Math.floor(next() * 2); n > 0; n--) {
-      const entry = h[pick(['w', 'b'])];
-      const field = pick(['dtype', 'shape', 'data_offsets']);
-      const current = entry[field];
-      if (Array.isArray(current) && next() < 0.5) current[Math.floor(next() * current.length)] = pick(ODD_VALUES);
-      else entry[field] = pick(odd);
-    }
-    const json = Buffer.from(JSON.stringify(h));
-    const length = Buffer.alloc(8);
-    length.writeBigUInt64LE(BigInt(json.length));
-    fs.writeFileSync(mutated, Buffer.concat([length, json, data]));
+    const h = mutateEntries(header, ['w', 'b'], odd, next);
+    joinSafetensors(mutated, h, data);
     const read = () => {
       const st = openSafetensors(mutated);
       try {
@@ -168,17 +193,10 @@ test('fused FP8 experts: mutated stack and scale entries load with a finite forw
     fp8: { dtype: 'F8_E4M3', scales: 'block', block: [4, 8] },
   });
   const file = path.join(ck.dir, 'model.safetensors');
-  const bytes = fs.readFileSync(file);
-  const headerLength = Number(bytes.readBigUInt64LE(0));
-  const header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString('utf8')) as Record<
-    string,
-    Record<string, unknown>
-  >;
-  const data = bytes.subarray(8 + headerLength);
+  const { header, data } = splitSafetensors(file);
   const targets = Object.keys(header).filter((n) => n.startsWith('model.layers.0.mlp.experts.'));
   assert.equal(targets.length, 4, targets.join(' ')); // two stacks, two stacked scale tensors
   const next = rng(SEED + 13);
-  const pick = <T>(values: readonly T[]) => structuredClone(values[Math.floor(next() * values.length)]);
   const odd: unknown[] = [
     ...ODD_VALUES,
     ...['F8_E4M3', 'F8_E5M2', 'F32', 'BF16', 'U8'],
@@ -187,19 +205,9 @@ test('fused FP8 experts: mutated stack and scale entries load with a finite forw
   const x = randn(3 * 16, SEED + 14);
   const seen = { loaded: 0, refused: 0, unchanged: 0 };
   for (let i = 0; i < 120; i++) {
-    const h = JSON.parse(JSON.stringify(header)) as Record<string, Record<string, unknown>>;
-    for (let n = 1 + Math.floor(next() * 2); n > 0; n--) {
-      const entry = h[pick(targets)];
-      const field = pick(['dtype', 'shape', 'data_offsets']);
-      const current = entry[field];
-      if (next() < 0.2) continue; // (sometimes no change: such a round must load)
-      if (Array.isArray(current) && next() < 0.5) current[Math.floor(next() * current.length)] = pick(ODD_VALUES);
-      else entry[field] = pick(odd);
-    }
-    const json = Buffer.from(JSON.stringify(h));
-    const length = Buffer.alloc(8);
-    length.writeBigUInt64LE(BigInt(json.length));
-    fs.writeFileSync(file, Buffer.concat([length, json, data]));
+    // (sometimes no change: such a round must load)
+    const h = mutateEntries(header, targets, odd, next, 0.2);
+    joinSafetensors(file, h, data);
     const load = () => {
       const moe = MoELayer.fromPretrained(ck.dir, { layer: 0, threads: 1 });
       try {
