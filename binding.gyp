@@ -36,7 +36,7 @@
     {
       "target_name": "moe_kernels_avx2",
       "type": "static_library",
-      "cflags_cc": ["-mavx2", "-mfma"],
+      "cflags_cc": ["-mavx2", "-mfma", "-mf16c"],
       "sources": ["native/cpu/gemm_avx2.cc"]
     },
     {

@@ -36,6 +36,7 @@ export {
   MoELayer,
   type MoELayerOptions,
   type ExpertWeights,
+  type WeightDType,
   type StackedExpertWeights,
   type SharedExpertOptions,
   type LayerStats,

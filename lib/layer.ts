@@ -29,6 +29,10 @@ import { FinalDrain } from './final-drain';
 import { SerialQueue } from './serial-queue';
 import { requireFinite, requireFloat32, requireInt, requireOneOf } from './validate';
 
+/** How a layer stores its expert weights; see {@link MoELayerOptions.dtype}. */
+export type WeightDType = 'fp32' | 'bf16' | 'fp8';
+const NATIVE_DTYPE: Record<WeightDType, number> = { fp32: 0, bf16: 1, fp8: 2 };
+
 /** One expert's SwiGLU FFN in Hugging Face layout: w1 (gate_proj) [f, d], w3 (up_proj) [f, d], w2 (down_proj) [d, f]. */
 export interface ExpertWeights {
   w1: Float32Array;
@@ -65,10 +69,11 @@ export interface MoELayerOptions {
   intermediateSize?: number;
   sharedExperts?: SharedExpertOptions;
   /**
-   * Weight storage: 'fp32' (the CPU default) or 'bf16' (converted once here; activations become bf16 in the GEMMs).
-   * The CUDA backend always stores bf16.
+   * Weight storage: 'fp32' (the CPU default), 'bf16' (converted once here; activations become bf16 in the GEMMs) or
+   * 'fp8' (E4M3 with one fp32 scale per output row and 128 inputs, quantized here as amax / 448; activations stay
+   * fp32: a quarter of fp32's weight bytes for the memory-bound small batches). The CUDA backend always stores bf16.
    */
-  dtype?: 'fp32' | 'bf16';
+  dtype?: WeightDType;
   /** The model's static top-k, the baseline of `flopsSaved`. Default: the router's k (top-k rules) or maxK. */
   staticK?: number;
   /** Threads of the expert stages; default: the router's. */
@@ -156,14 +161,14 @@ const CUDA_STREAM_LEGACY = 1n;
 
 export class MoELayer {
   readonly router: Router;
-  readonly dtype: 'fp32' | 'bf16';
+  readonly dtype: WeightDType;
   readonly intermediateSize: number;
   readonly staticK: number;
   readonly hasSharedExpert: boolean;
   /** Where forward() runs: 'cpu' or 'cuda'. */
   readonly backend: 'cpu' | 'cuda';
   /**
-   * Set when 'auto' was asked for and the GPU is available but this layer runs on the CPU: why (dtype 'fp32' or
+   * Set when 'auto' was asked for and the GPU is available but this layer runs on the CPU: why (dtype 'fp32'/'fp8' or
    * shareWeightsOf, which the CUDA backend does not take; or the GPU refused the layer, e.g. out of memory).
    */
   readonly cpuFallbackReason?: string;
@@ -183,7 +188,7 @@ export class MoELayer {
   private retiring: NativeLayerHandle | NativeCudaLayerHandle | undefined;
 
   /**
-   * Packs the expert weights (fp32 or bf16) once. The arrays given are not kept.
+   * Packs the expert weights (fp32, bf16 or fp8) once. The arrays given are not kept.
    * @throws ValidationError for wrong weight lengths or non-finite weights.
    */
   constructor(opts: MoELayerOptions) {
@@ -195,7 +200,8 @@ export class MoELayer {
     this.backend = resolveBackend(requested, 'MoELayer');
     if (this.backend === 'cuda' && requested === 'auto') {
       // what the CUDA backend cannot take, asked for explicitly: the CPU, without trying the GPU
-      if (opts.dtype === 'fp32') this.cpuFallbackReason = "dtype 'fp32' (the CUDA backend keeps bf16 weights)";
+      if (opts.dtype === 'fp32' || opts.dtype === 'fp8')
+        this.cpuFallbackReason = `dtype '${opts.dtype}' (the CUDA backend keeps bf16 weights)`;
       else if (opts.shareWeightsOf !== undefined)
         this.cpuFallbackReason = 'shareWeightsOf (sharing packed weights is not supported by the CUDA backend yet)';
       if (this.cpuFallbackReason) this.backend = 'cpu';
@@ -203,7 +209,7 @@ export class MoELayer {
     this.dtype = requireOneOf(
       'dtype',
       opts.dtype ?? (this.backend === 'cuda' ? 'bf16' : 'fp32'),
-      ['fp32', 'bf16'] as const,
+      ['fp32', 'bf16', 'fp8'] as const,
       ValidationError,
     );
     if (this.backend === 'cuda' && this.dtype !== 'bf16')
@@ -282,7 +288,7 @@ export class MoELayer {
     const handle: NativeLayerHandle | NativeCudaLayerHandle = callNative('MoELayer', () =>
       this.backend === 'cuda'
         ? new addon.NativeCudaLayer(this.router.handle, this.staticK, this.intermediateSize)
-        : new addon.NativeLayer(this.router.handle, this.dtype === 'fp32' ? 0 : 1, this.staticK, w.threads),
+        : new addon.NativeLayer(this.router.handle, NATIVE_DTYPE[this.dtype], this.staticK, w.threads),
     );
     try {
       for (let e = 0; e < E; e++) {

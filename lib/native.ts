@@ -183,6 +183,16 @@ type ForwardArgs = [
   probsOut: Float32Array | null,
 ];
 
+/** w1, w3 [f, d] and w2 [d, f] in E4M3, each followed by its scales [rows, ceil(cols / 128)]. */
+type Fp8ExpertArgs = [
+  q1: Uint8Array,
+  s1: Float32Array,
+  q3: Uint8Array,
+  s3: Float32Array,
+  q2: Uint8Array,
+  s2: Float32Array,
+];
+
 export interface NativeLayerHandle {
   /** The flat drain record; decodeTelemetry() (lib/observability/telemetry-types.ts) reads it. */
   drainTelemetry(): Float64Array;
@@ -191,6 +201,9 @@ export interface NativeLayerHandle {
   recordError(kind: NativeErrorKind): void;
   setExpert(e: number, w1: Float32Array, w3: Float32Array, w2: Float32Array, f: number): void;
   setSharedExpert(w1: Float32Array, w3: Float32Array, w2: Float32Array, f: number, gate: Float32Array | null): void;
+  /** fp8 layers: E4M3 bytes (q) and their scales per row and 128 columns (s), packed as given. */
+  setExpertFP8(...args: [e: number, ...Fp8ExpertArgs, f: number]): void;
+  setSharedExpertFP8(...args: [...Fp8ExpertArgs, f: number, gate: Float32Array | null]): void;
   forward(...args: ForwardArgs): void;
   forwardAsync(...args: ForwardArgs): Promise<void>;
   info(): { weightBytes: number; dtype: string; isa: string };
@@ -230,6 +243,8 @@ export const addonSurface = {
     NativeLayer: [
       'setExpert',
       'setSharedExpert',
+      'setExpertFP8',
+      'setSharedExpertFP8',
       'forward',
       'forwardAsync',
       'info',

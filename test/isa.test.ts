@@ -1,6 +1,6 @@
 /**
  * Every SIMD path (AMX, AVX-512, AVX2, scalar — forced with MOE_ISA in a child process each) against the float64
- * reference: the same experts, fp32 outputs to 1e-5 and bf16 to 1e-2. Paths the CPU lacks are skipped, and said so.
+ * reference: the same experts, fp32 outputs to 1e-5, bf16 to 1e-2 and fp8 (against the same quantized weights) to 1e-5. Paths the CPU lacks are skipped, and said so.
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -10,6 +10,7 @@ import * as assert from 'uvu/assert';
 import { backendInfo } from '../lib';
 import { referenceLayer } from '../lib/reference/layer';
 import { relativeError } from './helpers/compare';
+import { quantizeFp8 } from './helpers/layer';
 import { freshSeed, randn } from './helpers/random';
 
 const SEED = freshSeed() % 100000;
@@ -28,6 +29,9 @@ interface ProbeRun {
   indices: number[];
   weights: number[];
 }
+
+/** The fp8 layers' weights in the reference, quantized once for all paths. */
+let quantizedExperts: { w1: Float64Array; w3: Float64Array; w2: Float64Array; f: number }[] | undefined;
 
 for (const isa of ['amx', 'avx512', 'avx2', 'scalar']) {
   test(`${isa} kernels match the reference`, () => {
@@ -57,14 +61,23 @@ for (const isa of ['amx', 'avx512', 'avx2', 'scalar']) {
       f,
     }));
     assert.is(got.cases.length, 7);
-    got.cases.forEach((c: { T: number; k: number; fp32: ProbeRun; bf16: ProbeRun }, i: number) => {
+    // an fp8 layer's weights as it quantizes them (E4M3, a scale per row and 128 columns: f = 4200 and d = 40 leave
+    // short last blocks)
+    const quantized = (quantizedExperts ??= experts.map((w) => ({
+      w1: quantizeFp8(w.w1, f, d),
+      w3: quantizeFp8(w.w3, f, d),
+      w2: quantizeFp8(w.w2, d, f),
+      f,
+    })));
+    got.cases.forEach((c: { T: number; k: number; fp32: ProbeRun; bf16: ProbeRun; fp8: ProbeRun }, i: number) => {
       const x = randn(c.T * d, SEED + 99 + i);
       for (const [dtype, tol] of [
         ['fp32', 1e-5],
         ['bf16', 1e-2],
+        ['fp8', 1e-5],
       ] as const) {
         const run = c[dtype];
-        const ref = referenceLayer(x, c.T, d, (e) => experts[e], {
+        const ref = referenceLayer(x, c.T, d, (e) => (dtype === 'fp8' ? quantized : experts)[e], {
           indices: run.indices,
           weights: run.weights,
           k: new Int32Array(c.T).fill(c.k),
@@ -74,6 +87,7 @@ for (const isa of ['amx', 'avx512', 'avx2', 'scalar']) {
         assert.ok(err < tol, `${isa} ${dtype} T=${c.T} k=${c.k}: relative error ${err} (seed ${SEED})`);
       }
       assert.equal(c.fp32.indices, c.bf16.indices, 'routing does not depend on the weight dtype');
+      assert.equal(c.fp32.indices, c.fp8.indices, 'routing does not depend on the weight dtype');
     });
   });
 }

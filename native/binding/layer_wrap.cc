@@ -1,12 +1,15 @@
 // NativeLayer binding.
-//   new NativeLayer(router, dtype (0 fp32 | 1 bf16), staticK, threads, shareWeightsOf?: NativeLayer)
+//   new NativeLayer(router, dtype (0 fp32 | 1 bf16 | 2 fp8), staticK, threads, shareWeightsOf?: NativeLayer)
 //   setExpert(e, w1 [f*d], w3 [f*d], w2 [d*f], f) / setSharedExpert(w1, w3, w2, f, gate [d] | null)
+//   setExpertFP8(e, q1 [f*d], s1 [f*ceil(d/128)], q3, s3, q2 [d*f], s2 [d*ceil(f/128)], f) (E4M3 Uint8Array, scales
+//   Float32Array) / setSharedExpertFP8(q1, s1, q3, s3, q2, s2, f, gate [d] | null)
 //   forward(x, T, y, indices, weights, k, counts, routeStats(5), layerStats(7), logits?, complexity?, complexityNs?,
 //           logitsOut?, probsOut?)   (logitsOut is ignored when logits are given: they are the logits)
 //   forwardAsync(...same) -> Promise<void>; every array stays referenced until it settles.
 //   layerStats: flopsComputed, flopsStatic, startNs, gatingEndNs, dispatchEndNs, expertEndNs, combineEndNs.
 #include "layer_wrap.h"
 
+#include <stdexcept>
 #include <vector>
 
 #include "addon_data.h"
@@ -112,6 +115,8 @@ Napi::Function LayerWrap::Init(Napi::Env env) {
   return DefineClass(env, "NativeLayer",
                      {InstanceMethod<&LayerWrap::SetExpert>("setExpert"),
                       InstanceMethod<&LayerWrap::SetSharedExpert>("setSharedExpert"),
+                      InstanceMethod<&LayerWrap::SetExpertFP8>("setExpertFP8"),
+                      InstanceMethod<&LayerWrap::SetSharedExpertFP8>("setSharedExpertFP8"),
                       InstanceMethod<&LayerWrap::Forward>("forward"),
                       InstanceMethod<&LayerWrap::ForwardAsync>("forwardAsync"),
                       InstanceMethod<&LayerWrap::Info>("info"), InstanceMethod<&LayerWrap::Dispose>("dispose"),
@@ -122,7 +127,7 @@ Napi::Function LayerWrap::Init(Napi::Env env) {
 LayerWrap::LayerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LayerWrap>(info) {
   Napi::Env env = info.Env();
   RouterWrap* router = RouterWrap::FromValue(env, info[0], "router");
-  const int dtype = int(intArg(info, 1, "dtype", 0, 1));
+  const int dtype = int(intArg(info, 1, "dtype", 0, 2));
   const int32_t staticK = int32_t(intArg(info, 2, "staticK", 1, router->router().config().numExperts));
   const int threads = int(intArg(info, 3, "threads", 1, 1024));
   if (info.Length() > 4 && info[4].IsObject()) {
@@ -180,6 +185,49 @@ Napi::Value LayerWrap::SetSharedExpert(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+namespace {
+// Arguments first..first+5 of setExpertFP8 / setSharedExpertFP8: w1, w3 [f, d] and w2 [d, f] as E4M3 bytes and
+// scales; a bad byte or scale becomes a ValidationError.
+template <typename Set>
+void setFp8(const Napi::CallbackInfo& info, size_t first, int64_t f, int64_t d, Set&& set) {
+  const auto matrix = [&](size_t i, const char* q, const char* scales, int64_t rows, int64_t K) {
+    return moe::Fp8Matrix{typedArrayArg<uint8_t>(info, i, q, size_t(rows * K)),
+                          typedArrayArg<float>(info, i + 1, scales, size_t(rows * moe::fp8Blocks(K)))};
+  };
+  const moe::Fp8Matrix w1 = matrix(first, "w1", "w1 scales", f, d), w3 = matrix(first + 2, "w3", "w3 scales", f, d);
+  const moe::Fp8Matrix w2 = matrix(first + 4, "w2", "w2 scales", d, f);
+  try {
+    set(w1, w3, w2);
+  } catch (const std::invalid_argument& e) {
+    throwValidation(info.Env(), e.what());
+  }
+}
+}  // namespace
+
+Napi::Value LayerWrap::SetExpertFP8(const Napi::CallbackInfo& info) {
+  auto layer = live(info.Env());
+  const moe::RouterConfig& cfg = layer->router().config();
+  const int32_t e = int32_t(intArg(info, 0, "expert", 0, cfg.numExperts - 1));
+  const int64_t f = intArg(info, 7, "intermediateSize", 1, kMaxIntermediate);
+  setFp8(info, 1, f, cfg.hiddenSize, [&](moe::Fp8Matrix w1, moe::Fp8Matrix w3, moe::Fp8Matrix w2) {
+    layer->setExpertFP8(e, w1, w3, w2, f);
+  });
+  adjustMemory(info.Env());
+  return info.Env().Undefined();
+}
+
+Napi::Value LayerWrap::SetSharedExpertFP8(const Napi::CallbackInfo& info) {
+  auto layer = live(info.Env());
+  const moe::RouterConfig& cfg = layer->router().config();
+  const int64_t f = intArg(info, 6, "intermediateSize", 1, kMaxSharedIntermediate);
+  const float* gate = typedArrayArg<float>(info, 7, "sharedGate", size_t(cfg.hiddenSize), true);
+  setFp8(info, 0, f, cfg.hiddenSize, [&](moe::Fp8Matrix w1, moe::Fp8Matrix w3, moe::Fp8Matrix w2) {
+    layer->setSharedExpertFP8(w1, w3, w2, f, gate);
+  });
+  adjustMemory(info.Env());
+  return info.Env().Undefined();
+}
+
 Napi::Value LayerWrap::Forward(const Napi::CallbackInfo& info) {
   auto layer = live(info.Env());
   std::string missing;
@@ -205,7 +253,8 @@ Napi::Value LayerWrap::Info(const Napi::CallbackInfo& info) {
   auto layer = live(info.Env());
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("weightBytes", double(layer->weightBytes()));
-  o.Set("dtype", layer->dtype() == moe::DType::F32 ? "fp32" : "bf16");
+  const moe::DType dtype = layer->dtype();
+  o.Set("dtype", dtype == moe::DType::F32 ? "fp32" : dtype == moe::DType::BF16 ? "bf16" : "fp8");
   o.Set("isa", moe::isaName(moe::gemmKernels().isa));
   return o;
 }

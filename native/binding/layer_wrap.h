@@ -17,6 +17,8 @@ class LayerWrap : public Napi::ObjectWrap<LayerWrap> {
  private:
   Napi::Value SetExpert(const Napi::CallbackInfo& info);
   Napi::Value SetSharedExpert(const Napi::CallbackInfo& info);
+  Napi::Value SetExpertFP8(const Napi::CallbackInfo& info);
+  Napi::Value SetSharedExpertFP8(const Napi::CallbackInfo& info);
   Napi::Value Forward(const Napi::CallbackInfo& info);
   Napi::Value ForwardAsync(const Napi::CallbackInfo& info);
   Napi::Value Info(const Napi::CallbackInfo& info);

@@ -25,12 +25,14 @@ constexpr int64_t kSlicePairsAmx = 1024;
 
 }  // namespace
 
-void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, int64_t K, const void* panel,
-                  float* acc, const void* nextPanel, bool wideSlices) {
+void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, int64_t K, DType weights,
+                  const void* panel, float* acc, const void* nextPanel, bool wideSlices) {
   const bool f32 = A.dtype == DType::F32;
+  const bool fp8 = weights == DType::FP8;
   const bool amx = !f32 && kern.isa == Isa::Amx;
   const int64_t depth = f32 ? K : packedKPairs(K);
   const int64_t slice = f32 ? kSliceF32 : amx && !wideSlices ? kSlicePairsAmx : kSlicePairs;
+  static_assert(kSliceF32 % kFp8Block == 0, "fp8 slices start on a block of scales");
   if (depth == 0) std::fill(acc, acc + rows * kPanelWidth, 0.0f);  // no slice writes them
   for (int64_t k0 = 0; k0 < depth; k0 += slice) {
     const int kc = int(std::min(slice, depth - k0));
@@ -46,15 +48,16 @@ void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, i
     // that block 0 of the next slice does not wait on memory. Each k step of a panel is 128 bytes. Where the AMX
     // tiles run, every block, block 0 included, takes its share of the next slice, and their loop prefetches
     // nothing else.
-    constexpr int64_t kStepBytes = kPanelWidth * 4;
+    // (fp8: 32 bytes a step, and a block's scales after its steps)
+    const auto bytesTo = [&](int64_t k) { return fp8 ? int64_t(fp8Offset(k)) : k * kPanelWidth * 4; };
     const char* nextSlice = nullptr;
     int64_t nextBytes = 0;
     if (k0 + kc < depth) {
-      nextSlice = static_cast<const char*>(panel) + (k0 + kc) * kStepBytes;
-      nextBytes = std::min(slice, depth - k0 - kc) * kStepBytes;
+      nextSlice = static_cast<const char*>(panel) + bytesTo(k0 + kc);
+      nextBytes = bytesTo(std::min(depth, k0 + kc + slice)) - bytesTo(k0 + kc);
     } else if (nextPanel) {
       nextSlice = static_cast<const char*>(nextPanel);
-      nextBytes = std::min(slice, depth) * kStepBytes;
+      nextBytes = bytesTo(std::min(slice, depth));
     }
     // (spread evenly over the blocks and, within each, over its steps, the weights arrive at the pace the tiles
     // consume them: bench/RESULTS.md, step 19; under kAmxMinRows rows, or a slice shorter than one tile step, the
@@ -74,7 +77,10 @@ void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, i
       }
       // The first slice writes the rows' accumulators, the later ones add to them inside the kernel.
       float* tile = acc + r0 * kPanelWidth;
-      if (f32) {
+      if (fp8) {
+        kern.fp8(int(mr), kc, static_cast<const float*>(A.data) + r0 * A.ld + k0, A.ld,
+                 static_cast<const uint8_t*>(panel) + fp8Offset(k0), tile, k0 > 0, next);
+      } else if (f32) {
         kern.f32(int(mr), kc, static_cast<const float*>(A.data) + r0 * A.ld + k0, A.ld,
                  static_cast<const float*>(panel) + k0 * kPanelWidth, tile, k0 > 0, next);
       } else {
@@ -87,9 +93,8 @@ void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, i
 
 namespace {
 
-const void* panelAt(DType dtype, const void* panels, size_t stride, int64_t p) {
-  return dtype == DType::F32 ? static_cast<const void*>(static_cast<const float*>(panels) + size_t(p) * stride)
-                             : static_cast<const void*>(static_cast<const uint32_t*>(panels) + size_t(p) * stride);
+const void* panelAt(const void* panels, size_t stride, int64_t p) {
+  return static_cast<const char*>(panels) + size_t(p) * stride;
 }
 
 // Whether rows `rowBytes` apart from `base` all start on 64-byte lines (so whole lines can be streamed).
@@ -144,9 +149,10 @@ bool storePanelRows(const float* acc, int64_t rows, int cols, const float* rowWe
   return whole && rows > 0;
 }
 
-void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, int64_t d, const void* gateUpPanels,
-                  int64_t p0, int64_t p1, void* hidden, size_t ldh, float* acc, bool stream) {
-  const size_t stride = panelStride(x.dtype, d);
+void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, int64_t d, DType weights,
+                  const void* gateUpPanels, int64_t p0, int64_t p1, void* hidden, size_t ldh, float* acc,
+                  bool stream) {
+  const size_t stride = panelBytes(weights, d);
   constexpr int half = kPanelWidth / 2;
   const bool bf16 = x.dtype == DType::BF16;
   // A panel's 16 outputs of a row: 64 bytes in fp32, 32 (half a line) in bf16, where two panels make a line.
@@ -158,13 +164,13 @@ void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, i
   const auto hiddenAt = [&](int64_t r, int64_t p) {
     return static_cast<char*>(hidden) + size_t(r) * ldh * 4 + size_t(p) * (bf16 ? half * 2 : half * 4);
   };
-  const auto nextOf = [&](int64_t q) { return q + 1 < p1 ? panelAt(x.dtype, gateUpPanels, stride, q + 1) : nullptr; };
+  const auto nextOf = [&](int64_t q) { return q + 1 < p1 ? panelAt(gateUpPanels, stride, q + 1) : nullptr; };
   bool streamed = false;
   for (int64_t p = p0; p < p1;) {
-    const void* panel = panelAt(x.dtype, gateUpPanels, stride, p);
+    const void* panel = panelAt(gateUpPanels, stride, p);
     if (stream && p % perLine == 0 && p + perLine <= p1) {
-      panelProduct(kern, x, rows, d, panel, acc, nextOf(p));
-      if (bf16) panelProduct(kern, x, rows, d, nextOf(p), second, nextOf(p + 1));
+      panelProduct(kern, x, rows, d, weights, panel, acc, nextOf(p));
+      if (bf16) panelProduct(kern, x, rows, d, weights, nextOf(p), second, nextOf(p + 1));
       for (int64_t r = 0; r < rows; ++r) {
         kern.swiglu(acc + r * kPanelWidth, line, bf16);
         if (bf16) kern.swiglu(second + r * kPanelWidth, line + half / 2, true);
@@ -174,21 +180,21 @@ void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, i
       p += perLine;
       continue;
     }
-    panelProduct(kern, x, rows, d, panel, acc, nextOf(p));
+    panelProduct(kern, x, rows, d, weights, panel, acc, nextOf(p));
     for (int64_t r = 0; r < rows; ++r) kern.swiglu(acc + r * kPanelWidth, hiddenAt(r, p), bf16);
     ++p;
   }
   if (streamed) streamFence();
 }
 
-void downPanels(const GemmKernels& kern, const Activations& h, int64_t rows, int64_t f, const void* downPanels,
-                int64_t p0, int64_t p1, int64_t d, const float* rowWeight, float* out, size_t ldo, float* acc,
-                bool stream) {
-  const size_t stride = panelStride(h.dtype, f);
+void downPanels(const GemmKernels& kern, const Activations& h, int64_t rows, int64_t f, DType weights,
+                const void* downPanels, int64_t p0, int64_t p1, int64_t d, const float* rowWeight, float* out,
+                size_t ldo, float* acc, bool stream) {
+  const size_t stride = panelBytes(weights, f);
   bool streamed = false;
   for (int64_t p = p0; p < p1; ++p) {
-    panelProduct(kern, h, rows, f, panelAt(h.dtype, downPanels, stride, p), acc,
-                 p + 1 < p1 ? panelAt(h.dtype, downPanels, stride, p + 1) : nullptr);
+    panelProduct(kern, h, rows, f, weights, panelAt(downPanels, stride, p), acc,
+                 p + 1 < p1 ? panelAt(downPanels, stride, p + 1) : nullptr);
     const int64_t col0 = p * kPanelWidth;
     const int cols = int(std::min<int64_t>(kPanelWidth, d - col0));
     streamed = storePanelRows(acc, rows, cols, rowWeight, out + col0, ldo, stream) || streamed;

@@ -2,6 +2,8 @@
 // ones), and the run-time choice of kernel set.
 #include "moe/gemm.h"
 
+#include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 
@@ -45,23 +47,59 @@ void scalarBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t*
   }
 }
 
+// The 256 values of E4M3, decoded once.
+struct E4m3Table {
+  float value[256];
+  E4m3Table() {
+    for (int b = 0; b < 256; ++b) {
+      const int e = (b >> 3) & 15, m = b & 7;
+      const float magnitude = e == 15 && m == 7 ? NAN : e == 0 ? std::ldexp(float(m), -9) : std::ldexp(8.0f + m, e - 10);
+      value[b] = b & 0x80 ? -magnitude : magnitude;
+    }
+  }
+};
+const E4m3Table& e4m3Table() {
+  static const E4m3Table table;
+  return table;
+}
+
+void scalarFP8(int rows, int K, const float* A, size_t lda, const uint8_t* B, float* C, bool accumulate,
+               L2Prefetch) {
+  const float* value = e4m3Table().value;
+  for (int m = 0; m < rows; ++m) {
+    float acc[kPanelWidth] = {};
+    if (accumulate) std::memcpy(acc, C + m * kPanelWidth, sizeof(acc));
+    for (int k = 0; k < K; ++k) {
+      const float a = A[m * lda + k];
+      const int64_t k0 = k / kFp8Block * kFp8Block, steps = std::min<int64_t>(kFp8Block, K - k0);
+      const uint8_t* block = B + fp8Offset(k0);
+      const uint8_t* b = block + size_t(k - k0) * kPanelWidth;
+      // (the stored scales are 256 times the weights', for the SIMD kernels' decoding; either way the weight is
+      // E4M3 times the scale, rounded once)
+      const float* scale = reinterpret_cast<const float*>(block + size_t(steps) * kPanelWidth);
+      for (int n = 0; n < kPanelWidth; ++n) acc[n] += a * (value[b[n]] * (scale[n] * (1.0f / 256)));
+    }
+    std::memcpy(C + m * kPanelWidth, acc, sizeof(acc));
+  }
+}
+
 inline uint32_t bf16Pair(float even, float odd) {
   return uint32_t(floatToBf16(even)) | (uint32_t(floatToBf16(odd)) << 16);
 }
 
-const GemmKernels kScalar{Isa::Scalar,    kScalarMaxRows,   scalarF32,         scalarBF16,
-                          scalar::swigluRow, scalar::toBf16, kScalarMaxRows};
+const GemmKernels kScalar{Isa::Scalar,    kScalarMaxRows, scalarF32,      scalarBF16,
+                          scalarFP8,      scalar::swigluRow, scalar::toBf16, kScalarMaxRows};
 const GemmKernels kAvx2{Isa::Avx2,       avx2::maxRows(), avx2::kernelF32, avx2::kernelBF16,
-                        avx2::swigluRow, avx2::toBf16,    avx2::maxRows()};
-const GemmKernels kAvx512{Isa::Avx512,         avx512::maxRows(), avx512::kernelF32, avx512::kernelBF16,
-                          avx512::swigluRow,   avx512::toBf16,    avx512::maxRows()};
+                        avx2::kernelFP8, avx2::swigluRow, avx2::toBf16,    avx2::maxRows()};
+const GemmKernels kAvx512{Isa::Avx512,        avx512::maxRows(), avx512::kernelF32, avx512::kernelBF16,
+                          avx512::kernelFP8,  avx512::swigluRow, avx512::toBf16,    avx512::maxRows()};
 // The same on Intel, with its weight-stream prefetch (gemm_avx512.cc).
 const GemmKernels kAvx512Intel{Isa::Avx512,        avx512::maxRows(), avx512::kernelF32TwoLevel,
-                               avx512::kernelBF16TwoLevel, avx512::swigluRow, avx512::toBf16,
-                               avx512::maxRows()};
+                               avx512::kernelBF16TwoLevel, avx512::kernelFP8TwoLevel, avx512::swigluRow,
+                               avx512::toBf16,     avx512::maxRows()};
 // AMX (Intel only): AVX-512 for everything but the bf16 tiles.
-const GemmKernels kAmx{Isa::Amx,           avx512::maxRows(), avx512::kernelF32TwoLevel, amx::kernelBF16,
-                       avx512::swigluRow,  avx512::toBf16,    amx::maxRows()};
+const GemmKernels kAmx{Isa::Amx,          avx512::maxRows(), avx512::kernelF32TwoLevel, amx::kernelBF16,
+                       avx512::kernelFP8TwoLevel, avx512::swigluRow, avx512::toBf16, amx::maxRows()};
 
 // One panel column: `width` weight rows starting at `row`, the rest zero.
 template <typename Emit>
@@ -145,6 +183,71 @@ void packGateUpBF16(const float* gate, const float* up, int64_t rows, int64_t K,
         panel[kp * kPanelWidth + n] = g ? bf16Pair(g[2 * kp], hasOdd ? g[2 * kp + 1] : 0.0f) : 0;
         panel[kp * kPanelWidth + half + n] = u ? bf16Pair(u[2 * kp], hasOdd ? u[2 * kp + 1] : 0.0f) : 0;
       }
+    }
+  }
+}
+
+float e4m3ToFloat(uint8_t b) { return e4m3Table().value[b]; }
+
+uint8_t floatToE4m3(float v) {
+  if (std::isnan(v)) return 0x7f;
+  const uint8_t sign = std::signbit(v) ? 0x80 : 0;
+  const float a = std::fabs(v);
+  if (a >= 448.0f) return sign | 0x7e;
+  if (a < 0x1p-6f) return sign | uint8_t(std::nearbyint(a * 512.0f));  // subnormals (8 rounds up to 2^-6, code 8)
+  int e = std::ilogb(a);                                                 // -6..8
+  int q = int(std::nearbyint(std::ldexp(a, 3 - e)));                     // 8..16: 1.mmm times 8, to nearest even
+  if (q == 16) q = 8, ++e;
+  return sign | uint8_t(((e + 7) << 3) | (q - 8));
+}
+
+void quantizeE4m3(const float* W, size_t ldw, int64_t rows, int64_t K, uint8_t* q, float* scales) {
+  const int64_t blocks = fp8Blocks(K);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* w = W + size_t(r) * ldw;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t k0 = b * kFp8Block, k1 = std::min<int64_t>(K, k0 + kFp8Block);
+      float amax = 0;
+      for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(w[k]));
+      float scale = amax / 448.0f;
+      if (!(scale >= FLT_MIN)) scale = 0;
+      for (int64_t k = k0; k < k1; ++k) q[size_t(r) * K + k] = scale == 0 ? 0 : floatToE4m3(w[k] / scale);
+      scales[size_t(r) * blocks + b] = scale;
+    }
+  }
+}
+
+namespace {
+// One fp8 panel: column n from quantized row `row` (-1: zeros).
+void fp8PanelColumn(const uint8_t* q, const float* scales, int64_t row, int64_t K, int n, uint8_t* panel) {
+  const int64_t blocks = fp8Blocks(K);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t k0 = b * kFp8Block, steps = std::min<int64_t>(kFp8Block, K - k0);
+    uint8_t* block = panel + fp8Offset(k0);
+    for (int64_t k = 0; k < steps; ++k) block[k * kPanelWidth + n] = row < 0 ? 0 : q[size_t(row) * K + k0 + k];
+    float scale = row < 0 ? 0.0f : scales[size_t(row) * blocks + b] * 256.0f;
+    std::memcpy(block + steps * kPanelWidth + n * 4, &scale, 4);
+  }
+}
+}  // namespace
+
+void packPanelsFP8(const uint8_t* q, const float* scales, int64_t rows, int64_t K, uint8_t* dst) {
+  const size_t bytes = fp8PanelBytes(K);
+  std::memset(dst, 0, size_t(panelCount(rows)) * bytes);  // (the line padding too)
+  forEachPanelRow(rows, [&](int64_t p, int n, int64_t row) { fp8PanelColumn(q, scales, row, K, n, dst + p * bytes); });
+}
+
+void packGateUpFP8(const uint8_t* gateQ, const float* gateScales, const uint8_t* upQ, const float* upScales,
+                   int64_t rows, int64_t K, uint8_t* dst) {
+  constexpr int half = kPanelWidth / 2;
+  const int64_t panels = (rows + half - 1) / half;
+  const size_t bytes = fp8PanelBytes(K);
+  std::memset(dst, 0, size_t(panels) * bytes);
+  for (int64_t p = 0; p < panels; ++p) {
+    for (int n = 0; n < half; ++n) {
+      const int64_t row = p * half + n < rows ? p * half + n : -1;
+      fp8PanelColumn(gateQ, gateScales, row, K, n, dst + p * bytes);
+      fp8PanelColumn(upQ, upScales, row, K, half + n, dst + p * bytes);
     }
   }
 }

@@ -1,9 +1,11 @@
 // AVX2+FMA micro-kernels for the packed-panel GEMM (see moe/gemm.h), for CPUs without AVX-512. A 32-wide panel
 // is four 256-bit vectors, so up to 3 activation rows fit in the 16 ymm registers. bf16 weights are widened to
-// fp32 in registers (a shift for the even element, a mask for the odd one) and accumulated with FMA.
+// fp32 in registers (a shift for the even element, a mask for the odd one) and accumulated with FMA; fp8 (E4M3)
+// weights through fp16 (F16C).
 #include <immintrin.h>
 
 #include <cstddef>
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -64,6 +66,34 @@ void tileBF16(int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C
     for (int j = 0; j < 4; ++j) _mm256_storeu_ps(C + m * 32 + 8 * j, acc[m][j]);
 }
 
+// fp8 weights: 8 E4M3 bytes (8 columns of a k step) as 8 floats, 2^-8 of their values, through fp16 as in
+// gemm_avx512.cc; each vector is scaled by its block's scales (which carry the 2^8) before the rows use it.
+template <int MR>
+void tileFP8(int K, const float* A, size_t lda, const uint8_t* B, float* C, bool accumulate) {
+  const __m128i fields = _mm_set1_epi16(static_cast<int16_t>(0xbf80));
+  __m256 acc[MR][4];
+  for (int m = 0; m < MR; ++m)
+    for (int j = 0; j < 4; ++j) acc[m][j] = accumulate ? _mm256_loadu_ps(C + m * 32 + 8 * j) : _mm256_setzero_ps();
+  const float* scale = nullptr;
+  for (int k = 0; k < K; ++k, B += kPanelWidth) {
+    if (k % kFp8Block == 0) {
+      if (k > 0) B += kPanelWidth * 4;  // past the last block's scales
+      scale = reinterpret_cast<const float*>(B + size_t(std::min(kFp8Block, K - k)) * kPanelWidth);
+    }
+    if (!(k & 1)) _mm_prefetch(reinterpret_cast<const char*>(B) + 2048, _MM_HINT_T0);
+    __m256 a[MR];
+    for (int m = 0; m < MR; ++m) a[m] = _mm256_broadcast_ss(A + m * lda + k);
+    for (int j = 0; j < 4; ++j) {
+      const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(B + 8 * j));
+      const __m128i half = _mm_and_si128(_mm_slli_epi16(_mm_cvtepi8_epi16(bytes), 7), fields);
+      const __m256 w = _mm256_mul_ps(_mm256_cvtph_ps(half), _mm256_loadu_ps(scale + 8 * j));
+      for (int m = 0; m < MR; ++m) acc[m][j] = _mm256_fmadd_ps(a[m], w, acc[m][j]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int j = 0; j < 4; ++j) _mm256_storeu_ps(C + m * 32 + 8 * j, acc[m][j]);
+}
+
 // e^x for x <= 0, as in gemm_avx512.cc: Cody–Waite reduction x = n ln2 + r, the same degree-6 polynomial for e^r
 // (relative error ~2e-7), and 2^n built in the exponent field (n >= -126 after the clamp: a normal float).
 inline __m256 expNonPositive(__m256 x) {
@@ -119,6 +149,13 @@ void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t*
                 L2Prefetch) {
   withRows<kMaxRows>(rows, [&](auto mr) {
     tileBF16<decltype(mr)::value>(Kp, A, lda, B, C, accumulate);
+  });
+}
+
+void kernelFP8(int rows, int K, const float* A, size_t lda, const uint8_t* B, float* C, bool accumulate,
+               L2Prefetch) {
+  withRows<kMaxRows>(rows, [&](auto mr) {
+    tileFP8<decltype(mr)::value>(K, A, lda, B, C, accumulate);
   });
 }
 

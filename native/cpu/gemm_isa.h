@@ -30,6 +30,8 @@ inline void withRows(int rows, F&& f) {
                  L2Prefetch next);                                                                       \
   void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C,          \
                   bool accumulate, L2Prefetch next);                                                      \
+  void kernelFP8(int rows, int K, const float* A, size_t lda, const uint8_t* B, float* C, bool accumulate, \
+                 L2Prefetch next);                                                                       \
   void swigluRow(const float* tileRow, void* out, bool bf16);                                            \
   void toBf16(const float* src, int64_t n, uint32_t* dst);                                               \
   }
@@ -43,6 +45,8 @@ void kernelF32TwoLevel(int rows, int K, const float* A, size_t lda, const float*
                        L2Prefetch next);
 void kernelBF16TwoLevel(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C,
                         bool accumulate, L2Prefetch next);
+void kernelFP8TwoLevel(int rows, int K, const float* A, size_t lda, const uint8_t* B, float* C, bool accumulate,
+                       L2Prefetch next);
 }
 // AMX tiles (gemm_amx.cc): a bf16 kernel of up to maxRows() rows; everything else is AVX-512's.
 namespace amx {

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <stdexcept>
+#include <vector>
 
 #include "moe/dispatch.h"
 #include "moe/expert_gemm.h"
@@ -36,38 +37,93 @@ Layer::Layer(const Layer& other, std::shared_ptr<Router> router, int32_t staticK
 
 void Layer::pack(PackedExpert& dst, const float* w1, const float* w3, const float* w2, int64_t f) {
   const int64_t d = hidden_;
+  if (dtype_ == DType::FP8) {  // quantized here, one scale per row and 128-column block
+    const auto quantized = [](const float* w, int64_t rows, int64_t K, std::vector<uint8_t>& q,
+                              std::vector<float>& scales) {
+      q.resize(size_t(rows * K));
+      scales.resize(size_t(rows * fp8Blocks(K)));
+      quantizeE4m3(w, size_t(K), rows, K, q.data(), scales.data());
+      return Fp8Matrix{q.data(), scales.data()};
+    };
+    std::vector<uint8_t> q1, q3, q2;
+    std::vector<float> s1, s3, s2;
+    packFP8(dst, quantized(w1, f, d, q1, s1), quantized(w3, f, d, q3, s3), quantized(w2, d, f, q2, s2), f);
+    return;
+  }
   const int64_t gateUpPanels = (f + kGateUpOutputs - 1) / kGateUpOutputs;
   dst.intermediate = f;
+  dst.gateUp.ensure(size_t(gateUpPanels) * panelBytes(dtype_, d));
+  dst.down.ensure(size_t(panelCount(d)) * panelBytes(dtype_, f));
   if (dtype_ == DType::F32) {
-    dst.gateUpF32.ensure(size_t(gateUpPanels) * panelStride(dtype_, d));
-    packGateUpF32(w1, w3, f, d, dst.gateUpF32.data());
-    dst.downF32.ensure(packedSizeF32(d, f));
-    packPanelsF32(w2, size_t(f), d, f, dst.downF32.data());
+    packGateUpF32(w1, w3, f, d, reinterpret_cast<float*>(dst.gateUp.data()));
+    packPanelsF32(w2, size_t(f), d, f, reinterpret_cast<float*>(dst.down.data()));
   } else {
-    dst.gateUpBF16.ensure(size_t(gateUpPanels) * panelStride(dtype_, d));
-    packGateUpBF16(w1, w3, f, d, dst.gateUpBF16.data());
-    dst.downBF16.ensure(packedSizeBF16(d, f));
-    packPanelsBF16(w2, size_t(f), d, f, dst.downBF16.data());
+    packGateUpBF16(w1, w3, f, d, reinterpret_cast<uint32_t*>(dst.gateUp.data()));
+    packPanelsBF16(w2, size_t(f), d, f, reinterpret_cast<uint32_t*>(dst.down.data()));
+  }
+}
+
+void Layer::packFP8(PackedExpert& dst, Fp8Matrix w1, Fp8Matrix w3, Fp8Matrix w2, int64_t f) {
+  const int64_t d = hidden_;
+  const int64_t gateUpPanels = (f + kGateUpOutputs - 1) / kGateUpOutputs;
+  dst.intermediate = f;
+  dst.gateUp.ensure(size_t(gateUpPanels) * fp8PanelBytes(d));
+  dst.down.ensure(size_t(panelCount(d)) * fp8PanelBytes(f));
+  packGateUpFP8(w1.q, w1.scales, w3.q, w3.scales, f, d, dst.gateUp.data());
+  packPanelsFP8(w2.q, w2.scales, d, f, dst.down.data());
+}
+
+namespace {
+// A checkpoint's E4M3 matrix: no NaN byte (0x7f, 0xff), and scales finite and small enough to carry the kernels'
+// factor of 256.
+void checkFp8(const char* name, Fp8Matrix m, int64_t rows, int64_t K) {
+  for (int64_t i = 0; i < rows * K; ++i)
+    if ((m.q[i] & 0x7f) == 0x7f)
+      throw std::invalid_argument(std::string(name) + ": byte " + std::to_string(i) + " is an E4M3 NaN (0x7f/0xff)");
+  for (int64_t i = 0; i < rows * fp8Blocks(K); ++i)
+    if (!std::isfinite(m.scales[i] * 256.0f))
+      throw std::invalid_argument(std::string(name) + ": scale " + std::to_string(i) + " is not finite (or above " +
+                                  "3.4e38 / 256)");
+}
+}  // namespace
+
+template <typename Pack>
+void Layer::setPacked(int32_t expert, int64_t f, const float* gate, Pack&& packInto) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (weights_.use_count() > 1) throw std::logic_error("layer: its weights are shared with another layer; load a new one");
+  if (expert >= 0) {
+    packInto(weights_->experts.at(size_t(expert)));
+  } else {
+    auto shared = std::make_unique<PackedExpert>();
+    packInto(*shared);
+    weights_->shared = std::move(shared);
+    if (gate)
+      weights_->sharedGate.assign(gate, gate + hidden_);
+    else
+      weights_->sharedGate.clear();  // a gate set before belongs to the expert this one replaces
   }
   const int64_t width = (f + kPanelWidth - 1) / kPanelWidth * kPanelWidth;
   weights_->hiddenWidth = std::max(weights_->hiddenWidth, width);
 }
 
 void Layer::setExpert(int32_t expert, const float* w1, const float* w3, const float* w2, int64_t f) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (weights_.use_count() > 1) throw std::logic_error("layer: its weights are shared with another layer; load a new one");
-  pack(weights_->experts.at(size_t(expert)), w1, w3, w2, f);
+  setPacked(expert, f, nullptr, [&](PackedExpert& dst) { pack(dst, w1, w3, w2, f); });
 }
 
 void Layer::setSharedExpert(const float* w1, const float* w3, const float* w2, int64_t f, const float* gate) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (weights_.use_count() > 1) throw std::logic_error("layer: its weights are shared with another layer; load a new one");
-  weights_->shared = std::make_unique<PackedExpert>();
-  pack(*weights_->shared, w1, w3, w2, f);
-  if (gate)
-    weights_->sharedGate.assign(gate, gate + hidden_);
-  else
-    weights_->sharedGate.clear();  // a gate set before belongs to the expert this one replaces
+  setPacked(-1, f, gate, [&](PackedExpert& dst) { pack(dst, w1, w3, w2, f); });
+}
+
+void Layer::setExpertFP8(int32_t expert, Fp8Matrix w1, Fp8Matrix w3, Fp8Matrix w2, int64_t f) {
+  if (dtype_ != DType::FP8) throw std::invalid_argument("layer: E4M3 weights need a layer of dtype fp8");
+  checkFp8("w1", w1, f, hidden_), checkFp8("w3", w3, f, hidden_), checkFp8("w2", w2, hidden_, f);
+  setPacked(expert, f, nullptr, [&](PackedExpert& dst) { packFP8(dst, w1, w3, w2, f); });
+}
+
+void Layer::setSharedExpertFP8(Fp8Matrix w1, Fp8Matrix w3, Fp8Matrix w2, int64_t f, const float* gate) {
+  if (dtype_ != DType::FP8) throw std::invalid_argument("layer: E4M3 weights need a layer of dtype fp8");
+  checkFp8("w1", w1, f, hidden_), checkFp8("w3", w3, f, hidden_), checkFp8("w2", w2, hidden_, f);
+  setPacked(-1, f, gate, [&](PackedExpert& dst) { packFP8(dst, w1, w3, w2, f); });
 }
 
 bool Layer::complete(std::string& missing) const {
@@ -103,14 +159,15 @@ void Layer::dispatch(const float* x, int64_t T, const RoutingOutput& routing) {
   planDispatch(routing, T, cfg.maxK, cfg.numExperts, weights_->shared != nullptr, sharedScale, arena_);
   if (arena_.jobs.empty()) return;
   const ExpertJob& last = arena_.jobs.back();
-  gatherRows(x, hidden_, last.row0 + last.rows, dtype_, arena_, router_->pool(), threads_);
+  gatherRows(x, hidden_, last.row0 + last.rows, activationType(dtype_), arena_, router_->pool(), threads_);
 }
 
 void Layer::runExperts() {
   if (arena_.jobs.empty()) return;
   const int64_t d = hidden_, rows = arena_.jobs.back().row0 + arena_.jobs.back().rows;
-  const bool f32 = dtype_ == DType::F32;
-  const size_t ldh = size_t(hiddenRowStride(dtype_, weights_->hiddenWidth));
+  const DType act = activationType(dtype_);  // fp32 rows for fp32 and fp8 weights, bf16 pairs for bf16
+  const bool f32 = act == DType::F32;
+  const size_t ldh = size_t(hiddenRowStride(act, weights_->hiddenWidth));
   const size_t ldo = size_t(outputRowStride(d));
   if (f32) arena_.hiddenF32.ensure(size_t(rows) * ldh);
   else arena_.hiddenBF16.ensure(size_t(rows) * ldh);
@@ -150,7 +207,7 @@ void Layer::runExperts() {
   void* hidden = f32 ? static_cast<void*>(arena_.hiddenF32.data()) : static_cast<void*>(arena_.hiddenBF16.data());
   const void* input = f32 ? static_cast<const void*>(arena_.inputF32.data())
                           : static_cast<const void*>(arena_.inputBF16.data());
-  const size_t ldx = size_t(inputRowStride(dtype_, d));
+  const size_t ldx = size_t(inputRowStride(act, d));
 
   planItems([&](const ExpertJob& job) { return (expertOf(job).intermediate + kGateUpOutputs - 1) / kGateUpOutputs; },
             gateUpPanelsPerLine);
@@ -158,11 +215,11 @@ void Layer::runExperts() {
     const LayerArena::WorkItem item = arena_.items[size_t(i)];
     const ExpertJob& job = arena_.jobs[size_t(item.job)];
     const PackedExpert& ex = expertOf(job);
-    const void* panels = f32 ? static_cast<const void*>(ex.gateUpF32.data()) : ex.gateUpBF16.data();
-    const Activations x{dtype_, static_cast<const char*>(input) + size_t(job.row0) * ldx * elem, ldx};
+    const Activations x{act, static_cast<const char*>(input) + size_t(job.row0) * ldx * elem, ldx};
     void* h = static_cast<char*>(hidden) + size_t(job.row0) * ldh * elem;
     float* acc = arena_.accumulators.data() + size_t(worker) * accPerWorker;
-    gateUpPanels(kern, x, job.rows, d, panels, item.panelBegin, item.panelEnd, h, ldh, acc, streamHidden);
+    gateUpPanels(kern, x, job.rows, d, dtype_, ex.gateUp.data(), item.panelBegin, item.panelEnd, h, ldh, acc,
+                 streamHidden);
   });
 
   planItems([&](const ExpertJob&) { return panelCount(d); }, 1);
@@ -170,13 +227,12 @@ void Layer::runExperts() {
     const LayerArena::WorkItem item = arena_.items[size_t(i)];
     const ExpertJob& job = arena_.jobs[size_t(item.job)];
     const PackedExpert& ex = expertOf(job);
-    const void* panels = f32 ? static_cast<const void*>(ex.downF32.data()) : ex.downBF16.data();
-    const Activations h{dtype_, static_cast<const char*>(hidden) + size_t(job.row0) * ldh * elem, ldh};
+    const Activations h{act, static_cast<const char*>(hidden) + size_t(job.row0) * ldh * elem, ldh};
     float* out = arena_.output.data() + size_t(job.row0) * ldo;
     const float* weight = arena_.rowWeight.data() + job.row0;
     float* acc = arena_.accumulators.data() + size_t(worker) * accPerWorker;
-    downPanels(kern, h, job.rows, ex.intermediate, panels, item.panelBegin, item.panelEnd, d, weight, out, ldo, acc,
-               streamOutput);
+    downPanels(kern, h, job.rows, ex.intermediate, dtype_, ex.down.data(), item.panelBegin, item.panelEnd, d, weight,
+               out, ldo, acc, streamOutput);
   });
 }
 

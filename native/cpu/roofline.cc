@@ -81,7 +81,7 @@ double denseGemmSeconds(int64_t M, int64_t N, int64_t K, DType dtype, int reps, 
   const GemmKernels& kern = gemmKernels();
   constexpr int64_t kRowChunk = 192;  // rows per work item: their slice of A stays in cache across panels
   const int64_t rowChunks = (M + kRowChunk - 1) / kRowChunk, panels = panelCount(N);
-  const size_t stride = panelStride(dtype, K);
+  const size_t stride = panelBytes(dtype, K);
   AlignedBuffer<float> acc(size_t(workers) * kRowChunk * kPanelWidth);
   const bool streamC = streamsOutput(size_t(M) * size_t(N) * sizeof(float));
   std::vector<double> times;
@@ -92,10 +92,11 @@ double denseGemmSeconds(int64_t M, int64_t N, int64_t K, DType dtype, int reps, 
       const int64_t row0 = chunk * kRowChunk, rows = std::min(kRowChunk, M - row0);
       const Activations A = f32 ? Activations{dtype, a.data() + row0 * K, lda}
                                 : Activations{dtype, aBF16.data() + row0 * int64_t(lda), lda};
-      const void* p = f32 ? static_cast<const void*>(packedF32.data() + size_t(panel) * stride)
-                          : static_cast<const void*>(packedBF16.data() + size_t(panel) * stride);
+      const char* packed = f32 ? reinterpret_cast<const char*>(packedF32.data())
+                               : reinterpret_cast<const char*>(packedBF16.data());
+      const void* p = packed + size_t(panel) * stride;
       float* accum = acc.data() + size_t(worker) * kRowChunk * kPanelWidth;
-      panelProduct(kern, A, rows, K, p, accum, nullptr, /*wideSlices=*/true);  // the best dense rate of this code
+      panelProduct(kern, A, rows, K, dtype, p, accum, nullptr, /*wideSlices=*/true);  // the best dense rate of this code
       const int cols = int(std::min<int64_t>(kPanelWidth, N - panel * kPanelWidth));
       // C goes around the caches as the layer's outputs do: ordinary stores of its 64 MiB (at 4096) cost the anchor
       // a fifth of its bf16 rate (bench/RESULTS.md, step 25)

@@ -36,6 +36,7 @@ CpuFeatures detect() {
   if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return f;
   const bool osxsave = (ecx >> 27) & 1;
   const bool fma = (ecx >> 12) & 1;
+  const bool f16c = (ecx >> 29) & 1;
   if (!osxsave) return f;
   const uint64_t xcr0 = readXcr0();
   const bool osAvx = (xcr0 & 0x6) == 0x6;
@@ -43,7 +44,8 @@ CpuFeatures detect() {
   const bool osAmx = ((xcr0 >> 17) & 3) == 3;  // XTILECFG and XTILEDATA
   if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return f;
   f.fma = fma && osAvx;
-  f.avx2 = ((ebx >> 5) & 1) && osAvx;
+  // (the AVX2 kernels widen fp8 weights through fp16 with F16C, which every AVX2 CPU has)
+  f.avx2 = ((ebx >> 5) & 1) && osAvx && f16c;
   f.avx512f = ((ebx >> 16) & 1) && osAvx512;
   f.avx512bw = ((ebx >> 30) & 1) && osAvx512;
   f.avx512vl = ((ebx >> 31) & 1) && osAvx512;

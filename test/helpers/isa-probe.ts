@@ -1,5 +1,5 @@
 /**
- * Child process of test/isa.test.ts: routes and runs a small fp32 and bf16 layer on seeded data under whatever
+ * Child process of test/isa.test.ts: routes and runs a small fp32, bf16 and fp8 layer on seeded data under whatever
  * MOE_ISA the parent set, for each case `T:k` (top-k routing of T tokens), and prints the results as JSON.
  */
 import { backendInfo, MoELayer, Router } from '../../lib';
@@ -19,7 +19,7 @@ const out = {
   cases: cases.map(([T, k], i) => {
     const x = randn(T * d, seed + 99 + i);
     const result: Record<string, unknown> = { T, k };
-    for (const dtype of ['fp32', 'bf16'] as const) {
+    for (const dtype of ['fp32', 'bf16', 'fp8'] as const) {
       const router = new Router({
         numExperts: E,
         hiddenSize: d,

@@ -2,8 +2,9 @@
  * A layer of random normal weights for the layer tests (CPU: test/layer.test.ts, CUDA: test/cuda.test.ts), and
  * its float64 reference output for a given routing.
  */
-import { MoELayer, Router, type BackendName, type ExpertWeights, type Selection } from '../../lib';
+import { MoELayer, Router, type BackendName, type ExpertWeights, type Selection, type WeightDType } from '../../lib';
 import { bf16BitsToFloat32, float32ToBf16Bits } from '../../lib/models/float16';
+import { f8BitsToNumber, numberToF8Bits } from '../../lib/models/float8';
 import { referenceLayer } from '../../lib/reference/layer';
 import { randn } from './random';
 
@@ -20,7 +21,7 @@ export function buildLayer(opts: {
   d: number;
   f: number;
   selection: Selection;
-  dtype?: 'fp32' | 'bf16';
+  dtype?: WeightDType;
   shared?: { f: number; gated: boolean };
   bias?: Float32Array;
   threads?: number;
@@ -72,8 +73,21 @@ export function layerReference(
   routing: { indices: Int32Array; weights: Float32Array; k: Int32Array; maxK: number },
 ): Float64Array {
   const T = x.length / b.d;
-  if (b.layer.dtype !== 'bf16')
+  if (b.layer.dtype === 'fp32')
     return referenceLayer(x, T, b.d, (e) => ({ ...b.experts[e], f: b.f }), routing, b.shared);
+  if (b.layer.dtype === 'fp8') {
+    // An fp8 layer quantizes its weights (E4M3, a scale per row and 128 columns) and keeps fp32 activations: the
+    // reference takes the same quantized weights, so what remains is accumulation order.
+    const quantized = (w: ExpertWeights, f: number) => ({
+      w1: quantizeFp8(w.w1, f, b.d),
+      w3: quantizeFp8(w.w3, f, b.d),
+      w2: quantizeFp8(w.w2, b.d, f),
+      f,
+    });
+    const experts = b.experts.map((w) => quantized(w, b.f));
+    const shared = b.shared && { ...b.shared, ...quantized(b.shared, b.shared.f) };
+    return referenceLayer(x, T, b.d, (e) => experts[e], routing, shared);
+  }
   // A bf16 layer holds its weights in bf16 and feeds its GEMMs bf16 activations: the reference takes the same
   // rounded weights and input (in float64 from there on), so what remains is accumulation order and the rounding
   // of the SwiGLU activations before the down projection.
@@ -90,4 +104,27 @@ export function layerReference(
 /** Each value rounded to the nearest bfloat16 (ties to even), as fp32. */
 export function roundBf16(a: Float32Array): Float32Array {
   return a.map((v) => bf16BitsToFloat32(float32ToBf16Bits(v)));
+}
+
+/**
+ * W [rows, cols] as an fp8 layer holds it, written out independently of the native quantizer: per row and block of
+ * 128 columns, scale = float32(amax / 448) (a scale under the smallest normal float32: zeros), each weight
+ * E4M3(float32(w / scale)) rounded to nearest even, times the scale (exact in float64).
+ */
+export function quantizeFp8(w: Float32Array, rows: number, cols: number): Float64Array {
+  const out = new Float64Array(rows * cols);
+  for (let r = 0; r < rows; r++) {
+    for (let c0 = 0; c0 < cols; c0 += 128) {
+      const c1 = Math.min(cols, c0 + 128);
+      let amax = 0;
+      for (let c = c0; c < c1; c++) amax = Math.max(amax, Math.abs(w[r * cols + c]));
+      const scale = Math.fround(amax / 448);
+      if (scale < 2 ** -126) continue;
+      for (let c = c0; c < c1; c++) {
+        const bits = numberToF8Bits(Math.fround(w[r * cols + c] / scale), 'F8_E4M3');
+        out[r * cols + c] = f8BitsToNumber(bits, 'F8_E4M3') * scale;
+      }
+    }
+  }
+  return out;
 }

@@ -15,11 +15,12 @@ struct Activations {
   size_t ld;
 };
 
-// acc[rows][32] = A[rows, K] · panel^T, blocked over K so the slice of the panel in use stays in L2.
+// acc[rows][32] = A[rows, K] · panel^T, blocked over K so the slice of the panel in use stays in L2. `weights`: the
+// panel's type (fp32 and fp8 panels take fp32 activations, bf16 panels bf16 pairs).
 // `nextPanel` (may be null) is the panel the caller computes next; its first slice is prefetched into L2.
 // `wideSlices`: K slices of 2048 bf16 pairs on AMX too (the dense anchor's best; the layer's is 1024).
-void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, int64_t K, const void* panel,
-                  float* acc, const void* nextPanel = nullptr, bool wideSlices = false);
+void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, int64_t K, DType weights,
+                  const void* panel, float* acc, const void* nextPanel = nullptr, bool wideSlices = false);
 
 // Above this many bytes, a pass's output (the SwiGLU rows, the expert output rows) is written with non-temporal
 // stores where whole 64-byte lines allow: it cannot stay in cache until the next stage reads it, and ordinary stores
@@ -33,15 +34,16 @@ inline bool streamsOutput(size_t bytes) { return bytes > kStreamStoreMinBytes; }
 // scratch for rows x 32 floats, rows x 64 for a streamed bf16 pass. `stream`: write whole lines with non-temporal
 // stores (fp32: every panel's 16 outputs; bf16: two panels', from an even p), then fence; only where `hidden` and
 // its rows start on 64-byte lines.
-void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, int64_t d, const void* gateUpPanels,
-                  int64_t p0, int64_t p1, void* hidden, size_t ldh, float* acc, bool stream);
+void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, int64_t d, DType weights,
+                  const void* gateUpPanels, int64_t p0, int64_t p1, void* hidden, size_t ldh, float* acc,
+                  bool stream);
 
 // Down panels [p0, p1) of one expert; panel p covers output columns [32p, 32p+32) of d:
 // out[r] = weight[r] * (h[r] · w2^T). `acc`: rows x 32 floats. `stream`: as for gateUpPanels, for whole panels on
 // rows that start on 64-byte lines (d a multiple of 16).
-void downPanels(const GemmKernels& kern, const Activations& h, int64_t rows, int64_t f, const void* downPanels,
-                int64_t p0, int64_t p1, int64_t d, const float* rowWeight, float* out, size_t ldo, float* acc,
-                bool stream);
+void downPanels(const GemmKernels& kern, const Activations& h, int64_t rows, int64_t f, DType weights,
+                const void* downPanels, int64_t p0, int64_t p1, int64_t d, const float* rowWeight, float* out,
+                size_t ldo, float* acc, bool stream);
 
 // Writes a panel's accumulators (rows x 32, row stride 32) to rows x `cols` of `out` (row stride `ldo` floats),
 // row r scaled by rowWeight[r] when rowWeight is set. `stream`: rows of a whole panel on 64-byte lines go with
@@ -52,9 +54,13 @@ bool storePanelRows(const float* acc, int64_t rows, int cols, const float* rowWe
 // Makes the non-temporal stores before it visible before any later store (the thread pool's "done" included).
 void streamFence();
 
-// Bytes of one packed panel over K for the dtype.
-inline size_t panelStride(DType dtype, int64_t K) {
-  return dtype == DType::F32 ? size_t(K) * kPanelWidth : size_t(packedKPairs(K)) * kPanelWidth;
+// Bytes of one packed panel over K for the weight type.
+inline size_t panelBytes(DType dtype, int64_t K) {
+  switch (dtype) {
+    case DType::F32: return size_t(K) * kPanelWidth * sizeof(float);
+    case DType::BF16: return size_t(packedKPairs(K)) * kPanelWidth * sizeof(uint32_t);
+    default: return fp8PanelBytes(K);
+  }
 }
 
 }  // namespace moe

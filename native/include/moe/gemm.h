@@ -5,6 +5,9 @@
 // so the micro-kernel loads two 512-bit vectors per k and broadcasts one activation per row.
 //   fp32 panel: [K][32] floats.
 //   bf16 panel: [K/2][32] uint32, each holding the bf16 pair (W[n][2kp], W[n][2kp+1]) — the vdpbf16ps layout.
+//   fp8 panel: blocks of 128 k steps, each [128][32] E4M3 bytes then its 32 float scales (times 256, see
+//   KernelFP8): W[n][k] is e4m3(byte) * scale of (k / 128, n). Scales ride in the weight stream, a 33rd part of a
+//   block's bytes. The activations of fp8 weights are fp32.
 // A is row-major activations with a row stride; for bf16 it holds bf16 pairs as uint32 (K even).
 // The kernel writes the raw MR x 32 accumulator tile; callers apply their own epilogue.
 #pragma once
@@ -17,7 +20,24 @@ namespace moe {
 
 constexpr int kPanelWidth = 32;
 
-enum class DType : int32_t { F32 = 0, BF16 = 1 };
+enum class DType : int32_t { F32 = 0, BF16 = 1, FP8 = 2 };
+
+// The activations a weight type multiplies: bf16 pairs for bf16 weights, fp32 for fp32 and fp8 weights.
+inline DType activationType(DType weights) { return weights == DType::BF16 ? DType::BF16 : DType::F32; }
+
+// fp8 weights: one scale per output row and block of this many K elements (DeepSeek-V3's 128 x 128 blocks, a
+// row's part of a block each). Kernels take fp8 K slices that start on a block.
+constexpr int kFp8Block = 128;
+constexpr size_t kFp8BlockBytes = size_t(kFp8Block) * kPanelWidth + kPanelWidth * 4;  // a block's bytes and scales
+inline int64_t fp8Blocks(int64_t K) { return (K + kFp8Block - 1) / kFp8Block; }
+// Bytes from the start of a panel to k0, a multiple of kFp8Block (so also the bytes of K = k0 steps).
+inline size_t fp8Offset(int64_t k0) { return size_t(k0 / kFp8Block) * kFp8BlockBytes; }
+// Bytes of one fp8 panel over K, padded to a 64-byte line.
+inline size_t fp8PanelBytes(int64_t K) {
+  const int64_t rest = K % kFp8Block;
+  const size_t bytes = fp8Offset(K - rest) + (rest ? size_t(rest) * kPanelWidth + kPanelWidth * 4 : 0);
+  return (bytes + 63) / 64 * 64;
+}
 
 // Lines to pull into L2 while a kernel runs (its own panel is prefetched separately): the next slice of
 // weights, so that the first row block over a new slice does not stall on memory. `lines` 64-byte lines from
@@ -34,6 +54,10 @@ using KernelF32 = void (*)(int rows, int K, const float* A, size_t lda, const fl
                            bool accumulate, L2Prefetch next);
 using KernelBF16 = void (*)(int rows, int Kpairs, const uint32_t* A, size_t lda, const uint32_t* panel,
                             float* tile, bool accumulate, L2Prefetch next);
+// fp32 activations times K fp8 weights of a panel, from `panel` (the start of a block) on. The stored scales are the
+// weights' times 256: the kernels decode E4M3 as 2^-8 of its value.
+using KernelFP8 = void (*)(int rows, int K, const float* A, size_t lda, const uint8_t* panel, float* tile,
+                           bool accumulate, L2Prefetch next);
 
 // h[i] = silu(gate[i]) * up[i] for one tile row: gate = tile[0..16), up = tile[16..32). Writes 16 floats,
 // or 16 bf16 (8 pairs) when `bf16` is set.
@@ -46,6 +70,7 @@ struct GemmKernels {
   int maxRows;  // largest `rows` one f32 call accepts (the register-blocked M of the micro-kernel)
   KernelF32 f32;
   KernelBF16 bf16;
+  KernelFP8 fp8;  // up to maxRows rows
   SwigluRow swiglu;
   ToBf16 toBf16;
   int bf16Rows;  // largest `rows` one bf16 call accepts (maxRows, or 32 with AMX tiles)
@@ -83,6 +108,20 @@ void packPanelsBF16(const float* W, size_t ldw, int64_t rows, int64_t K, uint32_
 // micro-kernel pass yields both halves of SwiGLU for the same 16 outputs.
 void packGateUpF32(const float* gate, const float* up, int64_t rows, int64_t K, float* dst);
 void packGateUpBF16(const float* gate, const float* up, int64_t rows, int64_t K, uint32_t* dst);
+
+// E4M3 (OCP FP8, as torch.float8_e4m3fn): the value of a byte (NaN for 0x7f and 0xff), and the byte of a float,
+// rounded to nearest even, magnitudes above 448 saturating to 448 (NaN stays NaN).
+float e4m3ToFloat(uint8_t b);
+uint8_t floatToE4m3(float v);
+// Quantizes W [rows, K] (row stride ldw) to E4M3 with one scale per row and 128-column block: amax / 448 (a block
+// whose scale is below FLT_MIN, zeros included, is stored as zeros with scale 0). q [rows, K], scales
+// [rows, ceil(K/128)]. Weights must be finite.
+void quantizeE4m3(const float* W, size_t ldw, int64_t rows, int64_t K, uint8_t* q, float* scales);
+// fp8 panels from quantized rows: q [rows, K] E4M3, scales [rows, ceil(K/128)]; rows past `rows` are zero.
+void packPanelsFP8(const uint8_t* q, const float* scales, int64_t rows, int64_t K, uint8_t* dst);
+// Gate and up interleaved as packGateUpF32 does, from quantized rows.
+void packGateUpFP8(const uint8_t* gateQ, const float* gateScales, const uint8_t* upQ, const float* upScales,
+                   int64_t rows, int64_t K, uint8_t* dst);
 
 // Converts n floats (K even or padded) to bf16 pairs: dst[K/2] (padding with a zero when K is odd).
 void rowToBf16Pairs(const float* src, int64_t K, uint32_t* dst);

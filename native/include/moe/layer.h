@@ -16,12 +16,19 @@
 
 namespace moe {
 
-// One expert's SwiGLU FFN, packed: gate and up interleaved (packGateUp*), down as plain panels.
+// One expert's SwiGLU FFN, packed as panels of the layer's dtype: gate and up interleaved (packGateUp*), down as
+// plain panels.
 struct PackedExpert {
   int64_t intermediate = 0;  // f
-  AlignedBuffer<float> gateUpF32, downF32;
-  AlignedBuffer<uint32_t> gateUpBF16, downBF16;
-  size_t bytes() const { return gateUpF32.bytes() + downF32.bytes() + gateUpBF16.bytes() + downBF16.bytes(); }
+  AlignedBuffer<uint8_t> gateUp, down;
+  size_t bytes() const { return gateUp.bytes() + down.bytes(); }
+};
+
+// A weight matrix [rows, K] already in E4M3: its bytes, row-major, and one scale per row and 128-column block
+// ([rows, ceil(K/128)]): W[r][k] = e4m3(q[r][k]) * scales[r][k/128].
+struct Fp8Matrix {
+  const uint8_t* q;
+  const float* scales;
 };
 
 // Everything a layer packs at load. Layers made by `Layer(const Layer&, ...)` share one of these.
@@ -50,9 +57,10 @@ struct ExpertJob {
 // 1024 pairs) would all start in the same few L1 sets, where the 16-32 rows of a kernel's A operand and the
 // epilogues' row stores evict each other (bench/RESULTS.md, step 20).
 constexpr int64_t kRowPad = 16;
-inline int64_t inputRowStride(DType dtype, int64_t d) { return (dtype == DType::F32 ? d : packedKPairs(d)) + kRowPad; }
+// `dtype`: the activations' (activationType of the weights').
+inline int64_t inputRowStride(DType dtype, int64_t d) { return (dtype == DType::BF16 ? packedKPairs(d) : d) + kRowPad; }
 inline int64_t hiddenRowStride(DType dtype, int64_t width) {
-  return (dtype == DType::F32 ? width : width / 2) + kRowPad;
+  return (dtype == DType::BF16 ? width / 2 : width) + kRowPad;
 }
 inline int64_t outputRowStride(int64_t d) { return d + kRowPad; }
 
@@ -83,6 +91,10 @@ class Layer {
   void setExpert(int32_t expert, const float* w1, const float* w3, const float* w2, int64_t f);
   // The always-on expert; `gate` ([d], may be null) scales it by sigmoid(x . gate) per token (Qwen2-MoE).
   void setSharedExpert(const float* w1, const float* w3, const float* w2, int64_t f, const float* gate);
+  // fp8 layers: the same from weights already in E4M3 (a checkpoint's bytes and scales, packed as they are). Throws
+  // std::invalid_argument on a NaN byte or a scale that is not finite (or overflows once times 256).
+  void setExpertFP8(int32_t expert, Fp8Matrix w1, Fp8Matrix w3, Fp8Matrix w2, int64_t f);
+  void setSharedExpertFP8(Fp8Matrix w1, Fp8Matrix w3, Fp8Matrix w2, int64_t f, const float* gate);
   bool complete(std::string& missing) const;
 
   // x [T, d] -> y [T, d]. `logits` (optional, [T, E]) replaces the gate GEMM; `complexity` feeds dynamic k.
@@ -98,6 +110,10 @@ class Layer {
 
  private:
   void pack(PackedExpert& dst, const float* w1, const float* w3, const float* w2, int64_t f);
+  void packFP8(PackedExpert& dst, Fp8Matrix w1, Fp8Matrix w3, Fp8Matrix w2, int64_t f);
+  // The checks and bookkeeping around packing an expert (e: -1 for the shared one), under the layer's lock.
+  template <typename Pack>
+  void setPacked(int32_t expert, int64_t f, const float* gate, Pack&& pack);
   void dispatch(const float* x, int64_t T, const RoutingOutput& routing);
   void runExperts();
   void combine(int64_t T, int32_t maxK, const int32_t* k, float* y);
