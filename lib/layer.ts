@@ -40,18 +40,43 @@ export interface ExpertWeights {
   w2: Float32Array;
 }
 
+/**
+ * A weight matrix [rows, cols] already in E4M3 (torch.float8_e4m3fn): `data` row-major, and one scale per row and
+ * block of 128 columns, `scales` [rows, ceil(cols / 128)]: W[r][c] = e4m3(data[r·cols + c]) · scales[r·⌈cols/128⌉ +
+ * ⌊c/128⌋]. DeepSeek-V3's 128 × 128 `weight_scale_inv` blocks spread to this row by row.
+ */
+export interface E4m3Matrix {
+  data: Uint8Array;
+  scales: Float32Array;
+}
+
+/**
+ * One expert's weights already in E4M3, for layers of dtype 'fp8', which pack them as given (a checkpoint's own
+ * bytes and scales: no second rounding). Same layouts as {@link ExpertWeights}.
+ */
+export interface E4m3ExpertWeights {
+  e4m3: { w1: E4m3Matrix; w3: E4m3Matrix; w2: E4m3Matrix };
+}
+
 /** All experts stacked: w1 and w3 [E, f, d], w2 [E, d, f]. */
 export interface StackedExpertWeights extends ExpertWeights {
   stacked: true;
 }
 
-/** An always-on expert added to every token's output (Qwen2-MoE `shared_expert`, DeepSeek `shared_experts`). */
-export interface SharedExpertOptions extends ExpertWeights {
+/** What a shared expert adds to its weights (fp32, or E4M3 for an 'fp8' layer). */
+export interface SharedExpertExtras {
   /** Its intermediate size (DeepSeek: n_shared_experts * moe_intermediate_size). Default: from w1's length. */
   intermediateSize?: number;
   /** Qwen2-MoE `shared_expert_gate` [d]: the shared output is scaled by sigmoid(x · gate) per token. */
   gate?: Float32Array;
 }
+
+/** An always-on expert added to every token's output (Qwen2-MoE `shared_expert`, DeepSeek `shared_experts`). */
+export type SharedExpertOptions = (ExpertWeights | E4m3ExpertWeights) & SharedExpertExtras;
+
+type AnyExpertWeights = ExpertWeights | E4m3ExpertWeights;
+const isE4m3 = (w: AnyExpertWeights): w is E4m3ExpertWeights =>
+  typeof (w as Partial<E4m3ExpertWeights>).e4m3 === 'object' && (w as E4m3ExpertWeights).e4m3 !== null;
 
 export interface MoELayerOptions {
   router: Router;
@@ -59,7 +84,7 @@ export interface MoELayerOptions {
    * Stacked weights, one object per expert, or a loader called once per expert (so each can be dropped after
    * packing) — twice for experts 1..E-1 when backend 'auto' falls back to the CPU after the GPU refused an upload.
    */
-  experts?: StackedExpertWeights | ExpertWeights[] | ((expert: number) => ExpertWeights);
+  experts?: StackedExpertWeights | AnyExpertWeights[] | ((expert: number) => AnyExpertWeights);
   /**
    * Instead of `experts`: reuse the packed weights (and dtype, shared experts) of this layer, without copying.
    * The router must have the same numExperts and hiddenSize. See {@link MoELayer.withRouter}.
@@ -278,8 +303,8 @@ export class MoELayer {
 
   /** A native layer on this.backend with every expert's weights packed; freed at once when one fails. */
   private pack(w: {
-    first: ExpertWeights;
-    expertAt: (e: number) => ExpertWeights;
+    first: AnyExpertWeights;
+    expertAt: (e: number) => AnyExpertWeights;
     shared: SharedExpertOptions | undefined;
     threads: number;
   }): NativeLayerHandle | NativeCudaLayerHandle {
@@ -293,18 +318,36 @@ export class MoELayer {
     try {
       for (let e = 0; e < E; e++) {
         const x = e === 0 ? w.first : w.expertAt(e);
-        checkExpert(`experts[${e}]`, x, this.intermediateSize, d);
-        callNative(`experts[${e}]`, () => handle.setExpert(e, x.w1, x.w3, x.w2, this.intermediateSize));
+        const f = this.intermediateSize;
+        if (this.checkExpert(`experts[${e}]`, x, f, d)) {
+          const q = x.e4m3;
+          callNative(`experts[${e}]`, () =>
+            (handle as NativeLayerHandle).setExpertFP8(e, ...e4m3Args(q.w1, q.w3, q.w2), f),
+          );
+        } else {
+          callNative(`experts[${e}]`, () => handle.setExpert(e, x.w1, x.w3, x.w2, f));
+        }
       }
       if (w.shared) {
         const s = w.shared;
         const sf = intermediateOf('sharedExperts.', s.intermediateSize, s, 'sharedExperts', d, 1 << 22);
-        checkExpert('sharedExperts', s, sf, d);
+        const e4m3 = this.checkExpert('sharedExperts', s, sf, d);
         if (s.gate !== undefined) {
           requireFloat32('sharedExperts.gate', s.gate, { length: d });
           requireFinite('sharedExperts.gate', s.gate);
         }
-        callNative('sharedExperts', () => handle.setSharedExpert(s.w1, s.w3, s.w2, sf, s.gate ?? null));
+        const gate = s.gate ?? null;
+        callNative('sharedExperts', () =>
+          isE4m3(s) && e4m3
+            ? (handle as NativeLayerHandle).setSharedExpertFP8(...e4m3Args(s.e4m3.w1, s.e4m3.w3, s.e4m3.w2), sf, gate)
+            : handle.setSharedExpert(
+                (s as ExpertWeights).w1,
+                (s as ExpertWeights).w3,
+                (s as ExpertWeights).w2,
+                sf,
+                gate,
+              ),
+        );
       }
     } catch (err) {
       // the weights packed so far (on a GPU, its memory) go now, not at some later garbage collection
@@ -312,6 +355,35 @@ export class MoELayer {
       throw err;
     }
     return handle;
+  }
+
+  /**
+   * Checks an expert's weights (fp32, or E4M3 for an 'fp8' layer on the CPU): true when they are E4M3.
+   * @throws ValidationError for wrong types or lengths, non-finite fp32 weights, or E4M3 weights elsewhere.
+   */
+  private checkExpert(name: string, w: AnyExpertWeights, f: number, d: number): w is E4m3ExpertWeights {
+    if (!w || typeof w !== 'object') throw new ValidationError(`${name}: expected { w1, w3, w2 }, got ${describe(w)}`);
+    if (!isE4m3(w)) {
+      checkExpert(name, w, f, d);
+      return false;
+    }
+    if (this.dtype !== 'fp8' || this.backend !== 'cpu')
+      throw new ValidationError(
+        `${name}.e4m3: E4M3 weights need a CPU layer of dtype 'fp8'; got ${this.backend} ${this.dtype}`,
+      );
+    for (const key of ['w1', 'w3', 'w2'] as const) {
+      const [rows, cols] = key === 'w2' ? [d, f] : [f, d];
+      const m = w.e4m3[key];
+      if (!m || typeof m !== 'object')
+        throw new ValidationError(`${name}.e4m3.${key}: expected { data, scales }, got ${describe(m)}`);
+      const data = m.data;
+      if (!(data instanceof Uint8Array) || data.length !== rows * cols)
+        throw new ValidationError(
+          `${name}.e4m3.${key}.data: expected a Uint8Array of [${rows}, ${cols}] = ${rows * cols} bytes, got ${describe(data)}`,
+        );
+      requireFloat32(`${name}.e4m3.${key}.scales`, m.scales, { length: rows * Math.ceil(cols / 128) });
+    }
+    return true;
   }
 
   /**
@@ -540,7 +612,7 @@ function layerStatsOf(v: Float64Array, routing: RoutingResult, complexityNs: num
   };
 }
 
-function expertSource(experts: MoELayerOptions['experts'], E: number): (e: number) => ExpertWeights {
+function expertSource(experts: MoELayerOptions['experts'], E: number): (e: number) => AnyExpertWeights {
   if (typeof experts === 'function') return experts;
   if (Array.isArray(experts)) {
     if (experts.length !== E) throw new ValidationError(`experts: expected ${E} experts, got ${experts.length}`);
@@ -587,16 +659,27 @@ function checkLayerTokens(T: number, maxK: number, cuda: boolean): void {
  * An intermediate size: the one given, or w1's rows (w1 is [f, d]) — checked first, so that a missing or ragged w1
  * is named rather than reported as an intermediateSize the caller never passed.
  */
+/** The native setExpertFP8 arguments of three E4M3 matrices. */
+function e4m3Args(
+  w1: E4m3Matrix,
+  w3: E4m3Matrix,
+  w2: E4m3Matrix,
+): [Uint8Array, Float32Array, Uint8Array, Float32Array, Uint8Array, Float32Array] {
+  return [w1.data, w1.scales, w3.data, w3.scales, w2.data, w2.scales];
+}
+
 function intermediateOf(
   prefix: string,
   given: number | undefined,
-  w: ExpertWeights,
+  w: AnyExpertWeights,
   name: string,
   d: number,
   limit: number,
 ): number {
   if (given === undefined) {
-    const w1 = requireFloat32(`${name}.w1`, w?.w1, {});
+    const w1 = w && isE4m3(w) ? w.e4m3.w1?.data : requireFloat32(`${name}.w1`, (w as ExpertWeights)?.w1, {});
+    if (!(w1 instanceof Uint8Array) && !(w1 instanceof Float32Array))
+      throw new ValidationError(`${name}.e4m3.w1.data: expected a Uint8Array, got ${describe(w1)}`);
     if (w1.length === 0 || w1.length % d !== 0)
       throw new ValidationError(
         `${name}.w1: expected [f, d=${d}] (a non-zero multiple of ${d} elements), got ${w1.length}; or pass ${prefix}intermediateSize`,

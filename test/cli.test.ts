@@ -73,7 +73,7 @@ test('bad arguments print one clear line and exit non-zero', () => {
     ],
     [['frobnicate'], /unknown command/],
     [['run', '--bogus'], /bogus/],
-    [['validate', '--model', root, '--dtype', 'fp16'], /--dtype: expected fp32 or bf16, got "fp16"/],
+    [['validate', '--model', root, '--dtype', 'fp16'], /--dtype: expected fp32, bf16 or fp8, got "fp16"/],
     [
       ['run', '--model', root, '--layer', '0', '--input', 'a.npy', '--output', 'b.npy', '--backend', 'gpu'],
       /--backend: expected cpu, cuda or auto, got "gpu"/,

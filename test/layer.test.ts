@@ -10,6 +10,8 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { MoELayer, Router, ValidationError, type MoELayerOptions } from '../lib';
 import { native, type NativeLayerHandle } from '../lib/native';
+import { f8BitsToNumber, numberToF8Bits } from '../lib/models/float8';
+import { referenceLayer } from '../lib/reference/layer';
 import { relativeError } from './helpers/compare';
 import { buildLayer as build, layerReference as reference } from './helpers/layer';
 import { freshSeed, randn } from './helpers/random';
@@ -486,6 +488,100 @@ test('dispose() with forwardAsync calls pending: they complete, new calls are re
   await new Promise((r) => setImmediate(r));
   assert.throws(() => b.layer.weightBytes, /disposed/);
   b.layer.dispose(); // a second dispose is a no-op
+});
+
+test('fp8: experts given in E4M3 are packed as given; bad bytes, scales, shapes and dtypes are refused', () => {
+  const [E, d, f] = [4, 200, 72];
+  // E4M3 bytes and per-row, per-128-column scales made here, as a checkpoint stores them
+  const encode = (w: Float32Array, rows: number, cols: number) => {
+    const groups = Math.ceil(cols / 128);
+    const data = new Uint8Array(rows * cols);
+    const scales = new Float32Array(rows * groups);
+    for (let r = 0; r < rows; r++) {
+      for (let g = 0; g < groups; g++) {
+        const row = w.subarray(r * cols + g * 128, r * cols + Math.min(cols, (g + 1) * 128));
+        const scale = Math.fround(Math.max(...Array.from(row, Math.abs)) / 448);
+        scales[r * groups + g] = scale;
+        row.forEach((v, i) => (data[r * cols + g * 128 + i] = numberToF8Bits(Math.fround(v / scale), 'F8_E4M3')));
+      }
+    }
+    return { data, scales };
+  };
+  const decode = (m: { data: Uint8Array; scales: Float32Array }, cols: number) =>
+    Float64Array.from(m.data, (b, i) => {
+      const scale = m.scales[Math.floor(i / cols) * Math.ceil(cols / 128) + Math.floor((i % cols) / 128)];
+      return f8BitsToNumber(b, 'F8_E4M3') * scale;
+    });
+  const floats = Array.from({ length: E }, (_, e) => ({
+    w1: randn(f * d, SEED + 400 + 3 * e, 0.2),
+    w3: randn(f * d, SEED + 401 + 3 * e, 0.2),
+    w2: randn(d * f, SEED + 402 + 3 * e, 0.2),
+  }));
+  const e4m3 = floats.map((w) => ({
+    e4m3: { w1: encode(w.w1, f, d), w3: encode(w.w3, f, d), w2: encode(w.w2, d, f) },
+  }));
+  const router = () =>
+    new Router({
+      numExperts: E,
+      hiddenSize: d,
+      gateWeight: randn(E * d, SEED + 410, 0.3),
+      selection: { kind: 'topk', k: 2 },
+    });
+  const layer = new MoELayer({ router: router(), experts: e4m3, dtype: 'fp8' });
+  const x = randn(9 * d, SEED + 411);
+  const { output, routing } = layer.forward(x);
+  const decoded = e4m3.map(({ e4m3: q }) => ({ w1: decode(q.w1, d), w3: decode(q.w3, d), w2: decode(q.w2, f), f }));
+  const err = relativeError(
+    output,
+    referenceLayer(x, 9, d, (e) => decoded[e], routing),
+  );
+  assert.ok(err < 1e-5, `relative error ${err} (seed ${SEED})`);
+  // the layer's own quantizer makes the same bytes and scales from the floats
+  const quantized = new MoELayer({ router: router(), experts: floats, dtype: 'fp8' });
+  assert.equal(Array.from(quantized.forward(x).output), Array.from(output), 'quantized at pack: the same weights');
+  assert.is(layer.weightBytes, quantized.weightBytes);
+
+  const bad = (change: (q: (typeof e4m3)[0]['e4m3']) => void, dtype: 'fp8' | 'bf16' = 'fp8') => {
+    const copy = e4m3.map(({ e4m3: q }) => ({
+      e4m3: {
+        w1: { data: q.w1.data.slice(), scales: q.w1.scales.slice() },
+        w3: { data: q.w3.data.slice(), scales: q.w3.scales.slice() },
+        w2: { data: q.w2.data.slice(), scales: q.w2.scales.slice() },
+      },
+    }));
+    change(copy[2].e4m3);
+    return () => new MoELayer({ router: router(), experts: copy, dtype });
+  };
+  assert.throws(
+    bad(() => {}, 'bf16'),
+    (e: Error) =>
+      e instanceof ValidationError &&
+      /experts\[0\]\.e4m3: E4M3 weights need a CPU layer of dtype 'fp8'/.test(e.message),
+  );
+  assert.throws(
+    bad((q) => (q.w3.data[17] = 0xff)),
+    (e: Error) => e instanceof ValidationError && /w3: byte 17 is an E4M3 NaN/.test(e.message),
+  );
+  assert.throws(
+    bad((q) => (q.w2.scales[3] = Infinity)),
+    (e: Error) => e instanceof ValidationError && /w2: scale 3 is not finite/.test(e.message),
+  );
+  assert.throws(
+    bad((q) => (q.w2.scales[3] = 3e38)),
+    (e: Error) => e instanceof ValidationError && /w2: scale 3 is not finite/.test(e.message),
+  );
+  assert.throws(
+    bad((q) => (q.w1.data = q.w1.data.subarray(1))),
+    (e: Error) =>
+      e instanceof ValidationError &&
+      /experts\[2\]\.e4m3\.w1\.data: expected a Uint8Array of \[72, 200\] = 14400 bytes/.test(e.message),
+  );
+  assert.throws(
+    bad((q) => (q.w1.scales = new Float32Array(72))),
+    (e: Error) => e instanceof ValidationError && /experts\[2\]\.e4m3\.w1\.scales/.test(e.message),
+  );
+  layer.dispose();
+  quantized.dispose();
 });
 
 test.run();

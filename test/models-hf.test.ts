@@ -6,7 +6,12 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { MoELayer } from '../lib';
 import { ModelLoadError, ValidationError } from '../lib/errors';
+import { f8BitsToNumber } from '../lib/models/float8';
+import { referenceLayer } from '../lib/reference/layer';
+import { relativeError } from './helpers/compare';
+import { randn } from './helpers/random';
 import { loadMoELayerWeights, resolveMoELayer } from '../lib/models/architectures';
 import { openCheckpoint } from '../lib/models/checkpoint';
 import { applyFp8Scaling, fp8BlockSize, fp8ScalingOf } from '../lib/models/fp8-scales';
@@ -426,6 +431,58 @@ for (const c of FP8_CASES) {
     } finally {
       ckpt.close();
     }
+  });
+}
+
+// An 'fp8' layer from an E4M3 checkpoint packs the stored bytes with their scales spread per row and 128 columns:
+// its weights are then exactly those read as float32, so it matches the float64 reference on them to fp32 rounding
+// (quantizing those floats again would not: a row without its block's largest value gets another scale). Blocks
+// narrower than 128 columns, and E5M2, cannot be kept so: those layers quantize at load.
+const FP8_LAYER_CASES: { arch: TinyArch; fp8: NonNullable<TinyCheckpointOptions['fp8']>; kept: boolean }[] = [
+  { arch: 'deepseek_v3', fp8: { dtype: 'F8_E4M3', scales: 'block', block: [128, 128] }, kept: true },
+  { arch: 'qwen3_moe', fp8: { dtype: 'F8_E4M3', scales: 'row' }, kept: true },
+  { arch: 'qwen3_moe', fp8: { dtype: 'F8_E4M3', scales: 'block', block: [64, 64] }, kept: false },
+  { arch: 'mixtral', fp8: { dtype: 'F8_E5M2', scales: 'tensor' }, kept: false },
+];
+
+for (const c of FP8_LAYER_CASES) {
+  const label = `${c.arch} ${c.fp8.dtype} ${c.fp8.scales}${c.fp8.block ? ` ${c.fp8.block.join('x')}` : ''}`;
+  test(`fp8 layer from an FP8 checkpoint (${label}): ${c.kept ? 'its own bytes and scales' : 'quantized at load'}`, () => {
+    // d = 300 and f = 200: scale groups of 128 columns with a short last one, and 128-row blocks with a short last
+    const opts = { hiddenSize: 300, intermediateSize: 200, numExperts: 4, topK: 2, fp8: c.fp8, seed: 9 };
+    const tiny = writeTinyCheckpoint(tmpDir(), c.arch, opts);
+    const layerIndex = c.arch === 'deepseek_v3' ? 1 : 0;
+    const ckpt = openCheckpoint(tiny.dir);
+    const floats = loadMoELayerWeights(ckpt, resolveMoELayer(ckpt.config, layerIndex));
+    const kept = floats.expertE4m3(0);
+    assert.is(kept !== null, c.kept, 'whether the E4M3 bytes are kept');
+    if (kept) {
+      const name = resolveMoELayer(ckpt.config, layerIndex).names.expert(0).w1;
+      const f = 200,
+        d = 300;
+      // (each kept weight is its byte times its spread scale: the float32 weight read the ordinary way)
+      const w1 = floats.expert(0).w1;
+      for (let i = 0; i < f * d; i += 97) {
+        const scale = kept.e4m3.w1.scales[Math.floor(i / d) * 3 + Math.floor((i % d) / 128)];
+        assert.is(Math.fround(f8BitsToNumber(kept.e4m3.w1.data[i], 'F8_E4M3') * scale), w1[i], `${name} element ${i}`);
+      }
+      assert.is(floats.sharedE4m3() !== null, floats.shared !== undefined);
+    }
+    const layer = MoELayer.fromPretrained(tiny.dir, { layer: layerIndex, dtype: 'fp8' });
+    assert.is(layer.dtype, 'fp8');
+    const T = 6;
+    const x = randn(T * 300, 91);
+    const { output, routing } = layer.forward(x);
+    const experts = Array.from({ length: 4 }, (_, e) => ({ ...floats.expert(e), f: 200 }));
+    const shared = floats.shared && { ...floats.shared, f: floats.shared.intermediateSize };
+    const err = relativeError(
+      output,
+      referenceLayer(x, T, 300, (e) => experts[e], routing, shared),
+    );
+    if (c.kept) assert.ok(err < 1e-5, `${label}: relative error ${err} against the checkpoint's weights`);
+    else assert.ok(err < 5e-2, `${label}: relative error ${err} (quantized again at load)`);
+    layer.dispose();
+    ckpt.close();
   });
 }
 

@@ -4,7 +4,7 @@
  * GB/s of expert weights read, and the ratio to the roofline floor measured in this same run.
  * Run it with `npx tsx bench/layer.ts` or `moe-router bench layer`.
  */
-import { MoELayer } from '../layer';
+import { MoELayer, type WeightDType } from '../layer';
 import { Router } from '../router';
 import { native } from '../native';
 import type { AnchorSample, AnchorSampler, Roofline } from './roofline';
@@ -48,7 +48,7 @@ export interface LayerRow {
 }
 
 /** Builds a layer with seeded normal weights, generated natively one expert at a time. */
-export function buildLayer(shape: LayerShape, dtype: 'fp32' | 'bf16', threads: number, seed = 1): MoELayer {
+export function buildLayer(shape: LayerShape, dtype: WeightDType, threads: number, seed = 1): MoELayer {
   const { d, f, E, k } = shape;
   const fill = native().bench.fillNormal;
   const gate = new Float32Array(E * d);

@@ -5,6 +5,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { DynamicMoEError } from '../errors';
 import type { EstimatorName } from '../estimators';
+import type { WeightDType } from '../layer';
 import type { Selection } from '../types';
 
 /** A usage mistake: printed as one line, exit code 2. */
@@ -55,10 +56,11 @@ export function portOption(values: Record<string, unknown>, name: string, fallba
   return intOption(values, name, fallback, 0, 65535)!;
 }
 
-/** --dtype: fp32 (default) or bf16; anything else is a usage error. */
-export function dtypeOption(values: Record<string, unknown>): 'fp32' | 'bf16' {
+/** --dtype: fp32 (default), bf16 or fp8; anything else is a usage error. */
+export function dtypeOption(values: Record<string, unknown>): WeightDType {
   const v = values.dtype ?? 'fp32';
-  if (v !== 'fp32' && v !== 'bf16') throw new UsageError(`--dtype: expected fp32 or bf16, got ${JSON.stringify(v)}`);
+  if (v !== 'fp32' && v !== 'bf16' && v !== 'fp8')
+    throw new UsageError(`--dtype: expected fp32, bf16 or fp8, got ${JSON.stringify(v)}`);
   return v;
 }
 

@@ -12,7 +12,7 @@ import { median, relativeError } from '../bench/stats';
 import { dtypeOption, intOption, parseOptions, portOption } from './args';
 import { syntheticInput, syntheticLayer, syntheticShape } from './synthetic';
 
-export const DEMO_USAGE = `moe-router demo [--tokens T] [--batches N] [--dtype fp32|bf16] [--port P] [--no-serve]
+export const DEMO_USAGE = `moe-router demo [--tokens T] [--batches N] [--dtype fp32|bf16|fp8] [--port P] [--no-serve]
 
 Builds an OLMoE-shaped layer with seeded weights and compares static top-8 with top-p and dynamic-k routing:
 mean experts per token, FLOPs saved, ms per forward and output deviation from static top-k. Serves /metrics and

@@ -8,7 +8,7 @@ import { intOption, parseOptions, parseSelection, dtypeOption } from './args';
 import { layerSource, syntheticInput, syntheticLayer } from './synthetic';
 
 export const PROFILE_USAGE = `moe-router profile [--model DIR --layer N | --synthetic olmoe|mixtral] [--selection RULE]
-                   [--tokens T] [--batches N] [--dtype fp32|bf16] [--threads N]
+                   [--tokens T] [--batches N] [--dtype fp32|bf16|fp8] [--threads N]
 
 Profiles one layer under RULE (default: the model's own; see "moe-router run --help" for the grammar):
 static vs dynamic FLOPs, FLOP reduction, time per stage and tokens per expert. Default: --synthetic olmoe.`;

@@ -8,7 +8,7 @@ import { ValidationError } from '../errors';
 import { intOption, parseOptions, parseSelection, requireOption, UsageError, dtypeOption } from './args';
 
 export const RUN_USAGE = `moe-router run --model DIR --layer N --input x.npy --output y.npy
-               [--dtype fp32|bf16] [--selection topk:K|topp:P|threshold:TAU|dynamic:MIN-MAX[:ESTIMATOR]]
+               [--dtype fp32|bf16|fp8] [--selection topk:K|topp:P|threshold:TAU|dynamic:MIN-MAX[:ESTIMATOR]]
                [--save-routing PREFIX] [--threads N] [--backend cpu|cuda|auto]
 
 Runs layer N of the Hugging Face checkpoint in DIR on x ([T, d] float32 .npy, C order) and writes y.

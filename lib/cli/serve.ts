@@ -13,7 +13,7 @@ import { intOption, parseOptions, parseSelection, portOption, UsageError, dtypeO
 import { layerSource, syntheticInput, syntheticLayer } from './synthetic';
 
 export const SERVE_USAGE = `moe-router serve [--model DIR --layer N | --synthetic olmoe|mixtral] [--selection RULE]
-                 [--dtype fp32|bf16] [--host 127.0.0.1] [--metrics-port 8000] [--health-port 8080]
+                 [--dtype fp32|bf16|fp8] [--host 127.0.0.1] [--metrics-port 8000] [--health-port 8080]
                  [--load N] [--tokens T] [--duration S] [--log-format json|pretty]
 
 Serves /metrics (Prometheus), /health and /ready (ready once the layer is loaded). --load N drives N synthetic

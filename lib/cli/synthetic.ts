@@ -4,7 +4,7 @@
  */
 import { buildLayer, SHAPES, type LayerShape } from '../bench/layer';
 import { intOption, UsageError } from './args';
-import type { MoELayer } from '../layer';
+import type { MoELayer, WeightDType } from '../layer';
 import { native } from '../native';
 import { Router } from '../router';
 import type { Selection } from '../types';
@@ -29,7 +29,7 @@ export function layerSource(
 }
 
 /** The shape's layer (weights packed once) and a factory for the same weights under another rule. */
-export function syntheticLayer(shape: LayerShape, dtype: 'fp32' | 'bf16', threads?: number) {
+export function syntheticLayer(shape: LayerShape, dtype: WeightDType, threads?: number) {
   const t = threads ?? native().backendInfo().threads;
   const base = buildLayer(shape, dtype, t, 1);
   const gate = new Float32Array(shape.E * shape.d);

@@ -10,7 +10,7 @@ import { openCheckpoint, type Checkpoint } from '../models/checkpoint';
 import { routerOptionsFromConfig, textConfigOf } from '../models/router-config';
 import { intOption, parseOptions, requireOption, dtypeOption } from './args';
 
-export const VALIDATE_USAGE = `moe-router validate --model DIR [--layer N] [--forward] [--dtype fp32|bf16]
+export const VALIDATE_USAGE = `moe-router validate --model DIR [--layer N] [--forward] [--dtype fp32|bf16|fp8]
 
 Checks config.json, the safetensors headers, every MoE layer's tensors (names, shapes, dtypes) and the routing
 rule. --layer limits the check to one layer; --forward also runs one forward of it (default: the first MoE layer).`;

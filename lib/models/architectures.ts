@@ -6,6 +6,7 @@
  * place that knows those differences. Experts are read lazily because a whole layer can be several GB in float32.
  */
 import { brief, ModelLoadError, ValidationError } from '../errors';
+import type { E4m3ExpertWeights } from '../layer';
 import type { Checkpoint } from './checkpoint';
 import { ARCHITECTURE_OF_MODEL_TYPE, expertCountKey, textConfigOf } from './router-config';
 
@@ -83,9 +84,29 @@ export interface LoadedMoELayer {
    * reading the next. @throws ValidationError when `e` is not an integer in [0, numExperts).
    */
   expert(e: number): ExpertWeights;
+  /**
+   * Expert `e` as the checkpoint stores it in E4M3 (for an 'fp8' layer), or null where {@link Checkpoint.readE4m3}
+   * cannot keep it: weights of another dtype, fused stacks.
+   */
+  expertE4m3(e: number): E4m3ExpertWeights | null;
   shared?: ExpertWeights & { intermediateSize: number; /** [hiddenSize] */ gate?: Float32Array };
+  /** The shared expert in E4M3 as {@link expertE4m3}, or null. */
+  sharedE4m3(): E4m3ExpertWeights | null;
   /** The tensors the routed experts are read from: one per projection and expert, or the fused pair. */
   expertLayout: 'per-expert' | 'fused' | 'fused, transposed';
+}
+
+/** w1, w3 [f, d] and w2 [d, f] as stored in E4M3, or null unless all three can be kept so. */
+function e4m3Of(
+  ckpt: Checkpoint,
+  names: { w1: string; w3: string; w2: string },
+  f: number,
+  d: number,
+): E4m3ExpertWeights | null {
+  const w1 = ckpt.readE4m3(names.w1, [f, d]);
+  const w3 = w1 && ckpt.readE4m3(names.w3, [f, d]);
+  const w2 = w3 && ckpt.readE4m3(names.w2, [d, f]);
+  return w1 && w3 && w2 ? { e4m3: { w1, w3, w2 } } : null;
 }
 
 /** Every model type whose layers load (gpt-oss routes only). */
@@ -520,13 +541,16 @@ export function loadMoELayerWeights(ckpt: Checkpoint, spec: MoELayerSpec): Loade
     checkTensor(ckpt, spec, names.w3, [f, d]);
     checkTensor(ckpt, spec, names.w2, [d, f]);
   }
+  const checkIndex = (e: number) => {
+    if (!Number.isSafeInteger(e) || e < 0 || e >= numExperts) {
+      throw new ValidationError(`expert: index is ${brief(e)}, expected an integer in [0, ${numExperts - 1}]`);
+    }
+  };
   const layer: LoadedMoELayer = {
     spec,
     gateWeight: ckpt.readFloat32(gate, gateShape),
     expert(e: number): ExpertWeights {
-      if (!Number.isSafeInteger(e) || e < 0 || e >= numExperts) {
-        throw new ValidationError(`expert: index is ${brief(e)}, expected an integer in [0, ${numExperts - 1}]`);
-      }
+      checkIndex(e);
       if (fused && !transposed) {
         // expert e's [2f, d] slice: gate rows, then up rows (transformers chunks the product in two the same way)
         const gateUp = ckpt.readSlice(fused.gateUp, e, gateUpShape);
@@ -559,6 +583,16 @@ export function loadMoELayerWeights(ckpt: Checkpoint, spec: MoELayerSpec): Loade
         w2: ckpt.readFloat32(names.w2, [d, f]),
       };
     },
+    expertE4m3(e: number): E4m3ExpertWeights | null {
+      checkIndex(e);
+      if (fused) return null;
+      const names = spec.names.expert(e);
+      return e4m3Of(ckpt, names, f, d);
+    },
+    sharedE4m3: () =>
+      spec.names.shared === undefined || spec.sharedIntermediateSize === undefined
+        ? null
+        : e4m3Of(ckpt, spec.names.shared, spec.sharedIntermediateSize, d),
     expertLayout: transposed ? 'fused, transposed' : fused ? 'fused' : 'per-expert',
   };
   const movedBias = fused?.bias !== undefined && !ckpt.has(spec.names.bias ?? '') && ckpt.has(fused.bias);

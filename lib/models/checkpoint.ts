@@ -11,6 +11,10 @@ import { brief, ModelLoadError, ValidationError } from '../errors';
 import { isFloat8Dtype } from './float8';
 import { applyFp8Scaling, fp8BlockSize, fp8ScalingOf, type Fp8Blocks, type Fp8Scaling } from './fp8-scales';
 import { openSafetensors, type SafetensorsFile, type SafetensorsTensorInfo } from './safetensors';
+import type { E4m3Matrix } from '../layer';
+
+/** The columns an 'fp8' layer's scale covers (native/include/moe/gemm.h, kFp8Block). */
+const E4M3_SCALE_COLUMNS = 128;
 
 const CONFIG_FILE = 'config.json';
 const SINGLE_FILE = 'model.safetensors';
@@ -48,6 +52,13 @@ export interface Checkpoint {
    * @throws ModelLoadError as readFloat32, or for an index outside [0, shape[0]).
    */
   readSlice(name: string, index: number, expectedShape?: number[]): Float32Array;
+  /**
+   * An F8_E4M3 matrix as stored, with its scales spread to one per row and 128 columns (what an 'fp8' layer packs,
+   * so it computes with the checkpoint's own weights); null where that cannot hold them: another dtype, stacked
+   * scales, or blocks whose width is not a multiple of 128 columns.
+   * @throws ModelLoadError as readFloat32, for an E4M3 NaN byte, or a scale past 3.4e38 / 448.
+   */
+  readE4m3(name: string, expectedShape: [number, number]): E4m3Matrix | null;
   /** Closes every shard opened so far. */
   close(): void;
 }
@@ -202,6 +213,42 @@ class HfCheckpoint implements Checkpoint {
       : scaleFile.readFloat32(scaling.scaleName);
     applyFp8Scaling(values, shape.slice(1), scales, scaling, `${this.dir}: slice ${index} of tensor ${brief(name)}`);
     return values;
+  }
+
+  readE4m3(name: string, expectedShape: [number, number]): E4m3Matrix | null {
+    const [rows, cols] = this.checkShape(name, expectedShape);
+    if (this.info(name).dtype !== 'F8_E4M3') return null;
+    const scaling = this.scalingOf(name)!;
+    const [b0, b1] = scaling.block;
+    if (scaling.stacked || (scaling.kind === 'block' && b1 % E4M3_SCALE_COLUMNS !== 0)) return null;
+    const where = `${this.dir}: tensor ${brief(name)}`;
+    const data = this.fileOf(name).readBytes(name);
+    const nan = data.findIndex((b) => (b & 0x7f) === 0x7f);
+    if (nan >= 0) throw new ModelLoadError(`${where}: element ${nan} is an E4M3 NaN code; expected finite weights`);
+    const stored = this.fileOf(scaling.scaleName).readFloat32(scaling.scaleName);
+    const groups = Math.ceil(cols / E4M3_SCALE_COLUMNS);
+    const blocksPerRow = Math.ceil(cols / b1);
+    const scales = new Float32Array(rows * groups);
+    for (let r = 0; r < rows; r++) {
+      for (let g = 0; g < groups; g++) {
+        const at =
+          scaling.kind === 'tensor'
+            ? 0
+            : scaling.kind === 'row'
+              ? r
+              : Math.floor(r / b0) * blocksPerRow + Math.floor((g * E4M3_SCALE_COLUMNS) / b1);
+        scales[r * groups + g] = stored[at];
+      }
+    }
+    // (448 times a scale, the largest E4M3 value, must stay a finite float32 as the weights read as floats do)
+    const bad = stored.findIndex((v) => !Number.isFinite(Math.fround(v * 448)));
+    if (bad >= 0) {
+      throw new ModelLoadError(
+        `${where}: scale ${brief(scaling.scaleName)} holds ${stored[bad]} at element ${bad}; expected finite ` +
+          `scales whose product with 448 is a finite float32`,
+      );
+    }
+    return { data, scales };
   }
 
   /** The tensor's shape, which must equal `expected` when that is given. */

@@ -3,7 +3,7 @@
  * routing rule (or an override), experts packed one at a time so peak memory stays near one expert in fp32.
  */
 import { ModelLoadError } from '../errors';
-import { MoELayer } from '../layer';
+import { MoELayer, type WeightDType } from '../layer';
 import { Router } from '../router';
 import type { GroupLimit, Selection } from '../types';
 import { resolveMoELayer, loadMoELayerWeights } from './architectures';
@@ -12,8 +12,12 @@ import { openCheckpoint } from './checkpoint';
 export interface FromPretrainedOptions {
   /** Decoder layer index; it must be a sparse (MoE) layer. */
   layer: number;
-  /** Weight storage: 'fp32' (default on the CPU) or 'bf16' (always on the CUDA backend). */
-  dtype?: 'fp32' | 'bf16';
+  /**
+   * Weight storage: 'fp32' (default on the CPU), 'bf16' (always on the CUDA backend) or 'fp8' (CPU: E4M3 with a
+   * scale per row and 128 inputs; an E4M3 checkpoint's own bytes and scales where they fit that, see
+   * Checkpoint.readE4m3, else quantized at load).
+   */
+  dtype?: WeightDType;
   /** Replaces the model's rule, e.g. `{ kind: 'topp', p: 0.5, maxK: 4 }` on a top-2 model. */
   selection?: Selection;
   normalize?: boolean;
@@ -49,16 +53,18 @@ export function loadPretrainedLayer(dir: string, opts: FromPretrainedOptions): M
       backend: opts.backend,
     });
     const shared = weights.shared;
+    // ('fp8' on the CPU: the checkpoint's E4M3 bytes as they are, where they fit; on 'auto' with a GPU the layer
+    // falls back to the CPU for fp8 before packing anything)
+    const e4m3 = opts.dtype === 'fp8';
+    const sharedE4m3 = e4m3 && shared ? weights.sharedE4m3() : null;
     try {
       return new MoELayer({
         router,
         dtype: opts.dtype,
         intermediateSize: spec.intermediateSize,
-        experts: (e) => weights.expert(e),
+        experts: (e) => (e4m3 ? weights.expertE4m3(e) : null) ?? weights.expert(e),
         sharedExperts: shared && {
-          w1: shared.w1,
-          w3: shared.w3,
-          w2: shared.w2,
+          ...(sharedE4m3 ?? { w1: shared.w1, w3: shared.w3, w2: shared.w2 }),
           intermediateSize: shared.intermediateSize,
           gate: shared.gate,
         },

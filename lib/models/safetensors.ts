@@ -77,6 +77,8 @@ export interface SafetensorsFile {
    * @throws ModelLoadError as readFloat32, or for an index outside [0, shape[0]).
    */
   readFloat32Slice(name: string, index: number): Float32Array;
+  /** The tensor's bytes as stored (E4M3 weights for layers that keep them). @throws ModelLoadError as readFloat32. */
+  readBytes(name: string): Uint8Array;
   /** Closes the file descriptor; later reads throw ModelLoadError. Calling it twice is harmless. */
   close(): void;
 }
@@ -243,6 +245,24 @@ class SafetensorsReader implements SafetensorsFile {
   readFloat32(name: string): Float32Array {
     const entry = this.entry(name);
     return this.readRange(name, entry, 0, entry.byteLength, `tensor ${brief(name)}`);
+  }
+
+  readBytes(name: string): Uint8Array {
+    const entry = this.entry(name);
+    if (this.fd === null) throw new ModelLoadError(`${this.path}: file is closed; cannot read tensor ${brief(name)}`);
+    let out: Uint8Array;
+    try {
+      out = new Uint8Array(entry.byteLength);
+    } catch (err) {
+      throw new ModelLoadError(
+        `${this.path}: tensor ${brief(name)} (${entry.byteLength} bytes) does not fit in memory`,
+        {
+          cause: err,
+        },
+      );
+    }
+    readExactly(this.fd, out, this.dataStart + entry.begin, this.path, `tensor ${brief(name)}`);
+    return out;
   }
 
   readFloat32Slice(name: string, index: number): Float32Array {
