@@ -655,10 +655,6 @@ function checkLayerTokens(T: number, maxK: number, cuda: boolean): void {
     );
 }
 
-/**
- * An intermediate size: the one given, or w1's rows (w1 is [f, d]) — checked first, so that a missing or ragged w1
- * is named rather than reported as an intermediateSize the caller never passed.
- */
 /** The native setExpertFP8 arguments of three E4M3 matrices. */
 function e4m3Args(
   w1: E4m3Matrix,
@@ -668,6 +664,10 @@ function e4m3Args(
   return [w1.data, w1.scales, w3.data, w3.scales, w2.data, w2.scales];
 }
 
+/**
+ * An intermediate size: the one given, or w1's rows (w1 is [f, d]) — checked first, so that a missing or ragged w1
+ * is named rather than reported as an intermediateSize the caller never passed.
+ */
 function intermediateOf(
   prefix: string,
   given: number | undefined,

@@ -570,6 +570,11 @@ test('fp8: experts given in E4M3 are packed as given; bad bytes, scales, shapes 
     bad((q) => (q.w2.scales[3] = 3e38)),
     (e: Error) => e instanceof ValidationError && /w2: scale 3 is not finite/.test(e.message),
   );
+  // (448 times it overflows float32, 256 times it does not)
+  assert.throws(
+    bad((q) => (q.w2.scales[3] = 1e36)),
+    (e: Error) => e instanceof ValidationError && /w2: scale 3 is not finite/.test(e.message),
+  );
   assert.throws(
     bad((q) => (q.w1.data = q.w1.data.subarray(1))),
     (e: Error) =>

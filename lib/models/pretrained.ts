@@ -56,8 +56,8 @@ export function loadPretrainedLayer(dir: string, opts: FromPretrainedOptions): M
     // ('fp8' on the CPU: the checkpoint's E4M3 bytes as they are, where they fit; on 'auto' with a GPU the layer
     // falls back to the CPU for fp8 before packing anything)
     const e4m3 = opts.dtype === 'fp8';
-    const sharedE4m3 = e4m3 && shared ? weights.sharedE4m3() : null;
     try {
+      const sharedE4m3 = e4m3 && shared ? weights.sharedE4m3() : null;
       return new MoELayer({
         router,
         dtype: opts.dtype,

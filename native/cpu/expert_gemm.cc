@@ -49,7 +49,7 @@ void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, i
     // tiles run, every block, block 0 included, takes its share of the next slice, and their loop prefetches
     // nothing else.
     // (fp8: 32 bytes a step, and a block's scales after its steps)
-    const auto bytesTo = [&](int64_t k) { return fp8 ? int64_t(fp8Offset(k)) : k * kPanelWidth * 4; };
+    const auto bytesTo = [&](int64_t k) { return fp8 ? int64_t(fp8Bytes(k)) : k * kPanelWidth * 4; };
     const char* nextSlice = nullptr;
     int64_t nextBytes = 0;
     if (k0 + kc < depth) {

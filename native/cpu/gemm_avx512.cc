@@ -5,9 +5,11 @@
 // weights to fp32 in registers (through fp16) and scales them per 128-element block of K.
 // Two builds of each kernel differ only in how they prefetch the weight stream (gemm.cc picks one per CPU vendor).
 // GCC 12 warns that the undefined pass-through operand inside _mm512_cvtph_ps and _mm512_extracti64x4_epi64 may be
-// uninitialized (it is unused: the operations take no mask).
+// uninitialized (it is unused: the operations take no mask); the warning points into the header.
+#pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 
 #include <cstddef>
 #include <cstdint>

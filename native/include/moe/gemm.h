@@ -32,12 +32,13 @@ constexpr size_t kFp8BlockBytes = size_t(kFp8Block) * kPanelWidth + kPanelWidth 
 inline int64_t fp8Blocks(int64_t K) { return (K + kFp8Block - 1) / kFp8Block; }
 // Bytes from the start of a panel to k0, a multiple of kFp8Block (so also the bytes of K = k0 steps).
 inline size_t fp8Offset(int64_t k0) { return size_t(k0 / kFp8Block) * kFp8BlockBytes; }
-// Bytes of one fp8 panel over K, padded to a 64-byte line.
-inline size_t fp8PanelBytes(int64_t K) {
+// Bytes of the first K steps of an fp8 panel, the scales of a last short block included.
+inline size_t fp8Bytes(int64_t K) {
   const int64_t rest = K % kFp8Block;
-  const size_t bytes = fp8Offset(K - rest) + (rest ? size_t(rest) * kPanelWidth + kPanelWidth * 4 : 0);
-  return (bytes + 63) / 64 * 64;
+  return fp8Offset(K - rest) + (rest ? size_t(rest) * kPanelWidth + kPanelWidth * 4 : 0);
 }
+// Bytes of one fp8 panel over K, padded to a 64-byte line.
+inline size_t fp8PanelBytes(int64_t K) { return (fp8Bytes(K) + 63) / 64 * 64; }
 
 // Lines to pull into L2 while a kernel runs (its own panel is prefetched separately): the next slice of
 // weights, so that the first row block over a new slice does not stall on memory. `lines` 64-byte lines from

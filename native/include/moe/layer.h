@@ -92,7 +92,7 @@ class Layer {
   // The always-on expert; `gate` ([d], may be null) scales it by sigmoid(x . gate) per token (Qwen2-MoE).
   void setSharedExpert(const float* w1, const float* w3, const float* w2, int64_t f, const float* gate);
   // fp8 layers: the same from weights already in E4M3 (a checkpoint's bytes and scales, packed as they are). Throws
-  // std::invalid_argument on a NaN byte or a scale that is not finite (or overflows once times 256).
+  // std::invalid_argument on a NaN byte or a scale that is not finite (or overflows once times 448).
   void setExpertFP8(int32_t expert, Fp8Matrix w1, Fp8Matrix w3, Fp8Matrix w2, int64_t f);
   void setSharedExpertFP8(Fp8Matrix w1, Fp8Matrix w3, Fp8Matrix w2, int64_t f, const float* gate);
   bool complete(std::string& missing) const;
