@@ -6,7 +6,7 @@
  * stream: the bytes of the experts it ran (their share of weightBytes) over its median time, as a share of the
  * round's stream bandwidth (1.0: at the memory floor of its own bytes).
  *
- *   npx tsx bench/fp8.ts [--models olmoe,mixtral] [--rounds 5] [--fp32] [--threads N]
+ *   npx tsx bench/fp8.ts [--models olmoe,mixtral] [--tokens 1,8,32] [--rounds 5] [--fp32] [--threads N]
  */
 import { buildLayer, SHAPES, type LayerShape } from '../lib/bench/layer';
 import { measureStreamGBs } from '../lib/bench/roofline';
@@ -19,7 +19,7 @@ function arg(name: string, fallback: string): string {
   return i >= 0 && process.argv[i + 1] ? process.argv[i + 1] : fallback;
 }
 
-const TOKENS: Record<string, number[]> = { OLMoE: [1, 8, 32, 512], Mixtral: [1, 8, 32] };
+const TOKENS: Record<string, number[]> = { OLMoE: [1, 8, 32, 512], Mixtral: [1, 8, 32, 256] };
 
 function main(): void {
   const threads = Number(arg('threads', String(native().backendInfo().threads)));
@@ -33,7 +33,8 @@ function main(): void {
   console.log('|---|' + dtypes.map(() => '---|').join('') + '---|---|');
   for (const shape of SHAPES.filter((s: LayerShape) => models.includes(s.name.toLowerCase()))) {
     const layers = dtypes.map((dtype) => buildLayer(shape, dtype, threads));
-    for (const T of TOKENS[shape.name] ?? [1]) {
+    const tokens = process.argv.includes('--tokens') ? arg('tokens', '1').split(',').map(Number) : TOKENS[shape.name];
+    for (const T of tokens) {
       const x = new Float32Array(T * shape.d);
       native().bench.fillNormal(x, 7, 1);
       for (const layer of layers) for (let i = 0; i < 2; i++) layer.forward(x); // warm-up

@@ -74,7 +74,7 @@ for (const isa of ['amx', 'avx512', 'avx2', 'scalar']) {
       for (const [dtype, tol] of [
         ['fp32', 1e-5],
         ['bf16', 1e-2],
-        ['fp8', 1e-5],
+        ['fp8', isa === 'amx' ? 1e-2 : 1e-5], // (AMX: experts of 8 or more rows run on the tiles, bf16 activations)
       ] as const) {
         const run = c[dtype];
         const ref = referenceLayer(x, c.T, d, (e) => (dtype === 'fp8' ? quantized : experts)[e], {

@@ -470,7 +470,7 @@ for (const c of FP8_LAYER_CASES) {
     }
     const layer = MoELayer.fromPretrained(tiny.dir, { layer: layerIndex, dtype: 'fp8' });
     assert.is(layer.dtype, 'fp8');
-    const T = 6;
+    const T = 6; // (at most 6 rows per expert: fp32 activations on every CPU, AMX included)
     const x = randn(T * 300, 91);
     const { output, routing } = layer.forward(x);
     const experts = Array.from({ length: 4 }, (_, e) => ({ ...floats.expert(e), f: 200 }));

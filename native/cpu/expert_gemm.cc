@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "moe/aligned.h"
+
 #if defined(__SSE2__) || defined(_M_X64)
 #include <emmintrin.h>  // (x86-64 has SSE2 everywhere: the non-temporal stores)
 #endif
@@ -25,10 +27,37 @@ constexpr int64_t kSlicePairsAmx = 1024;
 
 }  // namespace
 
+namespace {
+
+// fp8 weights with bf16 activations (GemmKernels::fp8Tiles, AMX): each K slice of the panel is widened to bf16 pairs
+// once, into this thread's scratch, and every block of 32 rows runs the tiles over it.
+void fp8TilesProduct(const GemmKernels& kern, const Activations& A, int64_t rows, int64_t K, const void* panel,
+                     float* acc) {
+  constexpr int64_t kSlice = kSliceF32;  // 16 blocks of 128 k: 1024 pairs, 128 KiB widened
+  thread_local AlignedBuffer<uint32_t> pairs;
+  thread_local AlignedBuffer<float> scales;
+  pairs.ensure(size_t(kSlice / 2) * kPanelWidth);  // (once per thread: a whole slice, tile steps are 16 pairs)
+  scales.ensure(size_t(kSlice / kFp8Block) * kPanelWidth);
+  if (K == 0) std::fill(acc, acc + rows * kPanelWidth, 0.0f);
+  const uint32_t* a = static_cast<const uint32_t*>(A.data);
+  for (int64_t k0 = 0; k0 < K; k0 += kSlice) {
+    const int kc = int(std::min(kSlice, K - k0));
+    kern.fp8ToBf16(static_cast<const uint8_t*>(panel) + fp8Offset(k0), kc, pairs.data(), scales.data());
+    const int kp = int((kc + 1) / 2 + kAmxStepPairs - 1) / kAmxStepPairs * kAmxStepPairs;
+    for (int64_t r0 = 0; r0 < rows; r0 += 32) {
+      kern.fp8Tiles(int(std::min<int64_t>(32, rows - r0)), kp, a + r0 * A.ld + k0 / 2, A.ld, pairs.data(),
+                    scales.data(), acc + r0 * kPanelWidth, k0 > 0);
+    }
+  }
+}
+
+}  // namespace
+
 void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, int64_t K, DType weights,
                   const void* panel, float* acc, const void* nextPanel, bool wideSlices) {
   const bool f32 = A.dtype == DType::F32;
   const bool fp8 = weights == DType::FP8;
+  if (fp8 && !f32) return fp8TilesProduct(kern, A, rows, K, panel, acc);
   const bool amx = !f32 && kern.isa == Isa::Amx;
   const int64_t depth = f32 ? K : packedKPairs(K);
   const int64_t slice = f32 ? kSliceF32 : amx && !wideSlices ? kSlicePairsAmx : kSlicePairs;

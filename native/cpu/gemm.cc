@@ -87,19 +87,21 @@ inline uint32_t bf16Pair(float even, float odd) {
   return uint32_t(floatToBf16(even)) | (uint32_t(floatToBf16(odd)) << 16);
 }
 
-const GemmKernels kScalar{Isa::Scalar,    kScalarMaxRows, scalarF32,      scalarBF16,
-                          scalarFP8,      scalar::swigluRow, scalar::toBf16, kScalarMaxRows};
-const GemmKernels kAvx2{Isa::Avx2,       avx2::maxRows(), avx2::kernelF32, avx2::kernelBF16,
-                        avx2::kernelFP8, avx2::swigluRow, avx2::toBf16,    avx2::maxRows()};
+const GemmKernels kScalar{Isa::Scalar,    kScalarMaxRows, scalarF32,      scalarBF16,     scalarFP8,
+                          scalar::swigluRow, scalar::toBf16, kScalarMaxRows, nullptr,        nullptr};
+const GemmKernels kAvx2{Isa::Avx2,        avx2::maxRows(), avx2::kernelF32, avx2::kernelBF16, avx2::kernelFP8,
+                        avx2::swigluRow,  avx2::toBf16,    avx2::maxRows(), nullptr,          nullptr};
 const GemmKernels kAvx512{Isa::Avx512,        avx512::maxRows(), avx512::kernelF32, avx512::kernelBF16,
-                          avx512::kernelFP8,  avx512::swigluRow, avx512::toBf16,    avx512::maxRows()};
+                          avx512::kernelFP8,  avx512::swigluRow, avx512::toBf16,    avx512::maxRows(),
+                          nullptr,            nullptr};
 // The same on Intel, with its weight-stream prefetch (gemm_avx512.cc).
 const GemmKernels kAvx512Intel{Isa::Avx512,        avx512::maxRows(), avx512::kernelF32TwoLevel,
                                avx512::kernelBF16TwoLevel, avx512::kernelFP8TwoLevel, avx512::swigluRow,
-                               avx512::toBf16,     avx512::maxRows()};
-// AMX (Intel only): AVX-512 for everything but the bf16 tiles.
+                               avx512::toBf16,     avx512::maxRows(), nullptr, nullptr};
+// AMX (Intel only): AVX-512 for everything but the bf16 tiles (and fp8 jobs of kAmxMinRows rows or more).
 const GemmKernels kAmx{Isa::Amx,          avx512::maxRows(), avx512::kernelF32TwoLevel, amx::kernelBF16,
-                       avx512::kernelFP8TwoLevel, avx512::swigluRow, avx512::toBf16, amx::maxRows()};
+                       avx512::kernelFP8TwoLevel, avx512::swigluRow, avx512::toBf16, amx::maxRows(),
+                       amx::kernelFP8Tiles, avx512::fp8ToBf16};
 
 // One panel column: `width` weight rows starting at `row`, the rest zero.
 template <typename Emit>

@@ -145,6 +145,52 @@ void tiles(int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, b
   }
 }
 
+// fp8 on the tiles: per block of 64 pairs, zeroed C tiles sum A · (the E4M3 values), then each column's sums go
+// into C times the block's scale. The widened slice and A's rows hold whole tile steps (zeros past K).
+template <bool TWO>
+void fp8Tiles(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, const float* scales, float* C) {
+  const size_t aStride = lda * 4;
+  constexpr size_t kStride = 32 * 4;
+  constexpr int kBlockPairs = kFp8Block / 2;
+  alignas(64) float sums[32 * 32];
+  for (int kb = 0; kb < Kp; kb += kBlockPairs, scales += 32) {
+    memoryBarrier();  // (the last block's sums are read before these tiles are stored over them)
+    _tile_zero(0);
+    _tile_zero(1);
+    if (TWO) {
+      _tile_zero(2);
+      _tile_zero(3);
+    }
+    const int end = std::min(Kp, kb + kBlockPairs);
+    for (int kp = kb; kp < end; kp += kPairsPerStep) {
+      const uint32_t* b = B + size_t(kp) * 32;
+      _tile_loadd(6, b, kStride);
+      _tile_loadd(7, b + 16, kStride);
+      _tile_loadd(4, A + kp, aStride);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      if (TWO) {
+        _tile_loadd(5, A + 16 * lda + kp, aStride);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+      }
+    }
+    _tile_stored(0, sums, kStride);
+    _tile_stored(1, sums + 16, kStride);
+    if (TWO) {
+      _tile_stored(2, sums + 16 * 32, kStride);
+      _tile_stored(3, sums + 16 * 32 + 16, kStride);
+    }
+    memoryBarrier();
+    const __m512 s0 = _mm512_loadu_ps(scales), s1 = _mm512_loadu_ps(scales + 16);
+    for (int r = 0; r < rows; ++r) {
+      float* c = C + r * 32;
+      _mm512_storeu_ps(c, _mm512_fmadd_ps(_mm512_load_ps(sums + r * 32), s0, _mm512_loadu_ps(c)));
+      _mm512_storeu_ps(c + 16, _mm512_fmadd_ps(_mm512_load_ps(sums + r * 32 + 16), s1, _mm512_loadu_ps(c + 16)));
+    }
+  }
+}
+
 }  // namespace
 
 bool built() { return true; }
@@ -168,6 +214,19 @@ void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t*
   if (main < Kp) avx512Rows(rows, Kp - main, A + main, lda, B + size_t(main) * 32, C, true, L2Prefetch{});
 }
 
+void kernelFP8Tiles(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* pairs, const float* scales,
+                    float* C, bool accumulate) {
+  if (!accumulate)
+    for (int r = 0; r < rows; ++r) std::fill(C + r * 32, C + r * 32 + 32, 0.0f);
+  const int rows0 = std::min(rows, 16), rows1 = rows - rows0;
+  memoryBarrier();
+  configure(rows0, rows1);
+  if (rows1 > 0) fp8Tiles<true>(rows, Kp, A, lda, pairs, scales, C);
+  else fp8Tiles<false>(rows, Kp, A, lda, pairs, scales, C);
+  _tile_release();
+  memoryBarrier();
+}
+
 #else
 // A compiler without AMX support (g++ < 11) built this file: there is no kernel, and bestIsa() never picks AMX.
 bool built() { return false; }
@@ -176,6 +235,7 @@ void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t*
                 L2Prefetch next) {
   avx512::kernelBF16(rows, Kp, A, lda, B, C, accumulate, next);
 }
+void kernelFP8Tiles(int, int, const uint32_t*, size_t, const uint32_t*, const float*, float*, bool) {}  // (never picked)
 #endif
 
 }  // namespace amx

@@ -13,6 +13,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <algorithm>
 
 #include "gemm_isa.h"
 
@@ -267,6 +269,38 @@ void kernelFP8TwoLevel(int rows, int K, const float* A, size_t lda, const uint8_
   withRows<kMaxRows>(rows, [&](auto mr) {
     tileFP8<decltype(mr)::value, true>(K, A, lda, B, C, accumulate, next);
   });
+}
+
+void fp8ToBf16(const uint8_t* panel, int K, uint32_t* pairs, float* scales) {
+  // (word 2n of a pair row takes column n of the even step, word 2n + 1 column n of the odd one)
+  alignas(64) static const uint16_t kInterleave[2][32] = {
+      {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39, 8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47},
+      {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+       24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63}};
+  const __m512i low = _mm512_load_si512(kInterleave[0]), high = _mm512_load_si512(kInterleave[1]);
+  const uint8_t* B = panel;
+  uint32_t* out = pairs;
+  for (int k0 = 0; k0 < K; k0 += kFp8Block, B += kPanelWidth * 4) {
+    const int steps = std::min(kFp8Block, K - k0);
+    std::memcpy(scales + size_t(k0 / kFp8Block) * kPanelWidth, B + size_t(steps) * kPanelWidth, kPanelWidth * 4);
+    for (int k = 0; k < steps; k += 2, out += kPanelWidth) {
+      prefetchFp8<true>(B);
+      __m512 e0, e1, o0 = _mm512_setzero_ps(), o1 = _mm512_setzero_ps();
+      decodeFp8(B, e0, e1);
+      B += kPanelWidth;
+      if (k + 1 < steps) {
+        decodeFp8(B, o0, o1);
+        B += kPanelWidth;
+      }
+      // (the values have four significant bits: bf16 holds them exactly)
+      const __m512i even = (__m512i)_mm512_cvtne2ps_pbh(e1, e0);  // words 0-15: columns 0-15, 16-31: 16-31
+      const __m512i odd = (__m512i)_mm512_cvtne2ps_pbh(o1, o0);
+      _mm512_storeu_si512(out, _mm512_permutex2var_epi16(even, low, odd));
+      _mm512_storeu_si512(out + 16, _mm512_permutex2var_epi16(even, high, odd));
+    }
+  }
+  uint32_t* const end = pairs + size_t((K + 1) / 2 + kAmxStepPairs - 1) / kAmxStepPairs * kAmxStepPairs * kPanelWidth;
+  for (; out < end; out += kPanelWidth) std::memset(out, 0, kPanelWidth * 4);
 }
 
 void kernelF32TwoLevel(int rows, int K, const float* A, size_t lda, const float* B, float* C, bool accumulate,

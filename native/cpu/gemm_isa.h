@@ -47,6 +47,7 @@ void kernelBF16TwoLevel(int rows, int Kp, const uint32_t* A, size_t lda, const u
                         bool accumulate, L2Prefetch next);
 void kernelFP8TwoLevel(int rows, int K, const float* A, size_t lda, const uint8_t* B, float* C, bool accumulate,
                        L2Prefetch next);
+void fp8ToBf16(const uint8_t* panel, int K, uint32_t* pairs, float* scales);
 }
 // AMX tiles (gemm_amx.cc): a bf16 kernel of up to maxRows() rows; everything else is AVX-512's.
 namespace amx {
@@ -54,6 +55,8 @@ bool built();  // whether the compiler could build the kernel (g++ 11+), else it
 int maxRows();
 void kernelBF16(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, bool accumulate,
                 L2Prefetch next);
+void kernelFP8Tiles(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* pairs, const float* scales,
+                    float* C, bool accumulate);
 }
 #undef MOE_DECLARE_GEMM_ISA
 }  // namespace moe

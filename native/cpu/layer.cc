@@ -17,6 +17,10 @@ namespace {
 using telemetry::nowNs;
 constexpr int kItemsPerWorker = 16;  // equal-cost items per worker (see planItems)
 constexpr int kGateUpOutputs = kPanelWidth / 2;
+// Rows from which an fp8 expert runs on AMX tiles: each K slice of its panels is widened to bf16 first, which 8 rows
+// repay (OLMoE T = 32, ~4 rows an expert: 27 ms from 4 rows up, 23 from 8, 23 never; Mixtral T = 64, ~16: 120 ms
+// from 8, 166 from 16, 212 never; bench/RESULTS.md, step 30).
+constexpr int64_t kFp8TileRows = 8;
 }  // namespace
 
 Layer::Layer(std::shared_ptr<Router> router, DType dtype, int32_t staticK, int threads)
@@ -165,28 +169,73 @@ void Layer::dispatch(const float* x, int64_t T, const RoutingOutput& routing) {
 void Layer::runExperts() {
   if (arena_.jobs.empty()) return;
   const int64_t d = hidden_, rows = arena_.jobs.back().row0 + arena_.jobs.back().rows;
-  const DType act = activationType(dtype_);  // fp32 rows for fp32 and fp8 weights, bf16 pairs for bf16
-  const bool f32 = act == DType::F32;
-  const size_t ldh = size_t(hiddenRowStride(act, weights_->hiddenWidth));
-  const size_t ldo = size_t(outputRowStride(d));
-  if (f32) arena_.hiddenF32.ensure(size_t(rows) * ldh);
-  else arena_.hiddenBF16.ensure(size_t(rows) * ldh);
-  arena_.output.ensure(size_t(rows) * ldo);
+  const GemmKernels& kern = gemmKernels();
+  // A job's activations: fp32 rows for fp32 and fp8 weights, bf16 pairs for bf16; on AMX, an fp8 job of
+  // kFp8TileRows rows or more runs on the tiles with bf16 activations too (GemmKernels::fp8Tiles).
+  const bool fp8Tiles = dtype_ == DType::FP8 && kern.fp8Tiles != nullptr;
+  const auto actOf = [&](const ExpertJob& job) {
+    return fp8Tiles && job.rows >= kFp8TileRows ? DType::BF16 : activationType(dtype_);
+  };
+  const int64_t width = weights_->hiddenWidth;
+  const auto ldhOf = [&](DType act) { return size_t(hiddenRowStride(act, width)); };
+  const auto ldxOf = [&](DType act) { return size_t(inputRowStride(act, d)); };
+  int64_t rowsOf[2] = {0, 0};  // rows with fp32, bf16 activations
   int64_t maxRows = 0;
-  for (const ExpertJob& job : arena_.jobs) maxRows = std::max(maxRows, job.rows);
+  for (const ExpertJob& job : arena_.jobs) {
+    rowsOf[actOf(job) == DType::BF16] += job.rows;
+    maxRows = std::max(maxRows, job.rows);
+  }
+  const size_t ldo = size_t(outputRowStride(d));
+  // (rows are indexed alike in both types' buffers: each is as long as all the rows)
+  if (rowsOf[0] > 0) arena_.hiddenF32.ensure(size_t(rows) * ldhOf(DType::F32));
+  if (rowsOf[1] > 0) arena_.hiddenBF16.ensure(size_t(rows) * ldhOf(DType::BF16));
+  arena_.output.ensure(size_t(rows) * ldo);
   const int workers = threads_;
   // Outputs larger than the caches go around them (kStreamStoreMinBytes). A bf16 line of SwiGLU rows is two gate/up
-  // panels: those items then start on even panels, and a worker's scratch holds two panels' accumulators.
-  const size_t elem = f32 ? sizeof(float) : sizeof(uint32_t);
-  const bool streamHidden = streamsOutput(size_t(rows) * ldh * elem);
+  // panels: those items then start on even panels, and a worker's scratch holds two panels' accumulators. (Floats
+  // and bf16 pairs are both 4 bytes.)
+  const bool streamHidden =
+      streamsOutput((size_t(rowsOf[0]) * ldhOf(DType::F32) + size_t(rowsOf[1]) * ldhOf(DType::BF16)) * 4);
   const bool streamOutput = streamsOutput(size_t(rows) * ldo * sizeof(float));
-  const int64_t gateUpPanelsPerLine = !f32 && streamHidden ? 2 : 1;
+  const int64_t gateUpPanelsPerLine = rowsOf[1] > 0 && streamHidden ? 2 : 1;
   const size_t accPerWorker = size_t(maxRows) * size_t(gateUpPanelsPerLine) * kPanelWidth;
   arena_.accumulators.ensure(size_t(workers) * accPerWorker);
-  const GemmKernels& kern = gemmKernels();
   auto expertOf = [&](const ExpertJob& job) -> const PackedExpert& {
     return job.expert < int32_t(weights_->experts.size()) ? weights_->experts[size_t(job.expert)] : *weights_->shared;
   };
+  // A job's rows of input and SwiGLU activations, in its type's buffers.
+  const auto inputOf = [&](const ExpertJob& job) {
+    const DType act = actOf(job);
+    const void* base = act == DType::F32 ? static_cast<const void*>(arena_.inputF32.data()) : arena_.inputBF16.data();
+    return Activations{act, static_cast<const char*>(base) + size_t(job.row0) * ldxOf(act) * 4, ldxOf(act)};
+  };
+  const auto hiddenOf = [&](const ExpertJob& job) {
+    const DType act = actOf(job);
+    void* base = act == DType::F32 ? static_cast<void*>(arena_.hiddenF32.data()) : arena_.hiddenBF16.data();
+    return std::make_pair(static_cast<char*>(base) + size_t(job.row0) * ldhOf(act) * 4, ldhOf(act));
+  };
+
+  if (fp8Tiles && rowsOf[1] > 0) {
+    // The tiles' jobs: their gathered rows to bf16 pairs, and the pairs their tile steps read past K zeroed, in
+    // the input rows and past the SwiGLU outputs the gate/up pass writes (whole panels of 16).
+    arena_.inputBF16.ensure(size_t(rows) * ldxOf(DType::BF16));
+    const auto padTo = [](int64_t pairs) { return (pairs + kAmxStepPairs - 1) / kAmxStepPairs * kAmxStepPairs; };
+    router_->pool().parallelFor(workers, int64_t(arena_.jobs.size()), [&](int64_t j, int) {
+      const ExpertJob& job = arena_.jobs[size_t(j)];
+      if (actOf(job) != DType::BF16) return;
+      const int64_t f = expertOf(job).intermediate;
+      const int64_t inPairs = packedKPairs(d), written = (f + kGateUpOutputs - 1) / kGateUpOutputs * 8;
+      const Activations x = inputOf(job);
+      const auto [h, ldh] = hiddenOf(job);
+      for (int64_t r = 0; r < job.rows; ++r) {
+        uint32_t* row = static_cast<uint32_t*>(const_cast<void*>(x.data)) + r * x.ld;
+        rowToBf16Pairs(arena_.inputF32.data() + (job.row0 + r) * int64_t(ldxOf(DType::F32)), d, row);
+        std::fill(row + inPairs, row + padTo(inPairs), 0u);
+        uint32_t* hiddenRow = reinterpret_cast<uint32_t*>(h) + r * ldh;
+        std::fill(hiddenRow + written, hiddenRow + padTo(packedKPairs(f)), 0u);
+      }
+    });
+  }
 
   // Splits each job's panels into ranges of about equal cost (rows x panels), kItemsPerWorker per worker over
   // the whole pass: items of equal size keep both cores busy to the end even when experts differ in load.
@@ -204,22 +253,16 @@ void Layer::runExperts() {
     }
   };
 
-  void* hidden = f32 ? static_cast<void*>(arena_.hiddenF32.data()) : static_cast<void*>(arena_.hiddenBF16.data());
-  const void* input = f32 ? static_cast<const void*>(arena_.inputF32.data())
-                          : static_cast<const void*>(arena_.inputBF16.data());
-  const size_t ldx = size_t(inputRowStride(act, d));
-
   planItems([&](const ExpertJob& job) { return (expertOf(job).intermediate + kGateUpOutputs - 1) / kGateUpOutputs; },
             gateUpPanelsPerLine);
   router_->pool().parallelFor(workers, int64_t(arena_.items.size()), [&](int64_t i, int worker) {
     const LayerArena::WorkItem item = arena_.items[size_t(i)];
     const ExpertJob& job = arena_.jobs[size_t(item.job)];
     const PackedExpert& ex = expertOf(job);
-    const Activations x{act, static_cast<const char*>(input) + size_t(job.row0) * ldx * elem, ldx};
-    void* h = static_cast<char*>(hidden) + size_t(job.row0) * ldh * elem;
+    const auto [h, ldh] = hiddenOf(job);
     float* acc = arena_.accumulators.data() + size_t(worker) * accPerWorker;
-    gateUpPanels(kern, x, job.rows, d, dtype_, ex.gateUp.data(), item.panelBegin, item.panelEnd, h, ldh, acc,
-                 streamHidden);
+    gateUpPanels(kern, inputOf(job), job.rows, d, dtype_, ex.gateUp.data(), item.panelBegin, item.panelEnd, h, ldh,
+                 acc, streamHidden);
   });
 
   planItems([&](const ExpertJob&) { return panelCount(d); }, 1);
@@ -227,12 +270,12 @@ void Layer::runExperts() {
     const LayerArena::WorkItem item = arena_.items[size_t(i)];
     const ExpertJob& job = arena_.jobs[size_t(item.job)];
     const PackedExpert& ex = expertOf(job);
-    const Activations h{act, static_cast<const char*>(hidden) + size_t(job.row0) * ldh * elem, ldh};
+    const auto [h, ldh] = hiddenOf(job);
     float* out = arena_.output.data() + size_t(job.row0) * ldo;
     const float* weight = arena_.rowWeight.data() + job.row0;
     float* acc = arena_.accumulators.data() + size_t(worker) * accPerWorker;
-    downPanels(kern, h, job.rows, ex.intermediate, dtype_, ex.down.data(), item.panelBegin, item.panelEnd, d, weight,
-               out, ldo, acc, streamOutput);
+    downPanels(kern, Activations{actOf(job), h, ldh}, job.rows, ex.intermediate, dtype_, ex.down.data(),
+               item.panelBegin, item.panelEnd, d, weight, out, ldo, acc, streamOutput);
   });
 }
 

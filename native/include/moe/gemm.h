@@ -66,6 +66,17 @@ using SwigluRow = void (*)(const float* tileRow, void* out, bool bf16);
 // n floats to n bf16 (n/2 pairs; a zero pads an odd n).
 using ToBf16 = void (*)(const float* src, int64_t n, uint32_t* dst);
 
+// fp8 weights on AMX tiles, for rows of bf16 activations: `pairs` is a K slice of an fp8 panel widened to bf16
+// pairs (fp8SliceToBf16), `scales` its blocks' [ceil(Kp/64)][32] scales; Kp a multiple of kAmxStepPairs (the
+// widened slice and A's rows are zero past the last pair). Each block of 64 pairs (128 k) sums in tiles of its own,
+// scaled into `tile` per column.
+using KernelFP8Tiles = void (*)(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* pairs,
+                                const float* scales, float* tile, bool accumulate);
+// Widens K steps of an fp8 panel from `panel` (the start of a block) into bf16 pairs [Kp'][32], Kp' = ceil(K/2)
+// rounded up to kAmxStepPairs (zeros past K), each the E4M3 value times 2^-8 (exact), and copies the blocks' scales
+// to `scales` [ceil(K/128)][32].
+using Fp8ToBf16 = void (*)(const uint8_t* panel, int K, uint32_t* pairs, float* scales);
+
 struct GemmKernels {
   Isa isa;
   int maxRows;  // largest `rows` one f32 call accepts (the register-blocked M of the micro-kernel)
@@ -75,6 +86,10 @@ struct GemmKernels {
   SwigluRow swiglu;
   ToBf16 toBf16;
   int bf16Rows;  // largest `rows` one bf16 call accepts (maxRows, or 32 with AMX tiles)
+  // AMX only (null elsewhere): jobs of 8 or more rows of an fp8 layer (layer.cc) run on the tiles, their activations
+  // in bf16 (as a bf16 layer's), their weights the exact E4M3 values scaled per block.
+  KernelFP8Tiles fp8Tiles;
+  Fp8ToBf16 fp8ToBf16;
 };
 
 // Fewest rows the AMX kernel runs on the tiles, and the K pairs of one tile step; fewer rows, and K pairs past the
