@@ -8,8 +8,6 @@
 #include <cmath>
 #include <cstring>
 
-#include "moe/aligned.h"
-
 #if defined(__SSE2__) || defined(_M_X64)
 #include <emmintrin.h>  // (x86-64 has SSE2 everywhere: the non-temporal stores)
 #endif
@@ -30,23 +28,22 @@ constexpr int64_t kSlicePairsAmx = 1024;
 namespace {
 
 // fp8 weights with bf16 activations (GemmKernels::fp8Tiles, AMX): each K slice of the panel is widened to bf16 pairs
-// once, into this thread's scratch, and every block of 32 rows runs the tiles over it.
+// once, into the worker's scratch, and every block of 32 rows runs the tiles over it.
 void fp8TilesProduct(const GemmKernels& kern, const Activations& A, int64_t rows, int64_t K, const void* panel,
-                     float* acc) {
-  constexpr int64_t kSlice = kSliceF32;  // 16 blocks of 128 k: 1024 pairs, 128 KiB widened
-  thread_local AlignedBuffer<uint32_t> pairs;
-  thread_local AlignedBuffer<float> scales;
-  pairs.ensure(size_t(kSlice / 2) * kPanelWidth);  // (once per thread: a whole slice, tile steps are 16 pairs)
-  scales.ensure(size_t(kSlice / kFp8Block) * kPanelWidth);
+                     float* acc, uint32_t* scratch) {
+  constexpr int64_t kSlice = kSliceF32;  // 16 blocks of 128 k: 1024 pairs (128 KiB widened) and 16 x 32 scales
+  static_assert(kFp8TileScratchWords == size_t(kSlice / 2 + kSlice / kFp8Block) * kPanelWidth, "one slice");
+  uint32_t* pairs = scratch;
+  float* scales = reinterpret_cast<float*>(scratch + size_t(kSlice / 2) * kPanelWidth);
   if (K == 0) std::fill(acc, acc + rows * kPanelWidth, 0.0f);
   const uint32_t* a = static_cast<const uint32_t*>(A.data);
   for (int64_t k0 = 0; k0 < K; k0 += kSlice) {
     const int kc = int(std::min(kSlice, K - k0));
-    kern.fp8ToBf16(static_cast<const uint8_t*>(panel) + fp8Offset(k0), kc, pairs.data(), scales.data());
+    kern.fp8ToBf16(static_cast<const uint8_t*>(panel) + fp8Offset(k0), kc, pairs, scales);
     const int kp = int((kc + 1) / 2 + kAmxStepPairs - 1) / kAmxStepPairs * kAmxStepPairs;
     for (int64_t r0 = 0; r0 < rows; r0 += 32) {
-      kern.fp8Tiles(int(std::min<int64_t>(32, rows - r0)), kp, a + r0 * A.ld + k0 / 2, A.ld, pairs.data(),
-                    scales.data(), acc + r0 * kPanelWidth, k0 > 0);
+      kern.fp8Tiles(int(std::min<int64_t>(32, rows - r0)), kp, a + r0 * A.ld + k0 / 2, A.ld, pairs, scales,
+                    acc + r0 * kPanelWidth, k0 > 0);
     }
   }
 }
@@ -54,10 +51,10 @@ void fp8TilesProduct(const GemmKernels& kern, const Activations& A, int64_t rows
 }  // namespace
 
 void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, int64_t K, DType weights,
-                  const void* panel, float* acc, const void* nextPanel, bool wideSlices) {
+                  const void* panel, float* acc, const void* nextPanel, bool wideSlices, uint32_t* tileScratch) {
   const bool f32 = A.dtype == DType::F32;
   const bool fp8 = weights == DType::FP8;
-  if (fp8 && !f32) return fp8TilesProduct(kern, A, rows, K, panel, acc);
+  if (fp8 && !f32) return fp8TilesProduct(kern, A, rows, K, panel, acc, tileScratch);
   const bool amx = !f32 && kern.isa == Isa::Amx;
   const int64_t depth = f32 ? K : packedKPairs(K);
   const int64_t slice = f32 ? kSliceF32 : amx && !wideSlices ? kSlicePairsAmx : kSlicePairs;
@@ -180,7 +177,7 @@ bool storePanelRows(const float* acc, int64_t rows, int cols, const float* rowWe
 
 void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, int64_t d, DType weights,
                   const void* gateUpPanels, int64_t p0, int64_t p1, void* hidden, size_t ldh, float* acc,
-                  bool stream) {
+                  bool stream, uint32_t* tileScratch) {
   const size_t stride = panelBytes(weights, d);
   constexpr int half = kPanelWidth / 2;
   const bool bf16 = x.dtype == DType::BF16;
@@ -198,8 +195,8 @@ void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, i
   for (int64_t p = p0; p < p1;) {
     const void* panel = panelAt(gateUpPanels, stride, p);
     if (stream && p % perLine == 0 && p + perLine <= p1) {
-      panelProduct(kern, x, rows, d, weights, panel, acc, nextOf(p));
-      if (bf16) panelProduct(kern, x, rows, d, weights, nextOf(p), second, nextOf(p + 1));
+      panelProduct(kern, x, rows, d, weights, panel, acc, nextOf(p), false, tileScratch);
+      if (bf16) panelProduct(kern, x, rows, d, weights, nextOf(p), second, nextOf(p + 1), false, tileScratch);
       for (int64_t r = 0; r < rows; ++r) {
         kern.swiglu(acc + r * kPanelWidth, line, bf16);
         if (bf16) kern.swiglu(second + r * kPanelWidth, line + half / 2, true);
@@ -209,7 +206,7 @@ void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, i
       p += perLine;
       continue;
     }
-    panelProduct(kern, x, rows, d, weights, panel, acc, nextOf(p));
+    panelProduct(kern, x, rows, d, weights, panel, acc, nextOf(p), false, tileScratch);
     for (int64_t r = 0; r < rows; ++r) kern.swiglu(acc + r * kPanelWidth, hiddenAt(r, p), bf16);
     ++p;
   }
@@ -218,12 +215,12 @@ void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, i
 
 void downPanels(const GemmKernels& kern, const Activations& h, int64_t rows, int64_t f, DType weights,
                 const void* downPanels, int64_t p0, int64_t p1, int64_t d, const float* rowWeight, float* out,
-                size_t ldo, float* acc, bool stream) {
+                size_t ldo, float* acc, bool stream, uint32_t* tileScratch) {
   const size_t stride = panelBytes(weights, f);
   bool streamed = false;
   for (int64_t p = p0; p < p1; ++p) {
     panelProduct(kern, h, rows, f, weights, panelAt(downPanels, stride, p), acc,
-                 p + 1 < p1 ? panelAt(downPanels, stride, p + 1) : nullptr);
+                 p + 1 < p1 ? panelAt(downPanels, stride, p + 1) : nullptr, false, tileScratch);
     const int64_t col0 = p * kPanelWidth;
     const int cols = int(std::min<int64_t>(kPanelWidth, d - col0));
     streamed = storePanelRows(acc, rows, cols, rowWeight, out + col0, ldo, stream) || streamed;

@@ -124,7 +124,8 @@ inline void prefetchFp8(const uint8_t* panel) {
 
 // A block's sums stay in registers of their own and are scaled once per block, so a step only decodes and
 // multiplies (20% faster than scaling each decoded vector, even at 12 rows where the sums spill). Every row count
-// runs the same arithmetic, so a token's output does not depend on its batch.
+// runs the same arithmetic, so a row's result does not depend on the rows beside it (on AMX, a layer's experts of
+// 8 or more rows take the tiles instead: layer.cc).
 template <int MR, bool TWO_LEVEL>
 void tileFP8(int K, const float* A, size_t lda, const uint8_t* B, float* C, bool accumulate, L2Prefetch next) {
   __m512 acc0[MR], acc1[MR];

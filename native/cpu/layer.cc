@@ -215,23 +215,29 @@ void Layer::runExperts() {
     return std::make_pair(static_cast<char*>(base) + size_t(job.row0) * ldhOf(act) * 4, ldhOf(act));
   };
 
+  uint32_t* tileScratch = nullptr;
   if (fp8Tiles && rowsOf[1] > 0) {
-    // The tiles' jobs: their gathered rows to bf16 pairs, and the pairs their tile steps read past K zeroed, in
-    // the input rows and past the SwiGLU outputs the gate/up pass writes (whole panels of 16).
+    arena_.tileScratch.ensure(size_t(workers) * kFp8TileScratchWords);
+    tileScratch = arena_.tileScratch.data();
+    // The tiles' rows: gathered rows to bf16 pairs, and the pairs their tile steps read past K zeroed, in the
+    // input rows and past the SwiGLU outputs the gate/up pass writes (whole panels of 16). 16 rows an item.
     arena_.inputBF16.ensure(size_t(rows) * ldxOf(DType::BF16));
     const auto padTo = [](int64_t pairs) { return (pairs + kAmxStepPairs - 1) / kAmxStepPairs * kAmxStepPairs; };
-    router_->pool().parallelFor(workers, int64_t(arena_.jobs.size()), [&](int64_t j, int) {
-      const ExpertJob& job = arena_.jobs[size_t(j)];
-      if (actOf(job) != DType::BF16) return;
-      const int64_t f = expertOf(job).intermediate;
-      const int64_t inPairs = packedKPairs(d), written = (f + kGateUpOutputs - 1) / kGateUpOutputs * 8;
-      const Activations x = inputOf(job);
-      const auto [h, ldh] = hiddenOf(job);
-      for (int64_t r = 0; r < job.rows; ++r) {
-        uint32_t* row = static_cast<uint32_t*>(const_cast<void*>(x.data)) + r * x.ld;
-        rowToBf16Pairs(arena_.inputF32.data() + (job.row0 + r) * int64_t(ldxOf(DType::F32)), d, row);
+    constexpr int64_t kRowsPerItem = 16;
+    router_->pool().parallelFor(workers, (rows + kRowsPerItem - 1) / kRowsPerItem, [&](int64_t item, int) {
+      const int64_t r0 = item * kRowsPerItem, r1 = std::min(rows, r0 + kRowsPerItem);
+      // (the first job that ends past r0: jobs hold consecutive rows in order)
+      auto job = std::upper_bound(arena_.jobs.begin(), arena_.jobs.end(), r0,
+                                  [](int64_t r, const ExpertJob& j) { return r < j.row0 + j.rows; });
+      for (int64_t r = r0; r < r1; ++r) {
+        while (r >= job->row0 + job->rows) ++job;
+        if (actOf(*job) != DType::BF16) continue;
+        const int64_t f = expertOf(*job).intermediate;
+        const int64_t inPairs = packedKPairs(d), written = (f + kGateUpOutputs - 1) / kGateUpOutputs * 8;
+        uint32_t* row = arena_.inputBF16.data() + size_t(r) * ldxOf(DType::BF16);
+        rowToBf16Pairs(arena_.inputF32.data() + size_t(r) * ldxOf(DType::F32), d, row);
         std::fill(row + inPairs, row + padTo(inPairs), 0u);
-        uint32_t* hiddenRow = reinterpret_cast<uint32_t*>(h) + r * ldh;
+        uint32_t* hiddenRow = arena_.hiddenBF16.data() + size_t(r) * ldhOf(DType::BF16);
         std::fill(hiddenRow + written, hiddenRow + padTo(packedKPairs(f)), 0u);
       }
     });
@@ -261,8 +267,9 @@ void Layer::runExperts() {
     const PackedExpert& ex = expertOf(job);
     const auto [h, ldh] = hiddenOf(job);
     float* acc = arena_.accumulators.data() + size_t(worker) * accPerWorker;
+    uint32_t* scratch = tileScratch ? tileScratch + size_t(worker) * kFp8TileScratchWords : nullptr;
     gateUpPanels(kern, inputOf(job), job.rows, d, dtype_, ex.gateUp.data(), item.panelBegin, item.panelEnd, h, ldh,
-                 acc, streamHidden);
+                 acc, streamHidden, scratch);
   });
 
   planItems([&](const ExpertJob&) { return panelCount(d); }, 1);
@@ -274,8 +281,9 @@ void Layer::runExperts() {
     float* out = arena_.output.data() + size_t(job.row0) * ldo;
     const float* weight = arena_.rowWeight.data() + job.row0;
     float* acc = arena_.accumulators.data() + size_t(worker) * accPerWorker;
+    uint32_t* scratch = tileScratch ? tileScratch + size_t(worker) * kFp8TileScratchWords : nullptr;
     downPanels(kern, Activations{actOf(job), h, ldh}, job.rows, ex.intermediate, dtype_, ex.down.data(),
-               item.panelBegin, item.panelEnd, d, weight, out, ldo, acc, streamOutput);
+               item.panelBegin, item.panelEnd, d, weight, out, ldo, acc, streamOutput, scratch);
   });
 }
 
@@ -284,7 +292,7 @@ size_t Layer::arenaBytes() const { return arenaBytes_.load(std::memory_order_rel
 static size_t arenaSize(const LayerArena& a) {
   return a.inputF32.bytes() + a.hiddenF32.bytes() + a.output.bytes() + a.inputBF16.bytes() + a.hiddenBF16.bytes() +
          a.rowToken.bytes() + a.slotRow.bytes() + a.rowWeight.bytes() + a.sharedScale.bytes() +
-         a.accumulators.bytes();
+         a.accumulators.bytes() + a.tileScratch.bytes();
 }
 
 std::string Layer::forward(const float* x, int64_t T, const float* logits, const float* complexity, float* y,

@@ -15,12 +15,18 @@ struct Activations {
   size_t ld;
 };
 
+// Scratch of one worker for fp8 panels on AMX tiles (fp8 weights with bf16 activations): a K slice of 2048 widened to
+// 1024 bf16 pairs, then its 16 blocks' scales (as uint32 words).
+constexpr size_t kFp8TileScratchWords = size_t(1024 + 16) * kPanelWidth;
+
 // acc[rows][32] = A[rows, K] · panel^T, blocked over K so the slice of the panel in use stays in L2. `weights`: the
-// panel's type (fp32 and fp8 panels take fp32 activations, bf16 panels bf16 pairs).
+// panel's type (fp32 panels take fp32 activations, bf16 panels bf16 pairs, fp8 panels either: bf16 pairs only where
+// the kernels have fp8Tiles, and then `tileScratch` holds kFp8TileScratchWords).
 // `nextPanel` (may be null) is the panel the caller computes next; its first slice is prefetched into L2.
 // `wideSlices`: K slices of 2048 bf16 pairs on AMX too (the dense anchor's best; the layer's is 1024).
 void panelProduct(const GemmKernels& kern, const Activations& A, int64_t rows, int64_t K, DType weights,
-                  const void* panel, float* acc, const void* nextPanel = nullptr, bool wideSlices = false);
+                  const void* panel, float* acc, const void* nextPanel = nullptr, bool wideSlices = false,
+                  uint32_t* tileScratch = nullptr);
 
 // Above this many bytes, a pass's output (the SwiGLU rows, the expert output rows) is written with non-temporal
 // stores where whole 64-byte lines allow: it cannot stay in cache until the next stage reads it, and ordinary stores
@@ -30,20 +36,20 @@ constexpr size_t kStreamStoreMinBytes = size_t(4) << 20;
 inline bool streamsOutput(size_t bytes) { return bytes > kStreamStoreMinBytes; }
 
 // Gate/up panels [p0, p1) of one expert; panel p covers intermediate columns [16p, 16p+16): h = silu(x·w1) * (x·w3),
-// written to `hidden` (fp32 rows, or bf16 pairs when the layer is bf16) with row stride `ldh` elements. `acc` is
+// written to `hidden` (fp32 rows, or bf16 pairs when x is) with row stride `ldh` elements. `acc` is
 // scratch for rows x 32 floats, rows x 64 for a streamed bf16 pass. `stream`: write whole lines with non-temporal
 // stores (fp32: every panel's 16 outputs; bf16: two panels', from an even p), then fence; only where `hidden` and
 // its rows start on 64-byte lines.
 void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, int64_t d, DType weights,
                   const void* gateUpPanels, int64_t p0, int64_t p1, void* hidden, size_t ldh, float* acc,
-                  bool stream);
+                  bool stream, uint32_t* tileScratch = nullptr);
 
 // Down panels [p0, p1) of one expert; panel p covers output columns [32p, 32p+32) of d:
 // out[r] = weight[r] * (h[r] · w2^T). `acc`: rows x 32 floats. `stream`: as for gateUpPanels, for whole panels on
 // rows that start on 64-byte lines (d a multiple of 16).
 void downPanels(const GemmKernels& kern, const Activations& h, int64_t rows, int64_t f, DType weights,
                 const void* downPanels, int64_t p0, int64_t p1, int64_t d, const float* rowWeight, float* out,
-                size_t ldo, float* acc, bool stream);
+                size_t ldo, float* acc, bool stream, uint32_t* tileScratch = nullptr);
 
 // Writes a panel's accumulators (rows x 32, row stride 32) to rows x `cols` of `out` (row stride `ldo` floats),
 // row r scaled by rowWeight[r] when rowWeight is set. `stream`: rows of a whole panel on 64-byte lines go with

@@ -7,7 +7,7 @@
 //   bf16 panel: [K/2][32] uint32, each holding the bf16 pair (W[n][2kp], W[n][2kp+1]) — the vdpbf16ps layout.
 //   fp8 panel: blocks of 128 k steps, each [128][32] E4M3 bytes then its 32 float scales (times 256, see
 //   KernelFP8): W[n][k] is e4m3(byte) * scale of (k / 128, n). Scales ride in the weight stream, a 33rd part of a
-//   block's bytes. The activations of fp8 weights are fp32.
+//   block's bytes. fp8 weights take fp32 activations, or bf16 pairs on AMX tiles (GemmKernels::fp8Tiles).
 // A is row-major activations with a row stride; for bf16 it holds bf16 pairs as uint32 (K even).
 // The kernel writes the raw MR x 32 accumulator tile; callers apply their own epilogue.
 #pragma once
@@ -67,7 +67,7 @@ using SwigluRow = void (*)(const float* tileRow, void* out, bool bf16);
 using ToBf16 = void (*)(const float* src, int64_t n, uint32_t* dst);
 
 // fp8 weights on AMX tiles, for rows of bf16 activations: `pairs` is a K slice of an fp8 panel widened to bf16
-// pairs (fp8SliceToBf16), `scales` its blocks' [ceil(Kp/64)][32] scales; Kp a multiple of kAmxStepPairs (the
+// pairs (Fp8ToBf16), `scales` its blocks' [ceil(Kp/64)][32] scales; Kp a multiple of kAmxStepPairs (the
 // widened slice and A's rows are zero past the last pair). Each block of 64 pairs (128 k) sums in tiles of its own,
 // scaled into `tile` per column.
 using KernelFP8Tiles = void (*)(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* pairs,
