@@ -127,6 +127,10 @@ test('validate names the expert storage of a fused FP8 checkpoint and its scales
   assert.is(ok.status, 0, ok.stderr);
   assert.match(ok.stdout, /dtype BF16 \(router\), F8_E4M3 experts with block scales \(16 x 16\) \(fused experts\)/);
   assert.match(ok.stdout, /forward .* output finite/);
+  // the same layer packed as fp8 (fused stacks are dequantised and quantized again)
+  const fp8 = cli('validate', '--model', ck.dir, '--forward', '--dtype', 'fp8');
+  assert.is(fp8.status, 0, fp8.stderr);
+  assert.match(fp8.stdout, /forward .* output finite/);
 });
 
 test('validate counts a layer as dense by the model rule, not by the word "dense" in a path', () => {
