@@ -237,22 +237,32 @@ test('dynamic routing reports the FLOPs it saved against the static top-k', () =
   assert.ok(relativeError(output, reference(b, x, routing)) < 1e-5);
 });
 
-test('withRouter shares the packed weights: same output, and it outlives the original', () => {
-  const a = build({ E: 8, d: 32, f: 16, selection: { kind: 'topk', k: 2 }, seed: SEED + 350 });
-  const gate = randn(8 * 32, SEED + 351);
-  const router = () =>
-    new Router({ numExperts: 8, hiddenSize: 32, gateWeight: gate, selection: { kind: 'topk', k: 2 }, normalize: true });
-  const first = a.layer.withRouter(router());
-  const second = a.layer.withRouter(router());
-  const x = randn(12 * 32, SEED + 352);
-  const y = first.forward(x);
-  a.layer.dispose();
-  assert.equal(Array.from(second.forward(x).output), Array.from(y.output));
-  assert.ok(relativeError(y.output, reference(a, x, y.routing)) < 1e-5);
-  assert.throws(
-    () => a.layer.withRouter(new Router({ numExperts: 4, hiddenSize: 32, gateWeight: randn(128, 1) })),
-    /disposed|numExperts/,
-  );
+test('withRouter shares the packed weights (and dtype): same output, and it outlives the original', () => {
+  for (const dtype of ['fp32', 'fp8'] as const) {
+    const a = build({ E: 8, d: 32, f: 16, selection: { kind: 'topk', k: 2 }, dtype, seed: SEED + 350 });
+    const gate = randn(8 * 32, SEED + 351);
+    const router = () =>
+      new Router({
+        numExperts: 8,
+        hiddenSize: 32,
+        gateWeight: gate,
+        selection: { kind: 'topk', k: 2 },
+        normalize: true,
+      });
+    const first = a.layer.withRouter(router());
+    const second = a.layer.withRouter(router());
+    assert.is(second.dtype, dtype);
+    assert.is(second.weightBytes, a.layer.weightBytes);
+    const x = randn(12 * 32, SEED + 352);
+    const y = first.forward(x);
+    a.layer.dispose();
+    assert.equal(Array.from(second.forward(x).output), Array.from(y.output));
+    assert.ok(relativeError(y.output, reference(a, x, y.routing)) < layerTolerance(dtype));
+    assert.throws(
+      () => a.layer.withRouter(new Router({ numExperts: 4, hiddenSize: 32, gateWeight: randn(128, 1) })),
+      /disposed|numExperts/,
+    );
+  }
 });
 
 test('forward({ output }) writes y into the given array, every element, as a new array would hold it', async () => {
