@@ -127,10 +127,26 @@ test('validate names the expert storage of a fused FP8 checkpoint and its scales
   assert.is(ok.status, 0, ok.stderr);
   assert.match(ok.stdout, /dtype BF16 \(router\), F8_E4M3 experts with block scales \(16 x 16\) \(fused experts\)/);
   assert.match(ok.stdout, /forward .* output finite/);
+  assert.match(ok.stdout, /; --dtype fp8 dequantises and quantizes them again/);
   // the same layer packed as fp8 (fused stacks are dequantised and quantized again)
   const fp8 = cli('validate', '--model', ck.dir, '--forward', '--dtype', 'fp8');
   assert.is(fp8.status, 0, fp8.stderr);
   assert.match(fp8.stdout, /forward .* output finite/);
+  // per-expert tensors with DeepSeek's 128 x 128 blocks: an fp8 layer packs them as stored
+  const kept = writeTinyCheckpoint(fs.mkdtempSync(path.join(root, 'val8k-')), 'deepseek_v3', {
+    hiddenSize: 32,
+    intermediateSize: 16,
+    numExperts: 8,
+    topK: 2,
+    seed: 8,
+    fp8: { dtype: 'F8_E4M3', scales: 'block', block: [128, 128] },
+  });
+  const keptRun = cli('validate', '--model', kept.dir, '--forward', '--dtype', 'fp8');
+  assert.is(keptRun.status, 0, keptRun.stderr);
+  assert.match(
+    keptRun.stdout,
+    /F8_E4M3 experts with block scales \(128 x 128\); --dtype fp8 keeps their bytes as stored/,
+  );
 });
 
 test('validate counts a layer as dense by the model rule, not by the word "dense" in a path', () => {

@@ -15,7 +15,10 @@ export const VALIDATE_USAGE = `moe-router validate --model DIR [--layer N] [--fo
 Checks config.json, the safetensors headers, every MoE layer's tensors (names, shapes, dtypes) and the routing
 rule. --layer limits the check to one layer; --forward also runs one forward of it (default: the first MoE layer).`;
 
-/** The router's dtype, and the experts' where it differs (with how FP8 experts are scaled), and a fused layout. */
+/**
+ * The router's dtype, and the experts' where it differs (with how FP8 experts are scaled, and whether --dtype fp8
+ * keeps their E4M3 bytes), and a fused layout.
+ */
 function storage(checkpoint: Checkpoint, weights: LoadedMoELayer): string {
   const { spec } = weights;
   const fused = weights.expertLayout !== 'per-expert';
@@ -28,7 +31,13 @@ function storage(checkpoint: Checkpoint, weights: LoadedMoELayer): string {
   const scales = scaling
     ? ` with ${scaling.kind} scales${scaling.kind === 'block' ? ` (${scaling.block.join(' x ')})` : ''}`
     : '';
-  return `dtype ${router} (router), ${experts} experts${scales}${layout}`;
+  const fp8 =
+    experts !== 'F8_E4M3'
+      ? ''
+      : weights.expertE4m3(0)
+        ? '; --dtype fp8 keeps their bytes as stored'
+        : '; --dtype fp8 dequantises and quantizes them again';
+  return `dtype ${router} (router), ${experts} experts${scales}${layout}${fp8}`;
 }
 
 export async function validateCommand(argv: string[]): Promise<void> {
