@@ -39,6 +39,22 @@ function values(n: number): unknown {
   return pick(ODD);
 }
 
+/** E4M3 bytes of an [rows, cols] matrix most of the time (now and then a NaN code), else something wrong. */
+function e4m3Bytes(n: number): unknown {
+  if (next() >= chaos) {
+    const a = Uint8Array.from({ length: n }, () => Math.floor(next() * 256) & 0x7e);
+    if (n > 0 && next() < 0.05) a[Math.floor(next() * n)] = pick([0x7f, 0xff]);
+    return a;
+  }
+  return pick([new Uint8Array(Math.max(0, n - 1)), new Float32Array(n), detachedBytes(n), ...ODD]);
+}
+
+function detachedBytes(n: number): Uint8Array {
+  const a = new Uint8Array(n);
+  structuredClone(a.buffer, { transfer: [a.buffer] });
+  return a;
+}
+
 function detached(a: Float32Array): Float32Array {
   structuredClone(a.buffer, { transfer: [a.buffer as ArrayBuffer] });
   return a;
@@ -134,17 +150,24 @@ test('Router, route, routeLogits, MoELayer and forward on random arguments retur
       const f = pick([1, 4, 7]);
       let layer: MoELayer | undefined;
       const one = () => ({ w1: values(f * d), w3: values(f * d), w2: values(d * f) });
+      // E4M3 weights with their scales per row and 128 columns (an 'fp8' layer packs them; others refuse them)
+      const matrix = (rows: number, cols: number) => ({
+        data: e4m3Bytes(rows * cols),
+        scales: values(rows * Math.ceil(cols / 128)),
+      });
+      const oneE4m3 = () => ({ e4m3: { w1: matrix(f, d), w3: matrix(f, d), w2: matrix(d, f) } });
       const experts = pick([
         () => ({ w1: values(E * f * d), w3: values(E * f * d), w2: values(E * d * f), stacked: true }),
         () => Array.from({ length: E }, one),
         () => one,
+        () => Array.from({ length: E }, oneE4m3),
         () => pick(ODD),
       ])();
       await returnsOrRefuses(`new MoELayer on ${described()}`, () => {
         layer = new MoELayer({
           router: router!,
           experts: experts as never,
-          dtype: pick(['fp32', 'bf16', 'fp32', 'x']) as never,
+          dtype: pick(['fp32', 'bf16', 'fp8', 'fp32', 'x']) as never,
           intermediateSize: next() < 0.8 ? undefined : (num(f) as never),
           staticK: next() < 0.8 ? undefined : (num(2) as never),
         });
