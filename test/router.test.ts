@@ -133,7 +133,9 @@ test('top-p and threshold over 1024 experts (every expert a candidate: the sorte
     checked += rep.checked;
     ambiguous += rep.ambiguous;
   }
-  assert.ok(ambiguous <= checked * 0.05, `too many near-boundary tokens: ${ambiguous} of ${checked + ambiguous}`);
+  // (which tokens are within 1e-5 of a boundary depends on the data alone: this only keeps the data from leaving
+  // too few tokens checked. Over 1024 experts 0-2 of the 66 usually are, and a CI seed, 357686355, gave 4; 10%)
+  assert.ok(ambiguous <= checked * 0.1, `too many near-boundary tokens: ${ambiguous} of ${checked + ambiguous}`);
 });
 
 test('end to end from hidden states: logits to 1e-5 and the same experts', () => {

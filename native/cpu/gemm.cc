@@ -98,7 +98,7 @@ const GemmKernels kAvx512{Isa::Avx512,        avx512::maxRows(), avx512::kernelF
 const GemmKernels kAvx512Intel{Isa::Avx512,        avx512::maxRows(), avx512::kernelF32TwoLevel,
                                avx512::kernelBF16TwoLevel, avx512::kernelFP8TwoLevel, avx512::swigluRow,
                                avx512::toBf16,     avx512::maxRows(), nullptr, nullptr};
-// AMX (Intel only): AVX-512 for everything but the bf16 tiles (and fp8 jobs of kAmxMinRows rows or more).
+// AMX (Intel only): AVX-512 for everything but the bf16 tiles (and the fp8 experts of 8 or more rows: layer.cc).
 const GemmKernels kAmx{Isa::Amx,          avx512::maxRows(), avx512::kernelF32TwoLevel, amx::kernelBF16,
                        avx512::kernelFP8TwoLevel, avx512::swigluRow, avx512::toBf16, amx::maxRows(),
                        amx::kernelFP8Tiles, avx512::fp8ToBf16};
@@ -188,8 +188,6 @@ void packGateUpBF16(const float* gate, const float* up, int64_t rows, int64_t K,
     }
   }
 }
-
-float e4m3ToFloat(uint8_t b) { return e4m3Table().value[b]; }
 
 uint8_t floatToE4m3(float v) {
   if (std::isnan(v)) return 0x7f;

@@ -125,9 +125,8 @@ void packPanelsBF16(const float* W, size_t ldw, int64_t rows, int64_t K, uint32_
 void packGateUpF32(const float* gate, const float* up, int64_t rows, int64_t K, float* dst);
 void packGateUpBF16(const float* gate, const float* up, int64_t rows, int64_t K, uint32_t* dst);
 
-// E4M3 (OCP FP8, as torch.float8_e4m3fn): the value of a byte (NaN for 0x7f and 0xff), and the byte of a float,
-// rounded to nearest even, magnitudes above 448 saturating to 448 (NaN stays NaN).
-float e4m3ToFloat(uint8_t b);
+// E4M3 (OCP FP8, as torch.float8_e4m3fn): the byte of a float, rounded to nearest even, magnitudes above 448
+// saturating to 448 (NaN stays NaN: 0x7f).
 uint8_t floatToE4m3(float v);
 // Quantizes W [rows, K] (row stride ldw) to E4M3 with one scale per row and 128-column block: amax / 448 (a block
 // whose scale is below FLT_MIN, zeros included, is stored as zeros with scale 0). q [rows, K], scales
