@@ -7,7 +7,7 @@
  *   cp build/Release/dynamic_moe_router_kit.node /tmp/A.node   # before the change
  *   (change, npm run build:native)
  *   node bench/ab-builds.js /tmp/A.node build/Release/dynamic_moe_router_kit.node
- *   DTYPE=1 TS=1,32,512 node bench/ab-builds.js ...            # bf16, other batch sizes
+ *   DTYPE=1 TS=1,32,512 node bench/ab-builds.js ...            # bf16 (DTYPE=2: fp8), other batch sizes
  *   SHAPE=mixtral TS=32,256 node bench/ab-builds.js ...        # the Mixtral shape (several GB per build)
  *   GAP_MS=2 TS=1 node bench/ab-builds.js ...                   # each forward after 2 ms idle (a service between
  *                                                               # requests: the pool's workers have gone to sleep)
@@ -74,5 +74,5 @@ for (const T of tokens) {
       `${path.basename(v.name)} ${median(times[i]).toFixed(2)} ms (min ${Math.min(...times[i]).toFixed(2)}; ` +
       `${stageName} ${median(stageMs[i]).toFixed(3)})`,
   );
-  console.log(`${dtype ? 'bf16' : 'fp32'} T=${T}${gapMs > 0 ? ` (after ${gapMs} ms idle)` : ''}: ${cells.join('  ')}`);
+  console.log(`${['fp32', 'bf16', 'fp8'][dtype]} T=${T}${gapMs > 0 ? ` (after ${gapMs} ms idle)` : ''}: ${cells.join('  ')}`);
 }

@@ -102,85 +102,81 @@ class StreamPrefetch {
   int perStep_;
 };
 
+// The C tiles (0-3; 2 and 3 only for rows 16..31, TWO) at rest, or read from / written to a rows x 32 float tile of
+// row stride 32. Row tiles 0/1 hold rows 0-15, 2/3 rows 16-31; 0/2 outputs 0-15, 1/3 outputs 16-31.
+constexpr size_t kRowBytes = 32 * 4;  // a C row, and a B (panel) row: 32 floats or 32 pairs
+
+template <bool TWO>
+__attribute__((always_inline)) inline void zeroC() {
+  _tile_zero(0);
+  _tile_zero(1);
+  if (TWO) {
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+}
+
+template <bool TWO>
+__attribute__((always_inline)) inline void loadC(const float* C) {
+  _tile_loadd(0, C, kRowBytes);
+  _tile_loadd(1, C + 16, kRowBytes);
+  if (TWO) {
+    _tile_loadd(2, C + 16 * 32, kRowBytes);
+    _tile_loadd(3, C + 16 * 32 + 16, kRowBytes);
+  }
+}
+
+template <bool TWO>
+__attribute__((always_inline)) inline void storeC(float* C) {
+  _tile_stored(0, C, kRowBytes);
+  _tile_stored(1, C + 16, kRowBytes);
+  if (TWO) {
+    _tile_stored(2, C + 16 * 32, kRowBytes);
+    _tile_stored(3, C + 16 * 32 + 16, kRowBytes);
+  }
+}
+
+// One tile step: 16 K pairs from kp of A (rows lda pairs apart) times the two B tiles of the panel, into C.
+template <bool TWO>
+__attribute__((always_inline)) inline void tileStep(int kp, const uint32_t* A, size_t lda, const uint32_t* B) {
+  const uint32_t* b = B + size_t(kp) * 32;
+  _tile_loadd(6, b, kRowBytes);
+  _tile_loadd(7, b + 16, kRowBytes);
+  _tile_loadd(4, A + kp, lda * 4);
+  _tile_dpbf16ps(0, 4, 6);
+  _tile_dpbf16ps(1, 4, 7);
+  if (TWO) {
+    _tile_loadd(5, A + 16 * lda + kp, lda * 4);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+}
+
 // TWO: rows 16..31 exist (tiles 2, 3 and 5 are in use).
 template <bool TWO>
 void tiles(int Kp, const uint32_t* A, size_t lda, const uint32_t* B, float* C, bool accumulate, L2Prefetch next) {
-  const size_t aStride = lda * 4;
-  constexpr size_t kCStride = 32 * 4, kBStride = 32 * 4;
-  if (accumulate) {
-    _tile_loadd(0, C, kCStride);
-    _tile_loadd(1, C + 16, kCStride);
-    if (TWO) {
-      _tile_loadd(2, C + 16 * 32, kCStride);
-      _tile_loadd(3, C + 16 * 32 + 16, kCStride);
-    }
-  } else {
-    _tile_zero(0);
-    _tile_zero(1);
-    if (TWO) {
-      _tile_zero(2);
-      _tile_zero(3);
-    }
-  }
+  if (accumulate) loadC<TWO>(C);
+  else zeroC<TWO>();
   StreamPrefetch stream(Kp, next);
   for (int kp = 0; kp < Kp; kp += kPairsPerStep) {
     stream.step(B, kp, Kp);
-    const uint32_t* b = B + size_t(kp) * 32;
-    _tile_loadd(6, b, kBStride);
-    _tile_loadd(7, b + 16, kBStride);
-    _tile_loadd(4, A + kp, aStride);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    if (TWO) {
-      _tile_loadd(5, A + 16 * lda + kp, aStride);
-      _tile_dpbf16ps(2, 5, 6);
-      _tile_dpbf16ps(3, 5, 7);
-    }
+    tileStep<TWO>(kp, A, lda, B);
   }
-  _tile_stored(0, C, kCStride);
-  _tile_stored(1, C + 16, kCStride);
-  if (TWO) {
-    _tile_stored(2, C + 16 * 32, kCStride);
-    _tile_stored(3, C + 16 * 32 + 16, kCStride);
-  }
+  storeC<TWO>(C);
 }
 
 // fp8 on the tiles: per block of 64 pairs, zeroed C tiles sum A · (the E4M3 values), then each column's sums go
 // into C times the block's scale. The widened slice and A's rows hold whole tile steps (zeros past K).
 template <bool TWO>
 void fp8Tiles(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* B, const float* scales, float* C) {
-  const size_t aStride = lda * 4;
-  constexpr size_t kStride = 32 * 4;
   constexpr int kBlockPairs = kFp8Block / 2;
   alignas(64) float sums[32 * 32];
   for (int kb = 0; kb < Kp; kb += kBlockPairs, scales += 32) {
     memoryBarrier();  // (the last block's sums are read before these tiles are stored over them)
-    _tile_zero(0);
-    _tile_zero(1);
-    if (TWO) {
-      _tile_zero(2);
-      _tile_zero(3);
-    }
+    zeroC<TWO>();
     const int end = std::min(Kp, kb + kBlockPairs);
-    for (int kp = kb; kp < end; kp += kPairsPerStep) {
-      const uint32_t* b = B + size_t(kp) * 32;
-      _tile_loadd(6, b, kStride);
-      _tile_loadd(7, b + 16, kStride);
-      _tile_loadd(4, A + kp, aStride);
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_dpbf16ps(1, 4, 7);
-      if (TWO) {
-        _tile_loadd(5, A + 16 * lda + kp, aStride);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
-      }
-    }
-    _tile_stored(0, sums, kStride);
-    _tile_stored(1, sums + 16, kStride);
-    if (TWO) {
-      _tile_stored(2, sums + 16 * 32, kStride);
-      _tile_stored(3, sums + 16 * 32 + 16, kStride);
-    }
+    for (int kp = kb; kp < end; kp += kPairsPerStep) tileStep<TWO>(kp, A, lda, B);
+    storeC<TWO>(sums);
     memoryBarrier();
     const __m512 s0 = _mm512_loadu_ps(scales), s1 = _mm512_loadu_ps(scales + 16);
     for (int r = 0; r < rows; ++r) {
