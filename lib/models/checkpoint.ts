@@ -9,7 +9,14 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { brief, ModelLoadError, ValidationError } from '../errors';
 import { isFloat8Dtype } from './float8';
-import { applyFp8Scaling, fp8BlockSize, fp8ScalingOf, type Fp8Blocks, type Fp8Scaling } from './fp8-scales';
+import {
+  applyFp8Scaling,
+  fp8BlockSize,
+  fp8ScaleIndex,
+  fp8ScalingOf,
+  type Fp8Blocks,
+  type Fp8Scaling,
+} from './fp8-scales';
 import { openSafetensors, type SafetensorsFile, type SafetensorsTensorInfo } from './safetensors';
 import type { E4m3Matrix } from '../layer';
 
@@ -220,30 +227,23 @@ class HfCheckpoint implements Checkpoint {
     const [rows, cols] = this.checkShape(name, expectedShape);
     if (this.info(name).dtype !== 'F8_E4M3') return null;
     const scaling = this.scalingOf(name)!;
-    const [b0, b1] = scaling.block;
-    if (scaling.stacked || (scaling.kind === 'block' && b1 % E4M3_SCALE_COLUMNS !== 0)) return null;
-    const where = `${this.dir}: tensor ${brief(name)}`;
-    const data = this.fileOf(name).readBytes(name);
-    const nan = data.findIndex((b) => (b & 0x7f) === 0x7f);
-    if (nan >= 0) throw new ModelLoadError(`${where}: element ${nan} is an E4M3 NaN code; expected finite weights`);
+    if (scaling.stacked || (scaling.kind === 'block' && scaling.block[1] % E4M3_SCALE_COLUMNS !== 0)) return null;
     const stored = this.fileOf(scaling.scaleName).readFloat32(scaling.scaleName);
-    const groups = Math.ceil(cols / E4M3_SCALE_COLUMNS);
-    const blocksPerRow = Math.ceil(cols / b1);
-    const scales = new Float32Array(rows * groups);
-    for (let r = 0; r < rows; r++) {
-      for (let g = 0; g < groups; g++) {
-        const at =
-          scaling.kind === 'tensor'
-            ? 0
-            : scaling.kind === 'row'
-              ? r
-              : Math.floor(r / b0) * blocksPerRow + Math.floor((g * E4M3_SCALE_COLUMNS) / b1);
-        scales[r * groups + g] = stored[at];
-      }
-    }
     // (a scale whose product with 448, the largest E4M3 value, is not a finite float32: the float path reads the
     // tensor, and names an element that overflows if one does)
     if (stored.some((v) => !Number.isFinite(Math.fround(v * 448)))) return null;
+    const data = this.fileOf(name).readBytes(name);
+    const nan = data.findIndex((b) => (b & 0x7f) === 0x7f);
+    if (nan >= 0) {
+      throw new ModelLoadError(
+        `${this.dir}: tensor ${brief(name)}: element ${nan} is an E4M3 NaN code; expected finite weights`,
+      );
+    }
+    const groups = Math.ceil(cols / E4M3_SCALE_COLUMNS);
+    const scales = new Float32Array(rows * groups);
+    for (let r = 0; r < rows; r++)
+      for (let g = 0; g < groups; g++)
+        scales[r * groups + g] = stored[fp8ScaleIndex(scaling, cols, r, g * E4M3_SCALE_COLUMNS)];
     return { data, scales };
   }
 

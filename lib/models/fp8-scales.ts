@@ -142,6 +142,14 @@ export function fp8ScalingOf(ckpt: TensorLookup, name: string, shape: readonly n
   return { scaleName, kind, block, stacked } satisfies Fp8Scaling;
 }
 
+/** Where the scale of element (r, c) of a [rows, cols] matrix is in its scales (for a stacked tensor: in its slice's). */
+export function fp8ScaleIndex(scaling: Fp8Scaling, cols: number, r: number, c: number): number {
+  const [b0, b1] = scaling.block;
+  if (scaling.kind === 'tensor') return 0;
+  if (scaling.kind === 'row') return r;
+  return Math.floor(r / b0) * Math.ceil(cols / b1) + Math.floor(c / b1);
+}
+
 /**
  * Multiplies `values` (the stored FP8 numbers of a tensor of shape `shape`, row-major) by their scales, in place.
  * @throws ModelLoadError naming the tensor and element for a non-finite scale or scaled weight.
@@ -160,22 +168,16 @@ export function applyFp8Scaling(
   }
   const cols = shape.length === 2 ? shape[1] : values.length;
   const rows = cols === 0 ? 0 : values.length / cols;
-  const [b0, b1] = scaling.block;
   // Each row is a run of column groups with one scale each (the whole row, or its blocks). `poison` turns NaN as
   // soon as one scaled value is NaN or infinite (v - v is 0 for every finite v), read back from the float32 array:
   // the rounded product may overflow where the double did not.
-  const groupWidth = scaling.kind === 'block' ? b1 : Math.max(cols, 1);
+  const groupWidth = scaling.kind === 'block' ? scaling.block[1] : Math.max(cols, 1);
   const groupsPerRow = Math.ceil(cols / groupWidth);
   let poison = 0;
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
     for (let g = 0; g < groupsPerRow; g++) {
-      const scale =
-        scaling.kind === 'tensor'
-          ? scales[0]
-          : scaling.kind === 'row'
-            ? scales[r]
-            : scales[Math.floor(r / b0) * groupsPerRow + g];
+      const scale = scales[fp8ScaleIndex(scaling, cols, r, g * groupWidth)];
       const end = base + Math.min(cols, (g + 1) * groupWidth);
       for (let i = base + g * groupWidth; i < end; i++) {
         values[i] *= scale;
