@@ -89,6 +89,14 @@ void checkFp8(const char* name, Fp8Matrix m, int64_t rows, int64_t K) {
       throw std::invalid_argument(std::string(name) + ": scale " + std::to_string(i) + " is not finite (or above " +
                                   "3.4e38 / 448)");
 }
+
+// An expert's three E4M3 matrices (w1, w3 [f, d], w2 [d, f]) for a layer of `dtype`.
+void checkFp8Expert(DType dtype, Fp8Matrix w1, Fp8Matrix w3, Fp8Matrix w2, int64_t f, int64_t d) {
+  if (dtype != DType::FP8) throw std::invalid_argument("layer: E4M3 weights need a layer of dtype fp8");
+  checkFp8("w1", w1, f, d);
+  checkFp8("w3", w3, f, d);
+  checkFp8("w2", w2, d, f);
+}
 }  // namespace
 
 template <typename Pack>
@@ -119,14 +127,12 @@ void Layer::setSharedExpert(const float* w1, const float* w3, const float* w2, i
 }
 
 void Layer::setExpertFP8(int32_t expert, Fp8Matrix w1, Fp8Matrix w3, Fp8Matrix w2, int64_t f) {
-  if (dtype_ != DType::FP8) throw std::invalid_argument("layer: E4M3 weights need a layer of dtype fp8");
-  checkFp8("w1", w1, f, hidden_), checkFp8("w3", w3, f, hidden_), checkFp8("w2", w2, hidden_, f);
+  checkFp8Expert(dtype_, w1, w3, w2, f, hidden_);
   setPacked(expert, f, nullptr, [&](PackedExpert& dst) { packFP8(dst, w1, w3, w2, f); });
 }
 
 void Layer::setSharedExpertFP8(Fp8Matrix w1, Fp8Matrix w3, Fp8Matrix w2, int64_t f, const float* gate) {
-  if (dtype_ != DType::FP8) throw std::invalid_argument("layer: E4M3 weights need a layer of dtype fp8");
-  checkFp8("w1", w1, f, hidden_), checkFp8("w3", w3, f, hidden_), checkFp8("w2", w2, hidden_, f);
+  checkFp8Expert(dtype_, w1, w3, w2, f, hidden_);
   setPacked(-1, f, gate, [&](PackedExpert& dst) { packFP8(dst, w1, w3, w2, f); });
 }
 
