@@ -13,18 +13,14 @@ import { measureStreamGBs } from '../lib/bench/roofline';
 import { median } from '../lib/bench/stats';
 import type { MoELayer, WeightDType } from '../lib';
 import { native } from '../lib/native';
-
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1] : fallback;
-}
+import { benchArg } from '../lib/bench/args';
 
 const TOKENS: Record<string, number[]> = { OLMoE: [1, 8, 32, 512], Mixtral: [1, 8, 32, 256] };
 
 function main(): void {
-  const threads = Number(arg('threads', String(native().backendInfo().threads)));
-  const rounds = Number(arg('rounds', '5'));
-  const models = arg('models', 'olmoe,mixtral').split(',');
+  const threads = Number(benchArg('threads', String(native().backendInfo().threads)));
+  const rounds = Number(benchArg('rounds', '5'));
+  const models = benchArg('models', 'olmoe,mixtral').split(',');
   const dtypes: WeightDType[] = process.argv.includes('--fp32') ? ['fp8', 'bf16', 'fp32'] : ['fp8', 'bf16'];
   console.log(`# fp8 against ${dtypes.slice(1).join(' and ')}: ${native().backendInfo().isa}, ${threads} threads`);
   console.log(
@@ -33,7 +29,9 @@ function main(): void {
   console.log('|---|' + dtypes.map(() => '---|').join('') + '---|---|');
   for (const shape of SHAPES.filter((s: LayerShape) => models.includes(s.name.toLowerCase()))) {
     const layers = dtypes.map((dtype) => buildLayer(shape, dtype, threads));
-    const tokens = process.argv.includes('--tokens') ? arg('tokens', '1').split(',').map(Number) : TOKENS[shape.name];
+    const tokens = process.argv.includes('--tokens')
+      ? benchArg('tokens', '1').split(',').map(Number)
+      : TOKENS[shape.name];
     for (const T of tokens) {
       const x = new Float32Array(T * shape.d);
       native().bench.fillNormal(x, 7, 1);

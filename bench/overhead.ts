@@ -55,11 +55,7 @@ import {
   PerformanceSummaryLogger,
   traceDrainedSpans,
 } from '../lib/observability';
-
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1] : fallback;
-}
+import { benchArg } from '../lib/bench/args';
 
 /** The quartiles of the per-round ratios: how far one round's on-versus-off difference is from the next. */
 function quartiles(values: number[]): [number, number] {
@@ -97,22 +93,22 @@ interface PhaseResult {
 }
 
 async function main(): Promise<void> {
-  const threads = Number(arg('threads', String(native().backendInfo().threads)));
-  const rounds = Number(arg('rounds', '16'));
+  const threads = Number(benchArg('threads', String(native().backendInfo().threads)));
+  const rounds = Number(benchArg('rounds', '16'));
   // ~1 s phases: the span batches and the performance summary run about once a second, as in a service
-  const calls = Number(arg('calls', '32'));
+  const calls = Number(benchArg('calls', '32'));
   // Which parts the "on" phases switch on (all by default), to see what each one costs.
-  const parts = new Set(arg('parts', 'metrics,spans,logs').split(','));
+  const parts = new Set(benchArg('parts', 'metrics,spans,logs').split(','));
   // how often drained span records become spans (traceDrainedSpans' default: every second; 0: at every scrape)
-  const spanFlushMs = Number(arg('span-flush-ms', '1000'));
+  const spanFlushMs = Number(benchArg('span-flush-ms', '1000'));
   // buffer: what /metrics serves (collector.metricsBuffer()); text: collector.metrics(), a string
-  const scrapeKind = arg('scrape', 'buffer');
+  const scrapeKind = benchArg('scrape', 'buffer');
   if (scrapeKind !== 'buffer' && scrapeKind !== 'text')
     throw new Error(`--scrape: expected buffer or text, got ${scrapeKind}`);
   const T = 32;
   // sync: forward() blocks the event loop, timers run between calls; async: forwardAsync(), as a service runs it,
   // so a scrape runs on the main thread while the pool computes.
-  const mode = arg('mode', 'sync');
+  const mode = benchArg('mode', 'sync');
   if (mode !== 'sync' && mode !== 'async') throw new Error(`--mode: expected sync or async, got ${mode}`);
   if (!collectGarbage) console.error('note: run with node --expose-gc so each phase pays for its own garbage');
   console.error(`building the OLMoE layer (fp32, ${threads} threads)...`);
@@ -127,7 +123,7 @@ async function main(): Promise<void> {
   const logLines = () => fs.readFileSync(logFile, 'utf8').split('\n').filter(Boolean).length;
   configureLogging({ file: logFile, format: 'json', serviceName: 'overhead-bench', environment: 'bench' });
   // 0: the collector without the per-expert token counter and the per-stage histograms (enableDetailedMetrics)
-  const detailedMetrics = arg('detailed-metrics', '1') !== '0';
+  const detailedMetrics = benchArg('detailed-metrics', '1') !== '0';
   const collector = new MetricsCollector('olmoe-bench', { enableDetailedMetrics: detailedMetrics });
   collector.observe(layer, { layerId: 0 });
   const exporter = new InMemorySpanExporter();
@@ -136,9 +132,9 @@ async function main(): Promise<void> {
   // seventh) exports span by span, and the in-memory exporter answers each export through a setTimeout of its own:
   // those 96 timers a second run between the calls, outside the timed pieces, so with it the typical cost leaves
   // them out (the paired added time still counts them).
-  const batchSpans = arg('span-processor', 'batch') === 'batch';
+  const batchSpans = benchArg('span-processor', 'batch') === 'batch';
   // the share of calls traced (TracingConfig.sampleRate; default 1: every call)
-  const sampleRate = Number(arg('sample-rate', '1'));
+  const sampleRate = Number(benchArg('sample-rate', '1'));
   const tracing = initializeTracing({
     spanExporter: exporter,
     register: false,
@@ -154,7 +150,7 @@ async function main(): Promise<void> {
   // timed apart); at longer intervals a phase end logs none, and the summary's cost — timed after the rounds, after
   // forwards — counts at its rate (median / interval).
   const never = 3_600_000;
-  const summaryIntervalMs = Number(arg('summary-ms', '60000'));
+  const summaryIntervalMs = Number(benchArg('summary-ms', '60000'));
   if (!(summaryIntervalMs > 0)) throw new Error(`--summary-ms: expected a positive number, got ${summaryIntervalMs}`);
   const summaryAtPhaseEnd = summaryIntervalMs <= 1000;
   const summary = new PerformanceSummaryLogger({ collector, intervalMs: summaryIntervalMs });
@@ -287,7 +283,7 @@ async function main(): Promise<void> {
   // double, then ~3.5 KB, then ~2 KB after ~400), so the on configuration runs --warmup scrapes first — against
   // T=1 forwards, with a span batch and a summary every tenth — outside the timed rounds (0: none, the state of a
   // service in its first minute).
-  const warmupScrapes = Number(arg('warmup', '500'));
+  const warmupScrapes = Number(benchArg('warmup', '500'));
   let warmupLines = 0;
   if (warmupScrapes > 0) {
     const x1 = x.subarray(0, layer.hiddenSize);
@@ -469,7 +465,7 @@ async function main(): Promise<void> {
         `over the calls at the median forward ${pct(result.pieces.estimatedAtMedianRatio)} (target <= 1 %)`,
     ].join('\n'),
   );
-  const out = arg('json', '');
+  const out = benchArg('json', '');
   if (out) {
     fs.mkdirSync(path.dirname(out), { recursive: true });
     fs.writeFileSync(out, JSON.stringify(result, null, 2));

@@ -4,21 +4,17 @@
  */
 import * as path from 'node:path';
 import { progressPrinter, runBenchSuite, type BenchName } from '../lib/bench/suite';
-
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1] : fallback;
-}
+import { benchArg } from '../lib/bench/args';
 
 export function runFromCommandLine(benches: BenchName[], defaultModels = 'olmoe,mixtral'): void {
-  const threads = process.argv.includes('--threads') ? Number(arg('threads', '0')) : undefined;
+  const threads = process.argv.includes('--threads') ? Number(benchArg('threads', '0')) : undefined;
   const result = runBenchSuite({
     benches,
-    models: arg('models', defaultModels).toLowerCase().split(','),
-    dtypes: arg('dtypes', 'fp32,bf16').split(',') as ('fp32' | 'bf16')[],
+    models: benchArg('models', defaultModels).toLowerCase().split(','),
+    dtypes: benchArg('dtypes', 'fp32,bf16').split(',') as ('fp32' | 'bf16')[],
     threads,
-    fidelityTokens: Number(arg('tokens', '128')),
-    outDir: arg('out', path.join(__dirname, 'out')),
+    fidelityTokens: Number(benchArg('tokens', '128')),
+    outDir: benchArg('out', path.join(__dirname, 'out')),
     onProgress: progressPrinter(),
   });
   console.log(result.markdown);
