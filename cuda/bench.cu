@@ -112,7 +112,7 @@ void CudaLayer::bench(MoeCudaBench& b) {
     enqueueAlign(T, false, stream_);
   });
   // The expert stage alone, replayed from a graph (the decode kernels are short: launch gaps would dominate),
-  // with the layer's tile choice and, for T > 8, each tile forced.
+  // with the layer's choice (the decode GEMV kernels up to gemvMaxTokens_) and each GEMM tile forced.
   const int ownTile = forcedTile_;
   auto expertMs = [&](int tile) {
     forcedTile_ = tile;
@@ -122,7 +122,7 @@ void CudaLayer::bench(MoeCudaBench& b) {
     forcedTile_ = ownTile;
     return ms;
   };
-  for (int t = 0; t < kGemmTiles; ++t) b.expertMsByTile[t] = T > kGemvMaxRows ? expertMs(t) : 0.0;
+  for (int t = 0; t < kGemmTiles; ++t) b.expertMsByTile[t] = expertMs(t);
   b.expertMs = expertMs(ownTile);
   b.emptyGraphMs = graphMs([&] {
     emptyKernel<<<1, 32, 0, stream_>>>();

@@ -1,9 +1,10 @@
-// Decode path: when every expert has at most kGemvMaxRows rows, the expert stage is pure weight streaming. A warp
-// reads one output row of the weight matrix at a time with 16-byte loads and dots it with each of the expert's
-// (few) activation rows, which stay in L1. Blocks are laid out over (output rows, active expert slot) and loop over
-// the rows (one wave, no tail of short blocks); slots past the number of experts that got tokens exit at once, so
-// no host synchronisation is needed. The kernels are compiled per bound on the rows (1, 2, 4, 8), so T = 1 keeps
-// few registers and full occupancy.
+// Decode path: a forward of at most kGemvDefaultTokens tokens (MOE_CUDA_GEMV_MAX_TOKENS, up to kGemvMaxRows) gives
+// every expert at most that many rows, and the expert stage is pure weight streaming. A warp reads one output row
+// of the weight matrix at a time with 16-byte loads and dots it with each of the expert's (few) activation rows,
+// which stay in L1. Blocks are laid out over (output rows, active expert slot) and loop over the rows (one wave, no
+// tail of short blocks); slots past the number of experts that got tokens exit at once, so no host
+// synchronisation is needed. The kernels are compiled per bound on the rows (1, 2, 4, 8), so T = 1 keeps few
+// registers and full occupancy.
 #include <algorithm>
 #include <cstdlib>
 
@@ -111,12 +112,12 @@ __device__ __forceinline__ void downRow(int n, int e, const Rows& rows, const bf
   }
 }
 
-// Grid (blocks per slot, slots): block (x, y) takes active slot y; its warps loop over the slot's outputs.
-template <int MAXR>
-__global__ void __launch_bounds__(kWarps * 32) gateUpGemvKernel(const bf16* __restrict__ xb,
-                                                                const int32_t* __restrict__ rowToken, int dPad,
-                                                                const bf16* __restrict__ gateUp, int fPad,
-                                                                GemvSchedule s, bf16* __restrict__ hidden) {
+// Grid (blocks per slot, slots): block (x, y) takes active slot y; its warps loop over the slot's outputs. MINB:
+// blocks per multiprocessor the registers must allow (launchGemvs; 0: the compiler's choice).
+template <int MAXR, int MINB>
+__global__ void __launch_bounds__(kWarps * 32, MINB)
+    gateUpGemvKernel(const bf16* __restrict__ xb, const int32_t* __restrict__ rowToken, int dPad,
+                     const bf16* __restrict__ gateUp, int fPad, GemvSchedule s, bf16* __restrict__ hidden) {
   Rows rows;
   int e;
   if (!expertRows<MAXR>(s, blockIdx.y, rows, e)) return;
@@ -126,11 +127,10 @@ __global__ void __launch_bounds__(kWarps * 32) gateUpGemvKernel(const bf16* __re
     gateUpRow<MAXR>(f, e, rows, x, dPad, gateUp, fPad, hidden);
 }
 
-template <int MAXR>
-__global__ void __launch_bounds__(kWarps * 32) downGemvKernel(const bf16* __restrict__ hidden, int fPad,
-                                                              const bf16* __restrict__ down, int dPad,
-                                                              GemvSchedule s, const float* __restrict__ scale,
-                                                              float* __restrict__ out) {
+template <int MAXR, int MINB>
+__global__ void __launch_bounds__(kWarps * 32, MINB)
+    downGemvKernel(const bf16* __restrict__ hidden, int fPad, const bf16* __restrict__ down, int dPad, GemvSchedule s,
+                   const float* __restrict__ scale, float* __restrict__ out) {
   Rows rows;
   int e;
   if (!expertRows<MAXR>(s, blockIdx.y, rows, e)) return;
@@ -138,98 +138,37 @@ __global__ void __launch_bounds__(kWarps * 32) downGemvKernel(const bf16* __rest
     downRow<MAXR>(n, e, rows, hidden, fPad, down, dPad, scale, out);
 }
 
-// Experimental, off by default (MOE_CUDA_GEMV_FLAT=1; bench/gpu/check.sh MOE_CHECK_AB_ENV times it): one resident
-// wave of blocks over the (active expert, output) items, counted on the device, each warp taking a contiguous
-// share. Every block starts once (the per-slot grid above starts ~5 short blocks per SM per wave at T = 8, each
-// paying the schedule's dependent loads before it streams), and at T = 1 no warp idles while another takes one
-// more row (OLMoE gate/up under the per-slot cap: 232 of 792 warps take a second row).
-bool flatGemvGrid() {
-  static const bool on = [] {
-    const char* v = std::getenv("MOE_CUDA_GEMV_FLAT");
-    return v && v[0] == '1' && v[1] == 0;
+// Experimental, off by default (MOE_CUDA_GEMV_T1_BLOCKS=8; bench/gpu/check.sh MOE_CHECK_AB_ENV times it): the
+// T = 1 kernels held to 32 registers, so 8 blocks fit a multiprocessor instead of 6 (37 registers) and the
+// one-wave grid has a third more warps: OLMoE gate/up then gives every warp one row (now 232 of 792 take two).
+int gemvT1Blocks() {
+  static const int blocks = [] {
+    const char* v = std::getenv("MOE_CUDA_GEMV_T1_BLOCKS");
+    return v && v[0] == '8' && v[1] == 0 ? 8 : 6;
   }();
-  return on;
-}
-
-// Warp w's items [begin, end) of `items` over all warps of the grid (gridDim.y == 1).
-__device__ __forceinline__ void warpShare(int64_t items, int64_t& begin, int64_t& end) {
-  const int64_t warps = int64_t(gridDim.x) * kWarps;
-  const int64_t per = (items + warps - 1) / warps;
-  begin = (int64_t(blockIdx.x) * kWarps + threadIdx.x / 32) * per;
-  end = min(items, begin + per);
-}
-
-template <int MAXR>
-__global__ void __launch_bounds__(kWarps * 32) gateUpGemvFlatKernel(const bf16* __restrict__ xb,
-                                                                    const int32_t* __restrict__ rowToken, int dPad,
-                                                                    const bf16* __restrict__ gateUp, int fPad,
-                                                                    GemvSchedule s, bf16* __restrict__ hidden) {
-  int64_t i, end;
-  warpShare(int64_t(*s.numActive) * fPad, i, end);
-  if (i >= end) return;
-  int slot = int(i / fPad), f = int(i % fPad), e;
-  Rows rows;
-  const bf16* x[MAXR];
-  expertRows<MAXR>(s, slot, rows, e);
-  activationRows<MAXR>(xb, rowToken, dPad, rows, x);
-  for (;;) {
-    gateUpRow<MAXR>(f, e, rows, x, dPad, gateUp, fPad, hidden);
-    if (++i >= end) break;
-    if (++f == fPad) {  // the next active expert
-      f = 0;
-      expertRows<MAXR>(s, ++slot, rows, e);
-      activationRows<MAXR>(xb, rowToken, dPad, rows, x);
-    }
-  }
-}
-
-template <int MAXR>
-__global__ void __launch_bounds__(kWarps * 32) downGemvFlatKernel(const bf16* __restrict__ hidden, int fPad,
-                                                                  const bf16* __restrict__ down, int dPad,
-                                                                  GemvSchedule s, const float* __restrict__ scale,
-                                                                  float* __restrict__ out) {
-  int64_t i, end;
-  warpShare(int64_t(*s.numActive) * dPad, i, end);
-  if (i >= end) return;
-  int slot = int(i / dPad), n = int(i % dPad), e;
-  Rows rows;
-  expertRows<MAXR>(s, slot, rows, e);
-  for (;;) {
-    downRow<MAXR>(n, e, rows, hidden, fPad, down, dPad, scale, out);
-    if (++i >= end) break;
-    if (++n == dPad) {
-      n = 0;
-      expertRows<MAXR>(s, ++slot, rows, e);
-    }
-  }
+  return blocks;
 }
 
 // Blocks per slot: one warp per output row, except for one token per expert (T = 1), where every slot is an
 // active expert and about one resident wave over all of them, each warp looping over rows, avoids a tail of short
 // blocks. With more tokens some slots may be empty, so a cap would idle part of the GPU (CUDA run 5).
-unsigned gemvBlocks(int outputs, const GemvSchedule& s) {
+unsigned gemvBlocks(int outputs, const GemvSchedule& s, int blocksPerMultiprocessor) {
   const int64_t needed = ceilDiv(outputs, kWarps);
   if (s.maxRows > 1) return unsigned(needed);
-  const int64_t wave = std::max<int64_t>(1, int64_t(s.multiprocessors) * 6 / std::max(1, s.slots));
+  const int64_t wave =
+      std::max<int64_t>(1, int64_t(s.multiprocessors) * blocksPerMultiprocessor / std::max(1, s.slots));
   return unsigned(std::min(needed, wave));
 }
 
-template <int MAXR>
+template <int MAXR, int MINB = 0>
 void launchGemvs(const bf16* xb, const int32_t* rowToken, int dPad, const bf16* gateUp, const bf16* down, int fPad,
                  const GemvSchedule& g, const float* scale, bf16* hidden, float* out, cudaStream_t s) {
-  if (flatGemvGrid()) {
-    const unsigned wave = unsigned(std::max(1, g.multiprocessors * 6));
-    gateUpGemvFlatKernel<MAXR><<<wave, kWarps * 32, 0, s>>>(xb, rowToken, dPad, gateUp, fPad, g, hidden);
-    checkLaunch("gateUpGemvFlatKernel");
-    downGemvFlatKernel<MAXR><<<wave, kWarps * 32, 0, s>>>(hidden, fPad, down, dPad, g, scale, out);
-    checkLaunch("downGemvFlatKernel");
-    return;
-  }
-  gateUpGemvKernel<MAXR><<<dim3(gemvBlocks(fPad, g), unsigned(g.slots)), kWarps * 32, 0, s>>>(xb, rowToken, dPad,
-                                                                                             gateUp, fPad, g, hidden);
+  const int perMultiprocessor = MINB > 6 ? MINB : 6;
+  gateUpGemvKernel<MAXR, MINB><<<dim3(gemvBlocks(fPad, g, perMultiprocessor), unsigned(g.slots)), kWarps * 32, 0, s>>>(
+      xb, rowToken, dPad, gateUp, fPad, g, hidden);
   checkLaunch("gateUpGemvKernel");
-  downGemvKernel<MAXR><<<dim3(gemvBlocks(dPad, g), unsigned(g.slots)), kWarps * 32, 0, s>>>(hidden, fPad, down, dPad,
-                                                                                            g, scale, out);
+  downGemvKernel<MAXR, MINB><<<dim3(gemvBlocks(dPad, g, perMultiprocessor), unsigned(g.slots)), kWarps * 32, 0, s>>>(
+      hidden, fPad, down, dPad, g, scale, out);
   checkLaunch("downGemvKernel");
 }
 
@@ -237,6 +176,8 @@ void launchGemvs(const bf16* xb, const int32_t* rowToken, int dPad, const bf16* 
 
 void launchExpertGemvs(const bf16* xb, const int32_t* rowToken, int dPad, const bf16* gateUp, const bf16* down,
                        int fPad, const GemvSchedule& g, const float* scale, bf16* hidden, float* out, cudaStream_t s) {
+  if (g.maxRows <= 1 && gemvT1Blocks() == 8)
+    return launchGemvs<1, 8>(xb, rowToken, dPad, gateUp, down, fPad, g, scale, hidden, out, s);
   if (g.maxRows <= 1) return launchGemvs<1>(xb, rowToken, dPad, gateUp, down, fPad, g, scale, hidden, out, s);
   if (g.maxRows <= 2) return launchGemvs<2>(xb, rowToken, dPad, gateUp, down, fPad, g, scale, hidden, out, s);
   if (g.maxRows <= 4) return launchGemvs<4>(xb, rowToken, dPad, gateUp, down, fPad, g, scale, hidden, out, s);

@@ -346,7 +346,7 @@ void launchCalibrate(const float* raw, int64_t T, int mode, double* state, const
 bool rankTopK(const MoeCudaRouting& cfg) {
   static const bool enabled = [] {
     const char* v = std::getenv("MOE_CUDA_RANK_TOPK");
-    return v && std::strcmp(v, "1") == 0;
+    return !(v && std::strcmp(v, "0") == 0);
   }();
   return enabled && cfg.numExperts <= kRankTopKMaxExperts;
 }

@@ -25,9 +25,10 @@ struct GatingCopy {
   int32_t* k = nullptr;
 };
 
-// Experimental (MOE_CUDA_RANK_TOPK=1, E <= kRankTopKMaxExperts; bench/gpu/check.sh MOE_CHECK_AB_ENV times it):
-// the best maxK by each candidate's rank, counted against every score at once, instead of maxK rounds of a warp
-// reduction each waiting for the last. Same order: higher score first, ties to the lower index.
+// Where E <= kRankTopKMaxExperts: the best maxK by each candidate's rank, counted against every score at once,
+// instead of maxK rounds of a warp reduction each waiting for the last. Same order: higher score first, ties to
+// the lower index. The default since H200 run 9 (route + align 0.3-1.5 us faster at T >= 32 and for Mixtral, the
+// same within noise for OLMoE below; bench/RESULTS.md); MOE_CUDA_RANK_TOPK=0 keeps the rounds.
 constexpr int kRankTopKMaxExperts = 64;
 bool rankTopK(const MoeCudaRouting& cfg);  // gating.cu: the variable, and E small enough
 

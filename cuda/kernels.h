@@ -105,6 +105,11 @@ void launchDownGemm(const bf16* hidden, int fPad, const bf16* down, int dPad, co
 
 // ---- expert_gemv.cu (decode: every expert has at most kGemvMaxRows rows; pure weight streaming)
 constexpr int kGemvMaxRows = 8;
+// Forwards of at most this many tokens take the GEMV kernels; above, the grouped GEMM's streaming tile. On an H200
+// (bench/RESULTS.md, run 9) the 32-row tile streams the weights at 0.79-0.80 of copy at T = 8 where the GEMV kernels
+// reach 0.61-0.65 (each warp re-reads the expert's activation rows per output), and the GEMV kernels lead up to
+// T = 4 (0.77-0.90 against 0.69-0.79). MOE_CUDA_GEMV_MAX_TOKENS=0..8 overrides it (A/B runs).
+constexpr int kGemvDefaultTokens = 4;
 struct GemvSchedule {
   const int32_t* offsets;    // [E + 1]
   const int32_t* active;     // [E] experts with rows

@@ -146,6 +146,12 @@ void CudaLayer::init(const MoeCudaLayerDesc& desc) {
     for (int i = 0; i < kGemmTiles; ++i)
       if (t == names[i]) forcedTile_ = i;
   }
+  // A/B runs (bench/gpu/check.sh MOE_CHECK_AB_ENV): MOE_CUDA_GEMV_MAX_TOKENS=0..8, the most tokens a forward
+  // streams the experts with the decode GEMV kernels (default kGemvDefaultTokens); above, the grouped GEMM tiles.
+  if (const char* v = std::getenv("MOE_CUDA_GEMV_MAX_TOKENS")) {
+    const int n = std::atoi(v);
+    if (v[0] >= '0' && v[0] <= '9' && n >= 0 && n <= kGemvMaxRows) gemvMaxTokens_ = n;
+  }
   noteBytes();
 }
 
@@ -383,7 +389,8 @@ void CudaLayer::runExperts(const ExpertWeights& ew, const int32_t* rowToken, con
                            int64_t rows, int slots, const float* scale, bf16* hidden, float* out, int64_t T,
                            cudaStream_t s) {
   const bf16* xb = ws_->xb.as<bf16>();
-  if (T <= kGemvMaxRows) {  // every expert has at most T rows: stream the weights
+  // Every expert has at most T rows: stream the weights (unless a test or benchmark forces a GEMM tile).
+  if (T <= gemvMaxTokens_ && forcedTile_ < 0) {
     const GemvSchedule g{offsets, active, numActive, slots, int(T), multiprocessors_};
     launchExpertGemvs(xb, rowToken, dPad_, ew.gateUp.as<bf16>(), ew.down.as<bf16>(), ew.fPad, g, scale, hidden, out,
                       s);

@@ -40,7 +40,22 @@ test('backend option: "cpu" never touches the GPU; "auto" and backendInfo agree 
   );
 });
 
+// The child runs lib/ from source through tsx; bench/gpu/bundle.sh's single-file bundle (a GPU machine without
+// node_modules) has neither, so there the test says so and passes.
+const tsxHere = (() => {
+  try {
+    require.resolve('tsx');
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
 test('MOE_CUDA_PLUGIN naming a missing file says so, instead of loading another plugin (child process)', () => {
+  if (!tsxHere) {
+    console.log('cuda.test: the MOE_CUDA_PLUGIN child-process check SKIPPED (no tsx here: a bundled run)');
+    return;
+  }
   const script = `const { cudaStatus } = require(${JSON.stringify(path.join(__dirname, '..', 'lib'))});
     console.log(JSON.stringify(cudaStatus()));`;
   const r = spawnSync(process.execPath, ['--import', 'tsx', '-e', script], {
@@ -382,6 +397,27 @@ function gpuTests() {
         }
         b.layer.dispose();
       }
+      // The GEMV kernels of 5-8 rows per expert, used when MOE_CUDA_GEMV_MAX_TOKENS raises the default bound (4)
+      process.env.MOE_CUDA_GEMV_MAX_TOKENS = '8';
+      try {
+        const b = buildLayer({
+          E: 8,
+          d: 256,
+          f: 512,
+          selection: { kind: 'topk', k: 2 },
+          seed: ++seed,
+          backend: 'cuda',
+        });
+        for (const T of [6, 8]) {
+          const x = randn(T * 256, ++seed);
+          const r = b.layer.forward(x);
+          const err = relativeError(r.output, layerReference(b, x, r.routing));
+          assert.ok(err < 1e-2, `GEMV of up to 8 rows, T=${T}: relative error ${err}`);
+        }
+        b.layer.dispose();
+      } finally {
+        delete process.env.MOE_CUDA_GEMV_MAX_TOKENS;
+      }
     },
   );
 
@@ -402,7 +438,8 @@ function gpuTests() {
             shared: { f: 128, gated: false },
             backend: 'cuda',
           });
-          for (const T of [9, 300]) {
+          for (const T of [1, 4, 9, 300]) {
+            // (a forced tile takes the decode sizes too, where the layer's own choice is the GEMV kernels)
             const x = randn(T * 256, ++seed);
             const r = b.layer.forward(x);
             const ref = layerReference(b, x, r.routing);
@@ -432,14 +469,15 @@ function gpuTests() {
   gpuTest('a CUDA layer disposed with forwards pending: its last drain has every call, later drains fail', async () => {
     const b = gatedLayer(SEED + 390);
     const x = randn(7 * 128, SEED + 391);
-    b.layer.forward(x);
-    b.layer.drainTelemetry(); // queues the copy of the device counters (one forward so far)
+    // forwardDevice counts on the device only (host calls are counted by the binding when they return)
+    onDevice(x, (input, output) => b.layer.forwardDevice({ input, output, tokens: 7 }));
+    assert.is(b.layer.drainTelemetry().calls, 0, 'this drain queues the copy of the device counters');
     const pending = [b.layer.forwardAsync(x), b.layer.forwardAsync(x)];
     b.layer.dispose();
     await Promise.all(pending);
     await new Promise((r) => setImmediate(r)); // the queued dispose ran after them
     const t = b.layer.drainTelemetry();
-    assert.is(t.calls, 3, 'the forward before the drain (its copy had not been read) and the two pending ones');
+    assert.is(t.calls, 3, 'the forwardDevice call (its copy had not been read) and the two pending forwards');
     assert.is(t.tokens, 3 * 7);
     assert.throws(() => b.layer.drainTelemetry(), /disposed/);
   });

@@ -40,7 +40,7 @@ const rowList = (only ?? process.env.MOE_BENCH_ROWS ?? '')
 const iterationsEnv = Number(process.env.MOE_BENCH_ITERATIONS ?? 0);
 const shapes = [
   { name: 'mixtral', E: 8, d: 4096, f: 14336, k: 2, tokens: [1, 4, 8, 32, 64, 4096] },
-  { name: 'olmoe', E: 64, d: 2048, f: 1024, k: 8, tokens: [1, 8, 32, 64, 4096] },
+  { name: 'olmoe', E: 64, d: 2048, f: 1024, k: 8, tokens: [1, 4, 8, 32, 64, 4096] },
 ]
   .map((s) =>
     rowList.length
@@ -65,6 +65,8 @@ interface Row {
   expertTflops: number;
   /** TFLOP/s with each tile forced: 32x128, 128x128, 128x256, 128x128x64, 32x64, 32x64x64, wgmma. */
   tileTflops: number[];
+  /** Decode rows (T <= 8): each forced tile's weight stream against the copy bandwidth, same order. */
+  tileVsCopy: number[];
   weightGBps: number;
   vsDense?: number;
   vsCopy?: number;
@@ -93,6 +95,7 @@ for (const s of shapes) {
       expertMs: r.expertMs,
       expertTflops: r.expertFlops / r.expertMs / 1e9,
       tileTflops: r.expertMsByTile.map((ms) => (ms > 0 ? r.expertFlops / ms / 1e9 : 0)),
+      tileVsCopy: r.expertMsByTile.map((ms) => (ms > 0 && T <= 8 ? r.expertBytes / ms / 1e6 / copyGBps : 0)),
       weightGBps: r.expertBytes / r.expertMs / 1e6,
     };
     const dense = anchors?.dense[s.name]?.tflops;
@@ -121,12 +124,15 @@ if (anchors) {
   );
 }
 console.log(
-  '| shape | T | forward ms | route+align µs (logits / x / empty graph) | experts ms | TFLOP/s | by tile 32x128/128/256/128x64/32x64/32x64x64/wgmma | weights GB/s | vs dense | vs copy | vs HF |',
+  '| shape | T | forward ms | route+align µs (logits / x / empty graph) | experts ms | TFLOP/s | by tile 32x128/128/256/128x64/32x64/32x64x64/wgmma | weights GB/s | vs dense | vs copy | by tile vs copy | vs HF |',
 );
-console.log('|---|---|---|---|---|---|---|---|---|---|---|');
+console.log('|---|---|---|---|---|---|---|---|---|---|---|---|');
+const tiles = (v: number[], digits: number) =>
+  v.some((x) => x > 0) ? v.map((x) => x.toFixed(digits)).join(' / ') : '';
 for (const r of rows) {
   console.log(
     `| ${r.shape} | ${r.T} | ${f(r.forwardMs, 3)} | ${f(r.routeAlignUs, 1)} / ${f(r.routeAlignFromXUs, 1)} / ${f(r.emptyGraphUs, 1)} | ${f(r.expertMs, 3)} | ` +
-      `${f(r.expertTflops, 0)} | ${r.tileTflops.some((v) => v > 0) ? r.tileTflops.map((v) => v.toFixed(0)).join(' / ') : ''} | ${f(r.weightGBps, 0)} | ${f(r.vsDense)} | ${f(r.vsCopy)} | ${f(r.vsHf, 1)}${r.vsHf ? '×' : ''} |`,
+      `${f(r.expertTflops, 0)} | ${r.T > 8 ? tiles(r.tileTflops, 0) : ''} | ${f(r.weightGBps, 0)} | ${f(r.vsDense)} | ${f(r.vsCopy)} | ` +
+      `${tiles(r.tileVsCopy, 2)} | ${f(r.vsHf, 1)}${r.vsHf ? '×' : ''} |`,
   );
 }

@@ -87,12 +87,13 @@ echo "== benchmark ($(elapsed))"
 timeout 240 "$NODE" "${BENCH[@]}" $anchors 2>&1 | tee "$OUT/bench.log" | grep -v '^{' 
 bench_rc=${PIPESTATUS[0]}
 
-# Optional (MOE_CHECK_AB_ENV="NAME=value ...", e.g. MOE_CUDA_GEMV_FLAT=1; several sets separated by ';'): the GPU
+# Optional (MOE_CHECK_AB_ENV="NAME=value ...", e.g. MOE_CUDA_GEMV_T1_BLOCKS=8; several sets separated by ';'): the GPU
 # tests and the benchmark once more with each set of variables, to compare opt-in variants with the rows above in
 # the same call. The A/B benchmark runs the rows of MOE_CHECK_AB_ROWS (default: every row with T <= 64, what the
 # opt-ins change; "all" for every row).
 if [ -n "${MOE_CHECK_AB_ENV:-}" ]; then
-  ab_rows=${MOE_CHECK_AB_ROWS:-mixtral:1,mixtral:4,mixtral:8,mixtral:32,mixtral:64,olmoe:1,olmoe:8,olmoe:32,olmoe:64}
+  ab_default=mixtral:1,mixtral:4,mixtral:8,mixtral:32,mixtral:64,olmoe:1,olmoe:4,olmoe:8,olmoe:32,olmoe:64
+  ab_rows=${MOE_CHECK_AB_ROWS:-$ab_default}
   [ "$ab_rows" = all ] && ab_rows=""
   ab=0
   IFS=';' read -r -a ab_sets <<<"$MOE_CHECK_AB_ENV"
