@@ -124,6 +124,12 @@ void CudaLayer::bench(MoeCudaBench& b) {
   };
   for (int t = 0; t < kGemmTiles; ++t) b.expertMsByTile[t] = expertMs(t);
   b.expertMs = expertMs(ownTile);
+  // Where route + align goes: the gating kernel alone, then the align kernel alone on the choices it left (for
+  // T <= 16 the layer fuses the two into one launch, timed above).
+  splitRoute_ = true;
+  b.gatingMs = graphMs([&] { enqueueRoute(x.as<float>(), T, true, call, false, stream_, false); });
+  b.alignMs = graphMs([&] { enqueueAlign(T, false, stream_); });
+  splitRoute_ = false;
   b.emptyGraphMs = graphMs([&] {
     emptyKernel<<<1, 32, 0, stream_>>>();
     checkLaunch("emptyKernel");

@@ -345,7 +345,7 @@ void CudaLayer::enqueueRoute(const float* x, int64_t T, bool fromLogits, const M
                       stats ? w.lse2.as<float>() : nullptr};
   gatingComplexity_ = complexity;
   // Few tokens: selection runs inside the align launch (enqueueAlign), one kernel for both.
-  if (!routeAlignFused(cfg_, T, sharedOptin_))
+  if (splitRoute_ || !routeAlignFused(cfg_, T, sharedOptin_))
     launchGating(cfg_, logits, T, bias_.as<float>(), complexity, gating_, s);
 }
 
@@ -372,7 +372,7 @@ void CudaLayer::enqueueAlign(int64_t T, bool counters, cudaStream_t s) {
                w.badToken.as<int32_t>(),
                w.sliceCounts.as<int32_t>()};
   const int tileRows = gemmTileRows(tileFor(T * maxK_, std::min<int64_t>(E_, T * maxK_)));
-  if (routeAlignFused(cfg_, T, sharedOptin_))
+  if (!splitRoute_ && routeAlignFused(cfg_, T, sharedOptin_))
     launchRouteAlign(cfg_, w.logits.as<float>(), T, bias_.as<float>(), gatingComplexity_, gating_, tileRows, out, s);
   else
     launchAlign(T, maxK_, E_, w.indices.as<int32_t>(), w.weights.as<float>(), w.k.as<int32_t>(), tileRows, out, s);

@@ -106,6 +106,7 @@ class CudaLayer {
   const float* gatingComplexity_ = nullptr;
   bool hopper_ = false;  // hopperGemmAvailable() on this layer's device: the large tile is wgmma
   int forcedTile_ = -1;  // tests and benchmarks: a GemmTile for every expert pass (MOE_CUDA_TILE)
+  bool splitRoute_ = false;  // benchmarks: gating and align as two launches at every T (no fused route + align)
   int gemvMaxTokens_ = kGemvDefaultTokens;  // forwards of at most this many tokens take the GEMV kernels
   std::unique_ptr<Workspace> ws_;
   int64_t capacity_ = 0;

@@ -104,6 +104,9 @@ export interface CudaBenchResult {
   expertBytes: number;
   /** A graph of one empty kernel timed the same way: the floor of the graph-timed figures. */
   emptyGraphMs: number;
+  /** Route + align from logits as two launches (gating, then align), each timed alone. */
+  gatingMs: number;
+  alignMs: number;
 }
 
 /** A layer (or, with intermediateSize 0, a router) on the GPU; see native/binding/cuda_wrap.cc. */

@@ -61,6 +61,9 @@ interface Row {
   routeAlignFromXUs: number;
   /** A graph of one empty kernel, timed like route + align: their floor on this machine. */
   emptyGraphUs: number;
+  /** The gating kernel alone and the align kernel alone (T <= 16 fuses them into one launch). */
+  gatingUs: number;
+  alignUs: number;
   expertMs: number;
   expertTflops: number;
   /** TFLOP/s with each tile forced: 32x128, 128x128, 128x256, 128x128x64, 32x64, 32x64x64, wgmma. */
@@ -92,6 +95,8 @@ for (const s of shapes) {
       routeAlignUs: r.routeAlignMs * 1e3,
       routeAlignFromXUs: r.routeAlignFromXMs * 1e3,
       emptyGraphUs: r.emptyGraphMs * 1e3,
+      gatingUs: r.gatingMs * 1e3,
+      alignUs: r.alignMs * 1e3,
       expertMs: r.expertMs,
       expertTflops: r.expertFlops / r.expertMs / 1e9,
       tileTflops: r.expertMsByTile.map((ms) => (ms > 0 ? r.expertFlops / ms / 1e9 : 0)),
@@ -124,14 +129,14 @@ if (anchors) {
   );
 }
 console.log(
-  '| shape | T | forward ms | route+align µs (logits / x / empty graph) | experts ms | TFLOP/s | by tile 32x128/128/256/128x64/32x64/32x64x64/wgmma | weights GB/s | vs dense | vs copy | by tile vs copy | vs HF |',
+  '| shape | T | forward ms | route+align µs (logits / x / gating alone / align alone / empty graph) | experts ms | TFLOP/s | by tile 32x128/128/256/128x64/32x64/32x64x64/wgmma | weights GB/s | vs dense | vs copy | by tile vs copy | vs HF |',
 );
 console.log('|---|---|---|---|---|---|---|---|---|---|---|---|');
 const tiles = (v: number[], digits: number) =>
   v.some((x) => x > 0) ? v.map((x) => x.toFixed(digits)).join(' / ') : '';
 for (const r of rows) {
   console.log(
-    `| ${r.shape} | ${r.T} | ${f(r.forwardMs, 3)} | ${f(r.routeAlignUs, 1)} / ${f(r.routeAlignFromXUs, 1)} / ${f(r.emptyGraphUs, 1)} | ${f(r.expertMs, 3)} | ` +
+    `| ${r.shape} | ${r.T} | ${f(r.forwardMs, 3)} | ${f(r.routeAlignUs, 1)} / ${f(r.routeAlignFromXUs, 1)} / ${f(r.gatingUs, 1)} / ${f(r.alignUs, 1)} / ${f(r.emptyGraphUs, 1)} | ${f(r.expertMs, 3)} | ` +
       `${f(r.expertTflops, 0)} | ${r.T > 8 ? tiles(r.tileTflops, 0) : ''} | ${f(r.weightGBps, 0)} | ${f(r.vsDense)} | ${f(r.vsCopy)} | ` +
       `${tiles(r.tileVsCopy, 2)} | ${f(r.vsHf, 1)}${r.vsHf ? '×' : ''} |`,
   );

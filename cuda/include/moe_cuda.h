@@ -11,7 +11,8 @@
 extern "C" {
 #endif
 
-#define MOE_CUDA_API_VERSION 4u /* 2: MoeCudaBench.emptyGraphMs; 3: layerCaptureForward; 4: MoeCudaCounters.wait */
+#define MOE_CUDA_API_VERSION 5u /* 2: MoeCudaBench.emptyGraphMs; 3: layerCaptureForward; 4: MoeCudaCounters.wait;
+                                    5: MoeCudaBench.gatingMs, alignMs */
 
 /* Mirrors moe::RouterConfig (native/include/moe/types.h); enums by value. */
 typedef struct MoeCudaRouting {
@@ -106,6 +107,7 @@ typedef struct MoeCudaBench {
   double expertFlops;       /* FLOPs of that stage: 6 d f per (token, expert) pair */
   double expertBytes;       /* distinct expert weight bytes that stage reads */
   double emptyGraphMs;      /* median of a graph of one empty kernel: the floor of the graph-timed figures above */
+  double gatingMs, alignMs; /* route + align from logits as two launches (as T > 16 always runs), each alone */
 } MoeCudaBench;
 
 typedef struct MoeCudaLayer MoeCudaLayer;

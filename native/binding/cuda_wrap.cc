@@ -552,6 +552,8 @@ Napi::Value CudaLayerWrap::Bench(const Napi::CallbackInfo& info) {
   o.Set("expertFlops", b.expertFlops);
   o.Set("expertBytes", b.expertBytes);
   o.Set("emptyGraphMs", b.emptyGraphMs);
+  o.Set("gatingMs", b.gatingMs);
+  o.Set("alignMs", b.alignMs);
   return o;
 }
 
