@@ -113,6 +113,15 @@ void CudaLayer::bench(MoeCudaBench& b) {
   });
   // The expert stage alone, replayed from a graph (the decode kernels are short: launch gaps would dominate),
   // with the layer's choice (the decode GEMV kernels up to gemvMaxTokens_) and each GEMM tile forced.
+  // The forced tile and the split route are put back however this returns (a failed capture throws).
+  struct Restore {
+    CudaLayer& layer;
+    const int tile;
+    ~Restore() {
+      layer.forcedTile_ = tile;
+      layer.splitRoute_ = false;
+    }
+  } restore{*this, forcedTile_};
   const int ownTile = forcedTile_;
   auto expertMs = [&](int tile) {
     forcedTile_ = tile;

@@ -141,6 +141,7 @@ __global__ void __launch_bounds__(kWarps * 32, MINB)
 // Experimental, off by default (MOE_CUDA_GEMV_T1_BLOCKS=8; bench/gpu/check.sh MOE_CHECK_AB_ENV times it): the
 // T = 1 kernels held to 32 registers, so 8 blocks fit a multiprocessor instead of 6 (37 registers) and the
 // one-wave grid has a third more warps: OLMoE gate/up then gives every warp one row (now 232 of 792 take two).
+// Sized for GPUs of 2048 threads per multiprocessor (sm_80, sm_90); on sm_86/89 (1536) it is 1.33 waves.
 int gemvT1Blocks() {
   static const int blocks = [] {
     const char* v = std::getenv("MOE_CUDA_GEMV_T1_BLOCKS");

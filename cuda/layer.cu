@@ -603,6 +603,8 @@ void CudaLayer::info(MoeCudaLayerInfo& out) const {
   out.workspaceBytes = workspaceBytes_.load(std::memory_order_relaxed);
   out.device = device_;
   std::snprintf(out.path, sizeof(out.path), hopper_ ? "wgmma sm90a bf16" : "mma.sync bf16");
+  out.gemvMaxTokens = gemvMaxTokens_;
+  out.forcedTile = forcedTile_;
 }
 
 void CudaLayer::captureForward(MoeCudaForward call, int replays) {

@@ -98,7 +98,7 @@ export interface CudaBenchResult {
   routeAlignMs: number;
   routeAlignFromXMs: number;
   expertMs: number;
-  /** The expert stage with each GEMM tile forced: 32x128, 128x128, 128x256, 128x128x64, 32x64, 32x64x64, wgmma (0: not run). */
+  /** The expert stage with each GEMM tile forced: 32x128, 128x128, 128x256, 128x128x64, 32x64, 32x64x64, wgmma. */
   expertMsByTile: number[];
   expertFlops: number;
   expertBytes: number;
@@ -133,7 +133,17 @@ export interface NativeCudaLayerHandle {
   captureForward(input: bigint, output: bigint, tokens: number, replays: number): void;
   route(...args: [...RouteArgs, device: NativeDeviceComplexity | null]): void;
   routeAsync(...args: [...RouteArgs, device: NativeDeviceComplexity | null]): Promise<void>;
-  info(): { weightBytes: number; workspaceBytes: number; device: number; dtype: string; isa: string };
+  info(): {
+    weightBytes: number;
+    workspaceBytes: number;
+    device: number;
+    dtype: string;
+    isa: string;
+    /** Forwards of at most this many tokens take the decode GEMV kernels (MOE_CUDA_GEMV_MAX_TOKENS). */
+    gemvMaxTokens: number;
+    /** The GEMM tile MOE_CUDA_TILE forces (cuda/kernels.h order), -1 when the layer chooses. */
+    forcedTile: number;
+  };
   bench(tokens: number, iterations: number, graph: boolean): CudaBenchResult;
   randomize(seed: number, std: number): void;
   dispose(): void;

@@ -83,6 +83,17 @@ if (!status.available) {
   gpuTests();
 }
 
+/** A variable a test set for layers it builds, back to what it was (an A/B run of check.sh may have set it). */
+function restoreEnv(name: string, value: string | undefined): void {
+  if (value === undefined) delete process.env[name];
+  else process.env[name] = value;
+}
+
+/** The native info of a CUDA layer: its kernels and the variables it read when it was built. */
+function cudaInfo(layer: MoELayer): ReturnType<NativeCudaLayerHandle['info']> {
+  return (layer as unknown as { cudaHandle: NativeCudaLayerHandle }).cudaHandle.info();
+}
+
 function gpuTests() {
   // MOE_CUDA_TEST_ONLY=<part of a title> runs only the matching GPU tests (bench/gpu/check.sh's wgmma step).
   const only = process.env.MOE_CUDA_TEST_ONLY;
@@ -398,6 +409,7 @@ function gpuTests() {
         b.layer.dispose();
       }
       // The GEMV kernels of 5-8 rows per expert, used when MOE_CUDA_GEMV_MAX_TOKENS raises the default bound (4)
+      const bound = process.env.MOE_CUDA_GEMV_MAX_TOKENS;
       process.env.MOE_CUDA_GEMV_MAX_TOKENS = '8';
       try {
         const b = buildLayer({
@@ -408,6 +420,7 @@ function gpuTests() {
           seed: ++seed,
           backend: 'cuda',
         });
+        assert.is(cudaInfo(b.layer).gemvMaxTokens, 8, 'the layer read MOE_CUDA_GEMV_MAX_TOKENS');
         for (const T of [6, 8]) {
           const x = randn(T * 256, ++seed);
           const r = b.layer.forward(x);
@@ -416,7 +429,7 @@ function gpuTests() {
         }
         b.layer.dispose();
       } finally {
-        delete process.env.MOE_CUDA_GEMV_MAX_TOKENS;
+        restoreEnv('MOE_CUDA_GEMV_MAX_TOKENS', bound);
       }
     },
   );
@@ -426,7 +439,9 @@ function gpuTests() {
     () => {
       let seed = SEED + 350;
       // 'hopper' (the sm_90a wgmma tile) runs as 'deep' on other GPUs.
-      for (const tile of ['small', 'large', 'wide', 'deep', 'narrow', 'stream', 'hopper']) {
+      const tiles = ['small', 'large', 'wide', 'deep', 'narrow', 'stream', 'hopper'];
+      const outer = process.env.MOE_CUDA_TILE;
+      for (const tile of tiles) {
         process.env.MOE_CUDA_TILE = tile;
         try {
           const b = buildLayer({
@@ -438,6 +453,7 @@ function gpuTests() {
             shared: { f: 128, gated: false },
             backend: 'cuda',
           });
+          assert.is(cudaInfo(b.layer).forcedTile, tiles.indexOf(tile), 'the layer read MOE_CUDA_TILE');
           for (const T of [1, 4, 9, 300]) {
             // (a forced tile takes the decode sizes too, where the layer's own choice is the GEMV kernels)
             const x = randn(T * 256, ++seed);
@@ -448,7 +464,7 @@ function gpuTests() {
           }
           b.layer.dispose();
         } finally {
-          delete process.env.MOE_CUDA_TILE;
+          restoreEnv('MOE_CUDA_TILE', outer);
         }
       }
     },

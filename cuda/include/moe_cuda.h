@@ -12,7 +12,8 @@ extern "C" {
 #endif
 
 #define MOE_CUDA_API_VERSION 5u /* 2: MoeCudaBench.emptyGraphMs; 3: layerCaptureForward; 4: MoeCudaCounters.wait;
-                                    5: MoeCudaBench.gatingMs, alignMs */
+                                    5: MoeCudaBench.gatingMs, alignMs; MoeCudaLayerInfo.gemvMaxTokens,
+                                    forcedTile */
 
 /* Mirrors moe::RouterConfig (native/include/moe/types.h); enums by value. */
 typedef struct MoeCudaRouting {
@@ -93,6 +94,8 @@ typedef struct MoeCudaLayerInfo {
   int64_t weightBytes, workspaceBytes;
   int32_t device;
   char path[32];            /* "mma.sync sm80" and so on */
+  int32_t gemvMaxTokens;    /* forwards of at most this many tokens take the decode GEMV kernels */
+  int32_t forcedTile;       /* MOE_CUDA_TILE's GemmTile (cuda/kernels.h order), -1 when the layer chooses */
 } MoeCudaLayerInfo;
 
 typedef struct MoeCudaBench {
@@ -103,11 +106,11 @@ typedef struct MoeCudaBench {
   double routeAlignMs;      /* median of gating + align alone, from precomputed logits */
   double routeAlignFromXMs; /* the same with the gate GEMM from x */
   double expertMs;          /* median of the expert stage alone (gate/up + down), the layer's own tile choice */
-  double expertMsByTile[7]; /* the same with each GEMM tile forced (cuda/kernels.h GemmTile order; 0: not run) */
+  double expertMsByTile[7]; /* the same with each GEMM tile forced (cuda/kernels.h GemmTile order) */
   double expertFlops;       /* FLOPs of that stage: 6 d f per (token, expert) pair */
   double expertBytes;       /* distinct expert weight bytes that stage reads */
   double emptyGraphMs;      /* median of a graph of one empty kernel: the floor of the graph-timed figures above */
-  double gatingMs, alignMs; /* route + align from logits as two launches (as T > 16 always runs), each alone */
+  double gatingMs, alignMs; /* route + align from logits as two launches (the unfused path), each timed alone */
 } MoeCudaBench;
 
 typedef struct MoeCudaLayer MoeCudaLayer;

@@ -529,6 +529,8 @@ Napi::Value CudaLayerWrap::Info(const Napi::CallbackInfo& info) {
   o.Set("device", li.device);
   o.Set("dtype", "bf16");
   o.Set("isa", std::string("cuda ") + li.path);
+  o.Set("gemvMaxTokens", li.gemvMaxTokens);
+  o.Set("forcedTile", li.forcedTile);
   return o;
 }
 

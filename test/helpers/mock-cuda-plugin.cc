@@ -195,6 +195,8 @@ int layerInfo(MoeCudaLayer* l, MoeCudaLayerInfo* out) {
   std::memset(out, 0, sizeof(*out));
   out->weightBytes = int64_t(l->routing.numExperts) * 3 * l->f * l->routing.hiddenSize * 2;
   std::snprintf(out->path, sizeof(out->path), "mock");
+  out->gemvMaxTokens = 4;
+  out->forcedTile = -1;
   return 0;
 }
 
