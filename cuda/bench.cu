@@ -50,6 +50,18 @@ class Timer {
     std::sort(ms.begin(), ms.end());
     return ms[ms.size() / 2];
   }
+  // Mean time of `iterations` enqueues issued back to back between two events: what each costs inside a stream of
+  // work (launch overheads overlap the previous one's run), where medianMs times one alone from an idle stream.
+  template <typename F>
+  double backToBackMs(int iterations, F&& enqueue) {
+    check(cudaEventRecord(a_, s_), "event");
+    for (int i = 0; i < iterations; ++i) enqueue();
+    check(cudaEventRecord(b_, s_), "event");
+    check(cudaEventSynchronize(b_), "benchmark");
+    float t = 0;
+    check(cudaEventElapsedTime(&t, a_, b_), "event time");
+    return double(t) / iterations;
+  }
 
  private:
   cudaStream_t s_;
@@ -87,8 +99,9 @@ void CudaLayer::bench(MoeCudaBench& b) {
   Timer timer(stream_);
   for (int i = 0; i < 3; ++i) whole();  // warm-up (and routing state for the stage timings below)
   check(cudaStreamSynchronize(stream_), "warm-up");
-  // Median time of what `enqueue` enqueues, captured once in a CUDA graph and replayed (no launch gaps).
-  auto graphMs = [&](auto&& enqueue) {
+  // Median time of what `enqueue` enqueues, captured once in a CUDA graph and replayed (no launch gaps); with
+  // backToBack, the mean over that many replays issued together instead.
+  auto graphMs = [&](auto&& enqueue, int backToBack = 0) {
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "graph capture");
@@ -96,7 +109,8 @@ void CudaLayer::bench(MoeCudaBench& b) {
     check(cudaStreamEndCapture(stream_, &graph), "graph capture");
     check(cudaGraphInstantiate(&exec, graph, 0), "graph instantiate");
     check(cudaGraphLaunch(exec, stream_), "graph launch");
-    const double ms = timer.medianMs(iterations, [&] { check(cudaGraphLaunch(exec, stream_), "graph launch"); });
+    auto replay = [&] { check(cudaGraphLaunch(exec, stream_), "graph launch"); };
+    const double ms = backToBack > 0 ? timer.backToBackMs(backToBack, replay) : timer.medianMs(iterations, replay);
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(graph);
     return ms;
@@ -107,10 +121,13 @@ void CudaLayer::bench(MoeCudaBench& b) {
     enqueueRoute(x.as<float>(), T, false, call, false, stream_);
     enqueueAlign(T, false, stream_);
   });
-  b.routeAlignMs = graphMs([&] {
+  auto routeAlign = [&] {
     enqueueRoute(x.as<float>(), T, true, call, false, stream_, false);
     enqueueAlign(T, false, stream_);
-  });
+  };
+  b.routeAlignMs = graphMs(routeAlign);
+  // The same in a stream of back-to-back replays (as inside a forward, where nothing waits for it to start).
+  b.routeAlignStreamMs = graphMs(routeAlign, 200);
   // The expert stage alone, replayed from a graph (the decode kernels are short: launch gaps would dominate),
   // with the layer's choice (the decode GEMV kernels up to gemvMaxTokens_) and each GEMM tile forced.
   // The forced tile and the split route are put back however this returns (a failed capture throws).
@@ -139,10 +156,12 @@ void CudaLayer::bench(MoeCudaBench& b) {
   b.gatingMs = graphMs([&] { enqueueRoute(x.as<float>(), T, true, call, false, stream_, false); });
   b.alignMs = graphMs([&] { enqueueAlign(T, false, stream_); });
   splitRoute_ = false;
-  b.emptyGraphMs = graphMs([&] {
+  auto empty = [&] {
     emptyKernel<<<1, 32, 0, stream_>>>();
     checkLaunch("emptyKernel");
-  });
+  };
+  b.emptyGraphMs = graphMs(empty);
+  b.emptyGraphStreamMs = graphMs(empty, 200);
   int32_t active = 0;
   std::vector<int32_t> offsets(size_t(E_) + 1);
   check(cudaMemcpy(&active, ws_->numActive.as<void>(), sizeof(int32_t), cudaMemcpyDeviceToHost), "download");

@@ -107,6 +107,9 @@ export interface CudaBenchResult {
   /** Route + align from logits as two launches (gating, then align), each timed alone. */
   gatingMs: number;
   alignMs: number;
+  /** routeAlignMs and emptyGraphMs as the mean of 200 graph replays issued back to back. */
+  routeAlignStreamMs: number;
+  emptyGraphStreamMs: number;
 }
 
 /** A layer (or, with intermediateSize 0, a router) on the GPU; see native/binding/cuda_wrap.cc. */

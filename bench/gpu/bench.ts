@@ -64,6 +64,9 @@ interface Row {
   /** The gating kernel alone and the align kernel alone (T <= 16 fuses them into one launch). */
   gatingUs: number;
   alignUs: number;
+  /** Route + align from logits, and the empty graph, as the mean of 200 replays issued back to back. */
+  routeAlignStreamUs: number;
+  emptyGraphStreamUs: number;
   expertMs: number;
   expertTflops: number;
   /** TFLOP/s with each tile forced: 32x128, 128x128, 128x256, 128x128x64, 32x64, 32x64x64, wgmma. */
@@ -97,6 +100,8 @@ for (const s of shapes) {
       emptyGraphUs: r.emptyGraphMs * 1e3,
       gatingUs: r.gatingMs * 1e3,
       alignUs: r.alignMs * 1e3,
+      routeAlignStreamUs: r.routeAlignStreamMs * 1e3,
+      emptyGraphStreamUs: r.emptyGraphStreamMs * 1e3,
       expertMs: r.expertMs,
       expertTflops: r.expertFlops / r.expertMs / 1e9,
       tileTflops: r.expertMsByTile.map((ms) => (ms > 0 ? r.expertFlops / ms / 1e9 : 0)),
@@ -129,14 +134,14 @@ if (anchors) {
   );
 }
 console.log(
-  '| shape | T | forward ms | route+align µs (logits / x / gating alone / align alone / empty graph) | experts ms | TFLOP/s | by tile 32x128/128/256/128x64/32x64/32x64x64/wgmma | weights GB/s | vs dense | vs copy | by tile vs copy | vs HF |',
+  '| shape | T | forward ms | route+align µs (logits / x / gating alone / align alone / empty graph) | back to back µs (route+align / empty) | experts ms | TFLOP/s | by tile 32x128/128/256/128x64/32x64/32x64x64/wgmma | weights GB/s | vs dense | vs copy | by tile vs copy | vs HF |',
 );
-console.log('|---|---|---|---|---|---|---|---|---|---|---|---|');
+console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
 const tiles = (v: number[], digits: number) =>
   v.some((x) => x > 0) ? v.map((x) => x.toFixed(digits)).join(' / ') : '';
 for (const r of rows) {
   console.log(
-    `| ${r.shape} | ${r.T} | ${f(r.forwardMs, 3)} | ${f(r.routeAlignUs, 1)} / ${f(r.routeAlignFromXUs, 1)} / ${f(r.gatingUs, 1)} / ${f(r.alignUs, 1)} / ${f(r.emptyGraphUs, 1)} | ${f(r.expertMs, 3)} | ` +
+    `| ${r.shape} | ${r.T} | ${f(r.forwardMs, 3)} | ${f(r.routeAlignUs, 1)} / ${f(r.routeAlignFromXUs, 1)} / ${f(r.gatingUs, 1)} / ${f(r.alignUs, 1)} / ${f(r.emptyGraphUs, 1)} | ${f(r.routeAlignStreamUs, 1)} / ${f(r.emptyGraphStreamUs, 1)} | ${f(r.expertMs, 3)} | ` +
       `${f(r.expertTflops, 0)} | ${r.T > 8 ? tiles(r.tileTflops, 0) : ''} | ${f(r.weightGBps, 0)} | ${f(r.vsDense)} | ${f(r.vsCopy)} | ` +
       `${tiles(r.tileVsCopy, 2)} | ${f(r.vsHf, 1)}${r.vsHf ? '×' : ''} |`,
   );

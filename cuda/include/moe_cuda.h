@@ -12,8 +12,8 @@ extern "C" {
 #endif
 
 #define MOE_CUDA_API_VERSION 5u /* 2: MoeCudaBench.emptyGraphMs; 3: layerCaptureForward; 4: MoeCudaCounters.wait;
-                                    5: MoeCudaBench.gatingMs, alignMs; MoeCudaLayerInfo.gemvMaxTokens,
-                                    forcedTile */
+                                    5: MoeCudaBench.gatingMs, alignMs, routeAlignStreamMs, emptyGraphStreamMs;
+                                    MoeCudaLayerInfo.gemvMaxTokens, forcedTile */
 
 /* Mirrors moe::RouterConfig (native/include/moe/types.h); enums by value. */
 typedef struct MoeCudaRouting {
@@ -111,6 +111,8 @@ typedef struct MoeCudaBench {
   double expertBytes;       /* distinct expert weight bytes that stage reads */
   double emptyGraphMs;      /* median of a graph of one empty kernel: the floor of the graph-timed figures above */
   double gatingMs, alignMs; /* route + align from logits as two launches (the unfused path), each timed alone */
+  double routeAlignStreamMs;  /* routeAlignMs as the mean of 200 replays issued back to back */
+  double emptyGraphStreamMs;  /* emptyGraphMs likewise */
 } MoeCudaBench;
 
 typedef struct MoeCudaLayer MoeCudaLayer;

@@ -556,6 +556,8 @@ Napi::Value CudaLayerWrap::Bench(const Napi::CallbackInfo& info) {
   o.Set("emptyGraphMs", b.emptyGraphMs);
   o.Set("gatingMs", b.gatingMs);
   o.Set("alignMs", b.alignMs);
+  o.Set("routeAlignStreamMs", b.routeAlignStreamMs);
+  o.Set("emptyGraphStreamMs", b.emptyGraphStreamMs);
   return o;
 }
 
