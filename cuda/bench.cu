@@ -128,9 +128,7 @@ void CudaLayer::bench(MoeCudaBench& b) {
   b.routeAlignMs = graphMs(routeAlign);
   // The same in a stream of back-to-back replays (as inside a forward, where nothing waits for it to start).
   b.routeAlignStreamMs = graphMs(routeAlign, 200);
-  // The expert stage alone, replayed from a graph (the decode kernels are short: launch gaps would dominate),
-  // with the layer's choice (the decode GEMV kernels up to gemvMaxTokens_) and each GEMM tile forced.
-  // The forced tile and the split route are put back however this returns (a failed capture throws).
+  // The forced tile and the split route below are put back however this returns (a failed capture throws).
   struct Restore {
     CudaLayer& layer;
     const int tile;
@@ -139,6 +137,8 @@ void CudaLayer::bench(MoeCudaBench& b) {
       layer.splitRoute_ = false;
     }
   } restore{*this, forcedTile_};
+  // The expert stage alone, replayed from a graph (the decode kernels are short: launch gaps would dominate),
+  // with the layer's choice (the decode GEMV kernels up to gemvMaxTokens_) and each GEMM tile forced.
   const int ownTile = forcedTile_;
   auto expertMs = [&](int tile) {
     forcedTile_ = tile;
