@@ -9,6 +9,12 @@ export interface BackendInfo {
   isa: string;
   /** Threads of the shared compute pool (MOE_THREADS, default: all cores). */
   threads: number;
+  /**
+   * An expert of a `dtype: 'fp8'` layer that gets at least this many rows of a batch runs on bf16 pairs, with bf16
+   * activations (AMX tiles, or vdpbf16ps on AMD's AVX-512); 0: every fp8 expert takes fp32 activations.
+   * MOE_FP8_PAIRS=1 or 0 turns the pairs on (where a kernel exists) or off.
+   */
+  fp8Bf16Rows: number;
   cpuFeatures: Record<string, boolean>;
   /** The CUDA plugin: whether it loaded and found a GPU, which one, or why not. */
   cuda: CudaStatus;
@@ -24,6 +30,7 @@ export function backendInfo(): BackendInfo {
     backend: cuda.available ? 'cuda' : 'cpu',
     isa: info.isa,
     threads: info.threads,
+    fp8Bf16Rows: info.fp8Bf16Rows,
     cpuFeatures: info.cpuFeatures,
     cuda,
     unavailable: cuda.available ? {} : { cuda: cuda.reason ?? 'unknown' },

@@ -42,6 +42,8 @@ export interface NativeAddon {
     cpuFeatures: Record<string, boolean>;
     gemmRows: number;
     gemmRowsBf16: number;
+    /** An fp8 expert with at least this many rows of a batch runs on bf16 pairs (bf16 activations); 0: never. */
+    fp8Bf16Rows: number;
     /** Output bytes above which an expert pass writes whole lines with non-temporal stores. */
     streamStoreMinBytes: number;
   };
@@ -361,8 +363,8 @@ export function native(): NativeAddon {
 }
 
 /**
- * The native code reads MOE_ISA and MOE_THREADS once and ignores values it cannot use (so that a typo cannot stop a
- * service from starting); this says so, once per process, instead of letting a cap or thread count silently not
+ * The native code reads MOE_ISA, MOE_THREADS and MOE_FP8_PAIRS once and ignores values it cannot use (so that a typo
+ * cannot stop a service from starting); this says so, once per process, instead of letting a setting silently not
  * apply.
  */
 function warnAboutEnvironment(): void {
@@ -377,6 +379,9 @@ function warnAboutEnvironment(): void {
       `MOE_THREADS=${JSON.stringify(threads)} is not an integer in [1, 1024]; it is ignored (all cores are used)`,
       { code: 'MOE_ENV' },
     );
+  const pairs = process.env.MOE_FP8_PAIRS;
+  if (pairs !== undefined && !/^[ \t]*[01][ \t]*$/.test(pairs))
+    process.emitWarning(`MOE_FP8_PAIRS=${JSON.stringify(pairs)} is not 1 or 0; it is ignored`, { code: 'MOE_ENV' });
 }
 
 /** Maps an error thrown by the addon (with its `code`) to the package's classes; others pass through. */

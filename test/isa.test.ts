@@ -1,7 +1,8 @@
 /**
  * Every SIMD path (AMX, AVX-512, AVX2, scalar — forced with MOE_ISA in a child process each) against the float64
  * reference: the same experts, fp32 outputs to 1e-5, bf16 to 1e-2 and fp8 (against the same quantized weights) to 1e-5
- * (1e-2 on AMX, whose tiles take the experts of 8 or more rows with bf16 activations). Paths the CPU lacks are skipped, and said so.
+ * (1e-2 where the experts of 8 or more rows run on bf16 pairs with bf16 activations: AMX, and AVX-512 with
+ * MOE_FP8_PAIRS=1). Paths the CPU lacks are skipped, and said so.
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -34,8 +35,19 @@ interface ProbeRun {
 /** The fp8 layers' weights in the reference, quantized once for all paths. */
 let quantizedExperts: { w1: Float64Array; w3: Float64Array; w2: Float64Array; f: number }[] | undefined;
 
-for (const isa of ['amx', 'avx512', 'avx2', 'scalar']) {
-  test(`${isa} kernels match the reference`, () => {
+// AVX-512 twice: its fp8 experts of 8 or more rows on bf16 pairs (AMD's default) and with fp32 activations (Intel's),
+// whichever this CPU is; on AMX MOE_FP8_PAIRS=0 leaves every fp8 expert on the fp32 kernel.
+const runs: { isa: string; pairs?: '0' | '1' }[] = [
+  { isa: 'amx' },
+  { isa: 'amx', pairs: '0' },
+  { isa: 'avx512', pairs: '1' },
+  { isa: 'avx512', pairs: '0' },
+  { isa: 'avx2' },
+  { isa: 'scalar' },
+];
+for (const { isa, pairs } of runs) {
+  const name = pairs === undefined ? isa : `${isa} with MOE_FP8_PAIRS=${pairs}`;
+  test(`${name} kernels match the reference`, () => {
     if (!available[isa]) {
       console.log(`  skipped: ${isa} is not available here (the CPU, the OS, the build or MOE_ISA)`);
       return;
@@ -47,14 +59,20 @@ for (const isa of ['amx', 'avx512', 'avx2', 'scalar']) {
     // 34 (AMX: a rest of 2 is too short for the tiles, so 17 and 17), 70 (AMX: 32, 32 and 6).
     const [E, d, f] = [8, 40, 4200];
     const cases = '90:2,3:8,12:8,20:8,40:8,34:8,70:8';
+    const env: NodeJS.ProcessEnv = { ...process.env, MOE_ISA: isa };
+    if (pairs === undefined) delete env.MOE_FP8_PAIRS;
+    else env.MOE_FP8_PAIRS = pairs;
     const r = spawnSync(process.execPath, ['--import', 'tsx', probe, ...[SEED, E, d, f].map(String), cases], {
       encoding: 'utf8',
       timeout: 120_000,
-      env: { ...process.env, MOE_ISA: isa },
+      env,
     });
     assert.is(r.status, 0, r.stderr);
     const got = JSON.parse(r.stdout);
     assert.is(got.isa, isa);
+    // bf16 pairs for fp8 where a kernel exists (AMX, AVX-512) and MOE_FP8_PAIRS asked, or AMX by default
+    const fp8Pairs = pairs === undefined ? (isa === 'amx' ? 8 : 0) : pairs === '1' ? 8 : 0;
+    assert.is(got.fp8Bf16Rows, fp8Pairs, 'fp8Bf16Rows');
     const experts = Array.from({ length: E }, (_, e) => ({
       w1: randn(f * d, SEED + 10 + 3 * e, 0.2),
       w3: randn(f * d, SEED + 11 + 3 * e, 0.2),
@@ -75,7 +93,8 @@ for (const isa of ['amx', 'avx512', 'avx2', 'scalar']) {
       for (const [dtype, tol] of [
         ['fp32', 1e-5],
         ['bf16', 1e-2],
-        ['fp8', isa === 'amx' ? 1e-2 : 1e-5], // (AMX: experts of 8 or more rows run on the tiles, bf16 activations)
+        // (experts of 8 or more rows on bf16 pairs take bf16 activations)
+        ['fp8', got.fp8Bf16Rows > 0 ? 1e-2 : 1e-5],
       ] as const) {
         const run = c[dtype];
         const ref = referenceLayer(x, c.T, d, (e) => (dtype === 'fp8' ? quantized : experts)[e], {
@@ -93,12 +112,12 @@ for (const isa of ['amx', 'avx512', 'avx2', 'scalar']) {
   });
 }
 
-test('MOE_ISA and MOE_THREADS: any case and blanks accepted; a value that cannot apply is named in a warning', () => {
+test('MOE_ISA, MOE_THREADS and MOE_FP8_PAIRS: blanks accepted; a value that cannot apply is named in a warning', () => {
   const info = (vars: Record<string, string>) => {
     const code =
       "const { backendInfo } = require('./lib'); const i = backendInfo(); console.log(JSON.stringify([i.isa, i.threads]));";
     const env = { ...process.env, ...vars };
-    for (const key of ['MOE_ISA', 'MOE_THREADS']) if (!(key in vars)) delete env[key];
+    for (const key of ['MOE_ISA', 'MOE_THREADS', 'MOE_FP8_PAIRS']) if (!(key in vars)) delete env[key];
     const r = spawnSync(process.execPath, ['--import', 'tsx', '-e', code], {
       cwd: path.join(__dirname, '..'),
       encoding: 'utf8',
@@ -127,6 +146,8 @@ test('MOE_ISA and MOE_THREADS: any case and blanks accepted; a value that cannot
     assert.is(got.threads, plain.threads, `MOE_THREADS=${value}`);
     assert.match(got.warning, /MOE_THREADS=.* is not an integer in \[1, 1024\]/);
   }
+  assert.is(info({ MOE_FP8_PAIRS: ' 0 ' }).warning, '');
+  assert.match(info({ MOE_FP8_PAIRS: 'yes' }).warning, /MOE_FP8_PAIRS="yes" is not 1 or 0; it is ignored/);
 });
 
 // GCC 12 once deleted every prefetch of the AMX kernel without a word: the helper that issued them was not inlined,

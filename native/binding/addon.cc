@@ -31,6 +31,8 @@ Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
   o.Set("cpuFeatures", features);
   o.Set("gemmRows", moe::gemmKernels().maxRows);          // rows of one fp32 kernel call (its register block)
   o.Set("gemmRowsBf16", moe::gemmKernels().bf16Rows);     // rows of one bf16 call (32 on AMX tiles)
+  // an fp8 expert with this many rows of a batch or more runs on bf16 pairs (0: never; moe/gemm.h)
+  o.Set("fp8Bf16Rows", moe::gemmKernels().fp8Tiles ? double(moe::kFp8TileRows) : 0.0);
   // a pass whose output exceeds this writes it with non-temporal stores (moe/expert_gemm.h)
   o.Set("streamStoreMinBytes", double(moe::kStreamStoreMinBytes));
   return o;

@@ -27,8 +27,8 @@ constexpr int64_t kSlicePairsAmx = 1024;
 
 namespace {
 
-// fp8 weights with bf16 activations (GemmKernels::fp8Tiles, AMX): each K slice of the panel is widened to bf16 pairs
-// once, into the worker's scratch, and every block of 32 rows runs the tiles over it.
+// fp8 weights with bf16 activations (GemmKernels::fp8Tiles: AMX tiles, or vdpbf16ps on AVX-512): each K slice of the
+// panel is widened to bf16 pairs once, into the worker's scratch, and every block of 32 rows runs over it.
 void fp8TilesProduct(const GemmKernels& kern, const Activations& A, int64_t rows, int64_t K, const void* panel,
                      float* acc, uint32_t* scratch) {
   constexpr int64_t kSlice = kSliceF32;  // 16 blocks of 128 k: 1024 pairs (128 KiB widened) and 16 x 32 scales

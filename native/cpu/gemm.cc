@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "gemm_isa.h"
 
@@ -91,13 +93,15 @@ const GemmKernels kScalar{Isa::Scalar,    kScalarMaxRows, scalarF32,      scalar
                           scalar::swigluRow, scalar::toBf16, kScalarMaxRows, nullptr,        nullptr};
 const GemmKernels kAvx2{Isa::Avx2,        avx2::maxRows(), avx2::kernelF32, avx2::kernelBF16, avx2::kernelFP8,
                         avx2::swigluRow,  avx2::toBf16,    avx2::maxRows(), nullptr,          nullptr};
-const GemmKernels kAvx512{Isa::Avx512,        avx512::maxRows(), avx512::kernelF32, avx512::kernelBF16,
-                          avx512::kernelFP8,  avx512::swigluRow, avx512::toBf16,    avx512::maxRows(),
-                          nullptr,            nullptr};
-// The same on Intel, with its weight-stream prefetch (gemm_avx512.cc).
+const GemmKernels kAvx512{Isa::Avx512,           avx512::maxRows(), avx512::kernelF32, avx512::kernelBF16,
+                          avx512::kernelFP8,     avx512::swigluRow, avx512::toBf16,    avx512::maxRows(),
+                          avx512::kernelFP8Pairs, avx512::fp8ToBf16};
+// The same on Intel, with its weight-stream prefetch (gemm_avx512.cc). Its fp8 pairs are off unless MOE_FP8_PAIRS=1:
+// Intel's vdpbf16ps does half the multiply-adds per cycle of an fp32 FMA pair (AMD's twice), so there fp8 on bf16
+// pairs ran slower than the fp32 kernel (bench/RESULTS.md, step 31).
 const GemmKernels kAvx512Intel{Isa::Avx512,        avx512::maxRows(), avx512::kernelF32TwoLevel,
                                avx512::kernelBF16TwoLevel, avx512::kernelFP8TwoLevel, avx512::swigluRow,
-                               avx512::toBf16,     avx512::maxRows(), nullptr, nullptr};
+                               avx512::toBf16,     avx512::maxRows(), avx512::kernelFP8Pairs, avx512::fp8ToBf16};
 // AMX (Intel only): AVX-512 for everything but the bf16 tiles (and the fp8 experts of 8 or more rows: layer.cc).
 const GemmKernels kAmx{Isa::Amx,          avx512::maxRows(), avx512::kernelF32TwoLevel, amx::kernelBF16,
                        avx512::kernelFP8TwoLevel, avx512::swigluRow, avx512::toBf16, amx::maxRows(),
@@ -110,12 +114,35 @@ void forEachPanelRow(int64_t rows, Emit&& emit) {
     for (int n = 0; n < kPanelWidth; ++n) emit(p, n, p * kPanelWidth + n < rows ? p * kPanelWidth + n : -1);
 }
 
+// MOE_FP8_PAIRS (read once): "1" runs fp8 experts of kFp8TileRows rows or more on bf16 pairs wherever a kernel
+// exists (AMX, AVX-512), "0" never (every fp8 expert with fp32 activations: results independent of the batch, at
+// fp32's speed for large ones); unset (or another value, which lib/native.ts warns about): where it is faster.
+int fp8PairsSetting() {
+  static const int setting = [] {
+    const char* v = std::getenv("MOE_FP8_PAIRS");
+    if (!v) return -1;
+    std::string s(v);
+    s.erase(0, s.find_first_not_of(" \t"));
+    s.erase(s.find_last_not_of(" \t") + 1);
+    return s == "1" ? 1 : s == "0" ? 0 : -1;
+  }();
+  return setting;
+}
+
+GemmKernels withFp8Pairs(GemmKernels kern, bool byDefault) {
+  const int setting = fp8PairsSetting();
+  if (setting == 0 || (setting < 0 && !byDefault)) kern.fp8Tiles = nullptr, kern.fp8ToBf16 = nullptr;
+  return kern;
+}
+
 }  // namespace
 
 const GemmKernels& gemmKernelsFor(Isa isa) {
+  static const GemmKernels amx = withFp8Pairs(kAmx, true), amd = withFp8Pairs(kAvx512, true),
+                           intel = withFp8Pairs(kAvx512Intel, false);
   switch (isa) {
-    case Isa::Amx: return kAmx;
-    case Isa::Avx512: return cpuFeatures().intel ? kAvx512Intel : kAvx512;
+    case Isa::Amx: return amx;
+    case Isa::Avx512: return cpuFeatures().intel ? intel : amd;
     case Isa::Avx2: return kAvx2;
     default: return kScalar;
   }

@@ -181,6 +181,37 @@ inline __m512 expNonPositive(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+// fp8 weights widened to bf16 pairs (fp8ToBf16) times bf16 activations, for AVX-512 CPUs without AMX (Zen 4):
+// per block of 64 pairs each row's sums start at zero in registers, then go into C times the block's scales, as
+// on the AMX tiles (gemm_amx.cc). Two vdpbf16ps per row and pair, where the fp32 kernel above needs four FMAs.
+template <int MR>
+void tileFP8Pairs(int Kp, const uint32_t* A, size_t lda, const uint32_t* B, const float* scales, float* C) {
+  constexpr int kBlockPairs = kFp8Block / 2;
+  for (int kb = 0; kb < Kp; kb += kBlockPairs, scales += kPanelWidth) {
+    __m512 acc0[MR], acc1[MR];
+    loadOrZero<MR>(C, false, acc0, acc1);
+    const int end = std::min(Kp, kb + kBlockPairs);
+    const uint32_t* b = B + size_t(kb) * kPanelWidth;
+    for (int kp = kb; kp < end; ++kp, b += kPanelWidth) {
+      const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b);
+      const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + 16);
+#pragma GCC unroll 12
+      for (int m = 0; m < MR; ++m) {
+        const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(A[m * lda + kp]));
+        acc0[m] = _mm512_dpbf16_ps(acc0[m], a, b0);
+        acc1[m] = _mm512_dpbf16_ps(acc1[m], a, b1);
+      }
+    }
+    const __m512 s0 = _mm512_loadu_ps(scales), s1 = _mm512_loadu_ps(scales + 16);
+#pragma GCC unroll 12
+    for (int m = 0; m < MR; ++m) {
+      float* c = C + m * kPanelWidth;
+      _mm512_storeu_ps(c, _mm512_fmadd_ps(acc0[m], s0, _mm512_loadu_ps(c)));
+      _mm512_storeu_ps(c + 16, _mm512_fmadd_ps(acc1[m], s1, _mm512_loadu_ps(c + 16)));
+    }
+  }
+}
+
 }  // namespace
 
 int maxRows() { return kMaxRows; }
@@ -270,6 +301,19 @@ void kernelFP8TwoLevel(int rows, int K, const float* A, size_t lda, const uint8_
   withRows<kMaxRows>(rows, [&](auto mr) {
     tileFP8<decltype(mr)::value, true>(K, A, lda, B, C, accumulate, next);
   });
+}
+
+void kernelFP8Pairs(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* pairs, const float* scales,
+                    float* C, bool accumulate) {
+  if (!accumulate) std::fill(C, C + size_t(rows) * kPanelWidth, 0.0f);
+  // Up to 32 rows in equal groups of at most kMaxRows (32 -> 11 + 11 + 10); a row's arithmetic is the same in any.
+  const int groups = (rows + kMaxRows - 1) / kMaxRows;
+  const int per = (rows + groups - 1) / groups;
+  for (int r0 = 0; r0 < rows; r0 += per) {
+    withRows<kMaxRows>(std::min(per, rows - r0), [&](auto mr) {
+      tileFP8Pairs<decltype(mr)::value>(Kp, A + size_t(r0) * lda, lda, pairs, scales, C + size_t(r0) * kPanelWidth);
+    });
+  }
 }
 
 void fp8ToBf16(const uint8_t* panel, int K, uint32_t* pairs, float* scales) {

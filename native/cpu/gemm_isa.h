@@ -48,6 +48,9 @@ void kernelBF16TwoLevel(int rows, int Kp, const uint32_t* A, size_t lda, const u
 void kernelFP8TwoLevel(int rows, int K, const float* A, size_t lda, const uint8_t* B, float* C, bool accumulate,
                        L2Prefetch next);
 void fp8ToBf16(const uint8_t* panel, int K, uint32_t* pairs, float* scales);
+// fp8 weights widened by fp8ToBf16, bf16 activations, vdpbf16ps (up to 32 rows; GemmKernels::fp8Tiles without AMX).
+void kernelFP8Pairs(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* pairs, const float* scales,
+                    float* C, bool accumulate);
 }
 // AMX tiles (gemm_amx.cc): a bf16 kernel of up to maxRows() rows; everything else is AVX-512's.
 namespace amx {

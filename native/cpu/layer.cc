@@ -17,10 +17,6 @@ namespace {
 using telemetry::nowNs;
 constexpr int kItemsPerWorker = 16;  // equal-cost items per worker (see planItems)
 constexpr int kGateUpOutputs = kPanelWidth / 2;
-// Rows from which an fp8 expert runs on AMX tiles: each K slice of its panels is widened to bf16 first, which 8 rows
-// repay (OLMoE T = 32, ~4 rows an expert: 27 ms from 4 rows up, 23 from 8, 23 never; Mixtral T = 64, ~16: 120 ms
-// from 8, 166 from 16, 212 never; bench/RESULTS.md, step 30).
-constexpr int64_t kFp8TileRows = 8;
 }  // namespace
 
 Layer::Layer(std::shared_ptr<Router> router, DType dtype, int32_t staticK, int threads)
@@ -176,8 +172,8 @@ void Layer::runExperts() {
   if (arena_.jobs.empty()) return;
   const int64_t d = hidden_, rows = arena_.jobs.back().row0 + arena_.jobs.back().rows;
   const GemmKernels& kern = gemmKernels();
-  // A job's activations: fp32 rows for fp32 and fp8 weights, bf16 pairs for bf16; on AMX, an fp8 job of
-  // kFp8TileRows rows or more runs on the tiles with bf16 activations too (GemmKernels::fp8Tiles).
+  // A job's activations: fp32 rows for fp32 and fp8 weights, bf16 pairs for bf16; where the kernels have fp8 pairs
+  // (GemmKernels::fp8Tiles), an fp8 job of kFp8TileRows rows or more runs on them with bf16 activations too.
   const bool fp8Tiles = dtype_ == DType::FP8 && kern.fp8Tiles != nullptr;
   const auto actOf = [&](const ExpertJob& job) {
     return fp8Tiles && job.rows >= kFp8TileRows ? DType::BF16 : activationType(dtype_);

@@ -16,6 +16,7 @@ const experts = Array.from({ length: E }, (_, e) => ({
 }));
 const out = {
   isa: backendInfo().isa,
+  fp8Bf16Rows: backendInfo().fp8Bf16Rows,
   cases: cases.map(([T, k], i) => {
     const x = randn(T * d, seed + 99 + i);
     const result: Record<string, unknown> = { T, k };

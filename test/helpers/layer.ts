@@ -139,9 +139,9 @@ export function quantizeFp8(w: Float32Array, rows: number, cols: number): Float6
 
 /**
  * The relative error a layer of `dtype` is held to against its reference (layerReference): 1e-5 where the GEMMs take
- * fp32 activations, 1e-2 where they take bf16 ones (bf16 layers; fp8 layers on AMX, whose experts with 8 or more
- * rows run on the tiles — their weights still the exact quantized ones).
+ * fp32 activations, 1e-2 where they take bf16 ones (bf16 layers; fp8 layers where experts with fp8Bf16Rows rows or
+ * more run on bf16 pairs — their weights still the exact quantized ones).
  */
 export function layerTolerance(dtype: WeightDType): number {
-  return dtype === 'bf16' || (dtype === 'fp8' && backendInfo().isa === 'amx') ? 1e-2 : 1e-5;
+  return dtype === 'bf16' || (dtype === 'fp8' && backendInfo().fp8Bf16Rows > 0) ? 1e-2 : 1e-5;
 }

@@ -15,8 +15,8 @@ struct Activations {
   size_t ld;
 };
 
-// Scratch of one worker for fp8 panels on AMX tiles (fp8 weights with bf16 activations): a K slice of 2048 widened to
-// 1024 bf16 pairs, then its 16 blocks' scales (as uint32 words).
+// Scratch of one worker for fp8 panels on bf16 pairs (fp8 weights with bf16 activations: AMX, AVX-512): a K slice
+// of 2048 widened to 1024 bf16 pairs, then its 16 blocks' scales (as uint32 words).
 constexpr size_t kFp8TileScratchWords = size_t(1024 + 16) * kPanelWidth;
 
 // acc[rows][32] = A[rows, K] · panel^T, blocked over K so the slice of the panel in use stays in L2. `weights`: the

@@ -7,7 +7,7 @@
 //   bf16 panel: [K/2][32] uint32, each holding the bf16 pair (W[n][2kp], W[n][2kp+1]) — the vdpbf16ps layout.
 //   fp8 panel: blocks of 128 k steps, each [128][32] E4M3 bytes then its 32 float scales (times 256, see
 //   KernelFP8): W[n][k] is e4m3(byte) * scale of (k / 128, n). Scales ride in the weight stream, a 33rd part of a
-//   block's bytes. fp8 weights take fp32 activations, or bf16 pairs on AMX tiles (GemmKernels::fp8Tiles).
+//   block's bytes. fp8 weights take fp32 activations, or bf16 pairs (GemmKernels::fp8Tiles: AMX, AVX-512).
 // A is row-major activations with a row stride; for bf16 it holds bf16 pairs as uint32 (K even).
 // The kernel writes the raw MR x 32 accumulator tile; callers apply their own epilogue.
 #pragma once
@@ -66,10 +66,10 @@ using SwigluRow = void (*)(const float* tileRow, void* out, bool bf16);
 // n floats to n bf16 (n/2 pairs; a zero pads an odd n).
 using ToBf16 = void (*)(const float* src, int64_t n, uint32_t* dst);
 
-// fp8 weights on AMX tiles, for rows of bf16 activations: `pairs` is a K slice of an fp8 panel widened to bf16
-// pairs (Fp8ToBf16), `scales` its blocks' [ceil(Kp/64)][32] scales; Kp a multiple of kAmxStepPairs (the
-// widened slice and A's rows are zero past the last pair). Each block of 64 pairs (128 k) sums in tiles of its own,
-// scaled into `tile` per column.
+// fp8 weights on AMX tiles (or AVX-512 BF16 without AMX), for up to 32 rows of bf16 activations: `pairs` is a K
+// slice of an fp8 panel widened to bf16 pairs (Fp8ToBf16), `scales` its blocks' [ceil(Kp/64)][32] scales; Kp a
+// multiple of kAmxStepPairs (the widened slice and A's rows are zero past the last pair). Each block of 64 pairs
+// (128 k) sums on its own, scaled into `tile` per column.
 using KernelFP8Tiles = void (*)(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* pairs,
                                 const float* scales, float* tile, bool accumulate);
 // Widens K steps of an fp8 panel from `panel` (the start of a block) into bf16 pairs [Kp'][32], Kp' = ceil(K/2)
@@ -86,8 +86,9 @@ struct GemmKernels {
   SwigluRow swiglu;
   ToBf16 toBf16;
   int bf16Rows;  // largest `rows` one bf16 call accepts (maxRows, or 32 with AMX tiles)
-  // AMX only (null elsewhere): jobs of 8 or more rows of an fp8 layer (layer.cc) run on the tiles, their activations
-  // in bf16 (as a bf16 layer's), their weights the exact E4M3 values scaled per block.
+  // Where bf16 pairs are faster (AMX; AVX-512 on AMD), else null; MOE_FP8_PAIRS=1|0 overrides (gemm.cc): jobs of
+  // kFp8TileRows or more rows of an fp8 layer (layer.cc) run on bf16 pairs, their activations in bf16 (as a bf16
+  // layer's), their weights the exact E4M3 values scaled per block.
   KernelFP8Tiles fp8Tiles;
   Fp8ToBf16 fp8ToBf16;
 };
@@ -96,6 +97,11 @@ struct GemmKernels {
 // last whole step, go through the AVX-512 kernel (gemm_amx.cc).
 constexpr int kAmxMinRows = 4;
 constexpr int kAmxStepPairs = 16;
+
+// Rows from which an fp8 expert runs on bf16 pairs (GemmKernels::fp8Tiles): each K slice of its panels is widened to
+// bf16 first, which 8 rows repay (AMX: OLMoE T = 32, ~4 rows an expert: 27 ms from 4 rows up, 23 from 8, 23 never;
+// Mixtral T = 64, ~16: 120 ms from 8, 166 from 16, 212 never; bench/RESULTS.md, step 30).
+constexpr int64_t kFp8TileRows = 8;
 
 const GemmKernels& gemmKernels();  // chosen once from bestIsa()
 const GemmKernels& gemmKernelsFor(Isa isa);

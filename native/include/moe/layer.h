@@ -71,7 +71,7 @@ struct LayerArena {
   AlignedBuffer<int32_t> rowToken, slotRow;
   AlignedBuffer<float> rowWeight, sharedScale;
   AlignedBuffer<float> accumulators;  // per worker: rows x 32, or x 64 for a streamed bf16 gate/up pass
-  AlignedBuffer<uint32_t> tileScratch;  // per worker, fp8 layers on AMX: kFp8TileScratchWords (expert_gemm.h)
+  AlignedBuffer<uint32_t> tileScratch;  // per worker, fp8 on AMX or AVX-512: kFp8TileScratchWords (expert_gemm.h)
   std::vector<int64_t> cursor;
   std::vector<ExpertJob> jobs;
   struct WorkItem {
