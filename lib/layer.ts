@@ -96,8 +96,9 @@ export interface MoELayerOptions {
   /**
    * Weight storage: 'fp32' (the CPU default), 'bf16' (converted once here; activations become bf16 in the GEMMs) or
    * 'fp8' (E4M3 with one fp32 scale per output row and 128 inputs, quantized here as amax / 448: a quarter of fp32's
-   * weight bytes, for the memory-bound small batches; activations stay fp32, except for experts of 8 or more rows on
-   * AMX CPUs, which run on the tiles with bf16 activations). The CUDA backend always stores bf16.
+   * weight bytes, for the memory-bound small batches; activations stay fp32, except for experts of 8 or more rows
+   * where backendInfo().fp8Bf16Rows says so — AMX, AMD's AVX-512 — which run on bf16 pairs with bf16 activations).
+   * The CUDA backend always stores bf16.
    */
   dtype?: WeightDType;
   /** The model's static top-k, the baseline of `flopsSaved`. Default: the router's k (top-k rules) or maxK. */
