@@ -115,7 +115,7 @@ for (const { isa, pairs } of runs) {
 test('MOE_ISA, MOE_THREADS and MOE_FP8_PAIRS: blanks accepted; a value that cannot apply is named in a warning', () => {
   const info = (vars: Record<string, string>) => {
     const code =
-      "const { backendInfo } = require('./lib'); const i = backendInfo(); console.log(JSON.stringify([i.isa, i.threads]));";
+      "const { backendInfo } = require('./lib'); const i = backendInfo(); console.log(JSON.stringify([i.isa, i.threads, i.fp8Bf16Rows]));";
     const env = { ...process.env, ...vars };
     for (const key of ['MOE_ISA', 'MOE_THREADS', 'MOE_FP8_PAIRS']) if (!(key in vars)) delete env[key];
     const r = spawnSync(process.execPath, ['--import', 'tsx', '-e', code], {
@@ -125,8 +125,8 @@ test('MOE_ISA, MOE_THREADS and MOE_FP8_PAIRS: blanks accepted; a value that cann
       env,
     });
     assert.is(r.status, 0, r.stderr);
-    const [isa, threads] = JSON.parse(r.stdout) as [string, number];
-    return { isa, threads, warning: /MOE_ENV/.test(r.stderr) ? r.stderr : '' };
+    const [isa, threads, fp8Bf16Rows] = JSON.parse(r.stdout) as [string, number, number];
+    return { isa, threads, fp8Bf16Rows, warning: /MOE_ENV/.test(r.stderr) ? r.stderr : '' };
   };
   const plain = info({});
   assert.is(plain.warning, '');
@@ -146,8 +146,17 @@ test('MOE_ISA, MOE_THREADS and MOE_FP8_PAIRS: blanks accepted; a value that cann
     assert.is(got.threads, plain.threads, `MOE_THREADS=${value}`);
     assert.match(got.warning, /MOE_THREADS=.* is not an integer in \[1, 1024\]/);
   }
-  assert.is(info({ MOE_FP8_PAIRS: ' 0 ' }).warning, '');
-  assert.match(info({ MOE_FP8_PAIRS: 'yes' }).warning, /MOE_FP8_PAIRS="yes" is not 1 or 0; it is ignored/);
+  // fp8 on bf16 pairs: by default on AMX and on AVX-512 CPUs other than Intel's (gemm.cc); MOE_FP8_PAIRS=0 never
+  const off = info({ MOE_FP8_PAIRS: ' 0 ' });
+  assert.equal([off.fp8Bf16Rows, off.warning], [0, '']);
+  if (available.avx512) {
+    const intel = /GenuineIntel/.test(fs.readFileSync('/proc/cpuinfo', 'utf8'));
+    assert.is(info({ MOE_ISA: 'avx512' }).fp8Bf16Rows, intel ? 0 : 8, 'the AVX-512 default follows the vendor');
+    assert.is(info({ MOE_ISA: 'avx512', MOE_FP8_PAIRS: '1' }).fp8Bf16Rows, 8);
+  }
+  const bogusPairs = info({ MOE_FP8_PAIRS: 'yes' });
+  assert.is(bogusPairs.fp8Bf16Rows, plain.fp8Bf16Rows, 'an unknown value changes nothing');
+  assert.match(bogusPairs.warning, /MOE_FP8_PAIRS="yes" is not 1 or 0; it is ignored/);
 });
 
 // GCC 12 once deleted every prefetch of the AMX kernel without a word: the helper that issued them was not inlined,

@@ -1,7 +1,8 @@
 /**
  * MoELayer against the float64 layer reference: fp32 weights to 1e-5 relative (‖y − ref‖/‖ref‖), bf16 to 1e-2 (the
  * reference then takes the bf16-rounded weights and input, as the layer does; test/helpers/layer.ts), fp8 to 1e-5
- * against the same quantized weights (1e-2 on AMX, whose tiles take bf16 activations from 8 rows per expert up),
+ * against the same quantized weights (1e-2 where experts of 8 rows or more run on bf16 pairs with bf16 activations:
+ * backendInfo().fp8Bf16Rows),
  * for T in {1, 2, 7, 64, 513}, with shared experts, experts that get no tokens, one expert that gets every
  * token, and forward beside forwardAsync; and T = 1000, whose passes write their outputs with non-temporal stores.
  */
@@ -21,7 +22,7 @@ const SEED = freshSeed();
 console.log(`layer.test seed ${SEED}`);
 
 for (const dtype of ['fp32', 'bf16', 'fp8'] as const) {
-  // (fp8: the reference takes the same quantized weights; the activations stay fp32 but on AMX tiles)
+  // (fp8: the reference takes the same quantized weights; the activations stay fp32 but on bf16 pairs)
   const tol = layerTolerance(dtype);
   test(`${dtype}: matches the reference for T in {1, 2, 7, 64, 513} (tolerance ${tol})`, () => {
     const b = build({ E: 8, d: 64, f: 40, selection: { kind: 'topk', k: 2 }, dtype, seed: SEED });

@@ -97,8 +97,9 @@ const GemmKernels kAvx512{Isa::Avx512,           avx512::maxRows(), avx512::kern
                           avx512::kernelFP8,     avx512::swigluRow, avx512::toBf16,    avx512::maxRows(),
                           avx512::kernelFP8Pairs, avx512::fp8ToBf16};
 // The same on Intel, with its weight-stream prefetch (gemm_avx512.cc). Its fp8 pairs are off unless MOE_FP8_PAIRS=1:
-// Intel's vdpbf16ps does half the multiply-adds per cycle of an fp32 FMA pair (AMD's twice), so there fp8 on bf16
-// pairs ran slower than the fp32 kernel (bench/RESULTS.md, step 31).
+// on Intel, vdpbf16ps does fewer multiply-adds per cycle than the two FMA ports (a bf16 layer ran 1.37x slower than
+// an fp32 one on a Xeon forced to AVX-512; on AMD's EPYC, 2x faster), and fp8 on bf16 pairs ran slower than the fp32
+// kernel (bench/RESULTS.md, step 31).
 const GemmKernels kAvx512Intel{Isa::Avx512,        avx512::maxRows(), avx512::kernelF32TwoLevel,
                                avx512::kernelBF16TwoLevel, avx512::kernelFP8TwoLevel, avx512::swigluRow,
                                avx512::toBf16,     avx512::maxRows(), avx512::kernelFP8Pairs, avx512::fp8ToBf16};

@@ -124,8 +124,8 @@ inline void prefetchFp8(const uint8_t* panel) {
 
 // A block's sums stay in registers of their own and are scaled once per block, so a step only decodes and
 // multiplies (20% faster than scaling each decoded vector, even at 12 rows where the sums spill). Every row count
-// runs the same arithmetic, so a row's result does not depend on the rows beside it (on AMX, a layer's experts of
-// 8 or more rows take the tiles instead: layer.cc).
+// runs the same arithmetic, so a row's result does not depend on the rows beside it (where the kernels have fp8
+// pairs, a layer's experts of 8 or more rows take kernelFP8Pairs or the AMX tiles instead: layer.cc).
 template <int MR, bool TWO_LEVEL>
 void tileFP8(int K, const float* A, size_t lda, const uint8_t* B, float* C, bool accumulate, L2Prefetch next) {
   __m512 acc0[MR], acc1[MR];
@@ -305,6 +305,7 @@ void kernelFP8TwoLevel(int rows, int K, const float* A, size_t lda, const uint8_
 
 void kernelFP8Pairs(int rows, int Kp, const uint32_t* A, size_t lda, const uint32_t* pairs, const float* scales,
                     float* C, bool accumulate) {
+  if (rows <= 0) return;
   if (!accumulate) std::fill(C, C + size_t(rows) * kPanelWidth, 0.0f);
   // Up to 32 rows in equal groups of at most kMaxRows (32 -> 11 + 11 + 10); a row's arithmetic is the same in any.
   const int groups = (rows + kMaxRows - 1) / kMaxRows;
