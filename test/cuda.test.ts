@@ -20,7 +20,7 @@ import { native, type NativeCudaLayerHandle } from '../lib/native';
 import { referenceRoute, referenceRouteLogits } from '../lib/reference/routing';
 import { writeTinyCheckpoint } from './helpers/checkpoint';
 import { compareRouting, relativeError } from './helpers/compare';
-import { buildLayer, layerReference } from './helpers/layer';
+import { buildLayer, layerReference, type BuiltLayer } from './helpers/layer';
 import { freshSeed, randn, randu } from './helpers/random';
 
 const SEED = freshSeed();
@@ -87,6 +87,12 @@ if (!status.available) {
 function restoreEnv(name: string, value: string | undefined): void {
   if (value === undefined) delete process.env[name];
   else process.env[name] = value;
+}
+
+/** b's forward of x, and its relative error against the float64 reference on the routing the forward took. */
+function forwardError(b: BuiltLayer, x: Float32Array) {
+  const r = b.layer.forward(x);
+  return { r, err: relativeError(r.output, layerReference(b, x, r.routing)) };
 }
 
 /** The native info of a CUDA layer: its kernels and the variables it read when it was built. */
@@ -392,12 +398,9 @@ function gpuTests() {
       for (const [name, E, d, f, sel, shared, tokens] of cases) {
         const b = buildLayer({ E, d, f, selection: sel, seed: (seed += 1000), shared, backend: 'cuda' });
         for (const T of tokens) {
-          const x = randn(T * d, ++seed);
-          const r = b.layer.forward(x);
-          const ref = layerReference(b, x, r.routing);
+          const { r, err } = forwardError(b, randn(T * d, ++seed));
           for (let i = 0; i < r.output.length; i++)
             if (!Number.isFinite(r.output[i])) assert.unreachable(`${name} T=${T}: output ${i} not written (NaN)`);
-          const err = relativeError(r.output, ref);
           assert.ok(err < 1e-2, `${name} T=${T}: relative error ${err}`);
           assert.is(
             r.stats.expertCounts.reduce((a, c) => a + c, 0),
@@ -422,9 +425,7 @@ function gpuTests() {
         });
         assert.is(cudaInfo(b.layer).gemvMaxTokens, 8, 'the layer read MOE_CUDA_GEMV_MAX_TOKENS');
         for (const T of [6, 8]) {
-          const x = randn(T * 256, ++seed);
-          const r = b.layer.forward(x);
-          const err = relativeError(r.output, layerReference(b, x, r.routing));
+          const { err } = forwardError(b, randn(T * 256, ++seed));
           assert.ok(err < 1e-2, `GEMV of up to 8 rows, T=${T}: relative error ${err}`);
         }
         b.layer.dispose();
@@ -456,10 +457,7 @@ function gpuTests() {
           assert.is(cudaInfo(b.layer).forcedTile, tiles.indexOf(tile), 'the layer read MOE_CUDA_TILE');
           for (const T of [1, 4, 9, 300]) {
             // (a forced tile takes the decode sizes too, where the layer's own choice is the GEMV kernels)
-            const x = randn(T * 256, ++seed);
-            const r = b.layer.forward(x);
-            const ref = layerReference(b, x, r.routing);
-            const err = relativeError(r.output, ref);
+            const { err } = forwardError(b, randn(T * 256, ++seed));
             assert.ok(err < 1e-2, `tile ${tile} T=${T}: relative error ${err}`);
           }
           b.layer.dispose();
