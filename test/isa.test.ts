@@ -104,7 +104,7 @@ for (const { isa, pairs } of runs) {
           maxK: c.k,
         });
         const err = relativeError(run.output, ref);
-        assert.ok(err < tol, `${isa} ${dtype} T=${c.T} k=${c.k}: relative error ${err} (seed ${SEED})`);
+        assert.ok(err < tol, `${name} ${dtype} T=${c.T} k=${c.k}: relative error ${err} (seed ${SEED})`);
       }
       assert.equal(c.fp32.indices, c.bf16.indices, 'routing does not depend on the weight dtype');
       assert.equal(c.fp32.indices, c.fp8.indices, 'routing does not depend on the weight dtype');
