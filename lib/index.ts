@@ -36,6 +36,8 @@ export {
   MoELayer,
   type MoELayerOptions,
   type ExpertWeights,
+  type ExpertBiases,
+  type ExpertActivation,
   type E4m3ExpertWeights,
   type E4m3Matrix,
   type WeightDType,

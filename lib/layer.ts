@@ -17,6 +17,7 @@ import {
   callNative,
   callNativeAsync,
   native,
+  type BiasArgs,
   type CudaBenchResult,
   type NativeCudaLayerHandle,
   type NativeLayerHandle,
@@ -33,8 +34,30 @@ import { requireFinite, requireFloat32, requireInt, requireOneOf } from './valid
 export type WeightDType = 'fp32' | 'bf16' | 'fp8';
 const NATIVE_DTYPE: Record<WeightDType, number> = { fp32: 0, bf16: 1, fp8: 2 };
 
-/** One expert's SwiGLU FFN in Hugging Face layout: w1 (gate_proj) [f, d], w3 (up_proj) [f, d], w2 (down_proj) [d, f]. */
-export interface ExpertWeights {
+/**
+ * An expert's bias terms, where its projections have them (gpt-oss): b1 is added to the gate projection [f], b3 to the
+ * up projection [f] (both before the activation), b2 to the expert's output [d] (before the routing weight scales it).
+ */
+export interface ExpertBiases {
+  b1?: Float32Array;
+  b3?: Float32Array;
+  b2?: Float32Array;
+}
+
+/**
+ * The experts' activation. 'swiglu' (the default): h = silu(gate) · up. 'gptOss', gpt-oss's clamped SwiGLU:
+ * h = (clamp(up, −limit, limit) + 1) · g · sigmoid(alpha · g) with g = min(gate, limit); alpha 1.702 and limit 7
+ * (config `swiglu_limit`) by default. CPU layers only.
+ */
+export type ExpertActivation = { kind: 'swiglu' } | { kind: 'gptOss'; alpha?: number; limit?: number };
+/** An {@link ExpertActivation} with its defaults filled in. */
+export type ResolvedActivation = { kind: 'swiglu' } | { kind: 'gptOss'; alpha: number; limit: number };
+
+/**
+ * One expert's FFN in Hugging Face layout: w1 (gate_proj) [f, d], w3 (up_proj) [f, d], w2 (down_proj) [d, f], and
+ * optional biases.
+ */
+export interface ExpertWeights extends ExpertBiases {
   w1: Float32Array;
   w3: Float32Array;
   w2: Float32Array;
@@ -54,11 +77,11 @@ export interface E4m3Matrix {
  * One expert's weights already in E4M3, for layers of dtype 'fp8', which pack them as given (a checkpoint's own
  * bytes and scales: no second rounding). Same layouts as {@link ExpertWeights}.
  */
-export interface E4m3ExpertWeights {
+export interface E4m3ExpertWeights extends ExpertBiases {
   e4m3: { w1: E4m3Matrix; w3: E4m3Matrix; w2: E4m3Matrix };
 }
 
-/** All experts stacked: w1 and w3 [E, f, d], w2 [E, d, f]. */
+/** All experts stacked: w1 and w3 [E, f, d], w2 [E, d, f]; biases, where given, b1 and b3 [E, f], b2 [E, d]. */
 export interface StackedExpertWeights extends ExpertWeights {
   stacked: true;
 }
@@ -105,6 +128,8 @@ export interface MoELayerOptions {
   staticK?: number;
   /** Threads of the expert stages; default: the router's. */
   threads?: number;
+  /** The experts' activation: SwiGLU by default; gpt-oss's clamped SwiGLU (CPU layers). */
+  activation?: ExpertActivation;
   /**
    * 'cpu', 'cuda' (weights uploaded once to the GPU as bf16; BackendError when the plugin or a GPU is missing) or
    * 'auto' (the GPU when available; the CPU when the GPU cannot take this layer, see `cpuFallbackReason`).
@@ -192,6 +217,8 @@ export class MoELayer {
   readonly intermediateSize: number;
   readonly staticK: number;
   readonly hasSharedExpert: boolean;
+  /** The experts' activation (see {@link MoELayerOptions.activation}). */
+  readonly activation: ResolvedActivation;
   /** Where forward() runs: 'cpu' or 'cuda'. */
   readonly backend: 'cpu' | 'cuda';
   /**
@@ -225,14 +252,21 @@ export class MoELayer {
     const { numExperts: E, hiddenSize: d } = this.router.config;
     const requested = opts.backend ?? this.router.requestedBackend;
     this.backend = resolveBackend(requested, 'MoELayer');
+    this.activation = resolveActivation(opts.activation);
     if (this.backend === 'cuda' && requested === 'auto') {
       // what the CUDA backend cannot take, asked for explicitly: the CPU, without trying the GPU
       if (opts.dtype === 'fp32' || opts.dtype === 'fp8')
         this.cpuFallbackReason = `dtype '${opts.dtype}' (the CUDA backend keeps bf16 weights)`;
       else if (opts.shareWeightsOf !== undefined)
         this.cpuFallbackReason = 'shareWeightsOf (sharing packed weights is not supported by the CUDA backend yet)';
+      else if (this.activation.kind !== 'swiglu')
+        this.cpuFallbackReason = `activation '${this.activation.kind}' (the CUDA backend runs SwiGLU experts)`;
       if (this.cpuFallbackReason) this.backend = 'cpu';
     }
+    if (this.backend === 'cuda' && this.activation.kind !== 'swiglu')
+      throw new ValidationError(
+        `activation: the CUDA backend runs SwiGLU experts; '${this.activation.kind}' layers need backend 'cpu'`,
+      );
     this.dtype = requireOneOf(
       'dtype',
       opts.dtype ?? (this.backend === 'cuda' ? 'bf16' : 'fp32'),
@@ -250,10 +284,10 @@ export class MoELayer {
     const addon = native();
     if (opts.shareWeightsOf !== undefined) {
       const other = opts.shareWeightsOf;
-      for (const key of ['experts', 'intermediateSize', 'sharedExperts', 'dtype'] as const) {
+      for (const key of ['experts', 'intermediateSize', 'sharedExperts', 'dtype', 'activation'] as const) {
         if (opts[key] !== undefined)
           throw new ValidationError(
-            `${key}: shareWeightsOf takes the weights, shared experts and dtype of that layer; omit ${key}`,
+            `${key}: shareWeightsOf takes the weights, shared experts, dtype and activation of that layer; omit ${key}`,
           );
       }
       if (this.backend === 'cuda' || (other instanceof MoELayer && other.backend === 'cuda'))
@@ -266,6 +300,7 @@ export class MoELayer {
         );
       }
       this.dtype = other.dtype;
+      this.activation = other.activation;
       this.intermediateSize = other.intermediateSize;
       this.hasSharedExpert = other.hasSharedExpert;
       const source = other.cpuHandle();
@@ -286,6 +321,11 @@ export class MoELayer {
       throw new ValidationError(`experts[0]: expected { w1, w3, w2 }, got ${describe(first)}`);
     this.intermediateSize = intermediateOf('', opts.intermediateSize, first, 'experts[0]', d, 1 << 20);
     this.hasSharedExpert = opts.sharedExperts !== undefined;
+    if (this.backend === 'cuda' && requested === 'auto' && (hasBiases(first) || hasBiases(opts.sharedExperts))) {
+      this.backend = 'cpu';
+      this.dtype = opts.dtype ?? 'fp32';
+      this.cpuFallbackReason = 'expert biases (the CUDA backend runs experts without them)';
+    }
     const weights = { first, expertAt, shared: opts.sharedExperts, threads };
     let handle: NativeLayerHandle | NativeCudaLayerHandle;
     try {
@@ -315,19 +355,28 @@ export class MoELayer {
     const handle: NativeLayerHandle | NativeCudaLayerHandle = callNative('MoELayer', () =>
       this.backend === 'cuda'
         ? new addon.NativeCudaLayer(this.router.handle, this.staticK, this.intermediateSize)
-        : new addon.NativeLayer(this.router.handle, NATIVE_DTYPE[this.dtype], this.staticK, w.threads),
+        : new addon.NativeLayer(
+            this.router.handle,
+            NATIVE_DTYPE[this.dtype],
+            this.staticK,
+            w.threads,
+            null,
+            this.activation.kind === 'gptOss' ? { alpha: this.activation.alpha, limit: this.activation.limit } : null,
+          ),
     );
     try {
       for (let e = 0; e < E; e++) {
         const x = e === 0 ? w.first : w.expertAt(e);
         const f = this.intermediateSize;
-        if (this.checkExpert(`experts[${e}]`, x, f, d)) {
+        const e4m3 = this.checkExpert(`experts[${e}]`, x, f, d);
+        const bias = this.biasArgs(`experts[${e}]`, x, f, d);
+        if (e4m3) {
           const q = x.e4m3;
           callNative(`experts[${e}]`, () =>
-            (handle as NativeLayerHandle).setExpertFP8(e, ...e4m3Args(q.w1, q.w3, q.w2), f),
+            (handle as NativeLayerHandle).setExpertFP8(e, ...e4m3Args(q.w1, q.w3, q.w2), f, ...bias),
           );
         } else {
-          callNative(`experts[${e}]`, () => handle.setExpert(e, x.w1, x.w3, x.w2, f));
+          callNative(`experts[${e}]`, () => handle.setExpert(e, x.w1, x.w3, x.w2, f, ...bias));
         }
       }
       if (w.shared) {
@@ -339,15 +388,22 @@ export class MoELayer {
           requireFinite('sharedExperts.gate', s.gate);
         }
         const gate = s.gate ?? null;
+        const bias = this.biasArgs('sharedExperts', s, sf, d);
         callNative('sharedExperts', () =>
           isE4m3(s) && e4m3
-            ? (handle as NativeLayerHandle).setSharedExpertFP8(...e4m3Args(s.e4m3.w1, s.e4m3.w3, s.e4m3.w2), sf, gate)
+            ? (handle as NativeLayerHandle).setSharedExpertFP8(
+                ...e4m3Args(s.e4m3.w1, s.e4m3.w3, s.e4m3.w2),
+                sf,
+                gate,
+                ...bias,
+              )
             : handle.setSharedExpert(
                 (s as ExpertWeights).w1,
                 (s as ExpertWeights).w3,
                 (s as ExpertWeights).w2,
                 sf,
                 gate,
+                ...bias,
               ),
         );
       }
@@ -357,6 +413,24 @@ export class MoELayer {
       throw err;
     }
     return handle;
+  }
+
+  /**
+   * An expert's biases checked (lengths f, f, d; finite) as the native setters take them: none, or all three slots.
+   * @throws ValidationError for bad biases, or biases for a CUDA layer.
+   */
+  private biasArgs(name: string, w: ExpertBiases, f: number, d: number): BiasArgs {
+    if (!hasBiases(w)) return [];
+    const out: [Float32Array | null, Float32Array | null, Float32Array | null] = [null, null, null];
+    (['b1', 'b3', 'b2'] as const).forEach((key, i) => {
+      if (w[key] === undefined) return;
+      if (this.backend === 'cuda')
+        throw new ValidationError(`${name}.${key}: the CUDA backend runs experts without biases; use backend 'cpu'`);
+      const b = requireFloat32(`${name}.${key}`, w[key], { length: key === 'b2' ? d : f });
+      requireFinite(`${name}.${key}`, b);
+      out[i] = b;
+    });
+    return out;
   }
 
   /**
@@ -631,10 +705,17 @@ function expertSource(experts: MoELayerOptions['experts'], E: number): (e: numbe
         `experts: w1, w3 and w2 must have equal lengths (E·f·d), got ${s.w1.length}, ${s.w3.length}, ${s.w2.length}`,
       );
     }
+    const slice = (key: 'b1' | 'b3' | 'b2', e: number) => {
+      const b = s[key];
+      if (b === undefined) return undefined;
+      const n = requireFloat32(`experts.${key}`, b, { multipleOf: E }).length / E;
+      return b.subarray(e * n, (e + 1) * n);
+    };
     return (e) => ({
       w1: s.w1.subarray(e * per, (e + 1) * per),
       w3: s.w3.subarray(e * per, (e + 1) * per),
       w2: s.w2.subarray(e * per, (e + 1) * per),
+      ...(hasBiases(s) ? { b1: slice('b1', e), b3: slice('b3', e), b2: slice('b2', e) } : {}),
     });
   }
   throw new ValidationError(
@@ -655,6 +736,33 @@ function checkLayerTokens(T: number, maxK: number, cuda: boolean): void {
     throw new ValidationError(
       `x: ${T} tokens x (maxK ${maxK} + 1) rows do not fit 32-bit row indices; split the batch`,
     );
+}
+
+/** Whether an expert (or shared expert) has any bias term. */
+function hasBiases(w: ExpertBiases | undefined): boolean {
+  return !!w && typeof w === 'object' && (w.b1 !== undefined || w.b3 !== undefined || w.b2 !== undefined);
+}
+
+const GPT_OSS_ALPHA = 1.702;
+const GPT_OSS_LIMIT = 7;
+
+/** MoELayerOptions.activation with its defaults; a ValidationError for anything else. */
+function resolveActivation(a: ExpertActivation | undefined): ResolvedActivation {
+  if (a === undefined) return { kind: 'swiglu' };
+  if (!a || typeof a !== 'object')
+    throw new ValidationError(
+      `activation: expected { kind: 'swiglu' } or { kind: 'gptOss', alpha?, limit? }, got ${describe(a)}`,
+    );
+  const kind = requireOneOf('activation.kind', a.kind, ['swiglu', 'gptOss'] as const, ValidationError);
+  if (kind === 'swiglu') return { kind };
+  const g = a as { alpha?: unknown; limit?: unknown };
+  const positive = (name: string, v: unknown, fallback: number) => {
+    const n = v ?? fallback;
+    if (typeof n !== 'number' || !Number.isFinite(n) || n <= 0 || n > 3.4e38)
+      throw new ValidationError(`activation.${name}: expected a finite number above 0, got ${describe(v)}`);
+    return n;
+  };
+  return { kind, alpha: positive('alpha', g.alpha, GPT_OSS_ALPHA), limit: positive('limit', g.limit, GPT_OSS_LIMIT) };
 }
 
 /** The native setExpertFP8 arguments of three E4M3 matrices. */

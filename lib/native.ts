@@ -19,7 +19,8 @@ export interface NativeAddon {
     dtype: number,
     staticK: number,
     threads: number,
-    shareWeightsOf?: NativeLayerHandle,
+    shareWeightsOf?: NativeLayerHandle | null,
+    activation?: { alpha: number; limit: number } | null,
   ) => NativeLayerHandle;
   rowNorms(x: Float32Array, T: number, d: number, order: number, out: Float32Array): void;
   attentionEntropy(a: Float32Array, heads: number, T: number, S: number, reduceMax: boolean, out: Float32Array): void;
@@ -217,16 +218,26 @@ export interface NativeLayerHandle {
   /** The same record written into `into` when it fits (returns the number of values), else a new array. */
   drainTelemetry(into: Float64Array): Float64Array | number;
   recordError(kind: NativeErrorKind): void;
-  setExpert(e: number, w1: Float32Array, w3: Float32Array, w2: Float32Array, f: number): void;
-  setSharedExpert(w1: Float32Array, w3: Float32Array, w2: Float32Array, f: number, gate: Float32Array | null): void;
+  setExpert(e: number, w1: Float32Array, w3: Float32Array, w2: Float32Array, f: number, ...bias: BiasArgs): void;
+  setSharedExpert(
+    w1: Float32Array,
+    w3: Float32Array,
+    w2: Float32Array,
+    f: number,
+    gate: Float32Array | null,
+    ...bias: BiasArgs
+  ): void;
   /** fp8 layers: E4M3 bytes (q) and their scales per row and 128 columns (s), packed as given. */
-  setExpertFP8(...args: [e: number, ...Fp8ExpertArgs, f: number]): void;
-  setSharedExpertFP8(...args: [...Fp8ExpertArgs, f: number, gate: Float32Array | null]): void;
+  setExpertFP8(...args: [e: number, ...Fp8ExpertArgs, f: number, ...BiasArgs]): void;
+  setSharedExpertFP8(...args: [...Fp8ExpertArgs, f: number, gate: Float32Array | null, ...BiasArgs]): void;
   forward(...args: ForwardArgs): void;
   forwardAsync(...args: ForwardArgs): Promise<void>;
-  info(): { weightBytes: number; dtype: string; isa: string };
+  info(): { weightBytes: number; dtype: string; isa: string; activation?: { alpha: number; limit: number } };
   dispose(): void;
 }
+
+/** An expert's optional biases: gate [f], up [f], down [d] (null: none). */
+export type BiasArgs = [] | [gate: Float32Array | null, up: Float32Array | null, down: Float32Array | null];
 
 let addon: NativeAddon | undefined;
 let loadError: Error | undefined;

@@ -180,6 +180,20 @@ function childChecks() {
     const shared = new MoELayer({ router: b.layer.router, shareWeightsOf: fp32, backend: 'auto' });
     assert.is(shared.backend, 'cpu');
     assert.match(shared.cpuFallbackReason ?? '', /shareWeightsOf/);
+    // gpt-oss experts: the activation and the biases are CPU-only
+    const biased = b.experts.map((w) => ({ ...w, b2: randn(16, SEED + 7, 0.5) }));
+    const gptOss = new MoELayer({
+      router: b.layer.router,
+      experts: b.experts,
+      activation: { kind: 'gptOss' },
+      backend: 'auto',
+    });
+    assert.is(gptOss.backend, 'cpu');
+    assert.match(gptOss.cpuFallbackReason ?? '', /activation 'gptOss'/);
+    const withBias = new MoELayer({ router: b.layer.router, experts: biased, backend: 'auto' });
+    assert.is(withBias.backend, 'cpu');
+    assert.is(withBias.dtype, 'fp32');
+    assert.match(withBias.cpuFallbackReason ?? '', /expert biases/);
     assert.is(events(from), '', 'no GPU layer was created');
     assert.is(warnings.length, 0, 'a choice, not a failure: no warning');
     throwsWith(
@@ -187,6 +201,22 @@ function childChecks() {
       ValidationError,
       /dtype/,
     );
+    throwsWith(
+      () =>
+        new MoELayer({ router: b.layer.router, experts: b.experts, activation: { kind: 'gptOss' }, backend: 'cuda' }),
+      ValidationError,
+      /^activation: the CUDA backend runs SwiGLU experts/,
+    );
+    // a bias on an expert after the first: refused, and the GPU copy made so far is freed
+    const late = b.experts.map((w, e) => (e === 2 ? { ...w, b1: randn(12, SEED + 8, 0.5) } : w));
+    const from3 = logSize();
+    throwsWith(
+      () => new MoELayer({ router: b.layer.router, experts: late, backend: 'auto' }),
+      ValidationError,
+      /^experts\[2\]\.b1: the CUDA backend runs experts without biases/,
+    );
+    const created3 = /create (\d+)/.exec(events(from3));
+    assert.ok(created3 && events(from3).includes(`destroy ${created3[1]}`), events(from3));
     // NaN weights are refused on either backend: an error, not a fallback (and the GPU copy is freed)
     const bad = b.experts.map((w, e) => (e === 3 ? { ...w, w2: w.w2.map((v, i) => (i === 5 ? NaN : v)) } : w));
     const from2 = logSize();

@@ -12,6 +12,7 @@ import * as assert from 'uvu/assert';
 import { backendInfo } from '../lib';
 import { referenceLayer } from '../lib/reference/layer';
 import { relativeError } from './helpers/compare';
+import { GPT_OSS } from './helpers/isa-probe-config';
 import { quantizeFp8 } from './helpers/layer';
 import { freshSeed, randn } from './helpers/random';
 
@@ -62,12 +63,20 @@ for (const { isa, pairs } of runs) {
     const env: NodeJS.ProcessEnv = { ...process.env, MOE_ISA: isa };
     if (pairs === undefined) delete env.MOE_FP8_PAIRS;
     else env.MOE_FP8_PAIRS = pairs;
-    const r = spawnSync(process.execPath, ['--import', 'tsx', probe, ...[SEED, E, d, f].map(String), cases], {
-      encoding: 'utf8',
-      timeout: 120_000,
-      env,
-    });
-    assert.is(r.status, 0, r.stderr);
+    // gpt-oss's epilogue (biases, the clamped activation, then the ISA's fp32 or bf16 store) on AVX-512's rows (T=3)
+    // and AMX's (T=40: tiles of 32 and 8)
+    const gptOssCases = [1, 4];
+    const r = spawnSync(
+      process.execPath,
+      ['--import', 'tsx', probe, ...[SEED, E, d, f].map(String), cases, gptOssCases.join(',')],
+      {
+        encoding: 'utf8',
+        timeout: 120_000,
+        maxBuffer: 64 << 20, // (every output element of 6 layers x 7 cases, as JSON: a few MB)
+        env,
+      },
+    );
+    assert.is(r.status, 0, r.stderr || String(r.error));
     const got = JSON.parse(r.stdout);
     assert.is(got.isa, isa);
     // bf16 pairs for fp8 where a kernel exists (AMX, AVX-512) and MOE_FP8_PAIRS asked, or AMX by default
@@ -79,6 +88,12 @@ for (const { isa, pairs } of runs) {
       w2: randn(d * f, SEED + 12 + 3 * e, 0.2),
       f,
     }));
+    // the probe's gpt-oss experts: the same weights with biases (its GPT_OSS)
+    const biases = experts.map((_, e) => ({
+      b1: randn(f, SEED + 500 + 3 * e, GPT_OSS.biasScale),
+      b3: randn(f, SEED + 501 + 3 * e, GPT_OSS.biasScale),
+      b2: randn(d, SEED + 502 + 3 * e, GPT_OSS.biasScale),
+    }));
     assert.is(got.cases.length, 7);
     // an fp8 layer's weights as it quantizes them (E4M3, a scale per row and 128 columns: f = 4200 and d = 40 leave
     // short last blocks)
@@ -88,7 +103,7 @@ for (const { isa, pairs } of runs) {
       w2: quantizeFp8(w.w2, d, f),
       f,
     })));
-    got.cases.forEach((c: { T: number; k: number; fp32: ProbeRun; bf16: ProbeRun; fp8: ProbeRun }, i: number) => {
+    got.cases.forEach((c: { T: number; k: number } & Record<string, ProbeRun>, i: number) => {
       const x = randn(c.T * d, SEED + 99 + i);
       for (const [dtype, tol] of [
         ['fp32', 1e-5],
@@ -96,15 +111,19 @@ for (const { isa, pairs } of runs) {
         // (experts of 8 or more rows on bf16 pairs take bf16 activations)
         ['fp8', got.fp8Bf16Rows > 0 ? 1e-2 : 1e-5],
       ] as const) {
-        const run = c[dtype];
-        const ref = referenceLayer(x, c.T, d, (e) => (dtype === 'fp8' ? quantized : experts)[e], {
-          indices: run.indices,
-          weights: run.weights,
-          k: new Int32Array(c.T).fill(c.k),
-          maxK: c.k,
-        });
-        const err = relativeError(run.output, ref);
-        assert.ok(err < tol, `${name} ${dtype} T=${c.T} k=${c.k}: relative error ${err} (seed ${SEED})`);
+        for (const gptOss of [false, true]) {
+          if (gptOss && (dtype === 'fp8' || !gptOssCases.includes(i))) continue;
+          const run = c[gptOss ? `gptOss ${dtype}` : dtype];
+          const weights = (e: number) => {
+            const w = (dtype === 'fp8' ? quantized : experts)[e];
+            return gptOss ? { ...w, ...biases[e] } : w;
+          };
+          const routing = { indices: run.indices, weights: run.weights, k: new Int32Array(c.T).fill(c.k), maxK: c.k };
+          const act = gptOss ? GPT_OSS : undefined;
+          const err = relativeError(run.output, referenceLayer(x, c.T, d, weights, routing, undefined, act));
+          const what = `${name} ${gptOss ? 'gpt-oss ' : ''}${dtype} T=${c.T} k=${c.k}`;
+          assert.ok(err < tol, `${what}: relative error ${err} (seed ${SEED})`);
+        }
       }
       assert.equal(c.fp32.indices, c.bf16.indices, 'routing does not depend on the weight dtype');
       assert.equal(c.fp32.indices, c.fp8.indices, 'routing does not depend on the weight dtype');

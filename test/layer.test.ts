@@ -36,6 +36,63 @@ for (const dtype of ['fp32', 'bf16', 'fp8'] as const) {
     }
   });
 
+  test(`${dtype}: gpt-oss experts (clamped SwiGLU, biases on every projection) match the reference`, () => {
+    // limit 0.9: about a third of the gate and up pre-activations are clamped (they are ~N(0, 1.1)), so both sides
+    // of each clamp are checked; f = 40 leaves a last gate/up panel of 8 outputs and its biases' zero padding.
+    const activation = { kind: 'gptOss', alpha: 1.702, limit: 0.9 } as const;
+    const b = build({
+      E: 8,
+      d: 64,
+      f: 40,
+      selection: { kind: 'gptOss', k: 3 },
+      dtype,
+      activation,
+      biases: true,
+      seed: SEED + 40,
+    });
+    assert.equal(b.layer.activation, activation);
+    for (const T of [1, 7, 64, 513]) {
+      const x = randn(T * b.d, SEED + 41 + T);
+      const { output, routing } = b.layer.forward(x);
+      const err = relativeError(output, reference(b, x, routing));
+      assert.ok(err < tol, `${dtype} gpt-oss T=${T}: relative error ${err} (seed ${SEED})`);
+      // the same weights as a SwiGLU layer without biases: the activation and biases change the result
+      const plain = relativeError(
+        output,
+        reference({ ...b, experts: b.experts.map(({ w1, w3, w2 }) => ({ w1, w3, w2 })) }, x, routing),
+      );
+      assert.ok(plain > 10 * tol, `${dtype} gpt-oss T=${T}: the biases made no difference (${plain})`);
+    }
+    // gpt-oss's own defaults, and a biased shared expert on a SwiGLU layer
+    const defaults = build({
+      E: 4,
+      d: 48,
+      f: 24,
+      selection: { kind: 'topk', k: 2 },
+      dtype,
+      activation: { kind: 'gptOss' },
+      biases: true,
+      seed: SEED + 42,
+    });
+    assert.equal(defaults.layer.activation, { kind: 'gptOss', alpha: 1.702, limit: 7 });
+    const swiglu = build({
+      E: 4,
+      d: 48,
+      f: 24,
+      selection: { kind: 'topk', k: 2 },
+      dtype,
+      biases: true,
+      shared: { f: 40, gated: true },
+      seed: SEED + 43,
+    });
+    for (const l of [defaults, swiglu]) {
+      const x = randn(37 * 48, SEED + 44);
+      const { output, routing } = l.layer.forward(x);
+      const err = relativeError(output, reference(l, x, routing));
+      assert.ok(err < tol, `${dtype} ${l.layer.activation.kind} with biases: relative error ${err} (seed ${SEED})`);
+    }
+  });
+
   test(`${dtype}: shared experts (Qwen2 sigmoid-gated, DeepSeek merged) and odd sizes`, () => {
     for (const [gated, d, f] of [
       [true, 48, 24],
@@ -117,39 +174,46 @@ for (const dtype of ['fp32', 'bf16', 'fp8'] as const) {
     assert.ok(rows * (d + 16) * 4 > threshold, 'the expert outputs no longer pass the streaming threshold');
     assert.ok(rows * (dtype === 'bf16' ? 272 + 16 : 544 + 16) * 4 > threshold, 'the SwiGLU rows no longer pass it');
     assert.ok(chunk * 5 * (544 + 16) * 4 < threshold, 'the chunked forwards would stream too');
-    const b = build({
-      E: 6,
-      d,
-      f,
-      selection: { kind: 'topk', k: 4 },
-      dtype,
-      shared: { f: 400, gated: true },
-      seed: SEED + 80,
-    });
-    const x = randn(T * d, SEED + 81);
-    const { output, routing } = b.layer.forward(x);
-    const sample = Array.from({ length: 24 }, (_, i) => Math.floor(((i + 0.5) * T) / 24));
-    sample.push(0, T - 1);
-    const pick = <A extends Float32Array | Int32Array>(a: A, width: number): A => {
-      const out = new (a.constructor as new (n: number) => A)(sample.length * width);
-      sample.forEach((t, i) => out.set(a.subarray(t * width, (t + 1) * width), i * width));
-      return out;
-    };
-    const sub = {
-      indices: pick(routing.indices, routing.maxK),
-      weights: pick(routing.weights, routing.maxK),
-      k: pick(routing.k, 1),
-      maxK: routing.maxK,
-    };
-    const err = relativeError(pick(output, d), reference(b, pick(x, d), sub));
-    assert.ok(err < tol, `${dtype}: relative error ${err} on ${sample.length} tokens (seed ${SEED})`);
-    for (let t0 = 0; t0 < T; t0 += chunk) {
-      const part = b.layer.forward(x.subarray(t0 * d, (t0 + chunk) * d)).output;
-      const whole = output.subarray(t0 * d, (t0 + chunk) * d);
-      const at = part.findIndex((v, i) => !Object.is(v, whole[i]));
-      assert.is(at, -1, `${dtype}: token ${t0 + Math.floor(at / d)} column ${at % d} differs from its forward alone`);
+    // (and again as gpt-oss experts: their epilogue writes the same streamed lines)
+    for (const gptOss of [false, true]) {
+      const b = build({
+        E: 6,
+        d,
+        f,
+        selection: { kind: 'topk', k: 4 },
+        dtype,
+        shared: { f: 400, gated: true },
+        ...(gptOss ? { activation: { kind: 'gptOss', limit: 1 }, biases: true } : {}),
+        seed: SEED + 80,
+      });
+      const x = randn(T * d, SEED + 81);
+      const { output, routing } = b.layer.forward(x);
+      const sample = Array.from({ length: 24 }, (_, i) => Math.floor(((i + 0.5) * T) / 24));
+      sample.push(0, T - 1);
+      const pick = <A extends Float32Array | Int32Array>(a: A, width: number): A => {
+        const out = new (a.constructor as new (n: number) => A)(sample.length * width);
+        sample.forEach((t, i) => out.set(a.subarray(t * width, (t + 1) * width), i * width));
+        return out;
+      };
+      const sub = {
+        indices: pick(routing.indices, routing.maxK),
+        weights: pick(routing.weights, routing.maxK),
+        k: pick(routing.k, 1),
+        maxK: routing.maxK,
+      };
+      const err = relativeError(pick(output, d), reference(b, pick(x, d), sub));
+      assert.ok(
+        err < tol,
+        `${dtype} gptOss=${gptOss}: relative error ${err} on ${sample.length} tokens (seed ${SEED})`,
+      );
+      for (let t0 = 0; t0 < T; t0 += chunk) {
+        const part = b.layer.forward(x.subarray(t0 * d, (t0 + chunk) * d)).output;
+        const whole = output.subarray(t0 * d, (t0 + chunk) * d);
+        const at = part.findIndex((v, i) => !Object.is(v, whole[i]));
+        assert.is(at, -1, `${dtype}: token ${t0 + Math.floor(at / d)} column ${at % d} differs from its forward alone`);
+      }
+      b.layer.dispose();
     }
-    b.layer.dispose();
   });
 
   test(`${dtype}: experts with no tokens, and one expert that gets every token`, () => {
@@ -479,10 +543,75 @@ test('weight options: what is wrong is named (w1 rows, shared experts, options s
     { intermediateSize: 4 },
     { experts: [expert(), expert()] },
     { sharedExperts: expert() },
+    { activation: { kind: 'gptOss' as const } },
   ])
     fails({ shareWeightsOf: layer, ...extra }, new RegExp(`^${Object.keys(extra)[0]}: shareWeightsOf takes`));
   assert.is(new MoELayer({ router, shareWeightsOf: layer }).dtype, 'fp32');
   layer.dispose();
+  // activations and biases
+  const two = (extra: object) => [
+    { ...expert(), ...extra },
+    { ...expert(), ...extra },
+  ];
+  fails({ experts: two({}), activation: { kind: 'gelu' } as never }, /^activation\.kind: .*'swiglu'.*'gptOss'/);
+  fails({ experts: two({}), activation: 'gptOss' as never }, /^activation: expected \{ kind/);
+  for (const bad of [0, -1, NaN, Infinity, '7'])
+    fails(
+      { experts: two({}), activation: { kind: 'gptOss', limit: bad as number } },
+      /^activation\.limit: expected a finite number above 0/,
+    );
+  fails({ experts: two({}), activation: { kind: 'gptOss', alpha: -2 } }, /^activation\.alpha: /);
+  fails({ experts: two({ b1: new Float32Array(d) }) }, /^experts\[0\]\.b1: .*4/);
+  fails({ experts: two({ b2: new Float32Array(f) }) }, /^experts\[0\]\.b2: .*8/);
+  fails({ experts: two({ b3: Float32Array.of(0, NaN, 0, 0) }) }, /^experts\[0\]\.b3: element 1 is NaN/);
+  fails({ experts: two({ b1: [0, 0, 0, 0] as never }) }, /^experts\[0\]\.b1: .*Float32Array/);
+  fails({ experts: two({}), sharedExperts: { ...expert(), b2: new Float32Array(3) } }, /^sharedExperts\.b2: .*8/);
+  // stacked biases: [E, f] and [E, d], sliced per expert
+  const s1 = randn(E * f, SEED + 414, 0.5);
+  const stackedOk = new MoELayer({
+    router,
+    experts: {
+      w1: randn(E * f * d, SEED + 415),
+      w3: randn(E * f * d, SEED + 416),
+      w2: randn(E * f * d, SEED + 417),
+      b1: s1,
+      stacked: true,
+    },
+  });
+  stackedOk.dispose();
+  fails(
+    {
+      experts: {
+        ...stacked,
+        w1: new Float32Array(64),
+        w3: new Float32Array(64),
+        w2: new Float32Array(64),
+        b2: new Float32Array(7),
+      },
+    },
+    /^experts\.b2: .*multiple of 2/,
+  );
+  // the native entry points check biases too (NaN, length), and say which
+  const handle = (new MoELayer({ router, experts: two({}) }) as unknown as { handle: NativeLayerHandle }).handle;
+  const w = expert();
+  assert.throws(
+    () => handle.setExpert(0, w.w1, w.w3, w.w2, f, null, Float32Array.of(1, 2, Infinity, 4), null),
+    (e: Error & { code?: string }) =>
+      e.code === 'ERR_MOE_VALIDATION' && /^up bias: element 2 is not finite/.test(e.message),
+  );
+  assert.throws(
+    () => handle.setExpert(0, w.w1, w.w3, w.w2, f, null, null, new Float32Array(d - 1)),
+    (e: Error & { code?: string }) => e.code === 'ERR_MOE_VALIDATION' && /down bias/.test(e.message),
+  );
+  assert.throws(
+    () =>
+      new (native().NativeLayer)((router as unknown as { handle: never }).handle, 0, 1, 1, null, {
+        alpha: 1,
+        limit: 0,
+      }),
+    (e: Error & { code?: string }) =>
+      e.code === 'ERR_MOE_VALIDATION' && /^activation: alpha and limit must be finite numbers above 0/.test(e.message),
+  );
 });
 
 test('dispose() with forwardAsync calls pending: they complete, new calls are refused, the weights go after', async () => {

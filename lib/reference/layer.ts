@@ -1,6 +1,8 @@
 /**
  * The float64 reference of a whole MoE layer: y = Σ_j w_j · FFN_{e_j}(x) + shared, with
- * FFN(x) = (silu(x·W1ᵀ) ⊙ (x·W3ᵀ))·W2ᵀ in Hugging Face layouts (W1, W3 [f, d], W2 [d, f]).
+ * FFN(x) = (silu(x·W1ᵀ) ⊙ (x·W3ᵀ))·W2ᵀ in Hugging Face layouts (W1, W3 [f, d], W2 [d, f]); with biases (gpt-oss)
+ * g = x·W1ᵀ + b1, u = x·W3ᵀ + b3, FFN(x) = act(g, u)·W2ᵀ + b2, where act is silu(g)·u or gpt-oss's clamped
+ * (clamp(u, −limit, limit) + 1) · g'·sigmoid(alpha·g'), g' = min(g, limit).
  * It takes the routing (indices, weights, k) as given, so a layer test checks the expert math separately from
  * routing, which the routing reference covers.
  */
@@ -10,9 +12,18 @@ export interface ReferenceExpert {
   w3: ArrayLike<number>;
   w2: ArrayLike<number>;
   f: number;
+  b1?: ArrayLike<number>;
+  b3?: ArrayLike<number>;
+  b2?: ArrayLike<number>;
 }
 
-/** The SwiGLU FFN of one token row into `out` (added, times `scale`). */
+/** gpt-oss's clamped activation; absent: SwiGLU. */
+export interface ReferenceActivation {
+  alpha: number;
+  limit: number;
+}
+
+/** The FFN of one token row into `out` (added, times `scale`). */
 export function referenceFfnAdd(
   x: ArrayLike<number>,
   xOff: number,
@@ -21,19 +32,26 @@ export function referenceFfnAdd(
   scale: number,
   out: Float64Array,
   outOff: number,
+  act?: ReferenceActivation,
 ): void {
   const h = new Float64Array(e.f);
   for (let j = 0; j < e.f; j++) {
-    let g = 0;
-    let u = 0;
+    let g = e.b1 ? e.b1[j] : 0;
+    let u = e.b3 ? e.b3[j] : 0;
     for (let i = 0; i < d; i++) {
       g += x[xOff + i] * e.w1[j * d + i];
       u += x[xOff + i] * e.w3[j * d + i];
     }
-    h[j] = (g / (1 + Math.exp(-g))) * u;
+    if (act) {
+      g = Math.min(g, act.limit);
+      u = Math.min(Math.max(u, -act.limit), act.limit);
+      h[j] = (u + 1) * (g / (1 + Math.exp(-act.alpha * g)));
+    } else {
+      h[j] = (g / (1 + Math.exp(-g))) * u;
+    }
   }
   for (let o = 0; o < d; o++) {
-    let acc = 0;
+    let acc = e.b2 ? e.b2[o] : 0;
     for (let j = 0; j < e.f; j++) acc += h[j] * e.w2[o * e.f + j];
     out[outOff + o] += scale * acc;
   }
@@ -47,12 +65,13 @@ export function referenceLayer(
   experts: (e: number) => ReferenceExpert,
   routing: { indices: ArrayLike<number>; weights: ArrayLike<number>; k: ArrayLike<number>; maxK: number },
   shared?: ReferenceExpert & { gate?: ArrayLike<number> },
+  act?: ReferenceActivation,
 ): Float64Array {
   const y = new Float64Array(T * d);
   for (let t = 0; t < T; t++) {
     for (let j = 0; j < routing.k[t]; j++) {
       const e = routing.indices[t * routing.maxK + j];
-      referenceFfnAdd(x, t * d, d, experts(e), routing.weights[t * routing.maxK + j], y, t * d);
+      referenceFfnAdd(x, t * d, d, experts(e), routing.weights[t * routing.maxK + j], y, t * d, act);
     }
     if (shared) {
       let scale = 1;
@@ -61,7 +80,7 @@ export function referenceLayer(
         for (let i = 0; i < d; i++) dot += x[t * d + i] * shared.gate[i];
         scale = 1 / (1 + Math.exp(-dot));
       }
-      referenceFfnAdd(x, t * d, d, shared, scale, y, t * d);
+      referenceFfnAdd(x, t * d, d, shared, scale, y, t * d, act);
     }
   }
   return y;

@@ -1,14 +1,17 @@
 // NativeLayer binding.
-//   new NativeLayer(router, dtype (0 fp32 | 1 bf16 | 2 fp8), staticK, threads, shareWeightsOf?: NativeLayer)
-//   setExpert(e, w1 [f*d], w3 [f*d], w2 [d*f], f) / setSharedExpert(w1, w3, w2, f, gate [d] | null)
-//   setExpertFP8(e, q1 [f*d], s1 [f*ceil(d/128)], q3, s3, q2 [d*f], s2 [d*ceil(f/128)], f) (E4M3 Uint8Array, scales
-//   Float32Array) / setSharedExpertFP8(q1, s1, q3, s3, q2, s2, f, gate [d] | null)
+//   new NativeLayer(router, dtype (0 fp32 | 1 bf16 | 2 fp8), staticK, threads, shareWeightsOf?: NativeLayer,
+//                   activation?: { alpha, limit } (gpt-oss's clamped SwiGLU; absent: SwiGLU))
+//   setExpert(e, w1 [f*d], w3 [f*d], w2 [d*f], f, ...bias) / setSharedExpert(w1, w3, w2, f, gate [d] | null, ...bias)
+//   setExpertFP8(e, q1 [f*d], s1 [f*ceil(d/128)], q3, s3, q2 [d*f], s2 [d*ceil(f/128)], f, ...bias) (E4M3
+//   Uint8Array, scales Float32Array) / setSharedExpertFP8(q1, s1, q3, s3, q2, s2, f, gate [d] | null, ...bias)
+//   bias: gate [f] | null, up [f] | null, down [d] | null (each optional).
 //   forward(x, T, y, indices, weights, k, counts, routeStats(5), layerStats(7), logits?, complexity?, complexityNs?,
 //           logitsOut?, probsOut?)   (logitsOut is ignored when logits are given: they are the logits)
 //   forwardAsync(...same) -> Promise<void>; every array stays referenced until it settles.
 //   layerStats: flopsComputed, flopsStatic, startNs, gatingEndNs, dispatchEndNs, expertEndNs, combineEndNs.
 #include "layer_wrap.h"
 
+#include <cmath>
 #include <stdexcept>
 #include <vector>
 
@@ -130,6 +133,17 @@ LayerWrap::LayerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LayerWra
   const int dtype = int(intArg(info, 1, "dtype", 0, 2));
   const int32_t staticK = int32_t(intArg(info, 2, "staticK", 1, router->router().config().numExperts));
   const int threads = int(intArg(info, 3, "threads", 1, 1024));
+  moe::ExpertActivation activation;
+  if (info.Length() > 5 && info[5].IsObject()) {
+    const Napi::Object a = info[5].As<Napi::Object>();
+    activation.clamped = true;
+    activation.alpha = float(numberProp(a, "alpha", NAN));
+    activation.limit = float(numberProp(a, "limit", NAN));
+    if (!(activation.alpha > 0 && std::isfinite(activation.alpha)) ||
+        !(activation.limit > 0 && std::isfinite(activation.limit)))
+      throwValidation(env, "activation: alpha and limit must be finite numbers above 0, got " +
+                               numberText(activation.alpha) + " and " + numberText(activation.limit));
+  }
   if (info.Length() > 4 && info[4].IsObject()) {
     Napi::Object other = info[4].As<Napi::Object>();
     if (!other.CheckTypeTag(&kLayerTag)) throwValidation(env, "shareWeightsOf: expected a NativeLayer");
@@ -140,7 +154,7 @@ LayerWrap::LayerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LayerWra
       throwValidation(env, "router: numExperts and hiddenSize must match the layer whose weights are shared");
     layer_ = std::make_shared<moe::Layer>(*source, router->sharedRouter(), staticK, threads);
   } else {
-    layer_ = std::make_shared<moe::Layer>(router->sharedRouter(), moe::DType(dtype), staticK, threads);
+    layer_ = std::make_shared<moe::Layer>(router->sharedRouter(), moe::DType(dtype), staticK, threads, activation);
   }
   routerRef_ = Napi::Persistent(info[0].As<Napi::Object>());
   Value().TypeTag(&kLayerTag);
@@ -161,14 +175,35 @@ void LayerWrap::adjustMemory(Napi::Env env) {
   externalBytes_ = now;
 }
 
+namespace {
+// Arguments first..first+2: an expert's optional gate, up [f] and down [d] biases.
+moe::ExpertBias biasArgs(const Napi::CallbackInfo& info, size_t first, int64_t f, int64_t d) {
+  return {typedArrayArg<float>(info, first, "gate bias", size_t(f), true),
+          typedArrayArg<float>(info, first + 1, "up bias", size_t(f), true),
+          typedArrayArg<float>(info, first + 2, "down bias", size_t(d), true)};
+}
+
+// Runs a setter, a bad bias or E4M3 byte or scale (std::invalid_argument) becoming a ValidationError.
+template <typename Set>
+void validated(Napi::Env env, Set&& set) {
+  try {
+    set();
+  } catch (const std::invalid_argument& e) {
+    throwValidation(env, e.what());
+  }
+}
+}  // namespace
+
 Napi::Value LayerWrap::SetExpert(const Napi::CallbackInfo& info) {
   auto layer = live(info.Env());
   const moe::RouterConfig& cfg = layer->router().config();
   const int32_t e = int32_t(intArg(info, 0, "expert", 0, cfg.numExperts - 1));
   const int64_t f = intArg(info, 4, "intermediateSize", 1, kMaxIntermediate);
   const size_t n = size_t(f) * size_t(cfg.hiddenSize);
-  layer->setExpert(e, typedArrayArg<float>(info, 1, "w1", n), typedArrayArg<float>(info, 2, "w3", n),
-                   typedArrayArg<float>(info, 3, "w2", n), f);
+  const float *w1 = typedArrayArg<float>(info, 1, "w1", n), *w3 = typedArrayArg<float>(info, 2, "w3", n);
+  const float* w2 = typedArrayArg<float>(info, 3, "w2", n);
+  const moe::ExpertBias bias = biasArgs(info, 5, f, cfg.hiddenSize);
+  validated(info.Env(), [&] { layer->setExpert(e, w1, w3, w2, f, bias); });
   adjustMemory(info.Env());
   return info.Env().Undefined();
 }
@@ -178,9 +213,11 @@ Napi::Value LayerWrap::SetSharedExpert(const Napi::CallbackInfo& info) {
   const moe::RouterConfig& cfg = layer->router().config();
   const int64_t f = intArg(info, 3, "intermediateSize", 1, kMaxSharedIntermediate);
   const size_t n = size_t(f) * size_t(cfg.hiddenSize);
-  layer->setSharedExpert(typedArrayArg<float>(info, 0, "w1", n), typedArrayArg<float>(info, 1, "w3", n),
-                         typedArrayArg<float>(info, 2, "w2", n), f,
-                         typedArrayArg<float>(info, 4, "sharedGate", size_t(cfg.hiddenSize), true));
+  const float *w1 = typedArrayArg<float>(info, 0, "w1", n), *w3 = typedArrayArg<float>(info, 1, "w3", n);
+  const float* w2 = typedArrayArg<float>(info, 2, "w2", n);
+  const float* gate = typedArrayArg<float>(info, 4, "sharedGate", size_t(cfg.hiddenSize), true);
+  const moe::ExpertBias bias = biasArgs(info, 5, f, cfg.hiddenSize);
+  validated(info.Env(), [&] { layer->setSharedExpert(w1, w3, w2, f, gate, bias); });
   adjustMemory(info.Env());
   return info.Env().Undefined();
 }
@@ -196,11 +233,7 @@ void setFp8(const Napi::CallbackInfo& info, size_t first, int64_t f, int64_t d, 
   };
   const moe::Fp8Matrix w1 = matrix(first, "w1", "w1 scales", f, d), w3 = matrix(first + 2, "w3", "w3 scales", f, d);
   const moe::Fp8Matrix w2 = matrix(first + 4, "w2", "w2 scales", d, f);
-  try {
-    set(w1, w3, w2);
-  } catch (const std::invalid_argument& e) {
-    throwValidation(info.Env(), e.what());
-  }
+  validated(info.Env(), [&] { set(w1, w3, w2); });
 }
 }  // namespace
 
@@ -209,8 +242,9 @@ Napi::Value LayerWrap::SetExpertFP8(const Napi::CallbackInfo& info) {
   const moe::RouterConfig& cfg = layer->router().config();
   const int32_t e = int32_t(intArg(info, 0, "expert", 0, cfg.numExperts - 1));
   const int64_t f = intArg(info, 7, "intermediateSize", 1, kMaxIntermediate);
+  const moe::ExpertBias bias = biasArgs(info, 8, f, cfg.hiddenSize);
   setFp8(info, 1, f, cfg.hiddenSize, [&](moe::Fp8Matrix w1, moe::Fp8Matrix w3, moe::Fp8Matrix w2) {
-    layer->setExpertFP8(e, w1, w3, w2, f);
+    layer->setExpertFP8(e, w1, w3, w2, f, bias);
   });
   adjustMemory(info.Env());
   return info.Env().Undefined();
@@ -221,8 +255,9 @@ Napi::Value LayerWrap::SetSharedExpertFP8(const Napi::CallbackInfo& info) {
   const moe::RouterConfig& cfg = layer->router().config();
   const int64_t f = intArg(info, 6, "intermediateSize", 1, kMaxSharedIntermediate);
   const float* gate = typedArrayArg<float>(info, 7, "sharedGate", size_t(cfg.hiddenSize), true);
+  const moe::ExpertBias bias = biasArgs(info, 8, f, cfg.hiddenSize);
   setFp8(info, 0, f, cfg.hiddenSize, [&](moe::Fp8Matrix w1, moe::Fp8Matrix w3, moe::Fp8Matrix w2) {
-    layer->setSharedExpertFP8(w1, w3, w2, f, gate);
+    layer->setSharedExpertFP8(w1, w3, w2, f, gate, bias);
   });
   adjustMemory(info.Env());
   return info.Env().Undefined();
@@ -256,6 +291,13 @@ Napi::Value LayerWrap::Info(const Napi::CallbackInfo& info) {
   const moe::DType dtype = layer->dtype();
   o.Set("dtype", dtype == moe::DType::F32 ? "fp32" : dtype == moe::DType::BF16 ? "bf16" : "fp8");
   o.Set("isa", moe::isaName(moe::gemmKernels().isa));
+  const moe::ExpertActivation& act = layer->activation();
+  if (act.clamped) {
+    Napi::Object a = Napi::Object::New(info.Env());
+    a.Set("alpha", double(act.alpha));
+    a.Set("limit", double(act.limit));
+    o.Set("activation", a);
+  }
   return o;
 }
 

@@ -175,9 +175,30 @@ bool storePanelRows(const float* acc, int64_t rows, int cols, const float* rowWe
   return whole && rows > 0;
 }
 
+void gluRow(const GemmKernels& kern, const float* tileRow, const GluEpilogue& ep, int64_t p, void* out, bool bf16) {
+  constexpr int half = kPanelWidth / 2;
+  alignas(64) float biased[kPanelWidth];
+  const float* bias = ep.bias ? ep.bias + p * kPanelWidth : nullptr;
+  for (int i = 0; i < kPanelWidth; ++i) biased[i] = tileRow[i] + (bias ? bias[i] : 0.0f);
+  if (!ep.clamped) {
+    kern.swiglu(biased, out, bf16);
+    return;
+  }
+  alignas(64) float h[half];
+  for (int i = 0; i < half; ++i) {
+    const float g = std::min(biased[i], ep.limit);
+    const float u = std::min(std::max(biased[half + i], -ep.limit), ep.limit);
+    h[i] = (u + 1.0f) * (g / (1.0f + std::exp(-ep.alpha * g)));
+  }
+  if (bf16)
+    kern.toBf16(h, half, static_cast<uint32_t*>(out));
+  else
+    std::memcpy(out, h, sizeof(h));
+}
+
 void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, int64_t d, DType weights,
                   const void* gateUpPanels, int64_t p0, int64_t p1, void* hidden, size_t ldh, float* acc,
-                  bool stream, uint32_t* tileScratch) {
+                  bool stream, uint32_t* tileScratch, const GluEpilogue& ep) {
   const size_t stride = panelBytes(weights, d);
   constexpr int half = kPanelWidth / 2;
   const bool bf16 = x.dtype == DType::BF16;
@@ -191,6 +212,13 @@ void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, i
     return static_cast<char*>(hidden) + size_t(r) * ldh * 4 + size_t(p) * (bf16 ? half * 2 : half * 4);
   };
   const auto nextOf = [&](int64_t q) { return q + 1 < p1 ? panelAt(gateUpPanels, stride, q + 1) : nullptr; };
+  const bool plain = ep.plain();
+  const auto epilogue = [&](const float* tileRow, int64_t p, void* out) {
+    if (plain)
+      kern.swiglu(tileRow, out, bf16);
+    else
+      gluRow(kern, tileRow, ep, p, out, bf16);
+  };
   bool streamed = false;
   for (int64_t p = p0; p < p1;) {
     const void* panel = panelAt(gateUpPanels, stride, p);
@@ -198,8 +226,8 @@ void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, i
       panelProduct(kern, x, rows, d, weights, panel, acc, nextOf(p), false, tileScratch);
       if (bf16) panelProduct(kern, x, rows, d, weights, nextOf(p), second, nextOf(p + 1), false, tileScratch);
       for (int64_t r = 0; r < rows; ++r) {
-        kern.swiglu(acc + r * kPanelWidth, line, bf16);
-        if (bf16) kern.swiglu(second + r * kPanelWidth, line + half / 2, true);
+        epilogue(acc + r * kPanelWidth, p, line);
+        if (bf16) epilogue(second + r * kPanelWidth, p + 1, line + half / 2);
         streamLine(hiddenAt(r, p), line);
       }
       streamed = true;
@@ -207,7 +235,7 @@ void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, i
       continue;
     }
     panelProduct(kern, x, rows, d, weights, panel, acc, nextOf(p), false, tileScratch);
-    for (int64_t r = 0; r < rows; ++r) kern.swiglu(acc + r * kPanelWidth, hiddenAt(r, p), bf16);
+    for (int64_t r = 0; r < rows; ++r) epilogue(acc + r * kPanelWidth, p, hiddenAt(r, p));
     ++p;
   }
   if (streamed) streamFence();
@@ -215,7 +243,7 @@ void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, i
 
 void downPanels(const GemmKernels& kern, const Activations& h, int64_t rows, int64_t f, DType weights,
                 const void* downPanels, int64_t p0, int64_t p1, int64_t d, const float* rowWeight, float* out,
-                size_t ldo, float* acc, bool stream, uint32_t* tileScratch) {
+                size_t ldo, float* acc, bool stream, uint32_t* tileScratch, const float* bias) {
   const size_t stride = panelBytes(weights, f);
   bool streamed = false;
   for (int64_t p = p0; p < p1; ++p) {
@@ -223,6 +251,9 @@ void downPanels(const GemmKernels& kern, const Activations& h, int64_t rows, int
                  p + 1 < p1 ? panelAt(downPanels, stride, p + 1) : nullptr, false, tileScratch);
     const int64_t col0 = p * kPanelWidth;
     const int cols = int(std::min<int64_t>(kPanelWidth, d - col0));
+    if (bias)
+      for (int64_t r = 0; r < rows; ++r)
+        for (int c = 0; c < cols; ++c) acc[r * kPanelWidth + c] += bias[col0 + c];
     streamed = storePanelRows(acc, rows, cols, rowWeight, out + col0, ldo, stream) || streamed;
   }
   if (streamed) streamFence();

@@ -19,9 +19,10 @@ constexpr int kItemsPerWorker = 16;  // equal-cost items per worker (see planIte
 constexpr int kGateUpOutputs = kPanelWidth / 2;
 }  // namespace
 
-Layer::Layer(std::shared_ptr<Router> router, DType dtype, int32_t staticK, int threads)
+Layer::Layer(std::shared_ptr<Router> router, DType dtype, int32_t staticK, int threads, ExpertActivation activation)
     : router_(std::move(router)),
       dtype_(dtype),
+      activation_(activation),
       staticK_(staticK),
       threads_(std::max(1, std::min(threads, router_->pool().size()))),
       hidden_(router_->config().hiddenSize),
@@ -31,7 +32,7 @@ Layer::Layer(std::shared_ptr<Router> router, DType dtype, int32_t staticK, int t
 }
 
 Layer::Layer(const Layer& other, std::shared_ptr<Router> router, int32_t staticK, int threads)
-    : Layer(std::move(router), other.dtype_, staticK, threads) {
+    : Layer(std::move(router), other.dtype_, staticK, threads, other.activation_) {
   weights_ = other.weights_;
 }
 
@@ -93,17 +94,47 @@ void checkFp8Expert(DType dtype, Fp8Matrix w1, Fp8Matrix w3, Fp8Matrix w2, int64
   checkFp8("w3", w3, f, d);
   checkFp8("w2", w2, d, f);
 }
+
+void checkFinite(const char* name, const float* v, int64_t n) {
+  if (!v) return;
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(v[i]))
+      throw std::invalid_argument(std::string(name) + ": element " + std::to_string(i) + " is not finite (NaN or Inf)");
+}
+
+// An expert's biases as the epilogues read them (GluEpilogue, downPanels); none given: none kept.
+void setBiases(PackedExpert& dst, const ExpertBias& bias, int64_t f, int64_t d) {
+  constexpr int half = kPanelWidth / 2;
+  dst.gateUpBias.clear();
+  dst.downBias.clear();
+  if (bias.gate || bias.up) {
+    const int64_t panels = (f + half - 1) / half;
+    dst.gateUpBias.assign(size_t(panels) * kPanelWidth, 0.0f);
+    for (int64_t j = 0; j < f; ++j) {
+      float* at = dst.gateUpBias.data() + (j / half) * kPanelWidth + j % half;
+      if (bias.gate) at[0] = bias.gate[j];
+      if (bias.up) at[half] = bias.up[j];
+    }
+  }
+  if (bias.down) dst.downBias.assign(bias.down, bias.down + d);
+}
 }  // namespace
 
 template <typename Pack>
-void Layer::setPacked(int32_t expert, int64_t f, const float* gate, Pack&& packInto) {
+void Layer::setPacked(int32_t expert, int64_t f, const float* gate, const ExpertBias& bias, Pack&& packInto) {
+  checkFinite("gate bias", bias.gate, f);
+  checkFinite("up bias", bias.up, f);
+  checkFinite("down bias", bias.down, hidden_);
   std::lock_guard<std::mutex> lock(mutex_);
   if (weights_.use_count() > 1) throw std::logic_error("layer: its weights are shared with another layer; load a new one");
   if (expert >= 0) {
-    packInto(weights_->experts.at(size_t(expert)));
+    PackedExpert& dst = weights_->experts.at(size_t(expert));
+    packInto(dst);
+    setBiases(dst, bias, f, hidden_);
   } else {
     auto shared = std::make_unique<PackedExpert>();
     packInto(*shared);
+    setBiases(*shared, bias, f, hidden_);
     weights_->shared = std::move(shared);
     if (gate)
       weights_->sharedGate.assign(gate, gate + hidden_);
@@ -114,22 +145,25 @@ void Layer::setPacked(int32_t expert, int64_t f, const float* gate, Pack&& packI
   weights_->hiddenWidth = std::max(weights_->hiddenWidth, width);
 }
 
-void Layer::setExpert(int32_t expert, const float* w1, const float* w3, const float* w2, int64_t f) {
-  setPacked(expert, f, nullptr, [&](PackedExpert& dst) { pack(dst, w1, w3, w2, f); });
+void Layer::setExpert(int32_t expert, const float* w1, const float* w3, const float* w2, int64_t f,
+                      const ExpertBias& bias) {
+  setPacked(expert, f, nullptr, bias, [&](PackedExpert& dst) { pack(dst, w1, w3, w2, f); });
 }
 
-void Layer::setSharedExpert(const float* w1, const float* w3, const float* w2, int64_t f, const float* gate) {
-  setPacked(-1, f, gate, [&](PackedExpert& dst) { pack(dst, w1, w3, w2, f); });
+void Layer::setSharedExpert(const float* w1, const float* w3, const float* w2, int64_t f, const float* gate,
+                            const ExpertBias& bias) {
+  setPacked(-1, f, gate, bias, [&](PackedExpert& dst) { pack(dst, w1, w3, w2, f); });
 }
 
-void Layer::setExpertFP8(int32_t expert, Fp8Matrix w1, Fp8Matrix w3, Fp8Matrix w2, int64_t f) {
+void Layer::setExpertFP8(int32_t expert, Fp8Matrix w1, Fp8Matrix w3, Fp8Matrix w2, int64_t f, const ExpertBias& bias) {
   checkFp8Expert(dtype_, w1, w3, w2, f, hidden_);
-  setPacked(expert, f, nullptr, [&](PackedExpert& dst) { packFP8(dst, w1, w3, w2, f); });
+  setPacked(expert, f, nullptr, bias, [&](PackedExpert& dst) { packFP8(dst, w1, w3, w2, f); });
 }
 
-void Layer::setSharedExpertFP8(Fp8Matrix w1, Fp8Matrix w3, Fp8Matrix w2, int64_t f, const float* gate) {
+void Layer::setSharedExpertFP8(Fp8Matrix w1, Fp8Matrix w3, Fp8Matrix w2, int64_t f, const float* gate,
+                               const ExpertBias& bias) {
   checkFp8Expert(dtype_, w1, w3, w2, f, hidden_);
-  setPacked(-1, f, gate, [&](PackedExpert& dst) { packFP8(dst, w1, w3, w2, f); });
+  setPacked(-1, f, gate, bias, [&](PackedExpert& dst) { packFP8(dst, w1, w3, w2, f); });
 }
 
 bool Layer::complete(std::string& missing) const {
@@ -270,8 +304,10 @@ void Layer::runExperts() {
     const auto [h, ldh] = hiddenOf(job);
     float* acc = arena_.accumulators.data() + size_t(worker) * accPerWorker;
     uint32_t* scratch = tileScratch ? tileScratch + size_t(worker) * kFp8TileScratchWords : nullptr;
+    const GluEpilogue ep{ex.gateUpBias.empty() ? nullptr : ex.gateUpBias.data(), activation_.clamped,
+                         activation_.alpha, activation_.limit};
     gateUpPanels(kern, inputOf(job), job.rows, d, dtype_, ex.gateUp.data(), item.panelBegin, item.panelEnd, h, ldh,
-                 acc, streamHidden, scratch);
+                 acc, streamHidden, scratch, ep);
   });
 
   planItems([&](const ExpertJob&) { return panelCount(d); }, 1);
@@ -285,7 +321,8 @@ void Layer::runExperts() {
     float* acc = arena_.accumulators.data() + size_t(worker) * accPerWorker;
     uint32_t* scratch = tileScratch ? tileScratch + size_t(worker) * kFp8TileScratchWords : nullptr;
     downPanels(kern, Activations{actOf(job), h, ldh}, job.rows, ex.intermediate, dtype_, ex.down.data(),
-               item.panelBegin, item.panelEnd, d, weight, out, ldo, acc, streamOutput, scratch);
+               item.panelBegin, item.panelEnd, d, weight, out, ldo, acc, streamOutput, scratch,
+               ex.downBias.empty() ? nullptr : ex.downBias.data());
   });
 }
 

@@ -7,6 +7,7 @@ import {
   MoELayer,
   Router,
   type BackendName,
+  type ExpertActivation,
   type ExpertWeights,
   type Selection,
   type WeightDType,
@@ -34,14 +35,20 @@ export function buildLayer(opts: {
   bias?: Float32Array;
   threads?: number;
   backend?: BackendName;
+  /** gpt-oss's experts: its activation, and (with `biases`) bias terms on every projection. */
+  activation?: ExpertActivation;
+  biases?: boolean;
   seed: number;
 }): BuiltLayer {
   let seed = opts.seed;
   const { E, d, f } = opts;
+  const biases = (width: number, rows: number) =>
+    opts.biases ? { b1: randn(width, ++seed, 0.5), b3: randn(width, ++seed, 0.5), b2: randn(rows, ++seed, 0.5) } : {};
   const experts = Array.from({ length: E }, () => ({
     w1: randn(f * d, ++seed, 1 / Math.sqrt(d)),
     w3: randn(f * d, ++seed, 1 / Math.sqrt(d)),
     w2: randn(d * f, ++seed, 1 / Math.sqrt(f)),
+    ...biases(f, d),
   }));
   const router = new Router({
     numExperts: E,
@@ -62,6 +69,7 @@ export function buildLayer(opts: {
       w2: randn(d * sf, ++seed, 1 / Math.sqrt(sf)),
       gate: opts.shared.gated ? randn(d, ++seed, 0.2) : undefined,
       f: sf,
+      ...biases(sf, d),
     };
   }
   const layer = new MoELayer({
@@ -70,6 +78,7 @@ export function buildLayer(opts: {
     dtype: opts.dtype,
     sharedExperts: shared && { ...shared, intermediateSize: shared.f },
     threads: opts.threads,
+    activation: opts.activation,
   });
   return { layer, experts, shared, d, f };
 }
@@ -81,12 +90,15 @@ export function layerReference(
   routing: { indices: Int32Array; weights: Float32Array; k: Int32Array; maxK: number },
 ): Float64Array {
   const T = x.length / b.d;
+  const a = b.layer.activation;
+  const act = a.kind === 'gptOss' ? { alpha: a.alpha, limit: a.limit } : undefined;
   if (b.layer.dtype === 'fp32')
-    return referenceLayer(x, T, b.d, (e) => ({ ...b.experts[e], f: b.f }), routing, b.shared);
+    return referenceLayer(x, T, b.d, (e) => ({ ...b.experts[e], f: b.f }), routing, b.shared, act);
   if (b.layer.dtype === 'fp8') {
     // An fp8 layer quantizes its weights (E4M3, a scale per row and 128 columns) and keeps fp32 activations: the
     // reference takes the same quantized weights, so what remains is accumulation order.
     const quantized = (w: ExpertWeights, f: number) => ({
+      ...w,
       w1: quantizeFp8(w.w1, f, b.d),
       w3: quantizeFp8(w.w3, f, b.d),
       w2: quantizeFp8(w.w2, b.d, f),
@@ -94,19 +106,25 @@ export function layerReference(
     });
     const experts = b.experts.map((w) => quantized(w, b.f));
     const shared = b.shared && { ...b.shared, ...quantized(b.shared, b.shared.f) };
-    return referenceLayer(x, T, b.d, (e) => experts[e], routing, shared);
+    return referenceLayer(x, T, b.d, (e) => experts[e], routing, shared, act);
   }
   // A bf16 layer holds its weights in bf16 and feeds its GEMMs bf16 activations: the reference takes the same
   // rounded weights and input (in float64 from there on), so what remains is accumulation order and the rounding
   // of the SwiGLU activations before the down projection.
-  const experts = b.experts.map((w) => ({ w1: roundBf16(w.w1), w3: roundBf16(w.w3), w2: roundBf16(w.w2), f: b.f }));
+  const experts = b.experts.map((w) => ({
+    ...w,
+    w1: roundBf16(w.w1),
+    w3: roundBf16(w.w3),
+    w2: roundBf16(w.w2),
+    f: b.f,
+  }));
   const shared = b.shared && {
     ...b.shared,
     w1: roundBf16(b.shared.w1),
     w3: roundBf16(b.shared.w3),
     w2: roundBf16(b.shared.w2),
   };
-  return referenceLayer(roundBf16(x), T, b.d, (e) => experts[e], routing, shared);
+  return referenceLayer(roundBf16(x), T, b.d, (e) => experts[e], routing, shared, act);
 }
 
 /** Each value rounded to the nearest bfloat16 (ties to even), as fp32. */

@@ -35,21 +35,35 @@ constexpr size_t kStreamStoreMinBytes = size_t(4) << 20;
 // Whether an output of this many bytes in all is written around the caches (the `stream` arguments below).
 inline bool streamsOutput(size_t bytes) { return bytes > kStreamStoreMinBytes; }
 
+// The gate/up epilogue of experts other than a plain SwiGLU: biases added to the accumulators (gpt-oss's
+// gate_up_proj_bias) and gpt-oss's clamped activation, h = (clamp(u, -limit, limit) + 1) * g * sigmoid(alpha * g)
+// with g = min(gate, limit). `bias`: the expert's [panels][32] (per panel 16 gate then 16 up biases, zero past f),
+// or null. Plain (no bias, not clamped): the kernels' own SwiGLU epilogue, as before.
+struct GluEpilogue {
+  const float* bias = nullptr;
+  bool clamped = false;
+  float alpha = 0, limit = 0;
+  bool plain() const { return bias == nullptr && !clamped; }
+};
+
+// One tile row's 16 outputs of gate/up panel p under `ep` (see GluEpilogue), written as the kernels' swiglu writes.
+void gluRow(const GemmKernels& kern, const float* tileRow, const GluEpilogue& ep, int64_t p, void* out, bool bf16);
+
 // Gate/up panels [p0, p1) of one expert; panel p covers intermediate columns [16p, 16p+16): h = silu(x·w1) * (x·w3),
-// written to `hidden` (fp32 rows, or bf16 pairs when x is) with row stride `ldh` elements. `acc` is
+// (or the activation of `ep`), written to `hidden` (fp32 rows, or bf16 pairs when x is) with row stride `ldh` elements. `acc` is
 // scratch for rows x 32 floats, rows x 64 for a streamed bf16 pass. `stream`: write whole lines with non-temporal
 // stores (fp32: every panel's 16 outputs; bf16: two panels', from an even p), then fence; only where `hidden` and
 // its rows start on 64-byte lines.
 void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, int64_t d, DType weights,
                   const void* gateUpPanels, int64_t p0, int64_t p1, void* hidden, size_t ldh, float* acc,
-                  bool stream, uint32_t* tileScratch = nullptr);
+                  bool stream, uint32_t* tileScratch = nullptr, const GluEpilogue& ep = GluEpilogue{});
 
 // Down panels [p0, p1) of one expert; panel p covers output columns [32p, 32p+32) of d:
-// out[r] = weight[r] * (h[r] · w2^T). `acc`: rows x 32 floats. `stream`: as for gateUpPanels, for whole panels on
+// out[r] = weight[r] * (h[r] · w2^T + bias) (`bias` [d] or null). `acc`: rows x 32 floats. `stream`: as for gateUpPanels, for whole panels on
 // rows that start on 64-byte lines (d a multiple of 16).
 void downPanels(const GemmKernels& kern, const Activations& h, int64_t rows, int64_t f, DType weights,
                 const void* downPanels, int64_t p0, int64_t p1, int64_t d, const float* rowWeight, float* out,
-                size_t ldo, float* acc, bool stream, uint32_t* tileScratch = nullptr);
+                size_t ldo, float* acc, bool stream, uint32_t* tileScratch = nullptr, const float* bias = nullptr);
 
 // Writes a panel's accumulators (rows x 32, row stride 32) to rows x `cols` of `out` (row stride `ldo` floats),
 // row r scaled by rowWeight[r] when rowWeight is set. `stream`: rows of a whole panel on 64-byte lines go with

@@ -17,11 +17,27 @@
 namespace moe {
 
 // One expert's SwiGLU FFN, packed as panels of the layer's dtype: gate and up interleaved (packGateUp*), down as
-// plain panels.
+// plain panels. Biases (gpt-oss), where the expert has them: gate/up as the epilogue reads them (GluEpilogue:
+// [panels][32]), down [d].
 struct PackedExpert {
   int64_t intermediate = 0;  // f
   AlignedBuffer<uint8_t> gateUp, down;
-  size_t bytes() const { return gateUp.bytes() + down.bytes(); }
+  std::vector<float> gateUpBias, downBias;
+  size_t bytes() const { return gateUp.bytes() + down.bytes() + (gateUpBias.size() + downBias.size()) * sizeof(float); }
+};
+
+// The experts' activation: SwiGLU, or gpt-oss's clamped one (GluEpilogue), whose alpha and limit are set here.
+struct ExpertActivation {
+  bool clamped = false;
+  float alpha = 0, limit = 0;
+};
+
+// An expert's biases, each may be null: gate and up [f] (added before the activation), down [d] (added to the
+// expert's output before the routing weight scales it).
+struct ExpertBias {
+  const float* gate = nullptr;
+  const float* up = nullptr;
+  const float* down = nullptr;
 };
 
 // A weight matrix [rows, K] already in E4M3: its bytes, row-major, and one scale per row and 128-column block
@@ -84,18 +100,24 @@ struct LayerArena {
 class Layer {
  public:
   // `threads` caps the workers of the expert stages (the router's pool size caps it again).
-  Layer(std::shared_ptr<Router> router, DType dtype, int32_t staticK, int threads);
+  Layer(std::shared_ptr<Router> router, DType dtype, int32_t staticK, int threads,
+        ExpertActivation activation = ExpertActivation{});
   // A layer over the packed weights of `other` (shared, not copied) with another router of the same E and d.
   Layer(const Layer& other, std::shared_ptr<Router> router, int32_t staticK, int threads);
 
-  // w1 (gate_proj) and w3 (up_proj) are [f, d], w2 (down_proj) is [d, f], all fp32 row-major.
-  void setExpert(int32_t expert, const float* w1, const float* w3, const float* w2, int64_t f);
+  // w1 (gate_proj) and w3 (up_proj) are [f, d], w2 (down_proj) is [d, f], all fp32 row-major. Throws
+  // std::invalid_argument on a bias that is not finite.
+  void setExpert(int32_t expert, const float* w1, const float* w3, const float* w2, int64_t f,
+                 const ExpertBias& bias = ExpertBias{});
   // The always-on expert; `gate` ([d], may be null) scales it by sigmoid(x . gate) per token (Qwen2-MoE).
-  void setSharedExpert(const float* w1, const float* w3, const float* w2, int64_t f, const float* gate);
+  void setSharedExpert(const float* w1, const float* w3, const float* w2, int64_t f, const float* gate,
+                       const ExpertBias& bias = ExpertBias{});
   // fp8 layers: the same from weights already in E4M3 (a checkpoint's bytes and scales, packed as they are). Throws
   // std::invalid_argument on a NaN byte or a scale that is not finite (or overflows once times 448).
-  void setExpertFP8(int32_t expert, Fp8Matrix w1, Fp8Matrix w3, Fp8Matrix w2, int64_t f);
-  void setSharedExpertFP8(Fp8Matrix w1, Fp8Matrix w3, Fp8Matrix w2, int64_t f, const float* gate);
+  void setExpertFP8(int32_t expert, Fp8Matrix w1, Fp8Matrix w3, Fp8Matrix w2, int64_t f,
+                    const ExpertBias& bias = ExpertBias{});
+  void setSharedExpertFP8(Fp8Matrix w1, Fp8Matrix w3, Fp8Matrix w2, int64_t f, const float* gate,
+                          const ExpertBias& bias = ExpertBias{});
   bool complete(std::string& missing) const;
 
   // x [T, d] -> y [T, d]. `logits` (optional, [T, E]) replaces the gate GEMM; `complexity` feeds dynamic k.
@@ -107,6 +129,7 @@ class Layer {
 
   Router& router() { return *router_; }
   DType dtype() const { return dtype_; }
+  const ExpertActivation& activation() const { return activation_; }
   size_t weightBytes() const;
 
  private:
@@ -114,13 +137,14 @@ class Layer {
   void packFP8(PackedExpert& dst, Fp8Matrix w1, Fp8Matrix w3, Fp8Matrix w2, int64_t f);
   // The checks and bookkeeping around packing an expert (e: -1 for the shared one), under the layer's lock.
   template <typename Pack>
-  void setPacked(int32_t expert, int64_t f, const float* gate, Pack&& pack);
+  void setPacked(int32_t expert, int64_t f, const float* gate, const ExpertBias& bias, Pack&& pack);
   void dispatch(const float* x, int64_t T, const RoutingOutput& routing);
   void runExperts();
   void combine(int64_t T, int32_t maxK, const int32_t* k, float* y);
 
   std::shared_ptr<Router> router_;
   DType dtype_;
+  ExpertActivation activation_;
   int32_t staticK_;
   int threads_;
   int64_t hidden_;
