@@ -6,8 +6,9 @@
  * place that knows those differences. Experts are read lazily because a whole layer can be several GB in float32.
  */
 import { brief, ModelLoadError, ValidationError } from '../errors';
-import type { E4m3ExpertWeights } from '../layer';
+import type { E4m3ExpertWeights, ExpertBiases, ResolvedActivation } from '../layer';
 import type { Checkpoint } from './checkpoint';
+import { GPT_OSS_ALPHA, GPT_OSS_LIMIT, gptOssExperts, gptOssNames, type GptOssNames } from './gpt-oss';
 import { ARCHITECTURE_OF_MODEL_TYPE, expertCountKey, textConfigOf } from './router-config';
 
 /** Tensor names of one SwiGLU expert: w1 = gate_proj [f, d], w3 = up_proj [f, d], w2 = down_proj [d, f]. */
@@ -52,7 +53,13 @@ export interface MoELayerSpec {
       /** Where the layout moves the bias too (ERNIE). */
       bias?: string;
     };
+    /** gpt-oss: the router's bias term [numExperts] (added to the logits). */
+    logitBias?: string;
+    /** gpt-oss: its expert stacks, whose layout is its own (lib/models/gpt-oss.ts); `expert` and `fused` unused. */
+    gptOss?: GptOssNames;
   };
+  /** The experts' activation where it is not SwiGLU (gpt-oss). */
+  activation?: ResolvedActivation;
   /** Width of the shared expert (DeepSeek: n_shared_experts x moe_intermediate_size). */
   sharedIntermediateSize?: number;
   /**
@@ -65,8 +72,8 @@ export interface MoELayerSpec {
   biasShape?: number[];
 }
 
-/** Float32 expert weights, row-major: w1 and w3 [f, d], w2 [d, f]. */
-export interface ExpertWeights {
+/** Float32 expert weights, row-major: w1 and w3 [f, d], w2 [d, f]; biases where the model has them (gpt-oss). */
+export interface ExpertWeights extends ExpertBiases {
   w1: Float32Array;
   w3: Float32Array;
   w2: Float32Array;
@@ -79,6 +86,8 @@ export interface LoadedMoELayer {
   gateWeight: Float32Array;
   /** [numExperts]. */
   bias?: Float32Array;
+  /** The router's bias term [numExperts] (gpt-oss). */
+  logitBias?: Float32Array;
   /**
    * Reads expert `e` from the checkpoint (a fresh copy each call), so callers can pack and drop one expert before
    * reading the next. @throws ValidationError when `e` is not an integer in [0, numExperts).
@@ -93,7 +102,7 @@ export interface LoadedMoELayer {
   /** The shared expert in E4M3 as {@link expertE4m3}, or null. */
   sharedE4m3(): E4m3ExpertWeights | null;
   /** The tensors the routed experts are read from: one per projection and expert, or the fused pair. */
-  expertLayout: 'per-expert' | 'fused' | 'fused, transposed';
+  expertLayout: 'per-expert' | 'fused' | 'fused, transposed' | 'fused, transposed, interleaved' | 'MXFP4, interleaved';
 }
 
 /** w1, w3 [f, d] and w2 [d, f] as stored in E4M3, or null unless all three can be kept so. */
@@ -109,13 +118,10 @@ function e4m3Of(
   return w1 && w3 && w2 ? { e4m3: { w1, w3, w2 } } : null;
 }
 
-/** Every model type whose layers load (gpt-oss routes only). */
-type Family = Exclude<keyof typeof ARCHITECTURE_OF_MODEL_TYPE, 'gpt_oss'>;
+/** Every model type whose layers load. */
+type Family = keyof typeof ARCHITECTURE_OF_MODEL_TYPE;
 
-// (gpt-oss routing is supported by Router.fromConfig; its expert tensors are not read here)
-const ARCHITECTURE_OF: Readonly<Record<Family, string>> = (({ gpt_oss: _, ...layers }) => layers)(
-  ARCHITECTURE_OF_MODEL_TYPE,
-);
+const ARCHITECTURE_OF: Readonly<Record<Family, string>> = ARCHITECTURE_OF_MODEL_TYPE;
 
 const SUPPORTED = Object.entries(ARCHITECTURE_OF)
   .map(([type, arch]) => `${arch} (${type})`)
@@ -153,6 +159,14 @@ class ConfigReader {
   /** Whether `key` is present with exactly `value`. */
   has(key: string, value: unknown): boolean {
     return Object.hasOwn(this.config, key) && this.config[key] === value;
+  }
+
+  /** A finite number above 0 (`fallback` when left out). */
+  positive(key: string, fallback: number): number {
+    const value = this.config[key] ?? fallback;
+    if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0)
+      throw this.error(key, value, 'a number > 0');
+    return value;
   }
 
   int(key: string, min: number, fallback?: number): number {
@@ -430,6 +444,28 @@ export function resolveMoELayer(
       mergedSharedExperts(read, spec, prefix, 'n_shared_experts', 1);
       break;
     }
+    case 'gpt_oss': {
+      // (every layer is sparse; GptOssConfig's experts_per_token is also written as num_experts_per_tok)
+      const prefix = `${base}.mlp`;
+      spec = {
+        architecture,
+        modelType: family,
+        layer,
+        hiddenSize,
+        intermediateSize: read.int('intermediate_size', 1),
+        numExperts: read.int('num_local_experts', 1),
+        topK: read.int(config.experts_per_token === undefined ? 'num_experts_per_tok' : 'experts_per_token', 1),
+        names: {
+          gate: `${prefix}.router.weight`,
+          logitBias: `${prefix}.router.bias`,
+          expert: expertNames(prefix, 'hf'),
+          fused: fusedNames(prefix),
+          gptOss: gptOssNames(prefix),
+        },
+        activation: { kind: 'gptOss', alpha: GPT_OSS_ALPHA, limit: read.positive('swiglu_limit', GPT_OSS_LIMIT) },
+      };
+      break;
+    }
     case 'deepseek_v2':
     case 'deepseek_v3': {
       checkDeepseekSparse(read, architecture, layer, family === 'deepseek_v3');
@@ -470,7 +506,7 @@ export function resolveMoELayer(
 }
 
 /** Checks that a tensor exists with the given shape and a readable dtype (and scales), without reading its data. */
-function checkTensor(ckpt: Checkpoint, spec: MoELayerSpec, name: string, shape: number[]): void {
+export function checkTensor(ckpt: Checkpoint, spec: MoELayerSpec, name: string, shape: number[]): void {
   const where = `${ckpt.dir}: ${spec.architecture} layer ${spec.layer}`;
   if (!ckpt.has(name)) throw new ModelLoadError(`${where}: tensor ${brief(name)} is missing from the checkpoint`);
   const info = ckpt.info(name);
@@ -495,6 +531,7 @@ function checkTensor(ckpt: Checkpoint, spec: MoELayerSpec, name: string, shape: 
  */
 export function loadMoELayerWeights(ckpt: Checkpoint, spec: MoELayerSpec): LoadedMoELayer {
   const { hiddenSize: d, intermediateSize: f, numExperts } = spec;
+  if (spec.names.gptOss) return loadGptOssLayer(ckpt, spec, spec.names.gptOss);
   const gateShape = [numExperts, d];
   // (fused only where expert 0's own tensor is absent: a checkpoint with both is read as per-expert, as before)
   const fused = !ckpt.has(spec.names.expert(0).w1) && ckpt.has(spec.names.fused.gateUp) ? spec.names.fused : null;
@@ -623,5 +660,28 @@ export function loadMoELayerWeights(ckpt: Checkpoint, spec: MoELayerSpec): Loade
     };
     if (shared.gate !== undefined) layer.shared.gate = ckpt.readFloat32(shared.gate, [1, d]);
   }
+  return layer;
+}
+
+/** A gpt-oss layer: router weight and bias term, and its experts (lib/models/gpt-oss.ts). */
+function loadGptOssLayer(ckpt: Checkpoint, spec: MoELayerSpec, names: GptOssNames): LoadedMoELayer {
+  const { hiddenSize: d, numExperts } = spec;
+  checkTensor(ckpt, spec, spec.names.gate, [numExperts, d]);
+  const experts = gptOssExperts(ckpt, spec, names, checkTensor);
+  const layer: LoadedMoELayer = {
+    spec,
+    gateWeight: ckpt.readFloat32(spec.names.gate, [numExperts, d]),
+    expert(e: number): ExpertWeights {
+      if (!Number.isSafeInteger(e) || e < 0 || e >= numExperts)
+        throw new ValidationError(`expert: index is ${brief(e)}, expected an integer in [0, ${numExperts - 1}]`);
+      return experts.expert(e);
+    },
+    expertE4m3: () => null,
+    sharedE4m3: () => null,
+    expertLayout: experts.layout,
+  };
+  const logitBias = spec.names.logitBias!;
+  checkTensor(ckpt, spec, logitBias, [numExperts]);
+  layer.logitBias = ckpt.readFloat32(logitBias, [numExperts]);
   return layer;
 }

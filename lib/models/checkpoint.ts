@@ -67,6 +67,11 @@ export interface Checkpoint {
    * @throws ModelLoadError as readFloat32, or for an E4M3 NaN byte.
    */
   readE4m3(name: string, expectedShape: [number, number]): E4m3Matrix | null;
+  /**
+   * Slice `index` along the first dimension of a U8 tensor, as stored (gpt-oss's MXFP4 blocks and scales).
+   * @throws ModelLoadError for another dtype, a shape other than `expectedShape`, or an index out of range.
+   */
+  readU8Slice(name: string, index: number, expectedShape: number[]): Uint8Array;
   /** Closes every shard opened so far. */
   close(): void;
 }
@@ -245,6 +250,13 @@ class HfCheckpoint implements Checkpoint {
       for (let g = 0; g < groups; g++)
         scales[r * groups + g] = stored[fp8ScaleIndex(scaling, cols, r, g * E4M3_SCALE_COLUMNS)];
     return { data, scales };
+  }
+
+  readU8Slice(name: string, index: number, expectedShape: number[]): Uint8Array {
+    this.checkShape(name, expectedShape);
+    const { dtype } = this.info(name);
+    if (dtype !== 'U8') throw new ModelLoadError(`${this.dir}: tensor ${brief(name)} has dtype ${dtype}, expected U8`);
+    return this.fileOf(name).readBytesSlice(name, index);
   }
 
   /** The tensor's shape, which must equal `expected` when that is given. */

@@ -45,6 +45,7 @@ export function loadPretrainedLayer(dir: string, opts: FromPretrainedOptions): M
     }
     const router = Router.fromConfig(checkpoint.config, weights.gateWeight, {
       bias: weights.bias,
+      logitBias: weights.logitBias,
       selection: opts.selection,
       normalize: opts.normalize,
       scale: opts.scale,
@@ -70,6 +71,7 @@ export function loadPretrainedLayer(dir: string, opts: FromPretrainedOptions): M
         },
         staticK: spec.topK,
         threads: opts.threads,
+        activation: spec.activation,
       });
     } catch (err) {
       router.dispose(); // (a CUDA router's GPU memory goes now, not at some garbage collection)

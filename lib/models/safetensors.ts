@@ -79,6 +79,11 @@ export interface SafetensorsFile {
   readFloat32Slice(name: string, index: number): Float32Array;
   /** The tensor's bytes as stored (E4M3 weights for layers that keep them). @throws ModelLoadError as readFloat32. */
   readBytes(name: string): Uint8Array;
+  /**
+   * Slice `index` along the first dimension as stored bytes (one expert of gpt-oss's MXFP4 blocks or scales), any
+   * dtype. @throws ModelLoadError as readFloat32Slice.
+   */
+  readBytesSlice(name: string, index: number): Uint8Array;
   /** Closes the file descriptor; later reads throw ModelLoadError. Calling it twice is harmless. */
   close(): void;
 }
@@ -267,13 +272,28 @@ class SafetensorsReader implements SafetensorsFile {
 
   readFloat32Slice(name: string, index: number): Float32Array {
     const entry = this.entry(name);
+    const sliceBytes = this.sliceBytes(name, entry, index);
+    return this.readRange(name, entry, index * sliceBytes, sliceBytes, `slice ${index} of tensor ${brief(name)}`);
+  }
+
+  readBytesSlice(name: string, index: number): Uint8Array {
+    const entry = this.entry(name);
+    const sliceBytes = this.sliceBytes(name, entry, index);
+    const what = `slice ${index} of tensor ${brief(name)}`;
+    if (this.fd === null) throw new ModelLoadError(`${this.path}: file is closed; cannot read ${what}`);
+    const out = new Uint8Array(sliceBytes);
+    readExactly(this.fd, out, this.dataStart + entry.begin + index * sliceBytes, this.path, what);
+    return out;
+  }
+
+  /** The bytes of one slice along the first dimension, after checking `index` against it. */
+  private sliceBytes(name: string, entry: TensorEntry, index: number): number {
     const outer = entry.shape[0];
     if (entry.shape.length === 0 || !Number.isSafeInteger(index) || index < 0 || index >= outer) {
       const expected = entry.shape.length === 0 ? 'a tensor of rank 1 or more' : `an integer in [0, ${outer - 1}]`;
       throw loadError(this.path, `slice of tensor ${brief(name)} (shape ${brief(entry.shape)})`, index, expected);
     }
-    const sliceBytes = entry.byteLength / outer;
-    return this.readRange(name, entry, index * sliceBytes, sliceBytes, `slice ${index} of tensor ${brief(name)}`);
+    return entry.byteLength / outer;
   }
 
   /** `byteLength` bytes of the tensor from `byteOffset` (whole elements), as float32. */
@@ -361,15 +381,13 @@ export function openSafetensors(path: string): SafetensorsFile {
 }
 
 /** One tensor to write: float32 values, converted to `dtype` on the way out. */
-export interface SafetensorsTensorInput {
-  dtype: SupportedDtype;
-  shape: number[];
-  data: Float32Array;
-}
+/** A tensor to write: float values in a float dtype, or raw bytes as U8 (e.g. MXFP4 blocks and scales). */
+export type SafetensorsTensorInput =
+  { dtype: SupportedDtype; shape: number[]; data: Float32Array } | { dtype: 'U8'; shape: number[]; data: Uint8Array };
 
 function encodeTensor(name: string, tensor: SafetensorsTensorInput): Uint8Array {
   const { dtype, shape, data } = tensor;
-  if (!(SUPPORTED_DTYPES as readonly string[]).includes(dtype)) {
+  if (dtype !== 'U8' && !(SUPPORTED_DTYPES as readonly string[]).includes(dtype)) {
     throw new ValidationError(
       `writeSafetensors: tensor ${brief(name)}: dtype ${brief(dtype)}, expected ${SUPPORTED_LIST}`,
     );
@@ -382,6 +400,13 @@ function encodeTensor(name: string, tensor: SafetensorsTensorInput): Uint8Array 
     );
   }
   const elements = shape.reduce((a, b) => a * b, 1);
+  if (dtype === 'U8') {
+    if (!(data instanceof Uint8Array) || data.length !== elements)
+      throw new ValidationError(
+        `writeSafetensors: tensor ${brief(name)}: data has ${brief(data)}, expected a Uint8Array of ${elements} bytes (shape ${brief(shape)})`,
+      );
+    return data;
+  }
   if (!(data instanceof Float32Array) || data.length !== elements) {
     const seen = data instanceof Float32Array ? `${data.length} elements` : brief(data);
     throw new ValidationError(
@@ -403,7 +428,7 @@ function encodeTensor(name: string, tensor: SafetensorsTensorInput): Uint8Array 
  * Writes tensors (in the object's key order) to a safetensors file. Float32 data is converted to each tensor's
  * dtype, rounding to nearest-even (F16 and FP8 including subnormals; FP8 values are written as given: scale them
  * first). The JSON header is padded with spaces to a multiple of 8 bytes so the data section is 8-byte aligned.
- * @throws ValidationError when a tensor's data length does not match its shape or its dtype is not a float one.
+ * @throws ValidationError when a tensor's data length does not match its shape or its dtype is not a float one or U8.
  */
 export function writeSafetensors(
   path: string,
