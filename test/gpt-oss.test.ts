@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { ModelLoadError, MoELayer } from '../lib';
-import { writeSafetensors, type SafetensorsTensorInput } from '../lib/models/safetensors';
+import { writeSafetensors, type SafetensorsBytesInput, type SafetensorsTensorInput } from '../lib/models/safetensors';
 import { dequantizeMxfp4 } from '../lib/models/gpt-oss';
 import { roundToDtype } from './helpers/checkpoint';
 import { relativeError } from './helpers/compare';
@@ -71,7 +71,7 @@ function writeGptOss(opts: {
   limit?: number;
   seed: number;
   /** Changes the tensors before they are written (the error tests). */
-  edit?: (tensors: Record<string, SafetensorsTensorInput>) => void;
+  edit?: (tensors: Record<string, SafetensorsTensorInput | SafetensorsBytesInput>) => void;
 }) {
   const { d, f, E, k, mxfp4 } = opts;
   let seed = opts.seed;
@@ -91,7 +91,7 @@ function writeGptOss(opts: {
   if (mxfp4)
     config.quantization_config = { quant_method: 'mxfp4', modules_to_not_convert: ['model.layers.*.mlp.router'] };
   fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
-  const tensors: Record<string, SafetensorsTensorInput> = {};
+  const tensors: Record<string, SafetensorsTensorInput | SafetensorsBytesInput> = {};
   const model: GptOssModel = { dir, d, f, E, k, limit: opts.limit ?? 7, layers: [] };
   for (let layer = 0; layer < 2; layer++) {
     const p = `model.layers.${layer}.mlp`;
@@ -264,7 +264,7 @@ test('gpt-oss checkpoints: missing, misshapen and undecodable tensors are named'
   const p = 'model.layers.1.mlp';
   const fails = (
     mxfp4: boolean,
-    edit: (t: Record<string, SafetensorsTensorInput>) => void,
+    edit: (t: Record<string, SafetensorsTensorInput | SafetensorsBytesInput>) => void,
     pattern: RegExp,
     limit?: number,
   ) => {

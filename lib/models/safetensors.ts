@@ -381,11 +381,20 @@ export function openSafetensors(path: string): SafetensorsFile {
 }
 
 /** One tensor to write: float32 values, converted to `dtype` on the way out. */
-/** A tensor to write: float values in a float dtype, or raw bytes as U8 (e.g. MXFP4 blocks and scales). */
-export type SafetensorsTensorInput =
-  { dtype: SupportedDtype; shape: number[]; data: Float32Array } | { dtype: 'U8'; shape: number[]; data: Uint8Array };
+export interface SafetensorsTensorInput {
+  dtype: SupportedDtype;
+  shape: number[];
+  data: Float32Array;
+}
 
-function encodeTensor(name: string, tensor: SafetensorsTensorInput): Uint8Array {
+/** One tensor to write as raw bytes, U8 (e.g. MXFP4 blocks and scales). */
+export interface SafetensorsBytesInput {
+  dtype: 'U8';
+  shape: number[];
+  data: Uint8Array;
+}
+
+function encodeTensor(name: string, tensor: SafetensorsTensorInput | SafetensorsBytesInput): Uint8Array {
   const { dtype, shape, data } = tensor;
   if (dtype !== 'U8' && !(SUPPORTED_DTYPES as readonly string[]).includes(dtype)) {
     throw new ValidationError(
@@ -432,7 +441,7 @@ function encodeTensor(name: string, tensor: SafetensorsTensorInput): Uint8Array 
  */
 export function writeSafetensors(
   path: string,
-  tensors: Record<string, SafetensorsTensorInput>,
+  tensors: Record<string, SafetensorsTensorInput | SafetensorsBytesInput>,
   metadata?: Record<string, string>,
 ): void {
   const header: Record<string, unknown> = {};
