@@ -1,6 +1,6 @@
 /**
  * Adapters from Hugging Face MoE model families (Mixtral, OLMoE, Qwen2-MoE, Qwen3-MoE, Qwen3-Next, the language
- * layers of Qwen3-VL-MoE and Qwen3.5-MoE, DeepSeek-V2/V3, GLM-4.5, ERNIE 4.5) to one
+ * layers of Qwen3-VL-MoE and Qwen3.5-MoE, DeepSeek-V2/V3, GLM-4.5, ERNIE 4.5, gpt-oss) to one
  * layer description: sizes, which layers are sparse, and the tensor names of the router, experts and shared
  * experts. Each family names and sizes these differently in `config.json` and in the weights; this file is the only
  * place that knows those differences. Experts are read lazily because a whole layer can be several GB in float32.
