@@ -47,8 +47,11 @@ export interface LayerRow {
   expertsHit: number;
 }
 
-/** Builds a layer with seeded normal weights, generated natively one expert at a time. */
-export function buildLayer(shape: LayerShape, dtype: WeightDType, threads: number, seed = 1): MoELayer {
+/**
+ * Builds a layer with seeded normal weights, generated natively one expert at a time. `gptOss`: the same weights as
+ * gpt-oss's experts, with bias terms (seeded too) and its clamped SwiGLU.
+ */
+export function buildLayer(shape: LayerShape, dtype: WeightDType, threads: number, seed = 1, gptOss = false): MoELayer {
   const { d, f, E, k } = shape;
   const fill = native().bench.fillNormal;
   const gate = new Float32Array(E * d);
@@ -61,10 +64,16 @@ export function buildLayer(shape: LayerShape, dtype: WeightDType, threads: numbe
     normalize: true,
     threads,
   });
+  const bias = (n: number, at: number) => {
+    const b = new Float32Array(n);
+    fill(b, at, 0.1);
+    return b;
+  };
   return new MoELayer({
     router,
     dtype,
     threads,
+    activation: gptOss ? { kind: 'gptOss' } : undefined,
     experts: (e) => {
       const w1 = new Float32Array(f * d);
       const w3 = new Float32Array(f * d);
@@ -72,7 +81,9 @@ export function buildLayer(shape: LayerShape, dtype: WeightDType, threads: numbe
       fill(w1, seed * 1000 + 3 * e + 1, 1 / Math.sqrt(d));
       fill(w3, seed * 1000 + 3 * e + 2, 1 / Math.sqrt(d));
       fill(w2, seed * 1000 + 3 * e + 3, 1 / Math.sqrt(f));
-      return { w1, w3, w2 };
+      if (!gptOss) return { w1, w3, w2 };
+      const at = seed * 1000 + 500 + 3 * e;
+      return { w1, w3, w2, b1: bias(f, at), b3: bias(f, at + 1), b2: bias(d, at + 2) };
     },
   });
 }
