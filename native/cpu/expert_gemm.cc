@@ -176,24 +176,14 @@ bool storePanelRows(const float* acc, int64_t rows, int cols, const float* rowWe
 }
 
 void gluRow(const GemmKernels& kern, const float* tileRow, const GluEpilogue& ep, int64_t p, void* out, bool bf16) {
-  constexpr int half = kPanelWidth / 2;
-  alignas(64) float biased[kPanelWidth];
   const float* bias = ep.bias ? ep.bias + p * kPanelWidth : nullptr;
-  for (int i = 0; i < kPanelWidth; ++i) biased[i] = tileRow[i] + (bias ? bias[i] : 0.0f);
-  if (!ep.clamped) {
-    kern.swiglu(biased, out, bf16);
+  if (ep.clamped) {
+    kern.clampedGlu(tileRow, bias, ep.alpha, ep.limit, out, bf16);
     return;
   }
-  alignas(64) float h[half];
-  for (int i = 0; i < half; ++i) {
-    const float g = std::min(biased[i], ep.limit);
-    const float u = std::min(std::max(biased[half + i], -ep.limit), ep.limit);
-    h[i] = (u + 1.0f) * (g / (1.0f + std::exp(-ep.alpha * g)));
-  }
-  if (bf16)
-    kern.toBf16(h, half, static_cast<uint32_t*>(out));
-  else
-    std::memcpy(out, h, sizeof(h));
+  alignas(64) float biased[kPanelWidth];
+  for (int i = 0; i < kPanelWidth; ++i) biased[i] = tileRow[i] + (bias ? bias[i] : 0.0f);
+  kern.swiglu(biased, out, bf16);
 }
 
 void gateUpPanels(const GemmKernels& kern, const Activations& x, int64_t rows, int64_t d, DType weights,

@@ -90,23 +90,26 @@ inline uint32_t bf16Pair(float even, float odd) {
 }
 
 const GemmKernels kScalar{Isa::Scalar,    kScalarMaxRows, scalarF32,      scalarBF16,     scalarFP8,
-                          scalar::swigluRow, scalar::toBf16, kScalarMaxRows, nullptr,        nullptr};
+                          scalar::swigluRow, scalar::toBf16, kScalarMaxRows, nullptr,        nullptr,
+                          scalar::clampedGluRow};
 const GemmKernels kAvx2{Isa::Avx2,        avx2::maxRows(), avx2::kernelF32, avx2::kernelBF16, avx2::kernelFP8,
-                        avx2::swigluRow,  avx2::toBf16,    avx2::maxRows(), nullptr,          nullptr};
+                        avx2::swigluRow,  avx2::toBf16,    avx2::maxRows(), nullptr,          nullptr,
+                        avx2::clampedGluRow};
 const GemmKernels kAvx512{Isa::Avx512,           avx512::maxRows(), avx512::kernelF32, avx512::kernelBF16,
                           avx512::kernelFP8,     avx512::swigluRow, avx512::toBf16,    avx512::maxRows(),
-                          avx512::kernelFP8Pairs, avx512::fp8ToBf16};
+                          avx512::kernelFP8Pairs, avx512::fp8ToBf16, avx512::clampedGluRow};
 // The same on Intel, with its weight-stream prefetch (gemm_avx512.cc). Its fp8 pairs are off unless MOE_FP8_PAIRS=1:
 // on Intel, vdpbf16ps does fewer multiply-adds per cycle than the two FMA ports (a bf16 layer ran 1.37x slower than
 // an fp32 one on a Xeon forced to AVX-512; on AMD's EPYC, 2x faster), and fp8 on bf16 pairs ran slower than the fp32
 // kernel (bench/RESULTS.md, step 31).
 const GemmKernels kAvx512Intel{Isa::Avx512,        avx512::maxRows(), avx512::kernelF32TwoLevel,
                                avx512::kernelBF16TwoLevel, avx512::kernelFP8TwoLevel, avx512::swigluRow,
-                               avx512::toBf16,     avx512::maxRows(), avx512::kernelFP8Pairs, avx512::fp8ToBf16};
+                               avx512::toBf16,     avx512::maxRows(), avx512::kernelFP8Pairs, avx512::fp8ToBf16,
+                               avx512::clampedGluRow};
 // AMX (Intel only): AVX-512 for everything but the bf16 tiles (and the fp8 experts of 8 or more rows: layer.cc).
 const GemmKernels kAmx{Isa::Amx,          avx512::maxRows(), avx512::kernelF32TwoLevel, amx::kernelBF16,
                        avx512::kernelFP8TwoLevel, avx512::swigluRow, avx512::toBf16, amx::maxRows(),
-                       amx::kernelFP8Tiles, avx512::fp8ToBf16};
+                       amx::kernelFP8Tiles, avx512::fp8ToBf16, avx512::clampedGluRow};
 
 // One panel column: `width` weight rows starting at `row`, the rest zero.
 template <typename Emit>
@@ -295,6 +298,21 @@ void swigluRow(const float* tileRow, void* out, bool bf16) {
   for (int i = 0; i < half; ++i) {
     const float g = tileRow[i];
     h[i] = g / (1.0f + std::exp(-g)) * tileRow[half + i];
+  }
+  if (bf16) toBf16(h, half, static_cast<uint32_t*>(out));
+  else std::memcpy(out, h, sizeof(h));
+}
+
+void clampedGluRow(const float* tileRow, const float* bias, float alpha, float limit, void* out, bool bf16) {
+  constexpr int half = kPanelWidth / 2;
+  float h[half];
+  for (int i = 0; i < half; ++i) {
+    // (min(limit, NaN) is NaN here, as in the vector paths)
+    float g = tileRow[i] + (bias ? bias[i] : 0.0f);
+    float u = tileRow[half + i] + (bias ? bias[half + i] : 0.0f);
+    g = g > limit ? limit : g;
+    u = u > limit ? limit : (u < -limit ? -limit : u);
+    h[i] = (u + 1.0f) * (g / (1.0f + std::exp(-alpha * g)));
   }
   if (bf16) toBf16(h, half, static_cast<uint32_t*>(out));
   else std::memcpy(out, h, sizeof(h));

@@ -137,6 +137,29 @@ void swigluRow(const float* tileRow, void* out, bool bf16) {
   else std::memcpy(out, h, sizeof h);
 }
 
+// gpt-oss's clamped SwiGLU, 8 lanes at a time as swigluRow (NaN kept: min/max take the clamp first).
+void clampedGluRow(const float* tileRow, const float* bias, float alpha, float limit, void* out, bool bf16) {
+  alignas(32) float h[16];
+  const __m256 hi = _mm256_set1_ps(limit), lo = _mm256_set1_ps(-limit), one = _mm256_set1_ps(1.0f);
+  for (int i = 0; i < 16; i += 8) {
+    __m256 g = _mm256_loadu_ps(tileRow + i);
+    __m256 u = _mm256_loadu_ps(tileRow + 16 + i);
+    if (bias) {
+      g = _mm256_add_ps(g, _mm256_loadu_ps(bias + i));
+      u = _mm256_add_ps(u, _mm256_loadu_ps(bias + 16 + i));
+    }
+    g = _mm256_min_ps(hi, g);
+    u = _mm256_min_ps(hi, _mm256_max_ps(lo, u));
+    const __m256 z = _mm256_mul_ps(g, _mm256_set1_ps(alpha));
+    const __m256 e = expNonPositive(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_andnot_ps(_mm256_set1_ps(-0.0f), z)));
+    const __m256 inv = _mm256_div_ps(one, _mm256_add_ps(one, e));
+    const __m256 sigmoid = _mm256_blendv_ps(inv, _mm256_mul_ps(inv, e), _mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_LT_OQ));
+    _mm256_store_ps(h + i, _mm256_mul_ps(_mm256_add_ps(u, one), _mm256_mul_ps(g, sigmoid)));
+  }
+  if (bf16) scalar::toBf16(h, 16, static_cast<uint32_t*>(out));
+  else std::memcpy(out, h, sizeof h);
+}
+
 void toBf16(const float* src, int64_t n, uint32_t* dst) { scalar::toBf16(src, n, dst); }
 
 void kernelF32(int rows, int K, const float* A, size_t lda, const float* B, float* C, bool accumulate, L2Prefetch) {

@@ -233,6 +233,31 @@ void swigluRow(const float* tileRow, void* out, bool bf16) {
   }
 }
 
+// gpt-oss's clamped SwiGLU: the sigmoid of z = alpha * g as in swigluRow. min/max take the clamp first, so that a
+// NaN accumulator stays NaN (they return their second operand when either is NaN).
+void clampedGluRow(const float* tileRow, const float* bias, float alpha, float limit, void* out, bool bf16) {
+  __m512 g = _mm512_loadu_ps(tileRow);
+  __m512 u = _mm512_loadu_ps(tileRow + 16);
+  if (bias) {
+    g = _mm512_add_ps(g, _mm512_loadu_ps(bias));
+    u = _mm512_add_ps(u, _mm512_loadu_ps(bias + 16));
+  }
+  const __m512 hi = _mm512_set1_ps(limit), lo = _mm512_set1_ps(-limit);
+  g = _mm512_min_ps(hi, g);
+  u = _mm512_min_ps(hi, _mm512_max_ps(lo, u));
+  const __m512 z = _mm512_mul_ps(g, _mm512_set1_ps(alpha));
+  const __m512 e = expNonPositive(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(z)));
+  const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+  const __mmask16 negative = _mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_LT_OQ);
+  const __m512 sigmoid = _mm512_mask_mul_ps(inv, negative, inv, e);
+  const __m512 h = _mm512_mul_ps(_mm512_add_ps(u, _mm512_set1_ps(1.0f)), _mm512_mul_ps(g, sigmoid));
+  if (bf16) {
+    _mm256_storeu_si256(static_cast<__m256i*>(out), (__m256i)_mm512_cvtneps_pbh(h));
+  } else {
+    _mm512_storeu_ps(static_cast<float*>(out), h);
+  }
+}
+
 // XOR of n floats' bits, read with the same 8 KiB software prefetch as the GEMM panels: the stream-bandwidth
 // anchor of the roofline should be the best streaming read this code can do.
 uint64_t streamXor(const float* data, size_t n) {

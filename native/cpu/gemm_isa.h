@@ -33,6 +33,7 @@ inline void withRows(int rows, F&& f) {
   void kernelFP8(int rows, int K, const float* A, size_t lda, const uint8_t* B, float* C, bool accumulate, \
                  L2Prefetch next);                                                                       \
   void swigluRow(const float* tileRow, void* out, bool bf16);                                            \
+  void clampedGluRow(const float* tileRow, const float* bias, float alpha, float limit, void* out, bool bf16); \
   void toBf16(const float* src, int64_t n, uint32_t* dst);                                               \
   }
 MOE_DECLARE_GEMM_ISA(avx512)

@@ -65,6 +65,10 @@ using KernelFP8 = void (*)(int rows, int K, const float* A, size_t lda, const ui
 using SwigluRow = void (*)(const float* tileRow, void* out, bool bf16);
 // n floats to n bf16 (n/2 pairs; a zero pads an odd n).
 using ToBf16 = void (*)(const float* src, int64_t n, uint32_t* dst);
+// gpt-oss's clamped SwiGLU for one tile row (see GluEpilogue in expert_gemm.h): `bias` (32 floats: 16 gate, 16 up;
+// may be null) added first, then h = (clamp(u, -limit, limit) + 1) * g * sigmoid(alpha * g), g = min(gate, limit).
+// Written as SwigluRow writes. A NaN accumulator stays NaN.
+using ClampedGluRow = void (*)(const float* tileRow, const float* bias, float alpha, float limit, void* out, bool bf16);
 
 // fp8 weights on AMX tiles (or AVX-512 BF16 without AMX), for up to 32 rows of bf16 activations: `pairs` is a K
 // slice of an fp8 panel widened to bf16 pairs (Fp8ToBf16), `scales` its blocks' [ceil(Kp/64)][32] scales; Kp a
@@ -91,6 +95,7 @@ struct GemmKernels {
   // layer's), their weights the exact E4M3 values scaled per block.
   KernelFP8Tiles fp8Tiles;
   Fp8ToBf16 fp8ToBf16;
+  ClampedGluRow clampedGlu;
 };
 
 // Fewest rows the AMX kernel runs on the tiles, and the K pairs of one tile step; fewer rows, and K pairs past the
