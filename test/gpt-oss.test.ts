@@ -6,6 +6,7 @@
  * gate_up = x·W + b, gate = even and up = odd columns, the clamped SwiGLU, (h·W_down + b)·weight). It decodes
  * E2M1 from its bit fields, not from the loader's table. fp32 layers to 1e-5, bf16 to 1e-2; indices exactly.
  */
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'uvu';
@@ -293,6 +294,23 @@ test('gpt-oss checkpoints: missing, misshapen and undecodable tensors are named'
     /down_proj" has shape \[4, 32, 31\], expected \[4, 32, 32\]/,
   );
   fails(false, () => {}, /"swiglu_limit" is -1, expected a number > 0/, -1);
+});
+
+test('moe-router validate describes a gpt-oss checkpoint in either layout and runs a forward', () => {
+  const main = path.join(__dirname, '..', 'lib', 'cli', 'main.ts');
+  for (const mxfp4 of [false, true]) {
+    const m = writeGptOss({ mxfp4, d: 32, f: 32, E: 4, k: 2, seed: SEED + 20 });
+    const r = spawnSync(process.execPath, ['--import', 'tsx', main, 'validate', '--model', m.dir, '--forward'], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    assert.is(r.status, 0, r.stderr);
+    assert.match(r.stdout, /routing +softmax gptOss k=2, .*router bias term/);
+    assert.match(r.stdout, /experts +4 x clamped SwiGLU \(alpha 1\.702, limit 7\) with biases d=32 f=32, top-2/);
+    assert.match(r.stdout, mxfp4 ? /, MXFP4 experts/ : /dtype BF16 \(fused, transposed, interleaved experts\)/);
+    assert.match(r.stdout, /layers +2 MoE, 0 dense of 2/);
+    assert.match(r.stdout, /forward .* output finite/);
+  }
 });
 
 test.run();

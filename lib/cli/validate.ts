@@ -21,9 +21,12 @@ rule. --layer limits the check to one layer; --forward also runs one forward of 
  */
 function storage(checkpoint: Checkpoint, weights: LoadedMoELayer): string {
   const { spec } = weights;
+  const gptOss = spec.names.gptOss;
   const fused = weights.expertLayout !== 'per-expert';
-  const router = checkpoint.info(fused ? spec.names.fused.gate : spec.names.gate).dtype;
-  const expert = fused ? spec.names.fused.gateUp : spec.names.expert(0).w1;
+  const router = checkpoint.info(fused && !gptOss ? spec.names.fused.gate : spec.names.gate).dtype;
+  if (weights.expertLayout === 'MXFP4, interleaved')
+    return `dtype ${router} (router), MXFP4 experts (E2M1 with a power-of-two scale per 32 inputs, decoded exactly as read)`;
+  const expert = gptOss ? gptOss.gateUp : fused ? spec.names.fused.gateUp : spec.names.expert(0).w1;
   const experts = checkpoint.info(expert).dtype;
   const layout = fused ? ` (${weights.expertLayout} experts)` : '';
   if (experts === router) return `dtype ${router}${layout}`;
@@ -79,17 +82,23 @@ export async function validateCommand(argv: string[]): Promise<void> {
       try {
         const spec = resolveMoELayer(cfg, layer, checkpoint);
         const weights = loadMoELayerWeights(checkpoint, spec);
-        const rule = routerOptionsFromConfig(cfg, weights.gateWeight, { bias: weights.bias });
+        const rule = routerOptionsFromConfig(cfg, weights.gateWeight, {
+          bias: weights.bias,
+          logitBias: weights.logitBias,
+        });
         if (firstMoE === undefined) {
           firstMoE = layer;
           const sel = rule.selection!;
           console.log(
             `routing     ${rule.scoring} ${sel.kind}${'k' in sel ? ` k=${sel.k}` : ''}, normalize ${rule.normalize}, scale ${rule.scale}` +
               `${rule.groups ? `, groups ${rule.groups.nGroup}/${rule.groups.topkGroup} (${rule.groups.score})` : ''}` +
-              `${weights.bias ? ', score-correction bias' : ''}`,
+              `${weights.bias ? ', score-correction bias' : ''}${weights.logitBias ? ', router bias term' : ''}`,
           );
+          const act = spec.activation;
+          const ffn =
+            act?.kind === 'gptOss' ? `clamped SwiGLU (alpha ${act.alpha}, limit ${act.limit}) with biases` : 'SwiGLU';
           console.log(
-            `experts     ${spec.numExperts} x SwiGLU d=${spec.hiddenSize} f=${spec.intermediateSize}, top-${spec.topK}` +
+            `experts     ${spec.numExperts} x ${ffn} d=${spec.hiddenSize} f=${spec.intermediateSize}, top-${spec.topK}` +
               `${weights.shared ? `, shared expert f=${weights.shared.intermediateSize}` : ''}; ${storage(checkpoint, weights)}`,
           );
         }
