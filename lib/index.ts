@@ -38,6 +38,7 @@ export {
   type ExpertWeights,
   type ExpertBiases,
   type ExpertActivation,
+  type ResolvedActivation,
   type E4m3ExpertWeights,
   type E4m3Matrix,
   type WeightDType,

@@ -29,6 +29,7 @@ import { decodeTelemetry, type TelemetryDelta } from './observability/telemetry-
 import { FinalDrain } from './final-drain';
 import { SerialQueue } from './serial-queue';
 import { requireFinite, requireFloat32, requireInt, requireOneOf } from './validate';
+import { GPT_OSS_ALPHA, GPT_OSS_LIMIT } from './models/gpt-oss';
 
 /** How a layer stores its expert weights; see {@link MoELayerOptions.dtype}. */
 export type WeightDType = 'fp32' | 'bf16' | 'fp8';
@@ -128,7 +129,7 @@ export interface MoELayerOptions {
   staticK?: number;
   /** Threads of the expert stages; default: the router's. */
   threads?: number;
-  /** The experts' activation: SwiGLU by default; gpt-oss's clamped SwiGLU (CPU layers). */
+  /** The experts' activation (routed and shared): SwiGLU by default; gpt-oss's clamped SwiGLU (CPU layers). */
   activation?: ExpertActivation;
   /**
    * 'cpu', 'cuda' (weights uploaded once to the GPU as bf16; BackendError when the plugin or a GPU is missing) or
@@ -324,18 +325,25 @@ export class MoELayer {
     if (this.backend === 'cuda' && requested === 'auto' && (hasBiases(first) || hasBiases(opts.sharedExperts))) {
       this.backend = 'cpu';
       this.dtype = opts.dtype ?? 'fp32';
-      this.cpuFallbackReason = 'expert biases (the CUDA backend runs experts without them)';
+      this.cpuFallbackReason = CUDA_BIAS_FALLBACK;
     }
     const weights = { first, expertAt, shared: opts.sharedExperts, threads };
     let handle: NativeLayerHandle | NativeCudaLayerHandle;
     try {
       handle = this.pack(weights);
     } catch (err) {
-      if (this.backend !== 'cuda' || requested !== 'auto' || !isCudaSetupFailure(err)) throw err;
-      // the GPU refused the layer (its memory, a configuration the kernels do not take): the CPU, from the start
+      if (this.backend !== 'cuda' || requested !== 'auto') throw err;
+      if (err instanceof Error && cudaRefusedBiases.has(err)) {
+        // a later expert with biases (a loader function's): the CPU, from the start, as for the first expert's
+        this.cpuFallbackReason = CUDA_BIAS_FALLBACK;
+      } else if (isCudaSetupFailure(err)) {
+        // the GPU refused the layer (its memory, a configuration the kernels do not take): the CPU, from the start
+        this.cpuFallbackReason = cpuFallback(err.message);
+      } else {
+        throw err;
+      }
       this.backend = 'cpu';
       this.dtype = opts.dtype ?? 'fp32';
-      this.cpuFallbackReason = cpuFallback(err.message);
       handle = this.pack(weights);
     }
     if (this.backend === 'cuda') this.cudaHandle = handle as NativeCudaLayerHandle;
@@ -424,8 +432,13 @@ export class MoELayer {
     const out: [Float32Array | null, Float32Array | null, Float32Array | null] = [null, null, null];
     (['b1', 'b3', 'b2'] as const).forEach((key, i) => {
       if (w[key] === undefined) return;
-      if (this.backend === 'cuda')
-        throw new ValidationError(`${name}.${key}: the CUDA backend runs experts without biases; use backend 'cpu'`);
+      if (this.backend === 'cuda') {
+        const err = new ValidationError(
+          `${name}.${key}: the CUDA backend runs experts without biases; use backend 'cpu'`,
+        );
+        cudaRefusedBiases.add(err);
+        throw err;
+      }
       const b = requireFloat32(`${name}.${key}`, w[key], { length: key === 'b2' ? d : f });
       requireFinite(`${name}.${key}`, b);
       out[i] = b;
@@ -744,8 +757,9 @@ function hasBiases(w: ExpertBiases | undefined): boolean {
   return !!w && typeof w === 'object' && (w.b1 !== undefined || w.b3 !== undefined || w.b2 !== undefined);
 }
 
-const GPT_OSS_ALPHA = 1.702;
-const GPT_OSS_LIMIT = 7;
+const CUDA_BIAS_FALLBACK = 'expert biases (the CUDA backend runs experts without them)';
+/** The refusals of biases by a CUDA layer being packed: backend 'auto' packs it on the CPU instead. */
+const cudaRefusedBiases = new WeakSet<Error>();
 
 /** MoELayerOptions.activation with its defaults; a ValidationError for anything else. */
 function resolveActivation(a: ExpertActivation | undefined): ResolvedActivation {
@@ -757,10 +771,11 @@ function resolveActivation(a: ExpertActivation | undefined): ResolvedActivation 
   const kind = requireOneOf('activation.kind', a.kind, ['swiglu', 'gptOss'] as const, ValidationError);
   if (kind === 'swiglu') return { kind };
   const g = a as { alpha?: unknown; limit?: unknown };
+  // (what float32 holds as a finite number above 0, as the kernels take it)
   const positive = (name: string, v: unknown, fallback: number) => {
-    const n = v ?? fallback;
-    if (typeof n !== 'number' || !Number.isFinite(n) || n <= 0 || n > 3.4e38)
-      throw new ValidationError(`activation.${name}: expected a finite number above 0, got ${describe(v)}`);
+    const n = v === undefined ? fallback : v;
+    if (typeof n !== 'number' || !(Math.fround(n) > 0) || !Number.isFinite(Math.fround(n)))
+      throw new ValidationError(`activation.${name}: expected a finite float32 above 0, got ${describe(v)}`);
     return n;
   };
   return { kind, alpha: positive('alpha', g.alpha, GPT_OSS_ALPHA), limit: positive('limit', g.limit, GPT_OSS_LIMIT) };

@@ -207,16 +207,20 @@ function childChecks() {
       ValidationError,
       /^activation: the CUDA backend runs SwiGLU experts/,
     );
-    // a bias on an expert after the first: refused, and the GPU copy made so far is freed
+    // a bias on an expert after the first: 'auto' packs the layer on the CPU instead (the GPU copy made so far is
+    // freed, no warning), 'cuda' refuses it
     const late = b.experts.map((w, e) => (e === 2 ? { ...w, b1: randn(12, SEED + 8, 0.5) } : w));
     const from3 = logSize();
+    const lateLayer = new MoELayer({ router: b.layer.router, experts: late, backend: 'auto' });
+    assert.is(lateLayer.backend, 'cpu');
+    assert.match(lateLayer.cpuFallbackReason ?? '', /expert biases/);
+    const created3 = /create (\d+)/.exec(events(from3));
+    assert.ok(created3 && events(from3).includes(`destroy ${created3[1]}`), events(from3));
     throwsWith(
-      () => new MoELayer({ router: b.layer.router, experts: late, backend: 'auto' }),
+      () => new MoELayer({ router: b.layer.router, experts: late, backend: 'cuda' }),
       ValidationError,
       /^experts\[2\]\.b1: the CUDA backend runs experts without biases/,
     );
-    const created3 = /create (\d+)/.exec(events(from3));
-    assert.ok(created3 && events(from3).includes(`destroy ${created3[1]}`), events(from3));
     // NaN weights are refused on either backend: an error, not a fallback (and the GPU copy is freed)
     const bad = b.experts.map((w, e) => (e === 3 ? { ...w, w2: w.w2.map((v, i) => (i === 5 ? NaN : v)) } : w));
     const from2 = logSize();

@@ -201,7 +201,8 @@ function gptOssForward(m: GptOssModel, layer: number, x: ArrayLike<number>, T: n
 for (const mxfp4 of [false, true]) {
   const layout = mxfp4 ? 'MXFP4 experts' : 'bf16 stacks';
   test(`gpt-oss ${layout}: fromPretrained matches transformers' forward (fp32 1e-5, bf16 1e-2; indices exactly)`, () => {
-    // limit 1.5: a good share of the pre-activations is clamped, so both sides of each clamp count
+    // limit 1.5 (config swiglu_limit, which transformers' MXFP4 experts and OpenAI's code read; its eager experts
+    // hard-code the released 7): a good share of the pre-activations is clamped, so both sides of each clamp count
     const m = writeGptOss({ mxfp4, d: 64, f: 32, E: 6, k: 3, limit: 1.5, seed: SEED });
     const T = 9;
     const x = randn(T * m.d, SEED + 1);
@@ -294,6 +295,24 @@ test('gpt-oss checkpoints: missing, misshapen and undecodable tensors are named'
     /down_proj" has shape \[4, 32, 31\], expected \[4, 32, 32\]/,
   );
   fails(false, () => {}, /"swiglu_limit" is -1, expected a number > 0/, -1);
+  fails(false, () => {}, /"swiglu_limit" is 1e\+39, expected a number > 0 \(a finite float32\)/, 1e39);
+});
+
+test("top-k from num_experts_per_tok, as transformers reads it; OpenAI's experts_per_token where it is alone", () => {
+  const m = writeGptOss({ mxfp4: false, d: 32, f: 32, E: 4, k: 2, seed: SEED + 30 });
+  const file = path.join(m.dir, 'config.json');
+  const config = JSON.parse(fs.readFileSync(file, 'utf8'));
+  fs.writeFileSync(file, JSON.stringify({ ...config, experts_per_token: 3 }));
+  const two = MoELayer.fromPretrained(m.dir, { layer: 0 });
+  assert.is(two.router.config.maxK, 2);
+  assert.is(two.staticK, 2);
+  two.dispose();
+  delete config.num_experts_per_tok;
+  fs.writeFileSync(file, JSON.stringify({ ...config, experts_per_token: 3 }));
+  const three = MoELayer.fromPretrained(m.dir, { layer: 0 });
+  assert.is(three.router.config.maxK, 3);
+  assert.is(three.staticK, 3);
+  three.dispose();
 });
 
 test('moe-router validate describes a gpt-oss checkpoint in either layout and runs a forward', () => {

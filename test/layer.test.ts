@@ -51,6 +51,14 @@ for (const dtype of ['fp32', 'bf16', 'fp8'] as const) {
       seed: SEED + 40,
     });
     assert.equal(b.layer.activation, activation);
+    const handle = (b.layer as unknown as { handle: NativeLayerHandle }).handle;
+    assert.equal(handle.info().activation, { alpha: Math.fround(1.702), limit: Math.fround(0.9) });
+    // a layer over the same weights keeps their activation and biases: the same output, bit for bit
+    const again = b.layer.withRouter(b.layer.router);
+    assert.equal(again.activation, activation);
+    const x7 = randn(7 * b.d, SEED + 39);
+    assert.equal(Array.from(again.forward(x7).output), Array.from(b.layer.forward(x7).output));
+    again.dispose();
     for (const T of [1, 7, 64, 513]) {
       const x = randn(T * b.d, SEED + 41 + T);
       const { output, routing } = b.layer.forward(x);
@@ -555,10 +563,10 @@ test('weight options: what is wrong is named (w1 rows, shared experts, options s
   ];
   fails({ experts: two({}), activation: { kind: 'gelu' } as never }, /^activation\.kind: .*'swiglu'.*'gptOss'/);
   fails({ experts: two({}), activation: 'gptOss' as never }, /^activation: expected \{ kind/);
-  for (const bad of [0, -1, NaN, Infinity, '7'])
+  for (const bad of [0, -1, NaN, Infinity, '7', null, 1e-46, 1e39])
     fails(
       { experts: two({}), activation: { kind: 'gptOss', limit: bad as number } },
-      /^activation\.limit: expected a finite number above 0/,
+      /^activation\.limit: expected a finite float32 above 0/,
     );
   fails({ experts: two({}), activation: { kind: 'gptOss', alpha: -2 } }, /^activation\.alpha: /);
   fails({ experts: two({ b1: new Float32Array(d) }) }, /^experts\[0\]\.b1: .*4/);
@@ -599,10 +607,12 @@ test('weight options: what is wrong is named (w1 rows, shared experts, options s
     (e: Error & { code?: string }) =>
       e.code === 'ERR_MOE_VALIDATION' && /^up bias: element 2 is not finite/.test(e.message),
   );
-  assert.throws(
-    () => handle.setExpert(0, w.w1, w.w3, w.w2, f, null, null, new Float32Array(d - 1)),
-    (e: Error & { code?: string }) => e.code === 'ERR_MOE_VALIDATION' && /down bias/.test(e.message),
-  );
+  for (const n of [d - 1, d + 1])
+    assert.throws(
+      () => handle.setExpert(0, w.w1, w.w3, w.w2, f, null, null, new Float32Array(n)),
+      (e: Error & { code?: string }) =>
+        e.code === 'ERR_MOE_VALIDATION' && new RegExp(`^down bias: .*${d}`).test(e.message),
+    );
   assert.throws(
     () =>
       new (native().NativeLayer)((router as unknown as { handle: never }).handle, 0, 1, 1, null, {
@@ -611,6 +621,15 @@ test('weight options: what is wrong is named (w1 rows, shared experts, options s
       }),
     (e: Error & { code?: string }) =>
       e.code === 'ERR_MOE_VALIDATION' && /^activation: alpha and limit must be finite numbers above 0/.test(e.message),
+  );
+  assert.throws(
+    () =>
+      new (native().NativeLayer)((router as unknown as { handle: never }).handle, 0, 1, 1, handle, {
+        alpha: 1,
+        limit: 1,
+      }),
+    (e: Error & { code?: string }) =>
+      e.code === 'ERR_MOE_VALIDATION' && /^activation: a layer that shares weights takes/.test(e.message),
   );
 });
 

@@ -164,8 +164,8 @@ class ConfigReader {
   /** A finite number above 0 (`fallback` when left out). */
   positive(key: string, fallback: number): number {
     const value = this.config[key] ?? fallback;
-    if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0)
-      throw this.error(key, value, 'a number > 0');
+    if (typeof value !== 'number' || !(Math.fround(value) > 0) || !Number.isFinite(Math.fround(value)))
+      throw this.error(key, value, 'a number > 0 (a finite float32)');
     return value;
   }
 
@@ -445,7 +445,9 @@ export function resolveMoELayer(
       break;
     }
     case 'gpt_oss': {
-      // (every layer is sparse; GptOssConfig's experts_per_token is also written as num_experts_per_tok)
+      // (every layer is sparse; transformers reads num_experts_per_tok, OpenAI's own config experts_per_token, the
+      // same value in released checkpoints; swiglu_limit as transformers' MXFP4 experts and OpenAI's code read it,
+      // where transformers' eager experts hard-code its default 7, and alpha fixed at 1.702 as in both)
       const prefix = `${base}.mlp`;
       spec = {
         architecture,
@@ -454,7 +456,7 @@ export function resolveMoELayer(
         hiddenSize,
         intermediateSize: read.int('intermediate_size', 1),
         numExperts: read.int('num_local_experts', 1),
-        topK: read.int(config.experts_per_token === undefined ? 'num_experts_per_tok' : 'experts_per_token', 1),
+        topK: read.int(config.num_experts_per_tok === undefined ? 'experts_per_token' : 'num_experts_per_tok', 1),
         names: {
           gate: `${prefix}.router.weight`,
           logitBias: `${prefix}.router.bias`,

@@ -139,7 +139,8 @@ export function expertShape(cfg: Record<string, unknown>): { numExperts: number;
     case 'gpt_oss':
       return {
         numExperts: num(cfg, 'num_local_experts'),
-        topK: num(cfg, 'experts_per_token', cfg.num_experts_per_tok as number | undefined),
+        // (transformers reads num_experts_per_tok; OpenAI's config names it experts_per_token)
+        topK: num(cfg, 'num_experts_per_tok', cfg.experts_per_token as number | undefined),
         hiddenSize,
       };
     default:

@@ -145,6 +145,8 @@ LayerWrap::LayerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LayerWra
                                numberText(activation.alpha) + " and " + numberText(activation.limit));
   }
   if (info.Length() > 4 && info[4].IsObject()) {
+    if (activation.clamped)
+      throwValidation(env, "activation: a layer that shares weights takes the activation of their layer");
     Napi::Object other = info[4].As<Napi::Object>();
     if (!other.CheckTypeTag(&kLayerTag)) throwValidation(env, "shareWeightsOf: expected a NativeLayer");
     const moe::RouterConfig& mine = router->router().config();
@@ -176,11 +178,16 @@ void LayerWrap::adjustMemory(Napi::Env env) {
 }
 
 namespace {
-// Arguments first..first+2: an expert's optional gate, up [f] and down [d] biases.
+// Arguments first..first+2: an expert's optional gate, up [f] and down [d] biases, each of exactly that length.
 moe::ExpertBias biasArgs(const Napi::CallbackInfo& info, size_t first, int64_t f, int64_t d) {
-  return {typedArrayArg<float>(info, first, "gate bias", size_t(f), true),
-          typedArrayArg<float>(info, first + 1, "up bias", size_t(f), true),
-          typedArrayArg<float>(info, first + 2, "down bias", size_t(d), true)};
+  const auto bias = [&](size_t i, const char* name, int64_t n) {
+    const float* p = typedArrayArg<float>(info, i, name, size_t(n), true);
+    if (p && info[i].As<Napi::TypedArray>().ElementLength() != size_t(n))
+      throwValidation(info.Env(), std::string(name) + ": expected " + std::to_string(n) + " elements, got " +
+                                      std::to_string(info[i].As<Napi::TypedArray>().ElementLength()));
+    return p;
+  };
+  return {bias(first, "gate bias", f), bias(first + 1, "up bias", f), bias(first + 2, "down bias", d)};
 }
 
 // Runs a setter, a bad bias or E4M3 byte or scale (std::invalid_argument) becoming a ValidationError.
