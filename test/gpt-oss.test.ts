@@ -13,7 +13,9 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { ModelLoadError, MoELayer } from '../lib';
 import { writeSafetensors, type SafetensorsBytesInput, type SafetensorsTensorInput } from '../lib/models/safetensors';
-import { dequantizeMxfp4 } from '../lib/models/gpt-oss';
+import { dequantizeMxfp4, mxfp4ToE4m3 } from '../lib/models/gpt-oss';
+import { f8BitsToNumber } from '../lib/models/float8';
+import { backendInfo } from '../lib';
 import { roundToDtype } from './helpers/checkpoint';
 import { relativeError } from './helpers/compare';
 import { throwsWith } from './helpers/errors';
@@ -261,6 +263,68 @@ test('MXFP4 decoding: every code and the scale range, against the bit fields; Na
   );
 });
 
+test("MXFP4 as an 'fp8' layer's E4M3: the same values exactly, a power-of-two scale per 128 columns", () => {
+  // 3 rows of 288 inputs (9 groups: two whole blocks of 128 and a last one of 32), group scales spread over 14
+  // binades within each block, a group of zeros with a large scale (it must not set the block's scale), and -0
+  const [rows, cols] = [3, 288];
+  const groups = cols / 32;
+  const blocks = bytes((rows * cols) / 2, SEED + 40);
+  const scales = bytes(rows * groups, SEED + 41, 110, 124);
+  scales[0] = 110;
+  scales[1] = 124; // 14 binades above group 0, in the same block
+  blocks.fill(0, 16 * 2, 16 * 3); // group 2 all zeros...
+  scales[2] = 200; // ...with a scale that would otherwise make the block's
+  blocks[16 * 3] = 0x88; // -0, -0
+  const q = mxfp4ToE4m3(blocks, scales, rows, cols, 'here');
+  assert.ok(q, 'representable: a spread of 14 binades');
+  assert.is(q.scales.length, rows * 3);
+  const floats = dequantizeMxfp4(blocks, scales, rows, cols, 'here');
+  for (let r = 0; r < rows; r++)
+    for (let c = 0; c < cols; c++) {
+      const v = f8BitsToNumber(q.data[r * cols + c], 'F8_E4M3') * q.scales[r * 3 + (c >> 7)];
+      assert.ok(Object.is(v, floats[r * cols + c]), `row ${r} column ${c}: ${v} against ${floats[r * cols + c]}`);
+    }
+  q.scales.forEach((s) => assert.ok(Math.log2(s) === Math.round(Math.log2(s)), `scale ${s} is a power of two`));
+  // 15 binades: the smaller group's values fall below E4M3's subnormals
+  const wide = scales.slice();
+  wide[0] = 109;
+  blocks[0] = 0x11; // (0.5, 0.5: non-zero values in group 0)
+  assert.is(mxfp4ToE4m3(blocks, wide, rows, cols, 'here'), null);
+  throwsWith(
+    () =>
+      mxfp4ToE4m3(
+        blocks,
+        scales.map((v, i) => (i === 4 ? 255 : v)),
+        rows,
+        cols,
+        'here',
+      ),
+    ModelLoadError,
+    /here: scale 4 is the E8M0 NaN/,
+  );
+});
+
+test("an 'fp8' layer of MXFP4 experts computes with the checkpoint's own values (E4M3, exact)", () => {
+  const m = writeGptOss({ mxfp4: true, d: 64, f: 32, E: 6, k: 3, limit: 1.5, seed: SEED + 50 });
+  const fp32 = MoELayer.fromPretrained(m.dir, { layer: 1 });
+  const fp8 = MoELayer.fromPretrained(m.dir, { layer: 1, dtype: 'fp8' });
+  // one token: one row per expert, fp32 activations on every CPU, so only accumulation order differs
+  const x1 = randn(m.d, SEED + 51);
+  const same = relativeError(fp8.forward(x1).output, fp32.forward(x1).output);
+  assert.ok(same < 1e-6, `fp8 against fp32: relative error ${same} (quantized again: a few 1e-2)`);
+  // a batch (experts of 8 or more rows run on bf16 pairs where backendInfo().fp8Bf16Rows says so)
+  const T = 24;
+  const x = randn(T * m.d, SEED + 52);
+  const ref = gptOssForward(m, 1, x, T);
+  const { output, routing } = fp8.forward(x);
+  assert.equal(Array.from(routing.indices), ref.indices);
+  const tol = backendInfo().fp8Bf16Rows > 0 ? 1e-2 : 1e-5;
+  const err = relativeError(output, ref.y);
+  assert.ok(err < tol, `fp8 T=${T}: relative error ${err} (seed ${SEED})`);
+  fp32.dispose();
+  fp8.dispose();
+});
+
 test('gpt-oss checkpoints: missing, misshapen and undecodable tensors are named', () => {
   const base = { d: 32, f: 32, E: 4, k: 2, seed: SEED + 10 };
   const p = 'model.layers.1.mlp';
@@ -326,7 +390,12 @@ test('moe-router validate describes a gpt-oss checkpoint in either layout and ru
     assert.is(r.status, 0, r.stderr);
     assert.match(r.stdout, /routing +softmax gptOss k=2, .*router bias term/);
     assert.match(r.stdout, /experts +4 x clamped SwiGLU \(alpha 1\.702, limit 7\) with biases d=32 f=32, top-2/);
-    assert.match(r.stdout, mxfp4 ? /, MXFP4 experts/ : /dtype BF16 \(fused, transposed, interleaved experts\)/);
+    assert.match(
+      r.stdout,
+      mxfp4
+        ? /, MXFP4 experts .*; --dtype fp8 keeps their values exactly/
+        : /dtype BF16 \(fused, transposed, interleaved experts\)/,
+    );
     assert.match(r.stdout, /layers +2 MoE, 0 dense of 2/);
     assert.match(r.stdout, /forward .* output finite/);
   }

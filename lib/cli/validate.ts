@@ -25,7 +25,10 @@ function storage(checkpoint: Checkpoint, weights: LoadedMoELayer): string {
   const fused = weights.expertLayout !== 'per-expert';
   const router = checkpoint.info(fused && !gptOss ? spec.names.fused.gate : spec.names.gate).dtype;
   if (weights.expertLayout === 'MXFP4, interleaved')
-    return `dtype ${router} (router), MXFP4 experts (E2M1 with a power-of-two scale per 32 inputs, decoded exactly as read)`;
+    return (
+      `dtype ${router} (router), MXFP4 experts (E2M1 with a power-of-two scale per 32 inputs, decoded exactly as ` +
+      `read)${weights.expertE4m3(0) ? '; --dtype fp8 keeps their values exactly' : '; --dtype fp8 quantizes them again'}`
+    );
   const expert = gptOss ? gptOss.gateUp : fused ? spec.names.fused.gateUp : spec.names.expert(0).w1;
   const experts = checkpoint.info(expert).dtype;
   const layout = fused ? ` (${weights.expertLayout} experts)` : '';

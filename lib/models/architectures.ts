@@ -678,7 +678,11 @@ function loadGptOssLayer(ckpt: Checkpoint, spec: MoELayerSpec, names: GptOssName
         throw new ValidationError(`expert: index is ${brief(e)}, expected an integer in [0, ${numExperts - 1}]`);
       return experts.expert(e);
     },
-    expertE4m3: () => null,
+    expertE4m3(e: number): E4m3ExpertWeights | null {
+      if (!Number.isSafeInteger(e) || e < 0 || e >= numExperts)
+        throw new ValidationError(`expert: index is ${brief(e)}, expected an integer in [0, ${numExperts - 1}]`);
+      return experts.expertE4m3(e);
+    },
     sharedE4m3: () => null,
     expertLayout: experts.layout,
   };
