@@ -132,6 +132,11 @@ export interface MoELayerOptions {
   /** The experts' activation (routed and shared): SwiGLU by default; gpt-oss's clamped SwiGLU (CPU layers). */
   activation?: ExpertActivation;
   /**
+   * Llama 4's experts: the routing weight scales each routed expert's input instead of its output, FFN(w·x) in place
+   * of w·FFN(x) (a shared expert takes x as it is). CPU layers.
+   */
+  weightInputs?: boolean;
+  /**
    * 'cpu', 'cuda' (weights uploaded once to the GPU as bf16; BackendError when the plugin or a GPU is missing) or
    * 'auto' (the GPU when available; the CPU when the GPU cannot take this layer, see `cpuFallbackReason`).
    * Default: the backend the router asked for.
@@ -220,6 +225,8 @@ export class MoELayer {
   readonly hasSharedExpert: boolean;
   /** The experts' activation (see {@link MoELayerOptions.activation}). */
   readonly activation: ResolvedActivation;
+  /** Whether the routing weight scales the experts' inputs (see {@link MoELayerOptions.weightInputs}). */
+  readonly weightInputs: boolean;
   /** Where forward() runs: 'cpu' or 'cuda'. */
   readonly backend: 'cpu' | 'cuda';
   /**
@@ -254,6 +261,9 @@ export class MoELayer {
     const requested = opts.backend ?? this.router.requestedBackend;
     this.backend = resolveBackend(requested, 'MoELayer');
     this.activation = resolveActivation(opts.activation);
+    if (opts.weightInputs !== undefined && typeof opts.weightInputs !== 'boolean')
+      throw new ValidationError(`weightInputs: expected true, false or undefined, got ${describe(opts.weightInputs)}`);
+    this.weightInputs = opts.weightInputs ?? false;
     if (this.backend === 'cuda' && requested === 'auto') {
       // what the CUDA backend cannot take, asked for explicitly: the CPU, without trying the GPU
       if (opts.dtype === 'fp32' || opts.dtype === 'fp8')
@@ -262,12 +272,16 @@ export class MoELayer {
         this.cpuFallbackReason = 'shareWeightsOf (sharing packed weights is not supported by the CUDA backend yet)';
       else if (this.activation.kind !== 'swiglu')
         this.cpuFallbackReason = `activation '${this.activation.kind}' (the CUDA backend runs SwiGLU experts)`;
+      else if (this.weightInputs)
+        this.cpuFallbackReason = "weightInputs (the CUDA backend weights the experts' outputs)";
       if (this.cpuFallbackReason) this.backend = 'cpu';
     }
     if (this.backend === 'cuda' && this.activation.kind !== 'swiglu')
       throw new ValidationError(
         `activation: the CUDA backend runs SwiGLU experts; '${this.activation.kind}' layers need backend 'cpu'`,
       );
+    if (this.backend === 'cuda' && this.weightInputs)
+      throw new ValidationError("weightInputs: the CUDA backend weights the experts' outputs; use backend 'cpu'");
     this.dtype = requireOneOf(
       'dtype',
       opts.dtype ?? (this.backend === 'cuda' ? 'bf16' : 'fp32'),
@@ -285,7 +299,14 @@ export class MoELayer {
     const addon = native();
     if (opts.shareWeightsOf !== undefined) {
       const other = opts.shareWeightsOf;
-      for (const key of ['experts', 'intermediateSize', 'sharedExperts', 'dtype', 'activation'] as const) {
+      for (const key of [
+        'experts',
+        'intermediateSize',
+        'sharedExperts',
+        'dtype',
+        'activation',
+        'weightInputs',
+      ] as const) {
         if (opts[key] !== undefined)
           throw new ValidationError(
             `${key}: shareWeightsOf takes the weights, shared experts, dtype and activation of that layer; omit ${key}`,
@@ -302,6 +323,7 @@ export class MoELayer {
       }
       this.dtype = other.dtype;
       this.activation = other.activation;
+      this.weightInputs = other.weightInputs;
       this.intermediateSize = other.intermediateSize;
       this.hasSharedExpert = other.hasSharedExpert;
       const source = other.cpuHandle();
@@ -369,7 +391,14 @@ export class MoELayer {
             this.staticK,
             w.threads,
             null,
-            this.activation.kind === 'gptOss' ? { alpha: this.activation.alpha, limit: this.activation.limit } : null,
+            this.activation.kind === 'gptOss' || this.weightInputs
+              ? {
+                  ...(this.activation.kind === 'gptOss'
+                    ? { alpha: this.activation.alpha, limit: this.activation.limit }
+                    : {}),
+                  weightInputs: this.weightInputs,
+                }
+              : null,
           ),
     );
     try {

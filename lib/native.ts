@@ -20,7 +20,7 @@ export interface NativeAddon {
     staticK: number,
     threads: number,
     shareWeightsOf?: NativeLayerHandle | null,
-    activation?: { alpha: number; limit: number } | null,
+    activation?: { alpha?: number; limit?: number; weightInputs?: boolean } | null,
   ) => NativeLayerHandle;
   rowNorms(x: Float32Array, T: number, d: number, order: number, out: Float32Array): void;
   attentionEntropy(a: Float32Array, heads: number, T: number, S: number, reduceMax: boolean, out: Float32Array): void;
@@ -232,7 +232,13 @@ export interface NativeLayerHandle {
   setSharedExpertFP8(...args: [...Fp8ExpertArgs, f: number, gate: Float32Array | null, ...BiasArgs]): void;
   forward(...args: ForwardArgs): void;
   forwardAsync(...args: ForwardArgs): Promise<void>;
-  info(): { weightBytes: number; dtype: string; isa: string; activation?: { alpha: number; limit: number } };
+  info(): {
+    weightBytes: number;
+    dtype: string;
+    isa: string;
+    activation?: { alpha: number; limit: number };
+    weightInputs: boolean;
+  };
   dispose(): void;
 }
 

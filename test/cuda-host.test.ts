@@ -190,6 +190,9 @@ function childChecks() {
     });
     assert.is(gptOss.backend, 'cpu');
     assert.match(gptOss.cpuFallbackReason ?? '', /activation 'gptOss'/);
+    const llama4 = new MoELayer({ router: b.layer.router, experts: b.experts, weightInputs: true, backend: 'auto' });
+    assert.is(llama4.backend, 'cpu');
+    assert.match(llama4.cpuFallbackReason ?? '', /weightInputs/);
     const withBias = new MoELayer({ router: b.layer.router, experts: biased, backend: 'auto' });
     assert.is(withBias.backend, 'cpu');
     assert.is(withBias.dtype, 'fp32');
@@ -206,6 +209,11 @@ function childChecks() {
         new MoELayer({ router: b.layer.router, experts: b.experts, activation: { kind: 'gptOss' }, backend: 'cuda' }),
       ValidationError,
       /^activation: the CUDA backend runs SwiGLU experts/,
+    );
+    throwsWith(
+      () => new MoELayer({ router: b.layer.router, experts: b.experts, weightInputs: true, backend: 'cuda' }),
+      ValidationError,
+      /^weightInputs: the CUDA backend weights the experts' outputs/,
     );
     // a bias on an expert after the first: 'auto' packs the layer on the CPU instead (the GPU copy made so far is
     // freed, no warning), 'cuda' refuses it

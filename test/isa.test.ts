@@ -120,7 +120,7 @@ for (const { isa, pairs } of runs) {
           };
           const routing = { indices: run.indices, weights: run.weights, k: new Int32Array(c.T).fill(c.k), maxK: c.k };
           const act = gptOss ? GPT_OSS : undefined;
-          const err = relativeError(run.output, referenceLayer(x, c.T, d, weights, routing, undefined, act));
+          const err = relativeError(run.output, referenceLayer(x, c.T, d, weights, routing, undefined, { act }));
           const what = `${name} ${gptOss ? 'gpt-oss ' : ''}${dtype} T=${c.T} k=${c.k}`;
           assert.ok(err < tol, `${what}: relative error ${err} (seed ${SEED})`);
         }

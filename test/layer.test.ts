@@ -101,6 +101,49 @@ for (const dtype of ['fp32', 'bf16', 'fp8'] as const) {
     }
   });
 
+  test(`${dtype}: Llama 4's experts (the routing weight on the input, a shared expert unweighted) match the reference`, () => {
+    // sigmoid top-1 as Llama 4 routes (weights sigmoid(logit), not renormalised); top-2 and a gated shared expert
+    // too, so that a token's rows and the shared rows (which must not be scaled) sit side by side
+    for (const [selection, gated] of [
+      [{ kind: 'topk', k: 1 }, false],
+      [{ kind: 'topk', k: 2 }, true],
+    ] as const) {
+      const b = build({
+        E: 6,
+        d: 48,
+        f: 40,
+        selection,
+        dtype,
+        shared: { f: 24, gated },
+        weightInputs: true,
+        scoring: 'sigmoid',
+        normalize: false,
+        seed: SEED + 30,
+      });
+      assert.is(b.layer.weightInputs, true);
+      assert.is((b.layer as unknown as { handle: NativeLayerHandle }).handle.info().weightInputs, true);
+      for (const T of [1, 7, 64, 513]) {
+        const x = randn(T * b.d, SEED + 31 + T);
+        const { output, routing } = b.layer.forward(x);
+        const err = relativeError(output, reference(b, x, routing));
+        assert.ok(err < tol, `${dtype} weightInputs k=${selection.k} T=${T}: relative error ${err} (seed ${SEED})`);
+        // the same weights with the weight on the output: SwiGLU is not linear, so the two differ (by a few percent
+        // here: checked where the tolerance is far below that)
+        if (dtype === 'fp32') {
+          const onOutput = relativeError(
+            output,
+            reference({ ...b, layer: { ...b.layer, weightInputs: false } as never }, x, routing),
+          );
+          assert.ok(onOutput > 1e3 * tol, `${dtype} T=${T}: weightInputs made no difference (${onOutput})`);
+        }
+      }
+      const again = b.layer.withRouter(b.layer.router);
+      assert.is(again.weightInputs, true);
+      again.dispose();
+      b.layer.dispose();
+    }
+  });
+
   test(`${dtype}: shared experts (Qwen2 sigmoid-gated, DeepSeek merged) and odd sizes`, () => {
     for (const [gated, d, f] of [
       [true, 48, 24],
@@ -552,6 +595,7 @@ test('weight options: what is wrong is named (w1 rows, shared experts, options s
     { experts: [expert(), expert()] },
     { sharedExperts: expert() },
     { activation: { kind: 'gptOss' as const } },
+    { weightInputs: true },
   ])
     fails({ shareWeightsOf: layer, ...extra }, new RegExp(`^${Object.keys(extra)[0]}: shareWeightsOf takes`));
   assert.is(new MoELayer({ router, shareWeightsOf: layer }).dtype, 'fp32');
@@ -569,6 +613,7 @@ test('weight options: what is wrong is named (w1 rows, shared experts, options s
       /^activation\.limit: expected a finite float32 above 0/,
     );
   fails({ experts: two({}), activation: { kind: 'gptOss', alpha: -2 } }, /^activation\.alpha: /);
+  fails({ experts: two({}), weightInputs: 1 as never }, /^weightInputs: expected true, false or undefined/);
   fails({ experts: two({ b1: new Float32Array(d) }) }, /^experts\[0\]\.b1: .*4/);
   fails({ experts: two({ b2: new Float32Array(f) }) }, /^experts\[0\]\.b2: .*8/);
   fails({ experts: two({ b3: Float32Array.of(0, NaN, 0, 0) }) }, /^experts\[0\]\.b3: element 1 is NaN/);

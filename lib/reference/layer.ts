@@ -2,7 +2,8 @@
  * The float64 reference of a whole MoE layer: y = Σ_j w_j · FFN_{e_j}(x) + shared, with
  * FFN(x) = (silu(x·W1ᵀ) ⊙ (x·W3ᵀ))·W2ᵀ in Hugging Face layouts (W1, W3 [f, d], W2 [d, f]); with biases (gpt-oss)
  * g = x·W1ᵀ + b1, u = x·W3ᵀ + b3, FFN(x) = act(g, u)·W2ᵀ + b2, where act is silu(g)·u or gpt-oss's clamped
- * (clamp(u, −limit, limit) + 1) · g'·sigmoid(alpha·g'), g' = min(g, limit).
+ * (clamp(u, −limit, limit) + 1) · g'·sigmoid(alpha·g'), g' = min(g, limit). With `weightInputs` (Llama 4) the routing
+ * weight scales the expert's input instead: y = Σ_j FFN_{e_j}(w_j · x) + shared.
  * It takes the routing (indices, weights, k) as given, so a layer test checks the expert math separately from
  * routing, which the routing reference covers.
  */
@@ -65,13 +66,22 @@ export function referenceLayer(
   experts: (e: number) => ReferenceExpert,
   routing: { indices: ArrayLike<number>; weights: ArrayLike<number>; k: ArrayLike<number>; maxK: number },
   shared?: ReferenceExpert & { gate?: ArrayLike<number> },
-  act?: ReferenceActivation,
+  opts: { act?: ReferenceActivation; weightInputs?: boolean } = {},
 ): Float64Array {
+  const { act } = opts;
   const y = new Float64Array(T * d);
+  const scaled = new Float64Array(d);
   for (let t = 0; t < T; t++) {
     for (let j = 0; j < routing.k[t]; j++) {
       const e = routing.indices[t * routing.maxK + j];
-      referenceFfnAdd(x, t * d, d, experts(e), routing.weights[t * routing.maxK + j], y, t * d, act);
+      const w = routing.weights[t * routing.maxK + j];
+      if (opts.weightInputs) {
+        // Llama 4: FFN(w·x), the weight on the input (rounded to float32 as the layer's input rows are)
+        for (let i = 0; i < d; i++) scaled[i] = Math.fround(w * x[t * d + i]);
+        referenceFfnAdd(scaled, 0, d, experts(e), 1, y, t * d, act);
+      } else {
+        referenceFfnAdd(x, t * d, d, experts(e), w, y, t * d, act);
+      }
     }
     if (shared) {
       let scale = 1;

@@ -1,6 +1,7 @@
 // NativeLayer binding.
 //   new NativeLayer(router, dtype (0 fp32 | 1 bf16 | 2 fp8), staticK, threads, shareWeightsOf?: NativeLayer,
-//                   activation?: { alpha, limit } (gpt-oss's clamped SwiGLU; absent: SwiGLU))
+//                   activation?: { alpha?, limit?, weightInputs? } (alpha and limit: gpt-oss's clamped SwiGLU,
+//                   absent: SwiGLU; weightInputs: Llama 4's routing weight on the expert's input))
 //   setExpert(e, w1 [f*d], w3 [f*d], w2 [d*f], f, ...bias) / setSharedExpert(w1, w3, w2, f, gate [d] | null, ...bias)
 //   setExpertFP8(e, q1 [f*d], s1 [f*ceil(d/128)], q3, s3, q2 [d*f], s2 [d*ceil(f/128)], f, ...bias) (E4M3
 //   Uint8Array, scales Float32Array) / setSharedExpertFP8(q1, s1, q3, s3, q2, s2, f, gate [d] | null, ...bias)
@@ -136,16 +137,19 @@ LayerWrap::LayerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LayerWra
   moe::ExpertActivation activation;
   if (info.Length() > 5 && info[5].IsObject()) {
     const Napi::Object a = info[5].As<Napi::Object>();
-    activation.clamped = true;
-    activation.alpha = float(numberProp(a, "alpha", NAN));
-    activation.limit = float(numberProp(a, "limit", NAN));
-    if (!(activation.alpha > 0 && std::isfinite(activation.alpha)) ||
-        !(activation.limit > 0 && std::isfinite(activation.limit)))
-      throwValidation(env, "activation: alpha and limit must be finite numbers above 0, got " +
-                               numberText(activation.alpha) + " and " + numberText(activation.limit));
+    activation.weightInputs = a.Get("weightInputs").ToBoolean().Value();
+    activation.clamped = a.Has("alpha") || a.Has("limit");
+    if (activation.clamped) {
+      activation.alpha = float(numberProp(a, "alpha", NAN));
+      activation.limit = float(numberProp(a, "limit", NAN));
+      if (!(activation.alpha > 0 && std::isfinite(activation.alpha)) ||
+          !(activation.limit > 0 && std::isfinite(activation.limit)))
+        throwValidation(env, "activation: alpha and limit must be finite numbers above 0, got " +
+                                 numberText(activation.alpha) + " and " + numberText(activation.limit));
+    }
   }
   if (info.Length() > 4 && info[4].IsObject()) {
-    if (activation.clamped)
+    if (activation.clamped || activation.weightInputs)
       throwValidation(env, "activation: a layer that shares weights takes the activation of their layer");
     Napi::Object other = info[4].As<Napi::Object>();
     if (!other.CheckTypeTag(&kLayerTag)) throwValidation(env, "shareWeightsOf: expected a NativeLayer");
@@ -305,6 +309,7 @@ Napi::Value LayerWrap::Info(const Napi::CallbackInfo& info) {
     a.Set("limit", double(act.limit));
     o.Set("activation", a);
   }
+  o.Set("weightInputs", act.weightInputs);
   return o;
 }
 

@@ -4,6 +4,7 @@
 #include "moe/dispatch.h"
 
 #include <algorithm>
+#include <vector>
 
 namespace moe {
 
@@ -49,24 +50,43 @@ void planDispatch(const RoutingOutput& routing, int64_t T, int32_t maxK, int32_t
 }
 
 void gatherRows(const float* x, int64_t d, int64_t rows, DType dtype, LayerArena& arena, ThreadPool& pool,
-                int workers) {
+                int workers, int64_t weightedRows) {
   const int32_t* rowToken = arena.rowToken.data();
+  const float* rowWeight = arena.rowWeight.data();
   constexpr int64_t kRowsPerItem = 16;
   const int64_t items = (rows + kRowsPerItem - 1) / kRowsPerItem;
   const int64_t ld = inputRowStride(dtype, d);
+  // row r as fp32 into dst: copied, or times its routing weight
+  const auto rowInto = [&](int64_t r, float* dst) {
+    const float* src = x + int64_t(rowToken[r]) * d;
+    if (r < weightedRows) {
+      const float w = rowWeight[r];
+      for (int64_t i = 0; i < d; ++i) dst[i] = w * src[i];
+    } else {
+      std::copy(src, src + d, dst);
+    }
+  };
   if (dtype == DType::F32) {
     arena.inputF32.ensure(size_t(rows) * ld);
     float* dst = arena.inputF32.data();
     pool.parallelFor(workers, items, [&](int64_t item, int) {
-      for (int64_t r = item * kRowsPerItem; r < std::min(rows, (item + 1) * kRowsPerItem); ++r)
-        std::copy(x + int64_t(rowToken[r]) * d, x + int64_t(rowToken[r]) * d + d, dst + r * ld);
+      for (int64_t r = item * kRowsPerItem; r < std::min(rows, (item + 1) * kRowsPerItem); ++r) rowInto(r, dst + r * ld);
     });
   } else {
     arena.inputBF16.ensure(size_t(rows) * ld);
     uint32_t* dst = arena.inputBF16.data();
     pool.parallelFor(workers, items, [&](int64_t item, int) {
-      for (int64_t r = item * kRowsPerItem; r < std::min(rows, (item + 1) * kRowsPerItem); ++r)
-        rowToBf16Pairs(x + int64_t(rowToken[r]) * d, d, dst + r * ld);
+      // (a weighted row is scaled in fp32, then rounded to bf16 once; the scratch grows once per thread)
+      thread_local std::vector<float> scaled;
+      for (int64_t r = item * kRowsPerItem; r < std::min(rows, (item + 1) * kRowsPerItem); ++r) {
+        const float* src = x + int64_t(rowToken[r]) * d;
+        if (r < weightedRows) {
+          if (scaled.size() < size_t(d)) scaled.resize(size_t(d));
+          rowInto(r, scaled.data());
+          src = scaled.data();
+        }
+        rowToBf16Pairs(src, d, dst + r * ld);
+      }
     });
   }
 }

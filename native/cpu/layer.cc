@@ -199,7 +199,11 @@ void Layer::dispatch(const float* x, int64_t T, const RoutingOutput& routing) {
   planDispatch(routing, T, cfg.maxK, cfg.numExperts, weights_->shared != nullptr, sharedScale, arena_);
   if (arena_.jobs.empty()) return;
   const ExpertJob& last = arena_.jobs.back();
-  gatherRows(x, hidden_, last.row0 + last.rows, activationType(dtype_), arena_, router_->pool(), threads_);
+  // (Llama 4: the routed rows, all but a shared expert's T at the end, scaled by their routing weight)
+  const int64_t rows = last.row0 + last.rows;
+  const int64_t routed = weights_->shared ? rows - T : rows;
+  gatherRows(x, hidden_, rows, activationType(dtype_), arena_, router_->pool(), threads_,
+             activation_.weightInputs ? routed : 0);
 }
 
 void Layer::runExperts() {
@@ -317,7 +321,9 @@ void Layer::runExperts() {
     const PackedExpert& ex = expertOf(job);
     const auto [h, ldh] = hiddenOf(job);
     float* out = arena_.output.data() + size_t(job.row0) * ldo;
-    const float* weight = arena_.rowWeight.data() + job.row0;
+    // (a routed expert's input already carries its weight under weightInputs)
+    const bool routed = job.expert < int32_t(weights_->experts.size());
+    const float* weight = activation_.weightInputs && routed ? nullptr : arena_.rowWeight.data() + job.row0;
     float* acc = arena_.accumulators.data() + size_t(worker) * accPerWorker;
     uint32_t* scratch = tileScratch ? tileScratch + size_t(worker) * kFp8TileScratchWords : nullptr;
     downPanels(kern, Activations{actOf(job), h, ldh}, job.rows, ex.intermediate, dtype_, ex.down.data(),

@@ -38,6 +38,11 @@ export function buildLayer(opts: {
   /** gpt-oss's experts: its activation, and (with `biases`) bias terms on every projection. */
   activation?: ExpertActivation;
   biases?: boolean;
+  /** Llama 4's experts: the routing weight on each routed expert's input. */
+  weightInputs?: boolean;
+  /** The router's scores and renormalisation (default softmax, renormalised). */
+  scoring?: 'softmax' | 'sigmoid';
+  normalize?: boolean;
   seed: number;
 }): BuiltLayer {
   let seed = opts.seed;
@@ -55,7 +60,8 @@ export function buildLayer(opts: {
     hiddenSize: d,
     gateWeight: randn(E * d, ++seed, 0.3),
     selection: opts.selection,
-    normalize: true,
+    normalize: opts.normalize ?? true,
+    scoring: opts.scoring,
     bias: opts.bias,
     threads: opts.threads,
     backend: opts.backend,
@@ -79,6 +85,7 @@ export function buildLayer(opts: {
     sharedExperts: shared && { ...shared, intermediateSize: shared.f },
     threads: opts.threads,
     activation: opts.activation,
+    weightInputs: opts.weightInputs,
   });
   return { layer, experts, shared, d, f };
 }
@@ -92,8 +99,9 @@ export function layerReference(
   const T = x.length / b.d;
   const a = b.layer.activation;
   const act = a.kind === 'gptOss' ? { alpha: a.alpha, limit: a.limit } : undefined;
+  const weightInputs = b.layer.weightInputs;
   if (b.layer.dtype === 'fp32')
-    return referenceLayer(x, T, b.d, (e) => ({ ...b.experts[e], f: b.f }), routing, b.shared, act);
+    return referenceLayer(x, T, b.d, (e) => ({ ...b.experts[e], f: b.f }), routing, b.shared, { act, weightInputs });
   if (b.layer.dtype === 'fp8') {
     // An fp8 layer quantizes its weights (E4M3, a scale per row and 128 columns) and keeps fp32 activations: the
     // reference takes the same quantized weights, so what remains is accumulation order.
@@ -106,7 +114,7 @@ export function layerReference(
     });
     const experts = b.experts.map((w) => quantized(w, b.f));
     const shared = b.shared && { ...b.shared, ...quantized(b.shared, b.shared.f) };
-    return referenceLayer(x, T, b.d, (e) => experts[e], routing, shared, act);
+    return referenceLayer(x, T, b.d, (e) => experts[e], routing, shared, { act, weightInputs });
   }
   // A bf16 layer holds its weights in bf16 and feeds its GEMMs bf16 activations: the reference takes the same
   // rounded weights and input (in float64 from there on), so what remains is accumulation order and the rounding
@@ -124,7 +132,7 @@ export function layerReference(
     w3: roundBf16(b.shared.w3),
     w2: roundBf16(b.shared.w2),
   };
-  return referenceLayer(roundBf16(x), T, b.d, (e) => experts[e], routing, shared, act);
+  return referenceLayer(roundBf16(x), T, b.d, (e) => experts[e], routing, shared, { act, weightInputs });
 }
 
 /** Each value rounded to the nearest bfloat16 (ties to even), as fp32. */

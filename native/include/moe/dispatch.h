@@ -17,9 +17,10 @@ namespace moe {
 void planDispatch(const RoutingOutput& routing, int64_t T, int32_t maxK, int32_t numExperts, bool shared,
                   const float* sharedGate, LayerArena& arena);
 
-// Copies x rows into expert order: fp32 rows, or bf16 pairs when dtype is BF16.
+// Copies x rows into expert order: fp32 rows, or bf16 pairs when dtype is BF16. Rows below `weightedRows` are
+// scaled by their rowWeight first (ExpertActivation::weightInputs: the routed rows).
 void gatherRows(const float* x, int64_t d, int64_t rows, DType dtype, LayerArena& arena, ThreadPool& pool,
-                int workers);
+                int workers, int64_t weightedRows = 0);
 
 // y[t] = sum over the token's slots, in slot order, of its weighted expert rows (`ldo` floats apart), plus its
 // shared row.

@@ -26,10 +26,13 @@ struct PackedExpert {
   size_t bytes() const { return gateUp.bytes() + down.bytes() + (gateUpBias.size() + downBias.size()) * sizeof(float); }
 };
 
-// The experts' activation: SwiGLU, or gpt-oss's clamped one (GluEpilogue), whose alpha and limit are set here.
+// How the routed experts are applied. The activation: SwiGLU, or gpt-oss's clamped one (GluEpilogue), whose alpha
+// and limit are set here. `weightInputs` (Llama 4): the routing weight scales each routed expert's input row instead
+// of its output, FFN(w·x) in place of w·FFN(x); a shared expert takes x as it is.
 struct ExpertActivation {
   bool clamped = false;
   float alpha = 0, limit = 0;
+  bool weightInputs = false;
 };
 
 // An expert's biases, each may be null: gate and up [f] (added before the activation), down [d] (added to the
