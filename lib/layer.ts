@@ -506,7 +506,7 @@ export class MoELayer {
 
   /**
    * One sparse layer of a local Hugging Face checkpoint folder (Mixtral, OLMoE, Qwen2/3-MoE, Qwen3-Next, Qwen3-VL-MoE
-   * and Qwen3.5-MoE's language layers, DeepSeek-V2/V3, GLM-4.5, ERNIE 4.5, gpt-oss), with the model's routing rule
+   * and Qwen3.5-MoE's language layers, DeepSeek-V2/V3, GLM-4.5, ERNIE 4.5, gpt-oss, Llama 4), with the model's routing rule
    * unless `opts.selection` overrides it.
    * @throws ModelLoadError for missing or malformed files, dense layers and shape mismatches.
    */

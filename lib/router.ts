@@ -174,7 +174,7 @@ export class Router {
   /**
    * A router with the model's own rule, read from a Hugging Face config.json object (`model_type`):
    * mixtral, olmoe, qwen2_moe, qwen3_moe, qwen3_next, qwen3_vl_moe, qwen3_5_moe (and _text), deepseek_v2,
-   * deepseek_v3, glm4_moe, ernie4_5_moe, gpt_oss; a vision-language config's text_config is read.
+   * deepseek_v3, glm4_moe, ernie4_5_moe, gpt_oss, llama4, llama4_text; a vision-language config's text_config is read.
    * `overrides` can replace the rule (e.g. `{ selection: { kind: 'topp', p: 0.4 } }`) and the weight options.
    * @throws RouterConfigurationError for an unknown model_type or a bad field.
    */

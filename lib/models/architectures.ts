@@ -1,6 +1,6 @@
 /**
  * Adapters from Hugging Face MoE model families (Mixtral, OLMoE, Qwen2-MoE, Qwen3-MoE, Qwen3-Next, the language
- * layers of Qwen3-VL-MoE and Qwen3.5-MoE, DeepSeek-V2/V3, GLM-4.5, ERNIE 4.5, gpt-oss) to one
+ * layers of Qwen3-VL-MoE, Qwen3.5-MoE and Llama 4, DeepSeek-V2/V3, GLM-4.5, ERNIE 4.5, gpt-oss) to one
  * layer description: sizes, which layers are sparse, and the tensor names of the router, experts and shared
  * experts. Each family names and sizes these differently in `config.json` and in the weights; this file is the only
  * place that knows those differences. Experts are read lazily because a whole layer can be several GB in float32.
@@ -60,6 +60,8 @@ export interface MoELayerSpec {
   };
   /** The experts' activation where it is not SwiGLU (gpt-oss). */
   activation?: ResolvedActivation;
+  /** Llama 4: the routing weight scales each routed expert's input (MoELayerOptions.weightInputs). */
+  weightInputs?: boolean;
   /** Width of the shared expert (DeepSeek: n_shared_experts x moe_intermediate_size). */
   sharedIntermediateSize?: number;
   /**
@@ -442,6 +444,56 @@ export function resolveMoELayer(
         requiresBias: true,
       };
       mergedSharedExperts(read, spec, prefix, 'n_shared_experts', 1);
+      break;
+    }
+    case 'llama4':
+    case 'llama4_text': {
+      // Llama4TextConfig: MoE layers are moe_layers, else every interleave_moe_layer_step-th (default 1: all); the
+      // block under feed_forward (router, experts as transposed stacks with the gate first, an ungated shared
+      // expert of the experts' width), found under language_model.model (transformers 4's layout, as on the Hub),
+      // model.language_model (5's) or model (Llama4ForCausalLM)
+      const listed = config.moe_layers;
+      const step = read.int('interleave_moe_layer_step', 1, 1);
+      const sparse =
+        listed === undefined || listed === null ? (layer + 1) % step === 0 : read.intList('moe_layers').includes(layer);
+      if (!sparse)
+        throw denseLayerError(
+          architecture,
+          layer,
+          listed === undefined || listed === null
+            ? `(layer + 1) % interleave_moe_layer_step (${step}) != 0`
+            : 'it is not listed in moe_layers',
+        );
+      const candidates = [
+        `language_model.model.layers.${layer}`,
+        `model.language_model.layers.${layer}`,
+        `model.layers.${layer}`,
+      ].map((p) => `${p}.feed_forward`);
+      const prefix =
+        candidates.find((p) => tensors?.has(`${p}.router.weight`)) ??
+        (family === 'llama4' ? candidates[0] : candidates[2]);
+      const intermediateSize = read.int('intermediate_size', 1);
+      spec = {
+        architecture,
+        modelType: family,
+        layer,
+        hiddenSize,
+        intermediateSize,
+        numExperts: read.int('num_local_experts', 1, 16),
+        topK: read.int('num_experts_per_tok', 1, 1),
+        names: {
+          gate: `${prefix}.router.weight`,
+          expert: expertNames(prefix, 'hf'),
+          fused: {
+            gate: `${prefix}.router.weight`,
+            gateUp: `${prefix}.experts.gate_up_proj`,
+            down: `${prefix}.experts.down_proj`,
+          },
+          shared: projNames(`${prefix}.shared_expert`),
+        },
+        sharedIntermediateSize: intermediateSize,
+        weightInputs: true,
+      };
       break;
     }
     case 'gpt_oss': {

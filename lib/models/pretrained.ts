@@ -72,6 +72,7 @@ export function loadPretrainedLayer(dir: string, opts: FromPretrainedOptions): M
         staticK: spec.topK,
         threads: opts.threads,
         activation: spec.activation,
+        weightInputs: spec.weightInputs,
       });
     } catch (err) {
       router.dispose(); // (a CUDA router's GPU memory goes now, not at some garbage collection)

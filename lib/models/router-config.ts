@@ -45,6 +45,8 @@ export const ARCHITECTURE_OF_MODEL_TYPE = {
   glm4_moe: 'Glm4MoeForCausalLM',
   ernie4_5_moe: 'Ernie4_5_MoeForCausalLM',
   gpt_oss: 'GptOssForCausalLM',
+  llama4: 'Llama4ForConditionalGeneration',
+  llama4_text: 'Llama4ForCausalLM',
 } as const;
 
 export const SUPPORTED_MODEL_TYPES = Object.keys(
@@ -65,7 +67,7 @@ function modelTypeOf(cfg: Record<string, unknown>): unknown {
 }
 
 /** Model types whose config.json nests the language model's fields under `text_config` (vision-language models). */
-const NESTED_TEXT_CONFIG = new Set(['qwen3_vl_moe', 'qwen3_5_moe']);
+const NESTED_TEXT_CONFIG = new Set(['qwen3_vl_moe', 'qwen3_5_moe', 'llama4']);
 
 /**
  * The config a vision-language model's language layers are described by: its `text_config`, under the outer
@@ -117,6 +119,10 @@ export function expertShape(cfg: Record<string, unknown>): { numExperts: number;
   switch (type) {
     case 'mixtral':
       return { numExperts: num(cfg, 'num_local_experts'), topK: num(cfg, 'num_experts_per_tok'), hiddenSize };
+    case 'llama4':
+    case 'llama4_text':
+      // (Llama4TextConfig's defaults: 16 experts, top-1)
+      return { numExperts: num(cfg, 'num_local_experts', 16), topK: num(cfg, 'num_experts_per_tok', 1), hiddenSize };
     case 'olmoe':
     case 'qwen2_moe':
     case 'qwen3_moe':
@@ -243,6 +249,14 @@ export function routerOptionsFromConfig(
     case 'gpt_oss':
       base.selection = { kind: 'gptOss', k: topK };
       required = 'logitBias';
+      break;
+    case 'llama4':
+    case 'llama4_text':
+      // transformers' Llama4Router: the top-k of the logits, each weighted by its sigmoid, not renormalised (the
+      // weight then scales the expert's input: MoELayer weightInputs). The top-k of the sigmoids is the same set,
+      // except where float32 sigmoids of distinct logits round to the same value (above ~17), where the lower index
+      // wins here
+      base.scoring = 'sigmoid';
       break;
   }
   if (required && overrides[required] === undefined) {
