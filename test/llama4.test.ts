@@ -6,6 +6,7 @@
  * multiplied from the right, gate then up halves, down_proj [E, f, d]), plus the shared expert on the token as it is.
  * fp32 layers to 1e-5, bf16 to 1e-2; indices exactly.
  */
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'uvu';
@@ -198,5 +199,23 @@ for (const c of LAYOUTS) {
       );
   });
 }
+
+test('moe-router validate describes a Llama 4 checkpoint and runs a forward', () => {
+  const c = LAYOUTS[0];
+  const m = writeLlama4({ ...c, d: 32, f: 16, E: 4, seed: SEED + 5 });
+  const main = path.join(__dirname, '..', 'lib', 'cli', 'main.ts');
+  const r = spawnSync(process.execPath, ['--import', 'tsx', main, 'validate', '--model', m.dir, '--forward'], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
+  assert.is(r.status, 0, r.stderr);
+  assert.match(r.stdout, /routing +sigmoid topk k=1, normalize false, scale 1/);
+  assert.match(
+    r.stdout,
+    /experts +4 x SwiGLU \(the routing weight on its input\) d=32 f=16, top-1, shared expert f=16; dtype BF16 \(fused, transposed experts\)/,
+  );
+  assert.match(r.stdout, /layers +2 MoE, 2 dense of 4/);
+  assert.match(r.stdout, /forward .* output finite/);
+});
 
 test.run();

@@ -99,7 +99,11 @@ export async function validateCommand(argv: string[]): Promise<void> {
           );
           const act = spec.activation;
           const ffn =
-            act?.kind === 'gptOss' ? `clamped SwiGLU (alpha ${act.alpha}, limit ${act.limit}) with biases` : 'SwiGLU';
+            act?.kind === 'gptOss'
+              ? `clamped SwiGLU (alpha ${act.alpha}, limit ${act.limit}) with biases`
+              : spec.weightInputs
+                ? 'SwiGLU (the routing weight on its input)'
+                : 'SwiGLU';
           console.log(
             `experts     ${spec.numExperts} x ${ffn} d=${spec.hiddenSize} f=${spec.intermediateSize}, top-${spec.topK}` +
               `${weights.shared ? `, shared expert f=${weights.shared.intermediateSize}` : ''}; ${storage(checkpoint, weights)}`,
