@@ -281,7 +281,9 @@ export class MoELayer {
         `activation: the CUDA backend runs SwiGLU experts; '${this.activation.kind}' layers need backend 'cpu'`,
       );
     if (this.backend === 'cuda' && this.weightInputs)
-      throw new ValidationError("weightInputs: the CUDA backend weights the experts' outputs; use backend 'cpu'");
+      throw new ValidationError(
+        "weightInputs (Llama 4's experts): the CUDA backend weights the experts' outputs; use backend 'cpu'",
+      );
     this.dtype = requireOneOf(
       'dtype',
       opts.dtype ?? (this.backend === 'cuda' ? 'bf16' : 'fp32'),
@@ -309,7 +311,7 @@ export class MoELayer {
       ] as const) {
         if (opts[key] !== undefined)
           throw new ValidationError(
-            `${key}: shareWeightsOf takes the weights, shared experts, dtype and activation of that layer; omit ${key}`,
+            `${key}: shareWeightsOf takes the weights, shared experts, dtype, activation and weightInputs of that layer; omit ${key}`,
           );
       }
       if (this.backend === 'cuda' || (other instanceof MoELayer && other.backend === 'cuda'))
@@ -536,7 +538,7 @@ export class MoELayer {
   }
 
   /**
-   * y = Σ weight · SwiGLU_e(x) (+ shared expert), synchronously.
+   * y = Σ weight · FFN_e(x) (FFN_e(weight · x) with weightInputs) (+ shared expert), synchronously.
    * @param x hidden states [T, d], Float32Array row-major.
    * @param opts routing options, and `output`: an array to write y into instead of a new one.
    * @throws ValidationError for a bad x (type, length, detached, NaN/Inf) or output (type, length, detached, shares

@@ -213,7 +213,7 @@ function childChecks() {
     throwsWith(
       () => new MoELayer({ router: b.layer.router, experts: b.experts, weightInputs: true, backend: 'cuda' }),
       ValidationError,
-      /^weightInputs: the CUDA backend weights the experts' outputs/,
+      /^weightInputs \(Llama 4's experts\): the CUDA backend weights the experts' outputs/,
     );
     // a bias on an expert after the first: 'auto' packs the layer on the CPU instead (the GPU copy made so far is
     // freed, no warning), 'cuda' refuses it

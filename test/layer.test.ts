@@ -137,8 +137,11 @@ for (const dtype of ['fp32', 'bf16', 'fp8'] as const) {
           assert.ok(onOutput > 1e3 * tol, `${dtype} T=${T}: weightInputs made no difference (${onOutput})`);
         }
       }
+      // a layer over the same weights keeps weightInputs natively too: the same output, bit for bit
       const again = b.layer.withRouter(b.layer.router);
       assert.is(again.weightInputs, true);
+      const x5 = randn(5 * b.d, SEED + 29);
+      assert.equal(Array.from(again.forward(x5).output), Array.from(b.layer.forward(x5).output));
       again.dispose();
       b.layer.dispose();
     }

@@ -149,12 +149,13 @@ const LAYOUTS = [
     k: 1,
   },
   {
-    name: 'Llama4ForConditionalGeneration, transformers 5 layout (model.language_model.layers)',
+    name: 'Llama4ForConditionalGeneration under model.language_model.layers, moe_layers over the step',
     nested: true,
     prefix: (l: number) => `model.language_model.layers.${l}`,
-    config: { num_hidden_layers: 2 },
-    moe: [0, 1],
-    dense: undefined,
+    // (a listed layer that the step would call dense, and the other way round: the list wins)
+    config: { num_hidden_layers: 3, moe_layers: [0, 2], interleave_moe_layer_step: 2 },
+    moe: [0, 2],
+    dense: 1,
     k: 1,
   },
   {
@@ -195,10 +196,31 @@ for (const c of LAYOUTS) {
       throwsWith(
         () => MoELayer.fromPretrained(m.dir, { layer: c.dense! }),
         ModelLoadError,
-        c.nested ? /layer 2 is a dense MLP layer.*interleave_moe_layer_step \(2\)/ : /layer 1 is a dense .*moe_layers/,
+        c.config.moe_layers === undefined
+          ? /layer 2 is a dense MLP layer.*interleave_moe_layer_step \(2\)/
+          : /layer 1 is a dense .*moe_layers/,
       );
   });
 }
+
+test('a dense Llama 4 conversion (moe_layers [], interleave_moe_layer_step 0) has dense layers, not a config error', () => {
+  const m = writeLlama4({
+    nested: true,
+    prefix: (l) => `language_model.model.layers.${l}`,
+    config: { num_hidden_layers: 2, moe_layers: [], interleave_moe_layer_step: 0 },
+    moe: [],
+    d: 16,
+    f: 8,
+    E: 2,
+    k: 1,
+    seed: SEED + 6,
+  });
+  throwsWith(
+    () => MoELayer.fromPretrained(m.dir, { layer: 1 }),
+    ModelLoadError,
+    /layer 1 is a dense MLP layer, not an MoE layer: it is not listed in moe_layers/,
+  );
+});
 
 test('moe-router validate describes a Llama 4 checkpoint and runs a forward', () => {
   const c = LAYOUTS[0];

@@ -448,22 +448,20 @@ export function resolveMoELayer(
     }
     case 'llama4':
     case 'llama4_text': {
-      // Llama4TextConfig: MoE layers are moe_layers, else every interleave_moe_layer_step-th (default 1: all); the
-      // block under feed_forward (router, experts as transposed stacks with the gate first, an ungated shared
-      // expert of the experts' width), found under language_model.model (transformers 4's layout, as on the Hub),
-      // model.language_model (5's) or model (Llama4ForCausalLM)
+      // Llama4TextConfig: MoE layers are moe_layers, else every interleave_moe_layer_step-th (default 1: all; a
+      // dense conversion writes moe_layers [] with a step of 0, which only matters without the list); the block under
+      // feed_forward (router, experts as transposed stacks with the gate first, an ungated shared expert of the
+      // experts' width), found under language_model.model (Llama4ForConditionalGeneration, as on the Hub) or model
+      // (Llama4ForCausalLM); model.language_model is taken too
       const listed = config.moe_layers;
-      const step = read.int('interleave_moe_layer_step', 1, 1);
-      const sparse =
-        listed === undefined || listed === null ? (layer + 1) % step === 0 : read.intList('moe_layers').includes(layer);
-      if (!sparse)
-        throw denseLayerError(
-          architecture,
-          layer,
-          listed === undefined || listed === null
-            ? `(layer + 1) % interleave_moe_layer_step (${step}) != 0`
-            : 'it is not listed in moe_layers',
-        );
+      if (listed !== undefined && listed !== null) {
+        if (!read.intList('moe_layers').includes(layer))
+          throw denseLayerError(architecture, layer, 'it is not listed in moe_layers');
+      } else {
+        const step = read.int('interleave_moe_layer_step', 1, 1);
+        if ((layer + 1) % step !== 0)
+          throw denseLayerError(architecture, layer, `(layer + 1) % interleave_moe_layer_step (${step}) != 0`);
+      }
       const candidates = [
         `language_model.model.layers.${layer}`,
         `model.language_model.layers.${layer}`,

@@ -150,7 +150,7 @@ LayerWrap::LayerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LayerWra
   }
   if (info.Length() > 4 && info[4].IsObject()) {
     if (activation.clamped || activation.weightInputs)
-      throwValidation(env, "activation: a layer that shares weights takes the activation of their layer");
+      throwValidation(env, "activation: a layer that shares weights takes the activation and weightInputs of their layer");
     Napi::Object other = info[4].As<Napi::Object>();
     if (!other.CheckTypeTag(&kLayerTag)) throwValidation(env, "shareWeightsOf: expected a NativeLayer");
     const moe::RouterConfig& mine = router->router().config();

@@ -118,7 +118,8 @@ export function layerReference(
   }
   // A bf16 layer holds its weights in bf16 and feeds its GEMMs bf16 activations: the reference takes the same
   // rounded weights and input (in float64 from there on), so what remains is accumulation order and the rounding
-  // of the SwiGLU activations before the down projection.
+  // of the SwiGLU activations before the down projection (and, with weightInputs, the order of the input's rounding
+  // and its weight: the layer rounds w·x to bf16, the reference takes w·bf16(x)).
   const experts = b.experts.map((w) => ({
     ...w,
     w1: roundBf16(w.w1),
