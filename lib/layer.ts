@@ -1,7 +1,8 @@
 /**
- * `MoELayer`: one Mixture-of-Experts layer forward — route, dispatch, grouped SwiGLU expert GEMM, combine — with
- * weights prepacked once. JS validates and allocates; native/cpu/layer.cc runs it on the CPU (fp32 or bf16
- * weights), or the CUDA plugin (cuda/layer.cu, through native/binding/cuda_wrap.cc) on the GPU (bf16).
+ * `MoELayer`: one Mixture-of-Experts layer forward — route, dispatch, grouped expert GEMM (SwiGLU, or gpt-oss's
+ * clamped SwiGLU with biases), combine — with weights prepacked once. JS validates and allocates; native/cpu/layer.cc
+ * runs it on the CPU (fp32, bf16 or fp8 weights), or the CUDA plugin (cuda/layer.cu, through
+ * native/binding/cuda_wrap.cc) on the GPU (bf16).
  */
 import {
   cpuFallback,
@@ -37,7 +38,8 @@ const NATIVE_DTYPE: Record<WeightDType, number> = { fp32: 0, bf16: 1, fp8: 2 };
 
 /**
  * An expert's bias terms, where its projections have them (gpt-oss): b1 is added to the gate projection [f], b3 to the
- * up projection [f] (both before the activation), b2 to the expert's output [d] (before the routing weight scales it).
+ * up projection [f] (both before the activation), b2 to the expert's output [d] (before any routing weight or shared
+ * gate scales it). CPU layers only: backend 'cuda' refuses them, 'auto' picks the CPU.
  */
 export interface ExpertBiases {
   b1?: Float32Array;
@@ -106,11 +108,13 @@ export interface MoELayerOptions {
   router: Router;
   /**
    * Stacked weights, one object per expert, or a loader called once per expert (so each can be dropped after
-   * packing) — twice for experts 1..E-1 when backend 'auto' falls back to the CPU after the GPU refused an upload.
+   * packing) — a second time for experts 1..E-1 already read when backend 'auto' falls back to the CPU after the GPU
+   * refused an upload or a later expert brought biases.
    */
   experts?: StackedExpertWeights | AnyExpertWeights[] | ((expert: number) => AnyExpertWeights);
   /**
-   * Instead of `experts`: reuse the packed weights (and dtype, shared experts) of this layer, without copying.
+   * Instead of `experts`: reuse the packed weights (and dtype, shared experts, activation and weightInputs) of this
+   * layer, without copying.
    * The router must have the same numExperts and hiddenSize. See {@link MoELayer.withRouter}.
    */
   shareWeightsOf?: MoELayer;
@@ -230,8 +234,9 @@ export class MoELayer {
   /** Where forward() runs: 'cpu' or 'cuda'. */
   readonly backend: 'cpu' | 'cuda';
   /**
-   * Set when 'auto' was asked for and the GPU is available but this layer runs on the CPU: why (dtype 'fp32'/'fp8' or
-   * shareWeightsOf, which the CUDA backend does not take; or the GPU refused the layer, e.g. out of memory).
+   * Set when 'auto' was asked for and the GPU is available but this layer runs on the CPU: why (dtype 'fp32'/'fp8',
+   * shareWeightsOf, a gptOss activation, weightInputs or expert biases, which the CUDA backend does not take; or the
+   * GPU refused the layer, e.g. out of memory).
    */
   readonly cpuFallbackReason?: string;
   private handle: NativeLayerHandle | undefined;
@@ -251,7 +256,8 @@ export class MoELayer {
 
   /**
    * Packs the expert weights (fp32, bf16 or fp8) once. The arrays given are not kept.
-   * @throws ValidationError for wrong weight lengths or non-finite weights.
+   * @throws ValidationError for wrong weight or bias lengths, non-finite weights or biases, a bad activation or
+   *   weightInputs, or an activation, biases or weightInputs on backend 'cuda'.
    */
   constructor(opts: MoELayerOptions) {
     if (!(opts?.router instanceof Router))

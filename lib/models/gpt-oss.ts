@@ -97,9 +97,9 @@ const E4M3_OF: Int16Array = (() => {
 /**
  * MXFP4 [rows, cols] as an 'fp8' layer's E4M3 matrix holding the same values exactly: per row and 128 columns a
  * power-of-two scale, the block's largest group scale over 2^6 (groups without a non-zero value do not count). Null
- * when a block spans more than 14 binades of group scales, whose smallest values E4M3 cannot hold (the caller then
- * reads floats, which the layer quantizes again), and where a scale would pass 3.4e38 / 448. The E8M0 NaN scale is
- * refused as dequantizeMxfp4 refuses it.
+ * where a value does not fit E4M3 at its block's scale (possible only where a block spans more than 14 binades of
+ * group scales; the caller then reads floats, which the layer quantizes again), and where a scale would pass
+ * 3.4e38 / 448. The E8M0 NaN scale is refused as dequantizeMxfp4 refuses it.
  */
 export function mxfp4ToE4m3(
   blocks: Uint8Array,

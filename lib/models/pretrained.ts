@@ -24,7 +24,10 @@ export interface FromPretrainedOptions {
   scale?: number;
   groups?: GroupLimit | null;
   threads?: number;
-  /** 'cpu' (default), 'cuda' (weights uploaded once to the GPU as bf16) or 'auto'. */
+  /**
+   * 'cpu' (default), 'cuda' (weights uploaded once to the GPU as bf16) or 'auto'. gpt-oss and Llama 4 layers run on
+   * the CPU only: 'cuda' refuses them (ValidationError), 'auto' builds them there.
+   */
   backend?: import('../cuda').BackendName;
 }
 

@@ -254,8 +254,8 @@ export function routerOptionsFromConfig(
     case 'llama4_text':
       // transformers' Llama4Router: the top-k of the logits, each weighted by its sigmoid, not renormalised (the
       // weight then scales the expert's input: MoELayer weightInputs). The top-k of the sigmoids is the same set,
-      // except where float32 sigmoids of distinct logits round to the same value (above ~17), where the lower index
-      // wins here
+      // except where float32 sigmoids of distinct logits round to the same value (logits a few float32 steps apart,
+      // above ~17 or below ~-103), where the lower index wins here
       base.scoring = 'sigmoid';
       break;
   }
