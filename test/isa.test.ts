@@ -63,8 +63,8 @@ for (const { isa, pairs } of runs) {
     const env: NodeJS.ProcessEnv = { ...process.env, MOE_ISA: isa };
     if (pairs === undefined) delete env.MOE_FP8_PAIRS;
     else env.MOE_FP8_PAIRS = pairs;
-    // gpt-oss's epilogue (biases, the clamped activation, then the ISA's fp32 or bf16 store) on AVX-512's rows (T=3)
-    // and AMX's (T=40: tiles of 32 and 8)
+    // gpt-oss's epilogue (biases, the clamped activation, then the ISA's fp32 or bf16 store) and Llama 4's weighted
+    // inputs (the gather's bf16 rounding per ISA) on AVX-512's rows (T=3) and AMX's (T=40: tiles of 32 and 8)
     const gptOssCases = [1, 4];
     const r = spawnSync(
       process.execPath,
@@ -111,17 +111,18 @@ for (const { isa, pairs } of runs) {
         // (experts of 8 or more rows on bf16 pairs take bf16 activations)
         ['fp8', got.fp8Bf16Rows > 0 ? 1e-2 : 1e-5],
       ] as const) {
-        for (const gptOss of [false, true]) {
-          if (gptOss && (dtype === 'fp8' || !gptOssCases.includes(i))) continue;
-          const run = c[gptOss ? `gptOss ${dtype}` : dtype];
+        for (const form of ['swiglu', 'gptOss', 'llama4'] as const) {
+          if (form !== 'swiglu' && (dtype === 'fp8' || !gptOssCases.includes(i))) continue;
+          const run = c[form === 'swiglu' ? dtype : `${form} ${dtype}`];
           const weights = (e: number) => {
             const w = (dtype === 'fp8' ? quantized : experts)[e];
-            return gptOss ? { ...w, ...biases[e] } : w;
+            return form === 'gptOss' ? { ...w, ...biases[e] } : w;
           };
           const routing = { indices: run.indices, weights: run.weights, k: new Int32Array(c.T).fill(c.k), maxK: c.k };
-          const act = gptOss ? GPT_OSS : undefined;
-          const err = relativeError(run.output, referenceLayer(x, c.T, d, weights, routing, undefined, { act }));
-          const what = `${name} ${gptOss ? 'gpt-oss ' : ''}${dtype} T=${c.T} k=${c.k}`;
+          const opts = { act: form === 'gptOss' ? GPT_OSS : undefined, weightInputs: form === 'llama4' };
+          // (a bf16 layer rounds the weighted input w·x to bf16; the reference takes it in float32 here)
+          const err = relativeError(run.output, referenceLayer(x, c.T, d, weights, routing, undefined, opts));
+          const what = `${name} ${form === 'swiglu' ? '' : `${form} `}${dtype} T=${c.T} k=${c.k}`;
           assert.ok(err < tol, `${what}: relative error ${err} (seed ${SEED})`);
         }
       }

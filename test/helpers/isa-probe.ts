@@ -7,8 +7,8 @@ import { backendInfo, MoELayer, Router } from '../../lib';
 import { GPT_OSS } from './isa-probe-config';
 import { randn } from './random';
 
-// argv: seed E d f cases [gptOssCases], cases as "T:k,T:k", gptOssCases the indices of those also run as gpt-oss
-// experts (fp32 and bf16), as "1,4" (test/isa.test.ts passes them)
+// argv: seed E d f cases [gptOssCases], cases as "T:k,T:k", gptOssCases the indices of those also run as gpt-oss's
+// and as Llama 4's experts (fp32 and bf16), as "1,4" (test/isa.test.ts passes them)
 const [seed, E, d, f] = process.argv.slice(2, 6).map(Number);
 const cases = process.argv[6].split(',').map((c) => c.split(':').map(Number) as [number, number]);
 const gptOssCases = new Set((process.argv[7] ?? '').split(',').filter(Boolean).map(Number));
@@ -29,29 +29,34 @@ const out = {
   cases: cases.map(([T, k], i) => {
     const x = randn(T * d, seed + 99 + i);
     const result: Record<string, unknown> = { T, k };
-    for (const [name, dtype, gptOss] of [
-      ['fp32', 'fp32', false],
-      ['bf16', 'bf16', false],
-      ['fp8', 'fp8', false],
-      ['gptOss fp32', 'fp32', true],
-      ['gptOss bf16', 'bf16', true],
+    for (const [name, dtype, form] of [
+      ['fp32', 'fp32', 'swiglu'],
+      ['bf16', 'bf16', 'swiglu'],
+      ['fp8', 'fp8', 'swiglu'],
+      ['gptOss fp32', 'fp32', 'gptOss'],
+      ['gptOss bf16', 'bf16', 'gptOss'],
+      ['llama4 fp32', 'fp32', 'llama4'],
+      ['llama4 bf16', 'bf16', 'llama4'],
     ] as const) {
-      if (gptOss && !gptOssCases.has(i)) continue;
+      if (form !== 'swiglu' && !gptOssCases.has(i)) continue;
+      // (Llama 4's router: sigmoid weights, not renormalised, on the experts' inputs)
       const router = new Router({
         numExperts: E,
         hiddenSize: d,
         gateWeight: gate,
         selection: { kind: 'topk', k },
-        normalize: true,
+        normalize: form !== 'llama4',
+        scoring: form === 'llama4' ? 'sigmoid' : 'softmax',
       });
-      const layer = gptOss
-        ? new MoELayer({
-            router,
-            experts: experts.map((w, e) => ({ ...w, ...biases[e] })),
-            dtype,
-            activation: { kind: 'gptOss', alpha: GPT_OSS.alpha, limit: GPT_OSS.limit },
-          })
-        : new MoELayer({ router, experts, dtype });
+      const layer =
+        form === 'gptOss'
+          ? new MoELayer({
+              router,
+              experts: experts.map((w, e) => ({ ...w, ...biases[e] })),
+              dtype,
+              activation: { kind: 'gptOss', alpha: GPT_OSS.alpha, limit: GPT_OSS.limit },
+            })
+          : new MoELayer({ router, experts, dtype, weightInputs: form === 'llama4' });
       const r = layer.forward(x);
       result[name] = {
         output: Array.from(r.output),
