@@ -1,7 +1,7 @@
 /**
  * Llama 4 layers from Hugging Face checkpoints written here (Llama4ForConditionalGeneration with its text_config,
- * under transformers 4's `language_model.model.layers` and 5's `model.language_model.layers`, and Llama4ForCausalLM
- * under `model.layers`), against a float64 forward written here from transformers' Llama4TextMoe: the router's top-k
+ * under `language_model.model.layers` as on the Hub, and under `model.language_model.layers`, which the loader takes
+ * too, and Llama4ForCausalLM under `model.layers`), against a float64 forward written here from transformers' Llama4TextMoe: the router's top-k
  * logits each weighted by its sigmoid, the token times that weight fed to the expert (gate_up_proj [E, d, 2f]
  * multiplied from the right, gate then up halves, down_proj [E, f, d]), plus the shared expert on the token as it is.
  * fp32 layers to 1e-5, bf16 to 1e-2; indices exactly.
@@ -140,7 +140,7 @@ function llama4Forward(m: Llama4Model, layer: number, x: ArrayLike<number>, T: n
 
 const LAYOUTS = [
   {
-    name: 'Llama4ForConditionalGeneration, transformers 4 layout (language_model.model.layers)',
+    name: 'Llama4ForConditionalGeneration, as on the Hub (language_model.model.layers)',
     nested: true,
     prefix: (l: number) => `language_model.model.layers.${l}`,
     config: { num_hidden_layers: 4, interleave_moe_layer_step: 2 },
