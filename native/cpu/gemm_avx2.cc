@@ -113,14 +113,22 @@ inline __m256 expNonPositive(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(biased, 23)));
 }
 
-// silu(g) * u for 8 lanes; sigmoid via e = exp(-|g|): g >= 0 -> 1/(1+e), g < 0 -> e/(1+e). No overflow.
-inline __m256 swiglu8(__m256 g, __m256 u) {
-  const __m256 absG = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), g);
-  const __m256 e = expNonPositive(_mm256_sub_ps(_mm256_setzero_ps(), absG));
+// sigmoid(z) for 8 lanes via e = exp(-|z|): z >= 0 -> 1/(1+e), z < 0 -> e/(1+e). No overflow.
+inline __m256 sigmoid8(__m256 z) {
+  const __m256 absZ = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), z);
+  const __m256 e = expNonPositive(_mm256_sub_ps(_mm256_setzero_ps(), absZ));
   const __m256 inv = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
-  const __m256 negative = _mm256_cmp_ps(g, _mm256_setzero_ps(), _CMP_LT_OQ);
-  const __m256 sigmoid = _mm256_blendv_ps(inv, _mm256_mul_ps(inv, e), negative);
-  return _mm256_mul_ps(_mm256_mul_ps(g, sigmoid), u);
+  const __m256 negative = _mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_LT_OQ);
+  return _mm256_blendv_ps(inv, _mm256_mul_ps(inv, e), negative);
+}
+
+// silu(g) * u for 8 lanes.
+inline __m256 swiglu8(__m256 g, __m256 u) { return _mm256_mul_ps(_mm256_mul_ps(g, sigmoid8(g)), u); }
+
+// A tile row's 16 outputs from h: 16 floats, or 16 bf16 rounded as the scalar path rounds them.
+inline void storeGluRow(const float* h, void* out, bool bf16) {
+  if (bf16) scalar::toBf16(h, 16, static_cast<uint32_t*>(out));
+  else std::memcpy(out, h, 16 * sizeof(float));
 }
 
 }  // namespace
@@ -133,8 +141,7 @@ void swigluRow(const float* tileRow, void* out, bool bf16) {
   alignas(32) float h[16];
   _mm256_store_ps(h, swiglu8(_mm256_loadu_ps(tileRow), _mm256_loadu_ps(tileRow + 16)));
   _mm256_store_ps(h + 8, swiglu8(_mm256_loadu_ps(tileRow + 8), _mm256_loadu_ps(tileRow + 24)));
-  if (bf16) scalar::toBf16(h, 16, static_cast<uint32_t*>(out));
-  else std::memcpy(out, h, sizeof h);
+  storeGluRow(h, out, bf16);
 }
 
 // gpt-oss's clamped SwiGLU, 8 lanes at a time as swigluRow (NaN kept: min/max take the clamp first).
@@ -150,14 +157,10 @@ void clampedGluRow(const float* tileRow, const float* bias, float alpha, float l
     }
     g = _mm256_min_ps(hi, g);
     u = _mm256_min_ps(hi, _mm256_max_ps(lo, u));
-    const __m256 z = _mm256_mul_ps(g, _mm256_set1_ps(alpha));
-    const __m256 e = expNonPositive(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_andnot_ps(_mm256_set1_ps(-0.0f), z)));
-    const __m256 inv = _mm256_div_ps(one, _mm256_add_ps(one, e));
-    const __m256 sigmoid = _mm256_blendv_ps(inv, _mm256_mul_ps(inv, e), _mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_LT_OQ));
+    const __m256 sigmoid = sigmoid8(_mm256_mul_ps(g, _mm256_set1_ps(alpha)));
     _mm256_store_ps(h + i, _mm256_mul_ps(_mm256_add_ps(u, one), _mm256_mul_ps(g, sigmoid)));
   }
-  if (bf16) scalar::toBf16(h, 16, static_cast<uint32_t*>(out));
-  else std::memcpy(out, h, sizeof h);
+  storeGluRow(h, out, bf16);
 }
 
 void toBf16(const float* src, int64_t n, uint32_t* dst) { scalar::toBf16(src, n, dst); }

@@ -212,25 +212,32 @@ void tileFP8Pairs(int Kp, const uint32_t* A, size_t lda, const uint32_t* B, cons
   }
 }
 
-}  // namespace
-
-int maxRows() { return kMaxRows; }
-
-// silu(g) = g * sigmoid(g); sigmoid via e = exp(-|g|): g >= 0 -> 1/(1+e), g < 0 -> e/(1+e). No overflow.
-void swigluRow(const float* tileRow, void* out, bool bf16) {
-  const __m512 g = _mm512_loadu_ps(tileRow);
-  const __m512 u = _mm512_loadu_ps(tileRow + 16);
-  const __m512 absG = _mm512_abs_ps(g);
-  const __m512 e = expNonPositive(_mm512_sub_ps(_mm512_setzero_ps(), absG));
+// sigmoid(z) via e = exp(-|z|): z >= 0 -> 1/(1+e), z < 0 -> e/(1+e). No overflow.
+inline __m512 sigmoid16(__m512 z) {
+  const __m512 e = expNonPositive(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(z)));
   const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
-  const __mmask16 negative = _mm512_cmp_ps_mask(g, _mm512_setzero_ps(), _CMP_LT_OQ);
-  const __m512 sigmoid = _mm512_mask_mul_ps(inv, negative, inv, e);
-  const __m512 h = _mm512_mul_ps(_mm512_mul_ps(g, sigmoid), u);
+  const __mmask16 negative = _mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_LT_OQ);
+  return _mm512_mask_mul_ps(inv, negative, inv, e);
+}
+
+// A tile row's 16 outputs: 16 floats, or 16 bf16 (8 pairs).
+inline void storeGluRow(__m512 h, void* out, bool bf16) {
   if (bf16) {
     _mm256_storeu_si256(static_cast<__m256i*>(out), (__m256i)_mm512_cvtneps_pbh(h));
   } else {
     _mm512_storeu_ps(static_cast<float*>(out), h);
   }
+}
+
+}  // namespace
+
+int maxRows() { return kMaxRows; }
+
+// silu(g) * u = g * sigmoid(g) * u.
+void swigluRow(const float* tileRow, void* out, bool bf16) {
+  const __m512 g = _mm512_loadu_ps(tileRow);
+  const __m512 u = _mm512_loadu_ps(tileRow + 16);
+  storeGluRow(_mm512_mul_ps(_mm512_mul_ps(g, sigmoid16(g)), u), out, bf16);
 }
 
 // gpt-oss's clamped SwiGLU: the sigmoid of z = alpha * g as in swigluRow. min/max take the clamp first, so that a
@@ -245,17 +252,8 @@ void clampedGluRow(const float* tileRow, const float* bias, float alpha, float l
   const __m512 hi = _mm512_set1_ps(limit), lo = _mm512_set1_ps(-limit);
   g = _mm512_min_ps(hi, g);
   u = _mm512_min_ps(hi, _mm512_max_ps(lo, u));
-  const __m512 z = _mm512_mul_ps(g, _mm512_set1_ps(alpha));
-  const __m512 e = expNonPositive(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(z)));
-  const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
-  const __mmask16 negative = _mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_LT_OQ);
-  const __m512 sigmoid = _mm512_mask_mul_ps(inv, negative, inv, e);
-  const __m512 h = _mm512_mul_ps(_mm512_add_ps(u, _mm512_set1_ps(1.0f)), _mm512_mul_ps(g, sigmoid));
-  if (bf16) {
-    _mm256_storeu_si256(static_cast<__m256i*>(out), (__m256i)_mm512_cvtneps_pbh(h));
-  } else {
-    _mm512_storeu_ps(static_cast<float*>(out), h);
-  }
+  const __m512 sigmoid = sigmoid16(_mm512_mul_ps(g, _mm512_set1_ps(alpha)));
+  storeGluRow(_mm512_mul_ps(_mm512_add_ps(u, _mm512_set1_ps(1.0f)), _mm512_mul_ps(g, sigmoid)), out, bf16);
 }
 
 // XOR of n floats' bits, read with the same 8 KiB software prefetch as the GEMM panels: the stream-bandwidth
