@@ -21,6 +21,7 @@ import {
 import { referenceLogitEntropy } from '../lib/reference/routing';
 import { addonSurface, missingAddonMembers, native, type NativeLayerHandle } from '../lib/native';
 import { freshSeed, randn } from './helpers/random';
+import { refusedNatively } from './helpers/errors';
 
 const SEED = freshSeed();
 
@@ -276,11 +277,7 @@ test('the native router checks its config itself: NaN, fractional and huge integ
     ['tau', 2, /p, tau or scale/],
     ['scale', Infinity, /p, tau or scale/],
   ] as const) {
-    assert.throws(
-      () => make({ ...good, [key]: value }),
-      (e: Error & { code?: string }) => e.code === 'ERR_MOE_VALIDATION' && message.test(e.message),
-      `${key} = ${value}`,
-    );
+    refusedNatively(() => make({ ...good, [key]: value }), message, `${key} = ${value}`);
   }
 });
 

@@ -25,6 +25,18 @@ export function throwsWith(
 }
 
 /**
+ * `fn` (a call of the binding itself, below the package's error classes) must throw the binding's validation error
+ * (code ERR_MOE_VALIDATION) with a message that matches `pattern`.
+ */
+export function refusedNatively(fn: () => unknown, pattern: RegExp, what?: string): void {
+  assert.throws(
+    fn,
+    (e: Error & { code?: string }) => e.code === 'ERR_MOE_VALIDATION' && pattern.test(e.message),
+    what ?? String(pattern),
+  );
+}
+
+/**
  * Fuzz tests: `err` must be a clean refusal, one of the package's errors — and not a native error the binding did not
  * raise on purpose (no ERR_MOE_* code: an argument the glue could not convert, a std::exception from deep inside),
  * which reaches users as "native call failed": a validation gap, unless it is memory. `what()` names the input.
