@@ -630,11 +630,7 @@ export function loadMoELayerWeights(ckpt: Checkpoint, spec: MoELayerSpec): Loade
     checkTensor(ckpt, spec, names.w3, [f, d]);
     checkTensor(ckpt, spec, names.w2, [d, f]);
   }
-  const checkIndex = (e: number) => {
-    if (!Number.isSafeInteger(e) || e < 0 || e >= numExperts) {
-      throw new ValidationError(`expert: index is ${brief(e)}, expected an integer in [0, ${numExperts - 1}]`);
-    }
-  };
+  const checkIndex = (e: number) => checkExpertIndex(e, numExperts);
   const layer: LoadedMoELayer = {
     spec,
     gateWeight: ckpt.readFloat32(gate, gateShape),
@@ -715,6 +711,13 @@ export function loadMoELayerWeights(ckpt: Checkpoint, spec: MoELayerSpec): Loade
   return layer;
 }
 
+/** @throws ValidationError when `e` is not an integer in [0, numExperts). */
+function checkExpertIndex(e: number, numExperts: number): void {
+  if (!Number.isSafeInteger(e) || e < 0 || e >= numExperts) {
+    throw new ValidationError(`expert: index is ${brief(e)}, expected an integer in [0, ${numExperts - 1}]`);
+  }
+}
+
 /** A gpt-oss layer: router weight and bias term, and its experts (lib/models/gpt-oss.ts). */
 function loadGptOssLayer(ckpt: Checkpoint, spec: MoELayerSpec, names: GptOssNames): LoadedMoELayer {
   const { hiddenSize: d, numExperts } = spec;
@@ -724,13 +727,11 @@ function loadGptOssLayer(ckpt: Checkpoint, spec: MoELayerSpec, names: GptOssName
     spec,
     gateWeight: ckpt.readFloat32(spec.names.gate, [numExperts, d]),
     expert(e: number): ExpertWeights {
-      if (!Number.isSafeInteger(e) || e < 0 || e >= numExperts)
-        throw new ValidationError(`expert: index is ${brief(e)}, expected an integer in [0, ${numExperts - 1}]`);
+      checkExpertIndex(e, numExperts);
       return experts.expert(e);
     },
     expertE4m3(e: number): E4m3ExpertWeights | null {
-      if (!Number.isSafeInteger(e) || e < 0 || e >= numExperts)
-        throw new ValidationError(`expert: index is ${brief(e)}, expected an integer in [0, ${numExperts - 1}]`);
+      checkExpertIndex(e, numExperts);
       return experts.expertE4m3(e);
     },
     sharedE4m3: () => null,
